@@ -1,0 +1,59 @@
+"""Credentials: signed, expiring tokens (JWT HS256 via PyJWT) for people, API keys for telephony."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import jwt
+
+Role = Literal["agent", "supervisor", "admin"]
+ROLES: tuple[Role, ...] = get_args(Role)
+ISSUER = "voice-coach"
+
+
+class AuthError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user: str
+    role: Role
+
+    @property
+    def is_supervisor(self) -> bool:
+        return self.role in ("supervisor", "admin")
+
+
+DEV_PRINCIPAL = Principal(user="dev", role="admin")
+
+
+def issue_token(*, user: str, role: Role, secret: str, ttl_s: int) -> str:
+    if role not in ROLES:
+        raise AuthError(f"unknown role {role!r}")
+    now = int(time.time())
+    claims = {"sub": user, "role": role, "iat": now, "exp": now + ttl_s, "iss": ISSUER}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def verify_token(token: str, *, secret: str) -> Principal:
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=["HS256"], issuer=ISSUER, options={"require": ["exp", "sub"]}
+        )
+    except jwt.PyJWTError as exc:
+        raise AuthError(f"invalid token: {exc}") from exc
+    role = claims.get("role")
+    if role not in ROLES:
+        raise AuthError("invalid token: bad role")
+    return Principal(user=str(claims["sub"]), role=role)
+
+
+def check_api_key(presented: str | None, expected: str | None) -> bool:
+    """Constant-time comparison; no key configured means ingest is closed unless auth is off."""
+    if not expected or not presented:
+        return False
+    return hmac.compare_digest(presented.encode(), expected.encode())

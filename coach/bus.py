@@ -1,0 +1,100 @@
+"""Event fan-out from call sessions to panels, the store and metrics.
+
+In-process by default. Each topic keeps its most recent events so that a panel that
+reconnects can resume after the last `seq` it saw without gaps or duplicates. Subscribers
+get bounded queues: a panel that stops reading loses its oldest events (and is told so with
+a `gap` marker) instead of growing the server's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from coach.events import Event
+
+log = logging.getLogger(__name__)
+
+SUPERVISOR_TOPIC = "supervisor"
+
+
+def call_topic(call_id: str) -> str:
+    return f"call:{call_id}"
+
+
+@dataclass(eq=False)
+class Subscription:
+    topic: str
+    queue: asyncio.Queue[Event | None]
+    dropped: int = 0
+    closed: bool = field(default=False)
+
+    def offer(self, event: Event) -> None:
+        if self.queue.full():
+            try:
+                self.queue.get_nowait()
+                self.dropped += 1
+            except asyncio.QueueEmpty:
+                pass
+        self.queue.put_nowait(event)
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while True:
+            ev = await self.queue.get()
+            if ev is None:
+                return
+            yield ev
+
+
+class InProcessBus:
+    def __init__(self, *, history: int = 500, subscriber_queue: int = 1000) -> None:
+        self._history_len = history
+        self._sub_queue = subscriber_queue
+        self._history: dict[str, deque[Event]] = {}
+        self._subs: dict[str, set[Subscription]] = {}
+        self._closed_topics: set[str] = set()
+
+    def publish(self, topic: str, event: Event) -> None:
+        hist = self._history.setdefault(topic, deque(maxlen=self._history_len))
+        hist.append(event)
+        for sub in list(self._subs.get(topic, ())):
+            sub.offer(event)
+
+    def history(self, topic: str, *, after_seq: int | None = None) -> list[Event]:
+        events = list(self._history.get(topic, ()))
+        if after_seq is None:
+            return events
+        return [e for e in events if int(e.get("seq", -1)) > after_seq]
+
+    def subscribe(self, topic: str, *, after_seq: int | None = None, replay: bool = True) -> Subscription:
+        """Subscribe; with `replay`, recent events (after `after_seq`) come first, in order."""
+        sub = Subscription(topic, asyncio.Queue(maxsize=self._sub_queue))
+        if replay:
+            for ev in self.history(topic, after_seq=after_seq)[-self._sub_queue :]:
+                sub.offer(ev)
+        if topic in self._closed_topics:
+            sub.queue.put_nowait(None)
+            return sub
+        self._subs.setdefault(topic, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subs.get(sub.topic, set()).discard(sub)
+
+    def close_topic(self, topic: str) -> None:
+        """The topic will get no more events (call ended): end every subscriber's iterator."""
+        self._closed_topics.add(topic)
+        for sub in self._subs.pop(topic, set()):
+            if sub.queue.full():
+                sub.queue.get_nowait()
+            sub.queue.put_nowait(None)
+
+    def forget(self, topic: str) -> None:
+        self._history.pop(topic, None)
+        self._closed_topics.discard(topic)
+
+    def is_closed(self, topic: str) -> bool:
+        return topic in self._closed_topics

@@ -1,0 +1,87 @@
+"""Command line: `python -m coach replay|serve|token` (see CONTRACT.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from coach.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m coach", description="Voice agent-assist coach")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("replay", help="run a WAV file through the live pipeline")
+    r.add_argument("wav", type=Path)
+    r.add_argument("--events", type=Path, required=True, help="output JSONL file")
+    mode = r.add_mutually_exclusive_group()
+    mode.add_argument("--realtime", action="store_true", help="pace frames at real time")
+    mode.add_argument("--fast", action="store_true", help="deterministic, frame by frame (default)")
+    r.add_argument("--channels", help="party of each channel, e.g. customer,agent")
+    r.add_argument("--config", type=Path)
+    r.add_argument("--call-id")
+
+    s = sub.add_parser("serve", help="run the HTTP/WebSocket server")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--config", type=Path)
+
+    t = sub.add_parser("token", help="print a signed token for scripts and tests")
+    t.add_argument("--user", required=True)
+    t.add_argument("--role", choices=["agent", "supervisor", "admin"], required=True)
+    t.add_argument("--ttl", type=int, help="seconds (default: COACH_TOKEN_TTL_S)")
+    t.add_argument("--config", type=Path)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config = getattr(args, "config", None)
+    if config is not None and not config.exists():
+        print(f"error: config file {config} not found", file=sys.stderr)
+        return 2
+    match args.command:
+        case "replay":
+            settings = Settings.load(config)
+            _logging(settings.log_level, stream=sys.stderr)
+            from coach.replay import run_replay_cli
+
+            return run_replay_cli(
+                args.wav,
+                args.events,
+                realtime=bool(args.realtime),
+                channels=args.channels,
+                settings=settings,
+                call_id=args.call_id,
+            )
+        case "serve":
+            settings = Settings.load(config, host=args.host, port=args.port)
+            _logging(settings.log_level, stream=sys.stderr)
+            from coach.api.server import serve
+
+            return serve(settings)
+        case "token":
+            from coach.auth import issue_token
+
+            settings = Settings.load(config)
+            print(
+                issue_token(
+                    user=args.user,
+                    role=args.role,
+                    secret=settings.signing_secret,
+                    ttl_s=args.ttl or settings.token_ttl_s,
+                )
+            )
+            return 0
+    return 2
+
+
+def _logging(level: str, *, stream: object) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=stream,  # type: ignore[arg-type]
+    )

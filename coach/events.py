@@ -1,0 +1,100 @@
+"""The event stream of CONTRACT.md: one dict per event, serialised as one JSON line.
+
+Events are built here and nowhere else so that field names stay exactly as the contract
+says. The session stamps `call_id`, `seq` and `t_emit` when it publishes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any, TypeAlias
+
+from coach.messages import Speaker
+from models.asr import Word
+
+Event: TypeAlias = dict[str, Any]
+
+
+def _r(x: float) -> float:
+    return round(float(x), 3)
+
+
+def call_start(*, source: str, channels: Iterable[str], meta: dict[str, Any] | None = None) -> Event:
+    ev: Event = {"type": "call_start", "source": source, "channels": list(channels)}
+    if meta:
+        ev["meta"] = meta
+    return ev
+
+
+def partial(*, speaker: Speaker, text: str, t_start: float, t_end: float) -> Event:
+    return {
+        "type": "partial",
+        "speaker": speaker,
+        "t_start": _r(t_start),
+        "t_end": _r(t_end),
+        "text": text,
+    }
+
+
+def transcript(
+    *,
+    speaker: Speaker,
+    text: str,
+    t_start: float,
+    t_end: float,
+    words: Iterable[Word],
+    sentiment: dict[str, Any] | None = None,
+    prosody: dict[str, Any] | None = None,
+    utterance_id: int,
+) -> Event:
+    return {
+        "type": "transcript",
+        "speaker": speaker,
+        "t_start": _r(t_start),
+        "t_end": _r(t_end),
+        "text": text,
+        "words": [{"w": w.w, "t0": _r(w.t0), "t1": _r(w.t1), "p": _r(w.p)} for w in words],
+        "sentiment": sentiment,
+        "prosody": prosody,
+        "utterance_id": utterance_id,
+    }
+
+
+def metrics(
+    *,
+    talk_ratio: dict[str, float],
+    overtalk_s: float,
+    silence_s: float,
+    agent_wps: float | None,
+    t_start: float,
+    t_end: float,
+) -> Event:
+    return {
+        "type": "metrics",
+        "t_start": _r(t_start),
+        "t_end": _r(t_end),
+        "talk_ratio": {k: _r(v) for k, v in talk_ratio.items()},
+        "overtalk_s": _r(overtalk_s),
+        "silence_s": _r(silence_s),
+        "agent_wps": None if agent_wps is None else _r(agent_wps),
+    }
+
+
+def call_end(
+    *, duration_s: float, reason: str, arc: list[tuple[float, float]], cues: dict[str, int]
+) -> Event:
+    return {
+        "type": "call_end",
+        "duration_s": _r(duration_s),
+        "reason": reason,
+        "summary": {"arc": [[_r(t), _r(v)] for t, v in arc], "cues": cues},
+    }
+
+
+def error(*, code: str, message: str) -> Event:
+    return {"type": "error", "code": code, "message": message}
+
+
+def dumps(event: Event) -> str:
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,38 @@
+"""Prometheus metrics: every name of ARCHITECTURE.md is defined here, in one place."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+ACTIVE_CALLS = Gauge("coach_active_calls", "Calls with audio flowing")
+AUDIO_SECONDS = Counter("coach_audio_seconds_total", "Call audio processed", ["speaker"])
+ASR_LATENCY = Histogram(
+    "coach_asr_latency_seconds",
+    "End of speech to final transcript (wall clock)",
+    buckets=LATENCY_BUCKETS,
+)
+CUE_LATENCY = Histogram(
+    "coach_cue_latency_seconds",
+    "End of triggering speech to cue delivered",
+    buckets=LATENCY_BUCKETS,
+)
+CUES = Counter("coach_cues_total", "Cues emitted", ["cue"])
+CUE_FEEDBACK = Counter("coach_cue_feedback_total", "Cue feedback", ["cue", "verdict"])
+ESCALATIONS = Counter("coach_escalations_total", "Escalations", ["reason", "urgency"])
+CUSTOMER_VALENCE = Histogram(
+    "coach_customer_valence",
+    "Customer valence per utterance",
+    buckets=(-1.0, -0.6, -0.3, -0.1, 0.1, 0.3, 0.6, 1.0),
+)
+QUEUE_DEPTH = Gauge("coach_queue_depth", "Items waiting per stage", ["stage"])
+DROPPED_FRAMES = Counter("coach_dropped_frames_total", "Audio frames dropped", ["reason"])
+INGEST_ERRORS = Counter("coach_ingest_errors_total", "Rejected ingest input", ["protocol", "reason"])
+MODEL_INFERENCE = Histogram(
+    "coach_model_inference_seconds",
+    "Model inference time per batch",
+    ["model"],
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0),
+)
+PARTIALS_SHED = Counter("coach_partials_shed_total", "Partial decodes dropped under load")

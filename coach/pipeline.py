@@ -1,0 +1,265 @@
+"""One party's pipeline: audio in, utterance boundaries, partial and final transcripts out.
+
+Stages, in order: place the chunk on the call clock (fill gaps, drop duplicates), resample to
+16 kHz and run VAD (in the DSP executor), endpoint, and ask the shared ASR scheduler for
+partials while the party speaks and for a final transcript at each endpoint.
+
+Two modes. `inline` (replay --fast) awaits every decode before taking the next frame, so the
+output depends only on the audio. Live mode decodes concurrently: finals go through an
+ordered per-party queue, and at most one partial is in flight per party; a partial that
+would arrive after its utterance ended is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from audio.endpoint import Endpointer, SpeechEnd, SpeechStart
+from audio.resample import StreamResampler
+from audio.ring import AudioRing
+from audio.types import PIPELINE_RATE, Samples
+from audio.vad import VadFrame, VadStream
+from coach import events, metrics
+from coach.events import Event
+from coach.messages import AudioChunk, Speaker
+from coach.runtime import PRIORITY_FINAL, PRIORITY_PARTIAL, Runtime
+from coach.settings import Settings
+from models.asr import AsrRequest, AsrResult, Word
+from models.runtime import Shed
+
+log = logging.getLogger(__name__)
+
+EmitFn = Callable[[Event], Awaitable[None]]
+
+PAD_BEFORE_S = 0.15
+PAD_AFTER_S = 0.15
+MIN_PARTIAL_SPEECH_S = 0.6
+
+
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    utterance_id: int
+    speaker: Speaker
+    t_start_s: float
+    t_end_s: float
+    detected_wall: float
+    """Wall-clock time at which the endpoint was detected."""
+    detected_audio_s: float
+    """Party audio time (ring end) at which the endpoint was detected."""
+
+
+class PartyPipeline:
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        speaker: Speaker,
+        runtime: Runtime,
+        settings: Settings,
+        emit: EmitFn,
+        inline: bool,
+    ) -> None:
+        self.call_id = call_id
+        self.speaker = speaker
+        self._rt = runtime
+        self._settings = settings
+        self._emit = emit
+        self._inline = inline
+        self._resampler: StreamResampler | None = None
+        self._n_in = 0
+        self._ring = AudioRing(sample_rate=PIPELINE_RATE, capacity_s=settings.max_utterance_s + 10)
+        self._vad = VadStream(model=runtime.vad)
+        self._endpointer = Endpointer(settings.endpoint_config())
+        self._utt_id = 0
+        self._utt_start: float | None = None
+        self._ended_utts: set[int] = set()
+        self._next_partial_at = 0.0
+        self._partial_task: asyncio.Task[None] | None = None
+        self._finals: asyncio.Queue[Utterance | None] = asyncio.Queue()
+        self._final_task: asyncio.Task[None] | None = None
+        self.speech_intervals: list[tuple[float, float]] = []
+        self.word_times: list[tuple[float, float]] = []
+        self.gap_filled_s = 0.0
+
+    @property
+    def audio_s(self) -> float:
+        return self._ring.end_s
+
+    @property
+    def open_speech(self) -> tuple[float, float] | None:
+        """The utterance in progress (start, now), for live talk-time figures."""
+        return (self._utt_start, self._ring.end_s) if self._utt_start is not None else None
+
+    async def push(self, chunk: AudioChunk) -> None:
+        pcm = self._place(chunk)
+        if pcm.size == 0:
+            return
+        metrics.AUDIO_SECONDS.labels(speaker=self.speaker).inc(len(pcm) / chunk.sample_rate)
+        loop = asyncio.get_running_loop()
+        samples, frames = await loop.run_in_executor(self._rt.dsp_executor, self._dsp, pcm, False)
+        await self._advance(samples, frames)
+
+    async def finish(self) -> None:
+        """End of this party's audio: close the open utterance and wait for its transcript."""
+        if self._resampler is not None:
+            loop = asyncio.get_running_loop()
+            empty = np.zeros(0, dtype=np.float32)
+            samples, frames = await loop.run_in_executor(self._rt.dsp_executor, self._dsp, empty, True)
+            await self._advance(samples, frames)
+        for boundary in self._endpointer.flush():
+            if isinstance(boundary, SpeechEnd):
+                await self._on_end(boundary)
+        if self._partial_task is not None:
+            self._partial_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._partial_task
+        if self._final_task is not None:
+            self._finals.put_nowait(None)
+            await self._final_task
+
+    async def aclose(self) -> None:
+        for task in (self._partial_task, self._final_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    # -- stages -----------------------------------------------------------------------------
+
+    def _place(self, chunk: AudioChunk) -> Samples:
+        """Put the chunk where its t0 says: silence for a gap, trim what was already heard."""
+        if self._resampler is None:
+            self._resampler = StreamResampler(in_rate=chunk.sample_rate, out_rate=PIPELINE_RATE)
+        elif chunk.sample_rate != self._resampler.in_rate:
+            raise ValueError(
+                f"{self.speaker}: sample rate changed from {self._resampler.in_rate} to {chunk.sample_rate}"
+            )
+        rate = chunk.sample_rate
+        start = int(round(chunk.t0 * rate))
+        pcm = chunk.pcm
+        if start > self._n_in + rate // 100:  # a gap of more than 10 ms: the sender skipped audio
+            gap = start - self._n_in
+            self.gap_filled_s += gap / rate
+            pcm = np.concatenate([np.zeros(gap, dtype=np.float32), pcm])
+        elif start < self._n_in:
+            overlap = self._n_in - start
+            if overlap >= len(pcm):
+                metrics.DROPPED_FRAMES.labels(reason="duplicate").inc()
+                return np.zeros(0, dtype=np.float32)
+            pcm = pcm[overlap:]
+        self._n_in += len(pcm)
+        return pcm
+
+    def _dsp(self, pcm: Samples, last: bool) -> tuple[Samples, list[VadFrame]]:
+        assert self._resampler is not None
+        samples = self._resampler.push(pcm, last=last)
+        return samples, self._vad.push(samples)
+
+    async def _advance(self, samples: Samples, frames: list[VadFrame]) -> None:
+        self._ring.append(samples)
+        for frame in frames:
+            for boundary in self._endpointer.push(frame.t_start_s, frame.t_end_s, frame.prob):
+                if isinstance(boundary, SpeechStart):
+                    self._on_start(boundary)
+                else:
+                    await self._on_end(boundary)
+        await self._maybe_partial()
+
+    def _on_start(self, start: SpeechStart) -> None:
+        self._utt_id += 1
+        self._utt_start = start.t_start_s
+        self._next_partial_at = start.t_start_s + max(
+            MIN_PARTIAL_SPEECH_S, self._settings.partial_interval_s
+        )
+
+    async def _on_end(self, end: SpeechEnd) -> None:
+        utt = Utterance(
+            self._utt_id, self.speaker, end.t_start_s, end.t_end_s, time.monotonic(), self._ring.end_s
+        )
+        self._ended_utts.add(utt.utterance_id)
+        self._utt_start = None
+        self.speech_intervals.append((end.t_start_s, end.t_end_s))
+        if self._inline:
+            await self._finalize(utt)
+            return
+        if self._final_task is None:
+            self._final_task = asyncio.create_task(
+                self._final_worker(), name=f"finals-{self.call_id}-{self.speaker}"
+            )
+        self._finals.put_nowait(utt)
+
+    async def _final_worker(self) -> None:
+        while (utt := await self._finals.get()) is not None:
+            try:
+                await self._finalize(utt)
+            except Exception:
+                log.exception("call %s %s: final transcript failed", self.call_id, self.speaker)
+
+    async def _finalize(self, utt: Utterance) -> None:
+        audio, t0 = self._ring.slice_s(utt.t_start_s - PAD_BEFORE_S, utt.t_end_s + PAD_AFTER_S)
+        if audio.size < PIPELINE_RATE // 10:
+            return
+        result = await self._rt.asr_scheduler.run(
+            AsrRequest(audio=audio, words=True), priority=PRIORITY_FINAL[self.speaker]
+        )
+        if not result.text:
+            return
+        words = tuple(Word(w.w, w.t0 + t0, w.t1 + t0, w.p) for w in result.words)
+        self.word_times.extend((w.t0, w.t1) for w in words)
+        if not self._inline:
+            # End of speech happened (ring end - t_end) of audio before the endpoint fired.
+            end_wall = utt.detected_wall - (utt.detected_audio_s - utt.t_end_s)
+            metrics.ASR_LATENCY.observe(max(0.0, time.monotonic() - end_wall))
+        await self._emit(
+            events.transcript(
+                speaker=self.speaker,
+                text=result.text,
+                t_start=utt.t_start_s,
+                t_end=utt.t_end_s,
+                words=words,
+                utterance_id=utt.utterance_id,
+            )
+        )
+
+    async def _maybe_partial(self) -> None:
+        if self._utt_start is None or self._ring.end_s < self._next_partial_at:
+            return
+        if not self._inline and self._partial_task is not None and not self._partial_task.done():
+            return  # one in flight is enough; the next one will carry newer audio
+        utt_id, start, upto = self._utt_id, self._utt_start, self._ring.end_s
+        self._next_partial_at = upto + self._partial_interval()
+        if self._inline:
+            await self._partial(utt_id, start, upto)
+        else:
+            self._partial_task = asyncio.create_task(self._partial(utt_id, start, upto))
+
+    def _partial_interval(self) -> float:
+        """Back off as the ASR queue grows: partials are a budget, finals are not."""
+        base = self._settings.partial_interval_s
+        return base if self._inline else base * (1 + self._rt.asr_scheduler.depth)
+
+    async def _partial(self, utt_id: int, start: float, upto: float) -> None:
+        audio, _ = self._ring.slice_s(start - PAD_BEFORE_S, upto)
+        try:
+            result: AsrResult = await self._rt.asr_scheduler.run(
+                AsrRequest(audio=audio, words=False),
+                priority=PRIORITY_PARTIAL[self.speaker],
+                coalesce_key=None if self._inline else f"{self.call_id}:{self.speaker}",
+                max_wait_s=None if self._inline else self._settings.partial_max_wait_s,
+            )
+        except Shed:
+            metrics.PARTIALS_SHED.inc()
+            return
+        if utt_id in self._ended_utts or not result.text:
+            return
+        await self._emit(
+            events.partial(speaker=self.speaker, text=result.text, t_start=start, t_end=upto)
+            | {"utterance_id": utt_id}
+        )

@@ -1,0 +1,174 @@
+"""Replay a WAV file through the live call path (CONTRACT.md, `python -m coach replay`).
+
+The file is cut into 20 ms frames per channel and pushed into a CallSession exactly as an
+ingest connection would. `--fast` processes each frame fully before the next (deterministic);
+`--realtime` paces frames at real time and lets the pipeline run concurrently, as on a live call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from audio.framing import samples_per_frame
+from coach.bus import InProcessBus, call_topic
+from coach.calls import CallManager
+from coach.events import Event, dumps
+from coach.messages import SPEAKERS, AudioChunk, Speaker
+from coach.runtime import Runtime
+from coach.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_SUBTYPES = {"PCM_16", "PCM_U8", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW"}
+
+
+class ReplayInputError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class CallAudio:
+    sample_rate: int
+    channels: dict[Speaker, np.ndarray[Any, np.dtype[np.float32]]]
+    subtype: str
+
+
+def parse_channels(spec: str | None, n_channels: int) -> list[Speaker]:
+    """`customer,agent` names channel 0 and 1; default per CONTRACT (mono = customer)."""
+    if spec is None:
+        return list(SPEAKERS[:n_channels]) if n_channels <= 2 else list(SPEAKERS)
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    for name in names:
+        if name not in SPEAKERS:
+            raise ReplayInputError(f"--channels: unknown party {name!r} (use customer, agent)")
+    if len(set(names)) != len(names):
+        raise ReplayInputError("--channels: a party is named twice")
+    if len(names) > n_channels:
+        raise ReplayInputError(f"--channels names {len(names)} parties but the file has {n_channels} channel(s)")
+    return names  # type: ignore[return-value]
+
+
+def read_call(path: Path, channels_spec: str | None = None) -> CallAudio:
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:
+        raise ReplayInputError(f"{path}: not a readable audio file ({exc})") from exc
+    if info.format != "WAV":
+        raise ReplayInputError(f"{path}: expected a WAV file, got {info.format}")
+    if info.subtype not in SUPPORTED_SUBTYPES:
+        raise ReplayInputError(
+            f"{path}: unsupported WAV codec {info.subtype} (use PCM16, mu-law or A-law)"
+        )
+    if info.channels > 2:
+        raise ReplayInputError(f"{path}: {info.channels} channels; expected mono or stereo")
+    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    names = parse_channels(channels_spec, info.channels)
+    chans = {name: np.ascontiguousarray(data[:, i]) for i, name in enumerate(names)}
+    return CallAudio(sample_rate=int(rate), channels=chans, subtype=info.subtype)
+
+
+async def replay(
+    audio: CallAudio,
+    *,
+    manager: CallManager,
+    call_id: str,
+    realtime: bool,
+    sink: list[Event] | None = None,
+    out_path: Path | None = None,
+) -> list[Event]:
+    """Run one call through the pipeline; returns the events (and writes JSONL if asked)."""
+    bus = manager.bus
+    sub = bus.subscribe(call_topic(call_id), replay=False)
+    collected: list[Event] = sink if sink is not None else []
+    out = out_path.open("w", encoding="utf-8") if out_path else None
+
+    async def collect() -> None:
+        async for ev in sub:
+            collected.append(ev)
+            if out is not None:
+                out.write(dumps(ev) + "\n")
+
+    collector = asyncio.create_task(collect())
+    speakers = tuple(audio.channels)
+    session = await manager.open(
+        call_id=call_id, source="replay", speakers=speakers, inline=not realtime
+    )
+    step = samples_per_frame(audio.sample_rate)
+    n = max(len(x) for x in audio.channels.values())
+    t_wall0 = time.monotonic()
+    try:
+        for start in range(0, n, step):
+            t0 = start / audio.sample_rate
+            for speaker, samples in audio.channels.items():
+                frame = samples[start : start + step]
+                if frame.size == 0:
+                    continue
+                chunk = AudioChunk(call_id, speaker, frame, audio.sample_rate, t0)
+                if realtime:
+                    session.push(chunk)
+                else:
+                    await session.process_inline(chunk)
+            if realtime:
+                due = t_wall0 + (start + step) / audio.sample_rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        await session.end("end_of_file")
+    finally:
+        if session.state.value != "ended":
+            await session.end("error")
+        await collector
+        bus.unsubscribe(sub)
+        if out is not None:
+            out.close()
+    return collected
+
+
+def run_replay_cli(
+    wav: Path,
+    events_path: Path,
+    *,
+    realtime: bool,
+    channels: str | None,
+    settings: Settings,
+    call_id: str | None = None,
+) -> int:
+    try:
+        audio = read_call(wav, channels)
+    except ReplayInputError as exc:
+        print(f"error: {exc}", flush=True)
+        return 2
+    runtime = Runtime.load(settings)
+    try:
+        bus = InProcessBus(history=settings.event_replay)
+        manager = CallManager(runtime=runtime, settings=settings, bus=bus)
+        events = asyncio.run(
+            replay(
+                audio,
+                manager=manager,
+                call_id=call_id or wav.stem,
+                realtime=realtime,
+                out_path=events_path,
+            )
+        )
+    finally:
+        runtime.close()
+    counts: dict[str, int] = {}
+    for ev in events:
+        counts[ev["type"]] = counts.get(ev["type"], 0) + 1
+    print(json.dumps({"events": str(events_path), "counts": counts}), flush=True)
+    return 0
+
+
+def summarize(events: Sequence[Event]) -> dict[str, Any]:
+    return {"transcripts": [e for e in events if e["type"] == "transcript"]}

@@ -1,0 +1,67 @@
+"""The process-wide model runtime: loaded once, shared by every call.
+
+Holds the VAD session, the ASR model behind its scheduler, and a small executor for DSP so
+no model or DSP call runs on the event loop. Tests build one per test session and reuse it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from audio.vad import SileroVad
+from coach import metrics
+from coach.settings import Settings
+from models.asr import AsrRequest, AsrResult, WhisperAsr
+from models.runtime import BatchStats, InferenceScheduler
+
+log = logging.getLogger(__name__)
+
+PRIORITY_FINAL = {"customer": 0, "agent": 1}
+PRIORITY_PARTIAL = {"customer": 2, "agent": 3}
+
+
+@dataclass
+class Runtime:
+    vad: SileroVad
+    asr: WhisperAsr
+    asr_scheduler: InferenceScheduler[AsrRequest, AsrResult]
+    dsp_executor: ThreadPoolExecutor
+    load_s: float
+
+    @classmethod
+    def load(cls, settings: Settings) -> Runtime:
+        t0 = time.perf_counter()
+        providers = (
+            ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            if settings.device == "cuda"
+            else ["CPUExecutionProvider"]
+        )
+        vad = SileroVad(threads=1, providers=providers)
+        asr = WhisperAsr(settings.asr_options())
+
+        def run_batch(reqs: Sequence[AsrRequest]) -> list[AsrResult]:
+            with metrics.MODEL_INFERENCE.labels(model="asr").time():
+                return asr.decode_batch(reqs)
+
+        def on_batch(stats: BatchStats) -> None:
+            metrics.QUEUE_DEPTH.labels(stage="asr").set(stats.queue_depth)
+
+        scheduler: InferenceScheduler[AsrRequest, AsrResult] = InferenceScheduler(
+            name="asr",
+            run_batch=run_batch,
+            workers=settings.asr_workers,
+            max_batch=settings.asr_max_batch,
+            on_batch=on_batch,
+        )
+        dsp = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dsp")
+        load_s = time.perf_counter() - t0
+        log.info("models loaded in %.2fs", load_s)
+        return cls(vad, asr, scheduler, dsp, load_s)
+
+    def close(self) -> None:
+        self.asr_scheduler.close()
+        self.dsp_executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,218 @@
+"""A live call: one pipeline per party, bounded audio queues, and the call's event stream.
+
+Ingest pushes decoded chunks with `push()` (never blocks: a full queue drops its oldest
+audio and counts it). Each party has one worker task. `end()` is a control message: it is
+queued behind the audio already accepted (so nothing heard is lost), then the session
+closes open utterances, waits for their transcripts, and emits `call_end`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+from coach import events, metrics
+from coach.bus import SUPERVISOR_TOPIC, InProcessBus, call_topic
+from coach.events import Event
+from coach.messages import AudioChunk, EndOfStream, Speaker
+from coach.pipeline import PartyPipeline
+from coach.runtime import Runtime
+from coach.settings import Settings
+from coach.signals import dynamics
+
+log = logging.getLogger(__name__)
+
+
+class CallState(Enum):
+    NEW = "new"
+    LIVE = "live"
+    ENDING = "ending"
+    ENDED = "ended"
+
+
+class CallSession:
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        source: str,
+        speakers: tuple[Speaker, ...],
+        runtime: Runtime,
+        settings: Settings,
+        bus: InProcessBus,
+        inline: bool = False,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.call_id = call_id
+        self.source = source
+        self.speakers = speakers
+        self.meta = dict(meta or {})
+        self.state = CallState.NEW
+        self.started_wall = time.time()
+        self._settings = settings
+        self._bus = bus
+        self._inline = inline
+        self._seq = 0
+        self._fed_s = 0.0
+        self._next_metrics_s = settings.metrics_interval_s
+        self._queues: dict[Speaker, asyncio.Queue[AudioChunk | EndOfStream]] = {
+            s: asyncio.Queue(maxsize=settings.audio_queue_frames) for s in speakers
+        }
+        self.parties: dict[Speaker, PartyPipeline] = {
+            s: PartyPipeline(
+                call_id=call_id,
+                speaker=s,
+                runtime=runtime,
+                settings=settings,
+                emit=self.emit,
+                inline=inline,
+            )
+            for s in speakers
+        }
+        self._tasks: dict[Speaker, asyncio.Task[None]] = {}
+        self._ended = asyncio.Event()
+        self.dropped_frames = 0
+        self.last_event: Event | None = None
+
+    @property
+    def fed_s(self) -> float:
+        return self._fed_s
+
+    async def start(self) -> None:
+        if self.state is not CallState.NEW:
+            raise RuntimeError(f"call {self.call_id} already started")
+        self.state = CallState.LIVE
+        metrics.ACTIVE_CALLS.inc()
+        await self.emit(events.call_start(source=self.source, channels=self.speakers, meta=self.meta))
+        if not self._inline:
+            for s in self.speakers:
+                self._tasks[s] = asyncio.create_task(self._party_worker(s), name=f"{self.call_id}-{s}")
+
+    def push(self, chunk: AudioChunk) -> None:
+        if self.state is not CallState.LIVE:
+            raise RuntimeError(f"call {self.call_id} is {self.state.value}, not accepting audio")
+        if chunk.speaker not in self._queues:
+            raise ValueError(f"call {self.call_id} has no party {chunk.speaker!r}")
+        q = self._queues[chunk.speaker]
+        if q.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                dropped = q.get_nowait()
+                q.task_done()
+                if isinstance(dropped, EndOfStream):  # never drop control: put it back first
+                    q.put_nowait(dropped)
+                    raise RuntimeError("audio after end of stream")
+                self.dropped_frames += 1
+                metrics.DROPPED_FRAMES.labels(reason="queue_full").inc()
+        q.put_nowait(chunk)
+        self._fed_s = max(self._fed_s, chunk.t1)
+
+    async def process_inline(self, chunk: AudioChunk) -> None:
+        """Replay --fast: process one chunk completely before the next is fed."""
+        if self.state is not CallState.LIVE:
+            raise RuntimeError(f"call {self.call_id} is {self.state.value}")
+        self._fed_s = max(self._fed_s, chunk.t1)
+        await self.parties[chunk.speaker].push(chunk)
+        await self._maybe_metrics()
+
+    async def end(self, reason: str = "end") -> None:
+        """Finish the call: drain accepted audio, finalize, emit call_end. Idempotent."""
+        if self.state in (CallState.ENDING, CallState.ENDED):
+            await self._ended.wait()
+            return
+        if self.state is CallState.NEW:
+            await self.start()
+        self.state = CallState.ENDING
+        try:
+            if self._inline:
+                for party in self.parties.values():
+                    await party.finish()
+            else:
+                for s, q in self._queues.items():
+                    await q.put(EndOfStream(reason))
+                    await self._tasks[s]
+            await self._emit_metrics(final=True)
+            duration = max([self._fed_s, *(p.audio_s for p in self.parties.values())])
+            await self.emit(events.call_end(duration_s=duration, reason=reason, arc=[], cues={}))
+        finally:
+            self.state = CallState.ENDED
+            metrics.ACTIVE_CALLS.dec()
+            self._bus.close_topic(call_topic(self.call_id))
+            self._ended.set()
+
+    async def aclose(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        for task in self._tasks.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for party in self.parties.values():
+            await party.aclose()
+
+    async def wait_ended(self) -> None:
+        await self._ended.wait()
+
+    async def emit(self, event: Event) -> None:
+        self._seq += 1
+        stamped = {"seq": self._seq, "call_id": self.call_id, **event, "t_emit": round(self._fed_s, 3)}
+        self.last_event = stamped
+        self._bus.publish(call_topic(self.call_id), stamped)
+        if stamped["type"] in ("call_start", "call_end"):
+            self._bus.publish(SUPERVISOR_TOPIC, stamped)
+
+    async def _party_worker(self, speaker: Speaker) -> None:
+        q, party = self._queues[speaker], self.parties[speaker]
+        while True:
+            item = await q.get()
+            try:
+                if isinstance(item, EndOfStream):
+                    await party.finish()
+                    return
+                await party.push(item)
+                await self._maybe_metrics()
+            except Exception:
+                log.exception("call %s %s: pipeline error, frame skipped", self.call_id, speaker)
+                metrics.DROPPED_FRAMES.labels(reason="pipeline_error").inc()
+            finally:
+                q.task_done()
+
+    async def _maybe_metrics(self) -> None:
+        now = min(p.audio_s for p in self.parties.values())
+        if now >= self._next_metrics_s:
+            self._next_metrics_s = now + self._settings.metrics_interval_s
+            await self._emit_metrics(final=False)
+
+    async def _emit_metrics(self, *, final: bool) -> None:
+        now = max(p.audio_s for p in self.parties.values()) if final else min(
+            p.audio_s for p in self.parties.values()
+        )
+        def intervals(s: Speaker) -> list[tuple[float, float]]:
+            p = self.parties.get(s)
+            if p is None:
+                return []
+            return [*p.speech_intervals, *([p.open_speech] if p.open_speech else [])]
+
+        agent = self.parties.get("agent")
+        snap = dynamics.snapshot(
+            customer=intervals("customer"),
+            agent=intervals("agent"),
+            now_s=now,
+            agent_words=agent.word_times if agent else [],
+        )
+        await self.emit(
+            events.metrics(
+                talk_ratio=snap.talk_ratio,
+                overtalk_s=snap.overtalk_s,
+                silence_s=snap.silence_s,
+                agent_wps=snap.agent_wps,
+                t_start=0.0,
+                t_end=now,
+            )
+        )
+
+
+SessionFactory = Callable[..., CallSession]

@@ -1,0 +1,111 @@
+"""One typed settings object: defaults < config file (YAML/JSON/TOML) < COACH_* env < CLI flags."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import tomllib
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from audio.endpoint import EndpointConfig
+from models.asr import AsrOptions
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COACH_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Interface the HTTP server binds to.")
+    port: int = Field(8000, description="HTTP port.")
+    data_dir: Path = Field(Path(".coach"), description="Local state: SQLite store, signing secret.")
+    log_level: str = Field("info", description="debug, info, warning or error.")
+
+    asr_model: str = Field("tiny.en", description="Packaged model name (tiny.en, base) or path.")
+    asr_compute_type: str = Field("int8", description="CTranslate2 compute type.")
+    asr_threads: int = Field(2, description="CTranslate2 intra-op threads per worker.")
+    asr_workers: int = Field(1, description="Parallel ASR decodes sharing one model.")
+    asr_beam_size: int = Field(1, description="Beam size for final transcripts.")
+    asr_max_batch: int = Field(4, description="Utterances decoded together in one batch.")
+    asr_min_window_s: float = Field(10.0, description="Shortest Whisper encoder window.")
+    asr_initial_prompt: str | None = Field(None, description="Domain words to bias ASR.")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Inference device for all models.")
+
+    vad_threshold: float = Field(0.5, description="Silero speech probability threshold.")
+    endpoint_hangover_ms: int = Field(300, description="Silence that ends an utterance.")
+    max_utterance_s: float = Field(15.0, description="Longest utterance before a forced cut.")
+    partial_interval_s: float = Field(0.5, description="Fastest cadence of partial transcripts.")
+    partial_max_wait_s: float = Field(0.6, description="Drop a queued partial older than this.")
+
+    audio_queue_frames: int = Field(250, description="Per-party audio queue (20 ms frames).")
+    metrics_interval_s: float = Field(5.0, description="Call-audio seconds between metrics events.")
+    max_frame_bytes: int = Field(64_000, description="Largest binary frame accepted on ingest.")
+    event_replay: int = Field(500, description="Recent events kept per call for reconnects.")
+
+    auth_disabled: bool = Field(False, description="Turn off all auth (local development only).")
+    auth_secret: str | None = Field(None, description="HMAC key for tokens; generated if unset.")
+    ingest_api_key: str | None = Field(None, description="API key telephony ingest must present.")
+    token_ttl_s: int = Field(12 * 3600, description="Default lifetime of issued tokens.")
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
+        file_values: dict[str, Any] = _read_config(config_file) if config_file else {}
+        env = cls()
+        merged = {**file_values, **env.model_dump(exclude_unset=True)}
+        merged.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(merged)
+
+    @cached_property
+    def signing_secret(self) -> str:
+        """Tokens must verify across restarts and between `coach token` and the server."""
+        if self.auth_secret:
+            return self.auth_secret
+        path = self.data_dir / "auth_secret"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(32)
+        path.write_text(value)
+        path.chmod(0o600)
+        return value
+
+    def asr_options(self) -> AsrOptions:
+        return AsrOptions(
+            model=self.asr_model,
+            device=self.device,
+            compute_type=self.asr_compute_type,
+            threads=self.asr_threads,
+            workers=self.asr_workers,
+            beam_size=self.asr_beam_size,
+            initial_prompt=self.asr_initial_prompt,
+            min_window_s=self.asr_min_window_s,
+        )
+
+    def endpoint_config(self) -> EndpointConfig:
+        return EndpointConfig(
+            threshold=self.vad_threshold,
+            neg_threshold=max(0.05, self.vad_threshold - 0.15),
+            hangover_ms=self.endpoint_hangover_ms,
+            max_utterance_s=self.max_utterance_s,
+        )
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    match path.suffix.lower():
+        case ".json":
+            data = json.loads(text)
+        case ".toml":
+            data = tomllib.loads(text)
+        case ".yaml" | ".yml":
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        case other:
+            raise ValueError(f"config file {path}: unsupported format {other!r}")
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: expected a mapping at the top level")
+    return {str(k).lower().removeprefix("coach_"): v for k, v in data.items()}

@@ -1,0 +1,1 @@
+"""Signals fused from words, voice and timing: conversation dynamics and customer state."""

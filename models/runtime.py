@@ -1,0 +1,199 @@
+"""One scheduler per model: a priority queue in front of a few worker threads.
+
+Why not `run_in_executor` per request: with many calls the model would see requests in
+arrival order, a partial hypothesis could delay a final one, and nothing could be dropped.
+Here finals overtake partials (lower priority number first), a newer partial for the same
+stream replaces a queued older one (coalescing), stale partials are shed, and a worker takes
+up to `max_batch` requests at once so the model can batch them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+
+
+class Shed(Exception):
+    """The request was dropped (replaced by a newer one, stale, or shed under load)."""
+
+
+@dataclass(order=True)
+class _Item(Generic[Req, Res]):
+    priority: int
+    seq: int
+    request: Req = field(compare=False)
+    future: Future[Res] = field(compare=False)
+    coalesce_key: str | None = field(compare=False, default=None)
+    expires_at: float | None = field(compare=False, default=None)
+    dead: bool = field(compare=False, default=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStats:
+    size: int
+    seconds: float
+    queue_depth: int
+
+
+class InferenceScheduler(Generic[Req, Res]):
+    def __init__(
+        self,
+        *,
+        name: str,
+        run_batch: Callable[[Sequence[Req]], Sequence[Res]],
+        workers: int = 1,
+        max_batch: int = 1,
+        max_queue: int = 256,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._run_batch = run_batch
+        self._max_batch = max(1, max_batch)
+        self._max_queue = max_queue
+        self._on_batch = on_batch
+        self._heap: list[_Item[Req, Res]] = []
+        self._by_key: dict[str, _Item[Req, Res]] = {}
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._closed = False
+        self._busy = 0
+        self.shed_count = 0
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-worker-{i}", daemon=True)
+            for i in range(max(1, workers))
+        ]
+        for t in self._threads:
+            t.start()
+
+    @property
+    def depth(self) -> int:
+        with self._cond:
+            return sum(1 for it in self._heap if not it.dead)
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    def submit(
+        self,
+        request: Req,
+        *,
+        priority: int = 0,
+        coalesce_key: str | None = None,
+        max_wait_s: float | None = None,
+    ) -> Future[Res]:
+        """Queue a request; the future fails with `Shed` if it is dropped."""
+        fut: Future[Res] = Future()
+        expires = time.monotonic() + max_wait_s if max_wait_s is not None else None
+        item = _Item(priority, next(self._seq), request, fut, coalesce_key, expires)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError(f"scheduler {self.name} is closed")
+            if coalesce_key is not None:
+                old = self._by_key.pop(coalesce_key, None)
+                if old is not None and not old.dead:
+                    self._kill(old)
+                self._by_key[coalesce_key] = item
+            heapq.heappush(self._heap, item)
+            self._shed_overflow()
+            self._cond.notify()
+        return fut
+
+    async def run(
+        self,
+        request: Req,
+        *,
+        priority: int = 0,
+        coalesce_key: str | None = None,
+        max_wait_s: float | None = None,
+    ) -> Res:
+        fut = self.submit(
+            request, priority=priority, coalesce_key=coalesce_key, max_wait_s=max_wait_s
+        )
+        return await asyncio.wrap_future(fut)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        with self._cond:
+            self._closed = True
+            for it in self._heap:
+                self._kill(it)
+            self._heap.clear()
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout_s)
+            if t.is_alive():
+                log.warning("scheduler %s worker %s did not stop in %.1fs", self.name, t.name, timeout_s)
+
+    def _kill(self, item: _Item[Req, Res]) -> None:
+        item.dead = True
+        self.shed_count += 1
+        if not item.future.done():
+            item.future.set_exception(Shed(self.name))
+
+    def _shed_overflow(self) -> None:
+        live = [it for it in self._heap if not it.dead]
+        if len(live) <= self._max_queue:
+            return
+        # Drop the least important (highest priority number, newest) first.
+        for it in sorted(live, key=lambda i: (-i.priority, -i.seq))[: len(live) - self._max_queue]:
+            self._kill(it)
+
+    def _take(self) -> list[_Item[Req, Res]]:
+        now = time.monotonic()
+        batch: list[_Item[Req, Res]] = []
+        while self._heap and len(batch) < self._max_batch:
+            it = heapq.heappop(self._heap)
+            if it.coalesce_key is not None and self._by_key.get(it.coalesce_key) is it:
+                del self._by_key[it.coalesce_key]
+            if it.dead:
+                continue
+            if it.expires_at is not None and now > it.expires_at:
+                self._kill(it)
+                continue
+            batch.append(it)
+        return batch
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not any(not it.dead for it in self._heap):
+                    self._heap.clear()
+                    self._cond.wait()
+                if self._closed:
+                    return
+                batch = self._take()
+                self._busy += 1
+            if batch:
+                self._execute(batch)
+            with self._cond:
+                self._busy -= 1
+
+    def _execute(self, batch: list[_Item[Req, Res]]) -> None:
+        t0 = time.perf_counter()
+        try:
+            results = self._run_batch([it.request for it in batch])
+        except Exception as exc:
+            log.exception("model %s failed on a batch of %d", self.name, len(batch))
+            for it in batch:
+                if not it.future.done():
+                    it.future.set_exception(exc)
+            return
+        elapsed = time.perf_counter() - t0
+        for it, res in zip(batch, results, strict=True):
+            if not it.future.done():
+                it.future.set_result(res)
+        if self._on_batch is not None:
+            self._on_batch(BatchStats(len(batch), elapsed, self.depth))

@@ -1,0 +1,401 @@
+"""Synthesize scripted two-party phone calls with exact ground truth.
+
+Why this exists: the coaching pipeline (channel-based speaker attribution, streaming ASR,
+dead-air and overtalk detection) needs telephone-like audio whose turn timings are known to the
+millisecond. Real call recordings are private and unlabelled, so we render scripted calls with
+espeak-ng, which is offline, deterministic and available in CI. Ground-truth times come from the
+trimmed sample positions actually written, not from the script, so tests can compare against
+what is really audible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import re
+import subprocess
+import tempfile
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal, cast
+
+import numpy as np
+import numpy.typing as npt
+import soundfile as sf
+import soxr
+
+Speaker = Literal["customer", "agent"]
+Encoding = Literal["pcm16", "mulaw"]
+MonoParty = Literal["customer", "mix"]
+FloatArray = npt.NDArray[np.float32]
+
+DEFAULT_GAP_S = 0.6
+CHANNEL_OF: dict[str, int] = {"customer": 0, "agent": 1}
+_SUBTYPE: dict[str, str] = {"pcm16": "PCM_16", "mulaw": "ULAW"}
+# 10 ms frames at -40 dBFS RMS: above espeak's faint onset/offset tails, below any real phoneme.
+_TRIM_FRAME_S = 0.01
+_TRIM_THRESHOLD = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One utterance. ``overlap_s > 0`` starts it that long before the previous turn ends."""
+
+    speaker: Speaker
+    text: str
+    gap_before_s: float = DEFAULT_GAP_S
+    voice: str | None = None
+    speed_wpm: int | None = None
+    pitch: int | None = None
+    amplitude: int | None = None
+    overlap_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.speaker not in CHANNEL_OF:
+            raise ValueError(f"speaker must be 'customer' or 'agent', got {self.speaker!r}")
+        if not self.text.strip():
+            raise ValueError("turn text must not be empty")
+        if self.gap_before_s < 0 or self.overlap_s < 0:
+            raise ValueError("gap_before_s and overlap_s must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class CallScript:
+    """A whole call; per-party defaults apply to turns that don't override them."""
+
+    call_id: str
+    turns: tuple[Turn, ...]
+    customer_voice: str = "en-us"
+    agent_voice: str = "en-gb+f3"
+    customer_speed_wpm: int = 160
+    agent_speed_wpm: int = 170
+    customer_pitch: int = 40
+    agent_pitch: int = 55
+    amplitude: int = 100
+
+    def __post_init__(self) -> None:
+        if not self.turns:
+            raise ValueError("a call needs at least one turn")
+        if self.turns[0].overlap_s > 0:
+            raise ValueError("the first turn has nothing to overlap")
+        for prev, turn in itertools.pairwise(self.turns):
+            # One channel per party, so a party cannot talk over itself.
+            if turn.overlap_s > 0 and turn.speaker == prev.speaker:
+                raise ValueError(f"overlapping turn {turn.text!r} has the same speaker")
+
+    def espeak_params(self, turn: Turn) -> tuple[str, int, int, int]:
+        is_customer = turn.speaker == "customer"
+        voice = turn.voice or (self.customer_voice if is_customer else self.agent_voice)
+        default_speed = self.customer_speed_wpm if is_customer else self.agent_speed_wpm
+        default_pitch = self.customer_pitch if is_customer else self.agent_pitch
+        return (
+            voice,
+            turn.speed_wpm if turn.speed_wpm is not None else default_speed,
+            turn.pitch if turn.pitch is not None else default_pitch,
+            turn.amplitude if turn.amplitude is not None else self.amplitude,
+        )
+
+
+@functools.cache
+def _espeak_variants() -> frozenset[str]:
+    out = subprocess.run(
+        ["espeak-ng", "--voices=variant"], capture_output=True, text=True, check=True
+    ).stdout
+    return frozenset(m.group(1) for m in re.finditer(r"!v/(.*?)(?:\s{2,}|$)", out, re.M))
+
+
+def _synthesize(
+    text: str, params: tuple[str, int, int, int], workdir: Path
+) -> tuple[FloatArray, int]:
+    voice, speed, pitch, amplitude = params
+    # espeak-ng silently falls back to the base voice for an unknown "+variant" (rc 0).
+    variant = voice.partition("+")[2]
+    if variant and variant not in _espeak_variants():
+        raise ValueError(f"unknown espeak-ng voice variant {variant!r} in {voice!r}")
+    wav = workdir / "turn.wav"
+    wav.unlink(missing_ok=True)
+    # "--" matters: text starting with "-" would otherwise be parsed as options, and espeak-ng
+    # then prints its help, exits 0 and writes nothing.
+    cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-a", str(amplitude)]
+    proc = subprocess.run([*cmd, "-w", str(wav), "--", text], capture_output=True, text=True)
+    if proc.returncode != 0 or not wav.exists():
+        raise RuntimeError(f"espeak-ng failed for voice {voice!r}: {proc.stderr.strip()}")
+    audio, rate = sf.read(wav, dtype="float32", always_2d=True)
+    return cast(FloatArray, audio[:, 0]), int(rate)
+
+
+def trim_silence(audio: FloatArray, sample_rate: int) -> FloatArray:
+    """Cut leading/trailing frames below the energy threshold so onsets are real speech."""
+    frame = max(1, round(_TRIM_FRAME_S * sample_rate))
+    n_frames = -(-len(audio) // frame)
+    padded = np.zeros(n_frames * frame, dtype=np.float32)
+    padded[: len(audio)] = audio
+    rms = np.sqrt(np.mean(padded.reshape(n_frames, frame) ** 2, axis=1))
+    active = np.flatnonzero(rms > _TRIM_THRESHOLD)
+    if active.size == 0:
+        raise ValueError("rendered turn contains no audible speech")
+    return audio[active[0] * frame : min(len(audio), (active[-1] + 1) * frame)]
+
+
+def render_turn(script: CallScript, turn: Turn, sample_rate: int, workdir: Path) -> FloatArray:
+    audio, espeak_rate = _synthesize(turn.text, script.espeak_params(turn), workdir)
+    if espeak_rate != sample_rate:
+        audio = cast(FloatArray, soxr.resample(audio, espeak_rate, sample_rate, quality="HQ"))
+    # Trim after resampling so boundaries are exact sample positions at the output rate.
+    return trim_silence(audio, sample_rate)
+
+
+def render_call(
+    script: CallScript,
+    out_dir: Path,
+    *,
+    sample_rate: int = 8000,
+    encoding: Encoding = "mulaw",
+    channels: int = 2,
+    name: str | None = None,
+    lead_silence_s: float = 0.5,
+    tail_silence_s: float = 1.0,
+    noise_dbfs: float | None = None,
+    mono_party: MonoParty = "mix",
+) -> tuple[Path, Path]:
+    """Render ``script`` to ``<name>.wav`` plus ``<name>.json`` ground truth in ``out_dir``.
+
+    Stereo puts the customer on channel 0 and the agent on channel 1. Mono either mixes both
+    parties or keeps only the customer (then agent turns are left out of the ground truth,
+    because they are not audible).
+    """
+    if encoding not in _SUBTYPE:
+        raise ValueError(f"encoding must be one of {sorted(_SUBTYPE)}, got {encoding!r}")
+    if channels not in (1, 2):
+        raise ValueError(f"channels must be 1 or 2, got {channels}")
+    if mono_party not in ("customer", "mix"):
+        raise ValueError(f"mono_party must be 'customer' or 'mix', got {mono_party!r}")
+    if sample_rate <= 0:
+        raise ValueError("sample_rate must be positive")
+
+    with tempfile.TemporaryDirectory(prefix="make_test_calls_") as tmp:
+        clips = [render_turn(script, t, sample_rate, Path(tmp)) for t in script.turns]
+
+    placed: list[tuple[Turn, int, FloatArray]] = []
+    latest_end = round(lead_silence_s * sample_rate)
+    for i, (turn, clip) in enumerate(zip(script.turns, clips, strict=True)):
+        if i == 0:
+            start = latest_end
+        elif turn.overlap_s > 0:
+            _, prev_start, prev_clip = placed[-1]
+            prev_end = prev_start + len(prev_clip)
+            start = max(prev_start, prev_end - round(turn.overlap_s * sample_rate))
+        else:
+            # Gap from when the line last went quiet, so a short interjection that ends inside
+            # someone else's turn doesn't pull the next turn into unintended overtalk.
+            start = latest_end + round(turn.gap_before_s * sample_rate)
+        placed.append((turn, start, clip))
+        latest_end = max(latest_end, start + len(clip))
+
+    total = latest_end + round(tail_silence_s * sample_rate)
+    stereo = np.zeros((total, 2), dtype=np.float32)
+    for turn, start, clip in placed:
+        stereo[start : start + len(clip), CHANNEL_OF[turn.speaker]] += clip
+
+    if channels == 2:
+        audio = stereo
+    elif mono_party == "customer":
+        audio = stereo[:, 0].copy()
+        placed = [p for p in placed if p[0].speaker == "customer"]
+    else:
+        audio = stereo.sum(axis=1)
+    if noise_dbfs is not None:
+        # crc32, not hash(): str hashes are salted per process and would break determinism.
+        rng = np.random.default_rng(zlib.crc32(script.call_id.encode()))
+        audio += rng.normal(0.0, 10 ** (noise_dbfs / 20), audio.shape).astype(np.float32)
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if peak > 0.99:
+        # Overtalk in a mono mix can exceed full scale; scale rather than clip.
+        audio *= np.float32(0.99 / peak)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = name or script.call_id
+    wav_path, json_path = out_dir / f"{stem}.wav", out_dir / f"{stem}.json"
+    sf.write(wav_path, audio, sample_rate, subtype=_SUBTYPE[encoding], format="WAV")
+    truth = {
+        "call_id": script.call_id,
+        "sample_rate": sample_rate,
+        "encoding": encoding,
+        "channels": channels,
+        "duration_s": round(total / sample_rate, 3),
+        "turns": [
+            {
+                "speaker": turn.speaker,
+                "text": turn.text,
+                "t_start": round(start / sample_rate, 3),
+                "t_end": round((start + len(clip)) / sample_rate, 3),
+                "channel": CHANNEL_OF[turn.speaker] if channels == 2 else 0,
+            }
+            for turn, start, clip in placed
+        ],
+    }
+    json_path.write_text(json.dumps(truth, indent=2) + "\n", encoding="utf-8")
+    return wav_path, json_path
+
+
+_LINE = re.compile(r"^(customer|agent)(?: \[(gap|overlap)=([0-9.]+)\])?: (.+)$")
+
+
+def parse_turns(text: str) -> tuple[Turn, ...]:
+    """Parse lines like ``agent [gap=9.0]: text``; indented lines continue the previous turn.
+
+    Plain dialogue text keeps the scripts readable and diffable.
+    """
+    turns: list[Turn] = []
+    for raw in text.strip().splitlines():
+        if raw.startswith(" ") and turns:
+            turns[-1] = replace(turns[-1], text=f"{turns[-1].text} {raw.strip()}")
+            continue
+        m = _LINE.match(raw)
+        if m is None:
+            raise ValueError(f"bad script line: {raw!r}")
+        speaker, key, value, line_text = m.groups()
+        turns.append(
+            Turn(
+                cast(Speaker, speaker),
+                line_text,
+                gap_before_s=float(value) if key == "gap" else DEFAULT_GAP_S,
+                overlap_s=float(value) if key == "overlap" else 0.0,
+            )
+        )
+    return tuple(turns)
+
+
+_BILLING_DISPUTE = """
+agent: Thank you for calling customer support, my name is Sarah. How can I help you today?
+customer: Hi. I just looked at my bill, and I was charged twice for the same order last month.
+agent: I'm sorry to hear that. Can I have your full name please?
+customer: Sure, it's John Miller.
+agent: Thank you, John. Let me pull up your account, this will take a moment.
+agent [gap=9.0]: Thank you for waiting. I can see two charges of forty nine dollars on the same day.
+customer: Right, that is exactly what I'm talking about. This is really frustrating,
+  it has happened before.
+agent: I completely understand your frustration. The second charge was a mistake on our side,
+  and I will refund it right away.
+customer: Okay. How long will the refund take?
+agent: You should see it back on your card within three to five business days.
+customer: Alright, thank you for sorting that out.
+agent: You're welcome. Is there anything else I can help you with today?
+customer: No, that's all. Have a good day.
+"""
+_INTERNET_OUTAGE = """
+agent: Good morning, thanks for calling technical support. What can I do for you?
+customer: Hi, my internet has been down since last night. The light on the router keeps
+  blinking orange, and nothing works.
+agent: I'm sorry about that. Have you tried restarting the router?
+customer: Yes, I have restarted it three times already. I unplugged it, waited a full minute,
+  and plugged it back in. I work from home, so I really need this fixed today,
+  because I have meetings all afternoon and
+agent [overlap=1.0]: I understand, and I want to get you back online as quickly as possible.
+agent [gap=1.5]: I'm running a line test now. I can see there is an outage in your area
+  that started late last night.
+customer: An outage? Nobody told me anything about that.
+agent: I apologize for that. Our technicians are working on it, and service should be back
+  by two this afternoon.
+customer: Can I get some kind of credit for the lost time?
+agent: Yes, I have added a credit for one day of service to your account.
+  You will see it on your next bill.
+customer: Okay, that helps. Thank you.
+agent: You're welcome. I will also send you a text message as soon as the outage is fixed.
+"""
+_INSURANCE_CLAIM = """
+agent: Thank you for calling, this is the claims department. How may I help you?
+customer: Hello. Someone backed into my car in a parking lot yesterday,
+  and I want to file a claim.
+agent: I'm sorry that happened. Is everyone okay?
+customer: Yes, nobody was hurt. The back bumper is badly dented, and one of the lights is broken.
+agent: I'm glad you are okay. Did you get the other driver's information?
+customer: Yes, I have their name, phone number, and insurance company.
+  I also took pictures of both cars.
+agent: That's very helpful. I have started the claim for you.
+  You can upload the pictures through our mobile app.
+customer: How long does it usually take to get the car repaired?
+agent: An adjuster will call you within two business days.
+  After that, most repairs take about a week.
+customer: Will I get a rental car while mine is in the shop?
+agent: Your policy includes a rental car for up to ten days, so you are covered.
+customer: Great, that's a relief. Thank you so much for your help.
+"""
+_TRAVEL_REBOOKING = """
+agent: Thank you for calling the travel help line. How can I help you today?
+customer: Hi, my flight this evening was cancelled, and I need to get home by tomorrow morning.
+agent: I'm sorry about the cancellation. Let me look at the other flights for you.
+agent [gap=2.5]: I found a seat on a flight that leaves at six tomorrow morning.
+  There is also one tonight at ten, but it has a connection and
+customer [overlap=0.8]: Tonight please, the one tonight works much better for me.
+agent: Of course. I have moved you to the flight tonight at ten.
+  Your connection is one hour long.
+customer: Will my checked bag be moved to the new flight too?
+agent: Yes, your bag will be transferred automatically. You don't need to do anything.
+customer: And do I have to pay anything for the change?
+agent: No, there is no fee, because the airline cancelled your flight.
+  I will email you the new boarding passes now.
+customer: Perfect. Thanks for being so quick.
+agent: My pleasure. Have a safe trip home.
+"""
+
+# Voices vary per call so downstream code isn't tuned to one synthetic timbre.
+BUILTIN_CALLS: dict[str, CallScript] = {
+    "billing_dispute": CallScript("billing_dispute", parse_turns(_BILLING_DISPUTE)),
+    "internet_outage": CallScript(
+        "internet_outage",
+        parse_turns(_INTERNET_OUTAGE),
+        customer_voice="en-us+m3",
+        agent_voice="en-us+f2",
+        agent_pitch=60,
+    ),
+    "insurance_claim": CallScript(
+        "insurance_claim",
+        parse_turns(_INSURANCE_CLAIM),
+        customer_voice="en-us+f4",
+        customer_pitch=60,
+        agent_voice="en-gb",
+        agent_pitch=45,
+    ),
+    "travel_rebooking": CallScript("travel_rebooking", parse_turns(_TRAVEL_REBOOKING)),
+}
+# Played by the UI's "play demo call" button: short, and shows dead air plus an apology/refund.
+DEMO_CALL = "billing_dispute"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Render scripted test calls with espeak-ng.")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--calls", default="all", help="comma-separated names, or 'all'")
+    parser.add_argument("--rate", type=int, default=8000)
+    parser.add_argument("--encoding", choices=sorted(_SUBTYPE), default="mulaw")
+    parser.add_argument("--channels", type=int, choices=(1, 2), default=2)
+    parser.add_argument("--mono-party", choices=("mix", "customer"), default="mix")
+    parser.add_argument("--noise-dbfs", type=float, default=None)
+    args = parser.parse_args(argv)
+
+    calls = str(args.calls)
+    names = list(BUILTIN_CALLS) if calls == "all" else [n for n in calls.split(",") if n]
+    unknown = [n for n in names if n not in BUILTIN_CALLS]
+    if unknown or not names:
+        parser.error(f"unknown calls {unknown}; choose from {', '.join(BUILTIN_CALLS)} or all")
+    for call_name in names:
+        wav, truth = render_call(
+            BUILTIN_CALLS[call_name],
+            args.out_dir,
+            sample_rate=args.rate,
+            encoding=args.encoding,
+            channels=args.channels,
+            mono_party=args.mono_party,
+            noise_dbfs=args.noise_dbfs,
+        )
+        print(f"{wav}\t{truth}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""Tests for the espeak-ng test-call synthesizer: layout, ground truth, formats, determinism."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import soundfile as sf
+
+from scripts.make_test_calls import (
+    BUILTIN_CALLS,
+    DEMO_CALL,
+    CallScript,
+    Encoding,
+    Turn,
+    main,
+    parse_turns,
+    render_call,
+)
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+
+# Overlap of 0.4 s: the customer's thank-you starts before the agent has finished.
+SHORT = CallScript(
+    "short",
+    (
+        Turn("customer", "Hello, I need help with my bill."),
+        Turn("agent", "Sure, I can help with that today.", gap_before_s=0.5),
+        Turn("customer", "Thank you so much.", overlap_s=0.4),
+    ),
+)
+FRAME_S = 0.01
+THRESHOLD = 0.01  # the synthesizer's trim level; mu-law/PCM keep silence far below it
+TOL_S = 0.05
+
+
+def _load(wav: Path, truth: Path) -> tuple[npt.NDArray[np.float64], int, dict[str, Any]]:
+    audio, sr = sf.read(wav, dtype="float64", always_2d=True)
+    return audio, int(sr), json.loads(truth.read_text())
+
+
+def _active(x: npt.NDArray[np.float64], sr: int, t0: float, t1: float) -> bool:
+    """Whether any 10 ms frame in [t0, t1) has speech-level energy."""
+    seg = x[max(0, round(t0 * sr)) : max(0, round(t1 * sr))]
+    frame = round(FRAME_S * sr)
+    n = len(seg) // frame
+    if n == 0:
+        return False
+    rms = np.sqrt(np.mean(seg[: n * frame].reshape(n, frame) ** 2, axis=1))
+    return bool(np.any(rms > THRESHOLD))
+
+
+@pytest.fixture(scope="module")
+def stereo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return render_call(SHORT, tmp_path_factory.mktemp("stereo"), encoding="pcm16")
+
+
+def test_stereo_layout_and_truth_header(stereo: tuple[Path, Path]) -> None:
+    audio, sr, truth = _load(*stereo)
+    assert audio.shape[1] == 2 and sr == 8000
+    assert truth["call_id"] == "short" and truth["encoding"] == "pcm16"
+    assert truth["channels"] == 2
+    assert truth["duration_s"] == pytest.approx(len(audio) / sr, abs=0.001)
+    assert [t["channel"] for t in truth["turns"]] == [0, 1, 0]
+    assert [t["speaker"] for t in truth["turns"]] == ["customer", "agent", "customer"]
+    assert truth["turns"][0]["t_start"] == pytest.approx(0.5, abs=0.001)
+    assert truth["duration_s"] == pytest.approx(truth["turns"][-1]["t_end"] + 1.0, abs=0.002)
+
+
+def test_truth_times_ordered_and_match_energy(stereo: tuple[Path, Path]) -> None:
+    audio, sr, truth = _load(*stereo)
+    turns = truth["turns"]
+    for t in turns:
+        assert t["t_start"] < t["t_end"]
+        x = audio[:, t["channel"]]
+        # Speech right inside both edges, silence just outside them (same channel).
+        assert _active(x, sr, t["t_start"], t["t_start"] + TOL_S)
+        assert _active(x, sr, t["t_end"] - TOL_S, t["t_end"])
+        assert not _active(x, sr, t["t_start"] - 0.3, t["t_start"] - TOL_S)
+        assert not _active(x, sr, t["t_end"] + TOL_S, t["t_end"] + 0.3)
+    starts = [t["t_start"] for t in turns]
+    assert starts == sorted(starts)
+    assert turns[1]["t_start"] - turns[0]["t_end"] == pytest.approx(0.5, abs=0.002)
+
+
+def test_channel_separation(stereo: tuple[Path, Path]) -> None:
+    audio, sr, truth = _load(*stereo)
+    for t in truth["turns"]:
+        own, other = t["channel"], 1 - t["channel"]
+        seg = audio[round(t["t_start"] * sr) : round(t["t_end"] * sr)]
+        others = [o for o in truth["turns"] if o["channel"] == other]
+        # Only judge the other channel where the other party isn't legitimately talking.
+        quiet = np.ones(len(seg), dtype=bool)
+        for o in others:
+            a = max(0, round((o["t_start"] - t["t_start"]) * sr))
+            b = max(0, round((o["t_end"] - t["t_start"]) * sr))
+            quiet[a:b] = False
+        assert np.sqrt(np.mean(seg[:, own] ** 2)) > 0.03
+        assert quiet.any()
+        assert np.max(np.abs(seg[quiet, other])) < 1e-3
+
+
+def test_overlap_turn_really_overlaps(stereo: tuple[Path, Path]) -> None:
+    audio, sr, truth = _load(*stereo)
+    agent, thanks = truth["turns"][1], truth["turns"][2]
+    assert thanks["t_start"] == pytest.approx(agent["t_end"] - 0.4, abs=0.002)
+    mid = (thanks["t_start"] + agent["t_end"]) / 2
+    assert _active(audio[:, 0], sr, mid - 0.1, mid + 0.1)
+    assert _active(audio[:, 1], sr, mid - 0.1, mid + 0.1)
+
+
+def test_mulaw_8k_reads_back_as_ulaw(tmp_path: Path) -> None:
+    wav, truth_path = render_call(SHORT, tmp_path, sample_rate=8000, encoding="mulaw")
+    info = sf.info(wav)
+    assert (info.format, info.subtype, info.samplerate, info.channels) == ("WAV", "ULAW", 8000, 2)
+    audio, sr, truth = _load(wav, truth_path)
+    assert truth["encoding"] == "mulaw"
+    first = truth["turns"][0]
+    assert _active(audio[:, 0], sr, first["t_start"], first["t_start"] + TOL_S)
+
+
+def test_pcm16_16k_mono_mix_and_customer_only(tmp_path: Path) -> None:
+    kw: dict[str, Any] = {"sample_rate": 16000, "encoding": "pcm16", "channels": 1}
+    wav, truth_path = render_call(SHORT, tmp_path, name="mix", **kw)
+    info = sf.info(wav)
+    assert (info.subtype, info.samplerate, info.channels) == ("PCM_16", 16000, 1)
+    audio, sr, truth = _load(wav, truth_path)
+    assert truth["channels"] == 1 and len(truth["turns"]) == 3
+    agent = truth["turns"][1]
+    assert all(t["channel"] == 0 for t in truth["turns"])
+    assert _active(audio[:, 0], sr, agent["t_start"], agent["t_start"] + TOL_S)
+
+    wav, truth_path = render_call(SHORT, tmp_path, name="cust", mono_party="customer", **kw)
+    audio, sr, truth = _load(wav, truth_path)
+    assert [t["speaker"] for t in truth["turns"]] == ["customer", "customer"]
+    # The agent's turn before the customer's overlapping reply is silent in customer-only mono.
+    assert not _active(audio[:, 0], sr, agent["t_start"], truth["turns"][1]["t_start"])
+
+
+def test_rendering_is_byte_identical(tmp_path: Path) -> None:
+    encodings: tuple[Encoding, ...] = ("mulaw", "mulaw", "pcm16", "pcm16")
+    outs = [
+        render_call(SHORT, tmp_path / str(i), encoding=enc, noise_dbfs=-55.0)
+        for i, enc in enumerate(encodings)
+    ]
+    for first, second in (outs[0:2], outs[2:4]):
+        assert first[0].read_bytes() == second[0].read_bytes()
+        assert first[1].read_bytes() == second[1].read_bytes()
+    audio, _, _ = _load(*outs[2])
+    assert np.max(np.abs(audio[:100])) > 0  # noise really fills the leading silence
+
+
+def test_text_starting_with_dash_is_spoken(tmp_path: Path) -> None:
+    script = CallScript("dash", (Turn("agent", "-- one moment please."),))
+    _, truth_path = render_call(script, tmp_path)
+    turn = json.loads(truth_path.read_text())["turns"][0]
+    assert turn["t_end"] - turn["t_start"] > 0.5
+
+
+def test_invalid_inputs_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="same speaker"):
+        CallScript("x", (Turn("agent", "Hi."), Turn("agent", "Hello.", overlap_s=0.5)))
+    with pytest.raises(ValueError, match="nothing to overlap"):
+        CallScript("x", (Turn("agent", "Hi.", overlap_s=0.5),))
+    with pytest.raises(ValueError, match="variant"):
+        render_call(CallScript("x", (Turn("agent", "Hi.", voice="en-us+nosuch"),)), tmp_path)
+    with pytest.raises(ValueError, match="channels"):
+        render_call(SHORT, tmp_path, channels=3)
+
+
+def test_parse_turns() -> None:
+    turns = parse_turns("agent: One moment.\nagent [gap=9.0]: Thanks for\n  waiting.\n")
+    assert turns == (
+        Turn("agent", "One moment."),
+        Turn("agent", "Thanks for waiting.", gap_before_s=9.0),
+    )
+    with pytest.raises(ValueError, match="bad script line"):
+        parse_turns("narrator: hello")
+
+
+def test_builtin_calls_cover_required_scenarios() -> None:
+    assert len(BUILTIN_CALLS) >= 4 and DEMO_CALL in BUILTIN_CALLS
+    turns = [t for c in BUILTIN_CALLS.values() for t in c.turns]
+    assert any(t.overlap_s >= 0.8 for t in turns)
+    assert any(t.gap_before_s >= 8.0 for t in turns)
+    for call_id, call in BUILTIN_CALLS.items():
+        assert call.call_id == call_id
+        assert {t.speaker for t in call.turns} == {"customer", "agent"}
+
+
+def test_cli_renders_selected_call(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path), "--calls", "travel_rebooking", "--encoding", "pcm16"]) == 0
+    wav, truth_path = capsys.readouterr().out.strip().split("\t")
+    truth = json.loads(Path(truth_path).read_text())
+    assert sf.info(wav).channels == 2
+    assert 30 <= truth["duration_s"] <= 70
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--calls", "nope"])
