@@ -14,7 +14,7 @@ from audio.types import Samples
 class AudioRing:
     def __init__(self, *, sample_rate: int, capacity_s: float) -> None:
         self.sample_rate = sample_rate
-        self._cap = int(capacity_s * sample_rate)
+        self._cap = int(round(capacity_s * sample_rate))  # round: 0.7 * 44100 is 30869.999...
         self._buf = np.zeros(0, dtype=np.float32)
         self._start = 0  # absolute index of self._buf[0]
 

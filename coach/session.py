@@ -93,23 +93,39 @@ class CallSession:
             for s in self.speakers:
                 self._tasks[s] = asyncio.create_task(self._party_worker(s), name=f"{self.call_id}-{s}")
 
+    async def feed(self, chunk: AudioChunk) -> None:
+        """Queue a chunk, waiting briefly for room before dropping the oldest audio.
+
+        A sender faster than real time (file upload, test client) is slowed down by this
+        wait (TCP backpressure); a real-time sender whose pipeline has fallen behind by a
+        whole queue loses its oldest audio instead of delaying every later cue.
+        """
+        q = self._checked_queue(chunk)
+        try:
+            await asyncio.wait_for(q.put(chunk), timeout=self._settings.backpressure_s)
+        except TimeoutError:
+            self.push(chunk)
+            return
+        self._fed_s = max(self._fed_s, chunk.t1)
+
     def push(self, chunk: AudioChunk) -> None:
-        if self.state is not CallState.LIVE:
-            raise RuntimeError(f"call {self.call_id} is {self.state.value}, not accepting audio")
-        if chunk.speaker not in self._queues:
-            raise ValueError(f"call {self.call_id} has no party {chunk.speaker!r}")
-        q = self._queues[chunk.speaker]
+        """Queue a chunk without waiting; a full queue drops its oldest audio (counted)."""
+        q = self._checked_queue(chunk)
         if q.full():
             with contextlib.suppress(asyncio.QueueEmpty):
-                dropped = q.get_nowait()
+                q.get_nowait()
                 q.task_done()
-                if isinstance(dropped, EndOfStream):  # never drop control: put it back first
-                    q.put_nowait(dropped)
-                    raise RuntimeError("audio after end of stream")
                 self.dropped_frames += 1
                 metrics.DROPPED_FRAMES.labels(reason="queue_full").inc()
         q.put_nowait(chunk)
         self._fed_s = max(self._fed_s, chunk.t1)
+
+    def _checked_queue(self, chunk: AudioChunk) -> asyncio.Queue[AudioChunk | EndOfStream]:
+        if self.state is not CallState.LIVE:
+            raise RuntimeError(f"call {self.call_id} is {self.state.value}, not accepting audio")
+        if chunk.speaker not in self._queues:
+            raise ValueError(f"call {self.call_id} has no party {chunk.speaker!r}")
+        return self._queues[chunk.speaker]
 
     async def process_inline(self, chunk: AudioChunk) -> None:
         """Replay --fast: process one chunk completely before the next is fed."""

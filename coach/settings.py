@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     partial_max_wait_s: float = Field(0.6, description="Drop a queued partial older than this.")
 
     audio_queue_frames: int = Field(250, description="Per-party audio queue (20 ms frames).")
+    backpressure_s: float = Field(1.0, description="Wait for queue room before dropping audio.")
     metrics_interval_s: float = Field(5.0, description="Call-audio seconds between metrics events.")
     max_frame_bytes: int = Field(64_000, description="Largest binary frame accepted on ingest.")
     event_replay: int = Field(500, description="Recent events kept per call for reconnects.")

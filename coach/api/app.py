@@ -1,0 +1,211 @@
+"""The FastAPI application: health, metrics, ingest, event streams and call REST.
+
+Models load in a background thread at startup so `/health/live` answers at once and
+`/health/ready` turns true only when the models are in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from coach import __version__
+from coach.auth import AuthError, Principal
+from coach.bus import InProcessBus, call_topic
+from coach.calls import CallManager
+from coach.events import dumps
+from coach.ingest import closecodes as cc
+from coach.ingest import pcm
+from coach.runtime import Runtime
+from coach.session import CallSession
+from coach.settings import Settings
+from coach.api.security import (
+    ingest_authorized,
+    may_view_call,
+    principal_from,
+    require_principal,
+)
+
+log = logging.getLogger(__name__)
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
+
+
+class AppState:
+    def __init__(self, settings: Settings, runtime: Runtime | None) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.bus = InProcessBus(history=settings.event_replay)
+        self.manager: CallManager | None = None
+        self.load_error: str | None = None
+        self.owns_runtime = runtime is None
+
+    def attach(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.manager = CallManager(runtime=runtime, settings=self.settings, bus=self.bus)
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+    state = AppState(settings, runtime)
+    if runtime is not None:
+        state.attach(runtime)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader: asyncio.Task[None] | None = None
+        if state.runtime is None:
+            loader = asyncio.create_task(_load_models(state))
+        yield
+        if loader is not None and not loader.done():
+            loader.cancel()
+        if state.manager is not None:
+            await state.manager.shutdown()
+        if state.owns_runtime and state.runtime is not None:
+            state.runtime.close()
+
+    app = FastAPI(title="Voice coach", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.coach = state
+
+    @app.get("/health/live", tags=["health"])
+    async def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/health/ready", tags=["health"])
+    async def ready() -> JSONResponse:
+        if state.manager is None:
+            body = {"status": "loading" if state.load_error is None else "error", "error": state.load_error}
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "ready", "active_calls": len(state.manager.live())})
+
+    @app.get("/metrics", tags=["health"])
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/api/calls", tags=["calls"])
+    async def list_calls(principal: Principal = Depends(require_principal)) -> dict[str, Any]:
+        calls = state.manager.live() if state.manager else []
+        return {"calls": [_call_info(c) for c in calls if may_view_call(principal, c.meta)]}
+
+    @app.get("/api/calls/{call_id}", tags=["calls"])
+    async def get_call(call_id: str, principal: Principal = Depends(require_principal)) -> dict[str, Any]:
+        session = state.manager.get(call_id) if state.manager else None
+        if session is None:
+            raise HTTPException(404, f"call {call_id} not found")
+        if not may_view_call(principal, session.meta):
+            raise HTTPException(403, "not your call")
+        history = state.bus.history(call_topic(call_id))
+        return {
+            **_call_info(session),
+            "transcript": [e for e in history if e["type"] == "transcript"],
+        }
+
+    @app.websocket("/ingest/pcm")
+    async def ingest_pcm(ws: WebSocket) -> None:
+        await ws.accept()
+        if not ingest_authorized(ws, settings):
+            await _close(ws, cc.POLICY_VIOLATION, "unauthorized", "missing or invalid API key")
+            return
+        if state.manager is None:
+            await _close(ws, cc.TRY_AGAIN_LATER, "not_ready", "models are still loading")
+            return
+        await pcm.handle(ws, manager=state.manager, settings=settings)
+
+    @app.websocket("/ws/calls/{call_id}/events")
+    async def call_events(ws: WebSocket, call_id: str) -> None:
+        await ws.accept()
+        try:
+            principal = principal_from(ws, settings)
+        except AuthError as exc:
+            await _close(ws, cc.POLICY_VIOLATION, "unauthorized", str(exc))
+            return
+        session = state.manager.get(call_id) if state.manager else None
+        meta = session.meta if session else None
+        if not principal.is_supervisor and not may_view_call(principal, meta):
+            await _close(ws, cc.POLICY_VIOLATION, "forbidden", "not your call")
+            return
+        after = ws.query_params.get("after_seq")
+        await _stream_events(ws, state.bus, call_id, int(after) if after and after.isdigit() else None)
+
+    if WEB_DIR.is_dir():
+        app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
+
+        @app.get("/", include_in_schema=False)
+        async def root() -> RedirectResponse:
+            return RedirectResponse("/agent/")
+
+        @app.get("/agent/", include_in_schema=False)
+        async def agent_page() -> Response:
+            return Response((WEB_DIR / "agent" / "index.html").read_bytes(), media_type="text/html")
+
+    return app
+
+
+async def _load_models(state: AppState) -> None:
+    try:
+        runtime = await asyncio.to_thread(Runtime.load, state.settings)
+    except Exception as exc:
+        log.exception("model loading failed")
+        state.load_error = str(exc)
+        return
+    state.attach(runtime)
+
+
+def _call_info(session: CallSession) -> dict[str, Any]:
+    return {
+        "call_id": session.call_id,
+        "source": session.source,
+        "speakers": list(session.speakers),
+        "state": session.state.value,
+        "started_at": session.started_wall,
+        "audio_s": round(session.fed_s, 3),
+        "meta": session.meta,
+    }
+
+
+async def _close(ws: WebSocket, code: int, reason: str, message: str) -> None:
+    log.warning("websocket %s refused: %s", ws.url.path, message)
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+        await ws.send_text(dumps({"type": "error", "code": reason, "message": message}))
+        await ws.close(code=code, reason=message[:120])
+
+
+async def _stream_events(ws: WebSocket, bus: InProcessBus, call_id: str, after_seq: int | None) -> None:
+    """Recent events after `after_seq` first (resume), then live ones, until the call ends."""
+    sub = bus.subscribe(call_topic(call_id), after_seq=after_seq)
+
+    async def watch_client() -> None:
+        # Drain client messages so a disconnect is noticed even while no events flow.
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            while (await ws.receive())["type"] != "websocket.disconnect":
+                pass
+
+    watcher = asyncio.create_task(watch_client())
+    try:
+        while True:
+            getter = asyncio.ensure_future(sub.queue.get())
+            done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                return  # the client went away
+            ev = getter.result()
+            if ev is None:  # the call ended and every event was sent
+                with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                    await ws.close(code=cc.NORMAL)
+                return
+            await ws.send_text(dumps(ev))
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        bus.unsubscribe(sub)
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher

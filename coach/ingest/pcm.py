@@ -1,0 +1,187 @@
+"""Raw PCM WebSocket ingest (`/ingest/pcm`), the simplest way to stream a call in.
+
+Protocol: the first message is text JSON `{"call_id", "sample_rate", "encoding", "channels"}`
+(optional `speakers`, `agent_id`, `customer_id`); the server answers `{"type": "accepted"}`.
+Then binary frames of interleaved samples (any length that is a whole number of sample
+frames), and optionally a text `{"type": "end"}` before closing. Time is the count of
+samples received, so the call clock never depends on network jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from typing import Literal
+
+from fastapi import WebSocket, WebSocketDisconnect
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from audio import codecs
+from audio.types import Encoding
+from coach import metrics
+from coach.calls import CallManager, CallRejected
+from coach.ingest import closecodes as cc
+from coach.messages import SPEAKERS, AudioChunk, Speaker
+from coach.session import CallSession
+from coach.settings import Settings
+
+log = logging.getLogger(__name__)
+PROTOCOL = "pcm"
+HEADER_TIMEOUT_S = 10.0
+CALL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+class PcmHeader(BaseModel):
+    model_config = {"extra": "ignore"}
+
+    call_id: str
+    sample_rate: int = Field(ge=8000, le=48000)
+    encoding: Encoding
+    channels: Literal[1, 2]
+    speakers: list[Speaker] | None = None
+    agent_id: str | None = None
+    customer_id: str | None = None
+
+    @field_validator("call_id")
+    @classmethod
+    def _call_id(cls, v: str) -> str:
+        if not CALL_ID.match(v):
+            raise ValueError("call_id: 1-128 characters of letters, digits, . _ : -")
+        return v
+
+    @field_validator("sample_rate")
+    @classmethod
+    def _rate(cls, v: int) -> int:
+        if v * 20 % 1000:
+            raise ValueError("sample_rate must give whole 20 ms frames (e.g. 8000, 16000, 48000)")
+        return v
+
+    @model_validator(mode="after")
+    def _speakers(self) -> PcmHeader:
+        if self.speakers is None:
+            self.speakers = list(SPEAKERS[: self.channels])
+        if len(self.speakers) != self.channels or len(set(self.speakers)) != self.channels:
+            raise ValueError("speakers must name each channel once")
+        return self
+
+
+class IngestError(Exception):
+    def __init__(self, code: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+async def _refuse(ws: WebSocket, code: int, reason: str, message: str) -> None:
+    metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason=reason).inc()
+    log.warning("pcm ingest refused (%s): %s", reason, message)
+    try:
+        await ws.send_text(json.dumps({"type": "error", "code": reason, "message": message}))
+        await ws.close(code=code, reason=message[:120])
+    except (RuntimeError, WebSocketDisconnect):
+        pass
+
+
+def parse_header(raw: str) -> PcmHeader:
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise IngestError(cc.INVALID_PAYLOAD, "bad_header", f"header is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise IngestError(cc.INVALID_PAYLOAD, "bad_header", "header must be a JSON object")
+    try:
+        return PcmHeader.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "header"
+        code = cc.UNSUPPORTED_DATA if where in ("encoding", "sample_rate") else cc.INVALID_PAYLOAD
+        raise IngestError(code, "bad_header", f"{where}: {first['msg']}") from exc
+
+
+def frame_chunks(
+    header: PcmHeader, payload: bytes, samples_done: int, max_bytes: int
+) -> list[AudioChunk]:
+    """Decode one binary frame into one chunk per party; raise IngestError if malformed."""
+    if len(payload) > max_bytes:
+        raise IngestError(cc.MESSAGE_TOO_BIG, "oversized", f"frame of {len(payload)} bytes > {max_bytes}")
+    width = codecs.bytes_per_sample(header.encoding) * header.channels
+    if len(payload) == 0 or len(payload) % width:
+        raise IngestError(
+            cc.INVALID_PAYLOAD,
+            "bad_frame",
+            f"frame of {len(payload)} bytes is not a whole number of {width}-byte sample frames",
+        )
+    samples = codecs.decode(header.encoding, payload)
+    t0 = samples_done / header.sample_rate
+    assert header.speakers is not None
+    return [
+        AudioChunk(header.call_id, speaker, chan, header.sample_rate, t0)
+        for speaker, chan in zip(header.speakers, codecs.deinterleave(samples, header.channels), strict=True)
+    ]
+
+
+async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> None:
+    """Run one connection. The WebSocket is already accepted and authorised."""
+    try:
+        raw = await asyncio.wait_for(ws.receive(), timeout=HEADER_TIMEOUT_S)
+    except TimeoutError:
+        await _refuse(ws, cc.HEADER_TIMEOUT, "header_timeout", "no header within 10 s")
+        return
+    if raw.get("type") == "websocket.disconnect":
+        return
+    text = raw.get("text")
+    if text is None:
+        await _refuse(ws, cc.INVALID_PAYLOAD, "bad_header", "first message must be the JSON header (text)")
+        return
+    try:
+        header = parse_header(text)
+        meta = {k: v for k, v in (("agent_id", header.agent_id), ("customer_id", header.customer_id)) if v}
+        session = await manager.open(
+            call_id=header.call_id, source=PROTOCOL, speakers=tuple(header.speakers or ()), meta=meta
+        )
+    except IngestError as exc:
+        await _refuse(ws, exc.code, exc.reason, str(exc))
+        return
+    except CallRejected as exc:
+        await _refuse(ws, cc.DUPLICATE_CALL, exc.reason, str(exc))
+        return
+    await ws.send_text(json.dumps({"type": "accepted", "call_id": header.call_id}))
+    end_reason = await _stream(ws, header, session, settings)
+    # Whatever ended the stream, everything already heard is finalized and emitted.
+    await session.end(end_reason)
+    if end_reason == "end":
+        # Closing only now tells the client that every transcript of its call is out.
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+            await ws.close(code=cc.NORMAL)
+
+
+async def _stream(ws: WebSocket, header: PcmHeader, session: CallSession, settings: Settings) -> str:
+    """Feed frames until the client ends; returns why the call ended."""
+    samples_done = 0
+    while True:
+        msg = await ws.receive()
+        if msg["type"] == "websocket.disconnect":
+            return "disconnect" if samples_done else "disconnect_before_audio"
+        payload = msg.get("bytes")
+        try:
+            if payload is not None:
+                for chunk in frame_chunks(header, payload, samples_done, settings.max_frame_bytes):
+                    await session.feed(chunk)
+                samples_done += len(payload) // (codecs.bytes_per_sample(header.encoding) * header.channels)
+                continue
+            if _is_end(msg.get("text")):
+                return "end"
+            raise IngestError(cc.INVALID_PAYLOAD, "bad_control", "text messages after the header: only {\"type\": \"end\"}")
+        except IngestError as exc:
+            await _refuse(ws, exc.code, exc.reason, str(exc))
+            return f"error:{exc.reason}"
+
+
+def _is_end(text: str | None) -> bool:
+    try:
+        return bool(text) and json.loads(text or "").get("type") == "end"
+    except (json.JSONDecodeError, AttributeError):
+        return False

@@ -1,0 +1,55 @@
+"""Shared fixtures: one real model runtime per test session, and rendered synthetic calls."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import pytest
+
+from coach.runtime import Runtime
+from coach.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(data_dir=tmp_path_factory.mktemp("coach-data"), auth_disabled=True)
+
+
+@pytest.fixture(scope="session")
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    rt = Runtime.load(settings)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture(scope="session")
+def calls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("calls")
+
+
+@pytest.fixture(scope="session")
+def billing_call(calls_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The demo call as telephony sends it: 8 kHz mu-law stereo (customer left, agent right)."""
+    from scripts.make_test_calls import BUILTIN_CALLS, render_call
+
+    wav, truth = render_call(BUILTIN_CALLS["billing_dispute"], calls_dir, sample_rate=8000, encoding="mulaw")
+    return wav, json.loads(truth.read_text())
+
+
+_NUM = {"1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "49": "forty nine"}
+
+
+def normalize(text: str) -> str:
+    text = text.lower().replace("-", " ")
+    text = re.sub(r"\d+", lambda m: _NUM.get(m.group(), m.group()), text)
+    text = re.sub(r"[^a-z' ]+", " ", text)
+    return " ".join(text.split())
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    return float(jiwer.wer(normalize(reference), normalize(hypothesis)))
