@@ -118,8 +118,9 @@ class Endpointer:
         if reason is None:
             return []
         end = SpeechEnd(self._t_start, self._last_speech_end, reason)
-        if reason == "max_length":
-            # Still speaking: the next utterance starts right where this one was cut.
+        if reason == "max_length" and prob >= cfg.neg_threshold:
+            # Still speaking: the next utterance starts right where this one was cut. (A cut
+            # inside a short pause just ends the turn; the next speech starts a new one.)
             self._t_start = now_s
             self._last_speech_end = now_s
             return [end, SpeechStart(now_s)]

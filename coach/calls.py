@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -26,6 +27,7 @@ class CallManager:
         self.settings = settings
         self.bus = bus
         self._calls: dict[str, CallSession] = {}
+        self._ending: set[asyncio.Task[None]] = set()
 
     def get(self, call_id: str) -> CallSession | None:
         return self._calls.get(call_id)
@@ -62,13 +64,21 @@ class CallManager:
         log.info("call %s started (%s, %s)", call_id, source, ",".join(speakers))
         return session
 
-    async def close(self, call_id: str, reason: str) -> None:
-        session = self._calls.get(call_id)
-        if session is not None:
-            await session.end(reason)
-            log.info("call %s ended (%s)", call_id, reason)
+    async def finish(self, session: CallSession, reason: str) -> None:
+        """End a call; the ending survives cancellation of the caller (e.g. a dropped socket).
+
+        Finalizing (last transcript, call_end) must happen even when the connection handler
+        that noticed the hang-up is itself cancelled, so it runs as a task the manager owns.
+        """
+        task = asyncio.create_task(session.end(reason), name=f"end-{session.call_id}")
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+        await asyncio.shield(task)
+        log.info("call %s ended (%s)", session.call_id, reason)
 
     async def shutdown(self) -> None:
         for session in list(self._calls.values()):
             if session.state is CallState.LIVE:
-                await session.end("shutdown")
+                await self.finish(session, "shutdown")
+        if self._ending:
+            await asyncio.gather(*self._ending, return_exceptions=True)

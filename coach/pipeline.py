@@ -53,6 +53,9 @@ class Utterance:
     """Wall-clock time at which the endpoint was detected."""
     detected_audio_s: float
     """Party audio time (ring end) at which the endpoint was detected."""
+    audio: Samples
+    """The utterance's samples, cut when it ended: a backlog must not outlive the ring."""
+    audio_t0_s: float
 
 
 class PartyPipeline:
@@ -180,8 +183,16 @@ class PartyPipeline:
         )
 
     async def _on_end(self, end: SpeechEnd) -> None:
+        audio, audio_t0 = self._ring.slice_s(end.t_start_s - PAD_BEFORE_S, end.t_end_s + PAD_AFTER_S)
         utt = Utterance(
-            self._utt_id, self.speaker, end.t_start_s, end.t_end_s, time.monotonic(), self._ring.end_s
+            utterance_id=self._utt_id,
+            speaker=self.speaker,
+            t_start_s=end.t_start_s,
+            t_end_s=end.t_end_s,
+            detected_wall=time.monotonic(),
+            detected_audio_s=self._ring.end_s,
+            audio=audio,
+            audio_t0_s=audio_t0,
         )
         self._ended_utts.add(utt.utterance_id)
         self._utt_start = None
@@ -203,11 +214,12 @@ class PartyPipeline:
                 log.exception("call %s %s: final transcript failed", self.call_id, self.speaker)
 
     async def _finalize(self, utt: Utterance) -> None:
-        audio, t0 = self._ring.slice_s(utt.t_start_s - PAD_BEFORE_S, utt.t_end_s + PAD_AFTER_S)
-        if audio.size < PIPELINE_RATE // 10:
+        if utt.audio.size < PIPELINE_RATE // 10:
+            log.warning("call %s %s: utterance %d too short to decode", self.call_id, self.speaker, utt.utterance_id)
             return
+        t0 = utt.audio_t0_s
         result = await self._rt.asr_scheduler.run(
-            AsrRequest(audio=audio, words=True), priority=PRIORITY_FINAL[self.speaker]
+            AsrRequest(audio=utt.audio, words=True), priority=PRIORITY_FINAL[self.speaker]
         )
         if not result.text:
             return
@@ -235,18 +247,18 @@ class PartyPipeline:
             return  # one in flight is enough; the next one will carry newer audio
         utt_id, start, upto = self._utt_id, self._utt_start, self._ring.end_s
         self._next_partial_at = upto + self._partial_interval()
+        audio, _ = self._ring.slice_s(start - PAD_BEFORE_S, upto)
         if self._inline:
-            await self._partial(utt_id, start, upto)
+            await self._partial(utt_id, start, upto, audio)
         else:
-            self._partial_task = asyncio.create_task(self._partial(utt_id, start, upto))
+            self._partial_task = asyncio.create_task(self._partial(utt_id, start, upto, audio))
 
     def _partial_interval(self) -> float:
         """Back off as the ASR queue grows: partials are a budget, finals are not."""
         base = self._settings.partial_interval_s
         return base if self._inline else base * (1 + self._rt.asr_scheduler.depth)
 
-    async def _partial(self, utt_id: int, start: float, upto: float) -> None:
-        audio, _ = self._ring.slice_s(start - PAD_BEFORE_S, upto)
+    async def _partial(self, utt_id: int, start: float, upto: float, audio: Samples) -> None:
         try:
             result: AsrResult = await self._rt.asr_scheduler.run(
                 AsrRequest(audio=audio, words=False),

@@ -149,9 +149,13 @@ async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> 
         await _refuse(ws, cc.DUPLICATE_CALL, exc.reason, str(exc))
         return
     await ws.send_text(json.dumps({"type": "accepted", "call_id": header.call_id}))
-    end_reason = await _stream(ws, header, session, settings)
+    try:
+        end_reason = await _stream(ws, header, session, settings)
+    except asyncio.CancelledError:
+        await manager.finish(session, "disconnect")  # the connection went away
+        raise
     # Whatever ended the stream, everything already heard is finalized and emitted.
-    await session.end(end_reason)
+    await manager.finish(session, end_reason)
     if end_reason == "end":
         # Closing only now tells the client that every transcript of its call is out.
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):

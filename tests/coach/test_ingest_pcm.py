@@ -1,0 +1,241 @@
+"""`/ingest/pcm` and `/ws/calls/{id}/events` driven through Starlette's test client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
+from starlette.websockets import WebSocketDisconnect
+
+from coach.api.app import create_app
+from coach.auth import issue_token
+from coach.ingest import closecodes as cc
+from coach.ingest.pcm import IngestError, PcmHeader, frame_chunks, parse_header
+from coach.runtime import Runtime
+from coach.settings import Settings
+
+HEADER = {"call_id": "c1", "sample_rate": 8000, "encoding": "pcm16", "channels": 2}
+
+
+# -- pure framing -------------------------------------------------------------------------------
+
+
+@given(st.text(max_size=200))
+def test_parse_header_never_crashes_on_text(raw: str) -> None:
+    try:
+        parse_header(raw)
+    except IngestError as exc:
+        assert exc.code in (cc.INVALID_PAYLOAD, cc.UNSUPPORTED_DATA)
+
+
+@given(st.dictionaries(st.sampled_from(list(HEADER) + ["speakers"]), st.one_of(st.integers(), st.text(), st.none())))
+def test_parse_header_fuzzed_fields(fields: dict[str, Any]) -> None:
+    try:
+        h = parse_header(json.dumps({**HEADER, **fields}))
+    except IngestError as exc:
+        assert str(exc)
+    else:
+        assert h.speakers is not None and len(h.speakers) == h.channels
+
+
+@pytest.mark.parametrize(
+    ("patch", "code", "needle"),
+    [
+        ({"call_id": None}, cc.INVALID_PAYLOAD, "call_id"),
+        ({"encoding": "opus"}, cc.UNSUPPORTED_DATA, "encoding"),
+        ({"sample_rate": 11025}, cc.UNSUPPORTED_DATA, "sample_rate"),
+        ({"channels": 3}, cc.INVALID_PAYLOAD, "channels"),
+        ({"call_id": "../etc"}, cc.INVALID_PAYLOAD, "call_id"),
+    ],
+)
+def test_bad_headers_are_named(patch: dict[str, Any], code: int, needle: str) -> None:
+    body = {k: v for k, v in {**HEADER, **patch}.items() if v is not None}
+    with pytest.raises(IngestError) as info:
+        parse_header(json.dumps(body))
+    assert info.value.code == code and needle in str(info.value)
+
+
+def test_frames_split_into_parties_on_the_sample_clock() -> None:
+    header = PcmHeader.model_validate(HEADER)
+    inter = np.array([[100, -100]] * 160, dtype="<i2").tobytes()
+    chunks = frame_chunks(header, inter, samples_done=8000, max_bytes=10_000)
+    assert [c.speaker for c in chunks] == ["customer", "agent"]
+    assert chunks[0].t0 == 1.0 and len(chunks[0].pcm) == 160
+    assert chunks[0].pcm[0] > 0 > chunks[1].pcm[0]
+    with pytest.raises(IngestError) as odd:
+        frame_chunks(header, inter[:-1], 0, 10_000)
+    assert odd.value.code == cc.INVALID_PAYLOAD
+    with pytest.raises(IngestError) as big:
+        frame_chunks(header, inter, 0, 100)
+    assert big.value.code == cc.MESSAGE_TOO_BIG
+
+
+# -- over WebSockets ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(runtime: Runtime, settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, runtime)) as c:
+        yield c
+
+
+def stereo_pcm(wav: Path, seconds: float | None = None) -> tuple[bytes, int]:
+    data, rate = sf.read(wav, dtype="int16")
+    if seconds is not None:
+        data = data[: int(seconds * rate)]
+    return data.tobytes(), rate
+
+
+def read_events(ws: Any) -> list[dict[str, Any]]:
+    out = []
+    while True:
+        try:
+            out.append(json.loads(ws.receive_text()))
+        except WebSocketDisconnect:
+            return out
+
+
+def close_code(ws: Any) -> tuple[int, list[dict[str, Any]]]:
+    """Read until the server closes; return its close code and the messages before it."""
+    msgs = []
+    while True:
+        try:
+            msgs.append(json.loads(ws.receive_text()))
+        except WebSocketDisconnect as exc:
+            return exc.code, msgs
+
+
+def test_health_and_metrics(client: TestClient) -> None:
+    assert client.get("/health/live").json() == {"status": "ok"}
+    assert client.get("/health/ready").json()["status"] == "ready"
+    assert "coach_active_calls" in client.get("/metrics").text
+
+
+@pytest.mark.parametrize(
+    ("first", "code"),
+    [
+        ({"sample_rate": 8000, "encoding": "pcm16", "channels": 2}, cc.INVALID_PAYLOAD),
+        ({**HEADER, "encoding": "gsm"}, cc.UNSUPPORTED_DATA),
+        ("not json", cc.INVALID_PAYLOAD),
+    ],
+)
+def test_bad_header_closes_with_a_clear_code(client: TestClient, first: Any, code: int) -> None:
+    with client.websocket_connect("/ingest/pcm") as ws:
+        ws.send_text(first if isinstance(first, str) else json.dumps(first))
+        got, msgs = close_code(ws)
+    assert got == code
+    assert msgs and msgs[0]["type"] == "error" and msgs[0]["message"]
+
+
+def test_binary_before_header_is_refused(client: TestClient) -> None:
+    with client.websocket_connect("/ingest/pcm") as ws:
+        ws.send_bytes(b"\x00\x00")
+        assert close_code(ws)[0] == cc.INVALID_PAYLOAD
+
+
+def test_odd_frame_closes_but_the_call_still_ends_cleanly(client: TestClient, billing_call: Any) -> None:
+    pcm, rate = stereo_pcm(billing_call[0], seconds=3)
+    with client.websocket_connect("/ws/calls/odd/events") as events:
+        with client.websocket_connect("/ingest/pcm") as ws:
+            ws.send_text(json.dumps({**HEADER, "call_id": "odd", "sample_rate": rate}))
+            assert json.loads(ws.receive_text())["type"] == "accepted"
+            ws.send_bytes(pcm[:6400])
+            ws.send_bytes(b"\x01\x02\x03")
+            code, msgs = close_code(ws)
+        assert code == cc.INVALID_PAYLOAD and "whole number" in msgs[-1]["message"]
+        evs = read_events(events)
+    assert evs[0]["type"] == "call_start" and evs[-1]["type"] == "call_end"
+    assert evs[-1]["reason"] == "error:bad_frame"
+
+
+def test_oversized_frame_gets_1009(client: TestClient) -> None:
+    with client.websocket_connect("/ingest/pcm") as ws:
+        ws.send_text(json.dumps({**HEADER, "call_id": "big"}))
+        ws.receive_text()
+        ws.send_bytes(b"\x00" * 200_000)
+        assert close_code(ws)[0] == cc.MESSAGE_TOO_BIG
+
+
+@pytest.mark.slow
+def test_disconnect_mid_utterance_still_emits_final_and_call_end(
+    client: TestClient, billing_call: Any
+) -> None:
+    pcm, rate = stereo_pcm(billing_call[0])
+    cut = int(9.0 * rate) * 4  # 9 s in: the customer is mid-sentence (turn 5.8-11.2 s)
+    with client.websocket_connect("/ws/calls/cut/events") as events:
+        with client.websocket_connect("/ingest/pcm") as ws:
+            ws.send_text(json.dumps({**HEADER, "call_id": "cut", "sample_rate": rate}))
+            ws.receive_text()
+            for i in range(0, cut, 640):
+                ws.send_bytes(pcm[i : i + 640])
+        # leaving the block drops the connection without any end message
+        evs = read_events(events)
+    assert evs[-1]["type"] == "call_end" and evs[-1]["reason"] == "disconnect"
+    last_customer = [e for e in evs if e["type"] == "transcript" and e["speaker"] == "customer"][-1]
+    assert last_customer["t_end"] > 8.5 and "just looked" in last_customer["text"].lower()
+
+
+@pytest.mark.slow
+def test_ingest_matches_replay_fast_and_survives_a_broken_neighbour(
+    client: TestClient, billing_call: Any, runtime: Runtime, settings: Settings
+) -> None:
+    import asyncio
+
+    from tests.coach.test_replay import replay_file
+
+    wav = billing_call[0]
+    pcm, rate = stereo_pcm(wav)
+    with client.websocket_connect("/ws/calls/good/events") as events:
+        with client.websocket_connect("/ingest/pcm") as good, client.websocket_connect("/ingest/pcm") as bad:
+            good.send_text(json.dumps({**HEADER, "call_id": "good", "sample_rate": rate}))
+            bad.send_text(json.dumps({**HEADER, "call_id": "bad", "sample_rate": rate}))
+            good.receive_text(), bad.receive_text()
+            step = 1280  # 80 ms of 8 kHz stereo PCM16
+            for n, i in enumerate(range(0, len(pcm), step)):
+                good.send_bytes(pcm[i : i + step])
+                if n == 50:
+                    bad.send_bytes(b"\x00" * 7)  # the neighbour breaks the protocol
+            good.send_text(json.dumps({"type": "end"}))
+            assert close_code(good)[0] == cc.NORMAL
+            assert close_code(bad)[0] == cc.INVALID_PAYLOAD
+        live = read_events(events)
+    fast = asyncio.run(replay_file(wav, runtime, settings))
+    def finals(evs: list[dict[str, Any]]) -> list[tuple[str, float, float, str]]:
+        return [(e["speaker"], e["t_start"], e["t_end"], e["text"]) for e in evs if e["type"] == "transcript"]
+    assert sorted(finals(live)) == sorted(finals(fast))
+    assert live[-1]["type"] == "call_end" and live[-1]["reason"] == "end"
+
+
+def test_auth_is_enforced(runtime: Runtime, tmp_path: Path) -> None:
+    secure = Settings(data_dir=tmp_path, ingest_api_key="k-123", auth_secret="s" * 32)
+    with TestClient(create_app(secure, runtime)) as c:
+        with c.websocket_connect("/ingest/pcm") as ws:
+            assert close_code(ws)[0] == cc.POLICY_VIOLATION
+        with c.websocket_connect("/ingest/pcm?api_key=wrong") as ws:
+            assert close_code(ws)[0] == cc.POLICY_VIOLATION
+        with c.websocket_connect("/ingest/pcm", headers={"X-API-Key": "k-123"}) as ws:
+            ws.send_text(json.dumps({**HEADER, "call_id": "authd"}))
+            assert json.loads(ws.receive_text())["type"] == "accepted"
+            ws.send_text(json.dumps({"type": "end"}))
+            assert close_code(ws)[0] == cc.NORMAL
+        with c.websocket_connect("/ws/calls/authd/events") as ws:
+            assert close_code(ws)[0] == cc.POLICY_VIOLATION
+        agent = issue_token(user="ann", role="agent", secret=secure.signing_secret, ttl_s=60)
+        with c.websocket_connect(f"/ws/calls/authd/events?token={agent}") as ws:
+            assert close_code(ws)[0] == cc.POLICY_VIOLATION  # not ann's call
+        sup = issue_token(user="sue", role="supervisor", secret=secure.signing_secret, ttl_s=60)
+        with c.websocket_connect(f"/ws/calls/authd/events?token={sup}") as ws:
+            evs = read_events(ws)
+        assert evs[0]["type"] == "call_start" and evs[-1]["type"] == "call_end"
+        assert c.get("/api/calls").status_code == 401
+        assert c.get("/api/calls", headers={"Authorization": f"Bearer {sup}"}).status_code == 200
+        expired = issue_token(user="sue", role="supervisor", secret=secure.signing_secret, ttl_s=-10)
+        assert c.get("/api/calls", headers={"Authorization": f"Bearer {expired}"}).status_code == 401

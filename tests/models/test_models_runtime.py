@@ -1,0 +1,409 @@
+"""Tests for models.runtime.InferenceScheduler with a pure-python `run_batch`.
+
+`run_batch` is the scheduler's seam: here it upper-cases strings and records every batch it
+sees. A request named "hold" blocks the worker on a threading.Event, so every test decides
+exactly what is queued while the worker is busy; nothing depends on sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from types import SimpleNamespace
+
+import pytest
+
+from models import runtime
+from models.runtime import BatchStats, InferenceScheduler, Shed
+
+WAIT_S = 5.0  # generous upper bound for things that happen at once; never a timing assumption
+
+
+class FakeModel:
+    """run_batch: one result per request, in order; "hold" blocks, "boom*" raises."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, requests: Sequence[str]) -> list[str]:
+        with self._lock:
+            self.batches.append(list(requests))
+        if "hold" in requests:
+            self.started.set()
+            assert self.release.wait(WAIT_S), "test never released the worker"
+        if any(r.startswith("boom") for r in requests):
+            raise RuntimeError("model exploded")
+        return [r.upper() for r in requests]
+
+    @property
+    def seen(self) -> list[str]:
+        return [r for batch in self.batches for r in batch]
+
+
+class Harness:
+    def __init__(self, **kwargs: object) -> None:
+        self.model = FakeModel()
+        self.stats: list[BatchStats] = []
+        self.sched: InferenceScheduler[str, str] = InferenceScheduler(
+            name="fake", run_batch=self.model, on_batch=self.stats.append, **kwargs  # type: ignore[arg-type]
+        )
+
+    def hold(self) -> Future[str]:
+        """Occupy the (single) worker until `release()`."""
+        fut = self.sched.submit("hold", priority=0)
+        assert self.model.started.wait(WAIT_S)
+        return fut
+
+    def release(self) -> None:
+        self.model.release.set()
+
+    def close(self) -> None:
+        self.model.release.set()
+        self.sched.close(timeout_s=WAIT_S)
+
+
+@pytest.fixture
+def make() -> Iterator[type[Harness]]:
+    made: list[Harness] = []
+
+    class _H(Harness):
+        def __init__(self, **kwargs: object) -> None:
+            super().__init__(**kwargs)
+            made.append(self)
+
+    yield _H
+    for h in made:
+        h.close()
+
+
+def shed(fut: Future[str]) -> bool:
+    return isinstance(fut.exception(timeout=WAIT_S), Shed)
+
+
+# -- ordering --------------------------------------------------------------------------------
+
+
+def test_serves_a_request(make: type[Harness]) -> None:
+    h = make()
+    assert h.sched.submit("hello").result(timeout=WAIT_S) == "HELLO"
+    assert h.model.batches == [["hello"]]
+
+
+def test_finals_overtake_queued_partials(make: type[Harness]) -> None:
+    h = make(max_batch=1)
+    h.hold()
+    partials = [h.sched.submit(f"partial{i}", priority=2) for i in range(3)]
+    final = h.sched.submit("final", priority=0)
+    middle = h.sched.submit("agent-final", priority=1)
+    assert h.sched.depth == 5
+    h.release()
+    for fut in [*partials, final, middle]:
+        fut.result(timeout=WAIT_S)
+    # Lower number first; first come, first served within one priority.
+    assert h.model.seen == ["hold", "final", "agent-final", "partial0", "partial1", "partial2"]
+
+
+# -- coalescing ------------------------------------------------------------------------------
+
+
+def test_newer_request_with_same_key_replaces_queued_one(make: type[Harness]) -> None:
+    h = make()
+    h.hold()
+    old = h.sched.submit("old", priority=2, coalesce_key="call1:customer")
+    other = h.sched.submit("other", priority=2, coalesce_key="call2:customer")
+    new = h.sched.submit("new", priority=2, coalesce_key="call1:customer")
+    # Shed at once, without waiting for the worker.
+    assert old.done() and isinstance(old.exception(timeout=0), Shed)
+    assert h.sched.shed_count == 1 and h.sched.depth == 2
+    h.release()
+    assert new.result(timeout=WAIT_S) == "NEW"
+    assert other.result(timeout=WAIT_S) == "OTHER"
+    assert "old" not in h.model.seen
+
+
+def test_coalescing_never_touches_a_running_request(make: type[Harness]) -> None:
+    h = make()
+    running = h.sched.submit("hold", coalesce_key="k")
+    assert h.model.started.wait(WAIT_S)
+    queued = h.sched.submit("next", coalesce_key="k")
+    h.release()
+    assert running.result(timeout=WAIT_S) == "HOLD"
+    assert queued.result(timeout=WAIT_S) == "NEXT"
+    assert h.sched.shed_count == 0
+
+
+def test_key_is_free_again_after_its_request_ran(make: type[Harness]) -> None:
+    h = make()
+    assert h.sched.submit("a", coalesce_key="k").result(timeout=WAIT_S) == "A"
+    h.hold()
+    b = h.sched.submit("b", coalesce_key="k")
+    h.release()
+    assert b.result(timeout=WAIT_S) == "B"
+    assert h.sched.shed_count == 0
+
+
+# -- staleness -------------------------------------------------------------------------------
+
+
+class VirtualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_max_wait_expiry_sheds_stale_requests(
+    make: type[Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = VirtualClock()
+    monkeypatch.setattr(
+        runtime, "time", SimpleNamespace(monotonic=clock.monotonic, perf_counter=time.perf_counter)
+    )
+    h = make()
+    h.hold()
+    stale = h.sched.submit("stale", priority=2, max_wait_s=0.5)
+    clock.now += 1.0
+    fresh = h.sched.submit("fresh", priority=2, max_wait_s=0.5)
+    patient = h.sched.submit("patient", priority=2)
+    at_limit = h.sched.submit("at-limit", priority=2, max_wait_s=0.0)
+    h.release()
+    assert shed(stale)
+    assert fresh.result(timeout=WAIT_S) == "FRESH"
+    assert patient.result(timeout=WAIT_S) == "PATIENT"
+    assert at_limit.result(timeout=WAIT_S) == "AT-LIMIT"  # not past its deadline yet
+    assert "stale" not in h.model.seen
+    assert h.sched.shed_count == 1
+
+
+# -- batching --------------------------------------------------------------------------------
+
+
+def test_max_batch_groups_requests_from_several_callers(make: type[Harness]) -> None:
+    h = make(max_batch=4)
+    h.hold()
+    futures: dict[str, Future[str]] = {}
+    lock = threading.Lock()
+
+    def caller(name: str) -> None:
+        fut = h.sched.submit(name, priority=1)
+        with lock:
+            futures[name] = fut
+
+    threads = [threading.Thread(target=caller, args=(f"call{i}",)) for i in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(WAIT_S)
+    assert h.sched.depth == 6
+    h.release()
+    for name, fut in futures.items():
+        assert fut.result(timeout=WAIT_S) == name.upper()  # each caller gets its own answer
+    assert h.model.batches[0] == ["hold"]
+    assert [len(b) for b in h.model.batches[1:]] == [4, 2]
+    assert sorted(h.model.seen[1:]) == sorted(futures)
+    assert [(s.size, s.queue_depth) for s in h.stats] == [(1, 6), (4, 2), (2, 0)]
+    assert all(s.seconds >= 0 for s in h.stats)
+
+
+def test_batch_takes_the_most_important_first(make: type[Harness]) -> None:
+    h = make(max_batch=2)
+    h.hold()
+    futs = [h.sched.submit("p-a", priority=2), h.sched.submit("p-b", priority=2)]
+    futs.append(h.sched.submit("final", priority=0))
+    h.release()
+    for f in futs:
+        f.result(timeout=WAIT_S)
+    assert h.model.batches[1:] == [["final", "p-a"], ["p-b"]]
+
+
+# -- failures --------------------------------------------------------------------------------
+
+
+def test_exception_fails_the_batch_and_worker_survives(
+    make: type[Harness], caplog: pytest.LogCaptureFixture
+) -> None:
+    h = make(max_batch=2)
+    h.hold()
+    boom = h.sched.submit("boom")
+    mate = h.sched.submit("mate")
+    with caplog.at_level(logging.ERROR, logger="models.runtime"):
+        h.release()
+        for fut in (boom, mate):
+            exc = fut.exception(timeout=WAIT_S)
+            assert isinstance(exc, RuntimeError) and "exploded" in str(exc)
+    assert "failed on a batch of 2" in caplog.text
+    assert h.sched.submit("after").result(timeout=WAIT_S) == "AFTER"
+
+
+def test_wrong_number_of_results_fails_the_batch_and_worker_survives(make: type[Harness]) -> None:
+    def bad_model(requests: Sequence[str]) -> list[str]:
+        return [] if "short" in requests else [r.upper() for r in requests]
+
+    sched: InferenceScheduler[str, str] = InferenceScheduler(name="bad", run_batch=bad_model)
+    try:
+        fut = sched.submit("short")
+        assert fut.exception(timeout=WAIT_S) is not None
+        assert sched.submit("fine").result(timeout=WAIT_S) == "FINE"
+    finally:
+        sched.close(timeout_s=WAIT_S)
+
+
+def test_failing_on_batch_callback_does_not_kill_the_worker() -> None:
+    def on_batch(stats: BatchStats) -> None:
+        raise ValueError("metrics backend down")
+
+    sched: InferenceScheduler[str, str] = InferenceScheduler(
+        name="cb", run_batch=lambda rs: [r.upper() for r in rs], on_batch=on_batch
+    )
+    try:
+        assert sched.submit("a").result(timeout=WAIT_S) == "A"
+        assert sched.submit("b").result(timeout=WAIT_S) == "B"
+    finally:
+        sched.close(timeout_s=WAIT_S)
+
+
+# -- overload --------------------------------------------------------------------------------
+
+
+def test_max_queue_overflow_sheds_the_least_important(make: type[Harness]) -> None:
+    h = make(max_queue=2)
+    h.hold()
+    a = h.sched.submit("a", priority=0)
+    b = h.sched.submit("b", priority=2)
+    c = h.sched.submit("c", priority=2)  # same importance as b but newer: shed
+    assert shed(c) and not b.done()
+    d = h.sched.submit("d", priority=1)  # beats b
+    assert shed(b)
+    e = h.sched.submit("e", priority=0)  # beats d
+    assert shed(d)
+    assert h.sched.depth == 2 and h.sched.shed_count == 3
+    h.release()
+    assert a.result(timeout=WAIT_S) == "A" and e.result(timeout=WAIT_S) == "E"
+    assert h.model.seen == ["hold", "a", "e"]
+
+
+def test_shed_requests_are_not_retained(make: type[Harness]) -> None:
+    """A dropped request (audio, in the real pipeline) must not stay referenced by its key."""
+
+    class Req(str):
+        pass
+
+    h = make(max_queue=1)
+    h.hold()
+    dropped = Req("partial")
+    ref = weakref.ref(dropped)
+    fut = h.sched.submit(dropped, priority=2, coalesce_key="call9:customer")
+    del dropped
+    keep = h.sched.submit("final", priority=0)
+    assert shed(fut)
+    h.release()
+    assert keep.result(timeout=WAIT_S) == "FINAL"
+    h.close()  # joins the worker: whatever it would clean up is cleaned up
+    gc.collect()
+    assert ref() is None
+
+
+def test_cancelled_request_is_not_run(make: type[Harness]) -> None:
+    h = make()
+    h.hold()
+    gone = h.sched.submit("gone")
+    assert gone.cancel()
+    kept = h.sched.submit("kept")
+    h.release()
+    assert kept.result(timeout=WAIT_S) == "KEPT"
+    assert "gone" not in h.model.seen
+
+
+# -- shutdown --------------------------------------------------------------------------------
+
+
+def test_close_sheds_pending_and_stops_workers(
+    make: type[Harness], caplog: pytest.LogCaptureFixture
+) -> None:
+    h = make(workers=1)
+    running = h.hold()
+    pending = [h.sched.submit(f"p{i}", priority=i % 3) for i in range(4)]
+    closer = threading.Thread(target=h.sched.close, kwargs={"timeout_s": WAIT_S})
+    with caplog.at_level(logging.WARNING, logger="models.runtime"):
+        closer.start()
+        # Pending work is shed at once, while the worker is still busy.
+        assert all(shed(f) for f in pending)
+        h.release()
+        closer.join(WAIT_S)
+    assert not closer.is_alive()
+    assert "did not stop" not in caplog.text
+    assert running.result(timeout=0) == "HOLD"  # the batch in flight still completes
+    assert h.model.seen == ["hold"]
+    assert h.sched.shed_count == 4
+    with pytest.raises(RuntimeError, match="closed"):
+        h.sched.submit("late")
+
+
+def test_shed_count_counts_each_request_once(make: type[Harness]) -> None:
+    h = make()
+    h.hold()
+    first = h.sched.submit("v1", priority=2, coalesce_key="k")
+    second = h.sched.submit("v2", priority=2, coalesce_key="k")
+    assert shed(first) and h.sched.shed_count == 1
+    h.close()
+    assert shed(second)
+    assert h.sched.shed_count == 2
+
+
+def test_several_workers_run_in_parallel(make: type[Harness]) -> None:
+    h = make(workers=2)
+    h.hold()  # one worker blocked
+    assert h.sched.submit("free").result(timeout=WAIT_S) == "FREE"  # the other still serves
+    assert h.sched.busy >= 1
+    h.release()
+
+
+# -- asyncio bridge --------------------------------------------------------------------------
+
+
+async def test_run_bridges_to_asyncio(make: type[Harness]) -> None:
+    h = make()
+    assert await h.sched.run("async") == "ASYNC"
+    results = await asyncio.gather(*(h.sched.run(f"r{i}", priority=i % 3) for i in range(5)))
+    assert results == [f"R{i}" for i in range(5)]
+    with pytest.raises(RuntimeError, match="exploded"):
+        await h.sched.run("boom")
+
+
+async def test_run_raises_shed_when_replaced(make: type[Harness]) -> None:
+    h = make()
+    h.sched.submit("hold")
+    assert await asyncio.to_thread(h.model.started.wait, WAIT_S)
+    old = asyncio.create_task(h.sched.run("old", priority=2, coalesce_key="k"))
+    await asyncio.sleep(0)  # let it submit
+    new = asyncio.create_task(h.sched.run("new", priority=2, coalesce_key="k"))
+    await asyncio.sleep(0)
+    with pytest.raises(Shed):
+        await asyncio.wait_for(old, WAIT_S)
+    h.release()
+    assert await asyncio.wait_for(new, WAIT_S) == "NEW"
+    assert "old" not in h.model.seen
+
+
+async def test_cancelling_the_awaiting_task_skips_the_request(make: type[Harness]) -> None:
+    h = make()
+    h.sched.submit("hold")
+    assert await asyncio.to_thread(h.model.started.wait, WAIT_S)
+    task = asyncio.create_task(h.sched.run("abandoned"))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    h.release()
+    assert await h.sched.run("after") == "AFTER"
+    assert "abandoned" not in h.model.seen
