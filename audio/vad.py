@@ -32,7 +32,11 @@ class SileroVad:
     """The shared ONNX session. Thin call on arrays: windows + state in, probabilities out."""
 
     def __init__(
-        self, *, model_path: Path | None = None, threads: int = 1, providers: list[str] | None = None
+        self,
+        *,
+        model_path: Path | None = None,
+        threads: int = 1,
+        providers: list[str] | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -47,9 +51,7 @@ class SileroVad:
             providers=providers or ["CPUExecutionProvider"],
         )
 
-    def run(
-        self, windows: Samples, h: Samples, c: Samples
-    ) -> tuple[Samples, Samples, Samples]:
+    def run(self, windows: Samples, h: Samples, c: Samples) -> tuple[Samples, Samples, Samples]:
         """`windows` is (n, 576): context + window. Returns probabilities (n,) and new state."""
         probs, hn, cn = self.session.run(None, {"input": windows, "h": h, "c": c})
         return (

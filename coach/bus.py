@@ -69,7 +69,9 @@ class InProcessBus:
             return events
         return [e for e in events if int(e.get("seq", -1)) > after_seq]
 
-    def subscribe(self, topic: str, *, after_seq: int | None = None, replay: bool = True) -> Subscription:
+    def subscribe(
+        self, topic: str, *, after_seq: int | None = None, replay: bool = True
+    ) -> Subscription:
         """Subscribe; with `replay`, recent events (after `after_seq`) come first, in order."""
         sub = Subscription(topic, asyncio.Queue(maxsize=self._sub_queue))
         if replay:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from coach.settings import Settings
 
@@ -79,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _logging(level: str, *, stream: object) -> None:
+def _logging(level: str, *, stream: TextIO) -> None:
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=stream,  # type: ignore[arg-type]
+        stream=stream,
     )

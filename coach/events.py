@@ -20,7 +20,9 @@ def _r(x: float) -> float:
     return round(float(x), 3)
 
 
-def call_start(*, source: str, channels: Iterable[str], meta: dict[str, Any] | None = None) -> Event:
+def call_start(
+    *, source: str, channels: Iterable[str], meta: dict[str, Any] | None = None
+) -> Event:
     ev: Event = {"type": "call_start", "source": source, "channels": list(channels)}
     if meta:
         ev["meta"] = meta

@@ -28,7 +28,9 @@ CUSTOMER_VALENCE = Histogram(
 )
 QUEUE_DEPTH = Gauge("coach_queue_depth", "Items waiting per stage", ["stage"])
 DROPPED_FRAMES = Counter("coach_dropped_frames_total", "Audio frames dropped", ["reason"])
-INGEST_ERRORS = Counter("coach_ingest_errors_total", "Rejected ingest input", ["protocol", "reason"])
+INGEST_ERRORS = Counter(
+    "coach_ingest_errors_total", "Rejected ingest input", ["protocol", "reason"]
+)
 MODEL_INFERENCE = Histogram(
     "coach_model_inference_seconds",
     "Model inference time per batch",

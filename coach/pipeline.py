@@ -114,7 +114,9 @@ class PartyPipeline:
         if self._resampler is not None:
             loop = asyncio.get_running_loop()
             empty = np.zeros(0, dtype=np.float32)
-            samples, frames = await loop.run_in_executor(self._rt.dsp_executor, self._dsp, empty, True)
+            samples, frames = await loop.run_in_executor(
+                self._rt.dsp_executor, self._dsp, empty, True
+            )
             await self._advance(samples, frames)
         for boundary in self._endpointer.flush():
             if isinstance(boundary, SpeechEnd):
@@ -183,7 +185,9 @@ class PartyPipeline:
         )
 
     async def _on_end(self, end: SpeechEnd) -> None:
-        audio, audio_t0 = self._ring.slice_s(end.t_start_s - PAD_BEFORE_S, end.t_end_s + PAD_AFTER_S)
+        audio, audio_t0 = self._ring.slice_s(
+            end.t_start_s - PAD_BEFORE_S, end.t_end_s + PAD_AFTER_S
+        )
         utt = Utterance(
             utterance_id=self._utt_id,
             speaker=self.speaker,
@@ -215,7 +219,12 @@ class PartyPipeline:
 
     async def _finalize(self, utt: Utterance) -> None:
         if utt.audio.size < PIPELINE_RATE // 10:
-            log.warning("call %s %s: utterance %d too short to decode", self.call_id, self.speaker, utt.utterance_id)
+            log.warning(
+                "call %s %s: utterance %d too short to decode",
+                self.call_id,
+                self.speaker,
+                utt.utterance_id,
+            )
             return
         t0 = utt.audio_t0_s
         result = await self._rt.asr_scheduler.run(

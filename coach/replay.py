@@ -54,7 +54,9 @@ def parse_channels(spec: str | None, n_channels: int) -> list[Speaker]:
     if len(set(names)) != len(names):
         raise ReplayInputError("--channels: a party is named twice")
     if len(names) > n_channels:
-        raise ReplayInputError(f"--channels names {len(names)} parties but the file has {n_channels} channel(s)")
+        raise ReplayInputError(
+            f"--channels names {len(names)} parties but the file has {n_channels} channel(s)"
+        )
     return names  # type: ignore[return-value]
 
 

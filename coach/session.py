@@ -88,10 +88,14 @@ class CallSession:
             raise RuntimeError(f"call {self.call_id} already started")
         self.state = CallState.LIVE
         metrics.ACTIVE_CALLS.inc()
-        await self.emit(events.call_start(source=self.source, channels=self.speakers, meta=self.meta))
+        await self.emit(
+            events.call_start(source=self.source, channels=self.speakers, meta=self.meta)
+        )
         if not self._inline:
             for s in self.speakers:
-                self._tasks[s] = asyncio.create_task(self._party_worker(s), name=f"{self.call_id}-{s}")
+                self._tasks[s] = asyncio.create_task(
+                    self._party_worker(s), name=f"{self.call_id}-{s}"
+                )
 
     async def feed(self, chunk: AudioChunk) -> None:
         """Queue a chunk, waiting briefly for room before dropping the oldest audio.
@@ -174,7 +178,12 @@ class CallSession:
 
     async def emit(self, event: Event) -> None:
         self._seq += 1
-        stamped = {"seq": self._seq, "call_id": self.call_id, **event, "t_emit": round(self._fed_s, 3)}
+        stamped = {
+            "seq": self._seq,
+            "call_id": self.call_id,
+            **event,
+            "t_emit": round(self._fed_s, 3),
+        }
         self.last_event = stamped
         self._bus.publish(call_topic(self.call_id), stamped)
         if stamped["type"] in ("call_start", "call_end"):
@@ -203,9 +212,12 @@ class CallSession:
             await self._emit_metrics(final=False)
 
     async def _emit_metrics(self, *, final: bool) -> None:
-        now = max(p.audio_s for p in self.parties.values()) if final else min(
-            p.audio_s for p in self.parties.values()
+        now = (
+            max(p.audio_s for p in self.parties.values())
+            if final
+            else min(p.audio_s for p in self.parties.values())
         )
+
         def intervals(s: Speaker) -> list[tuple[float, float]]:
             p = self.parties.get(s)
             if p is None:

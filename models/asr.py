@@ -108,13 +108,12 @@ def _join_split_base(cache_dir: Path) -> Path:
     if (out / "model.bin").exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
-    parts = sorted(
-        [*Path(p1.__file__).parent.rglob("model.bin.part*"), *Path(p2.__file__).parent.rglob("model.bin.part*")]
-    )
-    src_dir = parts[0].parent
-    for extra in src_dir.iterdir():
-        if not extra.name.startswith("model.bin"):
-            (out / extra.name).write_bytes(extra.read_bytes())
+    dirs = [Path(p1.__file__).parent, Path(p2.__file__).parent]
+    parts = sorted(p for d in dirs for p in d.rglob("model.bin.part*"))
+    for d in dirs:
+        for extra in d.rglob("*"):
+            if extra.is_file() and extra.suffix in (".json", ".txt"):
+                (out / extra.name).write_bytes(extra.read_bytes())
     tmp = out / "model.bin.tmp"
     with tmp.open("wb") as dst:
         for part in parts:

@@ -129,13 +129,17 @@ class InferenceScheduler(Generic[Req, Res]):
         with self._cond:
             self._closed = True
             for it in self._heap:
-                self._kill(it)
+                if not it.dead:  # coalesced/overflowed items were already shed and counted
+                    self._kill(it)
             self._heap.clear()
+            self._by_key.clear()
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout_s)
             if t.is_alive():
-                log.warning("scheduler %s worker %s did not stop in %.1fs", self.name, t.name, timeout_s)
+                log.warning(
+                    "scheduler %s worker %s did not stop in %.1fs", self.name, t.name, timeout_s
+                )
 
     def _kill(self, item: _Item[Req, Res]) -> None:
         item.dead = True
@@ -163,6 +167,8 @@ class InferenceScheduler(Generic[Req, Res]):
             if it.expires_at is not None and now > it.expires_at:
                 self._kill(it)
                 continue
+            if not it.future.set_running_or_notify_cancel():
+                continue  # the caller cancelled: don't spend the model on it
             batch.append(it)
         return batch
 
@@ -170,7 +176,10 @@ class InferenceScheduler(Generic[Req, Res]):
         while True:
             with self._cond:
                 while not self._closed and not any(not it.dead for it in self._heap):
+                    # Only dead items are left, and every _by_key entry points into the heap:
+                    # drop both, or shed requests (audio) stay referenced by their keys.
                     self._heap.clear()
+                    self._by_key.clear()
                     self._cond.wait()
                 if self._closed:
                     return
@@ -185,6 +194,8 @@ class InferenceScheduler(Generic[Req, Res]):
         t0 = time.perf_counter()
         try:
             results = self._run_batch([it.request for it in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"{len(results)} results for a batch of {len(batch)}")
         except Exception as exc:
             log.exception("model %s failed on a batch of %d", self.name, len(batch))
             for it in batch:
@@ -196,4 +207,7 @@ class InferenceScheduler(Generic[Req, Res]):
             if not it.future.done():
                 it.future.set_result(res)
         if self._on_batch is not None:
-            self._on_batch(BatchStats(len(batch), elapsed, self.depth))
+            try:
+                self._on_batch(BatchStats(len(batch), elapsed, self.depth))
+            except Exception:  # a metrics hook must never take a model worker down
+                log.exception("on_batch callback of %s failed", self.name)

@@ -37,7 +37,9 @@ def billing_call(calls_dir: Path) -> tuple[Path, dict[str, Any]]:
     """The demo call as telephony sends it: 8 kHz mu-law stereo (customer left, agent right)."""
     from scripts.make_test_calls import BUILTIN_CALLS, render_call
 
-    wav, truth = render_call(BUILTIN_CALLS["billing_dispute"], calls_dir, sample_rate=8000, encoding="mulaw")
+    wav, truth = render_call(
+        BUILTIN_CALLS["billing_dispute"], calls_dir, sample_rate=8000, encoding="mulaw"
+    )
     return wav, json.loads(truth.read_text())
 
 

@@ -11,14 +11,20 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
+from fastapi import Depends, FastAPI, HTTPException, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coach import __version__
+from coach.api.security import (
+    ingest_authorized,
+    may_view_call,
+    principal_from,
+    require_principal,
+)
 from coach.auth import AuthError, Principal
 from coach.bus import InProcessBus, call_topic
 from coach.calls import CallManager
@@ -28,15 +34,17 @@ from coach.ingest import pcm
 from coach.runtime import Runtime
 from coach.session import CallSession
 from coach.settings import Settings
-from coach.api.security import (
-    ingest_authorized,
-    may_view_call,
-    principal_from,
-    require_principal,
-)
 
 log = logging.getLogger(__name__)
-WEB_DIR = Path(__file__).resolve().parents[2] / "web"
+CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
+
+def _web_dir() -> Path:
+    """Static pages: next to the source tree in a checkout, or ./web in the container."""
+    beside = Path(__file__).resolve().parents[2] / "web"
+    return beside if beside.is_dir() else Path.cwd() / "web"
+
+
+WEB_DIR = _web_dir()
 
 
 class AppState:
@@ -82,7 +90,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @app.get("/health/ready", tags=["health"])
     async def ready() -> JSONResponse:
         if state.manager is None:
-            body = {"status": "loading" if state.load_error is None else "error", "error": state.load_error}
+            body = {
+                "status": "loading" if state.load_error is None else "error",
+                "error": state.load_error,
+            }
             return JSONResponse(body, status_code=503)
         return JSONResponse({"status": "ready", "active_calls": len(state.manager.live())})
 
@@ -91,12 +102,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/calls", tags=["calls"])
-    async def list_calls(principal: Principal = Depends(require_principal)) -> dict[str, Any]:
+    async def list_calls(principal: CurrentPrincipal) -> dict[str, Any]:
         calls = state.manager.live() if state.manager else []
         return {"calls": [_call_info(c) for c in calls if may_view_call(principal, c.meta)]}
 
     @app.get("/api/calls/{call_id}", tags=["calls"])
-    async def get_call(call_id: str, principal: Principal = Depends(require_principal)) -> dict[str, Any]:
+    async def get_call(call_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
         session = state.manager.get(call_id) if state.manager else None
         if session is None:
             raise HTTPException(404, f"call {call_id} not found")
@@ -133,7 +144,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             await _close(ws, cc.POLICY_VIOLATION, "forbidden", "not your call")
             return
         after = ws.query_params.get("after_seq")
-        await _stream_events(ws, state.bus, call_id, int(after) if after and after.isdigit() else None)
+        await _stream_events(
+            ws, state.bus, call_id, int(after) if after and after.isdigit() else None
+        )
 
     if WEB_DIR.is_dir():
         app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
@@ -178,7 +191,9 @@ async def _close(ws: WebSocket, code: int, reason: str, message: str) -> None:
         await ws.close(code=code, reason=message[:120])
 
 
-async def _stream_events(ws: WebSocket, bus: InProcessBus, call_id: str, after_seq: int | None) -> None:
+async def _stream_events(
+    ws: WebSocket, bus: InProcessBus, call_id: str, after_seq: int | None
+) -> None:
     """Recent events after `after_seq` first (resume), then live ones, until the call ends."""
     sub = bus.subscribe(call_topic(call_id), after_seq=after_seq)
 

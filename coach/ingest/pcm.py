@@ -106,7 +106,9 @@ def frame_chunks(
 ) -> list[AudioChunk]:
     """Decode one binary frame into one chunk per party; raise IngestError if malformed."""
     if len(payload) > max_bytes:
-        raise IngestError(cc.MESSAGE_TOO_BIG, "oversized", f"frame of {len(payload)} bytes > {max_bytes}")
+        raise IngestError(
+            cc.MESSAGE_TOO_BIG, "oversized", f"frame of {len(payload)} bytes > {max_bytes}"
+        )
     width = codecs.bytes_per_sample(header.encoding) * header.channels
     if len(payload) == 0 or len(payload) % width:
         raise IngestError(
@@ -119,7 +121,9 @@ def frame_chunks(
     assert header.speakers is not None
     return [
         AudioChunk(header.call_id, speaker, chan, header.sample_rate, t0)
-        for speaker, chan in zip(header.speakers, codecs.deinterleave(samples, header.channels), strict=True)
+        for speaker, chan in zip(
+            header.speakers, codecs.deinterleave(samples, header.channels), strict=True
+        )
     ]
 
 
@@ -134,13 +138,22 @@ async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> 
         return
     text = raw.get("text")
     if text is None:
-        await _refuse(ws, cc.INVALID_PAYLOAD, "bad_header", "first message must be the JSON header (text)")
+        await _refuse(
+            ws, cc.INVALID_PAYLOAD, "bad_header", "first message must be the JSON header (text)"
+        )
         return
     try:
         header = parse_header(text)
-        meta = {k: v for k, v in (("agent_id", header.agent_id), ("customer_id", header.customer_id)) if v}
+        meta = {
+            k: v
+            for k, v in (("agent_id", header.agent_id), ("customer_id", header.customer_id))
+            if v
+        }
         session = await manager.open(
-            call_id=header.call_id, source=PROTOCOL, speakers=tuple(header.speakers or ()), meta=meta
+            call_id=header.call_id,
+            source=PROTOCOL,
+            speakers=tuple(header.speakers or ()),
+            meta=meta,
         )
     except IngestError as exc:
         await _refuse(ws, exc.code, exc.reason, str(exc))
@@ -162,7 +175,9 @@ async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> 
             await ws.close(code=cc.NORMAL)
 
 
-async def _stream(ws: WebSocket, header: PcmHeader, session: CallSession, settings: Settings) -> str:
+async def _stream(
+    ws: WebSocket, header: PcmHeader, session: CallSession, settings: Settings
+) -> str:
     """Feed frames until the client ends; returns why the call ended."""
     samples_done = 0
     while True:
@@ -174,11 +189,17 @@ async def _stream(ws: WebSocket, header: PcmHeader, session: CallSession, settin
             if payload is not None:
                 for chunk in frame_chunks(header, payload, samples_done, settings.max_frame_bytes):
                     await session.feed(chunk)
-                samples_done += len(payload) // (codecs.bytes_per_sample(header.encoding) * header.channels)
+                samples_done += len(payload) // (
+                    codecs.bytes_per_sample(header.encoding) * header.channels
+                )
                 continue
             if _is_end(msg.get("text")):
                 return "end"
-            raise IngestError(cc.INVALID_PAYLOAD, "bad_control", "text messages after the header: only {\"type\": \"end\"}")
+            raise IngestError(
+                cc.INVALID_PAYLOAD,
+                "bad_control",
+                'text messages after the header: only {"type": "end"}',
+            )
         except IngestError as exc:
             await _refuse(ws, exc.code, exc.reason, str(exc))
             return f"error:{exc.reason}"

@@ -68,7 +68,9 @@ def snapshot(
 ) -> DynamicsSnapshot:
     c, a = total(clip(customer, 0, now_s)), total(clip(agent, 0, now_s))
     talk = c + a
-    ratio = {"customer": c / talk, "agent": a / talk} if talk > 0 else {"customer": 0.0, "agent": 0.0}
+    ratio = (
+        {"customer": c / talk, "agent": a / talk} if talk > 0 else {"customer": 0.0, "agent": 0.0}
+    )
     both = merge([*clip(customer, 0, now_s), *clip(agent, 0, now_s)])
     last_speech = both[-1][1] if both else 0.0
     silence = max(0.0, now_s - last_speech)

@@ -137,8 +137,14 @@ def test_g711_encode_of_decode_is_stable(encoding: Encoding) -> None:
 
 def test_g711_saturates_beyond_full_scale() -> None:
     x = np.array([1.0, 1.5, 100.0, -1.0, -1.5, -100.0], dtype=np.float32)
-    assert as_int16(codecs.decode("mulaw", codecs.encode("mulaw", x))).tolist() == [32124] * 3 + [-32124] * 3
-    assert as_int16(codecs.decode("alaw", codecs.encode("alaw", x))).tolist() == [32256] * 3 + [-32256] * 3
+    assert (
+        as_int16(codecs.decode("mulaw", codecs.encode("mulaw", x))).tolist()
+        == [32124] * 3 + [-32124] * 3
+    )
+    assert (
+        as_int16(codecs.decode("alaw", codecs.encode("alaw", x))).tolist()
+        == [32256] * 3 + [-32256] * 3
+    )
 
 
 # -- PCM16 -----------------------------------------------------------------------------------
@@ -182,9 +188,9 @@ def test_decode_rejects_odd_length_pcm16(n: int) -> None:
 
 def test_unknown_encoding_raises_codec_error() -> None:
     with pytest.raises(CodecError):
-        codecs.decode("opus", b"\x00\x00")
+        codecs.decode("opus", b"\x00\x00")  # type: ignore[arg-type]
     with pytest.raises(CodecError):
-        codecs.encode("opus", np.zeros(2, dtype=np.float32))
+        codecs.encode("opus", np.zeros(2, dtype=np.float32))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
@@ -218,7 +224,9 @@ def alaw_half_step(v: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(
     ("encoding", "half_step"), [("mulaw", mulaw_half_step), ("alaw", alaw_half_step)]
 )
-def test_g711_round_trip_error_bounded_by_half_step(encoding: Encoding, half_step: Any, x: np.ndarray) -> None:
+def test_g711_round_trip_error_bounded_by_half_step(
+    encoding: Encoding, half_step: Any, x: np.ndarray
+) -> None:
     y = codecs.decode(encoding, codecs.encode(encoding, x))
     assert y.dtype == np.float32 and y.shape == x.shape
     v = np.abs(x.astype(np.float64)) * FULL_SCALE
@@ -247,9 +255,7 @@ def test_g711_round_trip_dense_sweep(encoding: Encoding) -> None:
 @FAST
 @given(st.integers(1, 8), st.integers(0, 200), st.data())
 def test_deinterleave_then_interleave_is_identity(channels: int, frames: int, data: Any) -> None:
-    x = data.draw(
-        hnp.arrays(np.float32, frames * channels, elements=st.floats(-1, 1, width=32))
-    )
+    x = data.draw(hnp.arrays(np.float32, frames * channels, elements=st.floats(-1, 1, width=32)))
     parts = codecs.deinterleave(x, channels)
     assert len(parts) == channels
     for c, part in enumerate(parts):

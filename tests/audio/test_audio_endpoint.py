@@ -22,9 +22,7 @@ def t(i: int) -> float:
     return round(i * W, 6)
 
 
-def feed(
-    ep: Endpointer, probs: Iterable[float], start: int = 0
-) -> list[tuple[int, Boundary]]:
+def feed(ep: Endpointer, probs: Iterable[float], start: int = 0) -> list[tuple[int, Boundary]]:
     """Push windows start, start+1, ...; return (window index, boundary) for every event."""
     out: list[tuple[int, Boundary]] = []
     for i, p in enumerate(probs, start):
@@ -216,9 +214,9 @@ runs_strategy = st.lists(
     max_size=40,
 ).map(lambda runs: [p for p, n in runs for _ in range(n)])
 # Long speech with short gaps: hard cuts then often land inside a pause.
-choppy_strategy = st.lists(
-    st.tuples(st.integers(10, 120), st.integers(1, 5)), max_size=15
-).map(lambda runs: [p for s, g in runs for p in [SPEECH] * s + [SILENCE] * g])
+choppy_strategy = st.lists(st.tuples(st.integers(10, 120), st.integers(1, 5)), max_size=15).map(
+    lambda runs: [p for s, g in runs for p in [SPEECH] * s + [SILENCE] * g]
+)
 any_probs = st.one_of(probs_strategy, runs_strategy, choppy_strategy)
 
 small_cfg = st.builds(
@@ -284,6 +282,6 @@ def test_utterances_do_not_overlap_and_cover_confirmed_speech(probs: list[float]
     for i, p in enumerate(probs):
         run = run + 1 if p >= cfg.threshold else 0
         if run >= 4:
-            assert any(
-                e.t_start_s - 1e-9 <= t(i) and t(i + 1) <= e.t_end_s + 1e-9 for e in ends
-            ), f"confirmed speech at window {i} is in no utterance"
+            assert any(e.t_start_s - 1e-9 <= t(i) and t(i + 1) <= e.t_end_s + 1e-9 for e in ends), (
+                f"confirmed speech at window {i} is in no utterance"
+            )

@@ -14,7 +14,14 @@ from audio.framing import FRAME_MS, FrameAccumulator, frames, samples_per_frame
 
 @pytest.mark.parametrize(
     ("rate", "frame_ms", "expected"),
-    [(8000, 20, 160), (16000, 20, 320), (48000, 20, 960), (44100, 20, 882), (16000, 32, 512), (8000, 10, 80)],
+    [
+        (8000, 20, 160),
+        (16000, 20, 320),
+        (48000, 20, 960),
+        (44100, 20, 882),
+        (16000, 32, 512),
+        (8000, 10, 80),
+    ],
 )
 def test_samples_per_frame(rate: int, frame_ms: int, expected: int) -> None:
     assert samples_per_frame(rate, frame_ms) == expected
@@ -54,7 +61,9 @@ def test_frames_of_empty_input() -> None:
     st.lists(st.integers(0, 1500), max_size=25),
     st.data(),
 )
-def test_accumulator_blocks_do_not_depend_on_push_sizes(block: int, sizes: list[int], data: Any) -> None:
+def test_accumulator_blocks_do_not_depend_on_push_sizes(
+    block: int, sizes: list[int], data: Any
+) -> None:
     total = sum(sizes)
     x = np.random.default_rng(total).standard_normal(total).astype(np.float32)
 

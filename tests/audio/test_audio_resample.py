@@ -29,7 +29,9 @@ def rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
 
 
-def stream_in_chunks(x: np.ndarray, in_rate: int, out_rate: int, chunk_ms: int = 20) -> list[np.ndarray]:
+def stream_in_chunks(
+    x: np.ndarray, in_rate: int, out_rate: int, chunk_ms: int = 20
+) -> list[np.ndarray]:
     rs = StreamResampler(in_rate=in_rate, out_rate=out_rate)
     step = in_rate * chunk_ms // 1000
     parts = [rs.push(x[i : i + step]) for i in range(0, len(x), step)]

@@ -112,7 +112,8 @@ def test_slice_always_returns_the_addressed_samples(
 
 
 @pytest.mark.parametrize(
-    ("rate", "capacity_s"), [(44100, 0.7), (48000, 2.3), (44100, 10.2), (1000, 1.001), (16000, 25.0)]
+    ("rate", "capacity_s"),
+    [(44100, 0.7), (48000, 2.3), (44100, 10.2), (1000, 1.001), (16000, 25.0)],
 )
 def test_capacity_is_rounded_not_truncated(rate: int, capacity_s: float) -> None:
     """0.7 s at 44.1 kHz is 30870 samples, though 0.7 * 44100 is 30869.999... in floats."""

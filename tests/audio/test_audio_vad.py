@@ -182,7 +182,11 @@ def test_telephony_path_then_endpointer_finds_both_turns(
     ep = Endpointer()
     ends: list[SpeechEnd] = []
     for frame in run_stream(vad, x, chunk=320):
-        ends += [b for b in ep.push(frame.t_start_s, frame.t_end_s, frame.prob) if isinstance(b, SpeechEnd)]
+        ends += [
+            b
+            for b in ep.push(frame.t_start_s, frame.t_end_s, frame.prob)
+            if isinstance(b, SpeechEnd)
+        ]
     ends += [b for b in ep.flush() if isinstance(b, SpeechEnd)]
     assert [e.reason for e in ends] == ["silence", "silence"]
     for end, turn in zip(ends, turns, strict=True):

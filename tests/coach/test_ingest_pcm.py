@@ -36,7 +36,11 @@ def test_parse_header_never_crashes_on_text(raw: str) -> None:
         assert exc.code in (cc.INVALID_PAYLOAD, cc.UNSUPPORTED_DATA)
 
 
-@given(st.dictionaries(st.sampled_from(list(HEADER) + ["speakers"]), st.one_of(st.integers(), st.text(), st.none())))
+@given(
+    st.dictionaries(
+        st.sampled_from(list(HEADER) + ["speakers"]), st.one_of(st.integers(), st.text(), st.none())
+    )
+)
 def test_parse_header_fuzzed_fields(fields: dict[str, Any]) -> None:
     try:
         h = parse_header(json.dumps({**HEADER, **fields}))
@@ -141,7 +145,9 @@ def test_binary_before_header_is_refused(client: TestClient) -> None:
         assert close_code(ws)[0] == cc.INVALID_PAYLOAD
 
 
-def test_odd_frame_closes_but_the_call_still_ends_cleanly(client: TestClient, billing_call: Any) -> None:
+def test_odd_frame_closes_but_the_call_still_ends_cleanly(
+    client: TestClient, billing_call: Any
+) -> None:
     pcm, rate = stereo_pcm(billing_call[0], seconds=3)
     with client.websocket_connect("/ws/calls/odd/events") as events:
         with client.websocket_connect("/ingest/pcm") as ws:
@@ -194,7 +200,10 @@ def test_ingest_matches_replay_fast_and_survives_a_broken_neighbour(
     wav = billing_call[0]
     pcm, rate = stereo_pcm(wav)
     with client.websocket_connect("/ws/calls/good/events") as events:
-        with client.websocket_connect("/ingest/pcm") as good, client.websocket_connect("/ingest/pcm") as bad:
+        with (
+            client.websocket_connect("/ingest/pcm") as good,
+            client.websocket_connect("/ingest/pcm") as bad,
+        ):
             good.send_text(json.dumps({**HEADER, "call_id": "good", "sample_rate": rate}))
             bad.send_text(json.dumps({**HEADER, "call_id": "bad", "sample_rate": rate}))
             good.receive_text(), bad.receive_text()
@@ -208,8 +217,14 @@ def test_ingest_matches_replay_fast_and_survives_a_broken_neighbour(
             assert close_code(bad)[0] == cc.INVALID_PAYLOAD
         live = read_events(events)
     fast = asyncio.run(replay_file(wav, runtime, settings))
+
     def finals(evs: list[dict[str, Any]]) -> list[tuple[str, float, float, str]]:
-        return [(e["speaker"], e["t_start"], e["t_end"], e["text"]) for e in evs if e["type"] == "transcript"]
+        return [
+            (e["speaker"], e["t_start"], e["t_end"], e["text"])
+            for e in evs
+            if e["type"] == "transcript"
+        ]
+
     assert sorted(finals(live)) == sorted(finals(fast))
     assert live[-1]["type"] == "call_end" and live[-1]["reason"] == "end"
 
@@ -237,5 +252,9 @@ def test_auth_is_enforced(runtime: Runtime, tmp_path: Path) -> None:
         assert evs[0]["type"] == "call_start" and evs[-1]["type"] == "call_end"
         assert c.get("/api/calls").status_code == 401
         assert c.get("/api/calls", headers={"Authorization": f"Bearer {sup}"}).status_code == 200
-        expired = issue_token(user="sue", role="supervisor", secret=secure.signing_secret, ttl_s=-10)
-        assert c.get("/api/calls", headers={"Authorization": f"Bearer {expired}"}).status_code == 401
+        expired = issue_token(
+            user="sue", role="supervisor", secret=secure.signing_secret, ttl_s=-10
+        )
+        assert (
+            c.get("/api/calls", headers={"Authorization": f"Bearer {expired}"}).status_code == 401
+        )

@@ -25,12 +25,21 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "coach", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "coach", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
 async def replay_file(
-    wav: Path, runtime: Runtime, settings: Settings, *, realtime: bool = False, channels: str | None = None
+    wav: Path,
+    runtime: Runtime,
+    settings: Settings,
+    *,
+    realtime: bool = False,
+    channels: str | None = None,
 ) -> list[dict[str, Any]]:
     manager = CallManager(runtime=runtime, settings=settings, bus=InProcessBus())
     return await replay(read_call(wav, channels), manager=manager, call_id="t", realtime=realtime)
@@ -123,7 +132,9 @@ def test_utterance_boundaries_match_the_script(
         assert abs(max(e["t_end"] for e in inside) - turn["t_end"]) <= 0.3, turn
         for e in inside:
             assert e["words"], e
-            assert all(e["t_start"] - 0.3 <= w["t0"] <= w["t1"] <= e["t_end"] + 0.3 for w in e["words"])
+            assert all(
+                e["t_start"] - 0.3 <= w["t0"] <= w["t1"] <= e["t_end"] + 0.3 for w in e["words"]
+            )
 
 
 @pytest.mark.slow
@@ -181,10 +192,14 @@ async def test_16khz_mono_pcm_is_one_customer_channel(
 
 
 @pytest.mark.slow
-def test_cli_writes_contract_jsonl(billing_call: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+def test_cli_writes_contract_jsonl(
+    billing_call: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
     wav, _ = billing_call
     out = tmp_path / "events.jsonl"
-    proc = run_cli("replay", str(wav), "--events", str(out), "--fast", "--channels", "customer,agent")
+    proc = run_cli(
+        "replay", str(wav), "--events", str(out), "--fast", "--channels", "customer,agent"
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert lines[0]["type"] == "call_start" and lines[0]["source"] == "replay"

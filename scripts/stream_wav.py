@@ -1,0 +1,75 @@
+"""Stream a WAV file to a running server over `/ingest/pcm` and print the call's events.
+
+A reference client for the raw PCM protocol (see README, "Protocol endpoints"): it sends the
+JSON header, then 20 ms binary frames paced at real time (or as fast as the server accepts
+with --fast), and prints every event of the call from `/ws/calls/{call_id}/events`.
+
+    python scripts/stream_wav.py call.wav --token "$(python -m coach token --user me --role admin)"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import websockets
+
+
+async def stream(args: argparse.Namespace) -> int:
+    data, rate = sf.read(str(args.wav), dtype="int16", always_2d=True)
+    channels = data.shape[1]
+    if channels > 2:
+        print("error: mono or stereo WAV only", file=sys.stderr)
+        return 2
+    call_id = args.call_id or f"{args.wav.stem}-{uuid.uuid4().hex[:6]}"
+    auth = f"token={args.token}" if args.token else f"api_key={args.api_key}" if args.api_key else ""
+    base = args.server.rstrip("/")
+    header = {"call_id": call_id, "sample_rate": rate, "encoding": "pcm16", "channels": channels}
+    if args.agent_id:
+        header["agent_id"] = args.agent_id
+    async with websockets.connect(f"{base}/ws/calls/{call_id}/events?{auth}") as events:
+        printer = asyncio.create_task(print_events(events))
+        async with websockets.connect(f"{base}/ingest/pcm?{auth}") as ingest:
+            await ingest.send(json.dumps(header))
+            print(await ingest.recv(), file=sys.stderr)
+            step = rate // 50
+            start = time.monotonic()
+            for i in range(0, len(data), step):
+                await ingest.send(np.ascontiguousarray(data[i : i + step]).tobytes())
+                if not args.fast:
+                    await asyncio.sleep(max(0.0, start + (i + step) / rate - time.monotonic()))
+            await ingest.send(json.dumps({"type": "end"}))
+            await ingest.wait_closed()
+        await printer
+    return 0
+
+
+async def print_events(ws: websockets.ClientConnection) -> None:
+    async for message in ws:
+        ev = json.loads(message)
+        if ev["type"] in ("transcript", "call_start", "call_end") or "--all" in sys.argv:
+            print(json.dumps(ev)[:400], flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("wav", type=Path)
+    p.add_argument("--server", default="ws://127.0.0.1:8000")
+    p.add_argument("--token", help="a token from `python -m coach token --role admin`")
+    p.add_argument("--api-key", help="COACH_INGEST_API_KEY (events then need --token too)")
+    p.add_argument("--call-id")
+    p.add_argument("--agent-id")
+    p.add_argument("--fast", action="store_true", help="do not pace at real time")
+    p.add_argument("--all", action="store_true", help="print partials and metrics too")
+    return asyncio.run(stream(p.parse_args()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
