@@ -1,0 +1,38 @@
+"""The README documents every setting, and the Dockerfile keeps its promises."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from coach.api.app import create_app
+from coach.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_readme_lists_every_setting() -> None:
+    readme = (REPO / "README.md").read_text()
+    missing = [n for n in Settings.model_fields if f"`COACH_{n.upper()}`" not in readme]
+    assert not missing, f"settings missing from the README table: {missing}"
+
+
+def test_dockerfile_runs_as_non_root_with_a_real_healthcheck(tmp_path: Path) -> None:
+    text = (REPO / "Dockerfile").read_text()
+    users = re.findall(r"^USER\s+(\S+)", text, flags=re.M)
+    assert users and users[-1] not in ("root", "0")
+    check = re.search(r"HEALTHCHECK .*?(/health/\w+)", text, flags=re.S)
+    assert check
+    app = create_app(Settings(data_dir=tmp_path, auth_disabled=True))
+    assert check.group(1) in {getattr(r, "path", "") for r in app.routes}
+
+
+def test_settings_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "coach.yaml"
+    cfg.write_text("port: 9001\nasr_beam_size: 3\nlog_level: debug\n")
+    monkeypatch.setenv("COACH_ASR_BEAM_SIZE", "2")
+    s = Settings.load(cfg, port=None)
+    assert s.port == 9001 and s.asr_beam_size == 2 and s.log_level == "debug"
+    assert Settings.load(cfg, port=8123).port == 8123
