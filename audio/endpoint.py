@@ -68,6 +68,11 @@ class Endpointer:
     def utterance_start_s(self) -> float | None:
         return self._t_start if self._state is _State.SPEECH else None
 
+    @property
+    def last_speech_end_s(self) -> float | None:
+        """End of the last speech window of the open utterance (None outside speech)."""
+        return self._last_speech_end if self._state is _State.SPEECH else None
+
     def push(self, t_start_s: float, t_end_s: float, prob: float) -> list[Boundary]:
         cfg = self.config
         match self._state:

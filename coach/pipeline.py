@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +57,8 @@ class Utterance:
     audio: Samples
     """The utterance's samples, cut when it ended: a backlog must not outlive the ring."""
     audio_t0_s: float
+    early: Future[AsrResult] | None = None
+    """A decode started during the hangover on exactly this audio (see `_maybe_speculate`)."""
 
 
 class PartyPipeline:
@@ -85,6 +88,7 @@ class PartyPipeline:
         self._ended_utts: set[int] = set()
         self._next_partial_at = 0.0
         self._partial_task: asyncio.Task[None] | None = None
+        self._early: tuple[int, float, float, Future[AsrResult]] | None = None
         self._finals: asyncio.Queue[Utterance | None] = asyncio.Queue()
         self._final_task: asyncio.Task[None] | None = None
         self.speech_intervals: list[tuple[float, float]] = []
@@ -175,6 +179,8 @@ class PartyPipeline:
                     self._on_start(boundary)
                 else:
                     await self._on_end(boundary)
+        if not self._inline:
+            self._maybe_speculate()
         await self._maybe_partial()
 
     def _on_start(self, start: SpeechStart) -> None:
@@ -197,6 +203,7 @@ class PartyPipeline:
             detected_audio_s=self._ring.end_s,
             audio=audio,
             audio_t0_s=audio_t0,
+            early=self._take_early(self._utt_id, end.t_start_s, end.t_end_s),
         )
         self._ended_utts.add(utt.utterance_id)
         self._utt_start = None
@@ -227,9 +234,9 @@ class PartyPipeline:
             )
             return
         t0 = utt.audio_t0_s
-        result = await self._rt.asr_scheduler.run(
-            AsrRequest(audio=utt.audio, words=True), priority=PRIORITY_FINAL[self.speaker]
-        )
+        result = await self._decode_final(utt)
+        if result is None:
+            return
         if not result.text:
             return
         words = tuple(Word(w.w, w.t0 + t0, w.t1 + t0, w.p) for w in result.words)
@@ -249,9 +256,58 @@ class PartyPipeline:
             )
         )
 
+    async def _decode_final(self, utt: Utterance) -> AsrResult | None:
+        if utt.early is not None:
+            try:
+                return await asyncio.wrap_future(utt.early)
+            except Shed:
+                pass  # replaced or shed before it ran: decode now
+        try:
+            return await self._rt.asr_scheduler.run(
+                AsrRequest(audio=utt.audio, words=True), priority=PRIORITY_FINAL[self.speaker]
+            )
+        except Shed:
+            log.error("call %s %s: final transcript shed", self.call_id, self.speaker)
+            return None
+
+    def _maybe_speculate(self) -> None:
+        """Start the final decode during the hangover instead of after it.
+
+        Once the party has been silent for PAD_AFTER_S, the audio the final will decode is
+        already fixed (the endpoint, if it comes, cuts at the same place), so decoding can
+        overlap the rest of the hangover. If speech resumes, the result is simply unused and
+        a newer speculation replaces a queued older one. Skipped when the model is busy.
+        """
+        last = self._endpointer.last_speech_end_s
+        if last is None or self._utt_start is None:
+            return
+        if self._ring.end_s - last < PAD_AFTER_S:
+            return
+        key = (self._utt_id, self._utt_start, last)
+        if self._early is not None and self._early[:3] == key:
+            return
+        if self._rt.asr_scheduler.depth > 1:
+            return
+        audio, _ = self._ring.slice_s(self._utt_start - PAD_BEFORE_S, last + PAD_AFTER_S)
+        fut = self._rt.asr_scheduler.submit(
+            AsrRequest(audio=audio, words=True),
+            priority=PRIORITY_FINAL[self.speaker],
+            coalesce_key=f"early:{self.call_id}:{self.speaker}:{self._utt_id}",
+        )
+        self._early = (*key, fut)
+
+    def _take_early(self, utt_id: int, t_start: float, t_end: float) -> Future[AsrResult] | None:
+        early, self._early = self._early, None
+        if early is not None and early[:3] == (utt_id, t_start, t_end):
+            return early[3]
+        return None
+
     async def _maybe_partial(self) -> None:
         if self._utt_start is None or self._ring.end_s < self._next_partial_at:
             return
+        last = self._endpointer.last_speech_end_s
+        if last is not None and self._ring.end_s - last > PAD_AFTER_S:
+            return  # trailing silence: nothing new to show, the final is on its way
         if not self._inline and self._partial_task is not None and not self._partial_task.done():
             return  # one in flight is enough; the next one will carry newer audio
         utt_id, start, upto = self._utt_id, self._utt_start, self._ring.end_s

@@ -177,82 +177,93 @@ class WhisperAsr:
         return self.decode_batch([AsrRequest(audio=audio, words=words)])[0]
 
     def decode_batch(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
+        """Decode several utterances; requests with the same encoder window share one pass.
+
+        Each request's window depends only on its own length, so a result never depends on
+        what it was batched with (batching on or off gives the same text).
+        """
+        feats = [self._features(r.audio) for r in requests]
+        windows = [self._window(f.shape[1]) for f in feats]
+        results: list[AsrResult | None] = [None] * len(requests)
+        for window in sorted(set(windows)):
+            idx = [i for i, w in enumerate(windows) if w == window]
+            group = self._decode_group([requests[i] for i in idx], [feats[i] for i in idx], window)
+            for i, res in zip(idx, group, strict=True):
+                results[i] = res
+        return [r for r in results if r is not None]
+
+    def _window(self, content_frames: int) -> int:
+        min_frames = int(self.options.min_window_s * FRAMES_PER_S)
+        return min(3000, max(min_frames, math.ceil((content_frames + 50) / 100) * 100))
+
+    def _decode_group(
+        self,
+        requests: Sequence[AsrRequest],
+        feats: Sequence[np.ndarray[Any, np.dtype[np.float32]]],
+        window: int,
+    ) -> list[AsrResult]:
         import ctranslate2
 
         t0 = time.perf_counter()
-        feats = [self._features(r.audio) for r in requests]
         content = [f.shape[1] for f in feats]
-        min_frames = int(self.options.min_window_s * FRAMES_PER_S)
-        window = min(3000, max(min_frames, math.ceil((max(content) + 50) / 100) * 100))
         batch = np.zeros((len(feats), feats[0].shape[0], window), dtype=np.float32)
         for i, f in enumerate(feats):
             n = min(window, f.shape[1])
             batch[i, :, :n] = f[:, :n]
         encoded = self._fw.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=False)
-        longest_s = max(len(r.audio) for r in requests) / PIPELINE_RATE
-        max_new = int(self.options.max_tokens_per_s * longest_s) + 12
-        beam = max(r.beam_size or self.options.beam_size for r in requests)
+        results = []
+        for i, req in enumerate(requests):
+            enc_i = encoded if len(requests) == 1 else _slice_storage(encoded, i)
+            results.append(self._generate(req, enc_i, content[i], t0))
+        return results
+
+    def _generate(self, req: AsrRequest, encoded: Any, content_frames: int, t0: float) -> AsrResult:
+        """Greedy/beam decode of one encoded utterance, bounded in length."""
+        max_new = int(self.options.max_tokens_per_s * len(req.audio) / PIPELINE_RATE) + 12
         gen = self._fw.model.generate(
             encoded,
-            [self._prompt] * len(requests),
-            beam_size=beam,
+            [self._prompt],
+            beam_size=req.beam_size or self.options.beam_size,
             max_length=min(448, len(self._prompt) + max_new),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=[-1],
-            no_repeat_ngram_size=0,
-            repetition_penalty=1.0,
-        )
-        tokens = [[t for t in g.sequences_ids[0] if t < self._eot] for g in gen]
-        aligned = self._align(requests, tokens, encoded, content)
-        elapsed = time.perf_counter() - t0
-        results = []
-        for g, toks, words in zip(gen, tokens, aligned, strict=True):
-            text = collapse_repetitions(self._tokenizer.decode(toks).strip())
-            avg_logprob = float(g.scores[0]) if g.scores else 0.0
-            no_speech = float(getattr(g, "no_speech_prob", 0.0))
-            if no_speech > self.options.no_speech_threshold and avg_logprob < -1.0:
-                text, words = "", ()
-            results.append(AsrResult(text, words, avg_logprob, no_speech, elapsed))
-        return results
+        )[0]
+        tokens = [t for t in gen.sequences_ids[0] if t < self._eot]
+        words = self._align(req, tokens, encoded, content_frames) if req.words and tokens else ()
+        text = collapse_repetitions(self._tokenizer.decode(tokens).strip())
+        avg_logprob = float(gen.scores[0]) if gen.scores else 0.0
+        no_speech = float(getattr(gen, "no_speech_prob", 0.0))
+        if no_speech > self.options.no_speech_threshold and avg_logprob < -1.0:
+            text, words = "", ()
+        return AsrResult(text, words, avg_logprob, no_speech, time.perf_counter() - t0)
 
     def _features(self, audio: Samples) -> np.ndarray[Any, np.dtype[np.float32]]:
         f = self._fw.feature_extractor(np.asarray(audio, dtype=np.float32))
         return np.asarray(f, dtype=np.float32)
 
     def _align(
-        self,
-        requests: Sequence[AsrRequest],
-        tokens: list[list[int]],
-        encoded: Any,
-        content: list[int],
-    ) -> list[tuple[Word, ...]]:
-        out: list[tuple[Word, ...]] = [() for _ in requests]
-        idx = [i for i, r in enumerate(requests) if r.words and tokens[i]]
-        if not idx:
-            return out
+        self, req: AsrRequest, tokens: list[int], encoded: Any, content_frames: int
+    ) -> tuple[Word, ...]:
         from faster_whisper.transcribe import merge_punctuations
 
-        for i in idx:  # align needs the per-item encoder output; batches are small
-            enc_i = encoded if len(requests) == 1 else _slice_storage(encoded, i)
-            found = self._fw.find_alignment(self._tokenizer, [tokens[i]], enc_i, content[i])
-            if not found or not found[0]:
-                continue
-            alignment = found[0]
-            merge_punctuations(alignment, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
-            dur = len(requests[i].audio) / PIPELINE_RATE
-            out[i] = tuple(
-                Word(
-                    w=a["word"].strip(),
-                    t0=round(min(float(a["start"]), dur), 3),
-                    t1=round(min(float(a["end"]), dur), 3),
-                    p=round(float(a["probability"]), 3),
-                )
-                for a in alignment
-                if a["word"].strip()
+        found = self._fw.find_alignment(self._tokenizer, [tokens], encoded, content_frames)
+        if not found or not found[0]:
+            return ()
+        alignment = found[0]
+        merge_punctuations(alignment, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
+        dur = len(req.audio) / PIPELINE_RATE
+        return tuple(
+            Word(
+                w=a["word"].strip(),
+                t0=round(min(float(a["start"]), dur), 3),
+                t1=round(min(float(a["end"]), dur), 3),
+                p=round(float(a["probability"]), 3),
             )
-        return out
+            for a in alignment
+            if a["word"].strip()
+        )
 
 
 def _slice_storage(encoded: Any, i: int) -> Any:

@@ -12,8 +12,9 @@ What it measures, in order:
    pooled over all calls (errors / reference words), with `jiwer`. Reference and hypothesis go
    through the same normaliser: lower case, no punctuation, apostrophes dropped, digits spelt
    out ("$49" -> "forty nine dollars", "3-5" -> "three to five", "6:00" -> "six") and a few
-   spelling variants unified (ok/okay, all right/alright). Transcripts of a party are joined in
-   time order and compared with that party's joined turns, so segmentation does not count.
+   spelling variants unified (ok/okay, all right/alright, canceled/cancelled). Transcripts of
+   a party are joined in time order and compared with that party's joined turns, so
+   segmentation does not count.
 2. Real-time factor per channel (`--fast`): processing wall time / (audio seconds x channels).
    Fast mode decodes every partial and final inline, so this is the full per-channel compute.
 3. Latency (`--realtime`, one call at a time): for every `transcript` event `t_emit - t_end`
@@ -33,16 +34,19 @@ What it measures, in order:
 
 Run from the repository root:
 
-    .venv/bin/python -m scripts.bench_asr                  # full run, about 9 minutes on 2 cores
+    .venv/bin/python -m scripts.bench_asr                  # full run, about 8 minutes on 2 cores
     .venv/bin/python -m scripts.bench_asr --quick          # one call, K <= 2, under 3 minutes
 
 Settings come from COACH_* environment variables (or `--config FILE`), as for the server.
+Real-time figures depend on what else runs on the same cores: check the load before a run
+and compare only runs from the same machine in the same conditions.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import logging
 import os
@@ -105,7 +109,7 @@ _ORDINAL_IRREGULAR = {
     "nine": "ninth",
     "twelve": "twelfth",
 }
-_VARIANTS = {"ok": "okay", "all right": "alright"}
+_VARIANTS = {"ok": "okay", "all right": "alright", "canceled": "cancelled"}
 
 
 def int_words(n: int) -> str:
@@ -504,11 +508,11 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     versions: dict[str, str] = {}
-    for mod in ("ctranslate2", "faster_whisper", "onnxruntime", "numpy", "jiwer"):
+    for dist_name in ("ctranslate2", "faster-whisper", "onnxruntime", "numpy", "jiwer"):
         try:
-            versions[mod] = str(__import__(mod).__version__)
-        except Exception:
-            versions[mod] = "?"
+            versions[dist_name] = importlib.metadata.version(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist_name] = "?"
     return {
         "cpu_model": cpu,
         "cpu_cores": os.cpu_count(),

@@ -112,6 +112,36 @@ def test_probability_at_exact_thresholds() -> None:
     assert out == [(3, SpeechStart(t(0))), (18, SpeechEnd(t(0), t(9), "silence"))]
 
 
+def test_limits_are_inclusive() -> None:
+    """Windows of 1/32 s make every limit an exact multiple, so >= versus > shows."""
+    w = 1 / 32
+    cfg = EndpointConfig(
+        min_speech_ms=125, hangover_ms=250, soft_max_s=1.0, soft_pause_ms=125, max_utterance_s=2.0
+    )
+
+    def run(probs: list[float]) -> list[tuple[int, Boundary]]:
+        ep = Endpointer(cfg)
+        out: list[tuple[int, Boundary]] = []
+        for i, p in enumerate(probs):
+            out.extend((i, b) for b in ep.push(i * w, (i + 1) * w, p))
+        return out
+
+    # Start on the 4th window (exactly 125 ms); end on the 8th silent one (exactly 250 ms).
+    assert run([SPEECH] * 10 + [SILENCE] * 8) == [
+        (3, SpeechStart(0.0)),
+        (17, SpeechEnd(0.0, 10 * w, "silence")),
+    ]
+    assert run([SPEECH] * 10 + [SILENCE] * 7)[1:] == []
+    # Past soft_max (exactly 1.0 s of speech) a pause of exactly 125 ms cuts.
+    assert run([SPEECH] * 32 + [SILENCE] * 4)[1:] == [(35, SpeechEnd(0.0, 1.0, "pause_cut"))]
+    assert run([SPEECH] * 31 + [SILENCE] * 4)[1:] == []
+    # The hard cut lands when the utterance reaches exactly 2.0 s.
+    assert run([SPEECH] * 64)[1:] == [
+        (63, SpeechEnd(0.0, 2.0, "max_length")),
+        (63, SpeechStart(2.0)),
+    ]
+
+
 def test_soft_pause_cut_after_soft_max() -> None:
     cfg = EndpointConfig(soft_max_s=2.0, soft_pause_ms=130, hangover_ms=300)
     ep = Endpointer(cfg)

@@ -75,6 +75,16 @@ class Harness:
         self.model.release.set()
         self.sched.close(timeout_s=WAIT_S)
 
+    def close_while_held(self, *pending: Future[str]) -> None:
+        """Close while the worker is still busy, so nothing queued can slip into a batch."""
+        closer = threading.Thread(target=self.sched.close, kwargs={"timeout_s": WAIT_S})
+        closer.start()
+        for fut in pending:
+            assert shed(fut)  # shed by close() before it waits for the worker
+        self.release()
+        closer.join(WAIT_S)
+        assert not closer.is_alive()
+
 
 @pytest.fixture
 def make() -> Iterator[type[Harness]]:
@@ -297,23 +307,43 @@ def test_max_queue_overflow_sheds_the_least_important(make: type[Harness]) -> No
     assert h.model.seen == ["hold", "a", "e"]
 
 
-def test_shed_requests_are_not_retained(make: type[Harness]) -> None:
-    """A dropped request (audio, in the real pipeline) must not stay referenced by its key."""
+class Req(str):
+    """A request that can be weakly referenced, to see whether the scheduler still holds it."""
 
-    class Req(str):
-        pass
 
-    h = make(max_queue=1)
-    h.hold()
+def overflow_shed_keyed_request(h: Harness) -> tuple[weakref.ref[Req], Future[str]]:
+    """With max_queue=1 and the worker held: a keyed partial is shed by a final."""
     dropped = Req("partial")
     ref = weakref.ref(dropped)
     fut = h.sched.submit(dropped, priority=2, coalesce_key="call9:customer")
     del dropped
     keep = h.sched.submit("final", priority=0)
     assert shed(fut)
+    return ref, keep
+
+
+def test_shed_requests_are_released_once_the_worker_is_idle(make: type[Harness]) -> None:
+    """A dropped request (audio, in the real pipeline) must not stay referenced by its key."""
+    h = make(max_queue=1)
+    h.hold()
+    ref, keep = overflow_shed_keyed_request(h)
     h.release()
     assert keep.result(timeout=WAIT_S) == "FINAL"
-    h.close()  # joins the worker: whatever it would clean up is cleaned up
+    # The worker drops what is left once it finds only dead items; that happens just after
+    # the result above, so wait for it (bounded) rather than assume it already did.
+    deadline = time.monotonic() + WAIT_S
+    while ref() is not None and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.005)
+    assert ref() is None
+    assert h.sched.depth == 0
+
+
+def test_shed_requests_are_released_on_close(make: type[Harness]) -> None:
+    h = make(max_queue=1)
+    h.hold()
+    ref, keep = overflow_shed_keyed_request(h)
+    h.close_while_held(keep)
     gc.collect()
     assert ref() is None
 
@@ -338,14 +368,8 @@ def test_close_sheds_pending_and_stops_workers(
     h = make(workers=1)
     running = h.hold()
     pending = [h.sched.submit(f"p{i}", priority=i % 3) for i in range(4)]
-    closer = threading.Thread(target=h.sched.close, kwargs={"timeout_s": WAIT_S})
     with caplog.at_level(logging.WARNING, logger="models.runtime"):
-        closer.start()
-        # Pending work is shed at once, while the worker is still busy.
-        assert all(shed(f) for f in pending)
-        h.release()
-        closer.join(WAIT_S)
-    assert not closer.is_alive()
+        h.close_while_held(*pending)  # pending work is shed while the worker is still busy
     assert "did not stop" not in caplog.text
     assert running.result(timeout=0) == "HOLD"  # the batch in flight still completes
     assert h.model.seen == ["hold"]
@@ -360,8 +384,7 @@ def test_shed_count_counts_each_request_once(make: type[Harness]) -> None:
     first = h.sched.submit("v1", priority=2, coalesce_key="k")
     second = h.sched.submit("v2", priority=2, coalesce_key="k")
     assert shed(first) and h.sched.shed_count == 1
-    h.close()
-    assert shed(second)
+    h.close_while_held(second)
     assert h.sched.shed_count == 2
 
 
