@@ -261,7 +261,7 @@ class DecodeMeter:
         with self._lock:
             return {
                 "batches": self.batches,
-                "final_requests": self.finals,
+                "final_requests": self.finals,  # word-timed decodes, speculative ones too
                 "partial_requests": self.partials,
                 "mean_batch": round((self.finals + self.partials) / max(1, self.batches), 2),
                 "max_batch": self.max_batch,
@@ -878,6 +878,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    commit = git_commit()  # now, not at the end: the tree may change while this runs
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -896,7 +897,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rate": args.rate,
         "encoding": "mulaw",
         "machine": machine_info(),
-        "commit": git_commit(),
+        "commit": commit,
         "settings": settings_report(settings),
         **results,
         "elapsed_s": round(time.perf_counter() - t_start, 1),
