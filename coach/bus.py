@@ -22,7 +22,13 @@ SUPERVISOR_TOPIC = "supervisor"
 
 
 def call_topic(call_id: str) -> str:
+    """A call's events as anyone but its live agent may see them (PII redacted)."""
     return f"call:{call_id}"
+
+
+def agent_topic(call_id: str) -> str:
+    """The same events unredacted, for the live agent of that call only."""
+    return f"call:{call_id}:agent"
 
 
 @dataclass(eq=False)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
-from coach.bus import InProcessBus
+from coach.bus import InProcessBus, agent_topic, call_topic
 from coach.messages import Speaker
 from coach.runtime import Runtime
 from coach.session import CallSession, CallState
@@ -48,7 +48,8 @@ class CallManager:
         if existing is not None and existing.state in (CallState.LIVE, CallState.ENDING):
             raise CallRejected("duplicate_call", f"call {call_id} is already live")
         if existing is not None:
-            self.bus.forget(f"call:{call_id}")
+            self.bus.forget(call_topic(call_id))
+            self.bus.forget(agent_topic(call_id))
         session = CallSession(
             call_id=call_id,
             source=source,

@@ -17,10 +17,11 @@ from enum import Enum
 from typing import Any
 
 from coach import events, metrics
-from coach.bus import SUPERVISOR_TOPIC, InProcessBus, call_topic
+from coach.bus import SUPERVISOR_TOPIC, InProcessBus, agent_topic, call_topic
 from coach.events import Event
 from coach.messages import AudioChunk, EndOfStream, Speaker
 from coach.pipeline import PartyPipeline
+from coach.redaction import redact_event
 from coach.runtime import Runtime
 from coach.settings import Settings
 from coach.signals import dynamics
@@ -162,6 +163,7 @@ class CallSession:
             self.state = CallState.ENDED
             metrics.ACTIVE_CALLS.dec()
             self._bus.close_topic(call_topic(self.call_id))
+            self._bus.close_topic(agent_topic(self.call_id))
             self._ended.set()
 
     async def aclose(self) -> None:
@@ -185,9 +187,11 @@ class CallSession:
             "t_emit": round(self._fed_s, 3),
         }
         self.last_event = stamped
-        self._bus.publish(call_topic(self.call_id), stamped)
+        self._bus.publish(agent_topic(self.call_id), stamped)
+        redacted = redact_event(stamped)
+        self._bus.publish(call_topic(self.call_id), redacted)
         if stamped["type"] in ("call_start", "call_end"):
-            self._bus.publish(SUPERVISOR_TOPIC, stamped)
+            self._bus.publish(SUPERVISOR_TOPIC, redacted)
 
     async def _party_worker(self, speaker: Speaker) -> None:
         q, party = self._queues[speaker], self.parties[speaker]

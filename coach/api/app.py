@@ -26,7 +26,7 @@ from coach.api.security import (
     require_principal,
 )
 from coach.auth import AuthError, Principal
-from coach.bus import InProcessBus, call_topic
+from coach.bus import InProcessBus, agent_topic, call_topic
 from coach.calls import CallManager
 from coach.events import dumps
 from coach.ingest import closecodes as cc
@@ -144,9 +144,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             await _close(ws, cc.POLICY_VIOLATION, "forbidden", "not your call")
             return
         after = ws.query_params.get("after_seq")
-        await _stream_events(
-            ws, state.bus, call_id, int(after) if after and after.isdigit() else None
-        )
+        # Only the call's own agent sees unredacted text; everyone else gets the PII-safe view.
+        own = meta is not None and meta.get("agent_id") == principal.user
+        topic = agent_topic(call_id) if own else call_topic(call_id)
+        await _stream_events(ws, state.bus, topic, int(after) if after and after.isdigit() else None)
 
     if WEB_DIR.is_dir():
         app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
@@ -192,10 +193,10 @@ async def _close(ws: WebSocket, code: int, reason: str, message: str) -> None:
 
 
 async def _stream_events(
-    ws: WebSocket, bus: InProcessBus, call_id: str, after_seq: int | None
+    ws: WebSocket, bus: InProcessBus, topic: str, after_seq: int | None
 ) -> None:
     """Recent events after `after_seq` first (resume), then live ones, until the call ends."""
-    sub = bus.subscribe(call_topic(call_id), after_seq=after_seq)
+    sub = bus.subscribe(topic, after_seq=after_seq)
 
     async def watch_client() -> None:
         # Drain client messages so a disconnect is noticed even while no events flow.

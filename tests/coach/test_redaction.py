@@ -1,0 +1,124 @@
+"""PII redaction: written and spoken forms, word-level tags, and who sees what."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from coach.bus import InProcessBus, agent_topic, call_topic
+from coach.redaction import find_pii, luhn_valid, redact_event, redact_text, redact_words
+from coach.runtime import Runtime
+from coach.session import CallSession
+from coach.settings import Settings
+
+SPOKEN = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def luhn_number(rng: random.Random, length: int = 16) -> str:
+    body = [rng.randrange(10) for _ in range(length - 1)]
+    for check in range(10):
+        cand = "".join(map(str, [*body, check]))
+        if luhn_valid(cand):
+            return cand
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("my card is 4111 1111 1111 1111 thanks", "my card is [CARD] thanks"),
+        ("card 4111-1111-1111-1111", "card [CARD]"),
+        ("it's four one one one one one one one one one one one one one one one", "it's [CARD]"),
+        ("my social is 123-45-6789", "my social is [SSN]"),
+        ("one two three four five six seven eight nine is my social", "[SSN] is my social"),
+        ("call me back at (555) 123-4567 please", "call me back at [PHONE] please"),
+        ("reach me on +1 555 123 4567", "reach me on [PHONE]"),
+        ("my number is five five five double one two three four five six", "my number is [PHONE]"),
+        ("write to jane.doe+bills@example.co.uk today", "write to [EMAIL] today"),
+        ("it is jane dot doe at gmail dot com", "it is [EMAIL]"),
+        ("the account number is 98765432", "the account number is [NUMBER]"),
+    ],
+)
+def test_pii_is_redacted(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I was charged forty nine dollars twice",
+        "refund in three to five business days",
+        "order 12345 arrived on the 3rd",
+        "I called for two to four days in a row",
+        "meet at noon at the office",
+        "the fee went from 10 to 25 dollars in 2024",
+    ],
+)
+def test_ordinary_numbers_and_words_are_kept(text: str) -> None:
+    assert redact_text(text) == text
+
+
+@given(st.integers(min_value=0, max_value=2**32), st.sampled_from([13, 15, 16, 19]), st.booleans())
+def test_any_valid_card_is_redacted_written_or_spoken(seed: int, length: int, spoken: bool) -> None:
+    number = luhn_number(random.Random(seed), length)
+    said = " ".join(SPOKEN[int(d)] for d in number) if spoken else number
+    out = redact_text(f"the card is {said} ok")
+    assert not any(ch.isdigit() for ch in out)
+    assert "[CARD]" in out and out.endswith(" ok")
+
+
+@given(st.text(alphabet=st.characters(categories=["L", "Zs"], max_codepoint=0x24F), max_size=80))
+def test_text_without_digits_or_addresses_is_unchanged(text: str) -> None:
+    if " at " in f" {text.lower()} " or any(w.lower() in SPOKEN for w in text.split()):
+        return
+    assert redact_text(text) == text
+
+
+def test_words_keep_their_timing_slots() -> None:
+    words = "card is four one one one one one one one one one one one one one one one ok".split()
+    tagged = redact_words(words)
+    assert len(tagged) == len(words) and tagged[0] == "card" and tagged[-1] == "ok"
+    assert set(tagged[2:-1]) == {"[CARD]"}
+    assert find_pii("nothing here") == []
+
+
+def test_event_view_for_others_hides_pii_but_keeps_everything_else() -> None:
+    ev = {
+        "type": "transcript",
+        "seq": 4,
+        "text": "it's 4111 1111 1111 1111",
+        "words": [
+            {"w": w, "t0": i, "t1": i + 1, "p": 0.9}
+            for i, w in enumerate(["it's", "4111", "1111", "1111", "1111"])
+        ],
+    }
+    red = redact_event(ev)
+    assert red["text"] == "it's [CARD]" and ev["text"] == "it's 4111 1111 1111 1111"
+    assert [w["w"] for w in red["words"]] == ["it's"] + ["[CARD]"] * 4  # type: ignore[index]
+    assert red["seq"] == 4 and red["words"][1]["t0"] == 1  # type: ignore[index]
+    assert redact_event({"type": "metrics", "x": 1}) == {"type": "metrics", "x": 1}
+
+
+async def test_only_the_agent_topic_carries_raw_text(runtime: Runtime, settings: Settings) -> None:
+    bus = InProcessBus()
+    session = CallSession(
+        call_id="pii",
+        source="test",
+        speakers=("customer",),
+        runtime=runtime,
+        settings=settings,
+        bus=bus,
+        inline=True,
+    )
+    await session.start()
+    await session.emit(
+        {"type": "transcript", "speaker": "customer", "text": "my ssn is 123-45-6789", "words": []}
+    )
+    await session.end("end")
+    raw = [e for e in bus.history(agent_topic("pii")) if e["type"] == "transcript"]
+    shown = [e for e in bus.history(call_topic("pii")) if e["type"] == "transcript"]
+    assert raw[0]["text"] == "my ssn is 123-45-6789"
+    assert shown[0]["text"] == "my ssn is [SSN]" and shown[0]["seq"] == raw[0]["seq"]
