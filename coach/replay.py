@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +110,11 @@ async def replay(
     try:
         for start in range(0, n, step):
             t0 = start / audio.sample_rate
+            if realtime:
+                # A live source can send a frame only once all of it has been spoken.
+                delay = t_wall0 + (start + step) / audio.sample_rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
             for speaker, samples in audio.channels.items():
                 frame = samples[start : start + step]
                 if frame.size == 0:
@@ -120,11 +124,6 @@ async def replay(
                     session.push(chunk)
                 else:
                     await session.process_inline(chunk)
-            if realtime:
-                due = t_wall0 + (start + step) / audio.sample_rate
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
         await session.end("end_of_file")
     finally:
         if session.state.value != "ended":
@@ -170,7 +169,3 @@ def run_replay_cli(
         counts[ev["type"]] = counts.get(ev["type"], 0) + 1
     print(json.dumps({"events": str(events_path), "counts": counts}), flush=True)
     return 0
-
-
-def summarize(events: Sequence[Event]) -> dict[str, Any]:
-    return {"transcripts": [e for e in events if e["type"] == "transcript"]}

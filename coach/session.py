@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
@@ -247,4 +246,3 @@ class CallSession:
         )
 
 
-SessionFactory = Callable[..., CallSession]
