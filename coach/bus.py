@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from coach.events import Event
@@ -19,6 +19,10 @@ from coach.events import Event
 log = logging.getLogger(__name__)
 
 SUPERVISOR_TOPIC = "supervisor"
+ALL_CALLS_TOPIC = "calls"
+"""Every call's events (redacted view), for consumers of all calls: the store, analytics."""
+
+Listener = Callable[[str, Event], None]
 
 
 def call_topic(call_id: str) -> str:
@@ -62,12 +66,30 @@ class InProcessBus:
         self._history: dict[str, deque[Event]] = {}
         self._subs: dict[str, set[Subscription]] = {}
         self._closed_topics: set[str] = set()
+        self._listeners: list[Listener] = []
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(topic, event)` synchronously on every publish, never dropping.
+
+        For consumers that must see everything (the store): the listener only enqueues
+        into its own buffer, which decides what to do under pressure (spool, not drop).
+        """
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     def publish(self, topic: str, event: Event) -> None:
         hist = self._history.setdefault(topic, deque(maxlen=self._history_len))
         hist.append(event)
         for sub in list(self._subs.get(topic, ())):
             sub.offer(event)
+        for listener in self._listeners:
+            try:
+                listener(topic, event)
+            except Exception:
+                log.exception("bus listener failed on %s", topic)
 
     def history(self, topic: str, *, after_seq: int | None = None) -> list[Event]:
         events = list(self._history.get(topic, ()))
