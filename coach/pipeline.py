@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from audio import prosody
 from audio.endpoint import Endpointer, SpeechEnd, SpeechStart
 from audio.resample import StreamResampler
 from audio.ring import AudioRing
@@ -91,6 +92,7 @@ class PartyPipeline:
         self._early: tuple[int, float, float, Future[AsrResult]] | None = None
         self._finals: asyncio.Queue[Utterance | None] = asyncio.Queue()
         self._final_task: asyncio.Task[None] | None = None
+        self._baseline = prosody.SpeakerBaseline()
         self.speech_intervals: list[tuple[float, float]] = []
         self.word_times: list[tuple[float, float]] = []
         self.gap_filled_s = 0.0
@@ -234,11 +236,14 @@ class PartyPipeline:
             )
             return
         t0 = utt.audio_t0_s
+        loop = asyncio.get_running_loop()
+        # Pitch and energy need no words: extract them while the ASR decodes.
+        frames = loop.run_in_executor(self._rt.dsp_executor, prosody.frame_features, utt.audio)
         result = await self._decode_final(utt)
-        if result is None:
+        features = await frames
+        if result is None or not result.text:
             return
-        if not result.text:
-            return
+        voice = self._prosody(features, result)
         words = tuple(Word(w.w, w.t0 + t0, w.t1 + t0, w.p) for w in result.words)
         self.word_times.extend((w.t0, w.t1) for w in words)
         if not self._inline:
@@ -253,8 +258,16 @@ class PartyPipeline:
                 t_end=utt.t_end_s,
                 words=words,
                 utterance_id=utt.utterance_id,
+                prosody=dict(voice),
             )
         )
+
+    def _prosody(self, features: prosody.FrameFeatures, result: AsrResult) -> prosody.ProsodyFields:
+        """Voice features of the utterance relative to this speaker's own baseline."""
+        summary = prosody.summarize(features, word_times=[(w.t0, w.t1) for w in result.words])
+        z = self._baseline.observe(summary)
+        score, why = prosody.arousal(z)
+        return prosody.prosody_event_fields(summary, z, score, why=why)
 
     async def _decode_final(self, utt: Utterance) -> AsrResult | None:
         if utt.early is not None:

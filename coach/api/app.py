@@ -31,6 +31,7 @@ from coach.calls import CallManager
 from coach.events import dumps
 from coach.ingest import closecodes as cc
 from coach.ingest import pcm
+from coach.ingest import twilio as twilio_ingest
 from coach.runtime import Runtime
 from coach.session import CallSession
 from coach.settings import Settings
@@ -129,6 +130,21 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             await _close(ws, cc.TRY_AGAIN_LATER, "not_ready", "models are still loading")
             return
         await pcm.handle(ws, manager=state.manager, settings=settings)
+
+    @app.websocket("/ingest/twilio")
+    async def ingest_twilio(ws: WebSocket) -> None:
+        await ws.accept()
+        if not twilio_ingest.authorized(ws, settings):
+            await twilio_ingest.refuse(
+                ws, cc.POLICY_VIOLATION, "unauthorized", "missing or invalid Twilio credentials"
+            )
+            return
+        if state.manager is None:
+            await twilio_ingest.refuse(
+                ws, cc.TRY_AGAIN_LATER, "not_ready", "models are still loading"
+            )
+            return
+        await twilio_ingest.handle(ws, manager=state.manager, settings=settings)
 
     @app.websocket("/ws/calls/{call_id}/events")
     async def call_events(ws: WebSocket, call_id: str) -> None:

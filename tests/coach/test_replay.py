@@ -209,5 +209,9 @@ def test_cli_writes_contract_jsonl(
         if ev["type"] in ("partial", "transcript"):
             assert ev["speaker"] in ("customer", "agent")
             assert ev["t_start"] <= ev["t_end"] <= ev["t_emit"] + 1e-6
+    for ev in lines:
+        if ev["type"] == "transcript":
+            assert {"f0_hz", "f0_z", "energy_z", "rate_wps", "arousal"} <= ev["prosody"].keys()
+            assert 0.0 <= ev["prosody"]["arousal"] <= 1.0
     words = [w for ev in lines if ev["type"] == "transcript" for w in ev["words"]]
     assert words and {"w", "t0", "t1", "p"} <= words[0].keys()
