@@ -121,6 +121,13 @@ class CallSession:
                 q.task_done()
                 self.dropped_frames += 1
                 metrics.DROPPED_FRAMES.labels(reason="queue_full").inc()
+                if self.dropped_frames == 1 or self.dropped_frames % 50 == 0:
+                    log.warning(
+                        "call %s %s: pipeline behind real time, %d frames dropped so far",
+                        self.call_id,
+                        chunk.speaker,
+                        self.dropped_frames,
+                    )
         q.put_nowait(chunk)
         self._fed_s = max(self._fed_s, chunk.t1)
 

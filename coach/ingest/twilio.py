@@ -45,8 +45,6 @@ SAMPLE_RATE = 8000
 ENCODING = "audio/x-mulaw"
 MAX_PAYLOAD_BYTES = 8000
 """One second of 8 kHz mu-law; Twilio sends 160 bytes (20 ms) per message."""
-JITTER_MS = 10.0
-"""A timestamp this close to where the track's audio already ends continues it seamlessly."""
 TRACK_SPEAKER: dict[str, Speaker] = {"inbound": "customer", "outbound": "agent"}
 SIGNATURE_SCHEMES = ("wss", "https")
 
@@ -322,16 +320,18 @@ class StreamProtocol:
         return AudioChunk(self.setup.call_id, speaker, pcm, SAMPLE_RATE, start / SAMPLE_RATE)
 
     def _place(self, track: str, timestamp_ms: int, n: int) -> int:
-        """First sample of this payload on the call clock.
+        """First sample of this payload on the call clock, read from its timestamp.
 
-        The timestamp rules; within JITTER_MS of the track's end the audio simply continues,
-        so a few ms of timestamp jitter neither clips audio nor inserts silence. A larger step
-        forward is a gap (the pipeline fills it with silence); a step back is a repeat (the
-        pipeline drops what it already has).
+        Audio travels in whole packets, so a timestamp is read to the nearest whole packet
+        from where the track's audio ends: jitter of up to half a packet (10 ms at 20 ms)
+        continues the track seamlessly, neither clipping audio nor inserting silence; a jump
+        of k packets is k lost packets (the pipeline fills them with silence); a step back is
+        a repeat (the pipeline drops what it already has). Call time thus follows the
+        timestamps to within half a packet, whatever arrives late, twice or never.
         """
         expected = self._next_sample.get(track, 0)
         at = round(timestamp_ms * SAMPLE_RATE / 1000)
-        start = expected if abs(at - expected) <= JITTER_MS * SAMPLE_RATE / 1000 else at
+        start = expected + round((at - expected) / n) * n
         self._next_sample[track] = max(expected, start + n)
         return start
 
