@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     auth_disabled: bool = Field(False, description="Turn off all auth (local development only).")
     auth_secret: str | None = Field(None, description="HMAC key for tokens; generated if unset.")
     ingest_api_key: str | None = Field(None, description="API key telephony ingest must present.")
+    twilio_auth_token: str | None = Field(
+        None, description="Twilio auth token: when set, /ingest/twilio requires X-Twilio-Signature."
+    )
     token_ttl_s: int = Field(12 * 3600, description="Default lifetime of issued tokens.")
 
     @classmethod

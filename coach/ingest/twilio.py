@@ -20,7 +20,6 @@ import binascii
 import contextlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Annotated, Any, Literal, TypeAlias
@@ -340,10 +339,7 @@ class StreamProtocol:
 
 
 def twilio_auth_token(settings: Settings) -> str | None:
-    token = getattr(settings, "twilio_auth_token", None) or os.environ.get(
-        "COACH_TWILIO_AUTH_TOKEN"
-    )
-    return str(token) if token else None
+    return settings.twilio_auth_token or None
 
 
 def signed_urls(ws: WebSocket) -> list[str]:
@@ -365,7 +361,7 @@ def signed_urls(ws: WebSocket) -> list[str]:
 
 
 def signature_valid(ws: WebSocket, token: str) -> bool:
-    from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
+    from twilio.request_validator import RequestValidator
 
     signature = ws.headers.get("x-twilio-signature")
     if not signature:
