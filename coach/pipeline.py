@@ -339,7 +339,9 @@ class PartyPipeline:
     async def _partial(self, utt_id: int, start: float, upto: float, audio: Samples) -> None:
         try:
             result: AsrResult = await self._rt.asr_scheduler.run(
-                AsrRequest(audio=audio, words=False),
+                AsrRequest(
+                    audio=audio, words=False, beam_size=self._settings.asr_partial_beam_size
+                ),
                 priority=PRIORITY_PARTIAL[self.speaker],
                 coalesce_key=None if self._inline else f"{self.call_id}:{self.speaker}",
                 max_wait_s=None if self._inline else self._settings.partial_max_wait_s,
