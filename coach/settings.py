@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     twilio_auth_token: str | None = Field(
         None, description="Twilio auth token: when set, /ingest/twilio requires X-Twilio-Signature."
     )
+    audiohook_client_secret: str | None = Field(
+        None,
+        description="Genesys AudioHook client secret (base64): when set, signatures are required.",
+    )
     token_ttl_s: int = Field(12 * 3600, description="Default lifetime of issued tokens.")
 
     @classmethod

@@ -29,6 +29,7 @@ from coach.auth import AuthError, Principal
 from coach.bus import InProcessBus, agent_topic, call_topic
 from coach.calls import CallManager
 from coach.events import dumps
+from coach.ingest import audiohook as audiohook_ingest
 from coach.ingest import closecodes as cc
 from coach.ingest import pcm
 from coach.ingest import twilio as twilio_ingest
@@ -38,6 +39,7 @@ from coach.settings import Settings
 
 log = logging.getLogger(__name__)
 CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
+
 
 def _web_dir() -> Path:
     """Static pages: next to the source tree in a checkout, or ./web in the container."""
@@ -131,6 +133,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             return
         await pcm.handle(ws, manager=state.manager, settings=settings)
 
+    @app.websocket("/ingest/audiohook")
+    async def ingest_audiohook(ws: WebSocket) -> None:
+        # Authenticated on the upgrade request itself: HTTP 401 before accept, as the reference.
+        await audiohook_ingest.serve(ws, manager=state.manager, settings=settings)
+
     @app.websocket("/ingest/twilio")
     async def ingest_twilio(ws: WebSocket) -> None:
         await ws.accept()
@@ -163,7 +170,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         # Only the call's own agent sees unredacted text; everyone else gets the PII-safe view.
         own = meta is not None and meta.get("agent_id") == principal.user
         topic = agent_topic(call_id) if own else call_topic(call_id)
-        await _stream_events(ws, state.bus, topic, int(after) if after and after.isdigit() else None)
+        await _stream_events(
+            ws, state.bus, topic, int(after) if after and after.isdigit() else None
+        )
 
     if WEB_DIR.is_dir():
         app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
