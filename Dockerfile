@@ -23,6 +23,8 @@ RUN apt-get update \
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY --chown=coach:coach web ./web
+COPY --chown=coach:coach migrations ./migrations
+COPY --chown=coach:coach alembic.ini ./
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     COACH_HOST=0.0.0.0 \

@@ -47,6 +47,16 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(64_000, description="Largest binary frame accepted on ingest.")
     event_replay: int = Field(500, description="Recent events kept per call for reconnects.")
 
+    store_enabled: bool = Field(True, description="Record calls in the history store.")
+    database_url: str | None = Field(
+        None, description="PostgreSQL URL for call history; SQLite in data_dir when unset."
+    )
+    retention_days: float = Field(90.0, description="Delete stored calls older than this; 0 keeps.")
+    store_batch_size: int = Field(200, description="Events written per store transaction.")
+    store_flush_interval_s: float = Field(0.5, description="Longest wait before events are stored.")
+    store_buffer_events: int = Field(10_000, description="Events held in memory before spooling.")
+    store_spool_max_mb: int = Field(256, description="Disk cap of the outage spool, in MiB.")
+
     auth_disabled: bool = Field(False, description="Turn off all auth (local development only).")
     auth_secret: str | None = Field(None, description="HMAC key for tokens; generated if unset.")
     ingest_api_key: str | None = Field(None, description="API key telephony ingest must present.")

@@ -134,6 +134,26 @@ def collapse_repetitions(text: str) -> str:
     return text
 
 
+def truncate_repeats(tokens: list[int], *, max_ngram: int = 8, max_repeats: int = 2) -> list[int]:
+    """Cut a decode where it starts looping: an n-gram repeated more than `max_repeats` times
+    back to back keeps only its first `max_repeats` copies and everything after is dropped.
+
+    Whisper loops on short or noisy windows ("high high high ..."); the text filter alone
+    would leave the looped words (and their timings) in the transcript.
+    """
+    for i in range(len(tokens)):
+        for n in range(1, max_ngram + 1):
+            gram = tokens[i : i + n]
+            if len(gram) < n:
+                break
+            k = 1
+            while tokens[i + k * n : i + (k + 1) * n] == gram:
+                k += 1
+            if k > max_repeats:
+                return tokens[: i + max_repeats * n]
+    return tokens
+
+
 def compression_ratio(text: str) -> float:
     raw = text.encode()
     return len(raw) / max(1, len(zlib.compress(raw))) if raw else 0.0
@@ -230,7 +250,7 @@ class WhisperAsr:
             suppress_blank=True,
             suppress_tokens=[-1],
         )[0]
-        tokens = [t for t in gen.sequences_ids[0] if t < self._eot]
+        tokens = truncate_repeats([t for t in gen.sequences_ids[0] if t < self._eot])
         words = self._align(req, tokens, encoded, content_frames) if req.words and tokens else ()
         text = collapse_repetitions(self._tokenizer.decode(tokens).strip())
         avg_logprob = float(gen.scores[0]) if gen.scores else 0.0

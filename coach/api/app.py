@@ -36,6 +36,8 @@ from coach.ingest import twilio as twilio_ingest
 from coach.runtime import Runtime
 from coach.session import CallSession
 from coach.settings import Settings
+from coach.store import StoreService
+from coach.store.api import router as history_router
 
 log = logging.getLogger(__name__)
 CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
@@ -74,17 +76,25 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         loader: asyncio.Task[None] | None = None
         if state.runtime is None:
             loader = asyncio.create_task(_load_models(state))
+        store: StoreService | None = None
+        if settings.store_enabled:
+            # Never fails startup: with the database down, events are spooled until it answers.
+            store = await StoreService.start(settings, bus=state.bus)
+            app.state.store = store.store
         yield
         if loader is not None and not loader.done():
             loader.cancel()
         if state.manager is not None:
             await state.manager.shutdown()
+        if store is not None:
+            await store.aclose()  # after the calls ended, so their last events are written
         if state.owns_runtime and state.runtime is not None:
             state.runtime.close()
 
     app = FastAPI(title="Voice coach", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.coach = state
+    app.include_router(history_router)
 
     @app.get("/health/live", tags=["health"])
     async def live() -> dict[str, str]:
@@ -98,6 +108,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                 "error": state.load_error,
             }
             return JSONResponse(body, status_code=503)
+        store = getattr(app.state, "store", None)
+        if store is not None and not await store.ping():
+            # CONTRACT.md: ready means the store is reachable too. Live calls go on (their
+            # events are spooled); the load balancer just sends new ones elsewhere.
+            return JSONResponse({"status": "store_unreachable"}, status_code=503)
         return JSONResponse({"status": "ready", "active_calls": len(state.manager.live())})
 
     @app.get("/metrics", tags=["health"])

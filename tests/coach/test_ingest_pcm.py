@@ -258,3 +258,29 @@ def test_auth_is_enforced(runtime: Runtime, tmp_path: Path) -> None:
         assert (
             c.get("/api/calls", headers={"Authorization": f"Bearer {expired}"}).status_code == 401
         )
+
+
+def test_a_streamed_call_lands_in_the_store_redacted(client: TestClient, billing_call: Any) -> None:
+    import time
+
+    pcm, rate = stereo_pcm(billing_call[0], seconds=12)
+    with client.websocket_connect("/ingest/pcm") as ws:
+        ws.send_text(json.dumps({**HEADER, "call_id": "stored", "sample_rate": rate, "agent_id": "ann"}))
+        ws.receive_text()
+        for i in range(0, len(pcm), 3200):
+            ws.send_bytes(pcm[i : i + 3200])
+        ws.send_text(json.dumps({"type": "end"}))
+        assert close_code(ws)[0] == cc.NORMAL
+    deadline = time.monotonic() + 10
+    while True:
+        got = client.get("/api/history/calls/stored")
+        if got.status_code == 200 and got.json()["call"]["ended_at"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    body = got.json()
+    assert got.status_code == 200, body
+    call = body["call"]
+    assert call["agent_id"] == "ann" and call["source"] == "pcm" and call["end_reason"] == "end"
+    texts = [u["text"] for u in body["transcript"]]
+    assert texts and any("looked" in t.lower() for t in texts)
+    assert body["summary"] is not None

@@ -435,3 +435,12 @@ async def test_cancelling_the_awaiting_task_skips_the_request(make: type[Harness
     h.release()
     assert await h.sched.run("after") == "AFTER"
     assert "abandoned" not in h.model.seen
+
+
+def test_truncate_repeats_cuts_a_looping_decode() -> None:
+    from models.asr import truncate_repeats
+
+    assert truncate_repeats([7, 7, 7, 7, 7, 7]) == [7, 7]
+    assert truncate_repeats([1, 2, 3, 4, 5, 4, 5, 4, 5, 4, 5]) == [1, 2, 3, 4, 5, 4, 5]
+    assert truncate_repeats([1, 2, 1, 2, 3]) == [1, 2, 1, 2, 3]  # two copies are speech ("no, no")
+    assert truncate_repeats([]) == []

@@ -1,0 +1,188 @@
+"""REST over the call-history store: search, one call, customer history, feedback, edits.
+
+Mounted by the application (`app.include_router(router)`) with the store in
+`app.state.store`. Every route needs a token. Agents see and act on their own calls only
+(the `agent_id` the call started with); supervisors and admins on every call. A database
+outage answers 503, so panels can tell "try again" from "not there".
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel, Field
+
+from coach import metrics
+from coach.api.security import may_view_call, require_principal
+from coach.auth import Principal
+from coach.store.records import (
+    CallDetail,
+    CallRecord,
+    CustomerCall,
+    EscalationRecord,
+    FeedbackRecord,
+    NotFound,
+    Refused,
+    StoreUnavailable,
+    Verdict,
+)
+from coach.store.store import MAX_PAGE, Store
+
+router = APIRouter(tags=["history"])
+CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
+
+
+def get_store(request: Request) -> Store:
+    store: Store | None = getattr(request.app.state, "store", None)
+    if store is None:
+        raise HTTPException(503, "call history is not configured")
+    return store
+
+
+CurrentStore = Annotated[Store, Depends(get_store)]
+
+
+@contextlib.contextmanager
+def _answers() -> Iterator[None]:
+    """Store errors as HTTP answers: missing rows 404, refused data 409, no database 503."""
+    try:
+        yield
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except Refused as exc:  # e.g. the call was deleted by retention meanwhile
+        raise HTTPException(409, str(exc)) from exc
+    except StoreUnavailable as exc:
+        raise HTTPException(503, "call history is temporarily unavailable") from exc
+
+
+class CallPage(BaseModel):
+    calls: list[CallRecord]
+    limit: int
+    offset: int
+
+
+class CustomerHistory(BaseModel):
+    customer_id: str
+    calls: list[CustomerCall]
+
+
+class FeedbackBody(BaseModel):
+    verdict: Verdict
+
+
+class OutcomeBody(BaseModel):
+    outcome: str | None = Field(None, max_length=200, description="e.g. resolved, callback")
+
+
+async def _visible_call(store: Store, call_id: str, principal: Principal) -> CallRecord:
+    with _answers():
+        call = await store.get_call_record(call_id)
+    if call is None:
+        raise HTTPException(404, f"call {call_id} not found")
+    if not may_view_call(principal, call.access_meta):
+        raise HTTPException(403, "not your call")
+    return call
+
+
+@router.get("/api/history/calls")
+async def search_calls(
+    principal: CurrentPrincipal,
+    store: CurrentStore,
+    agent_id: str | None = None,
+    customer_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    q: Annotated[str | None, Query(max_length=200, description="words said in the call")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> CallPage:
+    """Stored calls, newest first. Agents get their own calls only."""
+    if not principal.is_supervisor:
+        if agent_id not in (None, principal.user):
+            raise HTTPException(403, "agents may only search their own calls")
+        agent_id = principal.user
+    with _answers():
+        calls = await store.list_calls(
+            agent_id=agent_id,
+            customer_id=customer_id,
+            since=since,
+            until=until,
+            query=q,
+            limit=limit,
+            offset=offset,
+        )
+    return CallPage(calls=calls, limit=limit, offset=offset)
+
+
+@router.get("/api/history/calls/{call_id}")
+async def get_stored_call(
+    call_id: str, principal: CurrentPrincipal, store: CurrentStore
+) -> CallDetail:
+    """One stored call: redacted transcript, cues with their feedback, escalations, summary."""
+    await _visible_call(store, call_id, principal)
+    with _answers():
+        detail = await store.get_call(call_id)
+    if detail is None:
+        raise HTTPException(404, f"call {call_id} not found")
+    return detail
+
+
+@router.get("/api/customers/{customer_id}/history")
+async def customer_history(
+    customer_id: str,
+    principal: CurrentPrincipal,
+    store: CurrentStore,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> CustomerHistory:
+    """A customer's previous calls (supervisors and admins)."""
+    if not principal.is_supervisor:
+        raise HTTPException(403, "supervisors only")
+    with _answers():
+        calls = await store.customer_history(customer_id, limit=limit)
+    return CustomerHistory(customer_id=customer_id, calls=calls)
+
+
+@router.post("/api/calls/{call_id}/cues/{cue}/feedback")
+async def cue_feedback(
+    call_id: str,
+    cue: str,
+    body: FeedbackBody,
+    principal: CurrentPrincipal,
+    store: CurrentStore,
+) -> FeedbackRecord:
+    """Rate a cue: `cue` is the cue's `seq` in the call, or its cue id (latest occurrence)."""
+    await _visible_call(store, call_id, principal)
+    with _answers():
+        seq = int(cue) if cue.isdigit() else await store.latest_cue_seq(call_id, cue)
+        if seq is None:
+            raise NotFound(f"call {call_id} has no cue {cue}")
+        record = await store.add_feedback(
+            call_id=call_id, cue_seq=seq, verdict=body.verdict, user=principal.user
+        )
+    metrics.CUE_FEEDBACK.labels(cue=record.cue, verdict=record.verdict).inc()
+    return record
+
+
+@router.post("/api/calls/{call_id}/escalations/{seq}/ack")
+async def acknowledge_escalation(
+    call_id: str, seq: int, principal: CurrentPrincipal, store: CurrentStore
+) -> EscalationRecord:
+    """A supervisor takes an escalation; the first acknowledgement stands."""
+    if not principal.is_supervisor:
+        raise HTTPException(403, "supervisors only")
+    with _answers():
+        return await store.acknowledge_escalation(call_id=call_id, seq=seq, user=principal.user)
+
+
+@router.put("/api/calls/{call_id}/outcome")
+async def set_outcome(
+    call_id: str, body: OutcomeBody, principal: CurrentPrincipal, store: CurrentStore
+) -> CallRecord:
+    """Record how the call ended for the customer (the call's agent, or a supervisor)."""
+    await _visible_call(store, call_id, principal)
+    with _answers():
+        return await store.set_outcome(call_id=call_id, outcome=body.outcome, user=principal.user)

@@ -1,0 +1,125 @@
+"""The store as the application runs it: configuration, startup and graceful shutdown.
+
+`StoreService.start()` migrates the schema, attaches the writer to the bus and starts the
+retention task; `aclose()` undoes that in the order that loses nothing. Startup never fails
+because the database is down: live calls matter more than history, so the writer spools
+until the database answers and the history API says 503 meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coach.bus import InProcessBus
+from coach.settings import Settings
+from coach.store.db import redacted_url, resolve_url
+from coach.store.retention import RetentionTask
+from coach.store.spool import Spool
+from coach.store.store import Store
+from coach.store.writer import StoreWriter
+
+log = logging.getLogger(__name__)
+
+
+BATCH_SIZE = 200
+FLUSH_INTERVAL_S = 0.5
+BUFFER_EVENTS = 10_000
+SPOOL_MAX_MB = 256
+RETENTION_DAYS = 90.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    url: str
+    spool_dir: Path
+    batch_size: int = BATCH_SIZE
+    flush_interval_s: float = FLUSH_INTERVAL_S
+    max_buffer: int = BUFFER_EVENTS
+    spool_max_bytes: int = SPOOL_MAX_MB << 20
+    retention_days: float = RETENTION_DAYS
+    """Delete calls older than this; 0 keeps them forever."""
+    retention_interval_s: float = 3600.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StoreConfig:
+        """Read the `store_*` settings, with defaults where Settings does not define them.
+
+        `getattr` keeps this working whichever store settings `Settings` declares; the
+        environment variable is read directly only when Settings has no `database_url`.
+        """
+
+        def opt(name: str, default: Any) -> Any:
+            value = getattr(settings, name, None)
+            return default if value is None else value
+
+        url = opt("database_url", None) or os.environ.get("COACH_DATABASE_URL") or None
+        return cls(
+            url=resolve_url(url, settings.data_dir),
+            spool_dir=settings.data_dir / "spool",
+            batch_size=int(opt("store_batch_size", BATCH_SIZE)),
+            flush_interval_s=float(opt("store_flush_interval_s", FLUSH_INTERVAL_S)),
+            max_buffer=int(opt("store_buffer_events", BUFFER_EVENTS)),
+            spool_max_bytes=int(opt("store_spool_max_mb", SPOOL_MAX_MB)) << 20,
+            retention_days=float(opt("retention_days", RETENTION_DAYS)),
+        )
+
+
+class StoreService:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        writer: StoreWriter,
+        bus: InProcessBus,
+        retention: RetentionTask | None,
+    ) -> None:
+        self.store = store
+        self.writer = writer
+        self.retention = retention
+        self._bus = bus
+
+    @classmethod
+    async def start(cls, config: StoreConfig | Settings, *, bus: InProcessBus) -> StoreService:
+        cfg = config if isinstance(config, StoreConfig) else StoreConfig.from_settings(config)
+        store = Store(url=cfg.url)
+        try:
+            await store.ensure_schema()
+        except Exception as exc:  # keep serving live calls; the writer retries and spools
+            log.warning(
+                "store %s not ready at startup (%s); events are spooled until it is",
+                redacted_url(cfg.url),
+                exc,
+            )
+        writer = StoreWriter(
+            store=store,
+            spool=Spool(directory=cfg.spool_dir, max_bytes=cfg.spool_max_bytes),
+            batch_size=cfg.batch_size,
+            flush_interval_s=cfg.flush_interval_s,
+            max_buffer=cfg.max_buffer,
+        )
+        writer.start()
+        bus.add_listener(writer)
+        retention = None
+        if cfg.retention_days > 0:
+            retention = RetentionTask(
+                store=store, days=cfg.retention_days, interval_s=cfg.retention_interval_s
+            )
+            retention.start()
+        return cls(store=store, writer=writer, bus=bus, retention=retention)
+
+    async def ready(self) -> bool:
+        """For /health/ready: the database answers (events are spooled, not lost, if not)."""
+        return await self.store.ping()
+
+    async def aclose(self) -> None:
+        """Call after the live calls have ended, so their last events are written too."""
+        if self.retention is not None:
+            await self.retention.aclose()
+        # The listener stays attached while closing: late events go to the spool, not lost.
+        await self.writer.aclose()
+        self._bus.remove_listener(self.writer)
+        await self.store.aclose()

@@ -1,0 +1,397 @@
+"""The call-history store: batch writes for the writer, reads and edits for the API.
+
+One object per process around one async engine. The schema is migrated lazily on first use
+(and at startup), so a database that is down when the server starts delays history, never
+live calls. Database failures surface as `StoreUnavailable` (the writer spools, the API
+answers 503); constraint or data errors in a batch are retried event by event so one bad
+event is skipped and logged instead of blocking every event behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    OperationalError,
+    SQLAlchemyError,
+    StatementError,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+from coach.store.db import create_engine, migrate, redacted_url
+from coach.store.models import (
+    Call,
+    CueFeedback,
+    CueRow,
+    Escalation,
+    Summary,
+    Utterance,
+    table_of,
+)
+from coach.store.records import (
+    VERDICTS,
+    CallDetail,
+    CallRecord,
+    CueRecord,
+    CustomerCall,
+    EscalationRecord,
+    FeedbackRecord,
+    NotFound,
+    Refused,
+    StoreUnavailable,
+    UtteranceRecord,
+)
+from coach.store.writes import Received, Rows, upsert, write_rows
+
+log = logging.getLogger(__name__)
+MAX_PAGE = 500
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether the database refused this data, as opposed to not taking anything right now.
+
+    Only data errors (SQLSTATE class 22) and constraint violations (23), or a driver that
+    could not encode a value, count: a lock, a timeout, a restart or anything unknown is
+    treated as an outage, whose events are spooled and retried, never dropped.
+    """
+    if isinstance(exc, IntegrityError | DataError):
+        return True
+    if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
+        return isinstance(exc.orig, ValueError | TypeError)  # bind processing, before sending
+    if isinstance(exc, DBAPIError) and not isinstance(exc, OperationalError):
+        state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        if isinstance(state, str) and state[:2] in ("22", "23"):
+            return True
+        return isinstance(getattr(exc.orig, "__cause__", None), ValueError)
+    return False
+
+
+@contextlib.contextmanager
+def _translate() -> Iterator[None]:
+    """Database failures as the store's two kinds: Refused (bad data), StoreUnavailable."""
+    try:
+        yield
+    except Exception as exc:
+        if is_refusal(exc):
+            raise Refused(_first_line(exc)) from exc
+        if isinstance(exc, SQLAlchemyError | OSError | TimeoutError):
+            raise StoreUnavailable(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+        raise
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Store:
+    def __init__(
+        self, *, url: str, engine: AsyncEngine | None = None, auto_migrate: bool = True
+    ) -> None:
+        self.url = url
+        self.engine = engine if engine is not None else create_engine(url)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._schema_ready = not auto_migrate
+        self._schema_lock = asyncio.Lock()
+        self.skipped = 0
+        """Events that could not be stored at all (malformed, or refused by a constraint)."""
+
+    def __repr__(self) -> str:
+        return f"Store({redacted_url(self.url)})"
+
+    async def aclose(self) -> None:
+        await self.engine.dispose()
+
+    async def ensure_schema(self) -> None:
+        """Run pending migrations once per process (again after a failed attempt)."""
+        if self._schema_ready:
+            return
+        async with self._schema_lock:
+            if self._schema_ready:
+                return
+            with _translate():
+                await migrate(self.url, engine=self.engine)
+            self._schema_ready = True
+            log.info("store ready: %s", redacted_url(self.url))
+
+    async def ping(self) -> bool:
+        """Whether the database answers now (for readiness probes)."""
+        try:
+            async with self._connect() as conn:
+                await conn.execute(sa.select(1))
+        except Exception as exc:  # a failed migration means "not ready" just as well
+            log.debug("store ping failed: %s", exc)
+            return False
+        return True
+
+    @contextlib.asynccontextmanager
+    async def _connect(self, *, begin: bool = False) -> AsyncIterator[AsyncConnection]:
+        await self.ensure_schema()
+        with _translate():
+            async with self.engine.begin() if begin else self.engine.connect() as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[AsyncSession]:
+        """A session in one transaction, committed when the block ends without an error."""
+        await self.ensure_schema()
+        with _translate():
+            async with self._sessions.begin() as session:
+                yield session
+
+    # -- writes from the event stream ------------------------------------------------------
+
+    async def write_events(self, items: Sequence[Received]) -> None:
+        """Store a batch in one transaction; raise StoreUnavailable if the database is down.
+
+        A batch the database refuses (see `is_refusal`) holds a poison event: it is written
+        again event by event and only the events refused on their own are skipped, so one
+        bad event never blocks the rest. Anything else raises StoreUnavailable: spool, retry.
+        """
+        rows, valid = self._rows(items)
+        if not valid:
+            return
+        await self.ensure_schema()
+        try:
+            await self._write(rows)
+        except Refused as exc:
+            log.warning("store batch refused (%s); retrying event by event", exc)
+            for item in valid:
+                try:
+                    await self._write(self._rows([item])[0])
+                except Refused as one:
+                    self._skip(item, one)
+
+    async def _write(self, rows: Rows) -> None:
+        async with self._connect(begin=True) as conn:
+            await write_rows(conn, rows)
+
+    def _rows(self, items: Sequence[Received]) -> tuple[Rows, list[Received]]:
+        rows, valid = Rows(), []
+        for item in items:
+            try:
+                if rows.add(item):
+                    valid.append(item)
+            except (KeyError, TypeError, ValueError) as exc:
+                self._skip(item, exc)
+        return rows, valid
+
+    def _skip(self, item: Received, exc: Exception) -> None:
+        self.skipped += 1
+        ev = item.event
+        log.error(
+            "store skipped %s seq %s of call %s: %s",
+            ev.get("type"),
+            ev.get("seq"),
+            ev.get("call_id"),
+            _first_line(exc),
+        )
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def list_calls(
+        self,
+        *,
+        agent_id: str | None = None,
+        customer_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        query: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[CallRecord]:
+        """Newest first; `query` matches (case-insensitively) any words said in the call."""
+        stmt = sa.select(Call)
+        if agent_id is not None:
+            stmt = stmt.where(Call.agent_id == agent_id)
+        if customer_id is not None:
+            stmt = stmt.where(Call.customer_id == customer_id)
+        if since is not None:
+            stmt = stmt.where(Call.started_at >= since)
+        if until is not None:
+            stmt = stmt.where(Call.started_at < until)
+        if query and query.strip():
+            pattern = "%" + _escape_like(query.strip()) + "%"
+            said = sa.select(Utterance.call_id).where(Utterance.text.ilike(pattern, escape="\\"))
+            stmt = stmt.where(Call.call_id.in_(said))
+        stmt = stmt.order_by(Call.started_at.desc(), Call.call_id)
+        stmt = stmt.limit(max(1, min(limit, MAX_PAGE))).offset(max(0, offset))
+        async with self._session() as s:
+            return [CallRecord.of(r) for r in await s.scalars(stmt)]
+
+    async def get_call_record(self, call_id: str) -> CallRecord | None:
+        async with self._session() as s:
+            row = await s.get(Call, call_id)
+            return None if row is None else CallRecord.of(row)
+
+    async def latest_cue_seq(self, call_id: str, cue: str) -> int | None:
+        """The most recent occurrence of cue id `cue` in a call (feedback by cue id)."""
+        async with self._session() as s:
+            seq = await s.scalar(
+                sa.select(sa.func.max(CueRow.seq)).where(
+                    CueRow.call_id == call_id, CueRow.cue == cue
+                )
+            )
+            return None if seq is None else int(seq)
+
+    async def get_call(self, call_id: str) -> CallDetail | None:
+        async with self._session() as s:
+            call = await s.get(Call, call_id)
+            if call is None:
+                return None
+            utts = await s.scalars(
+                sa.select(Utterance).where(Utterance.call_id == call_id).order_by(Utterance.seq)
+            )
+            transcript = [UtteranceRecord.of(u) for u in utts]
+            feedback: dict[int, list[FeedbackRecord]] = {}
+            for fb in await s.scalars(
+                sa.select(CueFeedback)
+                .where(CueFeedback.call_id == call_id)
+                .order_by(CueFeedback.at, CueFeedback.id)
+            ):
+                feedback.setdefault(fb.cue_seq, []).append(FeedbackRecord.of(fb))
+            cue_rows = await s.scalars(
+                sa.select(CueRow).where(CueRow.call_id == call_id).order_by(CueRow.seq)
+            )
+            cues = [CueRecord.of(c, feedback.get(c.seq, [])) for c in cue_rows]
+            esc_rows = await s.scalars(
+                sa.select(Escalation).where(Escalation.call_id == call_id).order_by(Escalation.seq)
+            )
+            escalations = [EscalationRecord.of(e) for e in esc_rows]
+            summary = await s.get(Summary, call_id)
+            return CallDetail(
+                call=CallRecord.of(call),
+                transcript=transcript,
+                cues=cues,
+                escalations=escalations,
+                summary=summary.summary if summary else None,
+                metrics=summary.metrics if summary else None,
+            )
+
+    async def customer_history(
+        self, customer_id: str, *, limit: int = 10, exclude_call_id: str | None = None
+    ) -> list[CustomerCall]:
+        """The customer's most recent calls, newest first, with how each went."""
+        stmt = sa.select(Call).where(Call.customer_id == customer_id)
+        if exclude_call_id is not None:
+            stmt = stmt.where(Call.call_id != exclude_call_id)
+        stmt = stmt.order_by(Call.started_at.desc()).limit(max(1, min(limit, MAX_PAGE)))
+        async with self._session() as s:
+            calls = list(await s.scalars(stmt))
+            ids = [c.call_id for c in calls]
+            cue_counts: dict[str, dict[str, int]] = {}
+            for call_id, cue, n in await s.execute(
+                sa.select(CueRow.call_id, CueRow.cue, sa.func.count())
+                .where(CueRow.call_id.in_(ids))
+                .group_by(CueRow.call_id, CueRow.cue)
+            ):
+                cue_counts.setdefault(call_id, {})[cue] = int(n)
+            esc_counts: dict[str, int] = {
+                call_id: int(n)
+                for call_id, n in await s.execute(
+                    sa.select(Escalation.call_id, sa.func.count())
+                    .where(Escalation.call_id.in_(ids))
+                    .group_by(Escalation.call_id)
+                )
+            }
+        return [
+            CustomerCall(
+                call_id=c.call_id,
+                agent_id=c.agent_id,
+                started_at=c.started_at,
+                ended_at=c.ended_at,
+                duration_s=c.duration_s,
+                end_reason=c.end_reason,
+                outcome=c.outcome,
+                cue_counts=cue_counts.get(c.call_id, {}),
+                escalations=esc_counts.get(c.call_id, 0),
+            )
+            for c in calls
+        ]
+
+    # -- edits by people -------------------------------------------------------------------
+
+    async def add_feedback(
+        self, *, call_id: str, cue_seq: int, verdict: str, user: str, at: datetime | None = None
+    ) -> FeedbackRecord:
+        """Record (or replace) one person's verdict on one cue; NotFound if there is no cue."""
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}")
+        when = at or _utcnow()
+        async with self._session() as s:
+            cue = await s.get(CueRow, (call_id, cue_seq))
+            if cue is None:
+                raise NotFound(f"call {call_id} has no cue {cue_seq}")
+            values = {
+                "call_id": call_id,
+                "cue_seq": cue_seq,
+                "cue": cue.cue,
+                "verdict": verdict,
+                "user_id": user,
+                "at": when,
+            }
+            stmt = upsert(self.engine.dialect.name, table_of(CueFeedback)).values(values)
+            await s.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["call_id", "cue_seq", "user_id"],
+                    set_={"verdict": stmt.excluded.verdict, "at": stmt.excluded.at},
+                )
+            )
+        return FeedbackRecord(call_id, cue_seq, cue.cue, verdict, user, when)
+
+    async def acknowledge_escalation(
+        self, *, call_id: str, seq: int, user: str, at: datetime | None = None
+    ) -> EscalationRecord:
+        """The first acknowledgement stands; later ones return it unchanged."""
+        esc = table_of(Escalation)
+        async with self._session() as s:
+            await s.execute(
+                sa.update(esc)
+                .where(esc.c.call_id == call_id, esc.c.seq == seq, esc.c.acknowledged_by.is_(None))
+                .values(acknowledged_by=user, acknowledged_at=at or _utcnow())
+            )
+            row = await s.get(Escalation, (call_id, seq), populate_existing=True)
+            if row is None:
+                raise NotFound(f"call {call_id} has no escalation {seq}")
+            return EscalationRecord.of(row)
+
+    async def set_outcome(
+        self, *, call_id: str, outcome: str | None, user: str, at: datetime | None = None
+    ) -> CallRecord:
+        async with self._session() as s:
+            row = await s.get(Call, call_id)
+            if row is None:
+                raise NotFound(f"call {call_id} not found")
+            row.outcome = outcome
+            row.outcome_by = user
+            row.outcome_at = at or _utcnow()
+            await s.flush()
+            return CallRecord.of(row)
+
+    async def delete_older_than(self, days: float, *, now: datetime | None = None) -> int:
+        """Retention: delete calls that started more than `days` ago, with all their rows."""
+        cutoff = (now or _utcnow()) - timedelta(days=days)
+        calls = table_of(Call)
+        old = sa.select(calls.c.call_id).where(calls.c.started_at < cutoff)
+        async with self._connect(begin=True) as conn:
+            # Children first and explicitly: cascades are not trusted on every SQLite setup.
+            for model in (CueFeedback, CueRow, Utterance, Escalation, Summary):
+                tbl = table_of(model)
+                await conn.execute(sa.delete(tbl).where(tbl.c.call_id.in_(old)))
+            result = await conn.execute(sa.delete(calls).where(calls.c.started_at < cutoff))
+        return int(result.rowcount)
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

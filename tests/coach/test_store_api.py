@@ -1,0 +1,229 @@
+"""The history REST API through FastAPI's TestClient, on SQLite and PostgreSQL.
+
+A small app mounts only the store's router, with `app.state.store` and `app.state.settings`
+as the real application sets them; calls are recorded beforehand through the bus and writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from test_store_support import (
+    BACKENDS,
+    CARD,
+    Backend,
+    backend_for,
+    call_events,
+    migrated_pg_database,
+    publish,
+    run,
+)
+
+from coach.auth import Role, issue_token
+from coach.bus import InProcessBus
+from coach.settings import Settings
+from coach.store import Spool, Store, StoreWriter
+from coach.store.api import router
+
+SECRET = "s" * 32
+CALLS = {
+    "c-alice": ("alice", "cust-1"),
+    "c-bob": ("bob", "cust-1"),
+    "c-alice2": ("alice", "cust-2"),
+}
+EVENTS = {
+    call_id: call_events(call_id, agent_id=a, customer_id=c) for call_id, (a, c) in CALLS.items()
+}
+CUE_SEQ = next(e["seq"] for e in EVENTS["c-alice"] if e["type"] == "cue")
+ESC_SEQ = next(e["seq"] for e in EVENTS["c-alice"] if e["type"] == "escalation")
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    yield from migrated_pg_database()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from backend_for(request, tmp_path)
+
+
+async def _seed(url: str, spool_dir: Path) -> None:
+    store = Store(url=url)
+    writer = StoreWriter(store=store, spool=Spool(directory=spool_dir))
+    bus = InProcessBus()
+    bus.add_listener(writer)
+    for events in EVENTS.values():
+        publish(bus, events)
+    await writer.flush()
+    await writer.aclose()
+    await store.aclose()
+
+
+def _app(url: str, data_dir: Path) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.store = Store(url=url)  # on the app's own event loop
+        yield
+        await app.state.store.aclose()
+
+    app = FastAPI(lifespan=lifespan)
+    app.state.settings = Settings(data_dir=data_dir, auth_secret=SECRET)
+    app.include_router(router)
+    return app
+
+
+@pytest.fixture
+def client(backend: Backend, tmp_path: Path) -> Iterator[TestClient]:
+    run(_seed(backend.url, tmp_path / "spool"))
+    with TestClient(_app(backend.url, tmp_path)) as c:
+        yield c
+
+
+def auth(user: str, role: Role = "agent") -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {issue_token(user=user, role=role, secret=SECRET, ttl_s=600)}"
+    }
+
+
+ALICE, BOB, SUE = auth("alice"), auth("bob"), auth("sue", "supervisor")
+FEEDBACK = f"/api/calls/c-alice/cues/{CUE_SEQ}/feedback"
+
+
+def test_every_route_needs_a_token(client: TestClient) -> None:
+    routes: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("GET", "/api/history/calls", None),
+        ("GET", "/api/history/calls/c-alice", None),
+        ("GET", "/api/customers/cust-1/history", None),
+        ("POST", FEEDBACK, {"verdict": "helpful"}),
+        ("POST", f"/api/calls/c-alice/escalations/{ESC_SEQ}/ack", None),
+        ("PUT", "/api/calls/c-alice/outcome", {"outcome": "resolved"}),
+    ]
+    for method, path, body in routes:
+        assert client.request(method, path, json=body).status_code == 401, path
+        bad = {"Authorization": "Bearer not-a-token"}
+        assert client.request(method, path, json=body, headers=bad).status_code == 401, path
+
+
+def _ids(resp: Any) -> list[str]:
+    assert resp.status_code == 200, resp.text
+    return sorted(c["call_id"] for c in resp.json()["calls"])
+
+
+def test_search_is_filtered_by_role(client: TestClient) -> None:
+    assert _ids(client.get("/api/history/calls", headers=ALICE)) == ["c-alice", "c-alice2"]
+    assert _ids(client.get("/api/history/calls", headers=BOB)) == ["c-bob"]
+    assert client.get("/api/history/calls?agent_id=bob", headers=ALICE).status_code == 403
+    assert _ids(client.get("/api/history/calls", headers=SUE)) == sorted(CALLS)
+    admin = auth("root", "admin")
+    assert _ids(client.get("/api/history/calls?agent_id=bob", headers=admin)) == ["c-bob"]
+    assert _ids(client.get("/api/history/calls?customer_id=cust-1", headers=SUE)) == [
+        "c-alice",
+        "c-bob",
+    ]
+    assert _ids(client.get("/api/history/calls?q=BILLING&customer_id=cust-2", headers=SUE)) == [
+        "c-alice2"
+    ]
+    assert _ids(client.get("/api/history/calls?q=nothing-said", headers=SUE)) == []
+    page = client.get("/api/history/calls?limit=1&offset=1", headers=SUE).json()
+    assert len(page["calls"]) == 1 and (page["limit"], page["offset"]) == (1, 1)
+    assert client.get("/api/history/calls?limit=0", headers=SUE).status_code == 422
+
+
+def test_one_call_for_its_agent_and_supervisors(client: TestClient) -> None:
+    resp = client.get("/api/history/calls/c-alice", headers=ALICE)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["call"]["agent_id"] == "alice" and body["call"]["end_reason"] == "hangup"
+    assert len(body["transcript"]) == 2 and "[CARD]" in body["transcript"][0]["text"]
+    assert CARD not in resp.text
+    assert [c["seq"] for c in body["cues"]] == [CUE_SEQ]
+    assert [e["seq"] for e in body["escalations"]] == [ESC_SEQ]
+    assert body["summary"]["cues"] == {"acknowledge_frustration": 1}
+    assert client.get("/api/history/calls/c-alice", headers=BOB).status_code == 403
+    assert client.get("/api/history/calls/c-alice", headers=SUE).status_code == 200
+    assert client.get("/api/history/calls/nope", headers=SUE).status_code == 404
+
+
+def test_customer_history_is_for_supervisors(client: TestClient) -> None:
+    assert client.get("/api/customers/cust-1/history", headers=ALICE).status_code == 403
+    resp = client.get("/api/customers/cust-1/history?limit=5", headers=SUE)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["customer_id"] == "cust-1"
+    assert sorted(c["call_id"] for c in body["calls"]) == ["c-alice", "c-bob"]
+    assert all(c["cue_counts"] == {"acknowledge_frustration": 1} for c in body["calls"])
+    assert client.get("/api/customers/nobody/history", headers=SUE).json()["calls"] == []
+
+
+def test_cue_feedback(client: TestClient) -> None:
+    assert client.post(FEEDBACK, json={"verdict": "helpful"}).status_code == 401
+    assert client.post(FEEDBACK, json={"verdict": "helpful"}, headers=BOB).status_code == 403
+    resp = client.post(FEEDBACK, json={"verdict": "helpful"}, headers=ALICE)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["verdict"] == "helpful" and resp.json()["user"] == "alice"
+    # The CONTRACT path with the cue id instead of its seq: the latest such cue.
+    by_id = "/api/calls/c-alice/cues/acknowledge_frustration/feedback"
+    resp = client.post(by_id, json={"verdict": "not_helpful"}, headers=ALICE)
+    assert resp.status_code == 200 and resp.json()["cue_seq"] == CUE_SEQ
+    assert client.post(FEEDBACK, json={"verdict": "dismissed"}, headers=SUE).status_code == 200
+    assert client.post(FEEDBACK, json={"verdict": "meh"}, headers=ALICE).status_code == 422
+    assert client.post(FEEDBACK, json={}, headers=ALICE).status_code == 422
+    unknown = "/api/calls/c-alice/cues/999/feedback"
+    assert client.post(unknown, json={"verdict": "helpful"}, headers=ALICE).status_code == 404
+    no_cue = "/api/calls/c-alice/cues/no_such_cue/feedback"
+    assert client.post(no_cue, json={"verdict": "helpful"}, headers=ALICE).status_code == 404
+    no_call = "/api/calls/nope/cues/1/feedback"
+    assert client.post(no_call, json={"verdict": "helpful"}, headers=SUE).status_code == 404
+
+    cue = client.get("/api/history/calls/c-alice", headers=SUE).json()["cues"][0]
+    assert {(f["user"], f["verdict"]) for f in cue["feedback"]} == {
+        ("alice", "not_helpful"),
+        ("sue", "dismissed"),
+    }
+
+
+def test_escalation_acknowledgement(client: TestClient) -> None:
+    path = f"/api/calls/c-alice/escalations/{ESC_SEQ}/ack"
+    assert client.post(path, headers=ALICE).status_code == 403
+    first = client.post(path, headers=SUE)
+    assert first.status_code == 200, first.text
+    assert first.json()["acknowledged_by"] == "sue"
+    again = client.post(path, headers=auth("tom", "supervisor"))
+    assert again.status_code == 200 and again.json()["acknowledged_by"] == "sue"
+    assert client.post("/api/calls/c-alice/escalations/999/ack", headers=SUE).status_code == 404
+
+
+def test_outcome(client: TestClient) -> None:
+    path = "/api/calls/c-alice/outcome"
+    resp = client.put(path, json={"outcome": "resolved"}, headers=ALICE)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["outcome"] == "resolved" and resp.json()["outcome_by"] == "alice"
+    assert client.put(path, json={"outcome": "x"}, headers=BOB).status_code == 403
+    assert client.put(path, json={"outcome": "x" * 201}, headers=ALICE).status_code == 422
+    assert client.put(path, json={"outcome": "callback"}, headers=SUE).status_code == 200
+    assert client.put("/api/calls/nope/outcome", json={}, headers=SUE).status_code == 404
+    history = client.get("/api/customers/cust-1/history", headers=SUE).json()["calls"]
+    assert {c["call_id"]: c["outcome"] for c in history}["c-alice"] == "callback"
+
+
+def test_an_unreachable_store_answers_503(tmp_path: Path) -> None:
+    (tmp_path / "blocked").write_text("a file where the database directory should be")
+    url = f"sqlite+aiosqlite:///{tmp_path / 'blocked' / 'coach.db'}"
+    with TestClient(_app(url, tmp_path)) as client:
+        assert client.get("/api/history/calls", headers=SUE).status_code == 503
+        assert client.post(FEEDBACK, json={"verdict": "helpful"}, headers=ALICE).status_code == 503
+
+
+def test_no_store_configured_answers_503(tmp_path: Path) -> None:
+    app = FastAPI()
+    app.state.settings = Settings(data_dir=tmp_path, auth_secret=SECRET)
+    app.include_router(router)
+    with TestClient(app) as client:
+        assert client.get("/api/history/calls", headers=SUE).status_code == 503
