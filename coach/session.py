@@ -24,6 +24,7 @@ from coach.redaction import redact_event
 from coach.runtime import Runtime
 from coach.settings import Settings
 from coach.signals import dynamics
+from coach.signals.state import CustomerStateTracker
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class CallSession:
         self._queues: dict[Speaker, asyncio.Queue[AudioChunk | EndOfStream]] = {
             s: asyncio.Queue(maxsize=settings.audio_queue_frames) for s in speakers
         }
+        self.customer_state = CustomerStateTracker()
         self.parties: dict[Speaker, PartyPipeline] = {
             s: PartyPipeline(
                 call_id=call_id,
@@ -71,6 +73,7 @@ class CallSession:
                 settings=settings,
                 emit=self.emit,
                 inline=inline,
+                state=self.customer_state if s == "customer" else None,
             )
             for s in speakers
         }
@@ -164,7 +167,8 @@ class CallSession:
                     await self._tasks[s]
             await self._emit_metrics(final=True)
             duration = max([self._fed_s, *(p.audio_s for p in self.parties.values())])
-            await self.emit(events.call_end(duration_s=duration, reason=reason, arc=[], cues={}))
+            arc = [(t, v) for t, v, _ in self.customer_state.arc]
+            await self.emit(events.call_end(duration_s=duration, reason=reason, arc=arc, cues={}))
         finally:
             self.state = CallState.ENDED
             metrics.ACTIVE_CALLS.dec()
@@ -251,5 +255,3 @@ class CallSession:
                 t_end=now,
             )
         )
-
-

@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     asr_max_batch: int = Field(4, description="Utterances decoded together in one batch.")
     asr_min_window_s: float = Field(10.0, description="Shortest Whisper encoder window.")
     asr_initial_prompt: str | None = Field(None, description="Domain words to bias ASR.")
+    emotion_model_dir: Path | None = Field(
+        None, description="Folder of the built emotion model (default: models/artifacts)."
+    )
+    emotion_threads: int = Field(1, description="ONNX Runtime threads for the emotion model.")
+    emotion_max_batch: int = Field(16, description="Utterances scored together in one batch.")
     device: Literal["cpu", "cuda"] = Field("cpu", description="Inference device for all models.")
 
     vad_threshold: float = Field(0.5, description="Silero speech probability threshold.")

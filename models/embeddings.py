@@ -129,6 +129,10 @@ class BatchTokenizer:
         self._tok.enable_truncation(max_length=max_tokens)
         self.max_tokens = max_tokens
 
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tok.get_vocab_size())
+
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [list(e.ids) for e in self._tok.encode_batch(list(texts))]
 
@@ -158,7 +162,8 @@ def mean_pool_normalize(hidden: npt.NDArray[np.float32], mask: IntArray) -> Floa
     summed = (hidden * m).sum(axis=1)
     pooled = summed / np.maximum(m.sum(axis=1), 1e-9)
     norm = np.linalg.norm(pooled, axis=1, keepdims=True)
-    return (pooled / np.maximum(norm, 1e-12)).astype(np.float32)
+    out: FloatArray = (pooled / np.maximum(norm, 1e-12)).astype(np.float32)
+    return out
 
 
 class SentenceEmbedder:
@@ -168,6 +173,9 @@ class SentenceEmbedder:
         self.options = opts = options or EmbedderOptions()
         self.model_path = opts.model_path or default_model_path()
         self.tokenizer_path = opts.tokenizer_path or default_tokenizer_path()
+        for path in (self.model_path, self.tokenizer_path):
+            if not path.is_file():
+                raise ModelNotFound(f"{path} does not exist; models are never downloaded")
         self.tokenizer = BatchTokenizer(self.tokenizer_path, max_tokens=opts.max_tokens)
         self._session = make_session(
             self.model_path,

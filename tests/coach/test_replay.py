@@ -213,5 +213,12 @@ def test_cli_writes_contract_jsonl(
         if ev["type"] == "transcript":
             assert {"f0_hz", "f0_z", "energy_z", "rate_wps", "arousal"} <= ev["prosody"].keys()
             assert 0.0 <= ev["prosody"]["arousal"] <= 1.0
+            assert {"valence", "label", "scores"} <= ev["sentiment"].keys()
+            assert -1.0 <= ev["sentiment"]["valence"] <= 1.0
+            if ev["speaker"] == "customer":
+                assert {"valence", "arousal", "emotion", "confidence", "trend"} <= ev["state"].keys()
+    arc = lines[-1]["summary"]["arc"]
+    customer = [ev for ev in lines if ev["type"] == "transcript" and ev["speaker"] == "customer"]
+    assert len(arc) == len(customer) and all(-1 <= v <= 1 for _, v in arc)
     words = [w for ev in lines if ev["type"] == "transcript" for w in ev["words"]]
     assert words and {"w", "t0", "t1", "p"} <= words[0].keys()

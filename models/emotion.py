@@ -1,0 +1,218 @@
+"""Text emotion of one utterance: six classes plus a valence in [-1, 1], on ONNX Runtime.
+
+Why: the coach reacts to how the customer sounds in words (frustrated, anxious, confused,
+resigned), not only to polarity, and the transcript event carries a `sentiment` object
+{valence, label, scores} (CONTRACT.md). One ONNX graph does everything after tokenisation:
+MiniLM token states -> masked mean pooling -> L2 norm (the sentence embedding, also an
+output) -> a linear head -> `probs` (n, 6) and `valence` (n,). The head adds a bag of
+WordPiece tokens term to the embedding term, because mean-pooled MiniLM alone blurs short
+cue words ("not", "again", "oh great"); see scripts/build_models.py and data/emotion/README.md.
+
+Valence is the probability-weighted mean of fixed per-class valences (`VALENCES`), so it
+moves smoothly between classes and stays inside [-1, 1].
+
+The artifact (`models/artifacts/emotion.onnx`, its tokenizer and `emotion.json`) is built
+by `scripts/build_models.py` from the packaged MiniLM and `data/emotion/train.tsv`; if it is
+missing, `EmotionModel` builds it once (seconds, never a download).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from models.embeddings import (
+    EMBEDDING_DIM,
+    BatchTokenizer,
+    Device,
+    FloatArray,
+    IntArray,
+    ModelNotFound,
+    make_session,
+)
+
+log = logging.getLogger(__name__)
+
+Label = Literal["neutral", "positive", "frustrated", "anxious", "confused", "sad"]
+LABELS: tuple[Label, ...] = ("neutral", "positive", "frustrated", "anxious", "confused", "sad")
+VALENCES: dict[Label, float] = {
+    "positive": 0.8,
+    "neutral": 0.0,
+    "confused": -0.2,
+    "anxious": -0.5,
+    "sad": -0.6,
+    "frustrated": -0.8,
+}
+ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
+ONNX_NAME = "emotion.onnx"
+META_NAME = "emotion.json"
+HEAD_NAME = "emotion_head.npz"
+TOKENIZER_NAME = "tokenizer.json"
+OUTPUTS = ("probs", "valence", "embedding")
+
+
+@dataclass(frozen=True, slots=True)
+class EmotionOptions:
+    artifact_dir: Path = ARTIFACT_DIR
+    device: Device = "cpu"
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    batch_size: int = 16
+    build_if_missing: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class EmotionScore:
+    label: Label
+    confidence: float
+    valence: float
+    scores: dict[str, float]
+
+    def to_sentiment(self) -> dict[str, Any]:
+        """The transcript event's `sentiment` object: {valence, label, scores}."""
+        return {
+            "valence": round(self.valence, 4),
+            "label": self.label,
+            "scores": {k: round(v, 4) for k, v in self.scores.items()},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EmotionBatch:
+    """Raw outputs for n texts, in the caller's order."""
+
+    probs: FloatArray  # (n, 6), columns in LABELS order
+    valence: FloatArray  # (n,)
+    embedding: FloatArray  # (n, 384), L2-normalised
+
+
+@dataclass(frozen=True, slots=True)
+class EmotionHead:
+    """The linear head in numpy, for building and for checking the composed graph."""
+
+    w_emb: npt.NDArray[np.float32]  # (384, 6)
+    bias: npt.NDArray[np.float32]  # (6,)
+    w_tok: npt.NDArray[np.float32]  # (vocab, 6); special tokens' rows are zero
+    valences: npt.NDArray[np.float32]  # (6,)
+
+    def logits(self, emb: FloatArray, input_ids: IntArray, mask: IntArray) -> FloatArray:
+        m = mask.astype(np.float32)
+        count = np.maximum(m.sum(axis=1, keepdims=True), 1.0)
+        tok = (self.w_tok[input_ids] * m[:, :, None]).sum(axis=1) / np.sqrt(count)
+        out: FloatArray = (emb @ self.w_emb + self.bias + tok).astype(np.float32)
+        return out
+
+    def outputs(
+        self, emb: FloatArray, input_ids: IntArray, mask: IntArray
+    ) -> tuple[FloatArray, FloatArray]:
+        z = self.logits(emb, input_ids, mask)
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        probs = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+        return probs, (probs @ self.valences).astype(np.float32)
+
+    def save(self, path: Path) -> None:
+        np.savez(path, w_emb=self.w_emb, bias=self.bias, w_tok=self.w_tok, valences=self.valences)
+
+    @classmethod
+    def load(cls, path: Path) -> EmotionHead:
+        with np.load(path) as z:
+            return cls(z["w_emb"], z["bias"], z["w_tok"], z["valences"])
+
+
+def artifact_paths(artifact_dir: Path) -> dict[str, Path]:
+    return {
+        "onnx": artifact_dir / ONNX_NAME,
+        "meta": artifact_dir / META_NAME,
+        "head": artifact_dir / HEAD_NAME,
+        "tokenizer": artifact_dir / TOKENIZER_NAME,
+    }
+
+
+def ensure_artifact(artifact_dir: Path, *, build_if_missing: bool = True) -> dict[str, Path]:
+    """Paths of a complete artifact; builds it (scripts/build_models.py) if it is missing."""
+    paths = artifact_paths(artifact_dir)
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    if not build_if_missing:
+        raise ModelNotFound(
+            f"no emotion model in {artifact_dir}; run .venv/bin/python -m scripts.build_models"
+        )
+    try:
+        # Imported by name: the builder is a repository script (training data, onnx), not
+        # part of the runtime package, and mypy should not pull it into `models`.
+        builder = importlib.import_module("scripts.build_models")
+    except ImportError as exc:
+        raise ModelNotFound(
+            f"no emotion model in {artifact_dir} and scripts.build_models is not importable "
+            "(run it from the repository root)"
+        ) from exc
+    log.info("emotion model missing in %s: building it", artifact_dir)
+    builder.build(out_dir=artifact_dir)
+    return paths
+
+
+class EmotionModel:
+    """Load once; `score(texts)` -> one EmotionScore per text (batched, length-bucketed)."""
+
+    def __init__(self, options: EmotionOptions | None = None) -> None:
+        self.options = opts = options or EmotionOptions()
+        paths = ensure_artifact(opts.artifact_dir, build_if_missing=opts.build_if_missing)
+        self.meta: dict[str, Any] = json.loads(paths["meta"].read_text())
+        if tuple(self.meta["labels"]) != LABELS:
+            raise ModelNotFound(f"{paths['meta']} has labels {self.meta['labels']}, want {LABELS}")
+        _warn_if_stale(self.meta, paths["meta"])
+        self.tokenizer = BatchTokenizer(paths["tokenizer"], max_tokens=int(self.meta["max_tokens"]))
+        self._session = make_session(
+            paths["onnx"],
+            device=opts.device,
+            intra_op=opts.intra_op_threads,
+            inter_op=opts.inter_op_threads,
+        )
+        self.providers: list[str] = list(self._session.get_providers())
+
+    def run(self, texts: Sequence[str], *, batch_size: int | None = None) -> EmotionBatch:
+        n = len(texts)
+        probs = np.zeros((n, len(LABELS)), dtype=np.float32)
+        valence = np.zeros(n, dtype=np.float32)
+        emb = np.zeros((n, EMBEDDING_DIM), dtype=np.float32)
+        for batch in self.tokenizer.batches(texts, batch_size or self.options.batch_size):
+            p, v, e = self._session.run(list(OUTPUTS), batch.feeds())
+            rows = list(batch.rows)
+            probs[rows], valence[rows], emb[rows] = p, v, e
+        return EmotionBatch(probs, valence, emb)
+
+    def score(self, texts: Sequence[str]) -> list[EmotionScore]:
+        out = self.run(texts)
+        return [_to_score(p, float(v)) for p, v in zip(out.probs, out.valence, strict=True)]
+
+
+def _warn_if_stale(meta: dict[str, Any], meta_path: Path) -> None:
+    """A cheap check: the training data in the checkout differs from what was trained on."""
+    train = Path(__file__).resolve().parents[1] / "data" / "emotion" / "train.tsv"
+    if train.is_file():
+        digest = hashlib.sha256(train.read_bytes()).hexdigest()
+        if digest != meta.get("hashes", {}).get("train_tsv"):
+            log.warning(
+                "%s was built from other training data; rebuild it with "
+                "python -m scripts.build_models",
+                meta_path,
+            )
+
+
+def _to_score(probs: FloatArray, valence: float) -> EmotionScore:
+    best = int(np.argmax(probs))
+    return EmotionScore(
+        label=LABELS[best],
+        confidence=float(probs[best]),
+        valence=float(np.clip(valence, -1.0, 1.0)),
+        scores={lab: float(p) for lab, p in zip(LABELS, probs, strict=True)},
+    )
