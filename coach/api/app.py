@@ -33,6 +33,12 @@ from coach.ingest import audiohook as audiohook_ingest
 from coach.ingest import closecodes as cc
 from coach.ingest import pcm
 from coach.ingest import twilio as twilio_ingest
+from coach.ingest.audiosocket import (
+    close_audiosocket_server,
+    parse_mapping,
+    read_mapping_file,
+    start_audiosocket_server,
+)
 from coach.runtime import Runtime
 from coach.session import CallSession
 from coach.settings import Settings
@@ -60,6 +66,7 @@ class AppState:
         self.manager: CallManager | None = None
         self.load_error: str | None = None
         self.owns_runtime = runtime is None
+        self.audiosocket: asyncio.Server | None = None
 
     def attach(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -76,6 +83,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         loader: asyncio.Task[None] | None = None
         if state.runtime is None:
             loader = asyncio.create_task(_load_models(state))
+        else:
+            await _start_tcp_ingest(state)
         store: StoreService | None = None
         if settings.store_enabled:
             # Never fails startup: with the database down, events are spooled until it answers.
@@ -84,6 +93,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         yield
         if loader is not None and not loader.done():
             loader.cancel()
+        if state.audiosocket is not None:
+            await close_audiosocket_server(state.audiosocket)
         if state.manager is not None:
             await state.manager.shutdown()
         if store is not None:
@@ -211,6 +222,27 @@ async def _load_models(state: AppState) -> None:
         state.load_error = str(exc)
         return
     state.attach(runtime)
+    await _start_tcp_ingest(state)
+
+
+async def _start_tcp_ingest(state: AppState) -> None:
+    """AudioSocket is plain TCP: it listens once the models (and the call manager) are up."""
+    settings = state.settings
+    if not settings.audiosocket_port or state.manager is None:
+        return
+    mapping = (
+        read_mapping_file(settings.audiosocket_map_file) if settings.audiosocket_map_file else {}
+    )
+    mapping.update(parse_mapping(settings.audiosocket_map))
+    state.audiosocket = await start_audiosocket_server(
+        manager=state.manager,
+        settings=settings,
+        host=settings.audiosocket_host,
+        port=settings.audiosocket_port,
+        mapping=mapping,
+        allow=settings.audiosocket_allow,
+    )
+    log.info("AudioSocket ingest on %s:%d", settings.audiosocket_host, settings.audiosocket_port)
 
 
 def _call_info(session: CallSession) -> dict[str, Any]:

@@ -1,0 +1,38 @@
+"""The app starts what the settings ask for: the AudioSocket listener, the store."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from coach.api.app import create_app
+from coach.ingest.audiosocket import Hangup, UuidFrame, encode
+from coach.runtime import Runtime
+from coach.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_audiosocket_listener_follows_the_settings(runtime: Runtime, tmp_path: Path) -> None:
+    port = free_port()
+    settings = Settings(data_dir=tmp_path, auth_disabled=True, audiosocket_port=port)
+    with TestClient(create_app(settings, runtime)) as client:
+        assert client.get("/health/ready").status_code == 200
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            import uuid
+
+            conn.sendall(encode(UuidFrame(uuid.uuid4())) + encode(Hangup()))
+    with socket.socket() as s:  # closed again on shutdown
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_no_listener_by_default(runtime: Runtime, tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path, auth_disabled=True), runtime)
+    with TestClient(app):
+        assert app.state.coach.audiosocket is None
