@@ -23,7 +23,7 @@ RUN pip install --no-deps . \
 
 FROM python:3.11-slim-bookworm
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libsndfile1=1.2.* curl=7.88.* \
+    && apt-get install -y --no-install-recommends libsndfile1=1.2.* \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 coach
 COPY --from=build /opt/venv /opt/venv
@@ -39,8 +39,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     COACH_DATA_DIR=/data \
     COACH_EMOTION_MODEL_DIR=/opt/models/emotion
 RUN mkdir /data && chown coach:coach /data
-USER coach
+USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
-    CMD curl -fsS "http://127.0.0.1:${COACH_PORT}/health/live" || exit 1
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health/live' % os.environ.get('COACH_PORT', '8000'), timeout=2)"]
 CMD ["python", "-m", "coach", "serve"]

