@@ -22,6 +22,13 @@ function line(ev) {
   li.scrollIntoView({ block: "nearest" });
 }
 
+function customerState(st) {
+  const el = $("state");
+  el.textContent = `${st.emotion} · valence ${st.valence.toFixed(2)} · arousal ${st.arousal.toFixed(2)}`;
+  el.title = (st.why || []).join("; ");
+  el.dataset.emotion = st.emotion;
+}
+
 function metrics(ev) {
   const rows = {
     "Customer talk": `${Math.round(ev.talk_ratio.customer * 100)} %`,
@@ -46,6 +53,7 @@ function connect(callId, token) {
     if (ev.seq && ev.seq <= lastSeq) return;
     if (ev.seq) lastSeq = ev.seq;
     if (ev.type === "partial" || ev.type === "transcript") line(ev);
+    if (ev.type === "transcript" && ev.state) customerState(ev.state);
     else if (ev.type === "metrics") metrics(ev);
     else if (ev.type === "call_end") $("status").textContent = `Call ended after ${ev.duration_s} s`;
     else if (ev.type === "error") $("status").textContent = `Error: ${ev.message}`;
