@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP     := $(VENV)/.dev-installed
-APT_PACKAGES  := espeak-ng sox chromium
+APT_PACKAGES  := espeak-ng sox chromium prometheus
 PYTEST_ARGS   ?=
 
 .PHONY: run install models dev system-deps test test-fast lint typecheck bench clean
@@ -40,12 +40,13 @@ $(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.lock
 
 dev: $(DEV_STAMP)
 
-# Debian tools the tests use (synthetic speech, audio conversion, headless browser).
+# Debian tools the tests use (synthetic speech, audio conversion, headless browser, promtool).
 system-deps:
 	@missing=""; \
 	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
 	command -v sox >/dev/null || missing="$$missing sox"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" -ne 0 ] && SUDO="sudo"; \

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
-from typing import TextIO
 
+from coach.logs import setup_logging
 from coach.settings import Settings
 
 
@@ -47,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     match args.command:
         case "replay":
             settings = Settings.load(config)
-            _logging(settings.log_level, stream=sys.stderr)
+            setup_logging(settings.log_level, json_format=settings.log_format == "json")
             from coach.replay import run_replay_cli
 
             return run_replay_cli(
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         case "serve":
             settings = Settings.load(config, host=args.host, port=args.port)
-            _logging(settings.log_level, stream=sys.stderr)
+            setup_logging(settings.log_level, json_format=settings.log_format == "json")
             from coach.api.server import serve
 
             return serve(settings)
@@ -78,11 +77,3 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
     return 2
-
-
-def _logging(level: str, *, stream: TextIO) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=stream,
-    )

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="HTTP port.")
     data_dir: Path = Field(Path(".coach"), description="Local state: SQLite store, signing secret.")
     log_level: str = Field("info", description="debug, info, warning or error.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json (one object per line)."
+    )
 
     asr_model: str = Field("tiny.en", description="Packaged model name (tiny.en, base) or path.")
     asr_compute_type: str = Field("int8", description="CTranslate2 compute type.")

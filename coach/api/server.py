@@ -19,5 +19,6 @@ def serve(settings: Settings) -> int:
         log_level=settings.log_level.lower(),
         ws_max_size=max(16 * 1024 * 1024, settings.max_frame_bytes * 4),
         timeout_graceful_shutdown=30,
+        log_config=None,  # uvicorn logs through our handler (JSON when COACH_LOG_FORMAT=json)
     )
     return 0

@@ -1,0 +1,106 @@
+"""Structured logging: one JSON object per line, tagged with the call being processed.
+
+Every record carries `ts` (UTC, ISO 8601 with milliseconds), `level`, `logger` and `message`;
+`call_id` is added when `call_id_var` is set in the current context (an asyncio task inherits
+the value of the task that created it, so setting it once per call's tasks is enough).
+Exceptions go into `exc_info` (the formatted traceback) and `exc_type`; fields passed with
+`extra={...}` are kept when they are JSON-serializable (else their `repr`).
+
+    setup_logging("info", json_format=True)
+    token = call_id_var.set("c-42")
+    try:
+        log.info("call accepted")  # {"ts": ..., "level": "INFO", ..., "call_id": "c-42"}
+    finally:
+        call_id_var.reset(token)
+
+Only the standard library is used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+__all__ = ["CallIdFilter", "JsonFormatter", "call_id_var", "setup_logging"]
+
+call_id_var: ContextVar[str | None] = ContextVar("call_id", default=None)
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(call_suffix)s: %(message)s"
+
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_RESERVED = frozenset(
+    vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None)).keys()
+    | {"message", "asctime", "call_id", "call_suffix", "taskName"}
+)
+
+
+class CallIdFilter(logging.Filter):
+    """Adds `call_id` (from `call_id_var`, unless the record already has one) to each record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        call_id = getattr(record, "call_id", None)
+        if call_id is None:
+            call_id = call_id_var.get()
+        record.call_id = call_id
+        record.call_suffix = f" [{call_id}]" if call_id else ""
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one line of JSON (no embedded newlines, non-ASCII kept)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        call_id = getattr(record, "call_id", None)
+        if call_id is None:
+            call_id = call_id_var.get()
+        if call_id is not None:
+            out["call_id"] = call_id
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and key not in out:
+                out[key] = _jsonable(value)
+        if record.exc_info and record.exc_info[0] is not None:
+            out["exc_type"] = record.exc_info[0].__name__
+            out["exc_info"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exc_info"] = record.exc_text
+        if record.stack_info:
+            out["stack_info"] = self.formatStack(record.stack_info)
+        return json.dumps(out, ensure_ascii=False, default=repr)
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+def setup_logging(level: str, *, json_format: bool, stream: TextIO | None = None) -> None:
+    """Configure the root logger: one handler on `stream` (stderr by default).
+
+    Replaces handlers installed earlier (so calling it twice does not duplicate lines).
+    `level` is a name such as "info" or "DEBUG".
+    """
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.addFilter(CallIdFilter())
+    if json_format:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(level.upper())

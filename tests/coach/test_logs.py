@@ -1,0 +1,129 @@
+"""coach.logs: JSON lines with the call id from the context, exceptions serialized."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from coach.logs import JsonFormatter, call_id_var, setup_logging
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    buf = io.StringIO()
+    try:
+        yield buf
+    finally:
+        for h in root.handlers[:]:
+            root.removeHandler(h)
+        for h in saved_handlers:
+            root.addHandler(h)
+        root.setLevel(saved_level)
+
+
+def _lines(buf: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in buf.getvalue().splitlines()]
+
+
+def test_json_lines_parse_with_required_fields(stream: io.StringIO) -> None:
+    setup_logging("info", json_format=True, stream=stream)
+    log = logging.getLogger("coach.test")
+    log.info("hello %s", "world")
+    log.debug("hidden at info level")
+    log.warning('multi\nline "quoted" é')
+    first, second = _lines(stream)
+    assert set(first) == {"ts", "level", "logger", "message"}
+    assert first["level"] == "INFO"
+    assert first["logger"] == "coach.test"
+    assert first["message"] == "hello world"
+    assert first["ts"].endswith("+00:00")
+    assert second["level"] == "WARNING"
+    assert second["message"] == 'multi\nline "quoted" é'
+    assert len(stream.getvalue().splitlines()) == 2  # one line per record
+
+
+def test_call_id_from_context_var(stream: io.StringIO) -> None:
+    setup_logging("debug", json_format=True, stream=stream)
+    log = logging.getLogger("coach.test")
+    token = call_id_var.set("c-42")
+    try:
+        log.info("in call")
+    finally:
+        call_id_var.reset(token)
+    log.info("outside")
+    inside, outside = _lines(stream)
+    assert inside["call_id"] == "c-42"
+    assert "call_id" not in outside
+
+
+async def test_call_id_follows_asyncio_tasks(stream: io.StringIO) -> None:
+    setup_logging("info", json_format=True, stream=stream)
+    log = logging.getLogger("coach.test")
+
+    async def call(call_id: str) -> None:
+        call_id_var.set(call_id)
+        await asyncio.sleep(0)
+        log.info("frame")
+
+    await asyncio.gather(call("a"), call("b"))
+    assert sorted(r["call_id"] for r in _lines(stream)) == ["a", "b"]
+    assert call_id_var.get() is None
+
+
+def test_exception_serialized(stream: io.StringIO) -> None:
+    setup_logging("info", json_format=True, stream=stream)
+    log = logging.getLogger("coach.test")
+    try:
+        raise ValueError("bad frame")
+    except ValueError:
+        log.exception("decode failed")
+    (record,) = _lines(stream)
+    assert record["level"] == "ERROR"
+    assert record["message"] == "decode failed"
+    assert record["exc_type"] == "ValueError"
+    assert "Traceback" in record["exc_info"]
+    assert "ValueError: bad frame" in record["exc_info"]
+
+
+def test_extra_fields_kept_and_unserializable_repr(stream: io.StringIO) -> None:
+    setup_logging("info", json_format=True, stream=stream)
+    logging.getLogger("coach.test").info(
+        "x", extra={"call_id": "explicit", "frames": 3, "obj": object()}
+    )
+    (record,) = _lines(stream)
+    assert record["call_id"] == "explicit"
+    assert record["frames"] == 3
+    assert record["obj"].startswith("<object object")
+
+
+def test_text_format_and_no_duplicate_handlers(stream: io.StringIO) -> None:
+    setup_logging("info", json_format=True, stream=io.StringIO())
+    setup_logging("warning", json_format=False, stream=stream)
+    assert len(logging.getLogger().handlers) == 1
+    log = logging.getLogger("coach.test")
+    log.info("dropped")
+    token = call_id_var.set("c-7")
+    try:
+        log.warning("plain")
+    finally:
+        call_id_var.reset(token)
+    (line,) = stream.getvalue().splitlines()
+    assert line.endswith("WARNING coach.test [c-7]: plain")
+
+
+def test_formatter_without_filter_reads_context() -> None:
+    record = logging.LogRecord("coach.x", logging.INFO, __file__, 1, "m", None, None)
+    token = call_id_var.set("c-9")
+    try:
+        out = json.loads(JsonFormatter().format(record))
+    finally:
+        call_id_var.reset(token)
+    assert out["call_id"] == "c-9"
