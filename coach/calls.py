@@ -1,18 +1,39 @@
-"""The registry of live calls in this process, shared by every ingest protocol and replay."""
+"""The registry of live calls in this process, shared by every ingest protocol and replay.
+
+Lifecycle rules shared by every protocol (settings read with defaults until they are declared):
+
+- `max_call_s` (4 h): audio placed at or after it ends the call with reason `max_length`;
+  the session then raises `CallEnded` from `feed`/`push` (see coach/session.py).
+- `idle_timeout_s` (60 s, 0 = off): a watchdog ends calls that received no audio for that
+  long (wall clock) with reason `idle_timeout`, counted in
+  `coach_ingest_errors_total{protocol=<source>,reason="idle_timeout"}`.
+- `reconnect_grace_s` (0 = off): `detach(session, "disconnect")` keeps a call whose
+  connection dropped open for that long; `open()` with the same call_id (same source and
+  parties) re-attaches the SAME session, whose clock continues at `session.fed_s`.
+  If nobody comes back, the call is finalized with the detach reason.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from typing import Any
 
+from coach import metrics
 from coach.bus import InProcessBus, agent_topic, call_topic
 from coach.messages import Speaker
 from coach.runtime import Runtime
-from coach.session import CallSession, CallState
+from coach.session import CallEnded, CallSession, CallState
 from coach.settings import Settings
 
 log = logging.getLogger(__name__)
+
+__all__ = ["CallEnded", "CallManager", "CallRejected"]
+
+DEFAULT_IDLE_TIMEOUT_S = 60.0
+DEFAULT_RECONNECT_GRACE_S = 0.0
 
 
 class CallRejected(Exception):
@@ -28,12 +49,27 @@ class CallManager:
         self.bus = bus
         self._calls: dict[str, CallSession] = {}
         self._ending: set[asyncio.Task[None]] = set()
+        self._detached: dict[str, tuple[str, asyncio.Task[None]]] = {}
+        """call_id -> (reason it was detached for, its grace timer)."""
+        self._watchdog: asyncio.Task[None] | None = None
+
+    @property
+    def idle_timeout_s(self) -> float:
+        return float(self.settings.idle_timeout_s)
+
+    @property
+    def reconnect_grace_s(self) -> float:
+        return float(self.settings.reconnect_grace_s)
 
     def get(self, call_id: str) -> CallSession | None:
         return self._calls.get(call_id)
 
     def live(self) -> list[CallSession]:
         return [c for c in self._calls.values() if c.state is CallState.LIVE]
+
+    def is_detached(self, call_id: str) -> bool:
+        """True while the call waits, within its grace period, for its connection to return."""
+        return call_id in self._detached
 
     async def open(
         self,
@@ -45,6 +81,13 @@ class CallManager:
         meta: dict[str, Any] | None = None,
     ) -> CallSession:
         existing = self._calls.get(call_id)
+        if (
+            existing is not None
+            and call_id in self._detached
+            and existing.state is CallState.LIVE
+            and existing.end_requested is None
+        ):
+            return self._reattach(existing, source=source, speakers=speakers)
         if existing is not None and existing.state in (CallState.LIVE, CallState.ENDING):
             raise CallRejected("duplicate_call", f"call {call_id} is already live")
         if existing is not None:
@@ -60,9 +103,32 @@ class CallManager:
             inline=inline,
             meta=meta,
         )
+        session.on_end_request = self._end_requested
         self._calls[call_id] = session
         await session.start()
+        self._ensure_watchdog()
         log.info("call %s started (%s, %s)", call_id, source, ",".join(speakers))
+        return session
+
+    def _reattach(
+        self, session: CallSession, *, source: str, speakers: tuple[Speaker, ...]
+    ) -> CallSession:
+        if source != session.source or tuple(speakers) != tuple(session.speakers):
+            raise CallRejected(
+                "reattach_mismatch",
+                f"call {session.call_id} is waiting for its {session.source} connection with "
+                f"parties {','.join(session.speakers)}",
+            )
+        _, timer = self._detached.pop(session.call_id)
+        timer.cancel()
+        session.reconnects += 1
+        session.touch()
+        log.info(
+            "call %s re-attached at %.3f s of audio (reconnect %d)",
+            session.call_id,
+            session.fed_s,
+            session.reconnects,
+        )
         return session
 
     async def finish(self, session: CallSession, reason: str) -> None:
@@ -71,15 +137,115 @@ class CallManager:
         Finalizing (last transcript, call_end) must happen even when the connection handler
         that noticed the hang-up is itself cancelled, so it runs as a task the manager owns.
         """
+        task = self._spawn_end(session, reason)
+        await asyncio.shield(task)
+        log.info("call %s ended (%s)", session.call_id, session.end_reason or reason)
+
+    async def detach(self, session: CallSession, reason: str = "disconnect") -> None:
+        """The call's connection dropped: wait `reconnect_grace_s` for it to come back.
+
+        With no grace period (the default) this is `finish(session, reason)`. Otherwise it
+        returns at once (it never suspends, so it is safe in a cancelled handler) and the
+        call stays live; `open()` with the same call_id re-attaches it, and if nobody comes
+        back in time it is finalized with `reason`.
+        """
+        grace = self.reconnect_grace_s
+        if (
+            grace <= 0
+            or session.inline
+            or session.state is not CallState.LIVE
+            or session.end_requested is not None
+            or self._calls.get(session.call_id) is not session
+        ):
+            await self.finish(session, reason)
+            return
+        if session.call_id in self._detached:
+            return
+        timer = asyncio.create_task(
+            self._grace(session, reason, grace), name=f"grace-{session.call_id}"
+        )
+        self._detached[session.call_id] = (reason, timer)
+        log.info(
+            "call %s detached (%s): waiting %.1f s for a reconnect", session.call_id, reason, grace
+        )
+
+    async def _grace(self, session: CallSession, reason: str, grace: float) -> None:
+        await asyncio.sleep(grace)
+        entry = self._detached.get(session.call_id)
+        if entry is None or entry[1] is not asyncio.current_task():
+            return
+        del self._detached[session.call_id]
+        log.info("call %s: no reconnect within %.1f s", session.call_id, grace)
+        await self.finish(session, reason)
+
+    def _spawn_end(self, session: CallSession, reason: str) -> asyncio.Task[None]:
+        entry = self._detached.pop(session.call_id, None)
+        if entry is not None and entry[1] is not asyncio.current_task():
+            entry[1].cancel()
         task = asyncio.create_task(session.end(reason), name=f"end-{session.call_id}")
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
-        await asyncio.shield(task)
-        log.info("call %s ended (%s)", session.call_id, reason)
+        return task
+
+    def _end_requested(self, session: CallSession, reason: str) -> None:
+        """A session asked to end itself (max_length, idle_timeout): the manager owns it."""
+        task = self._spawn_end(session, reason)
+        task.add_done_callback(
+            lambda _: log.info("call %s ended (%s)", session.call_id, session.end_reason)
+        )
+
+    # -- idle watchdog ---------------------------------------------------------------------
+
+    def _ensure_watchdog(self) -> None:
+        idle = self.idle_timeout_s
+        if idle <= 0 or (self._watchdog is not None and not self._watchdog.done()):
+            return
+        self._watchdog = asyncio.create_task(self._watch(idle), name="calls-idle-watchdog")
+
+    async def _watch(self, idle: float) -> None:
+        period = min(max(idle / 4, 0.05), 5.0)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self.check_idle(idle)
+            except Exception:
+                log.exception("idle watchdog: check failed")
+
+    def check_idle(self, idle: float | None = None, *, now: float | None = None) -> list[str]:
+        """End every attached live call that got no audio for `idle` s; returns their ids."""
+        idle = self.idle_timeout_s if idle is None else idle
+        now = time.monotonic() if now is None else now
+        ended = []
+        for session in list(self._calls.values()):
+            if (
+                session.state is not CallState.LIVE
+                or session.inline
+                or session.end_requested is not None
+                or session.call_id in self._detached
+                or now - session.last_audio_at <= idle
+            ):
+                continue
+            metrics.INGEST_ERRORS.labels(protocol=session.source, reason="idle_timeout").inc()
+            log.warning(
+                "call %s (%s): no audio for %.1f s, ending it",
+                session.call_id,
+                session.source,
+                now - session.last_audio_at,
+            )
+            session.request_end("idle_timeout")
+            ended.append(session.call_id)
+        return ended
 
     async def shutdown(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
+        detached = {cid: reason for cid, (reason, _) in self._detached.items()}
         for session in list(self._calls.values()):
             if session.state is CallState.LIVE:
-                await self.finish(session, "shutdown")
+                # A call still waiting for its connection ends as it would have: disconnected.
+                await self.finish(session, detached.get(session.call_id, "shutdown"))
         if self._ending:
             await asyncio.gather(*self._ending, return_exceptions=True)

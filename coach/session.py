@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
 from coach import events, metrics
 from coach.bus import SUPERVISOR_TOPIC, InProcessBus, agent_topic, call_topic
 from coach.events import Event
+from coach.logs import call_id_var
 from coach.messages import AudioChunk, EndOfStream, Speaker
 from coach.pipeline import PartyPipeline
 from coach.redaction import redact_event
@@ -34,6 +36,22 @@ class CallState(Enum):
     LIVE = "live"
     ENDING = "ending"
     ENDED = "ended"
+
+
+class CallEnded(RuntimeError):
+    """Audio offered to a call that has ended (or is ending): the end of this stream.
+
+    A RuntimeError, so ingest handlers that already treat RuntimeError from `feed` as
+    "the call was ended under us" keep working.
+    """
+
+    def __init__(self, call_id: str, reason: str) -> None:
+        super().__init__(f"call {call_id} has ended ({reason}), not accepting audio")
+        self.call_id = call_id
+        self.reason = reason
+
+
+DEFAULT_MAX_CALL_S = 4 * 3600.0
 
 
 class CallSession:
@@ -81,15 +99,47 @@ class CallSession:
         self._ended = asyncio.Event()
         self.dropped_frames = 0
         self.last_event: Event | None = None
+        self.max_call_s = float(settings.max_call_s)
+        self.last_audio_at = time.monotonic()
+        """Monotonic wall time audio was last accepted (or the call (re)attached)."""
+        self.end_reason: str | None = None
+        self.reconnects = 0
+        self.on_end_request: Callable[[CallSession, str], None] | None = None
+        """Set by the CallManager: runs an end this session asks for (e.g. max_length)."""
+        self._end_requested: str | None = None
+        self._end_task: asyncio.Task[None] | None = None
 
     @property
     def fed_s(self) -> float:
+        """Call audio fed so far: a re-attached connection places its audio after this."""
         return self._fed_s
+
+    @property
+    def inline(self) -> bool:
+        return self._inline
+
+    @property
+    def end_requested(self) -> str | None:
+        return self._end_requested
+
+    def touch(self) -> None:
+        self.last_audio_at = time.monotonic()
+
+    def request_end(self, reason: str) -> None:
+        """Stop accepting audio now and end the call soon (finalized in the background)."""
+        if self._end_requested is not None or self.state is not CallState.LIVE:
+            return
+        self._end_requested = reason
+        if self.on_end_request is not None:
+            self.on_end_request(self, reason)
+        else:
+            self._end_task = asyncio.create_task(self.end(reason), name=f"end-{self.call_id}")
 
     async def start(self) -> None:
         if self.state is not CallState.NEW:
             raise RuntimeError(f"call {self.call_id} already started")
         self.state = CallState.LIVE
+        call_id_var.set(self.call_id)  # tasks created from here on inherit it
         metrics.ACTIVE_CALLS.inc()
         await self.emit(
             events.call_start(source=self.source, channels=self.speakers, meta=self.meta)
@@ -114,6 +164,7 @@ class CallSession:
             self.push(chunk)
             return
         self._fed_s = max(self._fed_s, chunk.t1)
+        self.last_audio_at = time.monotonic()
 
     def push(self, chunk: AudioChunk) -> None:
         """Queue a chunk without waiting; a full queue drops its oldest audio (counted)."""
@@ -133,19 +184,31 @@ class CallSession:
                     )
         q.put_nowait(chunk)
         self._fed_s = max(self._fed_s, chunk.t1)
+        self.last_audio_at = time.monotonic()
 
     def _checked_queue(self, chunk: AudioChunk) -> asyncio.Queue[AudioChunk | EndOfStream]:
-        if self.state is not CallState.LIVE:
-            raise RuntimeError(f"call {self.call_id} is {self.state.value}, not accepting audio")
+        self._check_accepting(chunk)
         if chunk.speaker not in self._queues:
             raise ValueError(f"call {self.call_id} has no party {chunk.speaker!r}")
         return self._queues[chunk.speaker]
 
+    def _check_accepting(self, chunk: AudioChunk) -> None:
+        if self._end_requested is not None or self.state is not CallState.LIVE:
+            raise CallEnded(
+                self.call_id, self._end_requested or self.end_reason or self.state.value
+            )
+        if self.max_call_s > 0 and chunk.t0 >= self.max_call_s:
+            log.warning(
+                "call %s reached the maximum length (%.0f s)", self.call_id, self.max_call_s
+            )
+            self.request_end("max_length")
+            raise CallEnded(self.call_id, "max_length")
+
     async def process_inline(self, chunk: AudioChunk) -> None:
         """Replay --fast: process one chunk completely before the next is fed."""
-        if self.state is not CallState.LIVE:
-            raise RuntimeError(f"call {self.call_id} is {self.state.value}")
+        self._check_accepting(chunk)
         self._fed_s = max(self._fed_s, chunk.t1)
+        self.last_audio_at = time.monotonic()
         await self.parties[chunk.speaker].push(chunk)
         await self._maybe_metrics()
 
@@ -157,6 +220,8 @@ class CallSession:
         if self.state is CallState.NEW:
             await self.start()
         self.state = CallState.ENDING
+        reason = self._end_requested or reason  # an end asked for first (max_length...) wins
+        self.end_reason = reason
         try:
             if self._inline:
                 for party in self.parties.values():
@@ -204,6 +269,7 @@ class CallSession:
             self._bus.publish(SUPERVISOR_TOPIC, redacted)
 
     async def _party_worker(self, speaker: Speaker) -> None:
+        call_id_var.set(self.call_id)  # every log line of this call's tasks carries its id
         q, party = self._queues[speaker], self.parties[speaker]
         while True:
             item = await q.get()

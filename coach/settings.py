@@ -55,6 +55,16 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(64_000, description="Largest binary frame accepted on ingest.")
     event_replay: int = Field(500, description="Recent events kept per call for reconnects.")
 
+    max_call_s: float = Field(
+        14400.0,
+        description="Longest call (seconds of call audio), then it ends as max_length; 0 = none.",
+    )
+    idle_timeout_s: float = Field(
+        60.0, description="End a call that received no audio for this long (wall clock); 0 = off."
+    )
+    reconnect_grace_s: float = Field(
+        0.0, description="Keep a dropped call open this long for a reconnect with the same call_id."
+    )
     audiosocket_port: int = Field(
         0, description="TCP port for Asterisk AudioSocket ingest; 0 = off."
     )

@@ -47,7 +47,7 @@ from coach.api.security import ingest_authorized
 from coach.calls import CallManager, CallRejected
 from coach.ingest import closecodes as cc
 from coach.messages import AudioChunk, Speaker
-from coach.session import CallSession
+from coach.session import CallEnded, CallSession
 from coach.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -869,7 +869,14 @@ class AudioHookSession:
             for chunk in frame_chunks(
                 payload, speakers=self.speakers, clock=self.clock, call_id=self.call.call_id
             ):
-                await self.call.feed(chunk)
+                try:
+                    await self.call.feed(chunk)
+                except CallEnded as exc:  # max call length or idle timeout: end the session
+                    if self.state not in (SessionState.DISCONNECTING, SessionState.CLOSED):
+                        self.state = transition(self.state, "disconnect")
+                        await self._send("disconnect", {"reason": "completed", "info": exc.reason})
+                    await self._finish_call(exc.reason)
+                    return
         self.clock += len(payload) // channels
 
     # -- server messages and endings -----------------------------------------------------------

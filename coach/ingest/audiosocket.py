@@ -62,7 +62,7 @@ from coach import metrics
 from coach.calls import CallManager, CallRejected
 from coach.ingest.pcm import CALL_ID
 from coach.messages import SPEAKERS, AudioChunk, Speaker
-from coach.session import CallSession
+from coach.session import CallEnded, CallSession
 from coach.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -629,6 +629,8 @@ class AudioSocketService:
                     chunk = AudioChunk(session.call_id, party, pcm16_to_float(pcm), rate, t0)
                     try:
                         await session.feed(chunk)
+                    except CallEnded as exc:  # max length, idle timeout or shutdown
+                        return exc.reason, encode(Hangup())
                     except RuntimeError:  # the call was ended under us (server shutdown)
                         return "shutdown", encode(Hangup())
                     samples += len(pcm) // 2

@@ -25,7 +25,7 @@ from coach import metrics
 from coach.calls import CallManager, CallRejected
 from coach.ingest import closecodes as cc
 from coach.messages import SPEAKERS, AudioChunk, Speaker
-from coach.session import CallSession
+from coach.session import CallEnded, CallSession
 from coach.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -165,11 +165,15 @@ async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> 
     try:
         end_reason = await _stream(ws, header, session, settings)
     except asyncio.CancelledError:
-        await manager.finish(session, "disconnect")  # the connection went away
+        await manager.detach(session, "disconnect")  # the connection went away
         raise
-    # Whatever ended the stream, everything already heard is finalized and emitted.
-    await manager.finish(session, end_reason)
-    if end_reason == "end":
+    # Whatever ended the stream, everything already heard is finalized and emitted; a
+    # dropped connection may come back within COACH_RECONNECT_GRACE_S and resume the call.
+    if end_reason == "disconnect":
+        await manager.detach(session, end_reason)
+    else:
+        await manager.finish(session, end_reason)
+    if end_reason in ("end", "max_length", "idle_timeout"):
         # Closing only now tells the client that every transcript of its call is out.
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
             await ws.close(code=cc.NORMAL)
@@ -179,11 +183,12 @@ async def _stream(
     ws: WebSocket, header: PcmHeader, session: CallSession, settings: Settings
 ) -> str:
     """Feed frames until the client ends; returns why the call ended."""
-    samples_done = 0
+    # A resumed call continues where the audio already heard ends.
+    samples_done = round(session.fed_s * header.sample_rate)
     while True:
         msg = await ws.receive()
         if msg["type"] == "websocket.disconnect":
-            return "disconnect" if samples_done else "disconnect_before_audio"
+            return "disconnect"
         payload = msg.get("bytes")
         try:
             if payload is not None:
@@ -203,6 +208,8 @@ async def _stream(
         except IngestError as exc:
             await _refuse(ws, exc.code, exc.reason, str(exc))
             return f"error:{exc.reason}"
+        except CallEnded as exc:  # max call length or idle timeout ended it under us
+            return exc.reason
 
 
 def _is_end(text: str | None) -> bool:

@@ -34,7 +34,7 @@ from coach.calls import CallManager, CallRejected
 from coach.ingest import closecodes as cc
 from coach.ingest.pcm import CALL_ID
 from coach.messages import SPEAKERS, AudioChunk, Speaker
-from coach.session import CallSession
+from coach.session import CallEnded, CallSession
 from coach.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -443,15 +443,20 @@ async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> 
     try:
         end_reason = await _stream(ws, proto, session)
     except asyncio.CancelledError:
-        await manager.finish(session, "disconnect")  # the connection went away
+        await manager.detach(session, "disconnect")  # the connection went away
         raise
+    except CallEnded as exc:  # max call length or idle timeout ended it under us
+        end_reason = exc.reason
     except Exception:
         log.exception("twilio stream %s: internal error", proto.stream_sid)
         await refuse(ws, cc.INTERNAL_ERROR, "internal", "internal error")
         end_reason = "error:internal"
     # Whatever ended the stream, everything already heard is finalized and emitted.
-    await manager.finish(session, end_reason)
-    if end_reason == "stop":
+    if end_reason == "disconnect":
+        await manager.detach(session, end_reason)
+    else:
+        await manager.finish(session, end_reason)
+    if end_reason in ("stop", "max_length", "idle_timeout"):
         # Closing only now tells the peer that every transcript of its call is out.
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
             await ws.close(code=cc.NORMAL)

@@ -1,0 +1,260 @@
+"""Call lifecycle shared by every protocol: maximum length, idle watchdog, reconnect grace."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from coach import metrics
+from coach.bus import InProcessBus, call_topic
+from coach.calls import CallEnded, CallManager, CallRejected
+from coach.messages import AudioChunk, Speaker
+from coach.runtime import Runtime
+from coach.session import CallSession, CallState
+from coach.settings import Settings
+
+RATE = 8000
+FRAME = 160  # 20 ms at 8 kHz
+
+
+class LifecycleSettings(Settings):
+    """The lifecycle settings, declared here until coach/settings.py has them."""
+
+    max_call_s: float = 4 * 3600.0
+    idle_timeout_s: float = 60.0
+    reconnect_grace_s: float = 0.0
+
+
+def make_settings(base: Settings, **lifecycle: float) -> LifecycleSettings:
+    return LifecycleSettings(**{**base.model_dump(), **lifecycle})
+
+
+def quiet(n: int, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(n) * 1e-4).astype(np.float32)
+
+
+async def feed_frames(
+    session: CallSession,
+    channels: dict[Speaker, np.ndarray],
+    *,
+    t0: float = 0.0,
+    pace_s: float = 0.0,
+) -> None:
+    """Feed each party 20 ms frames starting at call time t0 (as an ingest handler would)."""
+    n = max(len(x) for x in channels.values())
+    for start in range(0, n, FRAME):
+        for speaker, samples in channels.items():
+            frame = samples[start : start + FRAME]
+            if frame.size:
+                await session.feed(
+                    AudioChunk(session.call_id, speaker, frame, RATE, t0 + start / RATE)
+                )
+        if pace_s:
+            await asyncio.sleep(pace_s)
+
+
+class Collector:
+    """Every event of one call, from the bus, until its topic closes."""
+
+    def __init__(self, bus: InProcessBus, call_id: str) -> None:
+        self.sub = bus.subscribe(call_topic(call_id), replay=False)
+        self.events: list[dict[str, Any]] = []
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async for ev in self.sub:
+            self.events.append(ev)
+
+    async def done(self, limit_s: float = 30.0) -> list[dict[str, Any]]:
+        await asyncio.wait_for(self.task, limit_s)
+        return self.events
+
+
+def manager_for(runtime: Runtime, settings: Settings) -> CallManager:
+    return CallManager(runtime=runtime, settings=settings, bus=InProcessBus())
+
+
+def types(evs: list[dict[str, Any]]) -> list[str]:
+    return [e["type"] for e in evs]
+
+
+def idle_errors(source: str) -> float:
+    return float(metrics.INGEST_ERRORS.labels(protocol=source, reason="idle_timeout")._value.get())
+
+
+def test_max_length_ends_and_finalizes_with_the_last_transcript(
+    runtime: Runtime, settings: Settings, billing_call: tuple[Path, Any]
+) -> None:
+    data, rate = sf.read(billing_call[0], dtype="float32")
+    assert rate == RATE
+    cut = data[: int(3.4 * RATE)]  # the agent is mid-sentence at the 3 s limit
+
+    async def run() -> tuple[list[dict[str, Any]], CallSession, BaseException | None]:
+        manager = manager_for(runtime, make_settings(settings, max_call_s=3.0))
+        col = Collector(manager.bus, "long")
+        session = await manager.open(call_id="long", source="pcm", speakers=("customer", "agent"))
+        raised: BaseException | None = None
+        try:
+            await feed_frames(session, {"customer": cut[:, 0], "agent": cut[:, 1]})
+        except CallEnded as exc:
+            raised = exc
+        await asyncio.wait_for(session.wait_ended(), 30)
+        # What a handler does on CallEnded: finish (idempotent; the first reason wins).
+        await manager.finish(session, "disconnect")
+        with pytest.raises(CallEnded):
+            session.push(AudioChunk("long", "agent", quiet(FRAME), RATE, 0.0))
+        await manager.shutdown()
+        return await col.done(), session, raised
+
+    evs, session, raised = asyncio.run(run())
+    assert isinstance(raised, CallEnded) and raised.reason == "max_length"
+    assert isinstance(raised, RuntimeError)  # handlers catching RuntimeError keep working
+    assert session.state is CallState.ENDED and session.end_reason == "max_length"
+    assert types(evs)[0] == "call_start" and types(evs).count("call_end") == 1
+    end = evs[-1]
+    assert end["type"] == "call_end" and end["reason"] == "max_length"
+    assert end["duration_s"] == pytest.approx(3.0, abs=0.03)
+    finals = [e for e in evs if e["type"] == "transcript" and e["speaker"] == "agent"]
+    assert finals and finals[-1]["t_end"] <= 3.0 + 1e-6  # the open utterance was finalized
+
+
+def test_feeding_an_ended_call_raises_call_ended(runtime: Runtime, settings: Settings) -> None:
+    async def run() -> None:
+        manager = manager_for(runtime, settings)
+        session = await manager.open(call_id="gone", source="twilio", speakers=("customer",))
+        await feed_frames(session, {"customer": quiet(RATE // 2)})
+        await manager.finish(session, "stop")
+        chunk = AudioChunk("gone", "customer", quiet(FRAME), RATE, 0.5)
+        with pytest.raises(CallEnded, match="gone has ended") as info:
+            await session.feed(chunk)
+        assert info.value.reason == "stop"
+        with pytest.raises(CallEnded):
+            session.push(chunk)
+        await manager.shutdown()
+
+    asyncio.run(run())
+
+
+def test_idle_watchdog_ends_a_silent_call_but_not_a_busy_one(
+    runtime: Runtime, settings: Settings
+) -> None:
+    before = idle_errors("audiohook")
+
+    async def run() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        manager = manager_for(runtime, make_settings(settings, idle_timeout_s=0.3))
+        cols = Collector(manager.bus, "idle"), Collector(manager.bus, "busy")
+        idle = await manager.open(call_id="idle", source="audiohook", speakers=("customer",))
+        busy = await manager.open(call_id="busy", source="audiohook", speakers=("customer",))
+        await feed_frames(idle, {"customer": quiet(FRAME * 5)})
+        # The busy call gets a frame every 20 ms of wall time for ~1 s: the idle one nothing.
+        await feed_frames(busy, {"customer": quiet(RATE)}, pace_s=0.02)
+        await asyncio.wait_for(idle.wait_ended(), 5)
+        assert idle.end_reason == "idle_timeout"
+        assert busy.state is CallState.LIVE
+        with pytest.raises(CallEnded) as info:
+            await idle.feed(AudioChunk("idle", "customer", quiet(FRAME), RATE, 0.1))
+        assert info.value.reason == "idle_timeout"
+        await manager.finish(busy, "end")
+        await manager.shutdown()
+        return await cols[0].done(), await cols[1].done()
+
+    t = time.monotonic()
+    idle_evs, busy_evs = asyncio.run(run())
+    assert time.monotonic() - t < 10
+    assert idle_evs[-1]["type"] == "call_end" and idle_evs[-1]["reason"] == "idle_timeout"
+    assert busy_evs[-1]["reason"] == "end"
+    assert idle_errors("audiohook") == before + 1
+
+
+def test_reconnect_within_grace_keeps_one_call(runtime: Runtime, settings: Settings) -> None:
+    """What /ingest/pcm does with the grace period: detach on disconnect, re-open, continue."""
+
+    async def run() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        manager = manager_for(runtime, make_settings(settings, reconnect_grace_s=2.0))
+        col, other_col = Collector(manager.bus, "rc"), Collector(manager.bus, "other")
+        session = await manager.open(call_id="rc", source="pcm", speakers=("customer", "agent"))
+        other = await manager.open(call_id="other", source="pcm", speakers=("customer",))
+        await feed_frames(session, {"customer": quiet(RATE), "agent": quiet(RATE, 1)})
+        await feed_frames(other, {"customer": quiet(RATE // 2)})
+        first_seq = session.last_event["seq"] if session.last_event else 0
+        await manager.detach(session, "disconnect")  # the first connection dropped
+        assert manager.is_detached("rc") and session.state is CallState.LIVE
+        with pytest.raises(CallRejected):  # a re-attach must match the call
+            await manager.open(call_id="rc", source="pcm", speakers=("customer",))
+        await asyncio.sleep(0.2)
+        again = await manager.open(call_id="rc", source="pcm", speakers=("customer", "agent"))
+        assert again is session and not manager.is_detached("rc")
+        assert session.reconnects == 1
+        # The new connection counts its own samples from 0: it places them after fed_s.
+        offset = session.fed_s
+        assert offset == pytest.approx(1.0)
+        await feed_frames(session, {"customer": quiet(RATE, 2), "agent": quiet(RATE, 3)}, t0=offset)
+        await asyncio.sleep(2.2)  # longer than the grace period: the re-attached call lives on
+        assert session.state is CallState.LIVE
+        await manager.finish(session, "end")
+        assert other.state is CallState.LIVE
+        await feed_frames(other, {"customer": quiet(RATE // 2)}, t0=other.fed_s)
+        await manager.finish(other, "end")
+        await manager.shutdown()
+        assert session.parties["customer"].audio_s == pytest.approx(2.0)
+        evs = await col.done()
+        assert [e for e in evs if e["seq"] > first_seq], "events continue after the reconnect"
+        return evs, await other_col.done()
+
+    evs, other_evs = asyncio.run(run())
+    assert types(evs).count("call_start") == 1 and types(evs).count("call_end") == 1
+    seqs = [e["seq"] for e in evs]
+    assert seqs == list(range(1, len(evs) + 1))  # one event stream, seq continues
+    assert evs[-1]["reason"] == "end" and evs[-1]["duration_s"] == pytest.approx(2.0)
+    t_emit = [e["t_emit"] for e in evs]
+    assert t_emit == sorted(t_emit) and t_emit[-1] == pytest.approx(2.0)
+    assert other_evs[-1]["reason"] == "end" and other_evs[-1]["duration_s"] == pytest.approx(1.0)
+
+
+def test_grace_expiry_finalizes_with_disconnect(runtime: Runtime, settings: Settings) -> None:
+    async def run() -> tuple[list[dict[str, Any]], CallSession, CallSession]:
+        manager = manager_for(
+            runtime, make_settings(settings, reconnect_grace_s=0.3, idle_timeout_s=0.2)
+        )
+        col = Collector(manager.bus, "lost")
+        session = await manager.open(call_id="lost", source="pcm", speakers=("customer",))
+        other = await manager.open(call_id="alive", source="pcm", speakers=("customer",))
+        await feed_frames(session, {"customer": quiet(RATE // 2)})
+        t = time.monotonic()
+        await manager.detach(session, "disconnect")
+        # Detached calls wait for their grace period, not the (shorter) idle timeout.
+        waiter = asyncio.create_task(session.wait_ended())
+        for i in range(30):  # the neighbour keeps streaming in real time meanwhile
+            await other.feed(AudioChunk("alive", "customer", quiet(FRAME), RATE, i * 0.02))
+            await asyncio.sleep(0.02)
+        await asyncio.wait_for(waiter, 5)
+        assert time.monotonic() - t >= 0.3
+        assert not manager.is_detached("lost")
+        # A later connection with that id starts a new call.
+        fresh = await manager.open(call_id="lost", source="pcm", speakers=("customer",))
+        assert fresh is not session
+        await manager.shutdown()
+        return await col.done(), session, other
+
+    evs, session, other = asyncio.run(run())
+    assert session.end_reason == "disconnect"
+    assert types(evs).count("call_end") == 1 and evs[-1]["reason"] == "disconnect"
+    assert other.end_reason == "shutdown"  # untouched until the server stopped
+
+
+def test_grace_off_detach_finishes_at_once(runtime: Runtime, settings: Settings) -> None:
+    async def run() -> CallSession:
+        manager = manager_for(runtime, settings)
+        session = await manager.open(call_id="off", source="pcm", speakers=("customer",))
+        await manager.detach(session, "disconnect")
+        assert session.state is CallState.ENDED and not manager.is_detached("off")
+        await manager.shutdown()
+        return session
+
+    assert asyncio.run(run()).end_reason == "disconnect"
