@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     )
     audiosocket_map_file: Path | None = Field(None, description="JSON file with that mapping.")
 
+    redis_url: str | None = Field(
+        None, description="Redis URL for multi-instance fan-out (Redis Streams); in-process if unset."
+    )
+    redis_stream_maxlen: int = Field(2000, description="Approximate entries kept per event stream.")
+    redis_session_ttl_s: float = Field(30.0, description="TTL of per-call ownership keys in Redis.")
+    instance_id: str | None = Field(None, description="This instance's id in Redis (pod name).")
+
     store_enabled: bool = Field(True, description="Record calls in the history store.")
     database_url: str | None = Field(
         None, description="PostgreSQL URL for call history; SQLite in data_dir when unset."

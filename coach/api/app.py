@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, WebSocket, WebSocketDisconnect
+from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -33,12 +33,14 @@ from coach.ingest import audiohook as audiohook_ingest
 from coach.ingest import closecodes as cc
 from coach.ingest import pcm
 from coach.ingest import twilio as twilio_ingest
+from coach.ingest import webrtc as webrtc_ingest
 from coach.ingest.audiosocket import (
     close_audiosocket_server,
     parse_mapping,
     read_mapping_file,
     start_audiosocket_server,
 )
+from coach.redis_bus import RedisBus
 from coach.runtime import Runtime
 from coach.session import CallSession
 from coach.settings import Settings
@@ -62,7 +64,18 @@ class AppState:
     def __init__(self, settings: Settings, runtime: Runtime | None) -> None:
         self.settings = settings
         self.runtime = runtime
-        self.bus = InProcessBus(history=settings.event_replay)
+        # With Redis, events also travel between instances; without it, one process is the world.
+        self.bus: InProcessBus = (
+            RedisBus(
+                settings.redis_url,
+                instance_id=settings.instance_id,
+                history=settings.event_replay,
+                stream_maxlen=settings.redis_stream_maxlen,
+                owner_ttl_s=settings.redis_session_ttl_s,
+            )
+            if settings.redis_url
+            else InProcessBus(history=settings.event_replay)
+        )
         self.manager: CallManager | None = None
         self.load_error: str | None = None
         self.owns_runtime = runtime is None
@@ -80,6 +93,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if isinstance(state.bus, RedisBus):
+            await state.bus.start()  # never blocks on Redis: reconnects in the background
         loader: asyncio.Task[None] | None = None
         if state.runtime is None:
             loader = asyncio.create_task(_load_models(state))
@@ -99,6 +114,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             await state.manager.shutdown()
         if store is not None:
             await store.aclose()  # after the calls ended, so their last events are written
+        if isinstance(state.bus, RedisBus):
+            await state.bus.stop()
         if state.owns_runtime and state.runtime is not None:
             state.runtime.close()
 
@@ -124,7 +141,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             # CONTRACT.md: ready means the store is reachable too. Live calls go on (their
             # events are spooled); the load balancer just sends new ones elsewhere.
             return JSONResponse({"status": "store_unreachable"}, status_code=503)
-        return JSONResponse({"status": "ready", "active_calls": len(state.manager.live())})
+        # Redis down keeps the instance ready: its own calls and panels work without it
+        # (ARCHITECTURE.md, Scale-out); the flag tells dashboards it is degraded.
+        degraded = isinstance(state.bus, RedisBus) and state.bus.degraded
+        return JSONResponse(
+            {"status": "ready", "active_calls": len(state.manager.live()), "redis_degraded": degraded}
+        )
 
     @app.get("/metrics", tags=["health"])
     async def prometheus_metrics() -> Response:
@@ -163,6 +185,19 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     async def ingest_audiohook(ws: WebSocket) -> None:
         # Authenticated on the upgrade request itself: HTTP 401 before accept, as the reference.
         await audiohook_ingest.serve(ws, manager=state.manager, settings=settings)
+
+    @app.post("/webrtc/offer", tags=["ingest"])
+    async def webrtc_offer(request: Request) -> dict[str, str]:
+        # A browser or softphone posts its SDP offer; see coach/ingest/webrtc.py.
+        if not ingest_authorized(request, settings):
+            raise HTTPException(401, "missing or invalid API key or admin token")
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise HTTPException(400, "body must be JSON") from exc
+        if not isinstance(body, dict):
+            raise HTTPException(400, "body must be a JSON object")
+        return await webrtc_ingest.answer(body, manager=state.manager)
 
     @app.websocket("/ingest/twilio")
     async def ingest_twilio(ws: WebSocket) -> None:

@@ -1,0 +1,312 @@
+"""WebRTC ingest (`POST /webrtc/offer`): a browser or softphone streams its microphone in.
+
+Signalling is one HTTP round trip (no trickle ICE): the client posts its complete offer
+`{"sdp", "type": "offer", "call_id"?, "agent_id"?}` and gets back the complete answer
+`{"sdp", "type": "answer", "call_id"}`. Media then flows over aiortc. Each incoming audio
+track is one party: the first is the customer, a second one (if offered) the agent. aiortc
+decodes Opus/G.711 into 20 ms frames of 48 kHz (or 8 kHz) s16, often stereo; channel 0 is
+taken as the party's mono audio. Call time is the count of samples received, as for the
+other ingest protocols.
+
+The call ends (`CallManager.finish`) when every track has ended (the client closed or
+removed its tracks: reason "end"), when the peer connection fails ("disconnect") or closes
+("end"), when ICE never connects ("ice_timeout"), or when the call was ended under us
+(max length, idle timeout). Live peer connections and their tasks are kept in a registry;
+`close_all()` closes them at shutdown.
+
+ICE on loopback: neither Chromium (without `--allow-loopback-in-peer-connection`) nor aioice
+offers a 127.0.0.1 candidate, so a server and a client on one host without a routable
+interface (CI sandboxes) never connect. With `COACH_WEBRTC_LOOPBACK=1` in the environment
+the server gathers only the loopback host candidate (127.0.0.1); use it for tests and
+single-machine demos only. No STUN/TURN server is used: the server must be reachable
+directly from the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import av
+import numpy as np
+import numpy.typing as npt
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from fastapi import HTTPException
+from pydantic import BaseModel, Field, field_validator
+
+from coach.calls import CallManager, CallRejected
+from coach.ingest.pcm import CALL_ID
+from coach.messages import AudioChunk, Speaker
+from coach.session import CallEnded, CallSession
+
+log = logging.getLogger(__name__)
+PROTOCOL = "webrtc"
+LOOPBACK_ENV = "COACH_WEBRTC_LOOPBACK"
+CONNECT_TIMEOUT_S = 30.0  # offer answered but ICE/DTLS never connected
+FRAME_TIMEOUT_S = 30.0  # a connected track that stops delivering frames
+MAX_TRACKS = 2
+PARTIES: tuple[Speaker, ...] = ("customer", "agent")
+
+
+class Offer(BaseModel):
+    model_config = {"extra": "ignore"}
+
+    sdp: str = Field(min_length=1, max_length=64_000)
+    type: Literal["offer"]
+    call_id: str | None = None
+    agent_id: str | None = Field(default=None, max_length=128)
+
+    @field_validator("call_id")
+    @classmethod
+    def _call_id(cls, v: str | None) -> str | None:
+        if v is not None and not CALL_ID.match(v):
+            raise ValueError("call_id: 1-128 characters of letters, digits, . _ : -")
+        return v
+
+
+# -- loopback-only ICE ----------------------------------------------------------------------------
+
+_loopback_only: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "coach_webrtc_loopback_only", default=False
+)
+_patched = False
+
+
+def loopback_enabled() -> bool:
+    return os.environ.get(LOOPBACK_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _install_loopback_hook() -> None:
+    """Wrap aioice's host-address lookup so gathering inside `loopback_only()` sees 127.0.0.1.
+
+    aioice always skips loopback addresses and has no option for them; the wrapper changes
+    nothing for gathering outside the context (other peer connections in the process).
+    """
+    global _patched
+    if _patched:
+        return
+    import aioice.ice
+
+    original = aioice.ice.get_host_addresses
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        if _loopback_only.get():
+            return ["127.0.0.1"] if use_ipv4 else ["::1"]
+        return original(use_ipv4, use_ipv6)
+
+    aioice.ice.get_host_addresses = host_addresses
+    _patched = True
+
+
+@contextlib.contextmanager
+def loopback_only(enabled: bool = True) -> Iterator[None]:
+    """Candidates gathered within (e.g. `await pc.setLocalDescription(...)`) are loopback only."""
+    _install_loopback_hook()
+    token = _loopback_only.set(enabled)
+    try:
+        yield
+    finally:
+        _loopback_only.reset(token)
+
+
+# -- one call -----------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class WebRtcCall:
+    pc: RTCPeerConnection
+    session: CallSession
+    manager: CallManager
+    tracks: list[MediaStreamTrack] = field(default_factory=list)
+    consumers: list[asyncio.Task[None]] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    reason: str = "end"
+    live_tracks: int = 0
+
+    def end(self, reason: str) -> None:
+        if not self.ended.is_set():
+            self.reason = reason
+            self.ended.set()
+
+    def start_track(self, track: MediaStreamTrack, speaker: Speaker) -> None:
+        self.live_tracks += 1
+        self.consumers.append(asyncio.create_task(self._consume(track, speaker)))
+
+    async def _consume(self, track: MediaStreamTrack, speaker: Speaker) -> None:
+        done = 0  # samples of this party received so far: the call clock
+        reason = "end"
+        try:
+            while True:
+                try:
+                    frame = await asyncio.wait_for(track.recv(), timeout=FRAME_TIMEOUT_S)
+                except MediaStreamError:
+                    break
+                except TimeoutError:
+                    reason = "idle_timeout"
+                    break
+                if not isinstance(frame, av.AudioFrame):
+                    continue
+                pcm = frame_to_mono(frame)
+                rate = int(frame.sample_rate)
+                await self.session.feed(
+                    AudioChunk(self.session.call_id, speaker, pcm, rate, done / rate)
+                )
+                done += len(pcm)
+        except CallEnded as exc:
+            self.end(exc.reason)
+            return
+        except Exception:
+            log.exception("webrtc call %s: %s track failed", self.session.call_id, speaker)
+            reason = "error:track"
+            self.end(reason)
+            return
+        self.live_tracks -= 1
+        if self.live_tracks <= 0:
+            self.end(reason)
+
+    async def run(self) -> None:
+        """Wait for the end of the call, then tear down media and finalize the call."""
+        try:
+            try:
+                await asyncio.wait_for(self.connected.wait(), timeout=CONNECT_TIMEOUT_S)
+            except TimeoutError:
+                self.end("ice_timeout")
+            await self.ended.wait()
+        finally:
+            for task in self.consumers:
+                task.cancel()
+            for task in self.consumers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            with contextlib.suppress(Exception):
+                await self.pc.close()
+            await self.manager.finish(self.session, self.reason)
+
+
+def frame_to_mono(frame: av.AudioFrame) -> npt.NDArray[np.float32]:
+    """An av.AudioFrame (s16/s16p/flt/fltp, any layout) as float32 mono: channel 0."""
+    arr = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if frame.format.is_planar:
+        mono = arr[0]
+    else:
+        mono = arr.reshape(-1, channels)[:, 0] if channels > 1 else arr.reshape(-1)
+    out: npt.NDArray[np.float32] = mono.astype(np.float32)
+    if np.issubdtype(mono.dtype, np.integer):
+        out /= np.float32(np.iinfo(mono.dtype).max + 1)
+    return out
+
+
+# -- registry -----------------------------------------------------------------------------------
+
+_calls: set[WebRtcCall] = set()
+_runners: set[asyncio.Task[None]] = set()
+
+
+def live_calls() -> int:
+    return len(_calls)
+
+
+async def close_all() -> None:
+    """Close every peer connection and wait for their calls to be finalized (app shutdown)."""
+    for call in list(_calls):
+        call.end("shutdown")
+    runners = list(_runners)
+    if runners:
+        _, pending = await asyncio.wait(runners, timeout=10.0)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    _calls.clear()
+    _runners.clear()
+
+
+async def answer(body: dict[str, Any], *, manager: CallManager | None) -> dict[str, str]:
+    """Handle one offer: open the call, answer it, and start consuming its audio tracks."""
+    try:
+        offer = Offer.model_validate(body)
+    except Exception as exc:
+        raise HTTPException(400, f"bad offer: {exc}") from exc
+    if manager is None:
+        raise HTTPException(503, "models are still loading")
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    tracks: list[MediaStreamTrack] = []
+
+    @pc.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        if track.kind == "audio" and len(tracks) < MAX_TRACKS:
+            tracks.append(track)
+
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+    except Exception as exc:
+        await pc.close()
+        raise HTTPException(400, f"bad offer SDP: {exc}") from exc
+    if not tracks:
+        await pc.close()
+        raise HTTPException(400, "the offer has no audio track to receive")
+
+    call_id = offer.call_id or f"webrtc-{uuid.uuid4().hex[:12]}"
+    speakers = PARTIES[: len(tracks)]
+    try:
+        session = await manager.open(
+            call_id=call_id,
+            source=PROTOCOL,
+            speakers=speakers,
+            meta={"agent_id": offer.agent_id} if offer.agent_id else {},
+        )
+    except CallRejected as exc:
+        await pc.close()
+        raise HTTPException(409, str(exc)) from exc
+
+    call = WebRtcCall(pc=pc, session=session, manager=manager, tracks=tracks)
+
+    @pc.on("connectionstatechange")
+    def on_state() -> None:
+        state = pc.connectionState
+        log.info("webrtc call %s: connection %s", call_id, state)
+        if state == "connected":
+            call.connected.set()
+        elif state == "failed":
+            call.connected.set()
+            call.end("disconnect")
+        elif state == "closed":
+            call.connected.set()
+            call.end("end")
+
+    try:
+        with loopback_only(loopback_enabled()):
+            await pc.setLocalDescription(await pc.createAnswer())
+    except Exception as exc:
+        await pc.close()
+        await manager.finish(session, "error:answer")
+        raise HTTPException(500, f"could not answer the offer: {exc}") from exc
+
+    for track, speaker in zip(tracks, speakers, strict=True):
+        call.start_track(track, speaker)
+    _calls.add(call)
+    runner = asyncio.create_task(call.run(), name=f"webrtc-{call_id}")
+    _runners.add(runner)
+
+    def forget(task: asyncio.Task[None]) -> None:
+        _runners.discard(task)
+        _calls.discard(call)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("webrtc call %s: %s", call_id, task.exception())
+
+    runner.add_done_callback(forget)
+    log.info("webrtc call %s answered (%s)", call_id, ",".join(speakers))
+    local = pc.localDescription
+    return {"sdp": local.sdp, "type": local.type, "call_id": call_id}

@@ -1,0 +1,412 @@
+"""Event fan-out across instances through Redis Streams (ARCHITECTURE.md "Scale-out").
+
+A call's pipeline lives on one instance, but its panels may connect to any instance. So every
+event is delivered locally at once, exactly as `InProcessBus` does (local panels never wait on,
+or depend on, Redis), and is also appended to the stream `<prefix><topic>` by a background
+writer. Each instance reads the streams of the topics its own panels watch and delivers events
+published by *other* instances (entries carry the origin instance id) to them, deduplicated by
+the per-call `seq`, so retries and replays never show a panel the same event twice.
+
+Losing Redis must not stop live calls: `publish` never blocks nor raises; events wait in a
+bounded per-topic outbox (oldest dropped first) that is flushed when Redis returns (reconnect
+with capped exponential backoff), and readers resume from the last stream id they saw, so
+remote panels catch up. `degraded` is true meanwhile, for the readiness probe.
+
+Remote events go to subscribers and history only, never to `add_listener` listeners: those
+(the store, metrics) already see every event on the instance that owns the call, and running
+them again on every instance would store each call once per instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from coach.bus import InProcessBus, Subscription, agent_topic, call_topic
+from coach.events import Event, dumps
+
+log = logging.getLogger(__name__)
+
+ORIGIN_FIELD = "o"
+EVENT_FIELD = "e"
+_DEDUPE_KEYS = 20_000
+"""(topic, call_id) pairs remembered for dedupe; old ones are forgotten first."""
+
+
+@dataclass(eq=False)
+class _SeqSubscription(Subscription):
+    """A subscription that also skips *live* events at or before `after_seq`.
+
+    Needed because a remote call's history may arrive from the stream after `subscribe`
+    returned: without this a panel resuming after seq 40 would be shown seqs 1..40 again.
+    """
+
+    after_seq: int | None = None
+
+    def offer(self, event: Event) -> None:
+        if self.after_seq is not None and _seq(event) <= self.after_seq:
+            return
+        super().offer(event)
+
+
+@dataclass
+class _Pending:
+    n: int
+    """Local publish counter: lets the writer pop exactly what it sent even if the deque
+    dropped its oldest entries (Redis down, outbox full) while the XADDs were in flight."""
+    payload: str
+
+
+def _seq(event: Event) -> int:
+    try:
+        return int(event.get("seq", -1))
+    except (TypeError, ValueError):
+        return -1
+
+
+def _is_call_topic(topic: str) -> bool:
+    return topic.startswith("call:")
+
+
+class RedisBus(InProcessBus):
+    """`InProcessBus` plus Redis Streams replication; same interface, so the app can use either.
+
+    Call `await start()` once an event loop runs and `await stop()` on shutdown.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        instance_id: str | None = None,
+        prefix: str = "coach:",
+        history: int = 500,
+        subscriber_queue: int = 1000,
+        stream_maxlen: int = 2000,
+        stream_ttl_s: float = 3600.0,
+        owner_ttl_s: float = 30.0,
+        outbox_per_topic: int = 2000,
+        block_ms: int = 500,
+        heartbeat_s: float = 1.0,
+        backoff_base_s: float = 0.1,
+        backoff_cap_s: float = 5.0,
+        connect_timeout_s: float = 1.0,
+    ) -> None:
+        super().__init__(history=history, subscriber_queue=subscriber_queue)
+        self.url = url
+        self.instance_id = instance_id or uuid.uuid4().hex[:12]
+        self.prefix = prefix
+        self.stream_maxlen = stream_maxlen
+        self.stream_ttl_s = stream_ttl_s
+        self.owner_ttl_s = owner_ttl_s
+        self._outbox_len = outbox_per_topic
+        self._block_ms = block_ms
+        self._heartbeat_s = heartbeat_s
+        self._backoff_base = backoff_base_s
+        self._backoff_cap = backoff_cap_s
+        no_retry = Retry(NoBackoff(), 0)  # we own the retry policy (and the degraded flag)
+        self._w: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=connect_timeout_s,
+            socket_timeout=connect_timeout_s + 2.0,
+            retry=no_retry,
+            decode_responses=True,
+        )
+        # Separate connection for XREAD BLOCK so a blocked read never delays the writer.
+        self._r: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=connect_timeout_s,
+            socket_timeout=connect_timeout_s + block_ms / 1000 + 2.0,
+            retry=no_retry,
+            decode_responses=True,
+        )
+        self._outbox: OrderedDict[str, deque[_Pending]] = OrderedDict()
+        self._n = 0
+        self.outbox_dropped = 0
+        self._wake_writer = asyncio.Event()
+        self._wake_reader = asyncio.Event()
+        self._last_seq: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._read_ids: dict[str, str] = {}
+        """topic -> last stream id seen (delivered or skipped): where the reader resumes."""
+        self._owned: set[str] = set()
+        self._owner_drop: set[str] = set()
+        self._owner_due = 0.0
+        self._writer_down = True
+        self._reader_down = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._catchups: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._tasks:
+            return
+        self._tasks = [
+            asyncio.create_task(self._writer(), name="redis-bus-writer"),
+            asyncio.create_task(self._reader(), name="redis-bus-reader"),
+        ]
+
+    async def stop(self, *, flush_timeout_s: float = 2.0) -> None:
+        """Flush what Redis can still take (bounded wait), then stop the tasks."""
+        deadline = time.monotonic() + flush_timeout_s
+        while self._pending() and not self._writer_down and time.monotonic() < deadline:
+            self._wake_writer.set()
+            await asyncio.sleep(0.02)
+        for task in [*self._tasks, *self._catchups]:
+            task.cancel()
+        for task in [*self._tasks, *self._catchups]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        self._catchups.clear()
+        for client in (self._w, self._r):
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+
+    @property
+    def degraded(self) -> bool:
+        """True while Redis is unreachable: local panels work, other instances lag behind."""
+        return self._writer_down or self._reader_down
+
+    def _pending(self) -> int:
+        return sum(len(q) for q in self._outbox.values())
+
+    def stream_key(self, topic: str) -> str:
+        return f"{self.prefix}{topic}"
+
+    def owner_key(self, call_id: str) -> str:
+        return f"{self.prefix}owner:{call_id}"
+
+    async def owner(self, call_id: str) -> str | None:
+        """The instance id running this call's pipeline, if it is live (key has a TTL)."""
+        value: Any = await self._w.get(self.owner_key(call_id))
+        return None if value is None else str(value)
+
+    # -- publish side --------------------------------------------------------------------
+
+    def publish(self, topic: str, event: Event) -> None:
+        self._mark_seen(topic, event)
+        super().publish(topic, event)
+        if _is_call_topic(topic) and not topic.endswith(":agent"):
+            call_id = str(event.get("call_id", ""))
+            if event.get("type") == "call_end":
+                self._owned.discard(call_id)
+                self._owner_drop.add(call_id)
+            elif call_id not in self._owned:
+                self._owned.add(call_id)
+                self._owner_due = 0.0  # claim ownership at the next flush
+        if topic.endswith(":agent"):
+            # Unredacted text never leaves the instance that holds the call: an agent whose
+            # panel is connected elsewhere gets the redacted view (no PII in Redis).
+            return
+        try:
+            payload = dumps(event)
+        except (TypeError, ValueError):
+            log.exception("event on %s is not JSON; kept local only", topic)
+            return
+        q = self._outbox.get(topic)
+        if q is None:
+            q = self._outbox[topic] = deque(maxlen=self._outbox_len)
+        if len(q) == q.maxlen:
+            self.outbox_dropped += 1
+        self._n += 1
+        q.append(_Pending(self._n, payload))
+        self._wake_writer.set()
+
+    async def _writer(self) -> None:
+        failures = 0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_writer.wait(), self._heartbeat_s)
+            self._wake_writer.clear()
+            try:
+                await self._flush_once()
+                if self._writer_down:
+                    log.info("redis bus: connected to %s", self.url)
+                self._writer_down = False
+                failures = 0
+            except (RedisError, OSError) as exc:
+                if not self._writer_down:
+                    log.warning("redis bus: Redis unreachable (%s); events stay local", exc)
+                self._writer_down = True
+                failures += 1
+                await asyncio.sleep(self._backoff(failures))
+                self._wake_writer.set()  # retry promptly after the backoff
+
+    def _backoff(self, failures: int) -> float:
+        return float(min(self._backoff_cap, self._backoff_base * 2 ** (failures - 1)))
+
+    async def _flush_once(self) -> None:
+        """Send the outbox (per topic, in order), refresh ownership, or just ping."""
+        sent = False
+        for topic in list(self._outbox):
+            q = self._outbox.get(topic)
+            if not q:
+                self._outbox.pop(topic, None)
+                continue
+            batch = list(q)[:500]
+            key = self.stream_key(topic)
+            pipe = self._w.pipeline(transaction=False)
+            for item in batch:
+                pipe.xadd(
+                    key,
+                    {ORIGIN_FIELD: self.instance_id, EVENT_FIELD: item.payload},
+                    maxlen=self.stream_maxlen,
+                    approximate=True,
+                )
+            # Streams of ended calls expire on their own; live ones keep being refreshed.
+            pipe.expire(key, int(self.stream_ttl_s))
+            await pipe.execute()
+            last = batch[-1].n
+            while q and q[0].n <= last:
+                q.popleft()
+            sent = True
+        now = time.monotonic()
+        if self._owner_drop or (self._owned and now >= self._owner_due):
+            pipe = self._w.pipeline(transaction=False)
+            for call_id in self._owned:
+                pipe.set(self.owner_key(call_id), self.instance_id, ex=int(self.owner_ttl_s))
+            for call_id in self._owner_drop:
+                pipe.delete(self.owner_key(call_id))
+            await pipe.execute()
+            self._owner_drop.clear()
+            self._owner_due = now + self.owner_ttl_s / 3
+            sent = True
+        if not sent:
+            await self._w.ping()
+        if self._pending():
+            self._wake_writer.set()
+
+    # -- remote side ---------------------------------------------------------------------
+
+    def subscribe(
+        self, topic: str, *, after_seq: int | None = None, replay: bool = True
+    ) -> Subscription:
+        """Local history first, then (for topics other instances feed) the stream, then live."""
+        sub = _SeqSubscription(
+            topic,
+            asyncio.Queue(maxsize=self._sub_queue),
+            after_seq=after_seq if replay and _is_call_topic(topic) else None,
+        )
+        if replay:
+            for ev in self.history(topic, after_seq=after_seq)[-self._sub_queue :]:
+                sub.offer(ev)
+        if topic in self._closed_topics:
+            sub.queue.put_nowait(None)
+            return sub
+        self._subs.setdefault(topic, set()).add(sub)
+        if topic not in self._read_ids:
+            self._read_ids[topic] = "0-0"
+            task = asyncio.create_task(self._catch_up(topic))
+            self._catchups.add(task)
+            task.add_done_callback(self._catchups.discard)
+        self._wake_reader.set()
+        return sub
+
+    def forget(self, topic: str) -> None:
+        super().forget(topic)
+        self._read_ids.pop(topic, None)
+        for key in [k for k in self._last_seq if k[0] == topic]:
+            del self._last_seq[key]
+
+    def _mark_seen(self, topic: str, event: Event) -> bool:
+        """Record the event's seq; False if this topic already had it (or a later one)."""
+        seq = _seq(event)
+        if seq < 0:
+            return True
+        key = (topic, str(event.get("call_id", "")))
+        last = self._last_seq.get(key)
+        if last is not None and seq <= last:
+            return False
+        self._last_seq[key] = seq
+        self._last_seq.move_to_end(key)
+        while len(self._last_seq) > _DEDUPE_KEYS:
+            self._last_seq.popitem(last=False)
+        return True
+
+    def _deliver_remote(self, topic: str, entry_id: str, fields: dict[str, str]) -> None:
+        if _stream_id(entry_id) > _stream_id(self._read_ids.get(topic, "0-0")):
+            self._read_ids[topic] = entry_id
+        if fields.get(ORIGIN_FIELD) == self.instance_id or topic in self._closed_topics:
+            return
+        try:
+            event: Event = json.loads(fields[EVENT_FIELD])
+        except (KeyError, ValueError):
+            log.warning("redis bus: bad entry %s on %s", entry_id, topic)
+            return
+        if not self._mark_seen(topic, event):
+            return
+        # Local history and subscribers only: listeners ran on the owning instance.
+        hist = self._history.setdefault(topic, deque(maxlen=self._history_len))
+        hist.append(event)
+        for sub in list(self._subs.get(topic, ())):
+            sub.offer(event)
+        call_id = str(event.get("call_id", ""))
+        if event.get("type") == "call_end" and topic in (
+            call_topic(call_id),
+            agent_topic(call_id),
+        ):
+            self.close_topic(topic)  # the call ended on its own instance: end panels here too
+
+    async def _catch_up(self, topic: str) -> None:
+        """XRANGE what the stream holds for a newly watched topic, at once (no reader wait)."""
+        key = self.stream_key(topic)
+        try:
+            start = "-"
+            while True:
+                entries: Any = await self._r.xrange(key, min=start, max="+", count=1000)
+                for entry_id, fields in entries:
+                    self._deliver_remote(topic, entry_id, fields)
+                if len(entries) < 1000:
+                    return
+                start = "(" + entries[-1][0]
+        except (RedisError, OSError):
+            pass  # the reader resumes from the last id seen once Redis is back
+
+    def _watched(self) -> dict[str, str]:
+        return {
+            self.stream_key(t): self._read_ids[t]
+            for t, subs in self._subs.items()
+            if subs and t in self._read_ids and t not in self._closed_topics
+        }
+
+    async def _reader(self) -> None:
+        failures = 0
+        while True:
+            streams = self._watched()
+            if not streams:
+                self._reader_down = False
+                self._wake_reader.clear()
+                await self._wake_reader.wait()
+                continue
+            try:
+                reply: Any = await self._r.xread(streams, count=500, block=self._block_ms)  # type: ignore[arg-type]
+                self._reader_down = False
+                failures = 0
+            except (RedisError, OSError):
+                self._reader_down = True
+                failures += 1
+                await asyncio.sleep(self._backoff(failures))
+                continue
+            n = len(self.prefix)
+            for key, entries in reply or []:
+                topic = key[n:]
+                for entry_id, fields in entries:
+                    self._deliver_remote(topic, entry_id, fields)
+
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    ms, _, n = entry_id.partition("-")
+    return int(ms), int(n or 0)
