@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(64_000, description="Largest binary frame accepted on ingest.")
     event_replay: int = Field(500, description="Recent events kept per call for reconnects.")
 
+    webrtc_loopback: bool = Field(
+        False, description="WebRTC offers only 127.0.0.1 candidates (tests, same-host demos)."
+    )
     max_call_s: float = Field(
         14400.0,
         description="Longest call (seconds of call audio), then it ends as max_length; 0 = none.",
@@ -81,7 +84,8 @@ class Settings(BaseSettings):
     audiosocket_map_file: Path | None = Field(None, description="JSON file with that mapping.")
 
     redis_url: str | None = Field(
-        None, description="Redis URL for multi-instance fan-out (Redis Streams); in-process if unset."
+        None,
+        description="Redis URL for multi-instance fan-out (Redis Streams); in-process if unset.",
     )
     redis_stream_maxlen: int = Field(2000, description="Approximate entries kept per event stream.")
     redis_session_ttl_s: float = Field(30.0, description="TTL of per-call ownership keys in Redis.")

@@ -110,6 +110,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             loader.cancel()
         if state.audiosocket is not None:
             await close_audiosocket_server(state.audiosocket)
+        await webrtc_ingest.close_all()
         if state.manager is not None:
             await state.manager.shutdown()
         if store is not None:

@@ -287,7 +287,7 @@ async def answer(body: dict[str, Any], *, manager: CallManager | None) -> dict[s
             call.end("end")
 
     try:
-        with loopback_only(loopback_enabled()):
+        with loopback_only(manager.settings.webrtc_loopback or loopback_enabled()):
             await pc.setLocalDescription(await pc.createAnswer())
     except Exception as exc:
         await pc.close()
