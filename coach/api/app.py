@@ -228,6 +228,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         if not principal.is_supervisor and not may_view_call(principal, meta):
             await _close(ws, cc.POLICY_VIOLATION, "forbidden", "not your call")
             return
+        if session is None and isinstance(state.bus, RedisBus) and state.bus.degraded:
+            # The call is not here and Redis cannot bring its events: say so, the panel retries.
+            await _close(
+                ws, cc.TRY_AGAIN_LATER, "degraded", "events of other instances need Redis; retry"
+            )
+            return
         after = ws.query_params.get("after_seq")
         # Only the call's own agent sees unredacted text; everyone else gets the PII-safe view.
         own = meta is not None and meta.get("agent_id") == principal.user

@@ -1,0 +1,93 @@
+"""`/metrics` parses as Prometheus text and shows a call that went through the server."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from coach.api.app import create_app
+from coach.runtime import Runtime
+from coach.settings import Settings
+
+REQUIRED = {
+    "coach_active_calls",
+    "coach_audio_seconds",
+    "coach_asr_latency_seconds",
+    "coach_cue_latency_seconds",
+    "coach_cues",
+    "coach_cue_feedback",
+    "coach_escalations",
+    "coach_customer_valence",
+    "coach_queue_depth",
+    "coach_dropped_frames",
+    "coach_ingest_errors",
+    "coach_model_inference_seconds",
+}
+
+
+def samples(text: str) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(text):
+        out[family.name] = list(family.samples)
+    return out
+
+
+def value(fams: dict[str, list[Any]], name: str, **labels: str) -> float:
+    return sum(
+        s.value
+        for fam in fams.values()
+        for s in fam
+        if s.name == name and labels.items() <= s.labels.items()
+    )
+
+
+def test_metrics_parse_and_move_after_a_call(
+    runtime: Runtime, settings: Settings, billing_call: Any
+) -> None:
+    import soundfile as sf
+
+    data, rate = sf.read(billing_call[0], dtype="int16")
+    pcm = data[: 14 * rate].tobytes()
+    with TestClient(create_app(settings, runtime)) as client:
+        before = samples(client.get("/metrics").text)
+        assert REQUIRED <= set(before), REQUIRED - set(before)
+        with client.websocket_connect("/ingest/pcm") as ws:
+            ws.send_text(
+                json.dumps(
+                    {"call_id": "m1", "sample_rate": rate, "encoding": "pcm16", "channels": 2}
+                )
+            )
+            ws.receive_text()
+            for i in range(0, len(pcm), 3200):
+                ws.send_bytes(pcm[i : i + 3200])
+            ws.send_text(json.dumps({"type": "end"}))
+            while True:
+                try:
+                    ws.receive_text()
+                except Exception:
+                    break
+        after = samples(client.get("/metrics").text)
+    audio = value(after, "coach_audio_seconds_total", speaker="customer") - value(
+        before, "coach_audio_seconds_total", speaker="customer"
+    )
+    assert 13.5 <= audio <= 14.5
+    assert value(after, "coach_asr_latency_seconds_count") > value(
+        before, "coach_asr_latency_seconds_count"
+    )
+    assert value(after, "coach_customer_valence_count") > value(
+        before, "coach_customer_valence_count"
+    )
+    assert value(after, "coach_model_inference_seconds_count", model="asr") > value(
+        before, "coach_model_inference_seconds_count", model="asr"
+    )
+    assert value(after, "coach_model_inference_seconds_count", model="emotion") > value(
+        before, "coach_model_inference_seconds_count", model="emotion"
+    )
+    assert value(after, "coach_active_calls") == value(before, "coach_active_calls")
+    latency_sum = value(after, "coach_asr_latency_seconds_sum") - value(
+        before, "coach_asr_latency_seconds_sum"
+    )
+    assert latency_sum >= 0
