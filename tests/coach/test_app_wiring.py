@@ -11,12 +11,7 @@ from coach.api.app import create_app
 from coach.ingest.audiosocket import Hangup, UuidFrame, encode
 from coach.runtime import Runtime
 from coach.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support import free_port
 
 
 def test_audiosocket_listener_follows_the_settings(runtime: Runtime, tmp_path: Path) -> None:

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +11,6 @@ import av
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from coach.api.app import create_app
@@ -24,6 +18,7 @@ from coach.ingest import webrtc
 from coach.runtime import Runtime
 from coach.settings import Settings
 from tests.conftest import wer
+from tests.support import serve_in_thread
 
 SENTENCE = "I was charged twice for my internet bill this month."
 
@@ -74,33 +69,6 @@ def test_offer_needs_credentials_and_a_valid_body(runtime: Runtime, tmp_path: Pa
 # -- end to end over loopback ---------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Run uvicorn in a thread with its own event loop; yield its base URL."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from scripts.make_test_calls import CallScript, Turn, render_call
@@ -140,7 +108,8 @@ async def test_aiortc_client_transcribed_and_ended(
 
     monkeypatch.setenv(webrtc.LOOPBACK_ENV, "1")
     call_id = "rtc-test"
-    with serve(create_app(settings, runtime)) as host:
+    with serve_in_thread(create_app(settings, runtime)) as port:
+        host = f"127.0.0.1:{port}"
         async with connect(f"ws://{host}/ws/calls/{call_id}/events", open_timeout=10) as events:
             pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
             player = MediaPlayer(str(speech_wav))

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from coach.bus import Subscription, call_topic
 from coach.redis_bus import RedisBus
+from tests.support import free_port
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
 
@@ -38,12 +39,6 @@ needs_redis = pytest.mark.skipif(not _shared_redis_up(), reason="no Redis on 127
 needs_redis_server = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="redis-server not installed"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PrivateRedis:

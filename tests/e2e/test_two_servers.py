@@ -24,7 +24,8 @@ import pytest
 import soundfile as sf
 import websockets
 
-from tests.coach.test_redis_bus import PrivateRedis, free_port
+from tests.coach.test_redis_bus import PrivateRedis
+from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

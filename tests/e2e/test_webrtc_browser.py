@@ -9,55 +9,24 @@ download: `playwright install` is never run).
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import uvicorn
 
 from coach.api.app import create_app
 from coach.ingest import webrtc
 from coach.runtime import Runtime
 from coach.settings import Settings
 from tests.conftest import wer
+from tests.support import serve_in_thread
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SENTENCE = "I was charged twice for my internet bill this month."
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +59,8 @@ def test_microphone_button_streams_and_shows_the_transcript(
     monkeypatch.setenv(webrtc.LOOPBACK_ENV, "1")
     ARTIFACTS.mkdir(exist_ok=True)
 
-    with serve(create_app(settings, runtime)) as base, sync_api.sync_playwright() as p:
+    with serve_in_thread(create_app(settings, runtime)) as port, sync_api.sync_playwright() as p:
+        base = f"http://127.0.0.1:{port}"
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
             args=[
