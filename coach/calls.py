@@ -141,6 +141,13 @@ class CallManager:
         await asyncio.shield(task)
         log.info("call %s ended (%s)", session.call_id, session.end_reason or reason)
 
+    async def stream_ended(self, session: CallSession, reason: str) -> None:
+        """A connection's stream is over: a dropped one may come back, anything else ends it."""
+        if reason == "disconnect":
+            await self.detach(session, reason)
+        else:
+            await self.finish(session, reason)
+
     async def detach(self, session: CallSession, reason: str = "disconnect") -> None:
         """The call's connection dropped: wait `reconnect_grace_s` for it to come back.
 

@@ -169,10 +169,7 @@ async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> 
         raise
     # Whatever ended the stream, everything already heard is finalized and emitted; a
     # dropped connection may come back within COACH_RECONNECT_GRACE_S and resume the call.
-    if end_reason == "disconnect":
-        await manager.detach(session, end_reason)
-    else:
-        await manager.finish(session, end_reason)
+    await manager.stream_ended(session, end_reason)
     if end_reason in ("end", "max_length", "idle_timeout"):
         # Closing only now tells the client that every transcript of its call is out.
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):

@@ -452,10 +452,7 @@ async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> 
         await refuse(ws, cc.INTERNAL_ERROR, "internal", "internal error")
         end_reason = "error:internal"
     # Whatever ended the stream, everything already heard is finalized and emitted.
-    if end_reason == "disconnect":
-        await manager.detach(session, end_reason)
-    else:
-        await manager.finish(session, end_reason)
+    await manager.stream_ended(session, end_reason)
     if end_reason in ("stop", "max_length", "idle_timeout"):
         # Closing only now tells the peer that every transcript of its call is out.
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
