@@ -768,3 +768,32 @@ def test_lost_and_jittered_frames_keep_call_time(
     later = [e for e in finals(live, "customer") if e["t_start"] > 25.2]
     assert later and abs(later[0]["t_start"] - 35.82) < 0.3  # the script's next customer turn
     assert_matches_replay(live, replayed)
+
+
+# -- the public docs' own examples, verbatim --------------------------------------------------------
+
+DOCS = GOLDEN / "docs"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (GOLDEN / "docs").glob("*.json")))
+def test_docs_example_frames_parse_unchanged(name: str) -> None:
+    """Twilio's "Media Streams - WebSocket Messages" examples, copied as published
+    (placeholder SIDs, abbreviated payloads): every field we read parses as given."""
+    raw = (DOCS / f"{name}.json").read_text()
+    data = json.loads(raw)
+    msg = tw.parse_message(raw, max_bytes=65_536)
+    dumped = msg.model_dump(by_alias=True, exclude_none=True)
+    for key, value in data.items():
+        if isinstance(value, dict):
+            for sub, subvalue in value.items():
+                assert dumped[key][sub] == subvalue, (name, key, sub)
+        else:
+            assert dumped[key] == value, (name, key)
+
+
+def test_docs_start_example_sets_up_a_one_party_call() -> None:
+    start = tw.parse_message((DOCS / "start.json").read_text(), max_bytes=65_536)
+    assert isinstance(start, tw.Start)
+    setup = tw.call_setup(start)
+    assert setup.call_id == "CAXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"
+    assert list(setup.speakers) == ["customer"]
