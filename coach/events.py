@@ -94,9 +94,6 @@ def call_end(
     }
 
 
-def error(*, code: str, message: str) -> Event:
-    return {"type": "error", "code": code, "message": message}
-
 
 def dumps(event: Event) -> str:
     return json.dumps(event, ensure_ascii=False, separators=(",", ":"))

@@ -15,7 +15,6 @@ import logging
 import math
 import re
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,10 +152,6 @@ def truncate_repeats(tokens: list[int], *, max_ngram: int = 8, max_repeats: int 
                 return tokens[: i + max_repeats * n]
     return tokens
 
-
-def compression_ratio(text: str) -> float:
-    raw = text.encode()
-    return len(raw) / max(1, len(zlib.compress(raw))) if raw else 0.0
 
 
 class WhisperAsr:
