@@ -53,4 +53,6 @@ class AudioRing:
         pa, n = a % self._cap, b - a
         if pa + n <= self._cap:
             return self._buf[pa : pa + n].copy(), a / self.sample_rate
-        return np.concatenate([self._buf[pa:], self._buf[: pa + n - self._cap]]), a / self.sample_rate
+        return np.concatenate(
+            [self._buf[pa:], self._buf[: pa + n - self._cap]]
+        ), a / self.sample_rate

@@ -94,6 +94,5 @@ def call_end(
     }
 
 
-
 def dumps(event: Event) -> str:
     return json.dumps(event, ensure_ascii=False, separators=(",", ":"))

@@ -153,7 +153,6 @@ def truncate_repeats(tokens: list[int], *, max_ngram: int = 8, max_repeats: int 
     return tokens
 
 
-
 class WhisperAsr:
     """Loads one CTranslate2 Whisper model and decodes batches of utterances."""
 

@@ -146,7 +146,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         # (ARCHITECTURE.md, Scale-out); the flag tells dashboards it is degraded.
         degraded = isinstance(state.bus, RedisBus) and state.bus.degraded
         return JSONResponse(
-            {"status": "ready", "active_calls": len(state.manager.live()), "redis_degraded": degraded}
+            {
+                "status": "ready",
+                "active_calls": len(state.manager.live()),
+                "redis_degraded": degraded,
+            }
         )
 
     @app.get("/metrics", tags=["health"])
