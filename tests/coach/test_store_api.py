@@ -87,8 +87,10 @@ def client(backend: Backend, tmp_path: Path) -> Iterator[TestClient]:
 
 
 def auth(user: str, role: Role = "agent") -> dict[str, str]:
+    # A day, not minutes: these are made at collection time, and a slow run must not
+    # turn them into "expired" failures long before the tests that use them.
     return {
-        "Authorization": f"Bearer {issue_token(user=user, role=role, secret=SECRET, ttl_s=600)}"
+        "Authorization": f"Bearer {issue_token(user=user, role=role, secret=SECRET, ttl_s=86_400)}"
     }
 
 
