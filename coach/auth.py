@@ -22,20 +22,36 @@ class AuthError(Exception):
 class Principal:
     user: str
     role: Role
+    team: str | None = None
+    """The person's team (from the user directory): a supervisor with a team sees its calls."""
+    team_agents: frozenset[str] | None = None
+    """Agents of that team, resolved from the directory when the token is checked."""
 
     @property
     def is_supervisor(self) -> bool:
         return self.role in ("supervisor", "admin")
 
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
 
 DEV_PRINCIPAL = Principal(user="dev", role="admin")
 
 
-def issue_token(*, user: str, role: Role, secret: str, ttl_s: int) -> str:
+def issue_token(*, user: str, role: Role, secret: str, ttl_s: int, team: str | None = None) -> str:
     if role not in ROLES:
         raise AuthError(f"unknown role {role!r}")
     now = int(time.time())
-    claims = {"sub": user, "role": role, "iat": now, "exp": now + ttl_s, "iss": ISSUER}
+    claims: dict[str, object] = {
+        "sub": user,
+        "role": role,
+        "iat": now,
+        "exp": now + ttl_s,
+        "iss": ISSUER,
+    }
+    if team:
+        claims["team"] = team
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
@@ -49,7 +65,8 @@ def verify_token(token: str, *, secret: str) -> Principal:
     role = claims.get("role")
     if role not in ROLES:
         raise AuthError("invalid token: bad role")
-    return Principal(user=str(claims["sub"]), role=role)
+    team = claims.get("team")
+    return Principal(user=str(claims["sub"]), role=role, team=str(team) if team else None)
 
 
 def check_api_key(presented: str | None, expected: str | None) -> bool:

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     )
     emotion_threads: int = Field(1, description="ONNX Runtime threads for the emotion model.")
     emotion_max_batch: int = Field(16, description="Utterances scored together in one batch.")
+    playbook_file: Path | None = Field(
+        None, description="Coaching playbook YAML (default: the bundled coach/playbook.yaml)."
+    )
+    playbook_reload_s: float = Field(
+        2.0, description="How often the playbook file is checked for changes; 0 turns it off."
+    )
     device: Literal["cpu", "cuda"] = Field("cpu", description="Inference device for all models.")
 
     vad_threshold: float = Field(0.5, description="Silero speech probability threshold.")
@@ -48,6 +54,14 @@ class Settings(BaseSettings):
     max_utterance_s: float = Field(15.0, description="Longest utterance before a forced cut.")
     partial_interval_s: float = Field(0.5, description="Fastest cadence of partial transcripts.")
     partial_max_wait_s: float = Field(0.6, description="Drop a queued partial older than this.")
+    partial_max_interval_s: float = Field(
+        2.0,
+        description="Slowest partial cadence when the ASR queue is loaded (= interval: fixed).",
+    )
+    max_calls: int = Field(
+        4,
+        description="Concurrent calls admitted; more are refused (try again later); 0 = no limit.",
+    )
 
     audio_queue_frames: int = Field(250, description="Per-party audio queue (20 ms frames).")
     backpressure_s: float = Field(1.0, description="Wait for queue room before dropping audio.")
@@ -112,6 +126,16 @@ class Settings(BaseSettings):
         description="Genesys AudioHook client secret (base64): when set, signatures are required.",
     )
     token_ttl_s: int = Field(12 * 3600, description="Default lifetime of issued tokens.")
+    users: list[dict[str, str]] = Field(
+        default_factory=list,
+        description="Sign-in users: JSON list of {name, role, team, password_hash} (README, Sign-in).",
+    )
+    demo_users: bool | None = Field(
+        None, description="Built-in demo logins (README); unset = on while COACH_USERS is empty."
+    )
+    demo_call_enabled: bool = Field(
+        True, description='Offer the agent page\'s "Play demo call" (POST /api/demo/calls).'
+    )
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -19,12 +19,15 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coach import __version__
+from coach.api import accounts, demo, supervisor
 from coach.api.security import (
     ingest_authorized,
     may_view_call,
     principal_from,
     require_principal,
 )
+from coach.api.users import UserDirectory
+from coach.api.wall import Tile, WallTracker
 from coach.auth import AuthError, Principal
 from coach.bus import InProcessBus, agent_topic, call_topic
 from coach.calls import CallManager
@@ -90,6 +93,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     state = AppState(settings, runtime)
     if runtime is not None:
         state.attach(runtime)
+    wall = WallTracker()  # the supervisor wall's live picture, fed by every bus event
+    state.bus.add_listener(wall.listener)
+    demo_player = demo.DemoPlayer(WEB_DIR / "demo" / "demo-call.wav")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -111,6 +117,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         if state.audiosocket is not None:
             await close_audiosocket_server(state.audiosocket)
         await webrtc_ingest.close_all()
+        await demo_player.stop()
         if state.manager is not None:
             await state.manager.shutdown()
         if store is not None:
@@ -123,7 +130,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app = FastAPI(title="Voice coach", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.coach = state
+    app.state.users = UserDirectory.from_settings(settings)
+    app.state.wall = wall
+    app.state.demo = demo_player
     app.include_router(history_router)
+    app.include_router(accounts.router)
+    app.include_router(supervisor.router)
+    app.include_router(demo.router)
 
     @app.get("/health/live", tags=["health"])
     async def live() -> dict[str, str]:
@@ -145,13 +158,20 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         # Redis down keeps the instance ready: its own calls and panels work without it
         # (ARCHITECTURE.md, Scale-out); the flag tells dashboards it is degraded.
         degraded = isinstance(state.bus, RedisBus) and state.bus.degraded
-        return JSONResponse(
-            {
-                "status": "ready",
-                "active_calls": len(state.manager.live()),
-                "redis_degraded": degraded,
-            }
-        )
+        manager = state.manager
+        info: dict[str, Any] = {
+            "status": "ready",
+            "active_calls": len(manager.live()),
+            "max_calls": manager.max_calls,
+            "redis_degraded": degraded,
+        }
+        # At the call limit, or with the shared ASR queue lagging: "send no more calls here".
+        # Live calls go on; a new one would be refused (1013 / 503) or would slow the others.
+        if manager.at_capacity():
+            return JSONResponse({**info, "status": "at_capacity"}, status_code=503)
+        if manager.overloaded():
+            return JSONResponse({**info, "status": "overloaded"}, status_code=503)
+        return JSONResponse(info)
 
     @app.get("/metrics", tags=["health"])
     async def prometheus_metrics() -> Response:
@@ -160,7 +180,16 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @app.get("/api/calls", tags=["calls"])
     async def list_calls(principal: CurrentPrincipal) -> dict[str, Any]:
         calls = state.manager.live() if state.manager else []
-        return {"calls": [_call_info(c) for c in calls if may_view_call(principal, c.meta)]}
+        listed = [_call_info(c) for c in calls if may_view_call(principal, c.meta)]
+        # Calls this instance does not run but whose events it sees (another instance's).
+        listed += [
+            _tile_info(t)
+            for t in wall.calls.values()
+            if t.ended_at is None
+            and (state.manager is None or state.manager.get(t.call_id) is None)
+            and may_view_call(principal, t.meta)
+        ]
+        return {"calls": listed}
 
     @app.get("/api/calls/{call_id}", tags=["calls"])
     async def get_call(call_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
@@ -173,6 +202,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         return {
             **_call_info(session),
             "transcript": [e for e in history if e["type"] == "transcript"],
+            "cues": [e for e in history if e["type"] == "cue"],
+            "escalations": [e for e in history if e["type"] == "escalation"],
         }
 
     @app.websocket("/ingest/pcm")
@@ -228,8 +259,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             await _close(ws, cc.POLICY_VIOLATION, "unauthorized", str(exc))
             return
         session = state.manager.get(call_id) if state.manager else None
-        meta = session.meta if session else None
-        if not principal.is_supervisor and not may_view_call(principal, meta):
+        meta = session.meta if session else wall.meta(call_id)
+        if not may_view_call(principal, meta):
             await _close(ws, cc.POLICY_VIOLATION, "forbidden", "not your call")
             return
         if session is None and isinstance(state.bus, RedisBus) and state.bus.degraded:
@@ -255,7 +286,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
         @app.get("/agent/", include_in_schema=False)
         async def agent_page() -> Response:
-            return Response((WEB_DIR / "agent" / "index.html").read_bytes(), media_type="text/html")
+            return _page("agent")
+
+        @app.get("/supervisor/", include_in_schema=False)
+        async def supervisor_page() -> Response:
+            return _page("supervisor")
 
     return app
 
@@ -289,6 +324,27 @@ async def _start_tcp_ingest(state: AppState) -> None:
         allow=settings.audiosocket_allow,
     )
     log.info("AudioSocket ingest on %s:%d", settings.audiosocket_host, settings.audiosocket_port)
+
+
+def _page(name: str) -> Response:
+    # Both pages sign in by themselves (web/common/auth.js); no caching of the shell.
+    return Response(
+        (WEB_DIR / name / "index.html").read_bytes(),
+        media_type="text/html",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _tile_info(tile: Tile) -> dict[str, Any]:
+    return {
+        "call_id": tile.call_id,
+        "source": tile.source,
+        "speakers": [],
+        "state": "live",
+        "started_at": tile.started_at,
+        "audio_s": round(tile.t, 3),
+        "meta": tile.meta,
+    }
 
 
 def _call_info(session: CallSession) -> dict[str, Any]:

@@ -1,6 +1,14 @@
-"""Who is calling: tokens for people (header or ?token=), API keys for telephony ingest."""
+"""Who is calling: tokens for people (header or ?token=), API keys for telephony ingest.
+
+Roles (README, Sign-in and roles): an agent sees the calls assigned to them (`agent_id` in
+the call's meta), a supervisor the calls of their team's agents (every call when they have
+no team), an admin everything. Teams come from the user directory (coach/api/users.py),
+looked up when the token is checked, so moving an agent to another team takes effect at once.
+"""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from fastapi import HTTPException, Request, WebSocket
 
@@ -24,7 +32,19 @@ def principal_from(conn: Request | WebSocket, settings: Settings) -> Principal:
     token = _bearer(conn.headers, conn.query_params.get("token"))
     if not token:
         raise AuthError("missing credentials")
-    return verify_token(token, secret=settings.signing_secret)
+    principal = verify_token(token, secret=settings.signing_secret)
+    return with_team(principal, getattr(conn.app.state, "users", None))
+
+
+def with_team(principal: Principal, users: object | None) -> Principal:
+    """Attach the team and its agents from the directory (authoritative over the token)."""
+    team_of = getattr(users, "team_of", None)
+    agents_of = getattr(users, "team_agents", None)
+    if team_of is None or agents_of is None:
+        return principal
+    team = team_of(principal.user) or principal.team
+    agents = agents_of(team) if team else None
+    return replace(principal, team=team, team_agents=agents)
 
 
 def require_principal(request: Request) -> Principal:
@@ -49,7 +69,14 @@ def ingest_authorized(conn: Request | WebSocket, settings: Settings) -> bool:
 
 
 def may_view_call(principal: Principal, call_meta: dict[str, object] | None) -> bool:
-    """Supervisors and admins see every call; an agent only calls assigned to them."""
-    if principal.is_supervisor:
+    """Admins see every call, supervisors their team's, agents only those assigned to them."""
+    if principal.is_admin:
         return True
-    return call_meta is not None and call_meta.get("agent_id") == principal.user
+    agent = call_meta.get("agent_id") if call_meta else None
+    if principal.role == "supervisor":
+        if principal.team is None:
+            return True  # a supervisor without a team (e.g. `coach token`) oversees everyone
+        if call_meta is not None and call_meta.get("team") == principal.team:
+            return True
+        return agent is not None and agent in (principal.team_agents or ())
+    return agent is not None and agent == principal.user

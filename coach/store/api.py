@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from coach import metrics
 from coach.api.security import may_view_call, require_principal
 from coach.auth import Principal
+from coach.bus import SUPERVISOR_TOPIC
 from coach.store.records import (
     CallDetail,
     CallRecord,
@@ -115,6 +116,8 @@ async def search_calls(
             limit=limit,
             offset=offset,
         )
+    # A supervisor with a team sees that team's calls only.
+    calls = [c for c in calls if may_view_call(principal, c.access_meta)]
     return CallPage(calls=calls, limit=limit, offset=offset)
 
 
@@ -143,6 +146,7 @@ async def customer_history(
         raise HTTPException(403, "supervisors only")
     with _answers():
         calls = await store.customer_history(customer_id, limit=limit)
+    calls = [c for c in calls if may_view_call(principal, {"agent_id": c.agent_id})]
     return CustomerHistory(customer_id=customer_id, calls=calls)
 
 
@@ -169,13 +173,28 @@ async def cue_feedback(
 
 @router.post("/api/calls/{call_id}/escalations/{seq}/ack")
 async def acknowledge_escalation(
-    call_id: str, seq: int, principal: CurrentPrincipal, store: CurrentStore
+    call_id: str, seq: int, request: Request, principal: CurrentPrincipal, store: CurrentStore
 ) -> EscalationRecord:
     """A supervisor takes an escalation; the first acknowledgement stands."""
     if not principal.is_supervisor:
         raise HTTPException(403, "supervisors only")
+    await _visible_call(store, call_id, principal)
     with _answers():
-        return await store.acknowledge_escalation(call_id=call_id, seq=seq, user=principal.user)
+        record = await store.acknowledge_escalation(call_id=call_id, seq=seq, user=principal.user)
+    # Every open wall clears the alert, not only the one that acknowledged it.
+    bus = getattr(getattr(request.app.state, "coach", None), "bus", None)
+    if bus is not None:
+        bus.publish(
+            SUPERVISOR_TOPIC,
+            {
+                "type": "escalation_ack",
+                "call_id": call_id,
+                "seq": seq,
+                "by": record.acknowledged_by,
+                "at": record.acknowledged_at.isoformat() if record.acknowledged_at else None,
+            },
+        )
+    return record
 
 
 @router.put("/api/calls/{call_id}/outcome")

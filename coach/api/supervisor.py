@@ -1,0 +1,142 @@
+"""The supervisor wall's endpoints: `WS /ws/supervisor`, the live list, coaching analytics.
+
+`WS /ws/supervisor` (supervisors and admins): first `{"type": "snapshot", "calls": [...]}`,
+every live (and recently ended) call the principal may see with its latest state, from the
+WallTracker (coach/api/wall.py); then the changes as they happen: `call_start`, `call_end`,
+`cue`, `escalation`, `call_update`, `escalation_ack`. A wall that falls behind gets a fresh
+snapshot rather than a gap. Supervisors with a team see their team's calls only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket, WebSocketDisconnect
+
+from coach.api.security import principal_from, require_principal
+from coach.api.wall import WallSubscription, WallTracker
+from coach.auth import AuthError, Principal
+from coach.events import dumps
+from coach.ingest import closecodes as cc
+from coach.store.analytics import coaching_analytics
+from coach.store.api import get_store
+from coach.store.records import StoreUnavailable
+from coach.store.store import Store
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["supervisor"])
+CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
+CurrentStore = Annotated[Store, Depends(get_store)]
+
+
+def tracker_of(conn: Request | WebSocket) -> WallTracker:
+    tracker: WallTracker = conn.app.state.wall
+    return tracker
+
+
+def _supervisors_only(principal: Principal) -> None:
+    if not principal.is_supervisor:
+        raise HTTPException(403, "supervisors only")
+
+
+@router.get("/api/supervisor/calls")
+async def wall_calls(request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+    """What a wall shows at connect time: the calls this supervisor may see, latest state."""
+    _supervisors_only(principal)
+    return {"calls": tracker_of(request).snapshot(principal)}
+
+
+@router.get("/api/analytics/coaching")
+async def analytics(
+    principal: CurrentPrincipal,
+    store: CurrentStore,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    agent_id: str | None = None,
+) -> dict[str, Any]:
+    """Per cue and per agent over calls started in [since, until): cues shown, feedback
+    rates, escalations by reason, calls ending better or worse than they started."""
+    _supervisors_only(principal)
+    agents: set[str] | None = None
+    if not principal.is_admin and principal.team is not None:
+        agents = set(principal.team_agents or ())
+    if agent_id is not None:
+        if agents is not None and agent_id not in agents:
+            raise HTTPException(403, "not an agent of your team")
+        agents = {agent_id}
+    try:
+        return await coaching_analytics(store, since=since, until=until, agents=agents)
+    except StoreUnavailable as exc:
+        raise HTTPException(503, "call history is temporarily unavailable") from exc
+
+
+@router.websocket("/ws/supervisor")
+async def supervisor_ws(ws: WebSocket) -> None:
+    await ws.accept()
+    try:
+        principal = principal_from(ws, ws.app.state.settings)
+    except AuthError as exc:
+        await _refuse(ws, "unauthorized", str(exc))
+        return
+    if not principal.is_supervisor:
+        await _refuse(ws, "forbidden", "supervisors only")
+        return
+    tracker = tracker_of(ws)
+    # Subscribing and taking the snapshot in one step (no await between) leaves no gap.
+    sub = tracker.subscribe(principal)
+    try:
+        await _send_snapshot(ws, tracker, principal)
+        await _pump(ws, tracker, sub)
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        tracker.unsubscribe(sub)
+
+
+async def _send_snapshot(ws: WebSocket, tracker: WallTracker, principal: Principal) -> None:
+    snapshot = {
+        "type": "snapshot",
+        "user": principal.user,
+        "team": principal.team,
+        "calls": tracker.snapshot(principal),
+    }
+    await ws.send_text(dumps(snapshot))
+
+
+async def _pump(ws: WebSocket, tracker: WallTracker, sub: WallSubscription) -> None:
+    async def watch_client() -> None:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            while (await ws.receive())["type"] != "websocket.disconnect":
+                pass
+
+    watcher = asyncio.create_task(watch_client())
+    try:
+        while True:
+            getter = asyncio.ensure_future(sub.queue.get())
+            done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                return
+            event = getter.result()
+            if sub.overflowed:
+                sub.overflowed = False
+                while not sub.queue.empty():
+                    sub.queue.get_nowait()
+                await _send_snapshot(ws, tracker, sub.principal)
+                continue
+            await ws.send_text(dumps(event))
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+async def _refuse(ws: WebSocket, reason: str, message: str) -> None:
+    log.warning("supervisor websocket refused: %s", message)
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+        await ws.send_text(dumps({"type": "error", "code": reason, "message": message}))
+        await ws.close(code=cc.POLICY_VIOLATION, reason=message[:120])

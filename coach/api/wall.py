@@ -1,0 +1,233 @@
+"""The supervisor wall's picture of every live call, kept current from the event bus.
+
+A wall that connects needs, at once, every live call with its latest state (who, since when,
+how the customer feels, the last cue, open escalations), then the changes. Rebuilding that
+from per-call event histories on every connect would cost O(calls x events) and miss what
+has scrolled out of them, so one `WallTracker` per process listens to the bus (a listener
+sees every event, synchronously, never dropped), folds the events that matter into one
+small `Tile` per call, and fans the changes out to connected walls through bounded queues.
+
+Sources, so the wall works with or without the cue engine's supervisor events:
+- the supervisor topic (`call_start`, `call_end`, `cue`, `escalation`, `call_update`,
+  `escalation_ack`);
+- the redacted call topics, for `cue` and `escalation` (deduplicated by `seq`) and, for calls
+  whose session does not publish `call_update`, one derived from each customer transcript.
+
+Each wall only receives the calls its principal may see (coach/api/security.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from coach.api.security import may_view_call
+from coach.auth import Principal
+from coach.bus import SUPERVISOR_TOPIC
+from coach.events import Event
+
+KEEP_ENDED_S = 600.0
+"""Ended calls stay on the wall (greyed, with their summary link) this long."""
+MAX_TILES = 5000
+WALL_QUEUE = 2000
+
+_FORWARDED = frozenset(
+    {"call_start", "call_end", "cue", "escalation", "call_update", "escalation_ack"}
+)
+
+
+@dataclass(slots=True)
+class Tile:
+    call_id: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    source: str = "unknown"
+    started_at: float = 0.0
+    ended_at: float | None = None
+    t: float = 0.0
+    valence: float | None = None
+    arousal: float | None = None
+    emotion: str | None = None
+    trend_valence: float | None = None
+    last_cue: dict[str, Any] | None = None
+    cues: int = 0
+    escalations: dict[int, dict[str, Any]] = field(default_factory=dict)
+    engine_updates: bool = False
+    """The session publishes its own call_update events: derive none from transcripts."""
+    seen: set[int] = field(default_factory=set)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "call_id": self.call_id,
+            "agent_id": self.meta.get("agent_id"),
+            "team": self.meta.get("team"),
+            "meta": self.meta,
+            "source": self.source,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "t": self.t,
+            "valence": self.valence,
+            "arousal": self.arousal,
+            "emotion": self.emotion,
+            "trend_valence": self.trend_valence,
+            "last_cue": self.last_cue,
+            "cues": self.cues,
+            "escalations": [self.escalations[k] for k in sorted(self.escalations)],
+        }
+
+
+@dataclass(eq=False, slots=True)
+class WallSubscription:
+    principal: Principal
+    queue: asyncio.Queue[Event]
+    overflowed: bool = False
+
+    def offer(self, event: Event) -> None:
+        if self.queue.full():
+            # A wall that stopped reading gets a fresh snapshot instead of a gap.
+            self.overflowed = True
+            while not self.queue.empty():
+                self.queue.get_nowait()
+        self.queue.put_nowait(event)
+
+
+class WallTracker:
+    def __init__(self, *, keep_ended_s: float = KEEP_ENDED_S, queue: int = WALL_QUEUE) -> None:
+        self.keep_ended_s = keep_ended_s
+        self._queue = queue
+        self.calls: dict[str, Tile] = {}
+        self._subs: set[WallSubscription] = set()
+
+    # -- input -------------------------------------------------------------------------
+
+    def listener(self, topic: str, event: Event) -> None:
+        """Bus listener: every event of every topic passes here, so keep it cheap."""
+        if topic == SUPERVISOR_TOPIC:
+            self.apply(event)
+            return
+        call_id = event.get("call_id")
+        if not isinstance(call_id, str) or topic != f"call:{call_id}":
+            return  # the agent's unredacted topic, or anything else
+        etype = event.get("type")
+        if etype in ("cue", "escalation"):
+            self.apply(event)
+        elif etype == "transcript" and event.get("speaker") == "customer":
+            tile = self.calls.get(call_id)
+            state = event.get("state")
+            if tile is not None and not tile.engine_updates and isinstance(state, dict):
+                self.apply(_derived_update(event, state, tile))
+
+    def apply(self, event: Event) -> None:
+        """Fold one event into its call's tile and pass it on to the walls that may see it."""
+        call_id, etype = event.get("call_id"), event.get("type")
+        if not isinstance(call_id, str) or etype not in _FORWARDED:
+            return
+        tile = self.calls.get(call_id)
+        if tile is None:
+            if etype == "call_end":
+                return
+            tile = self._new_tile(call_id)
+        seq = event.get("seq")
+        if etype in ("cue", "escalation") and isinstance(seq, int):
+            if seq in tile.seen:
+                return  # the same event from the other topic
+            tile.seen.add(seq)
+        _fold(tile, event)
+        for sub in list(self._subs):
+            if may_view_call(sub.principal, tile.meta):
+                sub.offer(event)
+
+    def _new_tile(self, call_id: str) -> Tile:
+        self._purge()
+        tile = Tile(call_id=call_id, started_at=time.time())
+        self.calls[call_id] = tile
+        return tile
+
+    def _purge(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        for cid in [
+            c
+            for c, t in self.calls.items()
+            if t.ended_at is not None and now - t.ended_at > self.keep_ended_s
+        ]:
+            del self.calls[cid]
+        while len(self.calls) >= MAX_TILES:
+            oldest = min(self.calls.values(), key=lambda t: (t.ended_at is None, t.started_at))
+            del self.calls[oldest.call_id]
+
+    # -- output ------------------------------------------------------------------------
+
+    def meta(self, call_id: str) -> dict[str, Any] | None:
+        tile = self.calls.get(call_id)
+        return tile.meta if tile else None
+
+    def snapshot(self, principal: Principal) -> list[dict[str, Any]]:
+        self._purge()
+        return [t.to_json() for t in self.calls.values() if may_view_call(principal, t.meta)]
+
+    def subscribe(self, principal: Principal) -> WallSubscription:
+        sub = WallSubscription(principal, asyncio.Queue(maxsize=self._queue))
+        self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: WallSubscription) -> None:
+        self._subs.discard(sub)
+
+
+def _fold(tile: Tile, event: Event) -> None:
+    etype = event["type"]
+    t_emit = event.get("t_emit")
+    if isinstance(t_emit, int | float):
+        tile.t = max(tile.t, float(t_emit))
+    match etype:
+        case "call_start":
+            meta = event.get("meta")
+            tile.meta = dict(meta) if isinstance(meta, dict) else {}
+            tile.source = str(event.get("source") or "unknown")
+            tile.ended_at = None
+        case "call_end":
+            tile.ended_at = time.time()
+        case "call_update":
+            tile.engine_updates = tile.engine_updates or not event.get("derived")
+            tile.valence = _num(event.get("valence"))
+            tile.arousal = _num(event.get("arousal"))
+            tile.emotion = event.get("emotion")
+            tile.trend_valence = _num(event.get("trend_valence"))
+            if event.get("last_cue"):
+                tile.last_cue = event["last_cue"]
+        case "cue":
+            tile.cues += 1
+            tile.last_cue = {
+                k: event.get(k) for k in ("seq", "cue", "title", "priority", "severity", "t_emit")
+            }
+        case "escalation":
+            seq = int(event.get("seq") or 0)
+            tile.escalations[seq] = {
+                **{k: event.get(k) for k in ("seq", "reason", "urgency", "cue", "summary")},
+                "t_emit": event.get("t_emit"),
+                "acknowledged_by": None,
+            }
+        case "escalation_ack":
+            esc = tile.escalations.get(int(event.get("seq") or 0))
+            if esc is not None:
+                esc["acknowledged_by"] = event.get("by")
+
+
+def _derived_update(event: Event, state: dict[str, Any], tile: Tile) -> Event:
+    trend = state.get("trend")
+    return {
+        "type": "call_update",
+        "call_id": tile.call_id,
+        "t_emit": event.get("t_emit"),
+        "valence": state.get("valence"),
+        "arousal": state.get("arousal"),
+        "emotion": state.get("emotion"),
+        "trend_valence": trend.get("valence") if isinstance(trend, dict) else None,
+        "last_cue": tile.last_cue,
+        "derived": True,
+    }
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None

@@ -1,0 +1,177 @@
+"""Coaching analytics over stored calls: which cues earn trust, per cue and per agent.
+
+For calls started in `[since, until)` (optionally only some agents' calls): how often each
+cue was shown, how people rated it (helpful / not helpful / dismissed, as rates of the cues
+shown, so unrated cues count against a cue's trust), escalations by reason, and whether the
+customer ended the call better than they started (mean valence of the first and last few
+points of the stored emotional arc). Counting is done by the database; only the arcs of the
+calls in range are read into Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Collection, Iterator
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+
+from coach.store.models import Call, CueFeedback, CueRow, Escalation, Summary
+from coach.store.records import VERDICTS, StoreUnavailable
+from coach.store.store import Store
+
+ARC_POINTS = 3
+"""Arc points averaged at each end of a call."""
+CHANGE_MARGIN = 0.1
+"""Valence difference (on -1..1) below which a call counts as unchanged."""
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    try:
+        yield
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+def arc_change(arc: Any) -> str | None:
+    """ "better", "worse" or "same" from a stored arc [[t, valence], ...]; None if too short."""
+    if not isinstance(arc, list):
+        return None
+    values = [
+        float(p[1]) for p in arc if isinstance(p, list | tuple) and len(p) >= 2 and p[1] is not None
+    ]
+    if len(values) < 2:
+        return None
+    k = min(ARC_POINTS, len(values) // 2)
+    start, end = sum(values[:k]) / k, sum(values[-k:]) / k
+    if end - start > CHANGE_MARGIN:
+        return "better"
+    if start - end > CHANGE_MARGIN:
+        return "worse"
+    return "same"
+
+
+def _empty_counts() -> dict[str, Any]:
+    return {"shown": 0, **dict.fromkeys(VERDICTS, 0)}
+
+
+def _with_rates(counts: dict[str, Any]) -> dict[str, Any]:
+    shown = counts["shown"]
+    rated = sum(counts[v] for v in VERDICTS)
+    out = {**counts, "rated": rated}
+    for v in VERDICTS:
+        out[f"{v}_rate"] = round(counts[v] / shown, 3) if shown else None
+    return out
+
+
+async def coaching_analytics(
+    store: Store,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    agents: Collection[str] | None = None,
+) -> dict[str, Any]:
+    """Aggregates for the supervisor wall's analytics view (see module docstring)."""
+    calls = sa.select(Call.call_id)
+    if since is not None:
+        calls = calls.where(Call.started_at >= since)
+    if until is not None:
+        calls = calls.where(Call.started_at < until)
+    if agents is not None:
+        calls = calls.where(Call.agent_id.in_(list(agents)))
+    in_range = calls
+    await store.ensure_schema()
+    with _unavailable():
+        async with store.engine.connect() as conn:
+            call_rows = (
+                await conn.execute(
+                    sa.select(Call.call_id, Call.agent_id, Summary.summary)
+                    .select_from(Call)
+                    .outerjoin(Summary, Summary.call_id == Call.call_id)
+                    .where(Call.call_id.in_(in_range))
+                )
+            ).all()
+            shown = (
+                await conn.execute(
+                    sa.select(Call.agent_id, CueRow.cue, sa.func.count())
+                    .join(Call, Call.call_id == CueRow.call_id)
+                    .where(CueRow.call_id.in_(in_range))
+                    .group_by(Call.agent_id, CueRow.cue)
+                )
+            ).all()
+            verdicts = (
+                await conn.execute(
+                    sa.select(Call.agent_id, CueFeedback.cue, CueFeedback.verdict, sa.func.count())
+                    .join(Call, Call.call_id == CueFeedback.call_id)
+                    .where(CueFeedback.call_id.in_(in_range))
+                    .group_by(Call.agent_id, CueFeedback.cue, CueFeedback.verdict)
+                )
+            ).all()
+            escalations = (
+                await conn.execute(
+                    sa.select(Call.agent_id, Escalation.reason, Escalation.urgency, sa.func.count())
+                    .join(Call, Call.call_id == Escalation.call_id)
+                    .where(Escalation.call_id.in_(in_range))
+                    .group_by(Call.agent_id, Escalation.reason, Escalation.urgency)
+                )
+            ).all()
+    return _assemble(call_rows, shown, verdicts, escalations, since=since, until=until)
+
+
+def _assemble(
+    call_rows: Any,
+    shown: Any,
+    verdicts: Any,
+    escalations: Any,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+) -> dict[str, Any]:
+    per_cue: dict[str, dict[str, Any]] = defaultdict(_empty_counts)
+    per_agent: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {
+            **_empty_counts(),
+            "calls": 0,
+            "escalations": 0,
+            "better": 0,
+            "worse": 0,
+            "same": 0,
+        }
+    )
+    outcome = {"better": 0, "worse": 0, "same": 0, "unknown": 0}
+    for _call_id, agent, summary in call_rows:
+        change = arc_change((summary or {}).get("arc")) if isinstance(summary, dict) else None
+        outcome[change or "unknown"] += 1
+        row = per_agent[agent or "(unassigned)"]
+        row["calls"] += 1
+        if change:
+            row[change] += 1
+    for agent, cue, n in shown:
+        per_cue[cue]["shown"] += int(n)
+        per_agent[agent or "(unassigned)"]["shown"] += int(n)
+    for agent, cue, verdict, n in verdicts:
+        per_cue[cue][verdict] += int(n)
+        per_agent[agent or "(unassigned)"][verdict] += int(n)
+    by_reason: dict[str, dict[str, int]] = defaultdict(lambda: {"total": 0})
+    for agent, reason, urgency, n in escalations:
+        by_reason[reason]["total"] += int(n)
+        by_reason[reason][urgency] = by_reason[reason].get(urgency, 0) + int(n)
+        per_agent[agent or "(unassigned)"]["escalations"] += int(n)
+    return {
+        "since": since.isoformat() if since else None,
+        "until": until.isoformat() if until else None,
+        "calls": len(call_rows),
+        "outcome": outcome,
+        "cues": [
+            {"cue": cue, **_with_rates(c)}
+            for cue, c in sorted(per_cue.items(), key=lambda kv: -kv[1]["shown"])
+        ],
+        "agents": [{"agent_id": a, **_with_rates(c)} for a, c in sorted(per_agent.items())],
+        "escalations": [
+            {"reason": r, **c} for r, c in sorted(by_reason.items(), key=lambda kv: -kv[1]["total"])
+        ],
+    }
