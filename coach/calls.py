@@ -11,6 +11,13 @@ Lifecycle rules shared by every protocol (settings read with defaults until they
   connection dropped open for that long; `open()` with the same call_id (same source and
   parties) re-attaches the SAME session, whose clock continues at `session.fed_s`.
   If nobody comes back, the call is finalized with the detach reason.
+- `max_calls` (0 = no limit): admission control. `open()` of a NEW call while `max_calls`
+  calls hold a slot (live, attached or waiting for a reconnect) raises
+  `CallRejected("over_capacity")`, counted in `coach_calls_rejected_total{reason}`; each
+  ingest turns it into its protocol's "try again later" (WebSocket close 1013, AudioHook
+  `disconnect`, AudioSocket error frame, HTTP 503 with Retry-After). A reconnect of a call
+  within its grace period re-attaches and is never refused. `/health/ready` answers 503
+  while `at_capacity()` or `overloaded()`, so a load balancer sends new calls elsewhere.
 """
 
 from __future__ import annotations
@@ -34,12 +41,22 @@ __all__ = ["CallEnded", "CallManager", "CallRejected"]
 
 DEFAULT_IDLE_TIMEOUT_S = 60.0
 DEFAULT_RECONNECT_GRACE_S = 0.0
+OVER_CAPACITY = "over_capacity"
+RETRY_AFTER_S = 10
+"""What refusals at capacity suggest as a retry delay (HTTP Retry-After, AudioHook info)."""
+OVERLOAD_WAIT_S = 1.0
+"""ASR queueing delay above which the instance reports itself overloaded (not ready)."""
 
 
 class CallRejected(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+    @property
+    def try_again_later(self) -> bool:
+        """A transient refusal (capacity): the same call may succeed here later or elsewhere."""
+        return self.reason == OVER_CAPACITY
 
 
 class CallManager:
@@ -67,6 +84,27 @@ class CallManager:
     def live(self) -> list[CallSession]:
         return [c for c in self._calls.values() if c.state is CallState.LIVE]
 
+    @property
+    def max_calls(self) -> int:
+        return int(self.settings.max_calls)
+
+    def holding(self) -> int:
+        """Calls that hold an admission slot: live, attached or waiting for a reconnect."""
+        return sum(1 for c in self._calls.values() if c.state is CallState.LIVE)
+
+    def at_capacity(self) -> bool:
+        limit = self.max_calls
+        return limit > 0 and self.holding() >= limit
+
+    def overloaded(self) -> bool:
+        """The shared ASR queue delays work by more than OVERLOAD_WAIT_S: take no new calls."""
+        return self.runtime.asr_scheduler.load().wait_s > OVERLOAD_WAIT_S
+
+    def _reject(self, reason: str, message: str) -> CallRejected:
+        metrics.CALLS_REJECTED.labels(reason=reason).inc()
+        log.warning("call refused (%s): %s", reason, message)
+        return CallRejected(reason, message)
+
     def is_detached(self, call_id: str) -> bool:
         """True while the call waits, within its grace period, for its connection to return."""
         return call_id in self._detached
@@ -89,7 +127,13 @@ class CallManager:
         ):
             return self._reattach(existing, source=source, speakers=speakers)
         if existing is not None and existing.state in (CallState.LIVE, CallState.ENDING):
-            raise CallRejected("duplicate_call", f"call {call_id} is already live")
+            raise self._reject("duplicate_call", f"call {call_id} is already live")
+        if self.at_capacity():
+            raise self._reject(
+                OVER_CAPACITY,
+                f"at capacity ({self.holding()} calls, COACH_MAX_CALLS={self.max_calls}); "
+                f"try again in {RETRY_AFTER_S} s or another instance",
+            )
         if existing is not None:
             self.bus.forget(call_topic(call_id))
             self.bus.forget(agent_topic(call_id))
@@ -114,7 +158,7 @@ class CallManager:
         self, session: CallSession, *, source: str, speakers: tuple[Speaker, ...]
     ) -> CallSession:
         if source != session.source or tuple(speakers) != tuple(session.speakers):
-            raise CallRejected(
+            raise self._reject(
                 "reattach_mismatch",
                 f"call {session.call_id} is waiting for its {session.source} connection with "
                 f"parties {','.join(session.speakers)}",

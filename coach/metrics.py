@@ -38,3 +38,20 @@ MODEL_INFERENCE = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0),
 )
 PARTIALS_SHED = Counter("coach_partials_shed_total", "Partial decodes dropped under load")
+CALLS_REJECTED = Counter(
+    "coach_calls_rejected_total",
+    "New calls refused (over_capacity: COACH_MAX_CALLS reached; duplicate_call...)",
+    ["reason"],
+)
+MODEL_BATCH_SIZE = Histogram(
+    "coach_model_batch_size",
+    "Requests served together in one model batch",
+    ["model"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
+)
+MODEL_QUEUE_WAIT = Histogram(
+    "coach_model_queue_wait_seconds",
+    "Longest wait in the scheduler queue among the requests of a batch",
+    ["model"],
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 2.0, 5.0),
+)

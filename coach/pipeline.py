@@ -35,7 +35,7 @@ from coach.runtime import PRIORITY_FINAL, PRIORITY_PARTIAL, Runtime
 from coach.settings import Settings
 from coach.signals.state import CustomerStateTracker
 from models.asr import AsrRequest, AsrResult, Word
-from models.runtime import Shed
+from models.runtime import Shed, backoff_interval
 
 log = logging.getLogger(__name__)
 
@@ -350,9 +350,17 @@ class PartyPipeline:
             self._partial_task = asyncio.create_task(self._partial(utt_id, start, upto, audio))
 
     def _partial_interval(self) -> float:
-        """Back off as the ASR queue grows: partials are a budget, finals are not."""
+        """Back off as the ASR scheduler gets loaded: partials are a budget, finals are not.
+
+        The interval grows with the queue depth and the recent queueing delay
+        (`models.runtime.backoff_interval`), up to COACH_PARTIAL_MAX_INTERVAL_S; a cap at or
+        below COACH_PARTIAL_INTERVAL_S keeps a fixed cadence. Replay --fast never backs off.
+        """
         base = self._settings.partial_interval_s
-        return base if self._inline else base * (1 + self._rt.asr_scheduler.depth)
+        if self._inline:
+            return base
+        cap = self._settings.partial_max_interval_s
+        return backoff_interval(base, cap, self._rt.asr_scheduler.load())
 
     async def _partial(self, utt_id: int, start: float, upto: float, audio: Samples) -> None:
         try:

@@ -6,6 +6,7 @@ no model or DSP call runs on the event loop. Tests build one per test session an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from coach import metrics
 from coach.settings import Settings
 from models.asr import AsrRequest, AsrResult, WhisperAsr
 from models.emotion import ARTIFACT_DIR, EmotionModel, EmotionOptions, EmotionScore
-from models.runtime import BatchStats, InferenceScheduler
+from models.runtime import BatchStats, DevicePlan, InferenceScheduler, plan_device
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,24 @@ PRIORITY_PARTIAL = {"customer": 2, "agent": 3}
 
 
 @dataclass
+def device_plan(settings: Settings) -> DevicePlan:
+    """COACH_DEVICE checked against the machine (raises DeviceUnavailable if CUDA is not usable).
+
+    On CUDA the ASR compute type is float16 unless COACH_ASR_COMPUTE_TYPE was set.
+    """
+    return plan_device(
+        settings.device,
+        compute_type=settings.asr_compute_type,
+        compute_type_explicit="asr_compute_type" in settings.model_fields_set,
+    )
+
+
+def _observe_batch(model: str, stats: BatchStats) -> None:
+    metrics.QUEUE_DEPTH.labels(stage=model).set(stats.queue_depth)
+    metrics.MODEL_BATCH_SIZE.labels(model=model).observe(stats.size)
+    metrics.MODEL_QUEUE_WAIT.labels(model=model).observe(stats.wait_s)
+
+
 class Runtime:
     vad: SileroVad
     asr: WhisperAsr
@@ -38,20 +57,26 @@ class Runtime:
     @classmethod
     def load(cls, settings: Settings) -> Runtime:
         t0 = time.perf_counter()
-        providers = (
-            ["CUDAExecutionProvider", "CPUExecutionProvider"]
-            if settings.device == "cuda"
-            else ["CPUExecutionProvider"]
+        plan = device_plan(settings)  # fails fast, before any model is loaded
+        log.info(
+            "inference on %s (ASR %s, ONNX %s)",
+            plan.device,
+            plan.asr_compute_type,
+            ",".join(plan.onnx_providers),
         )
-        vad = SileroVad(threads=1, providers=providers)
-        asr = WhisperAsr(settings.asr_options())
+        vad = SileroVad(threads=1, providers=list(plan.onnx_providers))
+        asr = WhisperAsr(
+            dataclasses.replace(
+                settings.asr_options(), device=plan.device, compute_type=plan.asr_compute_type
+            )
+        )
 
         def run_batch(reqs: Sequence[AsrRequest]) -> list[AsrResult]:
             with metrics.MODEL_INFERENCE.labels(model="asr").time():
                 return asr.decode_batch(reqs)
 
         def on_batch(stats: BatchStats) -> None:
-            metrics.QUEUE_DEPTH.labels(stage="asr").set(stats.queue_depth)
+            _observe_batch("asr", stats)
 
         scheduler: InferenceScheduler[AsrRequest, AsrResult] = InferenceScheduler(
             name="asr",
@@ -74,7 +99,7 @@ class Runtime:
                 return emotion.score(texts)
 
         def on_emotion_batch(stats: BatchStats) -> None:
-            metrics.QUEUE_DEPTH.labels(stage="emotion").set(stats.queue_depth)
+            _observe_batch("emotion", stats)
 
         # One scheduler for every call's utterances: texts that arrive together share a batch.
         emotion_scheduler: InferenceScheduler[str, EmotionScore] = InferenceScheduler(

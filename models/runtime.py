@@ -5,6 +5,10 @@ arrival order, a partial hypothesis could delay a final one, and nothing could b
 Here finals overtake partials (lower priority number first), a newer partial for the same
 stream replaces a queued older one (coalescing), stale partials are shed, and a worker takes
 up to `max_batch` requests at once so the model can batch them.
+
+The scheduler also reports how loaded it is (`load()`: queue depth and how long requests
+have recently waited), so callers can spend less on optional work (partial hypotheses, see
+`backoff_interval`) before the work that matters (finals) starts to queue.
 """
 
 from __future__ import annotations
@@ -13,12 +17,13 @@ import asyncio
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,7 @@ class _Item(Generic[Req, Res]):
     coalesce_key: str | None = field(compare=False, default=None)
     expires_at: float | None = field(compare=False, default=None)
     dead: bool = field(compare=False, default=False)
+    queued_at: float = field(compare=False, default=0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,40 @@ class BatchStats:
     size: int
     seconds: float
     queue_depth: int
+    wait_s: float = 0.0
+    """The longest time a request of this batch waited in the queue."""
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerLoad:
+    """How loaded a scheduler is right now."""
+
+    depth: int
+    """Requests waiting (not running)."""
+    wait_s: float
+    """Recent queueing delay: a decaying average of waits, or the oldest waiting request's
+    age if that is larger (a stuck queue shows at once, before anything is taken)."""
+    busy: int = 0
+    """Workers running a batch."""
+
+
+IDLE = SchedulerLoad(depth=0, wait_s=0.0)
+WAIT_EWMA_ALPHA = 0.3
+WAIT_DECAY_S = 2.0
+"""With nothing taken for a while, the remembered wait fades with this time constant."""
+WAIT_PER_STEP_S = 0.1
+"""In `backoff_interval`, each 100 ms of queueing delay counts as one more waiting request."""
+
+
+def backoff_interval(base_s: float, cap_s: float, load: SchedulerLoad) -> float:
+    """Interval between optional requests (partials) under `load`: `base_s` when idle,
+    growing with the queue depth and the recent wait, never above `cap_s`.
+
+    base * (1 + depth + wait / 100 ms), clamped to [base, cap]: one waiting request doubles
+    the interval, and so does 100 ms of queueing. A cap at or below the base fixes the cadence.
+    """
+    steps = max(0, load.depth) + max(0.0, load.wait_s) / WAIT_PER_STEP_S
+    return max(base_s, min(cap_s, base_s * (1.0 + steps)))
 
 
 class InferenceScheduler(Generic[Req, Res]):
@@ -71,6 +111,8 @@ class InferenceScheduler(Generic[Req, Res]):
         self._closed = False
         self._busy = 0
         self.shed_count = 0
+        self._wait_ewma = 0.0
+        self._wait_at = time.monotonic()
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-worker-{i}", daemon=True)
             for i in range(max(1, workers))
@@ -87,6 +129,16 @@ class InferenceScheduler(Generic[Req, Res]):
     def busy(self) -> int:
         return self._busy
 
+    def load(self, now: float | None = None) -> SchedulerLoad:
+        """Queue depth and recent queueing delay (see SchedulerLoad)."""
+        now = time.monotonic() if now is None else now
+        with self._cond:
+            live = [it for it in self._heap if not it.dead]
+            oldest = max((now - it.queued_at for it in live), default=0.0)
+            idle_s = max(0.0, now - self._wait_at)
+            remembered = self._wait_ewma * math.exp(-idle_s / WAIT_DECAY_S)
+            return SchedulerLoad(depth=len(live), wait_s=max(remembered, oldest), busy=self._busy)
+
     def submit(
         self,
         request: Req,
@@ -99,6 +151,7 @@ class InferenceScheduler(Generic[Req, Res]):
         fut: Future[Res] = Future()
         expires = time.monotonic() + max_wait_s if max_wait_s is not None else None
         item = _Item(priority, next(self._seq), request, fut, coalesce_key, expires)
+        item.queued_at = time.monotonic()
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"scheduler {self.name} is closed")
@@ -170,6 +223,11 @@ class InferenceScheduler(Generic[Req, Res]):
             if not it.future.set_running_or_notify_cancel():
                 continue  # the caller cancelled: don't spend the model on it
             batch.append(it)
+        if batch:
+            wait = max(now - it.queued_at for it in batch)
+            decayed = self._wait_ewma * math.exp(-max(0.0, now - self._wait_at) / WAIT_DECAY_S)
+            self._wait_ewma = decayed + WAIT_EWMA_ALPHA * (wait - decayed)
+            self._wait_at = now
         return batch
 
     def _work(self) -> None:
@@ -184,13 +242,15 @@ class InferenceScheduler(Generic[Req, Res]):
                 if self._closed:
                     return
                 batch = self._take()
+                taken_at = time.monotonic()
                 self._busy += 1
             if batch:
-                self._execute(batch)
+                self._execute(batch, now=taken_at)
             with self._cond:
                 self._busy -= 1
 
-    def _execute(self, batch: list[_Item[Req, Res]]) -> None:
+    def _execute(self, batch: list[_Item[Req, Res]], *, now: float) -> None:
+        wait = max(now - it.queued_at for it in batch)
         t0 = time.perf_counter()
         try:
             results = self._run_batch([it.request for it in batch])
@@ -208,6 +268,80 @@ class InferenceScheduler(Generic[Req, Res]):
                 it.future.set_result(res)
         if self._on_batch is not None:
             try:
-                self._on_batch(BatchStats(len(batch), elapsed, self.depth))
+                self._on_batch(BatchStats(len(batch), elapsed, self.depth, wait))
             except Exception:  # a metrics hook must never take a model worker down
                 log.exception("on_batch callback of %s failed", self.name)
+
+
+# -- device selection --------------------------------------------------------------------------
+
+
+class DeviceUnavailable(RuntimeError):
+    """The configured inference device cannot be used on this machine."""
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePlan:
+    """Where each model runs: CTranslate2 device and compute type, ONNX Runtime providers."""
+
+    device: Literal["cpu", "cuda"]
+    asr_compute_type: str
+    onnx_providers: tuple[str, ...]
+
+
+GPU_COMPUTE_TYPE = "float16"
+
+
+def cuda_device_count() -> int:
+    """CUDA devices CTranslate2 can use (0 for a CPU-only build or no driver)."""
+    try:
+        import ctranslate2
+
+        return int(ctranslate2.get_cuda_device_count())
+    except Exception:  # an import or driver error means: no usable GPU
+        log.debug("ctranslate2 cannot query CUDA devices", exc_info=True)
+        return 0
+
+
+def onnx_available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def plan_device(device: str, *, compute_type: str, compute_type_explicit: bool) -> DevicePlan:
+    """Check that `device` is usable and say how each model runs on it.
+
+    `cpu`: CTranslate2 on CPU with `compute_type`, ONNX Runtime's CPU provider.
+    `cuda`: CTranslate2 on CUDA (float16 unless a compute type was set explicitly) and the
+    CUDA execution provider for the ONNX models (VAD, emotion, embeddings), CPU as fallback
+    for operators CUDA lacks. Raises DeviceUnavailable, saying what is missing, instead of
+    quietly running on the CPU: a GPU deployment sized for hundreds of calls must not come
+    up on 2 cores.
+    """
+    if device == "cpu":
+        return DevicePlan("cpu", compute_type, ("CPUExecutionProvider",))
+    if device != "cuda":
+        raise DeviceUnavailable(f"COACH_DEVICE={device!r}: use cpu or cuda")
+    problems = []
+    if cuda_device_count() < 1:
+        problems.append(
+            "CTranslate2 sees no CUDA device (ctranslate2.get_cuda_device_count() == 0: "
+            "no NVIDIA driver/GPU, or a CPU-only build)"
+        )
+    if "CUDAExecutionProvider" not in onnx_available_providers():
+        problems.append(
+            "ONNX Runtime has no CUDAExecutionProvider (install onnxruntime-gpu instead of "
+            "onnxruntime, with matching CUDA and cuDNN libraries)"
+        )
+    if problems:
+        raise DeviceUnavailable(
+            "COACH_DEVICE=cuda but CUDA is not usable here: "
+            + "; ".join(problems)
+            + ". Set COACH_DEVICE=cpu to run on the CPU."
+        )
+    return DevicePlan(
+        "cuda",
+        compute_type if compute_type_explicit else GPU_COMPUTE_TYPE,
+        ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    )

@@ -795,7 +795,11 @@ class AudioHookSession:
                     meta=self._meta(params),
                 )
             except CallRejected as exc:
-                raise ProtocolError(exc.reason, str(exc), code=cc.DUPLICATE_CALL) from exc
+                # Answered with `disconnect {reason: "error", info}` instead of `opened`; the
+                # client closes the session (`close` -> `closed`) and sends no audio.
+                raise ProtocolError(
+                    exc.reason, str(exc), code=cc.for_rejection(exc.reason)
+                ) from exc
         else:
             log.info("audiohook %s: connection probe", self.id)
         opened: dict[str, Any] = {"media": [media], "startPaused": False}

@@ -116,6 +116,8 @@ class ServerError(IntEnum):
     PROTOCOL = 0x11
     REJECTED = 0x12
     TIMEOUT = 0x13
+    OVERLOADED = 0x14
+    """At capacity (COACH_MAX_CALLS): try again later, or another instance."""
 
 
 # -- frames -------------------------------------------------------------------------------------
@@ -559,7 +561,11 @@ class AudioSocketService:
             except BaseException as exc:
                 self._calls.pop(route.call_id, None)
                 refusal = (
-                    _Refusal(exc.reason, ServerError.REJECTED, str(exc))
+                    _Refusal(
+                        exc.reason,
+                        ServerError.OVERLOADED if exc.try_again_later else ServerError.REJECTED,
+                        str(exc),
+                    )
                     if isinstance(exc, CallRejected)
                     else _Refusal("unavailable", ServerError.REJECTED, "call could not open")
                 )

@@ -10,3 +10,12 @@ INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
 DUPLICATE_CALL = 4409
 HEADER_TIMEOUT = 4408
+
+
+def for_rejection(reason: str) -> int:
+    """Close code for a call the manager refused (coach.calls.CallRejected.reason).
+
+    At capacity the server is overloaded: 1013 "try again later", which tells a client to
+    reconnect later or to another instance. Anything else is a conflict with a live call.
+    """
+    return TRY_AGAIN_LATER if reason == "over_capacity" else DUPLICATE_CALL

@@ -159,7 +159,7 @@ async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> 
         await _refuse(ws, exc.code, exc.reason, str(exc))
         return
     except CallRejected as exc:
-        await _refuse(ws, cc.DUPLICATE_CALL, exc.reason, str(exc))
+        await _refuse(ws, cc.for_rejection(exc.reason), exc.reason, str(exc))
         return
     await ws.send_text(json.dumps({"type": "accepted", "call_id": header.call_id}))
     try:

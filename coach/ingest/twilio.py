@@ -437,7 +437,9 @@ async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> 
         await refuse(ws, exc.code, exc.reason, str(exc))
         return
     except CallRejected as exc:
-        await refuse(ws, cc.DUPLICATE_CALL, exc.reason, str(exc))
+        # At capacity: 1013 (try again later). Twilio does not retry a stream by itself; the
+        # call goes on without coaching, and readiness already steers new calls elsewhere.
+        await refuse(ws, cc.for_rejection(exc.reason), exc.reason, str(exc))
         return
     log.info("twilio stream %s -> call %s", proto.stream_sid, setup.call_id)
     try:

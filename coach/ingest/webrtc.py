@@ -42,7 +42,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from fastapi import HTTPException
 from pydantic import BaseModel, Field, field_validator
 
-from coach.calls import CallManager, CallRejected
+from coach import metrics
+from coach.calls import RETRY_AFTER_S, CallManager, CallRejected
 from coach.ingest.pcm import CALL_ID
 from coach.messages import AudioChunk, Speaker
 from coach.session import CallEnded, CallSession
@@ -269,6 +270,9 @@ async def answer(body: dict[str, Any], *, manager: CallManager | None) -> dict[s
         )
     except CallRejected as exc:
         await pc.close()
+        if exc.try_again_later:  # at capacity: another instance, or this one later
+            metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason=exc.reason).inc()
+            raise HTTPException(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
         raise HTTPException(409, str(exc)) from exc
 
     call = WebRtcCall(pc=pc, session=session, manager=manager, tracks=tracks)

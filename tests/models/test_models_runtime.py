@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -444,3 +445,195 @@ def test_truncate_repeats_cuts_a_looping_decode() -> None:
     assert truncate_repeats([1, 2, 3, 4, 5, 4, 5, 4, 5, 4, 5]) == [1, 2, 3, 4, 5, 4, 5]
     assert truncate_repeats([1, 2, 1, 2, 3]) == [1, 2, 1, 2, 3]  # two copies are speech ("no, no")
     assert truncate_repeats([]) == []
+
+
+# -- load signal and adaptive cadence -------------------------------------------------------
+
+
+def test_load_reports_depth_and_the_oldest_wait(
+    make: type[Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = VirtualClock()
+    monkeypatch.setattr(
+        runtime, "time", SimpleNamespace(monotonic=clock.monotonic, perf_counter=time.perf_counter)
+    )
+    h = make()
+    assert h.sched.load() == runtime.SchedulerLoad(depth=0, wait_s=0.0, busy=0)
+    h.hold()
+    h.sched.submit("a", priority=2)
+    clock.now += 0.3
+    h.sched.submit("b", priority=2)
+    load = h.sched.load()
+    assert load.depth == 2 and load.busy == 1
+    assert load.wait_s == pytest.approx(0.3)  # a stuck queue shows before anything is taken
+    h.release()
+
+
+def test_batch_stats_carry_the_queue_wait_and_the_wait_fades_when_idle(
+    make: type[Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = VirtualClock()
+    monkeypatch.setattr(
+        runtime, "time", SimpleNamespace(monotonic=clock.monotonic, perf_counter=time.perf_counter)
+    )
+    h = make(max_batch=4)
+    h.hold()
+    futs = [h.sched.submit(f"r{i}") for i in range(3)]
+    clock.now += 1.0
+    h.release()
+    for f in futs:
+        f.result(timeout=WAIT_S)
+    assert h.stats[-1].size == 3 and h.stats[-1].wait_s == pytest.approx(1.0)
+    remembered = h.sched.load().wait_s
+    assert 0.2 < remembered <= 1.0  # a decaying average of recent waits
+    clock.now += 10 * runtime.WAIT_DECAY_S
+    assert h.sched.load().wait_s < 0.01
+
+
+@pytest.mark.parametrize(
+    ("depth", "wait_s", "expected"),
+    [
+        (0, 0.0, 0.5),  # idle: the base cadence
+        (1, 0.0, 1.0),  # one waiting request doubles it
+        (0, 0.1, 1.0),  # so does 100 ms of queueing delay
+        (2, 0.1, 2.0),
+        (10, 0.0, 2.0),  # never beyond the cap
+        (0, 5.0, 2.0),
+    ],
+)
+def test_backoff_interval_grows_with_load_up_to_the_cap(
+    depth: int, wait_s: float, expected: float
+) -> None:
+    load = runtime.SchedulerLoad(depth=depth, wait_s=wait_s)
+    assert runtime.backoff_interval(0.5, 2.0, load) == pytest.approx(expected)
+
+
+def test_a_cap_at_the_base_is_a_fixed_cadence() -> None:
+    for load in (runtime.IDLE, runtime.SchedulerLoad(depth=7, wait_s=3.0)):
+        assert runtime.backoff_interval(0.5, 0.5, load) == 0.5
+        assert runtime.backoff_interval(0.5, 0.1, load) == 0.5
+
+
+def test_partials_slow_down_when_the_asr_scheduler_is_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pipeline's cadence follows the scheduler's load signal (a fake one here)."""
+    from coach.pipeline import PartyPipeline
+    from coach.settings import Settings
+
+    signal = {"load": runtime.IDLE}
+    sched = SimpleNamespace(load=lambda now=None: signal["load"])
+    pipe = PartyPipeline.__new__(PartyPipeline)  # only what _partial_interval reads
+    pipe._rt = SimpleNamespace(asr_scheduler=sched)  # type: ignore[assignment]
+    pipe._settings = Settings(partial_interval_s=0.5, partial_max_interval_s=2.0)
+    pipe._inline = False
+    assert pipe._partial_interval() == 0.5
+    signal["load"] = runtime.SchedulerLoad(depth=1, wait_s=0.05)
+    assert pipe._partial_interval() == pytest.approx(1.25)
+    signal["load"] = runtime.SchedulerLoad(depth=30, wait_s=4.0)
+    assert pipe._partial_interval() == 2.0  # capped: partials still come, less often
+    pipe._inline = True  # replay --fast is deterministic: never adapts
+    assert pipe._partial_interval() == 0.5
+
+
+# -- device selection ------------------------------------------------------------------------
+
+
+def test_cpu_plan_uses_the_configured_compute_type() -> None:
+    plan = runtime.plan_device("cpu", compute_type="int8", compute_type_explicit=False)
+    assert plan == runtime.DevicePlan("cpu", "int8", ("CPUExecutionProvider",))
+
+
+def test_cuda_requested_without_a_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "cuda_device_count", lambda: 0)
+    monkeypatch.setattr(runtime, "onnx_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(runtime.DeviceUnavailable) as err:
+        runtime.plan_device("cuda", compute_type="int8", compute_type_explicit=False)
+    text = str(err.value)
+    assert "COACH_DEVICE=cuda" in text and "COACH_DEVICE=cpu" in text
+    assert "CTranslate2 sees no CUDA device" in text
+    assert "onnxruntime-gpu" in text
+
+
+def test_cuda_plan_is_float16_and_the_cuda_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(
+        runtime,
+        "onnx_available_providers",
+        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    plan = runtime.plan_device("cuda", compute_type="int8", compute_type_explicit=False)
+    assert plan.device == "cuda" and plan.asr_compute_type == "float16"
+    assert plan.onnx_providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    explicit = runtime.plan_device("cuda", compute_type="int8_float16", compute_type_explicit=True)
+    assert explicit.asr_compute_type == "int8_float16"
+
+
+def test_settings_decide_whether_the_compute_type_was_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from coach.runtime import device_plan
+    from coach.settings import Settings
+
+    monkeypatch.setattr(runtime, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(runtime, "onnx_available_providers", lambda: ["CUDAExecutionProvider"])
+    assert device_plan(Settings(device="cuda")).asr_compute_type == "float16"
+    monkeypatch.setenv("COACH_ASR_COMPUTE_TYPE", "int8_float16")
+    assert device_plan(Settings(device="cuda")).asr_compute_type == "int8_float16"
+    assert device_plan(Settings(device="cpu")).asr_compute_type == "int8_float16"
+
+
+@pytest.mark.skipif(runtime.cuda_device_count() > 0, reason="this machine has a GPU")
+def test_runtime_load_on_cuda_without_a_gpu_fails_before_loading_models(tmp_path: Any) -> None:
+    from coach.runtime import Runtime
+    from coach.settings import Settings
+
+    t0 = time.perf_counter()
+    with pytest.raises(runtime.DeviceUnavailable, match="COACH_DEVICE=cpu"):
+        Runtime.load(Settings(device="cuda", data_dir=tmp_path))
+    assert time.perf_counter() - t0 < 5.0  # no model was loaded first
+
+
+# -- batching does not change results (real model) ------------------------------------------
+
+
+def test_asr_results_are_the_same_batched_and_alone(
+    runtime_fixture_call: tuple[Any, list[Any]],
+) -> None:
+    """Utterances from several calls decoded in one batch give what each gives alone."""
+    from models.asr import AsrRequest
+
+    asr, clips = runtime_fixture_call
+    requests = [AsrRequest(audio=c, words=True) for c in clips] + [
+        AsrRequest(audio=clips[0][: len(clips[0]) // 2], words=False, beam_size=1)
+    ]
+    alone = [asr.decode_batch([r])[0] for r in requests]
+    together = asr.decode_batch(requests)
+    assert [r.text for r in together] == [r.text for r in alone]
+    for a, b in zip(alone, together, strict=True):
+        assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=1e-3)
+        assert [w.w for w in a.words] == [w.w for w in b.words]
+        for wa, wb in zip(a.words, b.words, strict=True):
+            assert wa.t0 == pytest.approx(wb.t0, abs=0.021) and wa.t1 == pytest.approx(
+                wb.t1, abs=0.021
+            )
+
+
+@pytest.fixture
+def runtime_fixture_call(
+    runtime: Any, billing_call: tuple[Any, dict[str, Any]]
+) -> tuple[Any, list[Any]]:
+    """The shared ASR model and four turns of the demo call at 16 kHz (two per party)."""
+    import numpy as np
+    import soundfile as sf
+
+    from audio.resample import StreamResampler
+
+    wav, truth = billing_call
+    data, rate = sf.read(wav, dtype="float32", always_2d=True)
+    clips = []
+    for speaker in ("customer", "agent"):
+        turns = [t for t in truth["turns"] if t["speaker"] == speaker][:2]
+        for t in turns:
+            piece = data[int((t["t_start"] - 0.15) * rate) : int((t["t_end"] + 0.15) * rate)]
+            mono = np.ascontiguousarray(piece[:, t["channel"]])
+            clips.append(StreamResampler(in_rate=rate, out_rate=16000).push(mono, last=True))
+    return runtime.asr, clips
