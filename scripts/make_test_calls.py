@@ -18,9 +18,10 @@ import re
 import subprocess
 import tempfile
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +39,21 @@ _SUBTYPE: dict[str, str] = {"pcm16": "PCM_16", "mulaw": "ULAW"}
 # 10 ms frames at -40 dBFS RMS: above espeak's faint onset/offset tails, below any real phoneme.
 _TRIM_FRAME_S = 0.01
 _TRIM_THRESHOLD = 0.01
+# The cue ids of CUES.md; labels in call scripts are checked against them.
+CUE_IDS: tuple[str, ...] = (
+    "frustration",
+    "confusion",
+    "cost_anxiety",
+    "urgency",
+    "dejection",
+    "escalation_request",
+    "churn_risk",
+    "repeat_contact",
+    "crisis",
+    "dead_air",
+    "overtalk",
+    "agent_pace_fast",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +68,10 @@ class Turn:
     pitch: int | None = None
     amplitude: int | None = None
     overlap_s: float = 0.0
+    # Ground-truth cue labels: required (the engine must emit them for this turn) and
+    # optional (a cue there is neither a hit nor a false alarm).
+    labels: tuple[str, ...] = ()
+    optional_labels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.speaker not in CHANNEL_OF:
@@ -60,6 +80,12 @@ class Turn:
             raise ValueError("turn text must not be empty")
         if self.gap_before_s < 0 or self.overlap_s < 0:
             raise ValueError("gap_before_s and overlap_s must be >= 0")
+        for cue in (*self.labels, *self.optional_labels):
+            if cue not in CUE_IDS:
+                raise ValueError(f"unknown cue id {cue!r}; known: {', '.join(CUE_IDS)}")
+        both = set(self.labels) & set(self.optional_labels)
+        if both or len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"cue labelled twice on one turn: {sorted(both) or self.labels}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,12 +186,14 @@ def render_call(
     tail_silence_s: float = 1.0,
     noise_dbfs: float | None = None,
     mono_party: MonoParty = "mix",
+    meta: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Render ``script`` to ``<name>.wav`` plus ``<name>.json`` ground truth in ``out_dir``.
 
     Stereo puts the customer on channel 0 and the agent on channel 1. Mono either mixes both
     parties or keeps only the customer (then agent turns are left out of the ground truth,
-    because they are not audible).
+    because they are not audible). ``meta`` (e.g. a call file's header) is copied into the
+    ground truth as is.
     """
     if encoding not in _SUBTYPE:
         raise ValueError(f"encoding must be one of {sorted(_SUBTYPE)}, got {encoding!r}")
@@ -221,53 +249,216 @@ def render_call(
     stem = name or script.call_id
     wav_path, json_path = out_dir / f"{stem}.wav", out_dir / f"{stem}.json"
     sf.write(wav_path, audio, sample_rate, subtype=_SUBTYPE[encoding], format="WAV")
-    truth = {
+    truth: dict[str, Any] = {
         "call_id": script.call_id,
         "sample_rate": sample_rate,
         "encoding": encoding,
         "channels": channels,
         "duration_s": round(total / sample_rate, 3),
         "turns": [
-            {
-                "speaker": turn.speaker,
-                "text": turn.text,
-                "t_start": round(start / sample_rate, 3),
-                "t_end": round((start + len(clip)) / sample_rate, 3),
-                "channel": CHANNEL_OF[turn.speaker] if channels == 2 else 0,
-            }
-            for turn, start, clip in placed
+            _turn_truth(script, turn, start, clip, sample_rate) for turn, start, clip in placed
         ],
     }
+    if channels == 1:
+        for t in truth["turns"]:
+            t["channel"] = 0
+    if meta:
+        truth["meta"] = dict(meta)
     json_path.write_text(json.dumps(truth, indent=2) + "\n", encoding="utf-8")
     return wav_path, json_path
 
 
-_LINE = re.compile(r"^(customer|agent)(?: \[(gap|overlap)=([0-9.]+)\])?: (.+)$")
+def _turn_truth(
+    script: CallScript, turn: Turn, start: int, clip: FloatArray, sample_rate: int
+) -> dict[str, Any]:
+    voice, speed, pitch, amplitude = script.espeak_params(turn)
+    return {
+        "speaker": turn.speaker,
+        "text": turn.text,
+        "t_start": round(start / sample_rate, 3),
+        "t_end": round((start + len(clip)) / sample_rate, 3),
+        "channel": CHANNEL_OF[turn.speaker],
+        "gap_before_s": turn.gap_before_s,
+        "overlap_s": turn.overlap_s,
+        "voice": voice,
+        "speed_wpm": speed,
+        "pitch": pitch,
+        "amplitude": amplitude,
+        "cues": list(turn.labels),
+        "optional_cues": list(turn.optional_labels),
+    }
+
+
+# speaker, optional [attributes], optional {labels}, then ": text".
+_LINE = re.compile(r"^(customer|agent)(?:\s*\[([^\]]*)\])?(?:\s*\{([^}]*)\})?\s*:\s+(\S.*)$")
+_ATTR = re.compile(r"^(gap|overlap|speed|pitch|amp|voice)=(\S+)$")
+_VOICE = re.compile(r"^[A-Za-z0-9_-]+(?:\+[A-Za-z0-9_-]+)?$")
+# Inclusive ranges espeak-ng accepts meaningfully (speed in words per minute).
+_INT_RANGES: dict[str, tuple[int, int]] = {"speed": (80, 500), "pitch": (0, 99), "amp": (0, 200)}
+
+
+def _parse_attrs(body: str, raw: str) -> dict[str, Any]:
+    """``gap=1.5, speed=220 voice=en-us+m3`` -> Turn keyword arguments."""
+    kwargs: dict[str, Any] = {}
+    seen: set[str] = set()
+    for item in re.split(r"[,\s]+", body.strip()):
+        if not item:
+            continue
+        m = _ATTR.match(item)
+        if m is None:
+            raise ValueError(f"bad attribute {item!r} in script line: {raw!r}")
+        key, value = m.groups()
+        if key in seen:
+            raise ValueError(f"attribute {key!r} given twice in script line: {raw!r}")
+        seen.add(key)
+        try:
+            if key in ("gap", "overlap"):
+                seconds = float(value)
+                if not 0 <= seconds < 60:
+                    raise ValueError
+                kwargs["gap_before_s" if key == "gap" else "overlap_s"] = seconds
+            elif key == "voice":
+                if _VOICE.match(value) is None:
+                    raise ValueError
+                kwargs["voice"] = value
+            else:
+                lo, hi = _INT_RANGES[key]
+                number = int(value)
+                if not lo <= number <= hi:
+                    raise ValueError
+                kwargs[{"speed": "speed_wpm", "pitch": "pitch", "amp": "amplitude"}[key]] = number
+        except ValueError:
+            raise ValueError(f"bad value for {key!r}: {value!r} in script line: {raw!r}") from None
+    if "gap_before_s" in kwargs and "overlap_s" in kwargs:
+        raise ValueError(f"a turn has either gap= or overlap=, not both: {raw!r}")
+    return kwargs
+
+
+def _parse_labels(body: str, raw: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``frustration, churn_risk?`` -> (required, optional)."""
+    required: list[str] = []
+    optional: list[str] = []
+    for item in re.split(r"[,\s]+", body.strip()):
+        if not item:
+            continue
+        cue, is_optional = (item[:-1], True) if item.endswith("?") else (item, False)
+        if cue not in CUE_IDS:
+            raise ValueError(
+                f"unknown cue id {cue!r} in script line: {raw!r} (known: {', '.join(CUE_IDS)})"
+            )
+        if cue in required or cue in optional:
+            raise ValueError(f"cue {cue!r} labelled twice in script line: {raw!r}")
+        (optional if is_optional else required).append(cue)
+    return tuple(required), tuple(optional)
+
+
+def parse_turn_line(raw: str) -> Turn:
+    """One turn line: ``customer [speed=220 pitch=75, amp=170] {frustration, churn_risk?}: text``.
+
+    Attributes (comma or space separated): ``gap``/``overlap`` seconds, ``speed`` wpm,
+    ``pitch`` 0-99, ``amp`` 0-200, ``voice`` (espeak-ng voice, e.g. ``en-us+m3``). Labels are
+    cue ids of CUES.md; a trailing ``?`` makes one optional.
+    """
+    m = _LINE.match(raw)
+    if m is None:
+        raise ValueError(f"bad script line: {raw!r}")
+    speaker, attrs, labels, line_text = m.groups()
+    kwargs = _parse_attrs(attrs or "", raw)
+    required, optional = _parse_labels(labels or "", raw)
+    return Turn(
+        cast(Speaker, speaker),
+        line_text.strip(),
+        labels=required,
+        optional_labels=optional,
+        **kwargs,
+    )
 
 
 def parse_turns(text: str) -> tuple[Turn, ...]:
     """Parse lines like ``agent [gap=9.0]: text``; indented lines continue the previous turn.
 
-    Plain dialogue text keeps the scripts readable and diffable.
+    Plain dialogue text keeps the scripts readable and diffable. Blank lines and lines starting
+    with ``#`` are skipped. See ``parse_turn_line`` for the attributes and labels.
     """
     turns: list[Turn] = []
     for raw in text.strip().splitlines():
-        if raw.startswith(" ") and turns:
+        if not raw.strip() or raw.startswith("#"):
+            continue
+        if raw[0].isspace():
+            if not turns:
+                raise ValueError(f"continuation line before any turn: {raw!r}")
             turns[-1] = replace(turns[-1], text=f"{turns[-1].text} {raw.strip()}")
             continue
-        m = _LINE.match(raw)
-        if m is None:
-            raise ValueError(f"bad script line: {raw!r}")
-        speaker, key, value, line_text = m.groups()
-        turns.append(
-            Turn(
-                cast(Speaker, speaker),
-                line_text,
-                gap_before_s=float(value) if key == "gap" else DEFAULT_GAP_S,
-                overlap_s=float(value) if key == "overlap" else 0.0,
-            )
-        )
+        turns.append(parse_turn_line(raw))
     return tuple(turns)
+
+
+SPLITS = ("tune", "heldout")
+# Header keys of a call file (``# key: value``) and the CallScript field each one sets.
+_HEADER_FIELDS: dict[str, str | None] = {
+    "call_id": None,
+    "split": None,
+    "domain": None,
+    "notes": None,
+    "customer_voice": "customer_voice",
+    "agent_voice": "agent_voice",
+    "customer_speed": "customer_speed_wpm",
+    "agent_speed": "agent_speed_wpm",
+    "customer_pitch": "customer_pitch",
+    "agent_pitch": "agent_pitch",
+    "amplitude": "amplitude",
+}
+_HEADER = re.compile(r"^#\s*([a-z_]+)\s*:\s*(.*?)\s*$")
+
+
+def parse_call(text: str, *, default_call_id: str) -> tuple[CallScript, dict[str, str]]:
+    """A call file's text: ``# key: value`` header lines (see ``_HEADER_FIELDS``), then turns.
+
+    The header is the block of ``#`` lines before the first turn; there an unknown key is an
+    error (a typo would silently change the call). Other ``#`` lines are comments. Returns the
+    script and the header as strings.
+    """
+    meta: dict[str, str] = {}
+    for raw in text.splitlines():
+        if raw.strip() and not raw.startswith("#"):
+            break
+        m = _HEADER.match(raw)
+        if m is None:
+            continue
+        key, value = m.groups()
+        if key not in _HEADER_FIELDS:
+            raise ValueError(f"unknown header key {key!r} in line {raw!r}")
+        if key in meta:
+            raise ValueError(f"header {key!r} given twice")
+        meta[key] = value
+    if "split" in meta and meta["split"] not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {meta['split']!r}")
+    fields: dict[str, Any] = {}
+    for key, value in meta.items():
+        field = _HEADER_FIELDS[key]
+        if field is None:
+            continue
+        if field.endswith("_voice"):
+            if _VOICE.match(value) is None:
+                raise ValueError(f"bad voice {value!r} for header {key!r}")
+            fields[field] = value
+        else:
+            try:
+                fields[field] = int(value)
+            except ValueError:
+                raise ValueError(f"header {key!r} must be an integer, got {value!r}") from None
+    call_id = meta.get("call_id") or default_call_id
+    meta["call_id"] = call_id
+    return CallScript(call_id, parse_turns(text), **fields), meta
+
+
+def load_call_file(path: Path | str) -> tuple[CallScript, dict[str, str]]:
+    """Read a ``.call`` file (see ``parse_call``); the call id defaults to the file's stem."""
+    path = Path(path)
+    try:
+        return parse_call(path.read_text(encoding="utf-8"), default_call_id=path.stem)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 _BILLING_DISPUTE = """
@@ -371,6 +562,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Render scripted test calls with espeak-ng.")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--calls", default="all", help="comma-separated names, or 'all'")
+    parser.add_argument(
+        "--file",
+        type=Path,
+        action="append",
+        default=[],
+        help="render this .call file instead of built-in calls (repeatable)",
+    )
     parser.add_argument("--rate", type=int, default=8000)
     parser.add_argument("--encoding", choices=sorted(_SUBTYPE), default="mulaw")
     parser.add_argument("--channels", type=int, choices=(1, 2), default=2)
@@ -378,20 +576,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise-dbfs", type=float, default=None)
     args = parser.parse_args(argv)
 
-    calls = str(args.calls)
-    names = list(BUILTIN_CALLS) if calls == "all" else [n for n in calls.split(",") if n]
-    unknown = [n for n in names if n not in BUILTIN_CALLS]
-    if unknown or not names:
-        parser.error(f"unknown calls {unknown}; choose from {', '.join(BUILTIN_CALLS)} or all")
-    for call_name in names:
+    jobs: list[tuple[CallScript, dict[str, str] | None]]
+    if args.file:
+        jobs = [load_call_file(p) for p in args.file]
+    else:
+        calls = str(args.calls)
+        names = list(BUILTIN_CALLS) if calls == "all" else [n for n in calls.split(",") if n]
+        unknown = [n for n in names if n not in BUILTIN_CALLS]
+        if unknown or not names:
+            parser.error(f"unknown calls {unknown}; choose from {', '.join(BUILTIN_CALLS)} or all")
+        jobs = [(BUILTIN_CALLS[n], None) for n in names]
+    for script, meta in jobs:
         wav, truth = render_call(
-            BUILTIN_CALLS[call_name],
+            script,
             args.out_dir,
             sample_rate=args.rate,
             encoding=args.encoding,
             channels=args.channels,
             mono_party=args.mono_party,
             noise_dbfs=args.noise_dbfs,
+            meta=meta,
         )
         print(f"{wav}\t{truth}")
     return 0
