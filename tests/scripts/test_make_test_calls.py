@@ -11,14 +11,20 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import soundfile as sf
+from hypothesis import given
+from hypothesis import strategies as st
 
 from scripts.make_test_calls import (
     BUILTIN_CALLS,
+    CUE_IDS,
     DEMO_CALL,
     CallScript,
     Encoding,
     Turn,
+    load_call_file,
     main,
+    parse_call,
+    parse_turn_line,
     parse_turns,
     render_call,
 )
@@ -201,3 +207,173 @@ def test_cli_renders_selected_call(tmp_path: Path, capsys: pytest.CaptureFixture
     assert 30 <= truth["duration_s"] <= 70
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--calls", "nope"])
+
+
+def test_parse_attributes_and_labels() -> None:
+    turn = parse_turn_line(
+        "customer [speed=220 pitch=75, amp=170 voice=en-us+m3] {frustration, churn_risk?}: No!"
+    )
+    assert turn == Turn(
+        "customer",
+        "No!",
+        speed_wpm=220,
+        pitch=75,
+        amplitude=170,
+        voice="en-us+m3",
+        labels=("frustration",),
+        optional_labels=("churn_risk",),
+    )
+    # Labels without attributes, attributes without labels, old single-attribute form.
+    assert parse_turn_line("agent {dead_air}: Thanks for waiting.").labels == ("dead_air",)
+    assert parse_turn_line("agent [overlap=2.5]: Sorry.").overlap_s == 2.5
+    assert parse_turn_line("agent [gap=9.5,speed=280]: Hi.").gap_before_s == 9.5
+
+
+@pytest.mark.parametrize(
+    ("line", "match"),
+    [
+        ("customer {frustrated}: I'm annoyed.", "unknown cue id 'frustrated'.*I'm annoyed"),
+        ("customer {urgency, urgency?}: Now.", "labelled twice"),
+        ("customer [pitch=120]: Hi.", "bad value for 'pitch'"),
+        ("customer [amp=-1]: Hi.", "bad value for 'amp'"),
+        ("customer [speed=fast]: Hi.", "bad value for 'speed'"),
+        ("customer [volume=3]: Hi.", "bad attribute 'volume=3'"),
+        ("customer [gap=1 gap=2]: Hi.", "given twice"),
+        ("agent [gap=1, overlap=2]: Hi.", "not both"),
+        ("agent [voice=en us]: Hi.", "bad attribute"),
+        ("narrator: Hi.", "bad script line"),
+    ],
+)
+def test_bad_turn_lines_are_rejected_with_the_line(line: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        parse_turn_line(line)
+
+
+def test_turn_validates_labels() -> None:
+    with pytest.raises(ValueError, match="unknown cue id"):
+        Turn("customer", "Hi.", labels=("nope",))
+    with pytest.raises(ValueError, match="twice"):
+        Turn("customer", "Hi.", labels=("crisis",), optional_labels=("crisis",))
+
+
+def test_parse_turns_skips_comments_and_blank_lines() -> None:
+    turns = parse_turns(
+        "# a comment\nagent: One.\n\n# another\ncustomer {confusion}: Two\n  three."
+    )
+    assert [t.text for t in turns] == ["One.", "Two three."]
+    assert turns[1].labels == ("confusion",)
+
+
+_attr_values = {
+    "gap": st.floats(0, 30, allow_nan=False).map(lambda x: round(x, 2)),
+    "speed": st.integers(80, 500),
+    "pitch": st.integers(0, 99),
+    "amp": st.integers(0, 200),
+    "voice": st.sampled_from(["en-us", "en-gb+f3", "en-029", "en-gb-scotland+m4"]),
+}
+
+
+@given(
+    speaker=st.sampled_from(["customer", "agent"]),
+    attrs=st.fixed_dictionaries({}, optional=_attr_values),
+    cues=st.lists(st.sampled_from(CUE_IDS), unique=True, max_size=4),
+    optional_flags=st.lists(st.booleans(), min_size=4, max_size=4),
+    sep=st.sampled_from([" ", ", ", ",", "  "]),
+    text=st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1).filter(
+        lambda t: t.strip() != ""
+    ),
+)
+def test_turn_line_round_trip(
+    speaker: str,
+    attrs: dict[str, Any],
+    cues: list[str],
+    optional_flags: list[bool],
+    sep: str,
+    text: str,
+) -> None:
+    line = speaker
+    if attrs:
+        line += " [" + sep.join(f"{k}={v}" for k, v in attrs.items()) + "]"
+    if cues:
+        marked = [c + ("?" if opt else "") for c, opt in zip(cues, optional_flags, strict=False)]
+        line += " {" + sep.join(marked) + "}"
+    turn = parse_turn_line(f"{line}: {text}")
+    assert turn.speaker == speaker and turn.text == text.strip()
+    assert turn.gap_before_s == attrs.get("gap", 0.6)
+    assert (turn.speed_wpm, turn.pitch) == (attrs.get("speed"), attrs.get("pitch"))
+    assert (turn.amplitude, turn.voice) == (attrs.get("amp"), attrs.get("voice"))
+    flags = dict(zip(cues, optional_flags, strict=False))
+    assert turn.labels == tuple(c for c in cues if not flags[c])
+    assert turn.optional_labels == tuple(c for c in cues if flags[c])
+
+
+CALL_FILE = """# call_id: labeled_short
+# split: tune
+# domain: billing
+# customer_voice: en-gb+m3
+# agent_speed: 150
+# customer_pitch: 30
+# notes: a tiny labeled call
+agent: Hello, how can I help?
+customer [speed=210 pitch=80 amp=170] {frustration, churn_risk?}: This is the third
+  bill in a row that is wrong.
+agent [gap=9.5] {dead_air}: Thanks for waiting.
+"""
+
+
+def test_load_call_file_header_and_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "some_name.call"
+    path.write_text(CALL_FILE)
+    script, meta = load_call_file(path)
+    assert script.call_id == "labeled_short"
+    assert (script.customer_voice, script.agent_speed_wpm, script.customer_pitch) == (
+        "en-gb+m3",
+        150,
+        30,
+    )
+    assert meta["split"] == "tune" and meta["notes"] == "a tiny labeled call"
+    assert [t.labels for t in script.turns] == [(), ("frustration",), ("dead_air",)]
+    path.write_text(CALL_FILE.replace("# call_id: labeled_short\n", ""))
+    assert load_call_file(path)[0].call_id == "some_name"
+
+
+@pytest.mark.parametrize(
+    ("header", "match"),
+    [
+        ("# split: test\n", "split must be one of"),
+        ("# custmer_voice: en-us\n", "unknown header key 'custmer_voice'"),
+        ("# agent_speed: fast\n", "must be an integer"),
+        ("# domain: a\n# domain: b\n", "given twice"),
+    ],
+)
+def test_bad_headers_rejected(header: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        parse_call(header + "agent: Hi.\n", default_call_id="x")
+
+
+def test_comment_after_turns_is_not_a_header() -> None:
+    script, meta = parse_call("agent: Hi.\n# anything: goes here\n", default_call_id="x")
+    assert meta == {"call_id": "x"} and len(script.turns) == 1
+
+
+def test_render_writes_labels_timing_and_meta(tmp_path: Path) -> None:
+    script, meta = parse_call(CALL_FILE, default_call_id="x")
+    _, truth_path = render_call(script, tmp_path, meta=meta)
+    truth = json.loads(truth_path.read_text())
+    assert truth["meta"]["domain"] == "billing"
+    turns = truth["turns"]
+    assert [t["cues"] for t in turns] == [[], ["frustration"], ["dead_air"]]
+    assert [t["optional_cues"] for t in turns] == [[], ["churn_risk"], []]
+    assert [t["gap_before_s"] for t in turns] == [0.6, 0.6, 9.5]
+    assert turns[2]["t_start"] - turns[1]["t_end"] == pytest.approx(9.5, abs=0.002)
+    assert (turns[1]["speed_wpm"], turns[1]["pitch"], turns[1]["amplitude"]) == (210, 80, 170)
+    assert turns[1]["voice"] == "en-gb+m3" and turns[0]["speed_wpm"] == 150
+
+
+def test_cli_renders_call_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.call"
+    path.write_text(CALL_FILE)
+    assert main([str(tmp_path / "out"), "--file", str(path)]) == 0
+    wav, truth_path = capsys.readouterr().out.strip().split("\t")
+    assert Path(wav).name == "labeled_short.wav"
+    assert json.loads(Path(truth_path).read_text())["meta"]["split"] == "tune"
