@@ -740,8 +740,8 @@ def svg_plot(rows: Sequence[dict[str, Any]], target_s: float) -> str:
         if r["final_latency_wall_s"]["p95"] is not None
     ]
     w, h, left, right, top, bottom = 640, 400, 60, 20, 30, 50
-    max_n = max((p[1] for p in pts), default=1)
-    max_y = max([target_s * 1.5, *(p[3] for p in pts)])
+    max_n = max((int(p[1]) for p in pts), default=1)
+    max_y = max([target_s * 1.5, *(float(p[3]) for p in pts)])
 
     def x(n: float) -> float:
         return left + (w - left - right) * (n / max_n if max_n else 0)
