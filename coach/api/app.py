@@ -225,14 +225,22 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @app.post("/webrtc/offer", tags=["ingest"])
     async def webrtc_offer(request: Request) -> dict[str, str]:
         # A browser or softphone posts its SDP offer; see coach/ingest/webrtc.py.
+        # Telephony (API key, admin token), or a signed-in person trying the microphone
+        # mode: their call is then assigned to them, whatever the body says.
+        caller: Principal | None = None
         if not ingest_authorized(request, settings):
-            raise HTTPException(401, "missing or invalid API key or admin token")
+            try:
+                caller = principal_from(request, settings)
+            except AuthError as exc:
+                raise HTTPException(401, "missing or invalid API key or token") from exc
         try:
             body = await request.json()
         except ValueError as exc:
             raise HTTPException(400, "body must be JSON") from exc
         if not isinstance(body, dict):
             raise HTTPException(400, "body must be a JSON object")
+        if caller is not None:
+            body["agent_id"] = caller.user
         return await webrtc_ingest.answer(body, manager=state.manager)
 
     @app.websocket("/ingest/twilio")

@@ -1,6 +1,6 @@
 // "Try with your microphone": stream this browser's microphone to the server over WebRTC
 // (POST /webrtc/offer, one round trip, no trickle ICE) and watch the call's live transcript.
-// Uses panel.js's globals: connect(callId, token), socket, lastSeq.
+// Uses agent.js's watch(callId) and the signed-in token (Auth).
 "use strict";
 (() => {
   const el = (id) => document.getElementById(id);
@@ -42,24 +42,12 @@
       });
       await pc.setLocalDescription(await pc.createOffer());
       await iceComplete(pc);
-      const token = el("token").value.trim();
-      const q = token ? `?${new URLSearchParams({ token })}` : "";
       const body = { sdp: pc.localDescription.sdp, type: "offer" };
-      const wanted = el("call").value.trim();
-      if (wanted) body.call_id = wanted;
-      const r = await fetch(`/webrtc/offer${q}`, {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify(body),
-      });
+      const r = await Auth.api("/webrtc/offer", { method: "POST", json: body });
       if (!r.ok) throw new Error(`${r.status} ${(await r.text()).slice(0, 200)}`);
       const answer = await r.json();
       await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
-      el("call").value = answer.call_id;
-      if (socket) socket.close(1000);
-      lastSeq = 0;
-      el("transcript").replaceChildren();
-      connect(answer.call_id, token);
+      watch(answer.call_id);
       button.textContent = "Stop microphone";
       button.disabled = false;
     } catch (err) {

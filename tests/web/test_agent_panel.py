@@ -1,0 +1,170 @@
+"""The agent panel in headless Chromium: sign-in, cue cards and feedback, roles, reconnects,
+and the "Play demo call" button through the real pipeline."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.web.conftest import ARTIFACTS, LiveServer, cue, customer_state, sign_in, transcript
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+END = {"type": "call_end", "duration_s": 12.0, "reason": "end", "summary": {"arc": [], "cues": {}}}
+
+
+def test_sign_in_refuses_a_wrong_password_then_lets_the_agent_in(
+    live_server: LiveServer, page: Any
+) -> None:
+    page.goto(f"{live_server.base}/agent/")
+    assert page.locator("#app").is_hidden()
+    page.get_by_label("Name").fill("ann")
+    page.get_by_label("Password").fill("wrong")
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("alert").filter(has_text="wrong name or password").wait_for()
+    assert page.locator("#app").is_hidden()
+    page.get_by_label("Password").fill("demo")
+    page.get_by_role("button", name="Sign in").click()
+    page.locator(".who-am-i").filter(has_text="ann · agent · team blue").wait_for()
+    # The token is kept: a reload goes straight to the panel.
+    page.reload()
+    page.locator(".who-am-i").wait_for()
+    assert page.locator("#signin").is_hidden()
+
+
+def test_agent_sees_transcript_and_cue_card_and_feedback_is_stored(
+    live_server: LiveServer, page: Any
+) -> None:
+    call_id = "web-cue-1"
+    sign_in(page, live_server.base, "/agent/", "ann")
+    live_server.start_call(call_id, "ann")
+    # The panel follows the agent's new call by itself.
+    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    text = "This is really frustrating, it has happened before."
+    live_server.emit(call_id, transcript("agent", "How can I help you today?", 1, 0.5))
+    live_server.emit(call_id, {"type": "partial", "speaker": "customer", "text": "This is really", "t_start": 3.0, "t_end": 4.0, "utterance_id": 2, "t_emit": 4.0})
+    page.locator("#transcript li.partial").filter(has_text="This is really").wait_for()
+    live_server.emit(
+        call_id,
+        transcript("customer", text, 2, 3.0, state=customer_state(-0.6, 0.7, "frustrated", -0.3)),
+    )
+    final = page.locator("#transcript li.customer.transcript")
+    final.wait_for()
+    assert page.locator("#transcript li.partial").count() == 0  # replaced by the final
+    live_server.emit(call_id, cue("frustration", 5.5, utterance_id=2, phrase="really frustrating", text=text))
+
+    card = page.locator(".cards .card").first
+    card.wait_for()
+    assert card.locator(".ai-label").text_content() == "AI suggestion"
+    assert card.get_by_role("heading", name="Customer is frustrated").is_visible()
+    assert "Why:" in card.inner_text()
+    # The trigger phrase is highlighted in the transcript, and screen readers heard the cue.
+    assert final.locator("mark.trigger").inner_text() == "really frustrating"
+    assert "Customer is frustrated" in page.locator('.callview [aria-live="polite"]').inner_text()
+    assert page.locator("svg.trend polyline.line-valence").count() == 1
+
+    card.get_by_role("button", name="Helpful", exact=True).click()
+    card.get_by_role("status").filter(has_text="marked helpful").wait_for()
+    detail = live_server.store_call(call_id)
+    assert detail is not None
+    verdicts = [(f.verdict, f.user) for c in detail.cues for f in c.feedback]
+    assert verdicts == [("helpful", "ann")]
+    page.screenshot(path=str(ARTIFACTS / "agent-panel.png"), full_page=False)
+    live_server.emit(call_id, END)
+    page.locator("#status").filter(has_text="ended").wait_for()
+
+
+def test_at_most_three_cards_newest_on_top_crisis_distinct_and_expiry(
+    live_server: LiveServer, page: Any
+) -> None:
+    call_id = "web-cards"
+    sign_in(page, live_server.base, "/agent/", "ann")
+    live_server.start_call(call_id, "ann")
+    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    live_server.emit(call_id, transcript("customer", "I am confused and I want a manager", 1, 1.0))
+    live_server.emit(call_id, cue("crisis", 3.0, utterance_id=1, phrase="want", text="I am confused"))
+    live_server.emit(call_id, cue("confusion", 4.0, utterance_id=1, phrase="confused", text="I am confused"))
+    live_server.emit(call_id, cue("escalation_request", 5.0, utterance_id=1, phrase="manager", text="x", expires_s=5.0))
+    live_server.emit(call_id, cue("frustration", 6.0, utterance_id=1, phrase="I am", text="x"))
+    page.locator(".cards .card").nth(2).wait_for()
+    cards = page.locator(".cards .card")
+    assert cards.count() == 3
+    assert [cards.nth(i).get_attribute("data-cue") for i in range(3)] == [
+        "frustration",
+        "escalation_request",
+        "crisis",  # the oldest, but a crisis card is never pushed out
+    ]
+    assert "critical" in (cards.nth(2).get_attribute("class") or "")
+    assert page.locator(".cards .card.critical .critical-label").is_visible()
+    assert "Earlier suggestions (1)" in page.locator(".older summary").inner_text()
+    # Call time passes the escalation_request card's expiry (5 s + 5 s): it collapses.
+    live_server.emit(call_id, {"type": "metrics", "talk_ratio": {"customer": 0.6, "agent": 0.4}, "overtalk_s": 0.0, "silence_s": 0.0, "agent_wps": 4.2, "t_start": 0, "t_end": 11, "t_emit": 11.0})
+    page.locator(".older-cards .card[data-cue=\"escalation_request\"]").wait_for(state="attached")
+    assert "4.2 words/s (fast)" in page.locator(".metrics").inner_text()
+    # Keyboard: Tab reaches the feedback buttons; Enter on Dismiss collapses the card.
+    dismiss = page.locator('.cards .card[data-cue="frustration"]').get_by_role("button", name="Dismiss")
+    dismiss.focus()
+    page.keyboard.press("Enter")
+    page.locator(".older-cards .card[data-cue=\"frustration\"]").wait_for(state="attached")
+    live_server.emit(call_id, END)
+
+
+def test_agent_cannot_open_another_agents_call(live_server: LiveServer, page: Any) -> None:
+    call_id = "web-bens-call"
+    live_server.start_call(call_id, "ben")
+    secret = "My card number is 4111 1111 1111 1111 and I live alone"
+    live_server.emit(call_id, transcript("customer", secret, 1, 1.0))
+    sign_in(page, live_server.base, "/agent/", "ann")
+    page.goto(f"{live_server.base}/agent/?call={call_id}")
+    page.locator("#notice").filter(has_text="not assigned").wait_for()
+    body = page.locator("body").inner_text()
+    assert "live alone" not in body and "card number" not in body
+    assert page.locator("#view").inner_text().strip() == ""
+    # And over HTTP: 403, with nothing of the call in the answer.
+    token = page.evaluate("localStorage.getItem('coach.token')")
+    r = page.request.get(f"{live_server.base}/api/history/calls/{call_id}", headers={"Authorization": f"Bearer {token}"})
+    assert r.status in (403, 404) and "alone" not in r.text()
+    calls = page.request.get(f"{live_server.base}/api/calls", headers={"Authorization": f"Bearer {token}"}).json()
+    assert call_id not in [c["call_id"] for c in calls["calls"]]
+
+
+def test_reconnect_resumes_without_duplicates(live_server: LiveServer, page: Any) -> None:
+    call_id = "web-blip"
+    sign_in(page, live_server.base, "/agent/", "ann")
+    live_server.start_call(call_id, "ann")
+    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    for i in range(1, 4):
+        live_server.emit(call_id, transcript("customer", f"line number {i}", i, i * 3.0))
+    live_server.emit(call_id, cue("confusion", 10.0, utterance_id=3, phrase="number", text="line number 3"))
+    page.locator("#transcript li").nth(2).wait_for()
+    page.locator(".cards .card").wait_for()
+    # A network blip: the socket drops (not a normal close), events keep coming meanwhile.
+    page.evaluate("Panel.stream.socket.close(4000, 'blip')")
+    live_server.emit(call_id, transcript("customer", "line number 4", 4, 12.0))
+    page.locator("#transcript li").nth(3).wait_for()
+    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    assert page.evaluate("Panel.stream.reconnects") >= 1
+    time.sleep(0.5)
+    lines = page.locator("#transcript li").all_inner_texts()
+    assert len(lines) == 4, lines
+    assert page.locator(".card").count() == 1
+    assert page.evaluate("Panel.stream.lastSeq") == 6  # call_start, 4 transcripts, 1 cue
+    live_server.emit(call_id, END)
+
+
+@pytest.mark.timeout(300)
+def test_play_demo_call_end_to_end_through_the_pipeline(live_server: LiveServer, page: Any) -> None:
+    sign_in(page, live_server.base, "/agent/?demo_speed=2", "ann")
+    page.get_by_role("button", name="Play demo call").click()
+    page.locator("#status").filter(has_text="Watching demo-ann-").wait_for(timeout=20_000)
+    page.locator("#transcript li.agent.transcript").first.wait_for(timeout=30_000)
+    page.locator("#status").filter(has_text="ended").wait_for(timeout=120_000)
+    lines = " ".join(page.locator("#transcript li.transcript").all_inner_texts()).lower()
+    assert "charged twice" in lines or "refund" in lines, lines
+    assert page.locator(".cv-state .emotion").inner_text() != "No customer speech yet."
+    call_id = page.locator("#call").input_value()
+    detail = live_server.store_call(call_id)
+    assert detail is not None and detail.call.agent_id == "ann" and detail.transcript
+    if detail.cues:  # the cue engine's cues show as cards
+        assert page.locator(".card").count() >= 1

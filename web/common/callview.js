@@ -1,0 +1,314 @@
+// The live view of one call, shared by the agent panel and the supervisor's drill-in:
+// cue cards, the transcript (partials greyed, replaced by finals, trigger phrases marked),
+// the customer's state with its trend line, and the conversation metrics.
+//
+// Time on cards is call time (`t_emit`), so a card expires `expires_s` of call audio after
+// it was raised, whatever the network did. At most MAX_CARDS are shown, newest on top;
+// the rest collapse into "Earlier suggestions". Crisis cards stay until acted on.
+"use strict";
+const REASONS = {
+  high_emotional_intensity: "High emotional intensity",
+  repeated_frustration: "Repeated frustration",
+  complex_inquiry: "Complex inquiry",
+  user_request: "Customer asked for a supervisor",
+  low_confidence: "Low confidence",
+  crisis_indicators: "Crisis indicators",
+};
+const VERDICT_LABELS = { helpful: "Helpful", not_helpful: "Not helpful", dismissed: "Dismissed" };
+
+function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c);
+  return node;
+}
+
+function fmtTime(s) {
+  s = Math.max(0, Math.round(s));
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+class CallView {
+  static MAX_CARDS = 3;
+  static DEFAULT_EXPIRES_S = 45;
+
+  constructor(root, { callId, readOnly = false } = {}) {
+    this.root = root;
+    this.callId = callId;
+    this.readOnly = readOnly;
+    this.now = 0; // call time of the latest event
+    this.trendPoints = [];
+    this.marks = new Map(); // "speaker-utterance" -> [{phrase, title}]
+    this.ended = false;
+    this.lastSpeechWall = Date.now();
+    this.build();
+    this.timer = setInterval(() => this.tick(), 1000);
+  }
+
+  build() {
+    const id = (s) => `${this.readOnly ? "ro" : "cv"}-${s}`;
+    this.cards = h("ol", { class: "cards", "aria-label": "Current suggestions" });
+    this.olderList = h("ol", { class: "older-cards" });
+    this.olderCount = h("span", { text: "0" });
+    this.older = h("details", { class: "older", hidden: true },
+      h("summary", {}, "Earlier suggestions (", this.olderCount, ")"), this.olderList);
+    this.banner = h("p", { class: "escalation-banner", hidden: true, role: "status" });
+    this.lines = h("ol", { class: "lines", "aria-label": "Transcript" });
+    this.emotion = h("p", { class: "emotion", text: "No customer speech yet." });
+    this.trendSvg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    this.trendSvg.classList.add("trend");
+    Charts.trend(this.trendSvg, []);
+    this.metricsList = h("dl", { class: "metrics" });
+    this.announce = h("div", { class: "sr-only", "aria-live": "polite", "aria-atomic": "true" });
+    this.alert = h("div", { class: "sr-only", role: "alert" });
+    this.root.replaceChildren(h("div", { class: "callview" },
+      h("section", { class: "cv-cues", "aria-labelledby": id("cues") },
+        h("h2", { id: id("cues") }, "Suggestions ", h("span", { class: "ai-label", text: "AI" })),
+        this.banner, this.cards,
+        h("p", { class: "empty-cards", text: "No suggestions right now." }),
+        this.older),
+      h("section", { class: "cv-transcript", "aria-labelledby": id("tr") },
+        h("h2", { id: id("tr"), text: "Transcript" }), this.lines),
+      h("aside", { class: "cv-state", "aria-labelledby": id("st") },
+        h("h2", { id: id("st"), text: "Customer" }), this.emotion, this.trendSvg,
+        h("p", { class: "legend" },
+          h("span", { class: "key valence", text: "valence" }), " ",
+          h("span", { class: "key arousal", text: "arousal" })),
+        h("h2", { text: "Conversation" }), this.metricsList),
+      this.announce, this.alert));
+    this.renderMetrics({});
+  }
+
+  destroy() {
+    clearInterval(this.timer);
+    this.root.replaceChildren();
+  }
+
+  handle(ev) {
+    if (typeof ev.t_emit === "number") this.now = Math.max(this.now, ev.t_emit);
+    switch (ev.type) {
+      case "partial":
+      case "transcript":
+        this.line(ev);
+        this.lastSpeechWall = Date.now();
+        if (ev.type === "transcript" && ev.state) this.customerState(ev);
+        break;
+      case "cue": this.addCard(ev); break;
+      case "escalation": this.escalation(ev); break;
+      case "metrics": this.renderMetrics(ev); break;
+      case "call_end":
+        this.ended = true;
+        this.endedInfo = ev;
+        for (const card of [...this.cards.children]) this.collapse(card);
+        this.renderMetrics(this.lastMetrics || {});
+        break;
+      default: break;
+    }
+    this.expire();
+  }
+
+  // -- transcript ---------------------------------------------------------------------
+  line(ev) {
+    const key = `${ev.speaker}-${ev.utterance_id ?? `t${ev.t_start}`}`;
+    let li = this.lines.querySelector(`li[data-key="${CSS.escape(key)}"]`);
+    if (!li) {
+      li = h("li", { "data-key": key });
+      this.lines.append(li);
+    }
+    li.className = `${ev.speaker} ${ev.type}`;
+    li.dataset.text = ev.text;
+    li.replaceChildren(
+      h("span", { class: "who", text: ev.speaker === "agent" ? "Agent" : "Customer" }),
+      h("span", { class: "t", text: fmtTime(ev.t_start) }),
+      h("span", { class: "text" }));
+    this.paintMarks(li);
+    if (this.lines.lastElementChild === li) li.scrollIntoView({ block: "nearest" });
+  }
+
+  paintMarks(li) {
+    const span = li.querySelector(".text");
+    const text = li.dataset.text || "";
+    const marks = li.classList.contains("transcript") ? this.marks.get(li.dataset.key) || [] : [];
+    const ranges = [];
+    for (const m of marks) {
+      const at = text.toLowerCase().indexOf(m.phrase.toLowerCase());
+      if (at >= 0 && m.phrase) ranges.push([at, at + m.phrase.length, m.title]);
+    }
+    ranges.sort((a, b) => a[0] - b[0]);
+    let pos = 0;
+    const parts = [];
+    for (const [a, b, title] of ranges) {
+      if (a < pos) continue; // overlapping phrases: keep the first
+      parts.push(text.slice(pos, a), h("mark", { class: "trigger", title: `Trigger for: ${title}`, text: text.slice(a, b) }));
+      pos = b;
+    }
+    parts.push(text.slice(pos));
+    span.replaceChildren(...parts);
+  }
+
+  markEvidence(ev) {
+    const evd = ev.evidence || {};
+    const phrases = (evd.phrases && evd.phrases.length ? evd.phrases : evd.text ? [evd.text] : []).filter(Boolean);
+    if (!phrases.length) return;
+    let key = evd.utterance_id !== undefined && evd.utterance_id !== null
+      ? `${ev.speaker || "customer"}-${evd.utterance_id}` : null;
+    if (!key) {
+      // No utterance id: the latest line of that speaker containing the quote.
+      const lines = [...this.lines.querySelectorAll(`li.${ev.speaker || "customer"}`)].reverse();
+      const hit = lines.find((li) => phrases.some((p) => (li.dataset.text || "").toLowerCase().includes(p.toLowerCase())));
+      key = hit ? hit.dataset.key : null;
+    }
+    if (!key) return;
+    const list = this.marks.get(key) || [];
+    for (const phrase of phrases) list.push({ phrase, title: ev.title || ev.cue });
+    this.marks.set(key, list);
+    const li = this.lines.querySelector(`li[data-key="${CSS.escape(key)}"]`);
+    if (li) this.paintMarks(li);
+  }
+
+  // -- cue cards ----------------------------------------------------------------------
+  addCard(ev) {
+    if (this.root.querySelector(`[data-seq="${ev.seq}"]`)) return;
+    this.markEvidence(ev);
+    const critical = ev.severity === "critical" || ev.cue === "crisis";
+    const titleId = `cue-${this.readOnly ? "ro" : "cv"}-${ev.seq}`;
+    const reasons = Array.isArray(ev.reasons) ? ev.reasons : [];
+    const card = h("li", {
+      class: `card${critical ? " critical" : ""} p${ev.priority ?? 3}`,
+      "data-seq": ev.seq, "data-cue": ev.cue,
+      "data-expires": critical ? "" : String((ev.t_emit ?? this.now) + (ev.expires_s ?? CallView.DEFAULT_EXPIRES_S)),
+      "aria-labelledby": titleId,
+    },
+      h("p", { class: "card-label" },
+        h("span", { class: "ai-label", text: ev.label || "AI suggestion" }),
+        critical ? h("span", { class: "critical-label", text: "Critical" }) : null,
+        h("span", { class: "card-time", text: fmtTime(ev.t_emit ?? this.now) })),
+      h("h3", { id: titleId, text: ev.title || ev.cue }),
+      h("p", { class: "advice", text: ev.advice || "" }),
+      h("p", { class: "why" }, h("strong", { text: "Why: " }), ev.why || ""),
+      reasons.length ? h("ul", { class: "reasons" }, reasons.map((r) => h("li", { text: r }))) : null,
+      this.readOnly ? h("p", { class: "verdicts", "aria-live": "polite" }) : this.feedbackButtons(ev));
+    this.cards.prepend(card);
+    while (this.cards.children.length > CallView.MAX_CARDS) {
+      // The oldest non-critical card makes room (a crisis card is never pushed out).
+      const victims = [...this.cards.children].reverse();
+      this.collapse(victims.find((c) => !c.classList.contains("critical")) || victims[0]);
+    }
+    this.syncEmpty();
+    const say = `New suggestion${critical ? ", critical" : ""}: ${ev.title || ev.cue}. ${ev.advice || ""}`;
+    (critical ? this.alert : this.announce).textContent = say;
+  }
+
+  feedbackButtons(ev) {
+    const status = h("span", { class: "feedback-status", role: "status" });
+    const group = h("div", { class: "feedback", role: "group", "aria-label": `Feedback on ${ev.title || ev.cue}` });
+    for (const [verdict, label] of Object.entries({ helpful: "Helpful", not_helpful: "Not helpful", dismissed: "Dismiss" })) {
+      group.append(h("button", {
+        type: "button", class: `fb ${verdict}`, "data-verdict": verdict, "aria-pressed": "false",
+        onclick: () => this.sendFeedback(ev, verdict, group, status),
+      }, label));
+    }
+    group.append(status);
+    return group;
+  }
+
+  async sendFeedback(ev, verdict, group, status) {
+    status.textContent = "Sending…";
+    for (const b of group.querySelectorAll("button")) b.disabled = true;
+    let ok = false, detail = "";
+    // The cue reaches the store within a second of being shown: retry a "not found" briefly.
+    for (let attempt = 0; attempt < 6 && !ok; attempt++) {
+      const r = await Auth.api(`/api/calls/${encodeURIComponent(this.callId)}/cues/${ev.seq}/feedback`, {
+        method: "POST", json: { verdict },
+      }).catch((err) => ({ ok: false, status: 0, err }));
+      ok = r.ok;
+      if (!ok) {
+        detail = r.status ? `error ${r.status}` : "network error";
+        if (r.status !== 404 && r.status !== 503 && r.status !== 0) break;
+        await new Promise((res) => setTimeout(res, 500));
+      }
+    }
+    for (const b of group.querySelectorAll("button")) {
+      b.disabled = false;
+      b.setAttribute("aria-pressed", String(ok && b.dataset.verdict === verdict));
+    }
+    status.textContent = ok ? `Thanks: marked ${VERDICT_LABELS[verdict].toLowerCase()}.` : `Not saved (${detail}); try again.`;
+    if (ok && verdict === "dismissed") {
+      const card = group.closest(".card");
+      if (card && card.parentElement === this.cards) this.collapse(card);
+    }
+  }
+
+  collapse(card) {
+    if (!card || card.parentElement === this.olderList) return;
+    card.classList.add("collapsed");
+    this.olderList.prepend(card);
+    this.older.hidden = false;
+    this.olderCount.textContent = String(this.olderList.children.length);
+    this.syncEmpty();
+  }
+
+  expire() {
+    for (const card of [...this.cards.children]) {
+      const until = parseFloat(card.dataset.expires);
+      if (!Number.isNaN(until) && this.now > until) this.collapse(card);
+    }
+  }
+
+  syncEmpty() {
+    this.root.querySelector(".empty-cards").hidden = this.cards.children.length > 0;
+  }
+
+  escalation(ev) {
+    const reason = REASONS[ev.reason] || ev.reason;
+    this.banner.hidden = false;
+    this.banner.className = `escalation-banner ${ev.urgency}`;
+    this.banner.textContent = `Supervisor alerted (${ev.urgency}): ${reason}.`;
+  }
+
+  // -- state and metrics --------------------------------------------------------------
+  customerState(ev) {
+    const st = ev.state;
+    this.trendPoints.push({ t: ev.t_end ?? this.now, valence: st.valence, arousal: st.arousal });
+    Charts.trend(this.trendSvg, this.trendPoints);
+    const trend = st.trend && typeof st.trend.valence === "number"
+      ? (st.trend.valence < -0.1 ? " · getting worse" : st.trend.valence > 0.1 ? " · improving" : " · steady") : "";
+    this.emotion.textContent = `${st.emotion} · valence ${st.valence.toFixed(2)} · arousal ${st.arousal.toFixed(2)}${trend}`;
+    this.emotion.title = (st.why || []).join("; ");
+    this.emotion.dataset.emotion = st.emotion;
+  }
+
+  renderMetrics(ev) {
+    this.lastMetrics = ev;
+    const ratio = ev.talk_ratio || {};
+    const cust = Math.round((ratio.customer ?? 0) * 100), agent = Math.round((ratio.agent ?? 0) * 100);
+    const pace = ev.agent_wps;
+    const bar = h("div", { class: "ratio", role: "img", "aria-label": `Talk ratio: customer ${cust} %, agent ${agent} %` },
+      h("span", { class: "ratio-customer", style: `width:${cust}%` }),
+      h("span", { class: "ratio-agent", style: `width:${agent}%` }));
+    this.silenceDd = h("dd", { class: "silence" });
+    this.metricsList.replaceChildren(
+      h("dt", { text: "Talk ratio" }), h("dd", {}, bar, h("span", { class: "ratio-text", text: `customer ${cust} % · agent ${agent} %` })),
+      h("dt", { text: "Silence" }), this.silenceDd,
+      h("dt", { text: "Agent pace" }),
+      h("dd", { class: pace > 3.5 ? "warn" : "", text: pace == null ? "–" : `${pace.toFixed(1)} words/s${pace > 3.5 ? " (fast)" : ""}` }),
+      h("dt", { text: "Overtalk" }), h("dd", { text: ev.overtalk_s == null ? "–" : `${ev.overtalk_s.toFixed(1)} s` }),
+      h("dt", { text: "Call time" }), h("dd", { class: "calltime", text: fmtTime(this.now) }));
+    this.tick();
+  }
+
+  tick() {
+    if (!this.silenceDd) return;
+    const quiet = this.ended ? 0 : (Date.now() - this.lastSpeechWall) / 1000;
+    this.silenceDd.textContent = this.ended ? "call ended" : quiet < 2 ? "speaking" : `${Math.floor(quiet)} s`;
+    this.silenceDd.className = `silence${quiet >= 8 ? " warn" : ""}`;
+    const ct = this.metricsList.querySelector(".calltime");
+    if (ct) ct.textContent = fmtTime(this.now);
+  }
+}

@@ -1,0 +1,458 @@
+// The supervisor wall: every live call the supervisor may see as a tile, sorted by risk;
+// escalation alerts with the handoff summary and an acknowledge button; drill-in (the
+// agent's live view, read-only, plus cue history and feedback); the post-call summary from
+// the store; recent calls; coaching analytics over a date range.
+//
+// Events are folded into an in-memory model as they arrive and painted at most once per
+// frame, so 50 busy calls cost one DOM pass per frame, not one per event.
+// Views are addressed by the URL fragment: #live, #call/ID, #summary/ID, #history, #analytics.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const URGENCY = { critical: 4, high: 3, medium: 2, low: 1 };
+const Wall = {
+  me: null,
+  calls: new Map(), // call_id -> tile model
+  tiles: new Map(), // call_id -> <li>
+  dirty: new Set(),
+  alertsDirty: false,
+  order: [],
+  socket: null,
+  retry: 0,
+  scheduled: false,
+  drill: null, // {callId, view, stream}
+};
+window.wallStats = { latencies: [], events: 0, paints: 0 };
+
+// -- the model ---------------------------------------------------------------------------
+function fold(ev) {
+  let c = Wall.calls.get(ev.call_id);
+  if (!c) {
+    if (ev.type === "call_end" || ev.type === "escalation_ack") return null;
+    c = { call_id: ev.call_id, meta: {}, agent_id: null, started_at: Date.now() / 1000, ended_at: null, t: 0,
+      valence: null, arousal: null, emotion: null, trend_valence: null, last_cue: null, cues: 0, escalations: [] };
+    Wall.calls.set(ev.call_id, c);
+  }
+  if (typeof ev.t_emit === "number") c.t = Math.max(c.t, ev.t_emit);
+  switch (ev.type) {
+    case "call_start":
+      c.meta = ev.meta || {};
+      c.agent_id = c.meta.agent_id || null;
+      c.ended_at = null;
+      break;
+    case "call_end": c.ended_at = Date.now() / 1000; break;
+    case "call_update":
+      c.valence = ev.valence; c.arousal = ev.arousal; c.emotion = ev.emotion; c.trend_valence = ev.trend_valence;
+      if (ev.last_cue) c.last_cue = ev.last_cue;
+      break;
+    case "cue":
+      c.cues += 1;
+      c.last_cue = { seq: ev.seq, cue: ev.cue, title: ev.title, priority: ev.priority, severity: ev.severity, t_emit: ev.t_emit };
+      break;
+    case "escalation":
+      if (!c.escalations.some((e) => e.seq === ev.seq)) {
+        c.escalations.push({ seq: ev.seq, reason: ev.reason, urgency: ev.urgency, cue: ev.cue, summary: ev.summary, t_emit: ev.t_emit, acknowledged_by: null });
+        announce(`Escalation, ${ev.urgency}: ${REASONS[ev.reason] || ev.reason}, call ${ev.call_id}`, ev.urgency === "critical" || ev.urgency === "high");
+      }
+      Wall.alertsDirty = true;
+      break;
+    case "escalation_ack": {
+      const e = c.escalations.find((x) => x.seq === ev.seq);
+      if (e) e.acknowledged_by = ev.by || "someone";
+      Wall.alertsDirty = true;
+      break;
+    }
+    default: break;
+  }
+  return c;
+}
+
+function openEscalations(c) { return c.escalations.filter((e) => !e.acknowledged_by); }
+
+// Higher is riskier: crisis and open escalations first, then how negative and aroused the
+// customer is and whether it is getting worse. Ended calls sink to the bottom.
+function risk(c) {
+  if (c.ended_at) return -1000 + (c.started_at || 0) / 1e10;
+  let r = 0;
+  for (const e of c.escalations) {
+    const u = URGENCY[e.urgency] || 1;
+    r = Math.max(r, e.acknowledged_by ? 20 * u : 100 * u + (e.reason === "crisis_indicators" ? 100 : 0));
+  }
+  if (c.last_cue && (c.last_cue.severity === "critical" || c.last_cue.cue === "crisis")) r = Math.max(r, 500);
+  if (typeof c.valence === "number") r += (0 - c.valence) * 40;
+  if (typeof c.arousal === "number" && typeof c.valence === "number" && c.valence < 0) r += c.arousal * 20;
+  if (typeof c.trend_valence === "number" && c.trend_valence < -0.1) r += 10;
+  return r;
+}
+
+function riskClass(c) {
+  if (c.ended_at) return "ended";
+  const open = openEscalations(c);
+  if (open.some((e) => e.urgency === "critical") || (c.last_cue && c.last_cue.severity === "critical")) return "risk-critical";
+  if (open.length || (typeof c.valence === "number" && c.valence < -0.5)) return "risk-high";
+  if (typeof c.valence === "number" && c.valence < -0.15) return "risk-elevated";
+  return "risk-calm";
+}
+
+// -- painting ----------------------------------------------------------------------------
+function schedule() {
+  if (Wall.scheduled) return;
+  Wall.scheduled = true;
+  const run = () => { if (Wall.scheduled) { Wall.scheduled = false; paint(); } };
+  requestAnimationFrame(run);
+  setTimeout(run, 100); // rAF is paused in hidden tabs; the wall must still keep up
+}
+
+function paint() {
+  for (const id of Wall.dirty) paintTile(id);
+  Wall.dirty.clear();
+  const order = [...Wall.calls.values()].sort((a, b) => risk(b) - risk(a) || a.started_at - b.started_at).map((c) => c.call_id);
+  if (order.join("\n") !== Wall.order.join("\n")) {
+    const list = $("tiles");
+    order.forEach((id) => list.append(Wall.tiles.get(id)));
+    Wall.order = order;
+  }
+  const live = [...Wall.calls.values()].filter((c) => !c.ended_at).length;
+  $("call-count").textContent = String(live);
+  $("no-calls").hidden = Wall.calls.size > 0;
+  if (Wall.alertsDirty) { paintAlerts(); Wall.alertsDirty = false; }
+  const now = Date.now() / 1000;
+  for (const t of Wall.pendingLatency || []) window.wallStats.latencies.push(now - t);
+  Wall.pendingLatency = [];
+  window.wallStats.paints += 1;
+}
+
+function paintTile(id) {
+  const c = Wall.calls.get(id);
+  let li = Wall.tiles.get(id);
+  if (!c) { if (li) li.remove(); Wall.tiles.delete(id); return; }
+  if (!li) {
+    li = h("li", { "data-call": id });
+    Wall.tiles.set(id, li);
+    $("tiles").append(li);
+  }
+  li.className = `tile ${riskClass(c)}`;
+  const open = openEscalations(c);
+  const headId = `tile-${id}`;
+  const mood = c.emotion
+    ? h("p", { class: "mood" }, `${c.emotion}`,
+      h("span", { class: "valence-bar", role: "img", "aria-label": `valence ${c.valence.toFixed(2)}` },
+        h("i", { style: `left:calc(${((c.valence + 1) / 2) * 100}% - 2px)` })),
+      typeof c.trend_valence === "number" ? (c.trend_valence < -0.1 ? "worsening" : c.trend_valence > 0.1 ? "improving" : "steady") : "")
+    : h("p", { class: "mood muted", text: "no customer speech yet" });
+  li.replaceChildren(
+    h("h3", { id: headId }, h("span", { text: c.agent_id ? `Agent ${c.agent_id}` : "Unassigned" }), h("span", { class: "callid", text: id })),
+    mood,
+    h("p", { class: "meta" }, h("span", { class: "duration", "data-started": String(c.started_at), text: c.ended_at ? "ended" : fmtTime(Date.now() / 1000 - c.started_at) }), ` · ${c.cues} cue${c.cues === 1 ? "" : "s"}`),
+    h("p", { class: "lastcue", text: c.last_cue ? `Last cue: ${c.last_cue.title || c.last_cue.cue}` : "No cues yet" }),
+    c.escalations.length
+      ? h("p", { class: `esc${open.length ? "" : " acked"}`, text: open.length ? `Escalation: ${open.map((e) => e.urgency).join(", ")}` : "Escalation acknowledged" })
+      : null,
+    c.ended_at
+      ? h("button", { type: "button", class: "open", "aria-describedby": headId, onclick: () => { location.hash = `#summary/${encodeURIComponent(id)}`; } }, "Post-call summary")
+      : h("button", { type: "button", class: "open", "aria-describedby": headId, onclick: () => { location.hash = `#call/${encodeURIComponent(id)}`; } }, "Open call"));
+}
+
+function paintAlerts() {
+  const open = [];
+  for (const c of Wall.calls.values()) for (const e of openEscalations(c)) open.push([c, e]);
+  open.sort((a, b) => (URGENCY[b[1].urgency] || 0) - (URGENCY[a[1].urgency] || 0) || (a[1].t_emit || 0) - (b[1].t_emit || 0));
+  $("alerts").replaceChildren(...open.map(([c, e]) => alertCard(c, e)));
+  $("alert-count").textContent = String(open.length);
+  $("alert-count").dataset.n = String(open.length);
+  $("no-alerts").hidden = open.length > 0;
+}
+
+function alertCard(c, e) {
+  const s = typeof e.summary === "string" ? { text: e.summary } : (e.summary || {});
+  const st = s.state || {};
+  const headId = `alert-${c.call_id}-${e.seq}`;
+  const status = h("span", { class: "ack-status", role: "status" });
+  const facts = [
+    ["Customer", st.emotion ? `${st.emotion}${typeof st.valence === "number" ? ` (valence ${st.valence.toFixed(2)})` : ""}${s.trend ? `, ${s.trend}` : ""}` : null],
+    ["Trigger phrases", (s.trigger_phrases || []).map((p) => `“${p}”`).join(", ") || null],
+    ["Cues shown", (s.cues_shown || []).join(", ") || null],
+    ["Agent tried", (s.agent_tried || []).join("; ") || null],
+  ].filter(([, v]) => v);
+  return h("li", { class: `alert urgency-${e.urgency}`, "data-call": c.call_id, "data-seq": String(e.seq), "aria-labelledby": headId },
+    h("h3", { id: headId, text: `${e.urgency[0].toUpperCase()}${e.urgency.slice(1)}: ${REASONS[e.reason] || e.reason}` }),
+    h("p", { class: "muted", text: `Call ${c.call_id} · ${c.agent_id ? `agent ${c.agent_id}` : "unassigned"} · ${fmtTime(e.t_emit || 0)} into the call` }),
+    s.text ? h("p", { class: "handoff", text: s.text }) : null,
+    facts.length ? h("dl", {}, facts.flatMap(([k, v]) => [h("dt", { text: k }), h("dd", { text: v })])) : null,
+    h("div", { class: "actions" },
+      h("button", { type: "button", class: "primary ack", onclick: (ev) => acknowledge(c, e, ev.currentTarget, status) }, "Acknowledge"),
+      h("button", { type: "button", onclick: () => { location.hash = `#call/${encodeURIComponent(c.call_id)}`; } }, "Open call"),
+      status));
+}
+
+async function acknowledge(c, e, button, status) {
+  button.disabled = true;
+  status.textContent = "Acknowledging…";
+  for (let attempt = 0; attempt < 6; attempt++) {
+    const r = await Auth.api(`/api/calls/${encodeURIComponent(c.call_id)}/escalations/${e.seq}/ack`, { method: "POST" })
+      .catch(() => ({ ok: false, status: 0 }));
+    if (r.ok) {
+      const body = await r.json();
+      e.acknowledged_by = body.acknowledged_by || Wall.me.user;
+      Wall.alertsDirty = true;
+      Wall.dirty.add(c.call_id);
+      announce(`Escalation on call ${c.call_id} acknowledged.`);
+      schedule();
+      return;
+    }
+    if (r.status !== 404 && r.status !== 503 && r.status !== 0) { status.textContent = `Failed (${r.status}).`; button.disabled = false; return; }
+    await new Promise((res) => setTimeout(res, 500)); // not stored yet: it will be in a moment
+  }
+  status.textContent = "Could not acknowledge; try again.";
+  button.disabled = false;
+}
+
+function announce(text, urgent = false) { $(urgent ? "announce-critical" : "announce").textContent = text; }
+
+setInterval(() => {
+  const now = Date.now() / 1000;
+  for (const span of document.querySelectorAll("#tiles .duration")) {
+    const c = Wall.calls.get(span.closest(".tile").dataset.call);
+    if (c && !c.ended_at) span.textContent = fmtTime(now - c.started_at);
+  }
+}, 1000);
+
+// -- the wall's socket ---------------------------------------------------------------------
+function connectWall() {
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const q = new URLSearchParams();
+  if (Auth.token()) q.set("token", Auth.token());
+  const socket = new WebSocket(`${proto}://${location.host}/ws/supervisor?${q}`);
+  Wall.socket = socket;
+  socket.onopen = () => { Wall.retry = 0; $("status").textContent = "Live"; };
+  socket.onmessage = (m) => {
+    const ev = JSON.parse(m.data);
+    window.wallStats.events += 1;
+    if (ev.type === "snapshot") {
+      Wall.calls.clear();
+      for (const li of Wall.tiles.values()) li.remove();
+      Wall.tiles.clear();
+      Wall.order = [];
+      for (const c of ev.calls) {
+        Wall.calls.set(c.call_id, { ...c, started_at: c.started_at || Date.now() / 1000 });
+        Wall.dirty.add(c.call_id);
+      }
+      Wall.alertsDirty = true;
+    } else if (ev.type === "error") {
+      $("notice").hidden = false;
+      $("notice").textContent = ev.message;
+      return;
+    } else {
+      const c = fold(ev);
+      if (!c) return;
+      Wall.dirty.add(c.call_id);
+      if (typeof ev.t_wall === "number") (Wall.pendingLatency ||= []).push(ev.t_wall);
+      if (Wall.drill && Wall.drill.callId === ev.call_id && ev.type === "cue") refreshCueHistory(500);
+    }
+    schedule();
+  };
+  socket.onclose = (e) => {
+    if (e.code === 1008) { $("status").textContent = "Not allowed."; return; }
+    Wall.retry = Math.min(Wall.retry + 1, 5);
+    $("status").textContent = "Connection lost; reconnecting…";
+    setTimeout(connectWall, 250 * 2 ** Wall.retry); // the snapshot on reconnect restores everything
+  };
+}
+
+// -- drill-in -----------------------------------------------------------------------------
+function openDrill(callId) {
+  closeDrill();
+  $("drill-h").textContent = `Call ${callId}`;
+  const c = Wall.calls.get(callId);
+  $("drill-summary").hidden = true;
+  $("drill-summary").href = `#summary/${encodeURIComponent(callId)}`;
+  $("drill-status").textContent = c && c.agent_id ? `Agent ${c.agent_id}` : "";
+  const view = new CallView($("drill-view"), { callId, readOnly: true });
+  const stream = new EventStream(callId, {
+    onEvent: (ev) => {
+      view.handle(ev);
+      if (ev.type === "call_end") { $("drill-summary").hidden = false; $("drill-status").textContent = "Call ended."; }
+    },
+    onStatus: (s) => { if (s === "reconnecting") $("drill-status").textContent = "Reconnecting…"; },
+    onEnded: () => { $("drill-summary").hidden = false; },
+    onRefused: (err) => {
+      view.destroy();
+      $("drill-status").textContent = err.code === "forbidden" ? "You may not see this call." : `Cannot open: ${err.message}`;
+    },
+  });
+  Wall.drill = { callId, view, stream, timer: setInterval(() => refreshCueHistory(0), 5000) };
+  refreshCueHistory(0);
+}
+
+function closeDrill() {
+  if (!Wall.drill) return;
+  Wall.drill.stream.close();
+  Wall.drill.view.destroy();
+  clearInterval(Wall.drill.timer);
+  Wall.drill = null;
+}
+
+let cueHistoryTimer = null;
+function refreshCueHistory(delayMs) {
+  clearTimeout(cueHistoryTimer);
+  cueHistoryTimer = setTimeout(async () => {
+    if (!Wall.drill) return;
+    const callId = Wall.drill.callId;
+    const r = await Auth.api(`/api/history/calls/${encodeURIComponent(callId)}`).catch(() => null);
+    if (!r || !r.ok || !Wall.drill || Wall.drill.callId !== callId) return;
+    const detail = await r.json();
+    const rows = detail.cues.map((cue) => h("tr", { "data-seq": String(cue.seq) },
+      h("td", { text: fmtTime(cue.t_emit || 0) }),
+      h("td", { text: cue.cue }),
+      h("td", {}, h("strong", { text: cue.title }), h("br"), cue.advice),
+      h("td", {}, cue.feedback.length
+        ? cue.feedback.map((f) => h("span", { class: `verdict ${f.verdict}`, text: `${VERDICT_LABELS[f.verdict] || f.verdict} (${f.user})` }))
+        : h("span", { class: "muted", text: "no feedback yet" }))));
+    $("cue-history").tBodies[0].replaceChildren(...rows);
+    $("cue-history-empty").hidden = rows.length > 0;
+  }, delayMs);
+}
+
+// -- post-call summary --------------------------------------------------------------------
+async function openSummary(callId) {
+  $("summary-h").textContent = `Post-call summary: ${callId}`;
+  $("summary-status").textContent = "Loading…";
+  for (const id of ["summary-facts", "summary-cues", "summary-escalations", "summary-transcript"]) $(id).replaceChildren();
+  let r = null;
+  for (let attempt = 0; attempt < 6; attempt++) { // the call's last events are stored within a second
+    r = await Auth.api(`/api/history/calls/${encodeURIComponent(callId)}`).catch(() => null);
+    if (r && r.ok) break;
+    if (r && r.status === 403) break;
+    await new Promise((res) => setTimeout(res, 500));
+  }
+  if (!r || !r.ok) {
+    $("summary-status").textContent = r && r.status === 403 ? "You may not see this call." : "This call is not in the history (yet).";
+    return;
+  }
+  const d = await r.json();
+  const arc = (d.summary && d.summary.arc) || [];
+  const change = arc.length >= 2 ? arc[arc.length - 1][1] - arc[0][1] : null;
+  const facts = [
+    ["Agent", d.call.agent_id || "unassigned"],
+    ["Started", new Date(d.call.started_at).toLocaleString()],
+    ["Duration", d.call.duration_s != null ? fmtTime(d.call.duration_s) : "still live"],
+    ["Ended", d.call.end_reason || "–"],
+    ["Cues", String(d.cues.length)],
+    ["Escalations", String(d.escalations.length)],
+    ["Customer valence", change == null ? "–" : `${arc[0][1].toFixed(2)} → ${arc[arc.length - 1][1].toFixed(2)} (${change > 0.1 ? "better" : change < -0.1 ? "worse" : "about the same"})`],
+  ];
+  $("summary-facts").replaceChildren(...facts.flatMap(([k, v]) => [h("dt", { text: k }), h("dd", { text: v })]));
+  const cueMarks = d.cues.map((c) => ({
+    t: (c.evidence && c.evidence.t_end) || c.t_emit || 0, cue: c.cue, title: c.title,
+    severity: c.cue === "crisis" ? "critical" : "normal",
+  }));
+  Charts.arc($("arc"), arc, cueMarks, d.call.duration_s || 0);
+  $("summary-cues").replaceChildren(...(d.cues.length ? d.cues.map((c) => h("li", {},
+    h("strong", { text: `${fmtTime(c.t_emit || 0)} ${c.title}` }), ` (${c.cue}) `,
+    c.feedback.map((f) => h("span", { class: `verdict ${f.verdict}`, text: `${VERDICT_LABELS[f.verdict] || f.verdict} (${f.user})` })),
+    h("br"), h("span", { class: "muted", text: c.why }))) : [h("li", { class: "muted", text: "No cues on this call." })]));
+  $("summary-escalations").replaceChildren(...(d.escalations.length ? d.escalations.map((e) => {
+    const text = typeof e.summary === "string" ? e.summary : (e.summary && e.summary.text) || "";
+    return h("li", {}, h("strong", { text: `${e.urgency}: ${REASONS[e.reason] || e.reason}` }), ` ${text} `,
+      h("span", { class: "muted", text: e.acknowledged_by ? `acknowledged by ${e.acknowledged_by}` : "not acknowledged" }));
+  }) : [h("li", { class: "muted", text: "None." })]));
+  $("summary-transcript").replaceChildren(...d.transcript.map((u) => h("li", { class: `${u.speaker} transcript` },
+    h("span", { class: "who", text: u.speaker }), h("span", { class: "t", text: fmtTime(u.t_start) }), h("span", { class: "text", text: u.text }))));
+  $("summary-status").textContent = "";
+}
+
+// -- recent calls and analytics -------------------------------------------------------------
+function isoDay(d) { return d.toISOString().slice(0, 10); }
+function defaultRange(form) {
+  const today = new Date();
+  if (!form.since.value) form.since.value = isoDay(new Date(today.getTime() - 6 * 86400e3));
+  if (!form.until.value) form.until.value = isoDay(today);
+}
+function rangeParams(form) {
+  const p = new URLSearchParams();
+  if (form.since.value) p.set("since", `${form.since.value}T00:00:00Z`);
+  if (form.until.value) p.set("until", `${isoDay(new Date(new Date(`${form.until.value}T00:00:00Z`).getTime() + 86400e3))}T00:00:00Z`);
+  return p;
+}
+
+async function loadHistory() {
+  const form = $("history-form");
+  defaultRange(form);
+  const p = rangeParams(form);
+  p.set("limit", "200");
+  if (form.agent.value.trim()) p.set("agent_id", form.agent.value.trim());
+  $("history-status").textContent = "Loading…";
+  const r = await Auth.api(`/api/history/calls?${p}`).catch(() => null);
+  if (!r || !r.ok) { $("history-status").textContent = `Could not load calls (${r ? r.status : "network"}).`; return; }
+  const calls = (await r.json()).calls;
+  $("history-table").tBodies[0].replaceChildren(...calls.map((c) => h("tr", {},
+    h("td", { text: new Date(c.started_at).toLocaleString() }), h("td", { text: c.call_id }),
+    h("td", { text: c.agent_id || "–" }), h("td", { text: c.duration_s != null ? fmtTime(c.duration_s) : "live" }),
+    h("td", { text: c.end_reason || "–" }),
+    h("td", {}, h("a", { href: `#summary/${encodeURIComponent(c.call_id)}`, text: "Summary", "aria-label": `Summary of ${c.call_id}` })))));
+  $("history-status").textContent = `${calls.length} call(s).`;
+}
+
+function pct(x) { return x == null ? "–" : `${Math.round(x * 100)} %`; }
+function table(caption, heads, rows) {
+  return h("table", { class: "grid" }, h("caption", { class: "sr-only", text: caption }),
+    h("thead", {}, h("tr", {}, heads.map((x) => h("th", { scope: "col", text: x })))),
+    h("tbody", {}, rows.map((r) => h("tr", {}, r.map((v, i) => h("td", { class: i ? "num" : "", text: String(v) }))))));
+}
+
+async function loadAnalytics() {
+  const form = $("analytics-form");
+  defaultRange(form);
+  $("analytics-status").textContent = "Loading…";
+  const r = await Auth.api(`/api/analytics/coaching?${rangeParams(form)}`).catch(() => null);
+  if (!r || !r.ok) { $("analytics-status").textContent = `Could not load analytics (${r ? r.status : "network"}).`; return; }
+  const a = await r.json();
+  const o = a.outcome;
+  $("analytics-status").textContent = `${a.calls} call(s) in range.`;
+  $("analytics-body").replaceChildren(
+    h("section", { class: "analytics-section", "aria-labelledby": "an-out" }, h("h2", { id: "an-out", text: "Did calls end better than they started?" }),
+      h("p", { id: "an-outcome", text: `Better: ${o.better} · about the same: ${o.same} · worse: ${o.worse} · not enough speech: ${o.unknown}` })),
+    h("section", { class: "analytics-section", "aria-labelledby": "an-cues" }, h("h2", { id: "an-cues", text: "Per cue" }),
+      table("Cues", ["Cue", "Shown", "Helpful", "Not helpful", "Dismissed", "Rated"],
+        a.cues.map((c) => [c.cue, c.shown, pct(c.helpful_rate), pct(c.not_helpful_rate), pct(c.dismissed_rate), c.rated]))),
+    h("section", { class: "analytics-section", "aria-labelledby": "an-agents" }, h("h2", { id: "an-agents", text: "Per agent" }),
+      table("Agents", ["Agent", "Calls", "Cues shown", "Helpful", "Not helpful", "Dismissed", "Escalations", "Ended better", "Ended worse"],
+        a.agents.map((x) => [x.agent_id, x.calls, x.shown, pct(x.helpful_rate), pct(x.not_helpful_rate), pct(x.dismissed_rate), x.escalations, x.better, x.worse]))),
+    h("section", { class: "analytics-section", "aria-labelledby": "an-esc" }, h("h2", { id: "an-esc", text: "Escalations by reason" }),
+      table("Escalations", ["Reason", "Total", "Critical", "High", "Medium", "Low"],
+        a.escalations.map((e) => [REASONS[e.reason] || e.reason, e.total, e.critical || 0, e.high || 0, e.medium || 0, e.low || 0]))));
+}
+
+// -- views ----------------------------------------------------------------------------------
+function route() {
+  const [name, arg] = (location.hash.slice(1) || "live").split("/");
+  const callId = arg ? decodeURIComponent(arg) : null;
+  const view = { call: "drill", summary: "summary", history: "history", analytics: "analytics" }[name] || "live";
+  for (const v of document.querySelectorAll(".view")) v.hidden = v.id !== view;
+  const tab = { drill: "live", summary: "live" }[view] || view;
+  for (const t of document.querySelectorAll('[role="tab"]')) t.setAttribute("aria-selected", String(t.getAttribute("aria-controls") === tab));
+  if (view !== "drill") closeDrill();
+  if (view === "drill" && callId && (!Wall.drill || Wall.drill.callId !== callId)) openDrill(callId);
+  if (view === "summary" && callId) openSummary(callId);
+  if (view === "history") loadHistory();
+  if (view === "analytics") loadAnalytics();
+  const heading = document.querySelector(`#${view} h2`);
+  if (heading && name !== "live") { heading.tabIndex = -1; heading.focus({ preventScroll: true }); }
+}
+
+(async () => {
+  Wall.me = await Auth.require({ signinRoot: $("signin"), appRoot: $("app"), pageName: "supervisor wall", badgeRoot: $("user") });
+  if (Wall.me.role === "agent") {
+    $("notice").hidden = false;
+    $("notice").replaceChildren("The wall is for supervisors. ", h("a", { href: "/agent/", text: "Open your agent panel" }), ".");
+    document.querySelector("main").hidden = true;
+    return;
+  }
+  for (const t of document.querySelectorAll('[role="tab"]')) {
+    t.addEventListener("click", () => { location.hash = `#${t.getAttribute("aria-controls")}`; });
+  }
+  $("history-form").addEventListener("submit", (e) => { e.preventDefault(); loadHistory(); });
+  $("analytics-form").addEventListener("submit", (e) => { e.preventDefault(); loadAnalytics(); });
+  window.addEventListener("hashchange", route);
+  connectWall();
+  route();
+})();
