@@ -531,6 +531,8 @@ def _replay(wav: Path, out: Path, mode: Mode, config: Path | None) -> tuple[str,
     began = time.monotonic()
     with out.with_suffix(".log").open("w", encoding="utf-8") as log:
         proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0:
+        out.unlink(missing_ok=True)  # a partial event stream would be scored as complete
     return wav.stem, proc.returncode, time.monotonic() - began
 
 
@@ -675,7 +677,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     run_p.add_argument("--jobs", type=int, help="parallel replays (default 1 realtime, else 2)")
     run_p.add_argument("--config", type=Path, help="passed to `coach replay --config`")
-    args = parser.parse_args(argv if argv is not None else sys.argv[1:] or ["render"])
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv or ["render"])
     command = args.command
     split = args.split
     cache: Path = args.cache

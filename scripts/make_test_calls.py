@@ -256,12 +256,10 @@ def render_call(
         "channels": channels,
         "duration_s": round(total / sample_rate, 3),
         "turns": [
-            _turn_truth(script, turn, start, clip, sample_rate) for turn, start, clip in placed
+            _turn_truth(script, turn, start, len(clip), sample_rate, channels)
+            for turn, start, clip in placed
         ],
     }
-    if channels == 1:
-        for t in truth["turns"]:
-            t["channel"] = 0
     if meta:
         truth["meta"] = dict(meta)
     json_path.write_text(json.dumps(truth, indent=2) + "\n", encoding="utf-8")
@@ -269,15 +267,15 @@ def render_call(
 
 
 def _turn_truth(
-    script: CallScript, turn: Turn, start: int, clip: FloatArray, sample_rate: int
+    script: CallScript, turn: Turn, start: int, length: int, sample_rate: int, channels: int
 ) -> dict[str, Any]:
     voice, speed, pitch, amplitude = script.espeak_params(turn)
     return {
         "speaker": turn.speaker,
         "text": turn.text,
         "t_start": round(start / sample_rate, 3),
-        "t_end": round((start + len(clip)) / sample_rate, 3),
-        "channel": CHANNEL_OF[turn.speaker],
+        "t_end": round((start + length) / sample_rate, 3),
+        "channel": CHANNEL_OF[turn.speaker] if channels == 2 else 0,
         "gap_before_s": turn.gap_before_s,
         "overlap_s": turn.overlap_s,
         "voice": voice,
