@@ -35,9 +35,10 @@ MAX_FAILURES = 5
 FAILURE_WINDOW_S = 60.0
 
 DEMO_PASSWORD = "demo"
-# (name, role, team): two agents on two teams, one supervisor of the first team, one admin.
+# (name, role, team): agents on two teams, one supervisor of team blue, one admin.
 DEMO_USERS: tuple[tuple[str, Role, str | None], ...] = (
     ("ann", "agent", "blue"),
+    ("cal", "agent", "blue"),
     ("ben", "agent", "green"),
     ("sam", "supervisor", "blue"),
     ("ada", "admin", None),

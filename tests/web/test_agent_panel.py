@@ -70,6 +70,11 @@ def test_agent_sees_transcript_and_cue_card_and_feedback_is_stored(
     assert detail is not None
     verdicts = [(f.verdict, f.user) for c in detail.cues for f in c.feedback]
     assert verdicts == [("helpful", "ann")]
+    # More of the call, for the screenshot: the agent's answer, a calmer customer, metrics.
+    live_server.emit(call_id, transcript("agent", "I completely understand. The second charge was our mistake, I will refund it right away.", 3, 6.0))
+    live_server.emit(call_id, transcript("customer", "Okay. How long will the refund take?", 4, 9.5, state=customer_state(-0.1, 0.4, "neutral", 0.3)))
+    live_server.emit(call_id, {"type": "metrics", "talk_ratio": {"customer": 0.45, "agent": 0.55}, "overtalk_s": 0.4, "silence_s": 0.0, "agent_wps": 2.9, "t_start": 0, "t_end": 12, "t_emit": 12.0})
+    page.locator(".metrics").filter(has_text="2.9 words/s").wait_for()
     page.screenshot(path=str(ARTIFACTS / "agent-panel.png"), full_page=False)
     live_server.emit(call_id, END)
     page.locator("#status").filter(has_text="ended").wait_for()

@@ -139,7 +139,7 @@ function paintTile(id) {
         h("i", { style: `left:calc(${((c.valence + 1) / 2) * 100}% - 2px)` })),
       typeof c.trend_valence === "number" ? (c.trend_valence < -0.1 ? "worsening" : c.trend_valence > 0.1 ? "improving" : "steady") : "")
     : h("p", { class: "mood muted", text: "no customer speech yet" });
-  li.replaceChildren(
+  li.replaceChildren(...[
     h("h3", { id: headId }, h("span", { text: c.agent_id ? `Agent ${c.agent_id}` : "Unassigned" }), h("span", { class: "callid", text: id })),
     mood,
     h("p", { class: "meta" }, h("span", { class: "duration", "data-started": String(c.started_at), text: c.ended_at ? "ended" : fmtTime(Date.now() / 1000 - c.started_at) }), ` · ${c.cues} cue${c.cues === 1 ? "" : "s"}`),
@@ -149,7 +149,8 @@ function paintTile(id) {
       : null,
     c.ended_at
       ? h("button", { type: "button", class: "open", "aria-describedby": headId, onclick: () => { location.hash = `#summary/${encodeURIComponent(id)}`; } }, "Post-call summary")
-      : h("button", { type: "button", class: "open", "aria-describedby": headId, onclick: () => { location.hash = `#call/${encodeURIComponent(id)}`; } }, "Open call"));
+      : h("button", { type: "button", class: "open", "aria-describedby": headId, onclick: () => { location.hash = `#call/${encodeURIComponent(id)}`; } }, "Open call"),
+  ].filter(Boolean));
 }
 
 function paintAlerts() {
@@ -340,7 +341,7 @@ async function openSummary(callId) {
     ["Escalations", String(d.escalations.length)],
     ["Customer valence", change == null ? "–" : `${arc[0][1].toFixed(2)} → ${arc[arc.length - 1][1].toFixed(2)} (${change > 0.1 ? "better" : change < -0.1 ? "worse" : "about the same"})`],
   ];
-  $("summary-facts").replaceChildren(...facts.flatMap(([k, v]) => [h("dt", { text: k }), h("dd", { text: v })]));
+  $("summary-facts").replaceChildren(...facts.map(([k, v]) => h("div", {}, h("dt", { text: k }), h("dd", { text: v }))));
   const cueMarks = d.cues.map((c) => ({
     t: (c.evidence && c.evidence.t_end) || c.t_emit || 0, cue: c.cue, title: c.title,
     severity: c.cue === "crisis" ? "critical" : "normal",

@@ -1,0 +1,229 @@
+"""The supervisor wall in headless Chromium: tiles by risk, team scoping, escalation alerts and
+acknowledgement, drill-in, post-call summary, analytics, and 50 simulated live calls."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from typing import Any
+
+import pytest
+
+from tests.web.conftest import ARTIFACTS, LiveServer, cue, customer_state, sign_in, transcript
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+def update(valence: float, arousal: float, emotion: str, trend: float = 0.0, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "call_update",
+        "valence": valence,
+        "arousal": arousal,
+        "emotion": emotion,
+        "trend_valence": trend,
+        "last_cue": None,
+        **extra,
+    }
+
+
+def escalation(reason: str, urgency: str, t_emit: float, text: str) -> dict[str, Any]:
+    return {
+        "type": "escalation",
+        "reason": reason,
+        "urgency": urgency,
+        "cue": "escalation_request" if reason == "user_request" else None,
+        "t_emit": t_emit,
+        "summary": {
+            "text": text,
+            "state": {"valence": -0.7, "arousal": 0.8, "emotion": "frustrated"},
+            "trend": "worsening",
+            "trigger_phrases": ["let me talk to your manager"],
+            "cues_shown": ["frustration"],
+            "agent_tried": ["apologised", "offered a refund"],
+        },
+    }
+
+
+def end(arc: list[list[float]]) -> dict[str, Any]:
+    return {"type": "call_end", "duration_s": 40.0, "reason": "end", "summary": {"arc": arc, "cues": {}}}
+
+
+def tile_order(page: Any) -> list[str]:
+    return [li.get_attribute("data-call") for li in page.locator("#tiles > li").all()]
+
+
+def wait_order(page: Any, expected_prefix: list[str], timeout_s: float = 10) -> list[str]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        order = tile_order(page)
+        if order[: len(expected_prefix)] == expected_prefix or time.monotonic() > deadline:
+            return order
+        time.sleep(0.1)
+
+
+def test_tiles_by_risk_team_scope_and_escalation_alert_acknowledged(
+    live_server: LiveServer, page: Any
+) -> None:
+    live_server.start_call("w-calm", "ann")
+    live_server.start_call("w-upset", "ann")
+    live_server.start_call("w-other-team", "ben")
+    # No call_update for this call: its tile follows the customer's transcripts instead.
+    live_server.emit("w-calm", transcript("customer", "thanks, that is great", 1, 2.0, state=customer_state(0.5, 0.3, "positive")))
+    live_server.emit("w-upset", update(-0.7, 0.8, "frustrated", -0.3))
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    page.locator('#tiles > li[data-call="w-upset"]').wait_for()
+    order = wait_order(page, ["w-upset", "w-calm"])
+    assert order[:2] == ["w-upset", "w-calm"], order
+    # sam supervises team blue: ben's call (team green) is not on the wall.
+    assert "w-other-team" not in order
+    assert "risk-high" in (page.locator('#tiles > li[data-call="w-upset"]').get_attribute("class") or "")
+
+    assert "positive" in page.locator('#tiles > li[data-call="w-calm"] .mood').inner_text()
+
+    # The calm call asks for a manager: an alert with the handoff summary, and it goes on top.
+    live_server.emit("w-calm", escalation("user_request", "high", 12.0, "Customer wants a manager after a double charge."))
+    alert = page.locator('#alerts > li[data-call="w-calm"]')
+    alert.wait_for()
+    text = alert.inner_text()
+    assert "Customer asked for a supervisor" in text
+    assert "Customer wants a manager after a double charge." in text
+    assert "let me talk to your manager" in text and "offered a refund" in text
+    assert "worsening" in text
+    assert "Escalation, high" in page.locator("#announce-critical").inner_text()
+    assert wait_order(page, ["w-calm", "w-upset"])[:2] == ["w-calm", "w-upset"]
+    # A few more of the team's calls, for a wall that looks like a working day.
+    extra = {"w-a": (0.4, "positive"), "w-b": (-0.3, "anxious"), "w-c": (0.0, "neutral"), "w-d": (0.2, "neutral")}
+    for i, (call_id, (valence, emotion)) in enumerate(extra.items()):
+        live_server.start_call(call_id, "cal" if i % 2 else "ann")
+        live_server.emit(call_id, update(valence, 0.4, emotion, 0.0))
+    live_server.emit("w-b", cue("confusion", 8.0, utterance_id=1, phrase="what", text="what"))
+    page.locator('#tiles > li[data-call="w-d"]').wait_for()
+    assert "null" not in page.locator("#tiles").inner_text()
+    assert wait_order(page, ["w-calm", "w-upset", "w-b"])[:3] == ["w-calm", "w-upset", "w-b"]
+    page.screenshot(path=str(ARTIFACTS / "supervisor-wall.png"), full_page=False)
+
+    alert.get_by_role("button", name="Acknowledge").click()
+    alert.wait_for(state="detached")
+    assert page.locator("#no-alerts").is_visible()
+    detail = live_server.store_call("w-calm")
+    assert [e.acknowledged_by for e in detail.escalations] == ["sam"]
+
+    # A crisis escalation outranks everything.
+    live_server.emit("w-upset", escalation("crisis_indicators", "critical", 20.0, "Customer mentions self-harm."))
+    assert wait_order(page, ["w-upset"])[0] == "w-upset"
+    assert "risk-critical" in (page.locator('#tiles > li[data-call="w-upset"]').get_attribute("class") or "")
+    for call_id in ("w-calm", "w-upset", "w-other-team", *extra):
+        live_server.emit(call_id, end([[1.0, 0.0], [2.0, -0.1]]))
+
+
+def test_drill_in_post_call_summary_and_analytics(live_server: LiveServer, page: Any) -> None:
+    call_id = "w-drill"
+    live_server.start_call(call_id, "ann")
+    text = "I was charged twice, my card is 4111 1111 1111 1111, this is really frustrating"
+    live_server.emit(call_id, transcript("customer", text, 1, 1.0, state=customer_state(-0.6, 0.7, "frustrated", -0.2)))
+    shown = live_server.emit(call_id, cue("frustration", 4.0, utterance_id=1, phrase="really frustrating", text=text))
+    # The agent rates the cue (over the API, as the panel does).
+    token = live_server.token("ann", "agent")
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    deadline = time.monotonic() + 10
+    while True:
+        r = page.request.post(
+            f"{live_server.base}/api/calls/{call_id}/cues/{shown['seq']}/feedback",
+            data={"verdict": "helpful"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        if r.ok or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert r.ok, r.text()
+
+    tile = page.locator(f'#tiles > li[data-call="{call_id}"]')
+    tile.get_by_role("button", name="Open call").click()
+    page.locator("#drill-h").filter(has_text=call_id).wait_for()
+    line = page.locator("#drill-view li.customer.transcript")
+    line.wait_for()
+    assert "[CARD]" in line.inner_text() and "4111" not in page.locator("body").inner_text()
+    card = page.locator("#drill-view .card")
+    card.wait_for()
+    assert card.get_by_role("button").count() == 0  # read-only: no feedback buttons
+    assert line.locator("mark.trigger").inner_text() == "really frustrating"
+    row = page.locator("#cue-history tbody tr")
+    row.filter(has_text="Helpful (ann)").wait_for()
+
+    # The call ends: the post-call summary from the store, with the arc and the cue marked.
+    live_server.emit(call_id, {"type": "metrics", "talk_ratio": {"customer": 0.5, "agent": 0.5}, "overtalk_s": 0.0, "silence_s": 0.0, "agent_wps": 2.5, "t_start": 0, "t_end": 30, "t_emit": 30.0})
+    live_server.emit(call_id, end([[2.0, -0.6], [10.0, -0.4], [20.0, 0.1], [30.0, 0.5]]))
+    page.locator("#drill-summary").click()
+    page.locator("#summary-h").filter(has_text=call_id).wait_for()
+    page.locator("#arc polyline.line-valence").wait_for()
+    assert page.locator("#arc g.cue-mark").count() == 1
+    assert page.locator("#arc g.cue-mark").get_attribute("data-cue") == "frustration"
+    assert "better" in page.locator("#summary-facts").inner_text()
+    assert "[CARD]" in page.locator("#summary-transcript").inner_text()
+    assert "Helpful (ann)" in page.locator("#summary-cues").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "supervisor-summary.png"), full_page=True)
+
+    # Keyboard: the tabs are buttons; analytics for today's calls shows the rated cue.
+    page.get_by_role("tab", name="Coaching analytics").focus()
+    page.keyboard.press("Enter")
+    page.locator("#analytics-body table").first.wait_for()
+    cue_rows = page.locator("#analytics-body section").nth(1).locator("tbody tr")
+    frustration = cue_rows.filter(has_text="frustration").inner_text().split("\t")
+    assert frustration[:3] == ["frustration", "1", "100 %"], frustration
+    assert "Better:" in page.locator("#an-outcome").inner_text()
+
+    page.get_by_role("tab", name="Recent calls").click()
+    page.locator("#history-table tbody tr").filter(has_text=call_id).wait_for()
+
+
+def test_an_agent_gets_no_wall(live_server: LiveServer, page: Any) -> None:
+    sign_in(page, live_server.base, "/supervisor/", "ann")
+    page.locator("#notice").filter(has_text="for supervisors").wait_for()
+    assert page.locator("main").is_hidden()
+
+
+def test_fifty_live_calls_stay_responsive(live_server: LiveServer, page: Any) -> None:
+    """Event-to-screen latency in the browser with 50 calls updating at once."""
+    ids = [f"load-{i:02d}" for i in range(50)]
+    sign_in(page, live_server.base, "/supervisor/", "ada")  # admin: sees every call
+    for i, call_id in enumerate(ids):
+        live_server.start_call(call_id, "ann" if i % 2 else "ben")
+    page.locator("#call-count").filter(has_text="50").wait_for()
+    page.evaluate("window.wallStats.latencies = []")
+    rounds, t0 = 10, time.monotonic()
+    for r in range(rounds):
+        def burst(r: int = r) -> None:
+            for i, call_id in enumerate(ids):
+                v = ((i * 7 + r * 3) % 20) / 10 - 1
+                stamped = {"call_id": call_id, **update(v, 0.5, "neutral", t_wall=time.time(), t_emit=float(r))}
+                live_server.bus.publish("supervisor", stamped)
+
+        live_server.call_soon(burst)
+        time.sleep(0.2)  # 250 updates per second across the wall
+    deadline = time.monotonic() + 10
+    while page.evaluate("window.wallStats.latencies.length") < rounds * len(ids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    latencies = sorted(page.evaluate("window.wallStats.latencies"))
+    assert len(latencies) == rounds * len(ids)
+    p50 = statistics.median(latencies)
+    p95 = latencies[int(0.95 * (len(latencies) - 1))]
+    report = {
+        "calls": len(ids),
+        "events": len(latencies),
+        "seconds": round(time.monotonic() - t0, 2),
+        "p50_ms": round(p50 * 1000, 1),
+        "p95_ms": round(p95 * 1000, 1),
+        "max_ms": round(latencies[-1] * 1000, 1),
+        "paints": page.evaluate("window.wallStats.paints"),
+    }
+    (ARTIFACTS / "wall-latency.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wall event-to-screen latency with 50 calls: {report}")
+    assert p95 < 1.0, report
+    # Sorted by risk: the most negative valence of the last round leads.
+    order = tile_order(page)
+    assert len(order) >= 50
+    first = page.locator(f'#tiles > li[data-call="{order[0]}"] .valence-bar').get_attribute("aria-label")
+    assert first is not None and float(first.split()[-1]) <= -0.9
+    for call_id in ids:
+        live_server.emit(call_id, end([]))
