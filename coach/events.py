@@ -83,14 +83,89 @@ def metrics(
     }
 
 
+def cue(
+    *,
+    cue: str,
+    title: str,
+    advice: str,
+    reasons: Iterable[str],
+    priority: int,
+    severity: str,
+    speaker: Speaker | None,
+    t_start: float,
+    t_end: float,
+    evidence_text: str,
+    phrases: Iterable[str],
+    utterance_id: int | None,
+    expires_s: float,
+    score: float,
+    label: str,
+) -> Event:
+    """A coaching cue; `why` is the evidence in one line, `reasons` the same as a list."""
+    reasons = list(reasons)
+    ev: Event = {
+        "type": "cue",
+        "cue": cue,
+        "title": title,
+        "advice": advice,
+        "why": "; ".join(reasons),
+        "reasons": reasons,
+        "priority": priority,
+        "severity": severity,
+        "label": label,
+        "t_start": _r(t_start),
+        "t_end": _r(t_end),
+        "evidence": {
+            "text": evidence_text,
+            "t_start": _r(t_start),
+            "t_end": _r(t_end),
+            "utterance_id": utterance_id,
+            "phrases": list(phrases),
+        },
+        "expires_s": _r(expires_s),
+        "score": _r(score),
+    }
+    if speaker is not None:
+        ev["speaker"] = speaker
+    return ev
+
+
+def escalation(
+    *,
+    reason: str,
+    urgency: str,
+    summary: dict[str, Any],
+    cue: str | None,
+    t_start: float | None = None,
+    t_end: float | None = None,
+    detail: str = "",
+) -> Event:
+    ev: Event = {
+        "type": "escalation",
+        "reason": reason,
+        "urgency": urgency,
+        "cue": cue,
+        "detail": detail,
+        "summary": summary,
+    }
+    if t_start is not None and t_end is not None:
+        ev["t_start"], ev["t_end"] = _r(t_start), _r(t_end)
+    return ev
+
+
 def call_end(
-    *, duration_s: float, reason: str, arc: list[tuple[float, float]], cues: dict[str, int]
+    *,
+    duration_s: float,
+    reason: str,
+    arc: list[tuple[float, float]],
+    cues: dict[str, int],
+    extra: dict[str, Any] | None = None,
 ) -> Event:
     return {
         "type": "call_end",
         "duration_s": _r(duration_s),
         "reason": reason,
-        "summary": {"arc": [[_r(t), _r(v)] for t, v in arc], "cues": cues},
+        "summary": {"arc": [[_r(t), _r(v)] for t, v in arc], "cues": cues, **(extra or {})},
     }
 
 

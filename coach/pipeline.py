@@ -285,7 +285,12 @@ class PartyPipeline:
         summary = prosody.summarize(features, word_times=[(w.t0, w.t1) for w in result.words])
         z = self._baseline.observe(summary)
         score, why = prosody.arousal(z)
-        return prosody.prosody_event_fields(summary, z, score, why=why)
+        fields = prosody.prosody_event_fields(summary, z, score, why=why)
+        pace = prosody.speaking_rate(features)
+        fields["syllables"] = pace.syllables
+        fields["speech_s"] = round(pace.speech_s, 3)
+        fields["syl_rate"] = None if pace.per_s is None else round(pace.per_s, 3)
+        return fields
 
     async def _decode_final(self, utt: Utterance) -> AsrResult | None:
         if utt.early is not None:

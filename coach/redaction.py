@@ -162,6 +162,9 @@ def redact_words(words: Sequence[str]) -> list[str]:
 
 def redact_event(event: dict[str, object]) -> dict[str, object]:
     """The view of an event for anyone but the call's live agent (supervisors, store, files)."""
+    if event.get("type") in ("cue", "escalation"):
+        # Evidence quotes the customer's words: the same PII rules as the transcript.
+        return {k: _redact_strings(v) if k not in _KEEP else v for k, v in event.items()}
     if event.get("type") not in ("partial", "transcript"):
         return event
     out = dict(event)
@@ -173,3 +176,17 @@ def redact_event(event: dict[str, object]) -> dict[str, object]:
         tagged = redact_words([str(w["w"]) for w in words])
         out["words"] = [{**w, "w": t} for w, t in zip(words, tagged, strict=True)]
     return out
+
+
+# Fields that are identifiers or enums, never free text.
+_KEEP = frozenset({"type", "call_id", "cue", "reason", "urgency", "severity", "speaker", "label"})
+
+
+def _redact_strings(value: object) -> object:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, list):
+        return [_redact_strings(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _redact_strings(v) for k, v in value.items()}
+    return value

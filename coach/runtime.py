@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from audio.vad import SileroVad
 from coach import metrics
+from coach.cues.library import PlaybookLibrary
 from coach.settings import Settings
 from models.asr import AsrRequest, AsrResult, WhisperAsr
 from models.emotion import ARTIFACT_DIR, EmotionModel, EmotionOptions, EmotionScore
@@ -26,7 +27,6 @@ PRIORITY_FINAL = {"customer": 0, "agent": 1}
 PRIORITY_PARTIAL = {"customer": 2, "agent": 3}
 
 
-@dataclass
 def device_plan(settings: Settings) -> DevicePlan:
     """COACH_DEVICE checked against the machine (raises DeviceUnavailable if CUDA is not usable).
 
@@ -45,6 +45,7 @@ def _observe_batch(model: str, stats: BatchStats) -> None:
     metrics.MODEL_QUEUE_WAIT.labels(model=model).observe(stats.wait_s)
 
 
+@dataclass
 class Runtime:
     vad: SileroVad
     asr: WhisperAsr
@@ -53,6 +54,8 @@ class Runtime:
     emotion_scheduler: InferenceScheduler[str, EmotionScore]
     dsp_executor: ThreadPoolExecutor
     load_s: float
+    playbook: PlaybookLibrary | None = None
+    """The coaching playbook with its embedded examples (hot-reloadable), shared by all calls."""
 
     @classmethod
     def load(cls, settings: Settings) -> Runtime:
@@ -110,9 +113,13 @@ class Runtime:
             on_batch=on_emotion_batch,
         )
         dsp = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dsp")
+        # The playbook's example phrases share the emotion model's embedding space.
+        playbook = PlaybookLibrary(
+            settings.playbook_file, embed=lambda texts: emotion.run(texts).embedding
+        )
         load_s = time.perf_counter() - t0
         log.info("models loaded in %.2fs", load_s)
-        return cls(vad, asr, scheduler, emotion, emotion_scheduler, dsp, load_s)
+        return cls(vad, asr, scheduler, emotion, emotion_scheduler, dsp, load_s, playbook)
 
     def close(self) -> None:
         self.asr_scheduler.close()

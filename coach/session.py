@@ -12,18 +12,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any
 
 from coach import events, metrics
 from coach.bus import SUPERVISOR_TOPIC, InProcessBus, agent_topic, call_topic
+from coach.cues.dynamics import Timeline
+from coach.cues.engine import CueEngine, TextAnalysis
 from coach.events import Event
 from coach.logs import call_id_var
 from coach.messages import AudioChunk, EndOfStream, Speaker
 from coach.pipeline import PartyPipeline
 from coach.redaction import redact_event
-from coach.runtime import Runtime
+from coach.runtime import PRIORITY_FINAL, Runtime
 from coach.settings import Settings
 from coach.signals import dynamics
 from coach.signals.state import CustomerStateTracker
@@ -95,6 +97,13 @@ class CallSession:
             )
             for s in speakers
         }
+        self._runtime = runtime
+        self.cues: CueEngine | None = (
+            CueEngine(holder=runtime.playbook, analyze=self._analyze)
+            if runtime.playbook is not None
+            else None
+        )
+        self._next_timing_s = 0.0
         self._tasks: dict[Speaker, asyncio.Task[None]] = {}
         self._ended = asyncio.Event()
         self.dropped_frames = 0
@@ -211,6 +220,7 @@ class CallSession:
         self.last_audio_at = time.monotonic()
         await self.parties[chunk.speaker].push(chunk)
         await self._maybe_metrics()
+        await self._maybe_timing_cues()
 
     async def end(self, reason: str = "end") -> None:
         """Finish the call: drain accepted audio, finalize, emit call_end. Idempotent."""
@@ -233,7 +243,13 @@ class CallSession:
             await self._emit_metrics(final=True)
             duration = max([self._fed_s, *(p.audio_s for p in self.parties.values())])
             arc = [(t, v) for t, v, _ in self.customer_state.arc]
-            await self.emit(events.call_end(duration_s=duration, reason=reason, arc=arc, cues={}))
+            summary = self.cues.call_summary() if self.cues else {"cues": {}}
+            cue_counts = summary.pop("cues")
+            await self.emit(
+                events.call_end(
+                    duration_s=duration, reason=reason, arc=arc, cues=cue_counts, extra=summary
+                )
+            )
         finally:
             self.state = CallState.ENDED
             metrics.ACTIVE_CALLS.dec()
@@ -265,8 +281,71 @@ class CallSession:
         self._bus.publish(agent_topic(self.call_id), stamped)
         redacted = redact_event(stamped)
         self._bus.publish(call_topic(self.call_id), redacted)
-        if stamped["type"] in ("call_start", "call_end"):
+        kind = stamped["type"]
+        if kind in ("call_start", "call_end", "cue", "escalation"):
             self._bus.publish(SUPERVISOR_TOPIC, redacted)
+        if kind == "cue":
+            metrics.CUES.labels(cue=stamped["cue"]).inc()
+            if not self._inline:
+                metrics.CUE_LATENCY.observe(max(0.0, self._fed_s - float(stamped["t_end"])))
+        elif kind == "escalation":
+            metrics.ESCALATIONS.labels(reason=stamped["reason"], urgency=stamped["urgency"]).inc()
+        elif kind == "transcript":
+            if stamped.get("speaker") == "customer" and "state" in stamped:
+                self._bus.publish(SUPERVISOR_TOPIC, self._call_update(stamped))
+            if self.cues is not None:
+                try:
+                    found = await self.cues.on_transcript(stamped)
+                except Exception:
+                    log.exception("call %s: cue engine failed on an utterance", self.call_id)
+                    found = []
+                for ev in found:
+                    await self.emit(ev)
+
+    def _call_update(self, transcript: Event) -> Event:
+        """The supervisor wall's live tile: the customer's state after each utterance."""
+        state = transcript["state"]
+        last_cue = self.cues.shown[-1]["cue"] if self.cues and self.cues.shown else None
+        return {
+            "type": "call_update",
+            "call_id": self.call_id,
+            "seq": transcript["seq"],
+            "t_emit": transcript["t_emit"],
+            "valence": state["valence"],
+            "arousal": state["arousal"],
+            "emotion": state["emotion"],
+            "trend_valence": state["trend"]["valence"],
+            "last_cue": last_cue,
+            "agent_id": self.meta.get("agent_id"),
+        }
+
+    async def _analyze(self, texts: Sequence[str]) -> Sequence[TextAnalysis]:
+        """Clause-level emotion and embeddings, batched with every other call's utterances."""
+        return await asyncio.gather(
+            *(
+                self._runtime.emotion_scheduler.run(t, priority=PRIORITY_FINAL["customer"])
+                for t in texts
+            )
+        )
+
+    async def _maybe_timing_cues(self) -> None:
+        """Dead air, overtalk and pace: checked every 100 ms of call audio."""
+        if self.cues is None:
+            return
+        now = min(p.audio_s for p in self.parties.values())
+        if now < self._next_timing_s:
+            return
+        self._next_timing_s = now + 0.1
+        customer, agent = self.parties.get("customer"), self.parties.get("agent")
+        timeline = Timeline(
+            now=now,
+            customer=list(customer.speech_intervals) if customer else [],
+            agent=list(agent.speech_intervals) if agent else [],
+            customer_open_since=_open_since(customer),
+            agent_open_since=_open_since(agent),
+        )
+        for ev in self.cues.on_tick(timeline):
+            await self.emit(ev)
 
     async def _party_worker(self, speaker: Speaker) -> None:
         call_id_var.set(self.call_id)  # every log line of this call's tasks carries its id
@@ -279,6 +358,7 @@ class CallSession:
                     return
                 await party.push(item)
                 await self._maybe_metrics()
+                await self._maybe_timing_cues()
             except Exception:
                 log.exception("call %s %s: pipeline error, frame skipped", self.call_id, speaker)
                 metrics.DROPPED_FRAMES.labels(reason="pipeline_error").inc()
@@ -321,3 +401,10 @@ class CallSession:
                 t_end=now,
             )
         )
+
+
+def _open_since(party: PartyPipeline | None) -> float | None:
+    if party is None:
+        return None
+    span = party.open_speech
+    return span[0] if span else None

@@ -23,7 +23,7 @@ import importlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,6 +76,9 @@ class EmotionScore:
     confidence: float
     valence: float
     scores: dict[str, float]
+    embedding: FloatArray | None = field(default=None, compare=False, repr=False)
+    """The utterance's sentence embedding (384, L2-normalised): the cue engine matches it
+    against playbook examples, so a final costs one forward pass, not two."""
 
     def to_sentiment(self) -> dict[str, Any]:
         """The transcript event's `sentiment` object: {valence, label, scores}."""
@@ -192,7 +195,10 @@ class EmotionModel:
 
     def score(self, texts: Sequence[str]) -> list[EmotionScore]:
         out = self.run(texts)
-        return [_to_score(p, float(v)) for p, v in zip(out.probs, out.valence, strict=True)]
+        return [
+            _to_score(p, float(v), e)
+            for p, v, e in zip(out.probs, out.valence, out.embedding, strict=True)
+        ]
 
 
 def _warn_if_stale(meta: dict[str, Any], meta_path: Path) -> None:
@@ -208,11 +214,14 @@ def _warn_if_stale(meta: dict[str, Any], meta_path: Path) -> None:
             )
 
 
-def _to_score(probs: FloatArray, valence: float) -> EmotionScore:
+def _to_score(
+    probs: FloatArray, valence: float, embedding: FloatArray | None = None
+) -> EmotionScore:
     best = int(np.argmax(probs))
     return EmotionScore(
         label=LABELS[best],
         confidence=float(probs[best]),
         valence=float(np.clip(valence, -1.0, 1.0)),
         scores={lab: float(p) for lab, p in zip(LABELS, probs, strict=True)},
+        embedding=embedding,
     )

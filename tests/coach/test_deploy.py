@@ -22,7 +22,7 @@ MANIFESTS = ["configmap.yaml", "secret.yaml", "deployment.yaml", "service.yaml",
 # Oldest supported cluster and the newest schemas kubernetes-validate ships.
 K8S_VERSIONS = ["1.30.0", "latest"]
 # COACH_* keys the manifests set ahead of the settings that will read them (ARCHITECTURE.md).
-PENDING_SETTINGS = {"playbook_file"}  # read by the Redis and cue-engine work
+PENDING_SETTINGS: set[str] = set()
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(

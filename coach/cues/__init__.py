@@ -1,0 +1,1 @@
+"""The coaching brain: playbook (data), semantic and timing cue detection, per-call engine."""

@@ -1,0 +1,521 @@
+"""The cue engine of one call: transcripts and timing in, cue and escalation events out.
+
+Per customer utterance: cut it into clauses, embed and score each clause (one batched pass
+of the emotion model, which also yields the sentence embedding), match the clauses to the
+playbook's examples (coach/cues/matcher.py), add the voice (arousal relative to this
+caller's baseline) and the context (what the agent just did), and emit at most
+`max_cues_per_utterance` cues that are out of their cooldown, most important first.
+Per agent utterance: recognise the agent's moves (apology, resolution...) for context and
+for the handoff summary; the agent's own words never fire a customer cue. Per tick of
+audio: the timing cues (coach/cues/dynamics.py).
+
+The playbook is read through a `PlaybookHolder` at every utterance, so a reload applies to
+live calls at their next utterance without dropping anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from coach import events
+from coach.cues import language
+from coach.cues.dynamics import Spoken, Timeline, TimingCues, TimingHit, agent_pace
+from coach.cues.matcher import ClauseSignals, CueIndex, FloatArray, SemanticMatch
+from coach.cues.playbook import CueSpec, Playbook
+from coach.escalation import EscalationDetector
+from coach.events import Event
+from coach.messages import Speaker
+
+log = logging.getLogger(__name__)
+
+AI_LABEL = "AI suggestion"
+
+
+class TextAnalysis(Protocol):
+    """What the emotion model returns per text (models.emotion.EmotionScore)."""
+
+    @property
+    def scores(self) -> dict[str, float]: ...
+
+    @property
+    def embedding(self) -> FloatArray | None: ...
+
+
+AnalyzeFn = Callable[[Sequence[str]], Awaitable[Sequence[TextAnalysis]]]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedPlaybook:
+    playbook: Playbook
+    index: CueIndex
+    version: str
+    """Changes on every reload (file hash), so per-call state knows to refresh."""
+
+
+class PlaybookHolder(Protocol):
+    @property
+    def current(self) -> LoadedPlaybook: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    cue: str
+    spec: CueSpec
+    score: float
+    reasons: tuple[str, ...]
+    evidence_text: str
+    phrases: tuple[str, ...]
+    match: SemanticMatch | None
+
+
+@dataclass
+class AgentMove:
+    move: str
+    t: float
+    text: str
+
+
+@dataclass
+class CueEngine:
+    holder: PlaybookHolder
+    analyze: AnalyzeFn
+    history_hint: str | None = None
+    """Set when the store knows this customer called recently (repeat_contact)."""
+    fired_at: dict[str, float] = field(default_factory=dict)
+    shown: list[Event] = field(default_factory=list)
+    agent_moves: list[AgentMove] = field(default_factory=list)
+    states: list[dict[str, Any]] = field(default_factory=list)
+    agent_pace: list[Spoken] = field(default_factory=list)
+    customer_pace: list[Spoken] = field(default_factory=list)
+    _timing: TimingCues | None = None
+    _timing_version: str = ""
+    escalation: EscalationDetector = field(default_factory=EscalationDetector)
+
+    # ------------------------------------------------------------------ transcripts
+
+    async def on_transcript(self, event: Mapping[str, Any]) -> list[Event]:
+        text = str(event.get("text") or "").strip()
+        if not text:
+            return []
+        loaded = self.holder.current
+        spoken = _spoken(event)
+        if event.get("speaker") == "agent":
+            if spoken is not None:
+                self.agent_pace.append(spoken)
+            await self._agent_utterance(loaded, event, text)
+            return self._pace_cues(loaded, float(event["t_end"]))
+        if spoken is not None:
+            self.customer_pace.append(spoken)
+        return await self._customer_utterance(loaded, event, text)
+
+    def _pace_cues(self, loaded: LoadedPlaybook, now: float) -> list[Event]:
+        out = []
+        for cue_id, spec in loaded.playbook.enabled().items():
+            if spec.detector != "agent_pace_fast":
+                continue
+            p = spec.params
+            hit = agent_pace(
+                self.agent_pace,
+                self.customer_pace,
+                now,
+                syllables_per_s=p.get("syllables_per_s", 5.3),
+                min_speech_s=p.get("min_speech_s", 8.0),
+                window_s=p.get("window_s", 30.0),
+                vs_customer=p.get("vs_customer", 0.0),
+            )
+            last = self.fired_at.get(cue_id)
+            if hit is None or (last is not None and now - last < spec.cooldown_s):
+                continue
+            self.fired_at[cue_id] = now
+            out.append(self._timing_event(cue_id, spec, hit))
+        return out
+
+    async def _analyze(self, texts: Sequence[str]) -> list[TextAnalysis]:
+        return list(await self.analyze(texts))
+
+    async def _agent_utterance(
+        self, loaded: LoadedPlaybook, event: Mapping[str, Any], text: str
+    ) -> None:
+        parts = language.clauses(text) or [text]
+        analyses = await self._analyze(parts)
+        t_end = float(event["t_end"])
+        for clause, a in zip(parts, analyses, strict=True):
+            if a.embedding is None:
+                continue
+            moves = loaded.index.agent_moves(a.embedding, loaded.playbook.agent_move_threshold)
+            if moves:
+                self.agent_moves.append(AgentMove(moves[0][0], t_end, clause))
+
+    async def _customer_utterance(
+        self, loaded: LoadedPlaybook, event: Mapping[str, Any], text: str
+    ) -> list[Event]:
+        pb = loaded.playbook
+        parts = language.clauses(text) or [text]
+        analyses = await self._analyze(parts)
+        clause_signals = [
+            ClauseSignals(c, a.embedding, a.scores, language.framing(c))
+            for c, a in zip(parts, analyses, strict=True)
+            if a.embedding is not None
+        ]
+        t_start, t_end = float(event["t_start"]), float(event["t_end"])
+        prosody: Mapping[str, Any] = event.get("prosody") or {}
+        sentiment: Mapping[str, Any] = event.get("sentiment") or {}
+        state: Mapping[str, Any] = event.get("state") or {}
+        self.states.append(
+            {
+                "t": t_end,
+                "valence": float(state.get("valence", sentiment.get("valence", 0.0))),
+                "arousal": float(state.get("arousal", prosody.get("arousal", 0.5))),
+                "emotion": str(state.get("emotion", sentiment.get("label", "neutral"))),
+                "text": text,
+                "confidence": _mean_word_prob(event.get("words") or []),
+            }
+        )
+        candidates: list[Candidate] = []
+        for cue_id, spec in pb.enabled().items():
+            if spec.kind != "language" or spec.party != "customer":
+                continue
+            cand = self._language_candidate(
+                loaded,
+                cue_id,
+                spec,
+                clause_signals,
+                prosody,
+                sentiment,
+                t_start,
+                text,
+                state_valence=float(state["valence"]) if "valence" in state else None,
+            )
+            if cand is not None:
+                candidates.append(cand)
+        intense = self._sustained_intense(pb)
+        if intense is not None and "crisis" in pb.enabled():
+            candidates.append(
+                Candidate("crisis", pb.cues["crisis"], 1.0, (intense,), text, (), None)
+            )
+        out: list[Event] = []
+        chosen = self._choose(candidates, t_end, pb.max_cues_per_utterance)
+        for cand in chosen:
+            ev = self._cue_event(cand, event, t_start, t_end)
+            out.append(ev)
+        out.extend(
+            self.escalation.observe_customer(
+                pb,
+                state=self.states[-1],
+                states=self.states,
+                fired=[(c.cue, c.spec) for c in chosen],
+                summary=self.handoff,
+                intense=intense,
+            )
+        )
+        return out
+
+    def _language_candidate(
+        self,
+        loaded: LoadedPlaybook,
+        cue_id: str,
+        spec: CueSpec,
+        clauses: Sequence[ClauseSignals],
+        prosody: Mapping[str, Any],
+        sentiment: Mapping[str, Any],
+        t_start: float,
+        text: str,
+        state_valence: float | None = None,
+    ) -> Candidate | None:
+        assert spec.threshold is not None
+        threshold = spec.threshold
+        reasons: list[str] = []
+        context_met = self._context_met(spec, t_start)
+        if spec.context is not None:
+            if spec.context.required and not context_met:
+                return None
+            if context_met:
+                threshold -= spec.context.threshold_drop
+        arousal = prosody.get("arousal")
+        voice_note = _voice_note(prosody)
+        boost = 0.0
+        vb = spec.voice_boost
+        if (
+            vb is not None
+            and isinstance(arousal, (int, float))
+            and prosody.get("f0_hz")
+            and (vb.min_arousal is None or arousal >= vb.min_arousal)
+            and (vb.max_arousal is None or arousal <= vb.max_arousal)
+        ):
+            boost = vb.add
+        best: SemanticMatch | None = None
+        if len(language.words(text)) < spec.min_words:
+            clauses = ()
+        for clause in clauses:
+            m = loaded.index.score(cue_id, spec, clause)
+            if best is None or m.score > best.score:
+                best = m
+        if best is not None:
+            total = best.score + boost
+            if total >= threshold and total >= best.negative + spec.margin:
+                reasons.append(
+                    f'words: "{best.clause}" means the same as "{best.example}" '
+                    f"({best.similarity:.2f})"
+                )
+                if best.adjustments:
+                    reasons.append("framing considered: " + ", ".join(best.adjustments))
+                emo = _emotion_note(sentiment)
+                if emo:
+                    reasons.append(emo)
+                if boost and voice_note:
+                    reasons.append(voice_note)
+                if context_met and spec.context is not None:
+                    reasons.append(f"after the agent's {self._last_move_name(spec, t_start)}")
+                phrase = language.find_phrase(best.clause, language.content_words(best.example))
+                return Candidate(
+                    cue_id, spec, total, tuple(reasons), text, (phrase,) if phrase else (), best
+                )
+        vt = spec.voice_trigger
+        if vt is None or not isinstance(arousal, (int, float)) or not prosody.get("f0_hz"):
+            return None
+        n_words = len(language.words(text))
+        label = str(sentiment.get("label", "neutral"))
+        prob = float((sentiment.get("scores") or {}).get(label, 0.0))
+        # The fused state already lowers valence for a raised or flat voice (signals/state.py).
+        valence = float(state_valence if state_valence is not None else sentiment.get("valence", 0))
+        if (
+            (vt.min_arousal is None or arousal >= vt.min_arousal)
+            and (vt.max_arousal is None or arousal <= vt.max_arousal)
+            and (not vt.emotions or label in vt.emotions)
+            and prob >= vt.min_emotion_prob
+            and valence <= vt.max_valence
+            and n_words >= vt.min_words
+            and (vt.max_words is None or n_words <= vt.max_words)
+            and (context_met or not vt.needs_context)
+        ):
+            reasons = [voice_note or "voice far from this caller's usual"]
+            reasons.append(f'words: "{text}" ({label})')
+            if context_met and spec.context is not None:
+                reasons.append(f"after the agent's {self._last_move_name(spec, t_start)}")
+            return Candidate(cue_id, spec, threshold, tuple(reasons), text, (text,), None)
+        return None
+
+    def _context_met(self, spec: CueSpec, t_start: float) -> bool:
+        if spec.context is None:
+            return False
+        wanted = set(spec.context.after_agent_move)
+        return any(
+            m.move in wanted and t_start - spec.context.within_s <= m.t <= t_start + 0.5
+            for m in self.agent_moves
+        )
+
+    def _last_move_name(self, spec: CueSpec, t_start: float) -> str:
+        wanted = set(spec.context.after_agent_move) if spec.context else set()
+        for m in reversed(self.agent_moves):
+            if m.move in wanted and m.t <= t_start + 0.5:
+                return f'{m.move} ("{m.text}")'
+        return "last move"
+
+    def _sustained_intense(self, pb: Playbook) -> str | None:
+        e = pb.escalation
+        last = self.states[-e.intense_turns :]
+        if len(last) < e.intense_turns:
+            return None
+        if all(s["arousal"] > e.intense_arousal and s["valence"] < e.intense_valence for s in last):
+            return (
+                f"intense negative state over {e.intense_turns} customer turns "
+                f"(arousal > {e.intense_arousal}, valence < {e.intense_valence})"
+            )
+        return None
+
+    def _choose(self, candidates: list[Candidate], t: float, limit: int) -> list[Candidate]:
+        chosen = []
+        for cand in sorted(candidates, key=lambda c: (c.spec.priority, -c.score)):
+            last = self.fired_at.get(cand.cue)
+            if last is not None and t - last < cand.spec.cooldown_s:
+                continue
+            chosen.append(cand)
+            if len(chosen) >= limit:
+                break
+        for cand in chosen:
+            self.fired_at[cand.cue] = t
+        return chosen
+
+    def _cue_event(
+        self, cand: Candidate, event: Mapping[str, Any], t_start: float, t_end: float
+    ) -> Event:
+        ev = events.cue(
+            cue=cand.cue,
+            title=cand.spec.title,
+            advice=cand.spec.advice,
+            reasons=cand.reasons,
+            priority=cand.spec.priority,
+            severity=cand.spec.severity,
+            speaker="customer",
+            t_start=t_start,
+            t_end=t_end,
+            evidence_text=cand.evidence_text,
+            phrases=cand.phrases,
+            utterance_id=event.get("utterance_id"),
+            expires_s=cand.spec.expires_s,
+            score=cand.score,
+            label=AI_LABEL,
+        )
+        self.shown.append(ev)
+        return ev
+
+    # ------------------------------------------------------------------ timing
+
+    def on_tick(self, timeline: Timeline) -> list[Event]:
+        loaded = self.holder.current
+        if self._timing is None or self._timing_version != loaded.version:
+            specs = {k: v for k, v in loaded.playbook.enabled().items() if v.kind == "dynamics"}
+            fired = self._timing._fired if self._timing else {}
+            self._timing = TimingCues(specs, fired)
+            self._timing_version = loaded.version
+        out: list[Event] = []
+        for cue_id, hit in self._timing.check(timeline):
+            spec = self._timing.specs[cue_id]
+            last = self.fired_at.get(cue_id)
+            if last is not None and timeline.now - last < spec.cooldown_s:
+                continue
+            self.fired_at[cue_id] = timeline.now
+            out.append(self._timing_event(cue_id, spec, hit))
+        return out
+
+    def _timing_event(self, cue_id: str, spec: CueSpec, hit: TimingHit) -> Event:
+        speaker: Speaker | None = "agent" if spec.party == "agent" else None
+        ev = events.cue(
+            cue=cue_id,
+            title=spec.title,
+            advice=spec.advice,
+            reasons=(f"timing: {hit.why}",),
+            priority=spec.priority,
+            severity=spec.severity,
+            speaker=speaker,
+            t_start=hit.t_start,
+            t_end=hit.t_end,
+            evidence_text="",
+            phrases=(),
+            utterance_id=None,
+            expires_s=spec.expires_s,
+            score=1.0,
+            label=AI_LABEL,
+        )
+        self.shown.append(ev)
+        return ev
+
+    # ------------------------------------------------------------------ summaries
+
+    def handoff(self) -> dict[str, Any]:
+        """What whoever joins needs: the state, its trend, what was said, shown and tried."""
+        last = self.states[-1] if self.states else None
+        trend = _trend([s["valence"] for s in self.states])
+        phrases: list[str] = []
+        for ev in self.shown:
+            for p in ev.get("evidence", {}).get("phrases", []):
+                if p and p not in phrases:
+                    phrases.append(p)
+        cues_shown = list(dict.fromkeys(ev["cue"] for ev in self.shown))
+        tried = list(dict.fromkeys(f'{m.move}: "{m.text}"' for m in self.agent_moves))[-6:]
+        state = (
+            {
+                "valence": round(last["valence"], 3),
+                "arousal": round(last["arousal"], 3),
+                "emotion": last["emotion"],
+            }
+            if last
+            else {"valence": 0.0, "arousal": 0.5, "emotion": "neutral"}
+        )
+        feeling = state["emotion"]
+        text = (
+            f"Customer seems {feeling} (valence {state['valence']:+.2f}, arousal "
+            f"{state['arousal']:.2f}), {trend} over the call."
+        )
+        if phrases:
+            text += " They said: " + "; ".join(f'"{p}"' for p in phrases[-4:]) + "."
+        if cues_shown:
+            text += " Cues shown: " + ", ".join(cues_shown) + "."
+        moves = list(dict.fromkeys(m.move for m in self.agent_moves))
+        text += (
+            " Agent tried: " + ", ".join(moves) + "."
+            if moves
+            else " The agent has not yet apologised or offered a fix."
+        )
+        if self.history_hint:
+            text += f" {self.history_hint}"
+        return {
+            "text": text,
+            "state": state,
+            "trend": trend,
+            "trigger_phrases": phrases[-8:],
+            "cues_shown": cues_shown,
+            "agent_tried": tried,
+        }
+
+    def call_summary(self) -> dict[str, Any]:
+        """For call_end: cue counts and, per cue, whether the customer's mood improved after."""
+        counts: dict[str, int] = {}
+        detail = []
+        for ev in self.shown:
+            counts[ev["cue"]] = counts.get(ev["cue"], 0) + 1
+            t = float(ev["t_end"])
+            before = [s["valence"] for s in self.states if s["t"] <= t + 0.01][-1:]
+            after = [s["valence"] for s in self.states if s["t"] > t + 0.01][:2]
+            landed = None
+            if before and after:
+                landed = bool(float(np.mean(after)) - before[0] >= 0.15)
+            detail.append(
+                {
+                    "cue": ev["cue"],
+                    "seq": ev.get("seq"),
+                    "t": round(t, 3),
+                    "valence_before": round(before[0], 3) if before else None,
+                    "valence_after": round(float(np.mean(after)), 3) if after else None,
+                    "landed": landed,
+                }
+            )
+        return {"cues": counts, "cue_outcomes": detail, "escalations": self.escalation.raised}
+
+
+def _spoken(event: Mapping[str, Any]) -> Spoken | None:
+    p = event.get("prosody") or {}
+    if not p.get("speech_s"):
+        return None
+    return Spoken(
+        float(event["t_start"]), float(event["t_end"]), int(p["syllables"]), float(p["speech_s"])
+    )
+
+
+def _mean_word_prob(words: Sequence[Mapping[str, Any]]) -> float | None:
+    ps = [float(w["p"]) for w in words if "p" in w]
+    return float(np.mean(ps)) if ps else None
+
+
+def _trend(valences: Sequence[float]) -> str:
+    if len(valences) < 3:
+        return "steady"
+    recent = float(np.mean(valences[-2:]))
+    earlier = float(np.mean(valences[:-2][-3:]))
+    if recent < earlier - 0.2:
+        return "worsening"
+    if recent > earlier + 0.2:
+        return "improving"
+    return "steady"
+
+
+def _voice_note(prosody: Mapping[str, Any]) -> str | None:
+    why = [str(w) for w in prosody.get("why") or []]
+    arousal = prosody.get("arousal")
+    if not why or not isinstance(arousal, (int, float)):
+        return None
+    level = "raised" if arousal >= 0.5 else "subdued"
+    return f"voice {level} vs this caller's usual: " + ", ".join(why[:3])
+
+
+def _emotion_note(sentiment: Mapping[str, Any]) -> str | None:
+    label = sentiment.get("label")
+    scores = sentiment.get("scores") or {}
+    if not label or label in ("neutral", "positive"):
+        return None
+    return f"text emotion: {label} ({float(scores.get(label, 0.0)):.0%})"

@@ -1,0 +1,166 @@
+"""Clause splitting and the framing of a clause: negated, hypothetical, reported, a question.
+
+Why: sentence embeddings measure topic and tone, not logic. "I'm not upset at all" sits
+close to "I'm really upset", "if the price ever went up I'd leave" close to "I'm leaving",
+and "my neighbour told me she cancelled" close to "I'm cancelling". The matcher therefore
+scores each clause separately (a long turn mixes topics) and compares the framing of the
+clause with the framing of the example it matched: a negated clause that matches an
+affirmative example is a different statement. These are pure functions over text so they
+are cheap, deterministic and easy to test; they only need to be right about the framing,
+the meaning comes from the embeddings.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Sentence ends and the discourse markers that start a new thought inside one sentence.
+_SENTENCE = re.compile(r"(?<=[.!?;])\s+")
+_TURN = re.compile(r",?\s+\b(but|however|although|though|except|so anyway)\b\s+", re.IGNORECASE)
+MIN_CLAUSE_WORDS = 2
+
+_NEGATORS = frozenset(
+    "not no never nothing nobody none neither nor without hardly n't cannot".split()
+)
+# Negation that does not negate the feeling: "I can't believe", "no way", "no idea why".
+_NEGATION_IDIOMS = re.compile(
+    r"\b(can(no|')?t believe|no way|no idea|not again|not even|not once|not only|"
+    r"no one (has|ever)|never (got|gets|received|heard|called|fixed|works?|worked)|"
+    r"nothing (works|worked|has (changed|worked|been done))|no (one|body) (told|called|helped))\b",
+    re.IGNORECASE,
+)
+_HYPOTHETICAL = re.compile(
+    r"^(\w+,?\s+)?(if|even if|in case|suppose|supposing|imagine|what if|unless|"
+    r"should (it|the|they|you)|were (it|the|they))\b"
+    r"|\b(would|might|could) (probably |maybe |ever )?(have to |need to )?"
+    r"(be|feel|get|look|switch|leave|cancel|think)\b.*\bif\b"
+    r"|\bif\b.*\b(would|'d|might)\b",
+    re.IGNORECASE,
+)
+_REPORTED = re.compile(
+    r"\b(my|our|his|her|their|a|the)\s+(\w+\s+)?(wife|husband|partner|son|daughter|mother|"
+    r"father|mom|mum|dad|friend|neighbou?r|colleague|boss|brother|sister|sister-in-law|"
+    r"coworker|co-worker|roommate|kids?|family|customer|client)\b.*\b(said|says|told|tells|"
+    r"thinks?|thought|was|is|got|has|had|wants?|wanted|called|cancell?ed|switched|left)\b"
+    r"|\b(he|she|they)\s+(said|says|told|was|were|got|is|are|cancell?ed|switched|left)\b",
+    re.IGNORECASE,
+)
+_FIRST_PERSON = re.compile(r"\b(i|i'm|i've|i'd|i'll|me|my|myself|we|we're|our|us)\b", re.I)
+_QUESTION = re.compile(
+    r"\?\s*$|^(how|what|when|where|which|who|why|is|are|do|does|did|can|could|will|would)\b",
+    re.IGNORECASE,
+)
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?|n't", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    negated: bool
+    hypothetical: bool
+    reported: bool
+    question: bool
+
+    def describe(self) -> str:
+        parts = [
+            name
+            for name, on in (
+                ("negated", self.negated),
+                ("hypothetical", self.hypothetical),
+                ("about someone else", self.reported),
+                ("a question", self.question),
+            )
+            if on
+        ]
+        return ", ".join(parts) or "plain statement"
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words with contractions split so "isn't" yields "is", "n't"."""
+    out: list[str] = []
+    for token in _WORD.findall(text.lower()):
+        if token.endswith("n't") and token != "n't":
+            stem = token[:-3]
+            out.extend([{"ca": "can", "wo": "will", "sha": "shall"}.get(stem, stem), "n't"])
+        else:
+            out.append(token)
+    return out
+
+
+def is_negated(text: str) -> bool:
+    """A negator outside the idioms where negation intensifies the complaint."""
+    stripped = _NEGATION_IDIOMS.sub(" ", text)
+    return any(w in _NEGATORS for w in words(stripped))
+
+
+def framing(text: str) -> Framing:
+    t = text.strip()
+    reported = bool(_REPORTED.search(t))
+    if reported and re.search(r"\b(i|i'm|i've|i'll)\b", t, re.IGNORECASE):
+        # "My wife says I should cancel, and I agree" is the customer speaking for themself.
+        reported = not bool(
+            re.search(r"\b(i (agree|think|want|will|am|'m)|and i|so i|i'll)\b", t, re.I)
+        )
+    return Framing(
+        negated=is_negated(t),
+        hypothetical=bool(_HYPOTHETICAL.search(t)),
+        reported=reported,
+        question=bool(_QUESTION.search(t)),
+    )
+
+
+def clauses(text: str) -> list[str]:
+    """Sentences, further cut at contrast markers ("..., but ..."); tiny fragments merge back."""
+    pieces: list[str] = []
+    for sentence in _SENTENCE.split(text.strip()):
+        if not sentence:
+            continue
+        parts = _TURN.split(sentence)
+        # re.split keeps the captured marker; glue it onto the clause it introduces.
+        current = parts[0]
+        chunks = [current]
+        for i in range(1, len(parts), 2):
+            chunks.append(f"{parts[i]} {parts[i + 1]}" if i + 1 < len(parts) else parts[i])
+        pieces.extend(c.strip(" ,") for c in chunks if c.strip(" ,"))
+    merged: list[str] = []
+    for piece in pieces:
+        if merged and len(words(piece)) < MIN_CLAUSE_WORDS:
+            merged[-1] = f"{merged[-1]} {piece}"
+        else:
+            merged.append(piece)
+    if len(merged) > 1 and len(words(merged[0])) < MIN_CLAUSE_WORDS:
+        merged[1] = f"{merged[0]} {merged[1]}"
+        merged.pop(0)
+    return merged
+
+
+def find_phrase(text: str, needle_words: set[str], *, max_words: int = 8) -> str:
+    """The shortest span of `text` that covers the content words shared with an example.
+
+    Used to highlight the trigger phrase in the live transcript; falls back to the clause.
+    """
+    tokens = list(re.finditer(r"\S+", text))
+    hits = [
+        i for i, m in enumerate(tokens) if re.sub(r"[^\w']", "", m.group().lower()) in needle_words
+    ]
+    if not hits:
+        return text.strip()
+    lo, hi = hits[0], hits[-1]
+    if hi - lo + 1 > max_words:
+        hi = lo + max_words - 1
+    return text[tokens[lo].start() : tokens[hi].end()].strip(" ,.;")
+
+
+STOPWORDS = frozenset(
+    """a an the and or but so to of in on at for with from by is are was were be been am i
+    me my we our you your it its this that these those there here have has had do does did
+    just very really please okay ok yes yeah well um uh oh""".split()
+)
+
+
+def content_words(text: str) -> set[str]:
+    return {w for w in words(text) if w not in STOPWORDS and w != "n't" and len(w) > 2}
+
+
+def first_person(text: str) -> bool:
+    return bool(_FIRST_PERSON.search(text))

@@ -1,0 +1,89 @@
+"""The loaded playbook of this process, with hot reload.
+
+`PlaybookLibrary.current` is what every call's cue engine reads at each utterance. A reload
+(file changed, SIGHUP, or `reload()`) validates and embeds the new playbook off the event
+loop, then swaps it in atomically; an invalid file is logged with its problems and the
+previous playbook stays in force, so a typo never stops coaching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+from pathlib import Path
+
+from coach.cues.engine import LoadedPlaybook
+from coach.cues.matcher import CueIndex, EmbedFn
+from coach.cues.playbook import DEFAULT_PLAYBOOK, PlaybookError, parse_playbook
+
+log = logging.getLogger(__name__)
+
+
+class PlaybookLibrary:
+    def __init__(self, path: Path | None, embed: EmbedFn) -> None:
+        self.path = Path(path) if path else DEFAULT_PLAYBOOK
+        self._embed = embed
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+        self.reloads = 0
+        self._refused: str | None = None
+        self._current = self._load()  # the first load must succeed: raise PlaybookError
+
+    @property
+    def current(self) -> LoadedPlaybook:
+        return self._current
+
+    def _load(self) -> LoadedPlaybook:
+        try:
+            raw = self.path.read_bytes()
+        except OSError as exc:
+            raise PlaybookError(self.path, [f"cannot read: {exc.strerror or exc}"]) from exc
+        playbook = parse_playbook(raw.decode("utf-8"), source=self.path)
+        index = CueIndex.build(playbook, self._embed)
+        return LoadedPlaybook(playbook, index, hashlib.sha256(raw).hexdigest()[:12])
+
+    def changed(self) -> bool:
+        try:
+            digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
+        except OSError:
+            return False
+        return digest not in (self._current.version, self._refused)
+
+    def reload(self) -> bool:
+        """Load the file again; True if a new version is now in force."""
+        with self._lock:
+            try:
+                loaded = self._load()
+            except PlaybookError as exc:
+                self.last_error = str(exc)
+                try:
+                    self._refused = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
+                except OSError:
+                    self._refused = None
+                log.error("playbook reload refused, keeping version %s: %s", self.version, exc)
+                return False
+            if loaded.version == self._current.version:
+                return False
+            self._current = loaded
+            self.last_error = None
+            self.reloads += 1
+            log.info("playbook %s reloaded: version %s", self.path, loaded.version)
+            return True
+
+    @property
+    def version(self) -> str:
+        return self._current.version
+
+    async def watch(self, interval_s: float = 2.0) -> None:
+        """Poll the file (cheap: one small read) and reload on change, until cancelled.
+
+        Polling works on every filesystem, including ConfigMap volumes whose symlink swap
+        inotify-based watchers miss.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval_s)
+            if await loop.run_in_executor(None, self.changed):
+                await loop.run_in_executor(None, self.reload)

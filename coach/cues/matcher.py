@@ -1,0 +1,143 @@
+"""Semantic matching of utterance clauses to playbook examples (pure numpy over embeddings).
+
+The embeddings come from the same MiniLM forward pass as the text emotion (models/emotion.py),
+so matching costs one matrix product per clause. Every example is embedded once when the
+playbook loads (`CueIndex.build`); scoring a clause is then a dot product against each
+cue's positives, its near-miss negatives and the shared background of ordinary call talk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from coach.cues import language
+from coach.cues.playbook import CueSpec, Playbook
+
+FloatArray = npt.NDArray[np.float32]
+EmbedFn = Callable[[Sequence[str]], FloatArray]
+"""Texts -> (n, d) L2-normalised embeddings."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExampleSet:
+    texts: tuple[str, ...]
+    vectors: FloatArray
+    negated: tuple[bool, ...]
+
+    @classmethod
+    def of(cls, texts: Sequence[str], vectors: FloatArray) -> ExampleSet:
+        return cls(tuple(texts), vectors, tuple(language.is_negated(t) for t in texts))
+
+    def best(self, v: FloatArray) -> tuple[int, float]:
+        if not self.texts:
+            return -1, -1.0
+        sims = self.vectors @ v
+        i = int(np.argmax(sims))
+        return i, float(sims[i])
+
+
+@dataclass(frozen=True, slots=True)
+class ClauseSignals:
+    """One clause of a customer utterance, with what the models said about it."""
+
+    text: str
+    vector: FloatArray
+    emotion: Mapping[str, float]
+    framing: language.Framing
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticMatch:
+    cue: str
+    score: float
+    similarity: float
+    negative: float
+    example: str
+    clause: str
+    adjustments: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CueIndex:
+    """Embedded examples of every enabled language cue, plus background and agent moves."""
+
+    positives: dict[str, ExampleSet]
+    negatives: dict[str, ExampleSet]
+    background: ExampleSet
+    moves: dict[str, ExampleSet]
+
+    @classmethod
+    def build(cls, playbook: Playbook, embed: EmbedFn) -> CueIndex:
+        # One embedding call for every text in the playbook: hundreds of short phrases batch well.
+        groups: list[tuple[str, str, list[str]]] = []
+        for cue_id, spec in playbook.enabled().items():
+            if spec.kind == "language":
+                groups.append(("pos", cue_id, spec.positives))
+                groups.append(("neg", cue_id, spec.negatives))
+        groups.append(("bg", "", playbook.background))
+        for move, texts in playbook.agent_moves.items():
+            groups.append(("move", move, texts))
+        flat = [t for _, _, texts in groups for t in texts]
+        vectors = embed(flat) if flat else np.zeros((0, 384), np.float32)
+        pos: dict[str, ExampleSet] = {}
+        neg: dict[str, ExampleSet] = {}
+        moves: dict[str, ExampleSet] = {}
+        background = ExampleSet.of([], np.zeros((0, vectors.shape[1]), np.float32))
+        at = 0
+        for kind, key, texts in groups:
+            block = ExampleSet.of(texts, vectors[at : at + len(texts)])
+            at += len(texts)
+            if kind == "pos":
+                pos[key] = block
+            elif kind == "neg":
+                neg[key] = block
+            elif kind == "move":
+                moves[key] = block
+            else:
+                background = block
+        return cls(pos, neg, background, moves)
+
+    def score(self, cue_id: str, spec: CueSpec, clause: ClauseSignals) -> SemanticMatch:
+        """The clause's score for one cue: similarity, framing penalties and signal boosts."""
+        i, sim = self.positives[cue_id].best(clause.vector)
+        example = self.positives[cue_id].texts[i]
+        _, neg = self.negatives[cue_id].best(clause.vector)
+        _, bg = self.background.best(clause.vector)
+        score, notes = sim, []
+        f, pen = clause.framing, spec.framing
+        if f.negated != self.positives[cue_id].negated[i] and pen.negated_mismatch_penalty:
+            score -= pen.negated_mismatch_penalty
+            notes.append("negated" if f.negated else "affirmative vs negated example")
+        if f.hypothetical and pen.hypothetical_penalty:
+            score -= pen.hypothetical_penalty
+            notes.append("hypothetical")
+        if f.reported and pen.reported_penalty:
+            score -= pen.reported_penalty
+            notes.append("about someone else")
+        if f.question and pen.question_penalty:
+            score -= pen.question_penalty
+            notes.append("a question")
+        for label, weight in spec.emotion_boost.items():
+            score += weight * float(clause.emotion.get(label, 0.0))
+        return SemanticMatch(
+            cue=cue_id,
+            score=score,
+            similarity=sim,
+            negative=max(neg, bg),
+            example=example,
+            clause=clause.text,
+            adjustments=tuple(notes),
+        )
+
+    def agent_moves(self, vector: FloatArray, threshold: float) -> list[tuple[str, float]]:
+        """Which moves (apology, resolution...) an agent clause makes, best first."""
+        found = []
+        for move, examples in self.moves.items():
+            _, sim = examples.best(vector)
+            if sim >= threshold:
+                found.append((move, sim))
+        return sorted(found, key=lambda m: -m[1])

@@ -1,0 +1,256 @@
+"""The playbook: cues as data (YAML), validated on load with errors that name the line.
+
+Operators tune coaching without touching Python: each cue's advice, priority, cooldown,
+thresholds and example phrases live in `coach/playbook.yaml` (or the file named by
+COACH_PLAYBOOK_FILE). A bad edit must never take down live calls, so `load_playbook` raises
+`PlaybookError` with every problem and its line, and the reloader keeps the last good
+playbook when a new version does not validate.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_PLAYBOOK = Path(__file__).resolve().parents[1] / "playbook.yaml"
+
+EmotionLabel = Literal["frustrated", "anxious", "confused", "sad", "neutral", "positive"]
+Urgency = Literal["low", "medium", "high", "critical"]
+EscalationReason = Literal[
+    "high_emotional_intensity",
+    "repeated_frustration",
+    "complex_inquiry",
+    "user_request",
+    "low_confidence",
+    "crisis_indicators",
+]
+# Timing detectors implemented in code (coach/cues/dynamics.py); a dynamics cue names one.
+Detector = Literal["dead_air", "overtalk", "agent_pace_fast", "talk_ratio"]
+_CUE_ID = re.compile(r"^[a-z][a-z0-9_]{1,40}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VoiceBoost(_Strict):
+    """Add `add` to the semantic score when the voice is this far from the caller's usual."""
+
+    min_arousal: float | None = Field(None, ge=0, le=1)
+    max_arousal: float | None = Field(None, ge=0, le=1)
+    add: float = Field(0.05, ge=0, le=0.5)
+
+
+class VoiceTrigger(_Strict):
+    """Fire on voice and text emotion alone, even when no example phrase matched."""
+
+    min_arousal: float | None = Field(None, ge=0, le=1)
+    max_arousal: float | None = Field(None, ge=0, le=1)
+    emotions: list[EmotionLabel] = Field(default_factory=list)
+    """The text emotion must be one of these (empty: any)."""
+    min_emotion_prob: float = Field(0.0, ge=0, le=1)
+    max_valence: float = Field(1.0, ge=-1, le=1)
+    min_words: int = Field(1, ge=0)
+    max_words: int | None = Field(None, ge=1)
+    needs_context: bool = False
+    """Only with the cue's context condition met (e.g. dejection after a resolution attempt)."""
+
+
+class Context(_Strict):
+    """The cue needs the agent to have made one of these moves in the last `within_s`."""
+
+    after_agent_move: list[str] = Field(default_factory=list)
+    within_s: float = Field(45.0, gt=0)
+    required: bool = False
+    """True: never fire without the context; False: the context only lowers the threshold."""
+    threshold_drop: float = Field(0.05, ge=0, le=0.5)
+
+
+class Framings(_Strict):
+    """Which clause framings may fire the cue (see coach/cues/language.py)."""
+
+    negated_mismatch_penalty: float = Field(0.12, ge=0, le=1)
+    hypothetical_penalty: float = Field(0.2, ge=0, le=1)
+    reported_penalty: float = Field(0.25, ge=0, le=1)
+    question_penalty: float = Field(0.0, ge=0, le=1)
+
+
+class Escalate(_Strict):
+    reason: EscalationReason
+    urgency: Urgency
+
+
+class CueSpec(_Strict):
+    title: str = Field(min_length=3, max_length=60)
+    advice: str = Field(min_length=5, max_length=160)
+    priority: int = Field(ge=1, le=5)
+    cooldown_s: float = Field(ge=0, le=3600)
+    party: Literal["customer", "agent", "call"]
+    kind: Literal["language", "dynamics"]
+    enabled: bool = True
+    severity: Literal["normal", "critical"] = "normal"
+    expires_s: float = Field(30.0, gt=0, le=600)
+    # Language cues.
+    threshold: float | None = Field(None, gt=0, le=1)
+    margin: float = Field(0.02, ge=-0.5, le=0.5)
+    """The best positive example must beat the best negative/background one by this much."""
+    min_words: int = Field(3, ge=1, le=20)
+    """Shorter utterances ("Okay.") are too ambiguous to match by meaning alone."""
+    emotion_boost: dict[EmotionLabel, float] = Field(default_factory=dict)
+    voice_boost: VoiceBoost | None = None
+    voice_trigger: VoiceTrigger | None = None
+    context: Context | None = None
+    framing: Framings = Field(default_factory=Framings)
+    positives: list[str] = Field(default_factory=list)
+    negatives: list[str] = Field(default_factory=list)
+    # Dynamics cues.
+    detector: Detector | None = None
+    params: dict[str, float] = Field(default_factory=dict)
+    escalate: Escalate | None = None
+
+    @field_validator("positives", "negatives")
+    @classmethod
+    def _no_blank_examples(cls, v: list[str]) -> list[str]:
+        for i, text in enumerate(v):
+            if not text.strip():
+                raise ValueError(f"example {i} is empty")
+        if len(set(v)) != len(v):
+            dupes = sorted({t for t in v if v.count(t) > 1})
+            raise ValueError(f"duplicate examples: {dupes[:3]}")
+        return v
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> CueSpec:
+        if self.kind == "language":
+            if self.threshold is None:
+                raise ValueError("a language cue needs a threshold (0..1)")
+            if len(self.positives) < 3:
+                raise ValueError("a language cue needs at least 3 positive examples")
+            if self.detector is not None:
+                raise ValueError("detector is only for dynamics cues")
+        else:
+            if self.detector is None:
+                raise ValueError("a dynamics cue needs a detector: " + ", ".join(_detectors()))
+            if self.positives or self.negatives:
+                raise ValueError("a dynamics cue has no example phrases")
+        return self
+
+
+class EscalationSpec(_Strict):
+    intense_arousal: float = Field(0.95, ge=0, le=1)
+    intense_valence: float = Field(-0.8, ge=-1, le=1)
+    intense_turns: int = Field(3, ge=1)
+    high_arousal: float = Field(0.8, ge=0, le=1)
+    high_valence: float = Field(-0.6, ge=-1, le=1)
+    high_turns: int = Field(2, ge=1)
+    repeated_frustration_cues: int = Field(2, ge=2)
+    complex_inquiry_cues: int = Field(2, ge=2)
+    low_confidence_prob: float = Field(0.45, ge=0, le=1)
+    low_confidence_turns: int = Field(3, ge=1)
+
+
+class Playbook(_Strict):
+    version: int = Field(ge=1)
+    max_cues_per_utterance: int = Field(2, ge=1, le=5)
+    cues: dict[str, CueSpec]
+    background: list[str] = Field(default_factory=list)
+    """Ordinary call talk that earns no cue: every language cue must beat it."""
+    agent_moves: dict[str, list[str]] = Field(default_factory=dict)
+    """What the agent does (apology, empathy, resolution...): context and handoff summaries."""
+    agent_move_threshold: float = Field(0.5, gt=0, le=1)
+    escalation: EscalationSpec = Field(default_factory=EscalationSpec)
+
+    @field_validator("cues")
+    @classmethod
+    def _ids(cls, v: dict[str, CueSpec]) -> dict[str, CueSpec]:
+        for cue_id in v:
+            if not _CUE_ID.match(cue_id):
+                raise ValueError(f"cue id {cue_id!r} must be snake_case (a-z, 0-9, _)")
+        if not v:
+            raise ValueError("the playbook has no cues")
+        return v
+
+    @model_validator(mode="after")
+    def _moves_known(self) -> Playbook:
+        for cue_id, spec in self.cues.items():
+            for move in spec.context.after_agent_move if spec.context else []:
+                if move not in self.agent_moves:
+                    raise ValueError(
+                        f"cue {cue_id}: context move {move!r} is not in agent_moves "
+                        f"({', '.join(sorted(self.agent_moves)) or 'none defined'})"
+                    )
+        return self
+
+    def enabled(self) -> dict[str, CueSpec]:
+        return {k: v for k, v in self.cues.items() if v.enabled}
+
+
+def _detectors() -> tuple[str, ...]:
+    return Detector.__args__  # type: ignore[attr-defined,no-any-return]
+
+
+class PlaybookError(ValueError):
+    """A playbook that cannot be used, with every problem and where it is."""
+
+    def __init__(self, path: Path | str, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        super().__init__(f"invalid playbook {path}:\n  " + "\n  ".join(problems))
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """1-based line of the YAML node at a pydantic error location, as far as it exists."""
+    node, line = root, None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == str(key)), None)
+            if match is None:
+                break
+            key_node = next(k for k, v in node.value if v is match)
+            line, node = key_node.start_mark.line + 1, match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def parse_playbook(text: str, *, source: Path | str = "<playbook>") -> Playbook:
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise PlaybookError(source, [f"not valid YAML: {exc}"]) from exc
+    if not isinstance(data, Mapping):
+        raise PlaybookError(source, ["the top level must be a mapping with version and cues"])
+    try:
+        return Playbook.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            where = ".".join(str(p) for p in loc) or "(top level)"
+            line = _line_of(root, loc)
+            at = f" (line {line})" if line else ""
+            problems.append(f"{where}{at}: {err['msg']}")
+        raise PlaybookError(source, problems) from exc
+
+
+def load_playbook(path: Path | None = None) -> Playbook:
+    path = Path(path) if path else DEFAULT_PLAYBOOK
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlaybookError(path, [f"cannot read: {exc.strerror or exc}"]) from exc
+    return parse_playbook(text, source=path)
+
+
+def dump_example(playbook: Playbook) -> dict[str, Any]:
+    """The playbook as plain data (for tools that rewrite thresholds)."""
+    return playbook.model_dump(mode="json", exclude_defaults=False)

@@ -1,0 +1,143 @@
+"""When a call needs someone above the agent: escalation reasons, urgency and the handoff.
+
+Reasons and urgencies are those of ARCHITECTURE.md. Critical: crisis language (the `crisis`
+cue) or an intense negative state (arousal > 0.95 and valence < -0.8) sustained over three
+customer turns. A reason is raised once per call, and again only if its urgency rises, so
+the supervisor wall gets one alert per situation, not one per utterance. Every escalation
+carries the handoff summary (state, trend, trigger phrases, cues shown, what the agent
+tried) so whoever joins does not make the customer repeat themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from coach import events
+from coach.cues.playbook import CueSpec, Playbook
+from coach.events import Event
+
+URGENCY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+
+
+@dataclass
+class EscalationDetector:
+    raised: list[dict[str, Any]] = field(default_factory=list)
+    _level: dict[str, int] = field(default_factory=dict)
+    _counts: dict[str, int] = field(default_factory=dict)
+
+    def _raise(
+        self,
+        reason: str,
+        urgency: str,
+        *,
+        cue: str | None,
+        detail: str,
+        summary: Callable[[], dict[str, Any]],
+        state: Mapping[str, Any],
+    ) -> Event | None:
+        rank = URGENCY_RANK[urgency]
+        if self._level.get(reason, -1) >= rank:
+            return None
+        self._level[reason] = rank
+        self.raised.append({"reason": reason, "urgency": urgency, "t": state.get("t")})
+        return events.escalation(
+            reason=reason,
+            urgency=urgency,
+            summary=summary(),
+            cue=cue,
+            detail=detail,
+            t_end=state.get("t"),
+            t_start=state.get("t"),
+        )
+
+    def observe_customer(
+        self,
+        pb: Playbook,
+        *,
+        state: Mapping[str, Any],
+        states: Sequence[Mapping[str, Any]],
+        fired: Sequence[tuple[str, CueSpec]],
+        summary: Callable[[], dict[str, Any]],
+        intense: str | None,
+    ) -> list[Event]:
+        """After each customer utterance and the cues it fired."""
+        e = pb.escalation
+        out: list[Event | None] = []
+        for cue_id, spec in fired:
+            self._counts[cue_id] = self._counts.get(cue_id, 0) + 1
+            if spec.escalate is not None:
+                out.append(
+                    self._raise(
+                        spec.escalate.reason,
+                        spec.escalate.urgency,
+                        cue=cue_id,
+                        detail=f"{cue_id} cue",
+                        summary=summary,
+                        state=state,
+                    )
+                )
+        if intense is not None:
+            out.append(
+                self._raise(
+                    "high_emotional_intensity",
+                    "critical",
+                    cue="crisis",
+                    detail=intense,
+                    summary=summary,
+                    state=state,
+                )
+            )
+        recent = states[-e.high_turns :]
+        if len(recent) == e.high_turns and all(
+            s["arousal"] >= e.high_arousal and s["valence"] <= e.high_valence for s in recent
+        ):
+            out.append(
+                self._raise(
+                    "high_emotional_intensity",
+                    "high",
+                    cue=None,
+                    detail=f"strongly negative and agitated for {e.high_turns} turns",
+                    summary=summary,
+                    state=state,
+                )
+            )
+        if self._counts.get("frustration", 0) >= e.repeated_frustration_cues:
+            worsening = summary()["trend"] == "worsening"
+            out.append(
+                self._raise(
+                    "repeated_frustration",
+                    "high" if worsening else "medium",
+                    cue="frustration",
+                    detail=f"frustration cue {self._counts['frustration']} times",
+                    summary=summary,
+                    state=state,
+                )
+            )
+        if self._counts.get("confusion", 0) >= e.complex_inquiry_cues:
+            out.append(
+                self._raise(
+                    "complex_inquiry",
+                    "medium",
+                    cue="confusion",
+                    detail=f"confusion cue {self._counts['confusion']} times",
+                    summary=summary,
+                    state=state,
+                )
+            )
+        low = [s.get("confidence") for s in states[-e.low_confidence_turns :]]
+        if len(low) == e.low_confidence_turns and all(
+            c is not None and c < e.low_confidence_prob for c in low
+        ):
+            out.append(
+                self._raise(
+                    "low_confidence",
+                    "low",
+                    cue=None,
+                    detail=f"transcription unsure for {e.low_confidence_turns} turns; listen in",
+                    summary=summary,
+                    state=state,
+                )
+            )
+        return [ev for ev in out if ev is not None]

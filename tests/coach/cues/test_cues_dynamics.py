@@ -1,0 +1,104 @@
+"""Timing cues from speech intervals: dead air, overtalk, agent pace, talk ratio."""
+
+from __future__ import annotations
+
+from coach.cues import dynamics
+from coach.cues.dynamics import Spoken, Timeline, TimingCues
+from coach.cues.playbook import load_playbook
+
+
+def tl(now: float, customer=(), agent=(), **kw) -> Timeline:  # type: ignore[no-untyped-def]
+    return Timeline(now=now, customer=list(customer), agent=list(agent), **kw)
+
+
+def test_dead_air_after_eight_seconds_of_silence_mid_call() -> None:
+    assert dynamics.dead_air(tl(17.9, [(1, 10)]), silence_s=8, min_call_s=5) is None
+    hit = dynamics.dead_air(tl(18.1, [(1, 10)]), silence_s=8, min_call_s=5)
+    assert hit is not None and hit.t_start == 10 and "8 s" in hit.why
+
+
+def test_no_dead_air_before_anyone_spoke_or_while_someone_speaks() -> None:
+    assert dynamics.dead_air(tl(20.0), silence_s=8, min_call_s=5) is None
+    assert (
+        dynamics.dead_air(tl(30.0, [(1, 10)], agent_open_since=11.0), silence_s=8, min_call_s=5)
+        is None
+    )
+
+
+def test_overtalk_when_the_agent_cuts_in() -> None:
+    # Customer speaks 0..10; agent starts at 6 and talks over for 2.5 s.
+    t = tl(8.6, customer=[], agent=[], customer_open_since=0.0, agent_open_since=6.0)
+    hit = dynamics.overtalk(t, overlap_s=2.0, interrupt_window_s=0.3)
+    assert hit is not None and hit.cue == "overtalk" and hit.t_start == 6.0
+
+
+def test_short_backchannel_is_not_overtalk() -> None:
+    t = tl(8.0, customer=[], agent=[(6.0, 6.8)], customer_open_since=0.0)
+    assert dynamics.overtalk(t, overlap_s=2.0, interrupt_window_s=0.3) is None
+
+
+def test_customer_interrupting_the_agent_is_not_the_agents_overtalk() -> None:
+    t = tl(9.0, customer=[], agent=[], customer_open_since=6.0, agent_open_since=0.0)
+    assert dynamics.overtalk(t, overlap_s=2.0, interrupt_window_s=0.3) is None
+
+
+def _utts(t0: float, t1: float, syl_rate: float, step: float = 4.0) -> list[Spoken]:
+    out, t = [], t0
+    while t < t1:
+        end = min(t + step, t1)
+        out.append(Spoken(t, end, round((end - t) * syl_rate), end - t))
+        t = end + 0.5
+    return out
+
+
+def test_agent_pace_fast_sustained_and_faster_than_the_customer() -> None:
+    customer = _utts(0.0, 5.0, 4.5)
+    fast = _utts(6.0, 19.0, 6.0)
+    hit = dynamics.agent_pace(
+        fast, customer, 19.0, syllables_per_s=5.3, min_speech_s=8, window_s=30, vs_customer=1.15
+    )
+    assert hit is not None and "6.0 syllables/s" in hit.why and hit.t_start == 6.0
+    normal = _utts(6.0, 19.0, 4.6)
+    assert (
+        dynamics.agent_pace(
+            normal, customer, 19.0, syllables_per_s=5.3, min_speech_s=8, window_s=30
+        )
+        is None
+    )
+    brief = _utts(15.0, 19.0, 6.5)
+    assert (
+        dynamics.agent_pace(brief, customer, 19.0, syllables_per_s=5.3, min_speech_s=8, window_s=30)
+        is None
+    )
+
+
+def test_fast_customer_raises_the_bar() -> None:
+    customer = _utts(0.0, 5.0, 5.6)
+    agent = _utts(6.0, 19.0, 5.8)
+    assert (
+        dynamics.agent_pace(
+            agent,
+            customer,
+            19.0,
+            syllables_per_s=5.3,
+            min_speech_s=8,
+            window_s=30,
+            vs_customer=1.15,
+        )
+        is None
+    )
+
+
+def test_talk_ratio() -> None:
+    t = tl(120.0, customer=[(0, 5)], agent=[(5, 100)])
+    assert dynamics.talk_ratio(t, agent_share=0.8, window_s=120, min_speech_s=60) is not None
+    t = tl(120.0, customer=[(0, 40)], agent=[(40, 100)])
+    assert dynamics.talk_ratio(t, agent_share=0.8, window_s=120, min_speech_s=60) is None
+
+
+def test_each_silence_fires_once() -> None:
+    pb = load_playbook()
+    cues = TimingCues({"dead_air": pb.cues["dead_air"]})
+    assert [c for c, _ in cues.check(tl(19.0, [(1, 10)]))] == ["dead_air"]
+    assert cues.check(tl(25.0, [(1, 10)])) == []  # same silence
+    assert [c for c, _ in cues.check(tl(40.0, [(1, 10), (26, 30)]))] == ["dead_air"]

@@ -1,0 +1,87 @@
+"""Clause splitting and framing (pure text functions)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from coach.cues import language
+
+
+@pytest.mark.parametrize(
+    ("text", "negated"),
+    [
+        ("I'm not upset at all.", True),
+        ("It isn't a problem.", True),
+        ("I never asked for this.", True),
+        ("I can't believe this happened again.", False),  # intensifier, not negation
+        ("Nothing works with you guys.", False),
+        ("This is really frustrating.", False),
+        ("No one told me anything about it.", False),
+    ],
+)
+def test_negation(text: str, negated: bool) -> None:
+    assert language.is_negated(text) is negated
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "If the price ever went up I might look elsewhere.",
+        "Even if it costs more, that's fine.",
+        "What if the router breaks again?",
+        "I would probably switch if they offered it cheaper.",
+    ],
+)
+def test_hypothetical(text: str) -> None:
+    assert language.framing(text).hypothetical
+
+
+@pytest.mark.parametrize(
+    ("text", "reported"),
+    [
+        ("My neighbour told me she cancelled her plan.", True),
+        ("My husband was really angry about the bill.", True),
+        ("He said the technician never came.", True),
+        ("I'm going to cancel my plan.", False),
+        ("My wife says I should cancel, and I agree.", False),
+    ],
+)
+def test_reported_speech(text: str, reported: bool) -> None:
+    assert language.framing(text).reported is reported
+
+
+def test_clauses_split_sentences_and_contrasts() -> None:
+    text = "Thanks for checking. The refund is fine, but I'm worried about next month's bill."
+    assert language.clauses(text) == [
+        "Thanks for checking.",
+        "The refund is fine",
+        "but I'm worried about next month's bill.",
+    ]
+
+
+def test_tiny_fragments_merge_into_a_neighbour() -> None:
+    assert language.clauses("Okay. I really need this fixed today.") == [
+        "Okay. I really need this fixed today."
+    ]
+
+
+def test_find_phrase_covers_shared_words() -> None:
+    phrase = language.find_phrase(
+        "Well, honestly I can't afford this bill anymore, you know",
+        language.content_words("I can't afford this."),
+    )
+    assert phrase == "afford"
+    phrase = language.find_phrase(
+        "so I spoke to someone yesterday about the same thing",
+        language.content_words("I spoke to someone yesterday about the same problem."),
+    )
+    assert phrase == "spoke to someone yesterday about the same"
+
+
+@given(st.text(max_size=300))
+def test_clauses_never_lose_words(text: str) -> None:
+    parts = language.clauses(text)
+    assert language.words(" ".join(parts)) == language.words(text) or not parts
+    language.framing(text)  # never raises

@@ -1,0 +1,138 @@
+"""Each language cue: paraphrased positives fire it, negatives and traps do not.
+
+The positives are deliberately not copies of the playbook examples: the engine must match
+by meaning. Traps are the classic false alarms: negation, the agent's own empathy phrases,
+hypotheticals, someone else's story, and neutral questions on the same topic.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.coach.cues.conftest import Conversation
+
+POSITIVE = [
+    ("frustration", "I have been going around in circles with you people for weeks."),
+    ("frustration", "Honestly, this is the most annoying experience I've ever had."),
+    ("confusion", "Sorry, I really don't get what you're asking me to do."),
+    ("confusion", "Hang on, I'm lost, what is a router login?"),
+    ("cost_anxiety", "I honestly don't know how I'm going to pay a bill that big."),
+    ("cost_anxiety", "Our budget is really tight this month, we can't take another fee."),
+    ("urgency", "I need this sorted before my flight at six tonight."),
+    ("urgency", "Please, it has to work today, I have a job interview online at noon."),
+    ("escalation_request", "Can I please talk to your manager about this?"),
+    ("escalation_request", "I want someone higher up to look at this."),
+    ("churn_risk", "I'm seriously thinking of moving to another company."),
+    ("churn_risk", "Just close the account, I'm going with a different provider."),
+    ("repeat_contact", "I rang you about exactly this two days ago."),
+    ("repeat_contact", "This is the fourth call I've made about the same thing."),
+    ("crisis", "Honestly I don't think I want to be here anymore."),
+    ("crisis", "My neighbour is lying on the floor and he won't wake up."),
+]
+
+NEGATIVE = [
+    # Negations.
+    ("frustration", "I'm not annoyed at all, I just want to check something."),
+    ("cost_anxiety", "The price is no problem for us."),
+    ("urgency", "There's no hurry, next week is absolutely fine."),
+    ("churn_risk", "I'm not planning to leave, I just want this fixed."),
+    # Hypotheticals and other people.
+    ("churn_risk", "If the price ever doubled I might look around, but I'm happy for now."),
+    ("churn_risk", "My sister cancelled her plan with you last year."),
+    # Neutral questions on the same topic.
+    ("cost_anxiety", "What does the family plan cost per month?"),
+    ("escalation_request", "Could you transfer me to the billing department please?"),
+    ("confusion", "Could you spell the street name for me?"),
+    ("repeat_contact", "This is the first time I've had to call you."),
+    ("crisis", "This bill is killing me, but I'll manage."),
+    ("dejection", "That's great, thank you so much for sorting it out."),
+]
+
+
+@pytest.mark.parametrize(("cue", "text"), POSITIVE)
+async def test_paraphrase_fires_its_cue(conversation: Conversation, cue: str, text: str) -> None:
+    assert cue in await conversation.cues("customer", text)
+
+
+@pytest.mark.parametrize(("cue", "text"), NEGATIVE)
+async def test_trap_does_not_fire(conversation: Conversation, cue: str, text: str) -> None:
+    assert cue not in await conversation.cues("customer", text)
+
+
+CALM = [
+    "Hi, I'm calling to update the address on my account.",
+    "Sure, it's forty two Elm Street.",
+    "Yes, that's the right email address.",
+    "Great, that's everything, thanks for your help.",
+    "Okay.",
+    "What time does the technician usually arrive?",
+]
+
+
+async def test_calm_turns_fire_nothing(conversation: Conversation) -> None:
+    for text in CALM:
+        assert await conversation.cues("customer", text) == [], text
+
+
+async def test_agent_empathy_never_fires_a_customer_cue(conversation: Conversation) -> None:
+    for text in (
+        "I understand how frustrating this must be.",
+        "I know the bill is expensive, and I'm sorry about that.",
+        "I'll get my supervisor for you.",
+        "I can hear this is really urgent for you.",
+    ):
+        assert await conversation.cues("agent", text) == [], text
+
+
+async def test_dejection_needs_a_resigned_voice_or_words(conversation: Conversation) -> None:
+    await conversation.say("customer", "My internet keeps dropping every evening.")
+    await conversation.say("agent", "I've reset your line, it should be stable now.")
+    # Resigned words after the agent's fix.
+    assert "dejection" in await conversation.cues(
+        "customer", "Whatever, I suppose it'll break again anyway."
+    )
+
+
+async def test_flat_short_reply_after_a_fix_is_dejection_by_voice(
+    conversation: Conversation,
+) -> None:
+    await conversation.say("customer", "The package never arrived and I needed it.")
+    await conversation.say("agent", "I've issued a refund to your card.")
+    found = await conversation.cues(
+        "customer", "Fine.", arousal=0.12, voice_why=["pitch -1.8 SD", "loudness -1.5 SD"]
+    )
+    assert found == ["dejection"]
+
+
+async def test_the_same_short_reply_in_a_normal_voice_is_not(conversation: Conversation) -> None:
+    await conversation.say("customer", "The package never arrived and I needed it.")
+    await conversation.say("agent", "I've issued a refund to your card.")
+    assert await conversation.cues("customer", "Fine.", arousal=0.5) == []
+
+
+async def test_raised_voice_alone_fires_frustration(conversation: Conversation) -> None:
+    await conversation.say("customer", "I'm calling about my order.")
+    found = await conversation.cues(
+        "customer",
+        "I already gave you the order number twice.",
+        arousal=0.93,
+        voice_why=["pitch +2.4 SD", "loudness +2.0 SD", "rate +1.5 SD"],
+    )
+    assert "frustration" in found
+
+
+async def test_cooldown_holds_a_repeated_cue(conversation: Conversation) -> None:
+    assert "frustration" in await conversation.cues("customer", "This is completely ridiculous.")
+    assert "frustration" not in await conversation.cues(
+        "customer", "Honestly, this is a total joke."
+    )
+
+
+async def test_cue_explains_itself(conversation: Conversation) -> None:
+    events = await conversation.say("customer", "I can't afford another charge like that.")
+    cue = next(e for e in events if e["type"] == "cue")
+    assert cue["cue"] == "cost_anxiety"
+    assert cue["label"] == "AI suggestion"
+    assert "means the same as" in cue["why"]
+    assert cue["evidence"]["phrases"] and cue["evidence"]["phrases"][0] in cue["evidence"]["text"]
+    assert cue["priority"] == 2 and cue["advice"]

@@ -1,0 +1,126 @@
+"""The playbook schema: the bundled file loads, and bad files are refused with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from coach.cues.library import PlaybookLibrary
+from coach.cues.playbook import DEFAULT_PLAYBOOK, PlaybookError, load_playbook, parse_playbook
+
+CUE_IDS = {
+    "frustration",
+    "confusion",
+    "cost_anxiety",
+    "urgency",
+    "dejection",
+    "escalation_request",
+    "churn_risk",
+    "repeat_contact",
+    "crisis",
+    "dead_air",
+    "overtalk",
+    "agent_pace_fast",
+}
+
+
+def _bundled() -> dict:
+    return yaml.safe_load(DEFAULT_PLAYBOOK.read_text())
+
+
+def test_bundled_playbook_has_every_cue_of_the_taxonomy() -> None:
+    pb = load_playbook()
+    assert CUE_IDS <= set(pb.enabled())
+    assert pb.cues["crisis"].severity == "critical"
+    assert pb.cues["crisis"].escalate is not None
+    assert pb.cues["crisis"].escalate.urgency == "critical"
+    assert pb.cues["escalation_request"].escalate is not None
+    assert pb.cues["escalation_request"].escalate.reason == "user_request"
+
+
+def _error(text: str) -> str:
+    with pytest.raises(PlaybookError) as exc:
+        parse_playbook(text, source="test.yaml")
+    return str(exc.value)
+
+
+def test_threshold_out_of_range_names_the_field_and_line() -> None:
+    text = DEFAULT_PLAYBOOK.read_text().replace("threshold: 0.5", "threshold: 1.5", 1)
+    msg = _error(text)
+    assert "threshold" in msg and "(line " in msg and "less than or equal to 1" in msg
+
+
+def test_unknown_field_is_refused() -> None:
+    data = _bundled()
+    data["cues"]["frustration"]["treshold"] = 0.5
+    msg = _error(yaml.safe_dump(data))
+    assert "cues.frustration.treshold" in msg and "Extra inputs" in msg
+
+
+def test_language_cue_needs_examples_and_threshold() -> None:
+    data = _bundled()
+    data["cues"]["confusion"]["positives"] = ["I don't get it."]
+    del data["cues"]["urgency"]["threshold"]
+    msg = _error(yaml.safe_dump(data))
+    assert "cues.confusion" in msg and "at least 3 positive examples" in msg
+    assert "cues.urgency" in msg and "needs a threshold" in msg
+
+
+def test_dynamics_cue_needs_a_known_detector() -> None:
+    data = _bundled()
+    data["cues"]["dead_air"]["detector"] = "long_silence"
+    msg = _error(yaml.safe_dump(data))
+    assert "cues.dead_air.detector" in msg
+
+
+def test_unknown_context_move() -> None:
+    data = _bundled()
+    data["cues"]["dejection"]["context"]["after_agent_move"] = ["magic"]
+    assert "'magic' is not in agent_moves" in _error(yaml.safe_dump(data))
+
+
+def test_bad_cue_id() -> None:
+    data = _bundled()
+    data["cues"]["Bad-Id"] = data["cues"]["confusion"]
+    assert "snake_case" in _error(yaml.safe_dump(data))
+
+
+def test_not_yaml_and_not_a_mapping() -> None:
+    assert "not valid YAML" in _error("cues: [unclosed")
+    assert "top level must be a mapping" in _error("- just\n- a list\n")
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(PlaybookError, match="cannot read"):
+        load_playbook(tmp_path / "nope.yaml")
+
+
+def test_reload_swaps_valid_versions_and_keeps_the_last_good_one(tmp_path: Path) -> None:
+    path = tmp_path / "playbook.yaml"
+    path.write_text(DEFAULT_PLAYBOOK.read_text())
+    calls: list[int] = []
+
+    def embed(texts):  # type: ignore[no-untyped-def]
+        import numpy as np
+
+        calls.append(len(texts))
+        rng = np.random.default_rng(len(texts))
+        v = rng.normal(size=(len(texts), 8)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    lib = PlaybookLibrary(path, embed=embed)
+    first = lib.current
+    assert not lib.changed() and not lib.reload()
+
+    path.write_text(DEFAULT_PLAYBOOK.read_text().replace("cooldown_s: 45", "cooldown_s: 50", 1))
+    assert lib.changed() and lib.reload()
+    assert lib.current.version != first.version
+    assert lib.current.playbook.cues["frustration"].cooldown_s == 50
+
+    good = lib.current
+    path.write_text("version: 1\ncues: {}\n")
+    assert lib.changed() and not lib.reload()
+    assert lib.current is good and lib.last_error and "no cues" in lib.last_error
+    assert not lib.changed()  # the refused version is not retried every poll

@@ -1,0 +1,100 @@
+"""Escalation reasons, urgencies and the once-per-situation rule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coach.cues.playbook import load_playbook
+from coach.escalation import EscalationDetector
+
+PB = load_playbook()
+
+
+def summary() -> dict[str, Any]:
+    return {"text": "s", "trend": "worsening", "state": {}}
+
+
+def state(t: float, valence: float, arousal: float, confidence: float = 0.9) -> dict[str, Any]:
+    return {"t": t, "valence": valence, "arousal": arousal, "confidence": confidence}
+
+
+def test_crisis_cue_raises_a_critical_escalation_once() -> None:
+    det = EscalationDetector()
+    s = [state(1, -0.5, 0.6)]
+    out = det.observe_customer(
+        PB,
+        state=s[-1],
+        states=s,
+        fired=[("crisis", PB.cues["crisis"])],
+        summary=summary,
+        intense=None,
+    )
+    assert [(e["reason"], e["urgency"], e["cue"]) for e in out] == [
+        ("crisis_indicators", "critical", "crisis")
+    ]
+    assert out[0]["summary"]["text"] == "s"
+    again = det.observe_customer(
+        PB,
+        state=s[-1],
+        states=s,
+        fired=[("crisis", PB.cues["crisis"])],
+        summary=summary,
+        intense=None,
+    )
+    assert again == []
+
+
+def test_escalation_request_is_a_user_request() -> None:
+    det = EscalationDetector()
+    s = [state(1, -0.2, 0.5)]
+    out = det.observe_customer(
+        PB,
+        state=s[-1],
+        states=s,
+        fired=[("escalation_request", PB.cues["escalation_request"])],
+        summary=summary,
+        intense=None,
+    )
+    assert [(e["reason"], e["urgency"]) for e in out] == [("user_request", "high")]
+
+
+def test_intensity_rises_from_high_to_critical() -> None:
+    det = EscalationDetector()
+    states = [state(1, -0.7, 0.85), state(2, -0.7, 0.85)]
+    out = det.observe_customer(
+        PB, state=states[-1], states=states, fired=[], summary=summary, intense=None
+    )
+    assert [(e["reason"], e["urgency"]) for e in out] == [("high_emotional_intensity", "high")]
+    states.append(state(3, -0.9, 0.97))
+    out = det.observe_customer(
+        PB, state=states[-1], states=states, fired=[], summary=summary, intense="sustained"
+    )
+    assert [(e["reason"], e["urgency"]) for e in out] == [("high_emotional_intensity", "critical")]
+
+
+def test_repeated_frustration_and_complex_inquiry() -> None:
+    det = EscalationDetector()
+    s = [state(1, -0.3, 0.6)]
+    kinds = []
+    for cue in ("frustration", "confusion", "frustration", "confusion"):
+        kinds += [
+            e["reason"]
+            for e in det.observe_customer(
+                PB,
+                state=s[-1],
+                states=s,
+                fired=[(cue, PB.cues[cue])],
+                summary=summary,
+                intense=None,
+            )
+        ]
+    assert kinds == ["repeated_frustration", "complex_inquiry"]
+
+
+def test_low_asr_confidence_asks_someone_to_listen() -> None:
+    det = EscalationDetector()
+    states = [state(i, 0.0, 0.5, confidence=0.3) for i in range(3)]
+    out = det.observe_customer(
+        PB, state=states[-1], states=states, fired=[], summary=summary, intense=None
+    )
+    assert [(e["reason"], e["urgency"]) for e in out] == [("low_confidence", "low")]
