@@ -421,6 +421,39 @@ def apply_cooldown(hits: Iterable[CueHit], cooldown_s: float) -> list[CueHit]:
     return kept
 
 
+# --- transcript accuracy -----------------------------------------------------------------
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower().replace("\u2019", "'"))
+
+
+def word_errors(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
+    """Word-level Levenshtein distance (substitutions + deletions + insertions)."""
+    row = list(range(len(hypothesis) + 1))
+    for i, ref in enumerate(reference, 1):
+        prev, row[0] = row[0], i
+        for j, hyp in enumerate(hypothesis, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ref != hyp))
+    return row[-1]
+
+
+def transcript_errors(truth: Mapping[str, Any], events: Iterable[Event]) -> dict[str, list[int]]:
+    """Per party, [word errors, reference words] of the final transcripts against the script.
+
+    Numbers are spelled out in the scripts and written as digits by the ASR, so this
+    overstates the error a little; it is there to tell ASR misses from cue-engine misses.
+    """
+    hyps: dict[str, list[str]] = defaultdict(list)
+    for ev in _transcripts(events):
+        hyps[str(ev.get("speaker"))] += _words(str(ev.get("text", "")))
+    out: dict[str, list[int]] = {}
+    for party in ("customer", "agent"):
+        ref = [w for t in truth["turns"] if t["speaker"] == party for w in _words(t["text"])]
+        out[party] = [word_errors(ref, hyps[party]), len(ref)]
+    return out
+
+
 # --- files: render, replay, score ---------------------------------------------------------
 
 
@@ -520,8 +553,15 @@ def events_dir(split: str, mode: Mode, out_root: Path = CACHE_DIR) -> Path:
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
+    """The JSONL events; a torn last line (a replay still writing) is left out."""
+    events: list[dict[str, Any]] = []
     with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return events
 
 
 def _replay(wav: Path, out: Path, mode: Mode, config: Path | None) -> tuple[str, int, float]:
@@ -564,8 +604,10 @@ def score_paths(truth_paths: Sequence[Path], mode: Mode) -> dict[str, Any]:
     escalations: list[dict[str, Any]] = []
     missing: list[str] = []
     stale: list[str] = []
+    wer: dict[str, list[int]] = {"customer": [0, 0], "agent": [0, 0]}
     for truth_path in truth_paths:
-        truth = truth_from_json(json.loads(truth_path.read_text(encoding="utf-8")))
+        truth_json = json.loads(truth_path.read_text(encoding="utf-8"))
+        truth = truth_from_json(truth_json)
         ev_path = events_dir(truth_path.parent.name, mode, truth_path.parent.parent)
         ev_path = ev_path / f"{truth_path.stem}.jsonl"
         if not ev_path.exists():
@@ -575,9 +617,15 @@ def score_paths(truth_paths: Sequence[Path], mode: Mode) -> dict[str, Any]:
             stale.append(truth.call_id)  # replayed from an older rendering of the call
             continue
         events = read_events(ev_path)
+        if not any(ev.get("type") == "call_end" for ev in events):
+            missing.append(truth.call_id)  # a replay still running, or one that died
+            continue
         engine.append(match_call(truth, cue_hits(events)))
         baseline.append(match_call(truth, keyword_baseline(events)))
         escalations.append(escalation_report(truth, events))
+        for party, (errors, words) in transcript_errors(truth_json, events).items():
+            wer[party][0] += errors
+            wer[party][1] += words
     return {
         "mode": mode,
         "calls": len(engine),
@@ -586,6 +634,7 @@ def score_paths(truth_paths: Sequence[Path], mode: Mode) -> dict[str, Any]:
         "engine": summarize(engine),
         "keyword": summarize(baseline),
         "escalation": escalation_summary(escalations),
+        "asr_wer": {party: _ratio(e, n) for party, (e, n) in wer.items()},
         "per_call": [
             {
                 "call_id": r.call_id,
@@ -651,9 +700,22 @@ def format_report(report: Mapping[str, Any], title: str) -> str:
         f"/{report['escalation']['crisis_labels']} (rate {_fmt(report['escalation']['rate'])});"
         f" escalations in calm calls: {report['escalation']['escalations_in_calm_calls']}",
     ]
+    wer = report["asr_wer"]
+    lines.append(
+        f"ASR word error rate against the scripts: customer {_fmt(wer['customer'])},"
+        f" agent {_fmt(wer['agent'])}"
+    )
+    for call in report["per_call"]:
+        if call["escalations"]:
+            items = ", ".join(
+                f"{e['urgency']} ({e['reason']}) at {e['t_emit']:.1f} s"
+                for e in call["escalations"]
+            )
+            lines.append(f"escalations in {call['call_id']}: {items}")
     for key in ("missing_event_files", "stale_event_files"):
         if report[key]:
-            lines.append(f"{key.replace('_', ' ')} (not scored): {', '.join(report[key])}")
+            label = key.replace("_", " ").replace("missing", "missing or unfinished")
+            lines.append(f"{label} (not scored): {', '.join(report[key])}")
     return "\n".join(lines)
 
 

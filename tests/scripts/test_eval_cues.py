@@ -25,7 +25,9 @@ from scripts.eval_cues import (
     main,
     match_call,
     summarize,
+    transcript_errors,
     truth_from_json,
+    word_errors,
 )
 from scripts.make_test_calls import CUE_IDS, SPLITS, CallScript, load_call_file
 
@@ -366,13 +368,38 @@ def test_render_one_call_and_score_it_through_the_cli(tmp_path: Path) -> None:
     events += [{"type": "cue", "cue": "confusion", "t_emit": 1.0}]
     crisis = next(lb for lb in required if lb.cue == "crisis")
     events += [{"type": "escalation", "t_emit": crisis.end_s, "reason": "r", "urgency": "critical"}]
+    events += [
+        {
+            "type": "transcript",
+            "speaker": "customer",
+            "t_start": 1.0,
+            "t_end": 2.0,
+            "t_emit": 2.5,
+            "text": "I've called every week",
+        },
+    ]
     ev_dir = cache / "heldout" / "events-fast"
     ev_dir.mkdir()
-    (ev_dir / f"{src.stem}.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    ev_file = ev_dir / f"{src.stem}.jsonl"
     out = tmp_path / "report.json"
+    # Without call_end the replay is unfinished and not scored.
+    ev_file.write_text("".join(json.dumps(e) + "\n" for e in events) + '{"type": "cue", "cu')
+    assert main(["score", *args, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["missing_event_files"] == [src.stem]
+    events.append({"type": "call_end", "t_emit": truth.duration_s})
+    ev_file.write_text("".join(json.dumps(e) + "\n" for e in events))
     assert main(["score", *args, "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     engine = report["engine"]
     assert engine["micro"]["tp"] == len(required) and engine["micro"]["fp"] == 1
     assert engine["crisis_recall"] == 1.0 and report["escalation"]["rate"] == 1.0
     assert report["calls"] == 1 and "keyword" in report
+    assert 0.0 < report["asr_wer"]["customer"] < 1.0 and report["asr_wer"]["agent"] == 1.0
+
+
+def test_word_errors_and_transcript_errors() -> None:
+    assert word_errors("a b c".split(), "a x c d".split()) == 2
+    assert word_errors([], ["a"]) == 1 and word_errors(["a"], []) == 1
+    truth = _truth([{**_turn("customer", 0.0, 1.0), "text": "I can't pay, sorry."}])
+    events = [_tr("customer", 0.0, 1.0, "I can\u2019t play sorry")]
+    assert transcript_errors(truth, events) == {"customer": [1, 4], "agent": [0, 0]}
