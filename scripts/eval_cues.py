@@ -454,6 +454,28 @@ def transcript_errors(truth: Mapping[str, Any], events: Iterable[Event]) -> dict
     return out
 
 
+def turn_wer(truth: Mapping[str, Any], events: Iterable[Event]) -> list[float | None]:
+    """Per scripted turn, the word error rate of the transcripts of that party centred in it.
+
+    Shows whether a missed language cue was missed by the ASR (nothing heard) or the engine.
+    """
+    transcripts = _transcripts(events)
+    out: list[float | None] = []
+    for turn in truth["turns"]:
+        ref = _words(turn["text"])
+        hyp = [
+            w
+            for ev in transcripts
+            if ev.get("speaker") == turn["speaker"]
+            and turn["t_start"] - 0.3
+            <= (float(ev["t_start"]) + float(ev["t_end"])) / 2
+            <= turn["t_end"] + 0.3
+            for w in _words(str(ev.get("text", "")))
+        ]
+        out.append(round(word_errors(ref, hyp) / len(ref), 3) if ref else None)
+    return out
+
+
 # --- files: render, replay, score ---------------------------------------------------------
 
 
@@ -605,6 +627,7 @@ def score_paths(truth_paths: Sequence[Path], mode: Mode) -> dict[str, Any]:
     missing: list[str] = []
     stale: list[str] = []
     wer: dict[str, list[int]] = {"customer": [0, 0], "agent": [0, 0]}
+    turn_wers: list[list[float | None]] = []
     for truth_path in truth_paths:
         truth_json = json.loads(truth_path.read_text(encoding="utf-8"))
         truth = truth_from_json(truth_json)
@@ -622,6 +645,7 @@ def score_paths(truth_paths: Sequence[Path], mode: Mode) -> dict[str, Any]:
             continue
         engine.append(match_call(truth, cue_hits(events)))
         baseline.append(match_call(truth, keyword_baseline(events)))
+        turn_wers.append(turn_wer(truth_json, events))
         escalations.append(escalation_report(truth, events))
         for party, (errors, words) in transcript_errors(truth_json, events).items():
             wer[party][0] += errors
@@ -640,15 +664,15 @@ def score_paths(truth_paths: Sequence[Path], mode: Mode) -> dict[str, Any]:
                 "call_id": r.call_id,
                 "calm": r.calm,
                 "escalations": e["escalations"],
-                "engine": _call_detail(r),
-                "keyword": _call_detail(b),
+                "engine": _call_detail(r, w),
+                "keyword": _call_detail(b, w),
             }
-            for r, b, e in zip(engine, baseline, escalations, strict=True)
+            for r, b, e, w in zip(engine, baseline, escalations, turn_wers, strict=True)
         ],
     }
 
 
-def _call_detail(res: CallResult) -> dict[str, Any]:
+def _call_detail(res: CallResult, turn_wers: Sequence[float | None]) -> dict[str, Any]:
     return {
         "matched": [
             {
@@ -659,7 +683,10 @@ def _call_detail(res: CallResult) -> dict[str, Any]:
             }
             for lb, h in res.matched
         ],
-        "missed": [{"cue": lb.cue, "turn": lb.turn, "start_s": lb.start_s} for lb in res.missed],
+        "missed": [
+            {"cue": lb.cue, "turn": lb.turn, "start_s": lb.start_s, "asr_wer": turn_wers[lb.turn]}
+            for lb in res.missed
+        ],
         "false": [{"cue": h.cue, "t_emit": h.t_emit} for h in res.false_cues],
         "ignored": [{"cue": h.cue, "t_emit": h.t_emit} for h in res.ignored],
     }

@@ -27,6 +27,7 @@ from scripts.eval_cues import (
     summarize,
     transcript_errors,
     truth_from_json,
+    turn_wer,
     word_errors,
 )
 from scripts.make_test_calls import CUE_IDS, SPLITS, CallScript, load_call_file
@@ -403,3 +404,12 @@ def test_word_errors_and_transcript_errors() -> None:
     truth = _truth([{**_turn("customer", 0.0, 1.0), "text": "I can't pay, sorry."}])
     events = [_tr("customer", 0.0, 1.0, "I can\u2019t play sorry")]
     assert transcript_errors(truth, events) == {"customer": [1, 4], "agent": [0, 0]}
+    two = _truth(
+        [
+            {**_turn("customer", 0.0, 2.0), "text": "one two"},
+            {**_turn("agent", 1.5, 3.0), "text": "three four"},
+            {**_turn("customer", 4.0, 6.0), "text": "five six"},
+        ]
+    )
+    heard = [_tr("customer", 0.1, 1.9, "one two"), _tr("agent", 1.6, 2.9, "three")]
+    assert turn_wer(two, heard) == [0.0, 0.5, 1.0]
