@@ -89,7 +89,12 @@ class LiveServer:
         meta = {"agent_id": agent} if agent else {}
         self.emit(
             call_id,
-            {"type": "call_start", "source": "synthetic", "channels": ["customer", "agent"], "meta": meta},
+            {
+                "type": "call_start",
+                "source": "synthetic",
+                "channels": ["customer", "agent"],
+                "meta": meta,
+            },
         )
 
     def store_call(self, call_id: str, timeout_s: float = 10.0) -> Any:
@@ -104,7 +109,9 @@ class LiveServer:
             time.sleep(0.2)
 
 
-def transcript(speaker: str, text: str, utterance_id: int, t0: float, **extra: Any) -> dict[str, Any]:
+def transcript(
+    speaker: str, text: str, utterance_id: int, t0: float, **extra: Any
+) -> dict[str, Any]:
     words = [{"w": w, "t0": t0, "t1": t0 + 0.3, "p": 0.9} for w in text.split()]
     return {
         "type": "transcript",
@@ -119,7 +126,9 @@ def transcript(speaker: str, text: str, utterance_id: int, t0: float, **extra: A
     }
 
 
-def customer_state(valence: float, arousal: float, emotion: str, trend: float = 0.0) -> dict[str, Any]:
+def customer_state(
+    valence: float, arousal: float, emotion: str, trend: float = 0.0
+) -> dict[str, Any]:
     return {
         "valence": valence,
         "arousal": arousal,

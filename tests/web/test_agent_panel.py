@@ -43,7 +43,18 @@ def test_agent_sees_transcript_and_cue_card_and_feedback_is_stored(
     page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
     text = "This is really frustrating, it has happened before."
     live_server.emit(call_id, transcript("agent", "How can I help you today?", 1, 0.5))
-    live_server.emit(call_id, {"type": "partial", "speaker": "customer", "text": "This is really", "t_start": 3.0, "t_end": 4.0, "utterance_id": 2, "t_emit": 4.0})
+    live_server.emit(
+        call_id,
+        {
+            "type": "partial",
+            "speaker": "customer",
+            "text": "This is really",
+            "t_start": 3.0,
+            "t_end": 4.0,
+            "utterance_id": 2,
+            "t_emit": 4.0,
+        },
+    )
     page.locator("#transcript li.partial").filter(has_text="This is really").wait_for()
     live_server.emit(
         call_id,
@@ -52,7 +63,9 @@ def test_agent_sees_transcript_and_cue_card_and_feedback_is_stored(
     final = page.locator("#transcript li.customer.transcript")
     final.wait_for()
     assert page.locator("#transcript li.partial").count() == 0  # replaced by the final
-    live_server.emit(call_id, cue("frustration", 5.5, utterance_id=2, phrase="really frustrating", text=text))
+    live_server.emit(
+        call_id, cue("frustration", 5.5, utterance_id=2, phrase="really frustrating", text=text)
+    )
 
     card = page.locator(".cards .card").first
     card.wait_for()
@@ -71,9 +84,38 @@ def test_agent_sees_transcript_and_cue_card_and_feedback_is_stored(
     verdicts = [(f.verdict, f.user) for c in detail.cues for f in c.feedback]
     assert verdicts == [("helpful", "ann")]
     # More of the call, for the screenshot: the agent's answer, a calmer customer, metrics.
-    live_server.emit(call_id, transcript("agent", "I completely understand. The second charge was our mistake, I will refund it right away.", 3, 6.0))
-    live_server.emit(call_id, transcript("customer", "Okay. How long will the refund take?", 4, 9.5, state=customer_state(-0.1, 0.4, "neutral", 0.3)))
-    live_server.emit(call_id, {"type": "metrics", "talk_ratio": {"customer": 0.45, "agent": 0.55}, "overtalk_s": 0.4, "silence_s": 0.0, "agent_wps": 2.9, "t_start": 0, "t_end": 12, "t_emit": 12.0})
+    live_server.emit(
+        call_id,
+        transcript(
+            "agent",
+            "I completely understand. The second charge was our mistake, I will refund it right away.",
+            3,
+            6.0,
+        ),
+    )
+    live_server.emit(
+        call_id,
+        transcript(
+            "customer",
+            "Okay. How long will the refund take?",
+            4,
+            9.5,
+            state=customer_state(-0.1, 0.4, "neutral", 0.3),
+        ),
+    )
+    live_server.emit(
+        call_id,
+        {
+            "type": "metrics",
+            "talk_ratio": {"customer": 0.45, "agent": 0.55},
+            "overtalk_s": 0.4,
+            "silence_s": 0.0,
+            "agent_wps": 2.9,
+            "t_start": 0,
+            "t_end": 12,
+            "t_emit": 12.0,
+        },
+    )
     page.locator(".metrics").filter(has_text="2.9 words/s").wait_for()
     page.screenshot(path=str(ARTIFACTS / "agent-panel.png"), full_page=False)
     live_server.emit(call_id, END)
@@ -88,9 +130,16 @@ def test_at_most_three_cards_newest_on_top_crisis_distinct_and_expiry(
     live_server.start_call(call_id, "ann")
     page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
     live_server.emit(call_id, transcript("customer", "I am confused and I want a manager", 1, 1.0))
-    live_server.emit(call_id, cue("crisis", 3.0, utterance_id=1, phrase="want", text="I am confused"))
-    live_server.emit(call_id, cue("confusion", 4.0, utterance_id=1, phrase="confused", text="I am confused"))
-    live_server.emit(call_id, cue("escalation_request", 5.0, utterance_id=1, phrase="manager", text="x", expires_s=5.0))
+    live_server.emit(
+        call_id, cue("crisis", 3.0, utterance_id=1, phrase="want", text="I am confused")
+    )
+    live_server.emit(
+        call_id, cue("confusion", 4.0, utterance_id=1, phrase="confused", text="I am confused")
+    )
+    live_server.emit(
+        call_id,
+        cue("escalation_request", 5.0, utterance_id=1, phrase="manager", text="x", expires_s=5.0),
+    )
     live_server.emit(call_id, cue("frustration", 6.0, utterance_id=1, phrase="I am", text="x"))
     page.locator(".cards .card").nth(2).wait_for()
     cards = page.locator(".cards .card")
@@ -104,14 +153,28 @@ def test_at_most_three_cards_newest_on_top_crisis_distinct_and_expiry(
     assert page.locator(".cards .card.critical .critical-label").is_visible()
     assert "Earlier suggestions (1)" in page.locator(".older summary").inner_text()
     # Call time passes the escalation_request card's expiry (5 s + 5 s): it collapses.
-    live_server.emit(call_id, {"type": "metrics", "talk_ratio": {"customer": 0.6, "agent": 0.4}, "overtalk_s": 0.0, "silence_s": 0.0, "agent_wps": 4.2, "t_start": 0, "t_end": 11, "t_emit": 11.0})
-    page.locator(".older-cards .card[data-cue=\"escalation_request\"]").wait_for(state="attached")
+    live_server.emit(
+        call_id,
+        {
+            "type": "metrics",
+            "talk_ratio": {"customer": 0.6, "agent": 0.4},
+            "overtalk_s": 0.0,
+            "silence_s": 0.0,
+            "agent_wps": 4.2,
+            "t_start": 0,
+            "t_end": 11,
+            "t_emit": 11.0,
+        },
+    )
+    page.locator('.older-cards .card[data-cue="escalation_request"]').wait_for(state="attached")
     assert "4.2 words/s (fast)" in page.locator(".metrics").inner_text()
     # Keyboard: Tab reaches the feedback buttons; Enter on Dismiss collapses the card.
-    dismiss = page.locator('.cards .card[data-cue="frustration"]').get_by_role("button", name="Dismiss")
+    dismiss = page.locator('.cards .card[data-cue="frustration"]').get_by_role(
+        "button", name="Dismiss"
+    )
     dismiss.focus()
     page.keyboard.press("Enter")
-    page.locator(".older-cards .card[data-cue=\"frustration\"]").wait_for(state="attached")
+    page.locator('.older-cards .card[data-cue="frustration"]').wait_for(state="attached")
     live_server.emit(call_id, END)
 
 
@@ -128,9 +191,14 @@ def test_agent_cannot_open_another_agents_call(live_server: LiveServer, page: An
     assert page.locator("#view").inner_text().strip() == ""
     # And over HTTP: 403, with nothing of the call in the answer.
     token = page.evaluate("localStorage.getItem('coach.token')")
-    r = page.request.get(f"{live_server.base}/api/history/calls/{call_id}", headers={"Authorization": f"Bearer {token}"})
+    r = page.request.get(
+        f"{live_server.base}/api/history/calls/{call_id}",
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert r.status in (403, 404) and "alone" not in r.text()
-    calls = page.request.get(f"{live_server.base}/api/calls", headers={"Authorization": f"Bearer {token}"}).json()
+    calls = page.request.get(
+        f"{live_server.base}/api/calls", headers={"Authorization": f"Bearer {token}"}
+    ).json()
     assert call_id not in [c["call_id"] for c in calls["calls"]]
 
 
@@ -141,7 +209,9 @@ def test_reconnect_resumes_without_duplicates(live_server: LiveServer, page: Any
     page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
     for i in range(1, 4):
         live_server.emit(call_id, transcript("customer", f"line number {i}", i, i * 3.0))
-    live_server.emit(call_id, cue("confusion", 10.0, utterance_id=3, phrase="number", text="line number 3"))
+    live_server.emit(
+        call_id, cue("confusion", 10.0, utterance_id=3, phrase="number", text="line number 3")
+    )
     page.locator("#transcript li").nth(2).wait_for()
     page.locator(".cards .card").wait_for()
     # A network blip: the socket drops (not a normal close), events keep coming meanwhile.

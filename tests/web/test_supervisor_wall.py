@@ -15,7 +15,9 @@ from tests.web.conftest import ARTIFACTS, LiveServer, cue, customer_state, sign_
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
-def update(valence: float, arousal: float, emotion: str, trend: float = 0.0, **extra: Any) -> dict[str, Any]:
+def update(
+    valence: float, arousal: float, emotion: str, trend: float = 0.0, **extra: Any
+) -> dict[str, Any]:
     return {
         "type": "call_update",
         "valence": valence,
@@ -46,7 +48,12 @@ def escalation(reason: str, urgency: str, t_emit: float, text: str) -> dict[str,
 
 
 def end(arc: list[list[float]]) -> dict[str, Any]:
-    return {"type": "call_end", "duration_s": 40.0, "reason": "end", "summary": {"arc": arc, "cues": {}}}
+    return {
+        "type": "call_end",
+        "duration_s": 40.0,
+        "reason": "end",
+        "summary": {"arc": arc, "cues": {}},
+    }
 
 
 def tile_order(page: Any) -> list[str]:
@@ -69,7 +76,12 @@ def test_tiles_by_risk_team_scope_and_escalation_alert_acknowledged(
     live_server.start_call("w-upset", "ann")
     live_server.start_call("w-other-team", "ben")
     # No call_update for this call: its tile follows the customer's transcripts instead.
-    live_server.emit("w-calm", transcript("customer", "thanks, that is great", 1, 2.0, state=customer_state(0.5, 0.3, "positive")))
+    live_server.emit(
+        "w-calm",
+        transcript(
+            "customer", "thanks, that is great", 1, 2.0, state=customer_state(0.5, 0.3, "positive")
+        ),
+    )
     live_server.emit("w-upset", update(-0.7, 0.8, "frustrated", -0.3))
     sign_in(page, live_server.base, "/supervisor/", "sam")
     page.locator('#tiles > li[data-call="w-upset"]').wait_for()
@@ -77,12 +89,17 @@ def test_tiles_by_risk_team_scope_and_escalation_alert_acknowledged(
     assert order[:2] == ["w-upset", "w-calm"], order
     # sam supervises team blue: ben's call (team green) is not on the wall.
     assert "w-other-team" not in order
-    assert "risk-high" in (page.locator('#tiles > li[data-call="w-upset"]').get_attribute("class") or "")
+    assert "risk-high" in (
+        page.locator('#tiles > li[data-call="w-upset"]').get_attribute("class") or ""
+    )
 
     assert "positive" in page.locator('#tiles > li[data-call="w-calm"] .mood').inner_text()
 
     # The calm call asks for a manager: an alert with the handoff summary, and it goes on top.
-    live_server.emit("w-calm", escalation("user_request", "high", 12.0, "Customer wants a manager after a double charge."))
+    live_server.emit(
+        "w-calm",
+        escalation("user_request", "high", 12.0, "Customer wants a manager after a double charge."),
+    )
     alert = page.locator('#alerts > li[data-call="w-calm"]')
     alert.wait_for()
     text = alert.inner_text()
@@ -93,7 +110,12 @@ def test_tiles_by_risk_team_scope_and_escalation_alert_acknowledged(
     assert "Escalation, high" in page.locator("#announce-critical").inner_text()
     assert wait_order(page, ["w-calm", "w-upset"])[:2] == ["w-calm", "w-upset"]
     # A few more of the team's calls, for a wall that looks like a working day.
-    extra = {"w-a": (0.4, "positive"), "w-b": (-0.3, "anxious"), "w-c": (0.0, "neutral"), "w-d": (0.2, "neutral")}
+    extra = {
+        "w-a": (0.4, "positive"),
+        "w-b": (-0.3, "anxious"),
+        "w-c": (0.0, "neutral"),
+        "w-d": (0.2, "neutral"),
+    }
     for i, (call_id, (valence, emotion)) in enumerate(extra.items()):
         live_server.start_call(call_id, "cal" if i % 2 else "ann")
         live_server.emit(call_id, update(valence, 0.4, emotion, 0.0))
@@ -110,9 +132,13 @@ def test_tiles_by_risk_team_scope_and_escalation_alert_acknowledged(
     assert [e.acknowledged_by for e in detail.escalations] == ["sam"]
 
     # A crisis escalation outranks everything.
-    live_server.emit("w-upset", escalation("crisis_indicators", "critical", 20.0, "Customer mentions self-harm."))
+    live_server.emit(
+        "w-upset", escalation("crisis_indicators", "critical", 20.0, "Customer mentions self-harm.")
+    )
     assert wait_order(page, ["w-upset"])[0] == "w-upset"
-    assert "risk-critical" in (page.locator('#tiles > li[data-call="w-upset"]').get_attribute("class") or "")
+    assert "risk-critical" in (
+        page.locator('#tiles > li[data-call="w-upset"]').get_attribute("class") or ""
+    )
     for call_id in ("w-calm", "w-upset", "w-other-team", *extra):
         live_server.emit(call_id, end([[1.0, 0.0], [2.0, -0.1]]))
 
@@ -121,8 +147,13 @@ def test_drill_in_post_call_summary_and_analytics(live_server: LiveServer, page:
     call_id = "w-drill"
     live_server.start_call(call_id, "ann")
     text = "I was charged twice, my card is 4111 1111 1111 1111, this is really frustrating"
-    live_server.emit(call_id, transcript("customer", text, 1, 1.0, state=customer_state(-0.6, 0.7, "frustrated", -0.2)))
-    shown = live_server.emit(call_id, cue("frustration", 4.0, utterance_id=1, phrase="really frustrating", text=text))
+    live_server.emit(
+        call_id,
+        transcript("customer", text, 1, 1.0, state=customer_state(-0.6, 0.7, "frustrated", -0.2)),
+    )
+    shown = live_server.emit(
+        call_id, cue("frustration", 4.0, utterance_id=1, phrase="really frustrating", text=text)
+    )
     # The agent rates the cue (over the API, as the panel does).
     token = live_server.token("ann", "agent")
     sign_in(page, live_server.base, "/supervisor/", "sam")
@@ -152,7 +183,19 @@ def test_drill_in_post_call_summary_and_analytics(live_server: LiveServer, page:
     row.filter(has_text="Helpful (ann)").wait_for()
 
     # The call ends: the post-call summary from the store, with the arc and the cue marked.
-    live_server.emit(call_id, {"type": "metrics", "talk_ratio": {"customer": 0.5, "agent": 0.5}, "overtalk_s": 0.0, "silence_s": 0.0, "agent_wps": 2.5, "t_start": 0, "t_end": 30, "t_emit": 30.0})
+    live_server.emit(
+        call_id,
+        {
+            "type": "metrics",
+            "talk_ratio": {"customer": 0.5, "agent": 0.5},
+            "overtalk_s": 0.0,
+            "silence_s": 0.0,
+            "agent_wps": 2.5,
+            "t_start": 0,
+            "t_end": 30,
+            "t_emit": 30.0,
+        },
+    )
     live_server.emit(call_id, end([[2.0, -0.6], [10.0, -0.4], [20.0, 0.1], [30.0, 0.5]]))
     page.locator("#drill-summary").click()
     page.locator("#summary-h").filter(has_text=call_id).wait_for()
@@ -193,16 +236,23 @@ def test_fifty_live_calls_stay_responsive(live_server: LiveServer, page: Any) ->
     page.evaluate("window.wallStats.latencies = []")
     rounds, t0 = 10, time.monotonic()
     for r in range(rounds):
+
         def burst(r: int = r) -> None:
             for i, call_id in enumerate(ids):
                 v = ((i * 7 + r * 3) % 20) / 10 - 1
-                stamped = {"call_id": call_id, **update(v, 0.5, "neutral", t_wall=time.time(), t_emit=float(r))}
+                stamped = {
+                    "call_id": call_id,
+                    **update(v, 0.5, "neutral", t_wall=time.time(), t_emit=float(r)),
+                }
                 live_server.bus.publish("supervisor", stamped)
 
         live_server.call_soon(burst)
         time.sleep(0.2)  # 250 updates per second across the wall
     deadline = time.monotonic() + 10
-    while page.evaluate("window.wallStats.latencies.length") < rounds * len(ids) and time.monotonic() < deadline:
+    while (
+        page.evaluate("window.wallStats.latencies.length") < rounds * len(ids)
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.1)
     latencies = sorted(page.evaluate("window.wallStats.latencies"))
     assert len(latencies) == rounds * len(ids)
@@ -223,7 +273,9 @@ def test_fifty_live_calls_stay_responsive(live_server: LiveServer, page: Any) ->
     # Sorted by risk: the most negative valence of the last round leads.
     order = tile_order(page)
     assert len(order) >= 50
-    first = page.locator(f'#tiles > li[data-call="{order[0]}"] .valence-bar').get_attribute("aria-label")
+    first = page.locator(f'#tiles > li[data-call="{order[0]}"] .valence-bar').get_attribute(
+        "aria-label"
+    )
     assert first is not None and float(first.split()[-1]) <= -0.9
     for call_id in ids:
         live_server.emit(call_id, end([]))

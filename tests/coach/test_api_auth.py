@@ -1,0 +1,288 @@
+"""Sign-in, roles and the supervisor endpoints through the in-process test client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from coach.api.app import create_app
+from coach.api.security import may_view_call
+from coach.api.users import LoginRefused, UserDirectory, UserError, hash_password, verify_password
+from coach.auth import Principal, issue_token
+from coach.bus import SUPERVISOR_TOPIC, agent_topic, call_topic
+from coach.runtime import Runtime
+from coach.settings import Settings
+from coach.store.analytics import arc_change, coaching_analytics
+from coach.store.writes import Received
+
+SECRET = "unit-test-secret-of-at-least-32-bytes!"
+
+
+def users() -> list[dict[str, str]]:
+    h = hash_password("pw", n=2**10)
+    return [
+        {"name": "ann", "role": "agent", "team": "blue", "password_hash": h},
+        {"name": "ben", "role": "agent", "team": "green", "password_hash": h},
+        {"name": "sam", "role": "supervisor", "team": "blue", "password_hash": h},
+        {"name": "ada", "role": "admin", "password_hash": h},
+    ]
+
+
+@pytest.fixture
+def client(tmp_path: Path, runtime: Runtime) -> Iterator[TestClient]:
+    settings = Settings(data_dir=tmp_path, auth_secret=SECRET, users=users(), store_enabled=False)
+    with TestClient(create_app(settings, runtime)) as c:
+        yield c
+
+
+def token(user: str, role: str, team: str | None = None) -> str:
+    return issue_token(user=user, role=role, secret=SECRET, ttl_s=600, team=team)  # type: ignore[arg-type]
+
+
+def bearer(user: str, role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(user, role)}"}
+
+
+def publish(client: TestClient, call_id: str, event: dict[str, Any]) -> None:
+    bus = client.app.state.coach.bus  # type: ignore[attr-defined]
+    ev = {"call_id": call_id, "t_emit": 0.0, **event}
+    bus.publish(agent_topic(call_id), ev)
+    bus.publish(call_topic(call_id), ev)
+    if ev["type"] in ("call_start", "call_end", "cue", "escalation"):
+        bus.publish(SUPERVISOR_TOPIC, ev)
+
+
+def start(client: TestClient, call_id: str, agent: str) -> None:
+    publish(client, call_id, {"type": "call_start", "seq": 1, "meta": {"agent_id": agent}})
+
+
+def test_password_hashes_verify_and_reject() -> None:
+    h = hash_password("s3cret", n=2**10)
+    assert h.startswith("scrypt$1024$")
+    assert verify_password("s3cret", h)
+    assert not verify_password("S3cret", h)
+    assert not verify_password("s3cret", "plain-text")
+    assert hash_password("s3cret", n=2**10) != h  # salted
+
+
+def test_directory_from_settings_and_demo_logins(tmp_path: Path) -> None:
+    demo = UserDirectory.from_settings(Settings(data_dir=tmp_path))
+    assert demo.authenticate("ann", "demo").role == "agent"
+    assert demo.team_agents("blue") >= {"ann", "cal", "sam"}
+    configured = UserDirectory.from_settings(Settings(data_dir=tmp_path, users=users()))
+    assert configured.get("cal") is None  # demo logins are off once users are configured
+    with pytest.raises(UserError, match="password_hash"):
+        UserDirectory.from_settings(
+            Settings(
+                data_dir=tmp_path, users=[{"name": "x", "role": "agent", "password_hash": "pw"}]
+            )
+        )
+    with pytest.raises(UserError, match="role"):
+        UserDirectory.from_settings(
+            Settings(
+                data_dir=tmp_path, users=[{"name": "x", "role": "boss", "password_hash": "scrypt$"}]
+            )
+        )
+
+
+def test_repeated_failures_are_throttled(tmp_path: Path) -> None:
+    directory = UserDirectory.from_settings(Settings(data_dir=tmp_path, users=users()))
+    now = time.monotonic()
+    for _ in range(5):
+        with pytest.raises(LoginRefused) as refused:
+            directory.authenticate("ann", "nope", now=now)
+        assert not refused.value.throttled
+    with pytest.raises(LoginRefused) as refused:
+        directory.authenticate("ann", "pw", now=now + 1)  # even the right password, for a while
+    assert refused.value.throttled
+    assert directory.authenticate("ann", "pw", now=now + 120).name == "ann"
+
+
+def test_login_issues_a_token_that_the_api_accepts(client: TestClient) -> None:
+    assert client.post("/api/login", json={"user": "ann", "password": "bad"}).status_code == 401
+    assert client.post("/api/login", json={"user": "nobody", "password": "pw"}).status_code == 401
+    r = client.post("/api/login", json={"user": "sam", "password": "pw"})
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["user"], body["role"], body["team"]) == ("sam", "supervisor", "blue")
+    me = client.get("/api/me", headers={"Authorization": f"Bearer {body['token']}"}).json()
+    assert me == {"user": "sam", "role": "supervisor", "team": "blue"}
+    assert client.get("/api/me").status_code == 401
+    assert client.get("/api/me", headers={"Authorization": "Bearer junk"}).status_code == 401
+
+
+def test_roles_scope_calls_by_agent_and_team(client: TestClient) -> None:
+    start(client, "c-ann", "ann")
+    start(client, "c-ben", "ben")
+    start(client, "c-none", "")
+
+    def listed(user: str, role: str) -> set[str]:
+        r = client.get("/api/calls", headers=bearer(user, role))
+        return {c["call_id"] for c in r.json()["calls"]}
+
+    assert listed("ann", "agent") == {"c-ann"}
+    assert listed("ben", "agent") == {"c-ben"}
+    assert listed("sam", "supervisor") == {"c-ann"}  # team blue
+    assert listed("ada", "admin") == {"c-ann", "c-ben", "c-none"}
+    assert listed("sue", "supervisor") == {"c-ann", "c-ben", "c-none"}  # no team: everyone
+
+    # The event stream: another agent's call is refused with 1008 and nothing of it.
+    with client.websocket_connect(f"/ws/calls/c-ben/events?token={token('ann', 'agent')}") as ws:
+        first = ws.receive_json()
+        assert first["type"] == "error" and first["code"] == "forbidden"
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1008
+    with client.websocket_connect(
+        f"/ws/calls/c-ben/events?token={token('sam', 'supervisor')}"
+    ) as ws:
+        assert ws.receive_json()["code"] == "forbidden"
+    with client.websocket_connect(
+        f"/ws/calls/c-ann/events?token={token('sam', 'supervisor')}"
+    ) as ws:
+        assert ws.receive_json()["type"] == "call_start"
+
+
+def test_may_view_call_rules() -> None:
+    sup = Principal("sam", "supervisor", team="blue", team_agents=frozenset({"ann"}))
+    assert may_view_call(sup, {"agent_id": "ann"})
+    assert not may_view_call(sup, {"agent_id": "ben"})
+    assert may_view_call(sup, {"agent_id": "zed", "team": "blue"})
+    assert not may_view_call(sup, None)
+    assert may_view_call(Principal("ada", "admin"), None)
+    assert not may_view_call(Principal("ann", "agent"), {"agent_id": None})
+
+
+def test_supervisor_socket_snapshot_then_live_events_filtered_by_team(client: TestClient) -> None:
+    start(client, "c-ann", "ann")
+    publish(client, "c-ann", {"type": "cue", "seq": 2, "cue": "frustration", "title": "Frustrated"})
+    start(client, "c-ben", "ben")
+    with client.websocket_connect(f"/ws/supervisor?token={token('ann', 'agent')}") as ws:
+        assert ws.receive_json()["code"] == "forbidden"
+    with client.websocket_connect("/ws/supervisor") as ws:
+        assert ws.receive_json()["code"] == "unauthorized"
+    with client.websocket_connect(f"/ws/supervisor?token={token('sam', 'supervisor')}") as ws:
+        snap = ws.receive_json()
+        assert snap["type"] == "snapshot"
+        assert [c["call_id"] for c in snap["calls"]] == ["c-ann"]
+        assert snap["calls"][0]["last_cue"]["cue"] == "frustration"
+        assert snap["calls"][0]["cues"] == 1
+        esc = {"type": "escalation", "seq": 3, "reason": "user_request", "urgency": "high"}
+        publish(client, "c-ben", {**esc})  # other team: not sent
+        publish(client, "c-ann", {**esc, "summary": {"text": "wants a manager"}})
+        got = ws.receive_json()
+        assert got["call_id"] == "c-ann" and got["type"] == "escalation"
+        # A customer transcript with state becomes a call_update for the wall.
+        publish(
+            client,
+            "c-ann",
+            {
+                "type": "transcript",
+                "seq": 4,
+                "speaker": "customer",
+                "text": "hm",
+                "state": {
+                    "valence": -0.4,
+                    "arousal": 0.6,
+                    "emotion": "frustrated",
+                    "trend": {"valence": -0.2},
+                },
+            },
+        )
+        upd = ws.receive_json()
+        assert upd["type"] == "call_update" and upd["valence"] == -0.4
+    snap = client.get("/api/supervisor/calls", headers=bearer("sam", "supervisor")).json()
+    tile = snap["calls"][0]
+    assert tile["valence"] == -0.4 and tile["escalations"][0]["reason"] == "user_request"
+    assert client.get("/api/supervisor/calls", headers=bearer("ann", "agent")).status_code == 403
+
+
+def test_pages_and_demo_endpoint_guards(
+    client: TestClient, tmp_path: Path, runtime: Runtime
+) -> None:
+    for path in ("/agent/", "/supervisor/"):
+        r = client.get(path)
+        assert r.status_code == 200 and "/web/common/auth.js" in r.text
+    for asset in ("common/auth.js", "common/callview.js", "supervisor/wall.js", "agent/agent.js"):
+        assert client.get(f"/web/{asset}").status_code == 200
+    assert client.post("/api/demo/calls").status_code == 401
+    off = Settings(
+        data_dir=tmp_path / "off", auth_secret=SECRET, demo_call_enabled=False, store_enabled=False
+    )
+    with TestClient(create_app(off, runtime)) as c:
+        assert c.post("/api/demo/calls", headers=bearer("ann", "agent")).status_code == 404
+
+
+def test_arc_change() -> None:
+    assert arc_change([[0, -0.5], [1, -0.4], [2, 0.3], [3, 0.5]]) == "better"
+    assert arc_change([[0, 0.5], [1, -0.5]]) == "worse"
+    assert arc_change([[0, 0.1], [1, 0.12]]) == "same"
+    assert arc_change([[0, 0.1]]) is None and arc_change(None) is None
+
+
+async def test_coaching_analytics_counts(tmp_path: Path) -> None:
+    from coach.store import Store
+    from coach.store.db import resolve_url
+
+    store = Store(url=resolve_url(None, tmp_path))
+    now = time.time()
+
+    def ev(call_id: str, seq: int, **e: Any) -> Received:
+        return Received({"call_id": call_id, "seq": seq, "t_emit": float(seq), **e}, now)
+
+    await store.write_events(
+        [
+            ev("a1", 1, type="call_start", source="x", channels=[], meta={"agent_id": "ann"}),
+            ev("a1", 2, type="cue", cue="frustration", title="F", priority=2),
+            ev("a1", 3, type="cue", cue="confusion", title="C", priority=3),
+            ev("a1", 4, type="escalation", reason="user_request", urgency="high", summary={}),
+            ev(
+                "a1",
+                5,
+                type="call_end",
+                duration_s=9.0,
+                reason="end",
+                summary={"arc": [[0, -0.6], [5, 0.4]], "cues": {}},
+            ),
+            ev("b1", 1, type="call_start", source="x", channels=[], meta={"agent_id": "ben"}),
+            ev("b1", 2, type="cue", cue="frustration", title="F", priority=2),
+            ev(
+                "b1",
+                3,
+                type="call_end",
+                duration_s=9.0,
+                reason="end",
+                summary={"arc": [[0, 0.2], [5, -0.5]], "cues": {}},
+            ),
+        ]
+    )
+    await store.add_feedback(call_id="a1", cue_seq=2, verdict="helpful", user="ann")
+    await store.add_feedback(call_id="a1", cue_seq=3, verdict="dismissed", user="ann")
+    await store.add_feedback(call_id="b1", cue_seq=2, verdict="not_helpful", user="ben")
+    try:
+        result = await coaching_analytics(store)
+        cues = {c["cue"]: c for c in result["cues"]}
+        assert cues["frustration"]["shown"] == 2
+        assert cues["frustration"]["helpful_rate"] == 0.5
+        assert cues["frustration"]["not_helpful_rate"] == 0.5
+        assert cues["confusion"]["dismissed"] == 1
+        assert result["outcome"] == {"better": 1, "worse": 1, "same": 0, "unknown": 0}
+        assert result["escalations"] == [{"reason": "user_request", "total": 1, "high": 1}]
+        agents = {a["agent_id"]: a for a in result["agents"]}
+        assert agents["ann"]["better"] == 1 and agents["ann"]["escalations"] == 1
+        assert agents["ben"]["worse"] == 1
+        only_ann = await coaching_analytics(store, agents={"ann"})
+        assert only_ann["calls"] == 1
+        future = datetime.now(UTC) + timedelta(days=1)
+        assert (await coaching_analytics(store, since=future))["calls"] == 0
+    finally:
+        await store.aclose()
+    await asyncio.sleep(0)
