@@ -79,6 +79,8 @@ class DemoPlayer:
                 meta={"agent_id": user, "customer_id": "demo-customer", "demo": True},
             )
         except CallRejected as exc:
+            if exc.reason == "over_capacity":  # the admission limit (COACH_MAX_CALLS)
+                raise HTTPException(503, str(exc), headers={"Retry-After": "10"}) from exc
             raise HTTPException(409, str(exc)) from exc
         task = asyncio.create_task(self._play(manager, session, audio, speed), name=call_id)
         self.tasks[call_id], self.owners[call_id] = task, user
