@@ -167,9 +167,7 @@ def _parse_entry(index: int, entry: dict[str, str]) -> User:
             "(python -m coach.api.users)"
         )
     team = entry.get("team")
-    return User(
-        name=name, role=role, team=str(team) if team else None, password_hash=hashed
-    )
+    return User(name=name, role=role, team=str(team) if team else None, password_hash=hashed)
 
 
 def main() -> int:
