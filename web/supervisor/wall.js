@@ -318,18 +318,22 @@ async function openSummary(callId) {
   $("summary-h").textContent = `Post-call summary: ${callId}`;
   $("summary-status").textContent = "Loading…";
   for (const id of ["summary-facts", "summary-cues", "summary-escalations", "summary-transcript"]) $(id).replaceChildren();
-  let r = null;
-  for (let attempt = 0; attempt < 6; attempt++) { // the call's last events are stored within a second
+  let r = null, d = null;
+  // A call that just ended reaches the store within a second or two: wait for its end.
+  for (let attempt = 0; attempt < 12; attempt++) {
     r = await Auth.api(`/api/history/calls/${encodeURIComponent(callId)}`).catch(() => null);
-    if (r && r.ok) break;
     if (r && r.status === 403) break;
+    if (r && r.ok) {
+      d = await r.json();
+      const live = Wall.calls.get(callId);
+      if (d.call.ended_at || (live && !live.ended_at)) break;
+    }
     await new Promise((res) => setTimeout(res, 500));
   }
-  if (!r || !r.ok) {
+  if (!d) {
     $("summary-status").textContent = r && r.status === 403 ? "You may not see this call." : "This call is not in the history (yet).";
     return;
   }
-  const d = await r.json();
   const arc = (d.summary && d.summary.arc) || [];
   const change = arc.length >= 2 ? arc[arc.length - 1][1] - arc[0][1] : null;
   const facts = [
