@@ -18,6 +18,10 @@ Lifecycle rules shared by every protocol (settings read with defaults until they
   `disconnect`, AudioSocket error frame, HTTP 503 with Retry-After). A reconnect of a call
   within its grace period re-attaches and is never refused. `/health/ready` answers 503
   while `at_capacity()` or `overloaded()`, so a load balancer sends new calls elsewhere.
+- An ended call stays visible (`get()`, its events' replay for late panels) for
+  ENDED_RETENTION_S, then the manager drops its session and its event history (the store
+  keeps the call). Without this a long-running server kept every call it ever had: the soak
+  test (`scripts/soak.py`) measured +5.6 MiB per call, mostly each party's audio ring.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ RETRY_AFTER_S = 10
 """What refusals at capacity suggest as a retry delay (HTTP Retry-After, AudioHook info)."""
 OVERLOAD_WAIT_S = 1.0
 """ASR queueing delay above which the instance reports itself overloaded (not ready)."""
+ENDED_RETENTION_S = 120.0
+"""How long an ended call's session and event history stay in memory."""
+MAX_ENDED_KEPT = 200
+"""At most this many ended calls are kept; beyond it the oldest are dropped at once."""
 
 
 class CallRejected(Exception):
@@ -66,6 +74,9 @@ class CallManager:
         self.bus = bus
         self._calls: dict[str, CallSession] = {}
         self._ending: set[asyncio.Task[None]] = set()
+        self._ended: dict[str, tuple[CallSession, asyncio.TimerHandle]] = {}
+        """Ended calls still kept (see ENDED_RETENTION_S), oldest first."""
+        self.ended_retention_s = ENDED_RETENTION_S
         self._detached: dict[str, tuple[str, asyncio.Task[None]]] = {}
         """call_id -> (reason it was detached for, its grace timer)."""
         self._watchdog: asyncio.Task[None] | None = None
@@ -236,6 +247,7 @@ class CallManager:
         task = asyncio.create_task(session.end(reason), name=f"end-{session.call_id}")
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
+        task.add_done_callback(lambda _: self._retire(session))
         return task
 
     def _end_requested(self, session: CallSession, reason: str) -> None:
@@ -287,6 +299,41 @@ class CallManager:
             ended.append(session.call_id)
         return ended
 
+    def _retire(self, session: CallSession) -> None:
+        """The call has ended: forget it after `ended_retention_s` (oldest first past a cap)."""
+        if self._calls.get(session.call_id) is not session:
+            return
+        entry = self._ended.pop(session.call_id, None)
+        if entry is not None:
+            if entry[0] is session:
+                self._ended[session.call_id] = entry
+                return
+            entry[1].cancel()  # an earlier call under the same id: already replaced
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.ended_retention_s, self._forget, session)
+        self._ended[session.call_id] = (session, timer)
+        while len(self._ended) > MAX_ENDED_KEPT:
+            oldest, (_, old_timer) = next(iter(self._ended.items()))
+            old_timer.cancel()
+            self._forget(self._ended[oldest][0])
+
+    def _forget(self, session: CallSession) -> None:
+        entry = self._ended.get(session.call_id)
+        if entry is not None and entry[0] is session:
+            del self._ended[session.call_id]
+        if self._calls.get(session.call_id) is not session or session.state is not CallState.ENDED:
+            return  # re-opened under the same id meanwhile: that call is not ours to drop
+        del self._calls[session.call_id]
+        for topic in (call_topic(session.call_id), agent_topic(session.call_id)):
+            # Drop the history, keep the topic closed: a late panel is told the call is over.
+            self.bus.forget(topic)
+            self.bus.close_topic(topic)
+        log.debug("call %s forgotten", session.call_id)
+
+    def ended_kept(self) -> int:
+        """Ended calls still held in memory."""
+        return len(self._ended)
+
     async def shutdown(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -300,3 +347,5 @@ class CallManager:
                 await self.finish(session, detached.get(session.call_id, "shutdown"))
         if self._ending:
             await asyncio.gather(*self._ending, return_exceptions=True)
+        for _, timer in self._ended.values():
+            timer.cancel()

@@ -27,6 +27,7 @@ from coach.ingest import closecodes as cc
 from coach.ingest.audiosocket import ErrorFrame, ServerError
 from coach.messages import AudioChunk
 from coach.runtime import Runtime
+from coach.session import CallSession
 from coach.settings import Settings
 from models.runtime import SchedulerLoad
 from tests.coach.test_ingest_audiohook import Connect, open_params
@@ -54,7 +55,7 @@ def manager_for(runtime: Runtime, settings: Settings) -> CallManager:
     return CallManager(runtime=runtime, settings=settings, bus=InProcessBus())
 
 
-async def open_call(manager: CallManager, call_id: str, source: str = "pcm") -> Any:
+async def open_call(manager: CallManager, call_id: str, source: str = "pcm") -> CallSession:
     return await manager.open(call_id=call_id, source=source, speakers=("customer",))
 
 
@@ -265,3 +266,69 @@ def test_webrtc_refusal_is_503_with_retry_after(one_call: TestClient, tmp_path: 
     assert "capacity" in r.json()["detail"]
     assert ingest_errors("webrtc") == before + 1
     end_pcm_call(ws, conn)
+
+
+# -- ended calls do not accumulate --------------------------------------------------------------
+
+
+async def test_an_ended_call_is_kept_a_while_then_released(
+    runtime: Runtime, settings: Settings
+) -> None:
+    import gc
+    import weakref
+
+    from coach.bus import agent_topic, call_topic
+
+    manager = manager_for(runtime, settings)
+    manager.ended_retention_s = 0.2
+    session = await open_call(manager, "adm-end-1")
+    await session.feed(AudioChunk("adm-end-1", "customer", np.zeros(1600, np.float32), RATE, 0.0))
+    await manager.finish(session, "end")
+    await asyncio.sleep(0)  # the end task's done callbacks
+    # Right after the end: still there for a late panel or GET /api/calls/{id}.
+    assert manager.get("adm-end-1") is session and manager.ended_kept() == 1
+    assert manager.bus.history(call_topic("adm-end-1"))[-1]["type"] == "call_end"
+    await asyncio.sleep(0.4)
+    assert manager.get("adm-end-1") is None and manager.ended_kept() == 0
+    assert manager.bus.history(call_topic("adm-end-1")) == []
+    assert manager.bus.is_closed(call_topic("adm-end-1"))  # a late panel is told it is over
+    assert manager.bus.is_closed(agent_topic("adm-end-1"))
+    ref = weakref.ref(session)
+    del session
+    gc.collect()
+    assert ref() is None  # nothing else holds the call (its audio ring, pipelines)
+    await manager.shutdown()
+
+
+async def test_ended_calls_beyond_the_cap_go_at_once(
+    runtime: Runtime, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import coach.calls as calls_module
+
+    monkeypatch.setattr(calls_module, "MAX_ENDED_KEPT", 2)
+    manager = manager_for(runtime, limited(settings, 0))
+    for i in range(4):
+        await manager.finish(await open_call(manager, f"adm-cap-{i}"), "end")
+        await asyncio.sleep(0)
+    assert manager.ended_kept() == 2
+    assert manager.get("adm-cap-0") is None and manager.get("adm-cap-1") is None
+    assert manager.get("adm-cap-3") is not None
+    await manager.shutdown()
+
+
+async def test_a_call_id_used_again_after_its_end_is_retired_again(
+    runtime: Runtime, settings: Settings
+) -> None:
+    manager = manager_for(runtime, settings)
+    manager.ended_retention_s = 0.2
+    first = await open_call(manager, "adm-again")
+    await manager.finish(first, "end")
+    await asyncio.sleep(0)
+    second = await open_call(manager, "adm-again")
+    assert second is not first
+    await asyncio.sleep(0.3)  # the first call's timer must not drop the second one
+    assert manager.get("adm-again") is second
+    await manager.finish(second, "end")
+    await asyncio.sleep(0.4)
+    assert manager.get("adm-again") is None
+    await manager.shutdown()
