@@ -514,9 +514,6 @@ class ProsodyFields(TypedDict):
     why: NotRequired[list[str]]
     energy_db: NotRequired[float]
     pause_ratio: NotRequired[float]
-    syllables: NotRequired[int]
-    speech_s: NotRequired[float]
-    syl_rate: NotRequired[float | None]
 
 
 def prosody_event_fields(

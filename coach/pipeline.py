@@ -40,6 +40,8 @@ from models.runtime import Shed, backoff_interval
 log = logging.getLogger(__name__)
 
 EmitFn = Callable[[Event], Awaitable[None]]
+PaceFn = Callable[[Speaker, float, float, prosody.SpeakingRate], Awaitable[None]]
+"""(speaker, t_start, t_end, syllable count) of every finished utterance, words or not."""
 
 PAD_BEFORE_S = 0.15
 PAD_AFTER_S = 0.15
@@ -74,8 +76,10 @@ class PartyPipeline:
         emit: EmitFn,
         inline: bool,
         state: CustomerStateTracker | None = None,
+        on_pace: PaceFn | None = None,
     ) -> None:
         self.call_id = call_id
+        self._on_pace = on_pace
         self.speaker = speaker
         self._rt = runtime
         self._settings = settings
@@ -244,6 +248,11 @@ class PartyPipeline:
         frames = loop.run_in_executor(self._rt.dsp_executor, prosody.frame_features, utt.audio)
         result = await self._decode_final(utt)
         features = await frames
+        if self._on_pace is not None:
+            # Pace comes from the audio, so it counts even when ASR returns nothing: rushed
+            # speech is exactly what ASR drops.
+            pace = prosody.speaking_rate(features)
+            await self._on_pace(self.speaker, utt.t_start_s, utt.t_end_s, pace)
         if result is None or not result.text:
             return
         voice = self._prosody(features, result)
@@ -285,12 +294,7 @@ class PartyPipeline:
         summary = prosody.summarize(features, word_times=[(w.t0, w.t1) for w in result.words])
         z = self._baseline.observe(summary)
         score, why = prosody.arousal(z)
-        fields = prosody.prosody_event_fields(summary, z, score, why=why)
-        pace = prosody.speaking_rate(features)
-        fields["syllables"] = pace.syllables
-        fields["speech_s"] = round(pace.speech_s, 3)
-        fields["syl_rate"] = None if pace.per_s is None else round(pace.per_s, 3)
-        return fields
+        return prosody.prosody_event_fields(summary, z, score, why=why)
 
     async def _decode_final(self, utt: Utterance) -> AsrResult | None:
         if utt.early is not None:

@@ -16,9 +16,10 @@ from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any
 
+from audio.prosody import SpeakingRate
 from coach import events, metrics
 from coach.bus import SUPERVISOR_TOPIC, InProcessBus, agent_topic, call_topic
-from coach.cues.dynamics import Timeline
+from coach.cues.dynamics import Spoken, Timeline
 from coach.cues.engine import CueEngine, TextAnalysis
 from coach.events import Event
 from coach.logs import call_id_var
@@ -94,6 +95,7 @@ class CallSession:
                 emit=self.emit,
                 inline=inline,
                 state=self.customer_state if s == "customer" else None,
+                on_pace=self._on_pace,
             )
             for s in speakers
         }
@@ -318,6 +320,14 @@ class CallSession:
             "last_cue": last_cue,
             "agent_id": self.meta.get("agent_id"),
         }
+
+    async def _on_pace(
+        self, speaker: Speaker, t_start: float, t_end: float, pace: SpeakingRate
+    ) -> None:
+        if self.cues is None:
+            return
+        for ev in self.cues.on_pace(speaker, Spoken(t_start, t_end, pace.syllables, pace.speech_s)):
+            await self.emit(ev)
 
     async def _analyze(self, texts: Sequence[str]) -> Sequence[TextAnalysis]:
         """Clause-level emotion and embeddings, batched with every other call's utterances."""

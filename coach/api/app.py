@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coach import __version__
-from coach.api import accounts, demo, supervisor
+from coach.api import accounts, demo, playbook, supervisor
 from coach.api.security import (
     ingest_authorized,
     may_view_call,
@@ -31,6 +31,7 @@ from coach.api.wall import Tile, WallTracker
 from coach.auth import AuthError, Principal
 from coach.bus import InProcessBus, agent_topic, call_topic
 from coach.calls import CallManager
+from coach.cues.library import start_watching
 from coach.events import dumps
 from coach.ingest import audiohook as audiohook_ingest
 from coach.ingest import closecodes as cc
@@ -83,6 +84,7 @@ class AppState:
         self.load_error: str | None = None
         self.owns_runtime = runtime is None
         self.audiosocket: asyncio.Server | None = None
+        self.playbook_watch: asyncio.Task[None] | None = None
 
     def attach(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -114,6 +116,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         yield
         if loader is not None and not loader.done():
             loader.cancel()
+        if state.playbook_watch is not None:
+            state.playbook_watch.cancel()
         if state.audiosocket is not None:
             await close_audiosocket_server(state.audiosocket)
         await webrtc_ingest.close_all()
@@ -137,6 +141,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(accounts.router)
     app.include_router(supervisor.router)
     app.include_router(demo.router)
+    app.include_router(playbook.router)
 
     @app.get("/health/live", tags=["health"])
     async def live() -> dict[str, str]:
@@ -317,6 +322,9 @@ async def _load_models(state: AppState) -> None:
 async def _start_tcp_ingest(state: AppState) -> None:
     """AudioSocket is plain TCP: it listens once the models (and the call manager) are up."""
     settings = state.settings
+    if state.runtime is not None and state.runtime.playbook is not None:
+        # Also from here on: the playbook reloads on change or SIGHUP, live calls included.
+        state.playbook_watch = start_watching(state.runtime.playbook, settings.playbook_reload_s)
     if not settings.audiosocket_port or state.manager is None:
         return
     mapping = (

@@ -103,17 +103,19 @@ class CueEngine:
         if not text:
             return []
         loaded = self.holder.current
-        spoken = _spoken(event)
         if event.get("speaker") == "agent":
-            if spoken is not None:
-                self.agent_pace.append(spoken)
             await self._agent_utterance(loaded, event, text)
-            return self._pace_cues(loaded, float(event["t_end"]))
-        if spoken is not None:
-            self.customer_pace.append(spoken)
+            return []
         return await self._customer_utterance(loaded, event, text)
 
-    def _pace_cues(self, loaded: LoadedPlaybook, now: float) -> list[Event]:
+    def on_pace(self, speaker: str, spoken: Spoken) -> list[Event]:
+        """Every finished utterance's syllable count, transcribed or not (agent pace)."""
+        if speaker != "agent":
+            self.customer_pace.append(spoken)
+            return []
+        self.agent_pace.append(spoken)
+        loaded = self.holder.current
+        now = spoken.t_end
         out = []
         for cue_id, spec in loaded.playbook.enabled().items():
             if spec.detector != "agent_pace_fast":
@@ -123,7 +125,7 @@ class CueEngine:
                 self.agent_pace,
                 self.customer_pace,
                 now,
-                syllables_per_s=p.get("syllables_per_s", 5.3),
+                syllables_per_s=p.get("syllables_per_s", 5.5),
                 min_speech_s=p.get("min_speech_s", 8.0),
                 window_s=p.get("window_s", 30.0),
                 vs_customer=p.get("vs_customer", 0.0),
@@ -257,7 +259,12 @@ class CueEngine:
                 best = m
         if best is not None:
             total = best.score + boost
-            if total >= threshold and total >= best.negative + spec.margin:
+            if (
+                total >= threshold
+                and total >= best.negative + spec.margin
+                and best.similarity >= spec.min_similarity
+                and best.similarity >= best.rival - spec.rival_margin
+            ):
                 reasons.append(
                     f'words: "{best.clause}" means the same as "{best.example}" '
                     f"({best.similarity:.2f})"
@@ -291,7 +298,11 @@ class CueEngine:
             and valence <= vt.max_valence
             and n_words >= vt.min_words
             and (vt.max_words is None or n_words <= vt.max_words)
-            and (context_met or not vt.needs_context)
+            and (
+                context_met
+                or not vt.needs_context
+                or (vt.max_arousal_alone is not None and arousal <= vt.max_arousal_alone)
+            )
         ):
             reasons = [voice_note or "voice far from this caller's usual"]
             reasons.append(f'words: "{text}" ({label})')
@@ -334,6 +345,10 @@ class CueEngine:
             last = self.fired_at.get(cand.cue)
             if last is not None and t - last < cand.spec.cooldown_s:
                 continue
+            if cand.spec.severity == "critical":
+                # A crisis card stands alone: the agent follows the protocol, nothing else.
+                chosen = [cand]
+                break
             chosen.append(cand)
             if len(chosen) >= limit:
                 break
@@ -476,15 +491,6 @@ class CueEngine:
                 }
             )
         return {"cues": counts, "cue_outcomes": detail, "escalations": self.escalation.raised}
-
-
-def _spoken(event: Mapping[str, Any]) -> Spoken | None:
-    p = event.get("prosody") or {}
-    if not p.get("speech_s"):
-        return None
-    return Spoken(
-        float(event["t_start"]), float(event["t_end"]), int(p["syllables"]), float(p["speech_s"])
-    )
 
 
 def _mean_word_prob(words: Sequence[Mapping[str, Any]]) -> float | None:

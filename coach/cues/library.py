@@ -9,8 +9,10 @@ previous playbook stays in force, so a typo never stops coaching.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import signal
 import threading
 from pathlib import Path
 
@@ -44,12 +46,20 @@ class PlaybookLibrary:
         index = CueIndex.build(playbook, self._embed)
         return LoadedPlaybook(playbook, index, hashlib.sha256(raw).hexdigest()[:12])
 
-    def changed(self) -> bool:
+    def _digest(self) -> str | None:
         try:
-            digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
+            return hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
         except OSError:
-            return False
-        return digest not in (self._current.version, self._refused)
+            return None
+
+    def changed(self) -> bool:
+        """The file differs from what is in force and was not already refused."""
+        digest = self._digest()
+        return digest is not None and digest not in (self._current.version, self._refused)
+
+    def refused_now(self) -> bool:
+        """The file on disk is a version that was refused (live calls use the last good one)."""
+        return self._refused is not None and self._digest() == self._refused
 
     def reload(self) -> bool:
         """Load the file again; True if a new version is now in force."""
@@ -87,3 +97,17 @@ class PlaybookLibrary:
             await asyncio.sleep(interval_s)
             if await loop.run_in_executor(None, self.changed):
                 await loop.run_in_executor(None, self.reload)
+
+
+def start_watching(library: PlaybookLibrary, interval_s: float) -> asyncio.Task[None] | None:
+    """Reload on file change (polled every `interval_s`; 0 = never) and on SIGHUP.
+
+    SIGHUP can only be handled on the main thread's loop (a server started in a test
+    thread has none), so it is best effort; polling always works.
+    """
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, library.reload))
+    if interval_s <= 0:
+        return None
+    return asyncio.create_task(library.watch(interval_s), name="playbook-watch")

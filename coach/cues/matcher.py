@@ -56,6 +56,8 @@ class SemanticMatch:
     score: float
     similarity: float
     negative: float
+    rival: float
+    """Best similarity of the clause to another cue's positive examples."""
     example: str
     clause: str
     adjustments: tuple[str, ...]
@@ -107,6 +109,10 @@ class CueIndex:
         example = self.positives[cue_id].texts[i]
         _, neg = self.negatives[cue_id].best(clause.vector)
         _, bg = self.background.best(clause.vector)
+        rival = max(
+            (ex.best(clause.vector)[1] for other, ex in self.positives.items() if other != cue_id),
+            default=-1.0,
+        )
         score, notes = sim, []
         f, pen = clause.framing, spec.framing
         if f.negated != self.positives[cue_id].negated[i] and pen.negated_mismatch_penalty:
@@ -128,6 +134,7 @@ class CueIndex:
             score=score,
             similarity=sim,
             negative=max(neg, bg),
+            rival=rival,
             example=example,
             clause=clause.text,
             adjustments=tuple(notes),

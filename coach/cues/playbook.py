@@ -59,6 +59,8 @@ class VoiceTrigger(_Strict):
     max_words: int | None = Field(None, ge=1)
     needs_context: bool = False
     """Only with the cue's context condition met (e.g. dejection after a resolution attempt)."""
+    max_arousal_alone: float | None = Field(None, ge=0, le=1)
+    """A voice this far down fires even without the context."""
 
 
 class Context(_Strict):
@@ -99,6 +101,11 @@ class CueSpec(_Strict):
     threshold: float | None = Field(None, gt=0, le=1)
     margin: float = Field(0.02, ge=-0.5, le=0.5)
     """The best positive example must beat the best negative/background one by this much."""
+    rival_margin: float = Field(0.08, ge=0, le=1)
+    """A clause that matches another cue's examples better than this cue's by more than this
+    belongs to the other cue ("I want to end my membership" is churn, not crisis)."""
+    min_similarity: float = Field(0.35, ge=0, le=1)
+    """Boosts (emotion, voice, context) never carry a clause whose words are this far off."""
     min_words: int = Field(3, ge=1, le=20)
     """Shorter utterances ("Okay.") are too ambiguous to match by meaning alone."""
     emotion_boost: dict[EmotionLabel, float] = Field(default_factory=dict)

@@ -1,0 +1,303 @@
+"""Propose (and with --apply, write) per-cue thresholds from agents' feedback and the eval set.
+
+Why: a cue that agents keep marking "not helpful" or dismissing is costing attention; one
+that is always "helpful" may be set too strict and miss moments. Feedback alone cannot say
+how far to move a threshold, so every candidate threshold is measured on the labeled
+evaluation calls (offline: the recorded transcripts are re-scored with the candidate
+playbook, no audio or ASR needed, see coach/cues/offline.py), and the proposal reports
+the expected precision/recall change.
+
+    python -m scripts.tune_playbook                      # report only
+    python -m scripts.tune_playbook --apply              # write thresholds into the playbook
+    python -m scripts.tune_playbook --database-url sqlite+aiosqlite:///.coach/coach.db
+
+Policy per language cue, over thresholds current +- 0.10 in 0.01 steps:
+- at least `--min-ratings` ratings and a not-helpful share (not_helpful + dismissed) above
+  `--max-unhelpful`: take the best-F1 threshold among those that raise precision;
+- at least `--min-ratings` ratings, mostly helpful, and recall below 1.0: the best-F1
+  threshold among those that raise recall;
+- otherwise (little feedback): the best-F1 threshold, only if it beats the current F1 by
+  `--min-gain`; ties go to the threshold nearest the current one.
+Only the tune split is used by default: the held-out split must stay unseen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coach.cues.engine import LoadedPlaybook
+from coach.cues.matcher import CueIndex, EmbedFn
+from coach.cues.offline import rescore
+from coach.cues.playbook import DEFAULT_PLAYBOOK, Playbook, parse_playbook
+from scripts import eval_cues
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_EVAL_DIR = eval_cues.CACHE_DIR / "tune"
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    current: LoadedPlaybook
+
+
+class CachedAnalysis:
+    """The emotion model's output per text, computed once across every candidate playbook."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.cache: dict[str, Any] = {}
+
+    async def __call__(self, texts: Sequence[str]) -> list[Any]:
+        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if missing:
+            for text, score in zip(missing, self.model.score(missing), strict=True):
+                self.cache[text] = score
+        return [self.cache[t] for t in texts]
+
+
+@dataclass
+class EvalCall:
+    truth: eval_cues.CallTruth
+    events: list[dict[str, Any]]
+
+
+def load_eval(eval_dir: Path, mode: str = "fast") -> list[EvalCall]:
+    calls = []
+    for truth_path in sorted(eval_dir.glob("*.json")):
+        ev_path = eval_dir / f"events-{mode}" / f"{truth_path.stem}.jsonl"
+        if not ev_path.exists():
+            continue
+        truth = eval_cues.truth_from_json(json.loads(truth_path.read_text(encoding="utf-8")))
+        calls.append(EvalCall(truth, eval_cues.read_events(ev_path)))
+    return calls
+
+
+def with_threshold(playbook: Playbook, cue: str, threshold: float) -> Playbook:
+    cues = dict(playbook.cues)
+    cues[cue] = cues[cue].model_copy(update={"threshold": round(threshold, 4)})
+    return playbook.model_copy(update={"cues": cues})
+
+
+async def measure(
+    calls: Sequence[EvalCall], playbook: Playbook, index: CueIndex, analyze: CachedAnalysis
+) -> dict[str, Any]:
+    holder = Holder(LoadedPlaybook(playbook, index, "candidate"))
+    results = []
+    for call in calls:
+        out = await rescore(call.events, holder, analyze)
+        results.append(eval_cues.match_call(call.truth, eval_cues.cue_hits(out)))
+    return eval_cues.summarize(results)
+
+
+def feedback_counts(database_url: str | None, data_dir: Path) -> dict[str, dict[str, int]]:
+    """{cue: {helpful, not_helpful, dismissed}} from the history store, if there is one."""
+    from coach.store.analytics import coaching_analytics
+    from coach.store.db import resolve_url
+    from coach.store.store import Store
+
+    async def read() -> dict[str, dict[str, int]]:
+        store = Store(url=resolve_url(database_url, data_dir))
+        try:
+            report = await coaching_analytics(store)
+        finally:
+            await store.aclose()
+        return {
+            row["cue"]: {k: int(row.get(k, 0)) for k in ("helpful", "not_helpful", "dismissed")}
+            for row in report["cues"]
+        }
+
+    try:
+        return asyncio.run(read())
+    except Exception as exc:  # no store yet is normal on a fresh checkout
+        print(f"no feedback read ({exc}); tuning on the evaluation set alone", file=sys.stderr)
+        return {}
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    cue: str
+    current: float
+    proposed: float
+    before: Mapping[str, Any]
+    after: Mapping[str, Any]
+    feedback: Mapping[str, int]
+    reason: str
+
+
+def choose(
+    cue: str,
+    current: float,
+    sweep: Mapping[float, Mapping[str, Any]],
+    feedback: Mapping[str, int],
+    *,
+    min_ratings: int,
+    max_unhelpful: float,
+    min_gain: float,
+) -> Proposal:
+    """Pure policy: pick a threshold from the measured sweep and the feedback counts."""
+    before = sweep[current]
+    total = sum(feedback.values())
+    unhelpful = feedback.get("not_helpful", 0) + feedback.get("dismissed", 0)
+
+    def f1(t: float) -> float:
+        return float(sweep[t].get("f1") or 0.0)
+
+    def best(cands: list[float]) -> float:
+        return max(cands, key=lambda t: (round(f1(t), 6), -abs(t - current)))
+
+    reason = "evaluation set: best F1"
+    pick = current
+    if total >= min_ratings and unhelpful / total > max_unhelpful:
+        stricter = [
+            t for t in sweep if (sweep[t].get("precision") or 0) > (before.get("precision") or 0)
+        ]
+        if stricter:
+            pick = best(stricter)
+        reason = f"{unhelpful}/{total} rated not helpful or dismissed: raise precision"
+    elif total >= min_ratings and (before.get("recall") or 0) < 1.0:
+        looser = [t for t in sweep if (sweep[t].get("recall") or 0) > (before.get("recall") or 0)]
+        if looser:
+            pick = best(looser)
+        reason = f"{total - unhelpful}/{total} rated helpful: raise recall"
+    else:
+        cand = best(list(sweep))
+        if f1(cand) >= f1(current) + min_gain:
+            pick = cand
+    return Proposal(cue, current, pick, before, sweep[pick], dict(feedback), reason)
+
+
+def apply_thresholds(path: Path, changes: Mapping[str, float]) -> str:
+    """Rewrite `threshold:` lines inside each changed cue's block, keeping comments and layout."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    current: str | None = None
+    in_cues = False
+    for i, line in enumerate(lines):
+        if re.match(r"^cues:\s*$", line):
+            in_cues = True
+            continue
+        if in_cues and re.match(r"^\S", line):
+            in_cues = False
+        m = re.match(r"^  ([a-z][a-z0-9_]*):\s*$", line) if in_cues else None
+        if m:
+            current = m.group(1)
+            continue
+        t = re.match(r"^(    threshold:\s*)([0-9.]+)(.*)$", line)
+        if in_cues and t and current in changes:
+            lines[i] = f"{t.group(1)}{changes[current]:.2f}{t.group(3)}\n"
+    text = "".join(lines)
+    parse_playbook(text, source=path)  # never write a playbook the server would refuse
+    return text
+
+
+def _fmt(x: Any) -> str:
+    return "  -  " if x is None else f"{float(x):.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--playbook", type=Path, default=DEFAULT_PLAYBOOK)
+    ap.add_argument(
+        "--eval-dir",
+        type=Path,
+        default=DEFAULT_EVAL_DIR,
+        help="rendered calls with events-fast/ (scripts/eval_cues.py run)",
+    )
+    ap.add_argument("--database-url", default=None, help="the store to read feedback from")
+    ap.add_argument("--data-dir", type=Path, default=Path(".coach"))
+    ap.add_argument("--no-feedback", action="store_true")
+    ap.add_argument("--cues", default="", help="comma-separated cue ids (default: all language)")
+    ap.add_argument("--min-ratings", type=int, default=10)
+    ap.add_argument("--max-unhelpful", type=float, default=0.5)
+    ap.add_argument("--min-gain", type=float, default=0.02)
+    ap.add_argument("--span", type=float, default=0.10)
+    ap.add_argument("--apply", action="store_true", help="write the proposed thresholds")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    if "heldout" in str(args.eval_dir):
+        print("refusing to tune on the held-out split", file=sys.stderr)
+        return 2
+    calls = load_eval(args.eval_dir)
+    if not calls:
+        print(
+            f"no evaluation events in {args.eval_dir}; run: python -m scripts.eval_cues run "
+            "--split tune --mode fast",
+            file=sys.stderr,
+        )
+        return 2
+    from models.emotion import EmotionModel
+
+    model = EmotionModel()
+    embed: EmbedFn = lambda texts: model.run(texts).embedding  # noqa: E731
+    playbook = parse_playbook(args.playbook.read_text(encoding="utf-8"), source=args.playbook)
+    index = CueIndex.build(playbook, embed)
+    analyze = CachedAnalysis(model)
+    feedback = {} if args.no_feedback else feedback_counts(args.database_url, args.data_dir)
+    wanted = [c for c in args.cues.split(",") if c] or [
+        k for k, v in playbook.enabled().items() if v.kind == "language"
+    ]
+
+    async def run() -> list[Proposal]:
+        proposals = []
+        for cue in wanted:
+            spec = playbook.cues[cue]
+            assert spec.threshold is not None
+            current = round(spec.threshold, 2)
+            steps = round(args.span / 0.01)
+            grid = sorted({round(current + k * 0.01, 2) for k in range(-steps, steps + 1)})
+            sweep: dict[float, Mapping[str, Any]] = {}
+            for t in grid:
+                if not 0 < t <= 1:
+                    continue
+                report = await measure(calls, with_threshold(playbook, cue, t), index, analyze)
+                sweep[t] = report["per_cue"].get(
+                    cue, {"precision": None, "recall": None, "f1": None}
+                )
+            proposals.append(
+                choose(
+                    cue,
+                    current,
+                    sweep,
+                    feedback.get(cue, {}),
+                    min_ratings=args.min_ratings,
+                    max_unhelpful=args.max_unhelpful,
+                    min_gain=args.min_gain,
+                )
+            )
+        return proposals
+
+    proposals = asyncio.run(run())
+    print(f"{len(calls)} evaluation calls from {args.eval_dir}")
+    print(
+        f"{'cue':20s} {'now':>5s} {'new':>5s}   P      R      F1   ->  P      R      F1    "
+        "feedback (helpful/not/dismissed)  why"
+    )
+    for p in proposals:
+        b, a = p.before, p.after
+        fb = "/".join(str(p.feedback.get(k, 0)) for k in ("helpful", "not_helpful", "dismissed"))
+        print(
+            f"{p.cue:20s} {p.current:5.2f} {p.proposed:5.2f}  {_fmt(b.get('precision'))}  "
+            f"{_fmt(b.get('recall'))}  {_fmt(b.get('f1'))} -> {_fmt(a.get('precision'))}  "
+            f"{_fmt(a.get('recall'))}  {_fmt(a.get('f1'))}   {fb:>9s}  {p.reason}"
+        )
+    changes = {p.cue: p.proposed for p in proposals if p.proposed != p.current}
+    if args.json:
+        args.json.write_text(json.dumps([p.__dict__ for p in proposals], indent=2, default=str))
+    if args.apply and changes:
+        args.playbook.write_text(apply_thresholds(args.playbook, changes), encoding="utf-8")
+        print(f"wrote {len(changes)} thresholds to {args.playbook} (the server reloads it)")
+    elif changes:
+        print(f"{len(changes)} changes proposed; --apply writes them")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

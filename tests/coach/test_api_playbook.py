@@ -1,0 +1,83 @@
+"""Hot reload through the running app: file edits apply, bad edits are refused and reported."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from coach.api.app import create_app
+from coach.auth import issue_token
+from coach.cues.library import PlaybookLibrary
+from coach.cues.playbook import DEFAULT_PLAYBOOK
+from coach.runtime import Runtime
+from coach.settings import Settings
+
+SECRET = "unit-test-secret-of-at-least-32-bytes!"
+
+
+def bearer(user: str, role: str) -> dict[str, str]:
+    token = issue_token(user=user, role=role, secret=SECRET, ttl_s=600)  # type: ignore[arg-type]
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def setup(tmp_path: Path, runtime: Runtime) -> Iterator[tuple[TestClient, Path]]:
+    path = tmp_path / "playbook.yaml"
+    path.write_text(DEFAULT_PLAYBOOK.read_text())
+    library = PlaybookLibrary(path, embed=lambda t: runtime.emotion.run(t).embedding)
+    own = dataclasses.replace(runtime, playbook=library)
+    settings = Settings(
+        data_dir=tmp_path,
+        auth_secret=SECRET,
+        store_enabled=False,
+        playbook_file=path,
+        playbook_reload_s=0.2,
+    )
+    with TestClient(create_app(settings, own)) as client:
+        yield client, path
+
+
+def _wait_for(client: TestClient, predicate, timeout: float = 15.0) -> dict:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        body = client.get("/api/playbook", headers=bearer("sam", "supervisor")).json()
+        if predicate(body) or time.monotonic() > deadline:
+            return body
+        time.sleep(0.2)
+
+
+def test_edit_is_picked_up_and_a_bad_edit_is_refused(setup: tuple[TestClient, Path]) -> None:
+    client, path = setup
+    first = client.get("/api/playbook", headers=bearer("sam", "supervisor")).json()
+    assert {c["cue"] for c in first["cues"]} >= {"frustration", "crisis", "dead_air"}
+
+    path.write_text(path.read_text().replace("cooldown_s: 45", "cooldown_s: 47", 1))
+    body = _wait_for(client, lambda b: b["version"] != first["version"])
+    assert body["version"] != first["version"] and body["reloads"] == 1
+    frustration = next(c for c in body["cues"] if c["cue"] == "frustration")
+    assert frustration["cooldown_s"] == 47
+
+    good = body["version"]
+    path.write_text(path.read_text().replace("priority: 2", "priority: 9", 1))
+    body = _wait_for(client, lambda b: b["last_error"] is not None)
+    assert body["version"] == good  # live calls keep the last good playbook
+    assert "less than or equal to 5" in body["last_error"] and "(line " in body["last_error"]
+
+    refused = client.post("/api/playbook/reload", headers=bearer("ada", "admin"))
+    assert refused.status_code == 422 and "priority" in refused.json()["detail"]
+
+
+def test_roles(setup: tuple[TestClient, Path]) -> None:
+    client, _ = setup
+    assert client.get("/api/playbook").status_code == 401
+    assert client.get("/api/playbook", headers=bearer("ann", "agent")).status_code == 403
+    assert (
+        client.post("/api/playbook/reload", headers=bearer("sam", "supervisor")).status_code == 403
+    )
+    ok = client.post("/api/playbook/reload", headers=bearer("ada", "admin"))
+    assert ok.status_code == 200 and ok.json()["last_error"] is None
