@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from coach.events import Event
 
@@ -67,6 +69,8 @@ class InProcessBus:
         self._subs: dict[str, set[Subscription]] = {}
         self._closed_topics: set[str] = set()
         self._listeners: list[Listener] = []
+        self._session_state: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.session_state_ttl_s = 3600.0
 
     def add_listener(self, listener: Listener) -> None:
         """Call `listener(topic, event)` synchronously on every publish, never dropping.
@@ -128,3 +132,22 @@ class InProcessBus:
 
     def is_closed(self, topic: str) -> bool:
         return topic in self._closed_topics
+
+    # -- per-call session state ----------------------------------------------------------
+    # What a call's pipeline needs if its stream comes back (here, or with Redis on another
+    # instance): the event sequence so panels resume without gaps or repeats, and the cue
+    # cooldowns so a reconnect does not repeat cues the agent has just seen.
+
+    def save_session_state(self, call_id: str, state: dict[str, Any]) -> None:
+        """Keep the latest state of a call (never blocks; with Redis, written in the background)."""
+        now = time.monotonic()
+        self._session_state[call_id] = (now + self.session_state_ttl_s, dict(state))
+        if len(self._session_state) > 10_000:  # drop expired entries now and then
+            for key in [k for k, (exp, _) in self._session_state.items() if exp < now]:
+                del self._session_state[key]
+
+    async def load_session_state(self, call_id: str) -> dict[str, Any] | None:
+        entry = self._session_state.get(call_id)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return dict(entry[1])

@@ -142,6 +142,8 @@ class RedisBus(InProcessBus):
         """topic -> last stream id seen (delivered or skipped): where the reader resumes."""
         self._owned: set[str] = set()
         self._owner_drop: set[str] = set()
+        self._state_out: dict[str, str] = {}
+        """call_id -> latest session state to write (only the newest per flush)."""
         self._owner_due = 0.0
         self._writer_down = True
         self._reader_down = False
@@ -181,13 +183,36 @@ class RedisBus(InProcessBus):
         return self._writer_down or self._reader_down
 
     def _pending(self) -> int:
-        return sum(len(q) for q in self._outbox.values())
+        return sum(len(q) for q in self._outbox.values()) + len(self._state_out)
 
     def stream_key(self, topic: str) -> str:
         return f"{self.prefix}{topic}"
 
     def owner_key(self, call_id: str) -> str:
         return f"{self.prefix}owner:{call_id}"
+
+    def state_key(self, call_id: str) -> str:
+        return f"{self.prefix}state:{call_id}"
+
+    def save_session_state(self, call_id: str, state: dict[str, Any]) -> None:
+        super().save_session_state(call_id, state)  # this instance keeps it too
+        self._state_out[call_id] = json.dumps(state, separators=(",", ":"))
+        self._wake_writer.set()
+
+    async def load_session_state(self, call_id: str) -> dict[str, Any] | None:
+        """Redis first (another instance may have run the call), else what we kept."""
+        try:
+            raw: Any = await asyncio.wait_for(self._w.get(self.state_key(call_id)), 1.0)
+        except Exception:  # Redis down: fall back to local state, never block the call
+            raw = None
+        if raw:
+            try:
+                value = json.loads(raw)
+                if isinstance(value, dict):
+                    return value
+            except ValueError:
+                log.warning("unreadable session state for call %s in Redis", call_id)
+        return await super().load_session_state(call_id)
 
     async def owner(self, call_id: str) -> str | None:
         """The instance id running this call's pipeline, if it is live (key has a TTL)."""
@@ -272,6 +297,18 @@ class RedisBus(InProcessBus):
             last = batch[-1].n
             while q and q[0].n <= last:
                 q.popleft()
+            sent = True
+        if self._state_out:
+            states, self._state_out = self._state_out, {}
+            pipe = self._w.pipeline(transaction=False)
+            for call_id, payload in states.items():
+                pipe.set(self.state_key(call_id), payload, ex=int(self.stream_ttl_s))
+            try:
+                await pipe.execute()
+            except Exception:
+                for call_id, payload in states.items():  # keep the newest for the retry
+                    self._state_out.setdefault(call_id, payload)
+                raise
             sent = True
         now = time.monotonic()
         if self._owner_drop or (self._owned and now >= self._owner_due):

@@ -152,6 +152,16 @@ class CallSession:
         self.state = CallState.LIVE
         call_id_var.set(self.call_id)  # tasks created from here on inherit it
         metrics.ACTIVE_CALLS.inc()
+        prior = await self._bus.load_session_state(self.call_id)
+        if prior:
+            # The call's stream came back (here or on another instance): continue its event
+            # sequence so panels resume without gaps, and honour the cue cooldowns.
+            self._seq = int(prior.get("seq", 0))
+            if self.cues is not None and not prior.get("ended"):
+                self.cues.restore_cooldowns(
+                    prior.get("cue_fired_wall", {}), now_audio=self._fed_s, now_wall=time.time()
+                )
+            self.meta.setdefault("resumed", not prior.get("ended"))
         await self.emit(
             events.call_start(source=self.source, channels=self.speakers, meta=self.meta)
         )
@@ -281,6 +291,9 @@ class CallSession:
         }
         self.last_event = stamped
         self._bus.publish(agent_topic(self.call_id), stamped)
+        self._bus.save_session_state(
+            self.call_id, self._session_state(ended=stamped["type"] == "call_end")
+        )
         redacted = redact_event(stamped)
         self._bus.publish(call_topic(self.call_id), redacted)
         kind = stamped["type"]
@@ -303,6 +316,14 @@ class CallSession:
                     found = []
                 for ev in found:
                     await self.emit(ev)
+
+    def _session_state(self, *, ended: bool) -> dict[str, Any]:
+        fired = (
+            self.cues.cooldowns_wall(now_audio=self._fed_s, now_wall=time.time())
+            if self.cues is not None
+            else {}
+        )
+        return {"seq": self._seq, "cue_fired_wall": fired, "ended": ended}
 
     def _call_update(self, transcript: Event) -> Event:
         """The supervisor wall's live tile: the customer's state after each utterance."""

@@ -420,6 +420,18 @@ class CueEngine:
         self.shown.append(ev)
         return ev
 
+    # ------------------------------------------------------------------ persistence
+
+    def cooldowns_wall(self, *, now_audio: float, now_wall: float) -> dict[str, float]:
+        """When each cue last fired, as wall-clock time (call audio time restarts elsewhere)."""
+        return {cue: now_wall - max(0.0, now_audio - t) for cue, t in self.fired_at.items()}
+
+    def restore_cooldowns(
+        self, fired_wall: Mapping[str, float], *, now_audio: float, now_wall: float
+    ) -> None:
+        for cue, wall in fired_wall.items():
+            self.fired_at[cue] = now_audio - max(0.0, now_wall - float(wall))
+
     # ------------------------------------------------------------------ summaries
 
     def handoff(self) -> dict[str, Any]:

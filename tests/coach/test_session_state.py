@@ -1,0 +1,94 @@
+"""A call that comes back (same instance or, through Redis, another) resumes its event
+sequence and honours the cue cooldowns its agent has just seen."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from coach.bus import InProcessBus
+from coach.runtime import Runtime
+from coach.session import CallSession
+from coach.settings import Settings
+from tests.coach.test_redis_bus import SHARED_URL, make_bus, needs_redis, prefix
+
+__all__ = ["prefix"]  # the Redis key-prefix fixture, cleaned up after each test
+
+
+def session(bus: InProcessBus, runtime: Runtime, settings: Settings, call_id: str) -> CallSession:
+    return CallSession(
+        call_id=call_id,
+        source="test",
+        speakers=("customer", "agent"),
+        runtime=runtime,
+        settings=settings,
+        bus=bus,
+    )
+
+
+async def first_life(bus: InProcessBus, runtime: Runtime, settings: Settings, call_id: str) -> int:
+    a = session(bus, runtime, settings, call_id)
+    await a.start()
+    assert a.cues is not None
+    a.cues.fired_at["frustration"] = 0.0  # shown just now (call time 0)
+    await a.emit({"type": "metrics", "t_start": 0.0, "t_end": 0.0})
+    seq = a.last_event["seq"] if a.last_event else 0
+    await a.aclose()  # the stream dies without a call_end (instance lost, network cut)
+    return int(seq)
+
+
+async def test_same_instance_resumes_sequence_and_cooldowns(
+    runtime: Runtime, settings: Settings
+) -> None:
+    bus = InProcessBus()
+    seq = await first_life(bus, runtime, settings, "c1")
+    b = session(bus, runtime, settings, "c1")
+    await b.start()
+    assert b.last_event is not None and b.last_event["seq"] == seq + 1
+    assert b.last_event["meta"]["resumed"] is True
+    assert b.cues is not None and b.cues.fired_at["frustration"] > -2.0  # still cooling down
+    await b.aclose()
+
+
+async def test_ended_call_continues_sequence_but_not_cooldowns(
+    runtime: Runtime, settings: Settings
+) -> None:
+    bus = InProcessBus()
+    a = session(bus, runtime, settings, "c2")
+    await a.start()
+    assert a.cues is not None
+    a.cues.fired_at["frustration"] = 0.0
+    await a.end("hangup")
+    end_seq = a.last_event["seq"] if a.last_event else 0
+    b = session(bus, runtime, settings, "c2")
+    await b.start()
+    assert b.last_event is not None and b.last_event["seq"] == end_seq + 1
+    assert b.cues is not None and "frustration" not in b.cues.fired_at
+    await b.end("hangup")
+
+
+@needs_redis
+async def test_another_instance_picks_up_state_through_redis(
+    runtime: Runtime, settings: Settings, prefix: str
+) -> None:
+    one, two = make_bus(SHARED_URL, prefix, "one"), make_bus(SHARED_URL, prefix, "two")
+    await one.start()
+    await two.start()
+    try:
+        seq = await first_life(one, runtime, settings, "c3")
+        deadline = time.monotonic() + 5
+        while await two.load_session_state("c3") is None:
+            assert time.monotonic() < deadline, "state never reached Redis"
+            await asyncio.sleep(0.05)
+        b = session(two, runtime, settings, "c3")
+        await b.start()
+        assert b.last_event is not None and b.last_event["seq"] == seq + 1
+        assert b.cues is not None and b.cues.fired_at["frustration"] > -2.0
+        await b.aclose()
+    finally:
+        await one.stop()
+        await two.stop()
+
+
+async def test_unknown_call_has_no_state() -> None:
+    assert await InProcessBus().load_session_state("nope") is None
