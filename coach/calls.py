@@ -36,7 +36,7 @@ from coach import metrics
 from coach.bus import InProcessBus, agent_topic, call_topic
 from coach.messages import Speaker
 from coach.runtime import Runtime
-from coach.session import CallEnded, CallSession, CallState
+from coach.session import CallEnded, CallSession, CallState, HistoryLookup
 from coach.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ class CallManager:
         self.settings = settings
         self.bus = bus
         self._calls: dict[str, CallSession] = {}
+        self.history_lookup: HistoryLookup | None = None
+        """Set when a history store runs: a customer's previous calls (repeat_contact)."""
         self._ending: set[asyncio.Task[None]] = set()
         self._ended: dict[str, tuple[CallSession, asyncio.TimerHandle]] = {}
         """Ended calls still kept (see ENDED_RETENTION_S), oldest first."""
@@ -159,6 +161,7 @@ class CallManager:
             meta=meta,
         )
         session.on_end_request = self._end_requested
+        session.history_lookup = self.history_lookup
         self._calls[call_id] = session
         await session.start()
         self._ensure_watchdog()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from enum import Enum
 from typing import Any
 
@@ -55,6 +55,9 @@ class CallEnded(RuntimeError):
 
 
 DEFAULT_MAX_CALL_S = 4 * 3600.0
+
+HistoryLookup = Callable[[str], Awaitable[Sequence[Any]]]
+"""customer_id -> that customer's previous calls, newest first (coach.store CustomerCall)."""
 
 
 class CallSession:
@@ -118,6 +121,8 @@ class CallSession:
         self.on_end_request: Callable[[CallSession, str], None] | None = None
         """Set by the CallManager: runs an end this session asks for (e.g. max_length)."""
         self._end_requested: str | None = None
+        self.history_lookup: HistoryLookup | None = None
+        self._history_task: asyncio.Task[None] | None = None
         self._end_task: asyncio.Task[None] | None = None
 
     @property
@@ -165,6 +170,12 @@ class CallSession:
         await self.emit(
             events.call_start(source=self.source, channels=self.speakers, meta=self.meta)
         )
+        customer_id = self.meta.get("customer_id")
+        if customer_id and self.history_lookup is not None and self.cues is not None:
+            # In the background: a slow or unreachable store must not delay the call.
+            self._history_task = asyncio.create_task(
+                self._load_history(str(customer_id)), name=f"history-{self.call_id}"
+            )
         if not self._inline:
             for s in self.speakers:
                 self._tasks[s] = asyncio.create_task(
@@ -270,6 +281,8 @@ class CallSession:
             self._ended.set()
 
     async def aclose(self) -> None:
+        if self._history_task is not None:
+            self._history_task.cancel()
         for task in self._tasks.values():
             task.cancel()
         for task in self._tasks.values():
@@ -316,6 +329,15 @@ class CallSession:
                     found = []
                 for ev in found:
                     await self.emit(ev)
+
+    async def _load_history(self, customer_id: str) -> None:
+        assert self.history_lookup is not None and self.cues is not None
+        try:
+            previous = await self.history_lookup(customer_id)
+        except Exception as exc:
+            log.warning("call %s: customer history unavailable: %s", self.call_id, exc)
+            return
+        self.cues.set_history([c for c in previous if getattr(c, "call_id", None) != self.call_id])
 
     def _session_state(self, *, ended: bool) -> dict[str, Any]:
         fired = (

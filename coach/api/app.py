@@ -50,6 +50,8 @@ from coach.session import CallSession
 from coach.settings import Settings
 from coach.store import StoreService
 from coach.store.api import router as history_router
+from coach.store.records import CustomerCall
+from coach.store.store import Store
 
 log = logging.getLogger(__name__)
 CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
@@ -85,6 +87,18 @@ class AppState:
         self.owns_runtime = runtime is None
         self.audiosocket: asyncio.Server | None = None
         self.playbook_watch: asyncio.Task[None] | None = None
+        self.history_store: Store | None = None
+
+    def wire_history(self) -> None:
+        """Calls look up their customer's previous calls (repeat_contact) in the store."""
+        store = self.history_store
+        if self.manager is None or store is None:
+            return
+
+        async def lookup(customer_id: str) -> list[CustomerCall]:
+            return await store.customer_history(customer_id, limit=5)
+
+        self.manager.history_lookup = lookup
 
     def attach(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -113,6 +127,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             # Never fails startup: with the database down, events are spooled until it answers.
             store = await StoreService.start(settings, bus=state.bus)
             app.state.store = store.store
+            state.history_store = store.store
+            state.wire_history()
         yield
         if loader is not None and not loader.done():
             loader.cancel()
@@ -316,6 +332,7 @@ async def _load_models(state: AppState) -> None:
         state.load_error = str(exc)
         return
     state.attach(runtime)
+    state.wire_history()
     await _start_tcp_ingest(state)
 
 

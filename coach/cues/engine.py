@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import numpy as np
@@ -86,6 +87,7 @@ class CueEngine:
     analyze: AnalyzeFn
     history_hint: str | None = None
     """Set when the store knows this customer called recently (repeat_contact)."""
+    _history_pending: bool = False
     fired_at: dict[str, float] = field(default_factory=dict)
     shown: list[Event] = field(default_factory=list)
     agent_moves: list[AgentMove] = field(default_factory=list)
@@ -195,6 +197,9 @@ class CueEngine:
             )
             if cand is not None:
                 candidates.append(cand)
+        history = self._history_candidate(pb, text)
+        if history is not None and not any(c.cue == "repeat_contact" for c in candidates):
+            candidates.append(history)
         intense = self._sustained_intense(pb)
         if intense is not None and "crisis" in pb.enabled():
             candidates.append(
@@ -420,6 +425,39 @@ class CueEngine:
         self.shown.append(ev)
         return ev
 
+    def set_history(self, previous: Sequence[Any], *, now: datetime | None = None) -> None:
+        """The customer's previous calls (newest first): a recent one is a repeat contact."""
+        spec = self.holder.current.playbook.cues.get("repeat_contact")
+        if spec is None or not previous:
+            return
+        days = float(spec.params.get("history_days", 7.0))
+        now = now or datetime.now(UTC)
+        recent = [
+            c
+            for c in previous
+            if isinstance(getattr(c, "started_at", None), datetime)
+            and (now - _aware(c.started_at)).total_seconds() <= days * 86400
+        ]
+        if not recent:
+            return
+        last = recent[0]
+        ago = (now - _aware(last.started_at)).total_seconds()
+        when = f"{ago / 86400:.0f} days ago" if ago >= 86400 else f"{ago / 3600:.0f} hours ago"
+        cues = ", ".join(sorted(getattr(last, "cue_counts", {}) or {})) or "no cues"
+        outcome = getattr(last, "outcome", None) or getattr(last, "end_reason", None) or "unknown"
+        self.history_hint = (
+            f"history: {len(recent)} call(s) in the last {days:.0f} days; the last {when} "
+            f"(outcome {outcome}; cues {cues})"
+        )
+        self._history_pending = True
+
+    def _history_candidate(self, pb: Playbook, text: str) -> Candidate | None:
+        spec = pb.enabled().get("repeat_contact")
+        if not self._history_pending or spec is None or self.history_hint is None:
+            return None
+        self._history_pending = False  # once per call, at the customer's first utterance
+        return Candidate("repeat_contact", spec, 1.0, (self.history_hint,), text, (), None)
+
     # ------------------------------------------------------------------ persistence
 
     def cooldowns_wall(self, *, now_audio: float, now_wall: float) -> dict[str, float]:
@@ -503,6 +541,10 @@ class CueEngine:
                 }
             )
         return {"cues": counts, "cue_outcomes": detail, "escalations": self.escalation.raised}
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def _mean_word_prob(words: Sequence[Mapping[str, Any]]) -> float | None:

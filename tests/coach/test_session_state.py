@@ -92,3 +92,26 @@ async def test_another_instance_picks_up_state_through_redis(
 
 async def test_unknown_call_has_no_state() -> None:
     assert await InProcessBus().load_session_state("nope") is None
+
+
+async def test_session_looks_up_the_customers_history(runtime: Runtime, settings: Settings) -> None:
+    asked: list[str] = []
+
+    async def lookup(customer_id: str) -> list[object]:
+        asked.append(customer_id)
+        return []
+
+    s = CallSession(
+        call_id="h1",
+        source="test",
+        speakers=("customer",),
+        runtime=runtime,
+        settings=settings,
+        bus=InProcessBus(),
+        meta={"customer_id": "cust-9"},
+    )
+    s.history_lookup = lookup
+    await s.start()
+    await asyncio.sleep(0.05)
+    assert asked == ["cust-9"]
+    await s.end("hangup")

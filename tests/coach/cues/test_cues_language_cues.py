@@ -7,6 +7,9 @@ hypotheticals, someone else's story, and neutral questions on the same topic.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from tests.coach.cues.conftest import Conversation
@@ -136,3 +139,35 @@ async def test_cue_explains_itself(conversation: Conversation) -> None:
     assert "means the same as" in cue["why"]
     assert cue["evidence"]["phrases"] and cue["evidence"]["phrases"][0] in cue["evidence"]["text"]
     assert cue["priority"] == 2 and cue["advice"]
+
+
+@dataclass
+class PreviousCall:
+    call_id: str
+    started_at: datetime
+    outcome: str | None = None
+    end_reason: str | None = "hangup"
+    cue_counts: dict[str, int] = field(default_factory=dict)
+
+
+async def test_recent_call_in_the_customers_history_is_a_repeat_contact(
+    conversation: Conversation,
+) -> None:
+    now = datetime.now(UTC)
+    conversation.engine.set_history(
+        [PreviousCall("old-1", now - timedelta(days=2), cue_counts={"frustration": 1})]
+    )
+    events = await conversation.say("customer", "Hi, I'm calling about my internet connection.")
+    cue = next(e for e in events if e["type"] == "cue")
+    assert cue["cue"] == "repeat_contact"
+    assert "history: 1 call(s)" in cue["why"] and "2 days ago" in cue["why"]
+    assert "frustration" in cue["why"]
+    # Once per call.
+    again = await conversation.cues("customer", "It keeps dropping in the evening.")
+    assert "repeat_contact" not in again
+
+
+async def test_old_history_is_not_a_repeat_contact(conversation: Conversation) -> None:
+    now = datetime.now(UTC)
+    conversation.engine.set_history([PreviousCall("old-1", now - timedelta(days=40))])
+    assert await conversation.cues("customer", "Hi, I'm calling about my internet.") == []
