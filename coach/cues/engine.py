@@ -259,6 +259,8 @@ class CueEngine:
         if len(language.words(text)) < spec.min_words:
             clauses = ()
         for clause in clauses:
+            if len(language.words(clause.text)) < spec.min_words:
+                continue  # "I don't know." inside a longer turn is too ambiguous alone
             m = loaded.index.score(cue_id, spec, clause)
             if best is None or m.score > best.score:
                 best = m
@@ -346,14 +348,15 @@ class CueEngine:
 
     def _choose(self, candidates: list[Candidate], t: float, limit: int) -> list[Candidate]:
         chosen = []
-        for cand in sorted(candidates, key=lambda c: (c.spec.priority, -c.score)):
+        # Critical first (crisis), then by priority and strength.
+        ranked = sorted(
+            candidates,
+            key=lambda c: (c.spec.severity != "critical", c.spec.priority, -c.score),
+        )
+        for cand in ranked:
             last = self.fired_at.get(cand.cue)
             if last is not None and t - last < cand.spec.cooldown_s:
                 continue
-            if cand.spec.severity == "critical":
-                # A crisis card stands alone: the agent follows the protocol, nothing else.
-                chosen = [cand]
-                break
             chosen.append(cand)
             if len(chosen) >= limit:
                 break

@@ -106,7 +106,7 @@ class CueSpec(_Strict):
     belongs to the other cue ("I want to end my membership" is churn, not crisis)."""
     min_similarity: float = Field(0.35, ge=0, le=1)
     """Boosts (emotion, voice, context) never carry a clause whose words are this far off."""
-    min_words: int = Field(3, ge=1, le=20)
+    min_words: int = Field(4, ge=1, le=20)
     """Shorter utterances ("Okay.") are too ambiguous to match by meaning alone."""
     emotion_boost: dict[EmotionLabel, float] = Field(default_factory=dict)
     voice_boost: VoiceBoost | None = None
