@@ -827,6 +827,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--search", action="store_true", help="find the largest N under --target")
     p.add_argument("--max-n", type=int, default=16, help="--search: largest N tried")
     p.add_argument("--baseline", action="store_true", help="also run batching off, fixed cadence")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:K=V,K=V",
+        help="another configuration to compare, e.g. w2:COACH_ASR_WORKERS=2,COACH_ASR_THREADS=1",
+    )
     p.add_argument("--target", type=float, default=TARGET_P95_S, help="final p95 limit (s)")
     p.add_argument("--stagger", type=float, default=DEFAULT_STAGGER_S, help="s between starts")
     p.add_argument("--seconds", type=float, default=None, help="use only this much of each call")
@@ -840,9 +847,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=3.0, help="s of quiet between loads")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    if args.url and args.baseline:
-        p.error("--baseline starts its own servers; leave out --url")
+    if args.url and (args.baseline or args.variant):
+        p.error("--baseline and --variant start their own servers; leave out --url")
+    try:
+        args.variants = dict(parse_variant(v) for v in args.variant)
+    except ValueError as exc:
+        p.error(str(exc))
     return args
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """ "name:COACH_X=1,COACH_Y=2" -> ("name", {"COACH_X": "1", "COACH_Y": "2"})."""
+    name, _, pairs = text.partition(":")
+    env = dict(pair.split("=", 1) for pair in pairs.split(",") if "=" in pair)
+    if not name or not env or any(not k.startswith("COACH_") for k in env):
+        raise ValueError(f"--variant {text!r}: expected NAME:COACH_KEY=VALUE[,COACH_KEY=VALUE]")
+    return name, env
 
 
 @contextlib.contextmanager
@@ -858,6 +878,7 @@ def targets_for(args: argparse.Namespace, workdir: Path) -> Iterator[list[Target
     configs: dict[str, dict[str, str]] = {"tuned": {}}
     if args.baseline:
         configs["baseline"] = {**BASELINE_ENV, "COACH_PARTIAL_MAX_INTERVAL_S": str(base_interval)}
+    configs.update(args.variants)
     servers = [
         Server(name, env, port=free_port(), workdir=workdir) for name, env in configs.items()
     ]

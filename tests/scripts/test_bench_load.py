@@ -132,3 +132,12 @@ def test_one_short_load_against_a_real_server(runtime: Runtime, settings: Settin
     assert row["n"] == 1 and row["errors"] == []
     assert row["server_rss_peak_mib"] is not None and row["asr_batches"] >= 0
     json.dumps(row)  # the report is JSON
+
+
+def test_variants_and_baseline_are_parsed() -> None:
+    args = bl.parse_args(["--baseline", "--variant", "w2:COACH_ASR_WORKERS=2,COACH_ASR_THREADS=1"])
+    assert args.variants == {"w2": {"COACH_ASR_WORKERS": "2", "COACH_ASR_THREADS": "1"}}
+    with pytest.raises(ValueError):
+        bl.parse_variant("nokeys")
+    with pytest.raises(ValueError):
+        bl.parse_variant("x:PATH=/tmp")  # only COACH_* settings
