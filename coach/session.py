@@ -268,11 +268,12 @@ class CallSession:
             arc = [(t, v) for t, v, _ in self.customer_state.arc]
             summary = self.cues.call_summary() if self.cues else {"cues": {}}
             cue_counts = summary.pop("cues")
-            await self.emit(
-                events.call_end(
-                    duration_s=duration, reason=reason, arc=arc, cues=cue_counts, extra=summary
-                )
+            end = events.call_end(
+                duration_s=duration, reason=reason, arc=arc, cues=cue_counts, extra=summary
             )
+            if self.meta.get("agent_id"):
+                end["agent_id"] = self.meta["agent_id"]  # may have been assigned mid-call
+            await self.emit(end)
         finally:
             self.state = CallState.ENDED
             metrics.ACTIVE_CALLS.dec()
@@ -310,7 +311,7 @@ class CallSession:
         redacted = redact_event(stamped)
         self._bus.publish(call_topic(self.call_id), redacted)
         kind = stamped["type"]
-        if kind in ("call_start", "call_end", "cue", "escalation"):
+        if kind in ("call_start", "call_end", "cue", "escalation", "agent_assigned"):
             self._bus.publish(SUPERVISOR_TOPIC, redacted)
         if kind == "cue":
             metrics.CUES.labels(cue=stamped["cue"]).inc()
@@ -350,7 +351,12 @@ class CallSession:
     def _call_update(self, transcript: Event) -> Event:
         """The supervisor wall's live tile: the customer's state after each utterance."""
         state = transcript["state"]
-        last_cue = self.cues.shown[-1]["cue"] if self.cues and self.cues.shown else None
+        last = self.cues.shown[-1] if self.cues and self.cues.shown else None
+        last_cue = (
+            {k: last.get(k) for k in ("seq", "cue", "title", "priority", "severity", "t_emit")}
+            if last
+            else None
+        )
         return {
             "type": "call_update",
             "call_id": self.call_id,

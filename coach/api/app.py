@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket, WebSock
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
 from coach import __version__
 from coach.api import accounts, demo, playbook, supervisor
@@ -227,6 +228,38 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             "escalations": [e for e in history if e["type"] == "escalation"],
         }
 
+    @app.put("/api/calls/{call_id}/agent", tags=["calls"])
+    async def assign_agent(
+        call_id: str, body: AgentAssignment, principal: CurrentPrincipal
+    ) -> dict[str, Any]:
+        """Put an agent on a live call (when the telephony did not say who answered).
+
+        Supervisors (for their team's agents) and admins. From then on the agent sees the
+        call's live events unredacted, the wall shows them on the tile, and the stored call
+        carries them.
+        """
+        if not principal.is_supervisor:
+            raise HTTPException(403, "supervisors only")
+        session = state.manager.get(call_id) if state.manager else None
+        if session is None:
+            raise HTTPException(404, f"call {call_id} not found")
+        if not may_view_call(principal, session.meta):
+            raise HTTPException(403, "not your team's call")
+        users: UserDirectory = app.state.users
+        if len(users):
+            user = users.get(body.agent_id)
+            if user is None or user.role != "agent":
+                raise HTTPException(422, f"{body.agent_id} is not a known agent")
+            if (
+                principal.role == "supervisor"
+                and principal.team is not None
+                and users.team_of(body.agent_id) != principal.team
+            ):
+                raise HTTPException(403, f"{body.agent_id} is not on your team")
+        session.meta["agent_id"] = body.agent_id
+        await session.emit({"type": "agent_assigned", "agent_id": body.agent_id})
+        return _call_info(session)
+
     @app.websocket("/ingest/pcm")
     async def ingest_pcm(ws: WebSocket) -> None:
         await ws.accept()
@@ -378,6 +411,10 @@ def _tile_info(tile: Tile) -> dict[str, Any]:
         "audio_s": round(tile.t, 3),
         "meta": tile.meta,
     }
+
+
+class AgentAssignment(BaseModel):
+    agent_id: str = Field(min_length=1, max_length=200)
 
 
 def _call_info(session: CallSession) -> dict[str, Any]:

@@ -208,6 +208,8 @@ def _fold(tile: Tile, event: Event) -> None:
                 "t_emit": event.get("t_emit"),
                 "acknowledged_by": None,
             }
+        case "agent_assigned":
+            tile.meta["agent_id"] = event.get("agent_id")
         case "escalation_ack":
             esc = tile.escalations.get(int(event.get("seq") or 0))
             if esc is not None:

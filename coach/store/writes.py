@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -157,6 +157,8 @@ class Rows:
                 "ended_at": _dt(at),
                 "duration_s": _num(ev.get("duration_s")),
                 "end_reason": _opt_text(ev.get("reason")),
+                # Set when the agent was assigned during the call (REST), else kept as is.
+                "agent_id": _opt_text(ev.get("agent_id")),
                 "summary": clean_json(ev.get("summary")),
             }
         seq = _int(ev["seq"])
@@ -250,7 +252,9 @@ async def write_rows(conn: AsyncConnection, rows: Rows) -> None:
     for by_call, columns in ((rows.starts, _START_COLUMNS), (rows.ends, _END_COLUMNS)):
         if by_call:
             stmt = upsert(conn.dialect.name, calls)
-            set_ = {c: stmt.excluded[c] for c in columns}
+            set_: dict[str, Any] = {c: stmt.excluded[c] for c in columns}
+            if by_call is rows.ends:
+                set_["agent_id"] = func.coalesce(stmt.excluded.agent_id, calls.c.agent_id)
             await conn.execute(
                 stmt.on_conflict_do_update(index_elements=["call_id"], set_=set_),
                 list(by_call.values()),

@@ -1,0 +1,83 @@
+"""Putting an agent on a live call over REST: who may, what changes, and that it is stored."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from coach.api.app import create_app
+from coach.api.users import hash_password
+from coach.auth import issue_token
+from coach.runtime import Runtime
+from coach.settings import Settings
+
+SECRET = "unit-test-secret-of-at-least-32-bytes!"
+
+
+def bearer(user: str, role: str, team: str | None = None) -> dict[str, str]:
+    token = issue_token(user=user, role=role, secret=SECRET, ttl_s=600, team=team)  # type: ignore[arg-type]
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def client(tmp_path: Path, runtime: Runtime) -> Iterator[TestClient]:
+    h = hash_password("pw", n=2**10)
+    users = [
+        {"name": "ann", "role": "agent", "team": "blue", "password_hash": h},
+        {"name": "ben", "role": "agent", "team": "green", "password_hash": h},
+        {"name": "sam", "role": "supervisor", "team": "blue", "password_hash": h},
+        {"name": "ada", "role": "admin", "password_hash": h},
+    ]
+    settings = Settings(
+        data_dir=tmp_path, auth_secret=SECRET, users=users, ingest_api_key="k", store_enabled=True
+    )
+    with TestClient(create_app(settings, runtime)) as c:
+        yield c
+
+
+def test_assign_an_agent_to_a_live_call(client: TestClient) -> None:
+    with client.websocket_connect("/ingest/pcm?api_key=k") as ws:
+        ws.send_json({"call_id": "a1", "sample_rate": 8000, "encoding": "pcm16", "channels": 2})
+        assert ws.receive_json()["type"] == "accepted"
+        # Nobody is on the call yet: the agent cannot see it, a supervisor without the
+        # call's team cannot assign it, an agent may not assign at all.
+        assert client.get("/api/calls/a1", headers=bearer("ann", "agent")).status_code == 403
+        put = client.put
+        body = {"agent_id": "ann"}
+        assert (
+            put("/api/calls/a1/agent", json=body, headers=bearer("ann", "agent")).status_code == 403
+        )
+        assert (
+            put("/api/calls/nope/agent", json=body, headers=bearer("ada", "admin")).status_code
+            == 404
+        )
+        unknown = put(
+            "/api/calls/a1/agent", json={"agent_id": "zed"}, headers=bearer("ada", "admin")
+        )
+        assert unknown.status_code == 422
+
+        ok = put("/api/calls/a1/agent", json=body, headers=bearer("ada", "admin"))
+        assert ok.status_code == 200 and ok.json()["meta"]["agent_id"] == "ann"
+        assert client.get("/api/calls/a1", headers=bearer("ann", "agent")).status_code == 200
+        assert client.get("/api/calls/a1", headers=bearer("ben", "agent")).status_code == 403
+        # Ann's supervisor may now move the call within the team, not to another team.
+        other_team = put(
+            "/api/calls/a1/agent",
+            json={"agent_id": "ben"},
+            headers=bearer("sam", "supervisor", "blue"),
+        )
+        assert other_team.status_code == 403
+        ws.send_json({"type": "end"})
+    # The stored call carries the agent assigned during the call.
+    deadline = time.monotonic() + 15
+    while True:
+        stored = client.get("/api/history/calls/a1", headers=bearer("ada", "admin"))
+        if stored.status_code == 200 and stored.json()["call"].get("ended_at"):
+            break
+        assert time.monotonic() < deadline, stored.text
+        time.sleep(0.2)
+    assert stored.json()["call"]["agent_id"] == "ann"
