@@ -4,7 +4,8 @@ Why not `run_in_executor` per request: with many calls the model would see reque
 arrival order, a partial hypothesis could delay a final one, and nothing could be dropped.
 Here finals overtake partials (lower priority number first), a newer partial for the same
 stream replaces a queued older one (coalescing), stale partials are shed, and a worker takes
-up to `max_batch` requests at once so the model can batch them.
+up to `max_batch` requests of the same priority at once so the model can batch them (never
+a final with partials: a batch's results arrive together, so the final would wait for them).
 
 The scheduler also reports how loaded it is (`load()`: queue depth and how long requests
 have recently waited), so callers can spend less on optional work (partial hypotheses, see
@@ -212,6 +213,11 @@ class InferenceScheduler(Generic[Req, Res]):
         now = time.monotonic()
         batch: list[_Item[Req, Res]] = []
         while self._heap and len(batch) < self._max_batch:
+            head = self._heap[0]
+            if batch and not head.dead and head.priority != batch[0].priority:
+                # One priority per batch: results come back when the whole batch is done, so
+                # a final batched with partials would wait for their decodes too.
+                break
             it = heapq.heappop(self._heap)
             if it.coalesce_key is not None and self._by_key.get(it.coalesce_key) is it:
                 del self._by_key[it.coalesce_key]

@@ -231,15 +231,34 @@ def test_max_batch_groups_requests_from_several_callers(make: type[Harness]) -> 
     assert all(s.seconds >= 0 for s in h.stats)
 
 
-def test_batch_takes_the_most_important_first(make: type[Harness]) -> None:
-    h = make(max_batch=2)
+def test_batch_takes_the_most_important_first_and_never_mixes_priorities(
+    make: type[Harness],
+) -> None:
+    h = make(max_batch=3)
     h.hold()
     futs = [h.sched.submit("p-a", priority=2), h.sched.submit("p-b", priority=2)]
     futs.append(h.sched.submit("final", priority=0))
+    futs.append(h.sched.submit("final-2", priority=0))
+    futs.append(h.sched.submit("agent-final", priority=1))
     h.release()
     for f in futs:
         f.result(timeout=WAIT_S)
-    assert h.model.batches[1:] == [["final", "p-a"], ["p-b"]]
+    # A final's result would wait for every decode in its batch: finals batch with finals.
+    assert h.model.batches[1:] == [["final", "final-2"], ["agent-final"], ["p-a", "p-b"]]
+
+
+def test_a_dead_head_does_not_split_a_batch(make: type[Harness]) -> None:
+    h = make(max_batch=3)
+    h.hold()
+    a = h.sched.submit("a", priority=2, coalesce_key="k")
+    h.sched.submit("x", priority=2)
+    h.sched.submit("a2", priority=2, coalesce_key="k")  # kills the queued "a"
+    assert shed(a)
+    h.release()
+    deadline = time.monotonic() + WAIT_S
+    while len(h.model.batches) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert h.model.batches[1:] == [["x", "a2"]]
 
 
 # -- failures --------------------------------------------------------------------------------
