@@ -34,7 +34,15 @@ MAX_TILES = 5000
 WALL_QUEUE = 2000
 
 _FORWARDED = frozenset(
-    {"call_start", "call_end", "cue", "escalation", "call_update", "escalation_ack"}
+    {
+        "call_start",
+        "call_end",
+        "cue",
+        "escalation",
+        "call_update",
+        "escalation_ack",
+        "agent_assigned",
+    }
 )
 
 

@@ -63,6 +63,8 @@ def test_assign_an_agent_to_a_live_call(client: TestClient) -> None:
         ok = put("/api/calls/a1/agent", json=body, headers=bearer("ada", "admin"))
         assert ok.status_code == 200 and ok.json()["meta"]["agent_id"] == "ann"
         assert client.get("/api/calls/a1", headers=bearer("ann", "agent")).status_code == 200
+        wall = client.get("/api/supervisor/calls", headers=bearer("ada", "admin")).json()
+        assert "ann" in str(wall), wall
         assert client.get("/api/calls/a1", headers=bearer("ben", "agent")).status_code == 403
         # Ann's supervisor may now move the call within the team, not to another team.
         other_team = put(

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from coach.api.app import create_app
+from coach.cues.playbook import load_playbook
 from coach.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,9 +165,17 @@ def test_deployment_shape() -> None:
         _one("secret.yaml", "Secret")["metadata"]["name"],
     }
     (playbook,) = [v for v in spec["volumes"] if v["name"] == "playbook"]
-    assert playbook["configMap"]["items"][0]["key"] in config
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    (generated,) = kustomization["configMapGenerator"]
+    assert playbook["configMap"]["name"] == generated["name"]
+    assert [Path(f).name for f in generated["files"]] == [playbook["configMap"]["items"][0]["key"]]
     mount = next(m for m in c["volumeMounts"] if m["name"] == "playbook")["mountPath"]
     assert config["COACH_PLAYBOOK_FILE"] == f"{mount}/playbook.yaml"
+    # The deployed playbook is the bundled one (edit both, or only the deploy copy on purpose),
+    # and it is valid: a bad playbook would stop every pod at start.
+    deployed = (K8S / generated["files"][0]).read_text()
+    assert deployed == (ROOT / "coach" / "playbook.yaml").read_text()
+    load_playbook(K8S / generated["files"][0])
     selector = deployment["spec"]["selector"]["matchLabels"]
     for service in _docs("service.yaml"):
         assert service["spec"]["selector"] == selector
