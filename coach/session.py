@@ -56,6 +56,9 @@ class CallEnded(RuntimeError):
 
 DEFAULT_MAX_CALL_S = 4 * 3600.0
 
+RECENT_INTERVALS = 64
+"""Utterances per party the timing cues look at (well over the two-minute talk-ratio window)."""
+
 HistoryLookup = Callable[[str], Awaitable[Sequence[Any]]]
 """customer_id -> that customer's previous calls, newest first (coach.store CustomerCall)."""
 
@@ -388,7 +391,11 @@ class CallSession:
         )
 
     async def _maybe_timing_cues(self) -> None:
-        """Dead air, overtalk and pace: checked every 100 ms of call audio."""
+        """Dead air, overtalk and talk ratio: checked every 100 ms of call audio.
+
+        Only each party's recent utterances are passed (the detectors look back two minutes
+        at most), so the check costs the same an hour into a call as at its start.
+        """
         if self.cues is None:
             return
         now = min(p.audio_s for p in self.parties.values())
@@ -398,8 +405,8 @@ class CallSession:
         customer, agent = self.parties.get("customer"), self.parties.get("agent")
         timeline = Timeline(
             now=now,
-            customer=list(customer.speech_intervals) if customer else [],
-            agent=list(agent.speech_intervals) if agent else [],
+            customer=customer.speech_intervals[-RECENT_INTERVALS:] if customer else [],
+            agent=agent.speech_intervals[-RECENT_INTERVALS:] if agent else [],
             customer_open_since=_open_since(customer),
             agent_open_since=_open_since(agent),
         )
