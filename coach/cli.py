@@ -43,6 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     if config is not None and not config.exists():
         print(f"error: config file {config} not found", file=sys.stderr)
         return 2
+    if args.command in ("replay", "serve"):
+        from coach.cues.playbook import PlaybookError, load_playbook
+
+        try:  # a bad playbook is a configuration error: say so before loading any model
+            load_playbook(Settings.load(config).playbook_file)
+        except PlaybookError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     match args.command:
         case "replay":
             settings = Settings.load(config)

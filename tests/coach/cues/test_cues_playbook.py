@@ -124,3 +124,23 @@ def test_reload_swaps_valid_versions_and_keeps_the_last_good_one(tmp_path: Path)
     assert lib.changed() and not lib.reload()
     assert lib.current is good and lib.last_error and "no cues" in lib.last_error
     assert not lib.changed()  # the refused version is not retried every poll
+
+
+def test_cli_refuses_a_bad_playbook_before_loading_models(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "playbook.yaml"
+    bad.write_text("version: 1\ncues: {}\n")
+    env = {**os.environ, "COACH_PLAYBOOK_FILE": str(bad)}
+    out = subprocess.run(
+        [sys.executable, "-m", "coach", "replay", "missing.wav", "--events", str(tmp_path / "e")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "invalid playbook" in out.stderr and "no cues" in out.stderr
