@@ -9,21 +9,7 @@ import yaml
 
 from coach.cues.library import PlaybookLibrary
 from coach.cues.playbook import DEFAULT_PLAYBOOK, PlaybookError, load_playbook, parse_playbook
-
-CUE_IDS = {
-    "frustration",
-    "confusion",
-    "cost_anxiety",
-    "urgency",
-    "dejection",
-    "escalation_request",
-    "churn_risk",
-    "repeat_contact",
-    "crisis",
-    "dead_air",
-    "overtalk",
-    "agent_pace_fast",
-}
+from scripts.make_test_calls import CUE_IDS
 
 
 def _bundled() -> dict:
@@ -32,7 +18,7 @@ def _bundled() -> dict:
 
 def test_bundled_playbook_has_every_cue_of_the_taxonomy() -> None:
     pb = load_playbook()
-    assert CUE_IDS <= set(pb.enabled())
+    assert set(CUE_IDS) <= set(pb.enabled())
     assert pb.cues["crisis"].severity == "critical"
     assert pb.cues["crisis"].escalate is not None
     assert pb.cues["crisis"].escalate.urgency == "critical"
