@@ -38,12 +38,32 @@ _HYPOTHETICAL = re.compile(
     r"|\bif\b.*\b(would|'d|might)\b",
     re.IGNORECASE,
 )
+# Reported speech: someone else's words, feelings or actions, which are not the caller's own
+# state ("my neighbour said she was furious", "my sister cancelled her plan"). It needs a
+# clear third party. A bare "they said" / "he said" / "they told me" is how callers quote the
+# company ("they said it would be fixed by Friday and it still isn't"): that is the caller's
+# own complaint, so a bare pronoun only counts with a feeling or a leaving of their own
+# ("she was livid", "he switched his plan").
+_RELATIVE = (
+    r"wife|husband|partner|boyfriend|girlfriend|son|daughter|mother|father|mom|mum|dad|"
+    r"parents?|grandmother|grandfather|grandma|grandpa|nan|aunt|uncle|cousin|friend|"
+    r"neighbou?r|colleague|boss|brother|sister|sister-in-law|brother-in-law|coworker|co-worker|"
+    r"roommate|flatmate|housemate|kids?|family|customer|client"
+)
+_REPORT_VERB = (
+    r"said|says|told|tells|thinks?|thought|reckons?|mentioned|complained|heard|warned|"
+    r"wants?|wanted|cancell?ed|switched|left|moved|is (leaving|switching|cancell?ing)"
+)
+_FEELING = (
+    r"(so |really |very |absolutely |quite |pretty |a bit |completely )?"
+    r"(furious|angry|upset|annoyed|livid|mad|frustrated|fed up|confused|worried|stressed|"
+    r"scared|devastated|thrilled|happy|disappointed|unhappy|outraged|fuming)"
+)
 _REPORTED = re.compile(
-    r"\b(my|our|his|her|their|a|the)\s+(\w+\s+)?(wife|husband|partner|son|daughter|mother|"
-    r"father|mom|mum|dad|friend|neighbou?r|colleague|boss|brother|sister|sister-in-law|"
-    r"coworker|co-worker|roommate|kids?|family|customer|client)\b.*\b(said|says|told|tells|"
-    r"thinks?|thought|was|is|got|has|had|wants?|wanted|called|cancell?ed|switched|left)\b"
-    r"|\b(he|she|they)\s+(said|says|told|was|were|got|is|are|cancell?ed|switched|left)\b",
+    rf"\b(my|our|his|her|their|a|the)\s+(\w+\s+)?({_RELATIVE})\b(\s+[\w',]+){{0,3}}?\s+"
+    rf"(({_REPORT_VERB})\b|(was|is|got|gets|were|are|has been|had been)\s+{_FEELING}\b)"
+    rf"|\b(he|she)(\s+(was|is|got|gets|has been)|'s)\s+{_FEELING}\b"
+    r"|\b(he|she)\s+(cancell?ed|switched|left|moved)\s+(his|her)\b",
     re.IGNORECASE,
 )
 _FIRST_PERSON = re.compile(r"\b(i|i'm|i've|i'd|i'll|me|my|myself|we|we're|our|us)\b", re.I)

@@ -41,11 +41,25 @@ def test_hypothetical(text: str) -> None:
 @pytest.mark.parametrize(
     ("text", "reported"),
     [
+        # A clear third party: their words, feelings or leaving are not the caller's state.
         ("My neighbour told me she cancelled her plan.", True),
+        ("My neighbour said she was furious with her provider.", True),
         ("My husband was really angry about the bill.", True),
-        ("He said the technician never came.", True),
+        ("My sister was furious with her airline.", True),
+        ("My friend told me you offer a discount for students.", True),
+        ("She's absolutely livid about the bill.", True),
+        ("He switched his account to another bank.", True),
         ("I'm going to cancel my plan.", False),
         ("My wife says I should cancel, and I agree.", False),
+        # "They said" / "he said" quote the company: the caller's own complaint.
+        ("They said it would be fixed by Friday and it still isn't.", False),
+        ("He said the technician would come and nobody showed up.", False),
+        ("They told me the refund had gone through, and it hasn't.", False),
+        ("She said someone would ring me back and no one ever did.", False),
+        ("They were supposed to call me back and they never did.", False),
+        # A relative named in the caller's own situation is not reported speech.
+        ("My daughter's surgery is tomorrow and the insurance isn't approved.", False),
+        ("My son needs the internet for his exam this afternoon.", False),
     ],
 )
 def test_reported_speech(text: str, reported: bool) -> None:
