@@ -161,8 +161,9 @@ class CueEngine:
         pb = loaded.playbook
         parts = language.clauses(text) or [text]
         analyses = await self._analyze(parts)
+        # Each clause's best example per cue is computed once here, not once per cue.
         clause_signals = [
-            ClauseSignals(c, a.embedding, a.scores, language.framing(c))
+            loaded.index.prepare(ClauseSignals(c, a.embedding, a.scores, language.framing(c)))
             for c, a in zip(parts, analyses, strict=True)
             if a.embedding is not None
         ]

@@ -9,7 +9,7 @@ cue's positives, its near-miss negatives and the shared background of ordinary c
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +48,11 @@ class ClauseSignals:
     vector: FloatArray
     emotion: Mapping[str, float]
     framing: language.Framing
+    best: Mapping[str, tuple[int, float]] | None = None
+    """Per language cue, its best positive example (index, similarity) for this clause, filled
+    once per clause by `CueIndex.prepare` so scoring each cue does not redo the products."""
+    background: float | None = None
+    """Best similarity to the shared background phrases (also filled by `prepare`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,16 +108,33 @@ class CueIndex:
                 background = block
         return cls(pos, neg, background, moves)
 
+    def best_positives(self, vector: FloatArray) -> dict[str, tuple[int, float]]:
+        """Every language cue's best positive example for one clause: one product per cue."""
+        return {cue_id: ex.best(vector) for cue_id, ex in self.positives.items()}
+
+    def prepare(self, clause: ClauseSignals) -> ClauseSignals:
+        """The clause with its best positive per cue computed once, for scoring every cue."""
+        if clause.best is not None and clause.background is not None:
+            return clause
+        return replace(
+            clause,
+            best=self.best_positives(clause.vector),
+            background=self.background.best(clause.vector)[1],
+        )
+
     def score(self, cue_id: str, spec: CueSpec, clause: ClauseSignals) -> SemanticMatch:
         """The clause's score for one cue: similarity, framing penalties and signal boosts."""
-        i, sim = self.positives[cue_id].best(clause.vector)
+        best = clause.best
+        if best is None or cue_id not in best:  # not prepared (or by another playbook's index)
+            best = self.best_positives(clause.vector)
+        i, sim = best[cue_id]
         example = self.positives[cue_id].texts[i]
         _, neg = self.negatives[cue_id].best(clause.vector)
-        _, bg = self.background.best(clause.vector)
-        rival = max(
-            (ex.best(clause.vector)[1] for other, ex in self.positives.items() if other != cue_id),
-            default=-1.0,
-        )
+        bg = clause.background
+        if bg is None:
+            _, bg = self.background.best(clause.vector)
+        # Rival: the best similarity to another cue's positives.
+        rival = max((s for other, (_, s) in best.items() if other != cue_id), default=-1.0)
         score, notes = sim, []
         f, pen = clause.framing, spec.framing
         if f.negated != self.positives[cue_id].negated[i] and pen.negated_mismatch_penalty:
