@@ -55,3 +55,8 @@ MODEL_QUEUE_WAIT = Histogram(
     ["model"],
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 2.0, 5.0),
 )
+ASR_FINAL_BEAM = Histogram(
+    "coach_asr_final_beam_size",
+    "Beam size of final decodes (narrower than COACH_ASR_BEAM_SIZE: the ASR queue was loaded)",
+    buckets=(1, 2, 3, 4, 5, 8),
+)

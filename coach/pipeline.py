@@ -35,7 +35,7 @@ from coach.runtime import PRIORITY_FINAL, PRIORITY_PARTIAL, Runtime
 from coach.settings import Settings
 from coach.signals.state import CustomerStateTracker
 from models.asr import AsrRequest, AsrResult, Word
-from models.runtime import Shed, backoff_interval
+from models.runtime import Shed, adaptive_beam, backoff_interval
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +304,8 @@ class PartyPipeline:
                 pass  # replaced or shed before it ran: decode now
         try:
             return await self._rt.asr_scheduler.run(
-                AsrRequest(audio=utt.audio, words=True), priority=PRIORITY_FINAL[self.speaker]
+                AsrRequest(audio=utt.audio, words=True, beam_size=self._final_beam()),
+                priority=PRIORITY_FINAL[self.speaker],
             )
         except Shed:
             log.error("call %s %s: final transcript shed", self.call_id, self.speaker)
@@ -330,7 +331,7 @@ class PartyPipeline:
             return
         audio, _ = self._ring.slice_s(self._utt_start - PAD_BEFORE_S, last + PAD_AFTER_S)
         fut = self._rt.asr_scheduler.submit(
-            AsrRequest(audio=audio, words=True),
+            AsrRequest(audio=audio, words=True, beam_size=self._final_beam()),
             priority=PRIORITY_FINAL[self.speaker],
             coalesce_key=f"early:{self.call_id}:{self.speaker}:{self._utt_id}",
         )
@@ -371,11 +372,25 @@ class PartyPipeline:
         cap = self._settings.partial_max_interval_s
         return backoff_interval(base, cap, self._rt.asr_scheduler.load())
 
+    def _final_beam(self) -> int:
+        """Beam of a final decode: COACH_ASR_BEAM_SIZE when the model keeps up, narrower (down
+        to COACH_ASR_MIN_BEAM_SIZE) as its queue grows (`models.runtime.adaptive_beam`).
+        Replay --fast never narrows it, so offline results do not depend on machine load."""
+        base = self._settings.asr_beam_size
+        if self._inline:
+            return base
+        beam = adaptive_beam(base, self._settings.asr_min_beam_size, self._rt.asr_scheduler.load())
+        metrics.ASR_FINAL_BEAM.observe(beam)
+        return beam
+
     async def _partial(self, utt_id: int, start: float, upto: float, audio: Samples) -> None:
         try:
             result: AsrResult = await self._rt.asr_scheduler.run(
                 AsrRequest(
-                    audio=audio, words=False, beam_size=self._settings.asr_partial_beam_size
+                    audio=audio,
+                    words=False,
+                    beam_size=self._settings.asr_partial_beam_size,
+                    min_window_s=self._settings.asr_partial_min_window_s,
                 ),
                 priority=PRIORITY_PARTIAL[self.speaker],
                 coalesce_key=None if self._inline else f"{self.call_id}:{self.speaker}",

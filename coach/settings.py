@@ -33,8 +33,15 @@ class Settings(BaseSettings):
     asr_workers: int = Field(1, description="Parallel ASR decodes sharing one model.")
     asr_beam_size: int = Field(5, description="Beam size for final transcripts.")
     asr_partial_beam_size: int = Field(1, description="Beam size for partial hypotheses.")
+    asr_min_beam_size: int = Field(
+        1,
+        description="Smallest final beam when the ASR queue is loaded (= beam size: fixed).",
+    )
     asr_max_batch: int = Field(4, description="Utterances decoded together in one batch.")
     asr_min_window_s: float = Field(10.0, description="Shortest Whisper encoder window.")
+    asr_partial_min_window_s: float = Field(
+        5.0, description="Shortest encoder window for partial hypotheses (cheaper, rougher)."
+    )
     asr_initial_prompt: str | None = Field(None, description="Domain words to bias ASR.")
     emotion_model_dir: Path | None = Field(
         None, description="Folder of the built emotion model (default: models/artifacts)."

@@ -64,6 +64,10 @@ class AsrRequest:
     audio: Samples
     words: bool = False
     beam_size: int | None = None
+    min_window_s: float | None = None
+    """Shortest encoder window for this request (None: the model's `min_window_s`). Partials
+    use a shorter one: the encoder is most of a decode's cost, and a partial is replaced by
+    the final anyway."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,61 +195,87 @@ class WhisperAsr:
         return self.decode_batch([AsrRequest(audio=audio, words=words)])[0]
 
     def decode_batch(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
-        """Decode several utterances; requests with the same encoder window share one pass.
+        """Decode several utterances; requests that share an encoder window, a beam size and
+        the need for word timings go through the model together: one encoder pass, one
+        `generate` over the whole group, one word alignment.
 
-        Each request's window depends only on its own length, so a result never depends on
-        what it was batched with (batching on or off gives the same text).
+        Each request's window, token budget and beam depend only on the request itself, so a
+        result does not depend on what it was batched with (batching on or off gives the same
+        text up to float rounding in the batched matrix products).
         """
         feats = [self._features(r.audio) for r in requests]
-        windows = [self._window(f.shape[1]) for f in feats]
+        keys = [
+            (
+                self._window(f.shape[1], r.min_window_s),
+                r.beam_size or self.options.beam_size,
+                r.words,
+            )
+            for f, r in zip(feats, requests, strict=True)
+        ]
         results: list[AsrResult | None] = [None] * len(requests)
-        for window in sorted(set(windows)):
-            idx = [i for i, w in enumerate(windows) if w == window]
-            group = self._decode_group([requests[i] for i in idx], [feats[i] for i in idx], window)
+        for key in sorted(set(keys)):
+            idx = [i for i, k in enumerate(keys) if k == key]
+            window, beam, words = key
+            group = self._decode_group(
+                [requests[i] for i in idx], [feats[i] for i in idx], window, beam, words
+            )
             for i, res in zip(idx, group, strict=True):
                 results[i] = res
         return [r for r in results if r is not None]
 
-    def _window(self, content_frames: int) -> int:
-        min_frames = int(self.options.min_window_s * FRAMES_PER_S)
+    def _window(self, content_frames: int, min_window_s: float | None = None) -> int:
+        shortest = self.options.min_window_s if min_window_s is None else min_window_s
+        min_frames = int(shortest * FRAMES_PER_S)
         return min(3000, max(min_frames, math.ceil((content_frames + 50) / 100) * 100))
+
+    def _token_budget(self, req: AsrRequest) -> int:
+        """Most new tokens a decode of this request may produce: proportional to its audio."""
+        return int(self.options.max_tokens_per_s * len(req.audio) / PIPELINE_RATE) + 12
 
     def _decode_group(
         self,
         requests: Sequence[AsrRequest],
         feats: Sequence[np.ndarray[Any, np.dtype[np.float32]]],
         window: int,
+        beam: int,
+        words: bool,
     ) -> list[AsrResult]:
+        """Encode, generate and (if asked) align a group of same-shaped requests at once."""
         import ctranslate2
 
         t0 = time.perf_counter()
-        content = [f.shape[1] for f in feats]
+        content = [min(window, f.shape[1]) for f in feats]
         batch = np.zeros((len(feats), feats[0].shape[0], window), dtype=np.float32)
         for i, f in enumerate(feats):
-            n = min(window, f.shape[1])
-            batch[i, :, :n] = f[:, :n]
+            batch[i, :, : content[i]] = f[:, : content[i]]
         encoded = self._fw.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=False)
-        results = []
-        for i, req in enumerate(requests):
-            enc_i = encoded if len(requests) == 1 else _slice_storage(encoded, i)
-            results.append(self._generate(req, enc_i, content[i], t0))
-        return results
-
-    def _generate(self, req: AsrRequest, encoded: Any, content_frames: int, t0: float) -> AsrResult:
-        """Greedy/beam decode of one encoded utterance, bounded in length."""
-        max_new = int(self.options.max_tokens_per_s * len(req.audio) / PIPELINE_RATE) + 12
-        gen = self._fw.model.generate(
+        budgets = [self._token_budget(r) for r in requests]
+        # One generate call for the group. Its length cap is the largest budget; each
+        # sequence is then cut to its own budget, which is what a decode alone would have
+        # produced (greedy decoding of one sequence does not look at the others).
+        gens = self._fw.model.generate(
             encoded,
-            [self._prompt],
-            beam_size=req.beam_size or self.options.beam_size,
-            max_length=min(448, len(self._prompt) + max_new),
+            [self._prompt] * len(requests),
+            beam_size=beam,
+            max_length=min(448, len(self._prompt) + max(budgets)),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=[-1],
-        )[0]
-        tokens = truncate_repeats([t for t in gen.sequences_ids[0] if t < self._eot])
-        words = self._align(req, tokens, encoded, content_frames) if req.words and tokens else ()
+        )
+        token_lists = [
+            truncate_repeats([t for t in g.sequences_ids[0] if t < self._eot][:budget])
+            for g, budget in zip(gens, budgets, strict=True)
+        ]
+        alignments: list[tuple[Word, ...]] = [()] * len(requests)
+        if words and any(token_lists):
+            alignments = self._align(requests, token_lists, encoded, content)
+        return [
+            self._result(gen, tokens, alignment, t0)
+            for gen, tokens, alignment in zip(gens, token_lists, alignments, strict=True)
+        ]
+
+    def _result(self, gen: Any, tokens: list[int], words: tuple[Word, ...], t0: float) -> AsrResult:
         text = collapse_repetitions(self._tokenizer.decode(tokens).strip())
         avg_logprob = float(gen.scores[0]) if gen.scores else 0.0
         no_speech = float(getattr(gen, "no_speech_prob", 0.0))
@@ -258,30 +288,36 @@ class WhisperAsr:
         return np.asarray(f, dtype=np.float32)
 
     def _align(
-        self, req: AsrRequest, tokens: list[int], encoded: Any, content_frames: int
-    ) -> tuple[Word, ...]:
+        self,
+        requests: Sequence[AsrRequest],
+        token_lists: Sequence[list[int]],
+        encoded: Any,
+        content_frames: Sequence[int],
+    ) -> list[tuple[Word, ...]]:
+        """Word timings for a group in one alignment pass (cross-attention DTW).
+
+        CTranslate2 aligns a batch given each item's own frame count; faster-whisper's
+        `find_alignment` turns the result into words (and copes with empty token lists).
+        """
         from faster_whisper.transcribe import merge_punctuations
 
-        found = self._fw.find_alignment(self._tokenizer, [tokens], encoded, content_frames)
-        if not found or not found[0]:
-            return ()
-        alignment = found[0]
-        merge_punctuations(alignment, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
-        dur = len(req.audio) / PIPELINE_RATE
-        return tuple(
-            Word(
-                w=a["word"].strip(),
-                t0=round(min(float(a["start"]), dur), 3),
-                t1=round(min(float(a["end"]), dur), 3),
-                p=round(float(a["probability"]), 3),
-            )
-            for a in alignment
-            if a["word"].strip()
+        found = self._fw.find_alignment(
+            self._tokenizer, list(token_lists), encoded, list(content_frames)
         )
-
-
-def _slice_storage(encoded: Any, i: int) -> Any:
-    import ctranslate2
-
-    arr = np.asarray(encoded)
-    return ctranslate2.StorageView.from_array(np.ascontiguousarray(arr[i : i + 1]))
+        out: list[tuple[Word, ...]] = []
+        for req, alignment in zip(requests, found, strict=True):
+            merge_punctuations(alignment, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
+            dur = len(req.audio) / PIPELINE_RATE
+            out.append(
+                tuple(
+                    Word(
+                        w=a["word"].strip(),
+                        t0=round(min(float(a["start"]), dur), 3),
+                        t1=round(min(float(a["end"]), dur), 3),
+                        p=round(float(a["probability"]), 3),
+                    )
+                    for a in alignment
+                    if a["word"].strip()
+                )
+            )
+        return out

@@ -555,6 +555,41 @@ def test_partials_slow_down_when_the_asr_scheduler_is_loaded(
     assert pipe._partial_interval() == 0.5
 
 
+@pytest.mark.parametrize(
+    ("depth", "wait_s", "expected"),
+    [
+        (0, 0.0, 5),  # idle: the configured beam
+        (0, 0.02, 4),  # a little queueing narrows it a little
+        (1, 0.0, 2),  # one waiting request: 5 / 2 rounds to 2
+        (2, 0.1, 1),
+        (40, 3.0, 1),  # never below the floor
+    ],
+)
+def test_final_beam_narrows_with_load_down_to_the_floor(
+    depth: int, wait_s: float, expected: int
+) -> None:
+    load = runtime.SchedulerLoad(depth=depth, wait_s=wait_s)
+    assert runtime.adaptive_beam(5, 1, load) == expected
+    assert runtime.adaptive_beam(5, 5, load) == 5  # floor = base: a fixed beam
+
+
+def test_final_beam_follows_the_asr_scheduler_load() -> None:
+    from coach.pipeline import PartyPipeline
+    from coach.settings import Settings
+
+    signal = {"load": runtime.IDLE}
+    sched = SimpleNamespace(load=lambda now=None: signal["load"])
+    pipe = PartyPipeline.__new__(PartyPipeline)  # only what _final_beam reads
+    pipe._rt = SimpleNamespace(asr_scheduler=sched)  # type: ignore[assignment]
+    pipe._settings = Settings(asr_beam_size=5, asr_min_beam_size=2)
+    pipe._inline = False
+    assert pipe._final_beam() == 5
+    signal["load"] = runtime.SchedulerLoad(depth=6, wait_s=0.5)
+    assert pipe._final_beam() == 2
+    pipe._inline = True  # replay --fast is deterministic: never adapts
+    assert pipe._final_beam() == 5
+
+
 # -- device selection ------------------------------------------------------------------------
 
 
@@ -634,6 +669,46 @@ def test_asr_results_are_the_same_batched_and_alone(
             assert wa.t0 == pytest.approx(wb.t0, abs=0.021) and wa.t1 == pytest.approx(
                 wb.t1, abs=0.021
             )
+
+
+def test_asr_batch_runs_the_model_once_per_kind_of_request(
+    runtime_fixture_call: tuple[Any, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of finals from several calls is one encode, one generate and one alignment;
+    partials (greedy, no word timings) in the same batch make a second group."""
+    from models.asr import AsrRequest
+
+    asr, clips = runtime_fixture_call
+    model = asr._fw.model
+    calls: list[tuple[str, int]] = []
+
+    class CountingModel:
+        """The real CTranslate2 model, with each call's name and batch size noted."""
+
+        def __getattr__(self, name: str) -> Any:
+            real = getattr(model, name)
+            if name not in ("encode", "generate", "align"):
+                return real
+
+            def counted(features: Any, *args: Any, **kwargs: Any) -> Any:
+                calls.append((name, int(features.shape[0])))
+                return real(features, *args, **kwargs)
+
+            return counted
+
+    monkeypatch.setattr(asr._fw, "model", CountingModel())
+    finals = [AsrRequest(audio=c, words=True) for c in clips[:3]]
+    partial = AsrRequest(audio=clips[0][: len(clips[0]) // 2], words=False, beam_size=1)
+    results = asr.decode_batch([*finals, partial])
+    assert all(r.text for r in results)
+    # The three finals share a window only if their lengths round to the same one.
+    windows = {asr._window(asr._features(r.audio).shape[1]) for r in finals}
+    encodes = [n for name, n in calls if name == "encode"]
+    generates = [n for name, n in calls if name == "generate"]
+    aligns = [n for name, n in calls if name == "align"]
+    assert sum(encodes) == 4 and len(encodes) == len(windows) + 1
+    assert generates == encodes  # one generate per encoded group, over the whole group
+    assert sum(aligns) == 3 and len(aligns) == len(windows)  # the partial needs no words
 
 
 @pytest.fixture
