@@ -5,8 +5,11 @@ Signalling is one HTTP round trip (no trickle ICE): the client posts its complet
 `{"sdp", "type": "answer", "call_id"}`. Media then flows over aiortc. Each incoming audio
 track is one party: the first is the customer, a second one (if offered) the agent. aiortc
 decodes Opus/G.711 into 20 ms frames of 48 kHz (or 8 kHz) s16, often stereo; channel 0 is
-taken as the party's mono audio. Call time is the count of samples received, as for the
-other ingest protocols.
+taken as the party's mono audio. Call time is each track's RTP time since its first frame
+(`TrackClock`), as Twilio's timestamps and AudioHook's position place their audio: a lost
+packet, or a sender's silence suppression (Opus DTX), leaves a gap of silence instead of
+pulling the rest of that party's speech early. Each track's first frame is time 0, so the
+tracks of one call should start together.
 
 The call ends (`CallManager.finish`) when every track has ended (the client closed or
 removed its tracks: reason "end"), when the peer connection fails ("disconnect") or closes
@@ -121,6 +124,39 @@ def loopback_only(enabled: bool = True) -> Iterator[None]:
 # -- one call -----------------------------------------------------------------------------------
 
 
+class TrackClock:
+    """Where each decoded frame of one track belongs on the call clock, in samples.
+
+    aiortc hands decoded frames over with the RTP timestamp as `pts` (random origin, 32-bit,
+    clock = sample rate for Opus and G.711). Positions are the unwrapped timestamp distance from
+    the track's first frame, so a missing packet is a gap and a duplicate or late one lands
+    where it belongs (the pipeline trims audio it has already heard). A frame without usable
+    timing goes right after the previous one.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[int, int] | None = None
+        """(RTP timestamp, position) of the last frame placed by its timestamp."""
+        self._end = 0
+        """Samples from the track's first frame to the end of the furthest frame placed."""
+
+    def place(self, frame: av.AudioFrame) -> int:
+        """This frame's first sample, in samples of `frame.sample_rate` since the track began."""
+        rate = int(frame.sample_rate)
+        pts, base = frame.pts, frame.time_base
+        if pts is None or base is None or base * rate != 1:
+            start = self._end  # no usable timing: right after what came before
+        else:
+            if self._last is None:
+                start = self._end  # the first frame: 0
+            else:
+                last_pts, last_start = self._last
+                start = last_start + (int(pts) - last_pts + 2**31) % 2**32 - 2**31
+            self._last = (int(pts), start)
+        self._end = max(self._end, start + int(frame.samples))
+        return max(start, 0)  # a packet from before the first one: the pipeline drops it
+
+
 @dataclass(eq=False)
 class WebRtcCall:
     pc: RTCPeerConnection
@@ -143,7 +179,7 @@ class WebRtcCall:
         self.consumers.append(asyncio.create_task(self._consume(track, speaker)))
 
     async def _consume(self, track: MediaStreamTrack, speaker: Speaker) -> None:
-        done = 0  # samples of this party received so far: the call clock
+        clock = TrackClock()
         reason = "end"
         try:
             while True:
@@ -156,12 +192,11 @@ class WebRtcCall:
                     break
                 if not isinstance(frame, av.AudioFrame):
                     continue
-                pcm = frame_to_mono(frame)
                 rate = int(frame.sample_rate)
+                t0 = clock.place(frame) / rate
                 await self.session.feed(
-                    AudioChunk(self.session.call_id, speaker, pcm, rate, done / rate)
+                    AudioChunk(self.session.call_id, speaker, frame_to_mono(frame), rate, t0)
                 )
-                done += len(pcm)
         except CallEnded as exc:
             self.end(exc.reason)
             return
