@@ -7,7 +7,9 @@ plus gaps. The protocol cases are ported from the reference's `test/audiohook-ap
 the golden frames in `golden/audiohook/` follow the reference's message types
 (`app/audiohook/src/protocol/message.ts`) and `signature_example.json` is the AudioHook
 documentation's signature example that the reference verifies in
-`app/audiohook/test/httpsignature/signature-verifier.test.ts`.
+`app/audiohook/test/httpsignature/signature-verifier.test.ts`. `golden/audiohook/docs/` holds
+only what was copied verbatim from the documentation's examples (its README names each source
+and what could not be found).
 """
 
 from __future__ import annotations
@@ -736,6 +738,37 @@ def test_documentation_signature_example_verifies() -> None:
     assert ah.verify_signature(headers, now=ex["now"], **{**kw, "nonces": nonces}) is None
     replay = ah.verify_signature(headers, now=ex["now"] + 1, **{**kw, "nonces": nonces})
     assert replay == "nonce was already used"
+
+
+DOCS = GOLDEN / "docs"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in DOCS.glob("signature_*.json")))
+def test_docs_signature_example_verifies_unchanged(name: str) -> None:
+    """The documentation's signed upgrade request, header fields exactly as published."""
+    ex = json.loads((DOCS / f"{name}.json").read_text())
+    headers = list(ex["headers"].items())
+    inputs = ah.sf_dictionary(ex["headers"]["signature-input"])
+    base = inputs["sig1"]
+    assert isinstance(base, ah.SfInnerList)
+    # it covers exactly the components this server requires, and serializes back unchanged
+    assert tuple(i.value for i in base.items) == ah.SIGNED_COMPONENTS
+    assert "sig1=" + ah.sf_serialize_inner_list(base) == ex["headers"]["signature-input"]
+    created = dict(base.params)["created"]
+    assert isinstance(created, int)
+    kw: dict[str, Any] = {
+        "request_target": ex["request_target"],
+        "secret": base64.b64decode(ex["client_secret"]),
+        "nonces": None,
+    }
+    assert ah.verify_signature(headers, now=created, **kw) is None
+    assert ah.verify_signature(list(reversed(headers)), now=created + 5, **kw) is None
+
+
+def test_docs_folder_names_the_source_of_every_example() -> None:
+    readme = (DOCS / "README.md").read_text()
+    for path in DOCS.glob("*.json"):
+        assert f"`{path.name}`" in readme, path.name
 
 
 def sign(
