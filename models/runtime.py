@@ -90,14 +90,16 @@ def backoff_interval(base_s: float, cap_s: float, load: SchedulerLoad) -> float:
 
 
 def adaptive_beam(base: int, floor: int, load: SchedulerLoad) -> int:
-    """Beam size for a final transcript under `load`: `base` when idle, narrower as requests
-    queue up, never below `floor`.
+    """Beam size for a final transcript under `load`: `base` while the model keeps up,
+    narrower as requests back up, never below `floor`.
 
-    base / (1 + depth + wait / 100 ms), rounded, clamped to [floor, base]: the same load
-    steps as `backoff_interval`. A beam costs less than the encoder pass (beam 5 adds ~15 %
-    to a tiny.en decode here), so this is the second lever after partials, not the first.
+    A request in progress plus one waiting, or up to 100 ms of queueing, is normal traffic
+    and keeps the full beam; beyond that each further waiting request and each further
+    100 ms of delay counts as one step, and the beam is base / (1 + steps), rounded, clamped
+    to [floor, base]. A beam costs less than the encoder pass (beam 5 adds ~15 % to a
+    tiny.en decode here), so this is the second lever after partials, not the first.
     """
-    steps = max(0, load.depth) + max(0.0, load.wait_s) / WAIT_PER_STEP_S
+    steps = max(0, load.depth - 1) + max(0.0, load.wait_s - WAIT_PER_STEP_S) / WAIT_PER_STEP_S
     return max(min(floor, base), min(base, round(base / (1.0 + steps))))
 
 

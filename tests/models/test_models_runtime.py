@@ -559,9 +559,10 @@ def test_partials_slow_down_when_the_asr_scheduler_is_loaded(
     ("depth", "wait_s", "expected"),
     [
         (0, 0.0, 5),  # idle: the configured beam
-        (0, 0.02, 4),  # a little queueing narrows it a little
-        (1, 0.0, 2),  # one waiting request: 5 / 2 rounds to 2
-        (2, 0.1, 1),
+        (1, 0.1, 5),  # one waiting and 100 ms of delay is normal traffic
+        (2, 0.0, 2),  # one more waiting request: 5 / 2 rounds to 2
+        (1, 0.15, 3),  # 50 ms more delay: half a step, 5 / 1.5
+        (3, 0.3, 1),
         (40, 3.0, 1),  # never below the floor
     ],
 )
