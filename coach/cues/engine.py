@@ -159,7 +159,7 @@ class CueEngine:
         self, loaded: LoadedPlaybook, event: Mapping[str, Any], text: str
     ) -> list[Event]:
         pb = loaded.playbook
-        parts = language.clauses(text) or [text]
+        parts = language.pieces(text) or [text]
         analyses = await self._analyze(parts)
         # Each clause's best example per cue is computed once here, not once per cue.
         clause_signals = [
@@ -259,40 +259,45 @@ class CueEngine:
         best: SemanticMatch | None = None
         if len(language.words(text)) < spec.min_words:
             clauses = ()
+        # The best clause among those that pass every check: a long turn may hold one clause
+        # that clearly means the cue next to another that scores higher but is ordinary talk.
         for clause in clauses:
             if len(language.words(clause.text)) < spec.min_words:
                 continue  # "I don't know." inside a longer turn is too ambiguous alone
             m = loaded.index.score(cue_id, spec, clause)
-            if best is None or m.score > best.score:
+            if (
+                m.score + boost >= threshold
+                # The words themselves must be nearer this cue than ordinary talk: a frustrated
+                # tone or a raised voice does not turn "I already have that" into a cue.
+                and m.semantic >= m.negative + spec.margin
+                and m.similarity >= spec.min_similarity
+                and m.similarity >= m.rival - spec.rival_margin
+                and (best is None or m.score > best.score)
+            ):
                 best = m
         if best is not None:
             total = best.score + boost
-            if (
-                total >= threshold
-                and total >= best.negative + spec.margin
-                and best.similarity >= spec.min_similarity
-                and best.similarity >= best.rival - spec.rival_margin
-            ):
-                reasons.append(
-                    f'words: "{best.clause}" means the same as "{best.example}" '
-                    f"({best.similarity:.2f})"
-                )
-                if best.adjustments:
-                    reasons.append("framing considered: " + ", ".join(best.adjustments))
-                emo = _emotion_note(sentiment)
-                if emo:
-                    reasons.append(emo)
-                if boost and voice_note:
-                    reasons.append(voice_note)
-                if context_met and spec.context is not None:
-                    reasons.append(f"after the agent's {self._last_move_name(spec, t_start)}")
-                phrase = language.find_phrase(best.clause, language.content_words(best.example))
-                return Candidate(
-                    cue_id, spec, total, tuple(reasons), text, (phrase,) if phrase else (), best
-                )
+            reasons.append(
+                f'words: "{best.clause}" means the same as "{best.example}" ({best.similarity:.2f})'
+            )
+            if best.adjustments:
+                reasons.append("framing considered: " + ", ".join(best.adjustments))
+            emo = _emotion_note(sentiment)
+            if emo:
+                reasons.append(emo)
+            if boost and voice_note:
+                reasons.append(voice_note)
+            if context_met and spec.context is not None:
+                reasons.append(f"after the agent's {self._last_move_name(spec, t_start)}")
+            phrase = language.find_phrase(best.clause, language.content_words(best.example))
+            return Candidate(
+                cue_id, spec, total, tuple(reasons), text, (phrase,) if phrase else (), best
+            )
         vt = spec.voice_trigger
         if vt is None or not isinstance(arousal, (int, float)) or not prosody.get("f0_hz"):
             return None
+        if language.is_thanks(text):
+            return None  # a flat or loud "thank you" is thanks, whatever the voice
         n_words = len(language.words(text))
         label = str(sentiment.get("label", "neutral"))
         prob = float((sentiment.get("scores") or {}).get(label, 0.0))

@@ -27,7 +27,10 @@ _NEGATORS = frozenset(
 _NEGATION_IDIOMS = re.compile(
     r"\b(can(no|')?t believe|no way|no idea|not again|not even|not once|not only|"
     r"no one (has|ever)|never (got|gets|received|heard|called|fixed|works?|worked)|"
-    r"nothing (works|worked|has (changed|worked|been done))|no (one|body) (told|called|helped))\b",
+    r"nothing (works|worked|has (changed|worked|been done))|no (one|body) (told|called|helped)|"
+    # Not knowing is the statement itself ("I don't know what a modem is" = "what is a modem?").
+    r"(don'?t|do not|didn'?t|did not) (know|understand|get|see) (what|where|how|which|why|whether|if)"
+    r")\b",
     re.IGNORECASE,
 )
 _HYPOTHETICAL = re.compile(
@@ -107,9 +110,14 @@ def words(text: str) -> list[str]:
     return out
 
 
+# A leading "No," / "Oh no." answers the agent or exclaims; it does not negate what follows
+# ("No. I want someone with real authority this time").
+_LEADING_NO = re.compile(r"^\W*((oh|no)[\s,.!]+)*no\s*[,.!]+\s*(?=\w)", re.IGNORECASE)
+
+
 def is_negated(text: str) -> bool:
     """A negator outside the idioms where negation intensifies the complaint."""
-    stripped = _NEGATION_IDIOMS.sub(" ", text)
+    stripped = _NEGATION_IDIOMS.sub(" ", _LEADING_NO.sub("", text))
     return any(w in _NEGATORS for w in words(stripped))
 
 
@@ -154,6 +162,42 @@ def clauses(text: str) -> list[str]:
     return merged
 
 
+# "..., and I'm scared of what he'll do": a coordinator that starts a new statement (a new
+# subject follows). ASR often runs several sentences into one with "and" and no full stop.
+_COORDINATED = re.compile(
+    r",?\s+\b(?:and|so|because|cause|cos|and then|and now)\s+(?=(?:i|i'm|i've|i'll|i'd|we|we're|"
+    r"we've|my|our|he|he's|she|she's|they|they're|it|it's|there|there's|this|that|nobody|"
+    r"no one|you|you've|you're)\b)",
+    re.IGNORECASE,
+)
+MIN_PIECE_WORDS = 3
+SHORT_CLAUSE_WORDS = 4
+
+
+def pieces(text: str) -> list[str]:
+    """The clauses of `text`, then the statements coordinated inside a clause, each on its own.
+
+    A clause like "this is the third time I've rung and I still haven't heard anything" says
+    two things; scored whole, the negation of the second hides the first. The whole clause is
+    kept too (some meanings need both halves: "I smell gas and my kids are here"), so this
+    only adds candidates. Parts shorter than MIN_PIECE_WORDS words are not added.
+    """
+    out: list[str] = []
+    whole = clauses(text)
+    for i, clause in enumerate(whole):
+        out.append(clause)
+        parts = [p.strip(" ,") for p in _COORDINATED.split(clause)]
+        parts = [p for p in parts if p]
+        if len(parts) > 1:
+            out.extend(p for p in parts if len(words(p)) >= MIN_PIECE_WORDS and p not in out)
+        # Clipped sentences ("I'm sick. I'm tired.") say together what neither says alone.
+        if i + 1 < len(whole) and len(words(clause)) < SHORT_CLAUSE_WORDS:
+            joined = f"{clause} {whole[i + 1]}"
+            if joined not in out:
+                out.append(joined)
+    return out
+
+
 def find_phrase(text: str, needle_words: set[str], *, max_words: int = 8) -> str:
     """The shortest span of `text` that covers the content words shared with an example.
 
@@ -180,6 +224,18 @@ STOPWORDS = frozenset(
 
 def content_words(text: str) -> set[str]:
     return {w for w in words(text) if w not in STOPWORDS and w != "n't" and len(w) > 2}
+
+
+_THANKS = re.compile(
+    r"^\W*((ok(ay)?|oh|right|great|lovely|perfect|brilliant|wonderful|good|yes|yeah)\W+)*"
+    r"(thank(s| you)|cheers|many thanks|much appreciated)\b",
+    re.IGNORECASE,
+)
+
+
+def is_thanks(text: str, *, max_words: int = 6) -> bool:
+    """A short utterance that thanks ("Thank you, Rachel.", "Okay, thanks so much")."""
+    return bool(_THANKS.search(text)) and len(words(text)) <= max_words
 
 
 def first_person(text: str) -> bool:

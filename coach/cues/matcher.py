@@ -27,10 +27,13 @@ class ExampleSet:
     texts: tuple[str, ...]
     vectors: FloatArray
     negated: tuple[bool, ...]
+    negated_mask: npt.NDArray[np.bool_]
+    """`negated` as an array, to penalise every example's similarity at once."""
 
     @classmethod
     def of(cls, texts: Sequence[str], vectors: FloatArray) -> ExampleSet:
-        return cls(tuple(texts), vectors, tuple(language.is_negated(t) for t in texts))
+        negated = tuple(language.is_negated(t) for t in texts)
+        return cls(tuple(texts), vectors, negated, np.asarray(negated, dtype=bool))
 
     def best(self, v: FloatArray) -> tuple[int, float]:
         if not self.texts:
@@ -38,6 +41,10 @@ class ExampleSet:
         sims = self.vectors @ v
         i = int(np.argmax(sims))
         return i, float(sims[i])
+
+    def similarities(self, v: FloatArray) -> FloatArray:
+        """Similarity of `v` to every example (one matrix-vector product)."""
+        return self.vectors @ v
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +55,8 @@ class ClauseSignals:
     vector: FloatArray
     emotion: Mapping[str, float]
     framing: language.Framing
-    best: Mapping[str, tuple[int, float]] | None = None
-    """Per language cue, its best positive example (index, similarity) for this clause, filled
+    sims: Mapping[str, FloatArray] | None = None
+    """Per language cue, the similarity of this clause to each of its positive examples, filled
     once per clause by `CueIndex.prepare` so scoring each cue does not redo the products."""
     background: float | None = None
     """Best similarity to the shared background phrases (also filled by `prepare`)."""
@@ -63,6 +70,9 @@ class SemanticMatch:
     negative: float
     rival: float
     """Best similarity of the clause to another cue's positive examples."""
+    semantic: float
+    """The similarity after the framing penalties, before any boost: what the words alone say.
+    It must beat ordinary talk (`negative`); emotion and voice boosts only help the threshold."""
     example: str
     clause: str
     adjustments: tuple[str, ...]
@@ -108,36 +118,48 @@ class CueIndex:
                 background = block
         return cls(pos, neg, background, moves)
 
-    def best_positives(self, vector: FloatArray) -> dict[str, tuple[int, float]]:
-        """Every language cue's best positive example for one clause: one product per cue."""
-        return {cue_id: ex.best(vector) for cue_id, ex in self.positives.items()}
+    def positive_similarities(self, vector: FloatArray) -> dict[str, FloatArray]:
+        """The clause's similarity to every language cue's positives: one product per cue."""
+        return {cue_id: ex.similarities(vector) for cue_id, ex in self.positives.items()}
 
     def prepare(self, clause: ClauseSignals) -> ClauseSignals:
-        """The clause with its best positive per cue computed once, for scoring every cue."""
-        if clause.best is not None and clause.background is not None:
+        """The clause with its similarities computed once, for scoring every cue."""
+        if clause.sims is not None and clause.background is not None:
             return clause
         return replace(
             clause,
-            best=self.best_positives(clause.vector),
+            sims=self.positive_similarities(clause.vector),
             background=self.background.best(clause.vector)[1],
         )
 
     def score(self, cue_id: str, spec: CueSpec, clause: ClauseSignals) -> SemanticMatch:
-        """The clause's score for one cue: similarity, framing penalties and signal boosts."""
-        best = clause.best
-        if best is None or cue_id not in best:  # not prepared (or by another playbook's index)
-            best = self.best_positives(clause.vector)
-        i, sim = best[cue_id]
-        example = self.positives[cue_id].texts[i]
+        """The clause's score for one cue: similarity, framing penalties and signal boosts.
+
+        The example matched is the one with the best similarity after the negation penalty:
+        "I'm lost, what is a router login?" is nearer "I don't know what a modem is" in raw
+        similarity, but it means what "I'm lost, what does that mean?" means.
+        """
+        sims = clause.sims
+        if sims is None or cue_id not in sims:  # not prepared (or by another playbook's index)
+            sims = self.positive_similarities(clause.vector)
+        examples = self.positives[cue_id]
+        f, pen = clause.framing, spec.framing
+        own = sims[cue_id]
+        adjusted = own - pen.negated_mismatch_penalty * (examples.negated_mask != f.negated)
+        i = int(np.argmax(adjusted))
+        sim = float(own[i])
+        example = examples.texts[i]
         _, neg = self.negatives[cue_id].best(clause.vector)
         bg = clause.background
         if bg is None:
             _, bg = self.background.best(clause.vector)
         # Rival: the best similarity to another cue's positives.
-        rival = max((s for other, (_, s) in best.items() if other != cue_id), default=-1.0)
+        rival = max(
+            (float(v.max()) for other, v in sims.items() if other != cue_id and v.size),
+            default=-1.0,
+        )
         score, notes = sim, []
-        f, pen = clause.framing, spec.framing
-        if f.negated != self.positives[cue_id].negated[i] and pen.negated_mismatch_penalty:
+        if f.negated != examples.negated[i] and pen.negated_mismatch_penalty:
             score -= pen.negated_mismatch_penalty
             notes.append("negated" if f.negated else "affirmative vs negated example")
         if f.hypothetical and pen.hypothetical_penalty:
@@ -149,6 +171,7 @@ class CueIndex:
         if f.question and pen.question_penalty:
             score -= pen.question_penalty
             notes.append("a question")
+        semantic = score
         for label, weight in spec.emotion_boost.items():
             score += weight * float(clause.emotion.get(label, 0.0))
         return SemanticMatch(
@@ -157,6 +180,7 @@ class CueIndex:
             similarity=sim,
             negative=max(neg, bg),
             rival=rival,
+            semantic=semantic,
             example=example,
             clause=clause.text,
             adjustments=tuple(notes),

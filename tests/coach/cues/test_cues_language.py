@@ -99,3 +99,57 @@ def test_clauses_never_lose_words(text: str) -> None:
     parts = language.clauses(text)
     assert language.words(" ".join(parts)) == language.words(text) or not parts
     language.framing(text)  # never raises
+
+
+@pytest.mark.parametrize(
+    ("text", "negated"),
+    [
+        ("No, I want someone with real authority this time.", False),  # "No," answers the agent
+        ("No. I need it today.", False),
+        ("No problem at all.", True),
+        ("No, that is not right.", True),
+        ("I don't know what a modem is.", False),  # not knowing is the statement itself
+        ("I don't understand why there are two charges.", False),
+        ("I don't understand.", True),
+    ],
+)
+def test_negation_interjections_and_not_knowing(text: str, negated: bool) -> None:
+    assert language.is_negated(text) is negated
+
+
+def test_pieces_add_coordinated_statements_and_keep_the_whole() -> None:
+    text = "This is the third time I've rung and I still haven't heard anything."
+    assert language.pieces(text) == [
+        text,
+        "This is the third time I've rung",
+        "I still haven't heard anything.",
+    ]
+    # No new subject after "and": one statement, nothing added.
+    assert language.pieces("I want bread and butter.") == ["I want bread and butter."]
+
+
+def test_pieces_join_clipped_sentences() -> None:
+    assert "I'm sick. I'm tired of it." in language.pieces("I'm sick. I'm tired of it.")
+
+
+@pytest.mark.parametrize(
+    ("text", "thanks"),
+    [
+        ("Thank you, Rachel.", True),
+        ("Okay, thanks so much.", True),
+        ("Thanks. Honestly, lately I feel like nothing matters anymore.", False),
+        ("Fine.", False),
+        ("I guess that's fine.", False),
+    ],
+)
+def test_is_thanks(text: str, thanks: bool) -> None:
+    assert language.is_thanks(text) is thanks
+
+
+@given(st.text(max_size=300))
+def test_pieces_only_add_to_the_clauses(text: str) -> None:
+    out = language.pieces(text)
+    whole = language.clauses(text)
+    # Every clause is there, in order; pieces only add candidates between them.
+    positions = [out.index(c) for c in whole]
+    assert positions == sorted(positions)

@@ -171,3 +171,26 @@ async def test_old_history_is_not_a_repeat_contact(conversation: Conversation) -
     now = datetime.now(UTC)
     conversation.engine.set_history([PreviousCall("old-1", now - timedelta(days=40))])
     assert await conversation.cues("customer", "Hi, I'm calling about my internet.") == []
+
+
+async def test_a_flat_thank_you_after_a_fix_is_not_dejection(conversation: Conversation) -> None:
+    await conversation.say("customer", "The package never arrived and I needed it.")
+    await conversation.say("agent", "I've issued a refund to your card.")
+    found = await conversation.cues(
+        "customer", "Thank you.", arousal=0.12, voice_why=["pitch -1.8 SD", "loudness -1.5 SD"]
+    )
+    assert found == []
+
+
+async def test_they_said_quoting_the_company_is_still_the_callers_complaint(
+    conversation: Conversation,
+) -> None:
+    assert "frustration" in await conversation.cues(
+        "customer", "They promised it would be sorted by Friday and it still isn't working."
+    )
+
+
+async def test_someone_elses_anger_is_not_the_callers(conversation: Conversation) -> None:
+    assert "frustration" not in await conversation.cues(
+        "customer", "My neighbour said she was furious with her provider last winter."
+    )

@@ -1,4 +1,4 @@
-"""CueIndex scoring: a clause prepared once scores every cue exactly as before, but cheaper."""
+"""CueIndex scoring: a clause prepared once scores every cue exactly as unprepared, cheaper."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def test_prepared_clause_scores_every_cue_the_same(
     index = loaded.index
     for clause in _clauses(emotion_model):
         prepared = index.prepare(clause)
-        assert prepared.best is not None and prepared.background is not None
+        assert prepared.sims is not None and prepared.background is not None
         for cue_id in index.positives:
             spec = loaded.playbook.cues[cue_id]
             plain = index.score(cue_id, spec, clause)
@@ -53,17 +53,41 @@ def test_rival_similarities_are_computed_once_per_clause(
     index = loaded.index
     positive_sets = {id(ex) for ex in index.positives.values()}
     calls = {"n": 0}
-    original = ExampleSet.best
+    original_best, original_sims = ExampleSet.best, ExampleSet.similarities
 
-    def counting(self: ExampleSet, v):  # type: ignore[no-untyped-def]
+    def counting_best(self: ExampleSet, v):  # type: ignore[no-untyped-def]
         if id(self) in positive_sets:
             calls["n"] += 1
-        return original(self, v)
+        return original_best(self, v)
 
-    monkeypatch.setattr(ExampleSet, "best", counting)
+    def counting_sims(self: ExampleSet, v):  # type: ignore[no-untyped-def]
+        if id(self) in positive_sets:
+            calls["n"] += 1
+        return original_sims(self, v)
+
+    monkeypatch.setattr(ExampleSet, "best", counting_best)
+    monkeypatch.setattr(ExampleSet, "similarities", counting_sims)
     clause = index.prepare(_clauses(emotion_model)[0])
     n_cues = len(index.positives)
     assert calls["n"] == n_cues
     for cue_id in index.positives:
         index.score(cue_id, loaded.playbook.cues[cue_id], clause)
     assert calls["n"] == n_cues  # scoring every cue reuses the prepared products
+
+
+def test_the_matched_example_is_the_best_after_the_negation_penalty(
+    library: PlaybookLibrary, emotion_model: EmotionModel
+) -> None:
+    """An affirmative clause is matched to an affirmative example when one is nearly as close."""
+    loaded = library.current
+    index = loaded.index
+    text = "Hang on, I'm lost, what is a router login?"
+    s = emotion_model.score([text])[0]
+    assert s.embedding is not None
+    clause = index.prepare(ClauseSignals(text, s.embedding, s.scores, language.framing(text)))
+    spec = loaded.playbook.cues["confusion"]
+    m = index.score("confusion", spec, clause)
+    assert not language.is_negated(m.example)
+    assert "affirmative vs negated example" not in m.adjustments
+    raw = index.positives["confusion"].similarities(clause.vector)
+    assert m.similarity <= float(raw.max())
