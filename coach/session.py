@@ -23,7 +23,7 @@ from coach.cues.dynamics import Spoken, Timeline
 from coach.cues.engine import CueEngine, TextAnalysis
 from coach.events import Event
 from coach.logs import call_id_var
-from coach.messages import AudioChunk, EndOfStream, Speaker
+from coach.messages import AudioChunk, EndOfStream, Speaker, follows, join_chunks
 from coach.pipeline import PartyPipeline
 from coach.redaction import redact_event
 from coach.runtime import PRIORITY_FINAL, Runtime
@@ -57,6 +57,11 @@ class CallEnded(RuntimeError):
 DEFAULT_MAX_CALL_S = 4 * 3600.0
 
 RECENT_INTERVALS = 64
+MAX_JOINED_S = 0.25
+"""A party worker that fell behind takes the back-to-back chunks already queued, up to this
+much audio, as one pipeline step: one DSP executor hop and one resample/VAD call instead of
+one per 20 ms frame, which is what lets the event loop keep up with many calls. A worker
+that keeps up finds its queue empty and never waits to join, so this adds no latency."""
 """Utterances per party the timing cues look at (well over the two-minute talk-ratio window)."""
 
 HistoryLookup = Callable[[str], Awaitable[Sequence[Any]]]
@@ -416,8 +421,23 @@ class CallSession:
     async def _party_worker(self, speaker: Speaker) -> None:
         call_id_var.set(self.call_id)  # every log line of this call's tasks carries its id
         q, party = self._queues[speaker], self.parties[speaker]
+        held: AudioChunk | EndOfStream | None = None  # taken from the queue, not yet joinable
         while True:
-            item = await q.get()
+            item = held if held is not None else await q.get()
+            held, taken = None, 1
+            if isinstance(item, AudioChunk):
+                parts = [item]
+                joined_s = item.duration_s
+                while joined_s < MAX_JOINED_S and not q.empty():
+                    nxt = q.get_nowait()
+                    if isinstance(nxt, AudioChunk) and follows(parts[-1], nxt):
+                        parts.append(nxt)
+                        joined_s += nxt.duration_s
+                        taken += 1
+                    else:
+                        held = nxt  # its own step next time round (task_done then)
+                        break
+                item = join_chunks(parts)
             try:
                 if isinstance(item, EndOfStream):
                     await party.finish()
@@ -429,7 +449,8 @@ class CallSession:
                 log.exception("call %s %s: pipeline error, frame skipped", self.call_id, speaker)
                 metrics.DROPPED_FRAMES.labels(reason="pipeline_error").inc()
             finally:
-                q.task_done()
+                for _ in range(taken):
+                    q.task_done()
 
     async def _maybe_metrics(self) -> None:
         now = min(p.audio_s for p in self.parties.values())

@@ -124,6 +124,41 @@ def test_max_length_ends_and_finalizes_with_the_last_transcript(
     assert finals and finals[-1]["t_end"] <= 3.0 + 1e-6  # the open utterance was finalized
 
 
+def test_a_worker_that_fell_behind_joins_queued_frames(
+    runtime: Runtime, settings: Settings
+) -> None:
+    """Frames queued faster than the pipeline takes them go through in joined steps of at
+    most MAX_JOINED_S, a gap still starts a step of its own, and no sample is lost."""
+    from coach.session import MAX_JOINED_S
+
+    async def run() -> None:
+        manager = manager_for(runtime, settings)
+        session = await manager.open(call_id="behind", source="twilio", speakers=("customer",))
+        party = session.parties["customer"]
+        steps: list[AudioChunk] = []
+        real_push = party.push
+
+        async def noting_push(chunk: AudioChunk) -> None:
+            steps.append(chunk)
+            await real_push(chunk)
+
+        party.push = noting_push  # type: ignore[method-assign]
+        # 2 s of 20 ms frames queued without yielding (feed only awaits a full queue), then
+        # 1 s more after a 0.5 s hole in the sender's timestamps.
+        await feed_frames(session, {"customer": quiet(2 * RATE)})
+        await feed_frames(session, {"customer": quiet(RATE, seed=1)}, t0=2.5)
+        await manager.finish(session, "stop")
+        frames = 3 * RATE // FRAME
+        assert len(steps) < frames / 4
+        assert max(c.duration_s for c in steps) <= MAX_JOINED_S + FRAME / RATE
+        assert any(c.t0 == pytest.approx(2.5) for c in steps)  # the hole was not joined over
+        assert sum(c.duration_s for c in steps) == pytest.approx(3.0)
+        assert party.audio_s == pytest.approx(3.5, abs=0.02)  # the hole became silence
+        await manager.shutdown()
+
+    asyncio.run(run())
+
+
 def test_feeding_an_ended_call_raises_call_ended(runtime: Runtime, settings: Settings) -> None:
     async def run() -> None:
         manager = manager_for(runtime, settings)
