@@ -306,6 +306,7 @@ class PartyPipeline:
             return await self._rt.asr_scheduler.run(
                 AsrRequest(audio=utt.audio, words=True, beam_size=self._final_beam()),
                 priority=PRIORITY_FINAL[self.speaker],
+                batch_group="final",
             )
         except Shed:
             log.error("call %s %s: final transcript shed", self.call_id, self.speaker)
@@ -333,6 +334,7 @@ class PartyPipeline:
         fut = self._rt.asr_scheduler.submit(
             AsrRequest(audio=audio, words=True, beam_size=self._final_beam()),
             priority=PRIORITY_FINAL[self.speaker],
+            batch_group="final",
             coalesce_key=f"early:{self.call_id}:{self.speaker}:{self._utt_id}",
         )
         self._early = (*key, fut)
@@ -393,6 +395,7 @@ class PartyPipeline:
                     min_window_s=self._settings.asr_partial_min_window_s,
                 ),
                 priority=PRIORITY_PARTIAL[self.speaker],
+                batch_group="partial",
                 coalesce_key=None if self._inline else f"{self.call_id}:{self.speaker}",
                 max_wait_s=None if self._inline else self._settings.partial_max_wait_s,
             )

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 Device = Literal["cpu", "cuda", "auto"]
 FRAMES_PER_S = 100  # log-mel frames (10 ms hop)
+WINDOW_STEP_FRAMES = 250
+"""Encoder windows come in 2.5 s steps, so utterances of similar length share a window and
+can be encoded in one batch (a window depends only on its own utterance's length)."""
 
 
 class ModelNotFound(RuntimeError):
@@ -226,7 +229,8 @@ class WhisperAsr:
     def _window(self, content_frames: int, min_window_s: float | None = None) -> int:
         shortest = self.options.min_window_s if min_window_s is None else min_window_s
         min_frames = int(shortest * FRAMES_PER_S)
-        return min(3000, max(min_frames, math.ceil((content_frames + 50) / 100) * 100))
+        step = WINDOW_STEP_FRAMES
+        return min(3000, max(min_frames, math.ceil((content_frames + 50) / step) * step))
 
     def _token_budget(self, req: AsrRequest) -> int:
         """Most new tokens a decode of this request may produce: proportional to its audio."""

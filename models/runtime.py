@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class _Item(Generic[Req, Res]):
     expires_at: float | None = field(compare=False, default=None)
     dead: bool = field(compare=False, default=False)
     queued_at: float = field(compare=False, default=0.0)
+    batch_group: str | None = field(compare=False, default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,11 +162,17 @@ class InferenceScheduler(Generic[Req, Res]):
         priority: int = 0,
         coalesce_key: str | None = None,
         max_wait_s: float | None = None,
+        batch_group: str | None = None,
     ) -> Future[Res]:
-        """Queue a request; the future fails with `Shed` if it is dropped."""
+        """Queue a request; the future fails with `Shed` if it is dropped.
+
+        Requests share a batch when they have the same priority, or the same `batch_group`
+        (e.g. the finals of both parties, at two priorities, may run together).
+        """
         fut: Future[Res] = Future()
         expires = time.monotonic() + max_wait_s if max_wait_s is not None else None
         item = _Item(priority, next(self._seq), request, fut, coalesce_key, expires)
+        item.batch_group = batch_group
         item.queued_at = time.monotonic()
         with self._cond:
             if self._closed:
@@ -187,9 +194,14 @@ class InferenceScheduler(Generic[Req, Res]):
         priority: int = 0,
         coalesce_key: str | None = None,
         max_wait_s: float | None = None,
+        batch_group: str | None = None,
     ) -> Res:
         fut = self.submit(
-            request, priority=priority, coalesce_key=coalesce_key, max_wait_s=max_wait_s
+            request,
+            priority=priority,
+            coalesce_key=coalesce_key,
+            max_wait_s=max_wait_s,
+            batch_group=batch_group,
         )
         return await asyncio.wrap_future(fut)
 
@@ -228,9 +240,9 @@ class InferenceScheduler(Generic[Req, Res]):
         batch: list[_Item[Req, Res]] = []
         while self._heap and len(batch) < self._max_batch:
             head = self._heap[0]
-            if batch and not head.dead and head.priority != batch[0].priority:
-                # One priority per batch: results come back when the whole batch is done, so
-                # a final batched with partials would wait for their decodes too.
+            if batch and not head.dead and not _batchable(batch[0], head):
+                # Results come back when the whole batch is done, so a final batched with
+                # partials would wait for their decodes too.
                 break
             it = heapq.heappop(self._heap)
             if it.coalesce_key is not None and self._by_key.get(it.coalesce_key) is it:
@@ -291,6 +303,13 @@ class InferenceScheduler(Generic[Req, Res]):
                 self._on_batch(BatchStats(len(batch), elapsed, self.depth, wait))
             except Exception:  # a metrics hook must never take a model worker down
                 log.exception("on_batch callback of %s failed", self.name)
+
+
+def _batchable(first: _Item[Any, Any], other: _Item[Any, Any]) -> bool:
+    """May `other` join a batch that starts with `first`? Same priority, or same group."""
+    if first.batch_group is not None and other.batch_group == first.batch_group:
+        return True
+    return other.priority == first.priority
 
 
 # -- device selection --------------------------------------------------------------------------

@@ -247,6 +247,30 @@ def test_batch_takes_the_most_important_first_and_never_mixes_priorities(
     assert h.model.batches[1:] == [["final", "final-2"], ["agent-final"], ["p-a", "p-b"]]
 
 
+def test_a_batch_group_joins_priorities_but_never_finals_with_partials(
+    make: type[Harness],
+) -> None:
+    """Both parties' finals (priorities 0 and 1) may share a batch, as may both parties'
+    partials (2 and 3); a final still never waits for a partial's decode."""
+    h = make(max_batch=4)
+    h.hold()
+    futs = [
+        h.sched.submit("agent-partial", priority=3, batch_group="partial"),
+        h.sched.submit("customer-partial", priority=2, batch_group="partial"),
+        h.sched.submit("agent-final", priority=1, batch_group="final"),
+        h.sched.submit("customer-final", priority=0, batch_group="final"),
+        h.sched.submit("other", priority=1),  # no group: batches by priority only
+    ]
+    h.release()
+    for f in futs:
+        f.result(timeout=WAIT_S)
+    assert h.model.batches[1:] == [
+        ["customer-final", "agent-final"],
+        ["other"],
+        ["customer-partial", "agent-partial"],
+    ]
+
+
 def test_a_dead_head_does_not_split_a_batch(make: type[Harness]) -> None:
     h = make(max_batch=3)
     h.hold()
