@@ -29,7 +29,9 @@ async def stream(args: argparse.Namespace) -> int:
         print("error: mono or stereo WAV only", file=sys.stderr)
         return 2
     call_id = args.call_id or f"{args.wav.stem}-{uuid.uuid4().hex[:6]}"
-    auth = f"token={args.token}" if args.token else f"api_key={args.api_key}" if args.api_key else ""
+    auth = (
+        f"token={args.token}" if args.token else f"api_key={args.api_key}" if args.api_key else ""
+    )
     base = args.server.rstrip("/")
     header = {"call_id": call_id, "sample_rate": rate, "encoding": "pcm16", "channels": channels}
     if args.agent_id:

@@ -141,3 +141,20 @@ def test_variants_and_baseline_are_parsed() -> None:
         bl.parse_variant("nokeys")
     with pytest.raises(ValueError):
         bl.parse_variant("x:PATH=/tmp")  # only COACH_* settings
+
+
+@pytest.mark.parametrize(
+    ("errors", "final_p95", "cue_p95", "passed"),
+    [
+        ([], 0.8, 0.9, True),
+        ([], 0.8, None, True),  # no cue in the load: judged on finals
+        ([], 0.8, 1.2, False),  # cues too late fail the load even with fast finals
+        ([], 1.0, 0.5, False),  # the limit itself is not under it
+        ([], None, None, False),  # nothing transcribed
+        (["c1: closed early"], 0.5, 0.5, False),
+    ],
+)
+def test_a_load_passes_on_final_and_cue_latency(
+    errors: list[str], final_p95: float | None, cue_p95: float | None, passed: bool
+) -> None:
+    assert bl.load_passed(errors, final_p95, cue_p95, 1.0) is passed
