@@ -41,6 +41,27 @@ _HYPOTHETICAL = re.compile(
     r"|\bif\b.*\b(would|'d|might)\b",
     re.IGNORECASE,
 )
+# "If this isn't fixed today, I'm leaving" is an ultimatum, not a hypothetical: a condition
+# followed by a firm commitment, without the hedges of a real hypothetical ("if the price
+# ever went up I might look elsewhere").
+_CONDITION = re.compile(r"^(\w+,?\s+)?(if|unless)\b", re.IGNORECASE)
+_FIRM = re.compile(
+    r"\b(i'm|i am|we're|we are)\s+(leaving|off|gone|going|done|cancell?ing|switching|finished|"
+    r"out|taking|moving|closing)\b|\b(i'll|i will|we'll|we will)\s+(leave|cancel|switch|go|"
+    r"take|move|close|be gone|be off|be leaving|find)\b",
+    re.IGNORECASE,
+)
+_HEDGE = re.compile(r"\b(would|might|could|may|\w+'d|ever|perhaps|maybe|probably)\b", re.IGNORECASE)
+
+
+def _ultimatum(text: str) -> str | None:
+    """The commitment of an ultimatum ("I'm off" in "if you can't match it, I'm off")."""
+    firm = _FIRM.search(text)
+    if firm is None or not _CONDITION.search(text) or _HEDGE.search(text):
+        return None
+    return text[firm.start() :]
+
+
 # Reported speech: someone else's words, feelings or actions, which are not the caller's own
 # state ("my neighbour said she was furious", "my sister cancelled her plan"). It needs a
 # clear third party. A bare "they said" / "he said" / "they told me" is how callers quote the
@@ -129,9 +150,11 @@ def framing(text: str) -> Framing:
         reported = not bool(
             re.search(r"\b(i (agree|think|want|will|am|'m)|and i|so i|i'll)\b", t, re.I)
         )
+    ultimatum = _ultimatum(t)
     return Framing(
-        negated=is_negated(t),
-        hypothetical=bool(_HYPOTHETICAL.search(t)),
+        # The condition's negation ("if you can't fix it") does not negate the threat.
+        negated=is_negated(ultimatum if ultimatum is not None else t),
+        hypothetical=ultimatum is None and bool(_HYPOTHETICAL.search(t)),
         reported=reported,
         question=bool(_QUESTION.search(t)),
     )

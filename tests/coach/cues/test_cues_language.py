@@ -153,3 +153,20 @@ def test_pieces_only_add_to_the_clauses(text: str) -> None:
     # Every clause is there, in order; pieces only add candidates between them.
     positions = [out.index(c) for c in whole]
     assert positions == sorted(positions)
+
+
+@pytest.mark.parametrize(
+    ("text", "hypothetical", "negated"),
+    [
+        # Ultimatums: a condition, then a firm commitment. A threat, not a hypothetical.
+        ("If this isn't fixed today I'm leaving.", False, False),
+        ("If you can't match their price I'm off.", False, False),
+        ("Unless you fix it by Friday, I'll cancel.", False, False),
+        # Real hypotheticals keep their hedge.
+        ("If the price ever went up a lot I might look elsewhere.", True, False),
+        ("What if the router breaks again?", True, False),
+    ],
+)
+def test_ultimatum_is_not_a_hypothetical(text: str, hypothetical: bool, negated: bool) -> None:
+    f = language.framing(text)
+    assert (f.hypothetical, f.negated) == (hypothetical, negated)
