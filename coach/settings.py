@@ -37,7 +37,9 @@ class Settings(BaseSettings):
         1,
         description="Smallest final beam when the ASR queue is loaded (= beam size: fixed).",
     )
-    asr_max_batch: int = Field(4, description="Utterances decoded together in one batch.")
+    asr_max_batch: int = Field(
+        4, description="Utterances decoded together in one batch (16 on cuda unless set)."
+    )
     asr_min_window_s: float = Field(10.0, description="Shortest Whisper encoder window.")
     asr_partial_min_window_s: float = Field(
         5.0, description="Shortest encoder window for partial hypotheses (cheaper, rougher)."

@@ -660,6 +660,19 @@ def test_settings_decide_whether_the_compute_type_was_set(monkeypatch: pytest.Mo
     assert device_plan(Settings(device="cpu")).asr_compute_type == "int8_float16"
 
 
+def test_asr_batches_are_larger_on_cuda_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from coach.runtime import GPU_ASR_MAX_BATCH, asr_max_batch
+    from coach.settings import Settings
+
+    cpu = runtime.DevicePlan("cpu", "int8", ("CPUExecutionProvider",))
+    cuda = runtime.DevicePlan("cuda", "float16", ("CUDAExecutionProvider",))
+    assert asr_max_batch(Settings(), cpu) == Settings().asr_max_batch
+    assert asr_max_batch(Settings(), cuda) == GPU_ASR_MAX_BATCH
+    monkeypatch.setenv("COACH_ASR_MAX_BATCH", "8")
+    assert asr_max_batch(Settings(), cuda) == 8  # an operator's choice wins
+    assert asr_max_batch(Settings(), cpu) == 8
+
+
 @pytest.mark.skipif(runtime.cuda_device_count() > 0, reason="this machine has a GPU")
 def test_runtime_load_on_cuda_without_a_gpu_fails_before_loading_models(tmp_path: Any) -> None:
     from coach.runtime import Runtime
