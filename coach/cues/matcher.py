@@ -58,8 +58,8 @@ class ClauseSignals:
     sims: Mapping[str, FloatArray] | None = None
     """Per language cue, the similarity of this clause to each of its positive examples, filled
     once per clause by `CueIndex.prepare` so scoring each cue does not redo the products."""
-    background: float | None = None
-    """Best similarity to the shared background phrases (also filled by `prepare`)."""
+    background: FloatArray | None = None
+    """Similarity to each shared background phrase (also filled by `prepare`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +129,7 @@ class CueIndex:
         return replace(
             clause,
             sims=self.positive_similarities(clause.vector),
-            background=self.background.best(clause.vector)[1],
+            background=self.background.similarities(clause.vector),
         )
 
     def score(self, cue_id: str, spec: CueSpec, clause: ClauseSignals) -> SemanticMatch:
@@ -149,10 +149,22 @@ class CueIndex:
         i = int(np.argmax(adjusted))
         sim = float(own[i])
         example = examples.texts[i]
-        _, neg = self.negatives[cue_id].best(clause.vector)
-        bg = clause.background
-        if bg is None:
-            _, bg = self.background.best(clause.vector)
+        # Ordinary talk and near misses are compared like for like: "Okay, that's clear" is
+        # not what "I'm not clear on it" says, so it is penalised as a positive would be.
+        bg_sims = clause.background
+        if bg_sims is None:
+            bg_sims = self.background.similarities(clause.vector)
+        negative = max(
+            _best_adjusted(
+                self.negatives[cue_id].similarities(clause.vector),
+                self.negatives[cue_id].negated_mask,
+                f.negated,
+                pen.negated_mismatch_penalty,
+            ),
+            _best_adjusted(
+                bg_sims, self.background.negated_mask, f.negated, pen.negated_mismatch_penalty
+            ),
+        )
         # Rival: the best similarity to another cue's positives.
         rival = max(
             (float(v.max()) for other, v in sims.items() if other != cue_id and v.size),
@@ -178,7 +190,7 @@ class CueIndex:
             cue=cue_id,
             score=score,
             similarity=sim,
-            negative=max(neg, bg),
+            negative=negative,
             rival=rival,
             semantic=semantic,
             example=example,
@@ -194,3 +206,12 @@ class CueIndex:
             if sim >= threshold:
                 found.append((move, sim))
         return sorted(found, key=lambda m: -m[1])
+
+
+def _best_adjusted(
+    sims: FloatArray, negated: npt.NDArray[np.bool_], clause_negated: bool, penalty: float
+) -> float:
+    """The best similarity after penalising examples whose negation differs from the clause."""
+    if not sims.size:
+        return -1.0
+    return float((sims - penalty * (negated != clause_negated)).max())
