@@ -194,3 +194,20 @@ async def test_someone_elses_anger_is_not_the_callers(conversation: Conversation
     assert "frustration" not in await conversation.cues(
         "customer", "My neighbour said she was furious with her provider last winter."
     )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Honestly, some days I wonder whether anyone would notice if I wasn't here.",
+        "My dad's just collapsed in the garden and he isn't breathing properly.",
+        "There's a strong smell of gas in the flat and the baby is asleep upstairs.",
+        "I'm scared to go home, my partner said he'd hurt me if I called anyone.",
+    ],
+)
+async def test_crisis_raises_a_critical_escalation(conversation: Conversation, text: str) -> None:
+    events = await conversation.say("customer", text)
+    assert "crisis" in [e["cue"] for e in events if e["type"] == "cue"]
+    esc = [e for e in events if e["type"] == "escalation"]
+    assert [(e["reason"], e["urgency"]) for e in esc][:1] == [("crisis_indicators", "critical")]
+    assert esc[0]["summary"]["text"]
