@@ -5,9 +5,12 @@ close to "I'm really upset", "if the price ever went up I'd leave" close to "I'm
 and "my neighbour told me she cancelled" close to "I'm cancelling". The matcher therefore
 scores each clause separately (a long turn mixes topics) and compares the framing of the
 clause with the framing of the example it matched: a negated clause that matches an
-affirmative example is a different statement. These are pure functions over text so they
-are cheap, deterministic and easy to test; they only need to be right about the framing,
-the meaning comes from the embeddings.
+affirmative example is a different statement. A clause that joins several statements with
+"and"/"so" is also scored as each statement (`pieces`), since ASR often runs sentences
+together and one statement's negation must not hide another's meaning; an ultimatum ("if
+it isn't fixed today, I'm leaving") is a threat, not a hypothetical. These are pure
+functions over text so they are cheap, deterministic and easy to test; they only need to be
+right about the framing, the meaning comes from the embeddings.
 """
 
 from __future__ import annotations
