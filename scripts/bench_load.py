@@ -743,65 +743,49 @@ def load_passed(
     return cue_p95 is None or cue_p95 < target_s
 
 
-def svg_plot(rows: Sequence[dict[str, Any]], target_s: float) -> str:
-    """Final-transcript latency (p50 dashed, p95 solid) against N, one colour per config.
+def plot_latency(rows: Sequence[dict[str, Any]], target_s: float, path: Path) -> None:
+    """PNG of latency against concurrent calls, one colour per configuration: final transcript
+    p95 (solid) and p50 (dashed), cue p95 (dotted), and the target line."""
+    import matplotlib
 
-    Plain SVG, so the plot needs no plotting library (matplotlib is not a dependency).
-    """
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
-    configs = sorted({r["config"] for r in rows})
-    pts = [
-        (r["config"], r["n"], r["final_latency_wall_s"]["p50"], r["final_latency_wall_s"]["p95"])
-        for r in rows
-        if r["final_latency_wall_s"]["p95"] is not None
-    ]
-    w, h, left, right, top, bottom = 640, 400, 60, 20, 30, 50
-    max_n = max((int(p[1]) for p in pts), default=1)
-    max_y = max([target_s * 1.5, *(float(p[3]) for p in pts)])
+    matplotlib.use("Agg")  # no display: write the file only
+    import matplotlib.pyplot as plt
 
-    def x(n: float) -> float:
-        return left + (w - left - right) * (n / max_n if max_n else 0)
-
-    def y(v: float) -> float:
-        return h - bottom - (h - top - bottom) * v / max_y
-
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
-        'font-family="sans-serif" font-size="12">',
-        f'<rect width="{w}" height="{h}" fill="white"/>',
-        f'<line x1="{left}" y1="{y(0)}" x2="{w - right}" y2="{y(0)}" stroke="black"/>',
-        f'<line x1="{left}" y1="{y(0)}" x2="{left}" y2="{top}" stroke="black"/>',
-        f'<line x1="{left}" y1="{y(target_s):.1f}" x2="{w - right}" y2="{y(target_s):.1f}" '
-        'stroke="grey" stroke-dasharray="2,3"/>',
-        f'<text x="{w - right - 4}" y="{y(target_s) - 4:.1f}" text-anchor="end" fill="grey">'
-        f"target p95 {target_s:g} s</text>",
-        f'<text x="{(w + left) / 2}" y="{h - 10}" text-anchor="middle">concurrent stereo calls'
-        " (N)</text>",
-        f'<text x="15" y="{(h - bottom + top) / 2}" text-anchor="middle" '
-        f'transform="rotate(-90 15 {(h - bottom + top) / 2})">end of speech to final (s)</text>',
-    ]
-    for n in sorted({p[1] for p in pts}):
-        out.append(f'<text x="{x(n):.1f}" y="{y(0) + 16}" text-anchor="middle">{n}</text>')
-    steps = 5
-    for i in range(steps + 1):
-        v = max_y * i / steps
-        out.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.1f}</text>')
-    for k, config in enumerate(configs):
-        colour = colours[k % len(colours)]
-        mine = sorted((p for p in pts if p[0] == config), key=lambda p: p[1])
-        for idx, dash in ((3, ""), (2, ' stroke-dasharray="5,4"')):
-            line = " ".join(f"{x(p[1]):.1f},{y(p[idx]):.1f}" for p in mine)
-            out.append(
-                f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>'
-            )
-        for p in mine:
-            out.append(f'<circle cx="{x(p[1]):.1f}" cy="{y(p[3]):.1f}" r="3" fill="{colour}"/>')
-        out.append(
-            f'<text x="{left + 10}" y="{top + 14 * (k + 1)}" fill="{colour}">{config}: p95 solid,'
-            " p50 dashed</text>"
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for config in sorted({r["config"] for r in rows}):
+        mine = sorted(
+            (r for r in rows if r["config"] == config and r["final_latency_wall_s"]["p95"]),
+            key=lambda r: r["n"],
         )
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+        ns = [r["n"] for r in mine]
+        (line,) = ax.plot(
+            ns, [r["final_latency_wall_s"]["p95"] for r in mine], "o-", label=f"{config} final p95"
+        )
+        colour = line.get_color()
+        ax.plot(
+            ns,
+            [r["final_latency_wall_s"]["p50"] for r in mine],
+            "--",
+            color=colour,
+            label=f"{config} final p50",
+        )
+        cue = [
+            (r["n"], r["cue_latency_wall_s"]["p95"]) for r in mine if r["cue_latency_wall_s"]["p95"]
+        ]
+        if cue:
+            ax.plot(*zip(*cue, strict=True), ":", color=colour, label=f"{config} cue p95")
+    ax.axhline(target_s, color="grey", linewidth=1, linestyle=(0, (2, 3)))
+    ax.text(
+        ax.get_xlim()[1], target_s, f"target {target_s:g} s ", ha="right", va="bottom", color="grey"
+    )
+    ax.set_xlabel("concurrent stereo calls (N)")
+    ax.set_ylabel("latency on the panel (s)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def load_average() -> list[float] | None:
@@ -859,7 +843,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--token", default=None, help="with --url: a token for the event streams")
     p.add_argument("--api-key", default=None, help="with --url: the ingest API key")
     p.add_argument("--json", type=Path, default=Path("bench-out/bench_load.json"))
-    p.add_argument("--plot", type=Path, default=None, help="write latency vs N as SVG here")
+    p.add_argument("--plot", type=Path, default=None, help="write latency vs N as PNG here")
+    p.add_argument(
+        "--replot", type=Path, default=None, help="only redraw --plot from this earlier --json"
+    )
     p.add_argument("--settle", type=float, default=3.0, help="s of quiet between loads")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -971,6 +958,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.replot is not None:
+        if args.plot is None:
+            print("error: --replot needs --plot", file=sys.stderr)
+            return 2
+        earlier = json.loads(args.replot.read_text())
+        plot_latency(earlier["runs"], earlier.get("target_p95_s", args.target), args.plot)
+        print(f"plot: {args.plot}")
+        return 0
     from scripts.make_test_calls import BUILTIN_CALLS
 
     names = list(BUILTIN_CALLS) if args.calls == "all" else args.calls.split(",")
@@ -993,7 +988,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"JSON: {args.json}")
     if args.plot is not None:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
-        args.plot.write_text(svg_plot(report["runs"], args.target))
+        plot_latency(report["runs"], args.target, args.plot)
         print(f"plot: {args.plot}")
     return 0
 

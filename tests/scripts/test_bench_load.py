@@ -158,3 +158,19 @@ def test_a_load_passes_on_final_and_cue_latency(
     errors: list[str], final_p95: float | None, cue_p95: float | None, passed: bool
 ) -> None:
     assert bl.load_passed(errors, final_p95, cue_p95, 1.0) is passed
+
+
+def test_latency_plot_is_a_png(tmp_path: Any) -> None:
+    def row(config: str, n: int, p95: float | None) -> dict[str, Any]:
+        return {
+            "config": config,
+            "n": n,
+            "final_latency_wall_s": {"p50": None if p95 is None else p95 / 2, "p95": p95},
+            "cue_latency_wall_s": {"p95": None if p95 is None else p95 * 0.8},
+        }
+
+    rows = [row("tuned", 1, 0.6), row("tuned", 2, 0.8), row("baseline", 1, 0.7)]
+    rows.append(row("baseline", 2, None))  # a load without any transcript is left out
+    out = tmp_path / "latency.png"
+    bl.plot_latency(rows, 1.0, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
