@@ -265,7 +265,9 @@ def test_a_streamed_call_lands_in_the_store_redacted(client: TestClient, billing
 
     pcm, rate = stereo_pcm(billing_call[0], seconds=12)
     with client.websocket_connect("/ingest/pcm") as ws:
-        ws.send_text(json.dumps({**HEADER, "call_id": "stored", "sample_rate": rate, "agent_id": "ann"}))
+        ws.send_text(
+            json.dumps({**HEADER, "call_id": "stored", "sample_rate": rate, "agent_id": "ann"})
+        )
         ws.receive_text()
         for i in range(0, len(pcm), 3200):
             ws.send_bytes(pcm[i : i + 3200])

@@ -216,7 +216,9 @@ def test_cli_writes_contract_jsonl(
             assert {"valence", "label", "scores"} <= ev["sentiment"].keys()
             assert -1.0 <= ev["sentiment"]["valence"] <= 1.0
             if ev["speaker"] == "customer":
-                assert {"valence", "arousal", "emotion", "confidence", "trend"} <= ev["state"].keys()
+                assert {"valence", "arousal", "emotion", "confidence", "trend"} <= ev[
+                    "state"
+                ].keys()
     arc = lines[-1]["summary"]["arc"]
     customer = [ev for ev in lines if ev["type"] == "transcript" and ev["speaker"] == "customer"]
     assert len(arc) == len(customer) and all(-1 <= v <= 1 for _, v in arc)
