@@ -57,12 +57,12 @@ class CallEnded(RuntimeError):
 DEFAULT_MAX_CALL_S = 4 * 3600.0
 
 RECENT_INTERVALS = 64
+"""Utterances per party the timing cues look at (well over the two-minute talk-ratio window)."""
 MAX_JOINED_S = 0.25
 """A party worker that fell behind takes the back-to-back chunks already queued, up to this
 much audio, as one pipeline step: one DSP executor hop and one resample/VAD call instead of
 one per 20 ms frame, which is what lets the event loop keep up with many calls. A worker
 that keeps up finds its queue empty and never waits to join, so this adds no latency."""
-"""Utterances per party the timing cues look at (well over the two-minute talk-ratio window)."""
 
 HistoryLookup = Callable[[str], Awaitable[Sequence[Any]]]
 """customer_id -> that customer's previous calls, newest first (coach.store CustomerCall)."""
