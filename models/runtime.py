@@ -4,8 +4,8 @@ Why not `run_in_executor` per request: with many calls the model would see reque
 arrival order, a partial hypothesis could delay a final one, and nothing could be dropped.
 Here finals overtake partials (lower priority number first), a newer partial for the same
 stream replaces a queued older one (coalescing), stale partials are shed, and a worker takes
-up to `max_batch` requests of the same priority at once so the model can batch them (never
-a final with partials: a batch's results arrive together, so the final would wait for them).
+up to `max_batch` requests of the same priority or batch group at once so the model can batch
+them (never a final with partials: a batch's results arrive together, so the final would wait).
 
 The scheduler also reports how loaded it is (`load()`: queue depth and how long requests
 have recently waited), so callers can spend less on optional work (partial hypotheses, see
