@@ -557,19 +557,27 @@ def test_a_cap_at_the_base_is_a_fixed_cadence() -> None:
         assert runtime.backoff_interval(0.5, 0.1, load) == 0.5
 
 
+def pipeline_under_load(settings: Any) -> tuple[Any, dict[str, runtime.SchedulerLoad]]:
+    """A live PartyPipeline with only what its load-adaptive choices read (settings and the
+    ASR scheduler's load signal), and the signal to set: a fake load, the real decisions."""
+    from coach.pipeline import PartyPipeline
+
+    signal = {"load": runtime.IDLE}
+    sched = SimpleNamespace(load=lambda now=None: signal["load"])
+    pipe = PartyPipeline.__new__(PartyPipeline)
+    pipe._rt = SimpleNamespace(asr_scheduler=sched)  # type: ignore[assignment]
+    pipe._settings = settings
+    pipe._inline = False
+    return pipe, signal
+
+
 def test_partials_slow_down_when_the_asr_scheduler_is_loaded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The pipeline's cadence follows the scheduler's load signal (a fake one here)."""
-    from coach.pipeline import PartyPipeline
     from coach.settings import Settings
 
-    signal = {"load": runtime.IDLE}
-    sched = SimpleNamespace(load=lambda now=None: signal["load"])
-    pipe = PartyPipeline.__new__(PartyPipeline)  # only what _partial_interval reads
-    pipe._rt = SimpleNamespace(asr_scheduler=sched)  # type: ignore[assignment]
-    pipe._settings = Settings(partial_interval_s=0.5, partial_max_interval_s=2.0)
-    pipe._inline = False
+    pipe, signal = pipeline_under_load(Settings(partial_interval_s=0.5, partial_max_interval_s=2.0))
     assert pipe._partial_interval() == 0.5
     signal["load"] = runtime.SchedulerLoad(depth=1, wait_s=0.05)
     assert pipe._partial_interval() == pytest.approx(1.25)
@@ -599,15 +607,9 @@ def test_final_beam_narrows_with_load_down_to_the_floor(
 
 
 def test_final_beam_follows_the_asr_scheduler_load() -> None:
-    from coach.pipeline import PartyPipeline
     from coach.settings import Settings
 
-    signal = {"load": runtime.IDLE}
-    sched = SimpleNamespace(load=lambda now=None: signal["load"])
-    pipe = PartyPipeline.__new__(PartyPipeline)  # only what _final_beam reads
-    pipe._rt = SimpleNamespace(asr_scheduler=sched)  # type: ignore[assignment]
-    pipe._settings = Settings(asr_beam_size=5, asr_min_beam_size=2)
-    pipe._inline = False
+    pipe, signal = pipeline_under_load(Settings(asr_beam_size=5, asr_min_beam_size=2))
     assert pipe._final_beam() == 5
     signal["load"] = runtime.SchedulerLoad(depth=6, wait_s=0.5)
     assert pipe._final_beam() == 2
