@@ -124,6 +124,11 @@ class Settings(BaseSettings):
     store_buffer_events: int = Field(10_000, description="Events held in memory before spooling.")
     store_spool_max_mb: int = Field(256, description="Disk cap of the outage spool, in MiB.")
 
+    malloc_trim_interval_s: float = Field(
+        60.0,
+        description="Return freed heap memory to the OS this often (glibc malloc_trim); 0 = off.",
+    )
+
     auth_disabled: bool = Field(False, description="Turn off all auth (local development only).")
     auth_secret: str | None = Field(None, description="HMAC key for tokens; generated if unset.")
     ingest_api_key: str | None = Field(None, description="API key telephony ingest must present.")

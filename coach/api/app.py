@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from coach import __version__
+from coach import __version__, memory
 from coach.api import accounts, demo, playbook, supervisor
 from coach.api.security import (
     ingest_authorized,
@@ -130,7 +130,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             app.state.store = store.store
             state.history_store = store.store
             state.wire_history()
+        trimmer = asyncio.create_task(memory.trim_periodically(settings.malloc_trim_interval_s))
         yield
+        trimmer.cancel()
         if loader is not None and not loader.done():
             loader.cancel()
         if state.playbook_watch is not None:
