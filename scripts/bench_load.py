@@ -31,8 +31,9 @@ What it does, per configuration and per N:
      queueing delay (coach_model_batch_size, coach_model_queue_wait_seconds);
    - server CPU % (of one core, /proc/PID/stat, while all N calls overlap) and RSS (idle
      before, peak during, peak growth per call), and the client's own CPU.
-   A load passes when final and cue p95 are both < `--target` (1.0 s) and every call
-   completed.
+   A load passes when every call completed, no frame was dropped and the cue p95 is under
+   `--target` (1.0 s), the throughput issue's measure; `--criterion both` also holds the
+   final transcripts to it (each row records `passed_both` either way).
 5. `--search` doubles N from 1 until a load fails, then bisects, for each configuration,
    and reports the largest passing N. Writes JSON (`--json`) with every transcript's latency.
 
@@ -61,7 +62,7 @@ import urllib.request
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -74,6 +75,7 @@ log = logging.getLogger("bench_load")
 FRAME_MS = 20
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law, what Twilio sends per media message
 TARGET_P95_S = 1.0
+Criterion = Literal["cue", "both"]  # what a load must keep under the target at p95
 DEFAULT_STAGGER_S = 2.0
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 PAGE_KIB = 1024
@@ -578,6 +580,7 @@ async def run_load(
     stagger_s: float,
     target_p95_s: float,
     tag: str,
+    criterion: Criterion = "cue",
 ) -> dict[str, Any]:
     """N calls against one server; returns the row of the report."""
     sampler = Sampler(target.pid)
@@ -629,6 +632,7 @@ async def run_load(
     batch_reqs = metric_delta(before, after, "coach_model_batch_size_sum", model="asr")
     wait_sum = metric_delta(before, after, "coach_model_queue_wait_seconds_sum", model="asr")
     audio_s = sum(r.call.duration_s for r in runs)
+    dropped = int(metric_delta(before, after, "coach_dropped_frames_total"))
     row = {
         "config": target.name,
         "n": n,
@@ -640,7 +644,7 @@ async def run_load(
         "partials": partials,
         "utterances_with_partials": utts_with_partials,
         "partial_cadence_s": dist(cadence),
-        "dropped_frames": int(metric_delta(before, after, "coach_dropped_frames_total")),
+        "dropped_frames": dropped,
         "dropped_frames_queue_full": int(
             metric_delta(before, after, "coach_dropped_frames_total", reason="queue_full")
         ),
@@ -668,7 +672,12 @@ async def run_load(
         "audio_s": round(audio_s, 1),
         "wall_s": round(wall_s, 1),
         "errors": errors,
-        "passed": load_passed(errors, p95, cue_p95, target_p95_s),
+        "passed": load_passed(
+            errors, p95, cue_p95, target_p95_s, dropped_frames=dropped, criterion=criterion
+        ),
+        "passed_both": load_passed(
+            errors, p95, cue_p95, target_p95_s, dropped_frames=dropped, criterion="both"
+        ),
         "records": records,
     }
     return row
@@ -734,13 +743,24 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
 
 
 def load_passed(
-    errors: Sequence[str], final_p95: float | None, cue_p95: float | None, target_s: float
+    errors: Sequence[str],
+    final_p95: float | None,
+    cue_p95: float | None,
+    target_s: float,
+    *,
+    dropped_frames: int = 0,
+    criterion: Criterion = "cue",
 ) -> bool:
-    """A load passes when every call completed and both the final transcripts and the cues
-    reached the panel within `target_s` at p95 (a load without any cue is judged on finals)."""
-    if errors or final_p95 is None or final_p95 >= target_s:
+    """Did a load keep up? Every call completed, no audio frame was dropped, something was
+    transcribed, and the cues reached the panel within `target_s` at p95 (the throughput
+    issue's measure); with `criterion="both"` the final transcripts must too. A load without
+    any cue is judged on its finals."""
+    if errors or dropped_frames or final_p95 is None:
         return False
-    return cue_p95 is None or cue_p95 < target_s
+    final_ok = final_p95 < target_s
+    if cue_p95 is None:
+        return final_ok
+    return cue_p95 < target_s and (final_ok or criterion == "cue")
 
 
 def plot_latency(rows: Sequence[dict[str, Any]], target_s: float, path: Path) -> None:
@@ -806,6 +826,7 @@ def environment(args: argparse.Namespace, targets: Sequence[Target]) -> dict[str
         "stagger_s": args.stagger,
         "seconds_per_call": args.seconds,
         "target_p95_s": args.target,
+        "criterion": args.criterion,
         "configs": {t.name: t.overrides for t in targets},
     }
 
@@ -834,7 +855,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="NAME:K=V,K=V",
         help="another configuration to compare, e.g. w2:COACH_ASR_WORKERS=2,COACH_ASR_THREADS=1",
     )
-    p.add_argument("--target", type=float, default=TARGET_P95_S, help="final and cue p95 limit (s)")
+    p.add_argument("--target", type=float, default=TARGET_P95_S, help="p95 latency limit (s)")
+    p.add_argument(
+        "--criterion",
+        choices=("cue", "both"),
+        default="cue",
+        help="what must stay under --target at p95: cues (the issue's measure) or finals too",
+    )
     p.add_argument("--stagger", type=float, default=DEFAULT_STAGGER_S, help="s between starts")
     p.add_argument("--seconds", type=float, default=None, help="use only this much of each call")
     p.add_argument("--calls", default="all", help="built-in calls to cycle through, or 'all'")
@@ -916,12 +943,14 @@ async def bench(args: argparse.Namespace, calls: list[CallAudio], workdir: Path)
                 stagger_s=args.stagger,
                 target_p95_s=args.target,
                 tag=f"{target.name}-{int(time.time())}",
+                criterion=args.criterion,
             )
             row["load_average_after"] = load_average()
             rows.append(row)
             fl = row["final_latency_wall_s"]
             print(
                 f"[{target.name}] N={n}: final p50 {_f(fl['p50'])} p95 {_f(fl['p95'])} s, "
+                f"cue p95 {_f(row['cue_latency_wall_s']['p95'])} s, "
                 f"CPU {_f(row['server_cpu_pct_overlap'], '{:.0f}')}%, "
                 f"batch {_f(row['asr_mean_batch'], '{:.2f}')}, "
                 f"{'pass' if row['passed'] else 'FAIL'}",

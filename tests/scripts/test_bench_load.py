@@ -144,20 +144,34 @@ def test_variants_and_baseline_are_parsed() -> None:
 
 
 @pytest.mark.parametrize(
-    ("errors", "final_p95", "cue_p95", "passed"),
+    ("errors", "final_p95", "cue_p95", "dropped", "passed_cue", "passed_both"),
     [
-        ([], 0.8, 0.9, True),
-        ([], 0.8, None, True),  # no cue in the load: judged on finals
-        ([], 0.8, 1.2, False),  # cues too late fail the load even with fast finals
-        ([], 1.0, 0.5, False),  # the limit itself is not under it
-        ([], None, None, False),  # nothing transcribed
-        (["c1: closed early"], 0.5, 0.5, False),
+        ([], 0.8, 0.9, 0, True, True),
+        ([], 0.8, None, 0, True, True),  # no cue in the load: judged on finals
+        ([], 1.2, None, 0, False, False),
+        ([], 0.8, 1.2, 0, False, False),  # cues too late fail the load even with fast finals
+        ([], 1.2, 0.9, 0, True, False),  # slow finals fail only the stricter criterion
+        ([], 1.0, 0.5, 0, True, False),  # the limit itself is not under it
+        ([], 0.8, 0.5, 3, False, False),  # lost audio fails any load
+        ([], None, None, 0, False, False),  # nothing transcribed
+        (["c1: closed early"], 0.5, 0.5, 0, False, False),
     ],
 )
-def test_a_load_passes_on_final_and_cue_latency(
-    errors: list[str], final_p95: float | None, cue_p95: float | None, passed: bool
+def test_a_load_passes_on_cue_latency_or_on_both(
+    errors: list[str],
+    final_p95: float | None,
+    cue_p95: float | None,
+    dropped: int,
+    passed_cue: bool,
+    passed_both: bool,
 ) -> None:
-    assert bl.load_passed(errors, final_p95, cue_p95, 1.0) is passed
+    def judged(criterion: bl.Criterion) -> bool:
+        return bl.load_passed(
+            errors, final_p95, cue_p95, 1.0, dropped_frames=dropped, criterion=criterion
+        )
+
+    assert judged("cue") is passed_cue
+    assert judged("both") is passed_both
 
 
 def test_latency_plot_is_a_png(tmp_path: Any) -> None:
