@@ -1,19 +1,26 @@
-"""Give the memory that calls freed back to the operating system (glibc `malloc_trim`).
+"""Give the memory of ended calls back promptly: collect their cycles, then trim the heap.
 
-Why this exists: glibc keeps the chunks a process frees inside its heaps, resident, for
-reuse. Calls allocate and free many buffers of many sizes (audio rings, encoder features,
-JSON frames, ONNX and CTranslate2 temporaries) from the event loop and from the model and DSP
-threads, so the freed space is fragmented and the server's RSS grew by 2-4 MiB per call with
-no end in sight, although the live memory was flat: over a run of replayed calls memray found
-no live growth, the growth was in glibc's main heap and thread arenas, and one
-`malloc_trim(0)` after 14 calls gave back 58 MiB, to where RSS stood after the first call.
-`malloc_trim` also releases free pages in the middle of a heap (`madvise`), which the
-automatic trim at the top of the heap cannot. So the server trims every
-`COACH_MALLOC_TRIM_INTERVAL_S` (BENCHMARKS.md, "Memory per call and the soak test").
+Why this exists: the server's RSS grew by 2.5-3.5 MiB per call in soak runs, without end.
+Two causes, both found with memray and /proc/PID/smaps (BENCHMARKS.md, "Memory per call and
+the soak test"):
 
-A trim walks each arena under its lock, so threads that allocate meanwhile wait a few ms;
-once a minute that is noise. On a C library without `malloc_trim` (musl, macOS) this does
-nothing.
+1. **Ended calls waited for a full garbage collection.** A call's session, pipelines and
+   tasks reference each other, so refcounting cannot free them when the manager forgets the
+   call; only the cyclic collector's oldest generation can. CPython runs that one only when
+   the objects promoted since the last one exceed a quarter of all long-lived objects, and
+   the models, tokenizers and playbook are ~170k of those, so a dozen calls (with their
+   1.6 MB audio rings) piled up between full collections (3 in a 2-call run, measured).
+2. **glibc keeps freed chunks resident.** Calls allocate and free buffers of many sizes from
+   the event loop and from the model and DSP threads; the free space is fragmented and stays
+   in the heaps. One `malloc_trim(0)` after 14 replayed calls gave back 58 MiB, to where RSS
+   stood after the first call; it also releases free pages in the middle of a heap, which
+   glibc's automatic trim at the top cannot.
+
+So at startup the loaded models' objects are frozen out of the collector (`gc.freeze`: never
+scanned again, which makes a full collection ~10x cheaper), and every
+`COACH_MEMORY_RELEASE_INTERVAL_S` a worker thread runs a full collection and then
+`malloc_trim(0)`. Both pause other threads for a few ms (the collection holds the GIL, the
+trim each arena's lock); once a minute that is noise. Without glibc the trim is skipped.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import functools
+import gc
 import logging
 import os
 import time
@@ -86,21 +94,45 @@ def trim() -> TrimResult | None:
     released = bool(fn(0))
     seconds = time.perf_counter() - t0
     result = TrimResult(released, before, rss_bytes(), seconds)
-    metrics.MEMORY_TRIM_SECONDS.observe(seconds)
+    metrics.MEMORY_RELEASE_SECONDS.labels(step="trim").observe(seconds)
     metrics.MEMORY_TRIMMED_BYTES.inc(result.freed_bytes)
     return result
 
 
-async def trim_periodically(interval_s: float) -> None:
-    """Trim every `interval_s` seconds (in a worker thread: the loop keeps serving calls)."""
-    if interval_s <= 0 or not trim_supported():
+def collect() -> int:
+    """A full garbage collection (what ended calls wait for); returns objects collected."""
+    t0 = time.perf_counter()
+    found = gc.collect()
+    metrics.MEMORY_RELEASE_SECONDS.labels(step="gc").observe(time.perf_counter() - t0)
+    return found
+
+
+def release() -> TrimResult | None:
+    """Free what ended calls left (their reference cycles), then give the pages back."""
+    collect()
+    return trim()
+
+
+def freeze_loaded_objects() -> None:
+    """Move everything alive now (models, tokenizers, playbook) out of the collector's view.
+
+    Call once the models are loaded: those objects live as long as the process, and without
+    them in the generations a full collection is cheap and runs as often as calls need.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+async def release_periodically(interval_s: float) -> None:
+    """`release()` every `interval_s` seconds in a worker thread; 0 turns it off."""
+    if interval_s <= 0:
         return
     while True:
         await asyncio.sleep(interval_s)
-        result = await asyncio.to_thread(trim)
+        result = await asyncio.to_thread(release)
         if result is not None and result.freed_bytes:
             log.debug(
-                "malloc_trim returned %.1f MiB in %.1f ms",
+                "released %.1f MiB (malloc_trim %.1f ms)",
                 result.freed_bytes / 2**20,
                 result.seconds * 1000,
             )

@@ -60,9 +60,10 @@ ASR_FINAL_BEAM = Histogram(
     "Beam size of final decodes (narrower than COACH_ASR_BEAM_SIZE: the ASR queue was loaded)",
     buckets=(1, 2, 3, 4, 5, 8),
 )
-MEMORY_TRIM_SECONDS = Histogram(
-    "coach_memory_trim_seconds",
-    "Time of one malloc_trim (freed heap memory returned to the OS, COACH_MALLOC_TRIM_INTERVAL_S)",
+MEMORY_RELEASE_SECONDS = Histogram(
+    "coach_memory_release_seconds",
+    "Periodic memory release (COACH_MEMORY_RELEASE_INTERVAL_S): full gc, then malloc_trim",
+    ["step"],
     buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
 )
 MEMORY_TRIMMED_BYTES = Counter(

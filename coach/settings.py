@@ -124,9 +124,9 @@ class Settings(BaseSettings):
     store_buffer_events: int = Field(10_000, description="Events held in memory before spooling.")
     store_spool_max_mb: int = Field(256, description="Disk cap of the outage spool, in MiB.")
 
-    malloc_trim_interval_s: float = Field(
+    memory_release_interval_s: float = Field(
         60.0,
-        description="Return freed heap memory to the OS this often (glibc malloc_trim); 0 = off.",
+        description="Free ended calls' memory this often (full gc, glibc malloc_trim); 0 = off.",
     )
 
     auth_disabled: bool = Field(False, description="Turn off all auth (local development only).")

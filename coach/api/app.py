@@ -130,9 +130,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             app.state.store = store.store
             state.history_store = store.store
             state.wire_history()
-        trimmer = asyncio.create_task(memory.trim_periodically(settings.malloc_trim_interval_s))
+        releaser = asyncio.create_task(
+            memory.release_periodically(settings.memory_release_interval_s)
+        )
         yield
-        trimmer.cancel()
+        releaser.cancel()
         if loader is not None and not loader.done():
             loader.cancel()
         if state.playbook_watch is not None:
@@ -368,6 +370,7 @@ async def _load_models(state: AppState) -> None:
         return
     state.attach(runtime)
     state.wire_history()
+    memory.freeze_loaded_objects()
     await _start_tcp_ingest(state)
 
 

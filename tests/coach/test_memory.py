@@ -1,26 +1,31 @@
-"""coach.memory: freed heap memory really goes back to the OS, and the server trims on a timer."""
+"""coach.memory: ended calls' cycles are collected, freed heap pages go back to the OS, on a timer."""
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
 import ctypes.util
+import gc
+import weakref
+from typing import Any
 
+import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
 from coach import memory
 
-pytestmark = pytest.mark.skipif(not memory.trim_supported(), reason="needs glibc malloc_trim")
+needs_glibc = pytest.mark.skipif(not memory.trim_supported(), reason="needs glibc malloc_trim")
 
 CHUNK = 4000  # below glibc's mmap threshold: served from the heap, like most call buffers
 CHUNKS = 30_000  # ~114 MiB
 
 
-def _trim_count() -> float:
-    return REGISTRY.get_sample_value("coach_memory_trim_seconds_count") or 0.0
+def _count(step: str) -> float:
+    return REGISTRY.get_sample_value("coach_memory_release_seconds_count", {"step": step}) or 0.0
 
 
+@needs_glibc
 def test_trim_returns_freed_heap_pages_to_the_os() -> None:
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     libc.malloc.restype = ctypes.c_void_p
@@ -33,7 +38,7 @@ def test_trim_returns_freed_heap_pages_to_the_os() -> None:
     pin = chunks.pop()  # a live chunk above the freed ones: glibc's own top trim cannot help
     for p in chunks:
         libc.free(p)
-    count0 = _trim_count()
+    count0 = _count("trim")
     try:
         result = memory.trim()
     finally:
@@ -42,7 +47,28 @@ def test_trim_returns_freed_heap_pages_to_the_os() -> None:
     assert result.released
     # Nearly all of the ~114 MiB freed below the pinned chunk goes back.
     assert result.freed_bytes > 80 * 2**20, result
-    assert _trim_count() == count0 + 1
+    assert _count("trim") == count0 + 1
+
+
+class _CallLike:
+    """Holds a big buffer and is part of a reference cycle, as a call session is."""
+
+    def __init__(self) -> None:
+        self.ring = np.zeros(2_000_000, np.float32)
+        self.me = self
+
+
+def test_release_frees_a_call_left_in_a_reference_cycle() -> None:
+    gc.disable()  # no automatic collection may run in between
+    try:
+        call: Any = _CallLike()
+        ref = weakref.ref(call)
+        del call
+        assert ref() is not None  # refcounting alone cannot free a cycle
+        memory.release()
+        assert ref() is None
+    finally:
+        gc.enable()
 
 
 def test_rss_is_read_from_proc() -> None:
@@ -50,13 +76,22 @@ def test_rss_is_read_from_proc() -> None:
     assert rss is not None and rss > 10 * 2**20
 
 
-async def test_trim_periodically_trims_on_its_interval_and_off_at_zero() -> None:
-    count0 = _trim_count()
-    await asyncio.wait_for(memory.trim_periodically(0), timeout=1)  # returns at once: off
-    assert _trim_count() == count0
-    task = asyncio.create_task(memory.trim_periodically(0.05))
+def test_freezing_keeps_loaded_objects_out_of_later_collections() -> None:
+    before = gc.get_freeze_count()
+    try:
+        memory.freeze_loaded_objects()
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
+
+
+async def test_release_runs_on_its_interval_and_not_at_zero() -> None:
+    count0 = _count("gc")
+    await asyncio.wait_for(memory.release_periodically(0), timeout=1)  # returns at once: off
+    assert _count("gc") == count0
+    task = asyncio.create_task(memory.release_periodically(0.05))
     await asyncio.sleep(0.4)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert _trim_count() >= count0 + 3
+    assert _count("gc") >= count0 + 3
