@@ -149,7 +149,9 @@ def test_a_worker_that_fell_behind_joins_queued_frames(
         await feed_frames(session, {"customer": quiet(RATE, seed=1)}, t0=2.5)
         await manager.finish(session, "stop")
         frames = 3 * RATE // FRAME
-        assert len(steps) < frames / 4
+        # Without joining there would be one step per frame; how many frames each step takes
+        # depends on how the feeder and the worker interleave (a busy machine: fewer).
+        assert len(steps) < frames / 2
         assert max(c.duration_s for c in steps) <= MAX_JOINED_S + FRAME / RATE
         assert any(c.t0 == pytest.approx(2.5) for c in steps)  # the hole was not joined over
         assert sum(c.duration_s for c in steps) == pytest.approx(3.0)
