@@ -1010,8 +1010,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print_table(report["runs"])
     print()
+    measure = "cue p95" if args.criterion == "cue" else "final and cue p95"
     for name, n in report["largest_passing_n"].items():
-        print(f"largest N with final and cue p95 < {args.target} s ({name}): {n}")
+        both = [r["n"] for r in report["runs"] if r["config"] == name and r.get("passed_both")]
+        print(
+            f"largest N with {measure} < {args.target} s ({name}): {n}"
+            f" (final and cue p95 both under it, among the loads run: {max(both, default=0)})"
+        )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"JSON: {args.json}")
