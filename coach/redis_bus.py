@@ -149,12 +149,14 @@ class RedisBus(InProcessBus):
         self._reader_down = False
         self._tasks: list[asyncio.Task[None]] = []
         self._catchups: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         if self._tasks:
             return
+        self._stopping = False
         self._tasks = [
             asyncio.create_task(self._writer(), name="redis-bus-writer"),
             asyncio.create_task(self._reader(), name="redis-bus-reader"),
@@ -166,11 +168,24 @@ class RedisBus(InProcessBus):
         while self._pending() and not self._writer_down and time.monotonic() < deadline:
             self._wake_writer.set()
             await asyncio.sleep(0.02)
-        for task in [*self._tasks, *self._catchups]:
+        # The loops also check the flag: a cancellation that lands just as a wait completes
+        # must not leave a loop running (asyncio.wait_for on Python 3.11 can swallow it, which
+        # once hung shutdown for good).
+        self._stopping = True
+        self._wake_writer.set()
+        self._wake_reader.set()
+        tasks = [*self._tasks, *self._catchups]
+        for task in tasks:
             task.cancel()
-        for task in [*self._tasks, *self._catchups]:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:
+            # asyncio.wait, not `await task` under suppress(CancelledError): that would also
+            # swallow a cancellation aimed at whoever is calling stop().
+            done, stuck = await asyncio.wait(tasks, timeout=flush_timeout_s)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("redis bus: %s failed", task.get_name(), exc_info=task.exception())
+            if stuck:
+                log.error("redis bus: %d task(s) did not stop", len(stuck))
         self._tasks = []
         self._catchups.clear()
         for client in (self._w, self._r):
@@ -202,7 +217,8 @@ class RedisBus(InProcessBus):
     async def load_session_state(self, call_id: str) -> dict[str, Any] | None:
         """Redis first (another instance may have run the call), else what we kept."""
         try:
-            raw: Any = await asyncio.wait_for(self._w.get(self.state_key(call_id)), 1.0)
+            async with asyncio.timeout(1.0):
+                raw: Any = await self._w.get(self.state_key(call_id))
         except Exception:  # Redis down: fall back to local state, never block the call
             raw = None
         if raw:
@@ -252,10 +268,13 @@ class RedisBus(InProcessBus):
 
     async def _writer(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_writer.wait(), self._heartbeat_s)
+                async with asyncio.timeout(self._heartbeat_s):
+                    await self._wake_writer.wait()
             self._wake_writer.clear()
+            if self._stopping:
+                return
             try:
                 await self._flush_once()
                 if self._writer_down:
@@ -421,7 +440,7 @@ class RedisBus(InProcessBus):
 
     async def _reader(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping:
             streams = self._watched()
             if not streams:
                 self._reader_down = False

@@ -199,7 +199,8 @@ class CallSession:
         """
         q = self._checked_queue(chunk)
         try:
-            await asyncio.wait_for(q.put(chunk), timeout=self._settings.backpressure_s)
+            async with asyncio.timeout(self._settings.backpressure_s):
+                await q.put(chunk)
         except TimeoutError:
             self.push(chunk)
             return

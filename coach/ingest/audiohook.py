@@ -664,7 +664,8 @@ class AudioHookSession:
         while self.state is not SessionState.CLOSED:
             timeout = {_S.CONNECTED: OPEN_TIMEOUT_S, _S.DISCONNECTING: CLOSE_WAIT_S}.get(self.state)
             try:
-                msg = await asyncio.wait_for(self.ws.receive(), timeout=timeout)
+                async with asyncio.timeout(timeout):
+                    msg = await self.ws.receive()
             except TimeoutError:
                 await self._timed_out()
                 return
@@ -680,10 +681,9 @@ class AudioHookSession:
                 await self._signal_error(exc)
         # `closed` is out: the client hangs up; a client that does not is closed after a while.
         with contextlib.suppress(TimeoutError):
-            while (await asyncio.wait_for(self.ws.receive(), CLOSE_WAIT_S))[
-                "type"
-            ] != "websocket.disconnect":
-                pass
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                while (await self.ws.receive())["type"] != "websocket.disconnect":
+                    pass
             return
         await self._close_socket(cc.NORMAL, "closed")
 

@@ -184,7 +184,8 @@ class WebRtcCall:
         try:
             while True:
                 try:
-                    frame = await asyncio.wait_for(track.recv(), timeout=FRAME_TIMEOUT_S)
+                    async with asyncio.timeout(FRAME_TIMEOUT_S):
+                        frame = await track.recv()
                 except MediaStreamError:
                     break
                 except TimeoutError:

@@ -47,7 +47,8 @@ class RetentionTask:
             except Exception:
                 log.exception("retention failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._interval_s)
+                async with asyncio.timeout(self._interval_s):
+                    await self._stop.wait()
 
     async def aclose(self, *, timeout_s: float = 5.0) -> None:
         self._stop.set()

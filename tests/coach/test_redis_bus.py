@@ -188,6 +188,25 @@ async def test_owner_key_has_ttl_while_call_is_live(prefix: str) -> None:
         await a.stop()
 
 
+@needs_redis
+async def test_stop_returns_when_cancelled_just_as_the_writer_wakes(prefix: str) -> None:
+    """Regression: a wake-up landing in the same loop turn as the cancel once left the
+    writer looping for ever (Python 3.11's wait_for swallows that cancel) and hung stop()."""
+    for _ in range(5):
+        bus = make_bus(SHARED_URL, prefix, "A", heartbeat_s=30.0)
+        await bus.start()
+        bus._wake_writer.set()
+        await wait_for(lambda b=bus: not b._writer_down)  # first ping done
+        await asyncio.sleep(0.05)  # the writer is back waiting for the next wake-up
+        bus._wake_writer.set()
+        await asyncio.sleep(0)  # the inner wait finishes; the writer has not resumed yet
+        tasks = list(bus._tasks)
+        stopping = asyncio.ensure_future(bus.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=1.5)  # stop() gives tasks 2 s
+        assert done, "stop() hung: a bus task outlived its cancellation"
+        assert len(tasks) == 2 and all(t.done() for t in tasks)
+
+
 async def test_local_delivery_when_redis_is_unreachable() -> None:
     bus = make_bus("redis://127.0.0.1:1/0", "coach-test-down:", "A", outbox_per_topic=5)
     await bus.start()
