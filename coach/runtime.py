@@ -110,7 +110,7 @@ class Runtime:
         scheduler: InferenceScheduler[AsrRequest, AsrResult] = InferenceScheduler(
             name="asr",
             run_batch=run_batch,
-            workers=settings.asr_workers,
+            workers=settings.asr_worker_count(),
             max_batch=asr_max_batch(settings, plan),
             on_batch=on_batch,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import tomllib
 from functools import cached_property
@@ -29,8 +30,12 @@ class Settings(BaseSettings):
 
     asr_model: str = Field("tiny.en", description="Packaged model name (tiny.en, base) or path.")
     asr_compute_type: str = Field("int8", description="CTranslate2 compute type.")
-    asr_threads: int = Field(2, description="CTranslate2 intra-op threads per worker.")
-    asr_workers: int = Field(1, description="Parallel ASR decodes sharing one model.")
+    asr_threads: int = Field(1, description="CTranslate2 intra-op threads per worker.")
+    asr_workers: int = Field(
+        0,
+        description="Parallel ASR decodes sharing one model; 0: one per CPU core (at most 8) "
+        "divided by the threads per worker on cpu, 1 on cuda.",
+    )
     asr_beam_size: int = Field(5, description="Beam size for final transcripts.")
     asr_partial_beam_size: int = Field(1, description="Beam size for partial hypotheses.")
     asr_min_beam_size: int = Field(
@@ -173,13 +178,24 @@ class Settings(BaseSettings):
         path.chmod(0o600)
         return value
 
+    def asr_worker_count(self) -> int:
+        """Decodes run in parallel. On CPU, several one-thread decodes beat one decode on every
+        core: tiny.en's matrices are too small to split well, and a final need not wait for
+        the decode in progress (BENCHMARKS.md "Throughput": 2 workers x 1 thread held 8 calls
+        where 1 x 2 failed at 7). A GPU takes larger batches through one worker instead."""
+        if self.asr_workers > 0:
+            return self.asr_workers
+        if self.device == "cuda":
+            return 1
+        return max(1, min(8, usable_cpus() // max(1, self.asr_threads)))
+
     def asr_options(self) -> AsrOptions:
         return AsrOptions(
             model=self.asr_model,
             device=self.device,
             compute_type=self.asr_compute_type,
             threads=self.asr_threads,
-            workers=self.asr_workers,
+            workers=self.asr_worker_count(),
             beam_size=self.asr_beam_size,
             initial_prompt=self.asr_initial_prompt,
             min_window_s=self.asr_min_window_s,
@@ -192,6 +208,14 @@ class Settings(BaseSettings):
             hangover_ms=self.endpoint_hangover_ms,
             max_utterance_s=self.max_utterance_s,
         )
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, not the host's core count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -825,7 +825,7 @@ async def bench(args: argparse.Namespace, settings: Settings, calls: list[Call])
             "compute_type": settings.asr_compute_type,
             "device": settings.device,
             "threads": settings.asr_threads,
-            "workers": settings.asr_workers,
+            "workers": settings.asr_worker_count(),
             "max_batch": settings.asr_max_batch,
             "beam_size": settings.asr_beam_size,
             "min_window_s": settings.asr_min_window_s,

@@ -10,10 +10,12 @@ What it does, per configuration and per N:
 1. Starts `python -m coach serve` (or uses `--url`) with auth off, no call limit and a
    throw-away data dir. Two configurations, interleaved N by N so that a change in the
    machine's background load hits both alike:
-   - `tuned`: the defaults (cross-call ASR batching up to COACH_ASR_MAX_BATCH, partial
-     cadence adapting to the ASR queue up to COACH_PARTIAL_MAX_INTERVAL_S);
-   - `baseline` (`--baseline`): batching off (COACH_ASR_MAX_BATCH=1) and a fixed partial
-     cadence (COACH_PARTIAL_MAX_INTERVAL_S = COACH_PARTIAL_INTERVAL_S).
+   - `tuned`: the defaults (one single-threaded ASR worker per core, cross-call ASR
+     batching up to COACH_ASR_MAX_BATCH, partial cadence adapting to the ASR queue up to
+     COACH_PARTIAL_MAX_INTERVAL_S, final beam narrowing under load);
+   - `baseline` (`--baseline`): one decode at a time on all cores, batching off
+     (COACH_ASR_WORKERS=1, COACH_ASR_THREADS=2, COACH_ASR_MAX_BATCH=1), a fixed partial
+     cadence and a fixed final beam.
 2. Streams N calls, the built-in scripted calls of `scripts/make_test_calls.py` (espeak-ng,
    8 kHz mu-law stereo: inbound = customer, outbound = agent) cycled, call i starting
    i x `--stagger` seconds after the first. Each call is a Twilio Media Stream: `connected`,
@@ -80,9 +82,10 @@ DEFAULT_STAGGER_S = 2.0
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 PAGE_KIB = 1024
 ACCOUNT_SID = "AC" + "0" * 32
-BASELINE_ENV = {"COACH_ASR_MAX_BATCH": "1"}
-"""Plus COACH_PARTIAL_MAX_INTERVAL_S = COACH_PARTIAL_INTERVAL_S (a fixed partial cadence) and
-COACH_ASR_MIN_BEAM_SIZE = COACH_ASR_BEAM_SIZE (a fixed final beam)."""
+BASELINE_ENV = {"COACH_ASR_MAX_BATCH": "1", "COACH_ASR_WORKERS": "1", "COACH_ASR_THREADS": "2"}
+"""One decode at a time on every core, unbatched; plus COACH_PARTIAL_MAX_INTERVAL_S =
+COACH_PARTIAL_INTERVAL_S (a fixed partial cadence) and COACH_ASR_MIN_BEAM_SIZE =
+COACH_ASR_BEAM_SIZE (a fixed final beam)."""
 
 
 # --------------------------------------------------------------------------------------------

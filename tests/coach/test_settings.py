@@ -1,0 +1,39 @@
+"""Settings derived from the machine: how many ASR decodes run side by side."""
+
+from __future__ import annotations
+
+import pytest
+
+from coach import settings as settings_module
+from coach.settings import Settings
+
+
+@pytest.mark.parametrize(
+    ("cpus", "threads", "device", "expected"),
+    [
+        (2, 1, "cpu", 2),  # the 2-core target machine: two one-thread decodes
+        (2, 2, "cpu", 1),  # every core on one decode
+        (1, 1, "cpu", 1),
+        (16, 1, "cpu", 8),  # capped: more replicas than that only add memory
+        (16, 4, "cpu", 4),
+        (16, 1, "cuda", 1),  # a GPU batches through one worker
+    ],
+)
+def test_auto_workers_follow_usable_cores(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, threads: int, device: str, expected: int
+) -> None:
+    monkeypatch.setattr(settings_module, "usable_cpus", lambda: cpus)
+    s = Settings(asr_workers=0, asr_threads=threads, device=device)
+    assert s.asr_worker_count() == expected
+    assert s.asr_options().workers == expected
+
+
+def test_explicit_workers_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings_module, "usable_cpus", lambda: 16)
+    assert Settings(asr_workers=3).asr_worker_count() == 3
+
+
+def test_usable_cpus_is_the_affinity_mask() -> None:
+    import os
+
+    assert settings_module.usable_cpus() == len(os.sched_getaffinity(0)) >= 1
