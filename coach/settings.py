@@ -73,7 +73,7 @@ class Settings(BaseSettings):
         description="Slowest partial cadence when the ASR queue is loaded (= interval: fixed).",
     )
     max_calls: int = Field(
-        4,
+        8,
         description="Concurrent calls admitted; more are refused (try again later); 0 = no limit.",
     )
 
