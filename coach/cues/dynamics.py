@@ -86,11 +86,11 @@ def overtalk(tl: Timeline, *, overlap_s: float, interrupt_window_s: float) -> Ti
 
 @dataclass(frozen=True, slots=True)
 class Spoken:
-    """One transcribed utterance's pace: syllable nuclei counted from the audio."""
+    """One utterance's pace: syllables estimated from its audio (prosody.speaking_rate)."""
 
     t_start: float
     t_end: float
-    syllables: int
+    syllables: float
     speech_s: float
 
 
@@ -117,13 +117,24 @@ def agent_pace(
     ASR drops words exactly when speech is rushed. The customer's own pace over the call is
     the best measure of what they can follow, so a fast-talking caller raises the bar.
     """
-    rate, speech = pace(agent, now - window_s, now)
-    if rate is None or speech < min_speech_s or rate < syllables_per_s:
+    # The agent's most recent `min_speech_s` of speech (whole utterances, newest first, within
+    # `window_s`): a rushed explanation right after a calm greeting is measured on its own,
+    # not averaged with the greeting into a pace nobody spoke at.
+    recent: list[Spoken] = []
+    speech = 0.0
+    for u in reversed([u for u in agent if now - window_s <= u.t_end <= now]):
+        recent.insert(0, u)
+        speech += u.speech_s
+        if speech >= min_speech_s:
+            break
+    if speech < min_speech_s or speech <= 0:
+        return None
+    rate = sum(u.syllables for u in recent) / speech
+    if rate < syllables_per_s:
         return None
     theirs, their_speech = pace(customer, 0.0, now)
     if vs_customer and theirs is not None and their_speech >= 3.0 and rate < vs_customer * theirs:
         return None
-    recent = [u for u in agent if u.t_end >= now - window_s]
     versus = f", the customer {theirs:.1f}" if theirs is not None else ""
     return TimingHit(
         "agent_pace_fast",

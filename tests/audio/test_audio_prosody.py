@@ -30,6 +30,7 @@ from audio.prosody import (
     arousal,
     frame_features,
     prosody_event_fields,
+    speaking_rate,
     summarize,
     utterance_prosody,
 )
@@ -41,6 +42,8 @@ SR = PIPELINE_RATE
 Audio = npt.NDArray[np.float32]
 Style = tuple[int, int, int]
 Speak = Callable[[str, Style], UtteranceProsody]
+PhoneLine = Callable[..., npt.NDArray[np.float32]]
+FloatArray = npt.NDArray[np.float32]
 
 
 def tone(f0_hz: float, *, seconds: float = 1.0, amplitude: float = 0.5, saw: bool = False) -> Audio:
@@ -282,19 +285,29 @@ SCRIPT = CallScript("prosody", (Turn("customer", "unused"),), customer_voice="en
 
 
 @pytest.fixture(scope="module")
-def speak(tmp_path_factory: pytest.TempPathFactory) -> Speak:
+def phone_line(tmp_path_factory: pytest.TempPathFactory) -> PhoneLine:
     """Render one sentence in a style, as a phone line delivers it (8 kHz mu-law -> 16 kHz)."""
     if shutil.which("espeak-ng") is None:
         pytest.skip("needs espeak-ng")
     workdir: Path = tmp_path_factory.mktemp("prosody")
 
-    def render(text: str, style: Style) -> UtteranceProsody:
+    def render(text: str, style: Style, voice: str = "en-us") -> npt.NDArray[np.float32]:
         speed, pitch, amplitude = style
-        turn = Turn("customer", text, speed_wpm=speed, pitch=pitch, amplitude=amplitude)
+        turn = Turn(
+            "customer", text, speed_wpm=speed, pitch=pitch, amplitude=amplitude, voice=voice
+        )
         narrow = render_turn(SCRIPT, turn, 8000, workdir)
         line = codecs.decode_mulaw(codecs.encode_mulaw(narrow))
         pad = np.zeros(2400, np.float32)  # 0.3 s of line silence either side, like a VAD cut
-        audio = resample(np.concatenate([pad, line, pad]), 8000, SR)
+        return resample(np.concatenate([pad, line, pad]), 8000, SR)
+
+    return render
+
+
+@pytest.fixture(scope="module")
+def speak(phone_line: PhoneLine) -> Speak:
+    def render(text: str, style: Style) -> UtteranceProsody:
+        audio = phone_line(text, style)
         return utterance_prosody(audio, word_times=None, word_count=len(text.split()))
 
     return render
@@ -367,3 +380,49 @@ def test_observe_scores_then_learns() -> None:
         b.update(p)
         assert a.observe(p) == z
     assert a == b
+
+
+# --------------------------------------------------------------------------- speaking rate
+
+
+def syllable_train(rate: float, seconds: float = 4.0, gain: float = 0.3) -> FloatArray:
+    """A 150 Hz voice whose loudness rises and falls `rate` times per second."""
+    t = np.arange(int(seconds * SR)) / SR
+    envelope = np.abs(np.sin(np.pi * rate * t)) ** 2
+    return (gain * np.sin(2 * np.pi * 150.0 * t) * envelope).astype(np.float32)
+
+
+@pytest.mark.parametrize("rate", [3.0, 4.5, 6.0, 7.5, 9.0])
+def test_speaking_rate_reads_a_syllable_train(rate: float) -> None:
+    r = speaking_rate(frame_features(syllable_train(rate)))
+    assert r.per_s is not None and abs(r.per_s - rate) < 0.2
+    assert 3.5 < r.speech_s <= 4.0
+
+
+def test_speaking_rate_ignores_level_and_too_little_speech() -> None:
+    loud = speaking_rate(frame_features(syllable_train(5.0, gain=0.5))).per_s
+    quiet = speaking_rate(frame_features(syllable_train(5.0, gain=0.02))).per_s
+    assert loud is not None and quiet is not None and abs(loud - quiet) < 0.05
+    assert speaking_rate(frame_features(syllable_train(5.0, seconds=0.3))).speech_s == 0.0
+    assert speaking_rate(frame_features(tone(150.0))).syllables == 0.0  # steady: no syllables
+
+
+AGENT_LINES = (
+    "So the plan includes unlimited calls and texts and fifteen gigabytes of data, "
+    "after which speeds are reduced until the next billing date.",
+    "I can move the appointment to Thursday at ten, and the confirmation will come by "
+    "text message with the address of the clinic.",
+)
+
+
+@pytest.mark.parametrize("voice", ["en-us", "en-gb-x-rp", "en-us+f3"])
+def test_espeak_rushed_speech_reads_faster_than_any_normal_line(
+    phone_line: PhoneLine, voice: str
+) -> None:
+    """Rushed (285 wpm) against normal (155 wpm) speech over a phone line: the old peak
+    counter read both under 5.5 syllables/s; the playbook's agent_pace_fast bar is 5.7."""
+    for text in AGENT_LINES:
+        normal = speaking_rate(frame_features(phone_line(text, (155, 50, 100), voice))).per_s
+        rushed = speaking_rate(frame_features(phone_line(text, (285, 50, 100), voice))).per_s
+        assert normal is not None and rushed is not None
+        assert normal < 5.4 < 5.9 < rushed, (voice, normal, rushed)

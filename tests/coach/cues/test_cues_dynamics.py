@@ -57,7 +57,8 @@ def test_agent_pace_fast_sustained_and_faster_than_the_customer() -> None:
     hit = dynamics.agent_pace(
         fast, customer, 19.0, syllables_per_s=5.3, min_speech_s=8, window_s=30, vs_customer=1.15
     )
-    assert hit is not None and "6.0 syllables/s" in hit.why and hit.t_start == 6.0
+    # Measured over the newest 8 s of speech: the last two 4 s utterances.
+    assert hit is not None and "6.0 syllables/s" in hit.why and hit.t_start == 10.5
     normal = _utts(6.0, 19.0, 4.6)
     assert (
         dynamics.agent_pace(
@@ -68,6 +69,28 @@ def test_agent_pace_fast_sustained_and_faster_than_the_customer() -> None:
     brief = _utts(15.0, 19.0, 6.5)
     assert (
         dynamics.agent_pace(brief, customer, 19.0, syllables_per_s=5.3, min_speech_s=8, window_s=30)
+        is None
+    )
+
+
+def test_rushed_turn_after_calm_ones_is_measured_on_its_own() -> None:
+    """A calm greeting, then 10 s of rushed explanation: the cue comes at the end of the rushed
+    stretch, not later when enough of it has pushed the 30 s average over the bar."""
+    customer = _utts(0.0, 5.0, 4.5)
+    calm = _utts(5.5, 15.0, 4.3)
+    rushed = [Spoken(15.5, 25.5, 10.0 * 6.3, 10.0)]
+    hit = dynamics.agent_pace(
+        calm + rushed,
+        customer,
+        25.5,
+        syllables_per_s=5.7,
+        min_speech_s=8,
+        window_s=30,
+        vs_customer=1.15,
+    )
+    assert hit is not None and hit.t_start == 15.5 and "6.3 syllables/s" in hit.why
+    assert (
+        dynamics.agent_pace(calm, customer, 15.0, syllables_per_s=5.7, min_speech_s=8, window_s=30)
         is None
     )
 
