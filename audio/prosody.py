@@ -373,8 +373,9 @@ def speaking_rate(ff: FrameFeatures) -> SpeakingRate:
     # Pauses are flattened to the mean (zero after centring) so their length, which is not
     # pace, adds no modulation of its own beyond the on/off edges.
     env = np.where(active, amp - float(amp[active].mean()), 0.0)
-    power = np.abs(np.fft.rfft(env, max(_MODULATION_FFT, env.size))) ** 2
-    freqs = np.fft.rfftfreq(max(_MODULATION_FFT, env.size), ff.hop_s)
+    n_fft = max(_MODULATION_FFT, env.size)
+    power = np.abs(np.fft.rfft(env, n_fft)) ** 2
+    freqs = np.fft.rfftfreq(n_fft, ff.hop_s)
     lo, hi = SYLLABLE_BAND_HZ
     band = (freqs >= lo) & (freqs <= hi)
     total = float(power[band].sum())
