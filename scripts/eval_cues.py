@@ -2,12 +2,13 @@
 
 Why this exists: cues are only useful when they are rare and right, so the engine is judged on
 scripted calls with per-turn labels (see data/cue_eval/README.md) replayed through the real
-pipeline (`python -m coach replay`). The `tune` split is for developing the engine; `heldout` is
-the honest test set and must not be used for tuning.
+pipeline (`python -m coach replay`). The `tune` and `heldout` splits are for developing the
+engine; `heldout2` is the honest test set and must not be used for tuning (the data card says
+why there are two held-out splits).
 
     python -m scripts.eval_cues render                      # .cache/cue_eval/<split>/*.wav|json
-    python -m scripts.eval_cues run --split heldout --mode fast --jobs 2 [--json out.json]
-    python -m scripts.eval_cues score --split heldout --mode fast   # rescore existing events
+    python -m scripts.eval_cues run --split heldout2 --mode fast --jobs 2 [--json out.json]
+    python -m scripts.eval_cues score --split heldout2 --mode fast   # rescore existing events
 
 Scoring (pure functions below, unit tested): a labeled turn's trigger interval is
 [turn start, turn end], for dead_air [end of the previous speech on either channel, start of

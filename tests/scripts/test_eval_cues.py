@@ -334,6 +334,9 @@ def test_label_rules(split: str) -> None:
                 assert turn.speaker == "agent" and turn.overlap_s >= 2.5, script.call_id
             if {"agent_pace_fast"} & {*turn.labels, *turn.optional_labels}:
                 assert turn.speaker == "agent" and speed >= 260, script.call_id
+            elif turn.speaker == "agent" and speed >= 260:
+                # Every rushed turn is labelled, required or optional: a cue there is right.
+                raise AssertionError(f"{script.call_id}: fast agent turn without a label")
             language = [c for c in turn.labels if c in LANGUAGE_CUES]
             if language:
                 assert turn.speaker == "customer", script.call_id

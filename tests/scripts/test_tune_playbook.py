@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from coach.cues.playbook import DEFAULT_PLAYBOOK, PlaybookError, load_playbook
-from scripts.tune_playbook import apply_thresholds, choose
+from scripts.tune_playbook import TEST_SPLIT, apply_thresholds, choose, main
 
 SWEEP = {
     0.45: {"precision": 0.50, "recall": 1.00, "f1": 0.67},
@@ -61,3 +61,10 @@ def test_apply_refuses_to_write_an_invalid_playbook(tmp_path: Path) -> None:
     path.write_text(DEFAULT_PLAYBOOK.read_text())
     with pytest.raises(PlaybookError):
         apply_thresholds(path, {"urgency": 1.5})
+
+
+def test_refuses_to_tune_on_the_test_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    eval_dir = tmp_path / TEST_SPLIT
+    eval_dir.mkdir()
+    assert main(["--eval-dir", str(eval_dir), "--no-feedback"]) == 2
+    assert "test split" in capsys.readouterr().err
