@@ -63,7 +63,9 @@ def test_apply_refuses_to_write_an_invalid_playbook(tmp_path: Path) -> None:
         apply_thresholds(path, {"urgency": 1.5})
 
 
-def test_refuses_to_tune_on_the_test_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_refuses_to_tune_on_the_test_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     eval_dir = tmp_path / TEST_SPLIT
     eval_dir.mkdir()
     assert main(["--eval-dir", str(eval_dir), "--no-feedback"]) == 2
