@@ -316,6 +316,7 @@ class CueEngine:
                 or not vt.needs_context
                 or (vt.max_arousal_alone is not None and arousal <= vt.max_arousal_alone)
             )
+            and (not vt.words_lean or self._words_lean(loaded, cue_id, spec, clauses))
         ):
             reasons = [voice_note or "voice far from this caller's usual"]
             reasons.append(f'words: "{text}" ({label})')
@@ -323,6 +324,18 @@ class CueEngine:
                 reasons.append(f"after the agent's {self._last_move_name(spec, t_start)}")
             return Candidate(cue_id, spec, threshold, tuple(reasons), text, (text,), None)
         return None
+
+    @staticmethod
+    def _words_lean(
+        loaded: LoadedPlaybook, cue_id: str, spec: CueSpec, clauses: Sequence[ClauseSignals]
+    ) -> bool:
+        """Some clause is at least as near the cue's examples as ordinary talk and the cue's
+        near misses are (see VoiceTrigger.words_lean)."""
+        for clause in clauses:
+            m = loaded.index.score(cue_id, spec, clause)
+            if m.similarity >= m.negative:
+                return True
+        return False
 
     def _context_met(self, spec: CueSpec, t_start: float) -> bool:
         if spec.context is None:

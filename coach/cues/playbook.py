@@ -61,6 +61,9 @@ class VoiceTrigger(_Strict):
     """Only with the cue's context condition met (e.g. dejection after a resolution attempt)."""
     max_arousal_alone: float | None = Field(None, ge=0, le=1)
     """A voice this far down fires even without the context."""
+    words_lean: bool = False
+    """The words must be at least as near this cue's examples as ordinary talk in some clause:
+    a panicked voice carries garbled words, not "I'm moving the family to another app"."""
 
 
 class Context(_Strict):

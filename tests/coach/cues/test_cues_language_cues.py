@@ -211,3 +211,27 @@ async def test_crisis_raises_a_critical_escalation(conversation: Conversation, t
     esc = [e for e in events if e["type"] == "escalation"]
     assert [(e["reason"], e["urgency"]) for e in esc][:1] == [("crisis_indicators", "critical")]
     assert esc[0]["summary"]["text"]
+
+
+async def test_panic_in_the_voice_with_lost_words_is_a_crisis(conversation: Conversation) -> None:
+    await conversation.say("customer", "Hello, I am calling from my mum's house.")
+    found = await conversation.cues(
+        "customer",
+        "I don't know what to do.",
+        arousal=0.95,
+        voice_why=["pitch +3.3 SD", "loudness +2.0 SD"],
+    )
+    assert "crisis" in found
+
+
+async def test_a_raised_voice_does_not_make_ordinary_words_a_crisis(
+    conversation: Conversation,
+) -> None:
+    # Anxious by the text emotion model and loud, but the words are plainly a plan to leave.
+    found = await conversation.cues(
+        "customer",
+        "I'm moving the whole family to another app this weekend.",
+        arousal=0.95,
+        voice_why=["pitch +3.0 SD", "loudness +2.1 SD"],
+    )
+    assert "crisis" not in found
