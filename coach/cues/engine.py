@@ -257,11 +257,10 @@ class CueEngine:
         ):
             boost = vb.add
         best: SemanticMatch | None = None
-        if len(language.words(text)) < spec.min_words:
-            clauses = ()
+        matchable = clauses if len(language.words(text)) >= spec.min_words else ()
         # The best clause among those that pass every check: a long turn may hold one clause
         # that clearly means the cue next to another that scores higher but is ordinary talk.
-        for clause in clauses:
+        for clause in matchable:
             if len(language.words(clause.text)) < spec.min_words:
                 continue  # "I don't know." inside a longer turn is too ambiguous alone
             m = loaded.index.score(cue_id, spec, clause)
