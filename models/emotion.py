@@ -14,6 +14,13 @@ moves smoothly between classes and stays inside [-1, 1].
 The artifact (`models/artifacts/emotion.onnx`, its tokenizer and `emotion.json`) is built
 by `scripts/build_models.py` from the packaged MiniLM and `data/emotion/train.tsv`; if it is
 missing, `EmotionModel` builds it once (seconds, never a download).
+
+The same pass yields the vector the cue engine matches on. By default a second encoder
+(all-mpnet-base-v2, `models.embeddings.MatchEncoder`) runs on the same texts and the two
+unit vectors are put side by side (`combine_embeddings`), so a dot product between two such
+vectors is the mean of the two models' cosines: mpnet separates a cue's meaning from ordinary
+talk better than MiniLM alone, and the average of both beat either one on the development
+splits (BENCHMARKS.md). `match_model="none"` keeps MiniLM alone (lighter, less precise).
 """
 
 from __future__ import annotations
@@ -32,12 +39,16 @@ import numpy.typing as npt
 
 from models.embeddings import (
     EMBEDDING_DIM,
+    MPNET_NAME,
     BatchTokenizer,
     Device,
     FloatArray,
     IntArray,
+    MatchEncoder,
     ModelNotFound,
+    combine_embeddings,
     make_session,
+    resolve_match_model,
 )
 
 log = logging.getLogger(__name__)
@@ -68,6 +79,8 @@ class EmotionOptions:
     inter_op_threads: int = 1
     batch_size: int = 16
     build_if_missing: bool = True
+    match_model: str = MPNET_NAME
+    """Second encoder for cue matching: all-mpnet-base-v2, a folder, or "none"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +90,9 @@ class EmotionScore:
     valence: float
     scores: dict[str, float]
     embedding: FloatArray | None = field(default=None, compare=False, repr=False)
-    """The utterance's sentence embedding (384, L2-normalised): the cue engine matches it
-    against playbook examples, so a final costs one forward pass, not two."""
+    """The utterance's matching vector (L2-normalised; MiniLM's 384 dimensions, followed by
+    the match encoder's when there is one): the cue engine matches it against the playbook's
+    examples, so a final is embedded once, in the same batch as its emotion."""
 
     def to_sentiment(self) -> dict[str, Any]:
         """The transcript event's `sentiment` object: {valence, label, scores}."""
@@ -95,7 +109,7 @@ class EmotionBatch:
 
     probs: FloatArray  # (n, 6), columns in LABELS order
     valence: FloatArray  # (n,)
-    embedding: FloatArray  # (n, 384), L2-normalised
+    embedding: FloatArray  # (n, d) matching vectors, L2-normalised (see EmotionScore)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +195,20 @@ class EmotionModel:
             inter_op=opts.inter_op_threads,
         )
         self.providers: list[str] = list(self._session.get_providers())
+        folder = resolve_match_model(opts.match_model, build_if_missing=opts.build_if_missing)
+        self.match: MatchEncoder | None = None
+        if folder is not None:
+            self.match = MatchEncoder(
+                folder,
+                device=opts.device,
+                intra_op_threads=opts.intra_op_threads,
+                max_tokens=int(self.meta["max_tokens"]),
+                batch_size=opts.batch_size,
+            )
+
+    @property
+    def embedding_dim(self) -> int:
+        return EMBEDDING_DIM + (self.match.dim if self.match is not None else 0)
 
     def run(self, texts: Sequence[str], *, batch_size: int | None = None) -> EmotionBatch:
         n = len(texts)
@@ -191,6 +219,8 @@ class EmotionModel:
             p, v, e = self._session.run(list(OUTPUTS), batch.feeds())
             rows = list(batch.rows)
             probs[rows], valence[rows], emb[rows] = p, v, e
+        if self.match is not None:
+            emb = combine_embeddings(emb, self.match.embed(texts))
         return EmotionBatch(probs, valence, emb)
 
     def score(self, texts: Sequence[str]) -> list[EmotionScore]:

@@ -1,7 +1,8 @@
 """Semantic matching of utterance clauses to playbook examples (pure numpy over embeddings).
 
-The embeddings come from the same MiniLM forward pass as the text emotion (models/emotion.py),
-so matching costs one matrix product per clause. Every example is embedded once when the
+The embeddings come from the same batch as the text emotion (models/emotion.py: MiniLM and
+all-mpnet-base-v2 side by side, so a dot product is the mean of their cosines), so matching
+costs one matrix product per clause. Every example is embedded once when the
 playbook loads (`CueIndex.build`); scoring a clause is then a dot product against each
 cue's positives, its near-miss negatives and the shared background of ordinary call talk.
 """
@@ -99,7 +100,7 @@ class CueIndex:
         for move, texts in playbook.agent_moves.items():
             groups.append(("move", move, texts))
         flat = [t for _, _, texts in groups for t in texts]
-        vectors = embed(flat) if flat else np.zeros((0, 384), np.float32)
+        vectors = embed(flat)
         pos: dict[str, ExampleSet] = {}
         neg: dict[str, ExampleSet] = {}
         moves: dict[str, ExampleSet] = {}

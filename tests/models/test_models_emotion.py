@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.embeddings import EmbedderOptions, ModelNotFound, SentenceEmbedder
+from models.embeddings import EMBEDDING_DIM, EmbedderOptions, ModelNotFound, SentenceEmbedder
 from models.emotion import (
     ARTIFACT_DIR,
     LABELS,
@@ -57,7 +57,7 @@ def test_composed_graph_equals_two_step_pipeline(model: EmotionModel, artifact_d
     composed = model.run(MIXED, batch_size=3)  # padded, length-bucketed batches
     probs = np.zeros_like(composed.probs)
     valence = np.zeros_like(composed.valence)
-    emb = np.zeros_like(composed.embedding)
+    emb = np.zeros((len(MIXED), EMBEDDING_DIM), dtype=np.float32)
     for batch in embedder.tokenizer.batches(MIXED, 3):
         e = embedder.embed_batch(batch)
         p, v = head.outputs(e, batch.input_ids, batch.attention_mask)
@@ -65,7 +65,25 @@ def test_composed_graph_equals_two_step_pipeline(model: EmotionModel, artifact_d
         probs[rows], valence[rows], emb[rows] = p, v, e
     np.testing.assert_allclose(composed.probs, probs, atol=1e-5)
     np.testing.assert_allclose(composed.valence, valence, atol=1e-5)
-    np.testing.assert_allclose(composed.embedding, emb, atol=1e-5)
+    # The matching vector starts with MiniLM's 384 dimensions, scaled by 1/sqrt(2) (two encoders).
+    assert model.match is not None
+    np.testing.assert_allclose(composed.embedding[:, :EMBEDDING_DIM] * np.sqrt(2), emb, atol=1e-5)
+
+
+def test_matching_vector_averages_the_two_encoders(model: EmotionModel, artifact_dir: Path) -> None:
+    assert model.match is not None and model.embedding_dim == EMBEDDING_DIM + model.match.dim
+    both = model.run(MIXED).embedding
+    assert both.shape == (len(MIXED), model.embedding_dim)
+    np.testing.assert_allclose(np.linalg.norm(both, axis=1), 1.0, atol=1e-5)
+    mini = SentenceEmbedder(EmbedderOptions(intra_op_threads=1)).embed(MIXED)
+    mp = model.match.embed(MIXED)
+    np.testing.assert_allclose(both @ both.T, (mini @ mini.T + mp @ mp.T) / 2, atol=1e-5)
+    alone = EmotionModel(
+        EmotionOptions(artifact_dir=artifact_dir, build_if_missing=False, match_model="none")
+    )
+    assert alone.match is None
+    np.testing.assert_allclose(alone.run(MIXED).embedding, mini, atol=1e-5)
+    np.testing.assert_allclose(alone.run(MIXED).probs, model.run(MIXED).probs, atol=1e-6)
 
 
 def test_padded_batches_match_single_utterances(model: EmotionModel) -> None:
