@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -237,8 +238,9 @@ class MatchEncoder:
             if not path.is_file():
                 raise ModelNotFound(f"{path} does not exist (a match model folder needs both)")
         self.tokenizer = BatchTokenizer(tokenizer, max_tokens=max_tokens)
-        # One text per run on CPU unless asked: see `embed`.
-        self.batch_size = batch_size or (32 if device == "cuda" else 1)
+        # One text per run for an int8 graph unless asked: see `embed`.
+        self.quantized = _built_quantized(folder)
+        self.batch_size = batch_size or (1 if self.quantized else 32)
         self._session = make_session(model, device=device, intra_op=intra_op_threads, inter_op=1)
         self.providers: list[str] = list(self._session.get_providers())
         self._input_names = {i.name for i in self._session.get_inputs()}
@@ -289,10 +291,10 @@ class MatchEncoder:
     def embed(self, texts: Sequence[str]) -> FloatArray:
         """(n, dim) float32, rows L2-normalised by the graph.
 
-        One text per run by default on CPU: the int8 graph quantizes activations with one
-        scale per tensor, so texts batched together would change each other's vectors
-        (cosine ~0.98 to the text alone); alone, a text always gets the same vector, whatever
-        else the server is scoring. On CUDA (a float graph: `build_mpnet --float`) texts batch.
+        One text per run by default for the int8 graph: it quantizes activations with one
+        scale per tensor, so texts batched together would change each other's vectors (cosine
+        ~0.98 to the text alone); alone, a text always gets the same vector, whatever else the
+        server is scoring. A float graph (`build_mpnet --float`, e.g. for CUDA) batches.
         """
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for batch in self.tokenizer.batches(texts, self.batch_size):
@@ -302,6 +304,15 @@ class MatchEncoder:
                 out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
             out[list(batch.rows)] = vectors
         return out
+
+
+def _built_quantized(folder: Path) -> bool:
+    """Whether scripts/build_mpnet.py wrote this folder's graph in int8 (its meta says so)."""
+    try:
+        meta = json.loads((folder / MPNET_META).read_text())
+        return bool(meta["source"]["quantized"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # a folder of the user's own: assume a float graph
 
 
 def resolve_match_model(name: str, *, build_if_missing: bool = True) -> Path | None:

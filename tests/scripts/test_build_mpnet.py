@@ -51,9 +51,10 @@ def test_padding_does_not_change_a_vector(
     float_encoder: MatchEncoder, reference: tuple[list[str], np.ndarray]
 ) -> None:
     texts, ref = reference
-    # One padded batch (short texts next to 200 tokens), as on CUDA; the float graph has no
+    # A float graph batches (short texts padded next to 200 tokens in one batch); it has no
     # per-tensor activation scale, so batch mates must not change a vector.
-    batched = MatchEncoder(float_encoder.folder, batch_size=len(texts)).embed(texts)
+    assert not float_encoder.quantized and float_encoder.batch_size > len(texts)
+    batched = float_encoder.embed(texts)
     np.testing.assert_allclose(batched, ref, atol=2e-5)
     np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
 
@@ -62,7 +63,9 @@ def test_int8_artifact_stays_close(reference: tuple[list[str], np.ndarray]) -> N
     folder = resolve_match_model(MPNET_NAME)
     assert folder is not None
     texts, ref = reference
-    got = MatchEncoder(folder).embed(texts)
+    encoder = MatchEncoder(folder)
+    assert encoder.quantized and encoder.batch_size == 1
+    got = encoder.embed(texts)
     cosines = (got * ref).sum(axis=1)
     assert cosines.min() >= 0.96, cosines  # measured 0.977-0.988 on the short ones
     # What matching relies on: the order of similarities between sentences is kept.
