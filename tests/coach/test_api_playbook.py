@@ -29,7 +29,7 @@ def bearer(user: str, role: str) -> dict[str, str]:
 def setup(tmp_path: Path, runtime: Runtime) -> Iterator[tuple[TestClient, Path]]:
     path = tmp_path / "playbook.yaml"
     path.write_text(DEFAULT_PLAYBOOK.read_text())
-    library = PlaybookLibrary(path, embed=lambda t: runtime.emotion.run(t).embedding)
+    library = PlaybookLibrary(path, embed=runtime.emotion.embed_examples)
     own = dataclasses.replace(runtime, playbook=library)
     settings = Settings(
         data_dir=tmp_path,
