@@ -315,6 +315,20 @@ def _built_quantized(folder: Path) -> bool:
         return False  # a folder of the user's own: assume a float graph
 
 
+def import_builder(module: str, missing: str) -> Any:
+    """The repository script that builds a missing model artifact, imported by name.
+
+    By name because a builder is a repository script (training data, onnx), not part of the
+    runtime package, and mypy should not pull it into `models`.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ModelNotFound(
+            f"{missing} and {module} is not importable (run it from the repository root)"
+        ) from exc
+
+
 def resolve_match_model(name: str, *, build_if_missing: bool = True) -> Path | None:
     """The folder of the second matching encoder: `none`, the packaged mpnet, or a path."""
     if name.strip().lower() in ("", "none", "off"):
@@ -325,13 +339,7 @@ def resolve_match_model(name: str, *, build_if_missing: bool = True) -> Path | N
                 raise ModelNotFound(
                     f"no {MPNET_NAME} in {MPNET_DIR}; run .venv/bin/python -m scripts.build_mpnet"
                 )
-            try:
-                # By name: the builder is a repository script, not part of the runtime package.
-                builder = importlib.import_module("scripts.build_mpnet")
-            except ImportError as exc:
-                raise ModelNotFound(
-                    f"no {MPNET_NAME} in {MPNET_DIR} and scripts.build_mpnet is not importable"
-                ) from exc
+            builder = import_builder("scripts.build_mpnet", f"no {MPNET_NAME} in {MPNET_DIR}")
             log.info("%s missing in %s: building it", MPNET_NAME, MPNET_DIR)
             builder.build(MPNET_DIR)
         return MPNET_DIR

@@ -26,7 +26,6 @@ splits (BENCHMARKS.md). `match_model="none"` keeps MiniLM alone (lighter, less p
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 from collections.abc import Sequence
@@ -47,6 +46,7 @@ from models.embeddings import (
     MatchEncoder,
     ModelNotFound,
     combine_embeddings,
+    import_builder,
     make_session,
     resolve_match_model,
 )
@@ -163,15 +163,7 @@ def ensure_artifact(artifact_dir: Path, *, build_if_missing: bool = True) -> dic
         raise ModelNotFound(
             f"no emotion model in {artifact_dir}; run .venv/bin/python -m scripts.build_models"
         )
-    try:
-        # Imported by name: the builder is a repository script (training data, onnx), not
-        # part of the runtime package, and mypy should not pull it into `models`.
-        builder = importlib.import_module("scripts.build_models")
-    except ImportError as exc:
-        raise ModelNotFound(
-            f"no emotion model in {artifact_dir} and scripts.build_models is not importable "
-            "(run it from the repository root)"
-        ) from exc
+    builder = import_builder("scripts.build_models", f"no emotion model in {artifact_dir}")
     log.info("emotion model missing in %s: building it", artifact_dir)
     builder.build(out_dir=artifact_dir)
     return paths
