@@ -697,7 +697,8 @@ def doubling_then_bisect(max_n: int) -> Generator[int, bool, int]:
     while n <= max_n:
         if (yield n):
             best = n
-            n *= 2
+            # Doubling past the cap still tries the cap itself (16 -> 24, not a stop at 16).
+            n = min(n * 2, max_n) if n < max_n else n + 1
         else:
             fail = n
             break
