@@ -695,13 +695,14 @@ def doubling_then_bisect(max_n: int) -> Generator[int, bool, int]:
     best, fail = 0, None
     n = 1
     while n <= max_n:
-        if (yield n):
-            best = n
-            # Doubling past the cap still tries the cap itself (16 -> 24, not a stop at 16).
-            n = min(n * 2, max_n) if n < max_n else n + 1
-        else:
+        if not (yield n):
             fail = n
             break
+        best = n
+        if n == max_n:
+            break
+        # Doubling past the cap still tries the cap itself (16 -> 24, not a stop at 16).
+        n = min(n * 2, max_n)
     if fail is None:
         return best
     lo, hi = best, fail
