@@ -9,6 +9,7 @@ why there are two held-out splits).
     python -m scripts.eval_cues render                      # .cache/cue_eval/<split>/*.wav|json
     python -m scripts.eval_cues run --split heldout2 --mode fast --jobs 2 [--json out.json]
     python -m scripts.eval_cues score --split heldout2 --mode fast   # rescore existing events
+    python -m scripts.eval_cues score --split tune --transcripts script  # as if ASR were perfect
 
 Scoring (pure functions below, unit tested): a labeled turn's trigger interval is
 [turn start, turn end], for dead_air [end of the previous speech on either channel, start of
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ MATCH_TAIL_S = 4.0  # a cue may come this long after its trigger interval ends
 FAST_AGENT_WPM = 260  # espeak-ng speed of the agent_pace_fast turns in the call files
 DEAD_AIR_S = 8.0  # dead_air latency is measured from the moment the silence passes this
 BASELINE_COOLDOWN_S = 20.0
+SCRIPT_EMIT_DELAY_S = 0.5  # --transcripts script: when each turn's "final" is emitted
 # Bump when rendering changes in a way the call files' hash cannot see.
 RENDER_VERSION = "1"
 LANGUAGE_CUES = CUE_IDS[:9]
@@ -477,6 +479,114 @@ def turn_wer(truth: Mapping[str, Any], events: Iterable[Event]) -> list[float | 
     return out
 
 
+# --- the scripts' own words in place of the ASR's (a diagnostic) --------------------------
+
+
+def script_transcripts(truth: Mapping[str, Any], events: Iterable[Event]) -> list[dict[str, Any]]:
+    """The replay's events with its transcripts replaced by one per scripted turn, in the
+    script's own words: what the cue engine would see with a perfect ASR.
+
+    Each turn keeps the voice of the replay: the prosody of the recorded transcript of the same
+    party that overlaps the turn most (the voice does not depend on the words). Sentiment and
+    state are left out, for `ScriptRescorer` to recompute from the script's words. Language
+    cues and escalations are dropped, since they answered the ASR's words; the timing cues
+    (from the VAD, not the words) and every other event are kept.
+    """
+    events = list(events)
+    recorded = _transcripts(events)
+    out: list[dict[str, Any]] = [
+        dict(ev)
+        for ev in events
+        if ev.get("type") not in ("transcript", "cue", "escalation")
+        or (ev.get("type") == "cue" and ev.get("cue") in TIMING_CUES)
+    ]
+    for i, turn in enumerate(truth["turns"]):
+        t_start, t_end = float(turn["t_start"]), float(turn["t_end"])
+        best: Event | None = None
+        best_overlap = 0.0
+        for ev in recorded:
+            if ev.get("speaker") != turn["speaker"]:
+                continue
+            overlap = min(t_end, float(ev["t_end"])) - max(t_start, float(ev["t_start"]))
+            if overlap > best_overlap:
+                best, best_overlap = ev, overlap
+        out.append(
+            {
+                "type": "transcript",
+                "call_id": truth["call_id"],
+                "speaker": turn["speaker"],
+                "text": turn["text"],
+                "t_start": t_start,
+                "t_end": t_end,
+                # As if the final came a typical ASR delay after the end of speech.
+                "t_emit": t_end + SCRIPT_EMIT_DELAY_S,
+                "utterance_id": f"script-{i}",
+                "words": [],
+                "prosody": dict(best.get("prosody") or {}) if best is not None else {},
+            }
+        )
+    return sorted(out, key=lambda ev: (float(ev.get("t_emit", ev.get("t_end", 0.0))), 0))
+
+
+class ScriptRescorer:
+    """Runs the cue engine (offline, coach/cues/offline.py) over `script_transcripts`.
+
+    Loads the emotion model and the playbook once; sentiment and the fused customer state
+    of each turn are computed from the script's words as the pipeline would compute them
+    from the ASR's (coach/pipeline.py), so only the words differ from the replay.
+    """
+
+    def __init__(self, playbook_path: Path | None = None) -> None:
+        from coach.cues.engine import LoadedPlaybook
+        from coach.cues.matcher import CueIndex
+        from coach.cues.playbook import load_playbook
+        from models.emotion import EmotionModel
+
+        self.model = EmotionModel()
+        playbook = load_playbook(playbook_path)
+        index = CueIndex.build(playbook, self.model.embed_examples)
+        self.holder = _FixedPlaybook(LoadedPlaybook(playbook, index, "script-rescore"))
+        self._cache: dict[str, Any] = {}
+
+    def _scores(self, texts: Sequence[str]) -> list[Any]:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if missing:
+            self._cache.update(zip(missing, self.model.score(missing), strict=True))
+        return [self._cache[t] for t in texts]
+
+    async def _analyze(self, texts: Sequence[str]) -> list[Any]:
+        return self._scores(texts)
+
+    def __call__(self, truth: Mapping[str, Any], events: Iterable[Event]) -> list[dict[str, Any]]:
+        import asyncio
+
+        from coach.cues.offline import rescore
+        from coach.signals.state import CustomerStateTracker
+
+        rewritten = script_transcripts(truth, events)
+        tracker = CustomerStateTracker()
+        for ev in rewritten:
+            if ev.get("type") != "transcript":
+                continue
+            emotion = self._scores([ev["text"]])[0]
+            ev["sentiment"] = emotion.to_sentiment()
+            if ev["speaker"] == "customer":
+                ev["state"] = tracker.update(
+                    t_end=ev["t_end"],
+                    duration_s=ev["t_end"] - ev["t_start"],
+                    sentiment={**ev["sentiment"], "confidence": emotion.confidence},
+                    prosody=ev["prosody"],
+                ).as_dict()
+        found = asyncio.run(rescore(rewritten, self.holder, self._analyze))
+        # rescore returns the recorded timing cues too: keep every other event, add its output.
+        return [ev for ev in rewritten if ev.get("type") != "cue"] + [dict(e) for e in found]
+
+
+@dataclass(frozen=True, slots=True)
+class _FixedPlaybook:
+    current: Any
+
+
 # --- files: render, replay, score ---------------------------------------------------------
 
 
@@ -620,8 +730,16 @@ def run_replays(
     return failed
 
 
-def score_paths(truth_paths: Sequence[Path], mode: Mode) -> dict[str, Any]:
-    """Score the engine and the keyword baseline on the existing event files."""
+def score_paths(
+    truth_paths: Sequence[Path],
+    mode: Mode,
+    rewrite: Callable[[Mapping[str, Any], list[dict[str, Any]]], list[dict[str, Any]]]
+    | None = None,
+) -> dict[str, Any]:
+    """Score the engine and the keyword baseline on the existing event files.
+
+    `rewrite` turns a call's recorded events into the events to score (`ScriptRescorer`: the
+    engine's answer to the scripts' own words instead of the ASR's)."""
     engine: list[CallResult] = []
     baseline: list[CallResult] = []
     escalations: list[dict[str, Any]] = []
@@ -644,6 +762,8 @@ def score_paths(truth_paths: Sequence[Path], mode: Mode) -> dict[str, Any]:
         if not any(ev.get("type") == "call_end" for ev in events):
             missing.append(truth.call_id)  # a replay still running, or one that died
             continue
+        if rewrite is not None:
+            events = rewrite(truth_json, events)
         engine.append(match_call(truth, cue_hits(events)))
         baseline.append(match_call(truth, keyword_baseline(events)))
         turn_wers.append(turn_wer(truth_json, events))
@@ -767,6 +887,17 @@ def main(argv: list[str] | None = None) -> int:
         )
     run_p.add_argument("--jobs", type=int, help="parallel replays (default 1 realtime, else 2)")
     run_p.add_argument("--config", type=Path, help="passed to `coach replay --config`")
+    for p in (run_p, score_p):
+        p.add_argument(
+            "--transcripts",
+            choices=("asr", "script"),
+            default="asr",
+            help="score the engine on the ASR's words (default) or, as a diagnostic of what"
+            " the ASR costs, on the scripts' own words with the replay's voice and timing",
+        )
+        p.add_argument(
+            "--playbook", type=Path, help="playbook for --transcripts script (default: bundled)"
+        )
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv or ["render"])
     command = args.command
@@ -793,10 +924,15 @@ def main(argv: list[str] | None = None) -> int:
     if command == "run":
         jobs = args.jobs or (1 if args.mode == "realtime" else 2)
         failed = run_replays(truth_paths, args.mode, jobs, args.config)
-    report = score_paths(truth_paths, args.mode)
+    rewrite = ScriptRescorer(args.playbook) if args.transcripts == "script" else None
+    report = score_paths(truth_paths, args.mode, rewrite)
     report["split"] = split
+    report["transcripts"] = args.transcripts
     report["failed_replays"] = failed
-    print(format_report(report, f"split {split}"))
+    title = f"split {split}" + (
+        ", the scripts' words in place of the ASR's" if args.transcripts == "script" else ""
+    )
+    print(format_report(report, title))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -18,12 +18,15 @@ from scripts.eval_cues import (
     CallTruth,
     CueHit,
     Label,
+    ScriptRescorer,
     apply_cooldown,
     check_truth,
+    cue_hits,
     escalation_report,
     keyword_baseline,
     main,
     match_call,
+    script_transcripts,
     summarize,
     transcript_errors,
     truth_from_json,
@@ -416,3 +419,65 @@ def test_word_errors_and_transcript_errors() -> None:
     )
     heard = [_tr("customer", 0.1, 1.9, "one two"), _tr("agent", 1.6, 2.9, "three")]
     assert turn_wer(two, heard) == [0.0, 0.5, 1.0]
+
+
+def _voiced(speaker: str, t0: float, t1: float, text: str, arousal: float) -> dict[str, Any]:
+    return {**_tr(speaker, t0, t1, text), "prosody": {"arousal": arousal, "f0_hz": 180.0}}
+
+
+# What a replay recorded: the ASR mangled the customer's request, and the VAD cut it in two.
+SCRIPT_TRUTH = {
+    "call_id": "s",
+    "duration_s": 30.0,
+    "turns": [
+        {**_turn("customer", 1.0, 3.0), "text": "Hi, I'm calling about my bill."},
+        {**_turn("agent", 3.5, 5.0), "text": "Sure, let me pull that up."},
+        {
+            **_turn("customer", 15.0, 21.0, ("escalation_request", "dead_air")),
+            "text": "I want to speak to your manager right now. Put me through to a supervisor.",
+        },
+    ],
+}
+SCRIPT_EVENTS = [
+    {"type": "call_start", "t_emit": 0.0},
+    _voiced("customer", 1.0, 3.0, "Hi, I'm calling about my bill.", 0.4),
+    _voiced("agent", 3.5, 5.0, "Sure, let me pull that up.", 0.5),
+    {"type": "cue", "cue": "dead_air", "t_emit": 13.0},
+    _voiced("customer", 15.0, 16.0, "I want to peek", 0.9),
+    _voiced("customer", 16.2, 21.0, "at your man urge her. Put me through to a super vice.", 0.7),
+    {"type": "cue", "cue": "frustration", "t_emit": 21.5},
+    {"type": "escalation", "t_emit": 21.5, "reason": "r", "urgency": "high"},
+    {"type": "call_end", "t_emit": 30.0},
+]
+
+
+def test_script_transcripts_keep_voice_and_timing_cues_only() -> None:
+    out = script_transcripts(SCRIPT_TRUTH, SCRIPT_EVENTS)
+    transcripts = [e for e in out if e["type"] == "transcript"]
+    assert [t["text"] for t in transcripts] == [t["text"] for t in SCRIPT_TRUTH["turns"]]
+    assert [(t["t_start"], t["t_end"]) for t in transcripts] == [
+        (1.0, 3.0),
+        (3.5, 5.0),
+        (15.0, 21.0),
+    ]
+    # The turn's voice is the recorded utterance that overlaps it most (4.8 s against 1 s).
+    assert transcripts[2]["prosody"]["arousal"] == 0.7
+    assert all("sentiment" not in t and "state" not in t for t in transcripts)
+    # Language cues and escalations answered the ASR's words; the VAD's dead air stays.
+    assert [(e["type"], e.get("cue")) for e in out if e["type"] in ("cue", "escalation")] == [
+        ("cue", "dead_air")
+    ]
+    assert [e["type"] for e in out][0] == "call_start" and out[-1]["type"] == "call_end"
+
+
+def test_script_rescorer_hears_what_the_asr_lost() -> None:
+    truth = truth_from_json(SCRIPT_TRUTH)
+    heard = match_call(truth, cue_hits(SCRIPT_EVENTS))
+    assert [lb.cue for lb in heard.missed] == ["escalation_request"]
+    rescored = ScriptRescorer()(SCRIPT_TRUTH, SCRIPT_EVENTS)
+    result = match_call(truth, cue_hits(rescored))
+    assert sorted(lb.cue for lb, _ in result.matched) == ["dead_air", "escalation_request"]
+    assert not result.missed and not result.false_cues
+    customer = [e for e in rescored if e["type"] == "transcript" and e["speaker"] == "customer"]
+    assert all(e["sentiment"]["label"] and "valence" in e["state"] for e in customer)
+    assert any(e["type"] == "escalation" and e["reason"] == "user_request" for e in rescored)
