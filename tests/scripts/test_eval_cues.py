@@ -402,6 +402,14 @@ def test_render_one_call_and_score_it_through_the_cli(tmp_path: Path) -> None:
     assert engine["crisis_recall"] == 1.0 and report["escalation"]["rate"] == 1.0
     assert report["calls"] == 1 and "keyword" in report
     assert 0.0 < report["asr_wer"]["customer"] < 1.0 and report["asr_wer"]["agent"] == 1.0
+    assert report["transcripts"] == "asr"
+
+    # The same replay scored on the script's own words: no word errors, the engine's own cues.
+    assert main(["score", *args, "--transcripts", "script", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["transcripts"] == "script"
+    assert report["asr_wer"] == {"customer": 0.0, "agent": 0.0}
+    assert report["calls"] == 1 and report["engine"]["micro"]["tp"] > 0
 
 
 def test_word_errors_and_transcript_errors() -> None:
