@@ -525,7 +525,7 @@ def script_transcripts(truth: Mapping[str, Any], events: Iterable[Event]) -> lis
                 "prosody": dict(best.get("prosody") or {}) if best is not None else {},
             }
         )
-    return sorted(out, key=lambda ev: (float(ev.get("t_emit", ev.get("t_end", 0.0))), 0))
+    return sorted(out, key=lambda ev: float(ev.get("t_emit", 0.0)))
 
 
 class ScriptRescorer:
@@ -539,23 +539,15 @@ class ScriptRescorer:
     def __init__(self, playbook_path: Path | None = None) -> None:
         from coach.cues.engine import LoadedPlaybook
         from coach.cues.matcher import CueIndex
+        from coach.cues.offline import CachedAnalysis, FixedPlaybook
         from coach.cues.playbook import load_playbook
         from models.emotion import EmotionModel
 
-        self.model = EmotionModel()
+        model = EmotionModel()
         playbook = load_playbook(playbook_path)
-        index = CueIndex.build(playbook, self.model.embed_examples)
-        self.holder = _FixedPlaybook(LoadedPlaybook(playbook, index, "script-rescore"))
-        self._cache: dict[str, Any] = {}
-
-    def _scores(self, texts: Sequence[str]) -> list[Any]:
-        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        if missing:
-            self._cache.update(zip(missing, self.model.score(missing), strict=True))
-        return [self._cache[t] for t in texts]
-
-    async def _analyze(self, texts: Sequence[str]) -> list[Any]:
-        return self._scores(texts)
+        index = CueIndex.build(playbook, model.embed_examples)
+        self.holder = FixedPlaybook(LoadedPlaybook(playbook, index, "script-rescore"))
+        self.analyze = CachedAnalysis(model)
 
     def __call__(self, truth: Mapping[str, Any], events: Iterable[Event]) -> list[dict[str, Any]]:
         import asyncio
@@ -568,7 +560,7 @@ class ScriptRescorer:
         for ev in rewritten:
             if ev.get("type") != "transcript":
                 continue
-            emotion = self._scores([ev["text"]])[0]
+            emotion = self.analyze.scores([ev["text"]])[0]
             ev["sentiment"] = emotion.to_sentiment()
             if ev["speaker"] == "customer":
                 ev["state"] = tracker.update(
@@ -577,14 +569,9 @@ class ScriptRescorer:
                     sentiment={**ev["sentiment"], "confidence": emotion.confidence},
                     prosody=ev["prosody"],
                 ).as_dict()
-        found = asyncio.run(rescore(rewritten, self.holder, self._analyze))
+        found = asyncio.run(rescore(rewritten, self.holder, self.analyze))
         # rescore returns the recorded timing cues too: keep every other event, add its output.
         return [ev for ev in rewritten if ev.get("type") != "cue"] + [dict(e) for e in found]
-
-
-@dataclass(frozen=True, slots=True)
-class _FixedPlaybook:
-    current: Any
 
 
 # --- files: render, replay, score ---------------------------------------------------------

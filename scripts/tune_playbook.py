@@ -36,7 +36,7 @@ from typing import Any
 
 from coach.cues.engine import LoadedPlaybook
 from coach.cues.matcher import CueIndex, EmbedFn
-from coach.cues.offline import rescore
+from coach.cues.offline import CachedAnalysis, FixedPlaybook, rescore
 from coach.cues.playbook import DEFAULT_PLAYBOOK, Playbook, parse_playbook
 from scripts import eval_cues
 
@@ -44,26 +44,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_EVAL_DIR = eval_cues.CACHE_DIR / "tune"
 TEST_SPLIT = "heldout2"
 """The split the engine is judged on (data/cue_eval/README.md); `tune` and `heldout` may be used."""
-
-
-@dataclass(frozen=True, slots=True)
-class Holder:
-    current: LoadedPlaybook
-
-
-class CachedAnalysis:
-    """The emotion model's output per text, computed once across every candidate playbook."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.cache: dict[str, Any] = {}
-
-    async def __call__(self, texts: Sequence[str]) -> list[Any]:
-        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
-        if missing:
-            for text, score in zip(missing, self.model.score(missing), strict=True):
-                self.cache[text] = score
-        return [self.cache[t] for t in texts]
 
 
 @dataclass
@@ -92,7 +72,7 @@ def with_threshold(playbook: Playbook, cue: str, threshold: float) -> Playbook:
 async def measure(
     calls: Sequence[EvalCall], playbook: Playbook, index: CueIndex, analyze: CachedAnalysis
 ) -> dict[str, Any]:
-    holder = Holder(LoadedPlaybook(playbook, index, "candidate"))
+    holder = FixedPlaybook(LoadedPlaybook(playbook, index, "candidate"))
     results = []
     for call in calls:
         out = await rescore(call.events, holder, analyze)
@@ -193,7 +173,7 @@ def apply_thresholds(path: Path, changes: Mapping[str, float]) -> str:
             current = m.group(1)
             continue
         t = re.match(r"^(    threshold:\s*)([0-9.]+)(.*)$", line)
-        if in_cues and t and current in changes:
+        if in_cues and t and current is not None and current in changes:
             lines[i] = f"{t.group(1)}{changes[current]:.2f}{t.group(3)}\n"
     text = "".join(lines)
     parse_playbook(text, source=path)  # never write a playbook the server would refuse

@@ -11,9 +11,10 @@ which events do not carry, so they are kept as recorded.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from coach.cues.engine import AnalyzeFn, CueEngine, PlaybookHolder
+from coach.cues.engine import AnalyzeFn, CueEngine, LoadedPlaybook, PlaybookHolder
 from coach.events import Event
 
 
@@ -42,10 +43,29 @@ async def rescore(
     return out
 
 
-def analyze_with(model: Any) -> AnalyzeFn:
-    """An AnalyzeFn over a loaded EmotionModel, for offline use (no scheduler)."""
+@dataclass(frozen=True, slots=True)
+class FixedPlaybook:
+    """A PlaybookHolder that never reloads: one playbook for a whole offline run."""
 
-    async def analyze(texts: Sequence[str]) -> Sequence[Any]:
-        return list(model.score(list(texts)))
+    current: LoadedPlaybook
 
-    return analyze
+
+class CachedAnalysis:
+    """An AnalyzeFn over a loaded EmotionModel, for offline use (no scheduler).
+
+    Each distinct text is scored once: offline runs score the same clauses again for every
+    candidate playbook or every variant of a call.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.cache: dict[str, Any] = {}
+
+    def scores(self, texts: Sequence[str]) -> list[Any]:
+        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if missing:
+            self.cache.update(zip(missing, self.model.score(missing), strict=True))
+        return [self.cache[t] for t in texts]
+
+    async def __call__(self, texts: Sequence[str]) -> list[Any]:
+        return self.scores(texts)
