@@ -571,7 +571,7 @@ class ScriptRescorer:
                 ).as_dict()
         found = asyncio.run(rescore(rewritten, self.holder, self.analyze))
         # rescore returns the recorded timing cues too: keep every other event, add its output.
-        return [ev for ev in rewritten if ev.get("type") != "cue"] + [dict(e) for e in found]
+        return [ev for ev in rewritten if ev.get("type") != "cue"] + found
 
 
 # --- files: render, replay, score ---------------------------------------------------------
