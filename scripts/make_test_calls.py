@@ -391,7 +391,7 @@ def parse_turns(text: str) -> tuple[Turn, ...]:
     return tuple(turns)
 
 
-SPLITS = ("tune", "heldout", "heldout2")
+SPLITS = ("tune", "heldout", "dev", "heldout2")
 # Header keys of a call file (``# key: value``) and the CallScript field each one sets.
 _HEADER_FIELDS: dict[str, str | None] = {
     "call_id": None,

@@ -309,8 +309,10 @@ def test_call_files_parse_with_consistent_ids_and_splits() -> None:
 def test_split_counts(split: str) -> None:
     calls = CALLS[split]
     required = Counter(c for _, s, _ in calls for t in s.turns for c in t.labels)
+    # `dev` was written for the language cues: two calls of each timing cue are enough there.
+    timing_minimum = 2 if split == "dev" else 4
     for cue in CUE_IDS:
-        assert required[cue] >= (6 if cue in LANGUAGE_CUES else 4), cue
+        assert required[cue] >= (6 if cue in LANGUAGE_CUES else timing_minimum), cue
     calm = [s for _, s, _ in calls if not any(t.labels for t in s.turns)]
     assert len(calm) >= 6
     assert len({m["domain"] for _, _, m in calls}) >= 8
