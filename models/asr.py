@@ -4,9 +4,10 @@ faster-whisper's `transcribe()` pads every input to 30 s before the encoder, so 
 partial costs as much as 30 s of audio (~0.33 s here). CTranslate2 accepts shorter encoder
 inputs, so this runner sizes the encoder window to the utterance (at least `min_window_s`,
 because Whisper loops on very short windows) and reuses faster-whisper's feature extractor,
-tokenizer and word alignment. Every decode is bounded: one temperature (no fallback), a
-token cap proportional to the audio length, and a repetition guard, so one bad window cannot
-stall the shared model.
+tokenizer and word alignment. Every decode is bounded: one temperature, a token cap
+proportional to the audio length, and a repetition guard, so one bad window cannot stall the
+shared model. A decode that loops is done once more with repeated trigrams forbidden (the
+one fallback, in place of faster-whisper's temperature ladder).
 """
 
 from __future__ import annotations
@@ -49,7 +50,12 @@ class AsrOptions:
     language: str = "en"
     initial_prompt: str | None = None
     min_window_s: float = 10.0
-    max_tokens_per_s: float = 6.0
+    max_tokens_per_s: float = 10.0
+    """Token cap per second of audio. Fast talkers reach 4-5 words/s, about 7 tokens/s with
+    punctuation; at 6 the ends of rapid, agitated turns were cut off (BENCHMARKS, "ASR on
+    agitated speech")."""
+    loop_fallback: bool = True
+    """Decode a looping request again with `no_repeat_ngram_size=3`."""
     no_speech_threshold: float = 0.6
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "voice-coach")
 
@@ -245,14 +251,9 @@ class WhisperAsr:
         words: bool,
     ) -> list[AsrResult]:
         """Encode, generate and (if asked) align a group of same-shaped requests at once."""
-        import ctranslate2
-
         t0 = time.perf_counter()
         content = [min(window, f.shape[1]) for f in feats]
-        batch = np.zeros((len(feats), feats[0].shape[0], window), dtype=np.float32)
-        for i, f in enumerate(feats):
-            batch[i, :, : content[i]] = f[:, : content[i]]
-        encoded = self._fw.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=False)
+        encoded = self._encode(feats, window)
         budgets = [self._token_budget(r) for r in requests]
         # One generate call for the group. Its length cap is the largest budget; each
         # sequence is then cut to its own budget, which is what a decode alone would have
@@ -267,23 +268,65 @@ class WhisperAsr:
             suppress_blank=True,
             suppress_tokens=[-1],
         )
-        token_lists = [
-            truncate_repeats([t for t in g.sequences_ids[0] if t < self._eot][:budget])
-            for g, budget in zip(gens, budgets, strict=True)
-        ]
+        raw = [self._tokens(g, budget) for g, budget in zip(gens, budgets, strict=True)]
+        token_lists = [truncate_repeats(tokens) for tokens in raw]
+        looped = [i for i, tokens in enumerate(token_lists) if len(tokens) < len(raw[i])]
+        text_gens = list(gens)
+        if looped and self.options.loop_fallback:
+            # Whisper falls into a loop on some fast or loud speech ("No, no, no, no, ..."
+            # for a whole sentence). Forbidding a repeated trigram gets the sentence back;
+            # it is used only here, because real speech repeats itself ("okay, okay").
+            redo = self._fw.model.generate(
+                self._encode([feats[i] for i in looped], window),
+                [self._prompt] * len(looped),
+                beam_size=beam,
+                max_length=min(448, len(self._prompt) + max(budgets[i] for i in looped)),
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_blank=True,
+                suppress_tokens=[-1],
+                no_repeat_ngram_size=3,
+            )
+            for i, g in zip(looped, redo, strict=True):
+                tokens = self._tokens(g, budgets[i])
+                # The repair must say more than the cut loop did; it can stall too.
+                if len(tokens) > len(token_lists[i]):
+                    text_gens[i], token_lists[i] = g, tokens
+            log.debug("ASR loop fallback for %d of %d utterances", len(looped), len(requests))
         alignments: list[tuple[Word, ...]] = [()] * len(requests)
         if words and any(token_lists):
             alignments = self._align(requests, token_lists, encoded, content)
         return [
-            self._result(gen, tokens, alignment, t0)
-            for gen, tokens, alignment in zip(gens, token_lists, alignments, strict=True)
+            self._result(gen, text_gen, tokens, alignment, t0)
+            for gen, text_gen, tokens, alignment in zip(
+                gens, text_gens, token_lists, alignments, strict=True
+            )
         ]
 
-    def _result(self, gen: Any, tokens: list[int], words: tuple[Word, ...], t0: float) -> AsrResult:
+    def _tokens(self, gen: Any, budget: int) -> list[int]:
+        return [t for t in gen.sequences_ids[0] if t < self._eot][:budget]
+
+    def _encode(self, feats: Sequence[np.ndarray[Any, np.dtype[np.float32]]], window: int) -> Any:
+        """One encoder pass over a group, each item zero-padded (or cut) to `window` frames."""
+        import ctranslate2
+
+        batch = np.zeros((len(feats), feats[0].shape[0], window), dtype=np.float32)
+        for i, f in enumerate(feats):
+            n = min(window, f.shape[1])
+            batch[i, :, :n] = f[:, :n]
+        return self._fw.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=False)
+
+    def _result(
+        self, gen: Any, text_gen: Any, tokens: list[int], words: tuple[Word, ...], t0: float
+    ) -> AsrResult:
+        """`gen` is the first decode, `text_gen` the one whose tokens are used (the loop
+        fallback's, or the same). Whether there is speech at all is the first decode's call:
+        the fallback's constrained tokens score lower by construction."""
         text = collapse_repetitions(self._tokenizer.decode(tokens).strip())
-        avg_logprob = float(gen.scores[0]) if gen.scores else 0.0
+        first_logprob = float(gen.scores[0]) if gen.scores else 0.0
+        avg_logprob = float(text_gen.scores[0]) if text_gen.scores else 0.0
         no_speech = float(getattr(gen, "no_speech_prob", 0.0))
-        if no_speech > self.options.no_speech_threshold and avg_logprob < -1.0:
+        if no_speech > self.options.no_speech_threshold and first_logprob < -1.0:
             text, words = "", ()
         return AsrResult(text, words, avg_logprob, no_speech, time.perf_counter() - t0)
 

@@ -771,3 +771,90 @@ def runtime_fixture_call(
             mono = np.ascontiguousarray(piece[:, t["channel"]])
             clips.append(StreamResampler(in_rate=rate, out_rate=16000).push(mono, last=True))
     return runtime.asr, clips
+
+
+# -- agitated speech: the token budget and the loop fallback (real model, espeak-ng) --------
+
+
+def _phone_line(text: str, voice: str, speed: int, pitch: int, amplitude: int) -> Any:
+    """One sentence as it reaches the ASR from a phone call: espeak-ng, 8 kHz mu-law, 16 kHz,
+    with 0.2 s of silence either side (the endpointer's margins)."""
+    import io
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import soundfile as sf
+
+    from audio.resample import resample
+    from scripts.make_test_calls import CallScript, Turn, render_turn
+
+    turn = Turn("customer", text, voice=voice, speed_wpm=speed, pitch=pitch, amplitude=amplitude)
+    with tempfile.TemporaryDirectory() as tmp:
+        audio = render_turn(CallScript("asr-test", (turn,)), turn, 8000, Path(tmp))
+    buf = io.BytesIO()
+    sf.write(buf, audio, 8000, format="WAV", subtype="ULAW")
+    buf.seek(0)
+    line, _ = sf.read(buf, dtype="float32")
+    pad = np.zeros(3200, dtype=np.float32)
+    return np.concatenate([pad, resample(line, 8000, 16000), pad])
+
+
+# Shouted, fast sentences on which tiny.en falls into a loop ("No, no, no, no, ...").
+AGITATED = [
+    (
+        "Oh no. She's on the floor, there's blood on her forehead, she's breathing but "
+        "she's not answering me.",
+        "en-us-nyc+m4",
+        208,
+        78,
+        165,
+    ),
+    (
+        "Within the hour. Fine. Because if you won't tell me whose kid it is, I'll find the "
+        "father at pickup myself, and I'll put him on the ground in front of everyone.",
+        "en-gb-scotland+m1",
+        215,
+        80,
+        182,
+    ),
+]
+
+
+@pytest.mark.parametrize("sentence", AGITATED, ids=["fall", "threat"])
+def test_a_looping_decode_is_done_again_without_repeats(
+    runtime: Any, sentence: tuple[str, str, int, int, int]
+) -> None:
+    """The fallback must recover what the loop lost: more of the sentence, with fewer word
+    errors against the script."""
+    from dataclasses import replace
+
+    from models.asr import WhisperAsr
+    from scripts.eval_cues import _words, word_errors
+
+    audio = _phone_line(*sentence)
+    reference = _words(sentence[0])
+    with_fallback = runtime.asr.transcribe(audio, words=True)
+    without = WhisperAsr(replace(runtime.asr.options, loop_fallback=False)).transcribe(audio)
+    # The precondition: without the fallback this audio loops, and the cut loop keeps little.
+    assert len(_words(without.text)) < 0.6 * len(reference), without.text
+    assert len(_words(with_fallback.text)) > 0.7 * len(reference), with_fallback.text
+    errors = [word_errors(reference, _words(r.text)) for r in (with_fallback, without)]
+    assert errors[0] < errors[1], (with_fallback.text, without.text)
+
+
+def test_the_token_budget_fits_a_fast_talker(runtime: Any) -> None:
+    """At 4-5 words/s the transcript must reach the end of the sentence (a budget of 6 tokens
+    per second of audio cut it off)."""
+    from models.asr import AsrRequest
+    from scripts.eval_cues import _words
+
+    text = (
+        "I've tried the card, I've tried the app, I've tried every one of these chargers, "
+        "twenty minutes out here with two tired kids and nothing works."
+    )
+    audio = _phone_line(text, "en-us+m6", 210, 60, 120)
+    seconds = len(audio) / 16000
+    assert len(text.split()) / seconds > 3.5  # really fast speech
+    result = runtime.asr.decode_batch([AsrRequest(audio=audio, words=False)])[0]
+    assert "nothing" in _words(result.text), result.text
