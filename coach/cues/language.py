@@ -33,6 +33,8 @@ _NEGATION_IDIOMS = re.compile(
     r"nothing (works|worked|has (changed|worked|been done))|no (one|body) (told|called|helped)|"
     # Not knowing is the statement itself ("I don't know what a modem is" = "what is a modem?").
     r"(don'?t|do not|didn'?t|did not) (know|understand|get|see) (what|where|how|which|why|whether|if)"
+    # "A, not B" asserts A: "I want the manager on the phone, not you reading me notes".
+    r"|,\s*(and\s+)?not\s+(you|a|an|the|another|some|just|me|my|your|this|that|more|one)\b.*"
     r")\b",
     re.IGNORECASE,
 )
@@ -196,6 +198,12 @@ _COORDINATED = re.compile(
     r"no one|you|you've|you're)\b)",
     re.IGNORECASE,
 )
+# "I want the manager on the phone, not you reading me notes": the part before a contrastive
+# ", not ..." is what the caller asserts; the tail only dilutes its meaning.
+_CONTRAST_NOT = re.compile(
+    r",\s*(?:and\s+)?not\s+(?=(?:you|a|an|the|another|some|just|me|my|your|this|that|more|one)\b)",
+    re.IGNORECASE,
+)
 MIN_PIECE_WORDS = 3
 SHORT_CLAUSE_WORDS = 4
 
@@ -214,6 +222,9 @@ def pieces(text: str) -> list[str]:
         out.append(clause)
         parts = [p.strip(" ,") for p in _COORDINATED.split(clause)]
         parts = [p for p in parts if p]
+        contrast = _CONTRAST_NOT.search(clause)
+        if contrast is not None:
+            parts.append(clause[: contrast.start()].strip(" ,"))
         if len(parts) > 1:
             out.extend(p for p in parts if len(words(p)) >= MIN_PIECE_WORDS and p not in out)
         # Clipped sentences ("I'm sick. I'm tired.") say together what neither says alone.

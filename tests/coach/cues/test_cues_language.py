@@ -128,6 +128,15 @@ def test_pieces_add_coordinated_statements_and_keep_the_whole() -> None:
     assert language.pieces("I want bread and butter.") == ["I want bread and butter."]
 
 
+def test_a_contrastive_not_asserts_what_comes_before_it() -> None:
+    """ "A, not B" says A: it is not a negated statement, and A is matched on its own."""
+    text = "I want the care manager on the phone, not you reading me notes."
+    assert not language.is_negated(text)
+    assert language.pieces(text) == [text, "I want the care manager on the phone"]
+    assert language.is_negated("I'm not upset, not at all.")  # a real negation stays one
+    assert language.pieces("It's fine, not a problem.")[1:] == []  # too short to add
+
+
 def test_pieces_join_clipped_sentences() -> None:
     assert "I'm sick. I'm tired of it." in language.pieces("I'm sick. I'm tired of it.")
 
