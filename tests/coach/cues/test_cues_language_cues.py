@@ -107,6 +107,20 @@ async def test_flat_short_reply_after_a_fix_is_dejection_by_voice(
     assert found == ["dejection"]
 
 
+async def test_a_flat_fragment_of_ordinary_talk_after_a_fix_is_not_dejection(
+    conversation: Conversation,
+) -> None:
+    """ASR often cuts a trailing fragment off a reply; a quiet "in the owner." is no sign of
+    resignation, however flat the voice (the words must lean toward the cue)."""
+    await conversation.say("customer", "The package never arrived and I needed it.")
+    await conversation.say("agent", "I've issued a refund to your card.")
+    for fragment in ("in the owner.", "today"):
+        found = await conversation.cues(
+            "customer", fragment, arousal=0.12, voice_why=["pitch -2.7 SD", "loudness -1.8 SD"]
+        )
+        assert found == [], fragment
+
+
 async def test_the_same_short_reply_in_a_normal_voice_is_not(conversation: Conversation) -> None:
     await conversation.say("customer", "The package never arrived and I needed it.")
     await conversation.say("agent", "I've issued a refund to your card.")
