@@ -18,7 +18,7 @@ import importlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -213,6 +213,50 @@ class SentenceEmbedder:
         return (self.embed(a) @ self.embed(b).T).astype(np.float32)
 
 
+class RememberedVectors:
+    """Vectors of texts that recur (playbook phrases), kept in one .npz file across restarts.
+
+    A file that cannot be read or written is skipped (first start, a read-only file system, a
+    damaged cache): the vectors are then computed, never an error.
+    """
+
+    def __init__(self, path: Path | None, dim: int) -> None:
+        self.path = path
+        self.dim = dim
+        self._vectors: dict[str, FloatArray] | None = None
+
+    def get(self, texts: Sequence[str], embed: Callable[[Sequence[str]], FloatArray]) -> FloatArray:
+        if self.path is None:
+            return embed(texts)
+        if self._vectors is None:
+            self._vectors = {}
+            try:
+                with np.load(self.path) as z:
+                    self._vectors = dict(zip(z["texts"].tolist(), z["vectors"], strict=True))
+            except (OSError, ValueError, KeyError):
+                pass  # first start, or an unreadable cache: rebuilt below
+        missing = [t for t in dict.fromkeys(texts) if t not in self._vectors]
+        if missing:
+            for text, vector in zip(missing, embed(missing), strict=True):
+                self._vectors[text] = vector
+            self._write()
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            out[i] = self._vectors[text]
+        return out
+
+    def _write(self) -> None:
+        assert self.path is not None and self._vectors is not None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp.npz")
+            keys = list(self._vectors)
+            np.savez(tmp, texts=np.array(keys), vectors=np.stack([self._vectors[k] for k in keys]))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.debug("vector cache %s not written (%s)", self.path, exc)
+
+
 class MatchEncoder:
     """A second sentence encoder for cue matching: a folder with model.onnx + tokenizer.json.
 
@@ -232,7 +276,7 @@ class MatchEncoder:
     ) -> None:
         self.folder = folder
         self.cache_dir = cache_dir
-        self._cache: dict[str, FloatArray] | None = None
+        self._remembered: RememberedVectors | None = None
         model, tokenizer = folder / "model.onnx", folder / "tokenizer.json"
         for path in (model, tokenizer):
             if not path.is_file():
@@ -255,38 +299,15 @@ class MatchEncoder:
     def embed_remembered(self, texts: Sequence[str]) -> FloatArray:
         """`embed`, with vectors kept on disk across restarts, for texts that recur.
 
-        A playbook's ~830 example phrases cost mpnet about 14 s on one core at every start and
-        every replay; they change rarely, so their vectors are cached per model build
-        (`cache_dir/<fingerprint>.npz`). A cache that cannot be read or written is skipped.
+        A playbook's example phrases (2,444) cost mpnet about 40 s on one core; they change
+        rarely, so their vectors are cached per model build (`cache_dir/match-<fingerprint>.npz`).
         """
-        if self.cache_dir is None:
-            return self.embed(texts)
-        path = self.cache_dir / f"match-{self.fingerprint}.npz"
-        if self._cache is None:
-            self._cache = {}
-            try:
-                with np.load(path) as z:
-                    self._cache = dict(zip(z["texts"].tolist(), z["vectors"], strict=True))
-            except (OSError, ValueError, KeyError):
-                pass  # first start, or an unreadable cache: rebuilt below
-        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        if missing:
-            for text, vector in zip(missing, self.embed(missing), strict=True):
-                self._cache[text] = vector
-            try:
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-                keys = list(self._cache)
-                np.savez(
-                    tmp, texts=np.array(keys), vectors=np.stack([self._cache[k] for k in keys])
-                )
-                os.replace(tmp, path)
-            except OSError as exc:
-                log.debug("match vector cache not written (%s)", exc)
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for i, text in enumerate(texts):
-            out[i] = self._cache[text]
-        return out
+        if self._remembered is None:
+            path = (
+                None if self.cache_dir is None else self.cache_dir / f"match-{self.fingerprint}.npz"
+            )
+            self._remembered = RememberedVectors(path, self.dim)
+        return self._remembered.get(texts, self.embed)
 
     def embed(self, texts: Sequence[str]) -> FloatArray:
         """(n, dim) float32, rows L2-normalised by the graph.

@@ -157,3 +157,23 @@ def test_build_skips_when_up_to_date(artifact_dir: Path) -> None:
 def test_missing_artifact_without_build_raises(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFound):
         EmotionModel(EmotionOptions(artifact_dir=tmp_path, build_if_missing=False))
+
+
+def test_playbook_vectors_are_remembered_across_restarts(
+    artifact_dir: Path, tmp_path: Path
+) -> None:
+    """Both encoders' vectors of playbook phrases come back from disk at the next start, the
+    same as computed (a 2,444-phrase playbook would otherwise cost seconds at every start)."""
+    options = EmotionOptions(artifact_dir=artifact_dir, build_if_missing=False)
+    first = EmotionModel(options)
+    assert first.match is not None
+    first.match.cache_dir = tmp_path
+    computed = first.embed_examples(MIXED)
+    np.testing.assert_allclose(computed, first.run(MIXED).embedding, atol=2e-2)
+    assert sorted(p.name.split("-")[0] for p in tmp_path.glob("*.npz")) == ["match", "minilm"]
+    second = EmotionModel(options)
+    assert second.match is not None
+    second.match.cache_dir = tmp_path
+    second.run_minilm = None  # type: ignore[assignment,method-assign]  # must not be needed
+    second.match.embed = None  # type: ignore[assignment,method-assign]
+    np.testing.assert_allclose(second.embed_examples(MIXED), computed, atol=1e-6)
