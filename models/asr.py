@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -126,11 +127,13 @@ def _join_split_base(cache_dir: Path) -> Path:
         for extra in d.rglob("*"):
             if extra.is_file() and extra.suffix in (".json", ".txt"):
                 (out / extra.name).write_bytes(extra.read_bytes())
-    tmp = out / "model.bin.tmp"
+    # One temporary file per process: two servers (or replays) starting at once both join,
+    # and the second rename must not find the first one's file gone.
+    tmp = out / f"model.bin.{os.getpid()}.tmp"
     with tmp.open("wb") as dst:
         for part in parts:
             dst.write(part.read_bytes())
-    tmp.rename(out / "model.bin")
+    os.replace(tmp, out / "model.bin")
     return out
 
 
