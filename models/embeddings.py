@@ -237,6 +237,8 @@ class RememberedVectors:
                 pass  # first start, or an unreadable cache: rebuilt below
         missing = [t for t in dict.fromkeys(texts) if t not in self._vectors]
         if missing:
+            if len(missing) > 100:  # a first start: say why it takes a while (~60 s on 2 cores)
+                log.info("embedding %d phrases once; kept in %s", len(missing), self.path)
             for text, vector in zip(missing, embed(missing), strict=True):
                 self._vectors[text] = vector
             self._write()
