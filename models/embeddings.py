@@ -19,6 +19,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -237,7 +238,7 @@ class RememberedVectors:
                 pass  # first start, or an unreadable cache: rebuilt below
         missing = [t for t in dict.fromkeys(texts) if t not in self._vectors]
         if missing:
-            if len(missing) > 100:  # a first start: say why it takes a while (~60 s on 2 cores)
+            if len(missing) > 100:  # a first start: say why it takes a while (~35 s on 2 cores)
                 log.info("embedding %d phrases once; kept in %s", len(missing), self.path)
             for text, vector in zip(missing, embed(missing), strict=True):
                 self._vectors[text] = vector
@@ -301,15 +302,35 @@ class MatchEncoder:
     def embed_remembered(self, texts: Sequence[str]) -> FloatArray:
         """`embed`, with vectors kept on disk across restarts, for texts that recur.
 
-        A playbook's example phrases (2,444) cost mpnet about 40 s on one core; they change
-        rarely, so their vectors are cached per model build (`cache_dir/match-<fingerprint>.npz`).
+        A playbook's example phrases (2,444) cost mpnet about 60 s on one core; they change
+        rarely, so their vectors are cached per model build (`cache_dir/match-<fingerprint>.npz`)
+        and a first start spreads them over the cores (`embed_many`).
         """
         if self._remembered is None:
             path = (
                 None if self.cache_dir is None else self.cache_dir / f"match-{self.fingerprint}.npz"
             )
             self._remembered = RememberedVectors(path, self.dim)
-        return self._remembered.get(texts, self.embed)
+        return self._remembered.get(texts, self.embed_many)
+
+    def embed_many(self, texts: Sequence[str]) -> FloatArray:
+        """`embed` for a bulk of texts (a new playbook), spread over the machine's cores.
+
+        The session runs one thread per call so that live calls score side by side; a first
+        start with a whole playbook to embed would use one core of many. The texts are split
+        among threads (ONNX Runtime sessions take concurrent runs); each text still runs alone,
+        so every vector is the one `embed` gives.
+        """
+        workers = min(os.cpu_count() or 1, 8, len(texts) // 64)
+        if workers < 2:
+            return self.embed(texts)
+        chunks = [list(range(i, len(texts), workers)) for i in range(workers)]
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embed") as pool:
+            parts = pool.map(lambda rows: (rows, self.embed([texts[r] for r in rows])), chunks)
+            for rows, vectors in parts:
+                out[rows] = vectors
+        return out
 
     def embed(self, texts: Sequence[str]) -> FloatArray:
         """(n, dim) float32, rows L2-normalised by the graph.

@@ -142,3 +142,13 @@ def test_remembered_vectors_survive_a_restart(tmp_path: Path) -> None:
     cache.write_bytes(b"not a zip")  # a damaged cache is rebuilt, never an error
     third = MatchEncoder(folder, cache_dir=tmp_path)
     np.testing.assert_allclose(third.embed_remembered(texts[:1]), fresh[:1], atol=1e-5)
+
+
+def test_bulk_embedding_over_threads_gives_each_text_its_own_vector() -> None:
+    """A first start embeds a whole playbook over several threads; every vector must be what
+    the text gets alone (one text per run), in the right row."""
+    folder = resolve_match_model(MPNET_NAME)
+    assert folder is not None
+    encoder = MatchEncoder(folder, cache_dir=None)
+    texts = [f"Call {i}: my bill went up by {i} dollars this month." for i in range(130)]
+    np.testing.assert_allclose(encoder.embed_many(texts), encoder.embed(texts), atol=1e-6)
