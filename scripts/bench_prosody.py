@@ -39,7 +39,6 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from audio import codecs  # noqa: E402
 from audio.prosody import (  # noqa: E402
     SpeakerBaseline,
     UtteranceProsody,
@@ -48,9 +47,8 @@ from audio.prosody import (  # noqa: E402
     prosody_event_fields,
     utterance_prosody,
 )
-from audio.resample import resample  # noqa: E402
 from audio.types import PIPELINE_RATE, Samples  # noqa: E402
-from scripts.make_test_calls import CallScript, Turn, render_turn  # noqa: E402
+from scripts.make_test_calls import CallScript, Turn, render_phone_line  # noqa: E402
 
 Style = tuple[int, int, int]
 STYLES: dict[str, Style] = {
@@ -79,9 +77,7 @@ def render(text: str, style: Style, workdir: Path) -> Samples:
     """One line as a phone line delivers it: 8 kHz mu-law round trip, then 16 kHz."""
     speed, pitch, amplitude = style
     turn = Turn("customer", text, speed_wpm=speed, pitch=pitch, amplitude=amplitude)
-    line = codecs.decode_mulaw(codecs.encode_mulaw(render_turn(SCRIPT, turn, 8000, workdir)))
-    pad = np.zeros(2400, np.float32)
-    return resample(np.concatenate([pad, line, pad]), 8000, PIPELINE_RATE)
+    return render_phone_line(SCRIPT, turn, workdir, pad_s=0.3, out_rate=PIPELINE_RATE)
 
 
 def bench_frames(speech: Samples, repeats: int) -> dict[str, float]:

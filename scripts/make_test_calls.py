@@ -174,6 +174,19 @@ def render_turn(script: CallScript, turn: Turn, sample_rate: int, workdir: Path)
     return trim_silence(audio, sample_rate)
 
 
+def render_phone_line(
+    script: CallScript, turn: Turn, workdir: Path, *, pad_s: float, out_rate: int
+) -> FloatArray:
+    """One turn as a phone line delivers it: espeak-ng at 8 kHz, a mu-law round trip,
+    `pad_s` of line silence either side (like an endpointer's cut), resampled to `out_rate`."""
+    from audio import codecs
+    from audio.resample import resample
+
+    line = codecs.decode_mulaw(codecs.encode_mulaw(render_turn(script, turn, 8000, workdir)))
+    pad = np.zeros(round(pad_s * 8000), np.float32)
+    return cast(FloatArray, resample(np.concatenate([pad, line, pad]), 8000, out_rate))
+
+
 def render_call(
     script: CallScript,
     out_dir: Path,

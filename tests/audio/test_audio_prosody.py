@@ -21,7 +21,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audio import codecs
 from audio.prosody import (
     FEATURES,
     FrameFeatures,
@@ -34,9 +33,8 @@ from audio.prosody import (
     summarize,
     utterance_prosody,
 )
-from audio.resample import resample
 from audio.types import PIPELINE_RATE
-from scripts.make_test_calls import CallScript, Turn, render_turn
+from scripts.make_test_calls import CallScript, Turn, render_phone_line
 
 SR = PIPELINE_RATE
 Audio = npt.NDArray[np.float32]
@@ -296,10 +294,7 @@ def phone_line(tmp_path_factory: pytest.TempPathFactory) -> PhoneLine:
         turn = Turn(
             "customer", text, speed_wpm=speed, pitch=pitch, amplitude=amplitude, voice=voice
         )
-        narrow = render_turn(SCRIPT, turn, 8000, workdir)
-        line = codecs.decode_mulaw(codecs.encode_mulaw(narrow))
-        pad = np.zeros(2400, np.float32)  # 0.3 s of line silence either side, like a VAD cut
-        return resample(np.concatenate([pad, line, pad]), 8000, SR)
+        return render_phone_line(SCRIPT, turn, workdir, pad_s=0.3, out_rate=SR)
 
     return render
 

@@ -777,27 +777,18 @@ def runtime_fixture_call(
 
 
 def _phone_line(text: str, voice: str, speed: int, pitch: int, amplitude: int) -> Any:
-    """One sentence as it reaches the ASR from a phone call: espeak-ng, 8 kHz mu-law, 16 kHz,
-    with 0.2 s of silence either side (the endpointer's margins)."""
-    import io
+    """One sentence as it reaches the ASR from a phone call, with 0.2 s of line silence either
+    side (the endpointer's margins)."""
     import tempfile
     from pathlib import Path
 
-    import numpy as np
-    import soundfile as sf
-
-    from audio.resample import resample
-    from scripts.make_test_calls import CallScript, Turn, render_turn
+    from scripts.make_test_calls import CallScript, Turn, render_phone_line
 
     turn = Turn("customer", text, voice=voice, speed_wpm=speed, pitch=pitch, amplitude=amplitude)
     with tempfile.TemporaryDirectory() as tmp:
-        audio = render_turn(CallScript("asr-test", (turn,)), turn, 8000, Path(tmp))
-    buf = io.BytesIO()
-    sf.write(buf, audio, 8000, format="WAV", subtype="ULAW")
-    buf.seek(0)
-    line, _ = sf.read(buf, dtype="float32")
-    pad = np.zeros(3200, dtype=np.float32)
-    return np.concatenate([pad, resample(line, 8000, 16000), pad])
+        return render_phone_line(
+            CallScript("asr-test", (turn,)), turn, Path(tmp), pad_s=0.2, out_rate=16000
+        )
 
 
 # Shouted, fast sentences on which tiny.en falls into a loop ("No, no, no, no, ...").
