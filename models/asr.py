@@ -278,7 +278,9 @@ class WhisperAsr:
         if looped and self.options.loop_fallback:
             # Whisper falls into a loop on some fast or loud speech ("No, no, no, no, ..."
             # for a whole sentence). Forbidding a repeated trigram gets the sentence back;
-            # it is used only here, because real speech repeats itself ("okay, okay").
+            # it is used only here, because real speech repeats itself ("okay, okay"). The
+            # group's encoder output cannot be sliced per item, so the looped ones are encoded
+            # again (rare, and the encoder is the cheap half of a tiny.en decode).
             redo = self._fw.model.generate(
                 self._encode([feats[i] for i in looped], window),
                 [self._prompt] * len(looped),

@@ -26,6 +26,10 @@ MIN_CLAUSE_WORDS = 2
 _NEGATORS = frozenset(
     "not no never nothing nobody none neither nor without hardly n't cannot".split()
 )
+# ", not you ...": a contrastive "not" before what the caller rejects (see `pieces`).
+_CONTRAST_NOT_HEAD = (
+    r",\s*(?:and\s+)?not\s+(?=(?:you|a|an|the|another|some|just|me|my|your|this|that|more|one)\b)"
+)
 # Negation that does not negate the feeling: "I can't believe", "no way", "no idea why".
 _NEGATION_IDIOMS = re.compile(
     r"\b(can(no|')?t believe|no way|no idea|not again|not even|not once|not only|"
@@ -34,7 +38,7 @@ _NEGATION_IDIOMS = re.compile(
     # Not knowing is the statement itself ("I don't know what a modem is" = "what is a modem?").
     r"(don'?t|do not|didn'?t|did not) (know|understand|get|see) (what|where|how|which|why|whether|if)"
     # "A, not B" asserts A: "I want the manager on the phone, not you reading me notes".
-    r"|,\s*(and\s+)?not\s+(you|a|an|the|another|some|just|me|my|your|this|that|more|one)\b.*"
+    rf"|{_CONTRAST_NOT_HEAD}\b.*"
     r")\b",
     re.IGNORECASE,
 )
@@ -200,10 +204,7 @@ _COORDINATED = re.compile(
 )
 # "I want the manager on the phone, not you reading me notes": the part before a contrastive
 # ", not ..." is what the caller asserts; the tail only dilutes its meaning.
-_CONTRAST_NOT = re.compile(
-    r",\s*(?:and\s+)?not\s+(?=(?:you|a|an|the|another|some|just|me|my|your|this|that|more|one)\b)",
-    re.IGNORECASE,
-)
+_CONTRAST_NOT = re.compile(_CONTRAST_NOT_HEAD, re.IGNORECASE)
 MIN_PIECE_WORDS = 3
 SHORT_CLAUSE_WORDS = 4
 
