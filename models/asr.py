@@ -280,7 +280,7 @@ class WhisperAsr:
             # for a whole sentence). Forbidding a repeated trigram gets the sentence back;
             # it is used only here, because real speech repeats itself ("okay, okay"). The
             # group's encoder output cannot be sliced per item, so the looped ones are encoded
-            # again (rare, and the encoder is the cheap half of a tiny.en decode).
+            # again (only the decodes that looped pay it).
             redo = self._fw.model.generate(
                 self._encode([feats[i] for i in looped], window),
                 [self._prompt] * len(looped),
