@@ -849,3 +849,38 @@ def test_the_token_budget_fits_a_fast_talker(runtime: Any) -> None:
     assert len(text.split()) / seconds > 3.5  # really fast speech
     result = runtime.asr.decode_batch([AsrRequest(audio=audio, words=False)])[0]
     assert "nothing" in _words(result.text), result.text
+
+
+# -- recorded human speech (tests/data/recorded_speech) -------------------------------------
+
+
+def test_recorded_speech_keeps_its_words_over_a_phone_line(runtime: Any) -> None:
+    """Real voices, not espeak-ng: tiny.en must transcribe them well at 16 kHz, and an 8 kHz
+    mu-law phone line must cost them next to nothing (synthetic voices lose about half their
+    words there, BENCHMARKS "What the phone line costs")."""
+    import json
+    from pathlib import Path
+
+    import soundfile as sf
+
+    from audio import codecs
+    from audio.resample import resample
+    from scripts.eval_cues import _words, word_errors
+
+    folder = Path(__file__).resolve().parents[1] / "data" / "recorded_speech"
+    refs = json.loads((folder / "transcripts.json").read_text(encoding="utf-8"))
+    errors = {"wideband": 0, "phone line": 0}
+    n_words = 0
+    for name, text in refs.items():
+        audio, rate = sf.read(folder / name, dtype="float32")
+        assert rate == 16000
+        narrow = codecs.decode_mulaw(codecs.encode_mulaw(resample(audio, 16000, 8000)))
+        line = resample(narrow, 8000, 16000)
+        reference = _words(text)
+        n_words += len(reference)
+        for kind, clip in (("wideband", audio), ("phone line", line)):
+            heard = runtime.asr.transcribe(clip, words=False).text
+            errors[kind] += word_errors(reference, _words(heard))
+    assert n_words > 90
+    assert errors["wideband"] <= 0.2 * n_words, errors
+    assert errors["phone line"] <= errors["wideband"] + 2, errors
