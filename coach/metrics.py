@@ -60,6 +60,12 @@ ASR_FINAL_BEAM = Histogram(
     "Beam size of final decodes (narrower than COACH_ASR_BEAM_SIZE: the ASR queue was loaded)",
     buckets=(1, 2, 3, 4, 5, 8),
 )
+ASR_FINALS = Counter(
+    "coach_asr_finals",
+    "Final decodes by model: 'final' (COACH_ASR_FINAL_MODEL) when an ASR worker was free, "
+    "'small' (COACH_ASR_MODEL) under load or when no final model is set",
+    ["model"],
+)
 MEMORY_RELEASE_SECONDS = Histogram(
     "coach_memory_release_seconds",
     "Periodic memory release (COACH_MEMORY_RELEASE_INTERVAL_S): full gc, then malloc_trim",

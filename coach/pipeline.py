@@ -34,8 +34,8 @@ from coach.messages import AudioChunk, Speaker
 from coach.runtime import PRIORITY_FINAL, PRIORITY_PARTIAL, Runtime
 from coach.settings import Settings
 from coach.signals.state import CustomerStateTracker
-from models.asr import AsrRequest, AsrResult, Word
-from models.runtime import Shed, adaptive_beam, backoff_interval
+from models.asr import AsrRequest, AsrResult, TwoPassAsr, Word
+from models.runtime import Shed, adaptive_beam, backoff_interval, has_spare_worker
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ class PartyPipeline:
                 pass  # replaced or shed before it ran: decode now
         try:
             return await self._rt.asr_scheduler.run(
-                AsrRequest(audio=utt.audio, words=True, beam_size=self._final_beam()),
+                self._final_request(utt.audio),
                 priority=PRIORITY_FINAL[self.speaker],
                 batch_group="final",
             )
@@ -332,7 +332,7 @@ class PartyPipeline:
             return
         audio, _ = self._ring.slice_s(self._utt_start - PAD_BEFORE_S, last + PAD_AFTER_S)
         fut = self._rt.asr_scheduler.submit(
-            AsrRequest(audio=audio, words=True, beam_size=self._final_beam()),
+            self._final_request(audio),
             priority=PRIORITY_FINAL[self.speaker],
             batch_group="final",
             coalesce_key=f"early:{self.call_id}:{self.speaker}:{self._utt_id}",
@@ -374,16 +374,23 @@ class PartyPipeline:
         cap = self._settings.partial_max_interval_s
         return backoff_interval(base, cap, self._rt.asr_scheduler.load())
 
-    def _final_beam(self) -> int:
-        """Beam of a final decode: COACH_ASR_BEAM_SIZE when the model keeps up, narrower (down
-        to COACH_ASR_MIN_BEAM_SIZE) as its queue grows (`models.runtime.adaptive_beam`).
-        Replay --fast never narrows it, so offline results do not depend on machine load."""
+    def _final_request(self, audio: Samples) -> AsrRequest:
+        """A final decode: on the final model (COACH_ASR_FINAL_MODEL) when an ASR worker is
+        free (`models.runtime.has_spare_worker`), else on the small one, so a busy server
+        keeps its small model's capacity instead of falling behind; the beam is
+        COACH_ASR_BEAM_SIZE, narrower as the queue grows (`adaptive_beam`). Replay --fast
+        never adapts, so offline results do not depend on machine load."""
         base = self._settings.asr_beam_size
         if self._inline:
-            return base
-        beam = adaptive_beam(base, self._settings.asr_min_beam_size, self._rt.asr_scheduler.load())
-        metrics.ASR_FINAL_BEAM.observe(beam)
-        return beam
+            beam, big = base, True
+        else:
+            load = self._rt.asr_scheduler.load()
+            beam = adaptive_beam(base, self._settings.asr_min_beam_size, load)
+            big = has_spare_worker(load)
+            metrics.ASR_FINAL_BEAM.observe(beam)
+        two_models = isinstance(self._rt.asr, TwoPassAsr)
+        metrics.ASR_FINALS.labels(model="final" if big and two_models else "small").inc()
+        return AsrRequest(audio=audio, words=True, beam_size=beam, use_final_model=big)
 
     async def _partial(self, utt_id: int, start: float, upto: float, audio: Samples) -> None:
         try:

@@ -17,7 +17,7 @@ from audio.vad import SileroVad
 from coach import metrics
 from coach.cues.library import PlaybookLibrary
 from coach.settings import Settings
-from models.asr import AsrRequest, AsrResult, WhisperAsr
+from models.asr import AsrRequest, AsrResult, SpeechRecognizer, TwoPassAsr, WhisperAsr
 from models.emotion import ARTIFACT_DIR, EmotionModel, EmotionOptions, EmotionScore
 from models.runtime import BatchStats, DevicePlan, InferenceScheduler, plan_device
 
@@ -73,7 +73,7 @@ def limit_blas_threads() -> None:
 @dataclass
 class Runtime:
     vad: SileroVad
-    asr: WhisperAsr
+    asr: SpeechRecognizer
     asr_scheduler: InferenceScheduler[AsrRequest, AsrResult]
     emotion: EmotionModel
     emotion_scheduler: InferenceScheduler[str, EmotionScore]
@@ -94,11 +94,15 @@ class Runtime:
             ",".join(plan.onnx_providers),
         )
         vad = SileroVad(threads=1, providers=list(plan.onnx_providers))
-        asr = WhisperAsr(
-            dataclasses.replace(
-                settings.asr_options(), device=plan.device, compute_type=plan.asr_compute_type
-            )
+        asr_options = dataclasses.replace(
+            settings.asr_options(), device=plan.device, compute_type=plan.asr_compute_type
         )
+        small = WhisperAsr(asr_options)
+        asr: SpeechRecognizer = small
+        final_model = settings.asr_final_model
+        if final_model and final_model != settings.asr_model:
+            final = WhisperAsr(dataclasses.replace(asr_options, model=final_model))
+            asr = TwoPassAsr(partial=small, final=final)
 
         def run_batch(reqs: Sequence[AsrRequest]) -> list[AsrResult]:
             with metrics.MODEL_INFERENCE.labels(model="asr").time():

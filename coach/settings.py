@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     )
 
     asr_model: str = Field("tiny.en", description="Packaged model name (tiny.en, base) or path.")
+    asr_final_model: str | None = Field(
+        "base",
+        description="Model for final transcripts, the words cues are matched on (tiny.en, base "
+        "or a path); empty: COACH_ASR_MODEL. Partials use COACH_ASR_MODEL.",
+    )
     asr_compute_type: str = Field("int8", description="CTranslate2 compute type.")
     asr_threads: int = Field(1, description="CTranslate2 intra-op threads per worker.")
     asr_workers: int = Field(

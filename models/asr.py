@@ -78,6 +78,9 @@ class AsrRequest:
     """Shortest encoder window for this request (None: the model's `min_window_s`). Partials
     use a shorter one: the encoder is most of a decode's cost, and a partial is replaced by
     the final anyway."""
+    use_final_model: bool = False
+    """Decode with the bigger final-transcript model where there is one (`TwoPassAsr`). Finals
+    ask for it when an ASR worker is free; partials, and finals under load, use the small one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,3 +376,38 @@ class WhisperAsr:
                 )
             )
         return out
+
+
+class TwoPassAsr:
+    """Partials from a small, fast model; finals, which the cue engine reads, from a bigger one.
+
+    Partials are most of the decodes (one every half second while someone speaks) and only
+    show the agent what is being said; each utterance has one final, and its words decide the
+    cues. So a bigger model for finals buys most of its accuracy for a share of its cost
+    (BENCHMARKS, "A bigger model for finals"). Under load the pipeline sends finals to the
+    small model too, so capacity stays that of the small model. Behaves as one WhisperAsr to
+    the scheduler.
+    """
+
+    def __init__(self, partial: WhisperAsr, final: WhisperAsr) -> None:
+        self.partial = partial
+        self.final = final
+        self.options = partial.options
+        self.model_path = final.model_path
+        self.load_s = partial.load_s + final.load_s
+
+    def transcribe(self, audio: Samples, *, words: bool = True) -> AsrResult:
+        """A final transcript of one utterance (the bigger model)."""
+        return self.final.transcribe(audio, words=words)
+
+    def decode_batch(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
+        results: list[AsrResult | None] = [None] * len(requests)
+        for model, want in ((self.final, True), (self.partial, False)):
+            idx = [i for i, r in enumerate(requests) if r.use_final_model == want]
+            if idx:
+                for i, res in zip(idx, model.decode_batch([requests[i] for i in idx]), strict=True):
+                    results[i] = res
+        return [r for r in results if r is not None]
+
+
+SpeechRecognizer = WhisperAsr | TwoPassAsr

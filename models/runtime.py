@@ -69,6 +69,8 @@ class SchedulerLoad:
     age if that is larger (a stuck queue shows at once, before anything is taken)."""
     busy: int = 0
     """Workers running a batch."""
+    workers: int = 1
+    """Workers in all."""
 
 
 IDLE = SchedulerLoad(depth=0, wait_s=0.0)
@@ -88,6 +90,14 @@ def backoff_interval(base_s: float, cap_s: float, load: SchedulerLoad) -> float:
     """
     steps = max(0, load.depth) + max(0.0, load.wait_s) / WAIT_PER_STEP_S
     return max(base_s, min(cap_s, base_s * (1.0 + steps)))
+
+
+def has_spare_worker(load: SchedulerLoad) -> bool:
+    """A worker is idle, nothing waits and nothing has waited more than 100 ms lately: only
+    then does a final get the bigger, slower final model (`coach.pipeline`). Any looser rule
+    (one request waiting was allowed at first) let base decodes queue behind each other at
+    12 calls on 2 cores (BENCHMARKS, "A bigger model for finals")."""
+    return load.depth == 0 and load.busy < load.workers and load.wait_s <= WAIT_PER_STEP_S
 
 
 def adaptive_beam(base: int, floor: int, load: SchedulerLoad) -> int:
@@ -153,7 +163,12 @@ class InferenceScheduler(Generic[Req, Res]):
             oldest = max((now - it.queued_at for it in live), default=0.0)
             idle_s = max(0.0, now - self._wait_at)
             remembered = self._wait_ewma * math.exp(-idle_s / WAIT_DECAY_S)
-            return SchedulerLoad(depth=len(live), wait_s=max(remembered, oldest), busy=self._busy)
+            return SchedulerLoad(
+                depth=len(live),
+                wait_s=max(remembered, oldest),
+                busy=self._busy,
+                workers=len(self._threads),
+            )
 
     def submit(
         self,

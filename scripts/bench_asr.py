@@ -563,8 +563,10 @@ def print_report(report: dict[str, Any]) -> None:
     m, a = report["machine"], report["asr"]
     print()
     print(f"machine: {m['cpu_model']}, {m['cpu_cores']} cores; commit {report['commit']}")
+    final = a.get("final_model", a["model"])
     print(
-        f"model: {a['model']} ({a['compute_type']}, {a['device']}, threads={a['threads']}, "
+        f"model: {a['model']}{'' if final == a['model'] else f', finals: {final}'} "
+        f"({a['compute_type']}, {a['device']}, threads={a['threads']}, "
         f"workers={a['workers']}, max_batch={a['max_batch']}, beam={a['beam_size']})"
     )
 
@@ -821,6 +823,7 @@ async def bench(args: argparse.Namespace, settings: Settings, calls: list[Call])
         }
         asr_info = {
             "model": settings.asr_model,
+            "final_model": settings.asr_final_model or settings.asr_model,
             "model_path": str(runtime.asr.model_path),
             "compute_type": settings.asr_compute_type,
             "device": settings.device,

@@ -478,6 +478,10 @@ def scrape(http_base: str) -> MetricSamples:
     return out
 
 
+def _share(part: float, whole: float) -> float | None:
+    return round(part / whole, 3) if whole else None
+
+
 def metric_delta(before: MetricSamples, after: MetricSamples, name: str, **labels: str) -> float:
     """Sum over samples named `name` whose labels include `labels`, after minus before."""
 
@@ -660,6 +664,12 @@ async def run_load(
         ),
         "asr_mean_queue_wait_s": round(wait_sum / batches, 3) if batches else None,
         "asr_mean_final_beam": round(beam_sum / beams, 2) if beams else None,
+        # Share of finals decoded by COACH_ASR_FINAL_MODEL (the rest fell back to the small
+        # model under load, or there is no final model).
+        "asr_finals_on_final_model": _share(
+            metric_delta(before, after, "coach_asr_finals_total", model="final"),
+            metric_delta(before, after, "coach_asr_finals_total"),
+        ),
         "server_cpu_pct_overlap": round(cpu_overlap, 1) if cpu_overlap is not None else None,
         "server_cpu_pct_run": round(cpu_all, 1) if cpu_all is not None else None,
         "server_rss_idle_mib": round(idle_rss, 1) if idle_rss is not None else None,

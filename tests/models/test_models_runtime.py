@@ -565,7 +565,7 @@ def pipeline_under_load(settings: Any) -> tuple[Any, dict[str, runtime.Scheduler
     signal = {"load": runtime.IDLE}
     sched = SimpleNamespace(load=lambda now=None: signal["load"])
     pipe = PartyPipeline.__new__(PartyPipeline)
-    pipe._rt = SimpleNamespace(asr_scheduler=sched)  # type: ignore[assignment]
+    pipe._rt = SimpleNamespace(asr_scheduler=sched, asr=None)  # type: ignore[assignment]
     pipe._settings = settings
     pipe._inline = False
     return pipe, signal
@@ -607,14 +607,43 @@ def test_final_beam_narrows_with_load_down_to_the_floor(
 
 
 def test_final_beam_follows_the_asr_scheduler_load() -> None:
+    import numpy as np
+
     from coach.settings import Settings
 
     pipe, signal = pipeline_under_load(Settings(asr_beam_size=5, asr_min_beam_size=2))
-    assert pipe._final_beam() == 5
-    signal["load"] = runtime.SchedulerLoad(depth=6, wait_s=0.5)
-    assert pipe._final_beam() == 2
+    audio = np.zeros(1600, np.float32)
+
+    def final() -> tuple[int | None, bool]:
+        request = pipe._final_request(audio)
+        assert request.words and request.audio is audio
+        return request.beam_size, request.use_final_model
+
+    signal["load"] = runtime.SchedulerLoad(depth=0, wait_s=0.0, busy=1, workers=2)
+    assert final() == (5, True)  # a worker is free: the full beam on the final model
+    signal["load"] = runtime.SchedulerLoad(depth=0, wait_s=0.0, busy=2, workers=2)
+    assert final() == (5, False)  # both busy: the small model, the beam still full
+    signal["load"] = runtime.SchedulerLoad(depth=6, wait_s=0.5, busy=2, workers=2)
+    assert final() == (2, False)  # a queue: the small model and a narrower beam
     pipe._inline = True  # replay --fast is deterministic: never adapts
-    assert pipe._final_beam() == 5
+    assert final() == (5, True)
+
+
+@pytest.mark.parametrize(
+    ("depth", "wait_s", "busy", "expected"),
+    [
+        (0, 0.0, 0, True),
+        (0, 0.1, 1, True),  # one of two workers busy, no queue to speak of
+        (0, 0.0, 2, False),  # none free
+        (1, 0.0, 0, False),  # something waits
+        (0, 0.15, 0, False),  # requests waited lately
+    ],
+)
+def test_the_final_model_needs_a_spare_worker(
+    depth: int, wait_s: float, busy: int, expected: bool
+) -> None:
+    load = runtime.SchedulerLoad(depth=depth, wait_s=wait_s, busy=busy, workers=2)
+    assert runtime.has_spare_worker(load) is expected
 
 
 # -- device selection ------------------------------------------------------------------------
@@ -684,6 +713,15 @@ def test_runtime_load_on_cuda_without_a_gpu_fails_before_loading_models(tmp_path
     with pytest.raises(runtime.DeviceUnavailable, match="COACH_DEVICE=cpu"):
         Runtime.load(Settings(device="cuda", data_dir=tmp_path))
     assert time.perf_counter() - t0 < 5.0  # no model was loaded first
+
+
+def _tiny(runtime: Any) -> Any:
+    """The runtime's small model (tiny.en: every partial, and finals when no final model is
+    set), a WhisperAsr: what the decoding tests below exercise."""
+    from models.asr import TwoPassAsr
+
+    asr = runtime.asr
+    return asr.partial if isinstance(asr, TwoPassAsr) else asr
 
 
 # -- batching does not change results (real model) ------------------------------------------
@@ -770,7 +808,7 @@ def runtime_fixture_call(
             piece = data[int((t["t_start"] - 0.15) * rate) : int((t["t_end"] + 0.15) * rate)]
             mono = np.ascontiguousarray(piece[:, t["channel"]])
             clips.append(StreamResampler(in_rate=rate, out_rate=16000).push(mono, last=True))
-    return runtime.asr, clips
+    return _tiny(runtime), clips
 
 
 # -- agitated speech: the token budget and the loop fallback (real model, espeak-ng) --------
@@ -825,8 +863,9 @@ def test_a_looping_decode_is_done_again_without_repeats(
 
     audio = _phone_line(*sentence)
     reference = _words(sentence[0])
-    with_fallback = runtime.asr.transcribe(audio, words=True)
-    without = WhisperAsr(replace(runtime.asr.options, loop_fallback=False)).transcribe(audio)
+    tiny = _tiny(runtime)
+    with_fallback = tiny.transcribe(audio, words=True)
+    without = WhisperAsr(replace(tiny.options, loop_fallback=False)).transcribe(audio)
     # The precondition: without the fallback this audio loops, and the cut loop keeps little.
     assert len(_words(without.text)) < 0.6 * len(reference), without.text
     assert len(_words(with_fallback.text)) > 0.7 * len(reference), with_fallback.text
@@ -847,7 +886,7 @@ def test_the_token_budget_fits_a_fast_talker(runtime: Any) -> None:
     audio = _phone_line(text, "en-us+m6", 210, 60, 120)
     seconds = len(audio) / 16000
     assert len(text.split()) / seconds > 3.5  # really fast speech
-    result = runtime.asr.decode_batch([AsrRequest(audio=audio, words=False)])[0]
+    result = _tiny(runtime).decode_batch([AsrRequest(audio=audio, words=False)])[0]
     assert "nothing" in _words(result.text), result.text
 
 
@@ -879,8 +918,68 @@ def test_recorded_speech_keeps_its_words_over_a_phone_line(runtime: Any) -> None
         reference = _words(text)
         n_words += len(reference)
         for kind, clip in (("wideband", audio), ("phone line", line)):
-            heard = runtime.asr.transcribe(clip, words=False).text
+            heard = _tiny(runtime).transcribe(clip, words=False).text
             errors[kind] += word_errors(reference, _words(heard))
     assert n_words > 90
     assert errors["wideband"] <= 0.2 * n_words, errors
     assert errors["phone line"] <= errors["wideband"] + 2, errors
+
+
+# -- two models: partials from the small one, finals from the big one ----------------------
+
+
+def test_two_pass_asr_gives_finals_to_the_final_model_and_keeps_order(runtime: Any) -> None:
+    """Each request goes to the model its kind asks for; results come back in request order,
+    the same as each model gives alone."""
+    from dataclasses import replace
+
+    from models.asr import AsrRequest, TwoPassAsr, WhisperAsr
+
+    small = _tiny(runtime)
+    # A second real model for finals, told apart by its options (beam 5 against beam 1).
+    big = WhisperAsr(replace(small.options, beam_size=5))
+    seen: dict[str, list[bool]] = {"small": [], "big": []}
+    for name, model in (("small", small), ("big", big)):
+        original = model.decode_batch
+
+        def record(requests: Any, _orig: Any = original, _name: str = name) -> Any:
+            seen[_name].extend(r.use_final_model for r in requests)
+            return _orig(requests)
+
+        setattr(model, "decode_batch", record)  # noqa: B010 - a spy around the real decode
+    try:
+        two = TwoPassAsr(partial=small, final=big)
+        clips = [_phone_line(*s) for s in AGITATED[:1]] * 2 + [
+            _phone_line("Can you read me the last four digits?", "en-us+f3", 160, 50, 100)
+        ]
+        kinds = [True, False, True]
+        requests = [
+            AsrRequest(audio=c, use_final_model=k) for c, k in zip(clips, kinds, strict=True)
+        ]
+        results = two.decode_batch(requests)
+        assert seen == {"small": [False], "big": [True, True]}
+        alone = [
+            (big if k else small).decode_batch([r])[0].text
+            for r, k in zip(requests, kinds, strict=True)
+        ]
+        assert [r.text for r in results] == alone
+    finally:
+        for model in (small, big):
+            model.__dict__.pop("decode_batch", None)
+    assert two.transcribe(clips[2]).text == big.transcribe(clips[2]).text
+
+
+def test_finals_come_from_base_by_default_and_one_model_when_told(runtime: Any) -> None:
+    from coach.runtime import Runtime
+    from coach.settings import Settings
+    from models.asr import TwoPassAsr, WhisperAsr
+
+    assert isinstance(runtime.asr, TwoPassAsr)  # the default: tiny.en partials, base finals
+    assert runtime.asr.partial.options.model == "tiny.en"
+    assert runtime.asr.final.options.model == "base"
+    assert runtime.asr.final.model_path.name == "whisper-base"
+    rt = Runtime.load(Settings(asr_final_model=""))  # empty: COACH_ASR_MODEL does both
+    try:
+        assert isinstance(rt.asr, WhisperAsr) and rt.asr.options.model == "tiny.en"
+    finally:
+        rt.close()
