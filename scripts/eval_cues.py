@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -684,13 +685,31 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     return events
 
 
-def _replay(wav: Path, out: Path, mode: Mode, config: Path | None) -> tuple[str, int, float]:
+def replay_env(mode: Mode, jobs: int) -> dict[str, str]:
+    """The environment of each replay process. Realtime replays side by side stand for one
+    server with that many calls: each gets its share of the cores as ASR workers (unless
+    COACH_ASR_WORKERS is set), since each process's scheduler sends a final to the bigger
+    final model only when one of its own workers is free, and N processes that each believe
+    they own every core would decode N times as many base finals at once as one server."""
+    env = dict(os.environ)
+    if mode == "realtime" and jobs > 1 and "COACH_ASR_WORKERS" not in env:
+        from coach.settings import usable_cpus
+
+        env["COACH_ASR_WORKERS"] = str(max(1, usable_cpus() // jobs))
+    return env
+
+
+def _replay(
+    wav: Path, out: Path, mode: Mode, config: Path | None, env: dict[str, str] | None = None
+) -> tuple[str, int, float]:
     cmd = [sys.executable, "-m", "coach", "replay", str(wav), "--events", str(out), f"--{mode}"]
     if config is not None:
         cmd += ["--config", str(config)]
     began = time.monotonic()
     with out.with_suffix(".log").open("w", encoding="utf-8") as log:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=False)
+        proc = subprocess.run(
+            cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=False, env=env
+        )
     if proc.returncode != 0:
         out.unlink(missing_ok=True)  # a partial event stream would be scored as complete
     return wav.stem, proc.returncode, time.monotonic() - began
@@ -706,8 +725,9 @@ def run_replays(
         out_dir = events_dir(truth_path.parent.name, mode, truth_path.parent.parent)
         out_dir.mkdir(parents=True, exist_ok=True)
         work.append((truth_path.with_suffix(".wav"), out_dir / f"{truth_path.stem}.jsonl"))
+    env = replay_env(mode, jobs)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = [pool.submit(_replay, wav, out, mode, config) for wav, out in work]
+        futures = [pool.submit(_replay, wav, out, mode, config, env) for wav, out in work]
         for fut in futures:
             call_id, rc, wall = fut.result()
             status = "ok" if rc == 0 else f"FAILED rc={rc}"

@@ -491,3 +491,19 @@ def test_script_rescorer_hears_what_the_asr_lost() -> None:
     customer = [e for e in rescored if e["type"] == "transcript" and e["speaker"] == "customer"]
     assert all(e["sentiment"]["label"] and "valence" in e["state"] for e in customer)
     assert any(e["type"] == "escalation" and e["reason"] == "user_request" for e in rescored)
+
+
+def test_realtime_replays_side_by_side_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """N realtime replays stand for one server with N calls: each gets its share of the
+    cores as ASR workers, unless the user set COACH_ASR_WORKERS."""
+    from coach import settings as settings_module
+    from scripts.eval_cues import replay_env
+
+    monkeypatch.delenv("COACH_ASR_WORKERS", raising=False)
+    monkeypatch.setattr(settings_module, "usable_cpus", lambda: 4)
+    assert replay_env("realtime", 2)["COACH_ASR_WORKERS"] == "2"
+    assert replay_env("realtime", 8)["COACH_ASR_WORKERS"] == "1"
+    assert "COACH_ASR_WORKERS" not in replay_env("realtime", 1)
+    assert "COACH_ASR_WORKERS" not in replay_env("fast", 2)  # --fast decodes inline anyway
+    monkeypatch.setenv("COACH_ASR_WORKERS", "3")
+    assert replay_env("realtime", 2)["COACH_ASR_WORKERS"] == "3"
