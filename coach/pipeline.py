@@ -376,8 +376,9 @@ class PartyPipeline:
 
     def _final_request(self, audio: Samples) -> AsrRequest:
         """A final decode: on the final model (COACH_ASR_FINAL_MODEL) when an ASR worker is
-        free (`models.runtime.has_spare_worker`), else on the small one, so a busy server
-        keeps its small model's capacity instead of falling behind; the beam is
+        free (`models.runtime.has_spare_worker`), else on the small one (unless
+        COACH_ASR_FINAL_FALLBACK is off), so a busy server keeps its small model's capacity
+        instead of falling behind; the beam is
         COACH_ASR_BEAM_SIZE, narrower as the queue grows (`adaptive_beam`). Replay --fast
         never adapts, so offline results do not depend on machine load."""
         base = self._settings.asr_beam_size
@@ -386,7 +387,7 @@ class PartyPipeline:
         else:
             load = self._rt.asr_scheduler.load()
             beam = adaptive_beam(base, self._settings.asr_min_beam_size, load)
-            big = has_spare_worker(load)
+            big = has_spare_worker(load) or not self._settings.asr_final_fallback
             metrics.ASR_FINAL_BEAM.observe(beam)
         two_models = isinstance(self._rt.asr, TwoPassAsr)
         metrics.ASR_FINALS.labels(model="final" if big and two_models else "small").inc()

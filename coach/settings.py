@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         description="Model for final transcripts, the words cues are matched on (tiny.en, base "
         "or a path); empty: COACH_ASR_MODEL. Partials use COACH_ASR_MODEL.",
     )
+    asr_final_fallback: bool = Field(
+        True,
+        description="Decode a final with COACH_ASR_MODEL when no ASR worker is free (keeps "
+        "capacity); false: always COACH_ASR_FINAL_MODEL.",
+    )
     asr_compute_type: str = Field("int8", description="CTranslate2 compute type.")
     asr_threads: int = Field(1, description="CTranslate2 intra-op threads per worker.")
     asr_workers: int = Field(

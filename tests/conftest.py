@@ -17,11 +17,15 @@ from coach.settings import Settings
 
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    # The final beam stays fixed (it narrows under load in production): ingest tests stream
-    # faster than real time and compare what they hear with a replay of the same WAV.
-    # tests/models/test_models_runtime.py covers the adaptive beam.
+    # The final beam and model stay fixed (under load in production the beam narrows and
+    # finals go to the small model): ingest tests stream faster than real time and compare
+    # what they hear with a replay of the same WAV. tests/models/test_models_runtime.py covers
+    # both adaptations.
     return Settings(
-        data_dir=tmp_path_factory.mktemp("coach-data"), auth_disabled=True, asr_min_beam_size=5
+        data_dir=tmp_path_factory.mktemp("coach-data"),
+        auth_disabled=True,
+        asr_min_beam_size=5,
+        asr_final_fallback=False,
     )
 
 

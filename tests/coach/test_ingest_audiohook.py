@@ -898,10 +898,12 @@ def test_full_call_matches_replay(billing_call: Any, runtime: Runtime, settings:
     data, rate = sf.read(wav, dtype="float32")
     assert rate == 8000 and data.shape[1] == 2  # channel 0 customer (external), 1 agent
     pcmu = encode_mulaw(data.reshape(-1))  # interleaved external/internal
-    # A live call narrows the final beam while the ASR queue is busy, and this client streams
-    # faster than real time (replay --fast never narrows it): pinned, so that the comparison
-    # is about the ingest, not about load.
-    pinned = settings.model_copy(update={"asr_min_beam_size": settings.asr_beam_size})
+    # A live call narrows the final beam and decodes finals with the small model while the
+    # ASR is busy, and this client streams faster than real time (replay --fast never adapts):
+    # both pinned, so that the comparison is about the ingest, not about load.
+    pinned = settings.model_copy(
+        update={"asr_min_beam_size": settings.asr_beam_size, "asr_final_fallback": False}
+    )
     with TestClient(create_app(pinned, runtime)) as client:
         live = _stream_billing_call(client, pcmu)
     fast = asyncio.run(replay_file(wav, runtime, settings))

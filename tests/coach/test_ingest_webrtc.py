@@ -444,9 +444,12 @@ async def test_two_track_call_matches_replay(
     data, _ = sf.read(two_party_wav, dtype="int16")
     monkeypatch.setenv(webrtc.LOOPBACK_ENV, "1")
     call_id = "rtc-two-party"
-    # A live call narrows the final beam while the ASR queue is busy (replay --fast never is):
-    # pinned here, so that a loaded machine cannot pass for a difference made by the ingest.
-    pinned = settings.model_copy(update={"asr_min_beam_size": settings.asr_beam_size})
+    # A live call narrows the final beam and decodes finals with the small model while the
+    # ASR is busy (replay --fast never adapts): pinned here, so that a loaded machine cannot
+    # pass for a difference made by the ingest.
+    pinned = settings.model_copy(
+        update={"asr_min_beam_size": settings.asr_beam_size, "asr_final_fallback": False}
+    )
     with serve_in_thread(create_app(pinned, runtime)) as port:
         host = f"127.0.0.1:{port}"
         async with connect(f"ws://{host}/ws/calls/{call_id}/events", open_timeout=10) as events:

@@ -625,6 +625,8 @@ def test_final_beam_follows_the_asr_scheduler_load() -> None:
     assert final() == (5, False)  # both busy: the small model, the beam still full
     signal["load"] = runtime.SchedulerLoad(depth=6, wait_s=0.5, busy=2, workers=2)
     assert final() == (2, False)  # a queue: the small model and a narrower beam
+    pipe._settings = Settings(asr_beam_size=5, asr_min_beam_size=2, asr_final_fallback=False)
+    assert final() == (2, True)  # told never to fall back: the final model all the same
     pipe._inline = True  # replay --fast is deterministic: never adapts
     assert final() == (5, True)
 
@@ -896,7 +898,7 @@ def test_the_token_budget_fits_a_fast_talker(runtime: Any) -> None:
 def test_recorded_speech_keeps_its_words_over_a_phone_line(runtime: Any) -> None:
     """Real voices, not espeak-ng: tiny.en must transcribe them well at 16 kHz, and an 8 kHz
     mu-law phone line must cost them next to nothing (synthetic voices lose about half their
-    words there, BENCHMARKS "What the phone line costs")."""
+    words there: BENCHMARKS, "A bigger model for finals, and where the words are lost")."""
     import json
     from pathlib import Path
 
