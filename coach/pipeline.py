@@ -27,7 +27,7 @@ from audio.endpoint import Endpointer, SpeechEnd, SpeechStart
 from audio.resample import StreamResampler
 from audio.ring import AudioRing
 from audio.types import PIPELINE_RATE, Samples
-from audio.vad import VadFrame, VadStream
+from audio.vad import WINDOW_SAMPLES, VadFrame, VadStream
 from coach import events, metrics
 from coach.events import Event
 from coach.messages import AudioChunk, Speaker
@@ -45,6 +45,7 @@ PaceFn = Callable[[Speaker, float, float, prosody.SpeakingRate], Awaitable[None]
 
 PAD_BEFORE_S = 0.15
 PAD_AFTER_S = 0.15
+VAD_WINDOW_S = WINDOW_SAMPLES / PIPELINE_RATE
 MIN_PARTIAL_SPEECH_S = 0.6
 
 
@@ -246,13 +247,19 @@ class PartyPipeline:
         loop = asyncio.get_running_loop()
         # Pitch and energy need no words: extract them while the ASR decodes.
         frames = loop.run_in_executor(self._rt.dsp_executor, prosody.frame_features, utt.audio)
-        result = await self._decode_final(utt)
-        features = await frames
-        if self._on_pace is not None:
-            # Pace comes from the audio, so it counts even when ASR returns nothing: rushed
-            # speech is exactly what ASR drops.
-            pace = prosody.speaking_rate(features)
-            await self._on_pace(self.speaker, utt.t_start_s, utt.t_end_s, pace)
+        decode = asyncio.ensure_future(self._decode_final(utt))
+        try:
+            features = await frames
+            if self._on_pace is not None:
+                # Pace comes from the audio, so it counts even when ASR returns nothing
+                # (rushed speech is exactly what ASR drops), and it is reported before the
+                # decode finishes: a pace cue need not wait for the words.
+                pace = prosody.speaking_rate(features)
+                await self._on_pace(self.speaker, utt.t_start_s, utt.t_end_s, pace)
+        except BaseException:
+            decode.cancel()
+            raise
+        result = await decode
         if result is None or not result.text:
             return
         voice = self._prosody(features, result)
@@ -349,8 +356,12 @@ class PartyPipeline:
         if self._utt_start is None or self._ring.end_s < self._next_partial_at:
             return
         last = self._endpointer.last_speech_end_s
-        if last is not None and self._ring.end_s - last > PAD_AFTER_S:
-            return  # trailing silence: nothing new to show, the final is on its way
+        if last is not None and self._ring.end_s - last >= VAD_WINDOW_S:
+            # The party has paused (the last VAD window was not speech). There is nothing new
+            # to show, and if the turn is ending, a partial started now would hold an ASR
+            # worker just when the final needs it (it then waits, or falls back to the small
+            # model). The next partial comes as soon as speech resumes.
+            return
         if not self._inline and self._partial_task is not None and not self._partial_task.done():
             return  # one in flight is enough; the next one will carry newer audio
         utt_id, start, upto = self._utt_id, self._utt_start, self._ring.end_s

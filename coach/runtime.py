@@ -18,7 +18,13 @@ from coach import metrics
 from coach.cues.library import PlaybookLibrary
 from coach.settings import Settings
 from models.asr import AsrRequest, AsrResult, SpeechRecognizer, TwoPassAsr, WhisperAsr
-from models.emotion import ARTIFACT_DIR, EmotionModel, EmotionOptions, EmotionScore
+from models.emotion import (
+    ARTIFACT_DIR,
+    EmotionModel,
+    EmotionOptions,
+    EmotionScore,
+    RecentScores,
+)
 from models.runtime import BatchStats, DevicePlan, InferenceScheduler, plan_device
 
 log = logging.getLogger(__name__)
@@ -128,9 +134,12 @@ class Runtime:
             )
         )
 
+        # Only the emotion scheduler's one worker calls it, so it needs no lock.
+        recent = RecentScores(emotion.score)
+
         def score_batch(texts: Sequence[str]) -> list[EmotionScore]:
             with metrics.MODEL_INFERENCE.labels(model="emotion").time():
-                return emotion.score(texts)
+                return recent(texts)
 
         def on_emotion_batch(stats: BatchStats) -> None:
             _observe_batch("emotion", stats)

@@ -28,7 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -251,6 +252,40 @@ class EmotionModel:
             _to_score(p, float(v), e)
             for p, v, e in zip(out.probs, out.valence, out.embedding, strict=True)
         ]
+
+
+class RecentScores:
+    """`score` with a memory of the last `size` texts it scored.
+
+    The pipeline scores each final's whole text for its sentiment, and the cue engine then
+    scores the same text again as the first of its clauses (`coach.cues.language.pieces`):
+    remembering it saves one model pass between a final transcript and its cues. Scores are a
+    pure function of the text, so a remembered one is the one a new pass would give.
+    """
+
+    def __init__(
+        self, score: Callable[[Sequence[str]], list[EmotionScore]], size: int = 512
+    ) -> None:
+        self._score = score
+        self._size = size
+        self._recent: OrderedDict[str, EmotionScore] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __call__(self, texts: Sequence[str]) -> list[EmotionScore]:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._recent]
+        if missing:
+            for text, score in zip(missing, self._score(missing), strict=True):
+                self._recent[text] = score
+        self.misses += len(missing)
+        self.hits += len(texts) - len(missing)
+        out = []
+        for text in texts:
+            self._recent.move_to_end(text)
+            out.append(self._recent[text])
+        while len(self._recent) > self._size:
+            self._recent.popitem(last=False)
+        return out
 
 
 def _warn_if_stale(meta: dict[str, Any], meta_path: Path) -> None:

@@ -19,6 +19,8 @@ from models.emotion import (
     EmotionHead,
     EmotionModel,
     EmotionOptions,
+    EmotionScore,
+    RecentScores,
     artifact_paths,
 )
 from scripts import build_models
@@ -90,6 +92,27 @@ def test_padded_batches_match_single_utterances(model: EmotionModel) -> None:
     batched = model.run(MIXED, batch_size=4)
     singles = [model.run([t]) for t in MIXED]
     np.testing.assert_allclose(batched.probs, np.vstack([s.probs for s in singles]), atol=1e-5)
+
+
+def test_recent_scores_scores_each_text_once(model: EmotionModel) -> None:
+    """The pipeline scores a final's text, then the cue engine the same text as its first
+    clause: the second time comes from memory, equal to a fresh pass."""
+    passes: list[list[str]] = []
+
+    def counted(texts: list[str] | tuple[str, ...]) -> list[EmotionScore]:
+        passes.append(list(texts))
+        return model.score(texts)
+
+    recent = RecentScores(counted, size=3)
+    first = recent([MIXED[1]])
+    again = recent([MIXED[1], MIXED[2], MIXED[2]])
+    assert passes == [[MIXED[1]], [MIXED[2]]]  # new texts only, each once
+    assert again[0] is first[0] and again[1] is again[2]
+    assert again[1] == model.score([MIXED[2]])[0]
+    assert (recent.hits, recent.misses) == (2, 2)
+    recent(MIXED[3:6])  # three newer texts push the oldest two out
+    recent([MIXED[1]])
+    assert passes[-1] == [MIXED[1]]
 
 
 def test_held_out_macro_f1(model: EmotionModel) -> None:

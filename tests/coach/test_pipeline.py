@@ -1,0 +1,123 @@
+"""One party's pipeline on a real call: when it asks for partials, and when pace is reported."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from coach import events
+from coach.messages import AudioChunk
+from coach.pipeline import VAD_WINDOW_S, PartyPipeline
+from coach.runtime import Runtime
+from coach.settings import Settings
+from models.asr import AsrRequest, AsrResult
+from models.runtime import InferenceScheduler
+
+FRAME_S = 0.02  # what telephony sends: 20 ms frames
+
+
+def customer_audio(billing_call: tuple[Path, dict[str, Any]]) -> tuple[np.ndarray, int]:
+    wav, _ = billing_call
+    audio, rate = sf.read(str(wav), dtype="float32")
+    return np.ascontiguousarray(audio[:, 0]), int(rate)
+
+
+async def feed(
+    pipe: PartyPipeline, pcm: np.ndarray, rate: int, seconds: float | None = None
+) -> None:
+    step = int(rate * FRAME_S)
+    end = len(pcm) if seconds is None else min(len(pcm), int(seconds * rate))
+    for i in range(0, end, step):
+        await pipe.push(AudioChunk("c1", "customer", pcm[i : i + step], rate, i / rate))
+
+
+async def test_no_partial_is_asked_for_once_the_party_pauses(
+    runtime: Runtime, settings: Settings, billing_call: tuple[Path, dict[str, Any]]
+) -> None:
+    """Partials stop at the first non-speech VAD window, not after the final's padding: a
+    partial started in a pause would hold an ASR worker just when the final needs it. With a
+    partial every 0.1 s, the old rule (stop after 0.15 s of silence) asked for one in the
+    pause of nearly every turn."""
+    pcm, rate = customer_audio(billing_call)
+    emitted: list[events.Event] = []
+
+    async def emit(ev: events.Event) -> None:
+        emitted.append(ev)
+
+    pipe = PartyPipeline(
+        call_id="c1",
+        speaker="customer",
+        runtime=runtime,
+        settings=settings.model_copy(update={"partial_interval_s": 0.1}),
+        emit=emit,
+        inline=True,
+    )
+    await feed(pipe, pcm, rate, seconds=30.0)
+    await pipe.finish()
+    finals = {ev["utterance_id"]: ev for ev in emitted if ev["type"] == "transcript"}
+    partials = [ev for ev in emitted if ev["type"] == "partial"]
+    assert len(finals) >= 3 and len(partials) >= 3 * len(finals)
+    for ev in partials:
+        final = finals.get(ev["utterance_id"])
+        if final is None:
+            continue  # an utterance ASR found no words in
+        # `t_end` of a partial is the audio it was asked for at; the last VAD window that
+        # was speech ended at or before the final's end.
+        assert ev["t_end"] < final["t_end"] + VAD_WINDOW_S + FRAME_S, (ev, final)
+
+
+async def test_pace_is_reported_before_the_decode_ends(
+    runtime: Runtime, settings: Settings, billing_call: tuple[Path, dict[str, Any]]
+) -> None:
+    """Pace needs only the audio: the pipeline reports it while the final is still decoding
+    (an agent-pace cue does not wait for the words). Here the ASR cannot finish a final until
+    pace has been reported; reporting pace after the decode would never get there."""
+    pcm, rate = customer_audio(billing_call)
+    paced = threading.Event()
+
+    def run_batch(reqs: Sequence[AsrRequest]) -> list[AsrResult]:
+        if any(r.words for r in reqs) and not paced.wait(timeout=5.0):
+            raise TimeoutError("the final decode waited for pace in vain")
+        return runtime.asr.decode_batch(reqs)
+
+    gated: InferenceScheduler[AsrRequest, AsrResult] = InferenceScheduler(
+        name="asr-gated", run_batch=run_batch, workers=2
+    )
+    loop = asyncio.get_running_loop()
+    reported: list[tuple[float, float]] = []
+    transcripts: list[events.Event] = []
+
+    async def on_pace(speaker: str, t_start: float, t_end: float, pace: Any) -> None:
+        reported.append((t_start, t_end))
+        loop.call_soon_threadsafe(paced.set)
+
+    async def emit(ev: events.Event) -> None:
+        if ev["type"] == "transcript":
+            transcripts.append(ev)
+
+    original = runtime.asr_scheduler
+    runtime.asr_scheduler = gated
+    try:
+        pipe = PartyPipeline(
+            call_id="c1",
+            speaker="customer",
+            runtime=runtime,
+            settings=settings,
+            emit=emit,
+            inline=False,
+            on_pace=on_pace,
+        )
+        await feed(pipe, pcm, rate, seconds=12.0)
+        await asyncio.wait_for(pipe.finish(), timeout=60.0)
+    finally:
+        runtime.asr_scheduler = original
+        gated.close()
+    assert reported and transcripts
+    assert transcripts[0]["t_start"] == pytest.approx(reported[0][0])
