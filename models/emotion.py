@@ -258,9 +258,10 @@ class RecentScores:
     """`score` with a memory of the last `size` texts it scored.
 
     The pipeline scores each final's whole text for its sentiment, and the cue engine then
-    scores the same text again as the first of its clauses (`coach.cues.language.pieces`):
-    remembering it saves one model pass between a final transcript and its cues. Scores are a
-    pure function of the text, so a remembered one is the one a new pass would give.
+    scores its clauses (`coach.cues.language.pieces`), the first of which is the whole text
+    when the turn is one sentence: remembering it saves one model pass between such a final
+    and its cues. Scores are a pure function of the text, so a remembered one is the one a
+    new pass would give.
     """
 
     def __init__(

@@ -95,8 +95,8 @@ def test_padded_batches_match_single_utterances(model: EmotionModel) -> None:
 
 
 def test_recent_scores_scores_each_text_once(model: EmotionModel) -> None:
-    """The pipeline scores a final's text, then the cue engine the same text as its first
-    clause: the second time comes from memory, equal to a fresh pass."""
+    """The pipeline scores a final's text, then the cue engine the same text as the first
+    clause of a one-sentence turn: the second time comes from memory, equal to a fresh pass."""
     passes: list[list[str]] = []
 
     def counted(texts: list[str] | tuple[str, ...]) -> list[EmotionScore]:
