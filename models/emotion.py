@@ -265,8 +265,9 @@ class RecentScores:
     """
 
     def __init__(
-        self, score: Callable[[Sequence[str]], list[EmotionScore]], size: int = 512
+        self, score: Callable[[Sequence[str]], list[EmotionScore]], size: int | None = 512
     ) -> None:
+        """`size=None` never forgets (offline runs, which score a fixed set of texts)."""
         self._score = score
         self._size = size
         self._recent: OrderedDict[str, EmotionScore] = OrderedDict()
@@ -284,7 +285,7 @@ class RecentScores:
         for text in texts:
             self._recent.move_to_end(text)
             out.append(self._recent[text])
-        while len(self._recent) > self._size:
+        while self._size is not None and len(self._recent) > self._size:
             self._recent.popitem(last=False)
         return out
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from coach.cues.engine import AnalyzeFn, CueEngine, LoadedPlaybook, PlaybookHolder
 from coach.events import Event
+from models.emotion import RecentScores
 
 
 async def rescore(
@@ -59,13 +60,10 @@ class CachedAnalysis:
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.cache: dict[str, Any] = {}
+        self._scores = RecentScores(model.score, size=None)
 
     def scores(self, texts: Sequence[str]) -> list[Any]:
-        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
-        if missing:
-            self.cache.update(zip(missing, self.model.score(missing), strict=True))
-        return [self.cache[t] for t in texts]
+        return self._scores(texts)
 
     async def __call__(self, texts: Sequence[str]) -> list[Any]:
         return self.scores(texts)

@@ -113,6 +113,11 @@ def test_recent_scores_scores_each_text_once(model: EmotionModel) -> None:
     recent(MIXED[3:6])  # three newer texts push the oldest two out
     recent([MIXED[1]])
     assert passes[-1] == [MIXED[1]]
+    forever = RecentScores(counted, size=None)  # offline runs: never forgets
+    n = len(passes)
+    forever(MIXED)
+    forever(MIXED[::-1])
+    assert passes[n:] == [MIXED]
 
 
 def test_held_out_macro_f1(model: EmotionModel) -> None:
