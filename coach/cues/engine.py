@@ -274,6 +274,8 @@ class CueEngine:
                 and (best is None or m.score > best.score)
             ):
                 best = m
+        if best is not None and not _affect_ok(spec, sentiment, arousal):
+            best = None  # the words alone are not enough for this cue (AffectGate)
         if best is not None:
             total = best.score + boost
             reasons.append(
@@ -562,6 +564,22 @@ class CueEngine:
                 }
             )
         return {"cues": counts, "cue_outcomes": detail, "escalations": self.escalation.raised}
+
+
+def _affect_ok(spec: CueSpec, sentiment: Mapping[str, Any], arousal: Any) -> bool:
+    """Whether the turn sounds like the cue, where its playbook entry asks (AffectGate)."""
+    gate = spec.affect_gate
+    if gate is None:
+        return True
+    label = str(sentiment.get("label", "neutral"))
+    prob = float((sentiment.get("scores") or {}).get(label, 0.0))
+    if label in gate.emotions and prob >= gate.min_emotion_prob:
+        return True
+    if not isinstance(arousal, (int, float)):
+        return False
+    return (gate.max_arousal is not None and arousal <= gate.max_arousal) or (
+        gate.min_arousal is not None and arousal >= gate.min_arousal
+    )
 
 
 def _aware(t: datetime) -> datetime:

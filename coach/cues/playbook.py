@@ -66,6 +66,23 @@ class VoiceTrigger(_Strict):
     a panicked voice carries garbled words, not "I'm moving the family to another app"."""
 
 
+class AffectGate(_Strict):
+    """A match on words alone is not enough: the turn must also sound like the cue.
+
+    Resigned wording is close to ordinary acceptance ("I'm used to it", "it saves me money"
+    after a plan is explained); what tells them apart is how it is said. A word match fires
+    only when the turn's text emotion is one of `emotions` (at `min_emotion_prob` or more) or
+    the voice is within the arousal bound.
+    """
+
+    emotions: list[EmotionLabel] = Field(min_length=1)
+    min_emotion_prob: float = Field(0.0, ge=0, le=1)
+    max_arousal: float | None = Field(None, ge=0, le=1)
+    """Or a voice this flat (None: the text emotion alone decides)."""
+    min_arousal: float | None = Field(None, ge=0, le=1)
+    """Or a voice this raised (None: the text emotion alone decides)."""
+
+
 class Context(_Strict):
     """The cue needs the agent to have made one of these moves in the last `within_s`."""
 
@@ -114,6 +131,7 @@ class CueSpec(_Strict):
     emotion_boost: dict[EmotionLabel, float] = Field(default_factory=dict)
     voice_boost: VoiceBoost | None = None
     voice_trigger: VoiceTrigger | None = None
+    affect_gate: AffectGate | None = None
     context: Context | None = None
     framing: Framings = Field(default_factory=Framings)
     positives: list[str] = Field(default_factory=list)
@@ -148,6 +166,8 @@ class CueSpec(_Strict):
                 raise ValueError("a dynamics cue needs a detector: " + ", ".join(_detectors()))
             if self.positives or self.negatives:
                 raise ValueError("a dynamics cue has no example phrases")
+            if self.affect_gate is not None:
+                raise ValueError("affect_gate is only for language cues (it gates word matches)")
         return self
 
 

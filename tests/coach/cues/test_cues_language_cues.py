@@ -7,12 +7,13 @@ hypotheticals, someone else's story, and neutral questions on the same topic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.coach.cues.conftest import Conversation
+from coach.cues.playbook import AffectGate
+from tests.coach.cues.conftest import Conversation, FixedHolder
 
 POSITIVE = [
     ("frustration", "I have been going around in circles with you people for weeks."),
@@ -94,6 +95,44 @@ async def test_dejection_needs_a_resigned_voice_or_words(conversation: Conversat
     assert "dejection" in await conversation.cues(
         "customer", "Whatever, I suppose it'll break again anyway."
     )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Calm acceptance that shares resigned wording's words (development-split false cues).
+        "I guess I'll go with the yearly plan and it saves me money.",
+        "Good, my girlfriend's been stressing about the move all week, so I'm sorting this part.",
+    ],
+)
+async def test_acceptance_in_resigned_words_is_not_dejection(
+    conversation: Conversation, text: str
+) -> None:
+    """Dejection's word match needs the text to read sad (its playbook `affect_gate`)."""
+    await conversation.say("customer", "My internet keeps dropping every evening.")
+    await conversation.say("agent", "I've moved you to the yearly plan, it works out cheaper.")
+    assert "dejection" not in await conversation.cues("customer", text)
+
+
+async def test_affect_gate_decides_a_word_match(conversation: Conversation) -> None:
+    """The same words fire dejection without the gate and not with it: the gate, not the
+    similarity, is what holds back calm acceptance."""
+    text = "I guess I'll go with the yearly plan and it saves me money."
+    await conversation.say("customer", "My internet keeps dropping every evening.")
+    await conversation.say("agent", "I've moved you to the yearly plan, it works out cheaper.")
+    loaded = conversation.engine.holder.current
+    pb = loaded.playbook
+    ungated = pb.cues["dejection"].model_copy(update={"affect_gate": None, "threshold": 0.3})
+    gated = ungated.model_copy(update={"affect_gate": AffectGate(emotions=["sad"])})
+    found = {}
+    for name, spec in (("ungated", ungated), ("gated", gated)):
+        conversation.engine.holder = FixedHolder(
+            replace(loaded, playbook=pb.model_copy(update={"cues": {**pb.cues, "dejection": spec}}))
+        )
+        conversation.engine.fired_at.clear()
+        found[name] = await conversation.cues("customer", text)
+    assert "dejection" in found["ungated"]
+    assert "dejection" not in found["gated"]
 
 
 async def test_flat_short_reply_after_a_fix_is_dejection_by_voice(

@@ -67,6 +67,18 @@ def test_unknown_context_move() -> None:
     assert "'magic' is not in agent_moves" in _error(yaml.safe_dump(data))
 
 
+def test_affect_gate_needs_known_emotions_and_a_language_cue() -> None:
+    data = _bundled()
+    data["cues"]["dejection"]["affect_gate"] = {"emotions": []}
+    assert "cues.dejection.affect_gate.emotions" in _error(yaml.safe_dump(data))
+    data["cues"]["dejection"]["affect_gate"] = {"emotions": ["gloomy"]}
+    msg = _error(yaml.safe_dump(data))
+    assert "cues.dejection.affect_gate.emotions" in msg and "'sad'" in msg
+    data = _bundled()
+    data["cues"]["dead_air"]["affect_gate"] = {"emotions": ["sad"]}
+    assert "affect_gate is only for language cues" in _error(yaml.safe_dump(data))
+
+
 def test_bad_cue_id() -> None:
     data = _bundled()
     data["cues"]["Bad-Id"] = data["cues"]["confusion"]
