@@ -10,6 +10,11 @@ the expected precision/recall change.
     python -m scripts.tune_playbook                      # report only
     python -m scripts.tune_playbook --apply              # write thresholds into the playbook
     python -m scripts.tune_playbook --database-url sqlite+aiosqlite:///.coach/coach.db
+    python -m scripts.tune_playbook --examples           # examples that fire false cues
+
+`--examples` credits each playbook example with the hits and false cues its word matches gave
+on the evaluation calls and lists those that cost more than they find: how new examples are
+curated (BENCHMARKS, "More authors for the playbook").
 
 Policy per language cue, over thresholds current +- 0.10 in 0.01 steps:
 - at least `--min-ratings` ratings and a not-helpful share (not_helpful + dismissed) above
@@ -29,12 +34,12 @@ import asyncio
 import json
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coach.cues.engine import LoadedPlaybook
+from coach.cues.engine import LoadedPlaybook, matched_example
 from coach.cues.matcher import CueIndex, EmbedFn
 from coach.cues.offline import CachedAnalysis, FixedPlaybook, rescore
 from coach.cues.playbook import DEFAULT_PLAYBOOK, Playbook, parse_playbook
@@ -78,6 +83,42 @@ async def measure(
         out = await rescore(call.events, holder, analyze)
         results.append(eval_cues.match_call(call.truth, eval_cues.cue_hits(out)))
     return eval_cues.summarize(results)
+
+
+@dataclass
+class ExampleCredit:
+    """What one playbook example fired on the evaluation calls."""
+
+    cue: str
+    example: str
+    hits: int = 0
+    false_cues: int = 0
+
+
+def credit_examples(
+    scored: Iterable[tuple[eval_cues.CallTruth, Sequence[Mapping[str, Any]]]],
+) -> list[ExampleCredit]:
+    """Per playbook example, the hits and false cues its word matches gave (pure).
+
+    Hits and false cues are as `eval_cues.match_call` counts them; a cue in the window of an
+    optional label counts as neither. Worst first: most false cues beyond hits.
+    """
+    credit: dict[tuple[str, str], ExampleCredit] = {}
+    for truth, events in scored:
+        result = eval_cues.match_call(truth, eval_cues.cue_hits(events))
+        hits = {(h.cue, h.t_emit) for _, h in result.matched}
+        false = {(h.cue, h.t_emit) for h in result.false_cues}
+        for ev in events:
+            if ev.get("type") != "cue":
+                continue
+            example = matched_example(ev.get("reasons") or [])
+            if example is None:
+                continue
+            key = (str(ev["cue"]), float(ev["t_emit"]))
+            entry = credit.setdefault((key[0], example), ExampleCredit(key[0], example))
+            entry.hits += key in hits
+            entry.false_cues += key in false
+    return sorted(credit.values(), key=lambda c: (c.hits - c.false_cues, c.cue, c.example))
 
 
 def feedback_counts(database_url: str | None, data_dir: Path) -> dict[str, dict[str, int]]:
@@ -180,6 +221,30 @@ def apply_thresholds(path: Path, changes: Mapping[str, float]) -> str:
     return text
 
 
+def report_examples(
+    calls: Sequence[EvalCall],
+    playbook: Playbook,
+    index: CueIndex,
+    analyze: CachedAnalysis,
+    json_path: Path | None,
+) -> int:
+    """Print the examples whose word matches gave more false cues than hits on `calls`."""
+    holder = FixedPlaybook(LoadedPlaybook(playbook, index, "examples"))
+
+    async def rescored() -> list[tuple[eval_cues.CallTruth, list[Any]]]:
+        return [(c.truth, await rescore(c.events, holder, analyze)) for c in calls]
+
+    credits = credit_examples(asyncio.run(rescored()))
+    costly = [c for c in credits if c.false_cues > c.hits]
+    print(f"{len(calls)} evaluation calls; {len(credits)} examples fired a cue")
+    print(f"{len(costly)} gave more false cues than hits (candidates to remove or reword):")
+    for c in costly:
+        print(f"  {c.cue:20s} hits {c.hits}  false {c.false_cues}  {c.example}")
+    if json_path:
+        json_path.write_text(json.dumps([c.__dict__ for c in credits], indent=2))
+    return 0
+
+
 def _fmt(x: Any) -> str:
     return "  -  " if x is None else f"{float(x):.2f}"
 
@@ -202,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-gain", type=float, default=0.02)
     ap.add_argument("--span", type=float, default=0.10)
     ap.add_argument("--apply", action="store_true", help="write the proposed thresholds")
+    ap.add_argument(
+        "--examples",
+        action="store_true",
+        help="instead of thresholds: which examples fired false cues (candidates to remove)",
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -227,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [c for c in args.cues.split(",") if c] or [
         k for k, v in playbook.enabled().items() if v.kind == "language"
     ]
+
+    if args.examples:
+        return report_examples(calls, playbook, index, analyze, args.json)
 
     async def run() -> list[Proposal]:
         proposals = []

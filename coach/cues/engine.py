@@ -16,6 +16,7 @@ live calls at their next utterance without dropping anything.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -278,9 +279,7 @@ class CueEngine:
             best = None  # the words alone are not enough for this cue (AffectGate)
         if best is not None:
             total = best.score + boost
-            reasons.append(
-                f'words: "{best.clause}" means the same as "{best.example}" ({best.similarity:.2f})'
-            )
+            reasons.append(words_reason(best.clause, best.example, best.similarity))
             if best.adjustments:
                 reasons.append("framing considered: " + ", ".join(best.adjustments))
             emo = _emotion_note(sentiment)
@@ -564,6 +563,26 @@ class CueEngine:
                 }
             )
         return {"cues": counts, "cue_outcomes": detail, "escalations": self.escalation.raised}
+
+
+_WORDS_REASON = re.compile(r'^words: ".*" means the same as "(?P<example>.*)" \(-?\d+\.\d+\)$')
+
+
+def words_reason(clause: str, example: str, similarity: float) -> str:
+    """The reason line of a word match; `matched_example` reads the example back."""
+    return f'words: "{clause}" means the same as "{example}" ({similarity:.2f})'
+
+
+def matched_example(reasons: Sequence[str]) -> str | None:
+    """The playbook example a cue's words matched, from its `reasons` (None: no word match).
+
+    Lets offline tools (scripts/tune_playbook.py --examples) credit each example with the
+    hits and false cues it caused without widening the event contract."""
+    for line in reasons:
+        m = _WORDS_REASON.match(line)
+        if m:
+            return m.group("example")
+    return None
 
 
 def _affect_ok(spec: CueSpec, sentiment: Mapping[str, Any], arousal: Any) -> bool:

@@ -1,4 +1,4 @@
-"""The tuning policy (pure) and the playbook rewrite that keeps comments."""
+"""The tuning policy (pure), example credit (pure) and the playbook rewrite that keeps comments."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from coach.cues.engine import matched_example, words_reason
 from coach.cues.playbook import DEFAULT_PLAYBOOK, PlaybookError, load_playbook
-from scripts.tune_playbook import TEST_SPLIT, apply_thresholds, choose, main
+from scripts.eval_cues import CallTruth, Label
+from scripts.tune_playbook import TEST_SPLIT, apply_thresholds, choose, credit_examples, main
 
 SWEEP = {
     0.45: {"precision": 0.50, "recall": 1.00, "f1": 0.67},
@@ -70,3 +72,44 @@ def test_refuses_to_tune_on_the_test_split(
     eval_dir.mkdir()
     assert main(["--eval-dir", str(eval_dir), "--no-feedback"]) == 2
     assert "test split" in capsys.readouterr().err
+
+
+def _cue(cue: str, t: float, *reasons: str) -> dict[str, object]:
+    return {"type": "cue", "cue": cue, "t_emit": t, "reasons": list(reasons)}
+
+
+def test_examples_are_credited_with_the_hits_and_false_cues_they_gave() -> None:
+    truth = CallTruth(
+        "c1",
+        60.0,
+        (
+            Label("c1", 1, "frustration", True, 10.0, 14.0),
+            Label("c1", 3, "urgency", False, 30.0, 33.0),
+        ),
+    )
+    events = [
+        {"type": "transcript", "speaker": "customer", "text": "x"},
+        _cue("frustration", 14.5, words_reason("this is a joke", "This is ridiculous.", 0.61)),
+        # The label is taken: the same cue again in its window is a false cue.
+        _cue("frustration", 15.0, words_reason("still a joke", "This is ridiculous.", 0.58)),
+        _cue("frustration", 40.0, words_reason("I'm fed up", "I'm so fed up with this.", 0.7)),
+        # Optional label: neither hit nor false. Voice trigger: no example to credit.
+        _cue("urgency", 31.0, words_reason("need it now", "I need it today.", 0.6)),
+        _cue("dejection", 50.0, "voice subdued vs this caller's usual: pitch -2.0 SD"),
+    ]
+    credits = {
+        (c.cue, c.example): (c.hits, c.false_cues) for c in credit_examples([(truth, events)])
+    }
+    assert credits == {
+        ("frustration", "This is ridiculous."): (1, 1),
+        ("frustration", "I'm so fed up with this."): (0, 1),
+        ("urgency", "I need it today."): (0, 0),
+    }
+    worst = credit_examples([(truth, events)])[0]
+    assert (worst.cue, worst.example) == ("frustration", "I'm so fed up with this.")
+
+
+def test_matched_example_reads_back_quotes_and_ignores_other_reasons() -> None:
+    line = words_reason('he said "no"', 'I said "stop" (twice)', 0.5)
+    assert matched_example(["text emotion: sad (80%)", line]) == 'I said "stop" (twice)'
+    assert matched_example(['words: "Fine." (sad)', "voice subdued"]) is None

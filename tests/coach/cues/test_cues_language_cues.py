@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from coach.cues.engine import matched_example
 from coach.cues.playbook import AffectGate
 from tests.coach.cues.conftest import Conversation, FixedHolder
 
@@ -56,6 +57,16 @@ NEGATIVE = [
 @pytest.mark.parametrize(("cue", "text"), POSITIVE)
 async def test_paraphrase_fires_its_cue(conversation: Conversation, cue: str, text: str) -> None:
     assert cue in await conversation.cues("customer", text)
+
+
+async def test_a_word_match_names_its_playbook_example(conversation: Conversation) -> None:
+    """scripts/tune_playbook.py --examples credits examples by reading this reason back."""
+    found = await conversation.say(
+        "customer", "I have been going around in circles with you people for weeks."
+    )
+    (cue,) = [e for e in found if e["type"] == "cue" and e["cue"] == "frustration"]
+    example = matched_example(cue["reasons"])
+    assert example in conversation.engine.holder.current.playbook.cues["frustration"].positives
 
 
 @pytest.mark.parametrize(("cue", "text"), NEGATIVE)
