@@ -275,7 +275,9 @@ class CueEngine:
                 and (best is None or m.score > best.score)
             ):
                 best = m
-        if best is not None and not _affect_ok(spec, sentiment, arousal):
+        # Arousal counts only where pitch was found, as for the voice boost and trigger.
+        voiced_arousal = arousal if prosody.get("f0_hz") else None
+        if best is not None and not _affect_ok(spec, sentiment, voiced_arousal):
             best = None  # the words alone are not enough for this cue (AffectGate)
         if best is not None:
             total = best.score + boost
