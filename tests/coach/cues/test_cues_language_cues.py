@@ -188,6 +188,26 @@ async def test_raised_voice_alone_fires_frustration(conversation: Conversation) 
     assert "frustration" in found
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        # The text model reads these "anxious" and "sad": a raised voice says they are angry.
+        "The heating's gone off and I don't know how long it will be.",
+        "It's gone dark in the whole flat and the fridge has stopped.",
+    ],
+)
+async def test_raised_voice_with_anxious_or_sad_words_is_frustration(
+    conversation: Conversation, text: str
+) -> None:
+    label = conversation.model.score([text])[0].to_sentiment()["label"]
+    assert label in ("anxious", "sad")  # what makes this case: not "frustrated"
+    await conversation.say("customer", "I'm calling about my delivery.")
+    found = await conversation.cues(
+        "customer", text, arousal=0.95, voice_why=["pitch +2.8 SD", "loudness +2.1 SD"]
+    )
+    assert "frustration" in found
+
+
 async def test_cooldown_holds_a_repeated_cue(conversation: Conversation) -> None:
     assert "frustration" in await conversation.cues("customer", "This is completely ridiculous.")
     assert "frustration" not in await conversation.cues(
