@@ -111,9 +111,10 @@ async def test_dejection_needs_a_resigned_voice_or_words(conversation: Conversat
 @pytest.mark.parametrize(
     "text",
     [
-        # Calm acceptance that shares resigned wording's words (development-split false cues).
-        "I guess I'll go with the yearly plan and it saves me money.",
-        "Good, my girlfriend's been stressing about the move all week, so I'm sorting this part.",
+        # Calm acceptance that shares resigned wording's words (like the development splits'
+        # false cues, reworded).
+        "All good, my partner's been worried about the bills all month, so I'm handling this bit.",
+        "Great, my son's been nagging me about this for weeks, so I'm sorting it today.",
     ],
 )
 async def test_acceptance_in_resigned_words_is_not_dejection(
@@ -128,7 +129,9 @@ async def test_acceptance_in_resigned_words_is_not_dejection(
 async def test_affect_gate_decides_a_word_match(conversation: Conversation) -> None:
     """The same words fire dejection without the gate and not with it: the gate, not the
     similarity, is what holds back calm acceptance."""
-    text = "I guess I'll go with the yearly plan and it saves me money."
+    text = (
+        "All good, my partner's been worried about the bills all month, so I'm handling this bit."
+    )
     await conversation.say("customer", "My internet keeps dropping every evening.")
     await conversation.say("agent", "I've moved you to the yearly plan, it works out cheaper.")
     loaded = conversation.engine.holder.current
