@@ -245,14 +245,20 @@ class CueEngine:
                 return None
             if context_met:
                 threshold -= spec.context.threshold_drop
-        arousal = prosody.get("arousal")
+        # The voice's arousal counts only where pitch was found: for the boost, the affect gate
+        # and the voice trigger alike.
+        raw_arousal = prosody.get("arousal")
+        arousal = (
+            float(raw_arousal)
+            if isinstance(raw_arousal, (int, float)) and prosody.get("f0_hz")
+            else None
+        )
         voice_note = _voice_note(prosody)
         boost = 0.0
         vb = spec.voice_boost
         if (
             vb is not None
-            and isinstance(arousal, (int, float))
-            and prosody.get("f0_hz")
+            and arousal is not None
             and (vb.min_arousal is None or arousal >= vb.min_arousal)
             and (vb.max_arousal is None or arousal <= vb.max_arousal)
         ):
@@ -275,9 +281,7 @@ class CueEngine:
                 and (best is None or m.score > best.score)
             ):
                 best = m
-        # Arousal counts only where pitch was found, as for the voice boost and trigger.
-        voiced_arousal = arousal if prosody.get("f0_hz") else None
-        if best is not None and not _affect_ok(spec, sentiment, voiced_arousal):
+        if best is not None and not _affect_ok(spec, sentiment, arousal):
             best = None  # the words alone are not enough for this cue (AffectGate)
         if best is not None:
             total = best.score + boost
@@ -296,13 +300,12 @@ class CueEngine:
                 cue_id, spec, total, tuple(reasons), text, (phrase,) if phrase else (), best
             )
         vt = spec.voice_trigger
-        if vt is None or not isinstance(arousal, (int, float)) or not prosody.get("f0_hz"):
+        if vt is None or arousal is None:
             return None
         if language.is_thanks(text):
             return None  # a flat or loud "thank you" is thanks, whatever the voice
         n_words = len(language.words(text))
-        label = str(sentiment.get("label", "neutral"))
-        prob = float((sentiment.get("scores") or {}).get(label, 0.0))
+        label, prob = _text_emotion(sentiment)
         # The fused state already lowers valence for a raised or flat voice (signals/state.py).
         valence = float(state_valence if state_valence is not None else sentiment.get("valence", 0))
         if (
@@ -587,16 +590,21 @@ def matched_example(reasons: Sequence[str]) -> str | None:
     return None
 
 
-def _affect_ok(spec: CueSpec, sentiment: Mapping[str, Any], arousal: Any) -> bool:
+def _text_emotion(sentiment: Mapping[str, Any]) -> tuple[str, float]:
+    """The turn's text emotion label and its probability."""
+    label = str(sentiment.get("label", "neutral"))
+    return label, float((sentiment.get("scores") or {}).get(label, 0.0))
+
+
+def _affect_ok(spec: CueSpec, sentiment: Mapping[str, Any], arousal: float | None) -> bool:
     """Whether the turn sounds like the cue, where its playbook entry asks (AffectGate)."""
     gate = spec.affect_gate
     if gate is None:
         return True
-    label = str(sentiment.get("label", "neutral"))
-    prob = float((sentiment.get("scores") or {}).get(label, 0.0))
+    label, prob = _text_emotion(sentiment)
     if label in gate.emotions and prob >= gate.min_emotion_prob:
         return True
-    if not isinstance(arousal, (int, float)):
+    if arousal is None:
         return False
     return (gate.max_arousal is not None and arousal <= gate.max_arousal) or (
         gate.min_arousal is not None and arousal >= gate.min_arousal
