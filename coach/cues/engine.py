@@ -168,6 +168,7 @@ class CueEngine:
             for c, a in zip(parts, analyses, strict=True)
             if a.embedding is not None
         ]
+        closer = await self._close_looks(loaded, clause_signals)
         t_start, t_end = float(event["t_start"]), float(event["t_end"])
         prosody: Mapping[str, Any] = event.get("prosody") or {}
         sentiment: Mapping[str, Any] = event.get("sentiment") or {}
@@ -190,7 +191,7 @@ class CueEngine:
                 loaded,
                 cue_id,
                 spec,
-                clause_signals,
+                [*clause_signals, *closer.get(cue_id, ())],
                 prosody,
                 sentiment,
                 t_start,
@@ -223,6 +224,39 @@ class CueEngine:
             )
         )
         return out
+
+    async def _close_looks(
+        self, loaded: LoadedPlaybook, clauses: Sequence[ClauseSignals]
+    ) -> dict[str, list[ClauseSignals]]:
+        """Windows of the clauses that came close to a cue with a `close_look` (CloseLook),
+        per cue, analysed in one batch for every such cue."""
+        pb = loaded.playbook
+        wanted: dict[str, list[str]] = {}
+        for cue_id, spec in pb.enabled().items():
+            look = spec.close_look
+            if look is None or spec.kind != "language" or spec.threshold is None:
+                continue
+            for clause in clauses:
+                if len(clause.text.split()) <= look.words:
+                    continue
+                m = loaded.index.score(cue_id, spec, clause)
+                if spec.threshold - look.within <= m.score < spec.threshold:
+                    wanted.setdefault(cue_id, []).extend(
+                        w for w in language.windows(clause.text, look.words)
+                    )
+        if not wanted:
+            return {}
+        texts = list(dict.fromkeys(t for ws in wanted.values() for t in ws))
+        analyses = await self._analyze(texts)
+        signals = {
+            t: loaded.index.prepare(ClauseSignals(t, a.embedding, a.scores, language.framing(t)))
+            for t, a in zip(texts, analyses, strict=True)
+            if a.embedding is not None
+        }
+        return {
+            cue_id: [signals[t] for t in dict.fromkeys(ws) if t in signals]
+            for cue_id, ws in wanted.items()
+        }
 
     def _language_candidate(
         self,

@@ -236,6 +236,23 @@ def pieces(text: str) -> list[str]:
     return out
 
 
+def windows(text: str, size: int) -> list[str]:
+    """Overlapping runs of `size` words of `text` (stride half a window; the last one ends
+    where the text ends), or none when the text is no longer than one window.
+
+    Words are split on whitespace so each window keeps the text's own spelling and
+    punctuation, which the framing checks read.
+    """
+    tokens = text.split()
+    if size < 1 or len(tokens) <= size:
+        return []
+    stride = max(1, size // 2)
+    starts = list(range(0, len(tokens) - size + 1, stride))
+    if starts[-1] != len(tokens) - size:
+        starts.append(len(tokens) - size)
+    return [" ".join(tokens[i : i + size]).strip(" ,") for i in starts]
+
+
 def find_phrase(text: str, needle_words: set[str], *, max_words: int = 8) -> str:
     """The shortest span of `text` that covers the content words shared with an example.
 

@@ -83,6 +83,21 @@ class AffectGate(_Strict):
     """Or a voice this raised (None: the text emotion alone decides)."""
 
 
+class CloseLook(_Strict):
+    """Read a long clause again as short overlapping windows when it comes close to the cue.
+
+    Garbled ASR runs sentences together and buries the few words that carry the meaning:
+    "the songs put a tree from a kitchen wall, and then the strong smell of gas in the host,
+    my wee voice still up there" scores under the threshold whole, while its window "and then
+    the strong smell of gas in the host" is plainly a gas leak. Windows cost a second model
+    pass, so they are read only for a clause that scores within `within` of the threshold.
+    """
+
+    words: int = Field(8, ge=3, le=30)
+    """Window length in words; windows overlap by half."""
+    within: float = Field(0.08, gt=0, le=0.5)
+
+
 class Context(_Strict):
     """The cue needs the agent to have made one of these moves in the last `within_s`."""
 
@@ -132,6 +147,7 @@ class CueSpec(_Strict):
     voice_boost: VoiceBoost | None = None
     voice_trigger: VoiceTrigger | None = None
     affect_gate: AffectGate | None = None
+    close_look: CloseLook | None = None
     context: Context | None = None
     framing: Framings = Field(default_factory=Framings)
     positives: list[str] = Field(default_factory=list)
@@ -168,6 +184,8 @@ class CueSpec(_Strict):
                 raise ValueError("a dynamics cue has no example phrases")
             if self.affect_gate is not None:
                 raise ValueError("affect_gate is only for language cues (it gates word matches)")
+            if self.close_look is not None:
+                raise ValueError("close_look is only for language cues (it rereads clauses)")
         return self
 
 

@@ -179,3 +179,29 @@ def test_pieces_only_add_to_the_clauses(text: str) -> None:
 def test_ultimatum_is_not_a_hypothetical(text: str, hypothetical: bool, negated: bool) -> None:
     f = language.framing(text)
     assert (f.hypothetical, f.negated) == (hypothetical, negated)
+
+
+def test_windows_of_a_run_on_clause() -> None:
+    text = "the wind took the fence and then a strong smell of gas by the cooker"
+    assert language.windows(text, 8) == [
+        "the wind took the fence and then a",
+        "fence and then a strong smell of gas",
+        "a strong smell of gas by the cooker",
+    ]
+    assert language.windows("short clause, five words", 8) == []
+
+
+@given(st.lists(st.sampled_from(["", ".", "'s", "?"]), max_size=40), st.integers(3, 12))
+def test_windows_cover_every_word_in_order(suffixes: list[str], size: int) -> None:
+    words = [f"w{i}{end}" for i, end in enumerate(suffixes)]  # distinct, so each is findable
+    found = language.windows(" ".join(words), size)
+    if len(words) <= size:
+        assert found == []
+        return
+    # Every window is `size` consecutive words of the text; together they start at its first
+    # word and end at its last, each starting at most half a window after the one before.
+    starts = [words.index(w.split()[0]) for w in found]
+    for at, w in zip(starts, found, strict=True):
+        assert w.split() == words[at : at + size]
+    assert starts[0] == 0 and starts[-1] == len(words) - size
+    assert all(0 < b - a <= max(1, size // 2) for a, b in zip(starts, starts[1:], strict=False))

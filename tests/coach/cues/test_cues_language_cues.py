@@ -7,13 +7,16 @@ hypotheticals, someone else's story, and neutral questions on the same topic.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from coach.cues.engine import matched_example
+from coach.cues.engine import CueEngine, matched_example
+from coach.cues.library import PlaybookLibrary
 from coach.cues.playbook import AffectGate
+from models.emotion import EmotionModel, EmotionScore
 from tests.coach.cues.conftest import Conversation, FixedHolder
 
 POSITIVE = [
@@ -322,3 +325,58 @@ async def test_a_raised_voice_does_not_make_ordinary_words_a_crisis(
         voice_why=["pitch +3.0 SD", "loudness +2.1 SD"],
     )
     assert "crisis" not in found
+
+
+# A gas leak buried in a long run-on turn, as garbled ASR delivers it: whole, the clause
+# scores just under crisis's threshold; the window that holds the leak is plainly a crisis.
+RUN_ON_GAS_LEAK = (
+    "Yes hi calling about the the storm on the roof of the garden shed where the panels went "
+    "over the fence into the car park of the school and a strong smell of gas by the cooker "
+    "the boys asleep up on the top floor."
+)
+
+
+async def test_close_look_reads_a_run_on_turn_in_windows(conversation: Conversation) -> None:
+    """Crisis's `close_look` rereads a near-miss clause in short windows; without it the
+    same turn is missed."""
+    loaded = conversation.engine.holder.current
+    pb = loaded.playbook
+    assert pb.cues["crisis"].close_look is not None
+    found = {}
+    for name, spec in (
+        ("without", pb.cues["crisis"].model_copy(update={"close_look": None})),
+        ("with", pb.cues["crisis"]),
+    ):
+        conversation.engine.holder = FixedHolder(
+            replace(loaded, playbook=pb.model_copy(update={"cues": {**pb.cues, "crisis": spec}}))
+        )
+        conversation.engine.fired_at.clear()
+        found[name] = await conversation.say("customer", RUN_ON_GAS_LEAK)
+    assert "crisis" not in [e.get("cue") for e in found["without"] if e["type"] == "cue"]
+    (cue,) = [e for e in found["with"] if e["type"] == "cue" and e["cue"] == "crisis"]
+    # The reason names the window, not the whole run-on clause.
+    assert "smell of gas" in cue["why"] and "garden shed" not in cue["why"]
+
+
+async def test_close_look_costs_nothing_on_ordinary_turns(
+    library: PlaybookLibrary, emotion_model: EmotionModel
+) -> None:
+    """Windows are analysed only for a clause near a close-look cue's threshold: a long,
+    ordinary turn takes one model pass, as before."""
+    batches: list[list[str]] = []
+
+    async def analyze(texts: Sequence[str]) -> list[EmotionScore]:
+        batches.append(list(texts))
+        return emotion_model.score(texts)
+
+    conv = Conversation(CueEngine(holder=library, analyze=analyze), emotion_model)
+    await conv.say(
+        "customer",
+        "I moved house last month so I need the address on the account changed to the new "
+        "flat on Station Road, and the bills should go to my new email as well please.",
+    )
+    assert len(batches) == 1
+    batches.clear()
+    await conv.say("customer", RUN_ON_GAS_LEAK)
+    assert len(batches) == 2
+    assert all(len(w.split()) <= 10 for w in batches[1])

@@ -79,6 +79,17 @@ def test_affect_gate_needs_known_emotions_and_a_language_cue() -> None:
     assert "affect_gate is only for language cues" in _error(yaml.safe_dump(data))
 
 
+def test_close_look_bounds_and_kind() -> None:
+    data = _bundled()
+    data["cues"]["crisis"]["close_look"] = {"words": 2}
+    assert "cues.crisis.close_look.words" in _error(yaml.safe_dump(data))
+    data["cues"]["crisis"]["close_look"] = {"words": 8, "within": 0}
+    assert "cues.crisis.close_look.within" in _error(yaml.safe_dump(data))
+    data = _bundled()
+    data["cues"]["overtalk"]["close_look"] = {"words": 8}
+    assert "close_look is only for language cues" in _error(yaml.safe_dump(data))
+
+
 def test_bad_cue_id() -> None:
     data = _bundled()
     data["cues"]["Bad-Id"] = data["cues"]["confusion"]
