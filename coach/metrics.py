@@ -60,6 +60,12 @@ ASR_FINAL_BEAM = Histogram(
     "Beam size of final decodes (narrower than COACH_ASR_BEAM_SIZE: the ASR queue was loaded)",
     buckets=(1, 2, 3, 4, 5, 8),
 )
+TEXT_SCORES = Counter(
+    "coach_text_scores",
+    "Texts the emotion model was asked to score: 'reused' a recent score of the same text "
+    "(a final's whole text again as its only clause), or 'scored' by a model pass",
+    ["result"],
+)
 ASR_FINALS = Counter(
     "coach_asr_finals",
     "Final decodes by model: 'final' (COACH_ASR_FINAL_MODEL) when an ASR worker was free, "

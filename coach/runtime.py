@@ -138,8 +138,12 @@ class Runtime:
         recent = RecentScores(emotion.score)
 
         def score_batch(texts: Sequence[str]) -> list[EmotionScore]:
+            hits, misses = recent.hits, recent.misses
             with metrics.MODEL_INFERENCE.labels(model="emotion").time():
-                return recent(texts)
+                out = recent(texts)
+            metrics.TEXT_SCORES.labels(result="reused").inc(recent.hits - hits)
+            metrics.TEXT_SCORES.labels(result="scored").inc(recent.misses - misses)
+            return out
 
         def on_emotion_batch(stats: BatchStats) -> None:
             _observe_batch("emotion", stats)

@@ -25,6 +25,7 @@ REQUIRED = {
     "coach_dropped_frames",
     "coach_ingest_errors",
     "coach_model_inference_seconds",
+    "coach_text_scores",
 }
 
 
@@ -85,6 +86,14 @@ def test_metrics_parse_and_move_after_a_call(
     )
     assert value(after, "coach_model_inference_seconds_count", model="emotion") > value(
         before, "coach_model_inference_seconds_count", model="emotion"
+    )
+    # Every final's text is scored, and a one-clause customer turn's clause is that same
+    # text again: the cue engine reuses its score instead of a second model pass.
+    assert value(after, "coach_text_scores_total", result="scored") > value(
+        before, "coach_text_scores_total", result="scored"
+    )
+    assert value(after, "coach_text_scores_total", result="reused") > value(
+        before, "coach_text_scores_total", result="reused"
     )
     assert value(after, "coach_active_calls") == value(before, "coach_active_calls")
     latency_sum = value(after, "coach_asr_latency_seconds_sum") - value(
