@@ -387,7 +387,8 @@ class PartyPipeline:
 
     def _final_request(self, audio: Samples) -> AsrRequest:
         """A final decode: on the final model (COACH_ASR_FINAL_MODEL) when an ASR worker is
-        free (`models.runtime.has_spare_worker`), else on the small one (unless
+        free (`models.runtime.has_spare_worker`) and this machine decodes it within
+        COACH_ASR_FINAL_BUDGET_S (`_final_fits`), else on the small one (unless
         COACH_ASR_FINAL_FALLBACK is off), so a busy server keeps its small model's capacity
         instead of falling behind; the beam is
         COACH_ASR_BEAM_SIZE, narrower as the queue grows (`adaptive_beam`). Replay --fast
@@ -398,11 +399,23 @@ class PartyPipeline:
         else:
             load = self._rt.asr_scheduler.load()
             beam = adaptive_beam(base, self._settings.asr_min_beam_size, load)
-            big = has_spare_worker(load) or not self._settings.asr_final_fallback
+            big = (
+                has_spare_worker(load) and self._final_fits(len(audio) / PIPELINE_RATE)
+            ) or not self._settings.asr_final_fallback
             metrics.ASR_FINAL_BEAM.observe(beam)
         two_models = isinstance(self._rt.asr, TwoPassAsr)
         metrics.ASR_FINALS.labels(model="final" if big and two_models else "small").inc()
         return AsrRequest(audio=audio, words=True, beam_size=beam, use_final_model=big)
+
+    def _final_fits(self, audio_s: float) -> bool:
+        """The final model is expected to decode this utterance within
+        COACH_ASR_FINAL_BUDGET_S on this machine (`models.asr.DecodeTimes`): on a VM without
+        int8 matrix units base takes 0.6-0.9 s a turn, and a final that late makes every cue
+        late, so such finals go to the small model."""
+        asr = self._rt.asr
+        if not isinstance(asr, TwoPassAsr):
+            return True
+        return asr.final_fits(audio_s, self._settings.asr_final_budget_s)
 
     async def _partial(self, utt_id: int, start: float, upto: float, audio: Samples) -> None:
         try:

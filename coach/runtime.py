@@ -12,7 +12,13 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
+import soundfile as sf
+
+from audio.resample import resample
+from audio.types import PIPELINE_RATE, Samples
 from audio.vad import SileroVad
 from coach import metrics
 from coach.cues.library import PlaybookLibrary
@@ -76,6 +82,34 @@ def limit_blas_threads() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
+CALIBRATION_CALL = Path("web") / "demo" / "demo-call.wav"
+"""Real speech to time the final model on at start-up: the bundled demo call (next to the
+source tree in a checkout, under ./web in the container)."""
+
+
+def calibration_speech(path: Path | None = None) -> Samples | None:
+    """The demo call's customer channel at the pipeline rate, from its first speech on; None
+    when the file is not there (the budget is then learned from the first live finals)."""
+    if path is None:
+        beside = Path(__file__).resolve().parents[1] / CALIBRATION_CALL
+        path = beside if beside.is_file() else Path.cwd() / CALIBRATION_CALL
+    if not path.is_file():
+        return None
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (OSError, RuntimeError) as exc:
+        log.warning("calibration speech %s unreadable: %s", path, exc)
+        return None
+    speech = resample(np.ascontiguousarray(data[:, 0]), int(rate), PIPELINE_RATE)
+    frame = PIPELINE_RATE // 50
+    n = len(speech) // frame
+    if n == 0:
+        return None
+    rms = np.sqrt(np.mean(speech[: n * frame].reshape(n, frame) ** 2, axis=1))
+    loud = np.flatnonzero(rms > 0.02)
+    return speech[int(loud[0]) * frame :] if loud.size else None
+
+
 @dataclass
 class Runtime:
     vad: SileroVad
@@ -109,6 +143,19 @@ class Runtime:
         if final_model and final_model != settings.asr_model:
             final = WhisperAsr(dataclasses.replace(asr_options, model=final_model))
             asr = TwoPassAsr(partial=small, final=final)
+            if settings.asr_final_budget_s > 0 and settings.asr_final_fallback:
+                speech = calibration_speech()
+                if speech is not None:
+                    t_cal = time.perf_counter()
+                    asr.calibrate(speech)
+                    log.info(
+                        "final model %s: %.2f s expected for a 6 s turn (budget %.2f s; "
+                        "calibrated in %.1fs)",
+                        final_model,
+                        asr.final_times.predict(6.0) or 0.0,
+                        settings.asr_final_budget_s,
+                        time.perf_counter() - t_cal,
+                    )
 
         def run_batch(reqs: Sequence[AsrRequest]) -> list[AsrResult]:
             with metrics.MODEL_INFERENCE.labels(model="asr").time():

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
         description="Decode a final with COACH_ASR_MODEL when no ASR worker is free (keeps "
         "capacity); false: always COACH_ASR_FINAL_MODEL.",
     )
+    asr_final_budget_s: float = Field(
+        0.45,
+        description="A final goes to COACH_ASR_FINAL_MODEL only if this machine is expected to "
+        "decode it within this many seconds (learned from its own decodes); else to "
+        "COACH_ASR_MODEL. 0: no limit.",
+    )
     asr_compute_type: str = Field("int8", description="CTranslate2 compute type.")
     asr_threads: int = Field(1, description="CTranslate2 intra-op threads per worker.")
     asr_workers: int = Field(

@@ -16,8 +16,10 @@ import logging
 import math
 import os
 import re
+import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -378,6 +380,64 @@ class WhisperAsr:
         return out
 
 
+def fit_decode_time(samples: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares line `seconds = a + b * audio_s` through (audio_s, seconds) samples,
+    with b >= 0 and a >= 0 (a decode never gets faster with more audio). With no spread in
+    the audio lengths the line is flat at the mean."""
+    xs = np.asarray([x for x, _ in samples], dtype=np.float64)
+    ys = np.asarray([y for _, y in samples], dtype=np.float64)
+    if xs.size == 0:
+        return 0.0, 0.0
+    spread = float(np.var(xs))
+    if xs.size < 2 or spread < 0.25:
+        return float(ys.mean()), 0.0
+    slope = max(0.0, float(np.mean((xs - xs.mean()) * (ys - ys.mean())) / spread))
+    intercept = float(ys.mean() - slope * xs.mean())
+    if intercept < 0.0:  # keep the line through the samples' mean, pivoting to a = 0
+        intercept, slope = 0.0, float(ys.mean() / xs.mean()) if xs.mean() > 0 else 0.0
+    return intercept, slope
+
+
+class DecodeTimes:
+    """How long one model's decodes take on this machine, learned from its own decodes.
+
+    The same model decodes an utterance three times faster on one 2-core VM than on another
+    (int8 matrix units or not: BENCHMARKS, "A final model that fits the machine"), and slower
+    when calls compete for the cores, so the cost of a decode is measured, not assumed: the
+    recent (audio seconds, decode seconds) pairs give a line that predicts the next decode.
+    Samples older than `max_age_s` are forgotten, so a model that stopped being used because
+    the machine was busy gets tried again once it has been left alone that long.
+    """
+
+    def __init__(
+        self,
+        keep: int = 32,
+        min_samples: int = 2,
+        max_age_s: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._samples: deque[tuple[float, float, float]] = deque(maxlen=keep)
+        self._min_samples = min_samples
+        self._max_age_s = max_age_s
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def observe(self, audio_s: float, seconds: float) -> None:
+        with self._lock:
+            self._samples.append((self._clock(), audio_s, seconds))
+
+    def predict(self, audio_s: float) -> float | None:
+        """Expected seconds for a decode of `audio_s`; None until enough recent decodes."""
+        with self._lock:
+            oldest = self._clock() - self._max_age_s
+            while self._samples and self._samples[0][0] < oldest:
+                self._samples.popleft()
+            if len(self._samples) < self._min_samples:
+                return None
+            a, b = fit_decode_time([(x, y) for _, x, y in self._samples])
+        return a + b * audio_s
+
+
 class TwoPassAsr:
     """Partials from a small, fast model; finals, which the cue engine reads, from a bigger one.
 
@@ -395,6 +455,26 @@ class TwoPassAsr:
         self.options = partial.options
         self.model_path = final.model_path
         self.load_s = partial.load_s + final.load_s
+        self.final_times = DecodeTimes()
+
+    def final_fits(self, audio_s: float, budget_s: float) -> bool:
+        """The final model is expected to decode `audio_s` of audio within `budget_s` (or its
+        speed is not known yet, or there is no budget: `budget_s` <= 0)."""
+        if budget_s <= 0:
+            return True
+        expected = self.final_times.predict(audio_s)
+        return expected is None or expected <= budget_s
+
+    def calibrate(self, audio: Samples, lengths_s: Sequence[float] = (3.0, 8.0)) -> None:
+        """Time the final model on slices of real speech, so the first finals of a process
+        already know whether it fits the budget (the first decode, which initialises the
+        model, is not counted)."""
+        for n, length in enumerate((lengths_s[0], *lengths_s)):
+            clip = audio[: int(length * PIPELINE_RATE)]
+            t0 = time.perf_counter()
+            self.final.decode_batch([AsrRequest(audio=clip, words=True)])
+            if n:
+                self.final_times.observe(len(clip) / PIPELINE_RATE, time.perf_counter() - t0)
 
     def transcribe(self, audio: Samples, *, words: bool = True) -> AsrResult:
         """A final transcript of one utterance (the bigger model)."""
@@ -405,7 +485,12 @@ class TwoPassAsr:
         for model, want in ((self.final, True), (self.partial, False)):
             idx = [i for i, r in enumerate(requests) if r.use_final_model == want]
             if idx:
-                for i, res in zip(idx, model.decode_batch([requests[i] for i in idx]), strict=True):
+                t0 = time.perf_counter()
+                decoded = model.decode_batch([requests[i] for i in idx])
+                if want:
+                    longest = max(len(requests[i].audio) for i in idx) / PIPELINE_RATE
+                    self.final_times.observe(longest, time.perf_counter() - t0)
+                for i, res in zip(idx, decoded, strict=True):
                     results[i] = res
         return [r for r in results if r is not None]
 

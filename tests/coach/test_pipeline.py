@@ -121,3 +121,27 @@ async def test_pace_is_reported_before_the_decode_ends(
         gated.close()
     assert reported and transcripts
     assert transcripts[0]["t_start"] == pytest.approx(reported[0][0])
+
+
+def test_the_final_model_is_timed_on_the_bundled_demo_speech(runtime: Runtime) -> None:
+    """At start-up the final model decodes real speech once, so the first finals of a
+    process already know whether it fits COACH_ASR_FINAL_BUDGET_S on this machine."""
+    from audio.types import PIPELINE_RATE
+    from coach.runtime import calibration_speech
+    from models.asr import DecodeTimes, TwoPassAsr
+
+    speech = calibration_speech()
+    assert speech is not None and len(speech) > 30 * PIPELINE_RATE
+    frame = PIPELINE_RATE // 50
+    assert np.sqrt(np.mean(speech[:frame] ** 2)) > 0.02  # it starts where the speech does
+    asr = runtime.asr
+    assert isinstance(asr, TwoPassAsr)
+    saved, asr.final_times = asr.final_times, DecodeTimes()
+    try:
+        assert asr.final_times.predict(6.0) is None
+        asr.calibrate(speech, lengths_s=(1.5, 4.0))
+        expected = asr.final_times.predict(6.0)
+        assert expected is not None and 0.0 < expected < 30.0
+    finally:
+        asr.final_times = saved
+    assert calibration_speech(Path("/nonexistent/demo-call.wav")) is None
