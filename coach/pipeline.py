@@ -409,9 +409,10 @@ class PartyPipeline:
 
     def _final_fits(self, audio_s: float) -> bool:
         """The final model is expected to decode this utterance within
-        COACH_ASR_FINAL_BUDGET_S on this machine (`models.asr.DecodeTimes`): on a VM without
-        int8 matrix units base takes 0.6-0.9 s a turn, and a final that late makes every cue
-        late, so such finals go to the small model."""
+        COACH_ASR_FINAL_BUDGET_S on this machine (`models.asr.DecodeTimes`). The same model
+        takes 0.3 s a turn on one 2-core VM and 0.6 s on another, more under load and for
+        long turns; a final later than the budget makes every cue of the turn late, so it goes
+        to the small model instead."""
         asr = self._rt.asr
         if not isinstance(asr, TwoPassAsr):
             return True

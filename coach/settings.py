@@ -40,7 +40,7 @@ class Settings(BaseSettings):
         "capacity); false: always COACH_ASR_FINAL_MODEL.",
     )
     asr_final_budget_s: float = Field(
-        0.45,
+        0.8,
         description="A final goes to COACH_ASR_FINAL_MODEL only if this machine is expected to "
         "decode it within this many seconds (learned from its own decodes); else to "
         "COACH_ASR_MODEL. 0: no limit.",
