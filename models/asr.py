@@ -401,7 +401,7 @@ def fit_decode_time(samples: Sequence[tuple[float, float]]) -> tuple[float, floa
 class DecodeTimes:
     """How long one model's decodes take on this machine, learned from its own decodes.
 
-    The same model decodes an utterance three times faster on one 2-core VM than on another
+    The same model decodes an utterance about twice as fast on one 2-core VM as on another
     (int8 matrix units or not: BENCHMARKS, "A final model that fits the machine"), and slower
     when calls compete for the cores, so the cost of a decode is measured, not assumed: the
     recent (audio seconds, decode seconds) pairs give a line that predicts the next decode.
