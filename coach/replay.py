@@ -149,7 +149,11 @@ def run_replay_cli(
     except ReplayInputError as exc:
         print(f"error: {exc}", flush=True)
         return 2
-    runtime = Runtime.load(settings)
+    # --fast always decodes finals with the final model, so it has no use for the budget's
+    # start-up timing of that model (about 1.7 s per replay on a slow VM).
+    runtime = Runtime.load(
+        settings if realtime else settings.model_copy(update={"asr_final_budget_s": 0.0})
+    )
     try:
         bus = InProcessBus(history=settings.event_replay)
         manager = CallManager(runtime=runtime, settings=settings, bus=bus)

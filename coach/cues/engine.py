@@ -233,9 +233,10 @@ class CueEngine:
         pb = loaded.playbook
         wanted: dict[str, list[str]] = {}
         for cue_id, spec in pb.enabled().items():
-            look = spec.close_look
-            if look is None or spec.kind != "language" or spec.threshold is None:
-                continue
+            look = spec.close_look  # only language cues have one (the schema)
+            if look is None or spec.party != "customer":
+                continue  # the cues `_customer_utterance` scores, and no others
+            assert spec.threshold is not None
             for clause in clauses:
                 if len(clause.text.split()) <= look.words:
                     continue
