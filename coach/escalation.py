@@ -52,18 +52,18 @@ class EscalationDetector:
             t_start=state.get("t"),
         )
 
-    def observe_customer(
+    def observe_cues(
         self,
-        pb: Playbook,
-        *,
-        state: Mapping[str, Any],
-        states: Sequence[Mapping[str, Any]],
         fired: Sequence[tuple[str, CueSpec]],
+        *,
         summary: Callable[[], dict[str, Any]],
-        intense: str | None,
+        state: Mapping[str, Any],
     ) -> list[Event]:
-        """After each customer utterance and the cues it fired."""
-        e = pb.escalation
+        """The escalations the cues just shown call for (a crisis cue: critical, at once).
+
+        Also on its own for the cues fired early, from a partial transcript, before the
+        turn's state is known: `state` then holds only the time.
+        """
         out: list[Event | None] = []
         for cue_id, spec in fired:
             self._counts[cue_id] = self._counts.get(cue_id, 0) + 1
@@ -78,6 +78,21 @@ class EscalationDetector:
                         state=state,
                     )
                 )
+        return [ev for ev in out if ev is not None]
+
+    def observe_customer(
+        self,
+        pb: Playbook,
+        *,
+        state: Mapping[str, Any],
+        states: Sequence[Mapping[str, Any]],
+        fired: Sequence[tuple[str, CueSpec]],
+        summary: Callable[[], dict[str, Any]],
+        intense: str | None,
+    ) -> list[Event]:
+        """After each customer utterance and the cues it fired."""
+        e = pb.escalation
+        out: list[Event | None] = list(self.observe_cues(fired, summary=summary, state=state))
         if intense is not None:
             out.append(
                 self._raise(

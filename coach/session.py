@@ -339,6 +339,14 @@ class CallSession:
                     found = []
                 for ev in found:
                     await self.emit(ev)
+        elif kind == "partial" and self.cues is not None and stamped.get("speaker") == "customer":
+            try:
+                found = await self.cues.on_partial(stamped)
+            except Exception:
+                log.exception("call %s: cue engine failed on a partial", self.call_id)
+                found = []
+            for ev in found:
+                await self.emit(ev)
 
     async def _load_history(self, customer_id: str) -> None:
         assert self.history_lookup is not None and self.cues is not None

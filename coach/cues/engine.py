@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -36,6 +36,7 @@ from coach.messages import Speaker
 log = logging.getLogger(__name__)
 
 AI_LABEL = "AI suggestion"
+EARLY_NOTE = "heard while the customer was still speaking (live transcript)"
 
 
 class TextAnalysis(Protocol):
@@ -76,6 +77,17 @@ class Candidate:
 
 
 @dataclass
+class _PartialReading:
+    """The customer turn whose partial transcripts are being read for early cues."""
+
+    t_start: float
+    tokens: list[str]
+    """The last partial's words, to agree with the next one."""
+    read: int = 0
+    """Agreed words already scored: a partial is read again only when agreement grows."""
+
+
+@dataclass
 class AgentMove:
     move: str
     t: float
@@ -98,6 +110,9 @@ class CueEngine:
     _timing: TimingCues | None = None
     _timing_version: str = ""
     escalation: EscalationDetector = field(default_factory=EscalationDetector)
+    _reading: _PartialReading | None = None
+    _customer_final_end: float = float("-inf")
+    _early_this_turn: int = 0
 
     # ------------------------------------------------------------------ transcripts
 
@@ -110,6 +125,76 @@ class CueEngine:
             await self._agent_utterance(loaded, event, text)
             return []
         return await self._customer_utterance(loaded, event, text)
+
+    async def on_partial(self, event: Mapping[str, Any]) -> list[Event]:
+        """A customer partial transcript: fire the cues with `early` (playbook.Early) whose
+        words are already plain, before the turn ends. Only words two partials in a row
+        agree on are read, and only when that agreement has grown."""
+        if event.get("speaker") != "customer":
+            return []
+        loaded = self.holder.current
+        early = {
+            cue_id: spec
+            for cue_id, spec in loaded.playbook.enabled().items()
+            if spec.early is not None and spec.kind == "language" and spec.party == "customer"
+        }
+        t_start, t_end = float(event["t_start"]), float(event["t_end"])
+        if not early or t_start < self._customer_final_end:
+            return []  # nothing reads partials, or this turn's final is already in
+        tokens = str(event.get("text") or "").split()
+        reading = self._reading
+        if reading is None or reading.t_start != t_start:
+            self._reading = _PartialReading(t_start, tokens)
+            return []
+        agreed = language.settled_prefix(reading.tokens, tokens)
+        reading.tokens = tokens
+        if agreed <= reading.read:
+            return []
+        text = " ".join(tokens[:agreed])
+        n_words = len(language.words(text))
+        early = {k: s for k, s in early.items() if s.early and n_words >= s.early.min_words}
+        if not early:
+            return []
+        reading.read = agreed
+        parts = language.pieces(text) or [text]
+        analyses = await self._analyze(parts)
+        if t_start < self._customer_final_end:
+            return []  # the final overtook this partial while it was being scored
+        clause_signals = [
+            loaded.index.prepare(ClauseSignals(c, a.embedding, a.scores, language.framing(c)))
+            for c, a in zip(parts, analyses, strict=True)
+            if a.embedding is not None
+        ]
+        candidates: list[Candidate] = []
+        for cue_id, spec in early.items():
+            assert spec.early is not None
+            # Words alone: the voice, the text emotion and the fused state belong to the
+            # whole turn, which is not over.
+            cand = self._language_candidate(
+                loaded,
+                cue_id,
+                spec,
+                clause_signals,
+                {},
+                {},
+                t_start,
+                text,
+                raise_by=spec.early.margin,
+            )
+            if cand is not None:
+                candidates.append(replace(cand, reasons=(*cand.reasons, EARLY_NOTE)))
+        room = loaded.playbook.max_cues_per_utterance - self._early_this_turn
+        if not candidates or room <= 0:
+            return []
+        chosen = self._choose(candidates, t_end, room)
+        self._early_this_turn += len(chosen)
+        out = [self._cue_event(c, event, t_start, t_end, early=True) for c in chosen]
+        out.extend(
+            self.escalation.observe_cues(
+                [(c.cue, c.spec) for c in chosen], summary=self.handoff, state={"t": t_end}
+            )
+        )
+        return out
 
     def on_pace(self, speaker: str, spoken: Spoken) -> list[Event]:
         """Every finished utterance's syllable count, transcribed or not (agent pace)."""
@@ -170,6 +255,11 @@ class CueEngine:
         ]
         closer = await self._close_looks(loaded, clause_signals)
         t_start, t_end = float(event["t_start"]), float(event["t_end"])
+        # This turn is decided now: its partials are no longer read, and the cues they
+        # fired count against the turn's limit.
+        self._customer_final_end = max(self._customer_final_end, t_end)
+        self._reading = None
+        shown_early, self._early_this_turn = self._early_this_turn, 0
         prosody: Mapping[str, Any] = event.get("prosody") or {}
         sentiment: Mapping[str, Any] = event.get("sentiment") or {}
         state: Mapping[str, Any] = event.get("state") or {}
@@ -209,7 +299,10 @@ class CueEngine:
                 Candidate("crisis", pb.cues["crisis"], 1.0, (intense,), text, (), None)
             )
         out: list[Event] = []
-        chosen = self._choose(candidates, t_end, pb.max_cues_per_utterance)
+        room = pb.max_cues_per_utterance - shown_early
+        if room <= 0:  # a crisis still goes through
+            candidates = [c for c in candidates if c.spec.severity == "critical"]
+        chosen = self._choose(candidates, t_end, max(1, room))
         for cand in chosen:
             ev = self._cue_event(cand, event, t_start, t_end)
             out.append(ev)
@@ -270,9 +363,10 @@ class CueEngine:
         t_start: float,
         text: str,
         state_valence: float | None = None,
+        raise_by: float = 0.0,
     ) -> Candidate | None:
         assert spec.threshold is not None
-        threshold = spec.threshold
+        threshold = spec.threshold + raise_by
         reasons: list[str] = []
         context_met = self._context_met(spec, t_start)
         if spec.context is not None:
@@ -424,7 +518,13 @@ class CueEngine:
         return chosen
 
     def _cue_event(
-        self, cand: Candidate, event: Mapping[str, Any], t_start: float, t_end: float
+        self,
+        cand: Candidate,
+        event: Mapping[str, Any],
+        t_start: float,
+        t_end: float,
+        *,
+        early: bool = False,
     ) -> Event:
         ev = events.cue(
             cue=cand.cue,
@@ -443,6 +543,8 @@ class CueEngine:
             score=cand.score,
             label=AI_LABEL,
         )
+        if early:
+            ev["early"] = True
         self.shown.append(ev)
         return ev
 

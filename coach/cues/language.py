@@ -16,6 +16,7 @@ right about the framing, the meaning comes from the embeddings.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 # Sentence ends and the discourse markers that start a new thought inside one sentence.
@@ -251,6 +252,40 @@ def windows(text: str, size: int) -> list[str]:
     if starts[-1] != len(tokens) - size:
         starts.append(len(tokens) - size)
     return [" ".join(tokens[i : i + size]).strip(" ,") for i in starts]
+
+
+def agreed_prefix(before: Sequence[str], now: Sequence[str]) -> int:
+    """How many leading whitespace tokens of `now` the earlier hypothesis `before` agrees on.
+
+    Two successive partial transcripts of one turn are decoded from the same audio, the
+    second from more of it; where they agree, the words are unlikely to change (the "local
+    agreement" policy of streaming Whisper). Tokens are compared by their words, so case and
+    punctuation ("house," then "house.") do not break agreement.
+    """
+    n = 0
+    for a, b in zip(before, now, strict=False):
+        if words(a) != words(b):
+            break
+        n += 1
+    return n
+
+
+_SENTENCE_END = re.compile(r"[.!?][\"')]*$")
+
+
+def settled_prefix(before: Sequence[str], now: Sequence[str]) -> int:
+    """How many leading tokens of `now` are whole sentences that are settled: both partials
+    agree on them (`agreed_prefix`) and the speaker has gone on past their end.
+
+    A partial transcript ends where the audio did, often mid-sentence, and Whisper puts a
+    full stop there anyway: "I don't want to go." may be the start of "I don't want to go
+    back there alone". A sentence end with more words after it is a real one.
+    """
+    agreed = agreed_prefix(before, now)
+    for k in range(min(agreed, len(now) - 1), 0, -1):
+        if _SENTENCE_END.search(now[k - 1]):
+            return k
+    return 0
 
 
 def find_phrase(text: str, needle_words: set[str], *, max_words: int = 8) -> str:

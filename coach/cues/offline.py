@@ -1,7 +1,7 @@
 """Re-run the language cue engine over recorded events, without audio or ASR.
 
 A replay's events (`python -m coach replay ... --events X.jsonl`) hold every transcript
-with its words, sentiment, prosody and state. Feeding them to a fresh CueEngine with a
+with its words, sentiment, prosody and state, and every partial transcript (early cues). Feeding them to a fresh CueEngine with a
 different playbook shows what that playbook would have emitted on the same calls, in
 seconds instead of minutes of ASR: this is how `scripts/tune_playbook.py` measures a
 proposed threshold change. Timing cues (dead air, overtalk, pace) need the VAD intervals,
@@ -36,8 +36,9 @@ async def rescore(
             engine.fired_at[ev["cue"]] = float(ev.get("t_emit", 0.0))
             engine.shown.append(ev)
             out.append(ev)
-        elif kind == "transcript":
-            for found in await engine.on_transcript(ev):
+        elif kind in ("transcript", "partial"):
+            handle = engine.on_transcript if kind == "transcript" else engine.on_partial
+            for found in await handle(ev):
                 found["t_emit"] = ev.get("t_emit", found.get("t_end"))
                 found["call_id"] = ev.get("call_id")
                 out.append(found)

@@ -98,6 +98,23 @@ class CloseLook(_Strict):
     within: float = Field(0.08, gt=0, le=0.5)
 
 
+class Early(_Strict):
+    """Fire from the live transcript, before the customer has finished the turn.
+
+    The final transcript of a turn waits for its end and a full decode (0.7-1.3 s on two
+    CPU cores); a partial transcript of a long turn often holds the words that mean the cue
+    seconds earlier. Partials are rougher (small model, greedy decode, cut mid-phrase), so
+    only words that two partials in a row agree on are read, and only a clause that clears
+    the threshold by `margin` on its words alone (no voice, emotion or context boost, which
+    need the whole turn) fires. Everything else waits for the final as before.
+    """
+
+    margin: float = Field(0.06, ge=0, le=0.5)
+    """How far above the cue's threshold a clause of a partial must score."""
+    min_words: int = Field(5, ge=3, le=30)
+    """Agreed words the partial must hold before it is read at all."""
+
+
 class Context(_Strict):
     """The cue needs the agent to have made one of these moves in the last `within_s`."""
 
@@ -148,6 +165,7 @@ class CueSpec(_Strict):
     voice_trigger: VoiceTrigger | None = None
     affect_gate: AffectGate | None = None
     close_look: CloseLook | None = None
+    early: Early | None = None
     context: Context | None = None
     framing: Framings = Field(default_factory=Framings)
     positives: list[str] = Field(default_factory=list)
@@ -177,6 +195,12 @@ class CueSpec(_Strict):
                 raise ValueError("a language cue needs at least 3 positive examples")
             if self.detector is not None:
                 raise ValueError("detector is only for dynamics cues")
+            if self.early is not None and self.party != "customer":
+                raise ValueError("early is only for customer cues (partials are read per party)")
+            if self.early is not None and self.affect_gate is not None:
+                raise ValueError(
+                    "early cannot go with affect_gate: the gate needs the whole turn's emotion"
+                )
         else:
             if self.detector is None:
                 raise ValueError("a dynamics cue needs a detector: " + ", ".join(_detectors()))
@@ -186,6 +210,8 @@ class CueSpec(_Strict):
                 raise ValueError("affect_gate is only for language cues (it gates word matches)")
             if self.close_look is not None:
                 raise ValueError("close_look is only for language cues (it rereads clauses)")
+            if self.early is not None:
+                raise ValueError("early is only for language cues (it reads partial transcripts)")
         return self
 
 

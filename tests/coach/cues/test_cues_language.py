@@ -205,3 +205,39 @@ def test_windows_cover_every_word_in_order(suffixes: list[str], size: int) -> No
         assert w.split() == words[at : at + size]
     assert starts[0] == 0 and starts[-1] == len(words) - size
     assert all(0 < b - a <= max(1, size // 2) for a, b in zip(starts, starts[1:], strict=False))
+
+
+def test_agreed_prefix_ignores_case_and_punctuation() -> None:
+    before = "My husband collapsed in the kitchen".split()
+    now = "my husband collapsed, in the kitchen and he".split()
+    assert language.agreed_prefix(before, now) == 6
+    assert language.agreed_prefix("My husband's here".split(), now) == 1
+    assert language.agreed_prefix([], now) == 0
+
+
+def test_settled_prefix_stops_at_a_sentence_the_speaker_went_past() -> None:
+    before = "I called last week. Nobody came. The heating is".split()
+    now = "I called last week. Nobody came. The heating is still off.".split()
+    # Both agree up to "is"; the last sentence end inside that is after "came.".
+    assert language.settled_prefix(before, now) == 6
+    # A full stop at the very end of the newest partial is where the audio stopped.
+    assert language.settled_prefix(now, now) == 6
+    only = "Nobody came.".split()
+    assert language.settled_prefix(only, only) == 0
+
+
+_TOKENS = st.lists(st.sampled_from(["a", "B", "c.", "d?", "e,", "A"]), max_size=12)
+
+
+@given(_TOKENS, _TOKENS)
+def test_settled_words_are_agreed_and_end_a_sentence(before: list[str], now: list[str]) -> None:
+    agreed = language.agreed_prefix(before, now)
+    settled = language.settled_prefix(before, now)
+    assert agreed == language.agreed_prefix(now, before)
+    assert 0 <= settled <= agreed <= min(len(before), len(now))
+    assert language.agreed_prefix(now, now) == len(now)
+    if settled:
+        assert settled < len(now) and now[settled - 1][-1] in ".?!"
+        assert [language.words(t) for t in before[:settled]] == [
+            language.words(t) for t in now[:settled]
+        ]

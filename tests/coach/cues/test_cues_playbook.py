@@ -90,6 +90,26 @@ def test_close_look_bounds_and_kind() -> None:
     assert "close_look is only for language cues" in _error(yaml.safe_dump(data))
 
 
+def test_early_bounds_and_where_it_applies() -> None:
+    data = _bundled()
+    data["cues"]["crisis"]["early"] = {"margin": 0.7}
+    assert "cues.crisis.early.margin" in _error(yaml.safe_dump(data))
+    data["cues"]["crisis"]["early"] = {"min_words": 1}
+    assert "cues.crisis.early.min_words" in _error(yaml.safe_dump(data))
+    data = _bundled()
+    data["cues"]["dead_air"]["early"] = {}
+    assert "early is only for language cues" in _error(yaml.safe_dump(data))
+    data = _bundled()
+    data["cues"]["confusion"] |= {"party": "agent", "early": {}}
+    assert "early is only for customer cues" in _error(yaml.safe_dump(data))
+    data = _bundled()
+    data["cues"]["dejection"]["early"] = {}
+    assert "early cannot go with affect_gate" in _error(yaml.safe_dump(data))
+    data = _bundled()
+    data["cues"]["crisis"]["early"] = {"margin": 0.05}
+    assert parse_playbook(yaml.safe_dump(data)).cues["crisis"].early is not None
+
+
 def test_bad_cue_id() -> None:
     data = _bundled()
     data["cues"]["Bad-Id"] = data["cues"]["confusion"]

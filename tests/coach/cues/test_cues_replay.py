@@ -135,3 +135,28 @@ async def test_crisis_escalates_to_supervisors_at_once(
     summary = critical[0]["summary"]
     assert summary["cues_shown"][-1] == "crisis" and summary["text"]
     assert summary["trigger_phrases"]
+
+
+EARLY_CALL = """
+# call_id: family_early
+agent: Thank you for calling Northwind billing, this is Priya. How can I help?
+customer: I want to speak to your manager right now. I have been on hold for forty minutes
+  and I have explained this same problem to three different people already today.
+agent: I'm sorry. I'll bring my supervisor in now.
+"""
+
+
+async def test_a_cue_can_come_before_the_customer_stops(
+    tmp_path: Path, runtime: Runtime, settings: Settings
+) -> None:
+    """Escalation request has `early`: its sentence is settled in the partials while the
+    customer goes on talking, so the cue and the escalation come before the turn ends."""
+    wav, truth = render(tmp_path, EARLY_CALL)
+    events, wall = await run(wav, runtime, settings)
+    turn = truth["turns"][1]
+    (request,) = cues_in(events, "escalation_request", turn)
+    assert request.get("early") is True, request
+    assert request["t_emit"] < turn["t_end"] - 1.0
+    assert "still speaking" in request["why"]
+    raised = [e for e in wall if e["type"] == "escalation" and e["reason"] == "user_request"]
+    assert raised and raised[0]["t_emit"] == request["t_emit"]
