@@ -102,6 +102,8 @@ class CueEngine:
     """Set when the store knows this customer called recently (repeat_contact)."""
     _history_pending: bool = False
     fired_at: dict[str, float] = field(default_factory=dict)
+    fired_score: dict[str, float] = field(default_factory=dict)
+    """The score of each language cue as last shown (CueSpec.refire_above)."""
     shown: list[Event] = field(default_factory=list)
     agent_moves: list[AgentMove] = field(default_factory=list)
     states: list[dict[str, Any]] = field(default_factory=list)
@@ -509,12 +511,16 @@ class CueEngine:
         for cand in ranked:
             last = self.fired_at.get(cand.cue)
             if last is not None and t - last < cand.spec.cooldown_s:
-                continue
+                stronger = cand.spec.refire_above
+                shown = self.fired_score.get(cand.cue)
+                if stronger is None or shown is None or cand.score < shown + stronger:
+                    continue
             chosen.append(cand)
             if len(chosen) >= limit:
                 break
         for cand in chosen:
             self.fired_at[cand.cue] = t
+            self.fired_score[cand.cue] = cand.score
         return chosen
 
     def _cue_event(

@@ -165,6 +165,10 @@ class CueSpec(_Strict):
     voice_trigger: VoiceTrigger | None = None
     affect_gate: AffectGate | None = None
     close_look: CloseLook | None = None
+    refire_above: float | None = Field(None, gt=0, le=1)
+    """Inside the cooldown, show the cue again when a turn matches it by this much more than
+    the match last shown (None: the cooldown holds). For crisis: a weak false alarm must not
+    mute the real one that follows, on a call where missing it costs most."""
     early: Early | None = None
     context: Context | None = None
     framing: Framings = Field(default_factory=Framings)

@@ -16,6 +16,7 @@ import pytest
 from coach.cues.engine import CueEngine, matched_example
 from coach.cues.library import PlaybookLibrary
 from coach.cues.playbook import AffectGate
+from coach.escalation import EscalationDetector
 from models.emotion import EmotionModel, EmotionScore
 from tests.coach.cues.conftest import Conversation, FixedHolder
 
@@ -380,3 +381,37 @@ async def test_close_look_costs_nothing_on_ordinary_turns(
     await conv.say("customer", RUN_ON_GAS_LEAK)
     assert len(batches) == 2
     assert all(len(w.split()) <= 10 for w in batches[1])
+
+
+async def test_a_weak_crisis_match_does_not_mute_a_real_one(conversation: Conversation) -> None:
+    """Crisis has `refire_above`: inside its cooldown a clearly stronger match shows again;
+    a match no stronger than the one shown does not."""
+    loaded = conversation.engine.holder.current
+    pb = loaded.playbook
+    assert pb.cues["crisis"].refire_above is not None
+    weak = "Nobody's hurt, but I've got two kids in the back and it's getting dark."
+    strong = "My husband just collapsed on the kitchen floor and he isn't breathing."
+    found = {}
+    for name, spec in (
+        ("without", pb.cues["crisis"].model_copy(update={"refire_above": None})),
+        ("with", pb.cues["crisis"]),
+    ):
+        conversation.engine.holder = FixedHolder(
+            replace(loaded, playbook=pb.model_copy(update={"cues": {**pb.cues, "crisis": spec}}))
+        )
+        conversation.engine.fired_at.clear()
+        conversation.engine.fired_score.clear()
+        conversation.engine.escalation = EscalationDetector()
+        found[name] = [
+            await conversation.say("customer", weak),
+            await conversation.say("customer", weak),  # as strong as the one shown
+            await conversation.say("customer", strong),
+        ]
+
+    def kinds(turns: list[list[dict]], kind: str) -> list[list[str]]:
+        return [[e.get("cue", "") for e in t if e["type"] == kind] for t in turns]
+
+    assert kinds(found["without"], "cue") == [["crisis"], [], []]
+    assert kinds(found["with"], "cue") == [["crisis"], [], ["crisis"]]
+    # The supervisor was paged by the first; the stronger match does not page again.
+    assert kinds(found["with"], "escalation") == [["crisis"], [], []]

@@ -110,6 +110,12 @@ def test_early_bounds_and_where_it_applies() -> None:
     assert parse_playbook(yaml.safe_dump(data)).cues["crisis"].early is not None
 
 
+def test_refire_above_bounds() -> None:
+    data = _bundled()
+    data["cues"]["crisis"]["refire_above"] = 0
+    assert "cues.crisis.refire_above" in _error(yaml.safe_dump(data))
+
+
 def test_bad_cue_id() -> None:
     data = _bundled()
     data["cues"]["Bad-Id"] = data["cues"]["confusion"]
