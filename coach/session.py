@@ -26,10 +26,11 @@ from coach.logs import call_id_var
 from coach.messages import AudioChunk, EndOfStream, Speaker, follows, join_chunks
 from coach.pipeline import PartyPipeline
 from coach.redaction import redact_event
-from coach.runtime import PRIORITY_FINAL, Runtime
+from coach.runtime import PRIORITY_FINAL, PRIORITY_PARTIAL, Runtime
 from coach.settings import Settings
 from coach.signals import dynamics
 from coach.signals.state import CustomerStateTracker
+from models.runtime import Shed
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,11 @@ class CallSession:
         }
         self._runtime = runtime
         self.cues: CueEngine | None = (
-            CueEngine(holder=runtime.playbook, analyze=self._analyze)
+            CueEngine(
+                holder=runtime.playbook,
+                analyze=self._analyze,
+                analyze_partial=self._analyze_partial,
+            )
             if runtime.playbook is not None
             else None
         )
@@ -403,6 +408,25 @@ class CallSession:
                 for t in texts
             )
         )
+
+    async def _analyze_partial(self, texts: Sequence[str]) -> Sequence[TextAnalysis]:
+        """Like `_analyze` for the early cues' reading of a partial: behind every final's
+        texts in the queue, and dropped (nothing returned) when the model is too busy to
+        answer before the partial is stale. A final never waits for a partial's scoring."""
+        inline = self._inline
+        try:
+            return await asyncio.gather(
+                *(
+                    self._runtime.emotion_scheduler.run(
+                        t,
+                        priority=PRIORITY_PARTIAL["customer"],
+                        max_wait_s=None if inline else self._settings.partial_max_wait_s,
+                    )
+                    for t in texts
+                )
+            )
+        except Shed:
+            return []
 
     async def _maybe_timing_cues(self) -> None:
         """Dead air, overtalk and talk ratio: checked every 100 ms of call audio.

@@ -98,6 +98,9 @@ class AgentMove:
 class CueEngine:
     holder: PlaybookHolder
     analyze: AnalyzeFn
+    analyze_partial: AnalyzeFn | None = None
+    """For the early cues' reading of partials (None: `analyze`). May return nothing when
+    the model is too busy: that reading is then skipped."""
     history_hint: str | None = None
     """Set when the store knows this customer called recently (repeat_contact)."""
     _history_pending: bool = False
@@ -159,7 +162,9 @@ class CueEngine:
             return []
         reading.read = agreed
         parts = language.pieces(text) or [text]
-        analyses = await self._analyze(parts)
+        analyses = list(await (self.analyze_partial or self.analyze)(parts))
+        if len(analyses) != len(parts):
+            return []  # shed: the model had finals to score first
         if t_start < self._customer_final_end:
             return []  # the final overtook this partial while it was being scored
         clause_signals = [

@@ -209,3 +209,22 @@ async def test_early_cues_count_against_the_turns_limit(
     limit = conv.engine.holder.current.playbook.max_cues_per_utterance
     assert "escalation_request" in _cues(early)
     assert len(_cues(early)) + len(_cues(final)) <= limit
+
+
+async def test_a_shed_partial_reading_is_skipped(
+    library: PlaybookLibrary, counting: Counting, emotion_model: EmotionModel
+) -> None:
+    """When the model is too busy for a partial (the session's `analyze_partial` returns
+    nothing), the reading is dropped and the final decides as usual."""
+    engine = _engine(library, counting, {"crisis": Early()})
+    shed: list[list[str]] = []
+
+    async def busy(texts: Sequence[str]) -> list[EmotionScore]:
+        shed.append(list(texts))
+        return []
+
+    engine.analyze_partial = busy
+    conv = Conversation(engine, emotion_model)
+    early, final = await _speak(conv, COLLAPSE)
+    assert shed and early == []
+    assert "crisis" in _cues(final)
