@@ -412,7 +412,7 @@ class CallSession:
     async def _analyze_partial(self, texts: Sequence[str]) -> Sequence[TextAnalysis]:
         """Like `_analyze` for the early cues' reading of a partial: behind every final's
         texts in the queue, and dropped (nothing returned) when the model is too busy to
-        answer before the partial is stale. A final never waits for a partial's scoring."""
+        answer before the partial is stale. A final's texts go ahead of it in the queue."""
         inline = self._inline
         try:
             return await asyncio.gather(

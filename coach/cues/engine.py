@@ -5,6 +5,8 @@ of the emotion model, which also yields the sentence embedding), match the claus
 playbook's examples (coach/cues/matcher.py), add the voice (arousal relative to this
 caller's baseline) and the context (what the agent just did), and emit at most
 `max_cues_per_utterance` cues that are out of their cooldown, most important first.
+Per customer partial transcript: the cues with `early` may fire already, from whole
+sentences the partials agree on (`on_partial`), and the turn's final does not repeat them.
 Per agent utterance: recognise the agent's moves (apology, resolution...) for context and
 for the handoff summary; the agent's own words never fire a customer cue. Per tick of
 audio: the timing cues (coach/cues/dynamics.py).

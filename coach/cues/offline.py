@@ -1,8 +1,8 @@
 """Re-run the language cue engine over recorded events, without audio or ASR.
 
 A replay's events (`python -m coach replay ... --events X.jsonl`) hold every transcript
-with its words, sentiment, prosody and state, and every partial transcript (early cues). Feeding them to a fresh CueEngine with a
-different playbook shows what that playbook would have emitted on the same calls, in
+with its words, sentiment, prosody and state, and every partial transcript (for early
+cues). Feeding them to a fresh CueEngine with a different playbook shows what that playbook would have emitted on the same calls, in
 seconds instead of minutes of ASR: this is how `scripts/tune_playbook.py` measures a
 proposed threshold change. Timing cues (dead air, overtalk, pace) need the VAD intervals,
 which events do not carry, so they are kept as recorded.

@@ -101,8 +101,8 @@ class CloseLook(_Strict):
 class Early(_Strict):
     """Fire from the live transcript, before the customer has finished the turn.
 
-    The final transcript of a turn waits for its end and a full decode (0.7-1.3 s on two
-    CPU cores); a partial transcript of a long turn often holds the words that mean the cue
+    The final transcript of a turn waits for its end and a full decode (0.5-1.3 s after it
+    on two CPU cores); a partial transcript of a long turn often holds the words that mean the cue
     seconds earlier. Partials are rougher (small model, greedy decode, cut mid-phrase), so
     only words that two partials in a row agree on are read, and only a clause that clears
     the threshold by `margin` on its words alone (no voice, emotion or context boost, which
@@ -216,6 +216,8 @@ class CueSpec(_Strict):
                 raise ValueError("close_look is only for language cues (it rereads clauses)")
             if self.early is not None:
                 raise ValueError("early is only for language cues (it reads partial transcripts)")
+            if self.refire_above is not None:
+                raise ValueError("refire_above is only for language cues (it compares matches)")
         return self
 
 

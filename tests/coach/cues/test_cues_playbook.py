@@ -114,6 +114,9 @@ def test_refire_above_bounds() -> None:
     data = _bundled()
     data["cues"]["crisis"]["refire_above"] = 0
     assert "cues.crisis.refire_above" in _error(yaml.safe_dump(data))
+    data = _bundled()
+    data["cues"]["dead_air"]["refire_above"] = 0.1
+    assert "refire_above is only for language cues" in _error(yaml.safe_dump(data))
 
 
 def test_bad_cue_id() -> None:
