@@ -337,21 +337,22 @@ class CallSession:
             if stamped.get("speaker") == "customer" and "state" in stamped:
                 self._bus.publish(SUPERVISOR_TOPIC, self._call_update(stamped))
             if self.cues is not None:
-                try:
-                    found = await self.cues.on_transcript(stamped)
-                except Exception:
-                    log.exception("call %s: cue engine failed on an utterance", self.call_id)
-                    found = []
-                for ev in found:
-                    await self.emit(ev)
+                await self._cues_from(self.cues.on_transcript, stamped)
         elif kind == "partial" and self.cues is not None and stamped.get("speaker") == "customer":
-            try:
-                found = await self.cues.on_partial(stamped)
-            except Exception:
-                log.exception("call %s: cue engine failed on a partial", self.call_id)
-                found = []
-            for ev in found:
-                await self.emit(ev)
+            await self._cues_from(self.cues.on_partial, stamped)
+
+    async def _cues_from(
+        self, read: Callable[[Event], Awaitable[list[Event]]], transcript: Event
+    ) -> None:
+        """Emit what the cue engine finds in a transcript; a failure there loses the cues of
+        that one transcript, never the call."""
+        try:
+            found = await read(transcript)
+        except Exception:
+            log.exception("call %s: cue engine failed on a %s", self.call_id, transcript["type"])
+            found = []
+        for ev in found:
+            await self.emit(ev)
 
     async def _load_history(self, customer_id: str) -> None:
         assert self.history_lookup is not None and self.cues is not None
