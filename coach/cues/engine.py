@@ -78,6 +78,17 @@ class Candidate:
     match: SemanticMatch | None
 
 
+def _clause_signals(
+    loaded: LoadedPlaybook, texts: Sequence[str], analyses: Sequence[TextAnalysis]
+) -> list[ClauseSignals]:
+    """The matcher's view of each analysed text (those the model could embed)."""
+    return [
+        loaded.index.prepare(ClauseSignals(t, a.embedding, a.scores, language.framing(t)))
+        for t, a in zip(texts, analyses, strict=True)
+        if a.embedding is not None
+    ]
+
+
 @dataclass
 class _PartialReading:
     """The customer turn whose partial transcripts are being read for early cues."""
@@ -140,11 +151,8 @@ class CueEngine:
         if event.get("speaker") != "customer":
             return []
         loaded = self.holder.current
-        early = {
-            cue_id: spec
-            for cue_id, spec in loaded.playbook.enabled().items()
-            if spec.early is not None and spec.kind == "language" and spec.party == "customer"
-        }
+        # Only customer language cues have `early` (the schema).
+        early = {k: s for k, s in loaded.playbook.enabled().items() if s.early is not None}
         t_start, t_end = float(event["t_start"]), float(event["t_end"])
         if not early or t_start < self._customer_final_end:
             return []  # nothing reads partials, or this turn's final is already in
@@ -169,11 +177,7 @@ class CueEngine:
             return []  # shed: the model had finals to score first
         if t_start < self._customer_final_end:
             return []  # the final overtook this partial while it was being scored
-        clause_signals = [
-            loaded.index.prepare(ClauseSignals(c, a.embedding, a.scores, language.framing(c)))
-            for c, a in zip(parts, analyses, strict=True)
-            if a.embedding is not None
-        ]
+        clause_signals = _clause_signals(loaded, parts, analyses)
         candidates: list[Candidate] = []
         for cue_id, spec in early.items():
             assert spec.early is not None
@@ -257,11 +261,7 @@ class CueEngine:
         parts = language.pieces(text) or [text]
         analyses = await self._analyze(parts)
         # Each clause's best example per cue is computed once here, not once per cue.
-        clause_signals = [
-            loaded.index.prepare(ClauseSignals(c, a.embedding, a.scores, language.framing(c)))
-            for c, a in zip(parts, analyses, strict=True)
-            if a.embedding is not None
-        ]
+        clause_signals = _clause_signals(loaded, parts, analyses)
         closer = await self._close_looks(loaded, clause_signals)
         t_start, t_end = float(event["t_start"]), float(event["t_end"])
         # This turn is decided now: its partials are no longer read, and the cues they
@@ -351,11 +351,7 @@ class CueEngine:
             return {}
         texts = list(dict.fromkeys(t for ws in wanted.values() for t in ws))
         analyses = await self._analyze(texts)
-        signals = {
-            t: loaded.index.prepare(ClauseSignals(t, a.embedding, a.scores, language.framing(t)))
-            for t, a in zip(texts, analyses, strict=True)
-            if a.embedding is not None
-        }
+        signals = {c.text: c for c in _clause_signals(loaded, texts, analyses)}
         return {
             cue_id: [signals[t] for t in dict.fromkeys(ws) if t in signals]
             for cue_id, ws in wanted.items()

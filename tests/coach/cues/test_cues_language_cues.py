@@ -13,10 +13,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from coach.cues.engine import CueEngine, matched_example
+from coach.cues.engine import CueEngine, LoadedPlaybook, matched_example
 from coach.cues.library import PlaybookLibrary
-from coach.cues.playbook import AffectGate
-from coach.escalation import EscalationDetector
+from coach.cues.playbook import AffectGate, CueSpec
 from models.emotion import EmotionModel, EmotionScore
 from tests.coach.cues.conftest import Conversation, FixedHolder
 
@@ -337,6 +336,16 @@ RUN_ON_GAS_LEAK = (
 )
 
 
+def _crisis_as(conversation: Conversation, loaded: LoadedPlaybook, spec: CueSpec) -> None:
+    """Start the conversation's engine afresh (no cooldowns, no alerts raised) on `loaded`
+    with crisis's spec replaced."""
+    pb = loaded.playbook
+    holder = FixedHolder(
+        replace(loaded, playbook=pb.model_copy(update={"cues": {**pb.cues, "crisis": spec}}))
+    )
+    conversation.engine = CueEngine(holder=holder, analyze=conversation.engine.analyze)
+
+
 async def test_close_look_reads_a_run_on_turn_in_windows(conversation: Conversation) -> None:
     """Crisis's `close_look` rereads a near-miss clause in short windows; without it the
     same turn is missed."""
@@ -348,10 +357,7 @@ async def test_close_look_reads_a_run_on_turn_in_windows(conversation: Conversat
         ("without", pb.cues["crisis"].model_copy(update={"close_look": None})),
         ("with", pb.cues["crisis"]),
     ):
-        conversation.engine.holder = FixedHolder(
-            replace(loaded, playbook=pb.model_copy(update={"cues": {**pb.cues, "crisis": spec}}))
-        )
-        conversation.engine.fired_at.clear()
+        _crisis_as(conversation, loaded, spec)
         found[name] = await conversation.say("customer", RUN_ON_GAS_LEAK)
     assert "crisis" not in [e.get("cue") for e in found["without"] if e["type"] == "cue"]
     (cue,) = [e for e in found["with"] if e["type"] == "cue" and e["cue"] == "crisis"]
@@ -396,12 +402,7 @@ async def test_a_weak_crisis_match_does_not_mute_a_real_one(conversation: Conver
         ("without", pb.cues["crisis"].model_copy(update={"refire_above": None})),
         ("with", pb.cues["crisis"]),
     ):
-        conversation.engine.holder = FixedHolder(
-            replace(loaded, playbook=pb.model_copy(update={"cues": {**pb.cues, "crisis": spec}}))
-        )
-        conversation.engine.fired_at.clear()
-        conversation.engine.fired_score.clear()
-        conversation.engine.escalation = EscalationDetector()
+        _crisis_as(conversation, loaded, spec)
         found[name] = [
             await conversation.say("customer", weak),
             await conversation.say("customer", weak),  # as strong as the one shown
