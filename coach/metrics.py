@@ -20,6 +20,9 @@ CUE_LATENCY = Histogram(
 )
 CUES = Counter("coach_cues_total", "Cues emitted", ["cue"])
 CUE_FEEDBACK = Counter("coach_cue_feedback_total", "Cue feedback", ["cue", "verdict"])
+MISSED_CUE_REPORTS = Counter(
+    "coach_missed_cue_reports_total", "Reports that an utterance should have shown a cue", ["cue"]
+)
 ESCALATIONS = Counter("coach_escalations_total", "Escalations", ["reason", "urgency"])
 CUSTOMER_VALENCE = Histogram(
     "coach_customer_valence",

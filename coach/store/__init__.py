@@ -1,4 +1,5 @@
-"""Call history: redacted transcripts, cues and their feedback, escalations and outcomes.
+"""Call history: redacted transcripts, cues and their feedback, missed-cue reports,
+escalations and outcomes.
 
 SQLite in `COACH_DATA_DIR/coach.db` by default, PostgreSQL when `COACH_DATABASE_URL` is set,
 with one Alembic history for both. `StoreService` wires it into the application: a bus
@@ -16,6 +17,7 @@ from coach.store.records import (
     CustomerCall,
     EscalationRecord,
     FeedbackRecord,
+    MissedCueRecord,
     NotFound,
     Refused,
     StoreUnavailable,
@@ -34,6 +36,7 @@ __all__ = [
     "CustomerCall",
     "EscalationRecord",
     "FeedbackRecord",
+    "MissedCueRecord",
     "NotFound",
     "Refused",
     "RetentionTask",

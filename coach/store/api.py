@@ -1,4 +1,5 @@
-"""REST over the call-history store: search, one call, customer history, feedback, edits.
+"""REST over the call-history store: search, one call, customer history, feedback, missed-cue
+reports, edits.
 
 Mounted by the application (`app.include_router(router)`) with the store in
 `app.state.store`. Every route needs a token. Agents see and act on their own calls only
@@ -9,6 +10,7 @@ outage answers 503, so panels can tell "try again" from "not there".
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated
@@ -20,12 +22,14 @@ from coach import metrics
 from coach.api.security import may_view_call, require_principal
 from coach.auth import Principal
 from coach.bus import SUPERVISOR_TOPIC
+from coach.cues.playbook import Playbook, load_playbook
 from coach.store.records import (
     CallDetail,
     CallRecord,
     CustomerCall,
     EscalationRecord,
     FeedbackRecord,
+    MissedCueRecord,
     NotFound,
     Refused,
     StoreUnavailable,
@@ -35,6 +39,24 @@ from coach.store.store import MAX_PAGE, Store
 
 router = APIRouter(tags=["history"])
 CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
+
+
+def reportable_cues(request: Request) -> list[str]:
+    """The cues a missed-cue report may name: the customer's language cues of the playbook
+    in force (the bundled one while the models load)."""
+    runtime = getattr(getattr(request.app.state, "coach", None), "runtime", None)
+    library = getattr(runtime, "playbook", None)
+    playbook = library.current.playbook if library is not None else _bundled_playbook()
+    return [
+        cue_id
+        for cue_id, spec in playbook.cues.items()
+        if spec.kind == "language" and spec.party == "customer"
+    ]
+
+
+@functools.cache
+def _bundled_playbook() -> Playbook:
+    return load_playbook(None)
 
 
 def get_store(request: Request) -> Store:
@@ -73,6 +95,10 @@ class CustomerHistory(BaseModel):
 
 class FeedbackBody(BaseModel):
     verdict: Verdict
+
+
+class MissedCueBody(BaseModel):
+    cue: str = Field(..., max_length=64, description="a customer language cue of the playbook")
 
 
 class OutcomeBody(BaseModel):
@@ -168,6 +194,33 @@ async def cue_feedback(
             call_id=call_id, cue_seq=seq, verdict=body.verdict, user=principal.user
         )
     metrics.CUE_FEEDBACK.labels(cue=record.cue, verdict=record.verdict).inc()
+    return record
+
+
+@router.post("/api/calls/{call_id}/utterances/{seq}/missed-cue")
+async def report_missed_cue(
+    call_id: str,
+    seq: int,
+    body: MissedCueBody,
+    request: Request,
+    principal: CurrentPrincipal,
+    store: CurrentStore,
+) -> MissedCueRecord:
+    """Say that this customer utterance (its transcript `seq`) should have shown `cue`.
+
+    The reports teach the playbook real callers' wording: `scripts/tune_playbook.py --missed`
+    proposes each reported utterance's redacted text as an example of its cue."""
+    allowed = reportable_cues(request)
+    if body.cue not in allowed:
+        raise HTTPException(
+            422, f"cue must be one of the customer's language cues: {', '.join(allowed)}"
+        )
+    await _visible_call(store, call_id, principal)
+    with _answers():
+        record = await store.add_missed_cue(
+            call_id=call_id, utterance_seq=seq, cue=body.cue, user=principal.user
+        )
+    metrics.MISSED_CUE_REPORTS.labels(cue=record.cue).inc()
     return record
 
 

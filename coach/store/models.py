@@ -133,6 +133,30 @@ class CueFeedback(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class MissedCue(Base):
+    """A person's report that a customer utterance should have shown a cue and did not.
+
+    One report per person, utterance and cue. The utterance's stored (redacted) text is what
+    `scripts/tune_playbook.py --missed` proposes as a new example of the cue."""
+
+    __tablename__ = "missed_cues"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["call_id", "utterance_seq"],
+            ["utterances.call_id", "utterances.seq"],
+            ondelete="CASCADE",
+        ),
+        sa.UniqueConstraint("call_id", "utterance_seq", "cue", "user_id"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(sa.Text)
+    utterance_seq: Mapped[int] = mapped_column(sa.Integer)
+    cue: Mapped[str] = mapped_column(sa.Text, index=True)
+    user_id: Mapped[str] = mapped_column(sa.Text)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class Escalation(Base):
     __tablename__ = "escalations"
 

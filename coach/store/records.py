@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, TypeAlias, get_args
 
-from coach.store.models import Call, CueFeedback, CueRow, Escalation, Utterance
+from coach.store.models import Call, CueFeedback, CueRow, Escalation, MissedCue, Utterance
 
 Verdict: TypeAlias = Literal["helpful", "not_helpful", "dismissed"]
 VERDICTS: tuple[Verdict, ...] = get_args(Verdict)
@@ -118,6 +118,30 @@ class FeedbackRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class MissedCueRecord:
+    """A report that a customer utterance should have shown `cue` (see models.MissedCue)."""
+
+    call_id: str
+    utterance_seq: int
+    cue: str
+    text: str
+    """The utterance's stored, redacted text."""
+    user: str
+    at: datetime
+
+    @classmethod
+    def of(cls, row: MissedCue, text: str) -> MissedCueRecord:
+        return cls(
+            call_id=row.call_id,
+            utterance_seq=row.utterance_seq,
+            cue=row.cue,
+            text=text,
+            user=row.user_id,
+            at=row.at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class CueRecord:
     seq: int
     cue: str
@@ -181,6 +205,8 @@ class CallDetail:
     escalations: list[EscalationRecord]
     summary: dict[str, Any] | None
     metrics: dict[str, Any] | None
+    missed_cues: list[MissedCueRecord] = field(default_factory=list)
+    """Cues people said this call should have shown, oldest first."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from coach.store.models import (
     CueFeedback,
     CueRow,
     Escalation,
+    MissedCue,
     Summary,
     Utterance,
     table_of,
@@ -44,6 +45,7 @@ from coach.store.records import (
     CustomerCall,
     EscalationRecord,
     FeedbackRecord,
+    MissedCueRecord,
     NotFound,
     Refused,
     StoreUnavailable,
@@ -266,6 +268,15 @@ class Store:
             )
             escalations = [EscalationRecord.of(e) for e in esc_rows]
             summary = await s.get(Summary, call_id)
+            texts = {u.seq: u.text for u in transcript}
+            missed = [
+                MissedCueRecord.of(m, texts.get(m.utterance_seq, ""))
+                for m in await s.scalars(
+                    sa.select(MissedCue)
+                    .where(MissedCue.call_id == call_id)
+                    .order_by(MissedCue.at, MissedCue.id)
+                )
+            ]
             return CallDetail(
                 call=CallRecord.of(call),
                 transcript=transcript,
@@ -273,6 +284,7 @@ class Store:
                 escalations=escalations,
                 summary=summary.summary if summary else None,
                 metrics=summary.metrics if summary else None,
+                missed_cues=missed,
             )
 
     async def customer_history(
@@ -346,6 +358,61 @@ class Store:
             )
         return FeedbackRecord(call_id, cue_seq, cue.cue, verdict, user, when)
 
+    async def add_missed_cue(
+        self, *, call_id: str, utterance_seq: int, cue: str, user: str, at: datetime | None = None
+    ) -> MissedCueRecord:
+        """Record one person's report that a customer utterance should have shown `cue`
+        (again: the same record). NotFound if there is no such utterance; Refused if it is
+        the agent's: cues read the customer's words."""
+        when = at or _utcnow()
+        async with self._session() as s:
+            utt = await s.get(Utterance, (call_id, utterance_seq))
+            if utt is None:
+                raise NotFound(f"call {call_id} has no utterance {utterance_seq}")
+            if utt.speaker != "customer":
+                raise Refused("only the customer's utterances can miss a cue")
+            values = {
+                "call_id": call_id,
+                "utterance_seq": utterance_seq,
+                "cue": cue,
+                "user_id": user,
+                "at": when,
+            }
+            stmt = upsert(self.engine.dialect.name, table_of(MissedCue)).values(values)
+            await s.execute(
+                stmt.on_conflict_do_nothing(
+                    index_elements=["call_id", "utterance_seq", "cue", "user_id"]
+                )
+            )
+            row = await s.scalar(
+                sa.select(MissedCue).where(
+                    MissedCue.call_id == call_id,
+                    MissedCue.utterance_seq == utterance_seq,
+                    MissedCue.cue == cue,
+                    MissedCue.user_id == user,
+                )
+            )
+            assert row is not None
+            return MissedCueRecord.of(row, utt.text)
+
+    async def missed_cues(self, *, since: datetime | None = None) -> list[MissedCueRecord]:
+        """Every missed-cue report (since `since`), oldest first, with its utterance's text."""
+        stmt = (
+            sa.select(MissedCue, Utterance.text)
+            .join(
+                Utterance,
+                sa.and_(
+                    Utterance.call_id == MissedCue.call_id,
+                    Utterance.seq == MissedCue.utterance_seq,
+                ),
+            )
+            .order_by(MissedCue.at, MissedCue.id)
+        )
+        if since is not None:
+            stmt = stmt.where(MissedCue.at >= since)
+        async with self._session() as s:
+            return [MissedCueRecord.of(m, text) for m, text in await s.execute(stmt)]
+
     async def acknowledge_escalation(
         self, *, call_id: str, seq: int, user: str, at: datetime | None = None
     ) -> EscalationRecord:
@@ -382,7 +449,7 @@ class Store:
         old = sa.select(calls.c.call_id).where(calls.c.started_at < cutoff)
         async with self._connect(begin=True) as conn:
             # Children first and explicitly: cascades are not trusted on every SQLite setup.
-            for model in (CueFeedback, CueRow, Utterance, Escalation, Summary):
+            for model in (CueFeedback, MissedCue, CueRow, Utterance, Escalation, Summary):
                 tbl = table_of(model)
                 await conn.execute(sa.delete(tbl).where(tbl.c.call_id.in_(old)))
             result = await conn.execute(sa.delete(calls).where(calls.c.started_at < cutoff))

@@ -37,6 +37,7 @@ from coach.bus import InProcessBus, agent_topic, call_topic
 from coach.settings import Settings
 from coach.store import (
     NotFound,
+    Refused,
     RetentionTask,
     Spool,
     Store,
@@ -50,7 +51,15 @@ from coach.store import (
 from coach.store.db import create_engine
 from coach.store.writes import Received
 
-STORE_TABLES = {"calls", "utterances", "cues", "cue_feedback", "escalations", "summaries"}
+STORE_TABLES = {
+    "calls",
+    "utterances",
+    "cues",
+    "cue_feedback",
+    "missed_cues",
+    "escalations",
+    "summaries",
+}
 
 
 async def _tables(url: str) -> set[str]:
@@ -137,6 +146,25 @@ async def test_migrations_up_and_down(empty_db_url: str) -> None:
     assert not STORE_TABLES & await _tables(db_url)
     await migrate(db_url)
     assert STORE_TABLES <= await _tables(db_url)
+
+
+async def test_migrations_build_exactly_the_models(empty_db_url: str) -> None:
+    """A model change without its migration (or the reverse) shows up as a schema diff."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from coach.store.models import Base
+
+    await migrate(empty_db_url)
+    engine = create_engine(empty_db_url)
+    try:
+        async with engine.connect() as conn:
+            diff = await conn.run_sync(
+                lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata)
+            )
+    finally:
+        await engine.dispose()
+    assert diff == []
 
 
 # -- recording a call -----------------------------------------------------------------------
@@ -506,16 +534,64 @@ async def test_feedback_acknowledgement_and_outcome(store: Store) -> None:
         await store.set_outcome(call_id="nope", outcome="x", user="alice")
 
 
+async def test_missed_cue_reports(store: Store) -> None:
+    await _seed_history(store)
+    transcript = (await store.get_call("h3")).transcript
+    customer = next(u for u in transcript if u.speaker == "customer")
+    agent = next(u for u in transcript if u.speaker == "agent")
+    first = await store.add_missed_cue(
+        call_id="h3", utterance_seq=customer.seq, cue="churn_risk", user="sue"
+    )
+    assert (first.cue, first.user, first.utterance_seq) == ("churn_risk", "sue", customer.seq)
+    assert first.text == customer.text == "I want to cancel 100% of it"
+    # Reporting again changes nothing; another person or another cue is another report.
+    again = await store.add_missed_cue(
+        call_id="h3", utterance_seq=customer.seq, cue="churn_risk", user="sue"
+    )
+    assert again.at == first.at
+    await store.add_missed_cue(
+        call_id="h3", utterance_seq=customer.seq, cue="churn_risk", user="alice"
+    )
+    await store.add_missed_cue(
+        call_id="h3", utterance_seq=customer.seq, cue="cost_anxiety", user="sue"
+    )
+    detail = await store.get_call("h3")
+    assert [(m.cue, m.user) for m in detail.missed_cues] == [
+        ("churn_risk", "sue"),
+        ("churn_risk", "alice"),
+        ("cost_anxiety", "sue"),
+    ]
+    assert (await store.get_call("h4")).missed_cues == []
+    with pytest.raises(Refused, match="customer"):
+        await store.add_missed_cue(
+            call_id="h3", utterance_seq=agent.seq, cue="churn_risk", user="sue"
+        )
+    with pytest.raises(NotFound):
+        await store.add_missed_cue(call_id="h3", utterance_seq=999, cue="churn_risk", user="sue")
+    with pytest.raises(NotFound):
+        await store.add_missed_cue(call_id="nope", utterance_seq=1, cue="churn_risk", user="sue")
+
+    reports = await store.missed_cues()
+    assert [(m.call_id, m.cue, m.text) for m in reports][0] == ("h3", "churn_risk", customer.text)
+    assert len(reports) == 3
+    assert await store.missed_cues(since=datetime.now(UTC) + timedelta(minutes=1)) == []
+
+
 async def test_retention_deletes_old_calls_only(store: Store) -> None:
     await _seed_history(store)
     cue_seq = (await store.get_call("h1")).cues[0].seq
     await store.add_feedback(call_id="h1", cue_seq=cue_seq, verdict="helpful", user="alice")
+    customer_seq = next(
+        u.seq for u in (await store.get_call("h1")).transcript if u.speaker == "customer"
+    )
+    await store.add_missed_cue(call_id="h1", utterance_seq=customer_seq, cue="urgency", user="sue")
     assert await store.delete_older_than(2.5) == 1  # h1 is three days old
     assert [c.call_id for c in await store.list_calls()] == ["h4", "h3", "h2"]
     assert await store.get_call("h1") is None
     dump = await _dump(store)
     assert '"h1"' not in dump
     assert await _count(store, "cue_feedback") == 0 and await _count(store, "utterances") == 6
+    assert await _count(store, "missed_cues") == 0 and await store.missed_cues() == []
     assert await store.delete_older_than(30) == 0
 
 
