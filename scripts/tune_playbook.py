@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from coach.cues.engine import LoadedPlaybook, matched_example
 from coach.cues.matcher import CueIndex, EmbedFn
 from coach.cues.offline import CachedAnalysis, FixedPlaybook, rescore
@@ -221,6 +223,193 @@ def apply_thresholds(path: Path, changes: Mapping[str, float]) -> str:
     return text
 
 
+@dataclass(frozen=True, slots=True)
+class ExampleProposal:
+    """A reported utterance proposed as a new positive example of its cue."""
+
+    cue: str
+    text: str
+    reporters: tuple[str, ...]
+
+
+def propose_examples(
+    reports: Iterable[Any], playbook: Playbook, *, min_reporters: int = 1
+) -> list[ExampleProposal]:
+    """Missed-cue reports (`coach.store.MissedCueRecord`s) as new examples (pure).
+
+    One proposal per cue and text (compared without case, spacing or end punctuation),
+    naming everyone who reported it; texts already among the cue's examples, reports of
+    cues the playbook does not have, and texts too short to mean anything are left out."""
+    grouped: dict[tuple[str, str], tuple[str, set[str]]] = {}
+    for r in reports:
+        spec = playbook.cues.get(r.cue)
+        text = " ".join(str(r.text).split())
+        if spec is None or len(text.split()) < MIN_EXAMPLE_WORDS:
+            continue
+        known = {_norm(t) for t in (*spec.positives, *spec.negatives)}
+        key = (r.cue, _norm(text))
+        if key[1] in known:
+            continue
+        _, users = grouped.setdefault(key, (text, set()))
+        users.add(str(r.user))
+    return [
+        ExampleProposal(cue, text, tuple(sorted(users)))
+        for (cue, _), (text, users) in grouped.items()
+        if len(users) >= min_reporters
+    ]
+
+
+MIN_EXAMPLE_WORDS = 3
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+
+
+def with_examples(playbook: Playbook, proposals: Sequence[ExampleProposal]) -> Playbook:
+    cues = dict(playbook.cues)
+    for p in proposals:
+        spec = cues[p.cue]
+        cues[p.cue] = spec.model_copy(update={"positives": [*spec.positives, p.text]})
+    return playbook.model_copy(update={"cues": cues})
+
+
+def apply_examples(path: Path, proposals: Sequence[ExampleProposal]) -> str:
+    """Append each proposal to its cue's `positives:` list, keeping comments and layout."""
+    adding: dict[str, list[str]] = {}
+    for p in proposals:
+        adding.setdefault(p.cue, []).append(p.text)
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    out: list[str] = []
+    current: str | None = None
+    in_cues = in_positives = False
+    last_item = -1  # index in `out` of the open positives list's last item
+
+    def close_list() -> None:
+        nonlocal in_positives
+        if in_positives and current in adding and last_item >= 0:
+            new = [
+                "      " + yaml.safe_dump([text], width=10_000, allow_unicode=True)
+                for text in adding.pop(current)
+            ]
+            out[last_item + 1 : last_item + 1] = new
+        in_positives = False
+
+    for line in lines:
+        if in_positives and not re.match(r"^      - |^\s*#|^\s*$", line):
+            close_list()
+        if re.match(r"^cues:\s*$", line):
+            in_cues = True
+        elif in_cues and re.match(r"^\S", line):
+            in_cues = False
+        m = re.match(r"^  ([a-z][a-z0-9_]*):\s*$", line) if in_cues else None
+        if m:
+            current = m.group(1)
+        if in_cues and re.match(r"^    positives:\s*$", line):
+            in_positives, last_item = True, -1
+        elif in_positives and line.startswith("      - "):
+            last_item = len(out)
+        out.append(line)
+    close_list()
+    if adding:
+        raise ValueError(f"no positives list found for {', '.join(sorted(adding))} in {path}")
+    text = "".join(out)
+    parse_playbook(text, source=path)  # never write a playbook the server would refuse
+    return text
+
+
+def missed_reports(database_url: str | None, data_dir: Path) -> list[Any]:
+    """Every missed-cue report in the history store (none if there is no store yet)."""
+    from coach.store.db import resolve_url
+    from coach.store.store import Store
+
+    async def read() -> list[Any]:
+        store = Store(url=resolve_url(database_url, data_dir))
+        try:
+            return list(await store.missed_cues())
+        finally:
+            await store.aclose()
+
+    try:
+        return asyncio.run(read())
+    except Exception as exc:  # no store yet is normal on a fresh checkout
+        print(f"no missed-cue reports read ({exc})", file=sys.stderr)
+        return []
+
+
+def report_missed(
+    calls: Sequence[EvalCall],
+    playbook: Playbook,
+    embed: EmbedFn,
+    analyze: CachedAnalysis,
+    proposals: Sequence[ExampleProposal],
+    *,
+    apply_to: Path | None,
+    max_drop: float,
+    json_path: Path | None,
+) -> int:
+    """Print the reported utterances as proposed examples with what they do to the
+    evaluation set, and with `apply_to` write them unless micro F1 falls by more than
+    `max_drop`."""
+    if not proposals:
+        print("no missed-cue reports to learn from")
+        return 0
+    candidate = with_examples(playbook, proposals)
+
+    async def both() -> tuple[dict[str, Any], dict[str, Any]]:
+        before = await measure(calls, playbook, CueIndex.build(playbook, embed), analyze)
+        after = await measure(calls, candidate, CueIndex.build(candidate, embed), analyze)
+        return before, after
+
+    before, after = asyncio.run(both())
+    print(f"{len(proposals)} reported utterance(s) proposed as examples:")
+    for p in proposals:
+        print(f"  {p.cue:20s} {', '.join(p.reporters):20s} {p.text}")
+    print(
+        f"on {len(calls)} evaluation calls, with them ({'cue':18s} P     R     F1 -> P     R     F1):"
+    )
+    for cue in sorted({p.cue for p in proposals}) + ["micro"]:
+        b = before["micro"] if cue == "micro" else before["per_cue"].get(cue, {})
+        a = after["micro"] if cue == "micro" else after["per_cue"].get(cue, {})
+        print(
+            f"  {cue:20s} {_fmt(b.get('precision'))} {_fmt(b.get('recall'))} {_fmt(b.get('f1'))}"
+            f" -> {_fmt(a.get('precision'))} {_fmt(a.get('recall'))} {_fmt(a.get('f1'))}"
+        )
+    calm_b = before["calm"]["false_cues_per_10min"]
+    calm_a = after["calm"]["false_cues_per_10min"]
+    print(f"  false cues per 10 calm minutes: {_fmt(calm_b)} -> {_fmt(calm_a)}")
+    drop = float(before["micro"]["f1"] or 0.0) - float(after["micro"]["f1"] or 0.0)
+    if json_path:
+        json_path.write_text(
+            json.dumps(
+                {
+                    "proposals": [_as_dict(p) for p in proposals],
+                    "before": before,
+                    "after": after,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+    if apply_to is None:
+        print("--apply writes them")
+        return 0
+    if drop > max_drop:
+        print(
+            f"not written: micro F1 on the evaluation set would fall by {drop:.3f} "
+            f"(more than --max-eval-drop {max_drop:.3f}); reword or drop a report",
+            file=sys.stderr,
+        )
+        return 1
+    apply_to.write_text(apply_examples(apply_to, proposals), encoding="utf-8")
+    print(f"wrote {len(proposals)} example(s) to {apply_to} (the server reloads it)")
+    return 0
+
+
+def _as_dict(p: ExampleProposal) -> dict[str, Any]:
+    return {"cue": p.cue, "text": p.text, "reporters": list(p.reporters)}
+
+
 def report_examples(
     calls: Sequence[EvalCall],
     playbook: Playbook,
@@ -272,6 +461,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="instead of thresholds: which examples fired false cues (candidates to remove)",
     )
+    ap.add_argument(
+        "--missed",
+        action="store_true",
+        help="instead of thresholds: the utterances people reported as missed cues, as new "
+        "examples of those cues (with --apply, written unless the evaluation set loses F1)",
+    )
+    ap.add_argument("--min-reporters", type=int, default=1)
+    ap.add_argument("--max-eval-drop", type=float, default=0.01)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -300,6 +497,22 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.examples:
         return report_examples(calls, playbook, index, analyze, args.json)
+    if args.missed:
+        proposals = propose_examples(
+            missed_reports(args.database_url, args.data_dir),
+            playbook,
+            min_reporters=args.min_reporters,
+        )
+        return report_missed(
+            calls,
+            playbook,
+            embed,
+            analyze,
+            proposals,
+            apply_to=args.playbook if args.apply else None,
+            max_drop=args.max_eval_drop,
+            json_path=args.json,
+        )
 
     async def run() -> list[Proposal]:
         proposals = []

@@ -191,6 +191,39 @@ def test_cue_feedback(client: TestClient) -> None:
     }
 
 
+def test_missed_cue_reports(client: TestClient) -> None:
+    said = [e for e in EVENTS["c-alice"] if e["type"] == "transcript"]
+    customer = next(e["seq"] for e in said if e["speaker"] == "customer")
+    agent = next(e["seq"] for e in said if e["speaker"] == "agent")
+    path = f"/api/calls/c-alice/utterances/{customer}/missed-cue"
+    assert client.post(path, json={"cue": "churn_risk"}).status_code == 401
+    assert client.post(path, json={"cue": "churn_risk"}, headers=BOB).status_code == 403
+    resp = client.post(path, json={"cue": "churn_risk"}, headers=ALICE)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert (body["cue"], body["user"], body["utterance_seq"]) == ("churn_risk", "alice", customer)
+    assert "[CARD]" in body["text"] and CARD not in body["text"]  # the redacted text only
+    assert client.post(path, json={"cue": "crisis"}, headers=SUE).status_code == 200
+    # Only the customer's language cues: not timing cues, not unknown ids.
+    for cue in ("dead_air", "agent_pace_fast", "no_such_cue", ""):
+        resp = client.post(path, json={"cue": cue}, headers=ALICE)
+        assert resp.status_code == 422 and "churn_risk" in resp.text
+    assert client.post(path, json={}, headers=ALICE).status_code == 422
+    agent_path = f"/api/calls/c-alice/utterances/{agent}/missed-cue"
+    resp = client.post(agent_path, json={"cue": "frustration"}, headers=ALICE)
+    assert resp.status_code == 409 and "customer" in resp.text
+    gone = "/api/calls/c-alice/utterances/999/missed-cue"
+    assert client.post(gone, json={"cue": "frustration"}, headers=ALICE).status_code == 404
+    no_call = "/api/calls/nope/utterances/1/missed-cue"
+    assert client.post(no_call, json={"cue": "frustration"}, headers=SUE).status_code == 404
+
+    missed = client.get("/api/history/calls/c-alice", headers=SUE).json()["missed_cues"]
+    assert [(m["cue"], m["user"], m["utterance_seq"]) for m in missed] == [
+        ("churn_risk", "alice", customer),
+        ("crisis", "sue", customer),
+    ]
+
+
 def test_escalation_acknowledgement(client: TestClient) -> None:
     path = f"/api/calls/c-alice/escalations/{ESC_SEQ}/ack"
     assert client.post(path, headers=ALICE).status_code == 403

@@ -1,15 +1,30 @@
-"""The tuning policy (pure), example credit (pure) and the playbook rewrite that keeps comments."""
+"""The tuning policy (pure), example credit (pure), missed-cue reports as examples, and the
+playbook rewrites that keep comments."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from coach.cues.engine import matched_example, words_reason
-from coach.cues.playbook import DEFAULT_PLAYBOOK, PlaybookError, load_playbook
+from coach.cues.playbook import DEFAULT_PLAYBOOK, PlaybookError, load_playbook, parse_playbook
+from coach.store import MissedCueRecord, Store
+from coach.store.writes import Received
 from scripts.eval_cues import CallTruth, Label
-from scripts.tune_playbook import TEST_SPLIT, apply_thresholds, choose, credit_examples, main
+from scripts.tune_playbook import (
+    TEST_SPLIT,
+    ExampleProposal,
+    apply_examples,
+    apply_thresholds,
+    choose,
+    credit_examples,
+    main,
+    propose_examples,
+)
 
 SWEEP = {
     0.45: {"precision": 0.50, "recall": 1.00, "f1": 0.67},
@@ -113,3 +128,141 @@ def test_matched_example_reads_back_quotes_and_ignores_other_reasons() -> None:
     line = words_reason('he said "no"', 'I said "stop" (twice)', 0.5)
     assert matched_example(["text emotion: sad (80%)", line]) == 'I said "stop" (twice)'
     assert matched_example(['words: "Fine." (sad)', "voice subdued"]) is None
+
+
+# -- missed-cue reports as new examples ------------------------------------------------------
+
+
+def _report(cue: str, text: str, user: str) -> MissedCueRecord:
+    return MissedCueRecord("c1", 3, cue, text, user, datetime.now(UTC))
+
+
+def test_reports_become_one_proposal_per_cue_and_text() -> None:
+    pb = load_playbook()
+    known = pb.cues["frustration"].positives[0]
+    proposals = propose_examples(
+        [
+            _report("churn_risk", "We're off to the other lot when this runs out.", "sue"),
+            _report("churn_risk", "we're  off to the other lot when this runs out", "alice"),
+            _report("churn_risk", "We're off to the other lot when this runs out.", "sue"),
+            _report("cost_anxiety", "We're off to the other lot when this runs out.", "tom"),
+            _report("frustration", known.upper(), "sue"),  # already an example
+            _report("no_such_cue", "We're off to the other lot when this runs out.", "sue"),
+            _report("urgency", "Today, please.", "sue"),  # too short to mean anything
+        ],
+        pb,
+    )
+    assert [(p.cue, p.reporters) for p in proposals] == [
+        ("churn_risk", ("alice", "sue")),
+        ("cost_anxiety", ("tom",)),
+    ]
+    assert proposals[0].text == "We're off to the other lot when this runs out."
+    twice = propose_examples(
+        [_report("churn_risk", "We're off to the other lot.", u) for u in ("a", "b")]
+        + [_report("urgency", "I need it sorted by tonight.", "a")],
+        pb,
+        min_reporters=2,
+    )
+    assert [p.cue for p in twice] == ["churn_risk"]
+
+
+def test_apply_examples_appends_to_the_right_list_and_keeps_comments(tmp_path: Path) -> None:
+    path = tmp_path / "playbook.yaml"
+    path.write_text(DEFAULT_PLAYBOOK.read_text())
+    quoted = "It's \"cheaper\": the other firm's offer, that's all"
+    text = apply_examples(
+        path,
+        [
+            ExampleProposal("churn_risk", quoted, ("sue",)),
+            ExampleProposal("crisis", "I just want all of it to stop for good", ("sue",)),
+        ],
+    )
+    pb, before = parse_playbook(text), load_playbook()
+    assert pb.cues["churn_risk"].positives == [*before.cues["churn_risk"].positives, quoted]
+    assert pb.cues["crisis"].positives[-1] == "I just want all of it to stop for good"
+    assert pb.cues["churn_risk"].negatives == before.cues["churn_risk"].negatives
+    assert text.count("#") == DEFAULT_PLAYBOOK.read_text().count("#")
+    with pytest.raises(ValueError, match="dead_air"):
+        apply_examples(path, [ExampleProposal("dead_air", "a b c", ("sue",))])
+
+
+def _eval_dir(root: Path, text: str) -> Path:
+    """One labelled call whose customer says `text`, as `eval_cues run` leaves it."""
+    eval_dir = root / "tune"
+    (eval_dir / "events-fast").mkdir(parents=True)
+    turns = [
+        {"speaker": "agent", "text": "How can I help?", "t_start": 0.5, "t_end": 2.0},
+        {"speaker": "customer", "text": text, "t_start": 2.5, "t_end": 6.0, "cues": ["churn_risk"]},
+    ]
+    truth = {"call_id": "m1", "duration_s": 8.0, "turns": turns, "meta": {"split": "tune"}}
+    (eval_dir / "m1.json").write_text(json.dumps(truth))
+    events = [{"type": "call_start", "call_id": "m1", "t_emit": 0.0}] + [
+        {
+            "type": "transcript",
+            "call_id": "m1",
+            "speaker": t["speaker"],
+            "text": t["text"],
+            "t_start": t["t_start"],
+            "t_end": t["t_end"],
+            "t_emit": t["t_end"] + 0.5,
+            "utterance_id": i + 1,
+            "words": [],
+            "prosody": {},
+            "sentiment": {"valence": 0.0, "label": "neutral"},
+        }
+        for i, t in enumerate(turns)
+    ]
+    (eval_dir / "events-fast" / "m1.jsonl").write_text(
+        "".join(json.dumps(e) + "\n" for e in events)
+    )
+    return eval_dir
+
+
+async def _stored_report(url: str, text: str) -> None:
+    store = Store(url=url)
+    try:
+        said = {"speaker": "customer", "t_start": 1.0, "t_end": 3.0, "text": text, "seq": 2}
+        await store.write_events(
+            [
+                Received(
+                    event={"type": "call_start", "call_id": "c1", "seq": 1, "t_emit": 0.0},
+                    at=datetime.now(UTC).timestamp(),
+                ),
+                Received(
+                    event={"type": "transcript", "call_id": "c1", "words": [], **said},
+                    at=datetime.now(UTC).timestamp(),
+                ),
+            ]
+        )
+        await store.add_missed_cue(call_id="c1", utterance_seq=2, cue="churn_risk", user="sue")
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.slow
+def test_missed_reports_are_measured_and_written_to_the_playbook(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """From a report in the store to an example in the playbook: the reported wording then
+    finds the same wording on the evaluation call, which it did not before."""
+    said = "Honestly the folks at Brightline offered us a better package, so we're moving"
+    url = f"sqlite+aiosqlite:///{tmp_path / 'coach.db'}"
+    asyncio.run(_stored_report(url, said))
+    eval_dir = _eval_dir(tmp_path, said)
+    playbook = tmp_path / "playbook.yaml"
+    playbook.write_text(DEFAULT_PLAYBOOK.read_text())
+    args = ["--missed", "--database-url", url, "--eval-dir", str(eval_dir)]
+    args += ["--playbook", str(playbook)]
+
+    # It gains on the evaluation set, so even a limit of no loss at all lets it through.
+    assert main([*args, "--apply", "--max-eval-drop", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "churn_risk" in out and said in out
+    micro = next(line for line in out.splitlines() if line.strip().startswith("micro"))
+    before, after = micro.split("->")
+    assert float(before.split()[-1]) == 0.0 and float(after.split()[-1]) == 1.0
+    assert load_playbook(playbook).cues["churn_risk"].positives[-1] == said
+
+    # Once it is an example, the same report proposes nothing.
+    assert main(args) == 0
+    assert "no missed-cue reports to learn from" in capsys.readouterr().out
