@@ -41,17 +41,17 @@ router = APIRouter(tags=["history"])
 CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
 
 
-def reportable_cues(request: Request) -> list[str]:
-    """The cues a missed-cue report may name: the customer's language cues of the playbook
-    in force (the bundled one while the models load)."""
+def reportable_cues(request: Request) -> dict[str, str]:
+    """The cues a missed-cue report may name, with their titles: the customer's language cues
+    of the playbook in force (the bundled one while the models load)."""
     runtime = getattr(getattr(request.app.state, "coach", None), "runtime", None)
     library = getattr(runtime, "playbook", None)
     playbook = library.current.playbook if library is not None else _bundled_playbook()
-    return [
-        cue_id
+    return {
+        cue_id: spec.title
         for cue_id, spec in playbook.cues.items()
         if spec.kind == "language" and spec.party == "customer"
-    ]
+    }
 
 
 @functools.cache
@@ -195,6 +195,12 @@ async def cue_feedback(
         )
     metrics.CUE_FEEDBACK.labels(cue=record.cue, verdict=record.verdict).inc()
     return record
+
+
+@router.get("/api/missed-cues/cues")
+async def missed_cue_choices(request: Request, principal: CurrentPrincipal) -> list[dict[str, str]]:
+    """The cues a missed-cue report may name (`cue`, `title`), for a review page's menu."""
+    return [{"cue": c, "title": t} for c, t in reportable_cues(request).items()]
 
 
 @router.post("/api/calls/{call_id}/utterances/{seq}/missed-cue")

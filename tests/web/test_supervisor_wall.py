@@ -207,6 +207,22 @@ def test_drill_in_post_call_summary_and_analytics(live_server: LiveServer, page:
     assert "Helpful (ann)" in page.locator("#summary-cues").inner_text()
     page.screenshot(path=str(ARTIFACTS / "supervisor-summary.png"), full_page=True)
 
+    # The reviewer says the line should also have shown "Might leave": stored for the
+    # playbook (scripts/tune_playbook.py --missed), shown on the line.
+    said = page.locator("#summary-transcript li.customer.transcript")
+    assert page.locator("#summary-transcript li.agent details.missed").count() == 0
+    said.locator("details.missed summary").click()
+    said.get_by_role("combobox").select_option(label="Might leave")
+    said.get_by_role("button", name="Report").click()
+    said.locator(".missed-report").filter(has_text="Missed: Might leave (sam)").wait_for()
+    assert "Saved" in said.locator(".missed-status").inner_text()
+    stored = page.request.get(
+        f"{live_server.base}/api/history/calls/{call_id}",
+        headers={"Authorization": f"Bearer {live_server.token('sam', 'supervisor')}"},
+    ).json()["missed_cues"]
+    assert [(m["cue"], m["user"]) for m in stored] == [("churn_risk", "sam")]
+    assert "[CARD]" in stored[0]["text"] and "4111" not in stored[0]["text"]
+
     # Keyboard: the tabs are buttons; analytics for today's calls shows the rated cue.
     page.get_by_role("tab", name="Coaching analytics").focus()
     page.keyboard.press("Enter")

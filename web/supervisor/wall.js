@@ -360,9 +360,44 @@ async function openSummary(callId) {
     return h("li", {}, h("strong", { text: `${e.urgency}: ${REASONS[e.reason] || e.reason}` }), ` ${text} `,
       h("span", { class: "muted", text: e.acknowledged_by ? `acknowledged by ${e.acknowledged_by}` : "not acknowledged" }));
   }) : [h("li", { class: "muted", text: "None." })]));
-  $("summary-transcript").replaceChildren(...d.transcript.map((u) => h("li", { class: `${u.speaker} transcript` },
-    h("span", { class: "who", text: u.speaker }), h("span", { class: "t", text: fmtTime(u.t_start) }), h("span", { class: "text", text: u.text }))));
+  const choices = await missedCueChoices();
+  const titles = Object.fromEntries(choices.map((c) => [c.cue, c.title]));
+  $("summary-transcript").replaceChildren(...d.transcript.map((u) => h("li", { class: `${u.speaker} transcript`, "data-seq": u.seq },
+    h("span", { class: "who", text: u.speaker }), h("span", { class: "t", text: fmtTime(u.t_start) }), h("span", { class: "text", text: u.text }),
+    u.speaker === "customer" && choices.length ? missedCueControl(callId, u, choices, titles, (d.missed_cues || []).filter((m) => m.utterance_seq === u.seq)) : null)));
   $("summary-status").textContent = "";
+}
+
+// A reviewer marks a customer line that should have shown a cue; the reports become new
+// playbook examples through scripts/tune_playbook.py --missed.
+async function missedCueChoices() {
+  if (!Wall.missedChoices) {
+    const r = await Auth.api("/api/missed-cues/cues").catch(() => null);
+    if (!r || !r.ok) return [];
+    Wall.missedChoices = await r.json();
+  }
+  return Wall.missedChoices;
+}
+
+function missedCueControl(callId, u, choices, titles, reports) {
+  const label = (m) => `Missed: ${titles[m.cue] || m.cue} (${m.user})`;
+  const reported = h("span", { class: "missed-reports" }, reports.map((m) => h("span", { class: "missed-report", text: label(m) })));
+  const status = h("span", { class: "missed-status", role: "status" });
+  const select = h("select", { "aria-label": `Cue this line should have shown (${fmtTime(u.t_start)})` },
+    choices.map((c) => h("option", { value: c.cue, text: c.title })));
+  const send = h("button", { type: "button", text: "Report", onclick: async () => {
+    send.disabled = true;
+    status.textContent = "Sending…";
+    const r = await Auth.api(`/api/calls/${encodeURIComponent(callId)}/utterances/${u.seq}/missed-cue`, {
+      method: "POST", json: { cue: select.value },
+    }).catch(() => null);
+    send.disabled = false;
+    if (!r || !r.ok) { status.textContent = `Not saved (${r ? r.status : "network"}).`; return; }
+    const m = await r.json();
+    if (![...reported.children].some((x) => x.textContent === label(m))) reported.append(h("span", { class: "missed-report", text: label(m) }));
+    status.textContent = "Saved: it will be proposed as an example of that cue.";
+  } });
+  return h("details", { class: "missed" }, h("summary", { text: "Missed a cue?" }), select, send, status, reported);
 }
 
 // -- recent calls and analytics -------------------------------------------------------------
