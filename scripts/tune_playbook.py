@@ -11,10 +11,17 @@ the expected precision/recall change.
     python -m scripts.tune_playbook --apply              # write thresholds into the playbook
     python -m scripts.tune_playbook --database-url sqlite+aiosqlite:///.coach/coach.db
     python -m scripts.tune_playbook --examples           # examples that fire false cues
+    python -m scripts.tune_playbook --missed [--apply]   # reported missed cues as examples
 
 `--examples` credits each playbook example with the hits and false cues its word matches gave
 on the evaluation calls and lists those that cost more than they find: how new examples are
 curated (BENCHMARKS, "More authors for the playbook").
+
+`--missed` reads the missed-cue reports people filed in post-call review (a customer line that
+should have shown a cue, `coach.store.MissedCueRecord`), proposes each reported wording as a
+new example of its cue, measures the proposals together on the evaluation calls, and with
+`--apply` appends them to the playbook unless micro F1 there falls by more than
+`--max-eval-drop`.
 
 Policy per language cue, over thresholds current +- 0.10 in 0.01 steps:
 - at least `--min-ratings` ratings and a not-helpful share (not_helpful + dismissed) above
