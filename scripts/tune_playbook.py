@@ -12,6 +12,7 @@ the expected precision/recall change.
     python -m scripts.tune_playbook --database-url sqlite+aiosqlite:///.coach/coach.db
     python -m scripts.tune_playbook --examples           # examples that fire false cues
     python -m scripts.tune_playbook --missed [--apply]   # reported missed cues as examples
+    python -m scripts.tune_playbook --unhelpful [--apply]  # not-helpful cues as near misses
 
 `--examples` credits each playbook example with the hits and false cues its word matches gave
 on the evaluation calls and lists those that cost more than they find: how new examples are
@@ -21,7 +22,8 @@ curated (BENCHMARKS, "More authors for the playbook").
 should have shown a cue, `coach.store.MissedCueRecord`), proposes each reported wording as a
 new example of its cue, measures the proposals together on the evaluation calls, and with
 `--apply` appends them to the playbook unless micro F1 there falls by more than
-`--max-eval-drop`.
+`--max-eval-drop`. `--unhelpful` does the same with the words of cues people rated "not
+helpful" (and nobody "helpful"), as near-miss negatives of those cues.
 
 Policy per language cue, over thresholds current +- 0.10 in 0.01 steps:
 - at least `--min-ratings` ratings and a not-helpful share (not_helpful + dismissed) above
@@ -44,7 +46,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -232,11 +234,13 @@ def apply_thresholds(path: Path, changes: Mapping[str, float]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ExampleProposal:
-    """A reported utterance proposed as a new positive example of its cue."""
+    """Customer words from real calls proposed as a new example of a cue: a positive (a
+    missed-cue report) or a near-miss negative (a cue people rated not helpful)."""
 
     cue: str
     text: str
     reporters: tuple[str, ...]
+    kind: Literal["positives", "negatives"] = "positives"
 
 
 def propose_examples(
@@ -269,6 +273,37 @@ def propose_examples(
 MIN_EXAMPLE_WORDS = 3
 
 
+def propose_near_misses(
+    rated: Iterable[Any], playbook: Playbook, *, min_reporters: int = 1
+) -> list[ExampleProposal]:
+    """Cues rated "not helpful" (`coach.store.RatedCueRecord`s) as near-miss negatives (pure).
+
+    The words a cue answered become a negative example of that cue when at least
+    `min_reporters` people rated it not helpful and nobody rated it helpful. "Dismissed" does
+    not count: an agent closes a right cue once it has been acted on. Language cues only
+    (timing cues answer no words); texts already among the cue's examples are left out."""
+    grouped: dict[tuple[str, str], tuple[str, set[str]]] = {}
+    vetoed: set[tuple[str, str]] = set()
+    for r in rated:
+        spec = playbook.cues.get(r.cue)
+        text = " ".join(str(r.text).split())
+        if spec is None or spec.kind != "language" or len(text.split()) < MIN_EXAMPLE_WORDS:
+            continue
+        key = (r.cue, _norm(text))
+        if key[1] in {_norm(t) for t in (*spec.positives, *spec.negatives)}:
+            continue
+        verdicts = dict(r.verdicts)
+        if "helpful" in verdicts.values():
+            vetoed.add(key)
+        _, users = grouped.setdefault(key, (text, set()))
+        users.update(u for u, v in verdicts.items() if v == "not_helpful")
+    return [
+        ExampleProposal(key[0], text, tuple(sorted(users)), "negatives")
+        for key, (text, users) in grouped.items()
+        if key not in vetoed and len(users) >= max(1, min_reporters)
+    ]
+
+
 def _norm(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
 
@@ -277,33 +312,36 @@ def with_examples(playbook: Playbook, proposals: Sequence[ExampleProposal]) -> P
     cues = dict(playbook.cues)
     for p in proposals:
         spec = cues[p.cue]
-        cues[p.cue] = spec.model_copy(update={"positives": [*spec.positives, p.text]})
+        cues[p.cue] = spec.model_copy(update={p.kind: [*getattr(spec, p.kind), p.text]})
     return playbook.model_copy(update={"cues": cues})
 
 
 def apply_examples(path: Path, proposals: Sequence[ExampleProposal]) -> str:
-    """Append each proposal to its cue's `positives:` list, keeping comments and layout."""
-    adding: dict[str, list[str]] = {}
+    """Append each proposal to its cue's `positives:` or `negatives:` list, keeping comments
+    and layout."""
+    adding: dict[tuple[str, str], list[str]] = {}
     for p in proposals:
-        adding.setdefault(p.cue, []).append(p.text)
+        adding.setdefault((p.cue, p.kind), []).append(p.text)
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     out: list[str] = []
     current: str | None = None
-    in_cues = in_positives = False
-    last_item = -1  # index in `out` of the open positives list's last item
+    in_cues = False
+    in_list: str | None = None  # "positives" or "negatives" while inside one
+    last_item = -1  # index in `out` of the open list's last item
 
     def close_list() -> None:
-        nonlocal in_positives
-        if in_positives and current in adding and last_item >= 0:
+        nonlocal in_list
+        key = (current or "", in_list or "")
+        if key in adding and last_item >= 0:
             new = [
                 "      " + yaml.safe_dump([text], width=10_000, allow_unicode=True)
-                for text in adding.pop(current)
+                for text in adding.pop(key)
             ]
             out[last_item + 1 : last_item + 1] = new
-        in_positives = False
+        in_list = None
 
     for line in lines:
-        if in_positives and not re.match(r"^      - |^\s*#|^\s*$", line):
+        if in_list and not re.match(r"^      - |^\s*#|^\s*$", line):
             close_list()
         if re.match(r"^cues:\s*$", line):
             in_cues = True
@@ -312,39 +350,42 @@ def apply_examples(path: Path, proposals: Sequence[ExampleProposal]) -> str:
         m = re.match(r"^  ([a-z][a-z0-9_]*):\s*$", line) if in_cues else None
         if m:
             current = m.group(1)
-        if in_cues and re.match(r"^    positives:\s*$", line):
-            in_positives, last_item = True, -1
-        elif in_positives and line.startswith("      - "):
+        lst = re.match(r"^    (positives|negatives):\s*$", line) if in_cues else None
+        if lst:
+            in_list, last_item = lst.group(1), -1
+        elif in_list and line.startswith("      - "):
             last_item = len(out)
         out.append(line)
     close_list()
     if adding:
-        raise ValueError(f"no positives list found for {', '.join(sorted(adding))} in {path}")
+        missing = ", ".join(f"{cue} {kind}" for cue, kind in sorted(adding))
+        raise ValueError(f"no list to append to for {missing} in {path} (write one example)")
     text = "".join(out)
     parse_playbook(text, source=path)  # never write a playbook the server would refuse
     return text
 
 
-def missed_reports(database_url: str | None, data_dir: Path) -> list[Any]:
-    """Every missed-cue report in the history store (none if there is no store yet)."""
+def stored_reports(database_url: str | None, data_dir: Path, what: str) -> list[Any]:
+    """`missed` (missed-cue reports) or `rated` (rated cues) from the history store; none
+    if there is no store yet."""
     from coach.store.db import resolve_url
     from coach.store.store import Store
 
     async def read() -> list[Any]:
         store = Store(url=resolve_url(database_url, data_dir))
         try:
-            return list(await store.missed_cues())
+            return list(await (store.missed_cues() if what == "missed" else store.rated_cues()))
         finally:
             await store.aclose()
 
     try:
         return asyncio.run(read())
     except Exception as exc:  # no store yet is normal on a fresh checkout
-        print(f"no missed-cue reports read ({exc})", file=sys.stderr)
+        print(f"no {what} cues read from the store ({exc})", file=sys.stderr)
         return []
 
 
-def report_missed(
+def report_proposals(
     calls: Sequence[EvalCall],
     playbook: Playbook,
     embed: EmbedFn,
@@ -355,11 +396,10 @@ def report_missed(
     max_drop: float,
     json_path: Path | None,
 ) -> int:
-    """Print the reported utterances as proposed examples with what they do to the
-    evaluation set, and with `apply_to` write them unless micro F1 falls by more than
-    `max_drop`."""
+    """Print the proposed examples with what they do to the evaluation set, and with
+    `apply_to` write them unless micro F1 falls by more than `max_drop`."""
     if not proposals:
-        print("no missed-cue reports to learn from")
+        print("nothing to learn from: no new wording in the reports")
         return 0
     candidate = with_examples(playbook, proposals)
 
@@ -369,9 +409,9 @@ def report_missed(
         return before, after
 
     before, after = asyncio.run(both())
-    print(f"{len(proposals)} reported utterance(s) proposed as examples:")
+    print(f"{len(proposals)} example(s) proposed from real calls:")
     for p in proposals:
-        print(f"  {p.cue:20s} {', '.join(p.reporters):20s} {p.text}")
+        print(f"  {p.cue:20s} {p.kind:9s} {', '.join(p.reporters):20s} {p.text}")
     print(
         f"on {len(calls)} evaluation calls, with them ({'cue':18s} P     R     F1 -> P     R     F1):"
     )
@@ -414,7 +454,7 @@ def report_missed(
 
 
 def _as_dict(p: ExampleProposal) -> dict[str, Any]:
-    return {"cue": p.cue, "text": p.text, "reporters": list(p.reporters)}
+    return {"cue": p.cue, "kind": p.kind, "text": p.text, "reporters": list(p.reporters)}
 
 
 def report_examples(
@@ -474,6 +514,12 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of thresholds: the utterances people reported as missed cues, as new "
         "examples of those cues (with --apply, written unless the evaluation set loses F1)",
     )
+    ap.add_argument(
+        "--unhelpful",
+        action="store_true",
+        help="instead of thresholds: the words of cues people rated not helpful, as near-miss "
+        "negatives of those cues (with --apply, written unless the evaluation set loses F1)",
+    )
     ap.add_argument("--min-reporters", type=int, default=1)
     ap.add_argument("--max-eval-drop", type=float, default=0.01)
     ap.add_argument("--json", type=Path, default=None)
@@ -504,18 +550,26 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.examples:
         return report_examples(calls, playbook, index, analyze, args.json)
-    if args.missed:
-        proposals = propose_examples(
-            missed_reports(args.database_url, args.data_dir),
-            playbook,
-            min_reporters=args.min_reporters,
-        )
-        return report_missed(
+    if args.missed or args.unhelpful:
+        examples: list[ExampleProposal] = []
+        if args.missed:
+            examples += propose_examples(
+                stored_reports(args.database_url, args.data_dir, "missed"),
+                playbook,
+                min_reporters=args.min_reporters,
+            )
+        if args.unhelpful:
+            examples += propose_near_misses(
+                stored_reports(args.database_url, args.data_dir, "rated"),
+                playbook,
+                min_reporters=args.min_reporters,
+            )
+        return report_proposals(
             calls,
             playbook,
             embed,
             analyze,
-            proposals,
+            examples,
             apply_to=args.playbook if args.apply else None,
             max_drop=args.max_eval_drop,
             json_path=args.json,

@@ -142,6 +142,19 @@ class MissedCueRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class RatedCueRecord:
+    """A shown cue with the words it answered and who rated it which way."""
+
+    call_id: str
+    cue_seq: int
+    cue: str
+    text: str
+    """The cue's evidence text (redacted): the customer's words it matched."""
+    verdicts: dict[str, str]
+    """user -> verdict"""
+
+
+@dataclass(frozen=True, slots=True)
 class CueRecord:
     seq: int
     cue: str

@@ -47,6 +47,7 @@ from coach.store.records import (
     FeedbackRecord,
     MissedCueRecord,
     NotFound,
+    RatedCueRecord,
     Refused,
     StoreUnavailable,
     UtteranceRecord,
@@ -412,6 +413,30 @@ class Store:
             stmt = stmt.where(MissedCue.at >= since)
         async with self._session() as s:
             return [MissedCueRecord.of(m, text) for m, text in await s.execute(stmt)]
+
+    async def rated_cues(self, *, since: datetime | None = None) -> list[RatedCueRecord]:
+        """Every cue someone rated (since `since`), with its evidence text and the verdicts:
+        what `scripts/tune_playbook.py --unhelpful` learns near misses from."""
+        stmt = (
+            sa.select(CueFeedback, CueRow.evidence)
+            .join(
+                CueRow,
+                sa.and_(CueRow.call_id == CueFeedback.call_id, CueRow.seq == CueFeedback.cue_seq),
+            )
+            .order_by(CueFeedback.call_id, CueFeedback.cue_seq, CueFeedback.id)
+        )
+        if since is not None:
+            stmt = stmt.where(CueFeedback.at >= since)
+        rated: dict[tuple[str, int], RatedCueRecord] = {}
+        async with self._session() as s:
+            for fb, evidence in await s.execute(stmt):
+                text = str((evidence or {}).get("text") or "")
+                record = rated.setdefault(
+                    (fb.call_id, fb.cue_seq),
+                    RatedCueRecord(fb.call_id, fb.cue_seq, fb.cue, text, {}),
+                )
+                record.verdicts[fb.user_id] = fb.verdict
+        return list(rated.values())
 
     async def acknowledge_escalation(
         self, *, call_id: str, seq: int, user: str, at: datetime | None = None

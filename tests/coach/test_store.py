@@ -520,6 +520,12 @@ async def test_feedback_acknowledgement_and_outcome(store: Store) -> None:
     with pytest.raises(ValueError, match="verdict"):
         await store.add_feedback(call_id="h1", cue_seq=cue_seq, verdict="meh", user="alice")
 
+    (rated,) = await store.rated_cues()
+    assert (rated.call_id, rated.cue_seq, rated.cue) == ("h1", cue_seq, "acknowledge_frustration")
+    assert rated.verdicts == {"alice": "dismissed", "sue": "not_helpful"}
+    assert "[CARD]" in rated.text  # the evidence the cue answered, redacted
+    assert await store.rated_cues(since=datetime.now(UTC) + timedelta(minutes=1)) == []
+
     esc_seq = (await store.get_call("h1")).escalations[0].seq
     first = await store.acknowledge_escalation(call_id="h1", seq=esc_seq, user="sue")
     second = await store.acknowledge_escalation(call_id="h1", seq=esc_seq, user="tom")

@@ -12,7 +12,7 @@ import pytest
 
 from coach.cues.engine import matched_example, words_reason
 from coach.cues.playbook import DEFAULT_PLAYBOOK, PlaybookError, load_playbook, parse_playbook
-from coach.store import MissedCueRecord, Store
+from coach.store import MissedCueRecord, RatedCueRecord, Store
 from coach.store.writes import Received
 from scripts.eval_cues import CallTruth, Label
 from scripts.tune_playbook import (
@@ -24,6 +24,7 @@ from scripts.tune_playbook import (
     credit_examples,
     main,
     propose_examples,
+    propose_near_misses,
 )
 
 SWEEP = {
@@ -166,6 +167,37 @@ def test_reports_become_one_proposal_per_cue_and_text() -> None:
     assert [p.cue for p in twice] == ["churn_risk"]
 
 
+def _rated(cue: str, text: str, **verdicts: str) -> RatedCueRecord:
+    return RatedCueRecord("c1", 7, cue, text, dict(verdicts))
+
+
+def test_cues_rated_not_helpful_become_near_misses() -> None:
+    pb = load_playbook()
+    moving = "We're moving flat next month so I need the address changed"
+    proposals = propose_near_misses(
+        [
+            _rated("churn_risk", moving, sue="not_helpful", tom="dismissed"),
+            _rated("churn_risk", moving.lower() + ".", ann="not_helpful"),
+            # Someone found it helpful: no negative, whatever the others said.
+            _rated(
+                "urgency", "I need it back by Friday for the trip", sue="not_helpful", ann="helpful"
+            ),
+            # Dismissed alone is not a verdict on the words.
+            _rated("confusion", "Sorry, could you say the number again", tom="dismissed"),
+            _rated("dead_air", "", sue="not_helpful"),  # timing cues answer no words
+            _rated("frustration", pb.cues["frustration"].negatives[0], sue="not_helpful"),
+        ],
+        pb,
+    )
+    assert [(p.cue, p.kind, p.reporters, p.text) for p in proposals] == [
+        ("churn_risk", "negatives", ("ann", "sue"), moving)
+    ]
+    assert (
+        propose_near_misses([_rated("churn_risk", moving, sue="not_helpful")], pb, min_reporters=2)
+        == []
+    )
+
+
 def test_apply_examples_appends_to_the_right_list_and_keeps_comments(tmp_path: Path) -> None:
     path = tmp_path / "playbook.yaml"
     path.write_text(DEFAULT_PLAYBOOK.read_text())
@@ -175,12 +207,16 @@ def test_apply_examples_appends_to_the_right_list_and_keeps_comments(tmp_path: P
         [
             ExampleProposal("churn_risk", quoted, ("sue",)),
             ExampleProposal("crisis", "I just want all of it to stop for good", ("sue",)),
+            ExampleProposal("churn_risk", "We're moving flat next month", ("sue",), "negatives"),
         ],
     )
     pb, before = parse_playbook(text), load_playbook()
     assert pb.cues["churn_risk"].positives == [*before.cues["churn_risk"].positives, quoted]
     assert pb.cues["crisis"].positives[-1] == "I just want all of it to stop for good"
-    assert pb.cues["churn_risk"].negatives == before.cues["churn_risk"].negatives
+    assert pb.cues["churn_risk"].negatives == [
+        *before.cues["churn_risk"].negatives,
+        "We're moving flat next month",
+    ]
     assert text.count("#") == DEFAULT_PLAYBOOK.read_text().count("#")
     with pytest.raises(ValueError, match="dead_air"):
         apply_examples(path, [ExampleProposal("dead_air", "a b c", ("sue",))])
@@ -218,6 +254,9 @@ def _eval_dir(root: Path, text: str) -> Path:
     return eval_dir
 
 
+NOT_CHURN = "We're moving flat next month so the address needs changing"
+
+
 async def _stored_report(url: str, text: str) -> None:
     store = Store(url=url)
     try:
@@ -235,6 +274,20 @@ async def _stored_report(url: str, text: str) -> None:
             ]
         )
         await store.add_missed_cue(call_id="c1", utterance_seq=2, cue="churn_risk", user="sue")
+        shown = {
+            "type": "cue",
+            "call_id": "c1",
+            "seq": 3,
+            "cue": "churn_risk",
+            "title": "Might leave",
+            "advice": "Ask what would make them stay.",
+            "why": "words",
+            "priority": 2,
+            "evidence": {"text": NOT_CHURN, "t_start": 1.0, "t_end": 3.0},
+            "t_emit": 3.5,
+        }
+        await store.write_events([Received(event=shown, at=datetime.now(UTC).timestamp())])
+        await store.add_feedback(call_id="c1", cue_seq=3, verdict="not_helpful", user="ann")
     finally:
         await store.aclose()
 
@@ -265,4 +318,10 @@ def test_missed_reports_are_measured_and_written_to_the_playbook(
 
     # Once it is an example, the same report proposes nothing.
     assert main(args) == 0
-    assert "no missed-cue reports to learn from" in capsys.readouterr().out
+    assert "nothing to learn from" in capsys.readouterr().out
+
+    # A cue the agent rated not helpful: its words become a near miss of that cue.
+    assert main([*args[1:], "--unhelpful", "--apply"]) == 0
+    out = capsys.readouterr().out
+    assert "negatives" in out and NOT_CHURN in out
+    assert load_playbook(playbook).cues["churn_risk"].negatives[-1] == NOT_CHURN
