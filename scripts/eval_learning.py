@@ -12,9 +12,16 @@ audio, no ASR) on the splits named by `--measure`, before and after.
     python -m scripts.eval_learning --reports-from tune,heldout --measure dev,tune,heldout
     python -m scripts.eval_learning --reports-from tune --measure tune --measure-cache DIR
 
-`--measure-cache` points at another cache of replays (e.g. the same scripts rendered with
-other voices, so the ASR garbles the same wording differently). The test split is refused
-on both sides: it must stay unseen.
+`--measure-cache` points at another cache of replays: for instance the same scripts spoken
+by other voices, so that the ASR garbles the same wording differently (a caller saying what an
+earlier caller said). `--write-revoiced DIR` writes those call files:
+
+    python -m scripts.eval_learning --write-revoiced /tmp/revoiced --splits tune,heldout
+    python -m scripts.eval_cues run --split tune --mode fast --jobs 2 \
+        --data /tmp/revoiced --cache /tmp/revoiced_cache
+    python -m scripts.eval_learning --reports-from tune --measure tune --measure-cache /tmp/revoiced_cache
+
+The test split is refused on both sides: it must stay unseen.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -47,6 +55,49 @@ from scripts.tune_playbook import (
 )
 
 REVIEWER = "reviewer"
+OTHER_VOICES = (
+    "en-gb+m3",
+    "en-us+f5",
+    "en-029+m2",
+    "en-gb-scotland+f2",
+    "en-us+m1",
+    "en-gb-x-rp+m4",
+    "en-us-nyc+f1",
+    "en-gb+f4",
+)
+
+
+def revoiced(call_text: str, index: int) -> str:
+    """A call file with its customer's default voice replaced (pure): the `index`-th of
+    OTHER_VOICES (the next one if that is the call's own), pitch moved 12 towards the middle,
+    speed 8 wpm lower. Turn-level overrides (agitated turns) are kept."""
+    own = re.search(r"^# customer_voice: (.*)$", call_text, re.M)
+    voice = OTHER_VOICES[index % len(OTHER_VOICES)]
+    if own is not None and own.group(1).strip() == voice:
+        voice = OTHER_VOICES[(index + 1) % len(OTHER_VOICES)]
+    text = re.sub(r"^# customer_voice: .*$", f"# customer_voice: {voice}", call_text, flags=re.M)
+
+    def pitch(m: re.Match[str]) -> str:
+        p = int(m.group(1))
+        return f"# customer_pitch: {p + 12 if p < 60 else p - 12}"
+
+    text = re.sub(r"^# customer_pitch: (\d+)$", pitch, text, flags=re.M)
+    return re.sub(
+        r"^# customer_speed: (\d+)$",
+        lambda m: f"# customer_speed: {int(m.group(1)) - 8}",
+        text,
+        flags=re.M,
+    )
+
+
+def write_revoiced(out_dir: Path, splits: Sequence[str]) -> None:
+    for split in splits:
+        _split_dir(out_dir, split)  # refuses the test split
+        target = out_dir / split
+        target.mkdir(parents=True, exist_ok=True)
+        for i, path in enumerate(eval_cues.call_files(split)):
+            (target / path.name).write_text(revoiced(path.read_text(encoding="utf-8"), i))
+        print(f"wrote {split} call files with other customer voices to {target}")
 
 
 def simulated_reports(
@@ -93,14 +144,25 @@ def _split_dir(cache: Path, split: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reports-from", required=True, help="comma-separated splits")
-    ap.add_argument("--measure", required=True, help="comma-separated splits")
+    ap.add_argument("--reports-from", default="", help="comma-separated splits")
+    ap.add_argument("--measure", default="", help="comma-separated splits")
+    ap.add_argument("--write-revoiced", type=Path, default=None, metavar="DIR")
+    ap.add_argument("--splits", default="tune,heldout", help="for --write-revoiced")
     ap.add_argument("--cache", type=Path, default=eval_cues.CACHE_DIR)
     ap.add_argument("--measure-cache", type=Path, default=None, help="default: --cache")
     ap.add_argument("--kind", choices=("missed", "unhelpful", "both"), default="both")
     ap.add_argument("--playbook", type=Path, default=DEFAULT_PLAYBOOK)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.write_revoiced is not None:
+        write_revoiced(args.write_revoiced, [s for s in args.splits.split(",") if s])
+        return 0
+    if not args.reports_from or not args.measure:
+        ap.error("--reports-from and --measure are required")
+    sources = [_split_dir(args.cache, s) for s in args.reports_from.split(",") if s]
+    targets = [
+        (s, _split_dir(args.measure_cache or args.cache, s)) for s in args.measure.split(",") if s
+    ]
 
     from models.emotion import EmotionModel
 
@@ -110,10 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     analyze = CachedAnalysis(model)
     customer_cues = [
         c for c, s in playbook.enabled().items() if s.kind == "language" and s.party == "customer"
-    ]
-    sources = [_split_dir(args.cache, s) for s in args.reports_from.split(",") if s]
-    targets = [
-        (s, _split_dir(args.measure_cache or args.cache, s)) for s in args.measure.split(",") if s
     ]
 
     async def learn() -> list[ExampleProposal]:

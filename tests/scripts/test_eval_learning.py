@@ -1,10 +1,14 @@
-"""The simulated reviewer of scripts/eval_learning.py (pure)."""
+"""The simulated reviewer and the re-voiced calls of scripts/eval_learning.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from scripts.eval_cues import CallTruth, Label
-from scripts.eval_learning import REVIEWER, simulated_reports
-from scripts.tune_playbook import EvalCall
+from scripts.eval_learning import REVIEWER, main, revoiced, simulated_reports
+from scripts.tune_playbook import TEST_SPLIT, EvalCall
 
 
 def _said(seq: int, speaker: str, text: str, t0: float, t1: float) -> dict[str, object]:
@@ -62,3 +66,32 @@ def test_missed_labels_become_reports_and_false_cues_become_not_helpful() -> Non
     assert [(r.cue, r.text, r.verdicts) for r in rated] == [
         ("frustration", "fine, thanks", {REVIEWER: "not_helpful"})
     ]
+
+
+CALL = """# call_id: x1
+# split: tune
+# customer_voice: en-gb+m3
+# agent_voice: en-gb+f3
+# customer_speed: 160
+# agent_speed: 158
+# customer_pitch: 40
+# agent_pitch: 55
+agent: Hello.
+customer [speed=215 pitch=78 amp=175] {frustration}: I'm done being patient.
+"""
+
+
+def test_revoiced_changes_the_customers_default_voice_only() -> None:
+    text = revoiced(CALL, 0)  # OTHER_VOICES[0] is the call's own voice: the next one
+    assert "# customer_voice: en-us+f5" in text
+    assert "# customer_pitch: 52" in text and "# customer_speed: 152" in text
+    assert "# agent_voice: en-gb+f3" in text and "# agent_pitch: 55" in text
+    assert "[speed=215 pitch=78 amp=175]" in text  # the agitated turn keeps its voice
+    assert revoiced(CALL.replace("pitch: 40", "pitch: 70"), 1).count("customer_pitch: 58") == 1
+
+
+def test_the_test_split_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="test split"):
+        main(["--write-revoiced", str(tmp_path), "--splits", TEST_SPLIT])
+    with pytest.raises(SystemExit, match="test split"):
+        main(["--reports-from", "tune", "--measure", TEST_SPLIT])
