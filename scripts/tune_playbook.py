@@ -243,34 +243,23 @@ class ExampleProposal:
     kind: Literal["positives", "negatives"] = "positives"
 
 
+MIN_EXAMPLE_WORDS = 3
+
+
 def propose_examples(
     reports: Iterable[Any], playbook: Playbook, *, min_reporters: int = 1
 ) -> list[ExampleProposal]:
     """Missed-cue reports (`coach.store.MissedCueRecord`s) as new examples (pure).
 
     One proposal per cue and text (compared without case, spacing or end punctuation),
-    naming everyone who reported it; texts already among the cue's examples, reports of
-    cues the playbook does not have, and texts too short to mean anything are left out."""
-    grouped: dict[tuple[str, str], tuple[str, set[str]]] = {}
-    for r in reports:
-        spec = playbook.cues.get(r.cue)
-        text = " ".join(str(r.text).split())
-        if spec is None or len(text.split()) < MIN_EXAMPLE_WORDS:
-            continue
-        known = {_norm(t) for t in (*spec.positives, *spec.negatives)}
-        key = (r.cue, _norm(text))
-        if key[1] in known:
-            continue
-        _, users = grouped.setdefault(key, (text, set()))
-        users.add(str(r.user))
-    return [
-        ExampleProposal(cue, text, tuple(sorted(users)))
-        for (cue, _), (text, users) in grouped.items()
-        if len(users) >= min_reporters
-    ]
-
-
-MIN_EXAMPLE_WORDS = 3
+    naming everyone who reported it."""
+    return _proposals(
+        ((r.cue, r.text, {str(r.user): "missed"}) for r in reports),
+        playbook,
+        kind="positives",
+        counts="missed",
+        min_reporters=min_reporters,
+    )
 
 
 def propose_near_misses(
@@ -280,25 +269,45 @@ def propose_near_misses(
 
     The words a cue answered become a negative example of that cue when at least
     `min_reporters` people rated it not helpful and nobody rated it helpful. "Dismissed" does
-    not count: an agent closes a right cue once it has been acted on. Language cues only
-    (timing cues answer no words); texts already among the cue's examples are left out."""
+    not count: an agent closes a right cue once it has been acted on."""
+    return _proposals(
+        ((r.cue, r.text, dict(r.verdicts)) for r in rated),
+        playbook,
+        kind="negatives",
+        counts="not_helpful",
+        vetoed_by="helpful",
+        min_reporters=min_reporters,
+    )
+
+
+def _proposals(
+    items: Iterable[tuple[str, str, Mapping[str, str]]],
+    playbook: Playbook,
+    *,
+    kind: Literal["positives", "negatives"],
+    counts: str,
+    vetoed_by: str | None = None,
+    min_reporters: int,
+) -> list[ExampleProposal]:
+    """(cue, text, {user: verdict}) grouped per cue and text. Left out: cues the playbook
+    has not or that answer no words (timing cues), texts too short to mean anything, texts
+    already among the cue's examples, and texts anyone gave the `vetoed_by` verdict."""
     grouped: dict[tuple[str, str], tuple[str, set[str]]] = {}
     vetoed: set[tuple[str, str]] = set()
-    for r in rated:
-        spec = playbook.cues.get(r.cue)
-        text = " ".join(str(r.text).split())
+    for cue, raw, verdicts in items:
+        spec = playbook.cues.get(cue)
+        text = " ".join(str(raw).split())
         if spec is None or spec.kind != "language" or len(text.split()) < MIN_EXAMPLE_WORDS:
             continue
-        key = (r.cue, _norm(text))
+        key = (cue, _norm(text))
         if key[1] in {_norm(t) for t in (*spec.positives, *spec.negatives)}:
             continue
-        verdicts = dict(r.verdicts)
-        if "helpful" in verdicts.values():
+        if vetoed_by is not None and vetoed_by in verdicts.values():
             vetoed.add(key)
         _, users = grouped.setdefault(key, (text, set()))
-        users.update(u for u, v in verdicts.items() if v == "not_helpful")
+        users.update(u for u, v in verdicts.items() if v == counts)
     return [
-        ExampleProposal(key[0], text, tuple(sorted(users)), "negatives")
+        ExampleProposal(key[0], text, tuple(sorted(users)), kind)
         for key, (text, users) in grouped.items()
         if key not in vetoed and len(users) >= max(1, min_reporters)
     ]
