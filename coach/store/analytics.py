@@ -2,7 +2,8 @@
 
 For calls started in `[since, until)` (optionally only some agents' calls): how often each
 cue was shown, how people rated it (helpful / not helpful / dismissed, as rates of the cues
-shown, so unrated cues count against a cue's trust), escalations by reason, and whether the
+shown, so unrated cues count against a cue's trust), how often reviewers reported it missing
+(`missed_reports`: its recall, as people see it), escalations by reason, and whether the
 customer ended the call better than they started (mean valence of the first and last few
 points of the stored emotional arc). Counting is done by the database; only the arcs of the
 calls in range are read into Python.
@@ -19,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from coach.store.models import Call, CueFeedback, CueRow, Escalation, Summary
+from coach.store.models import Call, CueFeedback, CueRow, Escalation, MissedCue, Summary
 from coach.store.records import VERDICTS, StoreUnavailable
 from coach.store.store import Store
 
@@ -56,7 +57,7 @@ def arc_change(arc: Any) -> str | None:
 
 
 def _empty_counts() -> dict[str, Any]:
-    return {"shown": 0, **dict.fromkeys(VERDICTS, 0)}
+    return {"shown": 0, **dict.fromkeys(VERDICTS, 0), "missed_reports": 0}
 
 
 def _with_rates(counts: dict[str, Any]) -> dict[str, Any]:
@@ -111,6 +112,14 @@ async def coaching_analytics(
                     .group_by(Call.agent_id, CueFeedback.cue, CueFeedback.verdict)
                 )
             ).all()
+            missed = (
+                await conn.execute(
+                    sa.select(Call.agent_id, MissedCue.cue, sa.func.count())
+                    .join(Call, Call.call_id == MissedCue.call_id)
+                    .where(MissedCue.call_id.in_(in_range))
+                    .group_by(Call.agent_id, MissedCue.cue)
+                )
+            ).all()
             escalations = (
                 await conn.execute(
                     sa.select(Call.agent_id, Escalation.reason, Escalation.urgency, sa.func.count())
@@ -119,13 +128,14 @@ async def coaching_analytics(
                     .group_by(Call.agent_id, Escalation.reason, Escalation.urgency)
                 )
             ).all()
-    return _assemble(call_rows, shown, verdicts, escalations, since=since, until=until)
+    return _assemble(call_rows, shown, verdicts, missed, escalations, since=since, until=until)
 
 
 def _assemble(
     call_rows: Any,
     shown: Any,
     verdicts: Any,
+    missed: Any,
     escalations: Any,
     *,
     since: datetime | None,
@@ -156,6 +166,9 @@ def _assemble(
     for agent, cue, verdict, n in verdicts:
         per_cue[cue][verdict] += int(n)
         per_agent[agent or "(unassigned)"][verdict] += int(n)
+    for agent, cue, n in missed:
+        per_cue[cue]["missed_reports"] += int(n)
+        per_agent[agent or "(unassigned)"]["missed_reports"] += int(n)
     by_reason: dict[str, dict[str, int]] = defaultdict(lambda: {"total": 0})
     for agent, reason, urgency, n in escalations:
         by_reason[reason]["total"] += int(n)

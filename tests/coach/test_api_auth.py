@@ -256,6 +256,16 @@ async def test_coaching_analytics_counts(tmp_path: Path) -> None:
             ev("b1", 2, type="cue", cue="frustration", title="F", priority=2),
             ev(
                 "b1",
+                4,
+                type="transcript",
+                speaker="customer",
+                text="we're off to your rivals",
+                t_start=1.0,
+                t_end=2.0,
+                words=[],
+            ),
+            ev(
+                "b1",
                 3,
                 type="call_end",
                 duration_s=9.0,
@@ -267,6 +277,8 @@ async def test_coaching_analytics_counts(tmp_path: Path) -> None:
     await store.add_feedback(call_id="a1", cue_seq=2, verdict="helpful", user="ann")
     await store.add_feedback(call_id="a1", cue_seq=3, verdict="dismissed", user="ann")
     await store.add_feedback(call_id="b1", cue_seq=2, verdict="not_helpful", user="ben")
+    await store.add_missed_cue(call_id="b1", utterance_seq=4, cue="churn_risk", user="sue")
+    await store.add_missed_cue(call_id="b1", utterance_seq=4, cue="churn_risk", user="tom")
     try:
         result = await coaching_analytics(store)
         cues = {c["cue"]: c for c in result["cues"]}
@@ -279,6 +291,9 @@ async def test_coaching_analytics_counts(tmp_path: Path) -> None:
         agents = {a["agent_id"]: a for a in result["agents"]}
         assert agents["ann"]["better"] == 1 and agents["ann"]["escalations"] == 1
         assert agents["ben"]["worse"] == 1
+        assert cues["churn_risk"]["missed_reports"] == 2 and cues["churn_risk"]["shown"] == 0
+        assert cues["frustration"]["missed_reports"] == 0
+        assert agents["ben"]["missed_reports"] == 2 and agents["ann"]["missed_reports"] == 0
         only_ann = await coaching_analytics(store, agents={"ann"})
         assert only_ann["calls"] == 1
         future = datetime.now(UTC) + timedelta(days=1)

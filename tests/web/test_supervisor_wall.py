@@ -230,6 +230,8 @@ def test_drill_in_post_call_summary_and_analytics(live_server: LiveServer, page:
     cue_rows = page.locator("#analytics-body section").nth(1).locator("tbody tr")
     frustration = cue_rows.filter(has_text="frustration").inner_text().split("\t")
     assert frustration[:3] == ["frustration", "1", "100 %"], frustration
+    churn = cue_rows.filter(has_text="churn_risk").inner_text().split("\t")
+    assert (churn[0], churn[1], churn[-1]) == ("churn_risk", "0", "1"), churn  # reported missed
     assert "Better:" in page.locator("#an-outcome").inner_text()
 
     page.get_by_role("tab", name="Recent calls").click()
