@@ -118,6 +118,23 @@ def test_agent_sees_transcript_and_cue_card_and_feedback_is_stored(
     )
     page.locator(".metrics").filter(has_text="2.9 words/s").wait_for()
     page.screenshot(path=str(ARTIFACTS / "agent-panel.png"), full_page=False)
+
+    # The agent says the refund question should have had a suggestion: stored for the
+    # playbook (scripts/tune_playbook.py --missed). Agent lines and partials offer nothing.
+    asked = page.locator("#transcript li.customer.transcript").filter(has_text="refund take")
+    assert page.locator("#transcript li.agent details.missed").count() == 0
+    asked.locator("details.missed summary").click()
+    asked.get_by_role("combobox").select_option(label="Worried about cost")
+    asked.get_by_role("button", name="Report").click()
+    asked.get_by_role("status").filter(has_text='reported "Worried about cost"').wait_for()
+    detail = live_server.store_call(call_id)
+    assert detail is not None
+    (missed,) = detail.missed_cues
+    assert (missed.cue, missed.user, missed.text) == (
+        "cost_anxiety",
+        "ann",
+        "Okay. How long will the refund take?",
+    )
     live_server.emit(call_id, END)
     page.locator("#status").filter(has_text="ended").wait_for()
 

@@ -127,6 +127,9 @@ class CallView {
       h("span", { class: "who", text: ev.speaker === "agent" ? "Agent" : "Customer" }),
       h("span", { class: "t", text: fmtTime(ev.t_start) }),
       h("span", { class: "text" }));
+    if (!this.readOnly && ev.type === "transcript" && ev.speaker === "customer" && ev.seq != null) {
+      li.append(this.missedControl(ev));
+    }
     this.paintMarks(li);
     if (this.lines.lastElementChild === li) li.scrollIntoView({ block: "nearest" });
   }
@@ -243,6 +246,55 @@ class CallView {
       const card = group.closest(".card");
       if (card && card.parentElement === this.cards) this.collapse(card);
     }
+  }
+
+  // -- "this line should have shown a cue" ------------------------------------------------
+  // The agent knows best which moment had no suggestion. The report goes to the call history
+  // and from there into the playbook (scripts/tune_playbook.py --missed).
+  missedControl(ev) {
+    const select = h("select", { "aria-label": `Suggestion this line should have had (${fmtTime(ev.t_start)})` });
+    const status = h("span", { class: "missed-status", role: "status" });
+    const send = h("button", { type: "button", text: "Report", disabled: true,
+      onclick: () => this.sendMissed(ev, select.value, send, status) });
+    const details = h("details", { class: "missed" }, h("summary", { text: "Missed a cue?" }), select, send, status);
+    details.addEventListener("toggle", async () => {
+      if (!details.open || select.options.length) return;
+      const choices = await CallView.missedChoices();
+      select.replaceChildren(...choices.map((c) => h("option", { value: c.cue, text: c.title })));
+      send.disabled = !choices.length;
+      if (!choices.length) status.textContent = "Not available right now.";
+    });
+    return details;
+  }
+
+  static async missedChoices() {
+    if (!CallView.choices) {
+      const r = await Auth.api("/api/missed-cues/cues").catch(() => null);
+      if (!r || !r.ok) return [];
+      CallView.choices = await r.json();
+    }
+    return CallView.choices;
+  }
+
+  async sendMissed(ev, cue, send, status) {
+    send.disabled = true;
+    status.textContent = "Sending…";
+    let ok = false, detail = "";
+    // The line reaches the store within a second of being shown: retry a "not found" briefly.
+    for (let attempt = 0; attempt < 6 && !ok; attempt++) {
+      const r = await Auth.api(`/api/calls/${encodeURIComponent(this.callId)}/utterances/${ev.seq}/missed-cue`, {
+        method: "POST", json: { cue },
+      }).catch((err) => ({ ok: false, status: 0, err }));
+      ok = r.ok;
+      if (!ok) {
+        detail = r.status ? `error ${r.status}` : "network error";
+        if (r.status !== 404 && r.status !== 503 && r.status !== 0) break;
+        await new Promise((res) => setTimeout(res, 500));
+      }
+    }
+    send.disabled = false;
+    const title = ((CallView.choices || []).find((c) => c.cue === cue) || {}).title || cue;
+    status.textContent = ok ? `Thanks: reported "${title}" as missed.` : `Not saved (${detail}); try again.`;
   }
 
   collapse(card) {
