@@ -430,7 +430,7 @@ class Store:
         rated: dict[tuple[str, int], RatedCueRecord] = {}
         async with self._session() as s:
             for fb, evidence in await s.execute(stmt):
-                text = str((evidence or {}).get("text") or "")
+                text = str(evidence.get("text") or "") if isinstance(evidence, dict) else ""
                 record = rated.setdefault(
                     (fb.call_id, fb.cue_seq),
                     RatedCueRecord(fb.call_id, fb.cue_seq, fb.cue, text, {}),
