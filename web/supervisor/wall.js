@@ -360,7 +360,7 @@ async function openSummary(callId) {
     return h("li", {}, h("strong", { text: `${e.urgency}: ${REASONS[e.reason] || e.reason}` }), ` ${text} `,
       h("span", { class: "muted", text: e.acknowledged_by ? `acknowledged by ${e.acknowledged_by}` : "not acknowledged" }));
   }) : [h("li", { class: "muted", text: "None." })]));
-  const choices = await missedCueChoices();
+  const choices = await CallView.missedChoices();
   const titles = Object.fromEntries(choices.map((c) => [c.cue, c.title]));
   $("summary-transcript").replaceChildren(...d.transcript.map((u) => h("li", { class: `${u.speaker} transcript`, "data-seq": u.seq },
     h("span", { class: "who", text: u.speaker }), h("span", { class: "t", text: fmtTime(u.t_start) }), h("span", { class: "text", text: u.text }),
@@ -370,15 +370,6 @@ async function openSummary(callId) {
 
 // A reviewer marks a customer line that should have shown a cue; the reports become new
 // playbook examples through scripts/tune_playbook.py --missed.
-async function missedCueChoices() {
-  if (!Wall.missedChoices) {
-    const r = await Auth.api("/api/missed-cues/cues").catch(() => null);
-    if (!r || !r.ok) return [];
-    Wall.missedChoices = await r.json();
-  }
-  return Wall.missedChoices;
-}
-
 function missedCueControl(callId, u, choices, titles, reports) {
   const label = (m) => `Missed: ${titles[m.cue] || m.cue} (${m.user})`;
   const reported = h("span", { class: "missed-reports" }, reports.map((m) => h("span", { class: "missed-report", text: label(m) })));
