@@ -224,19 +224,8 @@ class CallView {
   async sendFeedback(ev, verdict, group, status) {
     status.textContent = "Sending…";
     for (const b of group.querySelectorAll("button")) b.disabled = true;
-    let ok = false, detail = "";
-    // The cue reaches the store within a second of being shown: retry a "not found" briefly.
-    for (let attempt = 0; attempt < 6 && !ok; attempt++) {
-      const r = await Auth.api(`/api/calls/${encodeURIComponent(this.callId)}/cues/${ev.seq}/feedback`, {
-        method: "POST", json: { verdict },
-      }).catch((err) => ({ ok: false, status: 0, err }));
-      ok = r.ok;
-      if (!ok) {
-        detail = r.status ? `error ${r.status}` : "network error";
-        if (r.status !== 404 && r.status !== 503 && r.status !== 0) break;
-        await new Promise((res) => setTimeout(res, 500));
-      }
-    }
+    const { ok, detail } = await CallView.postStored(
+      `/api/calls/${encodeURIComponent(this.callId)}/cues/${ev.seq}/feedback`, { verdict });
     for (const b of group.querySelectorAll("button")) {
       b.disabled = false;
       b.setAttribute("aria-pressed", String(ok && b.dataset.verdict === verdict));
@@ -279,22 +268,25 @@ class CallView {
   async sendMissed(ev, cue, send, status) {
     send.disabled = true;
     status.textContent = "Sending…";
-    let ok = false, detail = "";
-    // The line reaches the store within a second of being shown: retry a "not found" briefly.
-    for (let attempt = 0; attempt < 6 && !ok; attempt++) {
-      const r = await Auth.api(`/api/calls/${encodeURIComponent(this.callId)}/utterances/${ev.seq}/missed-cue`, {
-        method: "POST", json: { cue },
-      }).catch((err) => ({ ok: false, status: 0, err }));
-      ok = r.ok;
-      if (!ok) {
-        detail = r.status ? `error ${r.status}` : "network error";
-        if (r.status !== 404 && r.status !== 503 && r.status !== 0) break;
-        await new Promise((res) => setTimeout(res, 500));
-      }
-    }
+    const { ok, detail } = await CallView.postStored(
+      `/api/calls/${encodeURIComponent(this.callId)}/utterances/${ev.seq}/missed-cue`, { cue });
     send.disabled = false;
     const title = ((CallView.choices || []).find((c) => c.cue === cue) || {}).title || cue;
     status.textContent = ok ? `Thanks: reported "${title}" as missed.` : `Not saved (${detail}); try again.`;
+  }
+
+  // POST about something shown in this call. It reaches the store within a second of being
+  // shown: retry a "not found" (or a store briefly away) a few times.
+  static async postStored(path, json) {
+    let detail = "";
+    for (let attempt = 0; attempt < 6; attempt++) {
+      const r = await Auth.api(path, { method: "POST", json }).catch((err) => ({ ok: false, status: 0, err }));
+      if (r.ok) return { ok: true, detail: "" };
+      detail = r.status ? `error ${r.status}` : "network error";
+      if (r.status !== 404 && r.status !== 503 && r.status !== 0) break;
+      await new Promise((res) => setTimeout(res, 500));
+    }
+    return { ok: false, detail };
   }
 
   collapse(card) {
