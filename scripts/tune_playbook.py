@@ -132,28 +132,38 @@ def credit_examples(
     return sorted(credit.values(), key=lambda c: (c.hits - c.false_cues, c.cue, c.example))
 
 
-def feedback_counts(database_url: str | None, data_dir: Path) -> dict[str, dict[str, int]]:
-    """{cue: {helpful, not_helpful, dismissed}} from the history store, if there is one."""
-    from coach.store.analytics import coaching_analytics
+def _read_store(database_url: str | None, data_dir: Path, what: str, read: Any) -> Any:
+    """`await read(store)` on the history store; None (and a line on stderr) if there is
+    none yet, which is normal on a fresh checkout."""
     from coach.store.db import resolve_url
     from coach.store.store import Store
 
-    async def read() -> dict[str, dict[str, int]]:
+    async def run() -> Any:
         store = Store(url=resolve_url(database_url, data_dir))
         try:
-            report = await coaching_analytics(store)
+            return await read(store)
         finally:
             await store.aclose()
-        return {
-            row["cue"]: {k: int(row.get(k, 0)) for k in ("helpful", "not_helpful", "dismissed")}
-            for row in report["cues"]
-        }
 
     try:
-        return asyncio.run(read())
-    except Exception as exc:  # no store yet is normal on a fresh checkout
-        print(f"no feedback read ({exc}); tuning on the evaluation set alone", file=sys.stderr)
+        return asyncio.run(run())
+    except Exception as exc:
+        print(f"no {what} read from the store ({exc})", file=sys.stderr)
+        return None
+
+
+def feedback_counts(database_url: str | None, data_dir: Path) -> dict[str, dict[str, int]]:
+    """{cue: {helpful, not_helpful, dismissed}} from the history store, if there is one."""
+    from coach.store.analytics import coaching_analytics
+
+    report = _read_store(database_url, data_dir, "feedback", coaching_analytics)
+    if report is None:
+        print("tuning on the evaluation set alone", file=sys.stderr)
         return {}
+    return {
+        row["cue"]: {k: int(row.get(k, 0)) for k in ("helpful", "not_helpful", "dismissed")}
+        for row in report["cues"]
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,26 +387,17 @@ def apply_examples(path: Path, proposals: Sequence[ExampleProposal]) -> str:
 def stored_reports(database_url: str | None, data_dir: Path, what: str) -> list[Any]:
     """`missed` (missed-cue reports) or `rated` (rated cues) from the history store; none
     if there is no store yet."""
-    from coach.store.db import resolve_url
-    from coach.store.store import Store
 
-    async def read() -> list[Any]:
-        store = Store(url=resolve_url(database_url, data_dir))
-        try:
-            return list(await (store.missed_cues() if what == "missed" else store.rated_cues()))
-        finally:
-            await store.aclose()
+    async def read(store: Any) -> list[Any]:
+        return list(await (store.missed_cues() if what == "missed" else store.rated_cues()))
 
-    try:
-        return asyncio.run(read())
-    except Exception as exc:  # no store yet is normal on a fresh checkout
-        print(f"no {what} cues read from the store ({exc})", file=sys.stderr)
-        return []
+    return _read_store(database_url, data_dir, f"{what} cues", read) or []
 
 
 def report_proposals(
     calls: Sequence[EvalCall],
     playbook: Playbook,
+    index: CueIndex,
     embed: EmbedFn,
     analyze: CachedAnalysis,
     proposals: Sequence[ExampleProposal],
@@ -413,7 +414,7 @@ def report_proposals(
     candidate = with_examples(playbook, proposals)
 
     async def both() -> tuple[dict[str, Any], dict[str, Any]]:
-        before = await measure(calls, playbook, CueIndex.build(playbook, embed), analyze)
+        before = await measure(calls, playbook, index, analyze)
         after = await measure(calls, candidate, CueIndex.build(candidate, embed), analyze)
         return before, after
 
@@ -576,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         return report_proposals(
             calls,
             playbook,
+            index,
             embed,
             analyze,
             examples,
