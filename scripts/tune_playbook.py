@@ -43,7 +43,7 @@ import asyncio
 import json
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -219,25 +219,30 @@ def choose(
     return Proposal(cue, current, pick, before, sweep[pick], dict(feedback), reason)
 
 
-def apply_thresholds(path: Path, changes: Mapping[str, float]) -> str:
-    """Rewrite `threshold:` lines inside each changed cue's block, keeping comments and layout."""
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+def _with_cue(lines: Iterable[str]) -> Iterator[tuple[str, str | None]]:
+    """Each line of a playbook file with the cue whose block under `cues:` holds it (None
+    outside that section). A comment at the start of a line does not end the section."""
     current: str | None = None
     in_cues = False
-    for i, line in enumerate(lines):
+    for line in lines:
         if re.match(r"^cues:\s*$", line):
-            in_cues = True
-            continue
-        if in_cues and re.match(r"^\S", line):
-            in_cues = False
-        m = re.match(r"^  ([a-z][a-z0-9_]*):\s*$", line) if in_cues else None
-        if m:
+            in_cues, current = True, None
+        elif re.match(r"^[^\s#]", line):
+            in_cues, current = False, None
+        elif in_cues and (m := re.match(r"^  ([a-z][a-z0-9_]*):\s*$", line)):
             current = m.group(1)
-            continue
+        yield line, current
+
+
+def apply_thresholds(path: Path, changes: Mapping[str, float]) -> str:
+    """Rewrite `threshold:` lines inside each changed cue's block, keeping comments and layout."""
+    out: list[str] = []
+    for line, cue in _with_cue(path.read_text(encoding="utf-8").splitlines(keepends=True)):
         t = re.match(r"^(    threshold:\s*)([0-9.]+)(.*)$", line)
-        if in_cues and t and current is not None and current in changes:
-            lines[i] = f"{t.group(1)}{changes[current]:.2f}{t.group(3)}\n"
-    text = "".join(lines)
+        if t and cue is not None and cue in changes:
+            line = f"{t.group(1)}{changes[cue]:.2f}{t.group(3)}\n"
+        out.append(line)
+    text = "".join(out)
     parse_playbook(text, source=path)  # never write a playbook the server would refuse
     return text
 
@@ -341,10 +346,8 @@ def apply_examples(path: Path, proposals: Sequence[ExampleProposal]) -> str:
     adding: dict[tuple[str, str], list[str]] = {}
     for p in proposals:
         adding.setdefault((p.cue, p.kind), []).append(p.text)
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     out: list[str] = []
     current: str | None = None
-    in_cues = False
     in_list: str | None = None  # "positives" or "negatives" while inside one
     last_item = -1  # index in `out` of the open list's last item
 
@@ -359,17 +362,11 @@ def apply_examples(path: Path, proposals: Sequence[ExampleProposal]) -> str:
             out[last_item + 1 : last_item + 1] = new
         in_list = None
 
-    for line in lines:
+    for line, cue in _with_cue(path.read_text(encoding="utf-8").splitlines(keepends=True)):
         if in_list and not re.match(r"^      - |^\s*#|^\s*$", line):
             close_list()
-        if re.match(r"^cues:\s*$", line):
-            in_cues = True
-        elif in_cues and re.match(r"^\S", line):
-            in_cues = False
-        m = re.match(r"^  ([a-z][a-z0-9_]*):\s*$", line) if in_cues else None
-        if m:
-            current = m.group(1)
-        lst = re.match(r"^    (positives|negatives):\s*$", line) if in_cues else None
+        current = cue
+        lst = re.match(r"^    (positives|negatives):\s*$", line) if cue else None
         if lst:
             in_list, last_item = lst.group(1), -1
         elif in_list and line.startswith("      - "):

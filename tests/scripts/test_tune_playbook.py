@@ -222,6 +222,18 @@ def test_apply_examples_appends_to_the_right_list_and_keeps_comments(tmp_path: P
         apply_examples(path, [ExampleProposal("dead_air", "a b c", ("sue",))])
 
 
+def test_both_rewriters_read_past_a_comment_at_the_start_of_a_line(tmp_path: Path) -> None:
+    # Operators comment out or annotate cues at column 0; the `cues:` section goes on.
+    path = tmp_path / "playbook.yaml"
+    original = DEFAULT_PLAYBOOK.read_text()
+    path.write_text(original.replace("\n  crisis:\n", "\n# Safety first.\n  crisis:\n", 1))
+    text = apply_thresholds(path, {"crisis": 0.41})
+    assert parse_playbook(text).cues["crisis"].threshold == pytest.approx(0.41)
+    text = apply_examples(path, [ExampleProposal("crisis", "none of it matters now", ("sue",))])
+    assert parse_playbook(text).cues["crisis"].positives[-1] == "none of it matters now"
+    assert "# Safety first." in text
+
+
 def _eval_dir(root: Path, text: str) -> Path:
     """One labelled call whose customer says `text`, as `eval_cues run` leaves it."""
     eval_dir = root / "tune"
