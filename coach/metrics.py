@@ -23,6 +23,11 @@ CUE_FEEDBACK = Counter("coach_cue_feedback_total", "Cue feedback", ["cue", "verd
 MISSED_CUE_REPORTS = Counter(
     "coach_missed_cue_reports_total", "Reports that an utterance should have shown a cue", ["cue"]
 )
+REVIEW_WITHDRAWALS = Counter(
+    "coach_review_withdrawals_total",
+    "Cue ratings and missed-cue reports taken back by their authors",
+    ["kind"],
+)
 ESCALATIONS = Counter("coach_escalations_total", "Escalations", ["reason", "urgency"])
 CUSTOMER_VALENCE = Histogram(
     "coach_customer_valence",

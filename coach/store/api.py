@@ -197,6 +197,17 @@ async def cue_feedback(
     return record
 
 
+@router.delete("/api/calls/{call_id}/cues/{cue_seq}/feedback", status_code=204)
+async def withdraw_cue_feedback(
+    call_id: str, cue_seq: int, principal: CurrentPrincipal, store: CurrentStore
+) -> None:
+    """Take back your own rating of a cue (404 if you gave none)."""
+    await _visible_call(store, call_id, principal)
+    with _answers():
+        await store.withdraw_feedback(call_id=call_id, cue_seq=cue_seq, user=principal.user)
+    metrics.REVIEW_WITHDRAWALS.labels(kind="feedback").inc()
+
+
 @router.get("/api/missed-cues/cues")
 async def missed_cue_choices(request: Request, principal: CurrentPrincipal) -> list[dict[str, str]]:
     """The cues a missed-cue report may name (`cue`, `title`), for a review page's menu."""
@@ -228,6 +239,20 @@ async def report_missed_cue(
         )
     metrics.MISSED_CUE_REPORTS.labels(cue=record.cue).inc()
     return record
+
+
+@router.delete("/api/calls/{call_id}/utterances/{seq}/missed-cue/{cue}", status_code=204)
+async def withdraw_missed_cue(
+    call_id: str, seq: int, cue: str, principal: CurrentPrincipal, store: CurrentStore
+) -> None:
+    """Take back your own missed-cue report (404 if you made none): a wrong report then no
+    longer reaches `scripts/tune_playbook.py --missed`."""
+    await _visible_call(store, call_id, principal)
+    with _answers():
+        await store.withdraw_missed_cue(
+            call_id=call_id, utterance_seq=seq, cue=cue, user=principal.user
+        )
+    metrics.REVIEW_WITHDRAWALS.labels(kind="missed_cue").inc()
 
 
 @router.post("/api/calls/{call_id}/escalations/{seq}/ack")

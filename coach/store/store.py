@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.exc import (
@@ -396,6 +397,39 @@ class Store:
             assert row is not None
             return MissedCueRecord.of(row, utt.text)
 
+    async def withdraw_feedback(self, *, call_id: str, cue_seq: int, user: str) -> None:
+        """Take back one person's verdict on one cue; NotFound if they gave none."""
+        async with self._session() as s:
+            gone = await s.execute(
+                sa.delete(CueFeedback).where(
+                    CueFeedback.call_id == call_id,
+                    CueFeedback.cue_seq == cue_seq,
+                    CueFeedback.user_id == user,
+                )
+            )
+            if not _deleted(gone):
+                raise NotFound(f"{user} has not rated cue {cue_seq} of call {call_id}")
+
+    async def withdraw_missed_cue(
+        self, *, call_id: str, utterance_seq: int, cue: str, user: str
+    ) -> None:
+        """Take back one person's missed-cue report, so the playbook tuner no longer proposes
+        it; NotFound if they made no such report."""
+        async with self._session() as s:
+            gone = await s.execute(
+                sa.delete(MissedCue).where(
+                    MissedCue.call_id == call_id,
+                    MissedCue.utterance_seq == utterance_seq,
+                    MissedCue.cue == cue,
+                    MissedCue.user_id == user,
+                )
+            )
+            if not _deleted(gone):
+                raise NotFound(
+                    f"{user} has not reported {cue} as missed on utterance {utterance_seq} "
+                    f"of call {call_id}"
+                )
+
     async def missed_cues(self, *, since: datetime | None = None) -> list[MissedCueRecord]:
         """Every missed-cue report (since `since`), oldest first, with its utterance's text."""
         stmt = (
@@ -479,6 +513,11 @@ class Store:
                 await conn.execute(sa.delete(tbl).where(tbl.c.call_id.in_(old)))
             result = await conn.execute(sa.delete(calls).where(calls.c.started_at < cutoff))
         return int(result.rowcount)
+
+
+def _deleted(result: sa.Result[Any]) -> bool:
+    """Whether a DELETE removed a row (a DML statement's result is a CursorResult)."""
+    return bool(cast("sa.CursorResult[Any]", result).rowcount)
 
 
 def _first_line(exc: Exception) -> str:

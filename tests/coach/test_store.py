@@ -526,6 +526,15 @@ async def test_feedback_acknowledgement_and_outcome(store: Store) -> None:
     assert "[CARD]" in rated.text  # the evidence the cue answered, redacted
     assert await store.rated_cues(since=datetime.now(UTC) + timedelta(minutes=1)) == []
 
+    # Taking a rating back removes that person's verdict only.
+    await store.withdraw_feedback(call_id="h1", cue_seq=cue_seq, user="sue")
+    with pytest.raises(NotFound):
+        await store.withdraw_feedback(call_id="h1", cue_seq=cue_seq, user="sue")
+    with pytest.raises(NotFound):
+        await store.withdraw_feedback(call_id="h1", cue_seq=999, user="alice")
+    (rated,) = await store.rated_cues()
+    assert rated.verdicts == {"alice": "dismissed"}
+
     esc_seq = (await store.get_call("h1")).escalations[0].seq
     first = await store.acknowledge_escalation(call_id="h1", seq=esc_seq, user="sue")
     second = await store.acknowledge_escalation(call_id="h1", seq=esc_seq, user="tom")
@@ -581,6 +590,23 @@ async def test_missed_cue_reports(store: Store) -> None:
     assert [(m.call_id, m.cue, m.text) for m in reports][0] == ("h3", "churn_risk", customer.text)
     assert len(reports) == 3
     assert await store.missed_cues(since=datetime.now(UTC) + timedelta(minutes=1)) == []
+
+    # A report is taken back by its author only; the others stay.
+    await store.withdraw_missed_cue(
+        call_id="h3", utterance_seq=customer.seq, cue="churn_risk", user="sue"
+    )
+    with pytest.raises(NotFound):
+        await store.withdraw_missed_cue(
+            call_id="h3", utterance_seq=customer.seq, cue="churn_risk", user="sue"
+        )
+    with pytest.raises(NotFound):
+        await store.withdraw_missed_cue(
+            call_id="h3", utterance_seq=customer.seq, cue="urgency", user="alice"
+        )
+    assert [(m.cue, m.user) for m in await store.missed_cues()] == [
+        ("churn_risk", "alice"),
+        ("cost_anxiety", "sue"),
+    ]
 
 
 async def test_retention_deletes_old_calls_only(store: Store) -> None:

@@ -190,6 +190,15 @@ def test_cue_feedback(client: TestClient) -> None:
         ("sue", "dismissed"),
     }
 
+    # Each person takes back their own rating only.
+    assert client.delete(FEEDBACK).status_code == 401
+    assert client.delete(FEEDBACK, headers=BOB).status_code == 403
+    assert client.delete(FEEDBACK, headers=ALICE).status_code == 204
+    assert client.delete(FEEDBACK, headers=ALICE).status_code == 404
+    assert client.delete("/api/calls/c-alice/cues/x/feedback", headers=ALICE).status_code == 422
+    cue = client.get("/api/history/calls/c-alice", headers=SUE).json()["cues"][0]
+    assert [(f["user"], f["verdict"]) for f in cue["feedback"]] == [("sue", "dismissed")]
+
 
 def test_missed_cue_reports(client: TestClient) -> None:
     said = [e for e in EVENTS["c-alice"] if e["type"] == "transcript"]
@@ -222,6 +231,16 @@ def test_missed_cue_reports(client: TestClient) -> None:
         ("churn_risk", "alice", customer),
         ("crisis", "sue", customer),
     ]
+
+    # A wrong report is taken back by its author; nobody else's goes with it.
+    mine = f"{path}/churn_risk"
+    assert client.delete(mine).status_code == 401
+    assert client.delete(mine, headers=BOB).status_code == 403
+    assert client.delete(mine, headers=SUE).status_code == 404  # sue reported crisis, not this
+    assert client.delete(mine, headers=ALICE).status_code == 204
+    assert client.delete(mine, headers=ALICE).status_code == 404
+    missed = client.get("/api/history/calls/c-alice", headers=SUE).json()["missed_cues"]
+    assert [(m["cue"], m["user"]) for m in missed] == [("crisis", "sue")]
 
 
 def test_escalation_acknowledgement(client: TestClient) -> None:

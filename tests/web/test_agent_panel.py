@@ -83,6 +83,16 @@ def test_agent_sees_transcript_and_cue_card_and_feedback_is_stored(
     assert detail is not None
     verdicts = [(f.verdict, f.user) for c in detail.cues for f in c.feedback]
     assert verdicts == [("helpful", "ann")]
+    # A second press on the same verdict takes it back; a third gives it again.
+    helpful = card.get_by_role("button", name="Helpful", exact=True)
+    assert helpful.get_attribute("aria-pressed") == "true"
+    helpful.click()
+    card.get_by_role("status").filter(has_text="taken back").wait_for()
+    assert helpful.get_attribute("aria-pressed") == "false"
+    detail = live_server.store_call(call_id)
+    assert detail is not None and [f for c in detail.cues for f in c.feedback] == []
+    helpful.click()
+    card.get_by_role("status").filter(has_text="marked helpful").wait_for()
     # More of the call, for the screenshot: the agent's answer, a calmer customer, metrics.
     live_server.emit(
         call_id,
@@ -124,6 +134,13 @@ def test_agent_sees_transcript_and_cue_card_and_feedback_is_stored(
     asked = page.locator("#transcript li.customer.transcript").filter(has_text="refund take")
     assert page.locator("#transcript li.agent details.missed").count() == 0
     asked.locator("details.missed summary").click()
+    # A report sent by mistake is taken back with Undo and never reaches the store's reports.
+    asked.get_by_role("combobox").select_option(label="Might leave")
+    asked.get_by_role("button", name="Report").click()
+    asked.get_by_role("button", name="Undo").click()
+    asked.get_by_role("status").filter(has_text='"Might leave" taken back').wait_for()
+    detail = live_server.store_call(call_id)
+    assert detail is not None and detail.missed_cues == []
     asked.get_by_role("combobox").select_option(label="Worried about cost")
     asked.get_by_role("button", name="Report").click()
     asked.get_by_role("status").filter(has_text='reported "Worried about cost"').wait_for()

@@ -222,6 +222,18 @@ def test_drill_in_post_call_summary_and_analytics(live_server: LiveServer, page:
     ).json()["missed_cues"]
     assert [(m["cue"], m["user"]) for m in stored] == [("churn_risk", "sam")]
     assert "[CARD]" in stored[0]["text"] and "4111" not in stored[0]["text"]
+    # A wrong report is taken back by its author from the same line.
+    said.get_by_role("combobox").select_option(label="Worried about cost")
+    said.get_by_role("button", name="Report").click()
+    wrong = said.locator(".missed-report").filter(has_text="Worried about cost")
+    wrong.get_by_role("button", name="Take back Missed: Worried about cost (sam)").click()
+    said.locator(".missed-status").filter(has_text="taken back").wait_for()
+    assert wrong.count() == 0
+    stored = page.request.get(
+        f"{live_server.base}/api/history/calls/{call_id}",
+        headers={"Authorization": f"Bearer {live_server.token('sam', 'supervisor')}"},
+    ).json()["missed_cues"]
+    assert [(m["cue"], m["user"]) for m in stored] == [("churn_risk", "sam")]
 
     # Keyboard: the tabs are buttons; analytics for today's calls shows the rated cue.
     page.get_by_role("tab", name="Coaching analytics").focus()

@@ -221,11 +221,22 @@ class CallView {
     return group;
   }
 
+  // A second press on the verdict already given takes it back.
   async sendFeedback(ev, verdict, group, status) {
+    const path = `/api/calls/${encodeURIComponent(this.callId)}/cues/${ev.seq}/feedback`;
+    const pressed = group.querySelector(`button[data-verdict="${verdict}"]`).getAttribute("aria-pressed") === "true";
     status.textContent = "Sending…";
     for (const b of group.querySelectorAll("button")) b.disabled = true;
-    const { ok, detail } = await CallView.postStored(
-      `/api/calls/${encodeURIComponent(this.callId)}/cues/${ev.seq}/feedback`, { verdict });
+    if (pressed) {
+      const { ok, detail } = await CallView.withdraw(path);
+      for (const b of group.querySelectorAll("button")) {
+        b.disabled = false;
+        if (ok) b.setAttribute("aria-pressed", "false");
+      }
+      status.textContent = ok ? "Rating taken back." : `Not taken back (${detail}); try again.`;
+      return;
+    }
+    const { ok, detail } = await CallView.postStored(path, { verdict });
     for (const b of group.querySelectorAll("button")) {
       b.disabled = false;
       b.setAttribute("aria-pressed", String(ok && b.dataset.verdict === verdict));
@@ -268,11 +279,20 @@ class CallView {
   async sendMissed(ev, cue, send, status) {
     send.disabled = true;
     status.textContent = "Sending…";
-    const { ok, detail } = await CallView.postStored(
-      `/api/calls/${encodeURIComponent(this.callId)}/utterances/${ev.seq}/missed-cue`, { cue });
+    const path = `/api/calls/${encodeURIComponent(this.callId)}/utterances/${ev.seq}/missed-cue`;
+    const { ok, detail } = await CallView.postStored(path, { cue });
     send.disabled = false;
     const title = ((CallView.choices || []).find((c) => c.cue === cue) || {}).title || cue;
-    status.textContent = ok ? `Thanks: reported "${title}" as missed.` : `Not saved (${detail}); try again.`;
+    if (!ok) { status.textContent = `Not saved (${detail}); try again.`; return; }
+    // A report sent by mistake can be taken back at once, before the tuner ever reads it.
+    const undo = h("button", { type: "button", class: "undo", text: "Undo", onclick: async () => {
+      undo.disabled = true;
+      const back = await CallView.withdraw(`${path}/${encodeURIComponent(cue)}`);
+      status.textContent = back.ok ? `Report of "${title}" taken back.` : `Not taken back (${back.detail}); try again.`;
+      if (!back.ok) status.append(" ", undo);
+      undo.disabled = false;
+    } });
+    status.replaceChildren(`Thanks: reported "${title}" as missed. `, undo);
   }
 
   // POST about something shown in this call. It reaches the store within a second of being
@@ -287,6 +307,13 @@ class CallView {
       await new Promise((res) => setTimeout(res, 500));
     }
     return { ok: false, detail };
+  }
+
+  // DELETE something this person said about the call; "not found" means it is already gone.
+  static async withdraw(path) {
+    const r = await Auth.api(path, { method: "DELETE" }).catch(() => ({ ok: false, status: 0 }));
+    if (r.ok || r.status === 404) return { ok: true, detail: "" };
+    return { ok: false, detail: r.status ? `error ${r.status}` : "network error" };
   }
 
   collapse(card) {

@@ -371,21 +371,33 @@ async function openSummary(callId) {
 // A reviewer marks a customer line that should have shown a cue; the reports become new
 // playbook examples through scripts/tune_playbook.py --missed.
 function missedCueControl(callId, u, choices, titles, reports) {
+  const path = `/api/calls/${encodeURIComponent(callId)}/utterances/${u.seq}/missed-cue`;
   const label = (m) => `Missed: ${titles[m.cue] || m.cue} (${m.user})`;
-  const reported = h("span", { class: "missed-reports" }, reports.map((m) => h("span", { class: "missed-report", text: label(m) })));
   const status = h("span", { class: "missed-status", role: "status" });
+  // Each report shows who made it; its author can take it back.
+  const chip = (m) => {
+    const el = h("span", { class: "missed-report", "data-cue": m.cue, "data-user": m.user }, h("span", { text: label(m) }));
+    if (Wall.me && m.user === Wall.me.user) {
+      el.append(h("button", { type: "button", class: "withdraw", text: "×", title: "Take this report back",
+        "aria-label": `Take back ${label(m)}`, onclick: async () => {
+          const r = await CallView.withdraw(`${path}/${encodeURIComponent(m.cue)}`);
+          status.textContent = r.ok ? "Report taken back." : `Not taken back (${r.detail}).`;
+          if (r.ok) el.remove();
+        } }));
+    }
+    return el;
+  };
+  const reported = h("span", { class: "missed-reports" }, reports.map(chip));
   const select = h("select", { "aria-label": `Cue this line should have shown (${fmtTime(u.t_start)})` },
     choices.map((c) => h("option", { value: c.cue, text: c.title })));
   const send = h("button", { type: "button", text: "Report", onclick: async () => {
     send.disabled = true;
     status.textContent = "Sending…";
-    const r = await Auth.api(`/api/calls/${encodeURIComponent(callId)}/utterances/${u.seq}/missed-cue`, {
-      method: "POST", json: { cue: select.value },
-    }).catch(() => null);
+    const r = await Auth.api(path, { method: "POST", json: { cue: select.value } }).catch(() => null);
     send.disabled = false;
     if (!r || !r.ok) { status.textContent = `Not saved (${r ? r.status : "network"}).`; return; }
     const m = await r.json();
-    if (![...reported.children].some((x) => x.textContent === label(m))) reported.append(h("span", { class: "missed-report", text: label(m) }));
+    if (![...reported.children].some((x) => x.dataset.cue === m.cue && x.dataset.user === m.user)) reported.append(chip(m));
     status.textContent = "Saved: it will be proposed as an example of that cue.";
   } });
   return h("details", { class: "missed" }, h("summary", { text: "Missed a cue?" }), select, send, status, reported);
