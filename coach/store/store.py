@@ -399,36 +399,37 @@ class Store:
 
     async def withdraw_feedback(self, *, call_id: str, cue_seq: int, user: str) -> None:
         """Take back one person's verdict on one cue; NotFound if they gave none."""
-        async with self._session() as s:
-            gone = await s.execute(
-                sa.delete(CueFeedback).where(
-                    CueFeedback.call_id == call_id,
-                    CueFeedback.cue_seq == cue_seq,
-                    CueFeedback.user_id == user,
-                )
-            )
-            if not _deleted(gone):
-                raise NotFound(f"{user} has not rated cue {cue_seq} of call {call_id}")
+        await self._delete_own(
+            sa.delete(CueFeedback).where(
+                CueFeedback.call_id == call_id,
+                CueFeedback.cue_seq == cue_seq,
+                CueFeedback.user_id == user,
+            ),
+            missing=f"{user} has not rated cue {cue_seq} of call {call_id}",
+        )
 
     async def withdraw_missed_cue(
         self, *, call_id: str, utterance_seq: int, cue: str, user: str
     ) -> None:
         """Take back one person's missed-cue report, so the playbook tuner no longer proposes
         it; NotFound if they made no such report."""
+        await self._delete_own(
+            sa.delete(MissedCue).where(
+                MissedCue.call_id == call_id,
+                MissedCue.utterance_seq == utterance_seq,
+                MissedCue.cue == cue,
+                MissedCue.user_id == user,
+            ),
+            missing=f"{user} has not reported {cue} as missed on utterance {utterance_seq} "
+            f"of call {call_id}",
+        )
+
+    async def _delete_own(self, stmt: sa.Delete, *, missing: str) -> None:
+        """Run a DELETE of someone's own review entry; NotFound(missing) if it removed nothing."""
         async with self._session() as s:
-            gone = await s.execute(
-                sa.delete(MissedCue).where(
-                    MissedCue.call_id == call_id,
-                    MissedCue.utterance_seq == utterance_seq,
-                    MissedCue.cue == cue,
-                    MissedCue.user_id == user,
-                )
-            )
+            gone = await s.execute(stmt)
             if not _deleted(gone):
-                raise NotFound(
-                    f"{user} has not reported {cue} as missed on utterance {utterance_seq} "
-                    f"of call {call_id}"
-                )
+                raise NotFound(missing)
 
     async def missed_cues(self, *, since: datetime | None = None) -> list[MissedCueRecord]:
         """Every missed-cue report (since `since`), oldest first, with its utterance's text."""
