@@ -10,6 +10,7 @@ why there are two held-out splits).
     python -m scripts.eval_cues run --split heldout2 --mode fast --jobs 2 [--json out.json]
     python -m scripts.eval_cues score --split heldout2 --mode fast   # rescore existing events
     python -m scripts.eval_cues score --split tune --transcripts script  # as if ASR were perfect
+    python -m scripts.eval_cues score --split dev --rerun     # today's engine, the replay's words
 
 Scoring (pure functions below, unit tested): a labeled turn's trigger interval is
 [turn start, turn end], for dead_air [end of the previous speech on either channel, start of
@@ -489,7 +490,7 @@ def script_transcripts(truth: Mapping[str, Any], events: Iterable[Event]) -> lis
 
     Each turn keeps the voice of the replay: the prosody of the recorded transcript of the same
     party that overlaps the turn most (the voice does not depend on the words). Sentiment and
-    state are left out, for `ScriptRescorer` to recompute from the script's words. Language
+    state are left out, for `EngineRescorer` to recompute from the script's words. Language
     cues and escalations are dropped, since they answered the ASR's words; the timing cues
     (from the VAD, not the words) and every other event are kept.
     """
@@ -529,15 +530,22 @@ def script_transcripts(truth: Mapping[str, Any], events: Iterable[Event]) -> lis
     return sorted(out, key=lambda ev: float(ev.get("t_emit", 0.0)))
 
 
-class ScriptRescorer:
-    """Runs the cue engine (offline, coach/cues/offline.py) over `script_transcripts`.
+class EngineRescorer:
+    """Runs the cue engine (offline, coach/cues/offline.py) again over a recorded replay.
 
-    Loads the emotion model and the playbook once; sentiment and the fused customer state
-    of each turn are computed from the script's words as the pipeline would compute them
-    from the ASR's (coach/pipeline.py), so only the words differ from the replay.
+    With `words="script"` the transcripts are first replaced by the scripts' own
+    (`script_transcripts`); sentiment and the fused customer state of each turn are then
+    computed from the script's words as the pipeline would compute them from the ASR's
+    (coach/pipeline.py), so only the words differ from the replay. With `words="asr"` the
+    replay's own transcripts, sentiment and state are kept and only the cues are found again:
+    a change to the engine or the playbook is scored on the same words in seconds, without
+    replaying the audio. Either way the recorded language cues and escalations are dropped and
+    the timing cues (from the VAD, not the words) are kept as recorded.
+
+    Loads the emotion model and the playbook once.
     """
 
-    def __init__(self, playbook_path: Path | None = None) -> None:
+    def __init__(self, playbook_path: Path | None = None, words: str = "script") -> None:
         from coach.cues.engine import LoadedPlaybook
         from coach.cues.matcher import CueIndex
         from coach.cues.offline import CachedAnalysis, FixedPlaybook
@@ -547,16 +555,32 @@ class ScriptRescorer:
         model = EmotionModel()
         playbook = load_playbook(playbook_path)
         index = CueIndex.build(playbook, model.embed_examples)
-        self.holder = FixedPlaybook(LoadedPlaybook(playbook, index, "script-rescore"))
+        self.holder = FixedPlaybook(LoadedPlaybook(playbook, index, f"{words}-rescore"))
         self.analyze = CachedAnalysis(model)
+        self.words = words
 
     def __call__(self, truth: Mapping[str, Any], events: Iterable[Event]) -> list[dict[str, Any]]:
         import asyncio
 
         from coach.cues.offline import rescore
+
+        if self.words == "script":
+            rewritten = script_transcripts(truth, events)
+            self._recompute_affect(rewritten)
+        else:
+            rewritten = [
+                dict(ev)
+                for ev in events
+                if ev.get("type") not in ("cue", "escalation")
+                or (ev.get("type") == "cue" and ev.get("cue") in TIMING_CUES)
+            ]
+        found = asyncio.run(rescore(rewritten, self.holder, self.analyze))
+        # rescore returns the recorded timing cues too: keep every other event, add its output.
+        return [ev for ev in rewritten if ev.get("type") != "cue"] + found
+
+    def _recompute_affect(self, rewritten: list[dict[str, Any]]) -> None:
         from coach.signals.state import CustomerStateTracker
 
-        rewritten = script_transcripts(truth, events)
         tracker = CustomerStateTracker()
         for ev in rewritten:
             if ev.get("type") != "transcript":
@@ -570,9 +594,6 @@ class ScriptRescorer:
                     sentiment={**ev["sentiment"], "confidence": emotion.confidence},
                     prosody=ev["prosody"],
                 ).as_dict()
-        found = asyncio.run(rescore(rewritten, self.holder, self.analyze))
-        # rescore returns the recorded timing cues too: keep every other event, add its output.
-        return [ev for ev in rewritten if ev.get("type") != "cue"] + found
 
 
 # --- files: render, replay, score ---------------------------------------------------------
@@ -745,8 +766,8 @@ def score_paths(
 ) -> dict[str, Any]:
     """Score the engine and the keyword baseline on the existing event files.
 
-    `rewrite` turns a call's recorded events into the events to score (`ScriptRescorer`: the
-    engine's answer to the scripts' own words instead of the ASR's)."""
+    `rewrite` turns a call's recorded events into the events to score (`EngineRescorer`: the
+    engine's answer, run again, to the replay's words or to the scripts' own)."""
     engine: list[CallResult] = []
     baseline: list[CallResult] = []
     escalations: list[dict[str, Any]] = []
@@ -903,8 +924,17 @@ def main(argv: list[str] | None = None) -> int:
             " the ASR costs, on the scripts' own words with the replay's voice and timing",
         )
         p.add_argument(
-            "--playbook", type=Path, help="playbook for --transcripts script (default: bundled)"
+            "--playbook",
+            type=Path,
+            help="playbook for --transcripts script and --rerun (default: bundled)",
         )
+    score_p.add_argument(
+        "--rerun",
+        action="store_true",
+        help="run the engine (and --playbook) again over the recorded transcripts instead of"
+        " scoring the cues the replay emitted: an engine or playbook change measured on the"
+        " same words in seconds (implied by --transcripts script)",
+    )
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv or ["render"])
     command = args.command
@@ -931,14 +961,21 @@ def main(argv: list[str] | None = None) -> int:
     if command == "run":
         jobs = args.jobs or (1 if args.mode == "realtime" else 2)
         failed = run_replays(truth_paths, args.mode, jobs, args.config)
-    rewrite = ScriptRescorer(args.playbook) if args.transcripts == "script" else None
+    rewrite = None
+    if args.transcripts == "script":
+        rewrite = EngineRescorer(args.playbook, words="script")
+    elif getattr(args, "rerun", False):
+        rewrite = EngineRescorer(args.playbook, words="asr")
     report = score_paths(truth_paths, args.mode, rewrite)
     report["split"] = split
     report["transcripts"] = args.transcripts
+    report["rerun"] = rewrite is not None
     report["failed_replays"] = failed
-    title = f"split {split}" + (
-        ", the scripts' words in place of the ASR's" if args.transcripts == "script" else ""
-    )
+    title = f"split {split}"
+    if args.transcripts == "script":
+        title += ", the scripts' words in place of the ASR's"
+    elif rewrite is not None:
+        title += ", the engine run again over the replay's words"
     print(format_report(report, title))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,8 @@ from scripts.eval_cues import (
     LANGUAGE_CUES,
     CallTruth,
     CueHit,
+    EngineRescorer,
     Label,
-    ScriptRescorer,
     apply_cooldown,
     check_truth,
     cue_hits,
@@ -404,12 +404,20 @@ def test_render_one_call_and_score_it_through_the_cli(tmp_path: Path) -> None:
     assert engine["crisis_recall"] == 1.0 and report["escalation"]["rate"] == 1.0
     assert report["calls"] == 1 and "keyword" in report
     assert 0.0 < report["asr_wer"]["customer"] < 1.0 and report["asr_wer"]["agent"] == 1.0
-    assert report["transcripts"] == "asr"
+    assert report["transcripts"] == "asr" and report["rerun"] is False
+
+    # --rerun: the engine answers the replay's one transcript again; the hand-placed cues
+    # (not the engine's) are dropped, and the transcript is the replay's, word errors and all.
+    assert main(["score", *args, "--rerun", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["rerun"] is True and report["transcripts"] == "asr"
+    assert report["engine"]["micro"]["tp"] < len(required)
+    assert 0.0 < report["asr_wer"]["customer"] < 1.0
 
     # The same replay scored on the script's own words: no word errors, the engine's own cues.
     assert main(["score", *args, "--transcripts", "script", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["transcripts"] == "script"
+    assert report["transcripts"] == "script" and report["rerun"] is True
     assert report["asr_wer"] == {"customer": 0.0, "agent": 0.0}
     assert report["calls"] == 1 and report["engine"]["micro"]["tp"] > 0
 
@@ -484,13 +492,40 @@ def test_script_rescorer_hears_what_the_asr_lost() -> None:
     truth = truth_from_json(SCRIPT_TRUTH)
     heard = match_call(truth, cue_hits(SCRIPT_EVENTS))
     assert [lb.cue for lb in heard.missed] == ["escalation_request"]
-    rescored = ScriptRescorer()(SCRIPT_TRUTH, SCRIPT_EVENTS)
+    rescored = EngineRescorer(words="script")(SCRIPT_TRUTH, SCRIPT_EVENTS)
     result = match_call(truth, cue_hits(rescored))
     assert sorted(lb.cue for lb, _ in result.matched) == ["dead_air", "escalation_request"]
     assert not result.missed and not result.false_cues
     customer = [e for e in rescored if e["type"] == "transcript" and e["speaker"] == "customer"]
     assert all(e["sentiment"]["label"] and "valence" in e["state"] for e in customer)
     assert any(e["type"] == "escalation" and e["reason"] == "user_request" for e in rescored)
+
+
+def test_rerun_finds_the_cues_again_on_the_replays_own_words() -> None:
+    """--rerun: the recorded cues are thrown away and the engine answers the same transcripts
+    again, so a playbook or engine change is measured without replaying the audio."""
+    truth = truth_from_json(SCRIPT_TRUTH)
+    rerun = EngineRescorer(words="asr")
+    # On the garbled words the request is still lost, and the recorded frustration cue and
+    # escalation (answers of some earlier engine) are gone; the VAD's dead air stays.
+    garbled = rerun(SCRIPT_TRUTH, SCRIPT_EVENTS)
+    assert [e["text"] for e in garbled if e["type"] == "transcript"] == [
+        e["text"] for e in SCRIPT_EVENTS if e["type"] == "transcript"
+    ]
+    result = match_call(truth, cue_hits(garbled))
+    assert [lb.cue for lb in result.missed] == ["escalation_request"]
+    found = [(e["type"], e.get("cue")) for e in garbled if e["type"] in ("cue", "escalation")]
+    assert found == [("cue", "dead_air")]
+    # Had the ASR heard the request, the engine run again finds it and escalates.
+    heard = [
+        _voiced("customer", 16.2, 21.0, "I want to speak to your manager right now.", 0.7)
+        if e.get("t_start") == 16.2
+        else e
+        for e in SCRIPT_EVENTS
+    ]
+    again = rerun(SCRIPT_TRUTH, heard)
+    assert "escalation_request" in [lb.cue for lb, _ in match_call(truth, cue_hits(again)).matched]
+    assert any(e["type"] == "escalation" and e["reason"] == "user_request" for e in again)
 
 
 def test_realtime_replays_side_by_side_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
