@@ -2,7 +2,7 @@
 
 Reasons and urgencies are those of ARCHITECTURE.md. Critical: crisis language (the `crisis`
 cue) or an intense negative state (arousal > 0.95 and valence < -0.8) sustained over three
-customer turns. A reason is raised once per call, and again only if its urgency rises, so
+customer turns, and also the agent's own safety protocol (an agent move, `safety_move`). A reason is raised once per call, and again only if its urgency rises, so
 the supervisor wall gets one alert per situation, not one per utterance. Every escalation
 carries the handoff summary (state, trend, trigger phrases, cues shown, what the agent
 tried) so whoever joins does not make the customer repeat themselves.
@@ -79,6 +79,26 @@ class EscalationDetector:
                     )
                 )
         return [ev for ev in out if ev is not None]
+
+    def observe_agent_safety(
+        self,
+        clause: str,
+        *,
+        summary: Callable[[], dict[str, Any]],
+        state: Mapping[str, Any],
+    ) -> list[Event]:
+        """The agent started the safety protocol ("Are you safe right now?", "call emergency
+        services"): a critical crisis escalation unless one is already raised. The agent
+        heard the danger; the caller's transcript may not carry it."""
+        ev = self._raise(
+            "crisis_indicators",
+            "critical",
+            cue=None,
+            detail=f'the agent started the safety protocol: "{clause}"',
+            summary=summary,
+            state=state,
+        )
+        return [ev] if ev is not None else []
 
     def observe_customer(
         self,

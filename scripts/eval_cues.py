@@ -45,6 +45,10 @@ REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO / "data" / "cue_eval"
 CACHE_DIR = REPO / ".cache" / "cue_eval"
 MATCH_TAIL_S = 4.0  # a cue may come this long after its trigger interval ends
+# A supervisor alerted this long after the crisis turn can still join during the agent's reply:
+# reported beside the 4 s figure, because the agent's own safety protocol (an agent move) can
+# raise the alert only once the agent has answered.
+ALERT_TAIL_S = 15.0
 FAST_AGENT_WPM = 260  # espeak-ng speed of the agent_pace_fast turns in the call files
 DEAD_AIR_S = 8.0  # dead_air latency is measured from the moment the silence passes this
 BASELINE_COOLDOWN_S = 20.0
@@ -237,22 +241,29 @@ def escalation_report(truth: CallTruth, events: Iterable[Event]) -> dict[str, An
     critical = [float(e["t_emit"]) for e in escalations if e["urgency"] == "critical"]
     crisis = [lb for lb in truth.labels if lb.required and lb.cue == "crisis"]
     covered = sum(any(lb.contains(t) for t in critical) for lb in crisis)
+    alerted = sum(
+        any(lb.start_s <= t <= lb.end_s + ALERT_TAIL_S for t in critical) for lb in crisis
+    )
     return {
         "call_id": truth.call_id,
         "calm": truth.calm,
         "escalations": escalations,
         "crisis_labels": len(crisis),
         "crisis_with_critical_escalation": covered,
+        "crisis_with_critical_escalation_15s": alerted,
     }
 
 
 def escalation_summary(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     labels = sum(int(r["crisis_labels"]) for r in reports)
     covered = sum(int(r["crisis_with_critical_escalation"]) for r in reports)
+    alerted = sum(int(r.get("crisis_with_critical_escalation_15s", 0)) for r in reports)
     return {
         "crisis_labels": labels,
         "crisis_with_critical_escalation": covered,
         "rate": _ratio(covered, labels),
+        "crisis_with_critical_escalation_15s": alerted,
+        "rate_15s": _ratio(alerted, labels),
         "escalations": sum(len(r["escalations"]) for r in reports),
         "escalations_in_calm_calls": sum(len(r["escalations"]) for r in reports if r["calm"]),
     }
@@ -873,7 +884,10 @@ def format_report(report: Mapping[str, Any], title: str) -> str:
         f" keyword {_fmt(kw['calm']['false_cues_per_10min'])}",
         f"crisis recall: engine {_fmt(eng['crisis_recall'])}, keyword {_fmt(kw['crisis_recall'])};"
         f" crisis labels with a critical escalation: {report['escalation']['crisis_with_critical_escalation']}"
-        f"/{report['escalation']['crisis_labels']} (rate {_fmt(report['escalation']['rate'])});"
+        f"/{report['escalation']['crisis_labels']} (rate {_fmt(report['escalation']['rate'])}),"
+        f" within {ALERT_TAIL_S:.0f} s of the turn"
+        f" {report['escalation'].get('crisis_with_critical_escalation_15s', 0)}"
+        f"/{report['escalation']['crisis_labels']};"
         f" escalations in calm calls: {report['escalation']['escalations_in_calm_calls']}",
     ]
     wer = report["asr_wer"]

@@ -140,8 +140,7 @@ class CueEngine:
             return []
         loaded = self.holder.current
         if event.get("speaker") == "agent":
-            await self._agent_utterance(loaded, event, text)
-            return []
+            return await self._agent_utterance(loaded, event, text)
         return await self._customer_utterance(loaded, event, text)
 
     async def on_partial(self, event: Mapping[str, Any]) -> list[Event]:
@@ -243,16 +242,28 @@ class CueEngine:
 
     async def _agent_utterance(
         self, loaded: LoadedPlaybook, event: Mapping[str, Any], text: str
-    ) -> None:
+    ) -> list[Event]:
+        """Record the agent's moves (context for cues, the handoff's "what was tried"); the
+        safety move (EscalationSpec.safety_move) also alerts the supervisors."""
+        pb = loaded.playbook
         parts = language.clauses(text) or [text]
         analyses = await self._analyze(parts)
         t_end = float(event["t_end"])
+        out: list[Event] = []
         for clause, a in zip(parts, analyses, strict=True):
             if a.embedding is None:
                 continue
-            moves = loaded.index.agent_moves(a.embedding, loaded.playbook.agent_move_threshold)
-            if moves:
-                self.agent_moves.append(AgentMove(moves[0][0], t_end, clause))
+            moves = loaded.index.agent_moves(a.embedding, pb.agent_move_threshold)
+            if not moves:
+                continue
+            self.agent_moves.append(AgentMove(moves[0][0], t_end, clause))
+            if moves[0][0] == pb.escalation.safety_move:
+                out.extend(
+                    self.escalation.observe_agent_safety(
+                        clause, summary=self.handoff, state={"t": t_end}
+                    )
+                )
+        return out
 
     async def _customer_utterance(
         self, loaded: LoadedPlaybook, event: Mapping[str, Any], text: str

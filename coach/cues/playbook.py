@@ -232,6 +232,10 @@ class EscalationSpec(_Strict):
     complex_inquiry_cues: int = Field(2, ge=2)
     low_confidence_prob: float = Field(0.45, ge=0, le=1)
     low_confidence_turns: int = Field(3, ge=1)
+    safety_move: str | None = None
+    """An agent move (`agent_moves`) that raises a critical `crisis_indicators` escalation at
+    once: the agent has heard danger and started the safety protocol, which matters most when
+    the caller's own words were lost to a bad line (None: off)."""
 
 
 class Playbook(_Strict):
@@ -264,6 +268,12 @@ class Playbook(_Strict):
                         f"cue {cue_id}: context move {move!r} is not in agent_moves "
                         f"({', '.join(sorted(self.agent_moves)) or 'none defined'})"
                     )
+        safety = self.escalation.safety_move
+        if safety is not None and safety not in self.agent_moves:
+            raise ValueError(
+                f"escalation.safety_move {safety!r} is not in agent_moves "
+                f"({', '.join(sorted(self.agent_moves)) or 'none defined'})"
+            )
         return self
 
     def enabled(self) -> dict[str, CueSpec]:

@@ -98,3 +98,19 @@ def test_low_asr_confidence_asks_someone_to_listen() -> None:
         PB, state=states[-1], states=states, fired=[], summary=summary, intense=None
     )
     assert [(e["reason"], e["urgency"]) for e in out] == [("low_confidence", "low")]
+
+
+def test_agent_safety_protocol_is_critical_once_and_after_no_crisis_cue() -> None:
+    det = EscalationDetector()
+    out = det.observe_agent_safety("Are you safe right now?", summary=summary, state={"t": 5.0})
+    assert [(e["reason"], e["urgency"], e["cue"]) for e in out] == [
+        ("crisis_indicators", "critical", None)
+    ]
+    assert out[0]["detail"] == 'the agent started the safety protocol: "Are you safe right now?"'
+    assert det.observe_agent_safety("Call 911 now.", summary=summary, state={"t": 9.0}) == []
+    # A crisis cue already put the call at critical: the agent's protocol adds no second alert.
+    det = EscalationDetector()
+    s = [state(1, -0.5, 0.6)]
+    fired = [("crisis", PB.cues["crisis"])]
+    det.observe_customer(PB, state=s[-1], states=s, fired=fired, summary=summary, intense=None)
+    assert det.observe_agent_safety("Are you safe?", summary=summary, state={"t": 3.0}) == []

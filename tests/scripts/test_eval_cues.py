@@ -186,6 +186,10 @@ def test_escalation_report_checks_critical_in_crisis_window() -> None:
     assert len(report["escalations"]) == 2
     late = escalation_report(truth, [{**events[1], "t_emit": 18.5}])
     assert late["crisis_with_critical_escalation"] == 0
+    # ...but a supervisor alerted during the agent's reply is counted apart (within 15 s).
+    assert late["crisis_with_critical_escalation_15s"] == 1
+    too_late = escalation_report(truth, [{**events[1], "t_emit": 29.5}])
+    assert too_late["crisis_with_critical_escalation_15s"] == 0
 
 
 def _tr(

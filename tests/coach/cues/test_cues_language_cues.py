@@ -102,6 +102,40 @@ async def test_agent_empathy_never_fires_a_customer_cue(conversation: Conversati
         assert await conversation.cues("agent", text) == [], text
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Okay, are you somewhere safe right now?",
+        "Please hang up and ring nine nine nine straight away, then call us back.",
+        "I need you to get everybody out of the house immediately.",
+    ],
+)
+async def test_the_agents_safety_protocol_alerts_the_supervisors(
+    conversation: Conversation, text: str
+) -> None:
+    """The agent heard danger that the caller's transcript lost ("the line is bad, I..."):
+    a critical crisis escalation, once, with no cue on the agent's own panel."""
+    await conversation.say("customer", "Hello, the line is really bad, I can barely")
+    out = await conversation.say("agent", text)
+    assert [(e["type"], e["reason"], e["urgency"]) for e in out] == [
+        ("escalation", "crisis_indicators", "critical")
+    ], text
+    assert out[0]["detail"].startswith("the agent started the safety protocol")
+    assert any(t.startswith("safety: ") for t in out[0]["summary"]["agent_tried"])
+    assert await conversation.say("agent", "Stay on the line with me, help is on the way.") == []
+
+
+async def test_ordinary_agent_talk_raises_nothing(conversation: Conversation) -> None:
+    for text in (
+        "Let me check that for you, one moment.",
+        "Is there anything else I can help you with today?",
+        "Your account is safe, nobody can change it without the PIN.",
+        "I'll put a note on the account and call you back tomorrow.",
+        "You can cancel any time from the app.",
+    ):
+        assert await conversation.say("agent", text) == [], text
+
+
 async def test_dejection_needs_a_resigned_voice_or_words(conversation: Conversation) -> None:
     await conversation.say("customer", "My internet keeps dropping every evening.")
     await conversation.say("agent", "I've reset your line, it should be stable now.")

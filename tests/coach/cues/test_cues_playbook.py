@@ -67,6 +67,15 @@ def test_unknown_context_move() -> None:
     assert "'magic' is not in agent_moves" in _error(yaml.safe_dump(data))
 
 
+def test_safety_move_must_be_an_agent_move() -> None:
+    assert load_playbook().escalation.safety_move == "safety"
+    data = _bundled()
+    data["escalation"]["safety_move"] = "rescue"
+    assert "escalation.safety_move 'rescue' is not in agent_moves" in _error(yaml.safe_dump(data))
+    data["escalation"]["safety_move"] = None  # off
+    assert parse_playbook(yaml.safe_dump(data)).escalation.safety_move is None
+
+
 def test_affect_gate_needs_known_emotions_and_a_language_cue() -> None:
     data = _bundled()
     data["cues"]["dejection"]["affect_gate"] = {"emotions": []}
