@@ -212,7 +212,10 @@ def _fold(tile: Tile, event: Event) -> None:
         case "escalation":
             seq = int(event.get("seq") or 0)
             tile.escalations[seq] = {
-                **{k: event.get(k) for k in ("seq", "reason", "urgency", "cue", "summary")},
+                **{
+                    k: event.get(k)
+                    for k in ("seq", "reason", "urgency", "cue", "detail", "summary")
+                },
                 "t_emit": event.get("t_emit"),
                 "acknowledged_by": None,
             }

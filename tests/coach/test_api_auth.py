@@ -177,7 +177,11 @@ def test_supervisor_socket_snapshot_then_live_events_filtered_by_team(client: Te
         assert snap["calls"][0]["cues"] == 1
         esc = {"type": "escalation", "seq": 3, "reason": "user_request", "urgency": "high"}
         publish(client, "c-ben", {**esc})  # other team: not sent
-        publish(client, "c-ann", {**esc, "summary": {"text": "wants a manager"}})
+        publish(
+            client,
+            "c-ann",
+            {**esc, "detail": "escalation_request cue", "summary": {"text": "wants a manager"}},
+        )
         got = ws.receive_json()
         assert got["call_id"] == "c-ann" and got["type"] == "escalation"
         # A customer transcript with state becomes a call_update for the wall.
@@ -202,6 +206,7 @@ def test_supervisor_socket_snapshot_then_live_events_filtered_by_team(client: Te
     snap = client.get("/api/supervisor/calls", headers=bearer("sam", "supervisor")).json()
     tile = snap["calls"][0]
     assert tile["valence"] == -0.4 and tile["escalations"][0]["reason"] == "user_request"
+    assert tile["escalations"][0]["detail"] == "escalation_request cue"  # the wall's "Raised by"
     assert client.get("/api/supervisor/calls", headers=bearer("ann", "agent")).status_code == 403
 
 

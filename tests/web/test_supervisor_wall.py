@@ -35,6 +35,7 @@ def escalation(reason: str, urgency: str, t_emit: float, text: str) -> dict[str,
         "reason": reason,
         "urgency": urgency,
         "cue": "escalation_request" if reason == "user_request" else None,
+        "detail": "escalation_request cue" if reason == "user_request" else f"{reason} seen",
         "t_emit": t_emit,
         "summary": {
             "text": text,
@@ -105,6 +106,7 @@ def test_tiles_by_risk_team_scope_and_escalation_alert_acknowledged(
     text = alert.inner_text()
     assert "Customer asked for a supervisor" in text
     assert "Customer wants a manager after a double charge." in text
+    assert "Raised by\nescalation_request cue" in text
     assert "let me talk to your manager" in text and "offered a refund" in text
     assert "worsening" in text
     assert "Escalation, high" in page.locator("#announce-critical").inner_text()

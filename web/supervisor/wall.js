@@ -50,7 +50,7 @@ function fold(ev) {
       break;
     case "escalation":
       if (!c.escalations.some((e) => e.seq === ev.seq)) {
-        c.escalations.push({ seq: ev.seq, reason: ev.reason, urgency: ev.urgency, cue: ev.cue, summary: ev.summary, t_emit: ev.t_emit, acknowledged_by: null });
+        c.escalations.push({ seq: ev.seq, reason: ev.reason, urgency: ev.urgency, cue: ev.cue, detail: ev.detail, summary: ev.summary, t_emit: ev.t_emit, acknowledged_by: null });
         announce(`Escalation, ${ev.urgency}: ${REASONS[ev.reason] || ev.reason}, call ${ev.call_id}`, ev.urgency === "critical" || ev.urgency === "high");
       }
       Wall.alertsDirty = true;
@@ -169,6 +169,7 @@ function alertCard(c, e) {
   const headId = `alert-${c.call_id}-${e.seq}`;
   const status = h("span", { class: "ack-status", role: "status" });
   const facts = [
+    ["Raised by", e.detail || null],
     ["Customer", st.emotion ? `${st.emotion}${typeof st.valence === "number" ? ` (valence ${st.valence.toFixed(2)})` : ""}${s.trend ? `, ${s.trend}` : ""}` : null],
     ["Trigger phrases", (s.trigger_phrases || []).map((p) => `“${p}”`).join(", ") || null],
     ["Cues shown", (s.cues_shown || []).join(", ") || null],
