@@ -2,10 +2,11 @@
 
 Reasons and urgencies are those of ARCHITECTURE.md. Critical: crisis language (the `crisis`
 cue) or an intense negative state (arousal > 0.95 and valence < -0.8) sustained over three
-customer turns, and also the agent's own safety protocol (an agent move, `safety_move`). A reason is raised once per call, and again only if its urgency rises, so
-the supervisor wall gets one alert per situation, not one per utterance. Every escalation
-carries the handoff summary (state, trend, trigger phrases, cues shown, what the agent
-tried) so whoever joins does not make the customer repeat themselves.
+customer turns, and also the agent's own safety protocol (an agent move, `safety_move`). A
+reason is raised once per call, and again only if its urgency rises, so the supervisor wall
+gets one alert per situation, not one per utterance. Every escalation carries the handoff
+summary (state, trend, trigger phrases, cues shown, what the agent tried) so whoever joins
+does not make the customer repeat themselves.
 """
 
 from __future__ import annotations

@@ -556,7 +556,9 @@ class EngineRescorer:
     Loads the emotion model and the playbook once.
     """
 
-    def __init__(self, playbook_path: Path | None = None, words: str = "script") -> None:
+    def __init__(
+        self, playbook_path: Path | None = None, words: Literal["asr", "script"] = "script"
+    ) -> None:
         from coach.cues.engine import LoadedPlaybook
         from coach.cues.matcher import CueIndex
         from coach.cues.offline import CachedAnalysis, FixedPlaybook
