@@ -492,6 +492,38 @@ def turn_wer(truth: Mapping[str, Any], events: Iterable[Event]) -> list[float | 
     return out
 
 
+def stage_lags(events: Iterable[Event]) -> dict[str, list[float]]:
+    """Where a cue's latency goes, from a replay's own events (meaningful in --realtime).
+
+    `asr`: each customer final's `t_emit - t_end` (end of speech -> final transcript), also
+    split by the turn's length (`asr <3s`, `asr 3-6s`, `asr >=6s`), since a decode grows with
+    the turn. `engine`: each customer cue read from a final (not an early one from a
+    partial) minus the `t_emit` of that final (the final whose `t_end` its evidence names).
+    """
+    out: dict[str, list[float]] = {
+        "asr": [],
+        "asr <3s": [],
+        "asr 3-6s": [],
+        "asr >=6s": [],
+        "engine": [],
+    }
+    finals: dict[float, float] = {}
+    for ev in events:
+        if ev.get("type") == "transcript" and ev.get("speaker") == "customer":
+            lag = float(ev["t_emit"]) - float(ev["t_end"])
+            length = float(ev["t_end"]) - float(ev["t_start"])
+            out["asr"].append(lag)
+            out["asr <3s" if length < 3 else "asr 3-6s" if length < 6 else "asr >=6s"].append(lag)
+            finals[round(float(ev["t_end"]), 3)] = float(ev["t_emit"])
+    for ev in events:
+        if ev.get("type") != "cue" or ev.get("speaker") != "customer" or ev.get("early"):
+            continue
+        t_end = (ev.get("evidence") or {}).get("t_end")
+        if t_end is not None and round(float(t_end), 3) in finals:
+            out["engine"].append(float(ev["t_emit"]) - finals[round(float(t_end), 3)])
+    return out
+
+
 # --- the scripts' own words in place of the ASR's (a diagnostic) --------------------------
 
 
@@ -788,6 +820,7 @@ def score_paths(
     stale: list[str] = []
     wer: dict[str, list[int]] = {"customer": [0, 0], "agent": [0, 0]}
     turn_wers: list[list[float | None]] = []
+    lags: dict[str, list[float]] = defaultdict(list)
     for truth_path in truth_paths:
         truth_json = json.loads(truth_path.read_text(encoding="utf-8"))
         truth = truth_from_json(truth_json)
@@ -808,6 +841,8 @@ def score_paths(
         engine.append(match_call(truth, cue_hits(events)))
         baseline.append(match_call(truth, keyword_baseline(events)))
         turn_wers.append(turn_wer(truth_json, events))
+        for stage, values in stage_lags(events).items():
+            lags[stage] += values
         escalations.append(escalation_report(truth, events))
         for party, (errors, words) in transcript_errors(truth_json, events).items():
             wer[party][0] += errors
@@ -821,6 +856,7 @@ def score_paths(
         "keyword": summarize(baseline),
         "escalation": escalation_summary(escalations),
         "asr_wer": {party: _ratio(e, n) for party, (e, n) in wer.items()},
+        "stage_latency_s": {stage: _percentiles(values) for stage, values in lags.items()},
         "per_call": [
             {
                 "call_id": r.call_id,
@@ -897,6 +933,14 @@ def format_report(report: Mapping[str, Any], title: str) -> str:
         f"ASR word error rate against the scripts: customer {_fmt(wer['customer'])},"
         f" agent {_fmt(wer['agent'])}"
     )
+    if report["mode"] == "realtime" and report.get("stage_latency_s"):
+        lines.append(
+            "where cue latency goes (p50 / p95 s): "
+            + ", ".join(
+                f"{stage} {_fmt(v['p50'])} / {_fmt(v['p95'])} (n={v['n']})"
+                for stage, v in report["stage_latency_s"].items()
+            )
+        )
     for call in report["per_call"]:
         if call["escalations"]:
             items = ", ".join(

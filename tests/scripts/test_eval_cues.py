@@ -27,6 +27,7 @@ from scripts.eval_cues import (
     main,
     match_call,
     script_transcripts,
+    stage_lags,
     summarize,
     transcript_errors,
     truth_from_json,
@@ -441,6 +442,35 @@ def test_word_errors_and_transcript_errors() -> None:
     )
     heard = [_tr("customer", 0.1, 1.9, "one two"), _tr("agent", 1.6, 2.9, "three")]
     assert turn_wer(two, heard) == [0.0, 0.5, 1.0]
+
+
+def test_stage_lags_split_a_cues_latency_into_asr_and_engine() -> None:
+    def cue(t_emit: float, t_end: float, **extra: Any) -> dict[str, Any]:
+        return {
+            "type": "cue",
+            "speaker": "customer",
+            "t_emit": t_emit,
+            "evidence": {"t_end": t_end},
+            **extra,
+        }
+
+    events = [
+        _tr("customer", 0.0, 2.0, "short", t_emit=2.4),
+        _tr("customer", 3.0, 9.5, "a turn over six seconds long", t_emit=10.2),
+        _tr("agent", 8.0, 9.0, "agent turns are not the customer's ASR", t_emit=12.0),
+        cue(2.5, 2.0),
+        cue(10.4, 9.5),
+        cue(6.0, 9.5, early=True),  # read from a partial: no final to wait for
+        cue(9.0, 99.0),  # names no final: left out
+    ]
+    lags = {k: [round(x, 3) for x in v] for k, v in stage_lags(events).items()}
+    assert lags == {
+        "asr": [0.4, 0.7],
+        "asr <3s": [0.4],
+        "asr 3-6s": [],
+        "asr >=6s": [0.7],
+        "engine": [0.1, 0.2],
+    }
 
 
 def _voiced(speaker: str, t0: float, t1: float, text: str, arousal: float) -> dict[str, Any]:
