@@ -519,12 +519,20 @@ def stage_lags(events: Iterable[Event]) -> dict[str, list[float]]:
         if ev.get("type") != "cue" or ev.get("speaker") != "customer" or ev.get("early"):
             continue
         t_end = (ev.get("evidence") or {}).get("t_end")
-        if t_end is not None and round(float(t_end), 3) in finals:
-            out["engine"].append(float(ev["t_emit"]) - finals[round(float(t_end), 3)])
+        final_emit = finals.get(round(float(t_end), 3)) if t_end is not None else None
+        if final_emit is not None:
+            out["engine"].append(float(ev["t_emit"]) - final_emit)
     return out
 
 
 # --- the scripts' own words in place of the ASR's (a diagnostic) --------------------------
+
+
+def _word_answer(ev: Event) -> bool:
+    """A language cue or an escalation: what the engine answered to the words, which a rerun
+    finds again (timing cues come from the VAD and are kept as recorded)."""
+    kind = ev.get("type")
+    return kind == "escalation" or (kind == "cue" and ev.get("cue") not in TIMING_CUES)
 
 
 def script_transcripts(truth: Mapping[str, Any], events: Iterable[Event]) -> list[dict[str, Any]]:
@@ -540,10 +548,7 @@ def script_transcripts(truth: Mapping[str, Any], events: Iterable[Event]) -> lis
     events = list(events)
     recorded = _transcripts(events)
     out: list[dict[str, Any]] = [
-        dict(ev)
-        for ev in events
-        if ev.get("type") not in ("transcript", "cue", "escalation")
-        or (ev.get("type") == "cue" and ev.get("cue") in TIMING_CUES)
+        dict(ev) for ev in events if ev.get("type") != "transcript" and not _word_answer(ev)
     ]
     for i, turn in enumerate(truth["turns"]):
         t_start, t_end = float(turn["t_start"]), float(turn["t_end"])
@@ -613,12 +618,7 @@ class EngineRescorer:
             rewritten = script_transcripts(truth, events)
             self._recompute_affect(rewritten)
         else:
-            rewritten = [
-                dict(ev)
-                for ev in events
-                if ev.get("type") not in ("cue", "escalation")
-                or (ev.get("type") == "cue" and ev.get("cue") in TIMING_CUES)
-            ]
+            rewritten = [dict(ev) for ev in events if not _word_answer(ev)]
         found = asyncio.run(rescore(rewritten, self.holder, self.analyze))
         # rescore returns the recorded timing cues too: keep every other event, add its output.
         return [ev for ev in rewritten if ev.get("type") != "cue"] + found

@@ -261,19 +261,20 @@ class Playbook(_Strict):
 
     @model_validator(mode="after")
     def _moves_known(self) -> Playbook:
-        for cue_id, spec in self.cues.items():
-            for move in spec.context.after_agent_move if spec.context else []:
-                if move not in self.agent_moves:
-                    raise ValueError(
-                        f"cue {cue_id}: context move {move!r} is not in agent_moves "
-                        f"({', '.join(sorted(self.agent_moves)) or 'none defined'})"
-                    )
-        safety = self.escalation.safety_move
-        if safety is not None and safety not in self.agent_moves:
-            raise ValueError(
-                f"escalation.safety_move {safety!r} is not in agent_moves "
-                f"({', '.join(sorted(self.agent_moves)) or 'none defined'})"
-            )
+        """Every agent move a cue's context or the escalation rules name is defined."""
+        named = [
+            (f"cue {cue_id}: context move", move)
+            for cue_id, spec in self.cues.items()
+            for move in (spec.context.after_agent_move if spec.context else [])
+        ]
+        if self.escalation.safety_move is not None:
+            named.append(("escalation.safety_move", self.escalation.safety_move))
+        for where, move in named:
+            if move not in self.agent_moves:
+                raise ValueError(
+                    f"{where} {move!r} is not in agent_moves "
+                    f"({', '.join(sorted(self.agent_moves)) or 'none defined'})"
+                )
         return self
 
     def enabled(self) -> dict[str, CueSpec]:
