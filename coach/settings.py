@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from audio.endpoint import EndpointConfig
 from models.asr import AsrOptions
 
+GPU_ASR_WORKERS = 2
+"""ASR decodes side by side on CUDA unless COACH_ASR_WORKERS is set (see asr_worker_count)."""
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COACH_", extra="ignore")
@@ -50,7 +53,7 @@ class Settings(BaseSettings):
     asr_workers: int = Field(
         0,
         description="Parallel ASR decodes sharing one model; 0: one per CPU core (at most 8) "
-        "divided by the threads per worker on cpu, 1 on cuda.",
+        "divided by the threads per worker on cpu, 2 on cuda.",
     )
     asr_beam_size: int = Field(5, description="Beam size for final transcripts.")
     asr_partial_beam_size: int = Field(1, description="Beam size for partial hypotheses.")
@@ -59,7 +62,7 @@ class Settings(BaseSettings):
         description="Smallest final beam when the ASR queue is loaded (= beam size: fixed).",
     )
     asr_max_batch: int = Field(
-        4, description="Utterances decoded together in one batch (16 on cuda unless set)."
+        4, description="Utterances decoded together in one batch (32 on cuda unless set)."
     )
     asr_min_window_s: float = Field(10.0, description="Shortest Whisper encoder window.")
     asr_partial_min_window_s: float = Field(
@@ -203,11 +206,13 @@ class Settings(BaseSettings):
         """Decodes run in parallel. On CPU, several one-thread decodes beat one decode on every
         core: tiny.en's matrices are too small to split well, and a final need not wait for
         the decode in progress (BENCHMARKS.md "Throughput": 2 workers x 1 thread held 8 calls
-        where 1 x 2 failed at 7). A GPU takes larger batches through one worker instead."""
+        where 1 x 2 failed at 7). On a GPU two workers overlap one batch's host-side work
+        (features, beam search, alignment) with the other's GPU work: 124 finals/s against 84
+        with one (BENCHMARKS.md "GPU"); a third added little."""
         if self.asr_workers > 0:
             return self.asr_workers
         if self.device == "cuda":
-            return 1
+            return GPU_ASR_WORKERS
         return max(1, min(8, usable_cpus() // max(1, self.asr_threads)))
 
     def asr_options(self) -> AsrOptions:

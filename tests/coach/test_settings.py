@@ -16,7 +16,7 @@ from coach.settings import Settings
         (1, 1, "cpu", 1),
         (16, 1, "cpu", 8),  # capped: more replicas than that only add memory
         (16, 4, "cpu", 4),
-        (16, 1, "cuda", 1),  # a GPU batches through one worker
+        (16, 1, "cuda", 2),  # two batches in flight: one on the GPU, one on the host
     ],
 )
 def test_auto_workers_follow_usable_cores(
