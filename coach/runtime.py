@@ -142,7 +142,13 @@ class Runtime:
         asr: SpeechRecognizer = small
         final_model = settings.asr_final_model
         if final_model and final_model != settings.asr_model:
-            final = WhisperAsr(dataclasses.replace(asr_options, model=final_model))
+            final = WhisperAsr(
+                dataclasses.replace(
+                    asr_options,
+                    model=final_model,
+                    compute_type=settings.asr_final_compute_type or asr_options.compute_type,
+                )
+            )
             asr = TwoPassAsr(partial=small, final=final)
             if settings.asr_final_budget_s > 0 and settings.asr_final_fallback:
                 speech = calibration_speech()

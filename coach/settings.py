@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         "COACH_ASR_MODEL. 0: no limit.",
     )
     asr_compute_type: str = Field("int8", description="CTranslate2 compute type.")
+    asr_final_compute_type: str | None = Field(
+        None,
+        description="Compute type of COACH_ASR_FINAL_MODEL only (e.g. float32: fewer lost words, "
+        "slower); empty: COACH_ASR_COMPUTE_TYPE (float16 on cuda).",
+    )
     asr_threads: int = Field(1, description="CTranslate2 intra-op threads per worker.")
     asr_workers: int = Field(
         0,

@@ -1054,3 +1054,21 @@ def test_finals_come_from_base_by_default_and_one_model_when_told(runtime: Any) 
         assert isinstance(rt.asr, WhisperAsr) and rt.asr.options.model == "tiny.en"
     finally:
         rt.close()
+
+
+def test_the_final_model_can_have_its_own_compute_type(runtime: Any) -> None:
+    """COACH_ASR_FINAL_COMPUTE_TYPE changes the final model's arithmetic and not the partials'
+    (int8 weights lose words that float32 ones hear: BENCHMARKS, "GPU")."""
+    from coach.runtime import Runtime
+    from coach.settings import Settings
+    from models.asr import TwoPassAsr
+
+    assert runtime.asr.final.options.compute_type == runtime.asr.partial.options.compute_type
+    rt = Runtime.load(Settings(asr_final_compute_type="float32"))
+    try:
+        assert isinstance(rt.asr, TwoPassAsr)
+        assert rt.asr.final.options.compute_type == "float32"
+        assert rt.asr.final._fw.model.compute_type == "float32"
+        assert rt.asr.partial.options.compute_type == Settings().asr_compute_type
+    finally:
+        rt.close()
