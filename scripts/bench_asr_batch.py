@@ -14,7 +14,7 @@ that has none of the server's web stack:
     .venv/bin/python -m scripts.bench_asr_batch prepare --out clips.npz          # here
     python -m scripts.bench_asr_batch run --clips clips.npz --model base \\
         --device cuda --compute-type float16,int8_float16 --json gpu.json          # GPU host
-    .venv/bin/python -m scripts.bench_asr_batch report gpu.json [cpu.json]       # here: WER
+    .venv/bin/python -m scripts.bench_asr_batch report gpu.json [cpu.json]  # here: WER, calls
 
 Two request kinds, as the server sends them (coach/settings.py defaults): `final` (beam 5,
 word timings, 10 s shortest window) and `partial` (greedy, no word timings, 5 s window).
@@ -125,6 +125,41 @@ def batch_plan(n_clips: int, batch: int, n_batches: int, seed: int) -> list[list
 
 def percentile(values: Sequence[float], q: float) -> float:
     return round(float(np.percentile(np.asarray(values, dtype=np.float64), q)), 4)
+
+
+@dataclass(frozen=True, slots=True)
+class CallLoad:
+    """What one call asks of the ASR per second of call time."""
+
+    finals_per_s: float
+    """Turns (one final each) per call-second."""
+    speaking_s_per_s: float
+    """Channel-seconds of speech per call-second (both parties; overlap counts twice)."""
+
+
+def call_load(eval_dir: Path, splits: Sequence[str]) -> CallLoad | None:
+    """The load of the evaluation calls, from their ground truth (None if not rendered)."""
+    turns, speech, duration = 0, 0.0, 0.0
+    for split in splits:
+        for truth_path in sorted((eval_dir / split).glob("*.json")):
+            truth = json.loads(truth_path.read_text())
+            duration += truth["duration_s"]
+            turns += len(truth["turns"])
+            speech += sum(t["t_end"] - t["t_start"] for t in truth["turns"])
+    if duration <= 0:
+        return None
+    return CallLoad(turns / duration, speech / duration)
+
+
+def calls_per_model(
+    final_utt_s: float, partial_utt_s: float, load: CallLoad, partial_interval_s: float = 0.5
+) -> float:
+    """Calls whose every final and every partial (one per `partial_interval_s` of speech,
+    COACH_PARTIAL_INTERVAL_S) one model decodes as fast as they come: an estimate from
+    decoder throughput, not a load test. Under load the server stretches the partial cadence
+    first, so this bounds what is decoded at the full cadence."""
+    partials_per_s = load.speaking_s_per_s / partial_interval_s
+    return 1.0 / (load.finals_per_s / final_utt_s + partials_per_s / partial_utt_s)
 
 
 def gpu_memory_used_mib() -> int | None:
@@ -349,6 +384,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Word error rates of the saved transcripts (with the ASR benchmark's normaliser)."""
     from scripts.bench_asr import wer_stats
 
+    load = call_load(Path(args.eval_dir), args.splits.split(","))
+    if load is not None:
+        print(
+            f"call load ({args.splits}): {load.finals_per_s:.3f} finals and"
+            f" {load.speaking_s_per_s:.2f} s of speech per call-second"
+        )
     for path in args.reports:
         rep = json.loads(Path(path).read_text())
         refs = rep["clips"]["texts"]
@@ -363,12 +404,24 @@ def cmd_report(args: argparse.Namespace) -> int:
                 + ", ".join(f"{k} {v:.3f}" for k, v in wers.items())
                 + f"; identical text batched vs alone: {sum(same)}/{len(same)}"
             )
+            speed: dict[tuple[int, int], dict[str, float]] = {}
             for row in cfg["rows"]:
+                workers = row.get("workers", 1)
+                speed.setdefault((row["batch"], workers), {})[row["kind"]] = row["utt_per_s"]
                 print(
-                    f"    {row['kind']:>7} B={row['batch']:>3} x{row.get('workers', 1)}: batch p50 {row['batch_p50_s']:.3f}"
-                    f" s, p95 {row['batch_p95_s']:.3f} s, {row['utt_per_s']:.1f} utt/s,"
-                    f" {row['audio_s_per_s']:.1f} audio-s/s"
+                    f"    {row['kind']:>7} B={row['batch']:>3} x{workers}: batch p50"
+                    f" {row['batch_p50_s']:.3f} s, p95 {row['batch_p95_s']:.3f} s,"
+                    f" {row['utt_per_s']:.1f} utt/s, {row['audio_s_per_s']:.1f} audio-s/s"
                 )
+            if load is None:
+                continue
+            for (batch, workers), kinds in speed.items():
+                if {"final", "partial"} <= kinds.keys():
+                    n = calls_per_model(kinds["final"], kinds["partial"], load)
+                    print(
+                        f"    B={batch:>3} x{workers}: about {n:.0f} calls decoded as fast as"
+                        " they speak (estimate: every final, a partial per 0.5 s of speech)"
+                    )
     return 0
 
 
@@ -378,7 +431,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     prep = sub.add_parser("prepare", help="cut the evaluation calls' turns into a clip file")
     prep.add_argument("--eval-dir", default=".cache/cue_eval")
     prep.add_argument("--splits", default="dev,tune")
-    prep.add_argument("--limit", type=int, default=64)
+    prep.add_argument("--limit", type=int, default=96)
     prep.add_argument("--out", default=".cache/asr_batch_clips.npz")
     run = sub.add_parser(
         "run", help="time batched decoding (needs numpy, ctranslate2, faster-whisper)"
@@ -398,6 +451,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     run.add_argument("--json")
     rep = sub.add_parser("report", help="WER and tables of saved run reports")
     rep.add_argument("reports", nargs="+")
+    rep.add_argument("--eval-dir", default=".cache/cue_eval", help="for the call estimate")
+    rep.add_argument("--splits", default="dev,tune")
     return p.parse_args(argv)
 
 

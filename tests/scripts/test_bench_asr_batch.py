@@ -12,7 +12,17 @@ import numpy as np
 import pytest
 
 from coach.settings import Settings
-from scripts.bench_asr_batch import KINDS, batch_plan, cut_clips, load_clips, main, save_clips
+from scripts.bench_asr_batch import (
+    KINDS,
+    CallLoad,
+    batch_plan,
+    call_load,
+    calls_per_model,
+    cut_clips,
+    load_clips,
+    main,
+    save_clips,
+)
 
 
 def test_request_kinds_are_the_servers() -> None:
@@ -108,6 +118,7 @@ def test_a_timed_run_and_its_report(
     wer = float(printed.split("WER batch_1 ")[1].split(",")[0])
     assert 0.0 <= wer < 0.5  # tiny.en hears the demo call's synthetic voices mostly right
     assert "identical text batched vs alone" in printed
+    assert "calls decoded" not in printed  # one kind only: no estimate
 
 
 def test_report_of_a_run_with_one_batch_size(
@@ -131,3 +142,24 @@ def test_report_of_a_run_with_one_batch_size(
     path.write_text(json.dumps(rep))
     assert main(["report", str(path)]) == 0
     assert "WER batch_1 0.125; identical text batched vs alone: 2/2" in capsys.readouterr().out
+
+
+def test_calls_per_model_adds_up_each_calls_decode_seconds() -> None:
+    # A call with 0.2 finals and 0.8 speaking seconds per second asks for 0.2 finals and 1.6
+    # partials a second: at 10 finals/s and 40 partials/s that is 0.02 + 0.04 model-seconds.
+    load = CallLoad(finals_per_s=0.2, speaking_s_per_s=0.8)
+    assert calls_per_model(10.0, 40.0, load) == pytest.approx(1 / 0.06)
+    assert calls_per_model(10.0, 40.0, load, partial_interval_s=1.0) == pytest.approx(1 / 0.04)
+    assert calls_per_model(20.0, 80.0, load) == pytest.approx(2 / 0.06)  # twice the speed
+
+
+def test_call_load_comes_from_the_ground_truth(
+    eval_dir: Path, billing_call: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    truth = billing_call[1]
+    load = call_load(eval_dir, ["dev"])
+    assert load is not None
+    assert load.finals_per_s == pytest.approx(len(truth["turns"]) / truth["duration_s"])
+    speech = sum(t["t_end"] - t["t_start"] for t in truth["turns"])
+    assert load.speaking_s_per_s == pytest.approx(speech / truth["duration_s"])
+    assert call_load(tmp_path, ["dev"]) is None  # nothing rendered: no estimate
