@@ -77,6 +77,7 @@ from coach.replay import CallAudio, read_call, replay  # noqa: E402
 from coach.runtime import Runtime  # noqa: E402
 from coach.settings import Settings  # noqa: E402
 from models.asr import AsrRequest, AsrResult, WhisperAsr  # noqa: E402
+from scripts.bench_asr_batch import cpu_model  # noqa: E402
 from scripts.make_test_calls import BUILTIN_CALLS, render_call  # noqa: E402
 
 log = logging.getLogger("bench_asr")
@@ -492,14 +493,7 @@ def realtime_metrics(runs: Sequence[RealtimeRun]) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     mem_gib = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

@@ -19,8 +19,10 @@ that has none of the server's web stack:
 Two request kinds, as the server sends them (coach/settings.py defaults): `final` (beam 5,
 word timings, 10 s shortest window) and `partial` (greedy, no word timings, 5 s window).
 A batch of size B is B clips drawn at random (seeded), as a shared queue would mix calls; the
-decoder groups them by encoder window itself. Figures: batches timed, batch wall time
-p50/p95, utterances per second, and audio seconds decoded per wall second.
+decoder groups them by encoder window itself. `--workers N` runs N threads, each decoding its
+own batches through one model with N CTranslate2 replicas, as the server's ASR workers do.
+Figures: batches timed, batch wall time p50/p95, utterances per second, and audio seconds
+decoded per wall second; `report` adds the WER and an estimate of calls per model.
 """
 
 from __future__ import annotations
@@ -317,17 +319,20 @@ def _version(dist: str) -> str:
         return "?"
 
 
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
+def cpu_model() -> str:
+    """The processor's model name from /proc/cpuinfo ("unknown" elsewhere)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return "unknown"
+
+
+def machine() -> dict[str, Any]:
     return {
-        "cpu_model": cpu,
+        "cpu_model": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "gpu": gpu_name(),
         "python": platform.python_version(),
