@@ -30,7 +30,7 @@ from coach import events
 from coach.cues import language
 from coach.cues.dynamics import Spoken, Timeline, TimingCues, TimingHit, agent_pace
 from coach.cues.matcher import ClauseSignals, CueIndex, FloatArray, SemanticMatch
-from coach.cues.playbook import CueSpec, Playbook
+from coach.cues.playbook import CueSpec, EscalationSpec, Playbook
 from coach.escalation import EscalationDetector
 from coach.events import Event
 from coach.messages import Speaker
@@ -253,11 +253,14 @@ class CueEngine:
         for clause, a in zip(parts, analyses, strict=True):
             if a.embedding is None:
                 continue
-            moves = loaded.index.agent_moves(a.embedding, pb.agent_move_threshold)
+            safety = pb.escalation.safety_move
+            moves = _agent_moves(
+                loaded.index.agent_moves(a.embedding, 0.0), pb.agent_move_threshold, pb.escalation
+            )
             if not moves:
                 continue
             self.agent_moves.append(AgentMove(moves[0][0], t_end, clause))
-            if moves[0][0] == pb.escalation.safety_move:
+            if moves[0][0] == safety:
                 out.extend(
                     self.escalation.observe_agent_safety(
                         clause, summary=self.handoff, state={"t": t_end}
@@ -804,3 +807,23 @@ def _emotion_note(sentiment: Mapping[str, Any]) -> str | None:
     if not label or label in ("neutral", "positive"):
         return None
     return f"text emotion: {label} ({float(scores.get(label, 0.0)):.0%})"
+
+
+def _agent_moves(
+    ranked: Sequence[tuple[str, float]], threshold: float, escalation: EscalationSpec
+) -> list[tuple[str, float]]:
+    """The moves an agent clause makes, best first, from every move's closeness (`ranked`).
+    The safety move pages a supervisor, so it must be closer (`safety_threshold`) and clearly
+    ahead of the next move (`safety_margin`); otherwise the clause is read without it."""
+    safety = escalation.safety_move
+    others = [sim for move, sim in ranked if move != safety]
+    runner_up = max(others, default=-1.0)
+    return [
+        (move, sim)
+        for move, sim in ranked
+        if sim >= threshold
+        and (
+            move != safety
+            or (sim >= escalation.safety_threshold and sim - runner_up >= escalation.safety_margin)
+        )
+    ]

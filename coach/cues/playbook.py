@@ -236,6 +236,13 @@ class EscalationSpec(_Strict):
     """An agent move (`agent_moves`) that raises a critical `crisis_indicators` escalation at
     once: the agent has heard danger and started the safety protocol, which matters most when
     the caller's own words were lost to a bad line (None: off)."""
+    safety_threshold: float = Field(0.56, gt=0, le=1)
+    """Closeness to a `safety_move` example that counts as that move. Stricter than
+    `agent_move_threshold`: it pages a supervisor, and ordinary service talk ("let me look
+    into that for you right away") came within 0.53 of "Call an ambulance right away"."""
+    safety_margin: float = Field(0.05, ge=0, le=1)
+    """...and by how much it must beat the agent's closest other move (that service talk
+    was also 0.50 from "Let me look at your account")."""
 
 
 class Playbook(_Strict):

@@ -132,8 +132,32 @@ async def test_ordinary_agent_talk_raises_nothing(conversation: Conversation) ->
         "Your account is safe, nobody can change it without the PIN.",
         "I'll put a note on the account and call you back tomorrow.",
         "You can cancel any time from the app.",
+        # Urgent service talk: "right away" and "as soon as possible" are close to the
+        # protocol's "Call an ambulance right away" (0.53 on an AMD EPYC VM's int8 kernels).
+        "I'm sorry, let me look into that for you right away.",
+        "Let me get someone out to you as soon as possible.",
+        "I'll sort that out right away.",
     ):
         assert await conversation.say("agent", text) == [], text
+
+
+def test_the_safety_move_must_be_close_and_clearly_ahead() -> None:
+    """The move closeness rule on its own: the general threshold for ordinary moves, a
+    stricter one and a margin over the runner-up for the move that pages a supervisor."""
+    from coach.cues.engine import _agent_moves
+    from coach.cues.playbook import EscalationSpec
+
+    spec = EscalationSpec(safety_move="safety", safety_threshold=0.56, safety_margin=0.05)
+    ranked = [("safety", 0.532), ("hold", 0.496), ("transfer", 0.404)]
+    assert _agent_moves(ranked, 0.52, spec) == []  # the urgent service talk above
+    ranked = [("safety", 0.60), ("hold", 0.53)]
+    assert _agent_moves(ranked, 0.52, spec) == [("safety", 0.60), ("hold", 0.53)]
+    ranked = [("safety", 0.60), ("transfer", 0.57)]  # close, but not clearly ahead
+    assert _agent_moves(ranked, 0.52, spec) == [("transfer", 0.57)]
+    ranked = [("hold", 0.81), ("safety", 0.58)]  # another move is the clause's best
+    assert _agent_moves(ranked, 0.52, spec)[0] == ("hold", 0.81)
+    off = EscalationSpec(safety_move=None)
+    assert _agent_moves([("safety", 0.53)], 0.52, off) == [("safety", 0.53)]
 
 
 async def test_dejection_needs_a_resigned_voice_or_words(conversation: Conversation) -> None:
