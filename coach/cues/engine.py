@@ -246,6 +246,7 @@ class CueEngine:
         """Record the agent's moves (context for cues, the handoff's "what was tried"); the
         safety move (EscalationSpec.safety_move) also alerts the supervisors."""
         pb = loaded.playbook
+        safety = pb.escalation.safety_move
         parts = language.clauses(text) or [text]
         analyses = await self._analyze(parts)
         t_end = float(event["t_end"])
@@ -253,7 +254,6 @@ class CueEngine:
         for clause, a in zip(parts, analyses, strict=True):
             if a.embedding is None:
                 continue
-            safety = pb.escalation.safety_move
             moves = _agent_moves(
                 loaded.index.agent_moves(a.embedding, 0.0), pb.agent_move_threshold, pb.escalation
             )
