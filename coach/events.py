@@ -16,6 +16,10 @@ from models.asr import Word
 Event: TypeAlias = dict[str, Any]
 
 
+# Every cue says what it is: a suggestion from a model, not an instruction (CUES.md).
+AI_LABEL = "AI suggestion"
+
+
 def _r(x: float) -> float:
     return round(float(x), 3)
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,9 +50,9 @@ from coach.redis_bus import RedisBus
 from coach.runtime import Runtime
 from coach.session import CallSession
 from coach.settings import Settings
-from coach.store import StoreService
+from coach.store import StoreService, recovered
 from coach.store.api import router as history_router
-from coach.store.records import CustomerCall
+from coach.store.records import CustomerCall, StoreUnavailable
 from coach.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,20 @@ class AppState:
         self.audiosocket: asyncio.Server | None = None
         self.playbook_watch: asyncio.Task[None] | None = None
         self.history_store: Store | None = None
+
+    async def is_live(self, call_id: str) -> bool:
+        """Whether some instance runs this call now (here, or by its Redis owner key)."""
+        if self.manager is not None and self.manager.get(call_id) is not None:
+            return True
+        if isinstance(self.bus, RedisBus):
+            if self.bus.degraded:
+                return True  # cannot tell: never take a live call for an orphan
+            try:
+                return await self.bus.owner(call_id) is not None
+            except Exception as exc:
+                log.debug("owner lookup for %s failed: %s", call_id, exc)
+                return True
+        return False
 
     def wire_history(self) -> None:
         """Calls look up their customer's previous calls (repeat_contact) in the store."""
@@ -133,8 +148,15 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         releaser = asyncio.create_task(
             memory.release_periodically(settings.memory_release_interval_s)
         )
+        sweeper = (
+            asyncio.create_task(_close_orphans(state, store.store, started=datetime.now(UTC)))
+            if store is not None
+            else None
+        )
         yield
         releaser.cancel()
+        if sweeper is not None:
+            sweeper.cancel()
         if loader is not None and not loader.done():
             loader.cancel()
         if state.playbook_watch is not None:
@@ -326,6 +348,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             return
         session = state.manager.get(call_id) if state.manager else None
         meta = session.meta if session else wall.meta(call_id)
+        after = ws.query_params.get("after_seq")
+        after_seq = int(after) if after and after.isdigit() else None
+        if session is None and meta is None and not await state.is_live(call_id):
+            # Not running anywhere: a call that ended (perhaps cut off by a restart) or none.
+            await _stream_stored(
+                ws, getattr(ws.app.state, "store", None), principal, call_id, after_seq
+            )
+            return
         if not may_view_call(principal, meta):
             await _close(ws, cc.POLICY_VIOLATION, "forbidden", "not your call")
             return
@@ -335,13 +365,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                 ws, cc.TRY_AGAIN_LATER, "degraded", "events of other instances need Redis; retry"
             )
             return
-        after = ws.query_params.get("after_seq")
         # Only the call's own agent sees unredacted text; everyone else gets the PII-safe view.
         own = meta is not None and meta.get("agent_id") == principal.user
         topic = agent_topic(call_id) if own else call_topic(call_id)
-        await _stream_events(
-            ws, state.bus, topic, int(after) if after and after.isdigit() else None
-        )
+        await _stream_events(ws, state.bus, topic, after_seq)
 
     if WEB_DIR.is_dir():
         app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
@@ -439,6 +466,69 @@ async def _close(ws: WebSocket, code: int, reason: str, message: str) -> None:
     with contextlib.suppress(RuntimeError, WebSocketDisconnect):
         await ws.send_text(dumps({"type": "error", "code": reason, "message": message}))
         await ws.close(code=code, reason=message[:120])
+
+
+async def _stream_stored(
+    ws: WebSocket,
+    store: Store | None,
+    principal: Principal,
+    call_id: str,
+    after_seq: int | None,
+) -> None:
+    """A call no instance runs: its stored events and its call_end, then a normal close.
+
+    A panel that reconnects after a restart keeps the call and learns how it ended (reason
+    `interrupted` when the process stopped before the call did); a call the store does not
+    know either is refused with 4404, so the panel can say so instead of waiting for ever.
+    """
+    try:
+        detail = await store.get_call(call_id) if store is not None else None
+    except StoreUnavailable:
+        await _close(ws, cc.TRY_AGAIN_LATER, "store_unavailable", "the call store is down; retry")
+        return
+    if detail is None:
+        await _close(ws, cc.UNKNOWN_CALL, "unknown_call", f"no call {call_id} is live or stored")
+        return
+    if not may_view_call(principal, detail.call.access_meta):
+        await _close(ws, cc.POLICY_VIOLATION, "forbidden", "not your call")
+        return
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+        for ev in recovered.stored_events(detail, after_seq=after_seq):
+            await ws.send_text(dumps(ev))
+        await ws.send_text(dumps(recovered.end_event(detail, after_seq=after_seq)))
+        await ws.close(code=cc.NORMAL)
+
+
+async def _close_orphans(state: AppState, store: Store, *, started: datetime) -> None:
+    """Close calls that a stopped process left unended (coach/store/recovered.py).
+
+    Without Redis this process is the only one on its store: once, at start-up, every call
+    that started before it is an orphan. With Redis it repeats, for calls whose owner key
+    expired (twice the key's lifetime ago, so a call being set up is never taken).
+    """
+    redis = isinstance(state.bus, RedisBus)
+    ttl = state.settings.redis_session_ttl_s
+    delay = 1.0
+    while True:
+        before = datetime.now(UTC) - timedelta(seconds=2 * ttl) if redis else started
+        try:
+            closed = await recovered.close_orphans(
+                store, state.bus, is_live=state.is_live, started_before=before
+            )
+        except StoreUnavailable as exc:
+            log.info("orphaned calls not checked yet (store unavailable: %s)", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+            continue
+        except Exception:
+            log.exception("closing orphaned calls failed")
+            closed = []
+        if closed:
+            log.warning("closed %d call(s) cut off by a stopped instance", len(closed))
+        if not redis:
+            return
+        delay = 1.0
+        await asyncio.sleep(2 * ttl)
 
 
 async def _stream_events(

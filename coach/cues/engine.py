@@ -32,12 +32,11 @@ from coach.cues.dynamics import Spoken, Timeline, TimingCues, TimingHit, agent_p
 from coach.cues.matcher import ClauseSignals, CueIndex, FloatArray, SemanticMatch
 from coach.cues.playbook import CueSpec, EscalationSpec, Playbook
 from coach.escalation import EscalationDetector
-from coach.events import Event
+from coach.events import AI_LABEL, Event
 from coach.messages import Speaker
 
 log = logging.getLogger(__name__)
 
-AI_LABEL = "AI suggestion"
 EARLY_NOTE = "heard while the customer was still speaking (live transcript)"
 
 

@@ -9,6 +9,8 @@ MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
 DUPLICATE_CALL = 4409
+# A panel asked for a call that is neither live nor stored (like HTTP 404).
+UNKNOWN_CALL = 4404
 HEADER_TIMEOUT = 4408
 
 

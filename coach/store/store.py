@@ -235,6 +235,19 @@ class Store:
             row = await s.get(Call, call_id)
             return None if row is None else CallRecord.of(row)
 
+    async def unended_calls(
+        self, *, started_before: datetime, limit: int = 1000
+    ) -> list[CallRecord]:
+        """Calls with no end stored that started before `started_before`, oldest first."""
+        stmt = (
+            sa.select(Call)
+            .where(Call.ended_at.is_(None), Call.started_at < started_before)
+            .order_by(Call.started_at, Call.call_id)
+            .limit(limit)
+        )
+        async with self._session() as s:
+            return [CallRecord.of(r) for r in await s.scalars(stmt)]
+
     async def latest_cue_seq(self, call_id: str, cue: str) -> int | None:
         """The most recent occurrence of cue id `cue` in a call (feedback by cue id)."""
         async with self._session() as s:

@@ -154,7 +154,8 @@ class Rows:
         if etype == "call_end":
             return {
                 **_stub(call_id, at),
-                "ended_at": _dt(at),
+                # A call closed after a restart says when it was last heard (recovered.py).
+                "ended_at": _ended_at(ev) or _dt(at),
                 "duration_s": _num(ev.get("duration_s")),
                 "end_reason": _opt_text(ev.get("reason")),
                 # Set when the agent was assigned during the call (REST), else kept as is.
@@ -178,6 +179,17 @@ class Rows:
             "summary": clean_json(ev.get("summary")),
             "context": clean_json(extra) if extra else None,
         }
+
+
+def _ended_at(ev: Event) -> datetime | None:
+    value = ev.get("ended_at")
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _stub(call_id: str, at: float) -> dict[str, Any]:

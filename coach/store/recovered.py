@@ -1,0 +1,172 @@
+"""Calls a server restart cut off: their stored events, and a `call_end` for them.
+
+Why: a process that dies mid-call (a crash, a kill, a node lost) never emits the call's
+`call_end`, so the stored call would stay "live" in the history for ever and a panel that
+reconnects after the restart would find no such call. What the store already holds is the
+truth about such a call: its redacted transcript, its cues and escalations. This module turns
+that back into the event stream (so a reconnecting panel keeps the call and learns how it
+ended) and builds the `call_end` that closes it (reason `interrupted`, duration and emotional
+arc from what was stored), which `close_orphans` publishes like any other call_end so the
+store, the supervisor walls and every instance see the call end the ordinary way.
+
+Which unended calls are orphans: without Redis one instance owns the store (ARCHITECTURE.md,
+Scale-out), so at start-up every unended call it does not run was cut off. With Redis each
+instance refreshes an owner key per live call; a call whose key has expired belongs to no
+live instance.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from coach.bus import InProcessBus, call_topic
+from coach.events import AI_LABEL, Event, call_end
+from coach.store.records import CallDetail
+from coach.store.store import Store
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED = "interrupted"
+
+
+def stored_events(detail: CallDetail, *, after_seq: int | None = None) -> list[Event]:
+    """The call's stored transcript, cues and escalations as events, in `seq` order.
+
+    Text is what the store holds (redacted); partials and metrics are not stored.
+    """
+    call_id = detail.call.call_id
+    out: list[Event] = []
+    for u in detail.transcript:
+        out.append(
+            {
+                "type": "transcript",
+                "call_id": call_id,
+                "seq": u.seq,
+                "t_emit": u.t_emit if u.t_emit is not None else u.t_end,
+                "speaker": u.speaker,
+                "t_start": u.t_start,
+                "t_end": u.t_end,
+                "text": u.text,
+                "words": u.words,
+                "sentiment": u.sentiment,
+                "prosody": u.prosody,
+            }
+        )
+    for c in detail.cues:
+        evidence = dict(c.evidence or {})
+        ev: Event = {
+            "type": "cue",
+            "call_id": call_id,
+            "seq": c.seq,
+            "t_emit": c.t_emit,
+            "cue": c.cue,
+            "title": c.title,
+            "advice": c.advice,
+            "why": c.why,
+            "priority": c.priority,
+            "label": AI_LABEL,
+            "evidence": evidence,
+        }
+        if "t_start" in evidence and "t_end" in evidence:
+            ev["t_start"], ev["t_end"] = evidence["t_start"], evidence["t_end"]
+        out.append(ev)
+    for e in detail.escalations:
+        out.append(
+            {
+                **(e.context or {}),
+                "type": "escalation",
+                "call_id": call_id,
+                "seq": e.seq,
+                "t_emit": e.t_emit,
+                "reason": e.reason,
+                "urgency": e.urgency,
+                "summary": e.summary,
+            }
+        )
+    out.sort(key=lambda ev: int(ev["seq"]))
+    if after_seq is not None:
+        out = [ev for ev in out if int(ev["seq"]) > after_seq]
+    return out
+
+
+def last_seq(detail: CallDetail) -> int:
+    seqs = [u.seq for u in detail.transcript] + [c.seq for c in detail.cues]
+    seqs += [e.seq for e in detail.escalations]
+    return max(seqs, default=0)
+
+
+def stored_duration(detail: CallDetail) -> float:
+    """How much of the call was heard, from the last thing stored about it."""
+    ends = [u.t_end for u in detail.transcript]
+    ends += [c.t_emit for c in detail.cues if c.t_emit is not None]
+    ends += [e.t_emit for e in detail.escalations if e.t_emit is not None]
+    return max(ends, default=0.0)
+
+
+def end_event(detail: CallDetail, *, after_seq: int | None = None) -> Event:
+    """The call_end of a stored call: its own when it ended, else an `interrupted` one."""
+    call = detail.call
+    seq = max(last_seq(detail), after_seq or 0) + 1
+    if call.ended_at is not None:
+        summary: dict[str, Any] = dict(detail.summary or {})
+        ev: Event = {
+            "type": "call_end",
+            "duration_s": call.duration_s,
+            "reason": call.end_reason or "end",
+            "summary": {"arc": summary.pop("arc", []), "cues": summary.pop("cues", {}), **summary},
+        }
+    else:
+        duration = stored_duration(detail)
+        arc = [
+            (u.t_end, float(u.sentiment["valence"]))
+            for u in detail.transcript
+            if u.speaker == "customer"
+            and isinstance(u.sentiment, dict)
+            and isinstance(u.sentiment.get("valence"), int | float)
+        ]
+        counts: dict[str, int] = {}
+        for c in detail.cues:
+            counts[c.cue] = counts.get(c.cue, 0) + 1
+        ev = call_end(duration_s=duration, reason=INTERRUPTED, arc=arc, cues=counts)
+        # Stored as the call's end time: when it was last heard, not when it was found.
+        ev["ended_at"] = (call.started_at + timedelta(seconds=duration)).isoformat()
+    ev.update({"call_id": call.call_id, "seq": seq, "t_emit": ev.get("duration_s") or 0.0})
+    if call.agent_id:
+        ev["agent_id"] = call.agent_id
+    return ev
+
+
+IsLive = Callable[[str], Awaitable[bool]]
+
+
+async def close_orphans(
+    store: Store, bus: InProcessBus, *, is_live: IsLive, started_before: datetime
+) -> list[str]:
+    """End every stored call that never ended and that no instance runs any more.
+
+    Each gets an `interrupted` call_end on its bus topic, which the store writer persists
+    (ended_at, duration, end reason, summary) and the supervisor walls see. Only calls that
+    started before `started_before` are looked at, so a call still being set up is never
+    taken for an orphan. Returns the call ids closed; raises StoreUnavailable.
+    """
+    closed: list[str] = []
+    for call in await store.unended_calls(started_before=started_before):
+        if await is_live(call.call_id):
+            continue
+        detail = await store.get_call(call.call_id)
+        if detail is None or detail.call.ended_at is not None:
+            continue
+        ev = end_event(detail)
+        bus.publish(call_topic(call.call_id), ev)
+        bus.close_topic(call_topic(call.call_id))
+        closed.append(call.call_id)
+        log.warning(
+            "call %s was cut off (no instance runs it): closed as interrupted after %.1f s",
+            call.call_id,
+            ev["duration_s"],
+        )
+    return closed
+

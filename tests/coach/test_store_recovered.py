@@ -1,0 +1,217 @@
+"""Calls a stopped process left unended: closed at start-up, and streamed from the store.
+
+The store is seeded through the real bus and writer with one call that ended and one that
+was cut off (no call_end), as a killed server leaves them; then the whole app starts on that
+store, as `coach serve` does after a restart.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+from test_store_support import (
+    BACKENDS,
+    CARD,
+    Backend,
+    backend_for,
+    call_events,
+    migrated_pg_database,
+    publish,
+    run,
+)
+
+from coach.api.app import create_app
+from coach.auth import issue_token
+from coach.bus import InProcessBus, call_topic
+from coach.runtime import Runtime
+from coach.settings import Settings
+from coach.store import Spool, Store, StoreWriter
+from coach.store.recovered import close_orphans, end_event, stored_events
+
+SECRET = "r" * 32
+CUT = [e for e in call_events("c-cut", agent_id="ann") if e["type"] != "call_end"]
+DONE = call_events("c-done", agent_id="ann")
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    yield from migrated_pg_database()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from backend_for(request, tmp_path)
+
+
+async def _seed(url: str, spool_dir: Path, *calls: list[dict[str, Any]]) -> None:
+    store = Store(url=url)
+    writer = StoreWriter(store=store, spool=Spool(directory=spool_dir))
+    bus = InProcessBus()
+    bus.add_listener(writer)
+    for events in calls:
+        publish(bus, events)
+    await writer.flush()
+    await writer.aclose()
+    await store.aclose()
+
+
+def token(user: str, role: str) -> str:
+    return issue_token(user=user, role=role, secret=SECRET, ttl_s=600)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def restarted(backend: Backend, tmp_path: Path, runtime: Runtime) -> Iterator[TestClient]:
+    """The app started on a store that a killed server left behind."""
+    run(_seed(backend.url, tmp_path / "seed-spool", CUT, DONE))
+    settings = Settings(
+        data_dir=tmp_path, auth_secret=SECRET, store_enabled=True, database_url=backend.url
+    )
+    with TestClient(create_app(settings, runtime)) as client:
+        yield client
+
+
+def _stored(client: TestClient, call_id: str) -> dict[str, Any]:
+    """The history API's view of a call, once the start-up sweep has closed it."""
+    deadline = time.monotonic() + 15
+    while True:
+        resp = client.get(
+            f"/api/history/calls/{call_id}",
+            headers={"Authorization": f"Bearer {token('ada', 'admin')}"},
+        )
+        assert resp.status_code == 200, resp.text
+        body: dict[str, Any] = resp.json()
+        if body["call"]["ended_at"] is not None or time.monotonic() > deadline:
+            return body
+        time.sleep(0.1)
+
+
+def _stream(client: TestClient, path: str) -> tuple[list[dict[str, Any]], int]:
+    events: list[dict[str, Any]] = []
+    with client.websocket_connect(path) as ws, pytest.raises(WebSocketDisconnect) as closed:
+        while True:
+            events.append(ws.receive_json())
+    return events, closed.value.code
+
+
+def test_a_call_cut_off_is_closed_as_interrupted_at_start_up(restarted: TestClient) -> None:
+    body = _stored(restarted, "c-cut")
+    call = body["call"]
+    assert call["end_reason"] == "interrupted"
+    # Heard until its last stored line (8 s), and dated then, not at the restart.
+    assert call["duration_s"] == pytest.approx(8.0)
+    started = datetime.fromisoformat(call["started_at"])
+    ended = datetime.fromisoformat(call["ended_at"])
+    assert ended - started == timedelta(seconds=8)
+    summary = body["summary"]
+    assert summary["cues"] == {"acknowledge_frustration": 1}
+    assert summary["arc"] == [[4.0, -0.4]]  # the customer's line, not the agent's
+    # The call that ended keeps its own end.
+    assert _stored(restarted, "c-done")["call"]["end_reason"] == "hangup"
+
+
+def test_a_panel_reconnecting_after_a_restart_keeps_the_call(restarted: TestClient) -> None:
+    _stored(restarted, "c-cut")
+    events, code = _stream(restarted, f"/ws/calls/c-cut/events?token={token('ann', 'agent')}")
+    assert code == 1000
+    kinds = [e["type"] for e in events]
+    assert kinds == ["transcript", "transcript", "cue", "escalation", "call_end"], kinds
+    assert CARD not in str(events)  # the store's redacted text, even for the call's agent
+    assert events[-1]["reason"] == "interrupted"
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+    # Resuming after the last line seen: only what came after, then the end.
+    after = events[1]["seq"]
+    rest, code = _stream(
+        restarted, f"/ws/calls/c-cut/events?after_seq={after}&token={token('ann', 'agent')}"
+    )
+    assert code == 1000
+    assert [e["type"] for e in rest] == ["cue", "escalation", "call_end"]
+    # A panel that saw partials and metrics past every stored seq still takes the end.
+    late, _ = _stream(
+        restarted, f"/ws/calls/c-cut/events?after_seq=999&token={token('ann', 'agent')}"
+    )
+    assert [e["type"] for e in late] == ["call_end"] and late[0]["seq"] > 999
+
+    done, code = _stream(restarted, f"/ws/calls/c-done/events?token={token('sam', 'admin')}")
+    assert code == 1000 and done[-1]["type"] == "call_end" and done[-1]["reason"] == "hangup"
+
+
+def test_unknown_and_forbidden_calls_are_told_apart(restarted: TestClient) -> None:
+    events, code = _stream(restarted, f"/ws/calls/nope/events?token={token('ann', 'agent')}")
+    assert code == 4404 and events[0]["code"] == "unknown_call"
+    # An admin is told the same, instead of a stream that never ends.
+    events, code = _stream(restarted, f"/ws/calls/nope/events?token={token('ada', 'admin')}")
+    assert code == 4404
+    # Another agent's stored call stays refused.
+    events, code = _stream(restarted, f"/ws/calls/c-cut/events?token={token('ben', 'agent')}")
+    assert code == 1008 and events[0]["code"] == "forbidden"
+
+
+def test_close_orphans_spares_live_and_recent_calls(backend: Backend, tmp_path: Path) -> None:
+    run(_seed(backend.url, tmp_path / "seed-spool", CUT, call_events("c-live")[:-1]))
+
+    async def scenario() -> tuple[list[str], list[str], dict[str, Any]]:
+        store = Store(url=backend.url)
+        writer = StoreWriter(store=store, spool=Spool(directory=tmp_path / "spool"))
+        bus = InProcessBus()
+        bus.add_listener(writer)
+        sub = bus.subscribe(call_topic("c-cut"))
+
+        async def is_live(call_id: str) -> bool:
+            return call_id == "c-live"
+
+        # Calls that started after the cut-off are not looked at at all.
+        none = await close_orphans(
+            store, bus, is_live=is_live, started_before=datetime.now(UTC) - timedelta(hours=1)
+        )
+        closed = await close_orphans(
+            store, bus, is_live=is_live, started_before=datetime.now(UTC) + timedelta(seconds=1)
+        )
+        await writer.flush()
+        seen = sub.queue.get_nowait()
+        live = await store.get_call("c-live")
+        await writer.aclose()
+        await store.aclose()
+        assert live is not None and live.call.ended_at is None
+        assert seen is not None
+        return none, closed, seen
+
+    none, closed, seen = run(scenario())
+    assert none == [] and closed == ["c-cut"]
+    assert seen["type"] == "call_end" and seen["reason"] == "interrupted"
+    assert seen["agent_id"] == "ann"
+
+
+def test_stored_events_and_end_event_are_pure() -> None:
+    """Without a database: the conversion itself, on records built from a seeded call."""
+    from coach.store.records import CallDetail, CallRecord, CueRecord, UtteranceRecord
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    detail = CallDetail(
+        call=CallRecord(
+            "c", "pcm", "ann", None, [], None, start, None, None, None, None, None, None
+        ),
+        transcript=[
+            UtteranceRecord(3, "customer", 1.0, 2.5, 2.9, "hello", [], {"valence": -0.5}, None),
+            UtteranceRecord(1, "agent", 0.0, 0.9, 1.0, "hi", [], {"valence": 0.1}, None),
+        ],
+        cues=[CueRecord(5, "frustration", "t", "a", "w", 2, {"t_start": 1.0, "t_end": 2.5}, 3.1)],
+        escalations=[],
+        summary=None,
+        metrics=None,
+    )
+    evs = stored_events(detail)
+    assert [e["seq"] for e in evs] == [1, 3, 5]
+    assert evs[-1]["label"] == "AI suggestion" and evs[-1]["t_end"] == 2.5
+    end = end_event(detail, after_seq=10)
+    assert end["seq"] == 11 and end["duration_s"] == pytest.approx(3.1)
+    assert end["summary"]["arc"] == [[2.5, -0.5]]
+    assert end["ended_at"] == (start + timedelta(seconds=3.1)).isoformat()
