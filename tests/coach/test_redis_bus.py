@@ -258,3 +258,33 @@ async def test_outbox_flushes_and_readers_catch_up_after_redis_returns(
     finally:
         await a.stop()
         await b.stop()
+
+
+@needs_redis
+async def test_a_call_is_live_while_some_instance_owns_it(prefix: str, tmp_path: Path) -> None:
+    """What the orphan sweep asks (coach/store/recovered.py): is any instance running it?"""
+    from coach.api.app import AppState
+    from coach.settings import Settings
+
+    a, b = make_bus(SHARED_URL, prefix, "A", owner_ttl_s=10), make_bus(SHARED_URL, prefix, "B")
+    await a.start()
+    await b.start()
+    state = AppState(Settings(data_dir=tmp_path), runtime=None)
+    state.bus = b
+    try:
+        a.publish(call_topic("c-owned"), ev("c-owned", 1, "call_start"))
+        await wait_for(lambda: not a.degraded and not a._pending() and not b.degraded)
+        assert await state.is_live("c-owned")  # run by instance A, asked on B
+        assert not await state.is_live("c-gone")  # no owner key: nobody runs it
+    finally:
+        await a.stop()
+        await b.stop()
+    # A bus that cannot reach Redis cannot tell: it never calls a call an orphan.
+    down = make_bus("redis://127.0.0.1:1/0", prefix, "C")
+    await down.start()
+    state.bus = down
+    try:
+        await wait_for(lambda: down.degraded)
+        assert await state.is_live("c-gone")
+    finally:
+        await down.stop()
