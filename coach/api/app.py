@@ -350,11 +350,15 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         meta = session.meta if session else wall.meta(call_id)
         after = ws.query_params.get("after_seq")
         after_seq = int(after) if after and after.isdigit() else None
-        if session is None and meta is None and not await state.is_live(call_id):
-            # Not running anywhere: a call that ended (perhaps cut off by a restart) or none.
-            await _stream_stored(
-                ws, getattr(ws.app.state, "store", None), principal, call_id, after_seq
-            )
+        # Not running anywhere: a call that ended (perhaps cut off by a restart) or none. If
+        # unknown and this user may watch any call, wait for it to start instead (telephony may
+        # hand the call id to a panel before the audio arrives).
+        if (
+            session is None
+            and meta is None
+            and not await state.is_live(call_id)
+            and await _stream_stored(ws, state, principal, call_id, after_seq)
+        ):
             return
         if not may_view_call(principal, meta):
             await _close(ws, cc.POLICY_VIOLATION, "forbidden", "not your call")
@@ -470,33 +474,44 @@ async def _close(ws: WebSocket, code: int, reason: str, message: str) -> None:
 
 async def _stream_stored(
     ws: WebSocket,
-    store: Store | None,
+    state: AppState,
     principal: Principal,
     call_id: str,
     after_seq: int | None,
-) -> None:
+) -> bool:
     """A call no instance runs: its stored events and its call_end, then a normal close.
 
     A panel that reconnects after a restart keeps the call and learns how it ended (reason
     `interrupted` when the process stopped before the call did); a call the store does not
-    know either is refused with 4404, so the panel can say so instead of waiting for ever.
+    know either is refused with 4404, so the panel can say so instead of waiting for ever;
+    except for a user who may watch any call (an admin), who waits for it to start: returns
+    False then, having sent nothing.
     """
+    store: Store | None = getattr(ws.app.state, "store", None)
     try:
         detail = await store.get_call(call_id) if store is not None else None
     except StoreUnavailable:
         await _close(ws, cc.TRY_AGAIN_LATER, "store_unavailable", "the call store is down; retry")
-        return
+        return True
     if detail is None:
+        if may_view_call(principal, None):
+            return False
         await _close(ws, cc.UNKNOWN_CALL, "unknown_call", f"no call {call_id} is live or stored")
-        return
+        return True
     if not may_view_call(principal, detail.call.access_meta):
         await _close(ws, cc.POLICY_VIOLATION, "forbidden", "not your call")
-        return
+        return True
+    if detail.call.ended_at is None and isinstance(state.bus, RedisBus):
+        # Another instance may be starting it and not have claimed its owner key yet.
+        young = datetime.now(UTC) - detail.call.started_at
+        if young < timedelta(seconds=2 * state.settings.redis_session_ttl_s):
+            return False
     with contextlib.suppress(RuntimeError, WebSocketDisconnect):
         for ev in recovered.stored_events(detail, after_seq=after_seq):
             await ws.send_text(dumps(ev))
         await ws.send_text(dumps(recovered.end_event(detail, after_seq=after_seq)))
         await ws.close(code=cc.NORMAL)
+    return True
 
 
 async def _close_orphans(state: AppState, store: Store, *, started: datetime) -> None:

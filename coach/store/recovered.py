@@ -169,4 +169,3 @@ async def close_orphans(
             ev["duration_s"],
         )
     return closed
-

@@ -147,9 +147,8 @@ def test_a_panel_reconnecting_after_a_restart_keeps_the_call(restarted: TestClie
 def test_unknown_and_forbidden_calls_are_told_apart(restarted: TestClient) -> None:
     events, code = _stream(restarted, f"/ws/calls/nope/events?token={token('ann', 'agent')}")
     assert code == 4404 and events[0]["code"] == "unknown_call"
-    # An admin is told the same, instead of a stream that never ends.
-    events, code = _stream(restarted, f"/ws/calls/nope/events?token={token('ada', 'admin')}")
-    assert code == 4404
+    # (An admin, who may watch any call, waits for it instead: a panel may learn a call id
+    # before its audio arrives. tests/e2e/test_two_servers.py relies on that.)
     # Another agent's stored call stays refused.
     events, code = _stream(restarted, f"/ws/calls/c-cut/events?token={token('ben', 'agent')}")
     assert code == 1008 and events[0]["code"] == "forbidden"
