@@ -201,7 +201,9 @@ def test_at_most_three_cards_newest_on_top_crisis_distinct_and_expiry(
         },
     )
     page.locator('.older-cards .card[data-cue="escalation_request"]').wait_for(state="attached")
-    assert "4.2 words/s (fast)" in page.locator(".metrics").inner_text()
+    # The words/s number is shown, but only the cue engine calls the agent fast.
+    assert "4.2 words/s" in page.locator(".metrics").inner_text()
+    assert "fast" not in page.locator(".metrics").inner_text()
     # Keyboard: Tab reaches the feedback buttons; Enter on Dismiss collapses the card.
     dismiss = page.locator('.cards .card[data-cue="frustration"]').get_by_role(
         "button", name="Dismiss"
@@ -279,3 +281,132 @@ def test_play_demo_call_end_to_end_through_the_pipeline(live_server: LiveServer,
     # and they show as cards.
     assert {c.cue for c in detail.cues} & {"dead_air", "frustration"}, detail.cues
     assert page.locator(".card").count() >= 1
+
+
+def metrics(t: float, wps: float) -> dict[str, Any]:
+    return {
+        "type": "metrics",
+        "talk_ratio": {"customer": 0.5, "agent": 0.5},
+        "overtalk_s": 0.0,
+        "silence_s": 0.0,
+        "agent_wps": wps,
+        "t_start": 0,
+        "t_end": t,
+        "t_emit": t,
+    }
+
+
+def test_pace_is_fast_only_while_the_engines_pace_cue_is_recent(
+    live_server: LiveServer, page: Any
+) -> None:
+    call_id = "web-pace"
+    sign_in(page, live_server.base, "/agent/", "ann")
+    live_server.start_call(call_id, "ann")
+    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    pace = page.locator(".metrics dd.pace")
+    # Normal speech measures 3.6-3.9 words per voiced second: neutral, not red.
+    live_server.emit(call_id, metrics(10.0, 3.8))
+    pace.filter(has_text="3.8 words/s").wait_for()
+    assert pace.inner_text() == "3.8 words/s"
+    assert "warn" not in (pace.get_attribute("class") or "")
+    # The engine's calibrated measure says fast: now the panel agrees.
+    live_server.emit(
+        call_id,
+        {
+            "type": "cue",
+            "cue": "agent_pace_fast",
+            "title": "Speaking too fast",
+            "advice": "Slow down and pause between steps.",
+            "why": "agent at 6.5 syllables/s over 30 s",
+            "reasons": ["agent at 6.5 syllables/s over 30 s"],
+            "priority": 4,
+            "severity": "normal",
+            "label": "AI suggestion",
+            "speaker": "agent",
+            "t_start": 0.0,
+            "t_end": 20.0,
+            "t_emit": 20.0,
+            "evidence": {
+                "text": "",
+                "t_start": 0.0,
+                "t_end": 20.0,
+                "utterance_id": None,
+                "phrases": [],
+            },
+            "expires_s": 30.0,
+        },
+    )
+    pace.filter(has_text="(fast)").wait_for()
+    assert "warn" in (pace.get_attribute("class") or "")
+    live_server.emit(call_id, metrics(30.0, 3.1))
+    pace.filter(has_text="3.1 words/s (fast)").wait_for()
+    # More than 30 s of call time after the cue: neutral again, whatever the number.
+    live_server.emit(call_id, metrics(55.0, 4.4))
+    pace.filter(has_text="4.4 words/s").wait_for()
+    assert pace.inner_text() == "4.4 words/s"
+    assert "warn" not in (pace.get_attribute("class") or "")
+    live_server.emit(call_id, END)
+
+
+def test_a_history_cue_marks_no_line_but_a_word_match_still_does(
+    live_server: LiveServer, page: Any
+) -> None:
+    call_id = "web-history-cue"
+    sign_in(page, live_server.base, "/agent/", "ann")
+    live_server.start_call(call_id, "ann")
+    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    live_server.emit(call_id, transcript("customer", "Hi.", 1, 1.0))
+    # repeat_contact from the store's history fires at the first utterance: its evidence text
+    # is that utterance, but the words had nothing to do with it.
+    history = cue("repeat_contact", 3.0, utterance_id=1, phrase="", text="Hi.")
+    history["title"] = "Has called before"
+    history["reasons"] = [
+        "history: 2 call(s) in the last 7 days; the last 3 hours ago (outcome end; cues frustration)"
+    ]
+    history["evidence"]["phrases"] = []
+    live_server.emit(call_id, history)
+    page.locator('.card[data-cue="repeat_contact"]').wait_for()
+    said = "I was charged twice for the same order"
+    live_server.emit(call_id, transcript("customer", said, 2, 4.0))
+    # A word match with no phrase found: the clause the words matched is still the trigger.
+    matched = cue("billing_dispute", 7.0, utterance_id=2, phrase="", text=said)
+    matched["reasons"] = ['words: "charged twice" means the same as "you billed me twice" (0.71)']
+    matched["evidence"]["phrases"] = []
+    live_server.emit(call_id, matched)
+    page.locator('.card[data-cue="billing_dispute"]').wait_for()
+    marks = page.locator("#transcript mark.trigger")
+    marks.first.wait_for()
+    assert marks.all_inner_texts() == ["charged twice"]
+    hi = page.locator("#transcript li.customer.transcript").filter(has_text="Hi.")
+    assert hi.locator("mark").count() == 0
+    live_server.emit(call_id, END)
+
+
+def test_cues_can_be_rated_after_the_call_ended(live_server: LiveServer, page: Any) -> None:
+    call_id = "web-rate-after"
+    sign_in(page, live_server.base, "/agent/", "ann")
+    live_server.start_call(call_id, "ann")
+    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    text = "I am confused about this bill"
+    live_server.emit(call_id, transcript("customer", text, 1, 1.0))
+    live_server.emit(call_id, cue("confusion", 4.0, utterance_id=1, phrase="confused", text=text))
+    page.locator(".cards .card").wait_for()
+    live_server.emit(call_id, END)
+    page.locator("#status").filter(has_text="ended").wait_for()
+    # Every card collapsed into the earlier suggestions, which stay open after the call.
+    card = page.locator('.older-cards .card[data-cue="confusion"]')
+    card.wait_for()
+    assert page.locator(".cards .card").count() == 0
+    helpful = card.get_by_role("button", name="Helpful", exact=True)
+    assert helpful.is_hidden()
+    toggle = card.get_by_role("button", name="Show why and rate: Customer is confused")
+    assert toggle.get_attribute("aria-expanded") == "false"
+    toggle.click()
+    assert card.locator(".card-toggle").get_attribute("aria-expanded") == "true"
+    assert card.locator(".why").is_visible()
+    helpful.click()
+    card.get_by_role("status").filter(has_text="marked helpful").wait_for()
+    page.screenshot(path=str(ARTIFACTS / "agent-rate-after-end.png"))
+    detail = live_server.store_call(call_id)
+    assert detail is not None
+    assert [(f.verdict, f.user) for c in detail.cues for f in c.feedback] == [("helpful", "ann")]

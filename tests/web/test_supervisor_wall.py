@@ -6,11 +6,21 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qs, urlparse
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.web.conftest import ARTIFACTS, LiveServer, cue, customer_state, sign_in, transcript
+from tests.web.conftest import (
+    ARTIFACTS,
+    LiveServer,
+    cue,
+    customer_state,
+    sign_in,
+    transcript,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -311,3 +321,112 @@ def test_fifty_live_calls_stay_responsive(live_server: LiveServer, page: Any) ->
     assert first is not None and float(first.split()[-1]) <= -0.9
     for call_id in ids:
         live_server.emit(call_id, end([]))
+
+
+def test_history_and_analytics_days_are_the_browsers_local_days(
+    live_server: LiveServer, browser: Any
+) -> None:
+    """A browser whose local date is not the UTC date: the date fields mean local days."""
+    call_id = "w-local-day"
+    live_server.start_call(call_id, "ann")
+    live_server.emit(call_id, end([]))
+    assert live_server.store_call(call_id) is not None
+    now = datetime.now(UTC)
+    # UTC+14 is a day ahead from 10:00 UTC on, UTC-11 a day behind until 11:00 UTC.
+    zone = "Pacific/Kiritimati" if now.hour >= 10 else "Pacific/Pago_Pago"
+    today = now.astimezone(ZoneInfo(zone)).date()
+    assert today != now.date()
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, timezone_id=zone)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    asked: list[dict[str, list[str]]] = []
+    page.on(
+        "request",
+        lambda r: (
+            asked.append(parse_qs(urlparse(r.url).query))
+            if "/api/history/calls?" in r.url
+            else None
+        ),
+    )
+    try:
+        sign_in(page, live_server.base, "/supervisor/#history", "sam")
+        row = page.locator("#history-table tbody tr").filter(has_text=call_id)
+        row.wait_for()
+        form = page.locator("#history-form")
+        assert form.locator("input[name=until]").input_value() == today.isoformat()
+        # Only that local day: the call started in it (shown in local time), so it is listed.
+        form.locator("input[name=since]").fill(today.isoformat())
+        form.locator("input[name=until]").fill(today.isoformat())
+        asked.clear()
+        form.get_by_role("button", name="Show").click()
+        page.locator("#history-status").filter(has_text="call(s)").wait_for()
+        row.wait_for()
+        midnight = datetime(today.year, today.month, today.day, tzinfo=ZoneInfo(zone))
+        (query,) = asked
+        since = datetime.fromisoformat(query["since"][0])
+        until = datetime.fromisoformat(query["until"][0])
+        assert since == midnight and since.utcoffset() == midnight.utcoffset(), query
+        assert (until - since).total_seconds() == 86400, query
+        # Analytics counts the same local days.
+        page.get_by_role("tab", name="Coaching analytics").click()
+        page.locator("#analytics-status").filter(has_text="in range").wait_for()
+        analytics = page.locator("#analytics-form")
+        assert analytics.locator("input[name=until]").input_value() == today.isoformat()
+        assert not page.locator("#analytics-status").inner_text().startswith("0 call")
+    finally:
+        context.close()
+    assert not errors, errors
+
+
+def test_arc_cue_labels_a_few_seconds_apart_do_not_overlap(
+    live_server: LiveServer, page: Any
+) -> None:
+    call_id = "w-arc-labels"
+    live_server.start_call(call_id, "ann")
+    text = "I am confused and frustrated and I want a manager, this is the third time"
+    live_server.emit(
+        call_id, transcript("customer", text, 1, 1.0, state=customer_state(-0.6, 0.7, "frustrated"))
+    )
+    names = [
+        "frustration",
+        "confusion",
+        "escalation_request",
+        "repeat_contact",
+        "churn_risk",
+        "cost_anxiety",
+    ]
+    for i, name in enumerate(names):
+        live_server.emit(call_id, cue(name, 60.0 + 2 * i, utterance_id=1, phrase="I am", text=text))
+    live_server.emit(
+        call_id,
+        {
+            "type": "call_end",
+            "duration_s": 300.0,
+            "reason": "end",
+            "summary": {"arc": [[2.0, -0.6], [290.0, 0.2]], "cues": {}},
+        },
+    )
+    assert live_server.store_call(call_id) is not None
+    sign_in(page, live_server.base, f"/supervisor/#summary/{call_id}", "sam")
+    page.locator("#arc polyline.line-valence").wait_for()
+    assert page.locator("#arc g.cue-mark").count() == len(names)
+    page.locator("#arc").screenshot(path=str(ARTIFACTS / "arc-labels.png"))
+    boxes = page.evaluate(
+        """() => [...document.querySelectorAll('#arc g.cue-mark text')].map((t) => {
+          const b = t.getBBox();
+          return { text: t.textContent, x: b.x, y: b.y, w: b.width, h: b.height };
+        })"""
+    )
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            apart = (
+                a["x"] + a["w"] <= b["x"]
+                or b["x"] + b["w"] <= a["x"]
+                or a["y"] + a["h"] <= b["y"]
+                or b["y"] + b["h"] <= a["y"]
+            )
+            assert apart, (a, b)
+    # Every cue is named on the chart, by its own label or in a "+N" count.
+    counted = sum(int(x["text"].rsplit("+", 1)[1]) for x in boxes if " +" in x["text"])
+    assert len(boxes) + counted == len(names), boxes

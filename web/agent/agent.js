@@ -1,7 +1,9 @@
 // The agent panel: signs in, follows the agent's own live call (or one named in ?call=),
 // and shows it through CallView. "Play demo call" starts the bundled synthetic call as a
 // live call of the signed-in agent. Another agent's call is refused by the server (403 /
-// close 1008) and the page then shows nothing of it.
+// close 1008) and the page then shows nothing of it. A call the server no longer knows
+// (close 4404, e.g. it ended while the server was restarting) is the agent's own: what was
+// shown of it stays, with a note.
 "use strict";
 const $ = (id) => document.getElementById(id);
 const Panel = {
@@ -42,7 +44,11 @@ function watch(callId, { auto = false } = {}) {
       view.handle(ev);
       if (ev.type === "call_end") {
         Panel.finished.add(callId);
-        setStatus(`Call ${callId} ended after ${Math.round(ev.duration_s)} s.`);
+        if (ev.reason === "interrupted" || ev.reason === "shutdown") {
+          setStatus(`Call ${callId} was cut off when the server stopped.`);
+        }
+        else if (typeof ev.duration_s === "number") setStatus(`Call ${callId} ended after ${Math.round(ev.duration_s)} s.`);
+        else setStatus(`Call ${callId} ended.`);
       }
     },
     onStatus: (s) => {
@@ -50,8 +56,17 @@ function watch(callId, { auto = false } = {}) {
       if (s === "reconnecting") setStatus(`Connection lost; reconnecting to ${callId}…`);
     },
     onEnded: () => { Panel.finished.add(callId); if (!view.ended) setStatus(`Call ${callId} ended.`); },
+    onMissing: () => {
+      // Not a permission problem: the transcript and cues already shown stay. The call is
+      // over for this panel, so the next poll follows the agent's next call.
+      Panel.finished.add(callId);
+      view.finish();
+      notice(`Call ${callId} was not found: it may have ended before the server restarted.`);
+      setStatus("Waiting for your next call…");
+    },
     onRefused: (err) => {
-      // Nothing of a call we may not see stays on screen.
+      // Nothing of a call we may not see stays on screen (an expired token never gets here:
+      // stream.js sends it to the sign-in form).
       stopWatching();
       $("view").replaceChildren();
       notice(err.code === "forbidden"

@@ -25,12 +25,18 @@ const Auth = (() => {
       options = { ...options, body: JSON.stringify(options.json) };
     }
     const response = await fetch(path, { ...options, headers });
-    if (response.status === 401 && token) {
-      // The token expired or the secret changed: back to the sign-in form.
-      localStorage.removeItem(KEY);
-      location.reload();
-    }
+    if (response.status === 401 && token) expired();
     return response;
+  }
+
+  // The token expired or the secret changed (a REST 401, or a socket refused as
+  // "unauthorized"): forget it and reload, which brings back the sign-in form and drops
+  // everything the page showed with the old token.
+  function expired() {
+    localStorage.removeItem(KEY);
+    token = null;
+    me = null;
+    location.reload();
   }
 
   async function check() {
@@ -122,5 +128,5 @@ const Auth = (() => {
     location.reload();
   }
 
-  return { api, require, signOut, token: () => token, me: () => me };
+  return { api, require, signOut, expired, token: () => token, me: () => me };
 })();

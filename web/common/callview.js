@@ -4,7 +4,9 @@
 //
 // Time on cards is call time (`t_emit`), so a card expires `expires_s` of call audio after
 // it was raised, whatever the network did. At most MAX_CARDS are shown, newest on top;
-// the rest collapse into "Earlier suggestions". Crisis cards stay until acted on.
+// the rest collapse into "Earlier suggestions". Crisis cards stay until acted on. A collapsed
+// card opens again on click, with its why and its feedback buttons: after the call, when
+// every card has collapsed, is when agents have time to rate them.
 "use strict";
 const REASONS = {
   high_emotional_intensity: "High emotional intensity",
@@ -37,6 +39,9 @@ function fmtTime(s) {
 class CallView {
   static MAX_CARDS = 3;
   static DEFAULT_EXPIRES_S = 45;
+  // The pace is marked fast only this long (call time) after the engine's own
+  // agent_pace_fast cue: the panel's words/s is a different, uncalibrated measure.
+  static PACE_CUE_WINDOW_S = 30;
 
   constructor(root, { callId, readOnly = false } = {}) {
     this.root = root;
@@ -46,6 +51,7 @@ class CallView {
     this.trendPoints = [];
     this.marks = new Map(); // "speaker-utterance" -> [{phrase, title}]
     this.ended = false;
+    this.paceCueAt = null; // call time of the latest agent_pace_fast cue
     this.lastSpeechWall = Date.now();
     this.build();
     this.timer = setInterval(() => this.tick(), 1000);
@@ -59,6 +65,7 @@ class CallView {
     this.older = h("details", { class: "older", hidden: true },
       h("summary", {}, "Earlier suggestions (", this.olderCount, ")"), this.olderList);
     this.banner = h("p", { class: "escalation-banner", hidden: true, role: "status" });
+    this.endNote = h("p", { class: "end-note", hidden: true, role: "status" });
     this.lines = h("ol", { class: "lines", "aria-label": "Transcript" });
     this.emotion = h("p", { class: "emotion", text: "No customer speech yet." });
     this.trendSvg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
@@ -70,7 +77,7 @@ class CallView {
     this.root.replaceChildren(h("div", { class: "callview" },
       h("section", { class: "cv-cues", "aria-labelledby": id("cues") },
         h("h2", { id: id("cues") }, "Suggestions ", h("span", { class: "ai-label", text: "AI" })),
-        this.banner, this.cards,
+        this.endNote, this.banner, this.cards,
         h("p", { class: "empty-cards", text: "No suggestions right now." }),
         this.older),
       h("section", { class: "cv-transcript", "aria-labelledby": id("tr") },
@@ -106,11 +113,32 @@ class CallView {
         this.ended = true;
         this.endedInfo = ev;
         for (const card of [...this.cards.children]) this.collapse(card);
+        // The call's suggestions stay in reach for rating: the list is open, each card opens.
+        if (this.olderList.children.length) this.older.open = true;
+        if (ev.reason === "interrupted") {
+          this.note("The call was cut off when the server stopped; what was received is saved.");
+        } else if (ev.reason === "shutdown") {
+          this.note("The call was ended because the server shut down; what was received is saved.");
+        }
         this.renderMetrics(this.lastMetrics || {});
         break;
       default: break;
     }
     this.expire();
+    this.paintPace();
+  }
+
+  // No more events will come (the call is gone from the server), though no call_end said so:
+  // keep everything shown, stop counting silence, and say why.
+  finish(text) {
+    this.ended = true;
+    if (text) this.note(text);
+    this.tick();
+  }
+
+  note(text) {
+    this.endNote.textContent = text;
+    this.endNote.hidden = false;
   }
 
   // -- transcript ---------------------------------------------------------------------
@@ -157,7 +185,7 @@ class CallView {
 
   markEvidence(ev) {
     const evd = ev.evidence || {};
-    const phrases = (evd.phrases && evd.phrases.length ? evd.phrases : evd.text ? [evd.text] : []).filter(Boolean);
+    const phrases = CallView.triggerPhrases(ev).filter(Boolean);
     if (!phrases.length) return;
     let key = evd.utterance_id !== undefined && evd.utterance_id !== null
       ? `${ev.speaker || "customer"}-${evd.utterance_id}` : null;
@@ -175,10 +203,26 @@ class CallView {
     if (li) this.paintMarks(li);
   }
 
+  // What to mark as a cue's trigger: its phrases; without any, the words it matched, but only
+  // when the words raised it (a `words: "..."` reason). A cue raised by something else (the
+  // customer's call history, intensity over several turns) carries the current line as its
+  // evidence text, and marking that line would point at words that triggered nothing.
+  static triggerPhrases(ev) {
+    const evd = ev.evidence || {};
+    if (evd.phrases && evd.phrases.length) return evd.phrases;
+    const reasons = Array.isArray(ev.reasons) ? ev.reasons : [];
+    const words = reasons.find((r) => typeof r === "string" && r.startsWith("words:"));
+    if (!words || !evd.text) return [];
+    const quoted = /^words: "(.+?)"(?= means | \(|$)/.exec(words);
+    const clause = quoted && quoted[1];
+    return clause && evd.text.toLowerCase().includes(clause.toLowerCase()) ? [clause] : [evd.text];
+  }
+
   // -- cue cards ----------------------------------------------------------------------
   addCard(ev) {
     if (this.root.querySelector(`[data-seq="${ev.seq}"]`)) return;
     this.markEvidence(ev);
+    if (ev.cue === "agent_pace_fast") this.paceCueAt = Math.max(this.paceCueAt ?? -Infinity, ev.t_emit ?? this.now);
     const critical = ev.severity === "critical" || ev.cue === "crisis";
     const titleId = `cue-${this.readOnly ? "ro" : "cv"}-${ev.seq}`;
     const reasons = Array.isArray(ev.reasons) ? ev.reasons : [];
@@ -191,12 +235,23 @@ class CallView {
       h("p", { class: "card-label" },
         h("span", { class: "ai-label", text: ev.label || "AI suggestion" }),
         critical ? h("span", { class: "critical-label", text: "Critical" }) : null,
-        h("span", { class: "card-time", text: fmtTime(ev.t_emit ?? this.now) })),
+        h("span", { class: "card-time", text: fmtTime(ev.t_emit ?? this.now) }),
+        h("button", {
+          type: "button", class: "card-toggle", "aria-expanded": "false",
+          "aria-label": `${this.toggleText(false)}: ${ev.title || ev.cue}`,
+          onclick: (e) => { e.stopPropagation(); this.toggleCard(card); },
+        }, this.toggleText(false))),
       h("h3", { id: titleId, text: ev.title || ev.cue }),
       h("p", { class: "advice", text: ev.advice || "" }),
       h("p", { class: "why" }, h("strong", { text: "Why: " }), ev.why || ""),
       reasons.length ? h("ul", { class: "reasons" }, reasons.map((r) => h("li", { text: r }))) : null,
       this.readOnly ? h("p", { class: "verdicts", "aria-live": "polite" }) : this.feedbackButtons(ev));
+    // A click anywhere on a collapsed card opens it (the toggle button is the keyboard way).
+    card.addEventListener("click", (e) => {
+      if (card.classList.contains("collapsed") && !card.classList.contains("open") && !e.target.closest("button, a, select")) {
+        this.toggleCard(card);
+      }
+    });
     this.cards.prepend(card);
     while (this.cards.children.length > CallView.MAX_CARDS) {
       // The oldest non-critical card makes room (a crisis card is never pushed out).
@@ -316,6 +371,16 @@ class CallView {
     return { ok: false, detail: r.status ? `error ${r.status}` : "network error" };
   }
 
+  toggleText(open) { return open ? "Hide" : this.readOnly ? "Show why" : "Show why and rate"; }
+
+  toggleCard(card) {
+    const open = card.classList.toggle("open");
+    const button = card.querySelector(".card-toggle");
+    button.setAttribute("aria-expanded", String(open));
+    button.textContent = this.toggleText(open);
+    button.setAttribute("aria-label", `${this.toggleText(open)}: ${card.querySelector("h3").textContent}`);
+  }
+
   collapse(card) {
     if (!card || card.parentElement === this.olderList) return;
     card.classList.add("collapsed");
@@ -359,19 +424,29 @@ class CallView {
     this.lastMetrics = ev;
     const ratio = ev.talk_ratio || {};
     const cust = Math.round((ratio.customer ?? 0) * 100), agent = Math.round((ratio.agent ?? 0) * 100);
-    const pace = ev.agent_wps;
     const bar = h("div", { class: "ratio", role: "img", "aria-label": `Talk ratio: customer ${cust} %, agent ${agent} %` },
       h("span", { class: "ratio-customer", style: `width:${cust}%` }),
       h("span", { class: "ratio-agent", style: `width:${agent}%` }));
     this.silenceDd = h("dd", { class: "silence" });
+    this.paceDd = h("dd", { class: "pace", title: "Words per second while the agent's voice is heard" });
     this.metricsList.replaceChildren(
       h("dt", { text: "Talk ratio" }), h("dd", {}, bar, h("span", { class: "ratio-text", text: `customer ${cust} % · agent ${agent} %` })),
       h("dt", { text: "Silence" }), this.silenceDd,
-      h("dt", { text: "Agent pace" }),
-      h("dd", { class: pace > 3.5 ? "warn" : "", text: pace == null ? "–" : `${pace.toFixed(1)} words/s${pace > 3.5 ? " (fast)" : ""}` }),
+      h("dt", { text: "Agent pace" }), this.paceDd,
       h("dt", { text: "Overtalk" }), h("dd", { text: ev.overtalk_s == null ? "–" : `${ev.overtalk_s.toFixed(1)} s` }),
       h("dt", { text: "Call time" }), h("dd", { class: "calltime", text: fmtTime(this.now) }));
+    this.paintPace();
     this.tick();
+  }
+
+  // The number is shown as measured; "fast" (red) is the cue engine's verdict, from its own
+  // calibrated measure, so the panel never calls the agent fast when the engine does not.
+  paintPace() {
+    if (!this.paceDd) return;
+    const pace = (this.lastMetrics || {}).agent_wps;
+    const fast = this.paceCueAt !== null && this.now - this.paceCueAt <= CallView.PACE_CUE_WINDOW_S;
+    this.paceDd.className = `pace${fast ? " warn" : ""}`;
+    this.paceDd.textContent = pace == null ? (fast ? "fast" : "–") : `${pace.toFixed(1)} words/s${fast ? " (fast)" : ""}`;
   }
 
   tick() {

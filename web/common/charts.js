@@ -50,6 +50,33 @@ const Charts = (() => {
     svg.append(el("circle", { cx: x(last.t), cy: y(last.valence), r: 3, class: "dot-valence" }));
   }
 
+  // Cue labels a few seconds apart would print over each other: each goes on the first of
+  // LABEL_ROWS rows where it fits (right of its line, or left of it near the right edge).
+  // One that fits nowhere is counted on the label before it ("frustration +2"); every mark
+  // keeps its line and its tooltip.
+  const LABEL_ROWS = 4, LABEL_ROW = 12, CHAR_W = 6; // 10px text: about 6px a character
+  function layoutLabels(xs, texts, { width, pad }) {
+    const order = xs.map((_, i) => i).sort((a, b) => xs[a] - xs[b]);
+    const rowsEnd = new Array(LABEL_ROWS).fill(-Infinity);
+    const out = xs.map(() => ({ text: "", x: 0, row: 0, anchor: "start" }));
+    let last = null; // the label placed most recently
+    for (const i of order) {
+      const w = texts[i].length * CHAR_W;
+      const right = xs[i] + 3 + w <= width - pad;
+      const [from, to] = right ? [xs[i] + 3, xs[i] + 3 + w] : [xs[i] - 3 - w, xs[i] - 3];
+      const row = rowsEnd.findIndex((end) => end + 4 <= from);
+      if (row >= 0) {
+        rowsEnd[row] = to;
+        last = out[i] = { text: texts[i], base: texts[i], more: 0, x: right ? from : to, row, anchor: right ? "start" : "end" };
+      } else if (last && last.anchor === "start") {
+        last.more += 1;
+        last.text = `${last.base} +${last.more}`;
+        rowsEnd[last.row] = Math.max(rowsEnd[last.row], last.x + last.text.length * CHAR_W);
+      }
+    }
+    return out;
+  }
+
   // arc: [[t, valence]], cues: [{t, cue, title, severity}], duration in seconds.
   function arc(svg, arcPoints, cues, duration, { width = 720, height = 180 } = {}) {
     const pad = 18;
@@ -60,13 +87,17 @@ const Charts = (() => {
       svg.append(el("text", { x: 2, y: y(v) + 4, class: "chart-axis" }, text));
     }
     svg.append(el("text", { x: width - pad, y: height - 4, class: "chart-axis", "text-anchor": "end" }, `${Math.round(tMax)} s`));
-    for (const c of cues) {
+    const labels = layoutLabels(cues.map((c) => x(c.t)), cues.map((c) => c.cue), { width, pad });
+    cues.forEach((c, i) => {
       const g = el("g", { class: `cue-mark ${c.severity === "critical" ? "critical" : ""}`, "data-cue": c.cue });
       g.append(el("title", {}, `${c.title || c.cue} at ${c.t.toFixed(1)} s`));
       g.append(el("line", { x1: x(c.t), x2: x(c.t), y1: pad, y2: height - pad }));
-      g.append(el("text", { x: x(c.t) + 3, y: pad + 10, class: "chart-axis" }, c.cue));
+      const l = labels[i];
+      if (l.text) {
+        g.append(el("text", { x: l.x, y: pad + 10 + l.row * LABEL_ROW, class: "chart-axis", "text-anchor": l.anchor }, l.text));
+      }
       svg.append(g);
-    }
+    });
     if (arcPoints.length) {
       svg.append(polyline(arcPoints, x, y, "line-valence"));
       for (const [t, v] of arcPoints) svg.append(el("circle", { cx: x(t), cy: y(v), r: 2.5, class: "dot-valence" }));

@@ -2,12 +2,23 @@
 // reconnects with capped exponential backoff and asks the server to replay only what came
 // after the last `seq` it handled (`after_seq`), and it drops anything at or before that
 // seq, so a reconnect never shows an event twice.
+//
+// How the server ends a stream, and what the page is told:
+//   1000           the call ended (its `call_end` came first)          -> onEnded
+//   4404           no such call anywhere (e.g. it ended while the server was down: nothing
+//                  of it survived the restart); not a permission problem -> onMissing
+//   1008 "unauthorized"  the token expired or is invalid                 -> the sign-in form
+//   1008 otherwise       not allowed to see this call                    -> onRefused
+//   anything else  a blip: reconnect and resume
+// The server sends {"type": "error", code, message} just before each refusal.
 "use strict";
 class EventStream {
-  constructor(callId, { onEvent, onStatus, onEnded, onRefused }) {
+  static NOT_FOUND = 4404;
+
+  constructor(callId, { onEvent, onStatus, onEnded, onRefused, onMissing }) {
     this.callId = callId;
     this.lastSeq = 0;
-    this.handlers = { onEvent, onStatus, onEnded, onRefused };
+    this.handlers = { onEvent, onStatus, onEnded, onRefused, onMissing };
     this.retry = 0;
     this.socket = null;
     this.stopped = false;
@@ -26,11 +37,13 @@ class EventStream {
   connect() {
     const socket = new WebSocket(this.url());
     this.socket = socket;
+    this.refusal = null; // an error message belongs to the connection it came on
     socket.onopen = () => {
       this.retry = 0;
       this.handlers.onStatus?.("live");
     };
     socket.onmessage = (m) => {
+      if (this.socket !== socket || this.stopped) return;
       const ev = JSON.parse(m.data);
       if (ev.type === "error") {
         this.refusal = ev;
@@ -42,23 +55,44 @@ class EventStream {
       }
       this.handlers.onEvent(ev);
     };
-    socket.onclose = (e) => {
-      if (this.socket !== socket || this.stopped) return;
-      if (e.code === 1000) {
-        this.handlers.onEnded?.();
+    socket.onclose = (e) => this.closed(socket, e);
+  }
+
+  closed(socket, e) {
+    if (this.socket !== socket || this.stopped) return;
+    const refusal = this.refusal;
+    this.refusal = null;
+    if (e.code === 1000) {
+      this.stopped = true;
+      this.handlers.onEnded?.();
+      return;
+    }
+    if (e.code === EventStream.NOT_FOUND || (refusal && refusal.code === "unknown_call")) {
+      // The server has no such call: retrying cannot bring it back, and it is not a
+      // permission problem, so what was already shown of it stays on screen.
+      this.stopped = true;
+      const missing = refusal || { code: "unknown_call", message: e.reason };
+      if (this.handlers.onMissing) this.handlers.onMissing(missing);
+      else this.handlers.onEnded?.();
+      return;
+    }
+    if (e.code === 1008) {
+      this.stopped = true;
+      // An expired or invalid token is no verdict on this call: sign in again, as a REST 401
+      // does (auth.js). The reason is the fallback should the error message be missing.
+      const unauthorized = refusal ? refusal.code === "unauthorized" : /token/i.test(e.reason || "");
+      if (unauthorized) {
+        Auth.expired();
         return;
       }
-      if (e.code === 1008) {
-        // Not allowed to see this call (or signed out): stop, and show nothing of it.
-        this.stopped = true;
-        this.handlers.onRefused?.(this.refusal || { code: "forbidden", message: e.reason });
-        return;
-      }
-      this.retry = Math.min(this.retry + 1, 5);
-      this.reconnects += 1;
-      this.handlers.onStatus?.("reconnecting");
-      setTimeout(() => { if (!this.stopped) this.connect(); }, 250 * 2 ** this.retry);
-    };
+      // Not allowed to see this call: stop, and show nothing of it.
+      this.handlers.onRefused?.(refusal || { code: "forbidden", message: e.reason });
+      return;
+    }
+    this.retry = Math.min(this.retry + 1, 5);
+    this.reconnects += 1;
+    this.handlers.onStatus?.("reconnecting");
+    setTimeout(() => { if (!this.stopped) this.connect(); }, 250 * 2 ** this.retry);
   }
 
   close() {

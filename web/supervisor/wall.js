@@ -19,6 +19,8 @@ const Wall = {
   socket: null,
   retry: 0,
   scheduled: false,
+  stale: false, // the socket is down: the tiles are what was true when it dropped
+  refusal: null, // the error message the server sent before refusing the socket
   drill: null, // {callId, view, stream}
 };
 window.wallStats = { latencies: [], events: 0, paints: 0 };
@@ -211,6 +213,7 @@ async function acknowledge(c, e, button, status) {
 function announce(text, urgent = false) { $(urgent ? "announce-critical" : "announce").textContent = text; }
 
 setInterval(() => {
+  if (Wall.stale) return; // a call's timer would keep running after it may have ended
   const now = Date.now() / 1000;
   for (const span of document.querySelectorAll("#tiles .duration")) {
     const c = Wall.calls.get(span.closest(".tile").dataset.call);
@@ -225,11 +228,16 @@ function connectWall() {
   if (Auth.token()) q.set("token", Auth.token());
   const socket = new WebSocket(`${proto}://${location.host}/ws/supervisor?${q}`);
   Wall.socket = socket;
-  socket.onopen = () => { Wall.retry = 0; $("status").textContent = "Live"; };
+  Wall.refusal = null;
+  socket.onopen = () => { Wall.retry = 0; $("status").textContent = Wall.stale ? "Reconnected; updating…" : "Live"; };
   socket.onmessage = (m) => {
+    if (Wall.socket !== socket) return;
     const ev = JSON.parse(m.data);
     window.wallStats.events += 1;
     if (ev.type === "snapshot") {
+      // The whole wall as the server has it now: it replaces everything, stale or not.
+      setStale(false);
+      $("status").textContent = "Live";
       Wall.calls.clear();
       for (const li of Wall.tiles.values()) li.remove();
       Wall.tiles.clear();
@@ -240,6 +248,8 @@ function connectWall() {
       }
       Wall.alertsDirty = true;
     } else if (ev.type === "error") {
+      Wall.refusal = ev;
+      if (ev.code === "unauthorized") return; // the close that follows brings the sign-in form
       $("notice").hidden = false;
       $("notice").textContent = ev.message;
       return;
@@ -253,11 +263,30 @@ function connectWall() {
     schedule();
   };
   socket.onclose = (e) => {
-    if (e.code === 1008) { $("status").textContent = "Not allowed."; return; }
+    if (Wall.socket !== socket) return;
+    const refusal = Wall.refusal;
+    Wall.refusal = null;
+    if (e.code === 1008) {
+      // An expired or invalid token: sign in again, as a REST 401 does (auth.js); the reload
+      // also clears the tiles, which nobody is updating any more.
+      if (refusal ? refusal.code === "unauthorized" : /token/i.test(e.reason || "")) { Auth.expired(); return; }
+      $("status").textContent = "Not allowed.";
+      return;
+    }
+    setStale(true);
     Wall.retry = Math.min(Wall.retry + 1, 5);
     $("status").textContent = "Connection lost; reconnecting…";
     setTimeout(connectWall, 250 * 2 ** Wall.retry); // the snapshot on reconnect restores everything
   };
+}
+
+// While the socket is down no call_end can arrive: the tiles go grey, their timers stop, and
+// a banner says so, until the next snapshot replaces them all.
+function setStale(stale) {
+  Wall.stale = stale;
+  $("tiles").classList.toggle("stale", stale);
+  $("tiles").setAttribute("aria-busy", String(stale));
+  $("stale-banner").hidden = !stale;
 }
 
 // -- drill-in -----------------------------------------------------------------------------
@@ -272,10 +301,18 @@ function openDrill(callId) {
   const stream = new EventStream(callId, {
     onEvent: (ev) => {
       view.handle(ev);
-      if (ev.type === "call_end") { $("drill-summary").hidden = false; $("drill-status").textContent = "Call ended."; }
+      if (ev.type === "call_end") {
+        $("drill-summary").hidden = false;
+        $("drill-status").textContent = ["interrupted", "shutdown"].includes(ev.reason) ? "Call cut off when the server stopped." : "Call ended.";
+      }
     },
     onStatus: (s) => { if (s === "reconnecting") $("drill-status").textContent = "Reconnecting…"; },
     onEnded: () => { $("drill-summary").hidden = false; },
+    onMissing: () => {
+      // Not a permission problem: what was shown of the call stays.
+      view.finish();
+      $("drill-status").textContent = `Call ${callId} was not found: it may have ended before the server restarted.`;
+    },
     onRefused: (err) => {
       view.destroy();
       $("drill-status").textContent = err.code === "forbidden" ? "You may not see this call." : `Cannot open: ${err.message}`;
@@ -405,16 +442,30 @@ function missedCueControl(callId, u, choices, titles, reports) {
 }
 
 // -- recent calls and analytics -------------------------------------------------------------
-function isoDay(d) { return d.toISOString().slice(0, 10); }
+// The table shows local times, so the date fields mean the browser's local days: a day runs
+// from local midnight to the next local midnight (23 or 25 hours across a DST change), sent
+// as an ISO instant with the local offset.
+const pad2 = (n) => String(n).padStart(2, "0");
+function localDay(d) { return `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())}`; }
+function localMidnight(day, addDays = 0) {
+  const [y, m, d] = day.split("-").map(Number);
+  return new Date(y, m - 1, d + addDays);
+}
+function isoWithOffset(d) {
+  const off = -d.getTimezoneOffset();
+  const sign = off < 0 ? "-" : "+";
+  return `${localDay(d)}T${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}`
+    + `${sign}${pad2(Math.floor(Math.abs(off) / 60))}:${pad2(Math.abs(off) % 60)}`;
+}
 function defaultRange(form) {
-  const today = new Date();
-  if (!form.since.value) form.since.value = isoDay(new Date(today.getTime() - 6 * 86400e3));
-  if (!form.until.value) form.until.value = isoDay(today);
+  const today = localDay(new Date());
+  if (!form.since.value) form.since.value = localDay(localMidnight(today, -6));
+  if (!form.until.value) form.until.value = today;
 }
 function rangeParams(form) {
   const p = new URLSearchParams();
-  if (form.since.value) p.set("since", `${form.since.value}T00:00:00Z`);
-  if (form.until.value) p.set("until", `${isoDay(new Date(new Date(`${form.until.value}T00:00:00Z`).getTime() + 86400e3))}T00:00:00Z`);
+  if (form.since.value) p.set("since", isoWithOffset(localMidnight(form.since.value)));
+  if (form.until.value) p.set("until", isoWithOffset(localMidnight(form.until.value, 1))); // up to the end of that day
   return p;
 }
 

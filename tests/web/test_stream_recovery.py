@@ -1,0 +1,217 @@
+"""How the pages end or resume a stream: a call the server no longer knows (close 4404), a call
+cut off by a server stop (`call_end` with reason "interrupted"), an expired token on a socket
+(back to the sign-in form), and the wall while its socket is down (stale, then the snapshot).
+
+The server's own 4404 is simulated with playwright's WebSocket routing: the first connection
+goes to the real server, the reconnect after a blip gets what a restarted server sends for an
+unknown call (an error message, then close 4404). Everything else is the real server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import pytest
+
+from coach.auth import issue_token
+from tests.web.conftest import (
+    ARTIFACTS,
+    SECRET,
+    LiveServer,
+    cue,
+    customer_state,
+    sign_in,
+    transcript,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+NOT_FOUND = "was not found: it may have ended before the server restarted"
+CUT_OFF = "The call was cut off when the server stopped; what was received is saved."
+CALL_EVENTS = re.compile(r"/ws/calls/[^/]+/events")
+
+
+def gone_after_first_connect(page: Any) -> dict[str, bool]:
+    """Route the call sockets: real until `gone["on"]`, then the server's answer for an
+    unknown call. Returns the switch."""
+    gone = {"on": False}
+
+    def handler(ws: Any) -> None:
+        if not gone["on"]:
+            ws.connect_to_server()
+            return
+        ws.send(json.dumps({"type": "error", "code": "unknown_call", "message": "unknown call"}))
+        ws.close(code=4404, reason="unknown call")
+
+    page.route_web_socket(CALL_EVENTS, handler)
+    return gone
+
+
+def short_token(user: str, role: str, team: str | None, ttl_s: int) -> str:
+    return issue_token(user=user, role=role, secret=SECRET, ttl_s=ttl_s, team=team)  # type: ignore[arg-type]
+
+
+def test_agent_keeps_what_it_saw_of_a_call_the_server_no_longer_knows(
+    live_server: LiveServer, page: Any
+) -> None:
+    call_id = "rec-gone"
+    gone = gone_after_first_connect(page)
+    sign_in(page, live_server.base, "/agent/", "ann")
+    live_server.start_call(call_id, "ann")
+    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    text = "This is really frustrating, it has happened before."
+    live_server.emit(
+        call_id, transcript("customer", text, 1, 1.0, state=customer_state(-0.6, 0.7, "frustrated"))
+    )
+    live_server.emit(
+        call_id, cue("frustration", 4.0, utterance_id=1, phrase="really frustrating", text=text)
+    )
+    page.locator(".cards .card").wait_for()
+    # The server restarts: the reconnect finds no such call.
+    gone["on"] = True
+    page.evaluate("Panel.stream.socket.close(4000, 'blip')")
+    notice = page.locator("#notice")
+    notice.filter(has_text=f"Call {call_id} {NOT_FOUND}").wait_for()
+    assert "not assigned" not in notice.inner_text()
+    # What was on screen stays: the agent's own call, nothing to hide.
+    assert text in page.locator("#transcript li.customer").inner_text()
+    assert page.locator(".card[data-cue='frustration']").count() == 1
+    # And the panel stops asking: no reconnect loop against a call that cannot come back.
+    assert page.evaluate("Panel.stream.stopped") is True
+    tries = page.evaluate("Panel.stream.reconnects")
+    page.wait_for_timeout(1500)
+    assert page.evaluate("Panel.stream.reconnects") == tries
+    live_server.emit(call_id, {"type": "call_end", "duration_s": 5.0, "reason": "end"})
+
+
+def test_a_forbidden_call_is_still_wiped(live_server: LiveServer, page: Any) -> None:
+    """The other side of the one above: a true 1008 "forbidden" shows nothing of the call."""
+    call_id = "rec-bens"
+    live_server.start_call(call_id, "ben")
+    live_server.emit(call_id, transcript("customer", "ben's customer says hello", 1, 1.0))
+    sign_in(page, live_server.base, "/agent/", "ann")
+    page.goto(f"{live_server.base}/agent/?call={call_id}")
+    page.locator("#notice").filter(has_text=f"You are not assigned to call {call_id}").wait_for()
+    assert page.locator("#view").inner_text().strip() == ""
+    live_server.emit(call_id, {"type": "call_end", "duration_s": 5.0, "reason": "end"})
+
+
+def test_supervisor_drill_keeps_what_it_saw_of_a_call_the_server_no_longer_knows(
+    live_server: LiveServer, page: Any
+) -> None:
+    call_id = "rec-gone-drill"
+    gone = gone_after_first_connect(page)
+    live_server.start_call(call_id, "ann")
+    live_server.emit(call_id, transcript("customer", "my order never came", 1, 1.0))
+    sign_in(page, live_server.base, f"/supervisor/#call/{call_id}", "sam")
+    page.locator("#drill-view li.customer.transcript").wait_for()
+    gone["on"] = True
+    page.evaluate("Wall.drill.stream.socket.close(4000, 'blip')")
+    page.locator("#drill-status").filter(has_text=f"Call {call_id} {NOT_FOUND}").wait_for()
+    assert "my order never came" in page.locator("#drill-view").inner_text()
+    live_server.emit(call_id, {"type": "call_end", "duration_s": 5.0, "reason": "end"})
+
+
+def test_a_call_cut_off_by_a_server_stop_says_so_and_keeps_its_transcript(
+    live_server: LiveServer, page: Any, browser: Any
+) -> None:
+    call_id = "rec-cut"
+    sign_in(page, live_server.base, "/agent/", "ann")
+    live_server.start_call(call_id, "ann")
+    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    sup = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+    sign_in(sup, live_server.base, f"/supervisor/#call/{call_id}", "sam")
+    live_server.emit(call_id, transcript("customer", "the line keeps dropping", 1, 1.0))
+    page.locator("#transcript li.customer.transcript").wait_for()
+    sup.locator("#drill-view li.customer.transcript").wait_for()
+    # What a restarted server streams for a call that was live when it stopped.
+    live_server.emit(call_id, {"type": "call_end", "reason": "interrupted", "t_emit": 3.0})
+    for pg, root in ((page, "#view"), (sup, "#drill-view")):
+        pg.locator(f"{root} .end-note").filter(has_text=CUT_OFF).wait_for()
+        assert "the line keeps dropping" in pg.locator(root).inner_text()
+    page.locator("#status").filter(has_text="cut off").wait_for()
+    page.screenshot(path=str(ARTIFACTS / "agent-cut-off.png"))
+    assert "NaN" not in page.locator("#status").inner_text()
+    sup.locator("#drill-status").filter(has_text="cut off").wait_for()
+    sup.context.close()
+
+
+def test_an_expired_token_on_the_call_stream_goes_back_to_sign_in(
+    live_server: LiveServer, page: Any
+) -> None:
+    call_id = "rec-expiring"
+    live_server.start_call(call_id, "ann")
+    # Only the socket may find out: the panel's poll of /api/calls would also notice a 401.
+    page.route("**/api/calls", lambda route: route.fulfill(json={"calls": []}))
+    ttl = 4
+    token = short_token("ann", "agent", "blue", ttl)
+    issued = time.time()
+    page.goto(f"{live_server.base}/agent/?token={token}&call={call_id}")
+    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    page.wait_for_timeout(max(0.0, issued + ttl + 1.5 - time.time()) * 1000)
+    # The socket drops; the reconnect is refused by the real server (1008, "unauthorized").
+    page.evaluate("Panel.stream.socket.close(4000, 'blip')")
+    page.get_by_label("Name").wait_for()
+    assert page.locator("#app").is_hidden()
+    assert page.evaluate("localStorage.getItem('coach.token')") is None
+    live_server.emit(call_id, {"type": "call_end", "duration_s": 5.0, "reason": "end"})
+
+
+def test_wall_with_an_expired_token_goes_back_to_sign_in(
+    live_server: LiveServer, page: Any
+) -> None:
+    call_id = "rec-wall-expiring"
+    live_server.start_call(call_id, "ann")
+    ttl = 4
+    token = short_token("sam", "supervisor", "blue", ttl)
+    issued = time.time()
+    page.goto(f"{live_server.base}/supervisor/?token={token}")
+    page.locator(f'#tiles > li[data-call="{call_id}"]').wait_for()
+    page.wait_for_timeout(max(0.0, issued + ttl + 1.5 - time.time()) * 1000)
+    page.evaluate("Wall.socket.close(4000, 'blip')")
+    page.get_by_label("Name").wait_for()
+    assert page.locator("#app").is_hidden()
+    assert page.locator("#tiles > li").count() == 0
+    assert page.evaluate("localStorage.getItem('coach.token')") is None
+    live_server.emit(call_id, {"type": "call_end", "duration_s": 5.0, "reason": "end"})
+
+
+def test_wall_goes_stale_while_disconnected_and_the_snapshot_replaces_it(
+    live_server: LiveServer, page: Any
+) -> None:
+    call_id = "rec-stale"
+    down = {"on": False}
+
+    def handler(ws: Any) -> None:
+        if down["on"]:
+            ws.close(code=1012, reason="restarting")
+        else:
+            ws.connect_to_server()
+
+    page.route_web_socket("**/ws/supervisor**", handler)
+    live_server.start_call(call_id, "ann")
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    tile = page.locator(f'#tiles > li[data-call="{call_id}"]')
+    tile.wait_for()
+    banner = page.locator("#stale-banner")
+    assert banner.is_hidden()
+    down["on"] = True
+    page.evaluate("Wall.socket.close(4000, 'blip')")
+    banner.filter(has_text="Connection lost — reconnecting; calls shown may have ended").wait_for()
+    assert "stale" in (page.locator("#tiles").get_attribute("class") or "")
+    # The call ends meanwhile; the wall cannot know, and its timer stands still.
+    live_server.emit(call_id, {"type": "call_end", "duration_s": 5.0, "reason": "end"})
+    before = tile.locator(".duration").inner_text()
+    page.wait_for_timeout(2200)
+    assert tile.locator(".duration").inner_text() == before
+    assert banner.is_visible()
+    page.screenshot(path=str(ARTIFACTS / "wall-stale.png"))
+    # The server is back: the fresh snapshot replaces the tiles and the wall is live again.
+    down["on"] = False
+    page.wait_for_function("!Wall.stale", timeout=20_000)
+    assert banner.is_hidden()
+    assert "stale" not in (page.locator("#tiles").get_attribute("class") or "")
+    tile.locator(".duration").filter(has_text="ended").wait_for()
+    assert tile.get_by_role("button", name="Post-call summary").is_visible()
