@@ -80,7 +80,8 @@ class VadStream:
         self._windows_done = 0
         self._t0_s = t0_s
 
-    def push(self, samples: Samples) -> list[VadFrame]:
+    def push(self, samples: Samples, *, silence: bool = False) -> list[VadFrame]:
+        """`silence`: these samples fill a gap in the sender's audio; frames say no speech."""
         blocks = self._acc.push(samples)
         if not blocks:
             return []
@@ -90,7 +91,11 @@ class VadStream:
             rows.append(np.concatenate([context, block]))
             context = block[-CONTEXT_SAMPLES:]
         self._context = context
-        probs, self._h, self._c = self._model.run(np.stack(rows), self._h, self._c)
+        if silence:
+            # Audio the sender never sent (a gap the pipeline fills): no speech, no model run.
+            probs = np.zeros(len(blocks), dtype=np.float32)
+        else:
+            probs, self._h, self._c = self._model.run(np.stack(rows), self._h, self._c)
         out = []
         for p in probs:
             t = self._t0_s + self._windows_done * WINDOW_S

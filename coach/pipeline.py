@@ -47,6 +47,8 @@ PAD_BEFORE_S = 0.15
 PAD_AFTER_S = 0.15
 VAD_WINDOW_S = WINDOW_SAMPLES / PIPELINE_RATE
 MIN_PARTIAL_SPEECH_S = 0.6
+# Seconds of a filled gap the VAD model still runs on (enough to end any utterance).
+GAP_VAD_S = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +117,33 @@ class PartyPipeline:
         return (self._utt_start, self._ring.end_s) if self._utt_start is not None else None
 
     async def push(self, chunk: AudioChunk) -> None:
-        pcm = self._place(chunk)
-        if pcm.size == 0:
+        gap, pcm = self._place(chunk)
+        if gap == 0 and pcm.size == 0:
             return
         metrics.AUDIO_SECONDS.labels(speaker=self.speaker).inc(len(pcm) / chunk.sample_rate)
         loop = asyncio.get_running_loop()
-        samples, frames = await loop.run_in_executor(self._rt.dsp_executor, self._dsp, pcm, False)
-        await self._advance(samples, frames)
+        # A gap (a pause, a hold, skipped timestamps) is heard as silence, a second at a time:
+        # the utterance before it then ends after its usual trailing silence, while its audio
+        # is still in the ring, and memory stays flat however long the gap (past its first
+        # seconds the VAD model does not run on it, so an hour's pause costs little).
+        step = chunk.sample_rate
+        silence = np.zeros(min(gap, step), dtype=np.float32)
+        filled = 0
+        while filled < gap:
+            piece = silence[: min(gap - filled, step)]
+            # The VAD hears the first seconds as any silence (a short loss is then the same
+            # as the silence it replaced), and is skipped after that.
+            skip_vad = filled >= GAP_VAD_S * step
+            filled += len(piece)
+            samples, frames = await loop.run_in_executor(
+                self._rt.dsp_executor, self._dsp, piece, False, skip_vad
+            )
+            await self._advance(samples, frames)
+        if pcm.size:
+            samples, frames = await loop.run_in_executor(
+                self._rt.dsp_executor, self._dsp, pcm, False
+            )
+            await self._advance(samples, frames)
 
     async def finish(self) -> None:
         """End of this party's audio: close the open utterance and wait for its transcript."""
@@ -152,8 +174,9 @@ class PartyPipeline:
 
     # -- stages -----------------------------------------------------------------------------
 
-    def _place(self, chunk: AudioChunk) -> Samples:
-        """Put the chunk where its t0 says: silence for a gap, trim what was already heard."""
+    def _place(self, chunk: AudioChunk) -> tuple[int, Samples]:
+        """Put the chunk where its t0 says: (samples of silence before it, the new audio);
+        what was already heard is trimmed."""
         if self._resampler is None:
             self._resampler = StreamResampler(in_rate=chunk.sample_rate, out_rate=PIPELINE_RATE)
         elif chunk.sample_rate != self._resampler.in_rate:
@@ -163,23 +186,23 @@ class PartyPipeline:
         rate = chunk.sample_rate
         start = int(round(chunk.t0 * rate))
         pcm = chunk.pcm
+        gap = 0
         if start > self._n_in + rate // 100:  # a gap of more than 10 ms: the sender skipped audio
             gap = start - self._n_in
             self.gap_filled_s += gap / rate
-            pcm = np.concatenate([np.zeros(gap, dtype=np.float32), pcm])
         elif start < self._n_in:
             overlap = self._n_in - start
             if overlap >= len(pcm):
                 metrics.DROPPED_FRAMES.labels(reason="duplicate").inc()
-                return np.zeros(0, dtype=np.float32)
+                return 0, np.zeros(0, dtype=np.float32)
             pcm = pcm[overlap:]
-        self._n_in += len(pcm)
-        return pcm
+        self._n_in += gap + len(pcm)
+        return gap, pcm
 
-    def _dsp(self, pcm: Samples, last: bool) -> tuple[Samples, list[VadFrame]]:
+    def _dsp(self, pcm: Samples, last: bool, gap: bool = False) -> tuple[Samples, list[VadFrame]]:
         assert self._resampler is not None
         samples = self._resampler.push(pcm, last=last)
-        return samples, self._vad.push(samples)
+        return samples, self._vad.push(samples, silence=gap)
 
     async def _advance(self, samples: Samples, frames: list[VadFrame]) -> None:
         self._ring.append(samples)

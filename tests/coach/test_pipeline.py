@@ -145,3 +145,41 @@ def test_the_final_model_is_timed_on_the_bundled_demo_speech(runtime: Runtime) -
     finally:
         asr.final_times = saved
     assert calibration_speech(Path("/nonexistent/demo-call.wav")) is None
+
+
+async def test_a_long_gap_keeps_the_sentence_before_it_and_memory_flat(
+    runtime: Runtime, settings: Settings, billing_call: tuple[Path, dict[str, Any]]
+) -> None:
+    """A pause (AudioHook pause/resume, a hold, a Twilio timestamp jump) arrives as a gap in
+    t0. It used to be filled with one block of zeros: longer than the audio ring, it pushed
+    the last sentence out before the endpointer closed it, and it cost memory per second of
+    gap (an hour: gigabytes). Now the sentence is transcribed and an hour costs little."""
+    import tracemalloc
+
+    pcm, rate = customer_audio(billing_call)
+    first = next(t for t in billing_call[1]["turns"] if t["speaker"] == "customer")
+    cut = first["t_end"] + 0.1  # the speech ended, the endpointer has not closed it yet
+    emitted: list[events.Event] = []
+
+    async def emit(ev: events.Event) -> None:
+        emitted.append(ev)
+
+    pipe = PartyPipeline(
+        call_id="c1", speaker="customer", runtime=runtime, settings=settings, emit=emit, inline=True
+    )
+    await feed(pipe, pcm, rate, seconds=cut)
+    before = len([ev for ev in emitted if ev["type"] == "transcript"])
+    gap_s = 3600.0
+    tracemalloc.start()
+    later = AudioChunk("c1", "customer", pcm[: int(rate * FRAME_S)] * 0, rate, cut + gap_s)
+    await pipe.push(later)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    await pipe.finish()
+    said = [ev for ev in emitted if ev["type"] == "transcript"][before:]
+    # The turn's last words: closed by the gap's silence, decoded from the ring.
+    assert said and first["t_end"] - 1.0 <= said[0]["t_end"] <= cut + 0.05, said
+    assert said[0]["text"].split(), said[0]
+    assert pipe.gap_filled_s == pytest.approx(gap_s, abs=0.05)
+    assert pipe.audio_s >= cut + gap_s
+    assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MiB for an hour's gap"
