@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-__all__ = ["CallIdFilter", "JsonFormatter", "call_id_var", "setup_logging"]
+__all__ = ["CallIdFilter", "JsonFormatter", "SecretFilter", "call_id_var", "setup_logging"]
 
 call_id_var: ContextVar[str | None] = ContextVar("call_id", default=None)
 
@@ -47,6 +48,33 @@ class CallIdFilter(logging.Filter):
             call_id = call_id_var.get()
         record.call_id = call_id
         record.call_suffix = f" [{call_id}]" if call_id else ""
+        return True
+
+
+# Credentials that ride in query strings (browsers' WebSockets cannot set headers, so panels
+# send `?token=`; raw PCM clients may send `?api_key=`): uvicorn logs every request path.
+_SECRET_PARAM = re.compile(
+    r"(?i)\b(token|api_key|apikey|access_token|key|signature|password)=([^&\s\"']+)"
+)
+
+
+def scrub(text: str) -> str:
+    """`text` with the values of credential query parameters replaced by `***`."""
+    return _SECRET_PARAM.sub(r"\1=***", text)
+
+
+class SecretFilter(logging.Filter):
+    """Hides credentials in query strings from every log line (uvicorn's request lines,
+    any library's URLs): the message is formatted once and scrubbed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True  # a broken record: let logging report it as it would
+        clean = scrub(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
         return True
 
 
@@ -94,6 +122,7 @@ def setup_logging(level: str, *, json_format: bool, stream: TextIO | None = None
     """
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.addFilter(CallIdFilter())
+    handler.addFilter(SecretFilter())
     if json_format:
         handler.setFormatter(JsonFormatter())
     else:

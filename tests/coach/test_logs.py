@@ -127,3 +127,42 @@ def test_formatter_without_filter_reads_context() -> None:
     finally:
         call_id_var.reset(token)
     assert out["call_id"] == "c-9"
+
+
+def test_credentials_in_request_paths_never_reach_the_log(stream: io.StringIO) -> None:
+    """A real uvicorn server logging through our handler (as `coach serve` does): the panels'
+    `?token=` and raw PCM's `?api_key=` are hidden, the rest of the path is kept."""
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+    from fastapi import FastAPI
+
+    from tests.support import free_port
+
+    setup_logging("info", json_format=False, stream=stream)
+    app = FastAPI()
+
+    @app.get("/x")
+    async def x() -> dict[str, str]:
+        logging.getLogger("coach.test").info("asked with api_key=%s", "k-secret-2")
+        return {}
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_config=None, access_log=True))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/x?after_seq=3&token=eyJ.secret.sig&api_key=k-secret-1"
+        assert httpx.get(url).status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    out = stream.getvalue()
+    assert "GET /x?after_seq=3&token=***&api_key=***" in out, out
+    for secret in ("eyJ.secret.sig", "k-secret-1", "k-secret-2"):
+        assert secret not in out
