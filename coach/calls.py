@@ -18,6 +18,10 @@ Lifecycle rules shared by every protocol (settings read with defaults until they
   `disconnect`, AudioSocket error frame, HTTP 503 with Retry-After). A reconnect of a call
   within its grace period re-attaches and is never refused. `/health/ready` answers 503
   while `at_capacity()` or `overloaded()`, so a load balancer sends new calls elsewhere.
+- A call id used again after its call ended (a transfer that starts a new stream, a client
+  that reuses ids) opens a new LEG, `{call_id}~2`, `~3`...: the ended call keeps its own
+  history, agent and timeline. A reconnect within the grace period re-attaches the latest
+  leg under the telephony's id.
 - An ended call stays visible (`get()`, its events' replay for late panels) for
   ENDED_RETENTION_S, then the manager drops its session and its event history (the store
   keeps the call). Without this a long-running server kept every call it ever had: the soak
@@ -82,6 +86,8 @@ class CallManager:
         self._detached: dict[str, tuple[str, asyncio.Task[None]]] = {}
         """call_id -> (reason it was detached for, its grace timer)."""
         self._watchdog: asyncio.Task[None] | None = None
+        self._latest_leg: dict[str, str] = {}
+        """Telephony call id -> the id of its latest leg, where it was used again."""
 
     @property
     def idle_timeout_s(self) -> float:
@@ -131,25 +137,33 @@ class CallManager:
         inline: bool = False,
         meta: dict[str, Any] | None = None,
     ) -> CallSession:
-        existing = self._calls.get(call_id)
+        current = self._latest_leg.get(call_id, call_id)
+        existing = self._calls.get(current)
         if (
             existing is not None
-            and call_id in self._detached
+            and current in self._detached
             and existing.state is CallState.LIVE
             and existing.end_requested is None
         ):
             return self._reattach(existing, source=source, speakers=speakers)
         if existing is not None and existing.state in (CallState.LIVE, CallState.ENDING):
-            raise self._reject("duplicate_call", f"call {call_id} is already live")
+            raise self._reject("duplicate_call", f"call {current} is already live")
         if self.at_capacity():
             raise self._reject(
                 OVER_CAPACITY,
                 f"at capacity ({self.holding()} calls, COACH_MAX_CALLS={self.max_calls}); "
                 f"try again in {RETRY_AFTER_S} s or another instance",
             )
-        if existing is not None:
-            self.bus.forget(call_topic(call_id))
-            self.bus.forget(agent_topic(call_id))
+        telephony_id = call_id
+        call_id = self._new_leg(call_id)
+        if call_id != telephony_id:
+            self._latest_leg[telephony_id] = call_id
+            meta = {**(meta or {}), "telephony_call_id": telephony_id}
+            log.warning(
+                "call id %s was used again after its call ended: this call is %s",
+                telephony_id,
+                call_id,
+            )
         session = CallSession(
             call_id=call_id,
             source=source,
@@ -167,6 +181,21 @@ class CallManager:
         self._ensure_watchdog()
         log.info("call %s started (%s, %s)", call_id, source, ",".join(speakers))
         return session
+
+    def _ended_here(self, call_id: str) -> bool:
+        session = self._calls.get(call_id)
+        if session is not None:
+            return session.state is CallState.ENDED
+        return self.bus.is_closed(call_topic(call_id))  # ended, and already forgotten
+
+    def _new_leg(self, call_id: str) -> str:
+        """`call_id`, or `call_id~n` when a call under that id already ended here."""
+        if not self._ended_here(call_id):
+            return call_id
+        n = 2
+        while self._ended_here(f"{call_id}~{n}") or f"{call_id}~{n}" in self._calls:
+            n += 1
+        return f"{call_id}~{n}"
 
     def _reattach(
         self, session: CallSession, *, source: str, speakers: tuple[Speaker, ...]

@@ -640,6 +640,9 @@ class AudioHookSession:
         self.clientseq = 0
         self.clock = 0
         """Stream position in samples per channel: audio received plus reported gaps."""
+        self.call_offset = 0
+        """Where this session's position 0 is on the call clock: the audio already heard when
+        it re-attaches a call whose connection dropped (COACH_RECONNECT_GRACE_S)."""
         self.media: dict[str, Any] | None = None
         self.speakers: tuple[Speaker, ...] = ()
         self.call: CallSession | None = None
@@ -654,11 +657,11 @@ class AudioHookSession:
         try:
             await self._loop()
         except asyncio.CancelledError:
-            await self._finish_call("disconnect")
+            await self._finish_call("disconnect", dropped=True)
             raise
         except (WebSocketDisconnect, RuntimeError) as exc:
             log.info("audiohook %s: connection lost (%s)", self.id, exc)
-            await self._finish_call("disconnect")
+            await self._finish_call("disconnect", dropped=True)
 
     async def _loop(self) -> None:
         while self.state is not SessionState.CLOSED:
@@ -670,7 +673,7 @@ class AudioHookSession:
                 await self._timed_out()
                 return
             if msg["type"] == "websocket.disconnect":
-                await self._finish_call("disconnect")
+                await self._finish_call("disconnect", dropped=True)
                 return
             try:
                 if msg.get("bytes") is not None:
@@ -794,6 +797,7 @@ class AudioHookSession:
                     speakers=self.speakers,
                     meta=self._meta(params),
                 )
+                self.call_offset = round(self.call.fed_s * SAMPLE_RATE)
             except CallRejected as exc:
                 # Answered with `disconnect {reason: "error", info}` instead of `opened`; the
                 # client closes the session (`close` -> `closed`) and sends no audio.
@@ -871,7 +875,10 @@ class AudioHookSession:
             return
         if self.call is not None:  # a connection probe has no call: its audio only moves the clock
             for chunk in frame_chunks(
-                payload, speakers=self.speakers, clock=self.clock, call_id=self.call.call_id
+                payload,
+                speakers=self.speakers,
+                clock=self.call_offset + self.clock,
+                call_id=self.call.call_id,
             ):
                 try:
                     await self.call.feed(chunk)
@@ -907,15 +914,22 @@ class AudioHookSession:
         await self._send("disconnect", {"reason": exc.disconnect_reason, "info": str(exc)})
         await self._finish_call(f"error:{exc.reason}")
 
-    async def _finish_call(self, reason: str) -> None:
+    async def _finish_call(self, reason: str, *, dropped: bool = False) -> None:
         """Finalize the call (last transcripts, call_end), waiting at most FINALIZE_WAIT_S.
 
-        The manager owns the ending, so it completes even if this connection goes away.
+        The manager owns the ending, so it completes even if this connection goes away. A
+        connection that `dropped` (no `close` from the client) may come back within the
+        reconnect grace period, as on every other ingest: the call is detached, not ended.
         """
         if self.call is None:
             return
         call, self.call = self.call, None
-        task = asyncio.ensure_future(self.manager.finish(call, reason))
+        ending = (
+            self.manager.stream_ended(call, reason)
+            if dropped
+            else self.manager.finish(call, reason)
+        )
+        task = asyncio.ensure_future(ending)
         _FINISHING.add(task)
         task.add_done_callback(_FINISHING.discard)
         _, pending = await asyncio.wait({task}, timeout=FINALIZE_WAIT_S)

@@ -161,7 +161,8 @@ async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> 
     except CallRejected as exc:
         await _refuse(ws, cc.for_rejection(exc.reason), exc.reason, str(exc))
         return
-    await ws.send_text(json.dumps({"type": "accepted", "call_id": header.call_id}))
+    # The id the call runs under: a leg suffix when the id was used before (coach/calls.py).
+    await ws.send_text(json.dumps({"type": "accepted", "call_id": session.call_id}))
     try:
         end_reason = await _stream(ws, header, session, settings)
     except asyncio.CancelledError:

@@ -257,6 +257,9 @@ class StreamProtocol:
     last_seq: int = 0
     out_of_order: int = 0
     _next_sample: dict[str, int] = field(default_factory=dict)
+    base_sample: int = 0
+    """Where this stream starts on the call clock: 0, or the audio already heard when it
+    re-attaches a call after a dropped connection (its timestamps start again at 0)."""
 
     def receive(self, text: str) -> TwilioMessage:
         msg = parse_message(text, self.max_message_bytes)
@@ -316,7 +319,8 @@ class StreamProtocol:
             )
         start = self._place(track, int(msg.media.timestamp), len(payload))
         pcm = codecs.decode_mulaw(payload)
-        return AudioChunk(self.setup.call_id, speaker, pcm, SAMPLE_RATE, start / SAMPLE_RATE)
+        t0 = (self.base_sample + start) / SAMPLE_RATE
+        return AudioChunk(self.setup.call_id, speaker, pcm, SAMPLE_RATE, t0)
 
     def _place(self, track: str, timestamp_ms: int, n: int) -> int:
         """First sample of this payload on the call clock, read from its timestamp.
@@ -441,7 +445,8 @@ async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> 
         # call goes on without coaching, and readiness already steers new calls elsewhere.
         await refuse(ws, cc.for_rejection(exc.reason), exc.reason, str(exc))
         return
-    log.info("twilio stream %s -> call %s", proto.stream_sid, setup.call_id)
+    proto.base_sample = round(session.fed_s * SAMPLE_RATE)
+    log.info("twilio stream %s -> call %s", proto.stream_sid, session.call_id)
     try:
         end_reason = await _stream(ws, proto, session)
     except asyncio.CancelledError:

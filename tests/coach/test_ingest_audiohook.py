@@ -933,3 +933,33 @@ def _stream_billing_call(client: TestClient, pcmu: bytes) -> list[dict[str, Any]
                 c.send("ping")
         assert c.close()["type"] == "closed"
         return read_events(events)
+
+
+def test_a_dropped_session_reconnects_within_the_grace_period(
+    runtime: Runtime, settings: Settings
+) -> None:
+    """A connection lost without `close` detaches the call as on every other ingest (it used
+    to end it at once, whatever COACH_RECONNECT_GRACE_S said); the client's next session for
+    the conversation re-attaches it, its position 0 placed after the audio already heard."""
+    graced = settings.model_copy(update={"reconnect_grace_s": 10.0})
+    conversation = str(uuid.uuid4())
+    with TestClient(create_app(graced, runtime)) as tc:
+        first = Connect(tc, conversation_id=conversation)
+        with first.events() as events:
+            with first as c:
+                c.open()
+                c.stream(tone(2.0, 2))
+            # Dropped without `close`: the call waits for its connection to come back.
+            manager = tc.app.state.coach.manager  # type: ignore[attr-defined]
+            deadline = time.monotonic() + 10
+            while not manager.is_detached(conversation) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert manager.is_detached(conversation)
+            with Connect(tc, conversation_id=conversation) as c:
+                c.open(continuedSessions=[{"id": first.session_id}])
+                c.stream(tone(1.0, 2))
+                assert c.close()["type"] == "closed"
+            evs = read_events(events)
+    assert [e["type"] for e in evs].count("call_start") == 1
+    assert evs[-1]["type"] == "call_end"
+    assert evs[-1]["duration_s"] == pytest.approx(3.0, abs=0.05)

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -797,3 +798,47 @@ def test_docs_start_example_sets_up_a_one_party_call() -> None:
     setup = tw.call_setup(start)
     assert setup.call_id == "CAXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"
     assert list(setup.speakers) == ["customer"]
+
+
+def test_a_stream_that_reconnects_continues_the_call_where_it_left_off(
+    runtime: Runtime, settings: Settings, billing_call: Any
+) -> None:
+    """Within COACH_RECONNECT_GRACE_S a new stream for the call re-attaches it; its media
+    timestamps start again at 0, so they are placed after the audio already heard. (They used
+    to be dropped as repeats: the second half of the call was silently lost.)"""
+    audio = mulaw_tracks(billing_call[0], seconds=24.0)
+    half = 12 * 8000
+    first = {t: b[:half] for t, b in audio.items()}
+    second = {t: b[half:] for t, b in audio.items()}
+    later = [
+        t
+        for t in billing_call[1]["turns"]
+        if t["speaker"] == "customer" and 12.5 < t["t_start"] and t["t_end"] < 23.0
+    ]
+    assert later, "the call has a customer turn in its second half"
+    graced = settings.model_copy(update={"reconnect_grace_s": 10.0})
+    with (
+        TestClient(create_app(graced, runtime)) as client,
+        client.websocket_connect("/ws/calls/tw-rc/events") as events,
+    ):
+        with client.websocket_connect("/ingest/twilio") as ws:
+            c = TwilioClient(ws, call_id="tw-rc")
+            c.handshake()
+            c.stream(first)
+        # The connection dropped without `stop`: the call waits for it.
+        deadline = time.monotonic() + 10
+        while not manager_of(client).is_detached("tw-rc") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert manager_of(client).is_detached("tw-rc")
+        with client.websocket_connect("/ingest/twilio") as ws:
+            c = TwilioClient(ws, call_id="tw-rc", stream_sid="MZ00000000000000000000000000000002")
+            c.handshake()
+            c.stream(second)  # timestamps from 0 again, as every new Twilio stream's
+            c.stop()
+            assert close_of(ws)[0] == cc.NORMAL
+        live = read_events(events)
+    assert [e["type"] for e in live].count("call_start") == 1
+    end = live[-1]
+    assert end["type"] == "call_end" and end["duration_s"] == pytest.approx(24.0, abs=0.1)
+    heard = [e for e in finals(live, "customer") if e["t_start"] > 12.0]
+    assert heard and abs(heard[0]["t_start"] - later[0]["t_start"]) < 0.3, (heard, later[0])

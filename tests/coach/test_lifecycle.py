@@ -295,3 +295,48 @@ def test_grace_off_detach_finishes_at_once(runtime: Runtime, settings: Settings)
         return session
 
     assert asyncio.run(run()).end_reason == "disconnect"
+
+
+def test_a_call_id_used_again_after_its_call_ended_opens_a_new_leg(
+    runtime: Runtime, settings: Settings
+) -> None:
+    """A transfer that starts a new stream under the same CallSid (or a client that reuses
+    ids) used to continue the ended call's record: its agent, start and timeline were
+    overwritten by the second leg's. Each leg is now its own call; a reconnect within the
+    grace period still re-attaches the latest leg under the telephony's id."""
+
+    async def run() -> None:
+        manager = manager_for(runtime, make_settings(settings, reconnect_grace_s=2.0))
+        first = await manager.open(
+            call_id="tx", source="pcm", speakers=("customer",), meta={"agent_id": "ann"}
+        )
+        await feed_frames(first, {"customer": quiet(RATE)})
+        await manager.finish(first, "stop")
+        second = await manager.open(
+            call_id="tx", source="pcm", speakers=("customer",), meta={"agent_id": "cal"}
+        )
+        assert second is not first and second.call_id == "tx~2"
+        assert second.meta == {"agent_id": "cal", "telephony_call_id": "tx"}
+        assert manager.get("tx") is first and first.meta["agent_id"] == "ann"
+        # The second leg's connection drops and comes back under the telephony's id.
+        await manager.detach(second, "disconnect")
+        again = await manager.open(call_id="tx", source="pcm", speakers=("customer",))
+        assert again is second
+        with pytest.raises(CallRejected):  # live: a second stream for it is a duplicate
+            await manager.open(call_id="tx", source="pcm", speakers=("customer",))
+        await manager.finish(second, "stop")
+        third = await manager.open(call_id="tx", source="pcm", speakers=("customer",))
+        assert third.call_id == "tx~3"
+        await manager.finish(third, "stop")
+        # Forgotten after its retention, an ended id still opens a new leg.
+        manager.ended_retention_s = 0.0
+        fresh = await manager.open(call_id="other", source="pcm", speakers=("customer",))
+        await manager.finish(fresh, "stop")
+        await asyncio.sleep(0.05)
+        assert manager.get("other") is None
+        assert (
+            await manager.open(call_id="other", source="pcm", speakers=("customer",))
+        ).call_id == "other~2"
+        await manager.shutdown()
+
+    asyncio.run(run())
