@@ -21,14 +21,13 @@ from test_store_support import (
     backend_for,
     call_events,
     migrated_pg_database,
-    publish,
     run,
+    seed,
 )
 
 from coach.auth import Role, issue_token
-from coach.bus import InProcessBus
 from coach.settings import Settings
-from coach.store import Spool, Store, StoreWriter
+from coach.store import Store
 from coach.store.api import router
 
 SECRET = "s" * 32
@@ -54,18 +53,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     yield from backend_for(request, tmp_path)
 
 
-async def _seed(url: str, spool_dir: Path) -> None:
-    store = Store(url=url)
-    writer = StoreWriter(store=store, spool=Spool(directory=spool_dir))
-    bus = InProcessBus()
-    bus.add_listener(writer)
-    for events in EVENTS.values():
-        publish(bus, events)
-    await writer.flush()
-    await writer.aclose()
-    await store.aclose()
-
-
 def _app(url: str, data_dir: Path) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -81,7 +68,7 @@ def _app(url: str, data_dir: Path) -> FastAPI:
 
 @pytest.fixture
 def client(backend: Backend, tmp_path: Path) -> Iterator[TestClient]:
-    run(_seed(backend.url, tmp_path / "spool"))
+    run(seed(backend.url, tmp_path / "spool", EVENTS.values()))
     with TestClient(_app(backend.url, tmp_path)) as c:
         yield c
 

@@ -23,8 +23,8 @@ from test_store_support import (
     backend_for,
     call_events,
     migrated_pg_database,
-    publish,
     run,
+    seed,
 )
 
 from coach.api.app import create_app
@@ -50,18 +50,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     yield from backend_for(request, tmp_path)
 
 
-async def _seed(url: str, spool_dir: Path, *calls: list[dict[str, Any]]) -> None:
-    store = Store(url=url)
-    writer = StoreWriter(store=store, spool=Spool(directory=spool_dir))
-    bus = InProcessBus()
-    bus.add_listener(writer)
-    for events in calls:
-        publish(bus, events)
-    await writer.flush()
-    await writer.aclose()
-    await store.aclose()
-
-
 def token(user: str, role: str) -> str:
     return issue_token(user=user, role=role, secret=SECRET, ttl_s=600)  # type: ignore[arg-type]
 
@@ -69,7 +57,7 @@ def token(user: str, role: str) -> str:
 @pytest.fixture
 def restarted(backend: Backend, tmp_path: Path, runtime: Runtime) -> Iterator[TestClient]:
     """The app started on a store that a killed server left behind."""
-    run(_seed(backend.url, tmp_path / "seed-spool", CUT, DONE))
+    run(seed(backend.url, tmp_path / "seed-spool", [CUT, DONE]))
     settings = Settings(
         data_dir=tmp_path, auth_secret=SECRET, store_enabled=True, database_url=backend.url
     )
@@ -155,7 +143,7 @@ def test_unknown_and_forbidden_calls_are_told_apart(restarted: TestClient) -> No
 
 
 def test_close_orphans_spares_live_and_recent_calls(backend: Backend, tmp_path: Path) -> None:
-    run(_seed(backend.url, tmp_path / "seed-spool", CUT, call_events("c-live")[:-1]))
+    run(seed(backend.url, tmp_path / "seed-spool", [CUT, call_events("c-live")[:-1]]))
 
     async def scenario() -> tuple[list[str], list[str], dict[str, Any]]:
         store = Store(url=backend.url)

@@ -13,7 +13,7 @@ import concurrent.futures
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -278,6 +278,21 @@ def publish(bus: InProcessBus, events: list[Event]) -> None:
         bus.publish(call_topic(ev["call_id"]), redacted)
         if ev["type"] in ("call_start", "call_end"):
             bus.publish(SUPERVISOR_TOPIC, redacted)
+
+
+async def seed(url: str, spool_dir: Path, calls: Iterable[list[Event]]) -> None:
+    """Record whole calls in the store at `url` as a server would: bus, writer, flush."""
+    from coach.store import Spool, Store, StoreWriter
+
+    store = Store(url=url)
+    writer = StoreWriter(store=store, spool=Spool(directory=spool_dir))
+    bus = InProcessBus()
+    bus.add_listener(writer)
+    for events in calls:
+        publish(bus, events)
+    await writer.flush()
+    await writer.aclose()
+    await store.aclose()
 
 
 async def eventually(
