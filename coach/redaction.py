@@ -111,7 +111,70 @@ def _spoken_digit_spans(text: str) -> list[Span]:
     return spans
 
 
-def find_pii(text: str) -> list[Span]:
+_TOKEN = re.compile(r"[A-Za-z]+|\d+")
+_IN_RUN = re.compile(r"[\s,.\-]*")  # what may separate the digits of one dictated number
+_EDGE = re.compile(r"[\s,.!?;:\-]*")  # what may come before or after it at an utterance's edge
+DICTATED_AT_END = 3
+"""Digits read out one by one at the end of an utterance that are hidden even though fewer
+than 7: callers dictate long numbers in pieces, with pauses that end the utterance."""
+
+
+def _dictated_runs(text: str) -> list[tuple[int, int, int]]:
+    """(start, end, digits) of each run of digits read out one by one ("four one one",
+    "5, 5, 2", "double five"): one digit per token, only spaces, commas, dots or dashes
+    between, mostly unambiguous digit words. "1,500", "9:30" and "2024" are not dictation."""
+    tokens = [(m.start(), m.end(), m.group().lower()) for m in _TOKEN.finditer(text)]
+    runs: list[tuple[int, int, int]] = []
+    i = 0
+    while i < len(tokens):
+        j, digits, strict = i, 0, 0
+        while j < len(tokens):
+            if j > i and not _IN_RUN.fullmatch(text[tokens[j - 1][1] : tokens[j][0]]):
+                break
+            tok = tokens[j][2]
+            if (
+                tok in ("double", "triple")
+                and j + 1 < len(tokens)
+                and tokens[j + 1][2] in _DIGIT_WORDS
+            ):
+                digits, strict, j = digits + (2 if tok == "double" else 3), strict + 2, j + 2
+            elif tok in _DIGIT_WORDS or (tok.isdigit() and len(tok) == 1):
+                digits, strict = (
+                    digits + 1,
+                    strict + (tok not in _DIGIT_WORDS or tok in _STRICT_DIGIT_WORDS),
+                )
+                j += 1
+            else:
+                break
+        if digits and strict >= 0.7 * (j - i):
+            runs.append((tokens[i][0], tokens[j - 1][1], digits))
+            i = j
+        else:
+            i += 1
+    return runs
+
+
+def dictation_at_edges(
+    text: str,
+) -> tuple[tuple[int, int, int] | None, tuple[int, int, int] | None]:
+    """The dictated run that opens `text` and the one that closes it, if any."""
+    runs = _dictated_runs(text)
+    first = runs[0] if runs and _EDGE.fullmatch(text[: runs[0][0]]) else None
+    last = runs[-1] if runs and _EDGE.fullmatch(text[runs[-1][1] :]) else None
+    return first, last
+
+
+def ends_in_dictation(text: str) -> bool:
+    """Whether `text` ends with digits read out one by one (at least two): a number that the
+    speaker's next utterance may go on with."""
+    last = dictation_at_edges(text)[1]
+    return last is not None and last[2] >= 2
+
+
+def find_pii(text: str, *, continues_digits: bool = False) -> list[Span]:
+    """Spans of personal data in `text`. `continues_digits`: the speaker's previous utterance
+    ended in dictated digits (`ends_in_dictation`), so digits that open this one are the rest
+    of that number and are hidden too."""
     spans = [Span(m.start(), m.end(), "email") for m in EMAIL.finditer(text)]
     spans += [Span(m.start(), m.end(), "email") for m in SPOKEN_EMAIL.finditer(text)]
     spans += [Span(m.start(), m.end(), "ssn") for m in SSN.finditer(text)]
@@ -121,6 +184,11 @@ def find_pii(text: str) -> list[Span]:
         if kind:
             spans.append(Span(m.start(), m.end(), kind))
     spans += _spoken_digit_spans(text)
+    first, last = dictation_at_edges(text)
+    if last is not None and last[2] >= DICTATED_AT_END:
+        spans.append(Span(last[0], last[1], "number"))
+    if continues_digits and first is not None:
+        spans.append(Span(first[0], first[1], "number"))
     return _merge(spans)
 
 
@@ -135,23 +203,23 @@ def _merge(spans: list[Span]) -> list[Span]:
     return out
 
 
-def redact_text(text: str) -> str:
+def redact_text(text: str, *, continues_digits: bool = False) -> str:
     out, pos = [], 0
-    for span in find_pii(text):
+    for span in find_pii(text, continues_digits=continues_digits):
         out += [text[pos : span.start], TAGS[span.kind]]
         pos = span.end
     out.append(text[pos:])
     return "".join(out)
 
 
-def redact_words(words: Sequence[str]) -> list[str]:
+def redact_words(words: Sequence[str], *, continues_digits: bool = False) -> list[str]:
     """Word-level redaction: every word touching a PII span becomes its tag (timings kept)."""
     joined, offsets, pos = [], [], 0
     for w in words:
         offsets.append((pos, pos + len(w)))
         joined.append(w)
         pos += len(w) + 1
-    spans = find_pii(" ".join(joined))
+    spans = find_pii(" ".join(joined), continues_digits=continues_digits)
     out = list(words)
     for i, (a, b) in enumerate(offsets):
         for s in spans:
@@ -160,8 +228,10 @@ def redact_words(words: Sequence[str]) -> list[str]:
     return out
 
 
-def redact_event(event: dict[str, object]) -> dict[str, object]:
-    """The view of an event for anyone but the call's live agent (supervisors, store, files)."""
+def redact_event(event: dict[str, object], *, continues_digits: bool = False) -> dict[str, object]:
+    """The view of an event for anyone but the call's live agent (supervisors, store, files).
+
+    `continues_digits` (transcripts and partials): see `find_pii`; `CallRedactor` knows it."""
     if event.get("type") in ("cue", "escalation"):
         # Evidence quotes the customer's words: the same PII rules as the transcript.
         return {k: _redact_strings(v) if k not in _KEEP else v for k, v in event.items()}
@@ -170,10 +240,10 @@ def redact_event(event: dict[str, object]) -> dict[str, object]:
     out = dict(event)
     text = event.get("text")
     if isinstance(text, str):
-        out["text"] = redact_text(text)
+        out["text"] = redact_text(text, continues_digits=continues_digits)
     words = event.get("words")
     if isinstance(words, list) and words:
-        tagged = redact_words([str(w["w"]) for w in words])
+        tagged = redact_words([str(w["w"]) for w in words], continues_digits=continues_digits)
         out["words"] = [{**w, "w": t} for w, t in zip(words, tagged, strict=True)]
     return out
 
@@ -190,3 +260,49 @@ def _redact_strings(value: object) -> object:
     if isinstance(value, dict):
         return {k: _redact_strings(v) for k, v in value.items()}
     return value
+
+
+CONTINUATION_GAP_S = 5.0
+"""A speaker's utterance that starts within this long after one that ended in dictated digits
+may carry the rest of the number."""
+
+
+class CallRedactor:
+    """`redact_event` with a memory of each speaker's last transcript, for one call.
+
+    Callers read numbers out in pieces ("my social is one two three" / "four five" / "six
+    seven eight nine"), each utterance too short to look like personal data on its own. A
+    piece that ends an utterance is hidden from 3 digits (`find_pii`); digits that open the
+    speaker's next utterance, soon after one that ended in digits, are hidden whatever their
+    number. Only the redacted view changes: the live agent sees every word.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, bool]] = {}
+        """speaker -> (end of their last transcript, whether it ended in dictated digits)."""
+
+    def view(self, event: dict[str, object]) -> dict[str, object]:
+        kind = event.get("type")
+        speaker = event.get("speaker")
+        if kind not in ("transcript", "partial") or not isinstance(speaker, str):
+            return redact_event(event)
+        start, end = _float(event.get("t_start")), _float(event.get("t_end"))
+        last = self._last.get(speaker)
+        continues = (
+            last is not None
+            and last[1]
+            and start is not None
+            and start - last[0] <= CONTINUATION_GAP_S
+        )
+        out = redact_event(event, continues_digits=continues)
+        text = event.get("text")
+        if kind == "transcript" and end is not None and isinstance(text, str):
+            opening, closing = dictation_at_edges(text)
+            # A piece that is digits alone ("Seven.") keeps the number going.
+            whole_piece = continues and opening is not None and opening == closing
+            self._last[speaker] = (end, ends_in_dictation(text) or whole_piece)
+        return out
+
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None

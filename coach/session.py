@@ -25,7 +25,7 @@ from coach.events import Event
 from coach.logs import call_id_var
 from coach.messages import AudioChunk, EndOfStream, Speaker, follows, join_chunks
 from coach.pipeline import PartyPipeline
-from coach.redaction import redact_event
+from coach.redaction import CallRedactor
 from coach.runtime import PRIORITY_FINAL, PRIORITY_PARTIAL, Runtime
 from coach.settings import Settings
 from coach.signals import dynamics
@@ -92,6 +92,7 @@ class CallSession:
         self._bus = bus
         self._inline = inline
         self._seq = 0
+        self._redactor = CallRedactor()  # the PII-safe view, which spans utterances
         self._fed_s = 0.0
         self._next_metrics_s = settings.metrics_interval_s
         self._queues: dict[Speaker, asyncio.Queue[AudioChunk | EndOfStream]] = {
@@ -322,7 +323,7 @@ class CallSession:
         self._bus.save_session_state(
             self.call_id, self._session_state(ended=stamped["type"] == "call_end")
         )
-        redacted = redact_event(stamped)
+        redacted = self._redactor.view(stamped)
         self._bus.publish(call_topic(self.call_id), redacted)
         kind = stamped["type"]
         if kind in ("call_start", "call_end", "cue", "escalation", "agent_assigned"):

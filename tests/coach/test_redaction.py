@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coach.bus import InProcessBus, agent_topic, call_topic
-from coach.redaction import find_pii, luhn_valid, redact_event, redact_text, redact_words
+from coach.redaction import (
+    CallRedactor,
+    find_pii,
+    luhn_valid,
+    redact_event,
+    redact_text,
+    redact_words,
+)
 from coach.runtime import Runtime
 from coach.session import CallSession
 from coach.settings import Settings
@@ -40,6 +47,10 @@ def luhn_number(rng: random.Random, length: int = 16) -> str:
         ("write to jane.doe+bills@example.co.uk today", "write to [EMAIL] today"),
         ("it is jane dot doe at gmail dot com", "it is [EMAIL]"),
         ("the account number is 98765432", "the account number is [NUMBER]"),
+        # Digits read out one by one that end an utterance: the first piece of a number.
+        ("my social is one two three", "my social is [NUMBER]"),
+        ("okay it's 5, 5, 2.", "okay it's [NUMBER]."),
+        ("the code is double five one", "the code is [NUMBER]"),
     ],
 )
 def test_pii_is_redacted(text: str, expected: str) -> None:
@@ -55,6 +66,11 @@ def test_pii_is_redacted(text: str, expected: str) -> None:
         "I called for two to four days in a row",
         "meet at noon at the office",
         "the fee went from 10 to 25 dollars in 2024",
+        "it went up to 1,500",
+        "can you come at 9:30",
+        "I have two kids",
+        "I'd like option number one",
+        "it's been two or three",
     ],
 )
 def test_ordinary_numbers_and_words_are_kept(text: str) -> None:
@@ -122,3 +138,52 @@ async def test_only_the_agent_topic_carries_raw_text(runtime: Runtime, settings:
     shown = [e for e in bus.history(call_topic("pii")) if e["type"] == "transcript"]
     assert raw[0]["text"] == "my ssn is 123-45-6789"
     assert shown[0]["text"] == "my ssn is [SSN]" and shown[0]["seq"] == raw[0]["seq"]
+
+
+def said(speaker: str, t: float, text: str) -> dict[str, object]:
+    words = [{"w": w, "t0": t, "t1": t + 0.3, "p": 0.9} for w in text.split()]
+    return {
+        "type": "transcript",
+        "speaker": speaker,
+        "t_start": t,
+        "t_end": t + 2.0,
+        "text": text,
+        "words": words,
+    }
+
+
+def test_a_number_read_out_over_several_utterances_is_hidden_in_every_piece() -> None:
+    """An SSN dictated with pauses arrives as utterances of 3, 2 and 4 digits: none long
+    enough alone. Found by an ingest audit: the store kept "four five" and "six seven eight
+    nine" in the clear."""
+    view = CallRedactor().view
+    pieces = [
+        view(said("customer", 0.0, "My social is one two three.")),
+        view(said("agent", 2.2, "Go on.")),
+        view(said("customer", 3.0, "Four five.")),
+        view(said("customer", 6.0, "Six seven eight nine, and that's it.")),
+        view(said("customer", 9.0, "One more thing, the bill is wrong.")),
+    ]
+    texts = [p["text"] for p in pieces]
+    assert texts == [
+        "My social is [NUMBER].",
+        "Go on.",
+        "[NUMBER].",
+        "[NUMBER], and that's it.",
+        "One more thing, the bill is wrong.",  # the last piece did not end in digits
+    ]
+    for p in pieces:  # the words carry the same tags as the text
+        words = " ".join(str(w["w"]) for w in p["words"])  # type: ignore[attr-defined]
+        assert not any(d in words.lower() for d in ("three", "four", "five", "seven", "nine"))
+
+
+def test_digits_continue_a_number_only_soon_and_from_the_same_speaker() -> None:
+    view = CallRedactor().view
+    view(said("customer", 0.0, "The reference is four two."))
+    assert view(said("agent", 2.5, "Two what?"))["text"] == "Two what?"  # another speaker
+    assert view(said("customer", 9.0, "Two days ago."))["text"] == "Two days ago."  # 7 s later
+    view(said("customer", 12.0, "It's four two."))
+    assert view(said("customer", 14.5, "Seven."))["text"] == "[NUMBER]."
+    # A partial reads the memory but does not change it.
+    partial = {**said("customer", 17.0, "eight one"), "type": "partial"}
+    assert view(partial)["text"] == "[NUMBER]"
