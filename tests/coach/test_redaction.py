@@ -187,3 +187,14 @@ def test_digits_continue_a_number_only_soon_and_from_the_same_speaker() -> None:
     # A partial reads the memory but does not change it.
     partial = {**said("customer", 17.0, "eight one"), "type": "partial"}
     assert view(partial)["text"] == "[NUMBER]"
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=9), min_size=3, max_size=6),
+    st.sampled_from(["words", "numerals"]),
+    st.sampled_from([" ", ", ", "-", ". "]),
+)
+def test_any_number_read_out_at_the_end_is_hidden(digits: list[int], form: str, sep: str) -> None:
+    said = sep.join(SPOKEN[d] if form == "words" else str(d) for d in digits)
+    out = redact_text(f"the reference is {said}.")
+    assert out == "the reference is [NUMBER].", out
