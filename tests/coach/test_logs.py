@@ -142,6 +142,13 @@ def test_credentials_in_request_paths_never_reach_the_log(stream: io.StringIO) -
     from tests.support import free_port
 
     setup_logging("info", json_format=False, stream=stream)
+    # Other tests in the run may have quietened uvicorn's loggers: as `coach serve` sets them.
+    saved = {}
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        saved[name] = (logger.level, logger.disabled, logger.propagate, logger.handlers[:])
+        logger.setLevel(logging.INFO)
+        logger.disabled, logger.propagate, logger.handlers = False, True, []
     app = FastAPI()
 
     @app.get("/x")
@@ -162,6 +169,10 @@ def test_credentials_in_request_paths_never_reach_the_log(stream: io.StringIO) -
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        for name, (level, disabled, propagate, handlers) in saved.items():
+            logger = logging.getLogger(name)
+            logger.setLevel(level)
+            logger.disabled, logger.propagate, logger.handlers = disabled, propagate, handlers
     out = stream.getvalue()
     assert "GET /x?after_seq=3&token=***&api_key=***" in out, out
     for secret in ("eyJ.secret.sig", "k-secret-1", "k-secret-2"):
