@@ -356,6 +356,10 @@ class CallManager:
         if self._calls.get(session.call_id) is not session or session.state is not CallState.ENDED:
             return  # re-opened under the same id meanwhile: that call is not ours to drop
         del self._calls[session.call_id]
+        # A leg's telephony id needs no pointer once the leg is gone: its closed topic (below)
+        # still makes the next use of the id a new leg.
+        for telephony_id in [k for k, v in self._latest_leg.items() if v == session.call_id]:
+            del self._latest_leg[telephony_id]
         for topic in (call_topic(session.call_id), agent_topic(session.call_id)):
             # Drop the history, keep the topic closed: a late panel is told the call is over.
             self.bus.forget(topic)
