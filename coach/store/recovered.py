@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from coach.bus import InProcessBus, call_topic
+from coach.bus import SUPERVISOR_TOPIC, InProcessBus, call_topic
 from coach.events import AI_LABEL, Event, call_end
 from coach.store.records import CallDetail
 from coach.store.store import Store
@@ -160,7 +160,8 @@ async def close_orphans(
         if detail is None or detail.call.ended_at is not None:
             continue
         ev = end_event(detail)
-        bus.publish(call_topic(call.call_id), ev)
+        bus.publish(call_topic(call.call_id), ev)  # the store writes it, panels end
+        bus.publish(SUPERVISOR_TOPIC, ev)  # every wall drops the call's tile
         bus.close_topic(call_topic(call.call_id))
         closed.append(call.call_id)
         log.warning(

@@ -29,7 +29,7 @@ from test_store_support import (
 
 from coach.api.app import create_app
 from coach.auth import issue_token
-from coach.bus import InProcessBus, call_topic
+from coach.bus import SUPERVISOR_TOPIC, InProcessBus, call_topic
 from coach.runtime import Runtime
 from coach.settings import Settings
 from coach.store import Spool, Store, StoreWriter
@@ -151,6 +151,7 @@ def test_close_orphans_spares_live_and_recent_calls(backend: Backend, tmp_path: 
         bus = InProcessBus()
         bus.add_listener(writer)
         sub = bus.subscribe(call_topic("c-cut"))
+        wall = bus.subscribe(SUPERVISOR_TOPIC)
 
         async def is_live(call_id: str) -> bool:
             return call_id == "c-live"
@@ -164,6 +165,8 @@ def test_close_orphans_spares_live_and_recent_calls(backend: Backend, tmp_path: 
         )
         await writer.flush()
         seen = sub.queue.get_nowait()
+        walled = wall.queue.get_nowait()
+        assert walled is not None and walled["type"] == "call_end"
         live = await store.get_call("c-live")
         await writer.aclose()
         await store.aclose()
