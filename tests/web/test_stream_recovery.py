@@ -201,6 +201,7 @@ def test_wall_goes_stale_while_disconnected_and_the_snapshot_replaces_it(
     page.evaluate("Wall.socket.close(4000, 'blip')")
     banner.filter(has_text="Connection lost — reconnecting; calls shown may have ended").wait_for()
     assert "stale" in (page.locator("#tiles").get_attribute("class") or "")
+    assert "stale" in (page.locator("#alerts").get_attribute("class") or "")
     # The call ends meanwhile; the wall cannot know, and its timer stands still.
     live_server.emit(call_id, {"type": "call_end", "duration_s": 5.0, "reason": "end"})
     before = tile.locator(".duration").inner_text()
@@ -213,5 +214,6 @@ def test_wall_goes_stale_while_disconnected_and_the_snapshot_replaces_it(
     page.wait_for_function("!Wall.stale", timeout=20_000)
     assert banner.is_hidden()
     assert "stale" not in (page.locator("#tiles").get_attribute("class") or "")
+    assert "stale" not in (page.locator("#alerts").get_attribute("class") or "")
     tile.locator(".duration").filter(has_text="ended").wait_for()
     assert tile.get_by_role("button", name="Post-call summary").is_visible()

@@ -285,6 +285,7 @@ function connectWall() {
 function setStale(stale) {
   Wall.stale = stale;
   $("tiles").classList.toggle("stale", stale);
+  $("alerts").classList.toggle("stale", stale); // an alert may have been taken meanwhile
   $("tiles").setAttribute("aria-busy", String(stale));
   $("stale-banner").hidden = !stale;
 }
