@@ -38,7 +38,8 @@ class PcmHeader(BaseModel):
     model_config = {"extra": "ignore"}
 
     call_id: str
-    sample_rate: int = Field(ge=8000, le=48000)
+    # Strict: "8000" or 8000.5 is a client bug to report, not a rate to guess at.
+    sample_rate: int = Field(ge=8000, le=48000, strict=True)
     encoding: Encoding
     channels: Literal[1, 2]
     speakers: list[Speaker] | None = None

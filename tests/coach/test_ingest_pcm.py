@@ -56,6 +56,8 @@ def test_parse_header_fuzzed_fields(fields: dict[str, Any]) -> None:
         ({"call_id": None}, cc.INVALID_PAYLOAD, "call_id"),
         ({"encoding": "opus"}, cc.UNSUPPORTED_DATA, "encoding"),
         ({"sample_rate": 11025}, cc.UNSUPPORTED_DATA, "sample_rate"),
+        ({"sample_rate": "8000"}, cc.UNSUPPORTED_DATA, "sample_rate"),
+        ({"sample_rate": 8000.5}, cc.UNSUPPORTED_DATA, "sample_rate"),
         ({"channels": 3}, cc.INVALID_PAYLOAD, "channels"),
         ({"call_id": "../etc"}, cc.INVALID_PAYLOAD, "call_id"),
     ],
