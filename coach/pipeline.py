@@ -49,6 +49,7 @@ VAD_WINDOW_S = WINDOW_SAMPLES / PIPELINE_RATE
 MIN_PARTIAL_SPEECH_S = 0.6
 # Seconds of a filled gap the VAD model still runs on (enough to end any utterance).
 GAP_VAD_S = 2
+GAP_PIECE_S = 10  # seconds of a long gap fed at once once the VAD is skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +127,16 @@ class PartyPipeline:
         # the utterance before it then ends after its usual trailing silence, while its audio
         # is still in the ring, and memory stays flat however long the gap (past its first
         # seconds the VAD model does not run on it, so an hour's pause costs little).
-        step = chunk.sample_rate
-        silence = np.zeros(min(gap, step), dtype=np.float32)
+        second = chunk.sample_rate
+        silence = np.zeros(min(gap, GAP_PIECE_S * second), dtype=np.float32)
         filled = 0
         while filled < gap:
+            # The VAD hears the first seconds as any silence, a second at a time (a short loss
+            # is then the same as the silence it replaced); after that it is skipped and the
+            # rest goes in longer pieces, well inside the audio ring.
+            skip_vad = filled >= GAP_VAD_S * second
+            step = GAP_PIECE_S * second if skip_vad else second
             piece = silence[: min(gap - filled, step)]
-            # The VAD hears the first seconds as any silence (a short loss is then the same
-            # as the silence it replaced), and is skipped after that.
-            skip_vad = filled >= GAP_VAD_S * step
             filled += len(piece)
             samples, frames = await loop.run_in_executor(
                 self._rt.dsp_executor, self._dsp, piece, False, skip_vad
