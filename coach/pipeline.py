@@ -123,8 +123,8 @@ class PartyPipeline:
             return
         metrics.AUDIO_SECONDS.labels(speaker=self.speaker).inc(len(pcm) / chunk.sample_rate)
         loop = asyncio.get_running_loop()
-        # A gap (a pause, a hold, skipped timestamps) is heard as silence, a second at a time:
-        # the utterance before it then ends after its usual trailing silence, while its audio
+        # A gap (a pause, a hold, skipped timestamps) is heard as silence, in pieces: the
+        # utterance before it then ends after its usual trailing silence, while its audio
         # is still in the ring, and memory stays flat however long the gap (past its first
         # seconds the VAD model does not run on it, so an hour's pause costs little).
         second = chunk.sample_rate
