@@ -164,16 +164,9 @@ def dictation_at_edges(
     return first, last
 
 
-def ends_in_dictation(text: str) -> bool:
-    """Whether `text` ends with digits read out one by one (at least two): a number that the
-    speaker's next utterance may go on with."""
-    last = dictation_at_edges(text)[1]
-    return last is not None and last[2] >= 2
-
-
 def find_pii(text: str, *, continues_digits: bool = False) -> list[Span]:
     """Spans of personal data in `text`. `continues_digits`: the speaker's previous utterance
-    ended in dictated digits (`ends_in_dictation`), so digits that open this one are the rest
+    ended in dictated digits (see `CallRedactor`), so digits that open this one are the rest
     of that number and are hidden too."""
     spans = [Span(m.start(), m.end(), "email") for m in EMAIL.finditer(text)]
     spans += [Span(m.start(), m.end(), "email") for m in SPOKEN_EMAIL.finditer(text)]
@@ -298,9 +291,11 @@ class CallRedactor:
         text = event.get("text")
         if kind == "transcript" and end is not None and isinstance(text, str):
             opening, closing = dictation_at_edges(text)
-            # A piece that is digits alone ("Seven.") keeps the number going.
+            # Ending in two or more dictated digits, or being digits alone that went on with
+            # the number ("Seven."), lets the speaker's next utterance go on with it.
+            ends = closing is not None and closing[2] >= 2
             whole_piece = continues and opening is not None and opening == closing
-            self._last[speaker] = (end, ends_in_dictation(text) or whole_piece)
+            self._last[speaker] = (end, ends or whole_piece)
         return out
 
 
