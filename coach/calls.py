@@ -21,7 +21,8 @@ Lifecycle rules shared by every protocol (settings read with defaults until they
 - A call id used again after its call ended (a transfer that starts a new stream, a client
   that reuses ids) opens a new LEG, `{call_id}~2`, `~3`...: the ended call keeps its own
   history, agent and timeline. A reconnect within the grace period re-attaches the latest
-  leg under the telephony's id.
+  leg under the telephony's id. Where a store runs, `ended_lookup` also finds legs that
+  ended before a restart or on another instance.
 - An ended call stays visible (`get()`, its events' replay for late panels) for
   ENDED_RETENTION_S, then the manager drops its session and its event history (the store
   keeps the call). Without this a long-running server kept every call it ever had: the soak
@@ -34,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from coach import metrics
@@ -45,6 +47,9 @@ from coach.settings import Settings
 
 log = logging.getLogger(__name__)
 
+EndedLookup = Callable[[str], Awaitable[set[str]]]
+"""call id -> which of it and its legs (`id~2`...) have ended, by the store's record."""
+
 __all__ = ["CallEnded", "CallManager", "CallRejected"]
 
 DEFAULT_IDLE_TIMEOUT_S = 60.0
@@ -54,6 +59,8 @@ RETRY_AFTER_S = 10
 """What refusals at capacity suggest as a retry delay (HTTP Retry-After, AudioHook info)."""
 OVERLOAD_WAIT_S = 1.0
 """ASR queueing delay above which the instance reports itself overloaded (not ready)."""
+STORE_LOOKUP_S = 0.5
+"""How long opening a call waits for the store to say whether its id was used before."""
 ENDED_RETENTION_S = 120.0
 """How long an ended call's session and event history stay in memory."""
 MAX_ENDED_KEPT = 200
@@ -88,6 +95,8 @@ class CallManager:
         self._watchdog: asyncio.Task[None] | None = None
         self._latest_leg: dict[str, str] = {}
         """Telephony call id -> the id of its latest leg, where it was used again."""
+        self.ended_lookup: EndedLookup | None = None
+        """Set when a history store runs: which legs of a call id the store holds as ended."""
 
     @property
     def idle_timeout_s(self) -> float:
@@ -137,25 +146,16 @@ class CallManager:
         inline: bool = False,
         meta: dict[str, Any] | None = None,
     ) -> CallSession:
-        current = self._latest_leg.get(call_id, call_id)
-        existing = self._calls.get(current)
-        if (
-            existing is not None
-            and current in self._detached
-            and existing.state is CallState.LIVE
-            and existing.end_requested is None
-        ):
-            return self._reattach(existing, source=source, speakers=speakers)
-        if existing is not None and existing.state in (CallState.LIVE, CallState.ENDING):
-            raise self._reject("duplicate_call", f"call {current} is already live")
-        if self.at_capacity():
-            raise self._reject(
-                OVER_CAPACITY,
-                f"at capacity ({self.holding()} calls, COACH_MAX_CALLS={self.max_calls}); "
-                f"try again in {RETRY_AFTER_S} s or another instance",
-            )
+        reattached = self._admit(call_id, source=source, speakers=speakers)
+        if reattached is not None:
+            return reattached
+        stored_ended = await self._stored_ended_legs(call_id)
+        # Checked again after the lookup: another connection may have opened the id meanwhile.
+        reattached = self._admit(call_id, source=source, speakers=speakers)
+        if reattached is not None:
+            return reattached
         telephony_id = call_id
-        call_id = self._new_leg(call_id)
+        call_id = self._new_leg(call_id, stored_ended)
         if call_id != telephony_id:
             self._latest_leg[telephony_id] = call_id
             meta = {**(meta or {}), "telephony_call_id": telephony_id}
@@ -182,18 +182,59 @@ class CallManager:
         log.info("call %s started (%s, %s)", call_id, source, ",".join(speakers))
         return session
 
+    def _admit(
+        self, call_id: str, *, source: str, speakers: tuple[Speaker, ...]
+    ) -> CallSession | None:
+        """The detached call to re-attach, None for a new call, or CallRejected."""
+        current = self._latest_leg.get(call_id, call_id)
+        existing = self._calls.get(current)
+        if (
+            existing is not None
+            and current in self._detached
+            and existing.state is CallState.LIVE
+            and existing.end_requested is None
+        ):
+            return self._reattach(existing, source=source, speakers=speakers)
+        if existing is not None and existing.state in (CallState.LIVE, CallState.ENDING):
+            raise self._reject("duplicate_call", f"call {current} is already live")
+        if self.at_capacity():
+            raise self._reject(
+                OVER_CAPACITY,
+                f"at capacity ({self.holding()} calls, COACH_MAX_CALLS={self.max_calls}); "
+                f"try again in {RETRY_AFTER_S} s or another instance",
+            )
+        return None
+
+    async def _stored_ended_legs(self, call_id: str) -> set[str]:
+        """Legs of `call_id` the store holds as ended: calls run before a restart or elsewhere.
+
+        Best effort: a slow or failing store must not hold up a call, which then opens as if
+        the id were new (and continues a stored record of that id, as before legs existed).
+        """
+        if self.ended_lookup is None:
+            return set()
+        try:
+            return await asyncio.wait_for(self.ended_lookup(call_id), STORE_LOOKUP_S)
+        except Exception as exc:  # TimeoutError included
+            log.warning("call %s: stored calls under this id unknown (%r)", call_id, exc)
+            return set()
+
     def _ended_here(self, call_id: str) -> bool:
         session = self._calls.get(call_id)
         if session is not None:
             return session.state is CallState.ENDED
         return self.bus.is_closed(call_topic(call_id))  # ended, and already forgotten
 
-    def _new_leg(self, call_id: str) -> str:
-        """`call_id`, or `call_id~n` when a call under that id already ended here."""
-        if not self._ended_here(call_id):
+    def _new_leg(self, call_id: str, stored_ended: set[str]) -> str:
+        """`call_id`, or `call_id~n` when a call under that id already ended (here or stored)."""
+
+        def taken(leg: str) -> bool:
+            return leg in stored_ended or self._ended_here(leg) or leg in self._calls
+
+        if not (call_id in stored_ended or self._ended_here(call_id)):
             return call_id
         n = 2
-        while self._ended_here(f"{call_id}~{n}") or f"{call_id}~{n}" in self._calls:
+        while taken(f"{call_id}~{n}"):
             n += 1
         return f"{call_id}~{n}"
 

@@ -106,7 +106,8 @@ class AppState:
         return False
 
     def wire_history(self) -> None:
-        """Calls look up their customer's previous calls (repeat_contact) in the store."""
+        """Calls look up their customer's previous calls (repeat_contact) and their own id's
+        earlier legs in the store."""
         store = self.history_store
         if self.manager is None or store is None:
             return
@@ -115,6 +116,7 @@ class AppState:
             return await store.customer_history(customer_id, limit=5)
 
         self.manager.history_lookup = lookup
+        self.manager.ended_lookup = store.ended_legs
 
     def attach(self, runtime: Runtime) -> None:
         self.runtime = runtime

@@ -248,6 +248,17 @@ class Store:
         async with self._session() as s:
             return [CallRecord.of(r) for r in await s.scalars(stmt)]
 
+    async def ended_legs(self, call_id: str) -> set[str]:
+        """Which of `call_id` and its later legs (`call_id~2`, `~3`...) are stored as ended."""
+        pattern = _escape_like(call_id) + "~%"
+        stmt = sa.select(Call.call_id).where(
+            sa.or_(Call.call_id == call_id, Call.call_id.like(pattern, escape="\\")),
+            Call.ended_at.is_not(None),
+        )
+        async with self._session() as s:
+            ids = set(await s.scalars(stmt))
+        return {i for i in ids if i == call_id or _is_leg_of(i, call_id)}
+
     async def latest_cue_seq(self, call_id: str, cue: str) -> int | None:
         """The most recent occurrence of cue id `cue` in a call (feedback by cue id)."""
         async with self._session() as s:
@@ -536,6 +547,12 @@ def _deleted(result: sa.Result[Any]) -> bool:
 
 def _first_line(exc: Exception) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _is_leg_of(candidate: str, call_id: str) -> bool:
+    """`call_id~n` with n a number (not, say, another telephony id that starts the same)."""
+    suffix = candidate.removeprefix(call_id + "~")
+    return suffix != candidate and suffix.isdigit()
 
 
 def _escape_like(text: str) -> str:

@@ -340,3 +340,66 @@ def test_a_call_id_used_again_after_its_call_ended_opens_a_new_leg(
         await manager.shutdown()
 
     asyncio.run(run())
+
+
+def test_a_reused_id_opens_a_new_leg_after_the_store_says_it_ended(
+    runtime: Runtime, settings: Settings
+) -> None:
+    """After a restart (or on another instance) only the store knows the id's earlier legs;
+    a store that fails or is slow never holds up the call, which then keeps its id."""
+
+    async def run() -> None:
+        manager = manager_for(runtime, settings)
+        asked: list[str] = []
+
+        async def stored(call_id: str) -> set[str]:
+            asked.append(call_id)
+            return {"tx", "tx~2", "tx~4"} if call_id == "tx" else set()
+
+        manager.ended_lookup = stored
+        leg = await manager.open(call_id="tx", source="pcm", speakers=("customer",))
+        assert leg.call_id == "tx~3" and leg.meta["telephony_call_id"] == "tx"
+        assert (
+            await manager.open(call_id="new", source="pcm", speakers=("customer",))
+        ).call_id == "new"
+        assert asked == ["tx", "new"]
+        await manager.finish(leg, "stop")
+        # Ended here as well: the next leg skips both what ran here and what is stored.
+        assert (
+            await manager.open(call_id="tx", source="pcm", speakers=("customer",))
+        ).call_id == "tx~5"
+
+        async def broken(call_id: str) -> set[str]:
+            raise OSError("database is down")
+
+        manager.ended_lookup = broken
+        assert (
+            await manager.open(call_id="b", source="pcm", speakers=("customer",))
+        ).call_id == "b"
+
+        async def slow(call_id: str) -> set[str]:
+            await asyncio.sleep(30)
+            return {call_id}
+
+        manager.ended_lookup = slow
+        started = time.monotonic()
+        assert (
+            await manager.open(call_id="s", source="pcm", speakers=("customer",))
+        ).call_id == "s"
+        assert time.monotonic() - started < 5
+
+        # Two connections for one new id while the store is asked: one call, one refusal.
+        async def pause(call_id: str) -> set[str]:
+            await asyncio.sleep(0.05)
+            return set()
+
+        manager.ended_lookup = pause
+        results = await asyncio.gather(
+            manager.open(call_id="twice", source="pcm", speakers=("customer",)),
+            manager.open(call_id="twice", source="pcm", speakers=("customer",)),
+            return_exceptions=True,
+        )
+        assert sorted(type(r).__name__ for r in results) == ["CallRejected", "CallSession"]
+        await manager.shutdown()
+
+    asyncio.run(run())

@@ -503,6 +503,22 @@ async def test_customer_history(store: Store) -> None:
     assert await store.customer_history("nobody") == []
 
 
+async def test_ended_legs_of_a_call_id(store: Store) -> None:
+    """What a restarted server (or another instance) asks before it opens a reused id."""
+    at = datetime.now(UTC).timestamp()
+    for call_id in ("tx", "tx~2", "tx~x", "tx~2~2", "TX~3", "tx_y~4", "a%b~2"):
+        events = call_events(call_id)
+        await store.write_events([Received(event=e, at=at) for e in events])
+    unended = [e for e in call_events("tx~3") if e["type"] != "call_end"]
+    await store.write_events([Received(event=e, at=at) for e in unended])
+    assert await store.ended_legs("tx") == {"tx", "tx~2"}
+    assert await store.ended_legs("tx~2") == {"tx~2", "tx~2~2"}
+    assert await store.ended_legs("tx_y") == {"tx_y~4"}
+    assert await store.ended_legs("t_") == set()  # "_" is literal, not a wildcard
+    assert await store.ended_legs("a%b") == {"a%b~2"}
+    assert await store.ended_legs("nobody") == set()
+
+
 async def test_feedback_acknowledgement_and_outcome(store: Store) -> None:
     await _seed_history(store)
     cue_seq = (await store.get_call("h1")).cues[0].seq

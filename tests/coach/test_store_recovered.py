@@ -59,23 +59,31 @@ def restarted(backend: Backend, tmp_path: Path, runtime: Runtime) -> Iterator[Te
     """The app started on a store that a killed server left behind."""
     run(seed(backend.url, tmp_path / "seed-spool", [CUT, DONE]))
     settings = Settings(
-        data_dir=tmp_path, auth_secret=SECRET, store_enabled=True, database_url=backend.url
+        data_dir=tmp_path,
+        auth_secret=SECRET,
+        store_enabled=True,
+        database_url=backend.url,
+        ingest_api_key="k-1",
     )
     with TestClient(create_app(settings, runtime)) as client:
         yield client
 
 
 def _stored(client: TestClient, call_id: str) -> dict[str, Any]:
-    """The history API's view of a call, once the start-up sweep has closed it."""
+    """The history API's view of a call, once it is written and ended (or after 15 s)."""
     deadline = time.monotonic() + 15
     while True:
         resp = client.get(
             f"/api/history/calls/{call_id}",
             headers={"Authorization": f"Bearer {token('ada', 'admin')}"},
         )
+        late = time.monotonic() > deadline
+        if resp.status_code == 404 and not late:  # not written yet
+            time.sleep(0.1)
+            continue
         assert resp.status_code == 200, resp.text
         body: dict[str, Any] = resp.json()
-        if body["call"]["ended_at"] is not None or time.monotonic() > deadline:
+        if body["call"]["ended_at"] is not None or late:
             return body
         time.sleep(0.1)
 
@@ -140,6 +148,29 @@ def test_unknown_and_forbidden_calls_are_told_apart(restarted: TestClient) -> No
     # Another agent's stored call stays refused.
     events, code = _stream(restarted, f"/ws/calls/c-cut/events?token={token('ben', 'agent')}")
     assert code == 1008 and events[0]["code"] == "forbidden"
+
+
+def test_a_call_id_used_again_after_a_restart_opens_a_new_leg(restarted: TestClient) -> None:
+    """Before a restart this process's memory told a reused id from a reconnect; after one,
+    only the store knows the id's call ended (hung up, or closed as interrupted)."""
+    _stored(restarted, "c-cut")  # closed by the start-up sweep
+
+    def opened(call_id: str) -> str:
+        header = {"call_id": call_id, "sample_rate": 8000, "encoding": "pcm16", "channels": 1}
+        with restarted.websocket_connect("/ingest/pcm?api_key=k-1") as ws:
+            ws.send_json(header)
+            accepted = ws.receive_json()
+            ws.send_json({"type": "end"})
+        assert accepted["type"] == "accepted", accepted
+        return str(accepted["call_id"])
+
+    assert opened("c-done") == "c-done~2"
+    assert opened("c-cut") == "c-cut~2"
+    assert opened("c-new") == "c-new"
+    # The ended calls keep their own records; each leg names the telephony's id.
+    assert _stored(restarted, "c-done")["call"]["end_reason"] == "hangup"
+    leg = _stored(restarted, "c-done~2")["call"]
+    assert leg["meta"]["telephony_call_id"] == "c-done"
 
 
 def test_close_orphans_spares_live_and_recent_calls(backend: Backend, tmp_path: Path) -> None:
