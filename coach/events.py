@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from coach.messages import Speaker
 from models.asr import Word
@@ -87,6 +87,12 @@ def metrics(
     }
 
 
+EvidenceSource = Literal["words", "voice", "timing", "history", "trend"]
+"""What raised a cue: the customer's words, their voice, conversation timing, the customer's
+earlier calls, or a state sustained over several turns. Only words and voice point at words
+of the line (`evidence.phrases`)."""
+
+
 def cue(
     *,
     cue: str,
@@ -100,6 +106,7 @@ def cue(
     t_end: float,
     evidence_text: str,
     phrases: Iterable[str],
+    source: EvidenceSource,
     utterance_id: int | None,
     expires_s: float,
     score: float,
@@ -125,6 +132,7 @@ def cue(
             "t_end": _r(t_end),
             "utterance_id": utterance_id,
             "phrases": list(phrases),
+            "source": source,
         },
         "expires_s": _r(expires_s),
         "score": _r(score),

@@ -32,11 +32,16 @@ from coach.cues.dynamics import Spoken, Timeline, TimingCues, TimingHit, agent_p
 from coach.cues.matcher import ClauseSignals, CueIndex, FloatArray, SemanticMatch
 from coach.cues.playbook import CueSpec, EscalationSpec, Playbook
 from coach.escalation import EscalationDetector
-from coach.events import AI_LABEL, Event
+from coach.events import AI_LABEL, Event, EvidenceSource
 from coach.messages import Speaker
 
 log = logging.getLogger(__name__)
 
+WORDS: EvidenceSource = "words"
+VOICE: EvidenceSource = "voice"
+TIMING: EvidenceSource = "timing"
+HISTORY: EvidenceSource = "history"
+TREND: EvidenceSource = "trend"
 EARLY_NOTE = "heard while the customer was still speaking (live transcript)"
 
 
@@ -75,6 +80,8 @@ class Candidate:
     evidence_text: str
     phrases: tuple[str, ...]
     match: SemanticMatch | None
+    source: EvidenceSource
+    """What raised it (`evidence.source`): words, voice, history or trend."""
 
 
 def _clause_signals(
@@ -318,7 +325,7 @@ class CueEngine:
         intense = self._sustained_intense(pb)
         if intense is not None and "crisis" in pb.enabled():
             candidates.append(
-                Candidate("crisis", pb.cues["crisis"], 1.0, (intense,), text, (), None)
+                Candidate("crisis", pb.cues["crisis"], 1.0, (intense,), text, (), None, TREND)
             )
         out: list[Event] = []
         room = pb.max_cues_per_utterance - shown_early
@@ -442,10 +449,12 @@ class CueEngine:
                 reasons.append(voice_note)
             if context_met and spec.context is not None:
                 reasons.append(f"after the agent's {self._last_move_name(spec, t_start)}")
+            # The words that carry the example's meaning, else the whole clause matched (from
+            # this line, else from the turn it was heard with): the panel marks them.
             phrase = language.find_phrase(best.clause, language.content_words(best.example))
-            return Candidate(
-                cue_id, spec, total, tuple(reasons), text, (phrase,) if phrase else (), best
-            )
+            if phrase is None:
+                phrase = best.clause if best.clause.lower() in text.lower() else text
+            return Candidate(cue_id, spec, total, tuple(reasons), text, (phrase,), best, WORDS)
         vt = spec.voice_trigger
         if vt is None or arousal is None:
             return None
@@ -474,7 +483,7 @@ class CueEngine:
             reasons.append(f'words: "{text}" ({label})')
             if context_met and spec.context is not None:
                 reasons.append(f"after the agent's {self._last_move_name(spec, t_start)}")
-            return Candidate(cue_id, spec, threshold, tuple(reasons), text, (text,), None)
+            return Candidate(cue_id, spec, threshold, tuple(reasons), text, (text,), None, VOICE)
         return None
 
     @staticmethod
@@ -560,6 +569,7 @@ class CueEngine:
             t_end=t_end,
             evidence_text=cand.evidence_text,
             phrases=cand.phrases,
+            source=cand.source,
             utterance_id=event.get("utterance_id"),
             expires_s=cand.spec.expires_s,
             score=cand.score,
@@ -603,6 +613,7 @@ class CueEngine:
             t_end=hit.t_end,
             evidence_text="",
             phrases=(),
+            source=TIMING,
             utterance_id=None,
             expires_s=spec.expires_s,
             score=1.0,
@@ -642,7 +653,7 @@ class CueEngine:
         if not self._history_pending or spec is None or self.history_hint is None:
             return None
         self._history_pending = False  # once per call, at the customer's first utterance
-        return Candidate("repeat_contact", spec, 1.0, (self.history_hint,), text, (), None)
+        return Candidate("repeat_contact", spec, 1.0, (self.history_hint,), text, (), None, HISTORY)
 
     # ------------------------------------------------------------------ persistence
 

@@ -363,12 +363,13 @@ def test_a_history_cue_marks_no_line_but_a_word_match_still_does(
     history["reasons"] = [
         "history: 2 call(s) in the last 7 days; the last 3 hours ago (outcome end; cues frustration)"
     ]
-    history["evidence"]["phrases"] = []
+    history["evidence"].update(phrases=[], source="history")
     live_server.emit(call_id, history)
     page.locator('.card[data-cue="repeat_contact"]').wait_for()
     said = "I was charged twice for the same order"
     live_server.emit(call_id, transcript("customer", said, 2, 4.0))
-    # A word match with no phrase found: the clause the words matched is still the trigger.
+    # A word match stored before cues named their phrases (no `source`): the clause the words
+    # matched, from its reason, is still the trigger.
     matched = cue("billing_dispute", 7.0, utterance_id=2, phrase="", text=said)
     matched["reasons"] = ['words: "charged twice" means the same as "you billed me twice" (0.71)']
     matched["evidence"]["phrases"] = []

@@ -203,13 +203,15 @@ class CallView {
     if (li) this.paintMarks(li);
   }
 
-  // What to mark as a cue's trigger: its phrases; without any, the words it matched, but only
-  // when the words raised it (a `words: "..."` reason). A cue raised by something else (the
-  // customer's call history, intensity over several turns) carries the current line as its
-  // evidence text, and marking that line would point at words that triggered nothing.
+  // What to mark as a cue's trigger: the words the server names (`evidence.phrases`). A cue
+  // raised by timing, the customer's call history or a state held over several turns names
+  // none (`evidence.source`); its evidence text is just the current line, and marking it
+  // would point at words that triggered nothing. Events stored before `source` existed: the
+  // words it matched, read from a `words: "..."` reason.
   static triggerPhrases(ev) {
     const evd = ev.evidence || {};
     if (evd.phrases && evd.phrases.length) return evd.phrases;
+    if (evd.source) return [];
     const reasons = Array.isArray(ev.reasons) ? ev.reasons : [];
     const words = reasons.find((r) => typeof r === "string" && r.startsWith("words:"));
     if (!words || !evd.text) return [];

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -243,13 +244,16 @@ async def test_the_same_short_reply_in_a_normal_voice_is_not(conversation: Conve
 
 async def test_raised_voice_alone_fires_frustration(conversation: Conversation) -> None:
     await conversation.say("customer", "I'm calling about my order.")
-    found = await conversation.cues(
+    said = "I already gave you the order number twice."
+    events = await conversation.say(
         "customer",
-        "I already gave you the order number twice.",
+        said,
         arousal=0.93,
         voice_why=["pitch +2.4 SD", "loudness +2.0 SD", "rate +1.5 SD"],
     )
-    assert "frustration" in found
+    cue = next(e for e in events if e["type"] == "cue" and e["cue"] == "frustration")
+    # The voice raised it: the whole line is what the panel marks.
+    assert cue["evidence"]["source"] == "voice" and cue["evidence"]["phrases"] == [said]
 
 
 @pytest.mark.parametrize(
@@ -286,6 +290,7 @@ async def test_cue_explains_itself(conversation: Conversation) -> None:
     assert cue["label"] == "AI suggestion"
     assert "means the same as" in cue["why"]
     assert cue["evidence"]["phrases"] and cue["evidence"]["phrases"][0] in cue["evidence"]["text"]
+    assert cue["evidence"]["source"] == "words"
     assert cue["priority"] == 2 and cue["advice"]
 
 
@@ -310,6 +315,8 @@ async def test_recent_call_in_the_customers_history_is_a_repeat_contact(
     assert cue["cue"] == "repeat_contact"
     assert "history: 1 call(s)" in cue["why"] and "2 days ago" in cue["why"]
     assert "frustration" in cue["why"]
+    # The words of the line had nothing to do with it: none to mark.
+    assert cue["evidence"]["source"] == "history" and cue["evidence"]["phrases"] == []
     # Once per call.
     again = await conversation.cues("customer", "It keeps dropping in the evening.")
     assert "repeat_contact" not in again
@@ -474,3 +481,35 @@ async def test_a_weak_crisis_match_does_not_mute_a_real_one(conversation: Conver
     assert kinds(found["with"], "cue") == [["crisis"], [], ["crisis"]]
     # The supervisor was paged by the first; the stronger match does not page again.
     assert kinds(found["with"], "escalation") == [["crisis"], [], []]
+
+
+async def test_a_crisis_from_a_sustained_state_names_no_words(conversation: Conversation) -> None:
+    """Three turns in an intense negative state raise the crisis without any one line
+    meaning it: no words of the last line to mark."""
+    lines = [
+        "This is absolutely unacceptable.",
+        "I am sick of being passed around like this.",
+        "You people are useless, all of you.",
+    ]
+    found: list[dict[str, Any]] = []
+    for i, line in enumerate(lines):
+        t = 3.0 * i
+        event = {
+            "type": "transcript",
+            "speaker": "customer",
+            "text": line,
+            "t_start": t,
+            "t_end": t + 2.0,
+            "utterance_id": i + 1,
+            "words": [{"w": w, "t0": t, "t1": t + 2.0, "p": 0.9} for w in line.split()],
+            "sentiment": conversation.model.score([line])[0].to_sentiment(),
+            "prosody": {"f0_hz": 240.0, "arousal": 0.99, "why": ["loudness +3.0 SD"]},
+            # What the fused state reads after minutes of shouting (thresholds 0.95, -0.8).
+            "state": {"t": t + 2.0, "valence": -0.9, "arousal": 0.97, "emotion": "frustrated"},
+        }
+        events = await conversation.engine.on_transcript(event)
+        found += [e for e in events if e["type"] == "cue" and e["cue"] == "crisis"]
+    assert len(found) == 1, found
+    evidence = found[0]["evidence"]
+    assert evidence["source"] == "trend" and evidence["phrases"] == []
+    assert "intense negative state over 3 customer turns" in found[0]["why"]

@@ -116,6 +116,8 @@ async def test_timing_cues(tmp_path: Path, runtime: Runtime, settings: Settings)
     # Fired during the silence, about 8 s in: before the agent spoke again.
     assert silence_start + 7.5 <= dead[0]["t_emit"] <= silence_end
     assert "timing:" in dead[0]["why"]
+    assert dead[0]["evidence"]["source"] == overtalk[0]["evidence"]["source"] == "timing"
+    assert dead[0]["evidence"]["phrases"] == []
     assert not [
         e for e in events if e["type"] == "cue" and e["cue"] not in ("overtalk", "dead_air")
     ]
