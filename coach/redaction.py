@@ -255,6 +255,18 @@ def _redact_strings(value: object) -> object:
     return value
 
 
+def _hide_quote(value: object, quote: str, tag: str) -> object:
+    """`value` with every whole-word `quote` in its strings replaced by `tag` (a "5" quoted
+    from the line, not the 5 of a score such as "(0.5)")."""
+    if isinstance(value, str):
+        return re.sub(rf"(?<!\w)(?<!\d\.){re.escape(quote)}(?!\w|\.\d)", tag, value)
+    if isinstance(value, list):
+        return [_hide_quote(v, quote, tag) for v in value]
+    if isinstance(value, dict):
+        return {k: _hide_quote(v, quote, tag) for k, v in value.items()}
+    return value
+
+
 CONTINUATION_GAP_S = 5.0
 """A speaker's utterance that starts within this long after one that ended in dictated digits
 may carry the rest of the number."""
@@ -273,13 +285,26 @@ class CallRedactor:
     def __init__(self) -> None:
         self._last: dict[str, tuple[float, bool]] = {}
         """speaker -> (end of their last transcript, whether it ended in dictated digits)."""
+        self._went_on: dict[str, tuple[float, str]] = {}
+        """speaker -> (start of their last transcript, the digits that opened it), where they
+        went on with a number."""
 
     def view(self, event: dict[str, object]) -> dict[str, object]:
         kind = event.get("type")
         speaker = event.get("speaker")
+        start, end = _float(event.get("t_start")), _float(event.get("t_end"))
+        if kind == "cue" and isinstance(speaker, str):
+            out = redact_event(event)
+            went_on = self._went_on.get(speaker)
+            if went_on is None or went_on[0] != start:
+                return out
+            # A cue on that utterance quotes it (evidence text, phrases, why): hidden alike.
+            tag = TAGS["number"]
+            return {
+                k: _hide_quote(v, went_on[1], tag) if k not in _KEEP else v for k, v in out.items()
+            }
         if kind not in ("transcript", "partial") or not isinstance(speaker, str):
             return redact_event(event)
-        start, end = _float(event.get("t_start")), _float(event.get("t_end"))
         last = self._last.get(speaker)
         continues = (
             last is not None
@@ -296,6 +321,10 @@ class CallRedactor:
             ends = closing is not None and closing[2] >= 2
             whole_piece = continues and opening is not None and opening == closing
             self._last[speaker] = (end, ends or whole_piece)
+            if continues and opening is not None and start is not None:
+                self._went_on[speaker] = (start, text[opening[0] : opening[1]])
+            else:
+                self._went_on.pop(speaker, None)
         return out
 
 

@@ -189,6 +189,34 @@ def test_digits_continue_a_number_only_soon_and_from_the_same_speaker() -> None:
     assert view(partial)["text"] == "[NUMBER]"
 
 
+def test_a_cue_on_an_utterance_that_went_on_with_a_number_quotes_it_hidden() -> None:
+    """The rest of a number, shouted, raises a cue whose evidence, phrase and reason quote the
+    line: the supervisors' copy hides those digits as the transcript's does."""
+    view = CallRedactor().view
+    view(said("customer", 0.0, "My card number is four one one one"))
+    line = "five five five, are you even listening"
+    assert view(said("customer", 3.0, line))["text"] == "[NUMBER], are you even listening"
+    cue = {
+        "type": "cue",
+        "cue": "frustration",
+        "speaker": "customer",
+        "t_start": 3.0,
+        "t_end": 5.0,
+        "why": f'words: "{line}" (angry); pitch +2.5 SD (0.5)',
+        "reasons": [f'words: "{line}" (angry)', "pitch +2.5 SD (0.5)"],
+        "evidence": {"text": line, "t_start": 3.0, "t_end": 5.0, "phrases": [line]},
+    }
+    shown = view(cue)
+    assert "five" not in str(shown)
+    assert shown["evidence"]["text"] == "[NUMBER], are you even listening"  # type: ignore[index]
+    assert shown["why"] == 'words: "[NUMBER], are you even listening" (angry); pitch +2.5 SD (0.5)'
+    # A cue on a later line, which did not go on with the number, is left as it is.
+    later = view(said("customer", 20.0, "I want one thing fixed"))
+    assert later["text"] == "I want one thing fixed"
+    other = view({**cue, "t_start": 20.0, "why": 'words: "one thing"', "reasons": []})
+    assert other["why"] == 'words: "one thing"'
+
+
 @given(
     st.lists(st.integers(min_value=0, max_value=9), min_size=3, max_size=6),
     st.sampled_from(["words", "numerals"]),
