@@ -33,8 +33,21 @@ def call_topic(call_id: str) -> str:
 
 
 def agent_topic(call_id: str) -> str:
-    """The same events unredacted, for the live agent of that call only."""
-    return f"call:{call_id}:agent"
+    """The same events unredacted, for the live agent of that call only.
+
+    Its own prefix: call ids may hold ":", and as `call:{id}:agent` the agent topic of call X
+    was the redacted topic of a call named `X:agent`, which anyone could open to read X's
+    unredacted words (found by a security audit)."""
+    return f"agent:{call_id}"
+
+
+def is_call_topic(topic: str) -> bool:
+    """A call's redacted topic (what other instances, the store and supervisors get)."""
+    return topic.startswith("call:")
+
+
+def is_agent_topic(topic: str) -> bool:
+    return topic.startswith("agent:")
 
 
 @dataclass(eq=False)

@@ -34,7 +34,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from coach.bus import InProcessBus, Subscription, agent_topic, call_topic
+from coach.bus import (
+    InProcessBus,
+    Subscription,
+    agent_topic,
+    call_topic,
+    is_agent_topic,
+    is_call_topic,
+)
 from coach.events import Event, dumps
 
 log = logging.getLogger(__name__)
@@ -74,10 +81,6 @@ def _seq(event: Event) -> int:
         return int(event.get("seq", -1))
     except (TypeError, ValueError):
         return -1
-
-
-def _is_call_topic(topic: str) -> bool:
-    return topic.startswith("call:")
 
 
 class RedisBus(InProcessBus):
@@ -240,7 +243,7 @@ class RedisBus(InProcessBus):
     def publish(self, topic: str, event: Event) -> None:
         self._mark_seen(topic, event)
         super().publish(topic, event)
-        if _is_call_topic(topic) and not topic.endswith(":agent"):
+        if is_call_topic(topic):
             call_id = str(event.get("call_id", ""))
             if event.get("type") == "call_end":
                 self._owned.discard(call_id)
@@ -248,7 +251,7 @@ class RedisBus(InProcessBus):
             elif call_id not in self._owned:
                 self._owned.add(call_id)
                 self._owner_due = 0.0  # claim ownership at the next flush
-        if topic.endswith(":agent"):
+        if is_agent_topic(topic):
             # Unredacted text never leaves the instance that holds the call: an agent whose
             # panel is connected elsewhere gets the redacted view (no PII in Redis).
             return
@@ -354,7 +357,9 @@ class RedisBus(InProcessBus):
         sub = _SeqSubscription(
             topic,
             asyncio.Queue(maxsize=self._sub_queue),
-            after_seq=after_seq if replay and _is_call_topic(topic) else None,
+            after_seq=after_seq
+            if replay and (is_call_topic(topic) or is_agent_topic(topic))
+            else None,
         )
         if replay:
             for ev in self.history(topic, after_seq=after_seq)[-self._sub_queue :]:

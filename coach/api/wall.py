@@ -25,7 +25,7 @@ from typing import Any
 
 from coach.api.security import may_view_call
 from coach.auth import Principal
-from coach.bus import SUPERVISOR_TOPIC
+from coach.bus import SUPERVISOR_TOPIC, call_topic
 from coach.events import Event
 
 KEEP_ENDED_S = 600.0
@@ -115,7 +115,7 @@ class WallTracker:
             self.apply(event)
             return
         call_id = event.get("call_id")
-        if not isinstance(call_id, str) or topic != f"call:{call_id}":
+        if not isinstance(call_id, str) or topic != call_topic(call_id):
             return  # the agent's unredacted topic, or anything else
         etype = event.get("type")
         if etype in ("cue", "escalation"):

@@ -151,6 +151,25 @@ def test_roles_scope_calls_by_agent_and_team(client: TestClient) -> None:
         assert ws.receive_json()["type"] == "call_start"
 
 
+def test_a_call_named_after_anothers_agent_feed_gets_none_of_it(client: TestClient) -> None:
+    """Found by a security audit: a call `c-ann:agent` had the name of the unredacted feed of
+    ann's call `c-ann`, so whoever watched it (its agent by REST, an admin or a team-less
+    supervisor by WebSocket) read ann's customer's card number in clear."""
+    start(client, "c-ann", "ann")
+    start(client, "c-ann:agent", "ben")
+    card = "4111 1111 1111 1111"
+    said = {"type": "transcript", "seq": 2, "speaker": "customer", "text": card}
+    for watcher in (token("ada", "admin"), token("sue", "supervisor")):
+        with client.websocket_connect(f"/ws/calls/c-ann:agent/events?token={watcher}") as ws:
+            assert ws.receive_json()["call_id"] == "c-ann:agent"  # its own call_start
+            publish(client, "c-ann", said)
+            publish(client, "c-ann:agent", {**said, "text": "its own line"})
+            got = ws.receive_json()
+        assert got["call_id"] == "c-ann:agent" and got["text"] == "its own line"
+    bus = client.app.state.coach.bus  # type: ignore[attr-defined]
+    assert card not in str(bus.history(call_topic("c-ann:agent")))
+
+
 def test_may_view_call_rules() -> None:
     sup = Principal("sam", "supervisor", team="blue", team_agents=frozenset({"ann"}))
     assert may_view_call(sup, {"agent_id": "ann"})
