@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -374,7 +374,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         # Only the call's own agent sees unredacted text; everyone else gets the PII-safe view.
         own = meta is not None and meta.get("agent_id") == principal.user
         topic = agent_topic(call_id) if own else call_topic(call_id)
-        await _stream_events(ws, state.bus, topic, after_seq)
+        still_own = None
+        if own and meta is not None:
+            live_meta = meta  # the call's own dict: a reassignment changes it in place
+
+            def still_own() -> bool:
+                return live_meta.get("agent_id") == principal.user
+
+        await _stream_events(ws, state.bus, topic, after_seq, still_own=still_own)
 
     if WEB_DIR.is_dir():
         app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
@@ -549,9 +556,19 @@ async def _close_orphans(state: AppState, store: Store, *, started: datetime) ->
 
 
 async def _stream_events(
-    ws: WebSocket, bus: InProcessBus, topic: str, after_seq: int | None
+    ws: WebSocket,
+    bus: InProcessBus,
+    topic: str,
+    after_seq: int | None,
+    *,
+    still_own: Callable[[], bool] | None = None,
 ) -> None:
-    """Recent events after `after_seq` first (resume), then live ones, until the call ends."""
+    """Recent events after `after_seq` first (resume), then live ones, until the call ends.
+
+    `still_own`: for an agent's unredacted feed, whether the call is still theirs. When a
+    supervisor moves the call to another agent the feed ends (1008 `reassigned`) after the
+    `agent_assigned` event: the earlier agent must not go on reading the customer's words.
+    """
     sub = bus.subscribe(topic, after_seq=after_seq)
 
     async def watch_client() -> None:
@@ -574,6 +591,11 @@ async def _stream_events(
                     await ws.close(code=cc.NORMAL)
                 return
             await ws.send_text(dumps(ev))
+            if ev.get("type") == "agent_assigned" and still_own is not None and not still_own():
+                await _close(
+                    ws, cc.POLICY_VIOLATION, "reassigned", "the call was moved to another agent"
+                )
+                return
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:

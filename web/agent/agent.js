@@ -71,7 +71,9 @@ function watch(callId, { auto = false } = {}) {
       $("view").replaceChildren();
       notice(err.code === "forbidden"
         ? `You are not assigned to call ${callId}.`
-        : `Cannot open call ${callId}: ${err.message || err.code}.`);
+        : err.code === "reassigned"
+          ? `Call ${callId} was moved to another agent.`
+          : `Cannot open call ${callId}: ${err.message || err.code}.`);
       setStatus("Waiting for your next call…");
     },
   });

@@ -1,0 +1,67 @@
+"""Moving a live call to another agent ends the first agent's unredacted feed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from coach.api.app import create_app
+from coach.api.users import hash_password
+from coach.auth import issue_token
+from coach.runtime import Runtime
+from coach.settings import Settings
+
+SECRET = "unit-test-secret-of-at-least-32-bytes!"
+
+
+def token(user: str, role: str, team: str | None = None) -> str:
+    return issue_token(user=user, role=role, secret=SECRET, ttl_s=600, team=team)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def client(tmp_path: Path, runtime: Runtime) -> Iterator[TestClient]:
+    h = hash_password("pw", n=2**10)
+    users = [
+        {"name": "ann", "role": "agent", "team": "blue", "password_hash": h},
+        {"name": "amy", "role": "agent", "team": "blue", "password_hash": h},
+        {"name": "sam", "role": "supervisor", "team": "blue", "password_hash": h},
+    ]
+    settings = Settings(
+        data_dir=tmp_path, auth_secret=SECRET, users=users, ingest_api_key="k", store_enabled=False
+    )
+    with TestClient(create_app(settings, runtime)) as c:
+        yield c
+
+
+def test_the_first_agents_feed_ends_when_the_call_is_moved(client: TestClient) -> None:
+    """Found by a security audit: after a supervisor moved the call, the first agent's open
+    panel kept receiving the customer's words (card number, email) in clear."""
+    header = {"call_id": "mv1", "sample_rate": 8000, "encoding": "pcm16", "channels": 2}
+    with client.websocket_connect("/ingest/pcm?api_key=k") as ingest:
+        ingest.send_json({**header, "agent_id": "ann"})
+        assert ingest.receive_json()["type"] == "accepted"
+        feed = f"/ws/calls/mv1/events?token={token('ann', 'agent')}"
+        with client.websocket_connect(feed) as ws:
+            assert ws.receive_json()["type"] == "call_start"
+            moved = client.put(
+                "/api/calls/mv1/agent",
+                json={"agent_id": "amy"},
+                headers={"Authorization": f"Bearer {token('sam', 'supervisor', 'blue')}"},
+            )
+            assert moved.status_code == 200
+            ingest.send_json({"type": "end"})  # (without the fix: the feed runs to call_end)
+            seen = []
+            with pytest.raises(WebSocketDisconnect) as closed:
+                while True:
+                    seen.append(ws.receive_json())
+        assert closed.value.code == 1008
+        assert [e["type"] for e in seen][-2:] == ["agent_assigned", "error"]
+        assert seen[-1]["code"] == "reassigned"
+        # The new agent's feed replays the call, the earlier assignment included, and stays.
+        with client.websocket_connect(f"/ws/calls/mv1/events?token={token('amy', 'agent')}") as ws:
+            kinds = [ws.receive_json()["type"], ws.receive_json()["type"]]
+            assert kinds == ["call_start", "agent_assigned"]
