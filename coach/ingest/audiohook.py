@@ -46,6 +46,7 @@ from coach import metrics
 from coach.api.security import ingest_authorized
 from coach.calls import CallManager, CallRejected
 from coach.ingest import closecodes as cc
+from coach.ingest.pcm import MAX_ID_CHARS
 from coach.messages import AudioChunk, Speaker
 from coach.session import CallEnded, CallSession
 from coach.settings import Settings
@@ -819,6 +820,9 @@ class AudioHookSession:
             (str(d[k]) for d in (custom, extra) for k in ("agentId", "agent_id") if d.get(k)),
             None,
         )
+        if agent is not None and len(agent) > MAX_ID_CHARS:
+            log.warning("audiohook %s: agent id of %d chars ignored", self.id, len(agent))
+            agent = None
         meta = {
             "organization_id": params.organizationId,
             "conversation_id": params.conversationId,

@@ -31,6 +31,8 @@ from coach.settings import Settings
 log = logging.getLogger(__name__)
 PROTOCOL = "pcm"
 HEADER_TIMEOUT_S = 10.0
+MAX_ID_CHARS = 128
+"""Longest agent or customer id an ingest takes (they are shown on walls and stored)."""
 CALL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
@@ -43,8 +45,8 @@ class PcmHeader(BaseModel):
     encoding: Encoding
     channels: Literal[1, 2]
     speakers: list[Speaker] | None = None
-    agent_id: str | None = None
-    customer_id: str | None = None
+    agent_id: str | None = Field(default=None, max_length=MAX_ID_CHARS)
+    customer_id: str | None = Field(default=None, max_length=MAX_ID_CHARS)
 
     @field_validator("call_id")
     @classmethod

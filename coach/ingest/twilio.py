@@ -32,7 +32,7 @@ from coach import metrics
 from coach.api.security import ingest_authorized
 from coach.calls import CallManager, CallRejected
 from coach.ingest import closecodes as cc
-from coach.ingest.pcm import CALL_ID
+from coach.ingest.pcm import CALL_ID, MAX_ID_CHARS
 from coach.messages import SPEAKERS, AudioChunk, Speaker
 from coach.session import CallEnded, CallSession
 from coach.settings import Settings
@@ -235,6 +235,10 @@ def call_setup(start: Start) -> CallSetup:
             cc.INVALID_PAYLOAD, "bad_start", "call_id: 1-128 letters, digits, . _ : -"
         )
     meta: dict[str, Any] = {k: params[k] for k in ("agent_id", "customer_id") if params.get(k)}
+    if any(len(str(v)) > MAX_ID_CHARS for v in meta.values()):
+        raise TwilioError(
+            cc.INVALID_PAYLOAD, "bad_start", f"agent_id, customer_id: at most {MAX_ID_CHARS} chars"
+        )
     meta["twilio"] = {
         "call_sid": info.call_sid,
         "stream_sid": info.stream_sid or start.stream_sid,

@@ -70,7 +70,11 @@ def create_engine(
         if parsed.database and parsed.database != ":memory:":
             # A directory that cannot be made shows up later, as an unreachable store.
             with contextlib.suppress(OSError):
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                path = Path(parsed.database)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # Transcripts and customer ids: readable by the server's user only. SQLite
+                # gives its -wal and -shm files the database file's mode.
+                path.touch(mode=0o600, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": connect_timeout_s})
         sa.event.listen(
             engine.sync_engine,

@@ -173,7 +173,7 @@ class Spool:
         os.replace(tmp, self._dir / _CURSOR)
 
     def _load(self) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # events wait here: private
         segments = sorted(
             int(p.name[len(_PREFIX) : -len(_SUFFIX)])
             for p in self._dir.glob(f"{_PREFIX}*{_SUFFIX}")

@@ -60,6 +60,9 @@ def test_parse_header_fuzzed_fields(fields: dict[str, Any]) -> None:
         ({"sample_rate": 8000.5}, cc.UNSUPPORTED_DATA, "sample_rate"),
         ({"channels": 3}, cc.INVALID_PAYLOAD, "channels"),
         ({"call_id": "../etc"}, cc.INVALID_PAYLOAD, "call_id"),
+        # Shown on every wall tile and stored: an audit sent a 1 MB agent id.
+        ({"agent_id": "a" * 129}, cc.INVALID_PAYLOAD, "agent_id"),
+        ({"customer_id": "c" * 129}, cc.INVALID_PAYLOAD, "customer_id"),
     ],
 )
 def test_bad_headers_are_named(patch: dict[str, Any], code: int, needle: str) -> None:

@@ -571,6 +571,14 @@ def test_bad_call_id_parameter_is_refused(client: TestClient) -> None:
     assert code == cc.INVALID_PAYLOAD and why.startswith("bad_start")
 
 
+def test_an_oversized_agent_id_parameter_is_refused(client: TestClient) -> None:
+    with client.websocket_connect("/ingest/twilio") as ws:
+        TwilioClient(ws, call_id="tw-long", params={"agent_id": "a" * 129}).handshake()
+        code, why, _ = close_of(ws)
+    assert code == cc.INVALID_PAYLOAD and why.startswith("bad_start") and "agent_id" in why
+    assert manager_of(client).get("tw-long") is None
+
+
 def test_a_call_already_live_is_refused(client: TestClient) -> None:
     with (
         client.websocket_connect("/ws/calls/tw-dup/events") as events,

@@ -689,3 +689,18 @@ def test_config_from_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("COACH_DATABASE_URL", "postgresql://u:p@db:5432/coach")
     cfg = StoreConfig.from_settings(Settings(data_dir=tmp_path))
     assert cfg.url == "postgresql+asyncpg://u:p@db:5432/coach"
+
+
+async def test_the_sqlite_file_is_private(tmp_path: Path) -> None:
+    """It holds transcripts and customer ids: an audit found it world-readable (0644)."""
+    from coach.store.db import sqlite_url
+
+    store = Store(url=sqlite_url(tmp_path / "data"))
+    await store.ensure_schema()
+    await store.write_events([Received(event=e, at=0.0) for e in call_events("p1")])
+    await store.aclose()
+    for name in ("coach.db", "coach.db-wal", "coach.db-shm"):
+        path = tmp_path / "data" / name
+        if path.exists():
+            assert path.stat().st_mode & 0o077 == 0, (name, oct(path.stat().st_mode))
+    assert (tmp_path / "data" / "coach.db").exists()
