@@ -12,6 +12,8 @@ import jwt
 Role = Literal["agent", "supervisor", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
 ISSUER = "voice-coach"
+SIGN_IN = "sign-in"
+"""The `via` claim of tokens issued by the sign-in form."""
 
 
 class AuthError(Exception):
@@ -26,6 +28,9 @@ class Principal:
     """The person's team (from the user directory): a supervisor with a team sees its calls."""
     team_agents: frozenset[str] | None = None
     """Agents of that team, resolved from the directory when the token is checked."""
+    signed_in: bool = False
+    """The token came from a sign-in (not `coach token`): the user directory must still
+    hold this user with this role, or the token is refused."""
 
     @property
     def is_supervisor(self) -> bool:
@@ -39,7 +44,15 @@ class Principal:
 DEV_PRINCIPAL = Principal(user="dev", role="admin")
 
 
-def issue_token(*, user: str, role: Role, secret: str, ttl_s: int, team: str | None = None) -> str:
+def issue_token(
+    *,
+    user: str,
+    role: Role,
+    secret: str,
+    ttl_s: int,
+    team: str | None = None,
+    signed_in: bool = False,
+) -> str:
     if role not in ROLES:
         raise AuthError(f"unknown role {role!r}")
     now = int(time.time())
@@ -52,6 +65,8 @@ def issue_token(*, user: str, role: Role, secret: str, ttl_s: int, team: str | N
     }
     if team:
         claims["team"] = team
+    if signed_in:
+        claims["via"] = SIGN_IN
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
@@ -66,7 +81,12 @@ def verify_token(token: str, *, secret: str) -> Principal:
     if role not in ROLES:
         raise AuthError("invalid token: bad role")
     team = claims.get("team")
-    return Principal(user=str(claims["sub"]), role=role, team=str(team) if team else None)
+    return Principal(
+        user=str(claims["sub"]),
+        role=role,
+        team=str(team) if team else None,
+        signed_in=claims.get("via") == SIGN_IN,
+    )
 
 
 def check_api_key(presented: str | None, expected: str | None) -> bool:

@@ -65,6 +65,7 @@ async def login(body: LoginBody, request: Request) -> LoginAnswer:
         secret=settings.signing_secret,
         ttl_s=settings.token_ttl_s,
         team=user.team,
+        signed_in=True,
     )
     log.info("%s signed in (%s)", user.name, user.role)
     return LoginAnswer(

@@ -37,7 +37,18 @@ def principal_from(conn: Request | WebSocket, settings: Settings) -> Principal:
 
 
 def with_team(principal: Principal, users: object | None) -> Principal:
-    """Attach the team and its agents from the directory (authoritative over the token)."""
+    """Attach the team and its agents from the directory (authoritative over the token).
+
+    A signed-in user's token lasts hours: if the directory no longer holds them with that
+    role (removed, or demoted from supervisor to agent), it is refused at once. Tokens from
+    `coach token` are the operator's own and are not checked against the directory."""
+    lookup = getattr(users, "get", None)
+    if principal.signed_in and lookup is not None:
+        known = lookup(principal.user)
+        if known is None:
+            raise AuthError(f"{principal.user} is no longer a user here: sign in again")
+        if getattr(known, "role", None) != principal.role:
+            raise AuthError(f"{principal.user}'s role changed: sign in again")
     team_of = getattr(users, "team_of", None)
     agents_of = getattr(users, "team_agents", None)
     if team_of is None or agents_of is None:

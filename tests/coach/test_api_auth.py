@@ -119,6 +119,37 @@ def test_login_issues_a_token_that_the_api_accepts(client: TestClient) -> None:
     assert client.get("/api/me", headers={"Authorization": "Bearer junk"}).status_code == 401
 
 
+def test_a_signed_in_token_ends_when_its_user_is_demoted_or_removed(
+    tmp_path: Path, runtime: Runtime
+) -> None:
+    """Found by a security audit: tokens from sign-ins kept their supervisor or admin rights
+    for hours after the operator demoted or removed the user and restarted the server."""
+    first = Settings(data_dir=tmp_path, auth_secret=SECRET, users=users(), store_enabled=False)
+    with TestClient(create_app(first, runtime)) as c:
+        signed = {
+            name: c.post("/api/login", json={"user": name, "password": "pw"}).json()["token"]
+            for name in ("sam", "ada", "ann")
+        }
+    changed = [u for u in users() if u["name"] != "ada"]  # ada removed
+    for u in changed:
+        if u["name"] == "sam":
+            u["role"] = "agent"  # sam demoted
+    later = Settings(data_dir=tmp_path, auth_secret=SECRET, users=changed, store_enabled=False)
+    with TestClient(create_app(later, runtime)) as c:
+
+        def me(tok: str) -> Any:
+            return c.get("/api/me", headers={"Authorization": f"Bearer {tok}"})
+
+        assert me(signed["sam"]).status_code == 401 and "role changed" in me(signed["sam"]).text
+        assert me(signed["ada"]).status_code == 401 and "no longer" in me(signed["ada"]).text
+        assert me(signed["ann"]).json()["role"] == "agent"  # unchanged: still in
+        path = f"/ws/supervisor?token={signed['sam']}"
+        with c.websocket_connect(path) as ws:
+            assert ws.receive_json()["code"] == "unauthorized"
+        # An operator's own token (`coach token`) is not tied to the directory.
+        assert me(token("ops", "admin")).json()["role"] == "admin"
+
+
 def test_roles_scope_calls_by_agent_and_team(client: TestClient) -> None:
     start(client, "c-ann", "ann")
     start(client, "c-ben", "ben")
