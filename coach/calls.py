@@ -55,6 +55,7 @@ __all__ = ["CallEnded", "CallManager", "CallRejected"]
 DEFAULT_IDLE_TIMEOUT_S = 60.0
 DEFAULT_RECONNECT_GRACE_S = 0.0
 OVER_CAPACITY = "over_capacity"
+PERSONAL_LIMIT = "personal_limit"
 RETRY_AFTER_S = 10
 """What refusals at capacity suggest as a retry delay (HTTP Retry-After, AudioHook info)."""
 OVERLOAD_WAIT_S = 1.0
@@ -145,7 +146,10 @@ class CallManager:
         speakers: tuple[Speaker, ...],
         inline: bool = False,
         meta: dict[str, Any] | None = None,
+        started_by: str | None = None,
     ) -> CallSession:
+        """`started_by`: the signed-in person who starts a call of their own (the demo call,
+        their microphone over WebRTC), as opposed to telephony: see `_admit_personal`."""
         reattached = self._admit(call_id, source=source, speakers=speakers)
         if reattached is not None:
             return reattached
@@ -154,6 +158,9 @@ class CallManager:
         reattached = self._admit(call_id, source=source, speakers=speakers)
         if reattached is not None:
             return reattached
+        if started_by is not None:
+            self._admit_personal(started_by)
+            meta = {**(meta or {}), "started_by": started_by}
         telephony_id = call_id
         call_id = self._new_leg(call_id, stored_ended)
         if call_id != telephony_id:
@@ -204,6 +211,25 @@ class CallManager:
                 f"try again in {RETRY_AFTER_S} s or another instance",
             )
         return None
+
+    def _admit_personal(self, person: str) -> None:
+        """One call of their own per person, and such calls take at most half the slots.
+
+        Found by a security audit: one agent posted eight WebRTC offers and filled the
+        instance, so the telephony's next real call was refused."""
+        personal = [c for c in self.live() if c.meta.get("started_by") is not None]
+        mine = next((c for c in personal if c.meta.get("started_by") == person), None)
+        if mine is not None:
+            raise self._reject(
+                PERSONAL_LIMIT, f"{person} already runs a call of their own ({mine.call_id})"
+            )
+        limit = self.max_calls
+        if limit > 0 and len(personal) >= max(1, limit // 2):
+            raise self._reject(
+                OVER_CAPACITY,
+                f"calls started by people use their share of COACH_MAX_CALLS={limit} "
+                f"({len(personal)} running); the rest is kept for telephony",
+            )
 
     async def _stored_ended_legs(self, call_id: str) -> set[str]:
         """Legs of `call_id` the store holds as ended: calls run before a restart or elsewhere.

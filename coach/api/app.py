@@ -323,7 +323,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             raise HTTPException(400, "body must be a JSON object")
         if caller is not None:
             body["agent_id"] = caller.user
-        return await webrtc_ingest.answer(body, manager=state.manager)
+        return await webrtc_ingest.answer(
+            body, manager=state.manager, started_by=caller.user if caller else None
+        )
 
     @app.websocket("/ingest/twilio")
     async def ingest_twilio(ws: WebSocket) -> None:

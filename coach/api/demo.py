@@ -77,6 +77,7 @@ class DemoPlayer:
                 source=SOURCE,
                 speakers=tuple(audio.channels),
                 meta={"agent_id": user, "customer_id": "demo-customer", "demo": True},
+                started_by=user,
             )
         except CallRejected as exc:
             if exc.reason == "over_capacity":  # the admission limit (COACH_MAX_CALLS)

@@ -269,8 +269,12 @@ async def close_all() -> None:
     _runners.clear()
 
 
-async def answer(body: dict[str, Any], *, manager: CallManager | None) -> dict[str, str]:
-    """Handle one offer: open the call, answer it, and start consuming its audio tracks."""
+async def answer(
+    body: dict[str, Any], *, manager: CallManager | None, started_by: str | None = None
+) -> dict[str, str]:
+    """Handle one offer: open the call, answer it, and start consuming its audio tracks.
+
+    `started_by`: the signed-in person posting it (their own microphone), not telephony."""
     try:
         offer = Offer.model_validate(body)
     except Exception as exc:
@@ -303,6 +307,7 @@ async def answer(body: dict[str, Any], *, manager: CallManager | None) -> dict[s
             source=PROTOCOL,
             speakers=speakers,
             meta={"agent_id": offer.agent_id} if offer.agent_id else {},
+            started_by=started_by,
         )
     except CallRejected as exc:
         await pc.close()

@@ -82,6 +82,35 @@ async def test_the_call_beyond_the_limit_is_refused_until_one_ends(
     await manager.shutdown()
 
 
+async def test_calls_people_start_get_one_each_and_half_the_slots(
+    runtime: Runtime, settings: Settings
+) -> None:
+    """Found by a security audit: one agent's eight microphone offers filled the instance
+    and the telephony's next call was refused."""
+    manager = manager_for(runtime, limited(settings, 4))
+
+    async def personal(call_id: str, person: str) -> CallSession:
+        return await manager.open(
+            call_id=call_id, source="webrtc", speakers=("customer",), started_by=person
+        )
+
+    mine = await personal("p-ann", "ann")
+    assert mine.meta["started_by"] == "ann"
+    with pytest.raises(CallRejected) as again:
+        await personal("p-ann-2", "ann")
+    assert again.value.reason == "personal_limit" and not again.value.try_again_later
+    await personal("p-ben", "ben")
+    with pytest.raises(CallRejected) as full:  # 2 of 4: the rest is kept for telephony
+        await personal("p-cal", "cal")
+    assert full.value.reason == OVER_CAPACITY and full.value.try_again_later
+    await open_call(manager, "tel-1")
+    await open_call(manager, "tel-2")
+    assert manager.at_capacity()  # telephony may use every slot
+    await manager.finish(mine, "end")
+    assert (await personal("p-ann-3", "ann")).meta["started_by"] == "ann"  # hers ended
+    await manager.shutdown()
+
+
 async def test_no_limit_when_zero(runtime: Runtime, settings: Settings) -> None:
     manager = manager_for(runtime, limited(settings, 0))
     for i in range(6):
