@@ -322,7 +322,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         if not isinstance(body, dict):
             raise HTTPException(400, "body must be a JSON object")
         if caller is not None:
+            # Their own call, under an id of the server's: a person naming an existing call's
+            # id must not be able to pose as (or continue the record of) that call.
             body["agent_id"] = caller.user
+            body.pop("call_id", None)
         return await webrtc_ingest.answer(
             body, manager=state.manager, started_by=caller.user if caller else None
         )

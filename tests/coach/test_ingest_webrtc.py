@@ -113,6 +113,38 @@ def test_offer_needs_credentials_and_a_valid_body(runtime: Runtime, tmp_path: Pa
         assert c.post("/webrtc/offer", json=offer, headers=ok).status_code == 400  # bad SDP
 
 
+def test_a_signed_in_person_gets_a_call_of_their_own(runtime: Runtime, tmp_path: Path) -> None:
+    """Found by a security audit: an agent posted an offer naming another agent's (ended)
+    call and took over its stored record. A person's offer runs under the server's own id,
+    assigned to them; one at a time."""
+    from aiortc.mediastreams import AudioStreamTrack
+
+    from coach.auth import issue_token
+
+    async def make_offer() -> str:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTrack(AudioStreamTrack())
+        with webrtc.loopback_only():
+            await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        await pc.close()
+        return sdp
+
+    secure = Settings(data_dir=tmp_path, ingest_api_key="k-123", auth_secret="s" * 32)
+    ann = issue_token(user="ann", role="agent", secret="s" * 32, ttl_s=600)
+    with TestClient(create_app(secure, runtime)) as c:
+        offer = {"sdp": asyncio.run(make_offer()), "type": "offer", "call_id": "ben-call"}
+        headers = {"Authorization": f"Bearer {ann}"}
+        r = c.post("/webrtc/offer", json={**offer, "agent_id": "ben"}, headers=headers)
+        assert r.status_code == 200, r.text
+        call_id = r.json()["call_id"]
+        assert call_id != "ben-call" and call_id.startswith("webrtc-")
+        session = c.app.state.coach.manager.get(call_id)  # type: ignore[attr-defined]
+        assert session.meta["agent_id"] == "ann" and session.meta["started_by"] == "ann"
+        second = c.post("/webrtc/offer", json=offer, headers=headers)
+        assert second.status_code == 409 and "already runs a call" in second.text
+
+
 # -- end to end over loopback ---------------------------------------------------------------------
 
 
