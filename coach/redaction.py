@@ -27,6 +27,7 @@ SPOKEN_EMAIL = re.compile(
     re.IGNORECASE,
 )
 SSN = re.compile(r"\b\d{3}[-\s]\d{2}[-\s]\d{4}\b")
+
 # Digit runs with the separators people and ASR use inside numbers.
 DIGIT_RUN = re.compile(r"(?<![\w])\+?\(?\d[\d\s().-]{5,}\d(?![\w])")
 
@@ -111,6 +112,97 @@ def _spoken_digit_spans(text: str) -> list[Span]:
     return spans
 
 
+# Addresses as Whisper writes what it hears: "John.Smith at gmail.com", "mary.jones at
+# nampl.org", "johnsmith at gmail". Neither pattern above sees them: one needs "@", the other
+# "dot" spelled out. Found by an ASR audit (espeak-ng speech through Whisper).
+_TLDS = frozenset(
+    "com org net edu gov mil int io co uk us ca au de fr nl ie nz in es jp br mx info biz me "
+    "ai app dev tv xyz online email mail".split()
+)
+# Providers people name without a TLD ("johnsmith at gmail"); a word like "home" after "at"
+# is ordinary talk, these are not.
+_PROVIDERS = frozenset(
+    "gmail googlemail yahoo hotmail outlook aol icloud proton protonmail".split()
+)
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
+_LABEL_SEP = re.compile(r"\.|\s+dot\s+", re.IGNORECASE)
+_LOCAL = re.compile(r"[A-Za-z0-9](?:[\w.+-]*[A-Za-z0-9])?")
+_JOINERS = frozenset({"dot", "underscore", "dash", "hyphen", "period"})
+# Words that come before "at" in ordinary talk ("I'm at home", "look at it", "she works at
+# Yahoo"): never the local part of an address, so "at" after them starts no address.
+_NOT_LOCAL = frozenset(
+    """
+    a about account address all also am an and any are as at be been being best both but by
+    can could did do does dot e-mail email either even everyone folks for friend from get
+    got guy guys had has have he her here him his home how i i'm in is it it's its just live
+    lived lives living look looked looking looks mail me meet met mine my name no not now of
+    on one or our out over people right see seen send sent she should so someone somebody
+    still stay stayed staying that that's the their them then there they this to too try us
+    use was we were what when where which who why will with work worked working works would
+    write you your
+    """.split()
+)
+
+
+def _domain_end(text: str, pos: int, *, has_local: bool) -> int | None:
+    """End of the mail domain that starts at `pos` ("gmail.com", "gmail dot com", "gmail"),
+    or None. A dotted domain must end in a common TLD, or, after a local part, in a short
+    word of letters; a bare provider name counts only after a local part."""
+    labels: list[re.Match[str]] = []
+    m = _LABEL.match(text, pos)
+    while m is not None:
+        labels.append(m)
+        sep = _LABEL_SEP.match(text, m.end())
+        m = _LABEL.match(text, sep.end()) if sep else None
+    if not labels:
+        return None
+    for lab in reversed(labels[1:]):
+        tld = lab.group().lower()
+        if tld in _TLDS or (has_local and tld.isalpha() and 2 <= len(tld) <= 6):
+            return lab.end()
+    if has_local and labels[0].group().lower() in _PROVIDERS:
+        return labels[0].end()
+    return None
+
+
+def _local_start(tokens: Sequence[re.Match[str]], at: int) -> int | None:
+    """Index of the first token of the local part that ends just before token `at` ("at"),
+    or None when the word before "at" cannot be one. A local part is one token
+    ("john.smith", "johnsmith"), tokens joined by spoken "dot"/"underscore"/..., or two
+    name-like words ("John Smith at Gmail.com": hiding "Smith" alone leaves the name)."""
+
+    def local(k: int) -> bool:
+        word = tokens[k].group()
+        return bool(_LOCAL.fullmatch(word)) and word.lower() not in _NOT_LOCAL
+
+    k = at - 1
+    if k < 0 or not local(k):
+        return None
+    first = k
+    while first >= 2 and tokens[first - 1].group().lower() in _JOINERS and local(first - 2):
+        first -= 2
+    single = first == k and not re.search(r"[._]", tokens[k].group())
+    if single and k >= 1 and tokens[k - 1].group().isalpha() and local(k - 1):
+        first = k - 1
+    return first
+
+
+def _asr_email_spans(text: str) -> list[Span]:
+    """Addresses written with a spoken " at " instead of "@" (see `_TLDS`)."""
+    tokens = list(re.finditer(r"\S+", text))
+    spans: list[Span] = []
+    for i, tok in enumerate(tokens[:-1]):
+        if tok.group().lower() != "at":
+            continue
+        first = _local_start(tokens, i)
+        end = _domain_end(text, tokens[i + 1].start(), has_local=first is not None)
+        if end is not None:
+            # With no local part ("I'm at work.com") only the domain is hidden.
+            start = tokens[first].start() if first is not None else tokens[i + 1].start()
+            spans.append(Span(start, end, "email"))
+    return spans
+
+
 _TOKEN = re.compile(r"[A-Za-z]+|\d+")
 _IN_RUN = re.compile(r"[\s,.\-]*")  # what may separate the digits of one dictated number
 _EDGE = re.compile(r"[\s,.!?;:\-]*")  # what may come before or after it at an utterance's edge
@@ -170,6 +262,7 @@ def find_pii(text: str, *, continues_digits: bool = False) -> list[Span]:
     of that number and are hidden too."""
     spans = [Span(m.start(), m.end(), "email") for m in EMAIL.finditer(text)]
     spans += [Span(m.start(), m.end(), "email") for m in SPOKEN_EMAIL.finditer(text)]
+    spans += _asr_email_spans(text)
     spans += [Span(m.start(), m.end(), "ssn") for m in SSN.finditer(text)]
     for m in DIGIT_RUN.finditer(text):
         digits = re.sub(r"\D", "", m.group())
