@@ -206,60 +206,137 @@ def _asr_email_spans(text: str) -> list[Span]:
 _TOKEN = re.compile(r"[A-Za-z]+|\d+")
 _IN_RUN = re.compile(r"[\s,.\-]*")  # what may separate the digits of one dictated number
 _EDGE = re.compile(r"[\s,.!?;:\-]*")  # what may come before or after it at an utterance's edge
+# What may come before a number that opens an utterance: ASR keeps some fillers and joins
+# ("And 0151.", "Uh, 555."), which do not make the digits any less the rest of a number.
+_LEAD_IN = re.compile(r"(?:[\s,.!?;:\-]|\b(?:uh|um|er|erm|hmm|and|then|so|ok|okay)\b)*", re.I)
 DICTATED_AT_END = 3
 """Digits read out one by one at the end of an utterance that are hidden even though fewer
 than 7: callers dictate long numbers in pieces, with pauses that end the utterance."""
+GROUPS_ANYWHERE = 5
+"""Numeral groups read one after another ("212 555", "123, 45, 6789") are hidden wherever
+they stand from this many digits in all; fewer are more often small amounts ("20, 30
+minutes") than a number read out."""
+# Words that announce a number being read out: a numeral group that ends an utterance after
+# one is the first piece of it ("My card number is 4532", "area code 21").
+_NUMBER_CUES = frozenset(
+    "card number social security ssn phone cell mobile account routing pin code digits".split()
+)
 
 
-def _dictated_runs(text: str) -> list[tuple[int, int, int]]:
-    """(start, end, digits) of each run of digits read out one by one ("four one one",
-    "5, 5, 2", "double five"): one digit per token, only spaces, commas, dots or dashes
-    between, mostly unambiguous digit words. "1,500", "9:30" and "2024" are not dictation."""
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Digits read out as one number, one by one ("four one one", "5, 5, 2") or in numeral
+    groups ("4532 0151", "212. 555.")."""
+
+    start: int
+    end: int
+    digits: str
+    groups: int
+    """How many of its pieces are numerals of 2 or more digits."""
+    pieces: int
+
+
+def _is_group(text: str, start: int, end: int) -> bool:
+    """Whether the numeral text[start:end] can be one group of a number read out: 2 to 6
+    digits standing alone, not part of an amount, time, decimal, ordinal or code ("$20",
+    "1,500", "9:30", "2.5", "3rd", "50%", "A12")."""
+    if not 2 <= end - start <= 6:
+        return False
+    before, after = text[max(0, start - 2) : start], text[end : end + 2]
+    return not (
+        re.search(r"[$£€¥#A-Za-z]$|\d[.,:/]$", before) or re.match(r"[%\w]|[.,:/]\d", after)
+    )
+
+
+def _number_runs(text: str) -> list[Run]:
+    """Each run of digits read out as one number: digits one per token ("four one one",
+    "5, 5, 2", "double five") or numeral groups ("4532 0151"), only spaces, commas, dots or
+    dashes between, mostly unambiguous digit words. "1,500", "9:30" and "2.5" are not
+    dictation; a lone "2024" is a run of one group, which `_number_spans` judges by where it
+    stands. Groups and ambiguous digit words ("to", "for", "oh") never share a run, so "from
+    10 to 25" is two numbers and not one."""
     tokens = [(m.start(), m.end(), m.group().lower()) for m in _TOKEN.finditer(text)]
-    runs: list[tuple[int, int, int]] = []
+    runs: list[Run] = []
     i = 0
     while i < len(tokens):
-        j, digits, strict = i, 0, 0
+        j, digits, strict, groups, vague, pieces = i, "", 0, 0, 0, 0
         while j < len(tokens):
             if j > i and not _IN_RUN.fullmatch(text[tokens[j - 1][1] : tokens[j][0]]):
                 break
-            tok = tokens[j][2]
+            s, e, tok = tokens[j]
             if (
                 tok in ("double", "triple")
                 and j + 1 < len(tokens)
                 and tokens[j + 1][2] in _DIGIT_WORDS
             ):
-                digits, strict, j = digits + (2 if tok == "double" else 3), strict + 2, j + 2
+                digits += _DIGIT_WORDS[tokens[j + 1][2]] * (2 if tok == "double" else 3)
+                strict, j = strict + 2, j + 2
             elif tok in _DIGIT_WORDS or (tok.isdigit() and len(tok) == 1):
-                digits, strict = (
-                    digits + 1,
-                    strict + (tok not in _DIGIT_WORDS or tok in _STRICT_DIGIT_WORDS),
-                )
-                j += 1
+                ambiguous = tok in _DIGIT_WORDS and tok not in _STRICT_DIGIT_WORDS
+                if ambiguous and groups:
+                    break
+                digits += _DIGIT_WORDS.get(tok, tok)
+                strict, vague, j = strict + (not ambiguous), vague + ambiguous, j + 1
+            elif tok.isdigit() and _is_group(text, s, e) and not vague:
+                digits += tok
+                strict, groups, j = strict + 1, groups + 1, j + 1
             else:
                 break
+            pieces += 1
         if digits and strict >= 0.7 * (j - i):
-            runs.append((tokens[i][0], tokens[j - 1][1], digits))
+            runs.append(Run(tokens[i][0], tokens[j - 1][1], digits, groups, pieces))
             i = j
         else:
             i += 1
     return runs
 
 
-def dictation_at_edges(
-    text: str,
-) -> tuple[tuple[int, int, int] | None, tuple[int, int, int] | None]:
-    """The dictated run that opens `text` and the one that closes it, if any."""
-    runs = _dictated_runs(text)
-    first = runs[0] if runs and _EDGE.fullmatch(text[: runs[0][0]]) else None
-    last = runs[-1] if runs and _EDGE.fullmatch(text[runs[-1][1] :]) else None
+def dictation_at_edges(text: str) -> tuple[Run | None, Run | None]:
+    """The run of digits read out that opens `text` (after fillers such as "and", "uh") and
+    the one that closes it, if any."""
+    return _edges(text, _number_runs(text))
+
+
+def _edges(text: str, runs: list[Run]) -> tuple[Run | None, Run | None]:
+    first = runs[0] if runs and _LEAD_IN.fullmatch(text[: runs[0].start]) else None
+    last = runs[-1] if runs and _EDGE.fullmatch(text[runs[-1].end :]) else None
     return first, last
+
+
+def _closes_a_number(text: str, run: Run, *, opens: bool, continues: bool) -> bool:
+    """Whether `run`, which ends the utterance, is a piece of a number being read out."""
+    if continues:  # the speaker was reading a number out: "and then 0151"
+        return len(run.digits) >= 2
+    if not run.groups:
+        return len(run.digits) >= DICTATED_AT_END
+    # A numeral group alone is as often a year or an amount ("in 2019", "it's 250"): it is a
+    # piece of a number when it is all the utterance says, or a number was announced.
+    if opens:
+        return len(run.digits) >= DICTATED_AT_END
+    before = {w.lower() for w in re.findall(r"[A-Za-z]+", text[: run.start])}
+    return len(run.digits) >= 2 and not before.isdisjoint(_NUMBER_CUES)
+
+
+def _number_spans(text: str, *, continues: bool) -> list[Span]:
+    """Numbers read out in pieces (see `Run`) that are hidden although under 7 digits."""
+    runs = _number_runs(text)
+    first, last = _edges(text, runs)
+    spans: list[Span] = []
+    for run in runs:
+        grouped = run.groups and run.pieces >= 2 and len(run.digits) >= GROUPS_ANYWHERE
+        closes = run == last and _closes_a_number(
+            text, run, opens=run == first, continues=continues
+        )
+        if grouped or closes or (continues and run == first):
+            raw = text[run.start : run.end]
+            spans.append(Span(run.start, run.end, classify_digits(run.digits, raw) or "number"))
+    return spans
 
 
 def find_pii(text: str, *, continues_digits: bool = False) -> list[Span]:
     """Spans of personal data in `text`. `continues_digits`: the speaker's previous utterance
-    ended in dictated digits (see `CallRedactor`), so digits that open this one are the rest
-    of that number and are hidden too."""
+    ended in digits read out (see `CallRedactor`), so digits that open or close this one are
+    the rest of that number and are hidden too."""
     spans = [Span(m.start(), m.end(), "email") for m in EMAIL.finditer(text)]
     spans += [Span(m.start(), m.end(), "email") for m in SPOKEN_EMAIL.finditer(text)]
     spans += _asr_email_spans(text)
@@ -270,11 +347,7 @@ def find_pii(text: str, *, continues_digits: bool = False) -> list[Span]:
         if kind:
             spans.append(Span(m.start(), m.end(), kind))
     spans += _spoken_digit_spans(text)
-    first, last = dictation_at_edges(text)
-    if last is not None and last[2] >= DICTATED_AT_END:
-        spans.append(Span(last[0], last[1], "number"))
-    if continues_digits and first is not None:
-        spans.append(Span(first[0], first[1], "number"))
+    spans += _number_spans(text, continues=continues_digits)
     return _merge(spans)
 
 
@@ -361,7 +434,7 @@ def _hide_quote(value: object, quote: str, tag: str) -> object:
 
 
 CONTINUATION_GAP_S = 5.0
-"""A speaker's utterance that starts within this long after one that ended in dictated digits
+"""A speaker's utterance that starts within this long after one that ended in digits read out
 may carry the rest of the number."""
 
 
@@ -369,18 +442,20 @@ class CallRedactor:
     """`redact_event` with a memory of each speaker's last transcript, for one call.
 
     Callers read numbers out in pieces ("my social is one two three" / "four five" / "six
-    seven eight nine"), each utterance too short to look like personal data on its own. A
-    piece that ends an utterance is hidden from 3 digits (`find_pii`); digits that open the
-    speaker's next utterance, soon after one that ended in digits, are hidden whatever their
-    number. Only the redacted view changes: the live agent sees every word.
+    seven eight nine", or "4532" / "0151" / "2830" / "0366"), each utterance too short to look
+    like personal data on its own. A piece that ends an utterance is hidden from 3 digits read
+    one by one, a numeral group when it is all the utterance says or a number was announced
+    (`find_pii`); digits that open or close the speaker's next utterance, soon after one that
+    ended in digits, are hidden whatever their number. Only the redacted view changes: the
+    live agent sees every word.
     """
 
     def __init__(self) -> None:
         self._last: dict[str, tuple[float, bool]] = {}
         """speaker -> (end of their last transcript, whether it ended in dictated digits)."""
-        self._went_on: dict[str, tuple[float, str]] = {}
-        """speaker -> (start of their last transcript, the digits that opened it), where they
-        went on with a number."""
+        self._went_on: dict[str, tuple[float, list[str]]] = {}
+        """speaker -> (start of their last transcript, the digits in it that went on with the
+        number), where they went on with one."""
 
     def view(self, event: dict[str, object]) -> dict[str, object]:
         kind = event.get("type")
@@ -392,10 +467,12 @@ class CallRedactor:
             if went_on is None or went_on[0] != start:
                 return out
             # A cue on that utterance quotes it (evidence text, phrases, why): hidden alike.
-            tag = TAGS["number"]
-            return {
-                k: _hide_quote(v, went_on[1], tag) if k not in _KEEP else v for k, v in out.items()
-            }
+            for quote in went_on[1]:
+                out = {
+                    k: _hide_quote(v, quote, TAGS["number"]) if k not in _KEEP else v
+                    for k, v in out.items()
+                }
+            return out
         if kind not in ("transcript", "partial") or not isinstance(speaker, str):
             return redact_event(event)
         last = self._last.get(speaker)
@@ -409,16 +486,27 @@ class CallRedactor:
         text = event.get("text")
         if kind == "transcript" and end is not None and isinstance(text, str):
             opening, closing = dictation_at_edges(text)
-            # Ending in two or more dictated digits, or being digits alone that went on with
-            # the number ("Seven."), lets the speaker's next utterance go on with it.
-            ends = closing is not None and closing[2] >= 2
+            # Ending in two or more digits read out ("four two", "4532"), or being digits
+            # alone that went on with the number ("Seven."), lets the speaker's next
+            # utterance go on with it.
+            ends = closing is not None and len(closing.digits) >= 2
             whole_piece = continues and opening is not None and opening == closing
             self._last[speaker] = (end, ends or whole_piece)
-            if continues and opening is not None and start is not None:
-                self._went_on[speaker] = (start, text[opening[0] : opening[1]])
+            pieces = _went_on_with(text, opening, closing) if continues else []
+            if pieces and start is not None:
+                self._went_on[speaker] = (start, pieces)
             else:
                 self._went_on.pop(speaker, None)
         return out
+
+
+def _went_on_with(text: str, opening: Run | None, closing: Run | None) -> list[str]:
+    """The digits of an utterance that went on with a number, which `find_pii` hid because
+    it did: the run that opens it and one of 2 or more digits that closes it."""
+    runs = [opening] if opening is not None else []
+    if closing is not None and closing != opening and len(closing.digits) >= 2:
+        runs.append(closing)
+    return [text[r.start : r.end] for r in runs]
 
 
 def _float(value: object) -> float | None:
