@@ -333,10 +333,42 @@ def _number_spans(text: str, *, continues: bool) -> list[Span]:
     return spans
 
 
-def find_pii(text: str, *, continues_digits: bool = False) -> list[Span]:
+_NUMERALS = re.compile(r"\d+(?:[\s,.:/\-]+\d+)*")
+_REPEATS = frozenset({"double", "triple"})  # "double five": two digits
+
+
+def _interim_spans(text: str) -> list[Span]:
+    """What a partial hides besides personal data: every run of 2 or more digits, as numerals
+    ("212 550", "21") or as 2 or more digit words in a row ("two one"). A partial holds the
+    number still being spoken, too short yet to look like one; the final transcript, under
+    the usual rules, replaces it."""
+    spans: list[Span] = []
+    for m in _NUMERALS.finditer(text):
+        digits = re.sub(r"\D", "", m.group())
+        if len(digits) >= 2:
+            spans.append(Span(m.start(), m.end(), classify_digits(digits, m.group()) or "number"))
+    tokens = [(m.start(), m.end(), m.group().lower()) for m in _TOKEN.finditer(text)]
+    i = 0
+    while i < len(tokens):
+        j, strict = i, 0
+        while j < len(tokens) and (
+            tokens[j][2] in _DIGIT_WORDS or tokens[j][2] in _REPEATS or tokens[j][2].isdigit()
+        ):
+            if j > i and not _IN_RUN.fullmatch(text[tokens[j - 1][1] : tokens[j][0]]):
+                break
+            strict += tokens[j][2] not in _DIGIT_WORDS or tokens[j][2] in _STRICT_DIGIT_WORDS
+            j += 1
+        if j - i >= 2 and strict:  # "for to" alone is not a number
+            spans.append(Span(tokens[i][0], tokens[j - 1][1], "number"))
+        i = max(j, i + 1)
+    return spans
+
+
+def find_pii(text: str, *, continues_digits: bool = False, interim: bool = False) -> list[Span]:
     """Spans of personal data in `text`. `continues_digits`: the speaker's previous utterance
     ended in digits read out (see `CallRedactor`), so digits that open or close this one are
-    the rest of that number and are hidden too."""
+    the rest of that number and are hidden too. `interim`: `text` is a partial transcript,
+    whose numbers are hidden whatever their length (`_interim_spans`)."""
     spans = [Span(m.start(), m.end(), "email") for m in EMAIL.finditer(text)]
     spans += [Span(m.start(), m.end(), "email") for m in SPOKEN_EMAIL.finditer(text)]
     spans += _asr_email_spans(text)
@@ -348,6 +380,8 @@ def find_pii(text: str, *, continues_digits: bool = False) -> list[Span]:
             spans.append(Span(m.start(), m.end(), kind))
     spans += _spoken_digit_spans(text)
     spans += _number_spans(text, continues=continues_digits)
+    if interim:
+        spans += _interim_spans(text)
     return _merge(spans)
 
 
@@ -362,23 +396,25 @@ def _merge(spans: list[Span]) -> list[Span]:
     return out
 
 
-def redact_text(text: str, *, continues_digits: bool = False) -> str:
+def redact_text(text: str, *, continues_digits: bool = False, interim: bool = False) -> str:
     out, pos = [], 0
-    for span in find_pii(text, continues_digits=continues_digits):
+    for span in find_pii(text, continues_digits=continues_digits, interim=interim):
         out += [text[pos : span.start], TAGS[span.kind]]
         pos = span.end
     out.append(text[pos:])
     return "".join(out)
 
 
-def redact_words(words: Sequence[str], *, continues_digits: bool = False) -> list[str]:
+def redact_words(
+    words: Sequence[str], *, continues_digits: bool = False, interim: bool = False
+) -> list[str]:
     """Word-level redaction: every word touching a PII span becomes its tag (timings kept)."""
     joined, offsets, pos = [], [], 0
     for w in words:
         offsets.append((pos, pos + len(w)))
         joined.append(w)
         pos += len(w) + 1
-    spans = find_pii(" ".join(joined), continues_digits=continues_digits)
+    spans = find_pii(" ".join(joined), continues_digits=continues_digits, interim=interim)
     out = list(words)
     for i, (a, b) in enumerate(offsets):
         for s in spans:
@@ -397,12 +433,14 @@ def redact_event(event: dict[str, object], *, continues_digits: bool = False) ->
     if event.get("type") not in ("partial", "transcript"):
         return event
     out = dict(event)
+    # A partial's digits are a number still being spoken: hidden whatever their length.
+    opts = {"continues_digits": continues_digits, "interim": event.get("type") == "partial"}
     text = event.get("text")
     if isinstance(text, str):
-        out["text"] = redact_text(text, continues_digits=continues_digits)
+        out["text"] = redact_text(text, **opts)
     words = event.get("words")
     if isinstance(words, list) and words:
-        tagged = redact_words([str(w["w"]) for w in words], continues_digits=continues_digits)
+        tagged = redact_words([str(w["w"]) for w in words], **opts)
         out["words"] = [{**w, "w": t} for w, t in zip(words, tagged, strict=True)]
     return out
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coach.redaction import CallRedactor, redact_text, redact_words
+from coach.redaction import CallRedactor, redact_event, redact_text, redact_words
 
 NAMES = ["john", "mary", "smith", "jones", "jane", "doe", "alex", "kim"]
 
@@ -214,3 +214,33 @@ def test_amounts_times_years_and_quantities_stay_visible(
         f"I waited {count} days",
     ]:
         assert redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("My number is 212500", "My number is [NUMBER]"),
+        ("My number is 212 550", "My number is [NUMBER]"),
+        ("area code 21 5", "area code [NUMBER]"),
+        ("area code 21", "area code [NUMBER]"),
+        ("my number is two one two", "my number is [NUMBER]"),
+        ("it's double five", "it's [NUMBER]"),
+        ("I double checked for two", "I double checked [NUMBER]"),  # interim: over-hidden
+        ("it's 9:30", "it's [NUMBER]"),
+        ("the card is 4111 1111 1111 1111", "the card is [CARD]"),
+        ("it's john.smith at gmail", "it's [EMAIL]"),
+        # Words and single digits stay: they are not a number yet.
+        ("I have two kids and 3 dogs", "I have two kids and 3 dogs"),
+        ("I'd like to go for a walk", "I'd like to go for a walk"),
+    ],
+)
+def test_a_partial_hides_every_number_still_being_spoken(text: str, expected: str) -> None:
+    assert redact_event(said("customer", 0.0, text, "partial"))["text"] == expected
+    assert CallRedactor().view(said("customer", 0.0, text, "partial"))["text"] == expected
+
+
+def test_only_partials_hide_short_numbers() -> None:
+    final = said("customer", 0.0, "I paid 250 in 2019")
+    assert redact_event(final)["text"] == "I paid 250 in 2019"
+    partial = said("customer", 0.0, "I paid 250 in 2019", "partial")
+    assert redact_event(partial)["text"] == "I paid [NUMBER] in [NUMBER]"
