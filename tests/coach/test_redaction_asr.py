@@ -244,3 +244,40 @@ def test_only_partials_hide_short_numbers() -> None:
     assert redact_event(final)["text"] == "I paid 250 in 2019"
     partial = said("customer", 0.0, "I paid 250 in 2019", "partial")
     assert redact_event(partial)["text"] == "I paid [NUMBER] in [NUMBER]"
+
+
+def test_a_cue_quoting_the_groups_that_went_on_with_a_number_hides_them() -> None:
+    view = CallRedactor().view
+    view(said("customer", 0.0, "My card number is 4532"))
+    line = "and then 0151 are you even listening 0366"
+    assert view(said("customer", 2.0, line))["text"] == (
+        "and then [NUMBER] are you even listening [NUMBER]"
+    )
+    cue = {
+        "type": "cue",
+        "cue": "frustration",
+        "speaker": "customer",
+        "t_start": 2.0,
+        "t_end": 3.0,
+        "why": f'words: "{line}" (angry)',
+        "evidence": {"text": line, "t_start": 2.0, "t_end": 3.0, "phrases": [line]},
+    }
+    shown = view(cue)
+    assert "0151" not in str(shown) and "0366" not in str(shown), shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "My email is John Smith at Gmail.com",
+        "4532",
+        "my social is 123, 45, 6789.",
+        "area code 21",
+        "the card is 4532 0151 2830 0362 okay",
+    ],
+)
+def test_redacting_again_changes_nothing(text: str) -> None:
+    """The store redacts what the call topic already redacted (defence in depth)."""
+    once = redact_text(text)
+    assert redact_text(once) == once
+    assert redact_text(once, interim=True) == once
