@@ -27,6 +27,7 @@ SPOKEN_EMAIL = re.compile(
     re.IGNORECASE,
 )
 SSN = re.compile(r"\b\d{3}[-\s]\d{2}[-\s]\d{4}\b")
+
 # Digit runs with the separators people and ASR use inside numbers.
 DIGIT_RUN = re.compile(r"(?<![\w])\+?\(?\d[\d\s().-]{5,}\d(?![\w])")
 
@@ -111,65 +112,266 @@ def _spoken_digit_spans(text: str) -> list[Span]:
     return spans
 
 
+# Addresses as Whisper writes what it hears: "John.Smith at gmail.com", "mary.jones at
+# nampl.org", "johnsmith at gmail". Neither pattern above sees them: one needs "@", the other
+# "dot" spelled out. Found by an ASR audit (espeak-ng speech through Whisper).
+_TLDS = frozenset(
+    "com org net edu gov mil int io co uk us ca au de fr nl ie nz in es jp br mx info biz me "
+    "ai app dev tv xyz online email mail".split()
+)
+# Providers people name without a TLD ("johnsmith at gmail"); a word like "home" after "at"
+# is ordinary talk, these are not.
+_PROVIDERS = frozenset(
+    "gmail googlemail yahoo hotmail outlook aol icloud proton protonmail".split()
+)
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
+_LABEL_SEP = re.compile(r"\.|\s+dot\s+", re.IGNORECASE)
+_LOCAL = re.compile(r"[A-Za-z0-9](?:[\w.+-]*[A-Za-z0-9])?")
+_JOINERS = frozenset({"dot", "underscore", "dash", "hyphen", "period"})
+# Words that come before "at" in ordinary talk ("I'm at home", "look at it", "she works at
+# Yahoo"): never the local part of an address, so "at" after them starts no address.
+_NOT_LOCAL = frozenset(
+    """
+    a about account address all also am an and any are as at be been being best both but by
+    can could did do does dot e-mail email either even everyone folks for friend from get
+    got guy guys had has have he her here him his home how i i'm in is it it's its just live
+    lived lives living look looked looking looks mail me meet met mine my name no not now of
+    on one or our out over people right see seen send sent she should so someone somebody
+    still stay stayed staying that that's the their them then there they this to too try us
+    use was we were what when where which who why will with work worked working works would
+    write you your
+    """.split()
+)
+
+
+def _domain_end(text: str, pos: int, *, has_local: bool) -> int | None:
+    """End of the mail domain that starts at `pos` ("gmail.com", "gmail dot com", "gmail"),
+    or None. A dotted domain must end in a common TLD, or, after a local part, in a short
+    word of letters; a bare provider name counts only after a local part."""
+    labels: list[re.Match[str]] = []
+    m = _LABEL.match(text, pos)
+    while m is not None:
+        labels.append(m)
+        sep = _LABEL_SEP.match(text, m.end())
+        m = _LABEL.match(text, sep.end()) if sep else None
+    if not labels:
+        return None
+    for lab in reversed(labels[1:]):
+        tld = lab.group().lower()
+        if tld in _TLDS or (has_local and tld.isalpha() and 2 <= len(tld) <= 6):
+            return lab.end()
+    if has_local and labels[0].group().lower() in _PROVIDERS:
+        return labels[0].end()
+    return None
+
+
+def _local_start(tokens: Sequence[re.Match[str]], at: int) -> int | None:
+    """Index of the first token of the local part that ends just before token `at` ("at"),
+    or None when the word before "at" cannot be one. A local part is one token
+    ("john.smith", "johnsmith"), tokens joined by spoken "dot"/"underscore"/..., or two
+    name-like words ("John Smith at Gmail.com": hiding "Smith" alone leaves the name)."""
+
+    def local(k: int) -> bool:
+        word = tokens[k].group()
+        return bool(_LOCAL.fullmatch(word)) and word.lower() not in _NOT_LOCAL
+
+    k = at - 1
+    if k < 0 or not local(k):
+        return None
+    first = k
+    while first >= 2 and tokens[first - 1].group().lower() in _JOINERS and local(first - 2):
+        first -= 2
+    single = first == k and not re.search(r"[._]", tokens[k].group())
+    if single and k >= 1 and tokens[k - 1].group().isalpha() and local(k - 1):
+        first = k - 1
+    return first
+
+
+def _asr_email_spans(text: str) -> list[Span]:
+    """Addresses written with a spoken " at " instead of "@" (see `_TLDS`)."""
+    tokens = list(re.finditer(r"\S+", text))
+    spans: list[Span] = []
+    for i, tok in enumerate(tokens[:-1]):
+        if tok.group().lower() != "at":
+            continue
+        first = _local_start(tokens, i)
+        end = _domain_end(text, tokens[i + 1].start(), has_local=first is not None)
+        if end is not None:
+            # With no local part ("I'm at work.com") only the domain is hidden.
+            start = tokens[first].start() if first is not None else tokens[i + 1].start()
+            spans.append(Span(start, end, "email"))
+    return spans
+
+
 _TOKEN = re.compile(r"[A-Za-z]+|\d+")
 _IN_RUN = re.compile(r"[\s,.\-]*")  # what may separate the digits of one dictated number
 _EDGE = re.compile(r"[\s,.!?;:\-]*")  # what may come before or after it at an utterance's edge
+# What may come before a number that opens an utterance: ASR keeps some fillers and joins
+# ("And 0151.", "Uh, 555."), which do not make the digits any less the rest of a number.
+_LEAD_IN = re.compile(r"(?:[\s,.!?;:\-]|\b(?:uh|um|er|erm|hmm|and|then|so|ok|okay)\b)*", re.I)
 DICTATED_AT_END = 3
 """Digits read out one by one at the end of an utterance that are hidden even though fewer
 than 7: callers dictate long numbers in pieces, with pauses that end the utterance."""
+GROUPS_ANYWHERE = 5
+"""Numeral groups read one after another ("212 555", "123, 45, 6789") are hidden wherever
+they stand from this many digits in all; fewer are more often small amounts ("20, 30
+minutes") than a number read out."""
+# Words that announce a number being read out: a numeral group that ends an utterance after
+# one is the first piece of it ("My card number is 4532", "area code 21").
+_NUMBER_CUES = frozenset(
+    "card number social security ssn phone cell mobile account routing pin code digits".split()
+)
 
 
-def _dictated_runs(text: str) -> list[tuple[int, int, int]]:
-    """(start, end, digits) of each run of digits read out one by one ("four one one",
-    "5, 5, 2", "double five"): one digit per token, only spaces, commas, dots or dashes
-    between, mostly unambiguous digit words. "1,500", "9:30" and "2024" are not dictation."""
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Digits read out as one number, one by one ("four one one", "5, 5, 2") or in numeral
+    groups ("4532 0151", "212. 555.")."""
+
+    start: int
+    end: int
+    digits: str
+    groups: int
+    """How many of its pieces are numerals of 2 or more digits."""
+    pieces: int
+
+
+def _is_group(text: str, start: int, end: int) -> bool:
+    """Whether the numeral text[start:end] can be one group of a number read out: 2 to 6
+    digits standing alone, not part of an amount, time, decimal, ordinal or code ("$20",
+    "1,500", "9:30", "2.5", "3rd", "50%", "A12")."""
+    if not 2 <= end - start <= 6:
+        return False
+    before, after = text[max(0, start - 2) : start], text[end : end + 2]
+    return not (
+        re.search(r"[$£€¥#A-Za-z]$|\d[.,:/]$", before) or re.match(r"[%\w]|[.,:/]\d", after)
+    )
+
+
+def _number_runs(text: str) -> list[Run]:
+    """Each run of digits read out as one number: digits one per token ("four one one",
+    "5, 5, 2", "double five") or numeral groups ("4532 0151"), only spaces, commas, dots or
+    dashes between, mostly unambiguous digit words. "1,500", "9:30" and "2.5" are not
+    dictation; a lone "2024" is a run of one group, which `_number_spans` judges by where it
+    stands. Groups and ambiguous digit words ("to", "for", "oh") never share a run, so "from
+    10 to 25" is two numbers and not one."""
     tokens = [(m.start(), m.end(), m.group().lower()) for m in _TOKEN.finditer(text)]
-    runs: list[tuple[int, int, int]] = []
+    runs: list[Run] = []
     i = 0
     while i < len(tokens):
-        j, digits, strict = i, 0, 0
+        j, digits, strict, groups, vague, pieces = i, "", 0, 0, 0, 0
         while j < len(tokens):
             if j > i and not _IN_RUN.fullmatch(text[tokens[j - 1][1] : tokens[j][0]]):
                 break
-            tok = tokens[j][2]
+            s, e, tok = tokens[j]
             if (
                 tok in ("double", "triple")
                 and j + 1 < len(tokens)
                 and tokens[j + 1][2] in _DIGIT_WORDS
             ):
-                digits, strict, j = digits + (2 if tok == "double" else 3), strict + 2, j + 2
+                digits += _DIGIT_WORDS[tokens[j + 1][2]] * (2 if tok == "double" else 3)
+                strict, j = strict + 2, j + 2
             elif tok in _DIGIT_WORDS or (tok.isdigit() and len(tok) == 1):
-                digits, strict = (
-                    digits + 1,
-                    strict + (tok not in _DIGIT_WORDS or tok in _STRICT_DIGIT_WORDS),
-                )
-                j += 1
+                ambiguous = tok in _DIGIT_WORDS and tok not in _STRICT_DIGIT_WORDS
+                if ambiguous and groups:
+                    break
+                digits += _DIGIT_WORDS.get(tok, tok)
+                strict, vague, j = strict + (not ambiguous), vague + ambiguous, j + 1
+            elif tok.isdigit() and _is_group(text, s, e) and not vague:
+                digits += tok
+                strict, groups, j = strict + 1, groups + 1, j + 1
             else:
                 break
+            pieces += 1
         if digits and strict >= 0.7 * (j - i):
-            runs.append((tokens[i][0], tokens[j - 1][1], digits))
+            runs.append(Run(tokens[i][0], tokens[j - 1][1], digits, groups, pieces))
             i = j
         else:
             i += 1
     return runs
 
 
-def dictation_at_edges(
-    text: str,
-) -> tuple[tuple[int, int, int] | None, tuple[int, int, int] | None]:
-    """The dictated run that opens `text` and the one that closes it, if any."""
-    runs = _dictated_runs(text)
-    first = runs[0] if runs and _EDGE.fullmatch(text[: runs[0][0]]) else None
-    last = runs[-1] if runs and _EDGE.fullmatch(text[runs[-1][1] :]) else None
+def dictation_at_edges(text: str) -> tuple[Run | None, Run | None]:
+    """The run of digits read out that opens `text` (after fillers such as "and", "uh") and
+    the one that closes it, if any."""
+    return _edges(text, _number_runs(text))
+
+
+def _edges(text: str, runs: list[Run]) -> tuple[Run | None, Run | None]:
+    first = runs[0] if runs and _LEAD_IN.fullmatch(text[: runs[0].start]) else None
+    last = runs[-1] if runs and _EDGE.fullmatch(text[runs[-1].end :]) else None
     return first, last
 
 
-def find_pii(text: str, *, continues_digits: bool = False) -> list[Span]:
+def _closes_a_number(text: str, run: Run, *, opens: bool, continues: bool) -> bool:
+    """Whether `run`, which ends the utterance, is a piece of a number being read out."""
+    if continues:  # the speaker was reading a number out: "and then 0151"
+        return len(run.digits) >= 2
+    if not run.groups:
+        return len(run.digits) >= DICTATED_AT_END
+    # A numeral group alone is as often a year or an amount ("in 2019", "it's 250"): it is a
+    # piece of a number when it is all the utterance says, or a number was announced.
+    if opens:
+        return len(run.digits) >= DICTATED_AT_END
+    before = {w.lower() for w in re.findall(r"[A-Za-z]+", text[: run.start])}
+    return len(run.digits) >= 2 and not before.isdisjoint(_NUMBER_CUES)
+
+
+def _number_spans(text: str, *, continues: bool) -> list[Span]:
+    """Numbers read out in pieces (see `Run`) that are hidden although under 7 digits."""
+    runs = _number_runs(text)
+    first, last = _edges(text, runs)
+    spans: list[Span] = []
+    for run in runs:
+        grouped = run.groups and run.pieces >= 2 and len(run.digits) >= GROUPS_ANYWHERE
+        closes = run == last and _closes_a_number(
+            text, run, opens=run == first, continues=continues
+        )
+        if grouped or closes or (continues and run == first):
+            raw = text[run.start : run.end]
+            spans.append(Span(run.start, run.end, classify_digits(run.digits, raw) or "number"))
+    return spans
+
+
+_NUMERALS = re.compile(r"\d+(?:[\s,.:/\-]+\d+)*")
+_REPEATS = frozenset({"double", "triple"})  # "double five": two digits
+
+
+def _interim_spans(text: str) -> list[Span]:
+    """What a partial hides besides personal data: every run of 2 or more digits, as numerals
+    ("212 550", "21") or as 2 or more digit words in a row ("two one"). A partial holds the
+    number still being spoken, too short yet to look like one; the final transcript, under
+    the usual rules, replaces it."""
+    spans: list[Span] = []
+    for m in _NUMERALS.finditer(text):
+        digits = re.sub(r"\D", "", m.group())
+        if len(digits) >= 2:
+            spans.append(Span(m.start(), m.end(), classify_digits(digits, m.group()) or "number"))
+    tokens = [(m.start(), m.end(), m.group().lower()) for m in _TOKEN.finditer(text)]
+    i = 0
+    while i < len(tokens):
+        j, strict = i, 0
+        while j < len(tokens) and (
+            tokens[j][2] in _DIGIT_WORDS or tokens[j][2] in _REPEATS or tokens[j][2].isdigit()
+        ):
+            if j > i and not _IN_RUN.fullmatch(text[tokens[j - 1][1] : tokens[j][0]]):
+                break
+            strict += tokens[j][2] not in _DIGIT_WORDS or tokens[j][2] in _STRICT_DIGIT_WORDS
+            j += 1
+        if j - i >= 2 and strict:  # "for to" alone is not a number
+            spans.append(Span(tokens[i][0], tokens[j - 1][1], "number"))
+        i = max(j, i + 1)
+    return spans
+
+
+def find_pii(text: str, *, continues_digits: bool = False, interim: bool = False) -> list[Span]:
     """Spans of personal data in `text`. `continues_digits`: the speaker's previous utterance
-    ended in dictated digits (see `CallRedactor`), so digits that open this one are the rest
-    of that number and are hidden too."""
+    ended in digits read out (see `CallRedactor`), so digits that open or close this one are
+    the rest of that number and are hidden too. `interim`: `text` is a partial transcript,
+    whose numbers are hidden whatever their length (`_interim_spans`)."""
     spans = [Span(m.start(), m.end(), "email") for m in EMAIL.finditer(text)]
     spans += [Span(m.start(), m.end(), "email") for m in SPOKEN_EMAIL.finditer(text)]
+    spans += _asr_email_spans(text)
     spans += [Span(m.start(), m.end(), "ssn") for m in SSN.finditer(text)]
     for m in DIGIT_RUN.finditer(text):
         digits = re.sub(r"\D", "", m.group())
@@ -177,11 +379,9 @@ def find_pii(text: str, *, continues_digits: bool = False) -> list[Span]:
         if kind:
             spans.append(Span(m.start(), m.end(), kind))
     spans += _spoken_digit_spans(text)
-    first, last = dictation_at_edges(text)
-    if last is not None and last[2] >= DICTATED_AT_END:
-        spans.append(Span(last[0], last[1], "number"))
-    if continues_digits and first is not None:
-        spans.append(Span(first[0], first[1], "number"))
+    spans += _number_spans(text, continues=continues_digits)
+    if interim:
+        spans += _interim_spans(text)
     return _merge(spans)
 
 
@@ -196,23 +396,25 @@ def _merge(spans: list[Span]) -> list[Span]:
     return out
 
 
-def redact_text(text: str, *, continues_digits: bool = False) -> str:
+def redact_text(text: str, *, continues_digits: bool = False, interim: bool = False) -> str:
     out, pos = [], 0
-    for span in find_pii(text, continues_digits=continues_digits):
+    for span in find_pii(text, continues_digits=continues_digits, interim=interim):
         out += [text[pos : span.start], TAGS[span.kind]]
         pos = span.end
     out.append(text[pos:])
     return "".join(out)
 
 
-def redact_words(words: Sequence[str], *, continues_digits: bool = False) -> list[str]:
+def redact_words(
+    words: Sequence[str], *, continues_digits: bool = False, interim: bool = False
+) -> list[str]:
     """Word-level redaction: every word touching a PII span becomes its tag (timings kept)."""
     joined, offsets, pos = [], [], 0
     for w in words:
         offsets.append((pos, pos + len(w)))
         joined.append(w)
         pos += len(w) + 1
-    spans = find_pii(" ".join(joined), continues_digits=continues_digits)
+    spans = find_pii(" ".join(joined), continues_digits=continues_digits, interim=interim)
     out = list(words)
     for i, (a, b) in enumerate(offsets):
         for s in spans:
@@ -231,12 +433,14 @@ def redact_event(event: dict[str, object], *, continues_digits: bool = False) ->
     if event.get("type") not in ("partial", "transcript"):
         return event
     out = dict(event)
+    # A partial's digits are a number still being spoken: hidden whatever their length.
+    opts = {"continues_digits": continues_digits, "interim": event.get("type") == "partial"}
     text = event.get("text")
     if isinstance(text, str):
-        out["text"] = redact_text(text, continues_digits=continues_digits)
+        out["text"] = redact_text(text, **opts)
     words = event.get("words")
     if isinstance(words, list) and words:
-        tagged = redact_words([str(w["w"]) for w in words], continues_digits=continues_digits)
+        tagged = redact_words([str(w["w"]) for w in words], **opts)
         out["words"] = [{**w, "w": t} for w, t in zip(words, tagged, strict=True)]
     return out
 
@@ -268,7 +472,7 @@ def _hide_quote(value: object, quote: str, tag: str) -> object:
 
 
 CONTINUATION_GAP_S = 5.0
-"""A speaker's utterance that starts within this long after one that ended in dictated digits
+"""A speaker's utterance that starts within this long after one that ended in digits read out
 may carry the rest of the number."""
 
 
@@ -276,18 +480,20 @@ class CallRedactor:
     """`redact_event` with a memory of each speaker's last transcript, for one call.
 
     Callers read numbers out in pieces ("my social is one two three" / "four five" / "six
-    seven eight nine"), each utterance too short to look like personal data on its own. A
-    piece that ends an utterance is hidden from 3 digits (`find_pii`); digits that open the
-    speaker's next utterance, soon after one that ended in digits, are hidden whatever their
-    number. Only the redacted view changes: the live agent sees every word.
+    seven eight nine", or "4532" / "0151" / "2830" / "0366"), each utterance too short to look
+    like personal data on its own. A piece that ends an utterance is hidden from 3 digits read
+    one by one, a numeral group when it is all the utterance says or a number was announced
+    (`find_pii`); digits that open or close the speaker's next utterance, soon after one that
+    ended in digits, are hidden whatever their number. Only the redacted view changes: the
+    live agent sees every word.
     """
 
     def __init__(self) -> None:
         self._last: dict[str, tuple[float, bool]] = {}
         """speaker -> (end of their last transcript, whether it ended in dictated digits)."""
-        self._went_on: dict[str, tuple[float, str]] = {}
-        """speaker -> (start of their last transcript, the digits that opened it), where they
-        went on with a number."""
+        self._went_on: dict[str, tuple[float, list[str]]] = {}
+        """speaker -> (start of their last transcript, the digits in it that went on with the
+        number), where they went on with one."""
 
     def view(self, event: dict[str, object]) -> dict[str, object]:
         kind = event.get("type")
@@ -299,10 +505,12 @@ class CallRedactor:
             if went_on is None or went_on[0] != start:
                 return out
             # A cue on that utterance quotes it (evidence text, phrases, why): hidden alike.
-            tag = TAGS["number"]
-            return {
-                k: _hide_quote(v, went_on[1], tag) if k not in _KEEP else v for k, v in out.items()
-            }
+            for quote in went_on[1]:
+                out = {
+                    k: _hide_quote(v, quote, TAGS["number"]) if k not in _KEEP else v
+                    for k, v in out.items()
+                }
+            return out
         if kind not in ("transcript", "partial") or not isinstance(speaker, str):
             return redact_event(event)
         last = self._last.get(speaker)
@@ -316,16 +524,27 @@ class CallRedactor:
         text = event.get("text")
         if kind == "transcript" and end is not None and isinstance(text, str):
             opening, closing = dictation_at_edges(text)
-            # Ending in two or more dictated digits, or being digits alone that went on with
-            # the number ("Seven."), lets the speaker's next utterance go on with it.
-            ends = closing is not None and closing[2] >= 2
+            # Ending in two or more digits read out ("four two", "4532"), or being digits
+            # alone that went on with the number ("Seven."), lets the speaker's next
+            # utterance go on with it.
+            ends = closing is not None and len(closing.digits) >= 2
             whole_piece = continues and opening is not None and opening == closing
             self._last[speaker] = (end, ends or whole_piece)
-            if continues and opening is not None and start is not None:
-                self._went_on[speaker] = (start, text[opening[0] : opening[1]])
+            pieces = _went_on_with(text, opening, closing) if continues else []
+            if pieces and start is not None:
+                self._went_on[speaker] = (start, pieces)
             else:
                 self._went_on.pop(speaker, None)
         return out
+
+
+def _went_on_with(text: str, opening: Run | None, closing: Run | None) -> list[str]:
+    """The digits of an utterance that went on with a number, which `find_pii` hid because
+    it did: the run that opens it and one of 2 or more digits that closes it."""
+    runs = [opening] if opening is not None else []
+    if closing is not None and closing != opening and len(closing.digits) >= 2:
+        runs.append(closing)
+    return [text[r.start : r.end] for r in runs]
 
 
 def _float(value: object) -> float | None:
