@@ -18,7 +18,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket, WebSock
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from coach import __version__, memory
 from coach.api import accounts, demo, playbook, supervisor
@@ -51,12 +51,14 @@ from coach.runtime import Runtime
 from coach.session import CallSession
 from coach.settings import Settings
 from coach.store import StoreService, recovered
+from coach.store.api import MAX_SEQ
 from coach.store.api import router as history_router
 from coach.store.records import CustomerCall, StoreUnavailable
 from coach.store.store import Store
 
 log = logging.getLogger(__name__)
 CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
+_AFTER_SEQ = TypeAdapter(Annotated[int, Field(ge=0, le=MAX_SEQ)] | None)
 
 
 def _web_dir() -> Path:
@@ -350,8 +352,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             return
         session = state.manager.get(call_id) if state.manager else None
         meta = session.meta if session else wall.meta(call_id)
-        after = ws.query_params.get("after_seq")
-        after_seq = int(after) if after and after.isdigit() else None
+        try:
+            after_seq = _AFTER_SEQ.validate_python(ws.query_params.get("after_seq"))
+        except ValidationError as exc:
+            # A malformed resume point (e.g. "²", which str.isdigit accepts and int() not,
+            # or beyond any seq): say so, rather than drop the connection or replay all.
+            await _close(ws, cc.INVALID_PAYLOAD, "invalid_query", _first_error(exc, "after_seq"))
+            return
         # Not running anywhere: a call that ended (perhaps cut off by a restart) or none. If
         # unknown and this user may watch any call, wait for it to start instead (telephony may
         # hand the call id to a panel before the audio arrives).
@@ -465,6 +472,10 @@ def _call_info(session: CallSession) -> dict[str, Any]:
         "audio_s": round(session.fed_s, 3),
         "meta": session.meta,
     }
+
+
+def _first_error(exc: ValidationError, name: str) -> str:
+    return f"{name}: {exc.errors(include_url=False)[0]['msg']}"
 
 
 async def _close(ws: WebSocket, code: int, reason: str, message: str) -> None:

@@ -151,6 +151,23 @@ def test_roles_scope_calls_by_agent_and_team(client: TestClient) -> None:
         assert ws.receive_json()["type"] == "call_start"
 
 
+def test_a_malformed_after_seq_is_refused_with_1007(client: TestClient) -> None:
+    """ "²" passes str.isdigit but not int(): it used to drop the socket (1006)."""
+    start(client, "c-ann", "ann")
+    publish(client, "c-ann", {"type": "transcript", "seq": 2, "speaker": "agent", "text": "hi"})
+    ann = token("ann", "agent")
+    for bad in ("%C2%B2", "9" * 23, str(2**31), "-1", "x"):
+        with client.websocket_connect(f"/ws/calls/c-ann/events?after_seq={bad}&token={ann}") as ws:
+            first = ws.receive_json()
+            assert first["type"] == "error" and first["code"] == "invalid_query", first
+            assert "after_seq" in first["message"]
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_json()
+            assert closed.value.code == 1007, bad
+    with client.websocket_connect(f"/ws/calls/c-ann/events?after_seq=1&token={ann}") as ws:
+        assert ws.receive_json()["seq"] == 2  # a good one resumes as before
+
+
 def test_may_view_call_rules() -> None:
     sup = Principal("sam", "supervisor", team="blue", team_agents=frozenset({"ann"}))
     assert may_view_call(sup, {"agent_id": "ann"})

@@ -268,3 +268,35 @@ def test_no_store_configured_answers_503(tmp_path: Path) -> None:
     app.include_router(router)
     with TestClient(app) as client:
         assert client.get("/api/history/calls", headers=SUE).status_code == 503
+
+
+TOO_BIG = "9" * 23  # beyond 64 bits: the drivers cannot even bind it
+
+
+def test_out_of_range_numbers_are_refused_not_500(client: TestClient) -> None:
+    """Path and query integers are bounded by validation: 422, never a driver error (500)."""
+    verdict = {"verdict": "helpful"}
+    for seq in (TOO_BIG, str(2**31)):  # 2**31: past PostgreSQL's 32-bit seq columns
+        for method, path, body in (
+            ("POST", f"/api/calls/c-alice/cues/{seq}/feedback", verdict),
+            ("DELETE", f"/api/calls/c-alice/cues/{seq}/feedback", None),
+            ("POST", f"/api/calls/c-alice/utterances/{seq}/missed-cue", {"cue": "churn_risk"}),
+            ("DELETE", f"/api/calls/c-alice/utterances/{seq}/missed-cue/churn_risk", None),
+            ("POST", f"/api/calls/c-alice/escalations/{seq}/ack", None),
+        ):
+            resp = client.request(method, path, json=body, headers=SUE)
+            assert resp.status_code == 422, (method, path, resp.text)
+    negative = client.delete("/api/calls/c-alice/cues/-1/feedback", headers=SUE)
+    assert negative.status_code == 422, negative.text
+    for offset in (2**63, 2**62 + 1, -1):
+        resp = client.get(f"/api/history/calls?offset={offset}", headers=SUE)
+        assert resp.status_code == 422, resp.text
+    far = client.get(f"/api/history/calls?offset={2**62}", headers=SUE)
+    assert far.status_code == 200 and far.json()["calls"] == []
+    # "²" passes str.isdigit but int() may refuse it: it is taken as a cue id, and no cue has it.
+    sup = client.post("/api/calls/c-alice/cues/%C2%B2/feedback", json=verdict, headers=SUE)
+    assert sup.status_code == 404, sup.text
+    last = client.post(f"/api/calls/c-alice/cues/{2**31 - 1}/feedback", json=verdict, headers=SUE)
+    assert last.status_code == 404, last.text  # in range, just no such cue
+    long_id = "/api/calls/c-alice/cues/" + "x" * 65 + "/feedback"
+    assert client.post(long_id, json=verdict, headers=SUE).status_code == 422
