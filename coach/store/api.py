@@ -115,6 +115,14 @@ class OutcomeBody(BaseModel):
     outcome: str | None = Field(None, max_length=200, description="e.g. resolved, callback")
 
 
+def _team_filter(principal: Principal) -> frozenset[str] | None:
+    """For a supervisor with a team, the agents whose calls they see (as may_view_call);
+    None for everyone else (agents are filtered by agent_id)."""
+    if principal.role == "supervisor" and principal.team is not None:
+        return principal.team_agents or frozenset()
+    return None
+
+
 async def _visible_call(store: Store, call_id: str, principal: Principal) -> CallRecord:
     with _answers():
         call = await store.get_call_record(call_id)
@@ -149,10 +157,11 @@ async def search_calls(
             since=since,
             until=until,
             query=q,
+            team_agents=_team_filter(principal),
             limit=limit,
             offset=offset,
         )
-    # A supervisor with a team sees that team's calls only.
+    # The store applied the team filter; this only guards against the two rules drifting.
     calls = [c for c in calls if may_view_call(principal, c.access_meta)]
     return CallPage(calls=calls, limit=limit, offset=offset)
 
@@ -181,7 +190,9 @@ async def customer_history(
     if not principal.is_supervisor:
         raise HTTPException(403, "supervisors only")
     with _answers():
-        calls = await store.customer_history(customer_id, limit=limit)
+        calls = await store.customer_history(
+            customer_id, limit=limit, team_agents=_team_filter(principal)
+        )
     calls = [c for c in calls if may_view_call(principal, {"agent_id": c.agent_id})]
     return CustomerHistory(customer_id=customer_id, calls=calls)
 

@@ -25,6 +25,7 @@ from test_store_support import (
     seed,
 )
 
+from coach.api.users import UserDirectory, hash_password
 from coach.auth import Role, issue_token
 from coach.settings import Settings
 from coach.store import Store
@@ -300,3 +301,54 @@ def test_out_of_range_numbers_are_refused_not_500(client: TestClient) -> None:
     assert last.status_code == 404, last.text  # in range, just no such cue
     long_id = "/api/calls/c-alice/cues/" + "x" * 65 + "/feedback"
     assert client.post(long_id, json=verdict, headers=SUE).status_code == 422
+
+
+# Team blue (alice, amy) and green (bob).
+TEAM_CALLS = {
+    **{f"c-blue-{i}": ("alice" if i % 2 else "amy", "cust-1") for i in range(3)},
+    **{f"c-green-{i}": ("bob", "cust-1") for i in range(6)},
+}
+
+
+@pytest.fixture
+def team_client(backend: Backend, tmp_path: Path) -> Iterator[TestClient]:
+    events = [call_events(cid, agent_id=a, customer_id=c) for cid, (a, c) in TEAM_CALLS.items()]
+    run(seed(backend.url, tmp_path / "spool", events))
+    app = _app(backend.url, tmp_path)
+    h = hash_password("pw", n=2**10)
+    app.state.users = UserDirectory.from_settings(
+        Settings(
+            data_dir=tmp_path,
+            users=[
+                {"name": n, "role": r, "team": t, "password_hash": h}
+                for n, r, t in (
+                    ("alice", "agent", "blue"),
+                    ("amy", "agent", "blue"),
+                    ("bob", "agent", "green"),
+                    ("sam", "supervisor", "blue"),
+                )
+            ],
+        )
+    )
+    with TestClient(app) as c:
+        yield c
+
+
+def test_a_team_supervisors_pages_are_full(team_client: TestClient) -> None:
+    """The team filter is applied before LIMIT/OFFSET: every page is full until the last,
+    offsets count the team's calls, and nothing shows twice or goes missing."""
+    sam = auth("sam", "supervisor")
+    mine = {c for c, (a, _) in TEAM_CALLS.items() if a != "bob"}
+    everything = team_client.get("/api/history/calls?limit=500", headers=sam)
+    assert _ids(everything) == sorted(mine)
+    seen: list[str] = []
+    for offset in range(0, 4, 2):
+        page = team_client.get(f"/api/history/calls?limit=2&offset={offset}", headers=sam)
+        seen += _ids(page)
+        assert len(page.json()["calls"]) == min(2, max(0, len(mine) - offset)), offset
+    assert sorted(seen) == sorted(mine)
+    # A customer's previous calls: the limit counts the team's calls too.
+    history = team_client.get("/api/customers/cust-1/history?limit=3", headers=sam).json()
+    assert sorted(c["call_id"] for c in history["calls"]) == sorted(mine)
+    assert team_client.get("/api/history/calls/c-green-0", headers=sam).status_code == 403
+    assert _ids(team_client.get("/api/history/calls", headers=ALICE)) == ["c-blue-1"]
