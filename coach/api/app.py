@@ -264,15 +264,17 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     ) -> dict[str, Any]:
         """Put an agent on a live call (when the telephony did not say who answered).
 
-        Supervisors (for their team's agents) and admins. From then on the agent sees the
-        call's live events unredacted, the wall shows them on the tile, and the stored call
-        carries them.
+        Supervisors (their team's calls, and calls no agent is on yet, to an agent of their
+        team) and admins. From then on the agent sees the call's live events unredacted, the
+        wall shows them on the tile, and the stored call carries them.
         """
         if not principal.is_supervisor:
             raise HTTPException(403, "supervisors only")
         session = state.manager.get(call_id) if state.manager else None
         if session is None:
             raise HTTPException(404, f"call {call_id} not found")
+        # An unassigned call is every supervisor's (may_view_call); once it has an agent, only
+        # that agent's team's supervisors may move it.
         if not may_view_call(principal, session.meta):
             raise HTTPException(403, "not your team's call")
         users: UserDirectory = app.state.users
@@ -280,12 +282,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             user = users.get(body.agent_id)
             if user is None or user.role != "agent":
                 raise HTTPException(422, f"{body.agent_id} is not a known agent")
-            if (
-                principal.role == "supervisor"
-                and principal.team is not None
-                and users.team_of(body.agent_id) != principal.team
-            ):
-                raise HTTPException(403, f"{body.agent_id} is not on your team")
+        if (
+            principal.role == "supervisor"
+            and principal.team is not None
+            and body.agent_id not in (principal.team_agents or ())
+        ):
+            # Without a directory nobody is known to be on the team: refused, not waved
+            # through, now that unassigned calls are open to every team's supervisors.
+            raise HTTPException(403, f"{body.agent_id} is not on your team")
         session.meta["agent_id"] = body.agent_id
         await session.emit({"type": "agent_assigned", "agent_id": body.agent_id})
         return _call_info(session)

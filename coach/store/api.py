@@ -116,8 +116,8 @@ class OutcomeBody(BaseModel):
 
 
 def _team_filter(principal: Principal) -> frozenset[str] | None:
-    """For a supervisor with a team, the agents whose calls they see (as may_view_call);
-    None for everyone else (agents are filtered by agent_id)."""
+    """For a supervisor with a team, the agents whose calls they see (with the unassigned
+    ones, as may_view_call); None for everyone else (agents are filtered by agent_id)."""
     if principal.role == "supervisor" and principal.team is not None:
         return principal.team_agents or frozenset()
     return None

@@ -214,9 +214,9 @@ class Store:
     ) -> list[CallRecord]:
         """Newest first; `query` matches (case-insensitively) any words said in the call.
 
-        `team_agents`: only those agents' calls (what a team's supervisor sees,
-        coach/api/security.py), filtered here so that LIMIT and OFFSET count only those: a
-        page filtered afterwards comes back short, or empty with more to come.
+        `team_agents`: only those agents' calls and the calls no agent was on (what a team's
+        supervisor sees, coach/api/security.py), filtered here so that LIMIT and OFFSET count
+        only those: a page filtered afterwards comes back short, or empty with more to come.
         """
         stmt = sa.select(Call)
         if agent_id is not None:
@@ -572,7 +572,8 @@ def _is_leg_of(candidate: str, call_id: str) -> bool:
 
 
 def _of_team(agents: Collection[str]) -> sa.ColumnElement[bool]:
-    return Call.agent_id.in_(sorted(agents))
+    """Calls of these agents, or of no agent (None, or the empty string some ingests send)."""
+    return sa.or_(Call.agent_id.in_(sorted(agents)), Call.agent_id.is_(None), Call.agent_id == "")
 
 
 def _escape_like(text: str) -> str:

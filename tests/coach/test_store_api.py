@@ -303,16 +303,17 @@ def test_out_of_range_numbers_are_refused_not_500(client: TestClient) -> None:
     assert client.post(long_id, json=verdict, headers=SUE).status_code == 422
 
 
-# Team blue (alice, amy) and green (bob).
+# Team blue (alice, amy) and green (bob); "c-open-*" had no agent on it when it was stored.
 TEAM_CALLS = {
     **{f"c-blue-{i}": ("alice" if i % 2 else "amy", "cust-1") for i in range(3)},
     **{f"c-green-{i}": ("bob", "cust-1") for i in range(6)},
+    "c-open-1": (None, "cust-1"),
 }
 
 
 @pytest.fixture
 def team_client(backend: Backend, tmp_path: Path) -> Iterator[TestClient]:
-    events = [call_events(cid, agent_id=a, customer_id=c) for cid, (a, c) in TEAM_CALLS.items()]
+    events = [call_events(cid, agent_id=a, customer_id=c) for cid, (a, c) in TEAM_CALLS.items()]  # type: ignore[arg-type]
     run(seed(backend.url, tmp_path / "spool", events))
     app = _app(backend.url, tmp_path)
     h = hash_password("pw", n=2**10)
@@ -338,17 +339,20 @@ def test_a_team_supervisors_pages_are_full(team_client: TestClient) -> None:
     """The team filter is applied before LIMIT/OFFSET: every page is full until the last,
     offsets count the team's calls, and nothing shows twice or goes missing."""
     sam = auth("sam", "supervisor")
-    mine = {c for c, (a, _) in TEAM_CALLS.items() if a != "bob"}
+    mine = {c for c, (a, _) in TEAM_CALLS.items() if a != "bob"}  # blue's, and the open one
     everything = team_client.get("/api/history/calls?limit=500", headers=sam)
     assert _ids(everything) == sorted(mine)
     seen: list[str] = []
-    for offset in range(0, 4, 2):
+    for offset in range(0, 6, 2):
         page = team_client.get(f"/api/history/calls?limit=2&offset={offset}", headers=sam)
         seen += _ids(page)
         assert len(page.json()["calls"]) == min(2, max(0, len(mine) - offset)), offset
     assert sorted(seen) == sorted(mine)
     # A customer's previous calls: the limit counts the team's calls too.
-    history = team_client.get("/api/customers/cust-1/history?limit=3", headers=sam).json()
+    history = team_client.get("/api/customers/cust-1/history?limit=4", headers=sam).json()
     assert sorted(c["call_id"] for c in history["calls"]) == sorted(mine)
+    # Calls with no agent are every supervisor's (someone has to assign them), not agents'.
+    assert team_client.get("/api/history/calls/c-open-1", headers=sam).status_code == 200
     assert team_client.get("/api/history/calls/c-green-0", headers=sam).status_code == 403
+    assert team_client.get("/api/history/calls/c-open-1", headers=ALICE).status_code == 403
     assert _ids(team_client.get("/api/history/calls", headers=ALICE)) == ["c-blue-1"]
