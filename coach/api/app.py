@@ -18,7 +18,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket, WebSock
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from coach import __version__, memory
 from coach.api import accounts, demo, playbook, supervisor
@@ -51,12 +51,14 @@ from coach.runtime import Runtime
 from coach.session import CallSession
 from coach.settings import Settings
 from coach.store import StoreService, recovered
+from coach.store.api import MAX_SEQ
 from coach.store.api import router as history_router
 from coach.store.records import CustomerCall, StoreUnavailable
 from coach.store.store import Store
 
 log = logging.getLogger(__name__)
 CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
+_AFTER_SEQ = TypeAdapter(Annotated[int, Field(ge=0, le=MAX_SEQ)] | None)
 
 
 def _web_dir() -> Path:
@@ -262,15 +264,17 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     ) -> dict[str, Any]:
         """Put an agent on a live call (when the telephony did not say who answered).
 
-        Supervisors (for their team's agents) and admins. From then on the agent sees the
-        call's live events unredacted, the wall shows them on the tile, and the stored call
-        carries them.
+        Supervisors (their team's calls, and calls no agent is on yet, to an agent of their
+        team) and admins. From then on the agent sees the call's live events unredacted, the
+        wall shows them on the tile, and the stored call carries them.
         """
         if not principal.is_supervisor:
             raise HTTPException(403, "supervisors only")
         session = state.manager.get(call_id) if state.manager else None
         if session is None:
             raise HTTPException(404, f"call {call_id} not found")
+        # An unassigned call is every supervisor's (may_view_call); once it has an agent, only
+        # that agent's team's supervisors may move it.
         if not may_view_call(principal, session.meta):
             raise HTTPException(403, "not your team's call")
         users: UserDirectory = app.state.users
@@ -278,12 +282,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             user = users.get(body.agent_id)
             if user is None or user.role != "agent":
                 raise HTTPException(422, f"{body.agent_id} is not a known agent")
-            if (
-                principal.role == "supervisor"
-                and principal.team is not None
-                and users.team_of(body.agent_id) != principal.team
-            ):
-                raise HTTPException(403, f"{body.agent_id} is not on your team")
+        if (
+            principal.role == "supervisor"
+            and principal.team is not None
+            and body.agent_id not in (principal.team_agents or ())
+        ):
+            # Without a directory nobody is known to be on the team: refused, not waved
+            # through, now that unassigned calls are open to every team's supervisors.
+            raise HTTPException(403, f"{body.agent_id} is not on your team")
         session.meta["agent_id"] = body.agent_id
         await session.emit({"type": "agent_assigned", "agent_id": body.agent_id})
         return _call_info(session)
@@ -355,8 +361,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             return
         session = state.manager.get(call_id) if state.manager else None
         meta = session.meta if session else wall.meta(call_id)
-        after = ws.query_params.get("after_seq")
-        after_seq = int(after) if after and after.isdigit() else None
+        try:
+            after_seq = _AFTER_SEQ.validate_python(ws.query_params.get("after_seq"))
+        except ValidationError as exc:
+            # A malformed resume point (e.g. "²", which str.isdigit accepts and int() not,
+            # or beyond any seq): say so, rather than drop the connection or replay all.
+            await _close(ws, cc.INVALID_PAYLOAD, "invalid_query", _first_error(exc, "after_seq"))
+            return
         # Not running anywhere: a call that ended (perhaps cut off by a restart) or none. If
         # unknown and this user may watch any call, wait for it to start instead (telephony may
         # hand the call id to a panel before the audio arrives).
@@ -477,6 +488,10 @@ def _call_info(session: CallSession) -> dict[str, Any]:
         "audio_s": round(session.fed_s, 3),
         "meta": session.meta,
     }
+
+
+def _first_error(exc: ValidationError, name: str) -> str:
+    return f"{name}: {exc.errors(include_url=False)[0]['msg']}"
 
 
 async def _close(ws: WebSocket, code: int, reason: str, message: str) -> None:

@@ -1,9 +1,10 @@
 """Who is calling: tokens for people (header or ?token=), API keys for telephony ingest.
 
 Roles (README, Sign-in and roles): an agent sees the calls assigned to them (`agent_id` in
-the call's meta), a supervisor the calls of their team's agents (every call when they have
-no team), an admin everything. Teams come from the user directory (coach/api/users.py),
-looked up when the token is checked, so moving an agent to another team takes effect at once.
+the call's meta), a supervisor the calls of their team's agents and those no agent is on yet
+(every call when they have no team), an admin everything. Teams come from the user directory
+(coach/api/users.py), looked up when the token is checked, so moving an agent to another
+team takes effect at once.
 """
 
 from __future__ import annotations
@@ -80,14 +81,23 @@ def ingest_authorized(conn: Request | WebSocket, settings: Settings) -> bool:
 
 
 def may_view_call(principal: Principal, call_meta: dict[str, object] | None) -> bool:
-    """Admins see every call, supervisors their team's, agents only those assigned to them."""
+    """Admins see every call, supervisors their team's, agents only those assigned to them.
+
+    A call no agent is on yet (and no team named in its meta) is every supervisor's: one of
+    them has to put an agent on it (`PUT /api/calls/{id}/agent`), and until then it is no
+    team's. `call_meta` None is a call not known at all, which stays hidden from teams.
+    """
     if principal.is_admin:
         return True
     agent = call_meta.get("agent_id") if call_meta else None
     if principal.role == "supervisor":
         if principal.team is None:
             return True  # a supervisor without a team (e.g. `coach token`) oversees everyone
-        if call_meta is not None and call_meta.get("team") == principal.team:
+        if call_meta is None:
+            return False
+        if call_meta.get("team") == principal.team:
             return True
-        return agent is not None and agent in (principal.team_agents or ())
+        if not agent:
+            return not call_meta.get("team")
+        return agent in (principal.team_agents or ())
     return agent is not None and agent == principal.user

@@ -44,6 +44,8 @@ _FORWARDED = frozenset(
         "agent_assigned",
     }
 )
+_REASSIGNING = frozenset({"call_start", "agent_assigned"})
+"""Events that set a call's agent, and with it which walls may see the call."""
 
 
 @dataclass(slots=True)
@@ -99,6 +101,12 @@ class WallSubscription:
                 self.queue.get_nowait()
         self.queue.put_nowait(event)
 
+    def resync(self, event: Event) -> None:
+        """Send the wall a fresh snapshot instead of this event (the pump takes the snapshot
+        when it gets there, so it shows the calls as they are by then, and never the event)."""
+        self.overflowed = True
+        self.offer(event)
+
 
 class WallTracker:
     def __init__(self, *, keep_ended_s: float = KEEP_ENDED_S, queue: int = WALL_QUEUE) -> None:
@@ -132,10 +140,15 @@ class WallTracker:
         if not isinstance(call_id, str) or etype not in _FORWARDED:
             return
         tile = self.calls.get(call_id)
+        saw: set[WallSubscription] | None = None
         if tile is None:
             if etype == "call_end":
                 return
             tile = self._new_tile(call_id)
+        elif etype in _REASSIGNING:
+            # Who may see a call turns on its agent (an unassigned call is every supervisor's,
+            # coach/api/security.py): note who saw it before an event that may change that.
+            saw = {s for s in self._subs if may_view_call(s.principal, tile.meta)}
         seq = event.get("seq")
         if etype in ("cue", "escalation") and isinstance(seq, int):
             if seq in tile.seen:
@@ -143,7 +156,12 @@ class WallTracker:
             tile.seen.add(seq)
         _fold(tile, event)
         for sub in list(self._subs):
-            if may_view_call(sub.principal, tile.meta):
+            sees = may_view_call(sub.principal, tile.meta)
+            if saw is not None and sees != (sub in saw):
+                # The call left this wall (given to another team's agent) or joined it: a
+                # fresh snapshot drops or adds the whole tile, which one event cannot.
+                sub.resync(event)
+            elif sees:
                 sub.offer(event)
 
     def _new_tile(self, call_id: str) -> Tile:

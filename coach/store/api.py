@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from coach import metrics
 from coach.api.security import may_view_call, require_principal
@@ -39,6 +40,15 @@ from coach.store.store import MAX_PAGE, Store
 
 router = APIRouter(tags=["history"])
 CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
+
+MAX_SEQ = 2**31 - 1
+"""The largest event `seq` the store can hold (its seq columns are 32-bit integers on
+PostgreSQL): a larger one names nothing, and a driver would fail on it, so it is a 422."""
+MAX_OFFSET = 2**62
+"""Far beyond any table, yet within the 64-bit integers both databases take for OFFSET."""
+Seq = Annotated[int, Path(ge=0, le=MAX_SEQ, description="the event's `seq` in the call")]
+CueId = Annotated[str, Path(min_length=1, max_length=64)]
+_SEQ = TypeAdapter(Annotated[int, Field(ge=0, le=MAX_SEQ)])
 
 
 def reportable_cues(request: Request) -> dict[str, str]:
@@ -105,6 +115,14 @@ class OutcomeBody(BaseModel):
     outcome: str | None = Field(None, max_length=200, description="e.g. resolved, callback")
 
 
+def _team_filter(principal: Principal) -> frozenset[str] | None:
+    """For a supervisor with a team, the agents whose calls they see (with the unassigned
+    ones, as may_view_call); None for everyone else (agents are filtered by agent_id)."""
+    if principal.role == "supervisor" and principal.team is not None:
+        return principal.team_agents or frozenset()
+    return None
+
+
 async def _visible_call(store: Store, call_id: str, principal: Principal) -> CallRecord:
     with _answers():
         call = await store.get_call_record(call_id)
@@ -125,7 +143,7 @@ async def search_calls(
     until: datetime | None = None,
     q: Annotated[str | None, Query(max_length=200, description="words said in the call")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> CallPage:
     """Stored calls, newest first. Agents get their own calls only."""
     if not principal.is_supervisor:
@@ -139,10 +157,11 @@ async def search_calls(
             since=since,
             until=until,
             query=q,
+            team_agents=_team_filter(principal),
             limit=limit,
             offset=offset,
         )
-    # A supervisor with a team sees that team's calls only.
+    # The store applied the team filter; this only guards against the two rules drifting.
     calls = [c for c in calls if may_view_call(principal, c.access_meta)]
     return CallPage(calls=calls, limit=limit, offset=offset)
 
@@ -171,7 +190,9 @@ async def customer_history(
     if not principal.is_supervisor:
         raise HTTPException(403, "supervisors only")
     with _answers():
-        calls = await store.customer_history(customer_id, limit=limit)
+        calls = await store.customer_history(
+            customer_id, limit=limit, team_agents=_team_filter(principal)
+        )
     calls = [c for c in calls if may_view_call(principal, {"agent_id": c.agent_id})]
     return CustomerHistory(customer_id=customer_id, calls=calls)
 
@@ -179,15 +200,17 @@ async def customer_history(
 @router.post("/api/calls/{call_id}/cues/{cue}/feedback")
 async def cue_feedback(
     call_id: str,
-    cue: str,
+    cue: CueId,
     body: FeedbackBody,
     principal: CurrentPrincipal,
     store: CurrentStore,
 ) -> FeedbackRecord:
     """Rate a cue: `cue` is the cue's `seq` in the call, or its cue id (latest occurrence)."""
+    seq = _as_seq(cue)
     await _visible_call(store, call_id, principal)
     with _answers():
-        seq = int(cue) if cue.isdigit() else await store.latest_cue_seq(call_id, cue)
+        if seq is None:
+            seq = await store.latest_cue_seq(call_id, cue)
         if seq is None:
             raise NotFound(f"call {call_id} has no cue {cue}")
         record = await store.add_feedback(
@@ -197,9 +220,24 @@ async def cue_feedback(
     return record
 
 
+def _as_seq(cue: str) -> int | None:
+    """A cue named by its `seq` (ASCII digits; 422 beyond MAX_SEQ), or None for a cue id.
+
+    `str.isdigit` is not the test: it accepts digits such as "²" that int() refuses."""
+    if not (cue.isascii() and cue.isdigit()):
+        return None
+    try:
+        return _SEQ.validate_python(cue)
+    except ValidationError as exc:
+        # The same 422 body FastAPI gives for its own parameters.
+        raise RequestValidationError(
+            [{**e, "loc": ("path", "cue")} for e in exc.errors(include_url=False)]
+        ) from exc
+
+
 @router.delete("/api/calls/{call_id}/cues/{cue_seq}/feedback", status_code=204)
 async def withdraw_cue_feedback(
-    call_id: str, cue_seq: int, principal: CurrentPrincipal, store: CurrentStore
+    call_id: str, cue_seq: Seq, principal: CurrentPrincipal, store: CurrentStore
 ) -> None:
     """Take back your own rating of a cue (404 if you gave none)."""
     await _visible_call(store, call_id, principal)
@@ -217,7 +255,7 @@ async def missed_cue_choices(request: Request, principal: CurrentPrincipal) -> l
 @router.post("/api/calls/{call_id}/utterances/{seq}/missed-cue")
 async def report_missed_cue(
     call_id: str,
-    seq: int,
+    seq: Seq,
     body: MissedCueBody,
     request: Request,
     principal: CurrentPrincipal,
@@ -243,7 +281,7 @@ async def report_missed_cue(
 
 @router.delete("/api/calls/{call_id}/utterances/{seq}/missed-cue/{cue}", status_code=204)
 async def withdraw_missed_cue(
-    call_id: str, seq: int, cue: str, principal: CurrentPrincipal, store: CurrentStore
+    call_id: str, seq: Seq, cue: CueId, principal: CurrentPrincipal, store: CurrentStore
 ) -> None:
     """Take back your own missed-cue report (404 if you made none): a wrong report then no
     longer reaches `scripts/tune_playbook.py --missed`."""
@@ -257,7 +295,7 @@ async def withdraw_missed_cue(
 
 @router.post("/api/calls/{call_id}/escalations/{seq}/ack")
 async def acknowledge_escalation(
-    call_id: str, seq: int, request: Request, principal: CurrentPrincipal, store: CurrentStore
+    call_id: str, seq: Seq, request: Request, principal: CurrentPrincipal, store: CurrentStore
 ) -> EscalationRecord:
     """A supervisor takes an escalation; the first acknowledgement stands."""
     if not principal.is_supervisor:

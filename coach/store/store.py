@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -208,13 +208,21 @@ class Store:
         since: datetime | None = None,
         until: datetime | None = None,
         query: str | None = None,
+        team_agents: Collection[str] | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> list[CallRecord]:
-        """Newest first; `query` matches (case-insensitively) any words said in the call."""
+        """Newest first; `query` matches (case-insensitively) any words said in the call.
+
+        `team_agents`: only those agents' calls and the calls no agent was on (what a team's
+        supervisor sees, coach/api/security.py), filtered here so that LIMIT and OFFSET count
+        only those: a page filtered afterwards comes back short, or empty with more to come.
+        """
         stmt = sa.select(Call)
         if agent_id is not None:
             stmt = stmt.where(Call.agent_id == agent_id)
+        if team_agents is not None:
+            stmt = stmt.where(_of_team(team_agents))
         if customer_id is not None:
             stmt = stmt.where(Call.customer_id == customer_id)
         if since is not None:
@@ -314,12 +322,20 @@ class Store:
             )
 
     async def customer_history(
-        self, customer_id: str, *, limit: int = 10, exclude_call_id: str | None = None
+        self,
+        customer_id: str,
+        *,
+        limit: int = 10,
+        exclude_call_id: str | None = None,
+        team_agents: Collection[str] | None = None,
     ) -> list[CustomerCall]:
-        """The customer's most recent calls, newest first, with how each went."""
+        """The customer's most recent calls, newest first, with how each went (`team_agents`
+        as in `list_calls`)."""
         stmt = sa.select(Call).where(Call.customer_id == customer_id)
         if exclude_call_id is not None:
             stmt = stmt.where(Call.call_id != exclude_call_id)
+        if team_agents is not None:
+            stmt = stmt.where(_of_team(team_agents))
         stmt = stmt.order_by(Call.started_at.desc()).limit(max(1, min(limit, MAX_PAGE)))
         async with self._session() as s:
             calls = list(await s.scalars(stmt))
@@ -553,6 +569,11 @@ def _is_leg_of(candidate: str, call_id: str) -> bool:
     """`call_id~n` with n a number (not, say, another telephony id that starts the same)."""
     suffix = candidate.removeprefix(call_id + "~")
     return suffix != candidate and suffix.isdigit()
+
+
+def _of_team(agents: Collection[str]) -> sa.ColumnElement[bool]:
+    """Calls of these agents, or of no agent (None, or the empty string some ingests send)."""
+    return sa.or_(Call.agent_id.in_(sorted(agents)), Call.agent_id.is_(None), Call.agent_id == "")
 
 
 def _escape_like(text: str) -> str:

@@ -30,6 +30,7 @@ def client(tmp_path: Path, runtime: Runtime) -> Iterator[TestClient]:
         {"name": "ann", "role": "agent", "team": "blue", "password_hash": h},
         {"name": "ben", "role": "agent", "team": "green", "password_hash": h},
         {"name": "sam", "role": "supervisor", "team": "blue", "password_hash": h},
+        {"name": "gil", "role": "supervisor", "team": "green", "password_hash": h},
         {"name": "ada", "role": "admin", "password_hash": h},
     ]
     settings = Settings(
@@ -43,8 +44,7 @@ def test_assign_an_agent_to_a_live_call(client: TestClient) -> None:
     with client.websocket_connect("/ingest/pcm?api_key=k") as ws:
         ws.send_json({"call_id": "a1", "sample_rate": 8000, "encoding": "pcm16", "channels": 2})
         assert ws.receive_json()["type"] == "accepted"
-        # Nobody is on the call yet: the agent cannot see it, a supervisor without the
-        # call's team cannot assign it, an agent may not assign at all.
+        # Nobody is on the call yet: the agent cannot see it, an agent may not assign at all.
         assert client.get("/api/calls/a1", headers=bearer("ann", "agent")).status_code == 403
         put = client.put
         body = {"agent_id": "ann"}
@@ -83,3 +83,31 @@ def test_assign_an_agent_to_a_live_call(client: TestClient) -> None:
         assert time.monotonic() < deadline, stored.text
         time.sleep(0.2)
     assert stored.json()["call"]["agent_id"] == "ann"
+
+
+def test_any_team_supervisor_assigns_an_unassigned_call_to_their_team(
+    client: TestClient,
+) -> None:
+    sam, gil = bearer("sam", "supervisor"), bearer("gil", "supervisor")
+    with client.websocket_connect("/ingest/pcm?api_key=k") as ws:
+        ws.send_json({"call_id": "u1", "sample_rate": 8000, "encoding": "pcm16", "channels": 2})
+        assert ws.receive_json()["type"] == "accepted"
+        # No agent on it: every team's supervisor sees it (someone has to pick it up).
+        for who in (sam, gil):
+            assert client.get("/api/calls/u1", headers=who).status_code == 200
+            assert "u1" in str(client.get("/api/calls", headers=who).json())
+            assert "u1" in str(client.get("/api/supervisor/calls", headers=who).json())
+        # ...and may put an agent of their own team on it, not one of another team.
+        to_ben = client.put("/api/calls/u1/agent", json={"agent_id": "ben"}, headers=sam)
+        assert to_ben.status_code == 403 and "not on your team" in to_ben.text
+        to_ann = client.put("/api/calls/u1/agent", json={"agent_id": "ann"}, headers=sam)
+        assert to_ann.status_code == 200, to_ann.text
+        assert to_ann.json()["meta"]["agent_id"] == "ann"
+        # Assigned: the normal team rules from now on.
+        assert client.get("/api/calls/u1", headers=gil).status_code == 403
+        assert "u1" not in str(client.get("/api/calls", headers=gil).json())
+        assert "u1" not in str(client.get("/api/supervisor/calls", headers=gil).json())
+        taken = client.put("/api/calls/u1/agent", json={"agent_id": "ben"}, headers=gil)
+        assert taken.status_code == 403 and "not your team's call" in taken.text
+        assert client.get("/api/calls/u1", headers=bearer("ann", "agent")).status_code == 200
+        ws.send_json({"type": "end"})

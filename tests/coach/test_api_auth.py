@@ -161,7 +161,14 @@ def test_roles_scope_calls_by_agent_and_team(client: TestClient) -> None:
 
     assert listed("ann", "agent") == {"c-ann"}
     assert listed("ben", "agent") == {"c-ben"}
-    assert listed("sam", "supervisor") == {"c-ann"}  # team blue
+    # Team blue's, and the call nobody is on yet: every supervisor's until it is assigned.
+    assert listed("sam", "supervisor") == {"c-ann", "c-none"}
+    # Gus supervises team green (from his token: he is not in the directory), ben's team.
+    gus = {"Authorization": f"Bearer {token('gus', 'supervisor', 'green')}"}
+    assert {c["call_id"] for c in client.get("/api/calls", headers=gus).json()["calls"]} == {
+        "c-ben",
+        "c-none",
+    }
     assert listed("ada", "admin") == {"c-ann", "c-ben", "c-none"}
     assert listed("sue", "supervisor") == {"c-ann", "c-ben", "c-none"}  # no team: everyone
 
@@ -180,6 +187,29 @@ def test_roles_scope_calls_by_agent_and_team(client: TestClient) -> None:
         f"/ws/calls/c-ann/events?token={token('sam', 'supervisor')}"
     ) as ws:
         assert ws.receive_json()["type"] == "call_start"
+    with client.websocket_connect(
+        f"/ws/calls/c-none/events?token={token('sam', 'supervisor')}"
+    ) as ws:
+        assert ws.receive_json()["type"] == "call_start"
+    with client.websocket_connect(f"/ws/calls/c-none/events?token={token('ann', 'agent')}") as ws:
+        assert ws.receive_json()["code"] == "forbidden"
+
+
+def test_a_malformed_after_seq_is_refused_with_1007(client: TestClient) -> None:
+    """ "²" passes str.isdigit but not int(): it used to drop the socket (1006)."""
+    start(client, "c-ann", "ann")
+    publish(client, "c-ann", {"type": "transcript", "seq": 2, "speaker": "agent", "text": "hi"})
+    ann = token("ann", "agent")
+    for bad in ("%C2%B2", "9" * 23, str(2**31), "-1", "x"):
+        with client.websocket_connect(f"/ws/calls/c-ann/events?after_seq={bad}&token={ann}") as ws:
+            first = ws.receive_json()
+            assert first["type"] == "error" and first["code"] == "invalid_query", first
+            assert "after_seq" in first["message"]
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_json()
+            assert closed.value.code == 1007, bad
+    with client.websocket_connect(f"/ws/calls/c-ann/events?after_seq=1&token={ann}") as ws:
+        assert ws.receive_json()["seq"] == 2  # a good one resumes as before
 
 
 def test_a_call_named_after_anothers_agent_feed_gets_none_of_it(client: TestClient) -> None:
@@ -206,7 +236,13 @@ def test_may_view_call_rules() -> None:
     assert may_view_call(sup, {"agent_id": "ann"})
     assert not may_view_call(sup, {"agent_id": "ben"})
     assert may_view_call(sup, {"agent_id": "zed", "team": "blue"})
-    assert not may_view_call(sup, None)
+    assert not may_view_call(sup, None)  # a call not known at all
+    # No agent on it yet: every supervisor's (to assign it), unless its meta names a team.
+    for unassigned in ({}, {"agent_id": None}, {"agent_id": ""}, {"customer_id": "c1"}):
+        assert may_view_call(sup, unassigned), unassigned
+        assert not may_view_call(Principal("ann", "agent"), unassigned)
+    assert not may_view_call(sup, {"team": "green"})
+    assert may_view_call(sup, {"team": "blue"})
     assert may_view_call(Principal("ada", "admin"), None)
     assert not may_view_call(Principal("ann", "agent"), {"agent_id": None})
 
@@ -258,6 +294,43 @@ def test_supervisor_socket_snapshot_then_live_events_filtered_by_team(client: Te
     assert tile["valence"] == -0.4 and tile["escalations"][0]["reason"] == "user_request"
     assert tile["escalations"][0]["detail"] == "escalation_request cue"  # the wall's "Raised by"
     assert client.get("/api/supervisor/calls", headers=bearer("ann", "agent")).status_code == 403
+
+
+def test_the_wall_follows_an_unassigned_call_to_its_team(client: TestClient) -> None:
+    """An unassigned call is on every supervisor's wall; once it is given to an agent, the
+    walls of other teams get a fresh snapshot without it (a single event cannot remove it)."""
+    publish(client, "c-open", {"type": "call_start", "seq": 1, "meta": {}})
+    with (
+        client.websocket_connect(f"/ws/supervisor?token={token('sam', 'supervisor')}") as blue,
+        client.websocket_connect(
+            f"/ws/supervisor?token={token('gus', 'supervisor', 'green')}"
+        ) as green,
+    ):
+        for wall in (blue, green):
+            snap = wall.receive_json()
+            assert [c["call_id"] for c in snap["calls"]] == ["c-open"], snap
+        client.app.state.coach.bus.publish(  # type: ignore[attr-defined]
+            SUPERVISOR_TOPIC,
+            {"type": "agent_assigned", "call_id": "c-open", "seq": 2, "agent_id": "ann"},
+        )
+        # From now on the normal team rules: green hears nothing more of it. (Another call
+        # follows, so that a wall that missed the change gets something instead of waiting.)
+        publish(client, "c-open", {"type": "cue", "seq": 3, "cue": "frustration", "title": "F"})
+        publish(client, "c-other", {"type": "call_start", "seq": 1, "meta": {"agent_id": "ben"}})
+        got = blue.receive_json()
+        assert got["type"] == "agent_assigned" and got["agent_id"] == "ann"
+        assert blue.receive_json()["type"] == "cue"
+        resync = green.receive_json()
+        assert resync["type"] == "snapshot", resync
+        shown = [c["call_id"] for c in resync["calls"]]
+        assert "c-open" not in shown
+        if not shown:  # taken before c-other started: its call_start comes next
+            assert green.receive_json()["call_id"] == "c-other"
+    wall = client.get("/api/supervisor/calls", headers=bearer("sam", "supervisor")).json()
+    assert [c["call_id"] for c in wall["calls"]] == ["c-open"]
+    gus = {"Authorization": f"Bearer {token('gus', 'supervisor', 'green')}"}
+    wall = client.get("/api/supervisor/calls", headers=gus).json()
+    assert [c["call_id"] for c in wall["calls"]] == ["c-other"]
 
 
 def test_pages_and_demo_endpoint_guards(

@@ -25,6 +25,7 @@ from test_store_support import (
     seed,
 )
 
+from coach.api.users import UserDirectory, hash_password
 from coach.auth import Role, issue_token
 from coach.settings import Settings
 from coach.store import Store
@@ -268,3 +269,90 @@ def test_no_store_configured_answers_503(tmp_path: Path) -> None:
     app.include_router(router)
     with TestClient(app) as client:
         assert client.get("/api/history/calls", headers=SUE).status_code == 503
+
+
+TOO_BIG = "9" * 23  # beyond 64 bits: the drivers cannot even bind it
+
+
+def test_out_of_range_numbers_are_refused_not_500(client: TestClient) -> None:
+    """Path and query integers are bounded by validation: 422, never a driver error (500)."""
+    verdict = {"verdict": "helpful"}
+    for seq in (TOO_BIG, str(2**31)):  # 2**31: past PostgreSQL's 32-bit seq columns
+        for method, path, body in (
+            ("POST", f"/api/calls/c-alice/cues/{seq}/feedback", verdict),
+            ("DELETE", f"/api/calls/c-alice/cues/{seq}/feedback", None),
+            ("POST", f"/api/calls/c-alice/utterances/{seq}/missed-cue", {"cue": "churn_risk"}),
+            ("DELETE", f"/api/calls/c-alice/utterances/{seq}/missed-cue/churn_risk", None),
+            ("POST", f"/api/calls/c-alice/escalations/{seq}/ack", None),
+        ):
+            resp = client.request(method, path, json=body, headers=SUE)
+            assert resp.status_code == 422, (method, path, resp.text)
+    negative = client.delete("/api/calls/c-alice/cues/-1/feedback", headers=SUE)
+    assert negative.status_code == 422, negative.text
+    for offset in (2**63, 2**62 + 1, -1):
+        resp = client.get(f"/api/history/calls?offset={offset}", headers=SUE)
+        assert resp.status_code == 422, resp.text
+    far = client.get(f"/api/history/calls?offset={2**62}", headers=SUE)
+    assert far.status_code == 200 and far.json()["calls"] == []
+    # "²" passes str.isdigit but int() may refuse it: it is taken as a cue id, and no cue has it.
+    sup = client.post("/api/calls/c-alice/cues/%C2%B2/feedback", json=verdict, headers=SUE)
+    assert sup.status_code == 404, sup.text
+    last = client.post(f"/api/calls/c-alice/cues/{2**31 - 1}/feedback", json=verdict, headers=SUE)
+    assert last.status_code == 404, last.text  # in range, just no such cue
+    long_id = "/api/calls/c-alice/cues/" + "x" * 65 + "/feedback"
+    assert client.post(long_id, json=verdict, headers=SUE).status_code == 422
+
+
+# Team blue (alice, amy) and green (bob); "c-open-*" had no agent on it when it was stored.
+TEAM_CALLS = {
+    **{f"c-blue-{i}": ("alice" if i % 2 else "amy", "cust-1") for i in range(3)},
+    **{f"c-green-{i}": ("bob", "cust-1") for i in range(6)},
+    "c-open-1": (None, "cust-1"),
+}
+
+
+@pytest.fixture
+def team_client(backend: Backend, tmp_path: Path) -> Iterator[TestClient]:
+    events = [call_events(cid, agent_id=a, customer_id=c) for cid, (a, c) in TEAM_CALLS.items()]  # type: ignore[arg-type]
+    run(seed(backend.url, tmp_path / "spool", events))
+    app = _app(backend.url, tmp_path)
+    h = hash_password("pw", n=2**10)
+    app.state.users = UserDirectory.from_settings(
+        Settings(
+            data_dir=tmp_path,
+            users=[
+                {"name": n, "role": r, "team": t, "password_hash": h}
+                for n, r, t in (
+                    ("alice", "agent", "blue"),
+                    ("amy", "agent", "blue"),
+                    ("bob", "agent", "green"),
+                    ("sam", "supervisor", "blue"),
+                )
+            ],
+        )
+    )
+    with TestClient(app) as c:
+        yield c
+
+
+def test_a_team_supervisors_pages_are_full(team_client: TestClient) -> None:
+    """The team filter is applied before LIMIT/OFFSET: every page is full until the last,
+    offsets count the team's calls, and nothing shows twice or goes missing."""
+    sam = auth("sam", "supervisor")
+    mine = {c for c, (a, _) in TEAM_CALLS.items() if a != "bob"}  # blue's, and the open one
+    everything = team_client.get("/api/history/calls?limit=500", headers=sam)
+    assert _ids(everything) == sorted(mine)
+    seen: list[str] = []
+    for offset in range(0, 6, 2):
+        page = team_client.get(f"/api/history/calls?limit=2&offset={offset}", headers=sam)
+        seen += _ids(page)
+        assert len(page.json()["calls"]) == min(2, max(0, len(mine) - offset)), offset
+    assert sorted(seen) == sorted(mine)
+    # A customer's previous calls: the limit counts the team's calls too.
+    history = team_client.get("/api/customers/cust-1/history?limit=4", headers=sam).json()
+    assert sorted(c["call_id"] for c in history["calls"]) == sorted(mine)
+    # Calls with no agent are every supervisor's (someone has to assign them), not agents'.
+    assert team_client.get("/api/history/calls/c-open-1", headers=sam).status_code == 200
+    assert team_client.get("/api/history/calls/c-green-0", headers=sam).status_code == 403
+    assert team_client.get("/api/history/calls/c-open-1", headers=ALICE).status_code == 403
+    assert _ids(team_client.get("/api/history/calls", headers=ALICE)) == ["c-blue-1"]
