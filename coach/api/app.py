@@ -390,14 +390,16 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         # Only the call's own agent sees unredacted text; everyone else gets the PII-safe view.
         own = meta is not None and meta.get("agent_id") == principal.user
         topic = agent_topic(call_id) if own else call_topic(call_id)
-        still_own = None
-        if own and meta is not None:
+        still_allowed = None
+        if meta is not None:
             live_meta = meta  # the call's own dict: a reassignment changes it in place
 
-            def still_own() -> bool:
-                return live_meta.get("agent_id") == principal.user
+            def still_allowed() -> bool:
+                if own:
+                    return live_meta.get("agent_id") == principal.user
+                return may_view_call(principal, live_meta)
 
-        await _stream_events(ws, state.bus, topic, after_seq, still_own=still_own)
+        await _stream_events(ws, state.bus, topic, after_seq, still_allowed=still_allowed)
 
     if WEB_DIR.is_dir():
         app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
@@ -581,13 +583,14 @@ async def _stream_events(
     topic: str,
     after_seq: int | None,
     *,
-    still_own: Callable[[], bool] | None = None,
+    still_allowed: Callable[[], bool] | None = None,
 ) -> None:
     """Recent events after `after_seq` first (resume), then live ones, until the call ends.
 
-    `still_own`: for an agent's unredacted feed, whether the call is still theirs. When a
-    supervisor moves the call to another agent the feed ends (1008 `reassigned`) after the
-    `agent_assigned` event: the earlier agent must not go on reading the customer's words.
+    `still_allowed`: whether the watcher may still see the call. When a supervisor moves it
+    to another agent, the feed of whoever lost it (the earlier agent, reading the customer's
+    words unredacted; a supervisor of the earlier agent's team) ends with 1008 `reassigned`
+    after the `agent_assigned` event.
     """
     sub = bus.subscribe(topic, after_seq=after_seq)
 
@@ -611,7 +614,11 @@ async def _stream_events(
                     await ws.close(code=cc.NORMAL)
                 return
             await ws.send_text(dumps(ev))
-            if ev.get("type") == "agent_assigned" and still_own is not None and not still_own():
+            if (
+                ev.get("type") == "agent_assigned"
+                and still_allowed is not None
+                and not still_allowed()
+            ):
                 await _close(
                     ws, cc.POLICY_VIOLATION, "reassigned", "the call was moved to another agent"
                 )

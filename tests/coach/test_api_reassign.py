@@ -28,7 +28,9 @@ def client(tmp_path: Path, runtime: Runtime) -> Iterator[TestClient]:
     users = [
         {"name": "ann", "role": "agent", "team": "blue", "password_hash": h},
         {"name": "amy", "role": "agent", "team": "blue", "password_hash": h},
+        {"name": "ben", "role": "agent", "team": "green", "password_hash": h},
         {"name": "sam", "role": "supervisor", "team": "blue", "password_hash": h},
+        {"name": "ada", "role": "admin", "password_hash": h},
     ]
     settings = Settings(
         data_dir=tmp_path, auth_secret=SECRET, users=users, ingest_api_key="k", store_enabled=False
@@ -65,3 +67,32 @@ def test_the_first_agents_feed_ends_when_the_call_is_moved(client: TestClient) -
         with client.websocket_connect(f"/ws/calls/mv1/events?token={token('amy', 'agent')}") as ws:
             kinds = [ws.receive_json()["type"], ws.receive_json()["type"]]
             assert kinds == ["call_start", "agent_assigned"]
+
+
+def test_a_team_supervisors_feed_ends_when_the_call_leaves_the_team(client: TestClient) -> None:
+    header = {"call_id": "mv2", "sample_rate": 8000, "encoding": "pcm16", "channels": 2}
+    with client.websocket_connect("/ingest/pcm?api_key=k") as ingest:
+        ingest.send_json({**header, "agent_id": "ann"})
+        assert ingest.receive_json()["type"] == "accepted"
+        sam = f"/ws/calls/mv2/events?token={token('sam', 'supervisor', 'blue')}"
+        ada = f"/ws/calls/mv2/events?token={token('ada', 'admin')}"
+        with client.websocket_connect(sam) as blue, client.websocket_connect(ada) as admin:
+            assert blue.receive_json()["type"] == admin.receive_json()["type"] == "call_start"
+            moved = client.put(
+                "/api/calls/mv2/agent",
+                json={"agent_id": "ben"},
+                headers={"Authorization": f"Bearer {token('ada', 'admin')}"},
+            )
+            assert moved.status_code == 200
+            ingest.send_json({"type": "end"})
+            seen = []
+            with pytest.raises(WebSocketDisconnect) as closed:
+                while True:
+                    seen.append(blue.receive_json())
+            assert closed.value.code == 1008 and seen[-1]["code"] == "reassigned"
+            # The admin may watch any call: their feed runs on to the call's end.
+            kinds = []
+            with pytest.raises(WebSocketDisconnect) as ended:
+                while True:
+                    kinds.append(admin.receive_json()["type"])
+            assert ended.value.code == 1000 and kinds[-1] == "call_end"
