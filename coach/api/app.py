@@ -370,10 +370,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             return
         # Not running anywhere: a call that ended (perhaps cut off by a restart) or none. If
         # unknown and this user may watch any call, wait for it to start instead (telephony may
-        # hand the call id to a panel before the audio arrives).
+        # hand the call id to a panel before the audio arrives). The wall may still show a
+        # call that ended minutes ago, after this process dropped its events: the store has
+        # them (found by a docs audit: such a call streamed nothing and closed).
         if (
             session is None
-            and meta is None
             and not await state.is_live(call_id)
             and await _stream_stored(ws, state, principal, call_id, after_seq)
         ):

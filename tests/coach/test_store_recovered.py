@@ -173,6 +173,29 @@ def test_a_call_id_used_again_after_a_restart_opens_a_new_leg(restarted: TestCli
     assert leg["meta"]["telephony_call_id"] == "c-done"
 
 
+def test_a_call_that_ended_minutes_ago_streams_from_the_store(restarted: TestClient) -> None:
+    """Found by a docs audit: once this process dropped an ended call's events (after
+    ENDED_RETENTION_S) while the wall still listed it, its stream sent nothing and closed."""
+    manager = restarted.app.state.coach.manager  # type: ignore[attr-defined]
+    manager.ended_retention_s = 0.0  # dropped at once instead of after two minutes
+    header = {"call_id": "c-gone", "sample_rate": 8000, "encoding": "pcm16", "channels": 1}
+    with restarted.websocket_connect("/ingest/pcm?api_key=k-1") as ws:
+        ws.send_json({**header, "agent_id": "ann"})
+        assert ws.receive_json()["type"] == "accepted"
+        ws.send_bytes(bytes(16000))  # one second of silence
+        ws.send_json({"type": "end"})
+    assert _stored(restarted, "c-gone")["call"]["ended_at"] is not None
+    deadline = time.monotonic() + 5
+    while manager.get("c-gone") is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert manager.get("c-gone") is None
+    wall = restarted.app.state.wall  # type: ignore[attr-defined]
+    assert wall.meta("c-gone") is not None  # the wall still knows it
+    for who in (token("ann", "agent"), token("ada", "admin")):
+        events, code = _stream(restarted, f"/ws/calls/c-gone/events?token={who}")
+        assert code == 1000 and events and events[-1]["type"] == "call_end", events
+
+
 def test_close_orphans_spares_live_and_recent_calls(backend: Backend, tmp_path: Path) -> None:
     run(seed(backend.url, tmp_path / "seed-spool", [CUT, call_events("c-live")[:-1]]))
 
