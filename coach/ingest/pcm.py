@@ -174,20 +174,42 @@ async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> 
     # Whatever ended the stream, everything already heard is finalized and emitted; a
     # dropped connection may come back within COACH_RECONNECT_GRACE_S and resume the call.
     await manager.stream_ended(session, end_reason)
-    if end_reason in ("end", "max_length", "idle_timeout"):
+    if end_reason in ("end", "max_length", "idle_timeout", "shutdown"):
         # Closing only now tells the client that every transcript of its call is out.
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-            await ws.close(code=cc.NORMAL)
+            await ws.close(code=cc.NORMAL, reason=end_reason)
 
 
 async def _stream(
     ws: WebSocket, header: PcmHeader, session: CallSession, settings: Settings
 ) -> str:
-    """Feed frames until the client ends; returns why the call ended."""
+    """Feed frames until the client ends, or the server ends the call; returns why."""
     # A resumed call continues where the audio already heard ends.
     samples_done = round(session.fed_s * header.sample_rate)
+    # The idle watchdog (or a shutdown) can end the call while the client sends nothing: the
+    # client must then hear of it, not wait on an open socket (found by a docs audit).
+    ended = asyncio.ensure_future(session.wait_ended())
+    try:
+        return await _receive_frames(ws, header, session, settings, samples_done, ended)
+    finally:
+        ended.cancel()
+
+
+async def _receive_frames(
+    ws: WebSocket,
+    header: PcmHeader,
+    session: CallSession,
+    settings: Settings,
+    samples_done: int,
+    ended: asyncio.Future[None],
+) -> str:
     while True:
-        msg = await ws.receive()
+        receive = asyncio.ensure_future(ws.receive())
+        await asyncio.wait({receive, ended}, return_when=asyncio.FIRST_COMPLETED)
+        if not receive.done():
+            receive.cancel()
+            return session.end_reason or "ended"
+        msg = receive.result()
         if msg["type"] == "websocket.disconnect":
             return "disconnect"
         payload = msg.get("bytes")

@@ -291,3 +291,21 @@ def test_a_streamed_call_lands_in_the_store_redacted(client: TestClient, billing
     texts = [u["text"] for u in body["transcript"]]
     assert texts and any("looked" in t.lower() for t in texts)
     assert body["summary"] is not None
+
+
+def test_a_silent_client_hears_that_the_idle_timeout_ended_its_call(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """Found by a docs audit: the call ended (idle_timeout) but the socket stayed open, so the
+    sender could not tell its call was gone."""
+    quiet = Settings(
+        data_dir=tmp_path, idle_timeout_s=1.0, store_enabled=False, auth_disabled=True
+    )
+    with TestClient(create_app(quiet, runtime)) as c:
+        with c.websocket_connect("/ingest/pcm") as ws:
+            ws.send_text(json.dumps({**HEADER, "call_id": "idle-1"}))
+            assert json.loads(ws.receive_text())["type"] == "accepted"
+            ws.send_bytes(bytes(3200))  # 200 ms, then nothing
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_text()
+        assert closed.value.code == cc.NORMAL and closed.value.reason == "idle_timeout"
