@@ -33,19 +33,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from coach import metrics
 from coach.bus import InProcessBus, agent_topic, call_topic
+from coach.logs import call_id_var
 from coach.messages import Speaker
 from coach.runtime import Runtime
 from coach.session import CallEnded, CallSession, CallState, HistoryLookup
 from coach.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def _call_task(
+    session: CallSession, coro: Coroutine[Any, Any, None], *, name: str
+) -> asyncio.Task[None]:
+    """A task working for one call, whoever starts it: its log lines carry that call's id."""
+    context = contextvars.copy_context()
+    context.run(call_id_var.set, session.call_id)
+    return asyncio.create_task(coro, name=name, context=context)
+
 
 EndedLookup = Callable[[str], Awaitable[set[str]]]
 """call id -> which of it and its legs (`id~2`...) have ended, by the store's record."""
@@ -322,8 +334,8 @@ class CallManager:
             return
         if session.call_id in self._detached:
             return
-        timer = asyncio.create_task(
-            self._grace(session, reason, grace), name=f"grace-{session.call_id}"
+        timer = _call_task(
+            session, self._grace(session, reason, grace), name=f"grace-{session.call_id}"
         )
         self._detached[session.call_id] = (reason, timer)
         log.info(
@@ -343,7 +355,7 @@ class CallManager:
         entry = self._detached.pop(session.call_id, None)
         if entry is not None and entry[1] is not asyncio.current_task():
             entry[1].cancel()
-        task = asyncio.create_task(session.end(reason), name=f"end-{session.call_id}")
+        task = _call_task(session, session.end(reason), name=f"end-{session.call_id}")
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
         task.add_done_callback(lambda _: self._retire(session))
@@ -353,7 +365,12 @@ class CallManager:
         """A session asked to end itself (max_length, idle_timeout): the manager owns it."""
         task = self._spawn_end(session, reason)
         task.add_done_callback(
-            lambda _: log.info("call %s ended (%s)", session.call_id, session.end_reason)
+            lambda _: log.info(
+                "call %s ended (%s)",
+                session.call_id,
+                session.end_reason,
+                extra={"call_id": session.call_id},
+            )
         )
 
     # -- idle watchdog ---------------------------------------------------------------------
@@ -362,7 +379,11 @@ class CallManager:
         idle = self.idle_timeout_s
         if idle <= 0 or (self._watchdog is not None and not self._watchdog.done()):
             return
-        self._watchdog = asyncio.create_task(self._watch(idle), name="calls-idle-watchdog")
+        # A context of its own: created while a call opens, it would otherwise log (and pass
+        # on to the endings it starts) that call's id (found by a docs audit).
+        self._watchdog = asyncio.create_task(
+            self._watch(idle), name="calls-idle-watchdog", context=contextvars.Context()
+        )
 
     async def _watch(self, idle: float) -> None:
         period = min(max(idle / 4, 0.05), 5.0)
@@ -393,6 +414,7 @@ class CallManager:
                 session.call_id,
                 session.source,
                 now - session.last_audio_at,
+                extra={"call_id": session.call_id},  # the watchdog serves every call
             )
             session.request_end("idle_timeout")
             ended.append(session.call_id)

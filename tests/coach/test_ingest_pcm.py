@@ -298,9 +298,7 @@ def test_a_silent_client_hears_that_the_idle_timeout_ended_its_call(
 ) -> None:
     """Found by a docs audit: the call ended (idle_timeout) but the socket stayed open, so the
     sender could not tell its call was gone."""
-    quiet = Settings(
-        data_dir=tmp_path, idle_timeout_s=1.0, store_enabled=False, auth_disabled=True
-    )
+    quiet = Settings(data_dir=tmp_path, idle_timeout_s=1.0, store_enabled=False, auth_disabled=True)
     with TestClient(create_app(quiet, runtime)) as c:
         with c.websocket_connect("/ingest/pcm") as ws:
             ws.send_text(json.dumps({**HEADER, "call_id": "idle-1"}))

@@ -403,3 +403,44 @@ def test_a_reused_id_opens_a_new_leg_after_the_store_says_it_ended(
         await manager.shutdown()
 
     asyncio.run(run())
+
+
+def test_idle_endings_log_under_their_own_call_id(runtime: Runtime, settings: Settings) -> None:
+    """Found by a docs audit: the idle watchdog, started while the first call opened, logged
+    every later call's idle timeout and ending under that first call's id."""
+    import io
+    import json
+    import logging
+
+    from coach.logs import setup_logging
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    buf = io.StringIO()
+    setup_logging("info", json_format=True, stream=buf)
+
+    async def run() -> None:
+        manager = manager_for(runtime, make_settings(settings, idle_timeout_s=0.3))
+
+        async def connection(call_id: str) -> CallSession:  # each ingest socket is its task
+            return await manager.open(call_id=call_id, source="pcm", speakers=("customer",))
+
+        calls = [await asyncio.create_task(connection(c)) for c in ("log-a", "log-b")]
+        for _ in range(100):
+            if all(c.state is CallState.ENDED for c in calls):
+                break
+            await asyncio.sleep(0.05)
+        await manager.shutdown()
+
+    try:
+        asyncio.run(run())
+    finally:
+        for h in root.handlers[:]:
+            root.removeHandler(h)
+        for h in saved_handlers:
+            root.addHandler(h)
+        root.setLevel(saved_level)
+    lines = [json.loads(line) for line in buf.getvalue().splitlines()]
+    about = [(r["message"], r.get("call_id")) for r in lines if "log-b" in r["message"]]
+    assert any("no audio" in m for m, _ in about) and any("ended" in m for m, _ in about)
+    assert all(cid == "log-b" for _, cid in about), about
