@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from audio.framing import samples_per_frame
+from audio.framing import FRAME_MS, samples_per_frame
+from audio.resample import resample
 from coach.bus import InProcessBus, call_topic
 from coach.calls import CallManager
 from coach.events import Event, dumps
@@ -28,6 +30,8 @@ from coach.settings import Settings
 
 log = logging.getLogger(__name__)
 
+FRAME_RATE_FALLBACK = 16000
+"""Rate a WAV is taken to when its own gives no whole 20 ms frames (11025, 22050 Hz)."""
 SUPPORTED_SUBTYPES = {"PCM_16", "PCM_U8", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW"}
 
 
@@ -64,7 +68,8 @@ def read_call(path: Path, channels_spec: str | None = None) -> CallAudio:
         info = sf.info(str(path))
     except Exception as exc:
         raise ReplayInputError(f"{path}: not a readable audio file ({exc})") from exc
-    if info.format != "WAV":
+    # WAVEX is the same file with the extensible header (what many tools write for stereo).
+    if info.format not in ("WAV", "WAVEX"):
         raise ReplayInputError(f"{path}: expected a WAV file, got {info.format}")
     if info.subtype not in SUPPORTED_SUBTYPES:
         raise ReplayInputError(
@@ -74,8 +79,21 @@ def read_call(path: Path, channels_spec: str | None = None) -> CallAudio:
         raise ReplayInputError(f"{path}: {info.channels} channels; expected mono or stereo")
     data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     names = parse_channels(channels_spec, info.channels)
+    if len(names) < info.channels:
+        log.warning(
+            "%s: --channels names %d of its %d channels; the rest is not replayed",
+            path,
+            len(names),
+            info.channels,
+        )
+    rate = int(rate)
     chans = {name: np.ascontiguousarray(data[:, i]) for i, name in enumerate(names)}
-    return CallAudio(sample_rate=int(rate), channels=chans, subtype=info.subtype)
+    if rate * FRAME_MS % 1000:
+        # 11025 or 22050 Hz: no whole 20 ms frames to feed, as every ingest does. Taken to
+        # 16 kHz first (the pipeline resamples to its own rate anyway).
+        chans = {name: resample(x, rate, FRAME_RATE_FALLBACK) for name, x in chans.items()}
+        rate = FRAME_RATE_FALLBACK
+    return CallAudio(sample_rate=rate, channels=chans, subtype=info.subtype)
 
 
 async def replay(
@@ -147,7 +165,12 @@ def run_replay_cli(
     try:
         audio = read_call(wav, channels)
     except ReplayInputError as exc:
-        print(f"error: {exc}", flush=True)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    try:  # a folder that does not exist: say so now, not after the models load
+        events_path.open("w", encoding="utf-8").close()
+    except OSError as exc:
+        print(f"error: --events {events_path}: {exc.strerror}", file=sys.stderr, flush=True)
         return 2
     # --fast always decodes finals with the final model, so it has no use for the budget's
     # start-up timing of that model (about 1.7 s per replay on a slow VM).

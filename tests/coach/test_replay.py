@@ -75,6 +75,37 @@ def test_unsupported_codec_is_rejected(tmp_path: Path) -> None:
         read_call(path)
 
 
+def test_any_wav_header_and_rate_are_read(tmp_path: Path) -> None:
+    """Found by a docs audit: the extensible header (WAVEX) was refused as "not a WAV", and
+    11025 Hz crashed with a traceback (no whole 20 ms frames)."""
+    tone = (0.1 * np.sin(np.arange(11025) / 11025 * 2 * np.pi * 440)).astype(np.float32)
+    wavex = tmp_path / "wavex.wav"
+    sf.write(wavex, np.stack([tone, tone], axis=1), 8000, subtype="PCM_16", format="WAVEX")
+    audio = read_call(wavex)
+    assert audio.sample_rate == 8000 and set(audio.channels) == {"customer", "agent"}
+    odd = tmp_path / "odd.wav"
+    sf.write(odd, tone, 11025, subtype="PCM_16")
+    audio = read_call(odd)
+    assert audio.sample_rate == 16000  # taken to a rate with whole 20 ms frames
+    assert abs(len(audio.channels["customer"]) - 16000) <= 16  # the same one second
+    three = tmp_path / "three.wav"
+    sf.write(three, np.stack([tone] * 3, axis=1), 8000, subtype="PCM_16")
+    with pytest.raises(ReplayInputError, match="3 channels; expected mono or stereo"):
+        read_call(three)
+
+
+def test_cli_errors_go_to_stderr_before_any_model_loads(tmp_path: Path) -> None:
+    wav = tmp_path / "ok.wav"
+    sf.write(wav, np.zeros(8000, dtype=np.float32), 8000, subtype="PCM_16")
+    proc = run_cli("replay", str(wav), "--events", str(tmp_path / "no" / "such" / "o.jsonl"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--events" in proc.stderr and "No such file or directory" in proc.stderr
+    bad = tmp_path / "notes.wav"
+    bad.write_text("this is not audio")
+    proc = run_cli("replay", str(bad), "--events", str(tmp_path / "o.jsonl"))
+    assert proc.returncode == 2 and "not a readable audio file" in proc.stderr
+
+
 def test_channel_names() -> None:
     assert parse_channels(None, 2) == ["customer", "agent"]
     assert parse_channels(None, 1) == ["customer"]
