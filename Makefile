@@ -72,8 +72,11 @@ lint: dev
 typecheck: dev
 	$(BIN)/mypy
 
+# The quick benchmarks (a few minutes on 2 cores); BENCHMARKS.md has the full commands.
 bench: dev system-deps
-	$(BIN)/python scripts/bench_asr.py
+	$(BIN)/python scripts/bench_asr.py --quick
+	$(BIN)/python scripts/bench_prosody.py
+	$(BIN)/python scripts/bench_ingest.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -2,7 +2,8 @@
 
 A reference client for the raw PCM protocol (see README, "Protocol endpoints"): it sends the
 JSON header, then 20 ms binary frames paced at real time (or as fast as the server accepts
-with --fast), and prints every event of the call from `/ws/calls/{call_id}/events`.
+with --fast), and prints the call's events from `/ws/calls/{call_id}/events`, one JSON object
+per line (partials and metrics only with --all).
 
     python scripts/stream_wav.py call.wav --token "$(python -m coach token --user me --role admin)"
 """
@@ -36,11 +37,18 @@ async def stream(args: argparse.Namespace) -> int:
     header = {"call_id": call_id, "sample_rate": rate, "encoding": "pcm16", "channels": channels}
     if args.agent_id:
         header["agent_id"] = args.agent_id
-    async with websockets.connect(f"{base}/ws/calls/{call_id}/events?{auth}") as events:
-        printer = asyncio.create_task(print_events(events))
-        async with websockets.connect(f"{base}/ingest/pcm?{auth}") as ingest:
-            await ingest.send(json.dumps(header))
-            print(await ingest.recv(), file=sys.stderr)
+    async with websockets.connect(f"{base}/ingest/pcm?{auth}") as ingest:
+        await ingest.send(json.dumps(header))
+        accepted = json.loads(await ingest.recv())
+        print(json.dumps(accepted), file=sys.stderr)
+        if accepted.get("type") != "accepted":
+            return 1
+        # The id the call runs under (`{id}~2` when the id was used before): its events, from
+        # the start (nothing is sent before this socket is open).
+        call_id = accepted["call_id"]
+        events = await websockets.connect(f"{base}/ws/calls/{call_id}/events?{auth}")
+        printer = asyncio.create_task(print_events(events, everything=args.all))
+        try:
             step = rate // 50
             start = time.monotonic()
             for i in range(0, len(data), step):
@@ -49,15 +57,19 @@ async def stream(args: argparse.Namespace) -> int:
                     await asyncio.sleep(max(0.0, start + (i + step) / rate - time.monotonic()))
             await ingest.send(json.dumps({"type": "end"}))
             await ingest.wait_closed()
-        await printer
+            await printer
+        finally:
+            await events.close()
     return 0
 
 
-async def print_events(ws: websockets.ClientConnection) -> None:
+async def print_events(ws: websockets.ClientConnection, *, everything: bool) -> None:
+    """One JSON object per line (pipe it to jq): every event but the frequent partials and
+    metrics, which `--all` adds."""
     async for message in ws:
         ev = json.loads(message)
-        if ev["type"] in ("transcript", "call_start", "call_end") or "--all" in sys.argv:
-            print(json.dumps(ev)[:400], flush=True)
+        if everything or ev["type"] not in ("partial", "metrics"):
+            print(json.dumps(ev), flush=True)
 
 
 def main() -> int:
