@@ -196,7 +196,18 @@ class CallManager:
         session.on_end_request = self._end_requested
         session.history_lookup = self.history_lookup
         self._calls[call_id] = session
-        await session.start()
+        starting = asyncio.ensure_future(session.start())
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # The connection went away while the call was being set up (a server cancels its
+            # handler): finish starting, then end it, rather than leave a call nobody feeds.
+            def end_once_started(task: asyncio.Future[None]) -> None:
+                if not task.cancelled() and task.exception() is None:
+                    self._spawn_end(session, "disconnect")
+
+            starting.add_done_callback(end_once_started)
+            raise
         self._ensure_watchdog()
         log.info("call %s started (%s, %s)", call_id, source, ",".join(speakers))
         return session

@@ -444,3 +444,32 @@ def test_idle_endings_log_under_their_own_call_id(runtime: Runtime, settings: Se
     about = [(r["message"], r.get("call_id")) for r in lines if "log-b" in r["message"]]
     assert any("no audio" in m for m, _ in about) and any("ended" in m for m, _ in about)
     assert all(cid == "log-b" for _, cid in about), about
+
+
+def test_a_call_whose_connection_goes_while_it_starts_is_ended(
+    runtime: Runtime, settings: Settings
+) -> None:
+    """A server cancels a connection's handler when the peer goes; cancelled inside `open()`,
+    the call used to stay half-open, fed by nobody, until the idle watchdog."""
+
+    async def run() -> CallSession:
+        manager = manager_for(runtime, settings)
+        opening = asyncio.create_task(
+            manager.open(call_id="gone", source="pcm", speakers=("customer",))
+        )
+        while manager.get("gone") is None:  # noqa: ASYNC110 (registered, still starting)
+            await asyncio.sleep(0)
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        session = manager.get("gone")
+        assert session is not None
+        for _ in range(200):
+            if session.state is CallState.ENDED:
+                break
+            await asyncio.sleep(0.01)
+        await manager.shutdown()
+        return session
+
+    session = asyncio.run(run())
+    assert session.state is CallState.ENDED and session.end_reason == "disconnect"
