@@ -193,6 +193,8 @@ async def test_partials_arrive_before_their_final_and_output_is_deterministic(
         assert all(p["t_emit"] <= final["t_emit"] for p in partials)
     metrics = [e for e in first if e["type"] == "metrics"]
     assert len(metrics) >= int(first[-1]["duration_s"] // 5)
+    gaps = [b["t_emit"] - a["t_emit"] for a, b in zip(metrics, metrics[1:], strict=False)]
+    assert max(gaps) <= 5.0, gaps  # CONTRACT: at least every 5 s of audio
     assert metrics[-1]["talk_ratio"]["customer"] > 0.2 and metrics[-1]["talk_ratio"]["agent"] > 0.3
 
 
