@@ -251,11 +251,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         if not may_view_call(principal, session.meta):
             raise HTTPException(403, "not your call")
         history = state.bus.history(call_topic(call_id))
+        end = next((e for e in reversed(history) if e["type"] == "call_end"), None)
         return {
             **_call_info(session),
             "transcript": [e for e in history if e["type"] == "transcript"],
             "cues": [e for e in history if e["type"] == "cue"],
             "escalations": [e for e in history if e["type"] == "escalation"],
+            # CONTRACT: transcript, cues, summary; the summary exists once the call ended.
+            "summary": end.get("summary") if end else None,
         }
 
     @app.put("/api/calls/{call_id}/agent", tags=["calls"])

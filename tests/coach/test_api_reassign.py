@@ -67,6 +67,11 @@ def test_the_first_agents_feed_ends_when_the_call_is_moved(client: TestClient) -
         with client.websocket_connect(f"/ws/calls/mv1/events?token={token('amy', 'agent')}") as ws:
             kinds = [ws.receive_json()["type"], ws.receive_json()["type"]]
             assert kinds == ["call_start", "agent_assigned"]
+            while ws.receive_json()["type"] != "call_end":
+                pass
+        amy = {"Authorization": f"Bearer {token('amy', 'agent')}"}
+        detail = client.get("/api/calls/mv1", headers=amy).json()
+        assert detail["summary"] is not None and "arc" in detail["summary"]  # CONTRACT
 
 
 def test_a_team_supervisors_feed_ends_when_the_call_leaves_the_team(client: TestClient) -> None:
