@@ -74,9 +74,9 @@ typecheck: dev
 
 # The quick benchmarks (a few minutes on 2 cores); BENCHMARKS.md has the full commands.
 bench: dev system-deps
-	$(BIN)/python scripts/bench_asr.py --quick
-	$(BIN)/python scripts/bench_prosody.py
-	$(BIN)/python scripts/bench_ingest.py
+	$(BIN)/python -m scripts.bench_asr --quick
+	$(BIN)/python -m scripts.bench_prosody
+	$(BIN)/python -m scripts.bench_ingest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
