@@ -37,7 +37,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-_TO_WALL = frozenset({"call_start", "call_end", "cue", "escalation", "call_update"})
+_TO_WALL = frozenset(
+    {"call_start", "call_end", "cue", "escalation", "call_update", "agent_assigned"}
+)
 
 
 class LiveServer:

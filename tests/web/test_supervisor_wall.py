@@ -430,3 +430,15 @@ def test_arc_cue_labels_a_few_seconds_apart_do_not_overlap(
     # Every cue is named on the chart, by its own label or in a "+N" count.
     counted = sum(int(x["text"].rsplit("+", 1)[1]) for x in boxes if " +" in x["text"])
     assert len(boxes) + counted == len(names), boxes
+
+
+def test_a_tile_names_the_agent_put_on_the_call(live_server: LiveServer, page: Any) -> None:
+    """The wall ignored `agent_assigned`: the tile said "Unassigned" until the next snapshot."""
+    call_id = "w-assign"
+    live_server.start_call(call_id, None)
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    head = page.locator(f'#tiles > li[data-call="{call_id}"] h3')
+    head.filter(has_text="Unassigned").wait_for()
+    live_server.emit(call_id, {"type": "agent_assigned", "agent_id": "cal"})
+    head.filter(has_text="Agent cal").wait_for()
+    live_server.emit(call_id, end([]))

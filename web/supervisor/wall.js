@@ -42,6 +42,11 @@ function fold(ev) {
       c.ended_at = null;
       break;
     case "call_end": c.ended_at = Date.now() / 1000; break;
+    case "agent_assigned":
+      // A supervisor put an agent on the call: the tile names them at once.
+      c.agent_id = ev.agent_id || null;
+      c.meta = { ...c.meta, agent_id: c.agent_id };
+      break;
     case "call_update":
       c.valence = ev.valence; c.arousal = ev.arousal; c.emotion = ev.emotion; c.trend_valence = ev.trend_valence;
       if (ev.last_cue) c.last_cue = ev.last_cue;
