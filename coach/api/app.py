@@ -379,7 +379,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         if (
             session is None
             and not await state.is_live(call_id)
-            and await _stream_stored(ws, state, principal, call_id, after_seq)
+            and await _stream_stored(
+                ws, state, principal, call_id, after_seq, on_wall=meta is not None
+            )
         ):
             return
         if not may_view_call(principal, meta):
@@ -513,6 +515,8 @@ async def _stream_stored(
     principal: Principal,
     call_id: str,
     after_seq: int | None,
+    *,
+    on_wall: bool = False,
 ) -> bool:
     """A call no instance runs: its stored events and its call_end, then a normal close.
 
@@ -520,7 +524,7 @@ async def _stream_stored(
     `interrupted` when the process stopped before the call did); a call the store does not
     know either is refused with 4404, so the panel can say so instead of waiting for ever;
     except for a user who may watch any call (an admin), who waits for it to start: returns
-    False then, having sent nothing.
+    False then, having sent nothing; so does a call the store lacks but the wall knows.
     """
     store: Store | None = getattr(ws.app.state, "store", None)
     try:
@@ -529,8 +533,8 @@ async def _stream_stored(
         await _close(ws, cc.TRY_AGAIN_LATER, "store_unavailable", "the call store is down; retry")
         return True
     if detail is None:
-        if may_view_call(principal, None):
-            return False
+        if on_wall or may_view_call(principal, None):
+            return False  # the wall's record of it decides (no store, or not written yet)
         await _close(ws, cc.UNKNOWN_CALL, "unknown_call", f"no call {call_id} is live or stored")
         return True
     if not may_view_call(principal, detail.call.access_meta):
