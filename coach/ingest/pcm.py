@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -204,10 +204,13 @@ async def _receive_frames(
     ended: asyncio.Future[None],
 ) -> str:
     while True:
-        receive = asyncio.ensure_future(ws.receive())
-        await asyncio.wait({receive, ended}, return_when=asyncio.FIRST_COMPLETED)
-        if not receive.done():
-            receive.cancel()
+        receive: asyncio.Future[Any] = asyncio.ensure_future(ws.receive())
+        try:
+            await asyncio.wait({receive, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not receive.done():  # the call ended, or this handler is being cancelled
+                receive.cancel()
+        if receive.cancelled():
             return session.end_reason or "ended"
         msg = receive.result()
         if msg["type"] == "websocket.disconnect":
