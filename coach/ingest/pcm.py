@@ -210,7 +210,7 @@ async def _receive_frames(
         finally:
             if not receive.done():  # the call ended, or this handler is being cancelled
                 receive.cancel()
-        if receive.cancelled():
+        if not receive.done() or receive.cancelled():  # the call ended first
             return session.end_reason or "ended"
         msg = receive.result()
         if msg["type"] == "websocket.disconnect":
