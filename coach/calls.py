@@ -196,6 +196,7 @@ class CallManager:
         session.on_end_request = self._end_requested
         session.history_lookup = self.history_lookup
         self._calls[call_id] = session
+        call_id_var.set(call_id)  # the connection's own log lines name its call from here on
         starting = asyncio.ensure_future(session.start())
         try:
             await asyncio.shield(starting)
@@ -225,7 +226,11 @@ class CallManager:
             and existing.end_requested is None
         ):
             return self._reattach(existing, source=source, speakers=speakers)
-        if existing is not None and existing.state in (CallState.LIVE, CallState.ENDING):
+        if existing is not None and existing.state in (
+            CallState.NEW,  # registered, still starting
+            CallState.LIVE,
+            CallState.ENDING,
+        ):
             raise self._reject("duplicate_call", f"call {current} is already live")
         if self.at_capacity():
             raise self._reject(

@@ -378,6 +378,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         # them (found by a docs audit: such a call streamed nothing and closed).
         if (
             session is None
+            and (meta is None or wall.has_ended(call_id))
             and not await state.is_live(call_id)
             and await _stream_stored(
                 ws, state, principal, call_id, after_seq, on_wall=meta is not None

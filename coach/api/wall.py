@@ -184,6 +184,11 @@ class WallTracker:
 
     # -- output ------------------------------------------------------------------------
 
+    def has_ended(self, call_id: str) -> bool:
+        """The wall saw this call's end (it keeps the tile for `keep_ended_s`)."""
+        tile = self.calls.get(call_id)
+        return tile is not None and tile.ended_at is not None
+
     def meta(self, call_id: str) -> dict[str, Any] | None:
         tile = self.calls.get(call_id)
         return tile.meta if tile else None
