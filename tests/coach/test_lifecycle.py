@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import soundfile as sf
 from coach import metrics
 from coach.bus import InProcessBus, call_topic
 from coach.calls import CallEnded, CallManager, CallRejected
+from coach.logs import setup_logging
 from coach.messages import AudioChunk, Speaker
 from coach.runtime import Runtime
 from coach.session import CallSession, CallState
@@ -405,19 +408,12 @@ def test_a_reused_id_opens_a_new_leg_after_the_store_says_it_ended(
     asyncio.run(run())
 
 
-def test_idle_endings_log_under_their_own_call_id(runtime: Runtime, settings: Settings) -> None:
+def test_idle_endings_log_under_their_own_call_id(
+    runtime: Runtime, settings: Settings, log_stream: io.StringIO
+) -> None:
     """Found by a docs audit: the idle watchdog, started while the first call opened, logged
     every later call's idle timeout and ending under that first call's id."""
-    import io
-    import json
-    import logging
-
-    from coach.logs import setup_logging
-
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    buf = io.StringIO()
-    setup_logging("info", json_format=True, stream=buf)
+    setup_logging("info", json_format=True, stream=log_stream)
 
     async def run() -> None:
         manager = manager_for(runtime, make_settings(settings, idle_timeout_s=0.3))
@@ -432,15 +428,8 @@ def test_idle_endings_log_under_their_own_call_id(runtime: Runtime, settings: Se
             await asyncio.sleep(0.05)
         await manager.shutdown()
 
-    try:
-        asyncio.run(run())
-    finally:
-        for h in root.handlers[:]:
-            root.removeHandler(h)
-        for h in saved_handlers:
-            root.addHandler(h)
-        root.setLevel(saved_level)
-    lines = [json.loads(line) for line in buf.getvalue().splitlines()]
+    asyncio.run(run())
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
     about = [(r["message"], r.get("call_id")) for r in lines if "log-b" in r["message"]]
     assert any("no audio" in m for m, _ in about) and any("ended" in m for m, _ in about)
     assert all(cid == "log-b" for _, cid in about), about

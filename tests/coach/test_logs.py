@@ -6,7 +6,6 @@ import asyncio
 import io
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,18 +14,8 @@ from coach.logs import JsonFormatter, call_id_var, setup_logging
 
 
 @pytest.fixture
-def stream() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    buf = io.StringIO()
-    try:
-        yield buf
-    finally:
-        for h in root.handlers[:]:
-            root.removeHandler(h)
-        for h in saved_handlers:
-            root.addHandler(h)
-        root.setLevel(saved_level)
+def stream(log_stream: io.StringIO) -> io.StringIO:
+    return log_stream  # tests/conftest.py
 
 
 def _lines(buf: io.StringIO) -> list[dict[str, Any]]:
