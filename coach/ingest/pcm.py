@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import re
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -24,6 +24,7 @@ from audio.types import Encoding
 from coach import metrics
 from coach.calls import CallManager, CallRejected
 from coach.ingest import closecodes as cc
+from coach.ingest.receive import receive_unless_ended
 from coach.messages import SPEAKERS, AudioChunk, Speaker
 from coach.session import CallEnded, CallSession
 from coach.settings import Settings
@@ -186,8 +187,7 @@ async def _stream(
     """Feed frames until the client ends, or the server ends the call; returns why."""
     # A resumed call continues where the audio already heard ends.
     samples_done = round(session.fed_s * header.sample_rate)
-    # The idle watchdog (or a shutdown) can end the call while the client sends nothing: the
-    # client must then hear of it, not wait on an open socket (found by a docs audit).
+    # The server can end the call while the client sends nothing (coach/ingest/receive.py).
     ended = asyncio.ensure_future(session.wait_ended())
     try:
         return await _receive_frames(ws, header, session, settings, samples_done, ended)
@@ -204,15 +204,9 @@ async def _receive_frames(
     ended: asyncio.Future[None],
 ) -> str:
     while True:
-        receive: asyncio.Future[Any] = asyncio.ensure_future(ws.receive())
-        try:
-            await asyncio.wait({receive, ended}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not receive.done():  # the call ended, or this handler is being cancelled
-                receive.cancel()
-        if not receive.done() or receive.cancelled():  # the call ended first
+        msg = await receive_unless_ended(ws, ended)
+        if msg is None:  # the call ended first
             return session.end_reason or "ended"
-        msg = receive.result()
         if msg["type"] == "websocket.disconnect":
             return "disconnect"
         payload = msg.get("bytes")

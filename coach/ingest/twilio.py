@@ -33,6 +33,7 @@ from coach.api.security import ingest_authorized
 from coach.calls import CallManager, CallRejected
 from coach.ingest import closecodes as cc
 from coach.ingest.pcm import CALL_ID, MAX_ID_CHARS
+from coach.ingest.receive import receive_unless_ended
 from coach.messages import SPEAKERS, AudioChunk, Speaker
 from coach.session import CallEnded, CallSession
 from coach.settings import Settings
@@ -403,9 +404,16 @@ async def refuse(ws: WebSocket, code: int, reason: str, message: str) -> None:
         await ws.close(code=code, reason=_close_reason(reason, message))
 
 
-async def _next_text(ws: WebSocket) -> str | None:
-    """The next text message; None when the peer went away; binary is refused."""
-    msg = await ws.receive()
+CALL_ENDED = ""
+"""What `_next_text` returns when the server ended the call first (no Twilio message is "")."""
+
+
+async def _next_text(ws: WebSocket, ended: asyncio.Future[None] | None = None) -> str | None:
+    """The next text message; None when the peer went away, CALL_ENDED when `ended` (the
+    call's end) came first; binary is refused."""
+    msg = await (ws.receive() if ended is None else receive_unless_ended(ws, ended))
+    if msg is None:
+        return CALL_ENDED
     if msg["type"] == "websocket.disconnect":
         return None
     text = msg.get("text")
@@ -464,19 +472,31 @@ async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> 
         end_reason = "error:internal"
     # Whatever ended the stream, everything already heard is finalized and emitted.
     await manager.stream_ended(session, end_reason)
-    if end_reason in ("stop", "max_length", "idle_timeout"):
+    if end_reason in ("stop", "max_length", "idle_timeout", "shutdown"):
         # Closing only now tells the peer that every transcript of its call is out.
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-            await ws.close(code=cc.NORMAL)
+            await ws.close(code=cc.NORMAL, reason=end_reason)
 
 
 async def _stream(ws: WebSocket, proto: StreamProtocol, session: CallSession) -> str:
-    """Feed media until `stop` or hang-up; returns why the call ended."""
+    """Feed media until `stop` or hang-up, or the server ends the call; returns why."""
+    ended = asyncio.ensure_future(session.wait_ended())
+    try:
+        return await _stream_until_end(ws, proto, session, ended)
+    finally:
+        ended.cancel()
+
+
+async def _stream_until_end(
+    ws: WebSocket, proto: StreamProtocol, session: CallSession, ended: asyncio.Future[None]
+) -> str:
     while True:
         try:
-            text = await _next_text(ws)
+            text = await _next_text(ws, ended)
             if text is None:
                 return "disconnect"
+            if text == CALL_ENDED:
+                return session.end_reason or "ended"
             msg = proto.receive(text)
             in_order = proto.in_order(msg)
             match msg:

@@ -855,3 +855,16 @@ def test_a_stream_that_reconnects_continues_the_call_where_it_left_off(
     assert end["type"] == "call_end" and end["duration_s"] == pytest.approx(24.0, abs=0.1)
     heard = [e for e in finals(live, "customer") if e["t_start"] > 12.0]
     assert heard and abs(heard[0]["t_start"] - later[0]["t_start"]) < 0.3, (heard, later[0])
+
+
+def test_a_silent_stream_hears_that_the_idle_timeout_ended_its_call(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """The idle watchdog ended the call, but the stream's socket stayed open: the peer could
+    not tell its call was gone (as on raw PCM, found by a docs audit)."""
+    quiet = Settings(data_dir=tmp_path, idle_timeout_s=1.0, store_enabled=False, auth_disabled=True)
+    with TestClient(create_app(quiet, runtime)) as c, c.websocket_connect("/ingest/twilio") as ws:
+        TwilioClient(ws, call_id="tw-idle").handshake()
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+    assert closed.value.code == cc.NORMAL and closed.value.reason == "idle_timeout"

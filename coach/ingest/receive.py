@@ -1,0 +1,26 @@
+"""Reading a WebSocket while the server may end the call on its own.
+
+The idle watchdog, the maximum call length or a shutdown can end a call while its peer sends
+nothing; a handler blocked in `ws.receive()` would never notice, and the peer would wait on an
+open socket for a call that is gone (found by a docs audit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+
+async def receive_unless_ended(ws: WebSocket, ended: asyncio.Future[None]) -> Any | None:
+    """The next ASGI message, or None when `ended` (the call's end) comes first."""
+    receive: asyncio.Future[Any] = asyncio.ensure_future(ws.receive())
+    try:
+        await asyncio.wait({receive, ended}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not receive.done():  # the call ended, or this handler is being cancelled
+            receive.cancel()
+    if not receive.done() or receive.cancelled():
+        return None
+    return receive.result()
