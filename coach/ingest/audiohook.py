@@ -47,6 +47,7 @@ from coach.api.security import ingest_authorized
 from coach.calls import CallManager, CallRejected
 from coach.ingest import closecodes as cc
 from coach.ingest.pcm import MAX_ID_CHARS
+from coach.ingest.receive import receive_unless_ended
 from coach.messages import AudioChunk, Speaker
 from coach.session import CallEnded, CallSession
 from coach.settings import Settings
@@ -647,6 +648,8 @@ class AudioHookSession:
         self.media: dict[str, Any] | None = None
         self.speakers: tuple[Speaker, ...] = ()
         self.call: CallSession | None = None
+        self._ended_watch: tuple[CallSession, asyncio.Future[None]] | None = None
+        """The call and the future `_call_ended` hands out for it."""
         self.call_id: str | None = None
         self.error: ProtocolError | None = None
 
@@ -655,6 +658,13 @@ class AudioHookSession:
         return self.clock / SAMPLE_RATE
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            if self._ended_watch is not None:
+                self._ended_watch[1].cancel()
+
+    async def _run(self) -> None:
         try:
             await self._loop()
         except asyncio.CancelledError:
@@ -667,12 +677,18 @@ class AudioHookSession:
     async def _loop(self) -> None:
         while self.state is not SessionState.CLOSED:
             timeout = {_S.CONNECTED: OPEN_TIMEOUT_S, _S.DISCONNECTING: CLOSE_WAIT_S}.get(self.state)
+            ended = self._call_ended()
             try:
                 async with asyncio.timeout(timeout):
-                    msg = await self.ws.receive()
+                    msg = await (
+                        self.ws.receive() if ended is None else receive_unless_ended(self.ws, ended)
+                    )
             except TimeoutError:
                 await self._timed_out()
                 return
+            if msg is None:
+                await self._server_ended()
+                continue
             if msg["type"] == "websocket.disconnect":
                 await self._finish_call("disconnect", dropped=True)
                 return
@@ -690,6 +706,24 @@ class AudioHookSession:
                     pass
             return
         await self._close_socket(cc.NORMAL, "closed")
+
+    def _call_ended(self) -> asyncio.Future[None] | None:
+        """While a call runs: a future that is done when the server ends it (the idle watchdog
+        ends a paused session that sends nothing; the maximum length; a shutdown)."""
+        if self.call is None or self.state not in (SessionState.ACTIVE, SessionState.PAUSED):
+            return None
+        if self._ended_watch is None or self._ended_watch[0] is not self.call:
+            if self._ended_watch is not None:
+                self._ended_watch[1].cancel()
+            self._ended_watch = (self.call, asyncio.ensure_future(self.call.wait_ended()))
+        return self._ended_watch[1]
+
+    async def _server_ended(self) -> None:
+        """The call ended under a silent client: say so (`disconnect`), wait for its `close`."""
+        reason = (self.call.end_reason if self.call else None) or "ended"
+        self.state = transition(self.state, "disconnect")
+        await self._send("disconnect", {"reason": "completed", "info": reason})
+        await self._finish_call(reason)
 
     async def _timed_out(self) -> None:
         if self.state is SessionState.CONNECTED:

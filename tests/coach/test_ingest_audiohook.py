@@ -966,3 +966,18 @@ def test_a_dropped_session_reconnects_within_the_grace_period(
     assert [e["type"] for e in evs].count("call_start") == 1
     assert evs[-1]["type"] == "call_end"
     assert evs[-1]["duration_s"] == pytest.approx(3.0, abs=0.05)
+
+
+def test_a_silent_session_is_told_when_the_idle_timeout_ends_its_call(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """A paused client sends nothing: when the idle watchdog ended its call, the session
+    stayed open and the client was never told (as on raw PCM and Twilio, a docs audit)."""
+    quiet = Settings(data_dir=tmp_path, idle_timeout_s=1.0, store_enabled=False, auth_disabled=True)
+    with TestClient(create_app(quiet, runtime)) as tc, Connect(tc) as c:
+        c.open()
+        c.stream(tone(0.4, 2))
+        told = c.until("disconnect")
+        assert told["parameters"] == {"reason": "completed", "info": "idle_timeout"}
+        c.assert_common(told)
+        c.assert_common(c.close("end"))
