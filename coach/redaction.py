@@ -10,7 +10,7 @@ Pure functions over strings; the word-level variant keeps word timings intact.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 _DIGIT_WORDS = {
@@ -449,26 +449,27 @@ def redact_event(event: dict[str, object], *, continues_digits: bool = False) ->
 _KEEP = frozenset({"type", "call_id", "cue", "reason", "urgency", "severity", "speaker", "label"})
 
 
+def _map_strings(value: object, fn: Callable[[str], str]) -> object:
+    """`value` with `fn` applied to every string in it, through lists and dicts."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, list):
+        return [_map_strings(v, fn) for v in value]
+    if isinstance(value, dict):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    return value
+
+
 def _redact_strings(value: object) -> object:
-    if isinstance(value, str):
-        return redact_text(value)
-    if isinstance(value, list):
-        return [_redact_strings(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _redact_strings(v) for k, v in value.items()}
-    return value
+    return _map_strings(value, redact_text)
 
 
-def _hide_quote(value: object, quote: str, tag: str) -> object:
-    """`value` with every whole-word `quote` in its strings replaced by `tag` (a "5" quoted
-    from the line, not the 5 of a score such as "(0.5)")."""
-    if isinstance(value, str):
-        return re.sub(rf"(?<!\w)(?<!\d\.){re.escape(quote)}(?!\w|\.\d)", tag, value)
-    if isinstance(value, list):
-        return [_hide_quote(v, quote, tag) for v in value]
-    if isinstance(value, dict):
-        return {k: _hide_quote(v, quote, tag) for k, v in value.items()}
-    return value
+def _hide_quotes(text: str, quotes: Sequence[str], tag: str) -> str:
+    """`text` with every whole-word quote replaced by `tag` (a "5" quoted from the line, not
+    the 5 of a score such as "(0.5)")."""
+    for quote in quotes:
+        text = re.sub(rf"(?<!\w)(?<!\d\.){re.escape(quote)}(?!\w|\.\d)", tag, text)
+    return text
 
 
 CONTINUATION_GAP_S = 5.0
@@ -505,12 +506,12 @@ class CallRedactor:
             if went_on is None or went_on[0] != start:
                 return out
             # A cue on that utterance quotes it (evidence text, phrases, why): hidden alike.
-            for quote in went_on[1]:
-                out = {
-                    k: _hide_quote(v, quote, TAGS["number"]) if k not in _KEEP else v
-                    for k, v in out.items()
-                }
-            return out
+            quotes = went_on[1]
+
+            def hide(text: str) -> str:
+                return _hide_quotes(text, quotes, TAGS["number"])
+
+            return {k: _map_strings(v, hide) if k not in _KEEP else v for k, v in out.items()}
         if kind not in ("transcript", "partial") or not isinstance(speaker, str):
             return redact_event(event)
         last = self._last.get(speaker)
