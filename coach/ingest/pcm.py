@@ -24,7 +24,7 @@ from audio.types import Encoding
 from coach import metrics
 from coach.calls import CallManager, CallRejected
 from coach.ingest import closecodes as cc
-from coach.ingest.receive import receive_unless_ended
+from coach.ingest.receive import receive_unless_ended, watching_end
 from coach.messages import SPEAKERS, AudioChunk, Speaker
 from coach.session import CallEnded, CallSession
 from coach.settings import Settings
@@ -188,48 +188,36 @@ async def _stream(
     # A resumed call continues where the audio already heard ends.
     samples_done = round(session.fed_s * header.sample_rate)
     # The server can end the call while the client sends nothing (coach/ingest/receive.py).
-    ended = asyncio.ensure_future(session.wait_ended())
-    try:
-        return await _receive_frames(ws, header, session, settings, samples_done, ended)
-    finally:
-        ended.cancel()
-
-
-async def _receive_frames(
-    ws: WebSocket,
-    header: PcmHeader,
-    session: CallSession,
-    settings: Settings,
-    samples_done: int,
-    ended: asyncio.Future[None],
-) -> str:
-    while True:
-        msg = await receive_unless_ended(ws, ended)
-        if msg is None:  # the call ended first
-            return session.end_reason or "ended"
-        if msg["type"] == "websocket.disconnect":
-            return "disconnect"
-        payload = msg.get("bytes")
-        try:
-            if payload is not None:
-                for chunk in frame_chunks(header, payload, samples_done, settings.max_frame_bytes):
-                    await session.feed(chunk)
-                samples_done += len(payload) // (
-                    codecs.bytes_per_sample(header.encoding) * header.channels
+    async with watching_end(session) as ended:
+        while True:
+            msg = await receive_unless_ended(ws, ended)
+            if msg is None:  # the call ended first
+                return session.end_reason or "ended"
+            if msg["type"] == "websocket.disconnect":
+                return "disconnect"
+            payload = msg.get("bytes")
+            try:
+                if payload is not None:
+                    for chunk in frame_chunks(
+                        header, payload, samples_done, settings.max_frame_bytes
+                    ):
+                        await session.feed(chunk)
+                    samples_done += len(payload) // (
+                        codecs.bytes_per_sample(header.encoding) * header.channels
+                    )
+                    continue
+                if _is_end(msg.get("text")):
+                    return "end"
+                raise IngestError(
+                    cc.INVALID_PAYLOAD,
+                    "bad_control",
+                    'text messages after the header: only {"type": "end"}',
                 )
-                continue
-            if _is_end(msg.get("text")):
-                return "end"
-            raise IngestError(
-                cc.INVALID_PAYLOAD,
-                "bad_control",
-                'text messages after the header: only {"type": "end"}',
-            )
-        except IngestError as exc:
-            await _refuse(ws, exc.code, exc.reason, str(exc))
-            return f"error:{exc.reason}"
-        except CallEnded as exc:  # max call length or idle timeout ended it under us
-            return exc.reason
+            except IngestError as exc:
+                await _refuse(ws, exc.code, exc.reason, str(exc))
+                return f"error:{exc.reason}"
+            except CallEnded as exc:  # max call length or idle timeout ended it under us
+                return exc.reason
 
 
 def _is_end(text: str | None) -> bool:

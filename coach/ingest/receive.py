@@ -8,9 +8,23 @@ open socket for a call that is gone (found by a docs audit).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.websockets import WebSocket
+
+from coach.session import CallSession
+
+
+@contextlib.asynccontextmanager
+async def watching_end(session: CallSession) -> AsyncIterator[asyncio.Future[None]]:
+    """A future done when `session` ends, for `receive_unless_ended`; dropped on exit."""
+    ended = asyncio.ensure_future(session.wait_ended())
+    try:
+        yield ended
+    finally:
+        ended.cancel()
 
 
 async def receive_unless_ended(ws: WebSocket, ended: asyncio.Future[None]) -> Any | None:

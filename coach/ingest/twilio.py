@@ -33,7 +33,7 @@ from coach.api.security import ingest_authorized
 from coach.calls import CallManager, CallRejected
 from coach.ingest import closecodes as cc
 from coach.ingest.pcm import CALL_ID, MAX_ID_CHARS
-from coach.ingest.receive import receive_unless_ended
+from coach.ingest.receive import receive_unless_ended, watching_end
 from coach.messages import SPEAKERS, AudioChunk, Speaker
 from coach.session import CallEnded, CallSession
 from coach.settings import Settings
@@ -480,43 +480,34 @@ async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> 
 
 async def _stream(ws: WebSocket, proto: StreamProtocol, session: CallSession) -> str:
     """Feed media until `stop` or hang-up, or the server ends the call; returns why."""
-    ended = asyncio.ensure_future(session.wait_ended())
-    try:
-        return await _stream_until_end(ws, proto, session, ended)
-    finally:
-        ended.cancel()
-
-
-async def _stream_until_end(
-    ws: WebSocket, proto: StreamProtocol, session: CallSession, ended: asyncio.Future[None]
-) -> str:
-    while True:
-        try:
-            text = await _next_text(ws, ended)
-            if text is None:
-                return "disconnect"
-            if text == CALL_ENDED:
-                return session.end_reason or "ended"
-            msg = proto.receive(text)
-            in_order = proto.in_order(msg)
-            match msg:
-                case Media():
-                    # A repeated or late sequenceNumber is a replayed message: its audio is
-                    # already placed, so it is dropped (counted). Control messages never are.
-                    if in_order:
-                        await session.feed(proto.chunk(msg))
-                case Mark():
-                    _note(session, "marks", last_mark=msg.mark.name[:64])
-                    log.info("call %s: mark %r", session.call_id, msg.mark.name[:64])
-                case Dtmf():
-                    # Digits may be card numbers or PINs: count them, never store or log them.
-                    _note(session, "dtmf")
-                    log.info("call %s: dtmf on %s", session.call_id, msg.dtmf.track)
-                case Stop():
-                    return "stop"
-        except TwilioError as exc:
-            await refuse(ws, exc.code, exc.reason, str(exc))
-            return f"error:{exc.reason}"
+    async with watching_end(session) as ended:
+        while True:
+            try:
+                text = await _next_text(ws, ended)
+                if text is None:
+                    return "disconnect"
+                if text == CALL_ENDED:
+                    return session.end_reason or "ended"
+                msg = proto.receive(text)
+                in_order = proto.in_order(msg)
+                match msg:
+                    case Media():
+                        # A repeated or late sequenceNumber is a replayed message: its audio is
+                        # already placed, so it is dropped (counted). Control messages never are.
+                        if in_order:
+                            await session.feed(proto.chunk(msg))
+                    case Mark():
+                        _note(session, "marks", last_mark=msg.mark.name[:64])
+                        log.info("call %s: mark %r", session.call_id, msg.mark.name[:64])
+                    case Dtmf():
+                        # Digits may be card numbers or PINs: count them, never store or log them.
+                        _note(session, "dtmf")
+                        log.info("call %s: dtmf on %s", session.call_id, msg.dtmf.track)
+                    case Stop():
+                        return "stop"
+            except TwilioError as exc:
+                await refuse(ws, exc.code, exc.reason, str(exc))
+                return f"error:{exc.reason}"
 
 
 def _note(session: CallSession, counter: str, **values: str) -> None:
