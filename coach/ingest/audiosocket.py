@@ -61,6 +61,7 @@ from audio.codecs import pcm16_to_float
 from coach import metrics
 from coach.calls import CallManager, CallRejected
 from coach.ingest.pcm import CALL_ID
+from coach.ingest.receive import watching_end
 from coach.messages import SPEAKERS, AudioChunk, Speaker
 from coach.session import CallEnded, CallSession
 from coach.settings import Settings
@@ -608,10 +609,33 @@ class AudioSocketService:
         self, conn: _Conn, call: _Call, party: Speaker, session: CallSession, offset_s: float
     ) -> tuple[str, bytes | None]:
         """Feed this party's audio until it ends: why, and the last frame to send it."""
+        async with watching_end(session) as ended:
+            return await self._stream_until(conn, call, party, session, offset_s, ended)
+
+    async def _stream_until(
+        self,
+        conn: _Conn,
+        call: _Call,
+        party: Speaker,
+        session: CallSession,
+        offset_s: float,
+        ended: asyncio.Future[None],
+    ) -> tuple[str, bytes | None]:
         samples = 0
         while True:
+            read = asyncio.ensure_future(conn.frames.next(self._idle_timeout_s))
             try:
-                frame = await conn.frames.next(self._idle_timeout_s)
+                await asyncio.wait({read, ended}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not read.done():  # cancelling is safe: only the socket read was pending
+                    read.cancel()
+            if not read.done() or read.cancelled():
+                # The server ended the call (idle timeout, max length, another party's
+                # error) while this peer sent nothing: hang it up instead of leaving the
+                # socket open for a call that is gone.
+                return session.end_reason or "ended", encode(Hangup())
+            try:
+                frame = read.result()
             except ProtocolError as exc:
                 if self._closing and exc.reason == "truncated":
                     return "shutdown", None  # we cut the stream ourselves, mid-frame

@@ -1,8 +1,9 @@
-"""Reading a WebSocket while the server may end the call on its own.
+"""Reading a connection while the server may end the call on its own.
 
 The idle watchdog, the maximum call length or a shutdown can end a call while its peer sends
-nothing; a handler blocked in `ws.receive()` would never notice, and the peer would wait on an
-open socket for a call that is gone (found by a docs audit).
+nothing; a handler blocked in `ws.receive()` (or a TCP read, for AudioSocket) would never
+notice, and the peer would wait on an open socket for a call that is gone (found by a docs
+audit).
 """
 
 from __future__ import annotations

@@ -425,6 +425,27 @@ async def test_a_stalled_connection_times_out(manager: CallManager) -> None:
     assert errors("idle_timeout") == before + 1
 
 
+async def test_a_silent_peer_is_hung_up_when_the_server_ends_the_call(
+    runtime: Runtime, settings: Settings
+) -> None:
+    """The call manager's idle timeout (shorter than AudioSocket's own) ends a call whose two
+    taps went quiet: both are sent a hangup and closed, instead of holding a socket open for a
+    call that is gone until their own idle timeout answers with an error."""
+    quick = settings.model_copy(update={"idle_timeout_s": 0.5})
+    manager = CallManager(runtime=runtime, settings=quick, bus=InProcessBus())
+    call_id = "00000000-0000-0000-0000-0000000000a0"
+    events = collect(manager, call_id)
+    async with serving(manager, idle_timeout_s=60.0) as port:
+        customer = await Client.connect(port, uuid.UUID(call_id))
+        agent = await Client.connect(port, uuid.UUID(call_id[:-1] + "1"))
+        await customer.stream(bytes(FRAME_BYTES * 5))
+        await agent.stream(bytes(FRAME_BYTES * 5))
+        got = await asyncio.gather(customer.received(10.0), agent.received(10.0))
+        evs = await events_of(events)
+    assert got == [[Hangup()], [Hangup()]]
+    assert evs[-1]["type"] == "call_end" and evs[-1]["reason"] == "idle_timeout"
+
+
 # Each bad input after some speech: the connection is closed (with an error frame where the
 # peer can still read one) and what was said before is transcribed and the call ended.
 BAD_INPUT = [
