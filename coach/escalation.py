@@ -114,7 +114,8 @@ class EscalationDetector:
         """After each customer utterance and the cues it fired."""
         e = pb.escalation
         out: list[Event | None] = list(self.observe_cues(fired, summary=summary, state=state))
-        if intense is not None:
+        paged = any(ev["urgency"] == "critical" for ev in out if ev is not None)
+        if intense is not None and not paged:  # one critical page per moment
             out.append(
                 self._raise(
                     "high_emotional_intensity",

@@ -340,7 +340,9 @@ class CueEngine:
                 pb,
                 state=self.states[-1],
                 states=self.states,
-                fired=[(c.cue, c.spec) for c in chosen],
+                # A crisis card raised by the trend is paged as what it is, an intense state
+                # (`intense` below), not a second time as crisis language.
+                fired=[(c.cue, c.spec) for c in chosen if c.source != TREND],
                 summary=self.handoff,
                 intense=intense,
             )

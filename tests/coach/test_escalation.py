@@ -72,6 +72,19 @@ def test_intensity_rises_from_high_to_critical() -> None:
     assert [(e["reason"], e["urgency"]) for e in out] == [("high_emotional_intensity", "critical")]
 
 
+def test_crisis_words_and_an_intense_state_at_once_page_once() -> None:
+    """A crisis line in the third intense turn pages the supervisor as crisis language; the
+    sustained state adds no second critical page for the same moment."""
+    det = EscalationDetector()
+    states = [state(i, -0.9, 0.97) for i in (1, 2, 3)]
+    fired = [("crisis", PB.cues["crisis"])]
+    out = det.observe_customer(
+        PB, state=states[-1], states=states, fired=fired, summary=summary, intense="sustained"
+    )
+    critical = [(e["reason"], e["urgency"]) for e in out if e["urgency"] == "critical"]
+    assert critical == [("crisis_indicators", "critical")]
+
+
 def test_repeated_frustration_and_complex_inquiry() -> None:
     det = EscalationDetector()
     s = [state(1, -0.3, 0.6)]

@@ -460,7 +460,7 @@ async def test_a_weak_crisis_match_does_not_mute_a_real_one(conversation: Conver
     loaded = conversation.engine.holder.current
     pb = loaded.playbook
     assert pb.cues["crisis"].refire_above is not None
-    weak = "Nobody's hurt, but I've got two kids in the back and it's getting dark."
+    weak = "I'm stranded on the hard shoulder with a baby in the back."
     strong = "My husband just collapsed on the kitchen floor and he isn't breathing."
     found = {}
     for name, spec in (
@@ -492,6 +492,7 @@ async def test_a_crisis_from_a_sustained_state_names_no_words(conversation: Conv
         "You people are useless, all of you.",
     ]
     found: list[dict[str, Any]] = []
+    pages: list[tuple[str, str]] = []
     for i, line in enumerate(lines):
         t = 3.0 * i
         event = {
@@ -509,7 +510,11 @@ async def test_a_crisis_from_a_sustained_state_names_no_words(conversation: Conv
         }
         events = await conversation.engine.on_transcript(event)
         found += [e for e in events if e["type"] == "cue" and e["cue"] == "crisis"]
+        pages += [(e["reason"], e["urgency"]) for e in events if e["type"] == "escalation"]
     assert len(found) == 1, found
+    # One critical page, named for what raised it (an audit saw a second one, as crisis
+    # language, for the same moment).
+    assert [p for p in pages if p[1] == "critical"] == [("high_emotional_intensity", "critical")]
     evidence = found[0]["evidence"]
     assert evidence["source"] == "trend" and evidence["phrases"] == []
     assert "intense negative state over 3 customer turns" in found[0]["why"]
