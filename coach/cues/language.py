@@ -35,7 +35,11 @@ _CONTRAST_NOT_HEAD = (
 _NEGATION_IDIOMS = re.compile(
     r"\b(can(no|')?t believe|no way|no idea|not again|not even|not once|not only|"
     r"no one (has|ever)|never (got|gets|received|heard|called|fixed|works?|worked)|"
-    r"nothing (works|worked|has (changed|worked|been done))|no (one|body) (told|called|helped)|"
+    r"nothing(('s| has) (changed|worked|been done|been fixed|happened)| works| worked)|"
+    # "Nobody's ever explained it", "nobody answers": nobody helping is the complaint.
+    r"no ?(one|body)('s| has| had| is| was)? (ever |even )?(told|called|helped|explained|"
+    r"answer(s|ed|ing)?|came|come|showed|rang|ringing|listen(s|ed|ing)?|bothered|"
+    r"returned|picked up|picking up|turned up|fixed|got back)|"
     # Not knowing is the statement itself ("I don't know what a modem is" = "what is a modem?").
     r"(don'?t|do not|didn'?t|did not) (know|understand|get|see) (what|where|how|which|why|whether|if)"
     # "A, not B" asserts A: "I want the manager on the phone, not you reading me notes".
@@ -149,7 +153,8 @@ _LEADING_NO = re.compile(r"^\W*((oh|no)[\s,.!]+)*no\s*[,.!]+\s*(?=\w)", re.IGNOR
 def is_negated(text: str) -> bool:
     """A negator outside the idioms where negation intensifies the complaint."""
     stripped = _NEGATION_IDIOMS.sub(" ", _LEADING_NO.sub("", text))
-    return any(w in _NEGATORS for w in words(stripped))
+    # "Nobody's hurt", "nothing's wrong": the contracted "is"/"has" must not hide the negator.
+    return any(w.removesuffix("'s") in _NEGATORS for w in words(stripped))
 
 
 def framing(text: str) -> Framing:

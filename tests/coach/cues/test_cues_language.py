@@ -19,6 +19,16 @@ from coach.cues import language
         ("Nothing works with you guys.", False),
         ("This is really frustrating.", False),
         ("No one told me anything about it.", False),
+        # A negator contracted with "is"/"has" still negates (found on `dev`: "Nobody's hurt,
+        # but I've got two kids in the back" paged a supervisor as a crisis)...
+        ("Nobody's hurt.", True),
+        ("Nothing's wrong, I'm just calling about my claim.", True),
+        ("No one's upset.", True),
+        # ... except where nobody helping is the complaint itself.
+        ("Nobody's ever explained it to me.", False),
+        ("Nobody's answering at the depot.", False),
+        ("Nobody came, and nobody rang.", False),
+        ("Nothing's changed since I last called.", False),
     ],
 )
 def test_negation(text: str, negated: bool) -> None:
