@@ -42,6 +42,9 @@ _NEGATION_IDIOMS = re.compile(
     r"returned|picked up|picking up|turned up|fixed|got back)|"
     # Not knowing is the statement itself ("I don't know what a modem is" = "what is a modem?").
     r"(don'?t|do not|didn'?t|did not) (know|understand|get|see) (what|where|how|which|why|whether|if)"
+    # Litotes asserts the opposite of the un- word: "I'm not unhappy" says "I'm content".
+    r"|\b(not|never|\w+n't)\s+un(happy|reasonable|usual|fair|helpful|pleasant|satisfied|likely|kind|"
+    r"aware|willing|common|important|grateful|sympathetic|friendly|impressed|pleased)"
     # "A, not B" asserts A: "I want the manager on the phone, not you reading me notes".
     rf"|{_CONTRAST_NOT_HEAD}\b.*"
     r")\b",

@@ -29,6 +29,11 @@ from coach.cues import language
         ("Nobody's answering at the depot.", False),
         ("Nobody came, and nobody rang.", False),
         ("Nothing's changed since I last called.", False),
+        # Litotes asserts the opposite of its un- word; other "un" words are plain negations.
+        ("I'm not unhappy with the service.", False),
+        ("It isn't unusual for the app to do that.", False),
+        ("I'm not understanding any of this.", True),
+        ("That's not until Friday.", True),
     ],
 )
 def test_negation(text: str, negated: bool) -> None:
