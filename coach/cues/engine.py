@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -691,11 +692,20 @@ class CueEngine:
             if last
             else {"valence": 0.0, "arousal": 0.5, "emotion": "neutral"}
         )
-        feeling = state["emotion"]
+        mood = _mood(self.states)
         text = (
-            f"Customer seems {feeling} (valence {state['valence']:+.2f}, arousal "
-            f"{state['arousal']:.2f}), {trend} over the call."
+            f"Customer now seems {state['emotion']} (valence {state['valence']:+.2f}, arousal "
+            f"{state['arousal']:.2f})"
         )
+        if mood["mostly"] is not None and mood["mostly"] != state["emotion"]:
+            text += f", mostly {mood['mostly']} over the last {mood['turns']} turns"
+        worst = mood["worst"]
+        if worst is not None:
+            text += (
+                f"; at worst {worst['emotion']} (valence {worst['valence']:+.2f}) "
+                f"at {worst['t']:.0f} s"
+            )
+        text += f"; {trend} over the call."
         if phrases:
             text += " They said: " + "; ".join(f'"{p}"' for p in phrases[-4:]) + "."
         if cues_shown:
@@ -712,6 +722,8 @@ class CueEngine:
             "text": text,
             "state": state,
             "trend": trend,
+            "mostly": mood["mostly"],
+            "worst": worst,
             "trigger_phrases": phrases[-8:],
             "cues_shown": cues_shown,
             "agent_tried": tried,
@@ -790,6 +802,37 @@ def _aware(t: datetime) -> datetime:
 def _mean_word_prob(words: Sequence[Mapping[str, Any]]) -> float | None:
     ps = [float(w["p"]) for w in words if "p" in w]
     return float(np.mean(ps)) if ps else None
+
+
+MOOD_TURNS = 6
+"""The customer turns the handoff's "mostly" reads: one turn ("No.") is not the caller's mood."""
+WORST_VALENCE = -0.5
+"""Below this the handoff names the call's most negative moment."""
+
+
+def _mood(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The caller's feeling beyond the last utterance: the emotion most of the recent turns
+    carried (None if no emotion held at least two of them) and the most negative moment."""
+    recent = states[-MOOD_TURNS:]
+    counts = Counter(str(s["emotion"]) for s in recent if s.get("emotion") != "neutral")
+    mostly = None
+    if counts:
+        label, n = counts.most_common(1)[0]
+        mostly = label if n >= 2 else None
+    worst = min(states, key=lambda s: float(s["valence"]), default=None)
+    return {
+        "turns": len(recent),
+        "mostly": mostly,
+        "worst": (
+            {
+                "t": round(float(worst.get("t", 0.0)), 1),
+                "valence": round(float(worst["valence"]), 3),
+                "emotion": worst["emotion"],
+            }
+            if worst is not None and float(worst["valence"]) < WORST_VALENCE
+            else None
+        ),
+    }
 
 
 def _trend(valences: Sequence[float]) -> str:

@@ -368,6 +368,27 @@ async def test_crisis_raises_a_critical_escalation(conversation: Conversation, t
     assert esc[0]["summary"]["text"]
 
 
+async def test_the_handoff_tells_the_callers_mood_not_only_the_last_line(
+    conversation: Conversation,
+) -> None:
+    """An audit saw a handoff call an angry caller "neutral, improving": its feeling came from
+    the last utterance alone ("I want to speak to your manager" reads neutral)."""
+    for line in (
+        "This is the third time I've called about the same outage.",
+        "It's completely unacceptable, nobody there knows what they're doing.",
+        "I'm sick and tired of being passed around like this.",
+        "No.",
+    ):
+        await conversation.say("customer", line)
+    events = await conversation.say("customer", "I want to speak to your manager right now.")
+    esc = [e for e in events if e["type"] == "escalation" and e["reason"] == "user_request"]
+    summary = esc[0]["summary"]
+    assert summary["mostly"] == "frustrated"
+    assert summary["worst"]["emotion"] == "frustrated" and summary["worst"]["valence"] < -0.5
+    assert "mostly frustrated over the last 5 turns" in summary["text"]
+    assert "at worst frustrated" in summary["text"]
+
+
 async def test_panic_in_the_voice_with_lost_words_is_a_crisis(conversation: Conversation) -> None:
     await conversation.say("customer", "Hello, I am calling from my mum's house.")
     found = await conversation.cues(
