@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     backpressure_s: float = Field(1.0, description="Wait for queue room before dropping audio.")
     metrics_interval_s: float = Field(5.0, description="Call-audio seconds between metrics events.")
     max_frame_bytes: int = Field(64_000, description="Largest binary frame accepted on ingest.")
+    max_body_bytes: int = Field(
+        1_000_000, description="Largest HTTP request body (larger: 413); 0 = no limit."
+    )
     event_replay: int = Field(500, description="Recent events kept per call for reconnects.")
 
     webrtc_loopback: bool = Field(

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from coach import __version__, memory
 from coach.api import accounts, demo, playbook, supervisor
+from coach.api.limits import BodyLimit
 from coach.api.security import (
     ingest_authorized,
     may_view_call,
@@ -179,6 +180,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             state.runtime.close()
 
     app = FastAPI(title="Voice coach", version=__version__, lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.state.settings = settings
     app.state.coach = state
     app.state.users = UserDirectory.from_settings(settings)
