@@ -45,6 +45,10 @@ NEGATIVE = [
     ("cost_anxiety", "The price is no problem for us."),
     ("urgency", "There's no hurry, next week is absolutely fine."),
     ("churn_risk", "I'm not planning to leave, I just want this fixed."),
+    # An outside audit's traps (2026-12-05): negated leaving that means staying.
+    ("churn_risk", "Please don't cancel my account, I want to keep it."),
+    ("churn_risk", "I'm not going anywhere, I've been with you for twenty years."),
+    ("crisis", "Nobody's hurt, we're all fine, I'm just calling about the claim."),
     # Hypotheticals and other people.
     ("churn_risk", "If the price ever doubled I might look around, but I'm happy for now."),
     ("churn_risk", "My sister cancelled her plan with you last year."),
