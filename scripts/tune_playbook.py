@@ -22,7 +22,10 @@ curated (BENCHMARKS, "More authors for the playbook").
 should have shown a cue, `coach.store.MissedCueRecord`), proposes each reported wording as a
 new example of its cue, measures the proposals together on the evaluation calls, and with
 `--apply` appends them to the playbook unless micro F1 there falls by more than
-`--max-eval-drop`. `--unhelpful` does the same with the words of cues people rated "not
+`--max-eval-drop`. New positives are screened first: one that makes ordinary talk match its
+cue (background, the cue's negatives, evaluation turns not labelled with it) is refused, and
+one of a critical cue needs `--min-critical-reporters` (at least 2) reporters and the cue's
+`min_words`. `--unhelpful` does the same with the words of cues people rated "not
 helpful" (and nobody "helpful"), as near-miss negatives of those cues.
 
 Policy per language cue, over thresholds current +- 0.10 in 0.01 steps:
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import re
 import sys
@@ -50,8 +54,9 @@ from typing import Any, Literal
 
 import yaml
 
-from coach.cues.engine import LoadedPlaybook, matched_example
-from coach.cues.matcher import CueIndex, EmbedFn
+from coach.cues import language
+from coach.cues.engine import CueEngine, LoadedPlaybook, matched_example
+from coach.cues.matcher import CueIndex, EmbedFn, ExampleSet
 from coach.cues.offline import CachedAnalysis, FixedPlaybook, rescore
 from coach.cues.playbook import DEFAULT_PLAYBOOK, Playbook, parse_playbook
 from scripts import eval_cues
@@ -259,6 +264,11 @@ class ExampleProposal:
 
 
 MIN_EXAMPLE_WORDS = 3
+CRITICAL_MIN_REPORTERS = 2
+"""Distinct reporters a new positive of a critical cue (crisis) needs before `--apply` writes
+it, whatever `--min-reporters` says. A critical cue pages a supervisor, and one reviewer's
+report of a line ASR garbled ("Honestly, I'm terrible.") taught crisis to fire on "Honestly,
+I'm terrible with computers." while micro F1 on the evaluation set did not move."""
 
 
 def propose_examples(
@@ -325,6 +335,148 @@ def _proposals(
         ExampleProposal(key[0], text, tuple(sorted(users)), kind)
         for key, (text, users) in grouped.items()
         if key not in vetoed and len(users) >= max(1, min_reporters)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A proposal `--apply` will not write, and why (printed, and in `--json`)."""
+
+    proposal: ExampleProposal
+    why: str
+
+
+def screen_positives(
+    proposals: Sequence[ExampleProposal],
+    playbook: Playbook,
+    *,
+    min_critical_reporters: int = CRITICAL_MIN_REPORTERS,
+) -> tuple[list[ExampleProposal], list[Refusal]]:
+    """Split proposals into those that may be measured and written and those refused (pure).
+
+    Only new positives of critical cues are held here; negatives cannot make a cue fire.
+    A critical cue's positive needs `min_critical_reporters` distinct reporters, and at least
+    the cue's `min_words` words: the engine does not read shorter turns for a cue, and a short
+    generic example ("Honestly, I'm terrible.") is near every longer turn that begins the
+    same way. Every crisis example in the shipped playbook has that many words."""
+    kept: list[ExampleProposal] = []
+    refused: list[Refusal] = []
+    for p in proposals:
+        spec = playbook.cues[p.cue]
+        why: list[str] = []
+        if p.kind == "positives" and spec.severity == "critical":
+            if len(p.reporters) < min_critical_reporters:
+                why.append(
+                    f"{p.cue} is critical: needs {min_critical_reporters} distinct reporters, "
+                    f"has {len(p.reporters)}"
+                )
+            n_words = len(language.words(p.text))
+            if n_words < spec.min_words:
+                why.append(
+                    f"{n_words} words, fewer than {p.cue}'s min_words ({spec.min_words}): "
+                    "too short to mean a critical cue alone"
+                )
+        if why:
+            refused.append(Refusal(p, "; ".join(why)))
+        else:
+            kept.append(p)
+    return kept, refused
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """Ordinary talk a new positive must not make match: a customer turn to feed the engine,
+    and the cues it is ordinary for (a background phrase is ordinary for every cue, a
+    near-miss negative for its own cue, an evaluation turn for the cues it is not labelled
+    with)."""
+
+    text: str
+    source: str
+    ordinary_for: frozenset[str]
+    event: Mapping[str, Any]
+
+
+def ordinary_talk(
+    playbook: Playbook, calls: Sequence[EvalCall], cues: Iterable[str], analyze: CachedAnalysis
+) -> list[Probe]:
+    """The probes for `cues`: the playbook's background, each cue's negatives, and the
+    evaluation calls' customer turns not labelled with the cue (as recorded, with their
+    voice and sentiment)."""
+    cues = frozenset(cues)
+    texts = [*playbook.background]
+    texts += [t for cue in sorted(cues) for t in playbook.cues[cue].negatives]
+    sentiments = {t: s.to_sentiment() for t, s in zip(texts, analyze.scores(texts), strict=True)}
+
+    def said(text: str) -> dict[str, Any]:
+        return {
+            "type": "transcript",
+            "speaker": "customer",
+            "text": text,
+            "t_start": 1.0,
+            "t_end": 4.0,
+            "words": [],
+            "prosody": {},
+            "sentiment": sentiments[text],
+        }
+
+    probes = [Probe(t, "background", cues, said(t)) for t in playbook.background]
+    for cue in sorted(cues):
+        negatives = playbook.cues[cue].negatives
+        probes += [Probe(t, f"{cue} negative", frozenset({cue}), said(t)) for t in negatives]
+    for call in calls:
+        for ev in call.events:
+            if ev.get("type") != "transcript" or ev.get("speaker") != "customer":
+                continue
+            t0, t1 = float(ev["t_start"]), float(ev["t_end"])
+            labelled = {lb.cue for lb in call.truth.labels if lb.start_s < t1 and t0 < lb.end_s}
+            if cues - labelled:
+                source = f"evaluation call {call.truth.call_id}"
+                probes.append(Probe(str(ev.get("text", "")), source, cues - labelled, ev))
+    return probes
+
+
+def _leave_out(index: CueIndex, text: str) -> CueIndex:
+    """`index` without `text` among the background and negatives: a probe taken from those
+    lists would otherwise be blocked by itself, when it stands for talk like it that the
+    server hears in other words."""
+
+    def without(ex: ExampleSet) -> ExampleSet:
+        keep = [i for i, t in enumerate(ex.texts) if t != text]
+        if len(keep) == len(ex.texts):
+            return ex
+        return ExampleSet.of([ex.texts[i] for i in keep], ex.vectors[keep])
+
+    negatives = {cue: without(ex) for cue, ex in index.negatives.items()}
+    return dataclasses.replace(index, background=without(index.background), negatives=negatives)
+
+
+async def ordinary_matches(
+    playbook: Playbook,
+    proposals: Sequence[ExampleProposal],
+    probes: Sequence[Probe],
+    embed: EmbedFn,
+    analyze: CachedAnalysis,
+) -> list[Refusal]:
+    """The new positives that make ordinary talk match their cue: each probe is fed alone to
+    a cue engine on the playbook with every proposal in, and a cue it shows through one of
+    the new examples, on talk that is ordinary for that cue, refuses that example."""
+    positives = [p for p in proposals if p.kind == "positives"]
+    if not positives:
+        return []
+    candidate = with_examples(playbook, positives)
+    index = CueIndex.build(candidate, embed)
+    new = {(p.cue, p.text): p for p in positives}
+    found: dict[tuple[str, str], list[str]] = {}
+    for probe in probes:
+        loaded = LoadedPlaybook(candidate, _leave_out(index, probe.text), "ordinary talk")
+        engine = CueEngine(holder=FixedPlaybook(loaded), analyze=analyze)
+        for ev in await engine.on_transcript(probe.event):
+            key = (str(ev.get("cue")), matched_example(ev.get("reasons") or []) or "")
+            if ev.get("type") == "cue" and key in new and key[0] in probe.ordinary_for:
+                found.setdefault(key, []).append(f'{probe.source}: "{probe.text}"')
+    return [
+        Refusal(new[key], f"makes ordinary talk match {key[0]}: " + "; ".join(where[:3]))
+        for key, where in found.items()
     ]
 
 
@@ -402,11 +554,36 @@ def report_proposals(
     apply_to: Path | None,
     max_drop: float,
     json_path: Path | None,
+    min_critical_reporters: int = CRITICAL_MIN_REPORTERS,
 ) -> int:
     """Print the proposed examples with what they do to the evaluation set, and with
-    `apply_to` write them unless micro F1 falls by more than `max_drop`."""
+    `apply_to` write them unless micro F1 falls by more than `max_drop`.
+
+    Before that, new positives are screened (`screen_positives`) and tried on ordinary talk
+    (`ordinary_matches`): F1 over the evaluation set cannot see one false crisis among a few
+    hundred turns, or talk the set does not hold. Those refused are listed with the reason
+    and are neither measured nor written."""
     if not proposals:
         print("nothing to learn from: no new wording in the reports")
+        return 0
+    proposals, refused = screen_positives(
+        proposals, playbook, min_critical_reporters=min_critical_reporters
+    )
+    cues = {p.cue for p in proposals if p.kind == "positives"}
+    probes = ordinary_talk(playbook, calls, cues, analyze) if cues else []
+    refused += asyncio.run(ordinary_matches(playbook, proposals, probes, embed, analyze))
+    out = {(r.proposal.cue, r.proposal.text) for r in refused}
+    proposals = [p for p in proposals if (p.cue, p.text) not in out]
+    if refused:
+        print(f"{len(refused)} example(s) refused (never written):")
+        for r in refused:
+            print(
+                f"  {r.proposal.cue:20s} {r.proposal.kind:9s} {r.proposal.text}\n    why: {r.why}"
+            )
+    if not proposals:
+        print("nothing left to measure or write")
+        if json_path:
+            json_path.write_text(json.dumps({"refused": [_refusal(r) for r in refused]}, indent=2))
         return 0
     candidate = with_examples(playbook, proposals)
 
@@ -438,6 +615,7 @@ def report_proposals(
             json.dumps(
                 {
                     "proposals": [_as_dict(p) for p in proposals],
+                    "refused": [_refusal(r) for r in refused],
                     "before": before,
                     "after": after,
                 },
@@ -462,6 +640,10 @@ def report_proposals(
 
 def _as_dict(p: ExampleProposal) -> dict[str, Any]:
     return {"cue": p.cue, "kind": p.kind, "text": p.text, "reporters": list(p.reporters)}
+
+
+def _refusal(r: Refusal) -> dict[str, Any]:
+    return {**_as_dict(r.proposal), "why": r.why}
 
 
 def report_examples(
@@ -490,6 +672,18 @@ def report_examples(
 
 def _fmt(x: Any) -> str:
     return "  -  " if x is None else f"{float(x):.2f}"
+
+
+def _at_least(floor: int) -> Any:
+    """An argparse type: an integer no lower than `floor`."""
+
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if value < floor:
+            raise argparse.ArgumentTypeError(f"must be at least {floor}, got {value}")
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -528,6 +722,13 @@ def main(argv: list[str] | None = None) -> int:
         "negatives of those cues (with --apply, written unless the evaluation set loses F1)",
     )
     ap.add_argument("--min-reporters", type=int, default=1)
+    ap.add_argument(
+        "--min-critical-reporters",
+        type=_at_least(CRITICAL_MIN_REPORTERS),
+        default=CRITICAL_MIN_REPORTERS,
+        help="distinct reporters a new positive of a critical cue (crisis) needs "
+        f"(at least {CRITICAL_MIN_REPORTERS}: it pages a supervisor)",
+    )
     ap.add_argument("--max-eval-drop", type=float, default=0.01)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -581,6 +782,7 @@ def main(argv: list[str] | None = None) -> int:
             apply_to=args.playbook if args.apply else None,
             max_drop=args.max_eval_drop,
             json_path=args.json,
+            min_critical_reporters=args.min_critical_reporters,
         )
 
     async def run() -> list[Proposal]:
