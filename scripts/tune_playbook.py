@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import sqlalchemy as sa
 import yaml
 
 from coach.cues import language
@@ -59,6 +60,7 @@ from coach.cues.engine import CueEngine, LoadedPlaybook, matched_example
 from coach.cues.matcher import CueIndex, EmbedFn, ExampleSet
 from coach.cues.offline import CachedAnalysis, FixedPlaybook, rescore
 from coach.cues.playbook import DEFAULT_PLAYBOOK, Playbook, parse_playbook
+from coach.settings import Settings
 from scripts import eval_cues
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,14 +139,41 @@ def credit_examples(
     return sorted(credit.values(), key=lambda c: (c.hits - c.false_cues, c.cue, c.example))
 
 
-def _read_store(database_url: str | None, data_dir: Path, what: str, read: Any) -> Any:
-    """`await read(store)` on the history store; None (and a line on stderr) if there is
-    none yet, which is normal on a fresh checkout."""
+def store_url(settings: Settings) -> str:
+    """The history store the server with these settings writes: COACH_DATABASE_URL, else
+    the SQLite file in COACH_DATA_DIR (env vars, config file and flags, as `coach serve`)."""
     from coach.store.db import resolve_url
+
+    return resolve_url(settings.database_url, settings.data_dir)
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The SQLite file `url` names when there is none: opening it would create an empty store
+    and report no feedback, instead of saying the store is elsewhere (pure but for a stat)."""
+    parsed = sa.make_url(url)
+    if not parsed.get_backend_name().startswith("sqlite") or not parsed.database:
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path
+
+
+def _read_store(url: str, what: str, read: Any) -> Any:
+    """`await read(store)` on the history store; None (and a line on stderr) if there is
+    none, which is normal on a fresh checkout. A missing SQLite file is not created."""
+    from coach.store.db import redacted_url
     from coach.store.store import Store
 
+    if (path := missing_sqlite_file(url)) is not None:
+        print(
+            f"no store found: {path} does not exist, so no {what} were read "
+            "(the server's store is set by COACH_DATA_DIR or COACH_DATABASE_URL, "
+            "or --data-dir, --database-url, --config here)",
+            file=sys.stderr,
+        )
+        return None
+
     async def run() -> Any:
-        store = Store(url=resolve_url(database_url, data_dir))
+        store = Store(url=url)
         try:
             return await read(store)
         finally:
@@ -153,15 +182,15 @@ def _read_store(database_url: str | None, data_dir: Path, what: str, read: Any) 
     try:
         return asyncio.run(run())
     except Exception as exc:
-        print(f"no {what} read from the store ({exc})", file=sys.stderr)
+        print(f"no {what} read from the store at {redacted_url(url)} ({exc})", file=sys.stderr)
         return None
 
 
-def feedback_counts(database_url: str | None, data_dir: Path) -> dict[str, dict[str, int]]:
+def feedback_counts(url: str) -> dict[str, dict[str, int]]:
     """{cue: {helpful, not_helpful, dismissed}} from the history store, if there is one."""
     from coach.store.analytics import coaching_analytics
 
-    report = _read_store(database_url, data_dir, "feedback", coaching_analytics)
+    report = _read_store(url, "feedback", coaching_analytics)
     if report is None:
         print("tuning on the evaluation set alone", file=sys.stderr)
         return {}
@@ -533,14 +562,14 @@ def apply_examples(path: Path, proposals: Sequence[ExampleProposal]) -> str:
     return text
 
 
-def stored_reports(database_url: str | None, data_dir: Path, what: str) -> list[Any]:
+def stored_reports(url: str, what: str) -> list[Any]:
     """`missed` (missed-cue reports) or `rated` (rated cues) from the history store; none
     if there is no store yet."""
 
     async def read(store: Any) -> list[Any]:
         return list(await (store.missed_cues() if what == "missed" else store.rated_cues()))
 
-    return _read_store(database_url, data_dir, f"{what} cues", read) or []
+    return _read_store(url, f"{what} cues", read) or []
 
 
 def report_proposals(
@@ -674,6 +703,22 @@ def _fmt(x: Any) -> str:
     return "  -  " if x is None else f"{float(x):.2f}"
 
 
+def threshold_cues(playbook: Playbook, raw: str) -> list[str]:
+    """The cues named in `--cues` (comma-separated), or every enabled language cue; a
+    ValueError naming the valid ids for any that has no threshold to tune (pure)."""
+    tunable = [k for k, v in playbook.enabled().items() if v.kind == "language"]
+    named = [c.strip() for c in raw.split(",") if c.strip()]
+    bad = [c for c in named if c not in tunable]
+    if bad:
+        timing = [c for c in bad if c in playbook.cues and playbook.cues[c].kind != "language"]
+        note = f" ({', '.join(timing)}: timing cues have no threshold)" if timing else ""
+        raise ValueError(
+            f"not a language cue of the playbook: {', '.join(bad)}{note}; "
+            f"choose from {', '.join(tunable)}"
+        )
+    return named or tunable
+
+
 def _at_least(floor: int) -> Any:
     """An argparse type: an integer no lower than `floor`."""
 
@@ -688,15 +733,30 @@ def _at_least(floor: int) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--playbook", type=Path, default=DEFAULT_PLAYBOOK)
+    ap.add_argument(
+        "--playbook",
+        type=Path,
+        default=None,
+        help="default: the server's (COACH_PLAYBOOK_FILE), else the shipped playbook",
+    )
     ap.add_argument(
         "--eval-dir",
         type=Path,
         default=DEFAULT_EVAL_DIR,
         help="rendered calls with events-fast/ (scripts/eval_cues.py run)",
     )
-    ap.add_argument("--database-url", default=None, help="the store to read feedback from")
-    ap.add_argument("--data-dir", type=Path, default=Path(".coach"))
+    ap.add_argument(
+        "--config", type=Path, default=None, help="the server's config file (as coach serve)"
+    )
+    ap.add_argument(
+        "--database-url", default=None, help="the store to read (default: COACH_DATABASE_URL)"
+    )
+    ap.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where the SQLite store is when no URL is set (default: COACH_DATA_DIR, .coach)",
+    )
     ap.add_argument("--no-feedback", action="store_true")
     ap.add_argument("--cues", default="", help="comma-separated cue ids (default: all language)")
     ap.add_argument("--min-ratings", type=int, default=10)
@@ -732,6 +792,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-eval-drop", type=float, default=0.01)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    # The same settings as the server (env vars, config file), so that run from any
+    # directory the tool reads the store and playbook the server uses.
+    settings = Settings.load(args.config, database_url=args.database_url, data_dir=args.data_dir)
+    url = store_url(settings)
+    args.playbook = args.playbook or settings.playbook_file or DEFAULT_PLAYBOOK
+    playbook = parse_playbook(args.playbook.read_text(encoding="utf-8"), source=args.playbook)
+    try:
+        wanted = threshold_cues(playbook, args.cues)
+    except ValueError as exc:
+        ap.error(f"--cues: {exc}")
 
     if TEST_SPLIT in args.eval_dir.resolve().parts:
         print(f"refusing to tune on the test split ({TEST_SPLIT})", file=sys.stderr)
@@ -748,13 +818,9 @@ def main(argv: list[str] | None = None) -> int:
 
     model = EmotionModel()
     embed: EmbedFn = model.embed_examples
-    playbook = parse_playbook(args.playbook.read_text(encoding="utf-8"), source=args.playbook)
     index = CueIndex.build(playbook, embed)
     analyze = CachedAnalysis(model)
-    feedback = {} if args.no_feedback else feedback_counts(args.database_url, args.data_dir)
-    wanted = [c for c in args.cues.split(",") if c] or [
-        k for k, v in playbook.enabled().items() if v.kind == "language"
-    ]
+    feedback = {} if args.no_feedback else feedback_counts(url)
 
     if args.examples:
         return report_examples(calls, playbook, index, analyze, args.json)
@@ -762,13 +828,13 @@ def main(argv: list[str] | None = None) -> int:
         examples: list[ExampleProposal] = []
         if args.missed:
             examples += propose_examples(
-                stored_reports(args.database_url, args.data_dir, "missed"),
+                stored_reports(url, "missed"),
                 playbook,
                 min_reporters=args.min_reporters,
             )
         if args.unhelpful:
             examples += propose_near_misses(
-                stored_reports(args.database_url, args.data_dir, "rated"),
+                stored_reports(url, "rated"),
                 playbook,
                 min_reporters=args.min_reporters,
             )

@@ -13,6 +13,7 @@ import pytest
 from coach.cues.engine import matched_example, words_reason
 from coach.cues.offline import CachedAnalysis
 from coach.cues.playbook import DEFAULT_PLAYBOOK, PlaybookError, load_playbook, parse_playbook
+from coach.settings import Settings
 from coach.store import MissedCueRecord, RatedCueRecord, Store
 from coach.store.writes import Received
 from scripts.eval_cues import CallTruth, Label
@@ -24,12 +25,15 @@ from scripts.tune_playbook import (
     apply_thresholds,
     choose,
     credit_examples,
+    feedback_counts,
     main,
     ordinary_matches,
     ordinary_talk,
     propose_examples,
     propose_near_misses,
     screen_positives,
+    store_url,
+    stored_reports,
 )
 
 SWEEP = {
@@ -449,3 +453,59 @@ def test_one_report_of_a_garbled_line_does_not_teach_crisis(
     out = capsys.readouterr().out
     assert "refused" in out and "needs 2 distinct reporters, has 1" in out
     assert playbook.read_text() == DEFAULT_PLAYBOOK.read_text()
+
+
+# -- where the store is, and which cues ------------------------------------------------------
+
+
+def _one_call_eval_dir(root: Path) -> Path:
+    return _eval_dir(root, "Honestly the folks at Brightline offered us a better package")
+
+
+def test_the_store_is_found_where_the_server_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """COACH_DATA_DIR says where the server's SQLite store is, from any working directory."""
+    data = tmp_path / "data"
+    data.mkdir()
+    asyncio.run(_stored_report(f"sqlite+aiosqlite:///{data / 'coach.db'}", "x y z w"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("COACH_DATA_DIR", str(data))
+    monkeypatch.delenv("COACH_DATABASE_URL", raising=False)
+    assert store_url(Settings.load()) == f"sqlite+aiosqlite:///{(data / 'coach.db').resolve()}"
+    reports = stored_reports(store_url(Settings.load()), "missed")
+    assert [(r.cue, r.text) for r in reports] == [("churn_risk", "x y z w")]
+    assert not (elsewhere / ".coach").exists()
+
+
+def test_no_store_is_said_and_none_is_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COACH_DATABASE_URL", raising=False)
+    monkeypatch.setenv("COACH_DATA_DIR", str(tmp_path / "nowhere"))
+    url = store_url(Settings.load())
+    assert stored_reports(url, "missed") == []
+    err = capsys.readouterr().err
+    assert "no store found" in err and str(tmp_path / "nowhere" / "coach.db") in err
+    assert "COACH_DATA_DIR" in err
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / ".coach").exists()
+    # An explicit SQLite URL to a file that is not there: the same.
+    missing = tmp_path / "gone.db"
+    assert feedback_counts(f"sqlite:///{missing}") == {}
+    assert "no store found" in capsys.readouterr().err and not missing.exists()
+
+
+@pytest.mark.parametrize("bad", ["frustation", "dead_air", "urgency,nope"])
+def test_an_unknown_or_timing_cue_is_a_usage_error(
+    bad: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    eval_dir = _one_call_eval_dir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--eval-dir", str(eval_dir), "--no-feedback", "--cues", bad])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--cues" in err and "frustration" in err and "crisis" in err
+    assert "Traceback" not in err
