@@ -332,6 +332,8 @@ class CallSession:
         if kind in ("call_start", "call_end", "cue", "escalation", "agent_assigned"):
             self._bus.publish(SUPERVISOR_TOPIC, redacted)
         if kind == "cue":
+            if self.cues is not None:
+                self.cues.published(event, self._seq)
             metrics.CUES.labels(cue=stamped["cue"]).inc()
             if not self._inline:
                 metrics.CUE_LATENCY.observe(max(0.0, self._fed_s - float(stamped["t_end"])))

@@ -22,7 +22,10 @@ curated (BENCHMARKS, "More authors for the playbook").
 should have shown a cue, `coach.store.MissedCueRecord`), proposes each reported wording as a
 new example of its cue, measures the proposals together on the evaluation calls, and with
 `--apply` appends them to the playbook unless micro F1 there falls by more than
-`--max-eval-drop`. `--unhelpful` does the same with the words of cues people rated "not
+`--max-eval-drop`. New positives are screened first: one that makes ordinary talk match its
+cue (background, the cue's negatives, evaluation turns not labelled with it) is refused, and
+one of a critical cue needs `--min-critical-reporters` (at least 2) reporters and the cue's
+`min_words`. `--unhelpful` does the same with the words of cues people rated "not
 helpful" (and nobody "helpful"), as near-miss negatives of those cues.
 
 Policy per language cue, over thresholds current +- 0.10 in 0.01 steps:
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import re
 import sys
@@ -48,12 +52,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import sqlalchemy as sa
 import yaml
 
-from coach.cues.engine import LoadedPlaybook, matched_example
-from coach.cues.matcher import CueIndex, EmbedFn
+from coach.cues import language
+from coach.cues.engine import CueEngine, LoadedPlaybook, matched_example
+from coach.cues.matcher import CueIndex, EmbedFn, ExampleSet
 from coach.cues.offline import CachedAnalysis, FixedPlaybook, rescore
 from coach.cues.playbook import DEFAULT_PLAYBOOK, Playbook, parse_playbook
+from coach.settings import Settings
 from scripts import eval_cues
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,14 +139,41 @@ def credit_examples(
     return sorted(credit.values(), key=lambda c: (c.hits - c.false_cues, c.cue, c.example))
 
 
-def _read_store(database_url: str | None, data_dir: Path, what: str, read: Any) -> Any:
-    """`await read(store)` on the history store; None (and a line on stderr) if there is
-    none yet, which is normal on a fresh checkout."""
+def store_url(settings: Settings) -> str:
+    """The history store the server with these settings writes: COACH_DATABASE_URL, else
+    the SQLite file in COACH_DATA_DIR (env vars, config file and flags, as `coach serve`)."""
     from coach.store.db import resolve_url
+
+    return resolve_url(settings.database_url, settings.data_dir)
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The SQLite file `url` names when there is none: opening it would create an empty store
+    and report no feedback, instead of saying the store is elsewhere (pure but for a stat)."""
+    parsed = sa.make_url(url)
+    if not parsed.get_backend_name().startswith("sqlite") or not parsed.database:
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path
+
+
+def _read_store(url: str, what: str, read: Any) -> Any:
+    """`await read(store)` on the history store; None (and a line on stderr) if there is
+    none, which is normal on a fresh checkout. A missing SQLite file is not created."""
+    from coach.store.db import redacted_url
     from coach.store.store import Store
 
+    if (path := missing_sqlite_file(url)) is not None:
+        print(
+            f"no store found: {path} does not exist, so no {what} were read "
+            "(the server's store is set by COACH_DATA_DIR or COACH_DATABASE_URL, "
+            "or --data-dir, --database-url, --config here)",
+            file=sys.stderr,
+        )
+        return None
+
     async def run() -> Any:
-        store = Store(url=resolve_url(database_url, data_dir))
+        store = Store(url=url)
         try:
             return await read(store)
         finally:
@@ -148,15 +182,15 @@ def _read_store(database_url: str | None, data_dir: Path, what: str, read: Any) 
     try:
         return asyncio.run(run())
     except Exception as exc:
-        print(f"no {what} read from the store ({exc})", file=sys.stderr)
+        print(f"no {what} read from the store at {redacted_url(url)} ({exc})", file=sys.stderr)
         return None
 
 
-def feedback_counts(database_url: str | None, data_dir: Path) -> dict[str, dict[str, int]]:
+def feedback_counts(url: str) -> dict[str, dict[str, int]]:
     """{cue: {helpful, not_helpful, dismissed}} from the history store, if there is one."""
     from coach.store.analytics import coaching_analytics
 
-    report = _read_store(database_url, data_dir, "feedback", coaching_analytics)
+    report = _read_store(url, "feedback", coaching_analytics)
     if report is None:
         print("tuning on the evaluation set alone", file=sys.stderr)
         return {}
@@ -259,6 +293,11 @@ class ExampleProposal:
 
 
 MIN_EXAMPLE_WORDS = 3
+CRITICAL_MIN_REPORTERS = 2
+"""Distinct reporters a new positive of a critical cue (crisis) needs before `--apply` writes
+it, whatever `--min-reporters` says. A critical cue pages a supervisor, and one reviewer's
+report of a line ASR garbled ("Honestly, I'm terrible.") taught crisis to fire on "Honestly,
+I'm terrible with computers." while micro F1 on the evaluation set did not move."""
 
 
 def propose_examples(
@@ -328,6 +367,148 @@ def _proposals(
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A proposal `--apply` will not write, and why (printed, and in `--json`)."""
+
+    proposal: ExampleProposal
+    why: str
+
+
+def screen_positives(
+    proposals: Sequence[ExampleProposal],
+    playbook: Playbook,
+    *,
+    min_critical_reporters: int = CRITICAL_MIN_REPORTERS,
+) -> tuple[list[ExampleProposal], list[Refusal]]:
+    """Split proposals into those that may be measured and written and those refused (pure).
+
+    Only new positives of critical cues are held here; negatives cannot make a cue fire.
+    A critical cue's positive needs `min_critical_reporters` distinct reporters, and at least
+    the cue's `min_words` words: the engine does not read shorter turns for a cue, and a short
+    generic example ("Honestly, I'm terrible.") is near every longer turn that begins the
+    same way. Every crisis example in the shipped playbook has that many words."""
+    kept: list[ExampleProposal] = []
+    refused: list[Refusal] = []
+    for p in proposals:
+        spec = playbook.cues[p.cue]
+        why: list[str] = []
+        if p.kind == "positives" and spec.severity == "critical":
+            if len(p.reporters) < min_critical_reporters:
+                why.append(
+                    f"{p.cue} is critical: needs {min_critical_reporters} distinct reporters, "
+                    f"has {len(p.reporters)}"
+                )
+            n_words = len(language.words(p.text))
+            if n_words < spec.min_words:
+                why.append(
+                    f"{n_words} words, fewer than {p.cue}'s min_words ({spec.min_words}): "
+                    "too short to mean a critical cue alone"
+                )
+        if why:
+            refused.append(Refusal(p, "; ".join(why)))
+        else:
+            kept.append(p)
+    return kept, refused
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """Ordinary talk a new positive must not make match: a customer turn to feed the engine,
+    and the cues it is ordinary for (a background phrase is ordinary for every cue, a
+    near-miss negative for its own cue, an evaluation turn for the cues it is not labelled
+    with)."""
+
+    text: str
+    source: str
+    ordinary_for: frozenset[str]
+    event: Mapping[str, Any]
+
+
+def ordinary_talk(
+    playbook: Playbook, calls: Sequence[EvalCall], cues: Iterable[str], analyze: CachedAnalysis
+) -> list[Probe]:
+    """The probes for `cues`: the playbook's background, each cue's negatives, and the
+    evaluation calls' customer turns not labelled with the cue (as recorded, with their
+    voice and sentiment)."""
+    cues = frozenset(cues)
+    texts = [*playbook.background]
+    texts += [t for cue in sorted(cues) for t in playbook.cues[cue].negatives]
+    sentiments = {t: s.to_sentiment() for t, s in zip(texts, analyze.scores(texts), strict=True)}
+
+    def said(text: str) -> dict[str, Any]:
+        return {
+            "type": "transcript",
+            "speaker": "customer",
+            "text": text,
+            "t_start": 1.0,
+            "t_end": 4.0,
+            "words": [],
+            "prosody": {},
+            "sentiment": sentiments[text],
+        }
+
+    probes = [Probe(t, "background", cues, said(t)) for t in playbook.background]
+    for cue in sorted(cues):
+        negatives = playbook.cues[cue].negatives
+        probes += [Probe(t, f"{cue} negative", frozenset({cue}), said(t)) for t in negatives]
+    for call in calls:
+        for ev in call.events:
+            if ev.get("type") != "transcript" or ev.get("speaker") != "customer":
+                continue
+            t0, t1 = float(ev["t_start"]), float(ev["t_end"])
+            labelled = {lb.cue for lb in call.truth.labels if lb.start_s < t1 and t0 < lb.end_s}
+            if cues - labelled:
+                source = f"evaluation call {call.truth.call_id}"
+                probes.append(Probe(str(ev.get("text", "")), source, cues - labelled, ev))
+    return probes
+
+
+def _leave_out(index: CueIndex, text: str) -> CueIndex:
+    """`index` without `text` among the background and negatives: a probe taken from those
+    lists would otherwise be blocked by itself, when it stands for talk like it that the
+    server hears in other words."""
+
+    def without(ex: ExampleSet) -> ExampleSet:
+        keep = [i for i, t in enumerate(ex.texts) if t != text]
+        if len(keep) == len(ex.texts):
+            return ex
+        return ExampleSet.of([ex.texts[i] for i in keep], ex.vectors[keep])
+
+    negatives = {cue: without(ex) for cue, ex in index.negatives.items()}
+    return dataclasses.replace(index, background=without(index.background), negatives=negatives)
+
+
+async def ordinary_matches(
+    playbook: Playbook,
+    proposals: Sequence[ExampleProposal],
+    probes: Sequence[Probe],
+    embed: EmbedFn,
+    analyze: CachedAnalysis,
+) -> list[Refusal]:
+    """The new positives that make ordinary talk match their cue: each probe is fed alone to
+    a cue engine on the playbook with every proposal in, and a cue it shows through one of
+    the new examples, on talk that is ordinary for that cue, refuses that example."""
+    positives = [p for p in proposals if p.kind == "positives"]
+    if not positives:
+        return []
+    candidate = with_examples(playbook, positives)
+    index = CueIndex.build(candidate, embed)
+    new = {(p.cue, p.text): p for p in positives}
+    found: dict[tuple[str, str], list[str]] = {}
+    for probe in probes:
+        loaded = LoadedPlaybook(candidate, _leave_out(index, probe.text), "ordinary talk")
+        engine = CueEngine(holder=FixedPlaybook(loaded), analyze=analyze)
+        for ev in await engine.on_transcript(probe.event):
+            key = (str(ev.get("cue")), matched_example(ev.get("reasons") or []) or "")
+            if ev.get("type") == "cue" and key in new and key[0] in probe.ordinary_for:
+                found.setdefault(key, []).append(f'{probe.source}: "{probe.text}"')
+    return [
+        Refusal(new[key], f"makes ordinary talk match {key[0]}: " + "; ".join(where[:3]))
+        for key, where in found.items()
+    ]
+
+
 def _norm(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
 
@@ -381,14 +562,14 @@ def apply_examples(path: Path, proposals: Sequence[ExampleProposal]) -> str:
     return text
 
 
-def stored_reports(database_url: str | None, data_dir: Path, what: str) -> list[Any]:
+def stored_reports(url: str, what: str) -> list[Any]:
     """`missed` (missed-cue reports) or `rated` (rated cues) from the history store; none
     if there is no store yet."""
 
     async def read(store: Any) -> list[Any]:
         return list(await (store.missed_cues() if what == "missed" else store.rated_cues()))
 
-    return _read_store(database_url, data_dir, f"{what} cues", read) or []
+    return _read_store(url, f"{what} cues", read) or []
 
 
 def report_proposals(
@@ -402,11 +583,36 @@ def report_proposals(
     apply_to: Path | None,
     max_drop: float,
     json_path: Path | None,
+    min_critical_reporters: int = CRITICAL_MIN_REPORTERS,
 ) -> int:
     """Print the proposed examples with what they do to the evaluation set, and with
-    `apply_to` write them unless micro F1 falls by more than `max_drop`."""
+    `apply_to` write them unless micro F1 falls by more than `max_drop`.
+
+    Before that, new positives are screened (`screen_positives`) and tried on ordinary talk
+    (`ordinary_matches`): F1 over the evaluation set cannot see one false crisis among a few
+    hundred turns, or talk the set does not hold. Those refused are listed with the reason
+    and are neither measured nor written."""
     if not proposals:
         print("nothing to learn from: no new wording in the reports")
+        return 0
+    proposals, refused = screen_positives(
+        proposals, playbook, min_critical_reporters=min_critical_reporters
+    )
+    cues = {p.cue for p in proposals if p.kind == "positives"}
+    probes = ordinary_talk(playbook, calls, cues, analyze) if cues else []
+    refused += asyncio.run(ordinary_matches(playbook, proposals, probes, embed, analyze))
+    out = {(r.proposal.cue, r.proposal.text) for r in refused}
+    proposals = [p for p in proposals if (p.cue, p.text) not in out]
+    if refused:
+        print(f"{len(refused)} example(s) refused (never written):")
+        for r in refused:
+            print(
+                f"  {r.proposal.cue:20s} {r.proposal.kind:9s} {r.proposal.text}\n    why: {r.why}"
+            )
+    if not proposals:
+        print("nothing left to measure or write")
+        if json_path:
+            json_path.write_text(json.dumps({"refused": [_refusal(r) for r in refused]}, indent=2))
         return 0
     candidate = with_examples(playbook, proposals)
 
@@ -438,6 +644,7 @@ def report_proposals(
             json.dumps(
                 {
                     "proposals": [_as_dict(p) for p in proposals],
+                    "refused": [_refusal(r) for r in refused],
                     "before": before,
                     "after": after,
                 },
@@ -462,6 +669,10 @@ def report_proposals(
 
 def _as_dict(p: ExampleProposal) -> dict[str, Any]:
     return {"cue": p.cue, "kind": p.kind, "text": p.text, "reporters": list(p.reporters)}
+
+
+def _refusal(r: Refusal) -> dict[str, Any]:
+    return {**_as_dict(r.proposal), "why": r.why}
 
 
 def report_examples(
@@ -492,17 +703,60 @@ def _fmt(x: Any) -> str:
     return "  -  " if x is None else f"{float(x):.2f}"
 
 
+def threshold_cues(playbook: Playbook, raw: str) -> list[str]:
+    """The cues named in `--cues` (comma-separated), or every enabled language cue; a
+    ValueError naming the valid ids for any that has no threshold to tune (pure)."""
+    tunable = [k for k, v in playbook.enabled().items() if v.kind == "language"]
+    named = [c.strip() for c in raw.split(",") if c.strip()]
+    bad = [c for c in named if c not in tunable]
+    if bad:
+        timing = [c for c in bad if c in playbook.cues and playbook.cues[c].kind != "language"]
+        note = f" ({', '.join(timing)}: timing cues have no threshold)" if timing else ""
+        raise ValueError(
+            f"not a language cue of the playbook: {', '.join(bad)}{note}; "
+            f"choose from {', '.join(tunable)}"
+        )
+    return named or tunable
+
+
+def _at_least(floor: int) -> Any:
+    """An argparse type: an integer no lower than `floor`."""
+
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if value < floor:
+            raise argparse.ArgumentTypeError(f"must be at least {floor}, got {value}")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--playbook", type=Path, default=DEFAULT_PLAYBOOK)
+    ap.add_argument(
+        "--playbook",
+        type=Path,
+        default=None,
+        help="default: the server's (COACH_PLAYBOOK_FILE), else the shipped playbook",
+    )
     ap.add_argument(
         "--eval-dir",
         type=Path,
         default=DEFAULT_EVAL_DIR,
         help="rendered calls with events-fast/ (scripts/eval_cues.py run)",
     )
-    ap.add_argument("--database-url", default=None, help="the store to read feedback from")
-    ap.add_argument("--data-dir", type=Path, default=Path(".coach"))
+    ap.add_argument(
+        "--config", type=Path, default=None, help="the server's config file (as coach serve)"
+    )
+    ap.add_argument(
+        "--database-url", default=None, help="the store to read (default: COACH_DATABASE_URL)"
+    )
+    ap.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where the SQLite store is when no URL is set (default: COACH_DATA_DIR, .coach)",
+    )
     ap.add_argument("--no-feedback", action="store_true")
     ap.add_argument("--cues", default="", help="comma-separated cue ids (default: all language)")
     ap.add_argument("--min-ratings", type=int, default=10)
@@ -528,9 +782,26 @@ def main(argv: list[str] | None = None) -> int:
         "negatives of those cues (with --apply, written unless the evaluation set loses F1)",
     )
     ap.add_argument("--min-reporters", type=int, default=1)
+    ap.add_argument(
+        "--min-critical-reporters",
+        type=_at_least(CRITICAL_MIN_REPORTERS),
+        default=CRITICAL_MIN_REPORTERS,
+        help="distinct reporters a new positive of a critical cue (crisis) needs "
+        f"(at least {CRITICAL_MIN_REPORTERS}: it pages a supervisor)",
+    )
     ap.add_argument("--max-eval-drop", type=float, default=0.01)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    # The same settings as the server (env vars, config file), so that run from any
+    # directory the tool reads the store and playbook the server uses.
+    settings = Settings.load(args.config, database_url=args.database_url, data_dir=args.data_dir)
+    url = store_url(settings)
+    args.playbook = args.playbook or settings.playbook_file or DEFAULT_PLAYBOOK
+    playbook = parse_playbook(args.playbook.read_text(encoding="utf-8"), source=args.playbook)
+    try:
+        wanted = threshold_cues(playbook, args.cues)
+    except ValueError as exc:
+        ap.error(f"--cues: {exc}")
 
     if TEST_SPLIT in args.eval_dir.resolve().parts:
         print(f"refusing to tune on the test split ({TEST_SPLIT})", file=sys.stderr)
@@ -547,13 +818,9 @@ def main(argv: list[str] | None = None) -> int:
 
     model = EmotionModel()
     embed: EmbedFn = model.embed_examples
-    playbook = parse_playbook(args.playbook.read_text(encoding="utf-8"), source=args.playbook)
     index = CueIndex.build(playbook, embed)
     analyze = CachedAnalysis(model)
-    feedback = {} if args.no_feedback else feedback_counts(args.database_url, args.data_dir)
-    wanted = [c for c in args.cues.split(",") if c] or [
-        k for k, v in playbook.enabled().items() if v.kind == "language"
-    ]
+    feedback = {} if args.no_feedback else feedback_counts(url)
 
     if args.examples:
         return report_examples(calls, playbook, index, analyze, args.json)
@@ -561,13 +828,13 @@ def main(argv: list[str] | None = None) -> int:
         examples: list[ExampleProposal] = []
         if args.missed:
             examples += propose_examples(
-                stored_reports(args.database_url, args.data_dir, "missed"),
+                stored_reports(url, "missed"),
                 playbook,
                 min_reporters=args.min_reporters,
             )
         if args.unhelpful:
             examples += propose_near_misses(
-                stored_reports(args.database_url, args.data_dir, "rated"),
+                stored_reports(url, "rated"),
                 playbook,
                 min_reporters=args.min_reporters,
             )
@@ -581,6 +848,7 @@ def main(argv: list[str] | None = None) -> int:
             apply_to=args.playbook if args.apply else None,
             max_drop=args.max_eval_drop,
             json_path=args.json,
+            min_critical_reporters=args.min_critical_reporters,
         )
 
     async def run() -> list[Proposal]:

@@ -729,6 +729,15 @@ class CueEngine:
             "agent_tried": tried,
         }
 
+    def published(self, cue: Mapping[str, Any], seq: int) -> None:
+        """The bus `seq` the session gave `cue`, one of this engine's events: the session
+        stamps a copy, so without this `call_summary` could not name the cue the way
+        feedback does (`POST /api/calls/{id}/cues/{seq}/feedback`)."""
+        for ev in reversed(self.shown):
+            if ev is cue:
+                ev["seq"] = seq
+                return
+
     def call_summary(self) -> dict[str, Any]:
         """For call_end: cue counts and, per cue, whether the customer's mood improved after."""
         counts: dict[str, int] = {}

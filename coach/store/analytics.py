@@ -2,7 +2,8 @@
 
 For calls started in `[since, until)` (optionally only some agents' calls): how often each
 cue was shown, how people rated it (helpful / not helpful / dismissed, as rates of the cues
-shown, so unrated cues count against a cue's trust), how often reviewers reported it missing
+shown, so unrated cues count against a cue's trust; a cue several people rated counts once,
+by its latest verdict, so each rate is a fraction in [0, 1]), how often reviewers reported it missing
 (`missed_reports`: its recall, as people see it), escalations by reason, and whether the
 customer ended the call better than they started (mean valence of the first and last few
 points of the stored emotional arc). Counting is done by the database; only the arcs of the
@@ -57,10 +58,13 @@ def arc_change(arc: Any) -> str | None:
 
 
 def _empty_counts() -> dict[str, Any]:
-    return {"shown": 0, **dict.fromkeys(VERDICTS, 0), "missed_reports": 0}
+    return {"shown": 0, **dict.fromkeys(VERDICTS, 0), "ratings": 0, "missed_reports": 0}
 
 
 def _with_rates(counts: dict[str, Any]) -> dict[str, Any]:
+    """Each verdict's count as a share of the cues shown. A cue counts once, by its latest
+    verdict (`helpful`, `not_helpful`, `dismissed` count cues, not raters), so the shares are
+    in [0, 1] and sum to `rated / shown`; `ratings` is how many verdicts people gave."""
     shown = counts["shown"]
     rated = sum(counts[v] for v in VERDICTS)
     out = {**counts, "rated": rated}
@@ -104,12 +108,38 @@ async def coaching_analytics(
                     .group_by(Call.agent_id, CueRow.cue)
                 )
             ).all()
+            # Each cue's latest verdict: three raters of one cue shown once must not make its
+            # not-helpful rate 3.0 (the rates are shares of the cues shown).
+            ranked = (
+                sa.select(
+                    CueFeedback.call_id,
+                    CueFeedback.cue,
+                    CueFeedback.verdict,
+                    sa.func.row_number()
+                    .over(
+                        partition_by=(CueFeedback.call_id, CueFeedback.cue_seq),
+                        order_by=(CueFeedback.at.desc(), CueFeedback.id.desc()),
+                    )
+                    .label("rank"),
+                    sa.func.count()
+                    .over(partition_by=(CueFeedback.call_id, CueFeedback.cue_seq))
+                    .label("ratings"),
+                )
+                .where(CueFeedback.call_id.in_(in_range))
+                .subquery()
+            )
             verdicts = (
                 await conn.execute(
-                    sa.select(Call.agent_id, CueFeedback.cue, CueFeedback.verdict, sa.func.count())
-                    .join(Call, Call.call_id == CueFeedback.call_id)
-                    .where(CueFeedback.call_id.in_(in_range))
-                    .group_by(Call.agent_id, CueFeedback.cue, CueFeedback.verdict)
+                    sa.select(
+                        Call.agent_id,
+                        ranked.c.cue,
+                        ranked.c.verdict,
+                        sa.func.count(),
+                        sa.func.sum(ranked.c.ratings),
+                    )
+                    .join(Call, Call.call_id == ranked.c.call_id)
+                    .where(ranked.c.rank == 1)
+                    .group_by(Call.agent_id, ranked.c.cue, ranked.c.verdict)
                 )
             ).all()
             missed = (
@@ -163,9 +193,10 @@ def _assemble(
     for agent, cue, n in shown:
         per_cue[cue]["shown"] += int(n)
         per_agent[agent or "(unassigned)"]["shown"] += int(n)
-    for agent, cue, verdict, n in verdicts:
-        per_cue[cue][verdict] += int(n)
-        per_agent[agent or "(unassigned)"][verdict] += int(n)
+    for agent, cue, verdict, n, ratings in verdicts:
+        for row in (per_cue[cue], per_agent[agent or "(unassigned)"]):
+            row[verdict] += int(n)
+            row["ratings"] += int(ratings or 0)
     for agent, cue, n in missed:
         per_cue[cue]["missed_reports"] += int(n)
         per_agent[agent or "(unassigned)"]["missed_reports"] += int(n)

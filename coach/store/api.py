@@ -17,7 +17,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from coach import metrics
 from coach.api.security import may_view_call, require_principal
@@ -112,7 +112,13 @@ class MissedCueBody(BaseModel):
 
 
 class OutcomeBody(BaseModel):
-    outcome: str | None = Field(None, max_length=200, description="e.g. resolved, callback")
+    # Required, even to clear: `{}` or a misspelt field used to wipe a stored outcome. An
+    # explicit null clears it; a blank string is no outcome either.
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    outcome: str | None = Field(
+        ..., min_length=1, max_length=200, description="e.g. resolved, callback; null clears it"
+    )
 
 
 def _team_filter(principal: Principal) -> frozenset[str] | None:
@@ -323,7 +329,10 @@ async def acknowledge_escalation(
 async def set_outcome(
     call_id: str, body: OutcomeBody, principal: CurrentPrincipal, store: CurrentStore
 ) -> CallRecord:
-    """Record how the call ended for the customer (the call's agent, or a supervisor)."""
+    """Record how the call ended for the customer: `{"outcome": "resolved"}` (1-200
+    characters), or `{"outcome": null}` to clear it. Anyone who may view the call (its agent,
+    a supervisor of its team, an admin). The call's record; 422 for a body without
+    `outcome`, 403 not your call, 404 no such call."""
     await _visible_call(store, call_id, principal)
     with _answers():
         return await store.set_outcome(call_id=call_id, outcome=body.outcome, user=principal.user)

@@ -429,3 +429,53 @@ async def test_coaching_analytics_counts(tmp_path: Path) -> None:
     finally:
         await store.aclose()
     await asyncio.sleep(0)
+
+
+async def test_coaching_rates_count_each_cue_once_by_its_latest_verdict(tmp_path: Path) -> None:
+    """Three people rating one frustration cue gave `not_helpful_rate` 2.0: verdicts were
+    counted per rater and divided by cues shown. Each cue now counts once, by its latest
+    verdict, so every rate is a share of the cues shown, in [0, 1]."""
+    from coach.store import Store
+    from coach.store.db import resolve_url
+
+    store = Store(url=resolve_url(None, tmp_path))
+    now = time.time()
+    await store.write_events(
+        [
+            Received(
+                {
+                    "call_id": "a1",
+                    "seq": 1,
+                    "t_emit": 1.0,
+                    "type": "call_start",
+                    "source": "x",
+                    "channels": [],
+                    "meta": {"agent_id": "ann"},
+                },
+                now,
+            ),
+            Received(
+                {"call_id": "a1", "seq": 2, "t_emit": 2.0, "type": "cue", "cue": "frustration"},
+                now,
+            ),
+        ]
+    )
+    t0 = datetime.now(UTC)
+    for i, (user, verdict) in enumerate(
+        [("ann", "not_helpful"), ("sue", "not_helpful"), ("tom", "dismissed")]
+    ):
+        at = t0 + timedelta(seconds=i)
+        await store.add_feedback(call_id="a1", cue_seq=2, verdict=verdict, user=user, at=at)
+    try:
+        result = await coaching_analytics(store)
+        (cue,) = result["cues"]
+        assert (cue["shown"], cue["rated"], cue["ratings"]) == (1, 1, 3)
+        assert (cue["helpful"], cue["not_helpful"], cue["dismissed"]) == (0, 0, 1)
+        assert cue["dismissed_rate"] == 1.0 and cue["not_helpful_rate"] == 0.0
+        (agent,) = result["agents"]
+        for row in (cue, agent):
+            rates = [row[f"{v}_rate"] for v in ("helpful", "not_helpful", "dismissed")]
+            assert all(0.0 <= r <= 1.0 for r in rates) and sum(rates) <= 1.0
+    finally:
+        await store.aclose()
+    await asyncio.sleep(0)

@@ -93,3 +93,32 @@ async def test_an_engine_failure_loses_one_transcripts_cues_not_the_call(
     seen = bus.history(agent_topic("cues"))
     assert [e["cue"] for e in seen if e["type"] == "cue"] == ["crisis"]
     assert seen[-1]["type"] == "call_end"
+
+
+async def test_the_summarys_cue_outcomes_name_each_cue_by_its_published_seq(
+    runtime: Runtime, settings: Settings
+) -> None:
+    """`call_end.summary.cue_outcomes[].seq` was always null: the engine built the summary
+    from its own copy of each cue, and the bus `seq` was stamped on another. It is the cue
+    event's `seq`, the key feedback is given by (POST /api/calls/{id}/cues/{seq}/feedback)."""
+    bus = InProcessBus()
+    s = _session(bus, runtime, settings)
+    await s.start()
+    for t in (1.0, 20.0):
+        await s.emit(
+            {
+                "type": "transcript",
+                "speaker": "customer",
+                "text": "Put me through to your manager right now, I want a supervisor.",
+                "words": [],
+                "t_start": t,
+                "t_end": t + 5.0,
+            }
+        )
+    await s.end("end")
+    seen = bus.history(agent_topic("cues"))
+    cues = [e for e in seen if e["type"] == "cue"]
+    assert cues, "the bundled playbook shows a cue for an escalation request"
+    outcomes = seen[-1]["summary"]["cue_outcomes"]
+    assert [(o["cue"], o["seq"]) for o in outcomes] == [(c["cue"], c["seq"]) for c in cues]
+    assert all(isinstance(o["seq"], int) for o in outcomes)

@@ -250,9 +250,26 @@ def test_outcome(client: TestClient) -> None:
     assert client.put(path, json={"outcome": "x"}, headers=BOB).status_code == 403
     assert client.put(path, json={"outcome": "x" * 201}, headers=ALICE).status_code == 422
     assert client.put(path, json={"outcome": "callback"}, headers=SUE).status_code == 200
-    assert client.put("/api/calls/nope/outcome", json={}, headers=SUE).status_code == 404
+    assert (
+        client.put("/api/calls/nope/outcome", json={"outcome": "x"}, headers=SUE).status_code == 404
+    )
     history = client.get("/api/customers/cust-1/history", headers=SUE).json()["calls"]
     assert {c["call_id"]: c["outcome"] for c in history}["c-alice"] == "callback"
+
+
+def test_an_outcome_is_cleared_only_on_purpose(client: TestClient) -> None:
+    """`{}` (or a misspelt field) cleared a stored outcome with 200. Only an explicit
+    `{"outcome": null}` clears it; an empty body, a blank outcome or an unknown field is 422
+    and leaves the outcome as it was."""
+    path = "/api/calls/c-alice/outcome"
+    assert client.put(path, json={"outcome": "resolved"}, headers=ALICE).status_code == 200
+    for body in ({}, {"outcome": ""}, {"outcome": "   "}, {"result": "callback"}):
+        resp = client.put(path, json=body, headers=ALICE)
+        assert resp.status_code == 422, (body, resp.text)
+    history = client.get("/api/customers/cust-1/history", headers=SUE).json()["calls"]
+    assert {c["call_id"]: c["outcome"] for c in history}["c-alice"] == "resolved"
+    cleared = client.put(path, json={"outcome": None}, headers=ALICE)
+    assert cleared.status_code == 200 and cleared.json()["outcome"] is None
 
 
 def test_an_unreachable_store_answers_503(tmp_path: Path) -> None:

@@ -11,20 +11,29 @@ from pathlib import Path
 import pytest
 
 from coach.cues.engine import matched_example, words_reason
+from coach.cues.offline import CachedAnalysis
 from coach.cues.playbook import DEFAULT_PLAYBOOK, PlaybookError, load_playbook, parse_playbook
+from coach.settings import Settings
 from coach.store import MissedCueRecord, RatedCueRecord, Store
 from coach.store.writes import Received
 from scripts.eval_cues import CallTruth, Label
 from scripts.tune_playbook import (
     TEST_SPLIT,
+    EvalCall,
     ExampleProposal,
     apply_examples,
     apply_thresholds,
     choose,
     credit_examples,
+    feedback_counts,
     main,
+    ordinary_matches,
+    ordinary_talk,
     propose_examples,
     propose_near_misses,
+    screen_positives,
+    store_url,
+    stored_reports,
 )
 
 SWEEP = {
@@ -269,7 +278,7 @@ def _eval_dir(root: Path, text: str) -> Path:
 NOT_CHURN = "We're moving flat next month so the address needs changing"
 
 
-async def _stored_report(url: str, text: str) -> None:
+async def _stored_report(url: str, text: str, cue: str = "churn_risk") -> None:
     store = Store(url=url)
     try:
         said = {"speaker": "customer", "t_start": 1.0, "t_end": 3.0, "text": text, "seq": 2}
@@ -285,7 +294,7 @@ async def _stored_report(url: str, text: str) -> None:
                 ),
             ]
         )
-        await store.add_missed_cue(call_id="c1", utterance_seq=2, cue="churn_risk", user="sue")
+        await store.add_missed_cue(call_id="c1", utterance_seq=2, cue=cue, user="sue")
         shown = {
             "type": "cue",
             "call_id": "c1",
@@ -337,3 +346,166 @@ def test_missed_reports_are_measured_and_written_to_the_playbook(
     out = capsys.readouterr().out
     assert "negatives" in out and NOT_CHURN in out
     assert load_playbook(playbook).cues["churn_risk"].negatives[-1] == NOT_CHURN
+
+
+# -- what a new positive must not do --------------------------------------------------------
+
+
+def test_a_critical_cue_needs_two_reporters_and_enough_words() -> None:
+    """One reviewer's report of a garbled line must not teach crisis new words: crisis pages
+    a supervisor. The audited report, "Honestly, I'm terrible.", is also shorter than the
+    turns crisis reads at all."""
+    pb = load_playbook()
+    real = "I just want all of it to stop for good"
+    proposals = propose_examples(
+        [
+            _report("crisis", "Honestly, I'm terrible.", "sue"),
+            _report("crisis", real, "sue"),
+            _report("churn_risk", "We're off to the other lot when this runs out.", "sue"),
+        ],
+        pb,
+    )
+    kept, refused = screen_positives(proposals, pb)
+    assert [p.cue for p in kept] == ["churn_risk"]
+    why = {r.proposal.text: r.why for r in refused}
+    assert "needs 2 distinct reporters, has 1" in why[real]
+    assert "min_words" in why["Honestly, I'm terrible."]
+    # A second reporter lets the real one through; the short one stays out.
+    twice = propose_examples(
+        [_report("crisis", t, u) for t in (real, "Honestly, I'm terrible.") for u in ("a", "b")],
+        pb,
+    )
+    kept, refused = screen_positives(twice, pb)
+    assert [p.text for p in kept] == [real]
+    assert [r.proposal.text for r in refused] == ["Honestly, I'm terrible."]
+    # Near-miss negatives cannot make a cue fire: no bar for them.
+    negative = ExampleProposal("crisis", "Honestly, I'm terrible.", ("sue",), "negatives")
+    assert screen_positives([negative], pb) == ([negative], [])
+
+
+def test_the_critical_reporter_bar_cannot_be_lowered(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--missed", "--min-critical-reporters", "1"])
+    assert exit_.value.code == 2
+    assert "must be at least 2" in capsys.readouterr().err
+
+
+def _customer_turn(text: str, t_start: float) -> dict[str, object]:
+    return {
+        "type": "transcript",
+        "speaker": "customer",
+        "text": text,
+        "t_start": t_start,
+        "t_end": t_start + 3.0,
+        "words": [],
+        "prosody": {},
+        "sentiment": {"valence": 0.0, "label": "neutral"},
+    }
+
+
+@pytest.mark.slow
+def test_a_positive_that_makes_ordinary_talk_match_is_refused() -> None:
+    """Ordinary talk from the playbook's background, and evaluation turns not labelled with
+    the cue, are fed to the engine with the proposals in: a cue they show through a new
+    example refuses that example. The real missed wording goes through."""
+    from models.emotion import EmotionModel
+
+    model = EmotionModel()
+    analyze = CachedAnalysis(model)
+    pb = load_playbook()
+    thanks = "Okay, thanks so much for your help today."
+    real = "Honestly the folks at Brightline offered us a better package, so we're moving"
+    said = "Honestly the folks at Brightline offered us a better package so we are moving"
+    labelled = Label("e1", 1, "churn_risk", True, 10.0, 13.0)
+    call = EvalCall(
+        CallTruth("e1", 60.0, (labelled,)),
+        [_customer_turn(said, 10.0), _customer_turn("Thanks a lot for all your help.", 30.0)],
+    )
+    proposals = [
+        ExampleProposal("frustration", thanks, ("sue", "tom")),
+        ExampleProposal("churn_risk", real, ("sue",)),
+    ]
+    probes = ordinary_talk(pb, [call], {"frustration", "churn_risk"}, analyze)
+    sources = {p.source for p in probes}
+    assert {"background", "frustration negative", "evaluation call e1"} <= sources
+    # The labelled turn is no ordinary talk for churn_risk: it is what the report is about.
+    assert not any(p.text == said and "churn_risk" in p.ordinary_for for p in probes)
+    refused = asyncio.run(ordinary_matches(pb, proposals, probes, model.embed_examples, analyze))
+    assert [r.proposal.text for r in refused] == [thanks]
+    assert "makes ordinary talk match frustration" in refused[0].why
+    assert "Thank you so much for your help." in refused[0].why
+
+
+@pytest.mark.slow
+def test_one_report_of_a_garbled_line_does_not_teach_crisis(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The audited case: one reviewer reported "Honestly, I'm terrible." as a missed crisis;
+    F1 on the evaluation set did not move, and --apply wrote it. It is refused now, and the
+    output says why."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'coach.db'}"
+    asyncio.run(_stored_report(url, "Honestly, I'm terrible.", cue="crisis"))
+    playbook = tmp_path / "playbook.yaml"
+    playbook.write_text(DEFAULT_PLAYBOOK.read_text())
+    eval_dir = _eval_dir(tmp_path, "Honestly the folks at Brightline offered us a better package")
+    args = ["--missed", "--apply", "--database-url", url, "--eval-dir", str(eval_dir)]
+    assert main([*args, "--playbook", str(playbook)]) == 0
+    out = capsys.readouterr().out
+    assert "refused" in out and "needs 2 distinct reporters, has 1" in out
+    assert playbook.read_text() == DEFAULT_PLAYBOOK.read_text()
+
+
+# -- where the store is, and which cues ------------------------------------------------------
+
+
+def _one_call_eval_dir(root: Path) -> Path:
+    return _eval_dir(root, "Honestly the folks at Brightline offered us a better package")
+
+
+def test_the_store_is_found_where_the_server_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """COACH_DATA_DIR says where the server's SQLite store is, from any working directory."""
+    data = tmp_path / "data"
+    data.mkdir()
+    asyncio.run(_stored_report(f"sqlite+aiosqlite:///{data / 'coach.db'}", "x y z w"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("COACH_DATA_DIR", str(data))
+    monkeypatch.delenv("COACH_DATABASE_URL", raising=False)
+    assert store_url(Settings.load()) == f"sqlite+aiosqlite:///{(data / 'coach.db').resolve()}"
+    reports = stored_reports(store_url(Settings.load()), "missed")
+    assert [(r.cue, r.text) for r in reports] == [("churn_risk", "x y z w")]
+    assert not (elsewhere / ".coach").exists()
+
+
+def test_no_store_is_said_and_none_is_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COACH_DATABASE_URL", raising=False)
+    monkeypatch.setenv("COACH_DATA_DIR", str(tmp_path / "nowhere"))
+    url = store_url(Settings.load())
+    assert stored_reports(url, "missed") == []
+    err = capsys.readouterr().err
+    assert "no store found" in err and str(tmp_path / "nowhere" / "coach.db") in err
+    assert "COACH_DATA_DIR" in err
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / ".coach").exists()
+    # An explicit SQLite URL to a file that is not there: the same.
+    missing = tmp_path / "gone.db"
+    assert feedback_counts(f"sqlite:///{missing}") == {}
+    assert "no store found" in capsys.readouterr().err and not missing.exists()
+
+
+@pytest.mark.parametrize("bad", ["frustation", "dead_air", "urgency,nope"])
+def test_an_unknown_or_timing_cue_is_a_usage_error(
+    bad: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    eval_dir = _one_call_eval_dir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--eval-dir", str(eval_dir), "--no-feedback", "--cues", bad])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--cues" in err and "frustration" in err and "crisis" in err
+    assert "Traceback" not in err
