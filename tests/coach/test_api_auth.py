@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
+from test_store_support import BACKENDS, Backend, backend_for, migrated_pg_database
 
 from coach.api.app import create_app
 from coach.api.security import may_view_call
@@ -356,11 +357,26 @@ def test_arc_change() -> None:
     assert arc_change([[0, 0.1]]) is None and arc_change(None) is None
 
 
-async def test_coaching_analytics_counts(tmp_path: Path) -> None:
-    from coach.store import Store
-    from coach.store.db import resolve_url
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    yield from migrated_pg_database()
 
-    store = Store(url=resolve_url(None, tmp_path))
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from backend_for(request, tmp_path)
+
+
+async def _analytics_store(backend: Backend) -> Any:
+    from coach.store import Store
+
+    store = Store(url=backend.url)
+    await store.ensure_schema()
+    return store
+
+
+async def test_coaching_analytics_counts(backend: Backend) -> None:
+    store = await _analytics_store(backend)
     now = time.time()
 
     def ev(call_id: str, seq: int, **e: Any) -> Received:
@@ -431,14 +447,11 @@ async def test_coaching_analytics_counts(tmp_path: Path) -> None:
     await asyncio.sleep(0)
 
 
-async def test_coaching_rates_count_each_cue_once_by_its_latest_verdict(tmp_path: Path) -> None:
+async def test_coaching_rates_count_each_cue_once_by_its_latest_verdict(backend: Backend) -> None:
     """Three people rating one frustration cue gave `not_helpful_rate` 2.0: verdicts were
     counted per rater and divided by cues shown. Each cue now counts once, by its latest
     verdict, so every rate is a share of the cues shown, in [0, 1]."""
-    from coach.store import Store
-    from coach.store.db import resolve_url
-
-    store = Store(url=resolve_url(None, tmp_path))
+    store = await _analytics_store(backend)
     now = time.time()
     await store.write_events(
         [
