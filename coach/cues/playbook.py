@@ -32,6 +32,24 @@ EscalationReason = Literal[
 # Timing detectors implemented in code (coach/cues/dynamics.py); a dynamics cue names one.
 Detector = Literal["dead_air", "overtalk", "agent_pace_fast", "talk_ratio"]
 _CUE_ID = re.compile(r"^[a-z][a-z0-9_]{1,40}$")
+# The cue taxonomy of /work/shared/CUES.md: each of these must be in every playbook, because
+# a deleted or misspelt id (`confusoin`) would silently stop that coaching; an operator turns
+# one off with `enabled: false` instead. Language cues (None) read the customer's words; a
+# timing cue runs the detector of its own name. Extra cue ids are the operator's own.
+STANDARD_CUES: dict[str, Detector | None] = {
+    "frustration": None,
+    "confusion": None,
+    "cost_anxiety": None,
+    "urgency": None,
+    "dejection": None,
+    "escalation_request": None,
+    "churn_risk": None,
+    "repeat_contact": None,
+    "crisis": None,
+    "dead_air": "dead_air",
+    "overtalk": "overtalk",
+    "agent_pace_fast": "agent_pace_fast",
+}
 
 
 class _Strict(BaseModel):
@@ -267,6 +285,14 @@ class Playbook(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _whole_playbook_rules(self) -> Playbook:
+        """Rules across cues, each problem reported at its own place in the file."""
+        problems = _missing_standard_cues(self.cues)
+        if problems:
+            raise _Located(problems)
+        return self
+
+    @model_validator(mode="after")
     def _moves_known(self) -> Playbook:
         """Every agent move a cue's context or the escalation rules name is defined."""
         named = [
@@ -286,6 +312,30 @@ class Playbook(_Strict):
 
     def enabled(self) -> dict[str, CueSpec]:
         return {k: v for k, v in self.cues.items() if v.enabled}
+
+
+Loc = tuple[str, ...]
+
+
+class _Located(ValueError):
+    """Problems found across the playbook, each with the place it is about, so that
+    `parse_playbook` can name the line of each (a model validator's own errors have none)."""
+
+    def __init__(self, problems: list[tuple[Loc, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{'.'.join(loc)}: {msg}" for loc, msg in problems))
+
+
+def _missing_standard_cues(cues: Mapping[str, CueSpec]) -> list[tuple[Loc, str]]:
+    return [
+        (
+            ("cues",),
+            f"standard cue {cue_id!r} is missing: every cue of the taxonomy must be in the "
+            f"playbook (to turn one off, keep it with `enabled: false`)",
+        )
+        for cue_id in STANDARD_CUES
+        if cue_id not in cues
+    ]
 
 
 def _detectors() -> tuple[str, ...]:
@@ -319,25 +369,92 @@ def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     return line
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that notes every mapping key given twice.
+
+    Plain YAML keeps the last of two equal keys without a word: a second `frustration:`
+    replaced the real cue, a second `cooldown_s:` overrode the first. A merge (`<<: *anchor`)
+    followed by the mapping's own keys is YAML's way to override on purpose, so merged keys
+    are not duplicates.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[int, str]] = []
+        """(line, problem) of each key given again."""
+        self._checked: set[int] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # construct_mapping flattens each mapping first, and flattening rewrites node.value
+        # in place with the merged pairs: check the pairs as written, once per node.
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            self._note_duplicates(node)
+        super().flatten_mapping(node)
+
+    def _note_duplicates(self, node: yaml.MappingNode) -> None:
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                seen = first.setdefault(key, key_node)
+            except TypeError:
+                continue  # an unhashable key: construct_mapping reports it
+            if seen is not key_node:
+                line = key_node.start_mark.line + 1
+                self.duplicates.append(
+                    (
+                        line,
+                        f"duplicate key {key!r} (line {line}; first at line "
+                        f"{seen.start_mark.line + 1}): YAML would silently keep only the last",
+                    )
+                )
+
+
+def _load_yaml(text: str) -> tuple[Any, yaml.Node | None, list[str]]:
+    """The document, its node tree (for line numbers) and its duplicate keys."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+        return data, root, [problem for _, problem in sorted(loader.duplicates)]
+    finally:
+        loader.dispose()
+
+
+def _problems(exc: ValidationError, root: yaml.Node | None) -> list[str]:
+    """Each validation error as `where (line N): what`."""
+    located: list[tuple[tuple[int | str, ...], str]] = []
+    for err in exc.errors():
+        error = err.get("ctx", {}).get("error")
+        if isinstance(error, _Located):
+            located.extend(error.problems)
+        else:
+            located.append((tuple(err["loc"]), err["msg"]))
+    problems = []
+    for loc, msg in located:
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        line = _line_of(root, loc)
+        at = f" (line {line})" if line else ""
+        problems.append(f"{where}{at}: {msg}")
+    return problems
+
+
 def parse_playbook(text: str, *, source: Path | str = "<playbook>") -> Playbook:
     try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
+        data, root, duplicates = _load_yaml(text)
     except yaml.YAMLError as exc:
         raise PlaybookError(source, [f"not valid YAML: {exc}"]) from exc
+    if duplicates:
+        raise PlaybookError(source, duplicates)
     if not isinstance(data, Mapping):
         raise PlaybookError(source, ["the top level must be a mapping with version and cues"])
     try:
         return Playbook.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            where = ".".join(str(p) for p in loc) or "(top level)"
-            line = _line_of(root, loc)
-            at = f" (line {line})" if line else ""
-            problems.append(f"{where}{at}: {err['msg']}")
-        raise PlaybookError(source, problems) from exc
+        raise PlaybookError(source, _problems(exc, root)) from exc
 
 
 def load_playbook(path: Path | None = None) -> Playbook:

@@ -191,3 +191,48 @@ def test_cli_refuses_a_bad_playbook_before_loading_models(tmp_path: Path) -> Non
     )
     assert out.returncode == 2
     assert "invalid playbook" in out.stderr and "no cues" in out.stderr
+
+
+def _line(text: str, needle: str) -> int:
+    """1-based line of the first line of `text` that is exactly `needle`."""
+    return text.splitlines().index(needle) + 1
+
+
+def test_duplicate_keys_are_refused_with_both_lines() -> None:
+    # Last one wins in plain YAML: a second `frustration:` (a renamed `confusion:`) silently
+    # replaced the real frustration cue and dropped confusion.
+    bundled = DEFAULT_PLAYBOOK.read_text()
+    text = bundled.replace("\n  confusion:\n", "\n  frustration:\n", 1)
+    first, second = _line(bundled, "  frustration:"), _line(bundled, "  confusion:")
+    msg = _error(text)
+    assert f"duplicate key 'frustration' (line {second}; first at line {first})" in msg
+
+    # A field twice inside one cue, and the top-level version twice: every one is reported.
+    text = bundled.replace("    cooldown_s: 45\n", "    cooldown_s: 45\n    cooldown_s: 5\n", 1)
+    text += "version: 2\n"
+    at = _line(bundled, "    cooldown_s: 45")
+    msg = _error(text)
+    assert f"duplicate key 'cooldown_s' (line {at + 1}; first at line {at})" in msg
+    assert f"first at line {_line(bundled, 'version: 1')})" in msg
+    assert msg.count("duplicate key") == 2
+
+
+def test_a_merge_key_is_not_a_duplicate() -> None:
+    # `<<: *anchor` then the cue's own keys is how YAML overrides a shared block on purpose.
+    text = DEFAULT_PLAYBOOK.read_text().replace("\n  frustration:\n", "\n  frustration: &f\n", 1)
+    text = text.replace("\n  confusion:\n", "\n  confusion:\n    <<: *f\n", 1)
+    pb = parse_playbook(text)
+    assert pb.cues["confusion"].title == load_playbook().cues["confusion"].title
+    assert pb.cues["confusion"].voice_trigger == pb.cues["frustration"].voice_trigger
+
+
+def test_every_standard_cue_must_be_present() -> None:
+    # A typo'd id (`confusoin`) silently removed confusion; an operator turns a cue off instead.
+    data = _bundled()
+    data["cues"]["confusoin"] = data["cues"].pop("confusion")
+    msg = _error(yaml.safe_dump(data))
+    assert "standard cue 'confusion' is missing" in msg and "enabled: false" in msg
+    data = _bundled()
+    data["cues"]["confusion"]["enabled"] = False  # the way to turn it off
+    data["cues"]["billing_dispute"] = data["cues"]["cost_anxiety"]  # extra cue ids are fine
+    assert not parse_playbook(yaml.safe_dump(data)).cues["confusion"].enabled
