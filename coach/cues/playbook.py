@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -287,7 +288,7 @@ class Playbook(_Strict):
     @model_validator(mode="after")
     def _whole_playbook_rules(self) -> Playbook:
         """Rules across cues, each problem reported at its own place in the file."""
-        problems = _missing_standard_cues(self.cues)
+        problems = _missing_standard_cues(self.cues) + _below_safety_floor(self.cues)
         if problems:
             raise _Located(problems)
         return self
@@ -336,6 +337,53 @@ def _missing_standard_cues(cues: Mapping[str, CueSpec]) -> list[tuple[Loc, str]]
         for cue_id in STANDARD_CUES
         if cue_id not in cues
     ]
+
+
+@dataclass(frozen=True)
+class _Floor:
+    why: str
+    required: Mapping[Loc, object]
+    """Field path within the cue -> the only value allowed."""
+
+
+# What no playbook edit may take away: an operator tunes these cues, but cannot turn them
+# off or downgrade them. A live server once reloaded a crisis cue without its escalation and
+# a suicidal caller raised only a low complex_inquiry alert. ARCHITECTURE.md: crisis language
+# is a critical `crisis_indicators` escalation; a request for a supervisor is `user_request`.
+SAFETY_FLOOR: Mapping[str, _Floor] = {
+    "crisis": _Floor(
+        why="a caller in danger must page a supervisor at once",
+        required={
+            ("enabled",): True,
+            ("severity",): "critical",
+            ("escalate", "reason"): "crisis_indicators",
+            ("escalate", "urgency"): "critical",
+        },
+    ),
+    "escalation_request": _Floor(
+        why="a customer who asks for a supervisor gets one alerted",
+        required={("escalate", "reason"): "user_request"},
+    ),
+}
+
+
+def _below_safety_floor(cues: Mapping[str, CueSpec]) -> list[tuple[Loc, str]]:
+    problems = []
+    for cue_id, floor in SAFETY_FLOOR.items():
+        spec = cues.get(cue_id)
+        if spec is None:
+            continue  # reported as a missing standard cue
+        for path, required in floor.required.items():
+            value: object = spec
+            for name in path:
+                value = getattr(value, name) if value is not None else None
+            if value == required:
+                continue
+            wrong = f"must be {required!r}, not {value!r}"
+            if value is None:
+                wrong = f"missing: must be {required!r}"
+            problems.append((("cues", cue_id, *path), f"{wrong} (safety floor: {floor.why})"))
+    return problems
 
 
 def _detectors() -> tuple[str, ...]:

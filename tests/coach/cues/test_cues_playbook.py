@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -236,3 +238,53 @@ def test_every_standard_cue_must_be_present() -> None:
     data["cues"]["confusion"]["enabled"] = False  # the way to turn it off
     data["cues"]["billing_dispute"] = data["cues"]["cost_anxiety"]  # extra cue ids are fine
     assert not parse_playbook(yaml.safe_dump(data)).cues["confusion"].enabled
+
+
+@pytest.mark.parametrize(
+    ("edit", "where", "says"),
+    [
+        (
+            lambda c: c.pop("escalate"),
+            "cues.crisis.escalate.urgency (line",
+            "missing: must be 'critical'",
+        ),
+        (
+            lambda c: c.update(escalate={"reason": "crisis_indicators", "urgency": "low"}),
+            "cues.crisis.escalate.urgency (line",
+            "must be 'critical', not 'low'",
+        ),
+        (
+            lambda c: c.update(escalate={"reason": "complex_inquiry", "urgency": "critical"}),
+            "cues.crisis.escalate.reason (line",
+            "must be 'crisis_indicators', not 'complex_inquiry'",
+        ),
+        (lambda c: c.update(enabled=False), "cues.crisis.enabled (line", "must be True"),
+        (lambda c: c.update(severity="normal"), "cues.crisis.severity (line", "'critical'"),
+        (lambda c: c.pop("severity"), "cues.crisis.severity (line", "not 'normal'"),
+    ],
+)
+def test_crisis_handling_cannot_be_turned_off_or_downgraded(
+    edit: Callable[[dict[str, Any]], object], where: str, says: str
+) -> None:
+    # A reloaded edit like these left a suicidal caller with a low complex_inquiry alert.
+    data = _bundled()
+    edit(data["cues"]["crisis"])
+    msg = _error(yaml.safe_dump(data))
+    assert where in msg and says in msg and "safety floor" in msg
+
+
+def test_crisis_must_exist() -> None:
+    data = _bundled()
+    del data["cues"]["crisis"]
+    assert "'crisis' is missing" in _error(yaml.safe_dump(data))
+
+
+def test_escalation_request_keeps_its_user_request_escalation() -> None:
+    data = _bundled()
+    del data["cues"]["escalation_request"]["escalate"]
+    msg = _error(yaml.safe_dump(data))
+    assert "cues.escalation_request.escalate.reason (line" in msg and "'user_request'" in msg
+    data = _bundled()
+    data["cues"]["escalation_request"]["escalate"]["reason"] = "complex_inquiry"
+    msg = _error(yaml.safe_dump(data))
+    assert "cues.escalation_request.escalate.reason" in msg and "'user_request'" in msg
