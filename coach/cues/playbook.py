@@ -13,10 +13,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_PLAYBOOK = Path(__file__).resolve().parents[1] / "playbook.yaml"
 
@@ -53,8 +61,33 @@ STANDARD_CUES: dict[str, Detector | None] = {
 }
 
 
+def _same(text: str) -> str:
+    """Two phrasings that read as the same sentence to the matcher."""
+    return " ".join(text.split()).casefold()
+
+
+def _not_blank(text: str) -> str:
+    # An invisible character (zero-width space) is blank too: it matches nothing.
+    if not any(ch.isalnum() for ch in text):
+        raise ValueError(f"blank phrase {text!r}: no letters or digits")
+    return text
+
+
+def _unique(v: list[str]) -> list[str]:
+    if len(set(v)) != len(v):
+        dupes = sorted({t for t in v if v.count(t) > 1})
+        raise ValueError(f"duplicate phrases: {dupes[:3]}")
+    return v
+
+
+# Example phrases (positives, negatives, background, agent moves): none blank, none twice.
+Phrases = Annotated[list[Annotated[str, AfterValidator(_not_blank)]], AfterValidator(_unique)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `priority: true` or `min_words: 2.5` is a mistake, not 1 and 2; no setting
+    # of the playbook has a use for NaN or infinity (`.nan` passes every range check).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class VoiceBoost(_Strict):
@@ -179,7 +212,11 @@ class CueSpec(_Strict):
     """Boosts (emotion, voice, context) never carry a clause whose words are this far off."""
     min_words: int = Field(4, ge=1, le=20)
     """Shorter utterances ("Okay.") are too ambiguous to match by meaning alone."""
-    emotion_boost: dict[EmotionLabel, float] = Field(default_factory=dict)
+    emotion_boost: dict[EmotionLabel, Annotated[float, Field(ge=-0.5, le=0.5)]] = Field(
+        default_factory=dict
+    )
+    """Added per unit of that text emotion's probability. The bundled ones are 0.06-0.12: a
+    boost near the threshold itself would let a tone alone carry a clause."""
     voice_boost: VoiceBoost | None = None
     voice_trigger: VoiceTrigger | None = None
     affect_gate: AffectGate | None = None
@@ -191,35 +228,35 @@ class CueSpec(_Strict):
     early: Early | None = None
     context: Context | None = None
     framing: Framings = Field(default_factory=Framings)
-    positives: list[str] = Field(default_factory=list)
-    negatives: list[str] = Field(default_factory=list)
+    positives: Phrases = Field(default_factory=list)
+    negatives: Phrases = Field(default_factory=list)
     # Dynamics cues.
     detector: Detector | None = None
     params: dict[str, float] = Field(default_factory=dict)
     escalate: Escalate | None = None
 
-    @field_validator("positives", "negatives")
-    @classmethod
-    def _no_blank_examples(cls, v: list[str]) -> list[str]:
-        for i, text in enumerate(v):
-            if not text.strip():
-                raise ValueError(f"example {i} is empty")
-        if len(set(v)) != len(v):
-            dupes = sorted({t for t in v if v.count(t) > 1})
-            raise ValueError(f"duplicate examples: {dupes[:3]}")
-        return v
-
     @model_validator(mode="after")
     def _kind_fields(self) -> CueSpec:
         if self.kind == "language":
+            if self.party != "customer":
+                # The engine reads language cues on customer turns only (engine.py): one
+                # for the agent or the call would load and never fire.
+                raise ValueError(
+                    f"a language cue must have party: customer, not {self.party} "
+                    "(agent-side language cues are not supported: they would never fire)"
+                )
+            both = {_same(t) for t in self.positives} & {_same(t) for t in self.negatives}
+            if both:
+                raise ValueError(
+                    f"both a positive and a negative example: {sorted(both)[:3]} "
+                    "(it would both fire and block the cue)"
+                )
             if self.threshold is None:
                 raise ValueError("a language cue needs a threshold (0..1)")
             if len(self.positives) < 3:
                 raise ValueError("a language cue needs at least 3 positive examples")
             if self.detector is not None:
                 raise ValueError("detector is only for dynamics cues")
-            if self.early is not None and self.party != "customer":
-                raise ValueError("early is only for customer cues (partials are read per party)")
             if self.early is not None and self.affect_gate is not None:
                 raise ValueError(
                     "early cannot go with affect_gate: the gate needs the whole turn's emotion"
@@ -268,9 +305,9 @@ class Playbook(_Strict):
     version: int = Field(ge=1)
     max_cues_per_utterance: int = Field(2, ge=1, le=5)
     cues: dict[str, CueSpec]
-    background: list[str] = Field(default_factory=list)
+    background: Phrases = Field(default_factory=list)
     """Ordinary call talk that earns no cue: every language cue must beat it."""
-    agent_moves: dict[str, list[str]] = Field(default_factory=dict)
+    agent_moves: dict[str, Phrases] = Field(default_factory=dict)
     """What the agent does (apology, empathy, resolution...): context and handoff summaries."""
     agent_move_threshold: float = Field(0.5, gt=0, le=1)
     escalation: EscalationSpec = Field(default_factory=EscalationSpec)
@@ -288,7 +325,12 @@ class Playbook(_Strict):
     @model_validator(mode="after")
     def _whole_playbook_rules(self) -> Playbook:
         """Rules across cues, each problem reported at its own place in the file."""
-        problems = _missing_standard_cues(self.cues) + _below_safety_floor(self.cues)
+        problems = [
+            *_missing_standard_cues(self.cues),
+            *_standard_kinds(self.cues),
+            *_below_safety_floor(self.cues),
+            *_param_problems(self.cues),
+        ]
         if problems:
             raise _Located(problems)
         return self
@@ -337,6 +379,86 @@ def _missing_standard_cues(cues: Mapping[str, CueSpec]) -> list[tuple[Loc, str]]
         for cue_id in STANDARD_CUES
         if cue_id not in cues
     ]
+
+
+def _standard_kinds(cues: Mapping[str, CueSpec]) -> list[tuple[Loc, str]]:
+    """A standard cue keeps its meaning: `dead_air` on the overtalk detector is not dead air."""
+    problems: list[tuple[Loc, str]] = []
+    for cue_id, detector in STANDARD_CUES.items():
+        spec = cues.get(cue_id)
+        if spec is None:
+            continue  # reported as missing
+        if detector is None and spec.kind != "language":
+            problems.append((("cues", cue_id, "kind"), f"{cue_id} is a language cue"))
+        elif detector is not None and spec.detector != detector:
+            problems.append(
+                (
+                    ("cues", cue_id, "detector"),
+                    f"{cue_id} is a timing cue on its own detector: must be {detector!r}, "
+                    f"not {spec.detector!r}",
+                )
+            )
+    return problems
+
+
+@dataclass(frozen=True)
+class _Range:
+    low: float
+    high: float
+    zero_ok: bool = False
+    """0 is allowed (it means off, or no minimum); otherwise the value must be above 0."""
+
+    def check(self, value: float) -> str | None:
+        if value < 0 or (value == 0 and not self.zero_ok) or value > self.high:
+            low = "0 or more" if self.zero_ok else "above 0"
+            return f"must be {low} and at most {self.high:g}, not {value:g}"
+        return None
+
+
+# Each cue's `params` and who reads them: a timing cue's detector (coach/cues/dynamics.py,
+# engine.py on_pace) or, for a language cue, the engine by cue id (repeat_contact's history
+# window). They are read with .get and a default, so a misspelt key would silently do
+# nothing: only these names are accepted.
+PARAMS: Mapping[str, Mapping[str, _Range]] = {
+    "dead_air": {"silence_s": _Range(0, 600), "min_call_s": _Range(0, 3600, zero_ok=True)},
+    "overtalk": {"overlap_s": _Range(0, 60), "interrupt_window_s": _Range(0, 10, zero_ok=True)},
+    "agent_pace_fast": {
+        "syllables_per_s": _Range(0, 20),
+        "min_speech_s": _Range(0, 600),
+        "window_s": _Range(0, 3600),
+        "vs_customer": _Range(0, 10, zero_ok=True),
+    },
+    "talk_ratio": {
+        "agent_share": _Range(0, 1),
+        "window_s": _Range(0, 3600),
+        "min_speech_s": _Range(0, 3600),
+    },
+    "repeat_contact": {"history_days": _Range(0, 365)},
+}
+
+
+def _param_problems(cues: Mapping[str, CueSpec]) -> list[tuple[Loc, str]]:
+    problems: list[tuple[Loc, str]] = []
+    for cue_id, spec in cues.items():
+        reader = spec.detector if spec.kind == "dynamics" else cue_id
+        known = PARAMS.get(reader or "", {})
+        if spec.params and not known:
+            problems.append(
+                (("cues", cue_id, "params"), "this cue takes no params (nothing reads them)")
+            )
+            continue
+        for key, value in spec.params.items():
+            bounds = known.get(key)
+            if bounds is None:
+                problems.append(
+                    (
+                        ("cues", cue_id, "params", key),
+                        f"unknown param {key!r} for {reader}: known {', '.join(known)}",
+                    )
+                )
+            elif (wrong := bounds.check(value)) is not None:
+                problems.append((("cues", cue_id, "params", key), wrong))
+    return problems
 
 
 @dataclass(frozen=True)

@@ -111,8 +111,8 @@ def test_early_bounds_and_where_it_applies() -> None:
     data["cues"]["dead_air"]["early"] = {}
     assert "early is only for language cues" in _error(yaml.safe_dump(data))
     data = _bundled()
-    data["cues"]["confusion"] |= {"party": "agent", "early": {}}
-    assert "early is only for customer cues" in _error(yaml.safe_dump(data))
+    data["cues"]["confusion"] |= {"party": "agent", "early": {}}  # language cues are the customer's
+    assert "agent-side language cues are not supported" in _error(yaml.safe_dump(data))
     data = _bundled()
     data["cues"]["dejection"]["early"] = {}
     assert "early cannot go with affect_gate" in _error(yaml.safe_dump(data))
@@ -288,3 +288,99 @@ def test_escalation_request_keeps_its_user_request_escalation() -> None:
     data["cues"]["escalation_request"]["escalate"]["reason"] = "complex_inquiry"
     msg = _error(yaml.safe_dump(data))
     assert "cues.escalation_request.escalate.reason" in msg and "'user_request'" in msg
+
+
+@pytest.mark.parametrize("boost", [7.0, -3.0, float("nan"), float("inf")])
+def test_emotion_boost_is_bounded_and_finite(boost: float) -> None:
+    data = _bundled()
+    data["cues"]["frustration"]["emotion_boost"] = {"frustrated": boost}
+    assert "cues.frustration.emotion_boost.frustrated (line" in _error(yaml.safe_dump(data))
+
+
+def test_no_setting_may_be_nan_or_infinite() -> None:
+    data = _bundled()
+    data["cues"]["crisis"]["context"] = {"within_s": float("inf")}
+    data["escalation"]["intense_arousal"] = float("nan")
+    msg = _error(yaml.safe_dump(data))
+    assert "cues.crisis.context.within_s" in msg and "escalation.intense_arousal" in msg
+
+
+def test_integers_are_strict() -> None:
+    # `priority: true` was read as priority 1.
+    data = _bundled()
+    data["cues"]["urgency"]["priority"] = True
+    data["cues"]["urgency"]["min_words"] = 2.5
+    msg = _error(yaml.safe_dump(data))
+    assert "cues.urgency.priority (line" in msg and "cues.urgency.min_words" in msg
+
+
+@pytest.mark.parametrize(
+    ("cue", "params", "says"),
+    [
+        ("dead_air", {"silence_s": -8.0, "min_call_s": 5.0}, "cues.dead_air.params.silence_s"),
+        ("dead_air", {"silence_s": 8.0, "bogus": 1.0}, "unknown param 'bogus'"),
+        ("overtalk", {"overlap_s": 0.0}, "cues.overtalk.params.overlap_s"),
+        ("talk_ratio", {"agent_share": 1.5}, "cues.talk_ratio.params.agent_share"),
+        ("agent_pace_fast", {"syllables_per_s": float("nan")}, "finite number"),
+        ("repeat_contact", {"history_days": -7.0}, "cues.repeat_contact.params.history_days"),
+        ("confusion", {"history_days": 7.0}, "cues.confusion.params (line"),
+    ],
+)
+def test_params_are_checked_per_detector(cue: str, params: dict[str, float], says: str) -> None:
+    data = _bundled()
+    data["cues"][cue]["params"] = params
+    assert says in _error(yaml.safe_dump(data))
+
+
+def test_params_that_are_off_at_zero_and_the_bundled_ones_load() -> None:
+    data = _bundled()
+    data["cues"]["agent_pace_fast"]["params"]["vs_customer"] = 0.0  # off: pace alone
+    data["cues"]["dead_air"]["params"] = {}  # the detector's defaults
+    pb = parse_playbook(yaml.safe_dump(data))
+    assert pb.cues["agent_pace_fast"].params["vs_customer"] == 0.0
+
+
+def test_a_standard_cue_keeps_its_kind_and_detector() -> None:
+    data = _bundled()
+    data["cues"]["dead_air"]["detector"] = "overtalk"
+    msg = _error(yaml.safe_dump(data))
+    assert "cues.dead_air.detector (line" in msg and "'dead_air'" in msg
+    data = _bundled()
+    data["cues"]["frustration"] = data["cues"]["overtalk"]
+    msg = _error(yaml.safe_dump(data))
+    assert "cues.frustration.kind (line" in msg and "language cue" in msg
+
+
+def test_blank_examples_moves_and_background_are_refused() -> None:
+    data = _bundled()
+    data["background"].append("   ")
+    data["agent_moves"]["apology"].append("")
+    data["cues"]["confusion"]["negatives"].append("\u200b")  # invisible: nothing to match
+    msg = _error(yaml.safe_dump(data))
+    lists = (
+        data["background"],
+        data["agent_moves"]["apology"],
+        data["cues"]["confusion"]["negatives"],
+    )
+    background, apology, negative = (len(x) - 1 for x in lists)  # each list's new last item
+    assert f"background.{background} (line" in msg
+    assert f"agent_moves.apology.{apology} (line" in msg
+    assert f"cues.confusion.negatives.{negative} (line" in msg and "blank phrase" in msg
+
+
+def test_a_sentence_cannot_be_both_positive_and_negative() -> None:
+    data = _bundled()
+    cue = data["cues"]["churn_risk"]
+    cue["negatives"].append(" " + cue["positives"][0].upper())
+    msg = _error(yaml.safe_dump(data))
+    assert "cues.churn_risk (line" in msg and "both a positive and a negative" in msg
+
+
+@pytest.mark.parametrize("party", ["agent", "call"])
+def test_a_language_cue_reads_the_customer(party: str) -> None:
+    # The engine reads language cues on customer turns only: an agent-side one never fired,
+    # and a crisis cue moved to the agent's side would silently stop paging anyone.
+    data = _bundled()
+    data["cues"]["crisis"]["party"] = party
+    msg = _error(yaml.safe_dump(data))
+    assert "cues.crisis (line" in msg and "agent-side language cues are not supported" in msg
