@@ -384,3 +384,42 @@ def test_a_language_cue_reads_the_customer(party: str) -> None:
     data["cues"]["crisis"]["party"] = party
     msg = _error(yaml.safe_dump(data))
     assert "cues.crisis (line" in msg and "agent-side language cues are not supported" in msg
+
+
+def _library(path: Path) -> PlaybookLibrary:
+    def embed(texts):  # type: ignore[no-untyped-def]
+        import numpy as np
+
+        v = np.random.default_rng(len(texts)).normal(size=(len(texts), 8)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    return PlaybookLibrary(path, embed=embed)
+
+
+def test_fixing_a_refused_edit_clears_the_error(tmp_path: Path) -> None:
+    # The operator undoes a refused edit: the file is again the version in force, which must
+    # be noticed (and the refusal forgotten) although no new version comes in.
+    path = tmp_path / "playbook.yaml"
+    path.write_text(DEFAULT_PLAYBOOK.read_text())
+    lib = _library(path)
+    good = lib.version
+    path.write_text(DEFAULT_PLAYBOOK.read_text().replace("priority: 2", "priority: 9", 1))
+    assert lib.changed() and not lib.reload() and lib.last_error and lib.refused_now()
+
+    path.write_text(DEFAULT_PLAYBOOK.read_text())
+    assert lib.changed()  # the watcher must look again
+    assert not lib.reload()  # nothing new to swap in...
+    assert lib.last_error is None and not lib.refused_now()  # ...but the refusal is over
+    assert lib.version == good and not lib.changed()
+
+
+def test_an_unreadable_file_is_a_refusal(tmp_path: Path) -> None:
+    path = tmp_path / "playbook.yaml"
+    path.write_text(DEFAULT_PLAYBOOK.read_text())
+    lib = _library(path)
+    path.unlink()
+    assert not lib.reload() and lib.last_error and "cannot read" in lib.last_error
+    assert lib.refused_now()
+    path.write_bytes(b"version: 1\ncues:\n  \xff\xfe: {}\n")  # not UTF-8
+    assert not lib.reload() and lib.last_error and "not UTF-8" in lib.last_error
+    assert lib.refused_now()
