@@ -403,10 +403,11 @@ def _standard_kinds(cues: Mapping[str, CueSpec]) -> list[tuple[Loc, str]]:
 
 @dataclass(frozen=True)
 class _Range:
-    low: float
+    """A param above 0 and at most `high` (every param is a duration, rate, share or ratio)."""
+
     high: float
     zero_ok: bool = False
-    """0 is allowed (it means off, or no minimum); otherwise the value must be above 0."""
+    """0 is allowed too (it means off, or no minimum)."""
 
     def check(self, value: float) -> str | None:
         if value < 0 or (value == 0 and not self.zero_ok) or value > self.high:
@@ -420,20 +421,20 @@ class _Range:
 # window). They are read with .get and a default, so a misspelt key would silently do
 # nothing: only these names are accepted.
 PARAMS: Mapping[str, Mapping[str, _Range]] = {
-    "dead_air": {"silence_s": _Range(0, 600), "min_call_s": _Range(0, 3600, zero_ok=True)},
-    "overtalk": {"overlap_s": _Range(0, 60), "interrupt_window_s": _Range(0, 10, zero_ok=True)},
+    "dead_air": {"silence_s": _Range(600), "min_call_s": _Range(3600, zero_ok=True)},
+    "overtalk": {"overlap_s": _Range(60), "interrupt_window_s": _Range(10, zero_ok=True)},
     "agent_pace_fast": {
-        "syllables_per_s": _Range(0, 20),
-        "min_speech_s": _Range(0, 600),
-        "window_s": _Range(0, 3600),
-        "vs_customer": _Range(0, 10, zero_ok=True),
+        "syllables_per_s": _Range(20),
+        "min_speech_s": _Range(600),
+        "window_s": _Range(3600),
+        "vs_customer": _Range(10, zero_ok=True),
     },
     "talk_ratio": {
-        "agent_share": _Range(0, 1),
-        "window_s": _Range(0, 3600),
-        "min_speech_s": _Range(0, 3600),
+        "agent_share": _Range(1),
+        "window_s": _Range(3600),
+        "min_speech_s": _Range(3600),
     },
-    "repeat_contact": {"history_days": _Range(0, 365)},
+    "repeat_contact": {"history_days": _Range(365)},
 }
 
 
