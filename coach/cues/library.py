@@ -42,7 +42,11 @@ class PlaybookLibrary:
             raw = self.path.read_bytes()
         except OSError as exc:
             raise PlaybookError(self.path, [f"cannot read: {exc.strerror or exc}"]) from exc
-        playbook = parse_playbook(raw.decode("utf-8"), source=self.path)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:  # a refusal like any other, not a dead watcher
+            raise PlaybookError(self.path, [f"not UTF-8: {exc}"]) from exc
+        playbook = parse_playbook(text, source=self.path)
         index = CueIndex.build(playbook, self._embed)
         return LoadedPlaybook(playbook, index, hashlib.sha256(raw).hexdigest()[:12])
 
@@ -53,13 +57,17 @@ class PlaybookLibrary:
             return None
 
     def changed(self) -> bool:
-        """The file differs from what is in force and was not already refused."""
+        """The file is worth loading: not the refused version, and either a new one or, after
+        a refusal, the version in force again (the edit was undone: the refusal is over)."""
         digest = self._digest()
-        return digest is not None and digest not in (self._current.version, self._refused)
+        if digest is None or digest == self._refused:
+            return False
+        return digest != self._current.version or self.last_error is not None
 
     def refused_now(self) -> bool:
-        """The file on disk is a version that was refused (live calls use the last good one)."""
-        return self._refused is not None and self._digest() == self._refused
+        """The file on disk is what the last reload refused (live calls use the last good
+        one): a version that did not validate, or no readable file at all."""
+        return self.last_error is not None and self._digest() == self._refused
 
     def reload(self) -> bool:
         """Load the file again; True if a new version is now in force."""
@@ -68,16 +76,14 @@ class PlaybookLibrary:
                 loaded = self._load()
             except PlaybookError as exc:
                 self.last_error = str(exc)
-                try:
-                    self._refused = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
-                except OSError:
-                    self._refused = None
+                self._refused = self._digest()  # None: no readable file
                 log.error("playbook reload refused, keeping version %s: %s", self.version, exc)
                 return False
+            # The file loads: whatever was refused before is no longer on disk.
+            self.last_error, self._refused = None, None
             if loaded.version == self._current.version:
                 return False
             self._current = loaded
-            self.last_error = None
             self.reloads += 1
             log.info("playbook %s reloaded: version %s", self.path, loaded.version)
             return True

@@ -11,11 +11,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_PLAYBOOK = Path(__file__).resolve().parents[1] / "playbook.yaml"
 
@@ -32,10 +41,53 @@ EscalationReason = Literal[
 # Timing detectors implemented in code (coach/cues/dynamics.py); a dynamics cue names one.
 Detector = Literal["dead_air", "overtalk", "agent_pace_fast", "talk_ratio"]
 _CUE_ID = re.compile(r"^[a-z][a-z0-9_]{1,40}$")
+# The cue taxonomy of /work/shared/CUES.md: each of these must be in every playbook, because
+# a deleted or misspelt id (`confusoin`) would silently stop that coaching; an operator turns
+# one off with `enabled: false` instead. Language cues (None) read the customer's words; a
+# timing cue runs the detector of its own name. Extra cue ids are the operator's own.
+STANDARD_CUES: dict[str, Detector | None] = {
+    "frustration": None,
+    "confusion": None,
+    "cost_anxiety": None,
+    "urgency": None,
+    "dejection": None,
+    "escalation_request": None,
+    "churn_risk": None,
+    "repeat_contact": None,
+    "crisis": None,
+    "dead_air": "dead_air",
+    "overtalk": "overtalk",
+    "agent_pace_fast": "agent_pace_fast",
+}
+
+
+def _same(text: str) -> str:
+    """Two phrasings that read as the same sentence to the matcher."""
+    return " ".join(text.split()).casefold()
+
+
+def _not_blank(text: str) -> str:
+    # An invisible character (zero-width space) is blank too: it matches nothing.
+    if not any(ch.isalnum() for ch in text):
+        raise ValueError(f"blank phrase {text!r}: no letters or digits")
+    return text
+
+
+def _unique(v: list[str]) -> list[str]:
+    if len(set(v)) != len(v):
+        dupes = sorted({t for t in v if v.count(t) > 1})
+        raise ValueError(f"duplicate phrases: {dupes[:3]}")
+    return v
+
+
+# Example phrases (positives, negatives, background, agent moves): none blank, none twice.
+Phrases = Annotated[list[Annotated[str, AfterValidator(_not_blank)]], AfterValidator(_unique)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `priority: true` or `min_words: 2.5` is a mistake, not 1 and 2; no setting
+    # of the playbook has a use for NaN or infinity (`.nan` passes every range check).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class VoiceBoost(_Strict):
@@ -160,7 +212,11 @@ class CueSpec(_Strict):
     """Boosts (emotion, voice, context) never carry a clause whose words are this far off."""
     min_words: int = Field(4, ge=1, le=20)
     """Shorter utterances ("Okay.") are too ambiguous to match by meaning alone."""
-    emotion_boost: dict[EmotionLabel, float] = Field(default_factory=dict)
+    emotion_boost: dict[EmotionLabel, Annotated[float, Field(ge=-0.5, le=0.5)]] = Field(
+        default_factory=dict
+    )
+    """Added per unit of that text emotion's probability. The bundled ones are 0.06-0.12: a
+    boost near the threshold itself would let a tone alone carry a clause."""
     voice_boost: VoiceBoost | None = None
     voice_trigger: VoiceTrigger | None = None
     affect_gate: AffectGate | None = None
@@ -172,35 +228,35 @@ class CueSpec(_Strict):
     early: Early | None = None
     context: Context | None = None
     framing: Framings = Field(default_factory=Framings)
-    positives: list[str] = Field(default_factory=list)
-    negatives: list[str] = Field(default_factory=list)
+    positives: Phrases = Field(default_factory=list)
+    negatives: Phrases = Field(default_factory=list)
     # Dynamics cues.
     detector: Detector | None = None
     params: dict[str, float] = Field(default_factory=dict)
     escalate: Escalate | None = None
 
-    @field_validator("positives", "negatives")
-    @classmethod
-    def _no_blank_examples(cls, v: list[str]) -> list[str]:
-        for i, text in enumerate(v):
-            if not text.strip():
-                raise ValueError(f"example {i} is empty")
-        if len(set(v)) != len(v):
-            dupes = sorted({t for t in v if v.count(t) > 1})
-            raise ValueError(f"duplicate examples: {dupes[:3]}")
-        return v
-
     @model_validator(mode="after")
     def _kind_fields(self) -> CueSpec:
         if self.kind == "language":
+            if self.party != "customer":
+                # The engine reads language cues on customer turns only (engine.py): one
+                # for the agent or the call would load and never fire.
+                raise ValueError(
+                    f"a language cue must have party: customer, not {self.party} "
+                    "(agent-side language cues are not supported: they would never fire)"
+                )
+            both = {_same(t) for t in self.positives} & {_same(t) for t in self.negatives}
+            if both:
+                raise ValueError(
+                    f"both a positive and a negative example: {sorted(both)[:3]} "
+                    "(it would both fire and block the cue)"
+                )
             if self.threshold is None:
                 raise ValueError("a language cue needs a threshold (0..1)")
             if len(self.positives) < 3:
                 raise ValueError("a language cue needs at least 3 positive examples")
             if self.detector is not None:
                 raise ValueError("detector is only for dynamics cues")
-            if self.early is not None and self.party != "customer":
-                raise ValueError("early is only for customer cues (partials are read per party)")
             if self.early is not None and self.affect_gate is not None:
                 raise ValueError(
                     "early cannot go with affect_gate: the gate needs the whole turn's emotion"
@@ -249,9 +305,9 @@ class Playbook(_Strict):
     version: int = Field(ge=1)
     max_cues_per_utterance: int = Field(2, ge=1, le=5)
     cues: dict[str, CueSpec]
-    background: list[str] = Field(default_factory=list)
+    background: Phrases = Field(default_factory=list)
     """Ordinary call talk that earns no cue: every language cue must beat it."""
-    agent_moves: dict[str, list[str]] = Field(default_factory=dict)
+    agent_moves: dict[str, Phrases] = Field(default_factory=dict)
     """What the agent does (apology, empathy, resolution...): context and handoff summaries."""
     agent_move_threshold: float = Field(0.5, gt=0, le=1)
     escalation: EscalationSpec = Field(default_factory=EscalationSpec)
@@ -265,6 +321,19 @@ class Playbook(_Strict):
         if not v:
             raise ValueError("the playbook has no cues")
         return v
+
+    @model_validator(mode="after")
+    def _whole_playbook_rules(self) -> Playbook:
+        """Rules across cues, each problem reported at its own place in the file."""
+        problems = [
+            *_missing_standard_cues(self.cues),
+            *_standard_kinds(self.cues),
+            *_below_safety_floor(self.cues),
+            *_param_problems(self.cues),
+        ]
+        if problems:
+            raise _Located(problems)
+        return self
 
     @model_validator(mode="after")
     def _moves_known(self) -> Playbook:
@@ -286,6 +355,158 @@ class Playbook(_Strict):
 
     def enabled(self) -> dict[str, CueSpec]:
         return {k: v for k, v in self.cues.items() if v.enabled}
+
+
+Loc = tuple[str, ...]
+
+
+class _Located(ValueError):
+    """Problems found across the playbook, each with the place it is about, so that
+    `parse_playbook` can name the line of each (a model validator's own errors have none)."""
+
+    def __init__(self, problems: list[tuple[Loc, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{'.'.join(loc)}: {msg}" for loc, msg in problems))
+
+
+def _missing_standard_cues(cues: Mapping[str, CueSpec]) -> list[tuple[Loc, str]]:
+    return [
+        (
+            ("cues",),
+            f"standard cue {cue_id!r} is missing: every cue of the taxonomy must be in the "
+            f"playbook (to turn one off, keep it with `enabled: false`)",
+        )
+        for cue_id in STANDARD_CUES
+        if cue_id not in cues
+    ]
+
+
+def _standard_kinds(cues: Mapping[str, CueSpec]) -> list[tuple[Loc, str]]:
+    """A standard cue keeps its meaning: `dead_air` on the overtalk detector is not dead air."""
+    problems: list[tuple[Loc, str]] = []
+    for cue_id, detector in STANDARD_CUES.items():
+        spec = cues.get(cue_id)
+        if spec is None:
+            continue  # reported as missing
+        if detector is None and spec.kind != "language":
+            problems.append((("cues", cue_id, "kind"), f"{cue_id} is a language cue"))
+        elif detector is not None and spec.detector != detector:
+            problems.append(
+                (
+                    ("cues", cue_id, "detector"),
+                    f"{cue_id} is a timing cue on its own detector: must be {detector!r}, "
+                    f"not {spec.detector!r}",
+                )
+            )
+    return problems
+
+
+@dataclass(frozen=True)
+class _Range:
+    """A param above 0 and at most `high` (every param is a duration, rate, share or ratio)."""
+
+    high: float
+    zero_ok: bool = False
+    """0 is allowed too (it means off, or no minimum)."""
+
+    def check(self, value: float) -> str | None:
+        if value < 0 or (value == 0 and not self.zero_ok) or value > self.high:
+            low = "0 or more" if self.zero_ok else "above 0"
+            return f"must be {low} and at most {self.high:g}, not {value:g}"
+        return None
+
+
+# Each cue's `params` and who reads them: a timing cue's detector (coach/cues/dynamics.py,
+# engine.py on_pace) or, for a language cue, the engine by cue id (repeat_contact's history
+# window). They are read with .get and a default, so a misspelt key would silently do
+# nothing: only these names are accepted.
+PARAMS: Mapping[str, Mapping[str, _Range]] = {
+    "dead_air": {"silence_s": _Range(600), "min_call_s": _Range(3600, zero_ok=True)},
+    "overtalk": {"overlap_s": _Range(60), "interrupt_window_s": _Range(10, zero_ok=True)},
+    "agent_pace_fast": {
+        "syllables_per_s": _Range(20),
+        "min_speech_s": _Range(600),
+        "window_s": _Range(3600),
+        "vs_customer": _Range(10, zero_ok=True),
+    },
+    "talk_ratio": {
+        "agent_share": _Range(1),
+        "window_s": _Range(3600),
+        "min_speech_s": _Range(3600),
+    },
+    "repeat_contact": {"history_days": _Range(365)},
+}
+
+
+def _param_problems(cues: Mapping[str, CueSpec]) -> list[tuple[Loc, str]]:
+    problems: list[tuple[Loc, str]] = []
+    for cue_id, spec in cues.items():
+        reader = spec.detector if spec.kind == "dynamics" else cue_id
+        known = PARAMS.get(reader or "", {})
+        if spec.params and not known:
+            problems.append(
+                (("cues", cue_id, "params"), "this cue takes no params (nothing reads them)")
+            )
+            continue
+        for key, value in spec.params.items():
+            bounds = known.get(key)
+            if bounds is None:
+                problems.append(
+                    (
+                        ("cues", cue_id, "params", key),
+                        f"unknown param {key!r} for {reader}: known {', '.join(known)}",
+                    )
+                )
+            elif (wrong := bounds.check(value)) is not None:
+                problems.append((("cues", cue_id, "params", key), wrong))
+    return problems
+
+
+@dataclass(frozen=True)
+class _Floor:
+    why: str
+    required: Mapping[Loc, object]
+    """Field path within the cue -> the only value allowed."""
+
+
+# What no playbook edit may take away: an operator tunes these cues, but cannot turn them
+# off or downgrade them. A live server once reloaded a crisis cue without its escalation and
+# a suicidal caller raised only a low complex_inquiry alert. ARCHITECTURE.md: crisis language
+# is a critical `crisis_indicators` escalation; a request for a supervisor is `user_request`.
+SAFETY_FLOOR: Mapping[str, _Floor] = {
+    "crisis": _Floor(
+        why="a caller in danger must page a supervisor at once",
+        required={
+            ("enabled",): True,
+            ("severity",): "critical",
+            ("escalate", "reason"): "crisis_indicators",
+            ("escalate", "urgency"): "critical",
+        },
+    ),
+    "escalation_request": _Floor(
+        why="a customer who asks for a supervisor gets one alerted",
+        required={("escalate", "reason"): "user_request"},
+    ),
+}
+
+
+def _below_safety_floor(cues: Mapping[str, CueSpec]) -> list[tuple[Loc, str]]:
+    problems = []
+    for cue_id, floor in SAFETY_FLOOR.items():
+        spec = cues.get(cue_id)
+        if spec is None:
+            continue  # reported as a missing standard cue
+        for path, required in floor.required.items():
+            value: object = spec
+            for name in path:
+                value = getattr(value, name) if value is not None else None
+            if value == required:
+                continue
+            wrong = f"must be {required!r}, not {value!r}"
+            if value is None:
+                wrong = f"missing: must be {required!r}"
+            problems.append((("cues", cue_id, *path), f"{wrong} (safety floor: {floor.why})"))
+    return problems
 
 
 def _detectors() -> tuple[str, ...]:
@@ -319,25 +540,92 @@ def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     return line
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that notes every mapping key given twice.
+
+    Plain YAML keeps the last of two equal keys without a word: a second `frustration:`
+    replaced the real cue, a second `cooldown_s:` overrode the first. A merge (`<<: *anchor`)
+    followed by the mapping's own keys is YAML's way to override on purpose, so merged keys
+    are not duplicates.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[int, str]] = []
+        """(line, problem) of each key given again."""
+        self._checked: set[int] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # construct_mapping flattens each mapping first, and flattening rewrites node.value
+        # in place with the merged pairs: check the pairs as written, once per node.
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            self._note_duplicates(node)
+        super().flatten_mapping(node)
+
+    def _note_duplicates(self, node: yaml.MappingNode) -> None:
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                seen = first.setdefault(key, key_node)
+            except TypeError:
+                continue  # an unhashable key: construct_mapping reports it
+            if seen is not key_node:
+                line = key_node.start_mark.line + 1
+                self.duplicates.append(
+                    (
+                        line,
+                        f"duplicate key {key!r} (line {line}; first at line "
+                        f"{seen.start_mark.line + 1}): YAML would silently keep only the last",
+                    )
+                )
+
+
+def _load_yaml(text: str) -> tuple[Any, yaml.Node | None, list[str]]:
+    """The document, its node tree (for line numbers) and its duplicate keys."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+        return data, root, [problem for _, problem in sorted(loader.duplicates)]
+    finally:
+        loader.dispose()
+
+
+def _problems(exc: ValidationError, root: yaml.Node | None) -> list[str]:
+    """Each validation error as `where (line N): what`."""
+    located: list[tuple[tuple[int | str, ...], str]] = []
+    for err in exc.errors():
+        error = err.get("ctx", {}).get("error")
+        if isinstance(error, _Located):
+            located.extend(error.problems)
+        else:
+            located.append((tuple(err["loc"]), err["msg"]))
+    problems = []
+    for loc, msg in located:
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        line = _line_of(root, loc)
+        at = f" (line {line})" if line else ""
+        problems.append(f"{where}{at}: {msg}")
+    return problems
+
+
 def parse_playbook(text: str, *, source: Path | str = "<playbook>") -> Playbook:
     try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
+        data, root, duplicates = _load_yaml(text)
     except yaml.YAMLError as exc:
         raise PlaybookError(source, [f"not valid YAML: {exc}"]) from exc
+    if duplicates:
+        raise PlaybookError(source, duplicates)
     if not isinstance(data, Mapping):
         raise PlaybookError(source, ["the top level must be a mapping with version and cues"])
     try:
         return Playbook.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            where = ".".join(str(p) for p in loc) or "(top level)"
-            line = _line_of(root, loc)
-            at = f" (line {line})" if line else ""
-            problems.append(f"{where}{at}: {err['msg']}")
-        raise PlaybookError(source, problems) from exc
+        raise PlaybookError(source, _problems(exc, root)) from exc
 
 
 def load_playbook(path: Path | None = None) -> Playbook:

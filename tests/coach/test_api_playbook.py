@@ -81,3 +81,29 @@ def test_roles(setup: tuple[TestClient, Path]) -> None:
     )
     ok = client.post("/api/playbook/reload", headers=bearer("ada", "admin"))
     assert ok.status_code == 200 and ok.json()["last_error"] is None
+
+
+def test_a_fixed_edit_clears_the_refusal(setup: tuple[TestClient, Path]) -> None:
+    # The operator undoes the bad edit: the page must stop showing the refusal, although the
+    # version in force never changed.
+    client, path = setup
+    good = path.read_text()
+    first = client.get("/api/playbook", headers=bearer("sam", "supervisor")).json()
+    path.write_text(good.replace("priority: 2", "priority: 9", 1))
+    assert _wait_for(client, lambda b: b["last_error"] is not None)["last_error"]
+
+    path.write_text(good)
+    body = _wait_for(client, lambda b: b["last_error"] is None)
+    assert body["last_error"] is None and body["version"] == first["version"]
+    ok = client.post("/api/playbook/reload", headers=bearer("ada", "admin"))
+    assert ok.status_code == 200 and ok.json()["last_error"] is None
+
+
+def test_reload_of_a_missing_file_is_refused(setup: tuple[TestClient, Path]) -> None:
+    client, path = setup
+    version = client.get("/api/playbook", headers=bearer("sam", "supervisor")).json()["version"]
+    path.unlink()
+    refused = client.post("/api/playbook/reload", headers=bearer("ada", "admin"))
+    assert refused.status_code == 422 and "cannot read" in refused.json()["detail"]
+    body = client.get("/api/playbook", headers=bearer("sam", "supervisor")).json()
+    assert body["version"] == version and "cannot read" in body["last_error"]

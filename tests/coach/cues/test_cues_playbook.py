@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -109,8 +111,8 @@ def test_early_bounds_and_where_it_applies() -> None:
     data["cues"]["dead_air"]["early"] = {}
     assert "early is only for language cues" in _error(yaml.safe_dump(data))
     data = _bundled()
-    data["cues"]["confusion"] |= {"party": "agent", "early": {}}
-    assert "early is only for customer cues" in _error(yaml.safe_dump(data))
+    data["cues"]["confusion"] |= {"party": "agent", "early": {}}  # language cues are the customer's
+    assert "agent-side language cues are not supported" in _error(yaml.safe_dump(data))
     data = _bundled()
     data["cues"]["dejection"]["early"] = {}
     assert "early cannot go with affect_gate" in _error(yaml.safe_dump(data))
@@ -191,3 +193,233 @@ def test_cli_refuses_a_bad_playbook_before_loading_models(tmp_path: Path) -> Non
     )
     assert out.returncode == 2
     assert "invalid playbook" in out.stderr and "no cues" in out.stderr
+
+
+def _line(text: str, needle: str) -> int:
+    """1-based line of the first line of `text` that is exactly `needle`."""
+    return text.splitlines().index(needle) + 1
+
+
+def test_duplicate_keys_are_refused_with_both_lines() -> None:
+    # Last one wins in plain YAML: a second `frustration:` (a renamed `confusion:`) silently
+    # replaced the real frustration cue and dropped confusion.
+    bundled = DEFAULT_PLAYBOOK.read_text()
+    text = bundled.replace("\n  confusion:\n", "\n  frustration:\n", 1)
+    first, second = _line(bundled, "  frustration:"), _line(bundled, "  confusion:")
+    msg = _error(text)
+    assert f"duplicate key 'frustration' (line {second}; first at line {first})" in msg
+
+    # A field twice inside one cue, and the top-level version twice: every one is reported.
+    text = bundled.replace("    cooldown_s: 45\n", "    cooldown_s: 45\n    cooldown_s: 5\n", 1)
+    text += "version: 2\n"
+    at = _line(bundled, "    cooldown_s: 45")
+    msg = _error(text)
+    assert f"duplicate key 'cooldown_s' (line {at + 1}; first at line {at})" in msg
+    assert f"first at line {_line(bundled, 'version: 1')})" in msg
+    assert msg.count("duplicate key") == 2
+
+
+def test_a_merge_key_is_not_a_duplicate() -> None:
+    # `<<: *anchor` then the cue's own keys is how YAML overrides a shared block on purpose.
+    text = DEFAULT_PLAYBOOK.read_text().replace("\n  frustration:\n", "\n  frustration: &f\n", 1)
+    text = text.replace("\n  confusion:\n", "\n  confusion:\n    <<: *f\n", 1)
+    pb = parse_playbook(text)
+    assert pb.cues["confusion"].title == load_playbook().cues["confusion"].title
+    assert pb.cues["confusion"].voice_trigger == pb.cues["frustration"].voice_trigger
+
+
+def test_every_standard_cue_must_be_present() -> None:
+    # A typo'd id (`confusoin`) silently removed confusion; an operator turns a cue off instead.
+    data = _bundled()
+    data["cues"]["confusoin"] = data["cues"].pop("confusion")
+    msg = _error(yaml.safe_dump(data))
+    assert "standard cue 'confusion' is missing" in msg and "enabled: false" in msg
+    data = _bundled()
+    data["cues"]["confusion"]["enabled"] = False  # the way to turn it off
+    data["cues"]["billing_dispute"] = data["cues"]["cost_anxiety"]  # extra cue ids are fine
+    assert not parse_playbook(yaml.safe_dump(data)).cues["confusion"].enabled
+
+
+@pytest.mark.parametrize(
+    ("edit", "where", "says"),
+    [
+        (
+            lambda c: c.pop("escalate"),
+            "cues.crisis.escalate.urgency (line",
+            "missing: must be 'critical'",
+        ),
+        (
+            lambda c: c.update(escalate={"reason": "crisis_indicators", "urgency": "low"}),
+            "cues.crisis.escalate.urgency (line",
+            "must be 'critical', not 'low'",
+        ),
+        (
+            lambda c: c.update(escalate={"reason": "complex_inquiry", "urgency": "critical"}),
+            "cues.crisis.escalate.reason (line",
+            "must be 'crisis_indicators', not 'complex_inquiry'",
+        ),
+        (lambda c: c.update(enabled=False), "cues.crisis.enabled (line", "must be True"),
+        (lambda c: c.update(severity="normal"), "cues.crisis.severity (line", "'critical'"),
+        (lambda c: c.pop("severity"), "cues.crisis.severity (line", "not 'normal'"),
+    ],
+)
+def test_crisis_handling_cannot_be_turned_off_or_downgraded(
+    edit: Callable[[dict[str, Any]], object], where: str, says: str
+) -> None:
+    # A reloaded edit like these left a suicidal caller with a low complex_inquiry alert.
+    data = _bundled()
+    edit(data["cues"]["crisis"])
+    msg = _error(yaml.safe_dump(data))
+    assert where in msg and says in msg and "safety floor" in msg
+
+
+def test_crisis_must_exist() -> None:
+    data = _bundled()
+    del data["cues"]["crisis"]
+    assert "'crisis' is missing" in _error(yaml.safe_dump(data))
+
+
+def test_escalation_request_keeps_its_user_request_escalation() -> None:
+    data = _bundled()
+    del data["cues"]["escalation_request"]["escalate"]
+    msg = _error(yaml.safe_dump(data))
+    assert "cues.escalation_request.escalate.reason (line" in msg and "'user_request'" in msg
+    data = _bundled()
+    data["cues"]["escalation_request"]["escalate"]["reason"] = "complex_inquiry"
+    msg = _error(yaml.safe_dump(data))
+    assert "cues.escalation_request.escalate.reason" in msg and "'user_request'" in msg
+
+
+@pytest.mark.parametrize("boost", [7.0, -3.0, float("nan"), float("inf")])
+def test_emotion_boost_is_bounded_and_finite(boost: float) -> None:
+    data = _bundled()
+    data["cues"]["frustration"]["emotion_boost"] = {"frustrated": boost}
+    assert "cues.frustration.emotion_boost.frustrated (line" in _error(yaml.safe_dump(data))
+
+
+def test_no_setting_may_be_nan_or_infinite() -> None:
+    data = _bundled()
+    data["cues"]["crisis"]["context"] = {"within_s": float("inf")}
+    data["escalation"]["intense_arousal"] = float("nan")
+    msg = _error(yaml.safe_dump(data))
+    assert "cues.crisis.context.within_s" in msg and "escalation.intense_arousal" in msg
+
+
+def test_integers_are_strict() -> None:
+    # `priority: true` was read as priority 1.
+    data = _bundled()
+    data["cues"]["urgency"]["priority"] = True
+    data["cues"]["urgency"]["min_words"] = 2.5
+    msg = _error(yaml.safe_dump(data))
+    assert "cues.urgency.priority (line" in msg and "cues.urgency.min_words" in msg
+
+
+@pytest.mark.parametrize(
+    ("cue", "params", "says"),
+    [
+        ("dead_air", {"silence_s": -8.0, "min_call_s": 5.0}, "cues.dead_air.params.silence_s"),
+        ("dead_air", {"silence_s": 8.0, "bogus": 1.0}, "unknown param 'bogus'"),
+        ("overtalk", {"overlap_s": 0.0}, "cues.overtalk.params.overlap_s"),
+        ("talk_ratio", {"agent_share": 1.5}, "cues.talk_ratio.params.agent_share"),
+        ("agent_pace_fast", {"syllables_per_s": float("nan")}, "finite number"),
+        ("repeat_contact", {"history_days": -7.0}, "cues.repeat_contact.params.history_days"),
+        ("confusion", {"history_days": 7.0}, "cues.confusion.params (line"),
+    ],
+)
+def test_params_are_checked_per_detector(cue: str, params: dict[str, float], says: str) -> None:
+    data = _bundled()
+    data["cues"][cue]["params"] = params
+    assert says in _error(yaml.safe_dump(data))
+
+
+def test_params_that_are_off_at_zero_and_the_bundled_ones_load() -> None:
+    data = _bundled()
+    data["cues"]["agent_pace_fast"]["params"]["vs_customer"] = 0.0  # off: pace alone
+    data["cues"]["dead_air"]["params"] = {}  # the detector's defaults
+    pb = parse_playbook(yaml.safe_dump(data))
+    assert pb.cues["agent_pace_fast"].params["vs_customer"] == 0.0
+
+
+def test_a_standard_cue_keeps_its_kind_and_detector() -> None:
+    data = _bundled()
+    data["cues"]["dead_air"]["detector"] = "overtalk"
+    msg = _error(yaml.safe_dump(data))
+    assert "cues.dead_air.detector (line" in msg and "'dead_air'" in msg
+    data = _bundled()
+    data["cues"]["frustration"] = data["cues"]["overtalk"]
+    msg = _error(yaml.safe_dump(data))
+    assert "cues.frustration.kind (line" in msg and "language cue" in msg
+
+
+def test_blank_examples_moves_and_background_are_refused() -> None:
+    data = _bundled()
+    data["background"].append("   ")
+    data["agent_moves"]["apology"].append("")
+    data["cues"]["confusion"]["negatives"].append("\u200b")  # invisible: nothing to match
+    msg = _error(yaml.safe_dump(data))
+    lists = (
+        data["background"],
+        data["agent_moves"]["apology"],
+        data["cues"]["confusion"]["negatives"],
+    )
+    background, apology, negative = (len(x) - 1 for x in lists)  # each list's new last item
+    assert f"background.{background} (line" in msg
+    assert f"agent_moves.apology.{apology} (line" in msg
+    assert f"cues.confusion.negatives.{negative} (line" in msg and "blank phrase" in msg
+
+
+def test_a_sentence_cannot_be_both_positive_and_negative() -> None:
+    data = _bundled()
+    cue = data["cues"]["churn_risk"]
+    cue["negatives"].append(" " + cue["positives"][0].upper())
+    msg = _error(yaml.safe_dump(data))
+    assert "cues.churn_risk (line" in msg and "both a positive and a negative" in msg
+
+
+@pytest.mark.parametrize("party", ["agent", "call"])
+def test_a_language_cue_reads_the_customer(party: str) -> None:
+    # The engine reads language cues on customer turns only: an agent-side one never fired,
+    # and a crisis cue moved to the agent's side would silently stop paging anyone.
+    data = _bundled()
+    data["cues"]["crisis"]["party"] = party
+    msg = _error(yaml.safe_dump(data))
+    assert "cues.crisis (line" in msg and "agent-side language cues are not supported" in msg
+
+
+def _library(path: Path) -> PlaybookLibrary:
+    def embed(texts):  # type: ignore[no-untyped-def]
+        import numpy as np
+
+        v = np.random.default_rng(len(texts)).normal(size=(len(texts), 8)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    return PlaybookLibrary(path, embed=embed)
+
+
+def test_fixing_a_refused_edit_clears_the_error(tmp_path: Path) -> None:
+    # The operator undoes a refused edit: the file is again the version in force, which must
+    # be noticed (and the refusal forgotten) although no new version comes in.
+    path = tmp_path / "playbook.yaml"
+    path.write_text(DEFAULT_PLAYBOOK.read_text())
+    lib = _library(path)
+    good = lib.version
+    path.write_text(DEFAULT_PLAYBOOK.read_text().replace("priority: 2", "priority: 9", 1))
+    assert lib.changed() and not lib.reload() and lib.last_error and lib.refused_now()
+
+    path.write_text(DEFAULT_PLAYBOOK.read_text())
+    assert lib.changed()  # the watcher must look again
+    assert not lib.reload()  # nothing new to swap in...
+    assert lib.last_error is None and not lib.refused_now()  # ...but the refusal is over
+    assert lib.version == good and not lib.changed()
+
+
+def test_an_unreadable_file_is_a_refusal(tmp_path: Path) -> None:
+    path = tmp_path / "playbook.yaml"
+    path.write_text(DEFAULT_PLAYBOOK.read_text())
+    lib = _library(path)
+    path.unlink()
+    assert not lib.reload() and lib.last_error and "cannot read" in lib.last_error
+    assert lib.refused_now()
+    path.write_bytes(b"version: 1\ncues:\n  \xff\xfe: {}\n")  # not UTF-8
+    assert not lib.reload() and lib.last_error and "not UTF-8" in lib.last_error
+    assert lib.refused_now()
