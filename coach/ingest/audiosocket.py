@@ -624,8 +624,9 @@ class AudioSocketService:
         samples = 0
         while True:
             read = asyncio.ensure_future(conn.frames.next(self._idle_timeout_s))
+            waiting: set[asyncio.Future[Any]] = {read, ended}
             try:
-                await asyncio.wait({read, ended}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 if not read.done():  # cancelling is safe: only the socket read was pending
                     read.cancel()
