@@ -14,7 +14,8 @@ remote panels catch up. `degraded` is true meanwhile, for the readiness probe.
 
 Remote events go to subscribers and history only, never to `add_listener` listeners: those
 (the store, metrics) already see every event on the instance that owns the call, and running
-them again on every instance would store each call once per instance.
+them again on every instance would store each call once per instance. What needs every
+instance's events of one topic (the supervisor wall) registers with `watch_remote`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +52,11 @@ ORIGIN_FIELD = "o"
 EVENT_FIELD = "e"
 _DEDUPE_KEYS = 20_000
 """(topic, call_id) pairs remembered for dedupe; old ones are forgotten first."""
+
+
+RemoteListener = Callable[[str, Event, float], None]
+"""`(topic, event, written_at)`: an event another instance published, and when it was written to
+its stream (epoch seconds, from the stream entry id), which a replay from the stream needs."""
 
 
 @dataclass(eq=False)
@@ -143,6 +150,7 @@ class RedisBus(InProcessBus):
         self._last_seq: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._read_ids: dict[str, str] = {}
         """topic -> last stream id seen (delivered or skipped): where the reader resumes."""
+        self._remote_listeners: dict[str, list[RemoteListener]] = {}
         self._owned: set[str] = set()
         self._owner_drop: set[str] = set()
         self._state_out: dict[str, str] = {}
@@ -160,6 +168,9 @@ class RedisBus(InProcessBus):
         if self._tasks:
             return
         self._stopping = False
+        # Connect at once: until the writer's first flush the bus counts as degraded, and a
+        # remote call's panel would be told to retry for a heartbeat after start-up.
+        self._wake_writer.set()
         self._tasks = [
             asyncio.create_task(self._writer(), name="redis-bus-writer"),
             asyncio.create_task(self._reader(), name="redis-bus-reader"),
@@ -368,13 +379,24 @@ class RedisBus(InProcessBus):
             sub.queue.put_nowait(None)
             return sub
         self._subs.setdefault(topic, set()).add(sub)
+        self._watch(topic)
+        return sub
+
+    def _watch(self, topic: str) -> None:
+        """Read `topic`'s stream from here on, starting with what it holds now."""
         if topic not in self._read_ids:
             self._read_ids[topic] = "0-0"
             task = asyncio.create_task(self._catch_up(topic))
             self._catchups.add(task)
             task.add_done_callback(self._catchups.discard)
         self._wake_reader.set()
-        return sub
+
+    def watch_remote(self, topic: str, listener: RemoteListener) -> None:
+        """Call `listener` with every event other instances publish on `topic`, from what the
+        stream still holds (up to `stream_maxlen` entries, `stream_ttl_s`) onwards. Needs a
+        running loop (call after `start`)."""
+        self._remote_listeners.setdefault(topic, []).append(listener)
+        self._watch(topic)
 
     def forget(self, topic: str) -> None:
         super().forget(topic)
@@ -385,7 +407,9 @@ class RedisBus(InProcessBus):
     def _mark_seen(self, topic: str, event: Event) -> bool:
         """Record the event's seq; False if this topic already had it (or a later one)."""
         seq = _seq(event)
-        if seq < 0:
+        if seq < 0 or event.get("type") == "escalation_ack":
+            # An acknowledgement's `seq` names the escalation it takes, not this event: it is
+            # older than the call's latest seq, and would have been dropped as a replay.
             return True
         key = (topic, str(event.get("call_id", "")))
         last = self._last_seq.get(key)
@@ -414,6 +438,14 @@ class RedisBus(InProcessBus):
         hist.append(event)
         for sub in list(self._subs.get(topic, ())):
             sub.offer(event)
+        listeners = self._remote_listeners.get(topic, ())
+        if listeners:
+            written_at = _stream_id(entry_id)[0] / 1000.0
+            for listener in list(listeners):
+                try:
+                    listener(topic, event, written_at)
+                except Exception:  # one listener's bug must not stop the reader
+                    log.exception("redis bus: remote listener failed on %s", topic)
         call_id = str(event.get("call_id", ""))
         if event.get("type") == "call_end" and topic in (
             call_topic(call_id),
@@ -439,8 +471,8 @@ class RedisBus(InProcessBus):
     def _watched(self) -> dict[str, str]:
         return {
             self.stream_key(t): self._read_ids[t]
-            for t, subs in self._subs.items()
-            if subs and t in self._read_ids and t not in self._closed_topics
+            for t in {*(t for t, subs in self._subs.items() if subs), *self._remote_listeners}
+            if t in self._read_ids and t not in self._closed_topics
         }
 
     async def _reader(self) -> None:

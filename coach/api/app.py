@@ -32,7 +32,7 @@ from coach.api.security import (
 from coach.api.users import UserDirectory
 from coach.api.wall import Tile, WallTracker
 from coach.auth import AuthError, Principal
-from coach.bus import InProcessBus, agent_topic, call_topic
+from coach.bus import SUPERVISOR_TOPIC, InProcessBus, agent_topic, call_topic
 from coach.calls import CallManager
 from coach.cues.library import start_watching
 from coach.events import dumps
@@ -138,6 +138,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if isinstance(state.bus, RedisBus):
             await state.bus.start()  # never blocks on Redis: reconnects in the background
+            # The wall shows every instance's calls, not only this one's (found by an audit).
+            state.bus.watch_remote(SUPERVISOR_TOPIC, wall.remote)
         loader: asyncio.Task[None] | None = None
         if state.runtime is None:
             loader = asyncio.create_task(_load_models(state))
@@ -249,6 +251,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     async def get_call(call_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
         session = state.manager.get(call_id) if state.manager else None
         if session is None:
+            elsewhere = wall.meta(call_id)
+            if elsewhere is not None and may_view_call(principal, elsewhere):
+                raise HTTPException(
+                    404,
+                    f"call {call_id} is not run by this instance: its record so far is at "
+                    f"/api/history/calls/{call_id}",
+                )
             raise HTTPException(404, f"call {call_id} not found")
         if not may_view_call(principal, session.meta):
             raise HTTPException(403, "not your call")
@@ -396,8 +405,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                 ws, cc.TRY_AGAIN_LATER, "degraded", "events of other instances need Redis; retry"
             )
             return
-        # Only the call's own agent sees unredacted text; everyone else gets the PII-safe view.
-        own = meta is not None and meta.get("agent_id") == principal.user
+        # Only the call's own agent sees unredacted text, and only on the instance that runs
+        # the call (unredacted text never goes to Redis); everyone else, and the agent on
+        # another instance, gets the PII-safe view.
+        own = session is not None and meta is not None and meta.get("agent_id") == principal.user
         topic = agent_topic(call_id) if own else call_topic(call_id)
         still_allowed = None
         if meta is not None:

@@ -13,6 +13,15 @@ Sources, so the wall works with or without the cue engine's supervisor events:
 - the redacted call topics, for `cue` and `escalation` (deduplicated by `seq`) and, for calls
   whose session does not publish `call_update`, one derived from each customer transcript.
 
+With several instances on one Redis, a wall shows every instance's calls: the other instances'
+supervisor events arrive through `RedisBus.watch_remote` (`remote`), stamped with when they
+were written, so a replay of the stream after a restart dates each tile correctly.
+
+Only `call_start` makes a tile: it carries the meta (agent, team) that decides who may see the
+call. An event for a call the wall has not seen start (an acknowledgement sent to an instance
+whose wall never saw the call) is not a call of its own (found by an audit: such a tile had
+no agent, so every supervisor, of any team, could watch the call).
+
 Each wall only receives the calls its principal may see (coach/api/security.py).
 """
 
@@ -134,17 +143,25 @@ class WallTracker:
             if tile is not None and not tile.engine_updates and isinstance(state, dict):
                 self.apply(_derived_update(event, state, tile))
 
-    def apply(self, event: Event) -> None:
-        """Fold one event into its call's tile and pass it on to the walls that may see it."""
+    def remote(self, topic: str, event: Event, written_at: float) -> None:
+        """`RedisBus.watch_remote` listener: another instance's supervisor event."""
+        if topic == SUPERVISOR_TOPIC:
+            self.apply(event, at=written_at)
+
+    def apply(self, event: Event, *, at: float | None = None) -> None:
+        """Fold one event into its call's tile and pass it on to the walls that may see it.
+
+        `at`: when the event happened (epoch seconds), if not now (a replayed remote event).
+        """
         call_id, etype = event.get("call_id"), event.get("type")
         if not isinstance(call_id, str) or etype not in _FORWARDED:
             return
         tile = self.calls.get(call_id)
         saw: set[WallSubscription] | None = None
         if tile is None:
-            if etype == "call_end":
-                return
-            tile = self._new_tile(call_id)
+            if etype != "call_start":
+                return  # not a call this wall knows: see the module docstring
+            tile = self._new_tile(call_id, at)
         elif etype in _REASSIGNING:
             # Who may see a call turns on its agent (an unassigned call is every supervisor's,
             # coach/api/security.py): note who saw it before an event that may change that.
@@ -154,7 +171,7 @@ class WallTracker:
             if seq in tile.seen:
                 return  # the same event from the other topic
             tile.seen.add(seq)
-        _fold(tile, event)
+        _fold(tile, event, time.time() if at is None else at)
         for sub in list(self._subs):
             sees = may_view_call(sub.principal, tile.meta)
             if saw is not None and sees != (sub in saw):
@@ -164,9 +181,9 @@ class WallTracker:
             elif sees:
                 sub.offer(event)
 
-    def _new_tile(self, call_id: str) -> Tile:
+    def _new_tile(self, call_id: str, at: float | None = None) -> Tile:
         self._purge()
-        tile = Tile(call_id=call_id, started_at=time.time())
+        tile = Tile(call_id=call_id, started_at=time.time() if at is None else at)
         self.calls[call_id] = tile
         return tile
 
@@ -206,7 +223,7 @@ class WallTracker:
         self._subs.discard(sub)
 
 
-def _fold(tile: Tile, event: Event) -> None:
+def _fold(tile: Tile, event: Event, at: float) -> None:
     etype = event["type"]
     t_emit = event.get("t_emit")
     if isinstance(t_emit, int | float):
@@ -218,7 +235,7 @@ def _fold(tile: Tile, event: Event) -> None:
             tile.source = str(event.get("source") or "unknown")
             tile.ended_at = None
         case "call_end":
-            tile.ended_at = time.time()
+            tile.ended_at = at
         case "call_update":
             tile.engine_updates = tile.engine_updates or not event.get("derived")
             tile.valence = _num(event.get("valence"))

@@ -54,3 +54,68 @@ def test_without_redis_a_remote_call_panel_is_told_to_retry(
                     ws.receive_text()
             except WebSocketDisconnect as exc:
                 assert exc.code == 1013
+
+
+def test_an_agent_follows_their_call_from_another_instance_redacted(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """Found by an audit: on an instance that does not run the call, its own agent (and their
+    supervisor) were refused with 1008 "not your call", because only the local wall's calls
+    were known. The wall now shows every instance's calls; the agent gets the redacted view
+    there, since unredacted text never leaves the instance that runs the call."""
+    import asyncio
+    import threading
+    import uuid
+
+    import redis as sync_redis
+
+    from coach.auth import issue_token
+    from coach.bus import SUPERVISOR_TOPIC, agent_topic, call_topic
+    from coach.redis_bus import RedisBus
+
+    url, secret = "redis://127.0.0.1:6379/8", "unit-test-secret-of-at-least-32-bytes!"
+    call_id = f"remote-{uuid.uuid4().hex[:8]}"
+    meta = {"agent_id": "ann"}
+
+    async def run_instance_a(started: threading.Event, stop: threading.Event) -> None:
+        bus = RedisBus(url, instance_id="A", heartbeat_s=0.1, block_ms=100)
+        await bus.start()
+        start = {"seq": 1, "call_id": call_id, "type": "call_start", "meta": meta}
+        said = {"seq": 2, "call_id": call_id, "type": "transcript", "speaker": "customer"}
+        bus.publish(SUPERVISOR_TOPIC, start)
+        bus.publish(call_topic(call_id), start)
+        bus.publish(agent_topic(call_id), {**said, "text": "my card is 4111 1111 1111 1111"})
+        bus.publish(call_topic(call_id), {**said, "text": "my card is [CARD]"})
+        started.set()
+        await asyncio.to_thread(stop.wait, 60)
+        await bus.stop()
+
+    started, stop = threading.Event(), threading.Event()
+    instance_a = threading.Thread(target=asyncio.run, args=(run_instance_a(started, stop),))
+    instance_a.start()
+    settings = Settings(data_dir=tmp_path, auth_secret=secret, redis_url=url, store_enabled=False)
+    token = issue_token(user="ann", role="agent", secret=secret, ttl_s=600)
+    try:
+        assert started.wait(10)
+        with TestClient(create_app(settings, runtime)) as client:
+            import time
+
+            deadline = time.monotonic() + 10
+            while not any(
+                c["call_id"] == call_id
+                for c in client.get(
+                    "/api/calls", headers={"Authorization": f"Bearer {token}"}
+                ).json()["calls"]
+            ):
+                assert time.monotonic() < deadline, "instance B's wall never saw A's call"
+                time.sleep(0.1)
+            with client.websocket_connect(f"/ws/calls/{call_id}/events?token={token}") as ws:
+                first, second = ws.receive_json(), ws.receive_json()
+        assert first["type"] == "call_start"
+        assert second["text"] == "my card is [CARD]"
+    finally:
+        stop.set()
+        instance_a.join(10)
+        client_r = sync_redis.Redis.from_url(url)
+        client_r.delete(*client_r.keys("coach:*"))
+        client_r.close()

@@ -288,3 +288,53 @@ async def test_a_call_is_live_while_some_instance_owns_it(prefix: str, tmp_path:
         assert await state.is_live("c-gone")
     finally:
         await down.stop()
+
+
+@needs_redis
+async def test_every_instances_wall_shows_every_call_and_acknowledgements(prefix: str) -> None:
+    """Found by an audit: B's supervisor wall never showed a call A ran (remote events reach
+    subscribers, not listeners), an acknowledgement made on B never cleared A's alert (its
+    `seq` names the escalation, so it was dropped as an old event), and an acknowledgement
+    for a call B had not seen made B a tile with no agent, which every supervisor could
+    watch."""
+    from coach.api.wall import WallTracker
+    from coach.bus import SUPERVISOR_TOPIC
+
+    a, b = make_bus(SHARED_URL, prefix, "A"), make_bus(SHARED_URL, prefix, "B")
+    wall_a, wall_b = WallTracker(), WallTracker()
+    for bus, wall in ((a, wall_a), (b, wall_b)):
+        bus.add_listener(wall.listener)
+        await bus.start()
+        bus.watch_remote(SUPERVISOR_TOPIC, wall.remote)
+    try:
+        meta = {"agent_id": "ann", "team": "blue"}
+        a.publish(SUPERVISOR_TOPIC, {**ev("c1", 1, "call_start"), "meta": meta, "source": "pcm"})
+        a.publish(SUPERVISOR_TOPIC, {**ev("c1", 5, "escalation"), "reason": "user_request"})
+        await wait_for(lambda: 5 in getattr(wall_b.calls.get("c1"), "escalations", {}))
+        assert wall_b.calls["c1"].meta == meta and wall_b.calls["c1"].source == "pcm"
+
+        ack = {"type": "escalation_ack", "call_id": "c1", "seq": 5, "by": "sam"}
+        b.publish(SUPERVISOR_TOPIC, ack)
+        await wait_for(lambda: wall_a.calls["c1"].escalations[5]["acknowledged_by"] == "sam")
+
+        b.publish(SUPERVISOR_TOPIC, {**ack, "call_id": "never-started"})
+        await asyncio.sleep(0.3)
+        assert "never-started" not in wall_a.calls and "never-started" not in wall_b.calls
+
+        a.publish(SUPERVISOR_TOPIC, ev("c1", 9, "call_end"))
+        await wait_for(lambda: wall_b.calls["c1"].ended_at is not None)
+
+        # An instance started later replays the stream: the call, dated when it happened.
+        c, wall_c = make_bus(SHARED_URL, prefix, "C"), WallTracker()
+        await c.start()
+        try:
+            c.watch_remote(SUPERVISOR_TOPIC, wall_c.remote)
+            await wait_for(lambda: "c1" in wall_c.calls and wall_c.calls["c1"].ended_at is not None)
+            tile = wall_c.calls["c1"]
+            assert tile.meta == meta and tile.escalations[5]["acknowledged_by"] == "sam"
+            assert abs(tile.started_at - wall_a.calls["c1"].started_at) < 2.0
+        finally:
+            await c.stop()
+    finally:
+        await a.stop()
+        await b.stop()

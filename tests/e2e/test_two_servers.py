@@ -104,6 +104,8 @@ def test_panel_on_b_follows_a_call_on_a_through_a_redis_outage(
     async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
         seen_a: list[dict[str, Any]] = []
         seen_b: list[dict[str, Any]] = []
+        wall_b.clear()
+        wall = asyncio.create_task(collect(f"ws://127.0.0.1:{port_b}/ws/supervisor", wall_b))
         panel_a = asyncio.create_task(
             collect(f"ws://127.0.0.1:{port_a}/ws/calls/x1/events", seen_a)
         )
@@ -135,8 +137,11 @@ def test_panel_on_b_follows_a_call_on_a_through_a_redis_outage(
             await ingest.wait_closed()
         await asyncio.wait_for(panel_a, timeout=60)
         await asyncio.wait_for(panel_b, timeout=60)
+        await asyncio.sleep(1.0)  # the wall's copy of the call_end comes on its own stream
+        wall.cancel()
         return seen_a, seen_b, during_outage_a
 
+    wall_b: list[dict[str, Any]] = []
     seen_a, seen_b, kept_going = asyncio.run(scenario())
     assert kept_going, "A's own panel stalled while Redis was down"
     assert seen_a[0]["type"] == "call_start" and seen_a[-1]["type"] == "call_end"
@@ -146,3 +151,7 @@ def test_panel_on_b_follows_a_call_on_a_through_a_redis_outage(
     )
     assert [e["type"] for e in seen_b] == [e["type"] for e in seen_a]
     assert any(e["type"] == "transcript" for e in seen_b)
+    # B's supervisor wall shows the call A runs, from its start to its end (an audit found
+    # walls showed only their own instance's calls).
+    x1 = [e["type"] for e in wall_b if e.get("call_id") == "x1"]
+    assert x1[:1] == ["call_start"] and x1[-1] == "call_end", wall_b[:3]
