@@ -24,6 +24,9 @@ SUPERVISOR_TOPIC = "supervisor"
 ALL_CALLS_TOPIC = "calls"
 """Every call's events (redacted view), for consumers of all calls: the store, analytics."""
 
+COMMAND_TOPIC = "commands"
+"""Requests for the instance that runs a call (an agent assigned on another instance's wall)."""
+
 Listener = Callable[[str, Event], None]
 
 

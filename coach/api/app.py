@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,10 +33,10 @@ from coach.api.security import (
 from coach.api.users import UserDirectory
 from coach.api.wall import Tile, WallTracker
 from coach.auth import AuthError, Principal
-from coach.bus import SUPERVISOR_TOPIC, InProcessBus, agent_topic, call_topic
+from coach.bus import COMMAND_TOPIC, SUPERVISOR_TOPIC, InProcessBus, agent_topic, call_topic
 from coach.calls import CallManager
 from coach.cues.library import start_watching
-from coach.events import dumps
+from coach.events import Event, dumps
 from coach.ingest import audiohook as audiohook_ingest
 from coach.ingest import closecodes as cc
 from coach.ingest import pcm
@@ -140,6 +141,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             await state.bus.start()  # never blocks on Redis: reconnects in the background
             # The wall shows every instance's calls, not only this one's (found by an audit).
             state.bus.watch_remote(SUPERVISOR_TOPIC, wall.remote)
+            state.bus.watch_remote(COMMAND_TOPIC, lambda _t, ev, at: _run_command(state, ev, at))
         loader: asyncio.Task[None] | None = None
         if state.runtime is None:
             loader = asyncio.create_task(_load_models(state))
@@ -272,10 +274,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             "summary": end.get("summary") if end else None,
         }
 
-    @app.put("/api/calls/{call_id}/agent", tags=["calls"])
+    @app.put("/api/calls/{call_id}/agent", tags=["calls"], response_model=None)
     async def assign_agent(
         call_id: str, body: AgentAssignment, principal: CurrentPrincipal
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | JSONResponse:
         """Put an agent on a live call (when the telephony did not say who answered).
 
         Supervisors (their team's calls, and calls no agent is on yet, to an agent of their
@@ -285,11 +287,19 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         if not principal.is_supervisor:
             raise HTTPException(403, "supervisors only")
         session = state.manager.get(call_id) if state.manager else None
-        if session is None:
+        # A call another instance runs (on this wall through Redis) is assigned there.
+        elsewhere = wall.calls.get(call_id) if session is None else None
+        if session is not None:
+            meta = session.meta
+        elif (
+            elsewhere is not None and elsewhere.ended_at is None and isinstance(state.bus, RedisBus)
+        ):
+            meta = elsewhere.meta
+        else:
             raise HTTPException(404, f"call {call_id} not found")
         # An unassigned call is every supervisor's (may_view_call); once it has an agent, only
         # that agent's team's supervisors may move it.
-        if not may_view_call(principal, session.meta):
+        if not may_view_call(principal, meta):
             raise HTTPException(403, "not your team's call")
         users: UserDirectory = app.state.users
         if len(users):
@@ -304,8 +314,22 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             # Without a directory nobody is known to be on the team: refused, not waved
             # through, now that unassigned calls are open to every team's supervisors.
             raise HTTPException(403, f"{body.agent_id} is not on your team")
-        session.meta["agent_id"] = body.agent_id
-        await session.emit({"type": "agent_assigned", "agent_id": body.agent_id})
+        if session is None:
+            state.bus.publish(
+                COMMAND_TOPIC,
+                {
+                    "type": "assign_agent",
+                    "call_id": call_id,
+                    "agent_id": body.agent_id,
+                    "by": principal.user,
+                },
+            )
+            # The wall's tile changes when the running instance announces agent_assigned.
+            return JSONResponse(
+                {"call_id": call_id, "agent_id": body.agent_id, "forwarded": True},
+                status_code=202,
+            )
+        await _assign(session, body.agent_id)
         return _call_info(session)
 
     @app.websocket("/ingest/pcm")
@@ -494,6 +518,35 @@ def _tile_info(tile: Tile) -> dict[str, Any]:
         "audio_s": round(tile.t, 3),
         "meta": tile.meta,
     }
+
+
+COMMAND_MAX_AGE_S = 30.0
+"""A command older than this when it arrives (a restarted instance replaying the stream) is
+stale: someone may have assigned the call again since."""
+
+
+async def _assign(session: CallSession, agent_id: str) -> None:
+    session.meta["agent_id"] = agent_id
+    await session.emit({"type": "agent_assigned", "agent_id": agent_id})
+
+
+def _run_command(state: AppState, event: Event, written_at: float) -> None:
+    """Another instance asks this one to act on a call it runs (access was checked there)."""
+    if event.get("type") != "assign_agent" or time.time() - written_at > COMMAND_MAX_AGE_S:
+        return
+    call_id, agent_id = event.get("call_id"), event.get("agent_id")
+    session = state.manager.get(str(call_id)) if state.manager else None
+    if session is None or not isinstance(agent_id, str) or not agent_id:
+        return  # not ours: the instance that runs the call acts on it
+    log.info(
+        "call %s: agent %s assigned by %s on another instance", call_id, agent_id, event.get("by")
+    )
+    task = asyncio.get_running_loop().create_task(_assign(session, agent_id))
+    _COMMANDS.add(task)
+    task.add_done_callback(_COMMANDS.discard)
+
+
+_COMMANDS: set[asyncio.Task[None]] = set()
 
 
 class AgentAssignment(BaseModel):

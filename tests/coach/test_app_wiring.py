@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 from fastapi.testclient import TestClient
 
@@ -70,16 +71,18 @@ def test_an_agent_follows_their_call_from_another_instance_redacted(
     import redis as sync_redis
 
     from coach.auth import issue_token
-    from coach.bus import SUPERVISOR_TOPIC, agent_topic, call_topic
+    from coach.bus import COMMAND_TOPIC, SUPERVISOR_TOPIC, agent_topic, call_topic
     from coach.redis_bus import RedisBus
 
     url, secret = "redis://127.0.0.1:6379/8", "unit-test-secret-of-at-least-32-bytes!"
+    commands: list[dict[str, Any]] = []
     call_id = f"remote-{uuid.uuid4().hex[:8]}"
     meta = {"agent_id": "ann"}
 
     async def run_instance_a(started: threading.Event, stop: threading.Event) -> None:
         bus = RedisBus(url, instance_id="A", heartbeat_s=0.1, block_ms=100)
         await bus.start()
+        bus.watch_remote(COMMAND_TOPIC, lambda _t, ev, _at: commands.append(ev))
         start = {"seq": 1, "call_id": call_id, "type": "call_start", "meta": meta}
         said = {"seq": 2, "call_id": call_id, "type": "transcript", "speaker": "customer"}
         bus.publish(SUPERVISOR_TOPIC, start)
@@ -111,11 +114,78 @@ def test_an_agent_follows_their_call_from_another_instance_redacted(
                 time.sleep(0.1)
             with client.websocket_connect(f"/ws/calls/{call_id}/events?token={token}") as ws:
                 first, second = ws.receive_json(), ws.receive_json()
+            # Her supervisor, on this wall, puts another agent on the call: the instance that
+            # runs it gets the request.
+            sup = issue_token(user="sam", role="supervisor", secret=secret, ttl_s=600)
+            moved = client.put(
+                f"/api/calls/{call_id}/agent",
+                json={"agent_id": "cal"},
+                headers={"Authorization": f"Bearer {sup}"},
+            )
+            assert moved.status_code == 202 and moved.json()["forwarded"] is True
+            deadline = time.monotonic() + 5
+            while not commands:
+                assert time.monotonic() < deadline, "the request never reached instance A"
+                time.sleep(0.05)
         assert first["type"] == "call_start"
         assert second["text"] == "my card is [CARD]"
+        assert commands[0]["type"] == "assign_agent" and commands[0]["agent_id"] == "cal"
     finally:
         stop.set()
         instance_a.join(10)
         client_r = sync_redis.Redis.from_url(url)
         client_r.delete(*client_r.keys("coach:*"))
+        client_r.close()
+
+
+def test_an_agent_assigned_on_another_instances_wall_is_put_on_the_call(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """Walls show every instance's calls, so a supervisor may assign an agent to a call
+    another instance runs: the request goes to that instance through Redis (202), which
+    assigns the agent and announces it. Here the app is the instance that runs the call, and
+    a bare bus plays the other instance's wall."""
+    import asyncio
+    import json
+    import threading
+    import time
+    import uuid
+
+    import redis as sync_redis
+
+    from coach.bus import COMMAND_TOPIC
+    from coach.redis_bus import RedisBus
+
+    url = "redis://127.0.0.1:6379/8"
+    call_id = f"local-{uuid.uuid4().hex[:8]}"
+    settings = Settings(data_dir=tmp_path, auth_disabled=True, redis_url=url, store_enabled=False)
+
+    async def other_instance_assigns() -> None:
+        bus = RedisBus(url, instance_id="B", heartbeat_s=0.1, block_ms=100)
+        await bus.start()
+        command = {"type": "assign_agent", "call_id": call_id, "agent_id": "ben", "by": "sam"}
+        bus.publish(COMMAND_TOPIC, command)
+        await asyncio.sleep(0.5)
+        await bus.stop()
+
+    try:
+        with TestClient(create_app(settings, runtime)) as client:
+            header = {"call_id": call_id, "sample_rate": 8000, "encoding": "pcm16", "channels": 2}
+            with client.websocket_connect("/ingest/pcm") as ingest:
+                ingest.send_text(json.dumps(header))
+                assert ingest.receive_json()["type"] == "accepted"
+                ingest.send_bytes(bytes(3200))
+                other = threading.Thread(target=asyncio.run, args=(other_instance_assigns(),))
+                other.start()
+                other.join(10)
+                deadline = time.monotonic() + 10
+                while client.get(f"/api/calls/{call_id}").json()["meta"].get("agent_id") != "ben":
+                    assert time.monotonic() < deadline, "the forwarded assignment never came"
+                    time.sleep(0.1)
+                ingest.send_text(json.dumps({"type": "end"}))
+    finally:
+        client_r = sync_redis.Redis.from_url(url)
+        keys = client_r.keys("coach:*")
+        if keys:
+            client_r.delete(*keys)
         client_r.close()
