@@ -19,6 +19,18 @@ _DIGIT_WORDS = {
     "eight": "8", "nine": "9",
 }  # fmt: skip
 _STRICT_DIGIT_WORDS = {k for k in _DIGIT_WORDS if k not in ("oh", "o", "to", "too", "for")}
+# Numbers read in groups ("two twelve, five fifty-five", which ASR may write as "two hundred
+# twelve five hundred fifty five"): each group stands for its digits in the run.
+_TEENS = {
+    w: str(10 + i)
+    for i, w in enumerate(
+        "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
+    )
+}
+_TENS = {
+    w: str(2 + i)
+    for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())
+}
 
 EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
 SPOKEN_EMAIL = re.compile(
@@ -74,6 +86,38 @@ def classify_digits(digits: str, raw: str) -> str | None:
     return None
 
 
+def _below_hundred(tokens: Sequence[tuple[int, int, str]], j: int) -> tuple[str, int] | None:
+    """ "twelve" -> "12", "fifty five" -> "55", "fifty" -> "50" at token j, or None."""
+    tok = tokens[j][2]
+    if tok in _TEENS:
+        return _TEENS[tok], j + 1
+    if tok in _TENS:
+        if j + 1 < len(tokens) and tokens[j + 1][2] in _STRICT_DIGIT_WORDS:
+            unit = _DIGIT_WORDS[tokens[j + 1][2]]
+            if unit != "0":
+                return _TENS[tok] + unit, j + 2
+        return _TENS[tok] + "0", j + 1
+    return None
+
+
+def _number_group(tokens: Sequence[tuple[int, int, str]], j: int) -> tuple[str, int] | None:
+    """A number said as a group ("two hundred twelve", "fifty five", "twelve") at token j:
+    its digits and the token after it; None for a lone digit word (the caller's case)."""
+    tok = tokens[j][2]
+    if tok in _STRICT_DIGIT_WORDS and j + 1 < len(tokens) and tokens[j + 1][2] == "hundred":
+        k = j + 2
+        if k < len(tokens) and tokens[k][2] == "and":
+            k += 1
+        if k < len(tokens):
+            rest = _below_hundred(tokens, k)
+            if rest is not None:
+                return _DIGIT_WORDS[tok] + rest[0].rjust(2, "0"), rest[1]
+            if tokens[k][2] in _STRICT_DIGIT_WORDS:
+                return _DIGIT_WORDS[tok] + "0" + _DIGIT_WORDS[tokens[k][2]], k + 1
+        return _DIGIT_WORDS[tok] + "00", j + 2
+    return _below_hundred(tokens, j)
+
+
 def _spoken_digit_spans(text: str) -> list[Span]:
     """Runs of spoken digits ("four one one one ...", "double five") of 7 or more digits."""
     spans: list[Span] = []
@@ -91,6 +135,10 @@ def _spoken_digit_spans(text: str) -> list[Span]:
                 digits += _DIGIT_WORDS[tokens[j + 1][2]] * (2 if tok == "double" else 3)
                 strict += 1
                 j += 2
+            elif (group := _number_group(tokens, j)) is not None:
+                digits += group[0]
+                strict += group[1] - j  # every word of a group is a number word
+                j = group[1]
             elif tok in _DIGIT_WORDS:
                 digits += _DIGIT_WORDS[tok]
                 strict += tok in _STRICT_DIGIT_WORDS

@@ -162,6 +162,35 @@ def test_amounts_times_years_and_quantities_are_kept(text: str) -> None:
     assert views(text) == [text]
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Found by a scale-out audit: "two hundred twelve five hundred fifty [NUMBER]".
+        ("My phone is two hundred twelve five hundred fifty five oh one nine nine.",
+         "My phone is [PHONE]."),
+        ("account number twelve thirty four fifty six seventy eight", "account number [NUMBER]"),
+        ("it's two twelve, five fifty-five, oh one nine nine", "it's [PHONE]"),
+    ],
+)  # fmt: skip
+def test_numbers_read_as_word_groups_are_hidden(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "It cost two hundred fifty dollars.",
+        "In twenty twenty four I paid one hundred and five pounds.",
+        "I waited forty five minutes and twenty seconds.",
+        "the year nineteen ninety nine",
+        "the flight at twelve forty five to gate twenty two",
+        "it was twenty four seven, fifty two weeks a year",
+    ],
+)
+def test_amounts_and_times_in_words_are_kept(text: str) -> None:
+    assert redact_text(text) == text
+
+
 def test_groups_continue_a_number_only_soon_and_from_the_same_speaker() -> None:
     view = CallRedactor().view
     assert view(said("customer", 0.0, "4532"))["text"] == "[NUMBER]"
