@@ -128,7 +128,9 @@ class Rows:
         if not isinstance(call_id, str) or not call_id:
             raise ValueError(f"event without a call_id: {call_id!r}")
         row = self._row_for(call_id, etype, ev, item.at)
-        self.stubs.setdefault(call_id, _stub(call_id, item.at))
+        at = _dt(item.at)
+        stub = self.stubs.setdefault(call_id, {**_stub(call_id, item.at), "last_activity": at})
+        stub["last_activity"] = max(stub["last_activity"], at)
         match etype:
             case "call_start":
                 self.starts[call_id] = row
@@ -257,8 +259,16 @@ def upsert(dialect: str, table: Table) -> postgresql.Insert | sqlite.Insert:
 async def write_rows(conn: AsyncConnection, rows: Rows) -> None:
     """Upsert one batch; the caller owns the transaction."""
     calls = table_of(Call)
+    stubs = upsert(conn.dialect.name, calls)
+    # Every batch dates its calls' latest event: the orphan sweep spares a call still being
+    # written (by an instance it cannot see in Redis). Never moved back by a spool replay.
     await conn.execute(
-        upsert(conn.dialect.name, calls).on_conflict_do_nothing(index_elements=["call_id"]),
+        stubs.on_conflict_do_update(
+            index_elements=["call_id"],
+            set_={"last_activity": stubs.excluded.last_activity},
+            where=calls.c.last_activity.is_(None)
+            | (calls.c.last_activity < stubs.excluded.last_activity),
+        ),
         list(rows.stubs.values()),
     )
     for by_call, columns in ((rows.starts, _START_COLUMNS), (rows.ends, _END_COLUMNS)):
