@@ -28,6 +28,7 @@ import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -149,6 +150,9 @@ class RedisBus(InProcessBus):
         """call_id -> latest session state to write (only the newest per flush)."""
         self._owner_due = 0.0
         self._writer_down = True
+        self._writer_tried = False
+        """Set after the first attempt to reach Redis, whatever its outcome: the writer
+        starts "down", and the first failure must be logged as loudly as a lost connection."""
         self._reader_down = False
         self._tasks: list[asyncio.Task[None]] = []
         self._catchups: set[asyncio.Task[None]] = set()
@@ -281,13 +285,26 @@ class RedisBus(InProcessBus):
             try:
                 await self._flush_once()
                 if self._writer_down:
-                    log.info("redis bus: connected to %s", self.url)
+                    log.info(
+                        "redis bus: connected to %s (instance %s)",
+                        _safe_url(self.url),
+                        self.instance_id,
+                    )
                 self._writer_down = False
+                self._writer_tried = True
                 failures = 0
             except (RedisError, OSError) as exc:
-                if not self._writer_down:
-                    log.warning("redis bus: Redis unreachable (%s); events stay local", exc)
+                if not self._writer_down or not self._writer_tried:
+                    # Logged once per outage, and also when Redis was never reached (a wrong
+                    # COACH_REDIS_URL), not again for every retry.
+                    log.warning(
+                        "redis bus: Redis at %s unreachable (%s); events stay local, "
+                        "other instances cannot see this one's calls; retrying",
+                        _safe_url(self.url),
+                        exc,
+                    )
                 self._writer_down = True
+                self._writer_tried = True
                 failures += 1
                 await asyncio.sleep(self._backoff(failures))
                 self._wake_writer.set()  # retry promptly after the backoff
@@ -466,6 +483,16 @@ class RedisBus(InProcessBus):
                 topic = key[n:]
                 for entry_id, fields in entries:
                     self._deliver_remote(topic, entry_id, fields)
+
+
+def _safe_url(url: str) -> str:
+    """The Redis URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def _stream_id(entry_id: str) -> tuple[int, int]:
