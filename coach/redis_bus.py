@@ -101,6 +101,7 @@ class RedisBus(InProcessBus):
         stream_maxlen: int = 2000,
         stream_ttl_s: float = 3600.0,
         owner_ttl_s: float = 30.0,
+        instance_ttl_s: float | None = None,
         outbox_per_topic: int = 2000,
         block_ms: int = 500,
         heartbeat_s: float = 1.0,
@@ -115,6 +116,12 @@ class RedisBus(InProcessBus):
         self.stream_maxlen = stream_maxlen
         self.stream_ttl_s = stream_ttl_s
         self.owner_ttl_s = owner_ttl_s
+        self.instance_ttl_s = (
+            max(3.0, 3 * heartbeat_s) if instance_ttl_s is None else instance_ttl_s
+        )
+        """Lifetime of this instance's liveness key, refreshed every heartbeat: an owner key
+        names a live instance only while that instance's key exists, so a call whose instance
+        was killed can reconnect elsewhere long before its owner key expires."""
         self._outbox_len = outbox_per_topic
         self._block_ms = block_ms
         self._heartbeat_s = heartbeat_s
@@ -149,6 +156,7 @@ class RedisBus(InProcessBus):
         self._state_out: dict[str, str] = {}
         """call_id -> latest session state to write (only the newest per flush)."""
         self._owner_due = 0.0
+        self._alive_due = 0.0
         self._writer_down = True
         self._writer_tried = False
         """Set after the first attempt to reach Redis, whatever its outcome: the writer
@@ -195,6 +203,11 @@ class RedisBus(InProcessBus):
                 log.error("redis bus: %d task(s) did not stop", len(stuck))
         self._tasks = []
         self._catchups.clear()
+        if not self._writer_down:
+            # Stopping gracefully: this instance runs no call any more, say so at once.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(0.5):
+                    await self._w.delete(self.instance_key(self.instance_id))
         for client in (self._w, self._r):
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()
@@ -212,6 +225,9 @@ class RedisBus(InProcessBus):
 
     def owner_key(self, call_id: str) -> str:
         return f"{self.prefix}owner:{call_id}"
+
+    def instance_key(self, instance_id: str) -> str:
+        return f"{self.prefix}instance:{instance_id}"
 
     def state_key(self, call_id: str) -> str:
         return f"{self.prefix}state:{call_id}"
@@ -241,6 +257,24 @@ class RedisBus(InProcessBus):
         """The instance id running this call's pipeline, if it is live (key has a TTL)."""
         value: Any = await self._w.get(self.owner_key(call_id))
         return None if value is None else str(value)
+
+    async def live_owner_elsewhere(self, call_id: str) -> str | None:
+        """Another instance that runs this call now: its owner key names it and that
+        instance is alive (its liveness key, refreshed every heartbeat, has not expired).
+
+        An owner that was killed leaves its owner keys behind for up to `owner_ttl_s`; its
+        liveness key goes within `instance_ttl_s`, after which the call may reconnect here.
+        Raises ConnectionError at once while Redis is known to be unreachable, RedisError or
+        OSError when the lookup fails: the caller decides (the call manager opens the call).
+        """
+        if self._writer_down and self._writer_tried:
+            raise ConnectionError(f"Redis at {_safe_url(self.url)} is unreachable")
+        value: Any = await self._w.get(self.owner_key(call_id))
+        if value is None or str(value) == self.instance_id:
+            return None
+        owner = str(value)
+        alive: Any = await self._w.exists(self.instance_key(owner))
+        return owner if alive else None
 
     # -- publish side --------------------------------------------------------------------
 
@@ -350,15 +384,28 @@ class RedisBus(InProcessBus):
                 raise
             sent = True
         now = time.monotonic()
-        if self._owner_drop or (self._owned and now >= self._owner_due):
+        alive_due = now >= self._alive_due
+        owners_due = bool(self._owner_drop) or (bool(self._owned) and now >= self._owner_due)
+        if alive_due or owners_due:
             pipe = self._w.pipeline(transaction=False)
-            for call_id in self._owned:
-                pipe.set(self.owner_key(call_id), self.instance_id, ex=int(self.owner_ttl_s))
-            for call_id in self._owner_drop:
-                pipe.delete(self.owner_key(call_id))
+            if alive_due:
+                pipe.set(
+                    self.instance_key(self.instance_id),
+                    "1",
+                    px=max(1, int(self.instance_ttl_s * 1000)),
+                )
+            drops = set(self._owner_drop)  # a call may end while the pipeline runs
+            if owners_due:
+                for call_id in self._owned:
+                    pipe.set(self.owner_key(call_id), self.instance_id, ex=int(self.owner_ttl_s))
+                for call_id in drops:
+                    pipe.delete(self.owner_key(call_id))
             await pipe.execute()
-            self._owner_drop.clear()
-            self._owner_due = now + self.owner_ttl_s / 3
+            if alive_due:
+                self._alive_due = now + min(self._heartbeat_s, self.instance_ttl_s / 3)
+            if owners_due:
+                self._owner_drop -= drops
+                self._owner_due = now + self.owner_ttl_s / 3
             sent = True
         if not sent:
             await self._w.ping()
