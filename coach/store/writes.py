@@ -157,7 +157,7 @@ class Rows:
             return {
                 **_stub(call_id, at),
                 # A call closed after a restart says when it was last heard (recovered.py).
-                "ended_at": _ended_at(ev) or _dt(at),
+                "ended_at": _event_time(ev, "ended_at") or _dt(at),
                 "duration_s": _num(ev.get("duration_s")),
                 "end_reason": _opt_text(ev.get("reason")),
                 # Set when the agent was assigned during the call (REST), else kept as is.
@@ -183,8 +183,9 @@ class Rows:
         }
 
 
-def _ended_at(ev: Event) -> datetime | None:
-    value = ev.get("ended_at")
+def _event_time(ev: Event, key: str) -> datetime | None:
+    """A date the event carries itself (ISO 8601), which wins over when it was received."""
+    value = ev.get(key)
     if not isinstance(value, str):
         return None
     try:
@@ -219,7 +220,8 @@ def _start_row(call_id: str, ev: Event, at: float) -> dict[str, Any]:
         "meta": clean_json(rest) if rest else None,
         "agent_id": _opt_text(meta.get("agent_id")),
         "customer_id": _opt_text(meta.get("customer_id")),
-        "started_at": _dt(at),
+        # A call another instance took over says when it first started (coach/session.py).
+        "started_at": _event_time(ev, "started_at") or _dt(at),
     }
 
 

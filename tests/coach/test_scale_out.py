@@ -1,5 +1,6 @@
 """Two instances on one Redis, as an audit ran them: a call id live on one is refused on the
-other, and an instance that cannot reach Redis says so in its log.
+other; a call whose instance was killed continues on another with its clock and start; and
+an instance that cannot reach Redis says so in its log.
 
 The two "instances" are two CallManagers on two RedisBus objects (different instance ids)
 in one process, on the shared Redis under a key prefix of their own.
@@ -11,13 +12,16 @@ import asyncio
 import json
 import logging
 import time
+from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from coach.calls import DUPLICATE_CALL, CallManager, CallRejected
 from coach.ingest import closecodes as cc
+from coach.messages import AudioChunk
 from coach.redis_bus import RedisBus
 from coach.runtime import Runtime
 from coach.session import CallSession
@@ -37,6 +41,8 @@ from tests.coach.test_redis_bus import (
 
 __all__ = ["prefix", "private_redis"]  # fixtures: a Redis key prefix, a private redis-server
 
+RATE = 8000
+
 
 def rejected(reason: str) -> float:
     return REGISTRY.get_sample_value("coach_calls_rejected_total", {"reason": reason}) or 0.0
@@ -52,6 +58,13 @@ async def owned_by(bus: RedisBus, asking: RedisBus, call_id: str) -> None:
     while await asking.live_owner_elsewhere(call_id) != bus.instance_id:
         assert time.monotonic() < deadline, "owner key never written"
         await asyncio.sleep(0.05)
+
+
+async def kill(bus: RedisBus) -> None:
+    """As `kill -9`: the bus stops talking to Redis and removes nothing (keys just expire)."""
+    for task in bus._tasks:
+        task.cancel()
+    await asyncio.gather(*bus._tasks, return_exceptions=True)
 
 
 @needs_redis
@@ -83,6 +96,71 @@ async def test_a_call_live_on_another_instance_is_refused_as_a_duplicate(
         await a.finish(call, "end")
     finally:
         await a.shutdown()
+        await b.shutdown()
+        await bus_a.stop()
+        await bus_b.stop()
+
+
+@needs_redis
+async def test_a_call_whose_instance_was_killed_continues_on_another_with_its_clock(
+    runtime: Runtime, settings: Settings, prefix: str
+) -> None:
+    """Found by the same audit: after A was killed, the call's reconnect into B (same id,
+    within the grace) restarted the call's clock at 0 and overwrote its start."""
+    bus_a = make_bus(SHARED_URL, prefix, "A", instance_ttl_s=1.0)
+    bus_b = make_bus(SHARED_URL, prefix, "B")
+    await bus_a.start()
+    await bus_b.start()
+    a = CallManager(runtime=runtime, settings=settings, bus=bus_a)
+    b = CallManager(runtime=runtime, settings=settings, bus=bus_b)
+    first: CallSession | None = None
+    try:
+        first = await open_call(a, "so-moved")
+        await first.feed(
+            AudioChunk("so-moved", "customer", np.zeros(6 * RATE, np.float32), RATE, 0.0)
+        )
+        # The pipeline's metrics event at 5 s of audio saves the call's state (seq, clock).
+        await wait_for(lambda: first is not None and first.fed_s >= 6.0)
+        await wait_for(
+            lambda: (
+                first is not None
+                and first.last_event is not None
+                and first.last_event["type"] == "metrics"
+            ),
+            within=10,
+        )
+        heard = float(first.last_event["t_emit"]) if first.last_event else 0.0
+        assert heard >= 5.0
+        await owned_by(bus_a, bus_b, "so-moved")
+        await wait_for(lambda: not bus_a._pending())  # its last state is in Redis
+
+        await kill(bus_a)
+        with pytest.raises(CallRejected):  # A's liveness key has not expired yet
+            await open_call(b, "so-moved")
+        deadline = time.monotonic() + 5
+        while await bus_b.live_owner_elsewhere("so-moved") is not None:
+            assert time.monotonic() < deadline, "a dead instance still counts as the owner"
+            await asyncio.sleep(0.1)
+
+        took = await open_call(b, "so-moved")  # the reconnect, now on B
+        assert took.call_id == "so-moved"
+        assert took.fed_s == pytest.approx(heard, abs=0.01)  # the clock goes on, not from 0
+        assert took.started_wall == pytest.approx(first.started_wall, abs=1e-3)
+        start = took.last_event
+        assert start is not None and start["type"] == "call_start"
+        assert start["meta"]["resumed"] is True
+        assert start["started_at"] == datetime.fromtimestamp(first.started_wall, UTC).isoformat()
+        # The new connection's audio (its own clock at 0) lands after what was heard.
+        await took.feed(
+            AudioChunk("so-moved", "customer", np.zeros(RATE, np.float32), RATE, took.fed_s)
+        )
+        await b.finish(took, "end")
+        end = took.last_event
+        assert end is not None and end["type"] == "call_end"
+        assert end["duration_s"] >= heard + 1.0 - 0.05
+    finally:
+        if first is not None:
+            await first.aclose()
         await b.shutdown()
         await bus_a.stop()
         await bus_b.stop()

@@ -299,3 +299,32 @@ def test_a_call_still_being_written_is_not_an_orphan(backend: Backend, tmp_path:
     assert first == ["c-cut"]
     assert second == ["c-busy"]
 
+
+def test_a_call_taken_over_keeps_its_stored_start(backend: Backend) -> None:
+    """Found by the same audit: a call that reconnected into another instance after its own
+    was killed had its stored `started_at` overwritten by the reconnect time. The new
+    instance's call_start names the call's first start (coach/session.py); the store keeps it."""
+    from coach.store.writes import Received
+
+    first_start = time.time() - 30
+    start = call_events("c-moved", agent_id="ann")[0]
+    assert start["type"] == "call_start"
+    again = {
+        **start,
+        "seq": 9,
+        "meta": {**start["meta"], "resumed": True},
+        "started_at": datetime.fromtimestamp(first_start, UTC).isoformat(),
+    }
+
+    async def scenario() -> datetime:
+        store = Store(url=backend.url)
+        try:
+            await store.write_events([Received(start, first_start)])
+            await store.write_events([Received(again, time.time())])
+            record = await store.get_call_record("c-moved")
+        finally:
+            await store.aclose()
+        assert record is not None
+        return record.started_at
+
+    assert run(scenario()).timestamp() == pytest.approx(first_start, abs=1e-3)
