@@ -167,3 +167,9 @@ class InProcessBus:
         if entry is None or entry[0] < time.monotonic():
             return None
         return dict(entry[1])
+
+    async def live_owner_elsewhere(self, call_id: str) -> str | None:
+        """The id of another live instance running this call, if one does.
+
+        In-process there is no other instance; `RedisBus` asks Redis's owner key."""
+        return None

@@ -23,6 +23,11 @@ Lifecycle rules shared by every protocol (settings read with defaults until they
   history, agent and timeline. A reconnect within the grace period re-attaches the latest
   leg under the telephony's id. Where a store runs, `ended_lookup` also finds legs that
   ended before a restart or on another instance.
+- With several instances on one Redis, `open()` of an id that another live instance runs
+  (its owner key names it, and that instance's liveness key has not expired) is refused like
+  a local duplicate, `CallRejected("duplicate_call")`; an id whose owner is gone (killed,
+  key expired) opens here, and a reconnect continues the call from its saved session state.
+  Redis unreachable or slower than OWNER_LOOKUP_S: the call opens (logged).
 - An ended call stays visible (`get()`, its events' replay for late panels) for
   ENDED_RETENTION_S, then the manager drops its session and its event history (the store
   keeps the call). Without this a long-running server kept every call it ever had: the soak
@@ -74,6 +79,9 @@ OVERLOAD_WAIT_S = 1.0
 """ASR queueing delay above which the instance reports itself overloaded (not ready)."""
 STORE_LOOKUP_S = 0.5
 """How long opening a call waits for the store to say whether its id was used before."""
+OWNER_LOOKUP_S = 0.5
+"""How long opening a call waits for the bus (Redis) to say whether another instance runs it."""
+DUPLICATE_CALL = "duplicate_call"
 ENDED_RETENTION_S = 120.0
 """How long an ended call's session and event history stay in memory."""
 MAX_ENDED_KEPT = 200
@@ -166,7 +174,11 @@ class CallManager:
         if reattached is not None:
             return reattached
         stored_ended = await self._stored_ended_legs(call_id)
-        # Checked again after the lookup: another connection may have opened the id meanwhile.
+        # The id the call would run under may be live on another instance sharing the bus
+        # (a connection routed to the wrong instance, a client that reuses ids): refused
+        # like a local duplicate, or both instances would write one stored call.
+        await self._refuse_if_live_elsewhere(self._new_leg(call_id, stored_ended))
+        # Checked again after the lookups: another connection may have opened the id meanwhile.
         reattached = self._admit(call_id, source=source, speakers=speakers)
         if reattached is not None:
             return reattached
@@ -231,7 +243,7 @@ class CallManager:
             CallState.LIVE,
             CallState.ENDING,
         ):
-            raise self._reject("duplicate_call", f"call {current} is already live")
+            raise self._reject(DUPLICATE_CALL, f"call {current} is already live")
         if self.at_capacity():
             raise self._reject(
                 OVER_CAPACITY,
@@ -272,6 +284,27 @@ class CallManager:
         except Exception as exc:  # TimeoutError included
             log.warning("call %s: stored calls under this id unknown (%r)", call_id, exc)
             return set()
+
+    async def _refuse_if_live_elsewhere(self, call_id: str) -> None:
+        """CallRejected(duplicate_call) when another live instance runs `call_id`.
+
+        A call whose owner is gone (owner key expired, or its instance stopped refreshing
+        its liveness key: killed) is not live: a reconnect then opens it here. Best effort
+        like the store lookup: Redis unreachable or slow must not hold up a call.
+        """
+        try:
+            owner = await asyncio.wait_for(self.bus.live_owner_elsewhere(call_id), OWNER_LOOKUP_S)
+        except Exception as exc:  # TimeoutError included
+            log.warning(
+                "call %s: cannot tell whether another instance runs it (%r); opening it here",
+                call_id,
+                exc,
+            )
+            return
+        if owner is not None:
+            raise self._reject(
+                DUPLICATE_CALL, f"call {call_id} is already live (on instance {owner})"
+            )
 
     def _ended_here(self, call_id: str) -> bool:
         session = self._calls.get(call_id)

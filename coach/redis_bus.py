@@ -30,6 +30,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -107,6 +108,7 @@ class RedisBus(InProcessBus):
         stream_maxlen: int = 2000,
         stream_ttl_s: float = 3600.0,
         owner_ttl_s: float = 30.0,
+        instance_ttl_s: float | None = None,
         outbox_per_topic: int = 2000,
         block_ms: int = 500,
         heartbeat_s: float = 1.0,
@@ -121,6 +123,12 @@ class RedisBus(InProcessBus):
         self.stream_maxlen = stream_maxlen
         self.stream_ttl_s = stream_ttl_s
         self.owner_ttl_s = owner_ttl_s
+        self.instance_ttl_s = (
+            max(3.0, 3 * heartbeat_s) if instance_ttl_s is None else instance_ttl_s
+        )
+        """Lifetime of this instance's liveness key, refreshed every heartbeat: an owner key
+        names a live instance only while that instance's key exists, so a call whose instance
+        was killed can reconnect elsewhere long before its owner key expires."""
         self._outbox_len = outbox_per_topic
         self._block_ms = block_ms
         self._heartbeat_s = heartbeat_s
@@ -156,7 +164,11 @@ class RedisBus(InProcessBus):
         self._state_out: dict[str, str] = {}
         """call_id -> latest session state to write (only the newest per flush)."""
         self._owner_due = 0.0
+        self._alive_due = 0.0
         self._writer_down = True
+        self._writer_tried = False
+        """Set after the first attempt to reach Redis, whatever its outcome: the writer
+        starts "down", and the first failure must be logged as loudly as a lost connection."""
         self._reader_down = False
         self._tasks: list[asyncio.Task[None]] = []
         self._catchups: set[asyncio.Task[None]] = set()
@@ -202,6 +214,11 @@ class RedisBus(InProcessBus):
                 log.error("redis bus: %d task(s) did not stop", len(stuck))
         self._tasks = []
         self._catchups.clear()
+        if not self._writer_down:
+            # Stopping gracefully: this instance runs no call any more, say so at once.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(0.5):
+                    await self._w.delete(self.instance_key(self.instance_id))
         for client in (self._w, self._r):
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()
@@ -219,6 +236,9 @@ class RedisBus(InProcessBus):
 
     def owner_key(self, call_id: str) -> str:
         return f"{self.prefix}owner:{call_id}"
+
+    def instance_key(self, instance_id: str) -> str:
+        return f"{self.prefix}instance:{instance_id}"
 
     def state_key(self, call_id: str) -> str:
         return f"{self.prefix}state:{call_id}"
@@ -248,6 +268,24 @@ class RedisBus(InProcessBus):
         """The instance id running this call's pipeline, if it is live (key has a TTL)."""
         value: Any = await self._w.get(self.owner_key(call_id))
         return None if value is None else str(value)
+
+    async def live_owner_elsewhere(self, call_id: str) -> str | None:
+        """Another instance that runs this call now: its owner key names it and that
+        instance is alive (its liveness key, refreshed every heartbeat, has not expired).
+
+        An owner that was killed leaves its owner keys behind for up to `owner_ttl_s`; its
+        liveness key goes within `instance_ttl_s`, after which the call may reconnect here.
+        Raises ConnectionError at once while Redis is known to be unreachable, RedisError or
+        OSError when the lookup fails: the caller decides (the call manager opens the call).
+        """
+        if self._writer_down and self._writer_tried:
+            raise ConnectionError(f"Redis at {_safe_url(self.url)} is unreachable")
+        value: Any = await self._w.get(self.owner_key(call_id))
+        if value is None or str(value) == self.instance_id:
+            return None
+        owner = str(value)
+        alive: Any = await self._w.exists(self.instance_key(owner))
+        return owner if alive else None
 
     # -- publish side --------------------------------------------------------------------
 
@@ -292,13 +330,26 @@ class RedisBus(InProcessBus):
             try:
                 await self._flush_once()
                 if self._writer_down:
-                    log.info("redis bus: connected to %s", self.url)
+                    log.info(
+                        "redis bus: connected to %s (instance %s)",
+                        _safe_url(self.url),
+                        self.instance_id,
+                    )
                 self._writer_down = False
+                self._writer_tried = True
                 failures = 0
             except (RedisError, OSError) as exc:
-                if not self._writer_down:
-                    log.warning("redis bus: Redis unreachable (%s); events stay local", exc)
+                if not self._writer_down or not self._writer_tried:
+                    # Logged once per outage, and also when Redis was never reached (a wrong
+                    # COACH_REDIS_URL), not again for every retry.
+                    log.warning(
+                        "redis bus: Redis at %s unreachable (%s); events stay local, "
+                        "other instances cannot see this one's calls; retrying",
+                        _safe_url(self.url),
+                        exc,
+                    )
                 self._writer_down = True
+                self._writer_tried = True
                 failures += 1
                 await asyncio.sleep(self._backoff(failures))
                 self._wake_writer.set()  # retry promptly after the backoff
@@ -344,15 +395,28 @@ class RedisBus(InProcessBus):
                 raise
             sent = True
         now = time.monotonic()
-        if self._owner_drop or (self._owned and now >= self._owner_due):
+        alive_due = now >= self._alive_due
+        owners_due = bool(self._owner_drop) or (bool(self._owned) and now >= self._owner_due)
+        if alive_due or owners_due:
             pipe = self._w.pipeline(transaction=False)
-            for call_id in self._owned:
-                pipe.set(self.owner_key(call_id), self.instance_id, ex=int(self.owner_ttl_s))
-            for call_id in self._owner_drop:
-                pipe.delete(self.owner_key(call_id))
+            if alive_due:
+                pipe.set(
+                    self.instance_key(self.instance_id),
+                    "1",
+                    px=max(1, int(self.instance_ttl_s * 1000)),
+                )
+            drops = set(self._owner_drop)  # a call may end while the pipeline runs
+            if owners_due:
+                for call_id in self._owned:
+                    pipe.set(self.owner_key(call_id), self.instance_id, ex=int(self.owner_ttl_s))
+                for call_id in drops:
+                    pipe.delete(self.owner_key(call_id))
             await pipe.execute()
-            self._owner_drop.clear()
-            self._owner_due = now + self.owner_ttl_s / 3
+            if alive_due:
+                self._alive_due = now + min(self._heartbeat_s, self.instance_ttl_s / 3)
+            if owners_due:
+                self._owner_drop -= drops
+                self._owner_due = now + self.owner_ttl_s / 3
             sent = True
         if not sent:
             await self._w.ping()
@@ -498,6 +562,16 @@ class RedisBus(InProcessBus):
                 topic = key[n:]
                 for entry_id, fields in entries:
                     self._deliver_remote(topic, entry_id, fields)
+
+
+def _safe_url(url: str) -> str:
+    """The Redis URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def _stream_id(entry_id: str) -> tuple[int, int]:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
@@ -141,6 +142,7 @@ class CallSession:
         self.history_lookup: HistoryLookup | None = None
         self._history_task: asyncio.Task[None] | None = None
         self._end_task: asyncio.Task[None] | None = None
+        self._clock_resumed = False
 
     @property
     def fed_s(self) -> float:
@@ -179,14 +181,18 @@ class CallSession:
             # The call's stream came back (here or on another instance): continue its event
             # sequence so panels resume without gaps, and honour the cue cooldowns.
             self._seq = int(prior.get("seq", 0))
+            if not prior.get("ended"):
+                self._resume_clock(prior)
             if self.cues is not None and not prior.get("ended"):
                 self.cues.restore_cooldowns(
                     prior.get("cue_fired_wall", {}), now_audio=self._fed_s, now_wall=time.time()
                 )
             self.meta.setdefault("resumed", not prior.get("ended"))
-        await self.emit(
-            events.call_start(source=self.source, channels=self.speakers, meta=self.meta)
-        )
+        start = events.call_start(source=self.source, channels=self.speakers, meta=self.meta)
+        if self._clock_resumed:
+            # The store keeps the call's first start, not this takeover's (coach/store/writes.py).
+            start["started_at"] = datetime.fromtimestamp(self.started_wall, UTC).isoformat()
+        await self.emit(start)
         customer_id = self.meta.get("customer_id")
         if customer_id and self.history_lookup is not None and self.cues is not None:
             # In the background: a slow or unreachable store must not delay the call.
@@ -198,6 +204,21 @@ class CallSession:
                 self._tasks[s] = asyncio.create_task(
                     self._party_worker(s), name=f"{self.call_id}-{s}"
                 )
+
+    def _resume_clock(self, prior: dict[str, Any]) -> None:
+        """A call that comes back in a new session (another instance took it over after
+        the first one was lost) keeps its clock and its start: the new connection's audio
+        is placed after what was heard (every ingest starts at `fed_s`; the pipelines hear
+        the part they missed as silence), so transcripts, duration and the stored record's
+        times go on from where the call was, as on a reconnect to the same instance."""
+        fed = prior.get("fed_s")
+        if isinstance(fed, int | float) and fed > self._fed_s:
+            self._fed_s = float(fed)
+            self._next_metrics_s = self._fed_s + self._settings.metrics_interval_s
+        started = prior.get("started_wall")
+        if isinstance(started, int | float) and 0 < started < self.started_wall:
+            self.started_wall = float(started)
+            self._clock_resumed = True
 
     async def feed(self, chunk: AudioChunk) -> None:
         """Queue a chunk, waiting briefly for room before dropping the oldest audio.
@@ -375,7 +396,14 @@ class CallSession:
             if self.cues is not None
             else {}
         )
-        return {"seq": self._seq, "cue_fired_wall": fired, "ended": ended}
+        return {
+            "seq": self._seq,
+            "cue_fired_wall": fired,
+            "ended": ended,
+            # Where the call's clock is and when it started: a takeover continues from here.
+            "fed_s": round(self._fed_s, 3),
+            "started_wall": self.started_wall,
+        }
 
     def _call_update(self, transcript: Event) -> Event:
         """The supervisor wall's live tile: the customer's state after each utterance."""

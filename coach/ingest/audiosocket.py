@@ -381,6 +381,8 @@ class _Call:
     connected: set[Speaker] = field(default_factory=set)
     rates: dict[Speaker, int] = field(default_factory=dict)
     error: str | None = None
+    base_s: float = 0.0
+    """Call time at t0: 0, or where a call taken over from a lost instance had got to."""
 
 
 @dataclass(eq=False)
@@ -574,9 +576,10 @@ class AudioSocketService:
                 if isinstance(exc, CallRejected):
                     raise refusal from exc
                 raise
+            call.base_s = session.fed_s
             ready.set_result(session)
             log.info("audiosocket %s: call %s %s connected", conn.peer, route.call_id, route.party)
-            return call, session, 0.0
+            return call, session, call.base_s
         if route.party not in call.speakers:
             raise _Refusal(
                 "unknown_party", ServerError.REJECTED, f"call {route.call_id} has no {route.party}"
@@ -596,6 +599,7 @@ class AudioSocketService:
         except BaseException:
             call.connected.discard(route.party)
             raise
+        offset_s += call.base_s
         log.info(
             "audiosocket %s: call %s %s joined at %.3f s",
             conn.peer,

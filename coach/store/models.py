@@ -81,6 +81,9 @@ class Call(Base):
     outcome: Mapped[str | None] = mapped_column(sa.Text)
     outcome_by: Mapped[str | None] = mapped_column(sa.Text)
     outcome_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_activity: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """When the store last received one of the call's events (the latest of a batch): the
+    orphan sweep never takes a call whose record is still being written for cut off."""
 
 
 class Utterance(Base):

@@ -246,10 +246,15 @@ class Store:
     async def unended_calls(
         self, *, started_before: datetime, limit: int = 1000
     ) -> list[CallRecord]:
-        """Calls with no end stored that started before `started_before`, oldest first."""
+        """Calls with no end stored that started before `started_before` and whose record
+        was not written since (no event of theirs received then), oldest first."""
         stmt = (
             sa.select(Call)
-            .where(Call.ended_at.is_(None), Call.started_at < started_before)
+            .where(
+                Call.ended_at.is_(None),
+                Call.started_at < started_before,
+                Call.last_activity.is_(None) | (Call.last_activity < started_before),
+            )
             .order_by(Call.started_at, Call.call_id)
             .limit(limit)
         )

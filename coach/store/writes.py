@@ -128,7 +128,9 @@ class Rows:
         if not isinstance(call_id, str) or not call_id:
             raise ValueError(f"event without a call_id: {call_id!r}")
         row = self._row_for(call_id, etype, ev, item.at)
-        self.stubs.setdefault(call_id, _stub(call_id, item.at))
+        at = _dt(item.at)
+        stub = self.stubs.setdefault(call_id, {**_stub(call_id, item.at), "last_activity": at})
+        stub["last_activity"] = max(stub["last_activity"], at)
         match etype:
             case "call_start":
                 self.starts[call_id] = row
@@ -155,7 +157,7 @@ class Rows:
             return {
                 **_stub(call_id, at),
                 # A call closed after a restart says when it was last heard (recovered.py).
-                "ended_at": _ended_at(ev) or _dt(at),
+                "ended_at": _event_time(ev, "ended_at") or _dt(at),
                 "duration_s": _num(ev.get("duration_s")),
                 "end_reason": _opt_text(ev.get("reason")),
                 # Set when the agent was assigned during the call (REST), else kept as is.
@@ -181,8 +183,9 @@ class Rows:
         }
 
 
-def _ended_at(ev: Event) -> datetime | None:
-    value = ev.get("ended_at")
+def _event_time(ev: Event, key: str) -> datetime | None:
+    """A date the event carries itself (ISO 8601), which wins over when it was received."""
+    value = ev.get(key)
     if not isinstance(value, str):
         return None
     try:
@@ -217,7 +220,8 @@ def _start_row(call_id: str, ev: Event, at: float) -> dict[str, Any]:
         "meta": clean_json(rest) if rest else None,
         "agent_id": _opt_text(meta.get("agent_id")),
         "customer_id": _opt_text(meta.get("customer_id")),
-        "started_at": _dt(at),
+        # A call another instance took over says when it first started (coach/session.py).
+        "started_at": _event_time(ev, "started_at") or _dt(at),
     }
 
 
@@ -257,8 +261,16 @@ def upsert(dialect: str, table: Table) -> postgresql.Insert | sqlite.Insert:
 async def write_rows(conn: AsyncConnection, rows: Rows) -> None:
     """Upsert one batch; the caller owns the transaction."""
     calls = table_of(Call)
+    stubs = upsert(conn.dialect.name, calls)
+    # Every batch dates its calls' latest event: the orphan sweep spares a call still being
+    # written (by an instance it cannot see in Redis). Never moved back by a spool replay.
     await conn.execute(
-        upsert(conn.dialect.name, calls).on_conflict_do_nothing(index_elements=["call_id"]),
+        stubs.on_conflict_do_update(
+            index_elements=["call_id"],
+            set_={"last_activity": stubs.excluded.last_activity},
+            where=calls.c.last_activity.is_(None)
+            | (calls.c.last_activity < stubs.excluded.last_activity),
+        ),
         list(rows.stubs.values()),
     )
     for by_call, columns in ((rows.starts, _START_COLUMNS), (rows.ends, _END_COLUMNS)):

@@ -259,3 +259,72 @@ def test_stored_events_and_end_event_are_pure() -> None:
     assert end["seq"] == 11 and end["duration_s"] == pytest.approx(3.1)
     assert end["summary"]["arc"] == [[2.5, -0.5]]
     assert end["ended_at"] == (start + timedelta(seconds=3.1)).isoformat()
+
+
+def test_a_call_still_being_written_is_not_an_orphan(backend: Backend, tmp_path: Path) -> None:
+    """Found by an audit of two instances: B, started with a wrong Redis URL, kept no owner
+    key for its 35 s call, and A's sweep closed that live call as `interrupted` at ~20 s.
+    A call the store received events of since the cut-off is being written: not an orphan."""
+    from coach.store.writes import Received
+
+    old = time.time() - 600
+    busy = [e for e in call_events("c-busy", agent_id="ann") if e["type"] != "call_end"]
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        store = Store(url=backend.url)
+        writer = StoreWriter(store=store, spool=Spool(directory=tmp_path / "spool"))
+        bus = InProcessBus()
+        bus.add_listener(writer)  # writes the interrupted call_ends
+
+        async def nobody_runs_it(call_id: str) -> bool:
+            return False  # no owner key anywhere, as for B's calls
+
+        try:
+            # Both started ten minutes ago; only c-busy is still being written.
+            await store.write_events([Received(e, old) for e in CUT])
+            await store.write_events([Received(busy[0], old)])
+            await store.write_events([Received(e, time.time()) for e in busy[1:]])
+            cutoff = datetime.now(UTC) - timedelta(seconds=60)  # 2 x the owner key's TTL
+            first = await close_orphans(store, bus, is_live=nobody_runs_it, started_before=cutoff)
+            await writer.flush()
+            # Once nothing more comes for the whole window, it was cut off after all.
+            later = datetime.now(UTC) + timedelta(seconds=1)
+            second = await close_orphans(store, bus, is_live=nobody_runs_it, started_before=later)
+        finally:
+            await writer.aclose()
+            await store.aclose()
+        return first, second
+
+    first, second = run(scenario())
+    assert first == ["c-cut"]
+    assert second == ["c-busy"]
+
+
+def test_a_call_taken_over_keeps_its_stored_start(backend: Backend) -> None:
+    """Found by the same audit: a call that reconnected into another instance after its own
+    was killed had its stored `started_at` overwritten by the reconnect time. The new
+    instance's call_start names the call's first start (coach/session.py); the store keeps it."""
+    from coach.store.writes import Received
+
+    first_start = time.time() - 30
+    start = call_events("c-moved", agent_id="ann")[0]
+    assert start["type"] == "call_start"
+    again = {
+        **start,
+        "seq": 9,
+        "meta": {**start["meta"], "resumed": True},
+        "started_at": datetime.fromtimestamp(first_start, UTC).isoformat(),
+    }
+
+    async def scenario() -> datetime:
+        store = Store(url=backend.url)
+        try:
+            await store.write_events([Received(start, first_start)])
+            await store.write_events([Received(again, time.time())])
+            record = await store.get_call_record("c-moved")
+        finally:
+            await store.aclose()
+        assert record is not None
+        return record.started_at
+
+    assert run(scenario()).timestamp() == pytest.approx(first_start, abs=1e-3)

@@ -1,0 +1,256 @@
+"""Two instances on one Redis, as an audit ran them: a call id live on one is refused on the
+other; a call whose instance was killed continues on another with its clock and start; and
+an instance that cannot reach Redis says so in its log.
+
+The two "instances" are two CallManagers on two RedisBus objects (different instance ids)
+in one process, on the shared Redis under a key prefix of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
+
+from coach.calls import DUPLICATE_CALL, CallManager, CallRejected
+from coach.ingest import closecodes as cc
+from coach.messages import AudioChunk
+from coach.redis_bus import RedisBus
+from coach.runtime import Runtime
+from coach.session import CallSession
+from coach.settings import Settings
+from tests.coach.test_admission import PCM_HEADER
+from tests.coach.test_ingest_twilio import TwilioClient, close_of
+from tests.coach.test_redis_bus import (
+    SHARED_URL,
+    PrivateRedis,
+    make_bus,
+    needs_redis,
+    needs_redis_server,
+    prefix,
+    private_redis,
+    wait_for,
+)
+
+__all__ = ["prefix", "private_redis"]  # fixtures: a Redis key prefix, a private redis-server
+
+RATE = 8000
+
+
+def rejected(reason: str) -> float:
+    return REGISTRY.get_sample_value("coach_calls_rejected_total", {"reason": reason}) or 0.0
+
+
+async def open_call(manager: CallManager, call_id: str) -> CallSession:
+    return await manager.open(call_id=call_id, source="pcm", speakers=("customer",))
+
+
+async def owned_by(bus: RedisBus, asking: RedisBus, call_id: str) -> None:
+    """Wait until `asking` sees `bus`'s instance as the call's live owner."""
+    deadline = time.monotonic() + 5
+    while await asking.live_owner_elsewhere(call_id) != bus.instance_id:
+        assert time.monotonic() < deadline, "owner key never written"
+        await asyncio.sleep(0.05)
+
+
+async def kill(bus: RedisBus) -> None:
+    """As `kill -9`: the bus stops talking to Redis and removes nothing (keys just expire)."""
+    for task in bus._tasks:
+        task.cancel()
+    await asyncio.gather(*bus._tasks, return_exceptions=True)
+
+
+@needs_redis
+async def test_a_call_live_on_another_instance_is_refused_as_a_duplicate(
+    runtime: Runtime, settings: Settings, prefix: str
+) -> None:
+    """Found by an audit: one call id streamed into A and 2 s later into B was accepted by
+    both, and both wrote one stored record (two conversations interleaved)."""
+    bus_a, bus_b = make_bus(SHARED_URL, prefix, "A"), make_bus(SHARED_URL, prefix, "B")
+    await bus_a.start()
+    await bus_b.start()
+    a = CallManager(runtime=runtime, settings=settings, bus=bus_a)
+    b = CallManager(runtime=runtime, settings=settings, bus=bus_b)
+    try:
+        call = await open_call(a, "so-dup")
+        await owned_by(bus_a, bus_b, "so-dup")
+        before = rejected(DUPLICATE_CALL)
+        with pytest.raises(CallRejected) as refused:
+            await open_call(b, "so-dup")
+        # The reason every ingest answers a local duplicate with (raw PCM and Twilio 4409,
+        # AudioHook disconnect, AudioSocket error frame): not "try again later".
+        assert refused.value.reason == DUPLICATE_CALL and not refused.value.try_again_later
+        assert "already live" in str(refused.value)
+        assert rejected(DUPLICATE_CALL) == before + 1
+        assert b.get("so-dup") is None
+        # Another id opens on B as usual.
+        other = await open_call(b, "so-other")
+        await b.finish(other, "end")
+        await a.finish(call, "end")
+    finally:
+        await a.shutdown()
+        await b.shutdown()
+        await bus_a.stop()
+        await bus_b.stop()
+
+
+@needs_redis
+async def test_a_call_whose_instance_was_killed_continues_on_another_with_its_clock(
+    runtime: Runtime, settings: Settings, prefix: str
+) -> None:
+    """Found by the same audit: after A was killed, the call's reconnect into B (same id,
+    within the grace) restarted the call's clock at 0 and overwrote its start."""
+    bus_a = make_bus(SHARED_URL, prefix, "A", instance_ttl_s=1.0)
+    bus_b = make_bus(SHARED_URL, prefix, "B")
+    await bus_a.start()
+    await bus_b.start()
+    a = CallManager(runtime=runtime, settings=settings, bus=bus_a)
+    b = CallManager(runtime=runtime, settings=settings, bus=bus_b)
+    first: CallSession | None = None
+    try:
+        first = await open_call(a, "so-moved")
+        await first.feed(
+            AudioChunk("so-moved", "customer", np.zeros(6 * RATE, np.float32), RATE, 0.0)
+        )
+        # The pipeline's metrics event at 5 s of audio saves the call's state (seq, clock).
+        await wait_for(lambda: first is not None and first.fed_s >= 6.0)
+        await wait_for(
+            lambda: (
+                first is not None
+                and first.last_event is not None
+                and first.last_event["type"] == "metrics"
+            ),
+            within=10,
+        )
+        heard = float(first.last_event["t_emit"]) if first.last_event else 0.0
+        assert heard >= 5.0
+        await owned_by(bus_a, bus_b, "so-moved")
+        await wait_for(lambda: not bus_a._pending())  # its last state is in Redis
+
+        await kill(bus_a)
+        with pytest.raises(CallRejected):  # A's liveness key has not expired yet
+            await open_call(b, "so-moved")
+        deadline = time.monotonic() + 5
+        while await bus_b.live_owner_elsewhere("so-moved") is not None:
+            assert time.monotonic() < deadline, "a dead instance still counts as the owner"
+            await asyncio.sleep(0.1)
+
+        took = await open_call(b, "so-moved")  # the reconnect, now on B
+        assert took.call_id == "so-moved"
+        assert took.fed_s == pytest.approx(heard, abs=0.01)  # the clock goes on, not from 0
+        assert took.started_wall == pytest.approx(first.started_wall, abs=1e-3)
+        start = took.last_event
+        assert start is not None and start["type"] == "call_start"
+        assert start["meta"]["resumed"] is True
+        assert start["started_at"] == datetime.fromtimestamp(first.started_wall, UTC).isoformat()
+        # The new connection's audio (its own clock at 0) lands after what was heard.
+        await took.feed(
+            AudioChunk("so-moved", "customer", np.zeros(RATE, np.float32), RATE, took.fed_s)
+        )
+        await b.finish(took, "end")
+        end = took.last_event
+        assert end is not None and end["type"] == "call_end"
+        assert end["duration_s"] >= heard + 1.0 - 0.05
+    finally:
+        if first is not None:
+            await first.aclose()
+        await b.shutdown()
+        await bus_a.stop()
+        await bus_b.stop()
+
+
+async def test_an_unreachable_redis_never_blocks_a_call(
+    runtime: Runtime, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = make_bus("redis://127.0.0.1:1/0", "coach-test-down:", "C")
+    await bus.start()
+    manager = CallManager(runtime=runtime, settings=settings, bus=bus)
+    try:
+        caplog.set_level(logging.WARNING, logger="coach.calls")
+        t0 = time.monotonic()
+        call = await open_call(manager, "so-alone")  # before the first attempt, and after
+        await wait_for(lambda: bus.degraded and bus._writer_tried)
+        other = await open_call(manager, "so-alone-2")
+        assert time.monotonic() - t0 < 3.0
+        assert "cannot tell whether another instance runs it" in caplog.text
+        await manager.finish(call, "end")
+        await manager.finish(other, "end")
+    finally:
+        await manager.shutdown()
+        await bus.stop()
+
+
+async def test_a_wrong_redis_url_is_logged_once_not_per_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by the audit: an instance started with a wrong Redis URL never logged it
+    (`/health/ready` said `redis_degraded`), because the warning only marked an up -> down
+    change and the writer starts down."""
+    caplog.set_level(logging.INFO, logger="coach.redis_bus")
+    bus = make_bus("redis://:hunter2@127.0.0.1:1/0", "coach-test-down:", "C", backoff_cap_s=0.05)
+    await bus.start()
+    try:
+        await wait_for(lambda: bus.degraded and bus._writer_tried)
+        await asyncio.sleep(0.5)  # several retries
+    finally:
+        await bus.stop()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    text = warnings[0].getMessage()
+    assert "unreachable" in text and "127.0.0.1:1" in text
+    assert "hunter2" not in caplog.text  # the password stays out of the log
+
+
+@needs_redis
+async def test_the_first_connection_is_logged(
+    caplog: pytest.LogCaptureFixture, prefix: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="coach.redis_bus")
+    bus = make_bus(SHARED_URL, prefix, "A")
+    await bus.start()
+    try:
+        await wait_for(lambda: not bus.degraded)
+    finally:
+        await bus.stop()
+    assert [r.levelno for r in caplog.records if "redis" in r.getMessage().lower()] == [
+        logging.INFO
+    ]
+    assert "connected to redis://127.0.0.1:6379/0" in caplog.text
+
+
+@needs_redis_server
+def test_each_protocol_answers_a_call_live_elsewhere_as_a_duplicate(
+    runtime: Runtime, settings: Settings, private_redis: PrivateRedis
+) -> None:
+    """Raw PCM: the error message and 4409, as the README's close-code table says; Twilio:
+    4409 with the reason and no message. Instance A is its two keys in Redis."""
+    import redis
+
+    from coach.api.app import create_app
+
+    client = redis.Redis.from_url(private_redis.url)
+    for call_id in ("so-pcm", "so-twilio"):
+        client.set(f"coach:owner:{call_id}", "A", ex=30)
+    client.set("coach:instance:A", "1", ex=30)
+    client.close()
+    on_b = settings.model_copy(update={"redis_url": private_redis.url, "instance_id": "B"})
+    with TestClient(create_app(on_b, runtime)) as b:
+        with b.websocket_connect("/ingest/pcm") as ws:
+            ws.send_text(json.dumps({"call_id": "so-pcm", **PCM_HEADER}))
+            code, reason, texts = close_of(ws)
+        assert code == cc.DUPLICATE_CALL == 4409
+        assert json.loads(texts[0])["code"] == DUPLICATE_CALL and "already live" in reason
+        with b.websocket_connect("/ingest/twilio") as sock:
+            TwilioClient(sock, call_id="so-twilio").handshake()
+            code, reason, texts = close_of(sock)
+        assert code == cc.DUPLICATE_CALL and reason.startswith(f"{DUPLICATE_CALL}: ")
+        assert texts == []
+        manager = b.app.state.coach.manager  # type: ignore[attr-defined]
+        assert manager.live() == []
