@@ -50,7 +50,7 @@ from coach.ingest.audiosocket import (
 )
 from coach.redis_bus import RedisBus
 from coach.runtime import Runtime
-from coach.session import CallSession
+from coach.session import CallSession, CallState
 from coach.settings import Settings
 from coach.store import StoreService, recovered
 from coach.store.api import MAX_SEQ
@@ -530,18 +530,27 @@ async def _assign(session: CallSession, agent_id: str) -> None:
     await session.emit({"type": "agent_assigned", "agent_id": agent_id})
 
 
+async def _assign_forwarded(session: CallSession, agent_id: str) -> None:
+    try:
+        await _assign(session, agent_id)
+    except Exception:  # e.g. the call ended meanwhile: nobody awaits this task to see it
+        log.exception("call %s: forwarded assignment of %s failed", session.call_id, agent_id)
+
+
 def _run_command(state: AppState, event: Event, written_at: float) -> None:
     """Another instance asks this one to act on a call it runs (access was checked there)."""
     if event.get("type") != "assign_agent" or time.time() - written_at > COMMAND_MAX_AGE_S:
         return
     call_id, agent_id = event.get("call_id"), event.get("agent_id")
     session = state.manager.get(str(call_id)) if state.manager else None
-    if session is None or not isinstance(agent_id, str) or not agent_id:
-        return  # not ours: the instance that runs the call acts on it
+    if session is None or session.state is not CallState.LIVE:
+        return  # not ours (the instance that runs the call acts on it), or it has ended
+    if not isinstance(agent_id, str) or not agent_id:
+        return
     log.info(
         "call %s: agent %s assigned by %s on another instance", call_id, agent_id, event.get("by")
     )
-    task = asyncio.get_running_loop().create_task(_assign(session, agent_id))
+    task = asyncio.get_running_loop().create_task(_assign_forwarded(session, agent_id))
     _COMMANDS.add(task)
     task.add_done_callback(_COMMANDS.discard)
 
