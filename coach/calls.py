@@ -404,6 +404,7 @@ class CallManager:
         entry = self._detached.pop(session.call_id, None)
         if entry is not None and entry[1] is not asyncio.current_task():
             entry[1].cancel()
+        session.claim_end(reason)  # before the task runs: see CallSession.claim_end
         task = _call_task(session, session.end(reason), name=f"end-{session.call_id}")
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)

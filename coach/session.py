@@ -160,6 +160,14 @@ class CallSession:
     def touch(self) -> None:
         self.last_audio_at = time.monotonic()
 
+    def claim_end(self, reason: str) -> None:
+        """Mark the call as ending for `reason` now, before its end task runs, so that nothing
+        else ends it for another reason in between (the idle watchdog once ended a call whose
+        reconnect grace had just expired as `idle_timeout`). An end asked for earlier keeps
+        its reason."""
+        if self._end_requested is None and self.state is CallState.LIVE:
+            self._end_requested = reason
+
     def request_end(self, reason: str) -> None:
         """Stop accepting audio now and end the call soon (finalized in the background)."""
         if self._end_requested is not None or self.state is not CallState.LIVE:

@@ -288,6 +288,28 @@ def test_grace_expiry_finalizes_with_disconnect(runtime: Runtime, settings: Sett
     assert other.end_reason == "shutdown"  # untouched until the server stopped
 
 
+def test_an_ending_call_keeps_its_reason_whatever_the_watchdog_sees(
+    runtime: Runtime, settings: Settings
+) -> None:
+    """Found by a fresh-clone CI run under load: a reconnect grace expired, and before the
+    call's end task ran, the idle watchdog saw a silent call no longer detached and ended it
+    as `idle_timeout` instead of `disconnect`. Here the watchdog's check lands exactly in that
+    gap."""
+
+    async def run() -> CallSession:
+        manager = manager_for(runtime, make_settings(settings, idle_timeout_s=0.0))
+        session = await manager.open(call_id="gap", source="pcm", speakers=("customer",))
+        await feed_frames(session, {"customer": quiet(RATE // 2)})
+        ending = asyncio.create_task(manager.finish(session, "disconnect"))
+        await asyncio.sleep(0)  # finish() has spawned the end task, which has not run yet
+        assert manager.check_idle(0.1, now=time.monotonic() + 60) == []
+        await ending
+        await manager.shutdown()
+        return session
+
+    assert asyncio.run(run()).end_reason == "disconnect"
+
+
 def test_grace_off_detach_finishes_at_once(runtime: Runtime, settings: Settings) -> None:
     async def run() -> CallSession:
         manager = manager_for(runtime, settings)
