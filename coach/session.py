@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -320,6 +321,9 @@ class CallSession:
             )
             if self.meta.get("agent_id"):
                 end["agent_id"] = self.meta["agent_id"]  # may have been assigned mid-call
+            # The meta as the call ends: what changed during it (Twilio's mark and DTMF
+            # counts) reaches the store, which only saw call_start's.
+            end["meta"] = copy.deepcopy(self.meta)
             await self.emit(end)
         finally:
             self.state = CallState.ENDED

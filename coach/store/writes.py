@@ -14,6 +14,7 @@ because whatever reaches the database outlives the call.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +32,8 @@ _ENVELOPE = frozenset({"type", "call_id", "seq", "t_emit"})
 _ESCALATION_FIELDS = _ENVELOPE | {"reason", "urgency", "summary"}
 _START_COLUMNS = ("source", "channels", "meta", "agent_id", "customer_id", "started_at")
 _END_COLUMNS = ("ended_at", "duration_s", "end_reason")
+_END_KEEPS = ("agent_id", "meta")
+"""Columns a call_end sets only when it carries them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,24 @@ def clean_json(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None  # JSON has no NaN/Infinity and PostgreSQL rejects them
     return value
+
+
+_IDENTIFIER_KEY = re.compile(r"(?:^|_)(?:id|sid)$|[a-z](?:Id|Sid)$")
+"""Meta keys that name an identifier (`call_sid`, `conversation_id`, `streamSid`): stored
+verbatim, or a Twilio CallSid with seven digits in a row would be stored as
+"CA74772d66756c6c2d[NUMBER]" and no longer match the telephony's records (found by an audit)."""
+
+
+def clean_meta(value: Any, key: str = "") -> Any:
+    """A call's meta for the store: identifiers verbatim, every other string redacted."""
+    if isinstance(value, str):
+        text = value.replace("\x00", "")
+        return text if _IDENTIFIER_KEY.search(key) else redact_text(text)
+    if isinstance(value, list | tuple):
+        return [clean_meta(v, key) for v in value]
+    if isinstance(value, dict):
+        return {str(k).replace("\x00", ""): clean_meta(v, str(k)) for k, v in value.items()}
+    return clean_json(value)
 
 
 def _text(value: Any, default: str = "") -> str:
@@ -162,6 +183,9 @@ class Rows:
                 "end_reason": _opt_text(ev.get("reason")),
                 # Set when the agent was assigned during the call (REST), else kept as is.
                 "agent_id": _opt_text(ev.get("agent_id")),
+                # The meta as the call ended (counters such as Twilio's marks and DTMF digits
+                # grow during the call); a call_end without it keeps the stored one.
+                "meta": _meta_column(meta) if isinstance(meta := ev.get("meta"), dict) else None,
                 "summary": clean_json(ev.get("summary")),
             }
         seq = _int(ev["seq"])
@@ -212,17 +236,22 @@ def _start_row(call_id: str, ev: Event, at: float) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise TypeError("call_start meta must be an object")
     # Identifiers are kept verbatim (history is looked up by them); the rest is redacted.
-    rest = {k: v for k, v in meta.items() if k not in ("agent_id", "customer_id")}
     return {
         "call_id": call_id,
         "source": _text(ev.get("source"), "unknown"),
         "channels": [_text(c) for c in ev.get("channels") or []],
-        "meta": clean_json(rest) if rest else None,
+        "meta": _meta_column(meta),
         "agent_id": _opt_text(meta.get("agent_id")),
         "customer_id": _opt_text(meta.get("customer_id")),
         # A call another instance took over says when it first started (coach/session.py).
         "started_at": _event_time(ev, "started_at") or _dt(at),
     }
+
+
+def _meta_column(meta: dict[str, Any]) -> dict[str, Any] | None:
+    # agent_id and customer_id have columns of their own.
+    rest = {k: v for k, v in meta.items() if k not in ("agent_id", "customer_id")}
+    return clean_meta(rest) if rest else None
 
 
 def _utterance(ev: Event) -> dict[str, Any]:
@@ -278,7 +307,8 @@ async def write_rows(conn: AsyncConnection, rows: Rows) -> None:
             stmt = upsert(conn.dialect.name, calls)
             set_: dict[str, Any] = {c: stmt.excluded[c] for c in columns}
             if by_call is rows.ends:
-                set_["agent_id"] = func.coalesce(stmt.excluded.agent_id, calls.c.agent_id)
+                for c in _END_KEEPS:
+                    set_[c] = func.coalesce(stmt.excluded[c], calls.c[c])
             await conn.execute(
                 stmt.on_conflict_do_update(index_elements=["call_id"], set_=set_),
                 list(by_call.values()),

@@ -382,6 +382,8 @@ def test_handshake_media_mark_dtmf_stop(client: TestClient) -> None:
     twilio_meta = session.meta["twilio"]
     assert twilio_meta["marks"] == 1 and twilio_meta["last_mark"] == "greeting-played"
     assert twilio_meta["dtmf"] == 2 and "4" not in json.dumps(twilio_meta)  # digits not kept
+    # call_end carries the meta as the call ended, so the store keeps these counts too.
+    assert end["meta"]["twilio"] == twilio_meta
 
 
 def test_inbound_only_stream_is_one_party_named_by_callsid(client: TestClient) -> None:

@@ -704,3 +704,30 @@ async def test_the_sqlite_file_is_private(tmp_path: Path) -> None:
         if path.exists():
             assert path.stat().st_mode & 0o077 == 0, (name, oct(path.stat().st_mode))
     assert (tmp_path / "data" / "coach.db").exists()
+
+
+async def test_telephony_ids_are_stored_verbatim_and_meta_as_the_call_ended(
+    store: Store, tmp_path: Path
+) -> None:
+    """Found by a protocol audit: the stored meta went through the transcript redactor, so
+    a Twilio CallSid with seven digits in a row came back as "CA74772d66756c6c2d[NUMBER]", and
+    it was written from call_start only, so the marks and DTMF digits counted during the call
+    were stored as 0."""
+    sid = "CA74772d66756c6c2d3100000000000000"
+    evs = call_events("tw-1")
+    start = evs[0]
+    start["meta"] = {
+        **start["meta"],
+        "twilio": {"call_sid": sid, "streamSid": "MZ1234567890", "marks": 0, "dtmf": 0},
+        "note": f"call me on 212 555 0199, re {sid}",
+    }
+    end = evs[-1]
+    assert end["type"] == "call_end"
+    end["meta"] = {**start["meta"], "twilio": {**start["meta"]["twilio"], "marks": 2, "dtmf": 1}}
+    await _record(store, tmp_path, evs)
+    detail = await store.get_call("tw-1")
+    assert detail is not None
+    meta = detail.call.meta or {}
+    assert meta["twilio"] == {"call_sid": sid, "streamSid": "MZ1234567890", "marks": 2, "dtmf": 1}
+    assert "0199" not in meta["note"]  # free text is still redacted
+    assert detail.call.agent_id == "alice"  # a call_end's meta does not move the columns
