@@ -135,6 +135,15 @@ class Stop(_Wire):
     stop: StopInfo
 
 
+@dataclass(frozen=True, slots=True)
+class Unrecognized:
+    """A message of a type this server does not know (Twilio adds types: `dtmf` came late).
+    Skipped and counted: Twilio does not reconnect a stream, so closing it would lose the
+    rest of the call's coaching (found by a protocol audit)."""
+
+    event: str
+
+
 TwilioMessage: TypeAlias = Connected | Start | Media | Mark | Dtmf | Stop
 MODELS: dict[str, type[TwilioMessage]] = {
     "connected": Connected,
@@ -155,7 +164,7 @@ class TwilioError(Exception):
         self.reason = reason
 
 
-def parse_message(text: str, max_bytes: int) -> TwilioMessage:
+def parse_message(text: str, max_bytes: int) -> TwilioMessage | Unrecognized:
     if len(text.encode("utf-8")) > max_bytes:
         raise TwilioError(cc.MESSAGE_TOO_BIG, "oversized", f"message larger than {max_bytes} bytes")
     try:
@@ -165,6 +174,8 @@ def parse_message(text: str, max_bytes: int) -> TwilioMessage:
     if not isinstance(data, dict):
         raise TwilioError(cc.INVALID_PAYLOAD, "bad_json", "message must be a JSON object")
     event = data.get("event")
+    if isinstance(event, str) and event and event not in MODELS:
+        return Unrecognized(event[:64])
     model = MODELS.get(event) if isinstance(event, str) else None
     if model is None:
         raise TwilioError(cc.INVALID_PAYLOAD, "unknown_event", f"unknown event {event!r}")
@@ -262,12 +273,16 @@ class StreamProtocol:
     last_seq: int = 0
     out_of_order: int = 0
     _next_sample: dict[str, int] = field(default_factory=dict)
+    skipped: set[str] = field(default_factory=set)
+    """Unknown event types seen (each logged once)."""
     base_sample: int = 0
     """Where this stream starts on the call clock: 0, or the audio already heard when it
     re-attaches a call after a dropped connection (its timestamps start again at 0)."""
 
-    def receive(self, text: str) -> TwilioMessage:
+    def receive(self, text: str) -> TwilioMessage | Unrecognized:
         msg = parse_message(text, self.max_message_bytes)
+        if isinstance(msg, Unrecognized):
+            return msg
         self.state = transition(self.state, msg.event)
         if isinstance(msg, Start):
             self.setup = call_setup(msg)
@@ -282,9 +297,9 @@ class StreamProtocol:
             )
         return msg
 
-    def in_order(self, msg: TwilioMessage) -> bool:
+    def in_order(self, msg: TwilioMessage | Unrecognized) -> bool:
         """Check sequenceNumber; False (logged and counted) when it does not increase."""
-        if isinstance(msg, Connected):
+        if isinstance(msg, Connected | Unrecognized):
             return True
         seq = int(msg.sequence_number)
         if seq > self.last_seq:
@@ -496,6 +511,17 @@ async def _stream(ws: WebSocket, proto: StreamProtocol, session: CallSession) ->
                         # already placed, so it is dropped (counted). Control messages never are.
                         if in_order:
                             await session.feed(proto.chunk(msg))
+                    case Unrecognized(event=event):
+                        metrics.INGEST_ERRORS.labels(
+                            protocol=PROTOCOL, reason="unknown_event"
+                        ).inc()
+                        if event not in proto.skipped:
+                            proto.skipped.add(event)
+                            log.warning(
+                                "twilio stream %s: skipping %r messages (unknown event type)",
+                                proto.stream_sid,
+                                event,
+                            )
                     case Mark():
                         _note(session, "marks", last_mark=msg.mark.name[:64])
                         log.info("call %s: mark %r", session.call_id, msg.mark.name[:64])
