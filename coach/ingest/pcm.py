@@ -101,7 +101,11 @@ def parse_header(raw: str) -> PcmHeader:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "header"
-        code = cc.UNSUPPORTED_DATA if where in ("encoding", "sample_rate") else cc.INVALID_PAYLOAD
+        # A rate or encoding of the right type that this server does not take is unsupported
+        # (1003); a field of the wrong type ("8000") or a missing one is malformed (1007).
+        malformed = first["type"] == "missing" or first["type"].endswith("_type")
+        unsupported = where in ("encoding", "sample_rate") and not malformed
+        code = cc.UNSUPPORTED_DATA if unsupported else cc.INVALID_PAYLOAD
         raise IngestError(code, "bad_header", f"{where}: {first['msg']}") from exc
 
 

@@ -56,8 +56,12 @@ def test_parse_header_fuzzed_fields(fields: dict[str, Any]) -> None:
         ({"call_id": None}, cc.INVALID_PAYLOAD, "call_id"),
         ({"encoding": "opus"}, cc.UNSUPPORTED_DATA, "encoding"),
         ({"sample_rate": 11025}, cc.UNSUPPORTED_DATA, "sample_rate"),
-        ({"sample_rate": "8000"}, cc.UNSUPPORTED_DATA, "sample_rate"),
-        ({"sample_rate": 8000.5}, cc.UNSUPPORTED_DATA, "sample_rate"),
+        # The wrong type is a malformed field (1007), as the README's table says; 1003 is
+        # for a rate or encoding of the right type that the server does not take.
+        ({"sample_rate": "8000"}, cc.INVALID_PAYLOAD, "sample_rate"),
+        ({"sample_rate": 8000.5}, cc.INVALID_PAYLOAD, "sample_rate"),
+        ({"sample_rate": None}, cc.INVALID_PAYLOAD, "sample_rate"),
+        ({"encoding": 16}, cc.UNSUPPORTED_DATA, "encoding"),
         ({"channels": 3}, cc.INVALID_PAYLOAD, "channels"),
         ({"call_id": "../etc"}, cc.INVALID_PAYLOAD, "call_id"),
         # Shown on every wall tile and stored: an audit sent a 1 MB agent id.
