@@ -26,9 +26,19 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-__all__ = ["CallIdFilter", "JsonFormatter", "SecretFilter", "call_id_var", "setup_logging"]
+__all__ = [
+    "CallIdFilter",
+    "DeniedUpgradeFilter",
+    "JsonFormatter",
+    "SecretFilter",
+    "call_id_var",
+    "setup_logging",
+    "upgrade_denied_var",
+]
 
 call_id_var: ContextVar[str | None] = ContextVar("call_id", default=None)
+upgrade_denied_var: ContextVar[bool] = ContextVar("upgrade_denied", default=False)
+"""Set by a WebSocket route that refused the upgrade with an HTTP response (AudioHook's 401)."""
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(call_suffix)s: %(message)s"
 
@@ -78,6 +88,28 @@ class SecretFilter(logging.Filter):
         return True
 
 
+_NO_HANDSHAKE = "ASGI callable returned without completing handshake"
+
+
+class DeniedUpgradeFilter(logging.Filter):
+    """uvicorn logs an ERROR when a WebSocket route returns without a handshake, also when it
+    refused the upgrade on purpose with an HTTP response (its sans-I/O implementation does not
+    count that as one): a probe or a client with a wrong key would set off error alerts
+    (found by a protocol audit). Such a line, in the context of a route that set
+    `upgrade_denied_var`, is logged at INFO instead; any other stays an ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if upgrade_denied_var.get() and record.levelno >= logging.ERROR:
+            try:
+                message = record.getMessage()
+            except Exception:
+                return True
+            if message.startswith(_NO_HANDSHAKE):
+                record.levelno, record.levelname = logging.INFO, "INFO"
+                record.msg, record.args = "websocket upgrade refused with an HTTP response", ()
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """Formats a record as one line of JSON (no embedded newlines, non-ASCII kept)."""
 
@@ -123,6 +155,7 @@ def setup_logging(level: str, *, json_format: bool, stream: TextIO | None = None
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.addFilter(CallIdFilter())
     handler.addFilter(SecretFilter())
+    handler.addFilter(DeniedUpgradeFilter())
     if json_format:
         handler.setFormatter(JsonFormatter())
     else:

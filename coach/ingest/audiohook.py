@@ -48,6 +48,7 @@ from coach.calls import CallManager, CallRejected
 from coach.ingest import closecodes as cc
 from coach.ingest.pcm import MAX_ID_CHARS
 from coach.ingest.receive import receive_unless_ended
+from coach.logs import upgrade_denied_var
 from coach.messages import AudioChunk, Speaker
 from coach.session import CallEnded, CallSession
 from coach.settings import Settings
@@ -601,6 +602,7 @@ async def _deny(ws: WebSocket, status: int, reason: str, message: str) -> None:
     log.warning("audiohook upgrade refused (%s, HTTP %d): %s", reason, status, message)
     with contextlib.suppress(RuntimeError, WebSocketDisconnect):
         if "websocket.http.response" in ws.scope.get("extensions", {}):
+            upgrade_denied_var.set(True)  # see coach/logs.py DeniedUpgradeFilter
             await ws.send_denial_response(PlainTextResponse(message, status_code=status))
         else:
             await ws.close(code=cc.POLICY_VIOLATION, reason=message[:120])

@@ -166,3 +166,25 @@ def test_credentials_in_request_paths_never_reach_the_log(stream: io.StringIO) -
     assert "GET /x?after_seq=3&token=***&api_key=***" in out, out
     for secret in ("eyJ.secret.sig", "k-secret-1", "k-secret-2"):
         assert secret not in out
+
+
+def test_a_refused_upgrade_is_not_an_error_line(stream: io.StringIO) -> None:
+    """uvicorn logs an ERROR after a WebSocket route refused the upgrade with an HTTP 401 (an
+    AudioHook client with a wrong key): a protocol audit saw one per refused probe. In the
+    context of a route that refused on purpose it is INFO; anywhere else it stays an ERROR."""
+    import contextvars
+
+    from coach.logs import upgrade_denied_var
+
+    setup_logging("info", json_format=True, stream=stream)
+    uvicorn = logging.getLogger("uvicorn.error")
+
+    def refused_route_returns() -> None:
+        upgrade_denied_var.set(True)
+        uvicorn.error("ASGI callable returned without completing handshake.")
+
+    contextvars.copy_context().run(refused_route_returns)
+    uvicorn.error("ASGI callable returned without completing handshake.")
+    refused, forgotten = _lines(stream)
+    assert refused["level"] == "INFO" and "refused" in refused["message"]
+    assert forgotten["level"] == "ERROR"
