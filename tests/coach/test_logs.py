@@ -177,7 +177,10 @@ def test_a_refused_upgrade_is_not_an_error_line(stream: io.StringIO) -> None:
     from coach.logs import upgrade_denied_var
 
     setup_logging("info", json_format=True, stream=stream)
-    uvicorn = logging.getLogger("uvicorn.error")
+    # Not the "uvicorn.error" logger itself: a live server started by another test in this
+    # process gives "uvicorn" a handler of its own and stops propagation; `coach serve` runs
+    # uvicorn with `log_config=None`, so there its lines reach the root handler like this one.
+    uvicorn = logging.getLogger("coach.test.uvicorn_error")
 
     def refused_route_returns() -> None:
         upgrade_denied_var.set(True)
