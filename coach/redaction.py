@@ -125,6 +125,7 @@ def _spoken_digit_spans(text: str) -> list[Span]:
     i = 0
     while i < len(tokens):
         j, digits, strict = i, "", 0
+        after_group = False
         while j < len(tokens):
             tok = tokens[j][2]
             if (
@@ -139,6 +140,10 @@ def _spoken_digit_spans(text: str) -> list[Span]:
                 digits += group[0]
                 strict += group[1] - j  # every word of a group is a number word
                 j = group[1]
+                after_group = True
+                continue
+            elif tok in ("to", "too", "for") and after_group:
+                break  # "from nineteen ninety to twenty twenty" is a range, not one number
             elif tok in _DIGIT_WORDS:
                 digits += _DIGIT_WORDS[tok]
                 strict += tok in _STRICT_DIGIT_WORDS
@@ -149,6 +154,7 @@ def _spoken_digit_spans(text: str) -> list[Span]:
                 j += 1
             else:
                 break
+            after_group = False
         # Most tokens must be unambiguous digit words, so "for two to four" is left alone.
         if len(digits) >= 7 and strict >= 0.7 * (j - i):
             raw = text[tokens[i][0] : tokens[j - 1][1]]

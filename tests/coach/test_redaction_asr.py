@@ -185,6 +185,7 @@ def test_numbers_read_as_word_groups_are_hidden(text: str, expected: str) -> Non
         "the year nineteen ninety nine",
         "the flight at twelve forty five to gate twenty two",
         "it was twenty four seven, fifty two weeks a year",
+        "I was a customer from nineteen ninety to twenty twenty.",
     ],
 )
 def test_amounts_and_times_in_words_are_kept(text: str) -> None:
