@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
-from test_store_support import BACKENDS, Backend, backend_for, migrated_pg_database
+from test_store_support import Backend
 
 from coach.api.app import create_app
 from coach.api.security import may_view_call
@@ -355,16 +355,6 @@ def test_arc_change() -> None:
     assert arc_change([[0, 0.5], [1, -0.5]]) == "worse"
     assert arc_change([[0, 0.1], [1, 0.12]]) == "same"
     assert arc_change([[0, 0.1]]) is None and arc_change(None) is None
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    yield from migrated_pg_database()
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    yield from backend_for(request, tmp_path)
 
 
 async def _analytics_store(backend: Backend) -> Any:

@@ -23,11 +23,9 @@ from test_store_support import (
     CARD,
     EMAIL,
     Backend,
-    backend_for,
     call_events,
     eventually,
     fresh_pg_database,
-    migrated_pg_database,
     pg_outage,
     pg_url,
     publish,
@@ -89,16 +87,6 @@ async def _count(store: Store, table: str) -> int:
 def _writer(store: Store, spool_dir: Path, **kw: Any) -> StoreWriter:
     kw = {"flush_interval_s": 0.02, "retry_initial_s": 0.02, "retry_max_s": 0.1, **kw}
     return StoreWriter(store=store, spool=Spool(directory=spool_dir), **kw)
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    yield from migrated_pg_database()
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    yield from backend_for(request, tmp_path)
 
 
 @pytest.fixture

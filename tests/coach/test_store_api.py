@@ -15,12 +15,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from test_store_support import (
-    BACKENDS,
     CARD,
     Backend,
-    backend_for,
     call_events,
-    migrated_pg_database,
     run,
     seed,
 )
@@ -42,16 +39,6 @@ EVENTS = {
 }
 CUE_SEQ = next(e["seq"] for e in EVENTS["c-alice"] if e["type"] == "cue")
 ESC_SEQ = next(e["seq"] for e in EVENTS["c-alice"] if e["type"] == "escalation")
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    yield from migrated_pg_database()
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    yield from backend_for(request, tmp_path)
 
 
 def _app(url: str, data_dir: Path) -> FastAPI:

@@ -17,12 +17,9 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 from test_store_support import (
-    BACKENDS,
     CARD,
     Backend,
-    backend_for,
     call_events,
-    migrated_pg_database,
     run,
     seed,
 )
@@ -38,16 +35,6 @@ from coach.store.recovered import close_orphans, end_event, stored_events
 SECRET = "r" * 32
 CUT = [e for e in call_events("c-cut", agent_id="ann") if e["type"] != "call_end"]
 DONE = call_events("c-done", agent_id="ann")
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    yield from migrated_pg_database()
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    yield from backend_for(request, tmp_path)
 
 
 def token(user: str, role: str) -> str:
