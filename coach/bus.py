@@ -173,3 +173,11 @@ class InProcessBus:
 
         In-process there is no other instance; `RedisBus` asks Redis's owner key."""
         return None
+
+    async def claim_call(self, call_id: str) -> str | None:
+        """Claim `call_id` for this instance unless another live instance runs it (then its
+        id). In-process there is no other instance; `RedisBus` claims Redis's owner key."""
+        return None
+
+    async def release_call(self, call_id: str) -> None:
+        """Give back a claim whose call did not open here."""

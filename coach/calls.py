@@ -176,17 +176,28 @@ class CallManager:
         stored_ended = await self._stored_ended_legs(call_id)
         # The id the call would run under may be live on another instance sharing the bus
         # (a connection routed to the wrong instance, a client that reuses ids): refused
-        # like a local duplicate, or both instances would write one stored call.
-        await self._refuse_if_live_elsewhere(self._new_leg(call_id, stored_ended))
-        # Checked again after the lookups: another connection may have opened the id meanwhile.
-        reattached = self._admit(call_id, source=source, speakers=speakers)
-        if reattached is not None:
-            return reattached
+        # like a local duplicate, or both instances would write one stored call. Claimed,
+        # not just looked up, so two instances opening one id at once cannot both go on.
+        claimed = self._new_leg(call_id, stored_ended)
+        await self._claim_or_refuse(claimed)
+        try:
+            # Checked again after the lookups: another connection may have opened the id.
+            reattached = self._admit(call_id, source=source, speakers=speakers)
+            if reattached is not None:
+                return reattached
+            if started_by is not None:
+                self._admit_personal(started_by)
+        except BaseException:
+            if claimed not in self._calls:  # a local call of that id keeps its claim
+                await self.bus.release_call(claimed)
+            raise
         if started_by is not None:
-            self._admit_personal(started_by)
             meta = {**(meta or {}), "started_by": started_by}
         telephony_id = call_id
         call_id = self._new_leg(call_id, stored_ended)
+        if call_id != claimed:  # a local call of that id ended meanwhile: another leg
+            await self.bus.release_call(claimed)
+            await self._claim_or_refuse(call_id)
         if call_id != telephony_id:
             self._latest_leg[telephony_id] = call_id
             meta = {**(meta or {}), "telephony_call_id": telephony_id}
@@ -285,15 +296,16 @@ class CallManager:
             log.warning("call %s: stored calls under this id unknown (%r)", call_id, exc)
             return set()
 
-    async def _refuse_if_live_elsewhere(self, call_id: str) -> None:
-        """CallRejected(duplicate_call) when another live instance runs `call_id`.
+    async def _claim_or_refuse(self, call_id: str) -> None:
+        """Claim `call_id` on the shared bus, or CallRejected(duplicate_call) when another
+        live instance runs it.
 
         A call whose owner is gone (owner key expired, or its instance stopped refreshing
         its liveness key: killed) is not live: a reconnect then opens it here. Best effort
         like the store lookup: Redis unreachable or slow must not hold up a call.
         """
         try:
-            owner = await asyncio.wait_for(self.bus.live_owner_elsewhere(call_id), OWNER_LOOKUP_S)
+            owner = await asyncio.wait_for(self.bus.claim_call(call_id), OWNER_LOOKUP_S)
         except Exception as exc:  # TimeoutError included
             log.warning(
                 "call %s: cannot tell whether another instance runs it (%r); opening it here",

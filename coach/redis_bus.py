@@ -55,6 +55,27 @@ _DEDUPE_KEYS = 20_000
 """(topic, call_id) pairs remembered for dedupe; old ones are forgotten first."""
 
 
+_CLAIM_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. current) == 1 then
+  return current
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+"""Claim a call's owner key unless another *live* instance holds it; returns that instance's
+id, or nil when the key is now ours. One script, so two instances opening one id at the same
+moment cannot both see the key free (a GET then a SET could interleave)."""
+
+_RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+"""Delete an owner key only while it still names this instance."""
+
+
 RemoteListener = Callable[[str, Event, float], None]
 """`(topic, event, written_at)`: an event another instance published, and when it was written to
 its stream (epoch seconds, from the stream entry id), which a replay from the stream needs."""
@@ -150,6 +171,8 @@ class RedisBus(InProcessBus):
             retry=no_retry,
             decode_responses=True,
         )
+        self._claim = self._w.register_script(_CLAIM_SCRIPT)
+        self._release = self._w.register_script(_RELEASE_SCRIPT)
         self._outbox: OrderedDict[str, deque[_Pending]] = OrderedDict()
         self._n = 0
         self.outbox_dropped = 0
@@ -286,6 +309,30 @@ class RedisBus(InProcessBus):
         owner = str(value)
         alive: Any = await self._w.exists(self.instance_key(owner))
         return owner if alive else None
+
+    async def claim_call(self, call_id: str) -> str | None:
+        """Make this instance the owner of `call_id` in Redis, atomically, unless another
+        live instance runs it: that instance's id is returned and nothing changes.
+
+        An owner key left by a killed instance (its liveness key expired) or by this one is
+        taken over. Raises like `live_owner_elsewhere` when Redis cannot answer.
+        """
+        if self._writer_down and self._writer_tried:
+            raise ConnectionError(f"Redis at {_safe_url(self.url)} is unreachable")
+        holder: Any = await self._claim(
+            keys=[self.owner_key(call_id)],
+            args=[self.instance_id, int(self.owner_ttl_s), self.instance_key("")],
+        )
+        return None if holder is None else str(holder)
+
+    async def release_call(self, call_id: str) -> None:
+        """Undo `claim_call` for a call that did not open here after all (best effort: the
+        key would expire with this instance's liveness anyway, or in `owner_ttl_s`)."""
+        try:
+            async with asyncio.timeout(0.5):
+                await self._release(keys=[self.owner_key(call_id)], args=[self.instance_id])
+        except Exception as exc:  # Redis down or slow: the key expires on its own
+            log.debug("call %s: owner key not released (%r)", call_id, exc)
 
     # -- publish side --------------------------------------------------------------------
 

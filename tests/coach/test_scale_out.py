@@ -102,6 +102,68 @@ async def test_a_call_live_on_another_instance_is_refused_as_a_duplicate(
 
 
 @needs_redis
+async def test_one_id_opened_on_two_instances_at_the_same_moment_runs_once(
+    runtime: Runtime, settings: Settings, prefix: str
+) -> None:
+    """Two opens of one id within milliseconds used to both pass the owner lookup (the owner
+    key is written at the bus's next flush); the id is now claimed atomically at open."""
+    bus_a, bus_b = make_bus(SHARED_URL, prefix, "A"), make_bus(SHARED_URL, prefix, "B")
+    await bus_a.start()
+    await bus_b.start()
+    a = CallManager(runtime=runtime, settings=settings, bus=bus_a)
+    b = CallManager(runtime=runtime, settings=settings, bus=bus_b)
+    try:
+        await wait_for(lambda: not bus_a.degraded and not bus_b.degraded)
+        for n in range(5):
+            call_id = f"so-race-{n}"
+            results = await asyncio.gather(
+                open_call(a, call_id), open_call(b, call_id), return_exceptions=True
+            )
+            opened = [r for r in results if isinstance(r, CallSession)]
+            refused = [r for r in results if isinstance(r, CallRejected)]
+            assert len(opened) == 1 and len(refused) == 1, results
+            assert refused[0].reason == DUPLICATE_CALL
+            winner = a if opened[0] is a.get(call_id) else b
+            assert await bus_b.owner(call_id) == (bus_a if winner is a else bus_b).instance_id
+            await winner.finish(opened[0], "end")
+    finally:
+        await a.shutdown()
+        await b.shutdown()
+        await bus_a.stop()
+        await bus_b.stop()
+
+
+@needs_redis
+async def test_an_open_refused_after_its_claim_gives_the_id_back(
+    runtime: Runtime, settings: Settings, prefix: str
+) -> None:
+    """A claim whose call is then refused here (a person's second call of their own) must
+    not keep the id from the instance the call goes to next."""
+    bus_a, bus_b = make_bus(SHARED_URL, prefix, "A"), make_bus(SHARED_URL, prefix, "B")
+    await bus_a.start()
+    await bus_b.start()
+    a = CallManager(runtime=runtime, settings=settings, bus=bus_a)
+    b = CallManager(runtime=runtime, settings=settings, bus=bus_b)
+    try:
+        await wait_for(lambda: not bus_a.degraded and not bus_b.degraded)
+        mine = await a.open(
+            call_id="so-own-1", source="pcm", speakers=("customer",), started_by="ann"
+        )
+        with pytest.raises(CallRejected):
+            await a.open(call_id="so-own-2", source="pcm", speakers=("customer",), started_by="ann")
+        assert await bus_a.owner("so-own-2") is None
+        second = await open_call(b, "so-own-2")  # not a duplicate: nobody runs it
+        assert await bus_a.owner("so-own-2") == bus_b.instance_id
+        await b.finish(second, "end")
+        await a.finish(mine, "end")
+    finally:
+        await a.shutdown()
+        await b.shutdown()
+        await bus_a.stop()
+        await bus_b.stop()
+
+
+@needs_redis
 async def test_a_call_whose_instance_was_killed_continues_on_another_with_its_clock(
     runtime: Runtime, settings: Settings, prefix: str
 ) -> None:
