@@ -617,9 +617,12 @@ async def _stream_stored(
         await _close(ws, cc.POLICY_VIOLATION, "forbidden", "not your call")
         return True
     if detail.call.ended_at is None and isinstance(state.bus, RedisBus):
-        # Another instance may be starting it and not have claimed its owner key yet.
-        young = datetime.now(UTC) - detail.call.started_at
-        if young < timedelta(seconds=2 * state.settings.redis_session_ttl_s):
+        # Not ended, and no live owner key: either another instance is starting it, or one
+        # that lost Redis still runs it (its key expired, its events still reach the store).
+        # Either way it was heard lately; only a call silent for twice the key's TTL is over,
+        # as the orphan sweep decides (coach/store/recovered.py).
+        heard = max(detail.call.started_at, detail.call.last_activity or detail.call.started_at)
+        if datetime.now(UTC) - heard < timedelta(seconds=2 * state.settings.redis_session_ttl_s):
             return False
     with contextlib.suppress(RuntimeError, WebSocketDisconnect):
         for ev in recovered.stored_events(detail, after_seq=after_seq):

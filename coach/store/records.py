@@ -44,6 +44,8 @@ class CallRecord:
     outcome: str | None
     outcome_by: str | None
     outcome_at: datetime | None
+    last_activity: datetime | None = None
+    """When the store last received an event of this call (None: not since migration 0003)."""
 
     @classmethod
     def of(cls, row: Call) -> CallRecord:
@@ -61,6 +63,7 @@ class CallRecord:
             outcome=row.outcome,
             outcome_by=row.outcome_by,
             outcome_at=row.outcome_at,
+            last_activity=row.last_activity,
         )
 
     @property

@@ -315,3 +315,60 @@ def test_a_call_taken_over_keeps_its_stored_start(backend: Backend) -> None:
         return record.started_at
 
     assert run(scenario()).timestamp() == pytest.approx(first_start, abs=1e-3)
+
+
+def test_a_long_call_another_instance_still_writes_is_not_streamed_as_ended(
+    backend: Backend, tmp_path: Path, runtime: Runtime
+) -> None:
+    """A call started long ago whose owner key is gone (its instance lost Redis) but whose
+    events still reach the store is live: a panel waits for its events instead of being sent
+    the stored part and an `interrupted` end. The store's last activity decides, as for the
+    orphan sweep; the start time alone used to."""
+    import uuid
+
+    import redis as sync_redis
+
+    from coach.store.writes import Received
+
+    call_id = f"c-long-{uuid.uuid4().hex[:8]}"
+    events = [e for e in call_events(call_id, agent_id="ann") if e["type"] != "call_end"]
+
+    async def write() -> None:
+        store = Store(url=backend.url)
+        try:
+            await store.write_events([Received(events[0], time.time() - 600)])
+            await store.write_events([Received(e, time.time()) for e in events[1:]])
+        finally:
+            await store.aclose()
+
+    run(write())
+    url = "redis://127.0.0.1:6379/8"
+    settings = Settings(
+        data_dir=tmp_path,
+        auth_secret=SECRET,
+        store_enabled=True,
+        database_url=backend.url,
+        redis_url=url,
+    )
+    later = {"seq": 50, "call_id": call_id, "type": "transcript", "speaker": "agent", "text": "ok"}
+    try:
+        with TestClient(create_app(settings, runtime)) as client:
+            path = f"/ws/calls/{call_id}/events?after_seq=49&token={token('ada', 'admin')}"
+            with client.websocket_connect(path) as ws:
+                time.sleep(0.5)  # the panel is subscribed (or, before, already sent the end)
+                bus = client.app.state.coach.bus  # type: ignore[attr-defined]
+                assert client.portal is not None
+                client.portal.call(bus.publish, call_topic(call_id), later)
+                got = ws.receive_json()
+            assert got["type"] == "transcript" and got["seq"] == 50, got
+            stored = client.get(
+                f"/api/history/calls/{call_id}",
+                headers={"Authorization": f"Bearer {token('ada', 'admin')}"},
+            )
+            assert stored.json()["call"]["ended_at"] is None  # not swept either
+    finally:
+        client_r = sync_redis.Redis.from_url(url)
+        keys = client_r.keys(f"coach:*{call_id}*")
+        if keys:
+            client_r.delete(*keys)
+        client_r.close()
