@@ -178,7 +178,8 @@ class CueEngine:
             return []
         reading.read = agreed
         parts = language.pieces(text) or [text]
-        analyses = list(await (self.analyze_partial or self.analyze)(parts))
+        plain = [language.plain_meaning(p) for p in parts]
+        analyses = list(await (self.analyze_partial or self.analyze)(plain))
         if len(analyses) != len(parts):
             return []  # shed: the model had finals to score first
         if t_start < self._customer_final_end:
@@ -245,7 +246,8 @@ class CueEngine:
         return out
 
     async def _analyze(self, texts: Sequence[str]) -> list[TextAnalysis]:
-        return list(await self.analyze(texts))
+        """The models' reading of each text, litotes said plainly (`language.plain_meaning`)."""
+        return list(await self.analyze([language.plain_meaning(t) for t in texts]))
 
     async def _agent_utterance(
         self, loaded: LoadedPlaybook, event: Mapping[str, Any], text: str

@@ -31,6 +31,15 @@ _NEGATORS = frozenset(
 _CONTRAST_NOT_HEAD = (
     r",\s*(?:and\s+)?not\s+(?=(?:you|a|an|the|another|some|just|me|my|your|this|that|more|one)\b)"
 )
+# Litotes: a negated un- word asserts the word without its un- ("not unhappy" = content).
+_LITOTES_WORDS = (
+    "happy|reasonable|usual|fair|helpful|pleasant|satisfied|likely|kind|aware|willing|common|"
+    "important|grateful|sympathetic|friendly|impressed|pleased"
+)
+_LITOTES = rf"\b(?:not|never|\w+n't)\s+un(?:{_LITOTES_WORDS})"
+_LITOTES_PARTS = re.compile(
+    rf"\b(?:(?:not|never)\s+|(\w+)n't\s+)un({_LITOTES_WORDS})\b", re.IGNORECASE
+)
 # Negation that does not negate the feeling: "I can't believe", "no way", "no idea why".
 _NEGATION_IDIOMS = re.compile(
     r"\b(can(no|')?t believe|no way|no idea|not again|not even|not once|not only|"
@@ -43,8 +52,7 @@ _NEGATION_IDIOMS = re.compile(
     # Not knowing is the statement itself ("I don't know what a modem is" = "what is a modem?").
     r"(don'?t|do not|didn'?t|did not) (know|understand|get|see) (what|where|how|which|why|whether|if)"
     # Litotes asserts the opposite of the un- word: "I'm not unhappy" says "I'm content".
-    r"|\b(not|never|\w+n't)\s+un(happy|reasonable|usual|fair|helpful|pleasant|satisfied|likely|kind|"
-    r"aware|willing|common|important|grateful|sympathetic|friendly|impressed|pleased)"
+    rf"|{_LITOTES}"
     # "A, not B" asserts A: "I want the manager on the phone, not you reading me notes".
     rf"|{_CONTRAST_NOT_HEAD}\b.*"
     r")\b",
@@ -158,6 +166,23 @@ def is_negated(text: str) -> bool:
     stripped = _NEGATION_IDIOMS.sub(" ", _LEADING_NO.sub("", text))
     # "Nobody's hurt", "nothing's wrong": the contracted "is"/"has" must not hide the negator.
     return any(w.removesuffix("'s") in _NEGATORS for w in words(stripped))
+
+
+def plain_meaning(text: str) -> str:
+    """`text` with its litotes said plainly, for the models that read its meaning: "I'm not
+    unhappy with anything" -> "I'm happy with anything", "it isn't unusual" -> "it is usual".
+
+    The sentence embedding and the emotion model read "not unhappy" as "unhappy" with a
+    "not" attached (an outside audit's probe fired frustration on it, "sad" at 57%); the
+    caller's own words are still what a cue quotes.
+    """
+
+    def plain(m: re.Match[str]) -> str:
+        verb = m.group(1)
+        stem = {"ca": "can", "wo": "will", "sha": "shall"}.get(verb.lower(), verb) if verb else ""
+        return f"{stem} {m.group(2)}" if stem else m.group(2)
+
+    return _LITOTES_PARTS.sub(plain, text)
 
 
 def framing(text: str) -> Framing:

@@ -41,6 +41,21 @@ def test_negation(text: str, negated: bool) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "plain"),
+    [
+        ("I'm not unhappy with anything, honestly.", "I'm happy with anything, honestly."),
+        ("It isn't unusual for me to call twice.", "It is usual for me to call twice."),
+        ("They weren't unhelpful, to be fair.", "They were helpful, to be fair."),
+        ("You can't unsubscribe me?", "You can't unsubscribe me?"),  # not litotes
+        ("I don't understand the bill.", "I don't understand the bill."),
+        ("Not until Friday.", "Not until Friday."),
+    ],
+)
+def test_plain_meaning_says_litotes_plainly(text: str, plain: str) -> None:
+    assert language.plain_meaning(text) == plain
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "If the price ever went up I might look elsewhere.",

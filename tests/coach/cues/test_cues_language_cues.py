@@ -49,6 +49,8 @@ NEGATIVE = [
     ("churn_risk", "Please don't cancel my account, I want to keep it."),
     ("churn_risk", "I'm not going anywhere, I've been with you for twenty years."),
     ("crisis", "Nobody's hurt, we're all fine, I'm just calling about the claim."),
+    # Litotes: the models read it said plainly (found by the same audit).
+    ("frustration", "I'm not unhappy with anything, honestly."),
     # Hypotheticals and other people.
     ("churn_risk", "If the price ever doubled I might look around, but I'm happy for now."),
     ("churn_risk", "My sister cancelled her plan with you last year."),
