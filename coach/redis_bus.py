@@ -16,6 +16,14 @@ Remote events go to subscribers and history only, never to `add_listener` listen
 (the store, metrics) already see every event on the instance that owns the call, and running
 them again on every instance would store each call once per instance. What needs every
 instance's events of one topic (the supervisor wall) registers with `watch_remote`.
+
+The supervisor stream is trimmed and expires, and so is each call's own stream, so a long call's
+`call_start` scrolls out of both while the call goes on. An instance started after that could
+not draw the call on its wall (a tile needs `call_start`: it names the agent and team that
+decide who may see the call). So the instance that runs a call also keeps what a wall needs of
+it in a small hash, `<prefix>wall:<call_id>` (its `call_start`, latest `agent_assigned`,
+`call_update` and `cue`, every escalation and acknowledgement), which lives as long as the call
+(coach/api/wall_seed.py reads it).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from coach.bus import (
+    SUPERVISOR_TOPIC,
     InProcessBus,
     Subscription,
     agent_topic,
@@ -75,6 +84,11 @@ return 0
 """
 """Delete an owner key only while it still names this instance."""
 
+
+AT_FIELD = "at"
+"""In a wall record's entries: when the instance recorded the event (epoch seconds)."""
+CUES_FIELD = "n"
+"""In a wall record's latest cue: how many cues the call has had."""
 
 RemoteListener = Callable[[str, Event, float], None]
 """`(topic, event, written_at)`: an event another instance published, and when it was written to
@@ -186,6 +200,10 @@ class RedisBus(InProcessBus):
         self._owner_drop: set[str] = set()
         self._state_out: dict[str, str] = {}
         """call_id -> latest session state to write (only the newest per flush)."""
+        self._wall_out: dict[str, dict[str, str]] = {}
+        """call_id -> wall record fields to write (field -> `{"at", "e"}` JSON; newest wins)."""
+        self._cues: dict[str, int] = {}
+        """call_id -> cues shown so far on a call this instance runs (the wall's count)."""
         self._owner_due = 0.0
         self._alive_due = 0.0
         self._writer_down = True
@@ -252,7 +270,9 @@ class RedisBus(InProcessBus):
         return self._writer_down or self._reader_down
 
     def _pending(self) -> int:
-        return sum(len(q) for q in self._outbox.values()) + len(self._state_out)
+        return (
+            sum(len(q) for q in self._outbox.values()) + len(self._state_out) + len(self._wall_out)
+        )
 
     def stream_key(self, topic: str) -> str:
         return f"{self.prefix}{topic}"
@@ -265,6 +285,15 @@ class RedisBus(InProcessBus):
 
     def state_key(self, call_id: str) -> str:
         return f"{self.prefix}state:{call_id}"
+
+    def wall_key(self, call_id: str) -> str:
+        """The hash of what a wall needs to draw this call (see the module docstring)."""
+        return f"{self.prefix}wall:{call_id}"
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The client for short lookups (never a blocking read): the wall seeder's reads."""
+        return self._w
 
     def save_session_state(self, call_id: str, state: dict[str, Any]) -> None:
         super().save_session_state(call_id, state)  # this instance keeps it too
@@ -347,6 +376,8 @@ class RedisBus(InProcessBus):
             elif call_id not in self._owned:
                 self._owned.add(call_id)
                 self._owner_due = 0.0  # claim ownership at the next flush
+        elif topic == SUPERVISOR_TOPIC:
+            self._record_for_wall(event)
         if is_agent_topic(topic):
             # Unredacted text never leaves the instance that holds the call: an agent whose
             # panel is connected elsewhere gets the redacted view (no PII in Redis).
@@ -364,6 +395,32 @@ class RedisBus(InProcessBus):
         self._n += 1
         q.append(_Pending(self._n, payload))
         self._wake_writer.set()
+
+    def _record_for_wall(self, event: Event) -> None:
+        """Keep what a wall needs of a call this instance runs in its wall record.
+
+        Acknowledgements are kept whichever instance takes them (the supervisor's, not
+        necessarily the call's): a wall drawing the call later must not show them open.
+        """
+        call_id, etype = event.get("call_id"), event.get("type")
+        if not isinstance(call_id, str):
+            return
+        if etype == "call_end":
+            self._wall_out.pop(call_id, None)  # the owner key's drop deletes the record
+            self._cues.pop(call_id, None)
+            return
+        field = _wall_field(event)
+        if field is None or (etype != "escalation_ack" and call_id not in self._owned):
+            return
+        entry: dict[str, Any] = {AT_FIELD: time.time(), "e": event}
+        if etype == "cue":
+            # Only the latest cue is kept: the count the wall shows goes with it.
+            entry[CUES_FIELD] = self._cues[call_id] = self._cues.get(call_id, 0) + 1
+        try:
+            payload = json.dumps(entry, separators=(",", ":"))
+        except (TypeError, ValueError):
+            return
+        self._wall_out.setdefault(call_id, {})[field] = payload
 
     async def _writer(self) -> None:
         failures = 0
@@ -406,7 +463,9 @@ class RedisBus(InProcessBus):
 
     async def _flush_once(self) -> None:
         """Send the outbox (per topic, in order), refresh ownership, or just ping."""
-        sent = False
+        # Wall records first: once another instance reads an event from a stream, the record
+        # it may then look up already holds that event.
+        sent = await self._flush_wall_records()
         for topic in list(self._outbox):
             q = self._outbox.get(topic)
             if not q:
@@ -456,8 +515,10 @@ class RedisBus(InProcessBus):
             if owners_due:
                 for call_id in self._owned:
                     pipe.set(self.owner_key(call_id), self.instance_id, ex=int(self.owner_ttl_s))
+                    # A quiet call writes no record for hours: it must outlive the call.
+                    pipe.expire(self.wall_key(call_id), int(self.stream_ttl_s))
                 for call_id in drops:
-                    pipe.delete(self.owner_key(call_id))
+                    pipe.delete(self.owner_key(call_id), self.wall_key(call_id))
             await pipe.execute()
             if alive_due:
                 self._alive_due = now + min(self._heartbeat_s, self.instance_ttl_s / 3)
@@ -469,6 +530,26 @@ class RedisBus(InProcessBus):
             await self._w.ping()
         if self._pending():
             self._wake_writer.set()
+
+    async def _flush_wall_records(self) -> bool:
+        if not self._wall_out:
+            return False
+        records, self._wall_out = self._wall_out, {}
+        pipe = self._w.pipeline(transaction=False)
+        for call_id, fields in records.items():
+            key = self.wall_key(call_id)
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.expire(key, int(self.stream_ttl_s))
+        try:
+            await pipe.execute()
+        except Exception:
+            for call_id, fields in records.items():
+                owned = call_id in self._owned  # else it ended meanwhile: only acks are kept
+                for field, payload in fields.items():
+                    if owned or field.startswith("ack:"):
+                        self._wall_out.setdefault(call_id, {}).setdefault(field, payload)
+            raise
+        return True
 
     # -- remote side ---------------------------------------------------------------------
 
@@ -505,7 +586,8 @@ class RedisBus(InProcessBus):
     def watch_remote(self, topic: str, listener: RemoteListener) -> None:
         """Call `listener` with every event other instances publish on `topic`, from what the
         stream still holds (up to `stream_maxlen` entries, `stream_ttl_s`) onwards. Needs a
-        running loop (call after `start`)."""
+        running loop (call after `start`). What has scrolled out is not replayed: the wall
+        draws live calls whose start it missed from their wall records (`wall_key`)."""
         self._remote_listeners.setdefault(topic, []).append(listener)
         self._watch(topic)
 
@@ -609,6 +691,24 @@ class RedisBus(InProcessBus):
                 topic = key[n:]
                 for entry_id, fields in entries:
                     self._deliver_remote(topic, entry_id, fields)
+
+
+def _wall_field(event: Event) -> str | None:
+    """The wall record field an event goes to: one per kind, or per escalation."""
+    match event.get("type"):
+        case "call_start":
+            return "start"
+        case "agent_assigned":
+            return "agent"
+        case "call_update":
+            return "update"
+        case "cue":
+            return "cue"
+        case "escalation":
+            return f"esc:{_seq(event)}"
+        case "escalation_ack":
+            return f"ack:{_seq(event)}"
+    return None
 
 
 def _safe_url(url: str) -> str:

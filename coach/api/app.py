@@ -32,6 +32,7 @@ from coach.api.security import (
 )
 from coach.api.users import UserDirectory
 from coach.api.wall import Tile, WallTracker
+from coach.api.wall_seed import WallSeeder
 from coach.auth import AuthError, Principal
 from coach.bus import COMMAND_TOPIC, SUPERVISOR_TOPIC, InProcessBus, agent_topic, call_topic
 from coach.calls import CallManager
@@ -137,10 +138,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        seeder: WallSeeder | None = None
         if isinstance(state.bus, RedisBus):
             await state.bus.start()  # never blocks on Redis: reconnects in the background
             # The wall shows every instance's calls, not only this one's (found by an audit).
             state.bus.watch_remote(SUPERVISOR_TOPIC, wall.remote)
+            # ...including calls whose call_start has scrolled out of that stream.
+            seeder = WallSeeder(wall, state.bus)
+            seeder.start()
             state.bus.watch_remote(COMMAND_TOPIC, lambda _t, ev, at: _run_command(state, ev, at))
         loader: asyncio.Task[None] | None = None
         if state.runtime is None:
@@ -178,6 +183,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             await state.manager.shutdown()
         if store is not None:
             await store.aclose()  # after the calls ended, so their last events are written
+        if seeder is not None:
+            await seeder.stop()
         if isinstance(state.bus, RedisBus):
             await state.bus.stop()
         if state.owns_runtime and state.runtime is not None:

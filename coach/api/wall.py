@@ -22,13 +22,22 @@ call. An event for a call the wall has not seen start (an acknowledgement sent t
 whose wall never saw the call) is not a call of its own (found by an audit: such a tile had
 no agent, so every supervisor, of any team, could watch the call).
 
+A long call's `call_start` scrolls out of the trimmed supervisor stream, so an instance started
+later would never show it: `seed` draws such a call from the record its instance keeps in Redis
+(coach/api/wall_seed.py finds those calls, `unknown` tells it of a remote event for a call
+without a tile). Acknowledgements and ends of calls without a tile are remembered a while, as
+the record may be read after them.
+
 Each wall only receives the calls its principal may see (coach/api/security.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,10 +46,15 @@ from coach.auth import Principal
 from coach.bus import SUPERVISOR_TOPIC, call_topic
 from coach.events import Event
 
+log = logging.getLogger(__name__)
+
 KEEP_ENDED_S = 600.0
 """Ended calls stay on the wall (greyed, with their summary link) this long."""
 MAX_TILES = 5000
 WALL_QUEUE = 2000
+UNKNOWN_CALLS = 2000
+"""Calls without a tile whose acknowledgements and end the wall remembers for `seed`."""
+UNKNOWN_EVENTS = 32
 
 _FORWARDED = frozenset(
     {
@@ -123,6 +137,10 @@ class WallTracker:
         self._queue = queue
         self.calls: dict[str, Tile] = {}
         self._subs: set[WallSubscription] = set()
+        self._unknown: OrderedDict[str, list[tuple[Event, float]]] = OrderedDict()
+        """call_id -> remote `escalation_ack`s and `call_end` of a call without a tile."""
+        self.unknown: Callable[[str], None] | None = None
+        """Told the id of a call another instance runs that has no tile here (the seeder)."""
 
     # -- input -------------------------------------------------------------------------
 
@@ -145,8 +163,59 @@ class WallTracker:
 
     def remote(self, topic: str, event: Event, written_at: float) -> None:
         """`RedisBus.watch_remote` listener: another instance's supervisor event."""
-        if topic == SUPERVISOR_TOPIC:
-            self.apply(event, at=written_at)
+        if topic != SUPERVISOR_TOPIC:
+            return
+        call_id, etype = event.get("call_id"), event.get("type")
+        if isinstance(call_id, str) and call_id not in self.calls and etype in _FORWARDED:
+            if etype in ("escalation_ack", "call_end"):
+                self._remember(call_id, event, written_at)
+            if etype not in ("call_start", "call_end") and self.unknown is not None:
+                self.unknown(call_id)
+        self.apply(event, at=written_at)
+
+    def _remember(self, call_id: str, event: Event, at: float) -> None:
+        kept = self._unknown.setdefault(call_id, [])
+        self._unknown.move_to_end(call_id)
+        if len(kept) < UNKNOWN_EVENTS:
+            kept.append((event, at))
+        while len(self._unknown) > UNKNOWN_CALLS:
+            self._unknown.popitem(last=False)
+
+    def seed(
+        self, call_id: str, events: Sequence[tuple[Event, float]], *, cues: int | None = None
+    ) -> bool:
+        """Draw a call that another instance runs and whose `call_start` this wall never saw.
+
+        `events`: `(event, when)` from the call's record, its `call_start` first. Nothing is
+        drawn without that `call_start` (it names who may see the call), for a call the wall
+        already shows, or for one whose end has arrived meanwhile. Walls that may see the call
+        get a fresh snapshot (a `call_start` alone would date the tile now). `cues`: how many
+        cues the call has had (the record keeps the latest only). True if drawn.
+        """
+        if call_id in self.calls:
+            return False
+        if any(ev.get("type") == "call_end" for ev, _ in self._unknown.get(call_id, ())):
+            return False
+        first = events[0][0] if events else {}
+        if first.get("type") != "call_start" or first.get("call_id") != call_id:
+            log.debug("wall: call %s runs elsewhere but its call_start is gone; not shown", call_id)
+            return False
+        tile = self._new_tile(call_id, events[0][1])
+        for ev, at in [*events, *self._unknown.pop(call_id, ())]:
+            if ev.get("call_id") != call_id or ev.get("type") not in _FORWARDED:
+                continue
+            seq = ev.get("seq")
+            if ev.get("type") in ("cue", "escalation") and isinstance(seq, int):
+                if seq in tile.seen:
+                    continue
+                tile.seen.add(seq)
+            _fold(tile, ev, at)
+        if cues is not None:
+            tile.cues = max(tile.cues, cues)
+        for sub in list(self._subs):
+            if may_view_call(sub.principal, tile.meta):
+                sub.resync(first)
+        return True
 
     def apply(self, event: Event, *, at: float | None = None) -> None:
         """Fold one event into its call's tile and pass it on to the walls that may see it.
@@ -161,6 +230,7 @@ class WallTracker:
         if tile is None:
             if etype != "call_start":
                 return  # not a call this wall knows: see the module docstring
+            self._unknown.pop(call_id, None)  # an earlier call's end must not stop a seed later
             tile = self._new_tile(call_id, at)
         elif etype in _REASSIGNING:
             # Who may see a call turns on its agent (an unassigned call is every supervisor's,
