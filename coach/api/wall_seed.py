@@ -9,8 +9,9 @@ contact center, within minutes.
 The instance running a call keeps what a wall needs of it in `<prefix>wall:<call_id>`
 (coach/redis_bus.py). This reads it for the calls that are live elsewhere and have no tile here:
 - a full pass when the wall starts following remote events, then every `full_every_s`: SCAN
-  the owner keys (`<prefix>owner:<call_id>`, `batch` per round trip, at most `max_keys` per
-  pass, the next pass going on from there);
+  for the owner keys (`<prefix>owner:<call_id>`; SCAN walks the whole keyspace, ended calls'
+  streams included, so `scan_count` keys per round trip and at most `max_rounds` round trips
+  per pass, the next pass going on from there a moment later);
 - a pass over the calls the wall heard of without a tile (`want`), at most one per
   `min_interval_s`, each call at most once per `retry_s`.
 A call whose owner key is gone (it ended) or names this instance or a dead one (its liveness
@@ -55,7 +56,8 @@ class WallSeeder:
         bus: RedisBus,
         *,
         batch: int = 200,
-        max_keys: int = 10_000,
+        scan_count: int = 1000,
+        max_rounds: int = 100,
         min_interval_s: float = 1.0,
         full_every_s: float = 60.0,
         retry_s: float = 30.0,
@@ -65,7 +67,9 @@ class WallSeeder:
         self.wall = wall
         self.bus = bus
         self.batch = batch
-        self.max_keys = max_keys
+        """Calls looked up per targeted pass."""
+        self.scan_count = scan_count
+        self.max_rounds = max_rounds
         self.min_interval_s = min_interval_s
         self.full_every_s = full_every_s
         self.retry_s = retry_s
@@ -145,21 +149,21 @@ class WallSeeder:
             await asyncio.sleep(self.min_interval_s)
 
     async def seed_all(self) -> bool:
-        """One full pass (at most `max_keys` owner keys); True once the SCAN came round."""
+        """One full pass (at most `max_rounds` SCANs); True once the SCAN came round."""
         head = self.bus.owner_key("")
         match = _glob_escape(head) + "*"
-        visited = 0
+        rounds = 0
         while True:
             async with asyncio.timeout(self.timeout_s):
                 reply: Any = await self.bus.redis.scan(
-                    cursor=self._cursor, match=match, count=self.batch
+                    cursor=self._cursor, match=match, count=self.scan_count
                 )
             self._cursor, keys = int(reply[0]), reply[1]
-            visited += len(keys)
+            rounds += 1
             await self.seed_calls([str(k)[len(head) :] for k in keys])
             if self._cursor == 0:
                 return True
-            if visited >= self.max_keys:
+            if rounds >= self.max_rounds:
                 return False  # bounded work: the next pass goes on from the cursor
 
     async def seed_calls(self, call_ids: Sequence[str]) -> int:
