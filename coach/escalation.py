@@ -28,6 +28,32 @@ class EscalationDetector:
     _level: dict[str, int] = field(default_factory=dict)
     _counts: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def levels(self) -> dict[str, int]:
+        """The urgency rank each reason was last raised at (a copy)."""
+        return dict(self._level)
+
+    @property
+    def cue_counts(self) -> dict[str, int]:
+        """How often each cue that may escalate was shown (a copy)."""
+        return dict(self._counts)
+
+    def resume(
+        self,
+        *,
+        raised: Sequence[dict[str, Any]],
+        levels: Mapping[str, int],
+        cue_counts: Mapping[str, int],
+    ) -> None:
+        """Continue from the part of the call another instance ran (coach/recap.py): a
+        reason already raised there is not paged again at the same urgency, and repeated
+        cues go on counting towards `repeated_frustration` and `complex_inquiry`."""
+        self.raised[:0] = [dict(r) for r in raised]
+        for reason, rank in levels.items():
+            self._level[reason] = max(rank, self._level.get(reason, -1))
+        for cue, n in cue_counts.items():
+            self._counts[cue] = self._counts.get(cue, 0) + n
+
     def _raise(
         self,
         reason: str,

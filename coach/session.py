@@ -12,14 +12,15 @@ import asyncio
 import contextlib
 import copy
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import Any, TypeGuard
 
 from audio.prosody import SpeakingRate
-from coach import events, metrics
+from coach import events, metrics, recap
 from coach.bus import SUPERVISOR_TOPIC, InProcessBus, agent_topic, call_topic
 from coach.cues.dynamics import Spoken, Timeline
 from coach.cues.engine import CueEngine, TextAnalysis
@@ -144,6 +145,8 @@ class CallSession:
         self._history_task: asyncio.Task[None] | None = None
         self._end_task: asyncio.Task[None] | None = None
         self._clock_resumed = False
+        self._recap: tuple[tuple[Any, ...], recap.Recap] | None = None
+        """The last recap built and what it was built from (`_session_state`)."""
 
     @property
     def fed_s(self) -> float:
@@ -187,16 +190,7 @@ class CallSession:
         metrics.ACTIVE_CALLS.inc()
         prior = await self._bus.load_session_state(self.call_id)
         if prior:
-            # The call's stream came back (here or on another instance): continue its event
-            # sequence so panels resume without gaps, and honour the cue cooldowns.
-            self._seq = int(prior.get("seq", 0))
-            if not prior.get("ended"):
-                self._resume_clock(prior)
-            if self.cues is not None and not prior.get("ended"):
-                self.cues.restore_cooldowns(
-                    prior.get("cue_fired_wall", {}), now_audio=self._fed_s, now_wall=time.time()
-                )
-            self.meta.setdefault("resumed", not prior.get("ended"))
+            self._restore(prior)
         start = events.call_start(source=self.source, channels=self.speakers, meta=self.meta)
         if self._clock_resumed:
             # The store keeps the call's first start, not this takeover's (coach/store/writes.py).
@@ -214,6 +208,45 @@ class CallSession:
                     self._party_worker(s), name=f"{self.call_id}-{s}"
                 )
 
+    def _restore(self, prior: dict[str, Any]) -> None:
+        """The call's stream came back (here or on another instance): continue its event
+        sequence so panels resume without gaps, and, unless it had ended, its clock, the cue
+        cooldowns and what its summaries need of the part already heard (coach/recap.py).
+
+        The state may be stale or corrupt (another version wrote it, a hand-edited key):
+        whatever of it cannot be read is left out, logged once, and the call goes on."""
+        unreadable: list[str] = []
+        seq = prior.get("seq", 0)
+        if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0:
+            self._seq = seq
+        else:
+            unreadable.append(f"seq {seq!r}")
+        ended = bool(prior.get("ended"))
+        if not ended:
+            self._resume_clock(prior)
+        if self.cues is not None and not ended:
+            fired = prior.get("cue_fired_wall", {})
+            if isinstance(fired, dict) and all(
+                isinstance(k, str) and _is_time(v) for k, v in fired.items()
+            ):
+                self.cues.restore_cooldowns(fired, now_audio=self._fed_s, now_wall=time.time())
+            else:
+                unreadable.append("cue cooldowns")
+        if not ended and "recap" in prior:
+            try:
+                recap.restore(prior["recap"], tracker=self.customer_state, engine=self.cues)
+            except recap.RecapError as exc:
+                unreadable.append(f"summary so far ({exc})")
+            except Exception:  # a bug here must cost the earlier part's summary, not the call
+                log.exception("call %s: the summary so far could not be restored", self.call_id)
+        if unreadable:
+            log.warning(
+                "call %s: saved session state partly unreadable, left out: %s",
+                self.call_id,
+                "; ".join(unreadable),
+            )
+        self.meta.setdefault("resumed", not ended)
+
     def _resume_clock(self, prior: dict[str, Any]) -> None:
         """A call that comes back in a new session (another instance took it over after
         the first one was lost) keeps its clock and its start: the new connection's audio
@@ -221,11 +254,11 @@ class CallSession:
         the part they missed as silence), so transcripts, duration and the stored record's
         times go on from where the call was, as on a reconnect to the same instance."""
         fed = prior.get("fed_s")
-        if isinstance(fed, int | float) and fed > self._fed_s:
+        if _is_time(fed) and fed > self._fed_s:
             self._fed_s = float(fed)
             self._next_metrics_s = self._fed_s + self._settings.metrics_interval_s
         started = prior.get("started_wall")
-        if isinstance(started, int | float) and 0 < started < self.started_wall:
+        if _is_time(started) and 0 < started < self.started_wall:
             self.started_wall = float(started)
             self._clock_resumed = True
 
@@ -356,17 +389,25 @@ class CallSession:
         }
         self.last_event = stamped
         self._bus.publish(agent_topic(self.call_id), stamped)
-        self._bus.save_session_state(
-            self.call_id, self._session_state(ended=stamped["type"] == "call_end")
-        )
         redacted = self._redactor.view(stamped)
-        self._bus.publish(call_topic(self.call_id), redacted)
         kind = stamped["type"]
+        if kind == "cue" and self.cues is not None:
+            # Before the state is saved: it lists the cue by its seq, with its trigger
+            # phrases as the redacted view has them (the state goes to Redis).
+            evidence = redacted.get("evidence")
+            phrases = evidence.get("phrases") if isinstance(evidence, dict) else None
+            self.cues.published(
+                event,
+                self._seq,
+                redacted_phrases=[p for p in phrases if isinstance(p, str)]
+                if isinstance(phrases, list)
+                else (),
+            )
+        self._bus.save_session_state(self.call_id, self._session_state(ended=kind == "call_end"))
+        self._bus.publish(call_topic(self.call_id), redacted)
         if kind in ("call_start", "call_end", "cue", "escalation", "agent_assigned"):
             self._bus.publish(SUPERVISOR_TOPIC, redacted)
         if kind == "cue":
-            if self.cues is not None:
-                self.cues.published(event, self._seq)
             metrics.CUES.labels(cue=stamped["cue"]).inc()
             if not self._inline:
                 metrics.CUE_LATENCY.observe(max(0.0, self._fed_s - float(stamped["t_end"])))
@@ -415,7 +456,27 @@ class CallSession:
             # Where the call's clock is and when it started: a takeover continues from here.
             "fed_s": round(self._fed_s, 3),
             "started_wall": self.started_wall,
+            # What the call's summaries need of the part heard so far (no unredacted words).
+            "recap": self._current_recap(),
         }
+
+    def _current_recap(self) -> recap.Recap:
+        """The recap, rebuilt only when something it holds changed: the state is saved on
+        every event (partials, metrics), most of which change none of it."""
+        cues = self.cues
+        key: tuple[Any, ...] = (len(self.customer_state.arc),)
+        if cues is not None:
+            key += (
+                len(cues.states),
+                len(cues.shown),
+                cues.shown[-1].get("seq") if cues.shown else None,
+                len(cues.agent_moves),
+                len(cues.escalation.raised),
+                tuple(cues.redacted_phrases),
+            )
+        if self._recap is None or self._recap[0] != key:
+            self._recap = (key, recap.build(tracker=self.customer_state, engine=cues))
+        return self._recap[1]
 
     def _call_update(self, transcript: Event) -> Event:
         """The supervisor wall's live tile: the customer's state after each utterance."""
@@ -572,6 +633,11 @@ class CallSession:
                 t_end=now,
             )
         )
+
+
+def _is_time(value: object) -> TypeGuard[float]:
+    """A number of seconds as a saved state may hold it (not a bool, not NaN or infinite)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _open_since(party: PartyPipeline | None) -> float | None:

@@ -135,6 +135,17 @@ class CueEngine:
     _timing: TimingCues | None = None
     _timing_version: str = ""
     escalation: EscalationDetector = field(default_factory=EscalationDetector)
+    redacted_phrases: list[str] = field(default_factory=list)
+    """The trigger phrases of the cues shown, as the redacted view has them (latest
+    `KEPT_PHRASES`): all of them the session state (coach/recap.py) may hold."""
+    earlier_phrases: list[str] = field(default_factory=list)
+    """Trigger phrases of the part of the call another instance ran (redacted), restored
+    from the session state: the handoff quotes them before this part's own."""
+    earlier_counts: dict[str, int] = field(default_factory=dict)
+    """Cues shown earlier in the call that the restored state counts but no longer lists
+    one by one (it keeps the latest only): still counted in the call's summary."""
+    _outcomes: dict[int, tuple[float | None, float | None]] = field(default_factory=dict)
+    """id of a shown cue -> its final outcome (`cue_outcome`)."""
     _reading: _PartialReading | None = None
     _customer_final_end: float = float("-inf")
     _early_this_turn: int = 0
@@ -516,7 +527,7 @@ class CueEngine:
         wanted = set(spec.context.after_agent_move) if spec.context else set()
         for m in reversed(self.agent_moves):
             if m.move in wanted and m.t <= t_start + 0.5:
-                return f'{m.move} ("{m.text}")'
+                return f'{m.move} ("{m.text}")' if m.text else m.move
         return "last move"
 
     def _sustained_intense(self, pb: Playbook) -> str | None:
@@ -678,13 +689,17 @@ class CueEngine:
         """What whoever joins needs: the state, its trend, what was said, shown and tried."""
         last = self.states[-1] if self.states else None
         trend = _trend([s["valence"] for s in self.states])
-        phrases: list[str] = []
+        phrases: list[str] = list(self.earlier_phrases)
         for ev in self.shown:
             for p in ev.get("evidence", {}).get("phrases", []):
                 if p and p not in phrases:
                     phrases.append(p)
-        cues_shown = list(dict.fromkeys(ev["cue"] for ev in self.shown))
-        tried = list(dict.fromkeys(f'{m.move}: "{m.text}"' for m in self.agent_moves))[-6:]
+        cues_shown = list(dict.fromkeys([*self.earlier_counts, *(ev["cue"] for ev in self.shown)]))
+        # A move restored from another instance's part of the call has no words (they are
+        # not kept outside the instance that heard them): named only.
+        tried = list(
+            dict.fromkeys(f'{m.move}: "{m.text}"' if m.text else m.move for m in self.agent_moves)
+        )[-6:]
         state = (
             {
                 "valence": round(last["valence"], 3),
@@ -731,34 +746,62 @@ class CueEngine:
             "agent_tried": tried,
         }
 
-    def published(self, cue: Mapping[str, Any], seq: int) -> None:
+    def published(
+        self, cue: Mapping[str, Any], seq: int, *, redacted_phrases: Sequence[str] = ()
+    ) -> None:
         """The bus `seq` the session gave `cue`, one of this engine's events: the session
         stamps a copy, so without this `call_summary` could not name the cue the way
-        feedback does (`POST /api/calls/{id}/cues/{seq}/feedback`)."""
+        feedback does (`POST /api/calls/{id}/cues/{seq}/feedback`). `redacted_phrases`: its
+        trigger phrases as the redacted view has them, what the session state may keep."""
+        for p in redacted_phrases:
+            if p and p not in self.redacted_phrases:
+                self.redacted_phrases.append(p)
+        del self.redacted_phrases[:-KEPT_PHRASES]
         for ev in reversed(self.shown):
             if ev is cue:
                 ev["seq"] = seq
                 return
 
+    def cue_outcome(self, cue: Mapping[str, Any]) -> tuple[float | None, float | None, bool]:
+        """The customer's valence before a shown cue, the mean of the next two turns', and
+        whether that is final (both turns heard; kept then, as the session state reads it
+        at every customer turn). A cue restored from another instance's part of the call
+        may carry its final outcome (coach/recap.py): the turns it was read from may since
+        have been thinned out of the restored arc."""
+        frozen = cue.get("outcome")
+        if isinstance(frozen, tuple):
+            return frozen[0], frozen[1], True
+        known = self._outcomes.get(id(cue))
+        if known is not None:
+            return known[0], known[1], True
+        t = float(cue["t_end"])
+        before = [s["valence"] for s in self.states if s["t"] <= t + 0.01][-1:]
+        after = [s["valence"] for s in self.states if s["t"] > t + 0.01][:2]
+        outcome = (
+            float(before[0]) if before else None,
+            float(np.mean(after)) if after else None,
+        )
+        if len(after) == 2:
+            self._outcomes[id(cue)] = outcome  # `shown` keeps the cue, so its id stays its own
+        return outcome[0], outcome[1], len(after) == 2
+
     def call_summary(self) -> dict[str, Any]:
         """For call_end: cue counts and, per cue, whether the customer's mood improved after."""
-        counts: dict[str, int] = {}
+        counts: dict[str, int] = dict(self.earlier_counts)
         detail = []
         for ev in self.shown:
             counts[ev["cue"]] = counts.get(ev["cue"], 0) + 1
-            t = float(ev["t_end"])
-            before = [s["valence"] for s in self.states if s["t"] <= t + 0.01][-1:]
-            after = [s["valence"] for s in self.states if s["t"] > t + 0.01][:2]
+            before, after, _ = self.cue_outcome(ev)
             landed = None
-            if before and after:
-                landed = bool(float(np.mean(after)) - before[0] >= 0.15)
+            if before is not None and after is not None:
+                landed = bool(after - before >= 0.15)
             detail.append(
                 {
                     "cue": ev["cue"],
                     "seq": ev.get("seq"),
-                    "t": round(t, 3),
-                    "valence_before": round(before[0], 3) if before else None,
-                    "valence_after": round(float(np.mean(after)), 3) if after else None,
+                    "t": round(float(ev["t_end"]), 3),
+                    "valence_before": round(before, 3) if before is not None else None,
+                    "valence_after": round(after, 3) if after is not None else None,
                     "landed": landed,
                 }
             )
@@ -814,6 +857,9 @@ def _mean_word_prob(words: Sequence[Mapping[str, Any]]) -> float | None:
     ps = [float(w["p"]) for w in words if "p" in w]
     return float(np.mean(ps)) if ps else None
 
+
+KEPT_PHRASES = 8
+"""Trigger phrases the handoff quotes (its `trigger_phrases`), and the session state keeps."""
 
 MOOD_TURNS = 6
 """The customer turns the handoff's "mostly" reads: one turn ("No.") is not the caller's mood."""

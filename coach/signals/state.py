@@ -106,6 +106,22 @@ class CustomerStateTracker:
     _trend_v: float | None = None
     _trend_a: float | None = None
 
+    @property
+    def trend(self) -> tuple[float, float] | None:
+        """The smoothed (valence, arousal), None before the first utterance."""
+        if self._trend_v is None or self._trend_a is None:
+            return None
+        return self._trend_v, self._trend_a
+
+    def resume(
+        self, *, arc: list[tuple[float, float, float]], trend: tuple[float, float] | None
+    ) -> None:
+        """Continue from the part of the call another instance ran (coach/recap.py): its
+        arc comes first, and the trend goes on smoothing from where it was."""
+        self.arc[:0] = arc
+        if trend is not None and self._trend_v is None:
+            self._trend_v, self._trend_a = trend
+
     def update(
         self,
         *,
