@@ -151,8 +151,9 @@ class InProcessBus:
 
     # -- per-call session state ----------------------------------------------------------
     # What a call's pipeline needs if its stream comes back (here, or with Redis on another
-    # instance): the event sequence so panels resume without gaps or repeats, and the cue
-    # cooldowns so a reconnect does not repeat cues the agent has just seen.
+    # instance): the event sequence so panels resume without gaps or repeats, the cue
+    # cooldowns so a reconnect does not repeat cues the agent has just seen, and the recap
+    # its summaries need of the part already heard (coach/recap.py; no unredacted words).
 
     def save_session_state(self, call_id: str, state: dict[str, Any]) -> None:
         """Keep the latest state of a call (never blocks; with Redis, written in the background)."""

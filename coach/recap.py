@@ -94,7 +94,11 @@ def _fields(*, tracker: CustomerStateTracker, engine: CueEngine | None) -> dict[
                 for s in states[-TAIL_TURNS:]
             ],
             "worst": (
-                [round(float(worst["t"]), 3), round(float(worst["valence"]), 3), worst["emotion"]]
+                [
+                    round(float(worst["t"]), 3),
+                    round(float(worst["valence"]), 3),
+                    str(worst["emotion"]),
+                ]
                 if worst is not None
                 else None
             ),
@@ -117,12 +121,12 @@ def restore(raw: object, *, tracker: CustomerStateTracker, engine: CueEngine | N
 
     Raises `RecapError` without changing anything when `raw` is not a recap `build` wrote."""
     r = _parse(raw)
+    specs = engine.holder.current.playbook.cues if engine is not None else {}
     arousal = {t: a for t, _, a, _, _ in r.turns}
     tracker.resume(arc=[(t, v, arousal.get(t, 0.5)) for t, v in r.arc], trend=r.trend)
     if engine is None:
         return
     engine.states[:0] = _states(r)
-    specs = engine.holder.current.playbook.cues
     engine.shown[:0] = [_cue_stub(c, specs.get(c.cue)) for c in r.cues]
     engine.earlier_counts = _add(r.earlier, engine.earlier_counts)
     engine.earlier_phrases = list(r.phrases)
