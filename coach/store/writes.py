@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, func
+from sqlalchemy import Table, bindparam, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -27,7 +27,9 @@ from coach.events import Event
 from coach.redaction import redact_text, redact_words
 from coach.store.models import Call, CueRow, Escalation, Summary, Utterance, table_of
 
-STORED_TYPES = frozenset({"call_start", "transcript", "cue", "escalation", "metrics", "call_end"})
+STORED_TYPES = frozenset(
+    {"call_start", "transcript", "cue", "escalation", "metrics", "call_end", "agent_assigned"}
+)
 _ENVELOPE = frozenset({"type", "call_id", "seq", "t_emit"})
 _ESCALATION_FIELDS = _ENVELOPE | {"reason", "urgency", "summary"}
 _START_COLUMNS = ("source", "channels", "meta", "agent_id", "customer_id", "started_at")
@@ -134,6 +136,8 @@ class Rows:
     escalations: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    assignments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """call_id -> the latest `agent_assigned` of the batch (agent_id, seq)."""
 
     def __bool__(self) -> bool:
         return bool(self.stubs)
@@ -158,6 +162,10 @@ class Rows:
             case "call_end":
                 self.ends[call_id] = row
                 self.summaries[call_id] = {"call_id": call_id, "summary": row.pop("summary")}
+            case "agent_assigned":
+                old = self.assignments.get(call_id)
+                if old is None or old["seq"] < row["seq"]:
+                    self.assignments[call_id] = row
             case "metrics":
                 old = self.metrics.get(call_id)
                 if old is None or old["metrics_seq"] < row["metrics_seq"]:
@@ -189,6 +197,11 @@ class Rows:
                 "summary": clean_json(ev.get("summary")),
             }
         seq = _int(ev["seq"])
+        if etype == "agent_assigned":
+            agent = ev["agent_id"]
+            if not isinstance(agent, str) or not agent:
+                raise ValueError(f"agent_assigned without an agent_id: {agent!r}")
+            return {"call_id": call_id, "agent_id": _text(agent), "seq": seq}
         if etype == "metrics":
             body = {k: v for k, v in ev.items() if k not in _ENVELOPE}
             return {"call_id": call_id, "metrics": clean_json(body), "metrics_seq": seq}
@@ -313,6 +326,17 @@ async def write_rows(conn: AsyncConnection, rows: Rows) -> None:
                 stmt.on_conflict_do_update(index_elements=["call_id"], set_=set_),
                 list(by_call.values()),
             )
+    if rows.assignments:
+        # A supervisor put an agent on the live call (PUT /api/calls/{id}/agent): the store
+        # says so at once, not only at call_end, so that agent may rate the call's cues and
+        # set its outcome while it runs, and a call cut off before its end (an instance
+        # died) stays theirs instead of every team's "no agent yet" call.
+        await conn.execute(
+            calls.update()
+            .where(calls.c.call_id == bindparam("target"))
+            .values(agent_id=bindparam("assigned")),
+            [{"target": c, "assigned": r["agent_id"]} for c, r in rows.assignments.items()],
+        )
     for model, keyed in (
         (Utterance, rows.utterances),
         (CueRow, rows.cues),

@@ -360,3 +360,40 @@ def test_a_team_supervisors_pages_are_full(team_client: TestClient) -> None:
     assert team_client.get("/api/history/calls/c-green-0", headers=sam).status_code == 403
     assert team_client.get("/api/history/calls/c-open-1", headers=ALICE).status_code == 403
     assert _ids(team_client.get("/api/history/calls", headers=ALICE)) == ["c-blue-1"]
+
+
+def _assigned_live_call(call_id: str, agent_id: str) -> list[dict[str, Any]]:
+    """A call that started with no agent, had one put on it (PUT /api/calls/{id}/agent) and
+    is still live: no call_end yet."""
+    events = [e for e in call_events(call_id, agent_id="") if e["type"] != "call_end"]
+    seq = max(e["seq"] for e in events) + 1
+    events.append({"type": "agent_assigned", "agent_id": agent_id, "seq": seq, "call_id": call_id})
+    return events
+
+
+def test_an_agent_put_on_a_live_call_may_review_it_before_it_ends(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """`agent_assigned` was not stored: until call_end the store said nobody was on the
+    call, so the agent a supervisor put on it got 403 rating its cues, reporting a missed
+    cue or setting its outcome from the live panel; and a call cut off before its end stayed
+    every team's 'no agent yet' call and never became the agent's."""
+    events = _assigned_live_call("c-live", "alice")
+    run(seed(backend.url, tmp_path / "spool", [events]))
+    cue = next(e["seq"] for e in events if e["type"] == "cue")
+    said = next(
+        e["seq"] for e in events if e["type"] == "transcript" and e["speaker"] == "customer"
+    )
+    with TestClient(_app(backend.url, tmp_path)) as client:
+        feedback = f"/api/calls/c-live/cues/{cue}/feedback"
+        resp = client.post(feedback, json={"verdict": "helpful"}, headers=ALICE)
+        assert resp.status_code == 200, resp.text
+        missed = f"/api/calls/c-live/utterances/{said}/missed-cue"
+        assert client.post(missed, json={"cue": "churn_risk"}, headers=ALICE).status_code == 200
+        outcome = client.put("/api/calls/c-live/outcome", json={"outcome": "ok"}, headers=ALICE)
+        assert outcome.status_code == 200, outcome.text
+        assert _ids(client.get("/api/history/calls", headers=ALICE)) == ["c-live"]
+        record = client.get("/api/history/calls/c-live", headers=ALICE).json()["call"]
+        assert record["agent_id"] == "alice" and record["ended_at"] is None
+        # Once assigned it is that agent's call only.
+        assert client.post(feedback, json={"verdict": "helpful"}, headers=BOB).status_code == 403
