@@ -27,6 +27,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from coach.redaction import redact_text
 from coach.store.db import create_engine, migrate, redacted_url
 from coach.store.models import (
     Call,
@@ -541,7 +542,9 @@ class Store:
             row = await s.get(Call, call_id)
             if row is None:
                 raise NotFound(f"call {call_id} not found")
-            row.outcome = outcome
+            # Typed by a person ("callback on 212 555 0147"), shown to supervisors and kept
+            # for months: redacted like every other text the store keeps (models.py).
+            row.outcome = None if outcome is None else redact_text(outcome)
             row.outcome_by = user
             row.outcome_at = at or _utcnow()
             await s.flush()

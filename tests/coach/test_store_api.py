@@ -397,3 +397,16 @@ def test_an_agent_put_on_a_live_call_may_review_it_before_it_ends(
         assert record["agent_id"] == "alice" and record["ended_at"] is None
         # Once assigned it is that agent's call only.
         assert client.post(feedback, json={"verdict": "helpful"}, headers=BOB).status_code == 403
+
+
+def test_an_outcome_is_stored_redacted(client: TestClient) -> None:
+    """The outcome is free text a person types; it was stored and shown to every supervisor
+    verbatim, card numbers and phone numbers included."""
+    said = f"paid with {CARD}, call back on 212 555 0147 or jane.doe@example.com"
+    resp = client.put("/api/calls/c-alice/outcome", json={"outcome": said}, headers=ALICE)
+    assert resp.status_code == 200, resp.text
+    for shown in (
+        resp.json()["outcome"],
+        client.get("/api/history/calls/c-alice", headers=SUE).json()["call"]["outcome"],
+    ):
+        assert shown == "paid with [CARD], call back on [PHONE] or [EMAIL]"
