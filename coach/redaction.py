@@ -549,6 +549,9 @@ class CallRedactor:
         self._went_on: dict[str, tuple[float, list[str]]] = {}
         """speaker -> (start of their last transcript, the digits in it that went on with the
         number), where they went on with one."""
+        self._hidden: list[str] = []
+        """Every piece of a number hidden so far only because it went on with one (the
+        newest HIDDEN_KEPT): an escalation's handoff quotes lines of the whole call."""
 
     def view(self, event: dict[str, object]) -> dict[str, object]:
         kind = event.get("type")
@@ -566,6 +569,10 @@ class CallRedactor:
                 return _hide_quotes(text, quotes, TAGS["number"])
 
             return {k: _map_strings(v, hide) if k not in _KEEP else v for k, v in out.items()}
+        if kind == "escalation" and self._hidden:
+            # The handoff quotes trigger phrases and the agent's words from any earlier turn,
+            # which `redact_event` alone reads without the turn before them.
+            return _hide_in_quotes(redact_event(event), self._hidden)
         if kind not in ("transcript", "partial") or not isinstance(speaker, str):
             return redact_event(event)
         last = self._last.get(speaker)
@@ -588,9 +595,30 @@ class CallRedactor:
             pieces = _went_on_with(text, opening, closing) if continues else []
             if pieces and start is not None:
                 self._went_on[speaker] = (start, pieces)
+                self._hidden = [*(q for q in self._hidden if q not in pieces), *pieces]
+                del self._hidden[:-HIDDEN_KEPT]
             else:
                 self._went_on.pop(speaker, None)
         return out
+
+
+HIDDEN_KEPT = 64
+"""Number pieces a call's redactor remembers for its escalations (a handoff quotes a few
+recent turns; a call dictating more numbers than this is not a conversation to coach)."""
+_QUOTED = re.compile(r'"[^"]*"')
+
+
+def _hide_in_quotes(event: dict[str, object], quotes: Sequence[str]) -> dict[str, object]:
+    """An escalation with `quotes` hidden where it quotes someone: inside double quotes in
+    its text, or anywhere in a bare phrase (`trigger_phrases`), so that its own figures
+    ("at 12 s", "valence -0.40") stay as they are."""
+
+    def hide(text: str) -> str:
+        if '"' not in text:
+            return _hide_quotes(text, quotes, TAGS["number"])
+        return _QUOTED.sub(lambda m: _hide_quotes(m.group(0), quotes, TAGS["number"]), text)
+
+    return {k: _map_strings(v, hide) if k not in _KEEP else v for k, v in event.items()}
 
 
 def _went_on_with(text: str, opening: Run | None, closing: Run | None) -> list[str]:

@@ -226,3 +226,34 @@ def test_any_number_read_out_at_the_end_is_hidden(digits: list[int], form: str, 
     said = sep.join(SPOKEN[d] if form == "words" else str(d) for d in digits)
     out = redact_text(f"the reference is {said}.")
     assert out == "the reference is [NUMBER].", out
+
+
+def test_an_escalation_handoff_quotes_a_number_piece_hidden() -> None:
+    """The handoff quotes trigger phrases and the agent's words of earlier turns; a piece of
+    a number hidden in the transcript only because it went on with the one before it
+    ("0151, and I want your manager") was in the clear in the escalation that the wall
+    shows and the store keeps."""
+    view = CallRedactor().view
+    view(said("customer", 0.0, "My card number is 4532"))
+    line = "0151 and I want your manager right now"
+    assert view(said("customer", 3.0, line))["text"] == "[NUMBER] and I want your manager right now"
+    view(said("customer", 9.0, "Please hurry up"))  # a later turn: still quoted by the handoff
+    escalation = {
+        "type": "escalation",
+        "reason": "user_request",
+        "urgency": "medium",
+        "summary": {
+            "text": f'Customer now seems angry; at worst angry at 0151 s. They said: "{line}".',
+            "trigger_phrases": [line],
+            "agent_tried": ['apology: "sorry, 0151 you said"'],
+        },
+    }
+    shown = view(escalation)
+    summary = shown["summary"]
+    assert summary["trigger_phrases"] == ["[NUMBER] and I want your manager right now"]  # type: ignore[index]
+    assert summary["agent_tried"] == ['apology: "sorry, [NUMBER] you said"']  # type: ignore[index]
+    # Its own figures, outside the quotes, are not the caller's words.
+    assert summary["text"] == (  # type: ignore[index]
+        "Customer now seems angry; at worst angry at 0151 s. "
+        'They said: "[NUMBER] and I want your manager right now".'
+    )
