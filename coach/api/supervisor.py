@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket, WebSocketDisconnect
@@ -23,7 +22,7 @@ from coach.auth import AuthError, Principal
 from coach.events import dumps
 from coach.ingest import closecodes as cc
 from coach.store.analytics import coaching_analytics
-from coach.store.api import get_store
+from coach.store.api import DateQuery, get_store, refuse_nul
 from coach.store.records import StoreUnavailable
 from coach.store.store import Store
 
@@ -50,12 +49,12 @@ async def wall_calls(request: Request, principal: CurrentPrincipal) -> dict[str,
     return {"calls": tracker_of(request).snapshot(principal)}
 
 
-@router.get("/api/analytics/coaching")
+@router.get("/api/analytics/coaching", dependencies=[Depends(refuse_nul)])
 async def analytics(
     principal: CurrentPrincipal,
     store: CurrentStore,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: DateQuery = None,
+    until: DateQuery = None,
     agent_id: str | None = None,
 ) -> dict[str, Any]:
     """Per cue and per agent over calls started in [since, until): cues shown, feedback

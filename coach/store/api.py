@@ -12,12 +12,19 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
 
 from coach import metrics
 from coach.api.security import may_view_call, require_principal
@@ -38,7 +45,33 @@ from coach.store.records import (
 )
 from coach.store.store import MAX_PAGE, Store
 
-router = APIRouter(tags=["history"])
+
+def refuse_nul(request: Request) -> None:
+    """A NUL in a path or query parameter names nothing: 422 on both stores.
+
+    PostgreSQL text cannot hold one (the driver's refusal came back as a 409 quoting it)
+    and SQLite cuts the string there (`?q=%00` searched for "" and listed every call)."""
+    params = [*request.path_params.items(), *request.query_params.multi_items()]
+    bad = next((name for name, value in params if "\x00" in str(value)), None)
+    if bad is not None:
+        raise HTTPException(422, f"{bad}: NUL characters are not allowed")
+
+
+def _in_utc(value: datetime | None) -> datetime | None:
+    """A date the store can compare with (UTC); one that has none (year 9999 at -23:59)
+    is the client's mistake, not an outage (it was a 503)."""
+    if value is None or value.tzinfo is None:
+        return value  # naive: already taken as UTC (models.UTCDateTime)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("date out of range in UTC") from exc
+
+
+DateQuery = Annotated[datetime | None, AfterValidator(_in_utc)]
+"""`since` / `until` of the history search and the coaching analytics."""
+
+router = APIRouter(tags=["history"], dependencies=[Depends(refuse_nul)])
 CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
 
 MAX_SEQ = 2**31 - 1
@@ -145,8 +178,8 @@ async def search_calls(
     store: CurrentStore,
     agent_id: str | None = None,
     customer_id: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: DateQuery = None,
+    until: DateQuery = None,
     q: Annotated[str | None, Query(max_length=200, description="words said in the call")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,

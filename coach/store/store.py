@@ -544,7 +544,7 @@ class Store:
                 raise NotFound(f"call {call_id} not found")
             # Typed by a person ("callback on 212 555 0147"), shown to supervisors and kept
             # for months: redacted like every other text the store keeps (models.py).
-            row.outcome = None if outcome is None else redact_text(outcome)
+            row.outcome = None if outcome is None else redact_text(outcome.replace("\x00", ""))
             row.outcome_by = user
             row.outcome_at = at or _utcnow()
             await s.flush()

@@ -22,6 +22,7 @@ from test_store_support import (
     seed,
 )
 
+from coach.api import supervisor
 from coach.api.users import UserDirectory, hash_password
 from coach.auth import Role, issue_token
 from coach.settings import Settings
@@ -410,3 +411,37 @@ def test_an_outcome_is_stored_redacted(client: TestClient) -> None:
         client.get("/api/history/calls/c-alice", headers=SUE).json()["call"]["outcome"],
     ):
         assert shown == "paid with [CARD], call back on [PHONE] or [EMAIL]"
+
+
+def test_malformed_filters_are_422_on_both_stores(client: TestClient) -> None:
+    """A NUL in an id or a filter was a 409 quoting the PostgreSQL driver, and on SQLite
+    `?q=%00` searched for "" and listed every call; a date that has no UTC time (year 9999
+    at -23:59) was a 503, 'try again later', for a request that can never succeed."""
+    client.app.include_router(supervisor.router)  # type: ignore[attr-defined]
+    admin = auth("root", "admin")
+    for path in (
+        "/api/history/calls?q=%00",
+        "/api/history/calls?customer_id=a%00",
+        "/api/history/calls/c-alice%00",
+        "/api/customers/%00/history",
+        "/api/analytics/coaching?agent_id=%00",
+        "/api/history/calls?since=9999-12-31T23:59:59-23:59",
+        "/api/history/calls?until=0001-01-01T00:00:00%2B01:00",
+        "/api/analytics/coaching?since=0001-01-01T00:00:00%2B01:00",
+    ):
+        resp = client.get(path, headers=admin)
+        assert resp.status_code == 422, (path, resp.text)
+        assert "sqlalchemy" not in resp.text and "asyncpg" not in resp.text
+    for path in (
+        f"/api/calls/c-alice%00/cues/{CUE_SEQ}/feedback",
+        "/api/calls/c-alice/cues/a%00/feedback",
+    ):
+        assert client.post(path, json={"verdict": "helpful"}, headers=admin).status_code == 422
+    # A NUL typed into an outcome is dropped, as in every other stored text.
+    resp = client.put("/api/calls/c-alice/outcome", json={"outcome": "re\x00solved"}, headers=ALICE)
+    assert resp.status_code == 200 and resp.json()["outcome"] == "resolved", resp.text
+    # Dates with an offset, and the extremes that do have a UTC time, still work.
+    ok = "/api/history/calls?since=2000-01-01T00:00:00%2B05:00&until=9999-12-31T00:00:00"
+    assert _ids(client.get(ok, headers=admin)) == sorted(CALLS)
+    analytics = client.get("/api/analytics/coaching?since=2000-01-01T00:00:00-08:00", headers=admin)
+    assert analytics.status_code == 200 and analytics.json()["calls"] == len(CALLS)
