@@ -136,6 +136,32 @@ async def test_migrations_up_and_down(empty_db_url: str) -> None:
     assert STORE_TABLES <= await _tables(db_url)
 
 
+async def test_outcomes_stored_before_redaction_are_redacted_by_the_migration(
+    empty_db_url: str,
+) -> None:
+    """Outcomes were stored as typed, card and phone numbers included; the store redacts
+    them on write now, and migration 0004 redacts those already stored."""
+    await migrate(empty_db_url, revision="0003_call_last_activity")
+    engine = create_engine(empty_db_url)
+    typed = {"c-card": f"paid with {CARD}", "c-plain": "resolved", "c-none": None}
+    try:
+        async with engine.begin() as conn:
+            for call_id, outcome in typed.items():
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO calls (call_id, source, channels, started_at, outcome) "
+                        "VALUES (:c, 'pcm', '[]', :t, :o)"
+                    ),
+                    {"c": call_id, "t": datetime(2026, 12, 1, tzinfo=UTC), "o": outcome},
+                )
+        await migrate(empty_db_url)
+        async with engine.connect() as conn:
+            rows = dict((await conn.execute(sa.text("SELECT call_id, outcome FROM calls"))).all())
+    finally:
+        await engine.dispose()
+    assert rows == {"c-card": "paid with [CARD]", "c-plain": "resolved", "c-none": None}
+
+
 async def test_migrations_build_exactly_the_models(empty_db_url: str) -> None:
     """A model change without its migration (or the reverse) shows up as a schema diff."""
     from alembic.autogenerate import compare_metadata
