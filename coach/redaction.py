@@ -257,6 +257,30 @@ def _asr_email_spans(text: str) -> list[Span]:
     return spans
 
 
+# "My email is john dot smith" / "at gmail dot com": a pause before "at" ends the utterance
+# there, and the domain, alone in the next one, is all the rules above see. An address
+# announced as such and cut off at the end of an utterance is hidden when what is left
+# looks like a local part (joined by dot/underscore/dash, or with . _ + or digits in it):
+# "my email is broken" or "... is not working" are talk, not an address.
+_ANNOUNCED_LOCAL = re.compile(
+    r"\be-?mail(?:\s+address)?(?:\s+is|'s)?[\s:,]+"
+    r"(?P<local>[A-Za-z0-9][\w.+-]*(?:\s+(?:dot|underscore|dash|hyphen)\s+[A-Za-z0-9][\w+-]*)*)"
+    r"(?:\s+at)?[\s.,!?;:]*$",
+    re.IGNORECASE,
+)
+
+
+def _announced_email_spans(text: str) -> list[Span]:
+    m = _ANNOUNCED_LOCAL.search(text)
+    if m is None:
+        return []
+    local = m.group("local").rstrip(".-")
+    joined = len(local.split()) > 1 or re.search(r"[._+\d]", local) is not None
+    if not joined or not re.search(r"[A-Za-z]", local) or local.lower() in _NOT_LOCAL:
+        return []
+    return [Span(m.start("local"), m.start("local") + len(local), "email")]
+
+
 _TOKEN = re.compile(r"[A-Za-z]+|\d+")
 _IN_RUN = re.compile(r"[\s,.\-]*")  # what may separate the digits of one dictated number
 _EDGE = re.compile(r"[\s,.!?;:\-]*")  # what may come before or after it at an utterance's edge
@@ -426,6 +450,7 @@ def find_pii(text: str, *, continues_digits: bool = False, interim: bool = False
     spans = [Span(m.start(), m.end(), "email") for m in EMAIL.finditer(text)]
     spans += [Span(m.start(), m.end(), "email") for m in SPOKEN_EMAIL.finditer(text)]
     spans += _asr_email_spans(text)
+    spans += _announced_email_spans(text)
     spans += [Span(m.start(), m.end(), "ssn") for m in SSN.finditer(text)]
     for m in DIGIT_RUN.finditer(text):
         digits = re.sub(r"\D", "", m.group())

@@ -257,3 +257,32 @@ def test_an_escalation_handoff_quotes_a_number_piece_hidden() -> None:
         "Customer now seems angry; at worst angry at 0151 s. "
         'They said: "[NUMBER] and I want your manager right now".'
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("my email is john dot smith", "my email is [EMAIL]"),
+        ("My email address is john.smith,", "My email address is [EMAIL],"),
+        ("my e-mail is jsmith42 at", "my e-mail is [EMAIL] at"),
+        ("email: j_smith", "email: [EMAIL]"),
+        # Talk about an email, not an address.
+        ("my email is not working", "my email is not working"),
+        ("my email is broken.", "my email is broken."),
+        ("the email is in your inbox", "the email is in your inbox"),
+        ("the email is 15.", "the email is 15."),
+    ],
+)
+def test_an_address_cut_off_before_its_at_is_hidden(text: str, expected: str) -> None:
+    """An address dictated with a pause before "at" arrives as "my email is john dot smith"
+    and "at gmail dot com": the domain was hidden, the name before it stayed in the clear in
+    the supervisors' view and the store."""
+    assert redact_text(text) == expected
+
+
+def test_an_address_read_over_two_utterances_is_hidden_in_both() -> None:
+    view = CallRedactor().view
+    first = view(said("customer", 0.0, "my email is john dot smith"))
+    second = view(said("customer", 2.5, "at gmail dot com"))
+    assert (first["text"], second["text"]) == ("my email is [EMAIL]", "at [EMAIL]")
+    assert "smith" not in str(first["words"]).lower()
