@@ -270,10 +270,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             raise HTTPException(404, f"call {call_id} not found")
         if not may_view_call(principal, session.meta):
             raise HTTPException(403, "not your call")
-        history = state.bus.history(call_topic(call_id))
+        history, complete = await recovered.with_stored_start(
+            state.history_store, call_id, state.bus.history(call_topic(call_id))
+        )
         end = next((e for e in reversed(history) if e["type"] == "call_end"), None)
         return {
             **_call_info(session),
+            "complete": complete,
             "transcript": [e for e in history if e["type"] == "transcript"],
             "cues": [e for e in history if e["type"] == "cue"],
             "escalations": [e for e in history if e["type"] == "escalation"],

@@ -24,12 +24,32 @@ from typing import Any
 
 from coach.bus import SUPERVISOR_TOPIC, InProcessBus, call_topic
 from coach.events import AI_LABEL, Event, call_end
-from coach.store.records import CallDetail
+from coach.store.records import CallDetail, StoreUnavailable
 from coach.store.store import Store
 
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted"
+
+
+async def with_stored_start(
+    store: Store | None, call_id: str, recent: list[Event]
+) -> tuple[list[Event], bool]:
+    """A live call's `recent` events (the bus keeps the last COACH_EVENT_REPLAY of them, a few
+    minutes of a two-party call with its partials) preceded by the stored ones they no longer
+    reach, so `GET /api/calls/{id}` is the call so far, not its last minutes; and whether the
+    start is all there (False: it is gone from the bus and the store cannot give it now)."""
+    first = min((int(e.get("seq", 1)) for e in recent), default=1)
+    if first <= 1:
+        return recent, True
+    try:
+        detail = await store.get_call(call_id) if store is not None else None
+    except StoreUnavailable:
+        detail = None
+    if detail is None:
+        return recent, False
+    older = [e for e in stored_events(detail) if int(e["seq"]) < first]
+    return [*older, *recent], True
 
 
 def stored_events(detail: CallDetail, *, after_seq: int | None = None) -> list[Event]:

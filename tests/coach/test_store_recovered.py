@@ -372,3 +372,53 @@ def test_a_long_call_another_instance_still_writes_is_not_streamed_as_ended(
         if keys:
             client_r.delete(*keys)
         client_r.close()
+
+
+def test_a_long_live_calls_detail_starts_at_its_start(
+    backend: Backend, tmp_path: Path, runtime: Runtime
+) -> None:
+    """`GET /api/calls/{id}` read only the bus's recent events (COACH_EVENT_REPLAY, 500 by
+    default: six to eight minutes of a two-party call with its partials), so a longer call's
+    early transcript lines and cues were silently missing. The store supplies them now."""
+    settings = Settings(
+        data_dir=tmp_path,
+        auth_secret=SECRET,
+        database_url=backend.url,
+        ingest_api_key="k-1",
+        event_replay=5,
+    )
+    admin = {"Authorization": f"Bearer {token('ada', 'admin')}"}
+    header = {"call_id": "c-long", "sample_rate": 8000, "encoding": "pcm16", "channels": 1}
+    said = [
+        {"type": "transcript", "seq": 100 + i, "speaker": "customer", "text": f"line {i}"}
+        for i in range(3)
+    ]
+    cue = {"type": "cue", "seq": 103, "cue": "frustration", "title": "t", "why": "w"}
+    later = [{"type": "partial", "seq": 104 + i, "speaker": "customer"} for i in range(10)]
+    with TestClient(create_app(settings, runtime)) as client:
+        bus = client.app.state.coach.bus  # type: ignore[attr-defined]
+        with client.websocket_connect("/ingest/pcm?api_key=k-1") as ws:
+            ws.send_json({**header, "agent_id": "ann"})
+            assert ws.receive_json()["type"] == "accepted"
+            ws.send_bytes(bytes(16000))
+
+            def emit() -> None:  # on the app's loop, as the session publishes
+                for ev in [*said, cue, *later]:
+                    ev = {**ev, "call_id": "c-long", "t_start": 1.0, "t_end": 2.0, "t_emit": 2.0}
+                    bus.publish(call_topic("c-long"), ev)
+
+            assert client.portal is not None
+            client.portal.call(emit)
+            deadline = time.monotonic() + 15
+            while len(_stored_now(client, "c-long", admin)["cues"]) < 1:
+                assert time.monotonic() < deadline, "never stored"
+                time.sleep(0.1)
+            detail = client.get("/api/calls/c-long", headers=admin).json()
+            assert [t["text"] for t in detail["transcript"]] == ["line 0", "line 1", "line 2"]
+            assert [c["seq"] for c in detail["cues"]] == [103] and detail["complete"] is True
+            ws.send_json({"type": "end"})
+
+
+def _stored_now(client: TestClient, call_id: str, headers: dict[str, str]) -> dict[str, Any]:
+    resp = client.get(f"/api/history/calls/{call_id}", headers=headers)
+    return resp.json() if resp.status_code == 200 else {"cues": []}
