@@ -25,6 +25,9 @@ import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
+from urllib.parse import quote_plus, unquote_plus
+
+from coach.redaction import redact_text
 
 __all__ = [
     "CallIdFilter",
@@ -68,9 +71,25 @@ _SECRET_PARAM = re.compile(
 )
 
 
+# Any other query value: a history search (`?q=`) may be a card number or an email typed by
+# a supervisor looking for a call, and the request line would keep it in the log.
+# Only free-text parameters: dates and ids in other values would read as numbers.
+_QUERY_VALUE = re.compile(r"(?i)([?&](?:q|query|search|text)=)([^&\s\"']+)")
+
+
+def _redact_query_value(m: re.Match[str]) -> str:
+    value = unquote_plus(m.group(2))
+    clean = redact_text(value)
+    return m.group(1) + (m.group(2) if clean == value else quote_plus(clean, safe="[]"))
+
+
 def scrub(text: str) -> str:
-    """`text` with the values of credential query parameters replaced by `***`."""
-    return _SECRET_PARAM.sub(r"\1=***", text)
+    """`text` with the values of credential query parameters replaced by `***`, and personal
+    data in other query values redacted (coach/redaction.py)."""
+    text = _SECRET_PARAM.sub(r"\1=***", text)
+    if "=" not in text:
+        return text
+    return _QUERY_VALUE.sub(_redact_query_value, text)
 
 
 class SecretFilter(logging.Filter):

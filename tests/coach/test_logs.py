@@ -120,7 +120,8 @@ def test_formatter_without_filter_reads_context() -> None:
 
 def test_credentials_in_request_paths_never_reach_the_log(stream: io.StringIO) -> None:
     """A real uvicorn server logging through our handler (as `coach serve` does): the panels'
-    `?token=` and raw PCM's `?api_key=` are hidden, the rest of the path is kept."""
+    `?token=` and raw PCM's `?api_key=` are hidden, personal data in a search is redacted,
+    the rest of the path is kept."""
     import threading
     import time
 
@@ -155,6 +156,10 @@ def test_credentials_in_request_paths_never_reach_the_log(stream: io.StringIO) -
             time.sleep(0.05)
         url = f"http://127.0.0.1:{port}/x?after_seq=3&token=eyJ.secret.sig&api_key=k-secret-1"
         assert httpx.get(url).status_code == 200
+        # A history search for a card number or an email (typed by a supervisor looking for
+        # a call) is personal data in the request line; a date or a plain word is not.
+        for query in ("q=4111 1111 1111 1111&limit=5", "q=ann.lee@example.com", "q=refund"):
+            assert httpx.get(f"http://127.0.0.1:{port}/x?since=2026-12-01&{query}").is_success
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -164,8 +169,11 @@ def test_credentials_in_request_paths_never_reach_the_log(stream: io.StringIO) -
             logger.disabled, logger.propagate, logger.handlers = disabled, propagate, handlers
     out = stream.getvalue()
     assert "GET /x?after_seq=3&token=***&api_key=***" in out, out
-    for secret in ("eyJ.secret.sig", "k-secret-1", "k-secret-2"):
+    for secret in ("eyJ.secret.sig", "k-secret-1", "k-secret-2", "4111", "ann.lee", "example"):
         assert secret not in out
+    assert "GET /x?since=2026-12-01&q=[CARD]&limit=5" in out, out
+    assert "GET /x?since=2026-12-01&q=[EMAIL]" in out, out
+    assert "GET /x?since=2026-12-01&q=refund" in out, out
 
 
 def test_a_refused_upgrade_is_not_an_error_line(stream: io.StringIO) -> None:
