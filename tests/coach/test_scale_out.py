@@ -9,9 +9,11 @@ in one process, on the shared Redis under a key prefix of their own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import numpy as np
@@ -60,6 +62,25 @@ async def owned_by(bus: RedisBus, asking: RedisBus, call_id: str) -> None:
         await asyncio.sleep(0.05)
 
 
+@contextlib.asynccontextmanager
+async def two_instances(
+    runtime: Runtime, settings: Settings, prefix: str
+) -> AsyncIterator[tuple[RedisBus, RedisBus, CallManager, CallManager]]:
+    """Instances A and B: their buses (started) and call managers, shut down afterwards."""
+    bus_a, bus_b = make_bus(SHARED_URL, prefix, "A"), make_bus(SHARED_URL, prefix, "B")
+    await bus_a.start()
+    await bus_b.start()
+    a = CallManager(runtime=runtime, settings=settings, bus=bus_a)
+    b = CallManager(runtime=runtime, settings=settings, bus=bus_b)
+    try:
+        yield bus_a, bus_b, a, b
+    finally:
+        await a.shutdown()
+        await b.shutdown()
+        await bus_a.stop()
+        await bus_b.stop()
+
+
 async def kill(bus: RedisBus) -> None:
     """As `kill -9`: the bus stops talking to Redis and removes nothing (keys just expire)."""
     for task in bus._tasks:
@@ -73,12 +94,7 @@ async def test_a_call_live_on_another_instance_is_refused_as_a_duplicate(
 ) -> None:
     """Found by an audit: one call id streamed into A and 2 s later into B was accepted by
     both, and both wrote one stored record (two conversations interleaved)."""
-    bus_a, bus_b = make_bus(SHARED_URL, prefix, "A"), make_bus(SHARED_URL, prefix, "B")
-    await bus_a.start()
-    await bus_b.start()
-    a = CallManager(runtime=runtime, settings=settings, bus=bus_a)
-    b = CallManager(runtime=runtime, settings=settings, bus=bus_b)
-    try:
+    async with two_instances(runtime, settings, prefix) as (bus_a, bus_b, a, b):
         call = await open_call(a, "so-dup")
         await owned_by(bus_a, bus_b, "so-dup")
         before = rejected(DUPLICATE_CALL)
@@ -94,11 +110,6 @@ async def test_a_call_live_on_another_instance_is_refused_as_a_duplicate(
         other = await open_call(b, "so-other")
         await b.finish(other, "end")
         await a.finish(call, "end")
-    finally:
-        await a.shutdown()
-        await b.shutdown()
-        await bus_a.stop()
-        await bus_b.stop()
 
 
 @needs_redis
@@ -107,12 +118,7 @@ async def test_one_id_opened_on_two_instances_at_the_same_moment_runs_once(
 ) -> None:
     """Two opens of one id within milliseconds used to both pass the owner lookup (the owner
     key is written at the bus's next flush); the id is now claimed atomically at open."""
-    bus_a, bus_b = make_bus(SHARED_URL, prefix, "A"), make_bus(SHARED_URL, prefix, "B")
-    await bus_a.start()
-    await bus_b.start()
-    a = CallManager(runtime=runtime, settings=settings, bus=bus_a)
-    b = CallManager(runtime=runtime, settings=settings, bus=bus_b)
-    try:
+    async with two_instances(runtime, settings, prefix) as (bus_a, bus_b, a, b):
         await wait_for(lambda: not bus_a.degraded and not bus_b.degraded)
         for n in range(5):
             call_id = f"so-race-{n}"
@@ -126,11 +132,6 @@ async def test_one_id_opened_on_two_instances_at_the_same_moment_runs_once(
             winner = a if opened[0] is a.get(call_id) else b
             assert await bus_b.owner(call_id) == (bus_a if winner is a else bus_b).instance_id
             await winner.finish(opened[0], "end")
-    finally:
-        await a.shutdown()
-        await b.shutdown()
-        await bus_a.stop()
-        await bus_b.stop()
 
 
 @needs_redis
@@ -139,12 +140,7 @@ async def test_an_open_refused_after_its_claim_gives_the_id_back(
 ) -> None:
     """A claim whose call is then refused here (a person's second call of their own) must
     not keep the id from the instance the call goes to next."""
-    bus_a, bus_b = make_bus(SHARED_URL, prefix, "A"), make_bus(SHARED_URL, prefix, "B")
-    await bus_a.start()
-    await bus_b.start()
-    a = CallManager(runtime=runtime, settings=settings, bus=bus_a)
-    b = CallManager(runtime=runtime, settings=settings, bus=bus_b)
-    try:
+    async with two_instances(runtime, settings, prefix) as (bus_a, bus_b, a, b):
         await wait_for(lambda: not bus_a.degraded and not bus_b.degraded)
         mine = await a.open(
             call_id="so-own-1", source="pcm", speakers=("customer",), started_by="ann"
@@ -156,11 +152,6 @@ async def test_an_open_refused_after_its_claim_gives_the_id_back(
         assert await bus_a.owner("so-own-2") == bus_b.instance_id
         await b.finish(second, "end")
         await a.finish(mine, "end")
-    finally:
-        await a.shutdown()
-        await b.shutdown()
-        await bus_a.stop()
-        await bus_b.stop()
 
 
 @needs_redis
