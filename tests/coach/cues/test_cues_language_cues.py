@@ -51,6 +51,7 @@ NEGATIVE = [
     ("crisis", "Nobody's hurt, we're all fine, I'm just calling about the claim."),
     # Litotes: the models read it said plainly (found by the same audit).
     ("frustration", "I'm not unhappy with anything, honestly."),
+    ("confusion", "This bill is killing me!"),
     # Hypotheticals and other people.
     ("churn_risk", "If the price ever doubled I might look around, but I'm happy for now."),
     ("churn_risk", "My sister cancelled her plan with you last year."),
