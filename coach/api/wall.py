@@ -28,6 +28,13 @@ later would never show it: `seed` draws such a call from the record its instance
 without a tile). Acknowledgements and ends of calls without a tile are remembered a while, as
 the record may be read after them.
 
+A call another instance took over after its first one died starts again there with a
+`call_start` marked `resumed`. A wall that sees that one but not the call's earlier part (it
+scrolled out, or the wall's instance started after it) would draw a tile without the
+escalations raised before the takeover, an open critical one included (found by an outside
+audit with two real servers). Such a tile is completed from the record too: the record lives
+on through the takeover and keeps the first instance's escalations and acknowledgements.
+
 Each wall only receives the calls its principal may see (coach/api/security.py).
 """
 
@@ -39,6 +46,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from coach.api.security import may_view_call
@@ -141,6 +149,9 @@ class WallTracker:
         """call_id -> remote `escalation_ack`s and `call_end` of a call without a tile."""
         self.unknown: Callable[[str], None] | None = None
         """Told the id of a call another instance runs that has no tile here (the seeder)."""
+        self._partial: set[str] = set()
+        """Calls whose tile was drawn from a takeover's `call_start` alone: their earlier
+        part (escalations, acknowledgements) is still to be read from the record."""
 
     # -- input -------------------------------------------------------------------------
 
@@ -171,6 +182,13 @@ class WallTracker:
                 self._remember(call_id, event, written_at)
             if etype not in ("call_start", "call_end") and self.unknown is not None:
                 self.unknown(call_id)
+            if etype == "call_start" and _meta(event).get("resumed"):
+                self.apply(event, at=written_at)
+                if call_id in self.calls:
+                    self._partial.add(call_id)
+                    if self.unknown is not None:
+                        self.unknown(call_id)
+                return
         self.apply(event, at=written_at)
 
     def _remember(self, call_id: str, event: Event, at: float) -> None:
@@ -191,7 +209,12 @@ class WallTracker:
         already shows, or for one whose end has arrived meanwhile. Walls that may see the call
         get a fresh snapshot (a `call_start` alone would date the tile now). `cues`: how many
         cues the call has had (the record keeps the latest only). True if drawn.
+
+        A tile drawn from a takeover's `call_start` alone (`lacks`) gets the escalations and
+        acknowledgements of the record that it lacks; the rest it has newer from the stream.
         """
+        if call_id in self._partial and call_id in self.calls:
+            return self._complete(self.calls[call_id], events)
         if call_id in self.calls:
             return False
         if any(ev.get("type") == "call_end" for ev, _ in self._unknown.get(call_id, ())):
@@ -216,6 +239,27 @@ class WallTracker:
             if may_view_call(sub.principal, tile.meta):
                 sub.resync(first)
         return True
+
+    def _complete(self, tile: Tile, events: Sequence[tuple[Event, float]]) -> bool:
+        self._partial.discard(tile.call_id)
+        for ev, at in events:
+            seq = ev.get("seq")
+            if ev.get("call_id") != tile.call_id or not isinstance(seq, int):
+                continue
+            if ev.get("type") == "escalation" and seq not in tile.seen:
+                tile.seen.add(seq)
+                _fold(tile, ev, at)
+            elif ev.get("type") == "escalation_ack":
+                _fold(tile, ev, at)
+        for sub in list(self._subs):
+            if may_view_call(sub.principal, tile.meta):
+                sub.resync({"type": "call_update", "call_id": tile.call_id})
+        return True
+
+    def lacks(self, call_id: str) -> bool:
+        """The wall has no tile for this call, or only one drawn from a takeover's
+        `call_start`: the seeder reads the call's record for it."""
+        return call_id not in self.calls or call_id in self._partial
 
     def apply(self, event: Event, *, at: float | None = None) -> None:
         """Fold one event into its call's tile and pass it on to the walls that may see it.
@@ -268,6 +312,7 @@ class WallTracker:
         while len(self.calls) >= MAX_TILES:
             oldest = min(self.calls.values(), key=lambda t: (t.ended_at is None, t.started_at))
             del self.calls[oldest.call_id]
+        self._partial &= self.calls.keys()
 
     # -- output ------------------------------------------------------------------------
 
@@ -300,10 +345,13 @@ def _fold(tile: Tile, event: Event, at: float) -> None:
         tile.t = max(tile.t, float(t_emit))
     match etype:
         case "call_start":
-            meta = event.get("meta")
-            tile.meta = dict(meta) if isinstance(meta, dict) else {}
+            tile.meta = dict(_meta(event))
             tile.source = str(event.get("source") or "unknown")
             tile.ended_at = None
+            # A takeover's call_start names when the call began on its first instance.
+            started = _epoch(event.get("started_at"))
+            if started is not None:
+                tile.started_at = started
         case "call_end":
             tile.ended_at = at
         case "call_update":
@@ -350,6 +398,22 @@ def _derived_update(event: Event, state: dict[str, Any], tile: Tile) -> Event:
         "last_cue": tile.last_cue,
         "derived": True,
     }
+
+
+def _meta(event: Event) -> dict[str, Any]:
+    meta = event.get("meta")
+    return meta if isinstance(meta, dict) else {}
+
+
+def _epoch(value: Any) -> float | None:
+    """An ISO 8601 time with its zone as epoch seconds, else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when.timestamp() if when.tzinfo is not None else None
 
 
 def _num(value: Any) -> float | None:

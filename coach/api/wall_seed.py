@@ -167,8 +167,9 @@ class WallSeeder:
                 return False  # bounded work: the next pass goes on from the cursor
 
     async def seed_calls(self, call_ids: Sequence[str]) -> int:
-        """Draw those of these calls that another live instance runs and the wall lacks."""
-        ids = [c for c in dict.fromkeys(call_ids) if c and c not in self.wall.calls]
+        """Draw those of these calls that another live instance runs and the wall lacks (or
+        complete their tiles drawn from a takeover's `call_start`: WallTracker.seed)."""
+        ids = [c for c in dict.fromkeys(call_ids) if c and self.wall.lacks(c)]
         if not ids:
             return 0
         self._note_tried(ids)

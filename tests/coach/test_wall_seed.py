@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -309,6 +310,63 @@ async def test_a_call_the_wall_hears_of_later_is_drawn_then(prefix: str) -> None
     finally:
         await seeder.stop()
         await b.stop()
+        await a.stop()
+
+
+@needs_redis
+async def test_a_call_taken_over_keeps_its_earlier_escalations_on_a_later_wall(
+    prefix: str,
+) -> None:
+    """Found by an outside audit with two real servers: A ran a call and raised a critical
+    escalation, was killed, and B took the call over (a `call_start` marked `resumed`). A
+    wall started after A's part scrolled out drew the call from B's `call_start` alone: no
+    critical escalation, and the takeover's time as the call's start. The record, which
+    lives on through the takeover, completes the tile."""
+    a = make_bus(SHARED_URL, prefix, "A")
+    taker = make_bus(SHARED_URL, prefix, "T")
+    await a.start()
+    await taker.start()
+    b: RedisBus | None = None
+    seeder: WallSeeder | None = None
+    try:
+        first = Call(a, "taken-1")
+        t0 = time.time() - 60.0
+        meta = {"agent_id": "ann", "team": "blue"}
+        first.emit("call_start", source="pcm", meta=meta)
+        crisis = first.emit("escalation", reason="crisis_indicators", urgency="critical")
+        taken = first.emit("escalation", reason="user_request", urgency="high")
+        a.publish(
+            SUPERVISOR_TOPIC,
+            {"type": "escalation_ack", "call_id": "taken-1", "seq": taken, "by": "sam"},
+        )
+        await flushed(a)
+        await kill(a)  # as kill -9: its record stays
+        await trim(prefix, SUPERVISOR_TOPIC, call_topic("taken-1"))
+
+        second = Call(taker, "taken-1")
+        second.seq = first.seq
+        started = datetime.fromtimestamp(t0, UTC).isoformat()
+        second.emit("call_start", source="pcm", meta={**meta, "resumed": True}, started_at=started)
+        later = second.emit("escalation", reason="repeated_frustration", urgency="medium")
+        await flushed(taker)
+
+        b, wall, seeder = await instance_b(prefix)
+        await wait_for(lambda: "taken-1" in wall.calls)
+        tile = wall.calls["taken-1"]
+        # Drawn from the takeover's call_start at once, completed by the seeder's next pass.
+        await wait_for(lambda: crisis in tile.escalations, within=3.0)
+        assert sorted(tile.escalations) == [crisis, taken, later]
+        assert tile.escalations[crisis]["urgency"] == "critical"
+        assert tile.escalations[crisis]["acknowledged_by"] is None
+        assert tile.escalations[taken]["acknowledged_by"] == "sam"
+        assert abs(tile.started_at - t0) < 0.01
+        assert tile.meta["agent_id"] == "ann" and tile.ended_at is None
+    finally:
+        if seeder is not None:
+            await seeder.stop()
+        if b is not None:
+            await b.stop()
+        await taker.stop()
         await a.stop()
 
 
