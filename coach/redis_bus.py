@@ -87,8 +87,9 @@ return 0
 
 AT_FIELD = "at"
 """In a wall record's entries: when the instance recorded the event (epoch seconds)."""
-CUES_FIELD = "n"
-"""In a wall record's latest cue: how many cues the call has had."""
+CUES_FIELD = "cues"
+"""A wall record's count of the cues the call has had, counted in Redis (HINCRBY) so that it
+goes on from where it was when another instance takes the call over."""
 
 RemoteListener = Callable[[str, Event, float], None]
 """`(topic, event, written_at)`: an event another instance published, and when it was written to
@@ -203,7 +204,8 @@ class RedisBus(InProcessBus):
         self._wall_out: dict[str, dict[str, str]] = {}
         """call_id -> wall record fields to write (field -> `{"at", "e"}` JSON; newest wins)."""
         self._cues: dict[str, int] = {}
-        """call_id -> cues shown so far on a call this instance runs (the wall's count)."""
+        """call_id -> cues shown since the last flush on a call this instance runs, to add
+        to its wall record's count."""
         self._owner_due = 0.0
         self._alive_due = 0.0
         self._writer_down = True
@@ -271,7 +273,10 @@ class RedisBus(InProcessBus):
 
     def _pending(self) -> int:
         return (
-            sum(len(q) for q in self._outbox.values()) + len(self._state_out) + len(self._wall_out)
+            sum(len(q) for q in self._outbox.values())
+            + len(self._state_out)
+            + len(self._wall_out)
+            + len(self._cues)
         )
 
     def stream_key(self, topic: str) -> str:
@@ -414,8 +419,8 @@ class RedisBus(InProcessBus):
             return
         entry: dict[str, Any] = {AT_FIELD: time.time(), "e": event}
         if etype == "cue":
-            # Only the latest cue is kept: the count the wall shows goes with it.
-            entry[CUES_FIELD] = self._cues[call_id] = self._cues.get(call_id, 0) + 1
+            # Only the latest cue is kept; the count the wall shows is added up in Redis.
+            self._cues[call_id] = self._cues.get(call_id, 0) + 1
         try:
             payload = json.dumps(entry, separators=(",", ":"))
         except (TypeError, ValueError):
@@ -532,13 +537,17 @@ class RedisBus(InProcessBus):
             self._wake_writer.set()
 
     async def _flush_wall_records(self) -> bool:
-        if not self._wall_out:
+        if not self._wall_out and not self._cues:
             return False
         records, self._wall_out = self._wall_out, {}
+        counts, self._cues = self._cues, {}
         pipe = self._w.pipeline(transaction=False)
-        for call_id, fields in records.items():
+        for call_id in records.keys() | counts.keys():
             key = self.wall_key(call_id)
-            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            if records.get(call_id):
+                pipe.hset(key, mapping=records[call_id])  # type: ignore[arg-type]
+            if counts.get(call_id):
+                pipe.hincrby(key, CUES_FIELD, counts[call_id])
             pipe.expire(key, int(self.stream_ttl_s))
         try:
             await pipe.execute()
@@ -548,6 +557,9 @@ class RedisBus(InProcessBus):
                 for field, payload in fields.items():
                     if owned or field.startswith("ack:"):
                         self._wall_out.setdefault(call_id, {}).setdefault(field, payload)
+            for call_id, n in counts.items():
+                if call_id in self._owned:  # the count may be off by these if some went in
+                    self._cues[call_id] = self._cues.get(call_id, 0) + n
             raise
         return True
 

@@ -214,7 +214,7 @@ class WallTracker:
         acknowledgements of the record that it lacks; the rest it has newer from the stream.
         """
         if call_id in self._partial and call_id in self.calls:
-            return self._complete(self.calls[call_id], events)
+            return self._complete(self.calls[call_id], events, cues=cues)
         if call_id in self.calls:
             return False
         if any(ev.get("type") == "call_end" for ev, _ in self._unknown.get(call_id, ())):
@@ -240,8 +240,12 @@ class WallTracker:
                 sub.resync(first)
         return True
 
-    def _complete(self, tile: Tile, events: Sequence[tuple[Event, float]]) -> bool:
+    def _complete(
+        self, tile: Tile, events: Sequence[tuple[Event, float]], *, cues: int | None
+    ) -> bool:
         self._partial.discard(tile.call_id)
+        if cues is not None:  # the record counts the cues of every part of the call
+            tile.cues = max(tile.cues, cues)
         for ev, at in events:
             seq = ev.get("seq")
             if ev.get("call_id") != tile.call_id or not isinstance(seq, int):

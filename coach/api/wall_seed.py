@@ -244,6 +244,10 @@ def _record_events(
     rest: list[tuple[Event, float]] = []
     cues: int | None = None
     for field, raw in record.items():
+        if field == CUES_FIELD:
+            with contextlib.suppress(ValueError):
+                cues = int(raw)
+            continue
         try:
             item = json.loads(raw)
             event, at = item["e"], float(item[AT_FIELD])
@@ -255,8 +259,6 @@ def _record_events(
             start = (event, at)
         else:
             rest.append((event, at))
-        if isinstance(item.get(CUES_FIELD), int):
-            cues = item[CUES_FIELD]
     rest.sort(key=lambda item: item[1])
     return ([start, *rest] if start is not None else rest), cues
 

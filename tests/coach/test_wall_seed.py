@@ -321,7 +321,7 @@ async def test_a_call_taken_over_keeps_its_earlier_escalations_on_a_later_wall(
     escalation, was killed, and B took the call over (a `call_start` marked `resumed`). A
     wall started after A's part scrolled out drew the call from B's `call_start` alone: no
     critical escalation, and the takeover's time as the call's start. The record, which
-    lives on through the takeover, completes the tile."""
+    lives on through the takeover, completes the tile, and its cue count goes on."""
     a = make_bus(SHARED_URL, prefix, "A")
     taker = make_bus(SHARED_URL, prefix, "T")
     await a.start()
@@ -333,6 +333,8 @@ async def test_a_call_taken_over_keeps_its_earlier_escalations_on_a_later_wall(
         t0 = time.time() - 60.0
         meta = {"agent_id": "ann", "team": "blue"}
         first.emit("call_start", source="pcm", meta=meta)
+        first.emit("cue", cue="frustration", title="Acknowledge")
+        first.emit("cue", cue="crisis", title="Safety first")
         crisis = first.emit("escalation", reason="crisis_indicators", urgency="critical")
         taken = first.emit("escalation", reason="user_request", urgency="high")
         a.publish(
@@ -348,6 +350,7 @@ async def test_a_call_taken_over_keeps_its_earlier_escalations_on_a_later_wall(
         started = datetime.fromtimestamp(t0, UTC).isoformat()
         second.emit("call_start", source="pcm", meta={**meta, "resumed": True}, started_at=started)
         later = second.emit("escalation", reason="repeated_frustration", urgency="medium")
+        second.emit("cue", cue="urgency", title="Act now")
         await flushed(taker)
 
         b, wall, seeder = await instance_b(prefix)
@@ -361,6 +364,8 @@ async def test_a_call_taken_over_keeps_its_earlier_escalations_on_a_later_wall(
         assert tile.escalations[taken]["acknowledged_by"] == "sam"
         assert abs(tile.started_at - t0) < 0.01
         assert tile.meta["agent_id"] == "ann" and tile.ended_at is None
+        # The cue count goes on through the takeover (counted in Redis, not by each owner).
+        await wait_for(lambda: tile.cues == 3, within=3.0)
     finally:
         if seeder is not None:
             await seeder.stop()
