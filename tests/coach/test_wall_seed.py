@@ -74,6 +74,15 @@ async def trim(prefix: str, *topics: str) -> None:
         await client.aclose()
 
 
+async def stop_all(seeder: WallSeeder | None, *buses: RedisBus | None) -> None:
+    """The end of a test: the seeder first (it reads through B's bus), then every bus."""
+    if seeder is not None:
+        await seeder.stop()
+    for bus in buses:
+        if bus is not None:
+            await bus.stop()
+
+
 async def instance_b(prefix: str, **seeder: Any) -> tuple[RedisBus, WallTracker, WallSeeder]:
     """A second instance's wall as the app wires it (coach/api/app.py)."""
     bus, wall = make_bus(SHARED_URL, prefix, "B"), WallTracker()
@@ -134,11 +143,7 @@ async def test_a_wall_started_later_shows_a_long_call_whose_start_scrolled_out(
         assert not await client.exists(a.wall_key("long-1"))  # ended: its record goes
         await client.aclose()
     finally:
-        if seeder is not None:
-            await seeder.stop()
-        if b is not None:
-            await b.stop()
-        await a.stop()
+        await stop_all(seeder, b, a)
 
 
 @needs_redis
@@ -208,12 +213,7 @@ async def test_calls_that_ended_or_whose_instance_died_are_not_shown(prefix: str
         await asyncio.sleep(0.2)
         assert "on-dead" not in wall.calls and "ended" not in wall.calls
     finally:
-        if seeder is not None:
-            await seeder.stop()
-        if b is not None:
-            await b.stop()
-        await dead.stop()
-        await a2.stop()
+        await stop_all(seeder, b, dead, a2)
 
 
 @needs_redis
@@ -245,11 +245,7 @@ async def test_a_call_whose_start_is_nowhere_gets_no_tile(prefix: str) -> None:
         await asyncio.sleep(0.2)
         assert "lost" not in wall.calls and seeder.drawn == 1
     finally:
-        if seeder is not None:
-            await seeder.stop()
-        if b is not None:
-            await b.stop()
-        await a.stop()
+        await stop_all(seeder, b, a)
 
 
 @needs_redis
@@ -277,11 +273,7 @@ async def test_without_a_record_the_start_is_read_from_the_calls_own_stream(
         assert wall.calls["old-1"].meta["team"] == "blue"
         assert wall.calls["old-1"].source == "twilio"
     finally:
-        if seeder is not None:
-            await seeder.stop()
-        if b is not None:
-            await b.stop()
-        await a.stop()
+        await stop_all(seeder, b, a)
 
 
 @needs_redis
@@ -367,12 +359,7 @@ async def test_a_call_taken_over_keeps_its_earlier_escalations_on_a_later_wall(
         # The cue count goes on through the takeover (counted in Redis, not by each owner).
         await wait_for(lambda: tile.cues == 3, within=3.0)
     finally:
-        if seeder is not None:
-            await seeder.stop()
-        if b is not None:
-            await b.stop()
-        await taker.stop()
-        await a.stop()
+        await stop_all(seeder, b, taker, a)
 
 
 async def test_redis_down_never_stops_nor_blocks_the_wall() -> None:
