@@ -175,6 +175,12 @@ class InProcessBus:
         In-process there is no other instance; `RedisBus` asks Redis's owner key."""
         return None
 
+    async def earlier_events(self, topic: str, *, before_seq: int) -> list[Event]:
+        """Events of `topic` another instance published before `before_seq`, as the shared
+        bus still holds them (a call taken over after its instance died). In-process there
+        is no other instance: none."""
+        return []
+
     async def claim_call(self, call_id: str) -> str | None:
         """Claim `call_id` for this instance unless another live instance runs it (then its
         id). In-process there is no other instance; `RedisBus` claims Redis's owner key."""

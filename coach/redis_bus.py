@@ -344,6 +344,22 @@ class RedisBus(InProcessBus):
         alive: Any = await self._w.exists(self.instance_key(owner))
         return owner if alive else None
 
+    async def earlier_events(self, topic: str, *, before_seq: int) -> list[Event]:
+        """What `topic`'s stream still holds (up to `stream_maxlen` entries) from before
+        `before_seq`, whichever instance published it, in order. Raises like any lookup."""
+        async with asyncio.timeout(2.0):
+            entries: Any = await self._w.xrange(self.stream_key(topic), min="-", max="+")
+        found: list[Event] = []
+        for _entry_id, fields in entries:
+            try:
+                event = json.loads(fields[EVENT_FIELD])
+                seq = int(event["seq"])
+            except (KeyError, ValueError, TypeError):
+                continue
+            if isinstance(event, dict) and seq < before_seq:
+                found.append(event)
+        return found
+
     async def claim_call(self, call_id: str) -> str | None:
         """Make this instance the owner of `call_id` in Redis, atomically, unless another
         live instance runs it: that instance's id is returned and nothing changes.

@@ -8,13 +8,15 @@ until the database answers and the history API says 503 meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coach.bus import InProcessBus
+from coach.bus import InProcessBus, is_call_topic
+from coach.events import Event
 from coach.settings import Settings
 from coach.store.db import redacted_url, resolve_url
 from coach.store.retention import RetentionTask
@@ -68,6 +70,11 @@ class StoreConfig:
         )
 
 
+BACKFILLED = frozenset({"transcript", "cue", "escalation"})
+"""What a taken-over call's earlier part may lack in the store: one row per event, so sending
+one again is harmless (a `call_start`, an assignment or metrics would overwrite newer ones)."""
+
+
 class StoreService:
     def __init__(
         self,
@@ -81,6 +88,7 @@ class StoreService:
         self.writer = writer
         self.retention = retention
         self._bus = bus
+        self._backfills: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def start(cls, config: StoreConfig | Settings, *, bus: InProcessBus) -> StoreService:
@@ -109,7 +117,41 @@ class StoreService:
                 store=store, days=cfg.retention_days, interval_s=cfg.retention_interval_s
             )
             retention.start()
-        return cls(store=store, writer=writer, bus=bus, retention=retention)
+        service = cls(store=store, writer=writer, bus=bus, retention=retention)
+        bus.add_listener(service.backfill_takeover)
+        return service
+
+    def backfill_takeover(self, topic: str, event: Event) -> None:
+        """Bus listener: a call this instance took over after its first instance died.
+
+        That instance's writer sent its events in batches every `flush_interval_s`, so a
+        `kill -9` lost the last ones it had not written yet (found by an outside audit: a
+        customer line shown half a second before the kill was never stored). They are in
+        the call's Redis stream, redacted: sent to the store again, which keeps one row per
+        event (`seq`), so what it has already is not doubled."""
+        if event.get("type") != "call_start" or not is_call_topic(topic):
+            return
+        meta, seq = event.get("meta"), event.get("seq")
+        if not (isinstance(meta, dict) and meta.get("resumed")) or not isinstance(seq, int):
+            return
+        if seq > 1:
+            task = asyncio.create_task(self._backfill(topic, seq), name=f"backfill-{topic}")
+            self._backfills.add(task)
+            task.add_done_callback(self._backfills.discard)
+
+    async def _backfill(self, topic: str, before_seq: int) -> None:
+        try:
+            earlier = await self._bus.earlier_events(topic, before_seq=before_seq)
+        except Exception as exc:  # Redis down or slow: what the store has is what it keeps
+            log.warning("%s: the taken-over call's earlier events not re-read (%r)", topic, exc)
+            return
+        resent = [e for e in earlier if e.get("type") in BACKFILLED]
+        for event in resent:
+            self.writer(topic, event)
+        if resent:
+            log.info(
+                "%s: %d earlier event(s) of a taken-over call sent to the store", topic, len(resent)
+            )
 
     async def ready(self) -> bool:
         """For /health/ready: the database answers (events are spooled, not lost, if not)."""
@@ -117,6 +159,9 @@ class StoreService:
 
     async def aclose(self) -> None:
         """Call after the live calls have ended, so their last events are written too."""
+        for task in list(self._backfills):
+            task.cancel()
+        self._bus.remove_listener(self.backfill_takeover)
         if self.retention is not None:
             await self.retention.aclose()
         # The listener stays attached while closing: late events go to the spool, not lost.

@@ -15,12 +15,14 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
+from coach.bus import call_topic
 from coach.calls import DUPLICATE_CALL, CallManager, CallRejected
 from coach.ingest import closecodes as cc
 from coach.messages import AudioChunk
@@ -307,3 +309,52 @@ def test_each_protocol_answers_a_call_live_elsewhere_as_a_duplicate(
         assert texts == []
         manager = b.app.state.coach.manager  # type: ignore[attr-defined]
         assert manager.live() == []
+
+
+@needs_redis
+async def test_a_taken_over_call_stores_what_its_killed_instance_had_not_written(
+    prefix: str, tmp_path: Path
+) -> None:
+    """Found by an outside audit with two real servers: a customer line shown half a second
+    before `kill -9` was never stored (the dead instance's writer batches every 0.5 s). The
+    instance that takes the call over sends the stream's earlier events to its store again."""
+    from coach.store.service import StoreConfig, StoreService
+    from tests.coach.test_store_support import call_events
+
+    events = [e for e in call_events("so-lost", lines=3) if e["type"] != "call_end"]
+    start, rest = events[0], events[1:]
+    bus_a = make_bus(SHARED_URL, prefix, "A")
+    bus_b = make_bus(SHARED_URL, prefix, "B")
+    await bus_a.start()
+    await bus_b.start()
+    service = await StoreService.start(
+        StoreConfig(url=f"sqlite+aiosqlite:///{tmp_path / 'b.db'}", spool_dir=tmp_path / "spool"),
+        bus=bus_b,
+    )
+    try:
+        for ev in events:  # A published them all; its store got none before the kill
+            bus_a.publish(call_topic("so-lost"), ev)
+        await wait_for(lambda: not bus_a._pending())
+        await kill(bus_a)
+        resumed = {**start, "seq": len(events) + 1, "meta": {**start["meta"], "resumed": True}}
+        bus_b.publish(call_topic("so-lost"), resumed)
+        said = {**rest[1], "seq": len(events) + 2, "text": "line after the takeover"}
+        bus_b.publish(call_topic("so-lost"), said)
+
+        async def stored() -> set[int]:
+            detail = await service.store.get_call("so-lost")
+            return set() if detail is None else {u.seq for u in detail.transcript}
+
+        lines = {e["seq"] for e in rest if e["type"] == "transcript"} | {said["seq"]}
+        deadline = time.monotonic() + 10
+        while await stored() != lines:
+            assert time.monotonic() < deadline, f"stored {await stored()}, not {lines}"
+            await asyncio.sleep(0.1)
+        detail = await service.store.get_call("so-lost")
+        assert detail is not None
+        assert [c.cue for c in detail.cues] == ["acknowledge_frustration"]
+        assert "4111" not in json.dumps([u.text for u in detail.transcript])  # redacted
+    finally:
+        await service.aclose()
+        await bus_a.stop()
+        await bus_b.stop()
