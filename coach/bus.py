@@ -85,6 +85,9 @@ class InProcessBus:
         self._subs: dict[str, set[Subscription]] = {}
         self._closed_topics: set[str] = set()
         self._listeners: list[Listener] = []
+        self.handover_wait_s = 0.0
+        """How long an open of a call live on another instance waits for it to be let go
+        before it is refused. In-process there is no other instance."""
         self._session_state: dict[str, tuple[float, dict[str, Any]]] = {}
         self.session_state_ttl_s = 3600.0
 

@@ -25,8 +25,11 @@ Lifecycle rules shared by every protocol (settings read with defaults until they
   ended before a restart or on another instance.
 - With several instances on one Redis, `open()` of an id that another live instance runs
   (its owner key names it, and that instance's liveness key has not expired) is refused like
-  a local duplicate, `CallRejected("duplicate_call")`; an id whose owner is gone (killed,
+  a local duplicate, `CallRejected("duplicate_call")`, after waiting up to the bus's
+  `handover_wait_s` for that instance to let it go; an id whose owner is gone (killed,
   key expired) opens here, and a reconnect continues the call from its saved session state.
+  A reconnect sent the moment its instance was killed thus waits out the dead instance's
+  liveness key (about 3 s) instead of being refused.
   Redis unreachable or slower than OWNER_LOOKUP_S: the call opens (logged).
 - An ended call stays visible (`get()`, its events' replay for late panels) for
   ENDED_RETENTION_S, then the manager drops its session and its event history (the store
@@ -81,6 +84,8 @@ STORE_LOOKUP_S = 0.5
 """How long opening a call waits for the store to say whether its id was used before."""
 OWNER_LOOKUP_S = 0.5
 """How long opening a call waits for the bus (Redis) to say whether another instance runs it."""
+HANDOVER_POLL_S = 0.25
+"""How often an open of a call live elsewhere asks again whether its owner let it go."""
 DUPLICATE_CALL = "duplicate_call"
 ENDED_RETENTION_S = 120.0
 """How long an ended call's session and event history stay in memory."""
@@ -179,7 +184,12 @@ class CallManager:
         # like a local duplicate, or both instances would write one stored call. Claimed,
         # not just looked up, so two instances opening one id at once cannot both go on.
         claimed = self._new_leg(call_id, stored_ended)
-        await self._claim_or_refuse(claimed)
+        if await self._claim_or_refuse(claimed):
+            # Its owner let it go while we waited: the call may have ended there (then this
+            # is a new leg), which the store may not have written yet but Redis says.
+            stored_ended = await self._stored_ended_legs(call_id)
+            if await self._ended_elsewhere(claimed):
+                stored_ended.add(claimed)
         try:
             # Checked again after the lookups: another connection may have opened the id.
             reattached = self._admit(call_id, source=source, speakers=speakers)
@@ -296,27 +306,55 @@ class CallManager:
             log.warning("call %s: stored calls under this id unknown (%r)", call_id, exc)
             return set()
 
-    async def _claim_or_refuse(self, call_id: str) -> None:
+    async def _claim_or_refuse(self, call_id: str) -> bool:
         """Claim `call_id` on the shared bus, or CallRejected(duplicate_call) when another
-        live instance runs it.
+        live instance runs it. True when the claim came only after waiting for its owner.
 
         A call whose owner is gone (owner key expired, or its instance stopped refreshing
-        its liveness key: killed) is not live: a reconnect then opens it here. Best effort
-        like the store lookup: Redis unreachable or slow must not hold up a call.
+        its liveness key: killed) is not live: a reconnect then opens it here. A reconnect
+        sent within seconds of its instance's death finds that instance's liveness key
+        still there; the open waits up to the bus's `handover_wait_s` (the key's lifetime)
+        for the owner to die or let the call go, and is refused only if it never does.
+        Best effort like the store lookup: Redis unreachable or slow must not hold up a call.
         """
+        deadline = time.monotonic() + self.bus.handover_wait_s
+        waited = False
+        while True:
+            try:
+                owner = await asyncio.wait_for(self.bus.claim_call(call_id), OWNER_LOOKUP_S)
+            except Exception as exc:  # TimeoutError included
+                log.warning(
+                    "call %s: cannot tell whether another instance runs it (%r); opening it here",
+                    call_id,
+                    exc,
+                )
+                return waited
+            if owner is None:
+                if waited:
+                    log.info("call %s: its instance let it go; it continues here", call_id)
+                return waited
+            if time.monotonic() >= deadline:
+                raise self._reject(
+                    DUPLICATE_CALL, f"call {call_id} is already live (on instance {owner})"
+                )
+            if not waited:
+                log.info(
+                    "call %s is live on instance %s: waiting up to %.1f s for it to let go",
+                    call_id,
+                    owner,
+                    self.bus.handover_wait_s,
+                )
+            waited = True
+            await asyncio.sleep(min(HANDOVER_POLL_S, max(0.0, deadline - time.monotonic())))
+
+    async def _ended_elsewhere(self, call_id: str) -> bool:
+        """True when the call's shared session state says it ended (on another instance)."""
         try:
-            owner = await asyncio.wait_for(self.bus.claim_call(call_id), OWNER_LOOKUP_S)
+            state = await asyncio.wait_for(self.bus.load_session_state(call_id), OWNER_LOOKUP_S)
         except Exception as exc:  # TimeoutError included
-            log.warning(
-                "call %s: cannot tell whether another instance runs it (%r); opening it here",
-                call_id,
-                exc,
-            )
-            return
-        if owner is not None:
-            raise self._reject(
-                DUPLICATE_CALL, f"call {call_id} is already live (on instance {owner})"
-            )
+            log.warning("call %s: cannot tell whether it ended elsewhere (%r)", call_id, exc)
+            return False
+        return bool(state and state.get("ended"))
 
     def _ended_here(self, call_id: str) -> bool:
         session = self._calls.get(call_id)

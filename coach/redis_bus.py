@@ -165,6 +165,10 @@ class RedisBus(InProcessBus):
         """Lifetime of this instance's liveness key, refreshed every heartbeat: an owner key
         names a live instance only while that instance's key exists, so a call whose instance
         was killed can reconnect elsewhere long before its owner key expires."""
+        self.handover_wait_s = self.instance_ttl_s + heartbeat_s
+        """An owner killed just before its call's reconnect arrives here still counts as
+        live until its liveness key expires: an open waits that long (with the instances'
+        shared configuration, `instance_ttl_s`, plus a heartbeat) before refusing the id."""
         self._outbox_len = outbox_per_topic
         self._block_ms = block_ms
         self._heartbeat_s = heartbeat_s

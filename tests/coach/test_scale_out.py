@@ -68,8 +68,10 @@ async def owned_by(bus: RedisBus, asking: RedisBus, call_id: str) -> None:
 async def two_instances(
     runtime: Runtime, settings: Settings, prefix: str
 ) -> AsyncIterator[tuple[RedisBus, RedisBus, CallManager, CallManager]]:
-    """Instances A and B: their buses (started) and call managers, shut down afterwards."""
-    bus_a, bus_b = make_bus(SHARED_URL, prefix, "A"), make_bus(SHARED_URL, prefix, "B")
+    """Instances A and B: their buses (started) and call managers, shut down afterwards.
+    Liveness keys last 1 s, so an open of a call live elsewhere is refused after 1.1 s."""
+    bus_a = make_bus(SHARED_URL, prefix, "A", instance_ttl_s=1.0)
+    bus_b = make_bus(SHARED_URL, prefix, "B", instance_ttl_s=1.0)
     await bus_a.start()
     await bus_b.start()
     a = CallManager(runtime=runtime, settings=settings, bus=bus_a)
@@ -100,8 +102,11 @@ async def test_a_call_live_on_another_instance_is_refused_as_a_duplicate(
         call = await open_call(a, "so-dup")
         await owned_by(bus_a, bus_b, "so-dup")
         before = rejected(DUPLICATE_CALL)
+        asked = time.monotonic()
         with pytest.raises(CallRejected) as refused:
             await open_call(b, "so-dup")
+        # Refused once A, alive all along, had not let the call go within the wait.
+        assert time.monotonic() - asked >= bus_b.handover_wait_s - 0.05
         # The reason every ingest answers a local duplicate with (raw PCM and Twilio 4409,
         # AudioHook disconnect, AudioSocket error frame): not "try again later".
         assert refused.value.reason == DUPLICATE_CALL and not refused.value.try_again_later
@@ -112,6 +117,26 @@ async def test_a_call_live_on_another_instance_is_refused_as_a_duplicate(
         other = await open_call(b, "so-other")
         await b.finish(other, "end")
         await a.finish(call, "end")
+
+
+@needs_redis
+async def test_a_call_ended_on_its_instance_while_another_waits_opens_there_as_a_new_leg(
+    runtime: Runtime, settings: Settings, prefix: str
+) -> None:
+    """An open of a call live on A waits for A to let it go; A ends it meanwhile (its
+    stream stopped), so B opens the id's next leg, not the ended call's record again."""
+    async with two_instances(runtime, settings, prefix) as (bus_a, bus_b, a, b):
+        call = await open_call(a, "so-handover")
+        await owned_by(bus_a, bus_b, "so-handover")
+        opening = asyncio.create_task(open_call(b, "so-handover"))
+        await asyncio.sleep(0.3)
+        assert not opening.done()  # waiting, not refused
+        await a.finish(call, "end")
+        took = await opening
+        assert took.call_id == "so-handover~2"
+        assert took.meta["telephony_call_id"] == "so-handover"
+        assert await bus_a.owner("so-handover~2") == bus_b.instance_id
+        await b.finish(took, "end")
 
 
 @needs_redis
@@ -190,14 +215,11 @@ async def test_a_call_whose_instance_was_killed_continues_on_another_with_its_cl
         await wait_for(lambda: not bus_a._pending())  # its last state is in Redis
 
         await kill(bus_a)
-        with pytest.raises(CallRejected):  # A's liveness key has not expired yet
-            await open_call(b, "so-moved")
-        deadline = time.monotonic() + 5
-        while await bus_b.live_owner_elsewhere("so-moved") is not None:
-            assert time.monotonic() < deadline, "a dead instance still counts as the owner"
-            await asyncio.sleep(0.1)
-
-        took = await open_call(b, "so-moved")  # the reconnect, now on B
+        # The reconnect arrives on B at once, while A's liveness key is still there: it
+        # waits that key out rather than being refused as a duplicate (an audit's reconnect
+        # within 3 s of a `kill -9` used to get 4409).
+        assert await bus_b.live_owner_elsewhere("so-moved") == "A"
+        took = await open_call(b, "so-moved")
         assert took.call_id == "so-moved"
         assert took.fed_s == pytest.approx(heard, abs=0.01)  # the clock goes on, not from 0
         assert took.started_wall == pytest.approx(first.started_wall, abs=1e-3)
