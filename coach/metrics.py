@@ -19,7 +19,11 @@ CUE_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 CUES = Counter("coach_cues_total", "Cues emitted", ["cue"])
-CUE_FEEDBACK = Counter("coach_cue_feedback_total", "Cue feedback", ["cue", "verdict"])
+CUE_FEEDBACK = Counter(
+    "coach_cue_feedback_total",
+    "Cue verdicts given (a person's repeat of their current verdict is not counted again)",
+    ["cue", "verdict"],
+)
 MISSED_CUE_REPORTS = Counter(
     "coach_missed_cue_reports_total", "Reports that an utterance should have shown a cue", ["cue"]
 )

@@ -406,6 +406,35 @@ class Store:
             )
         return FeedbackRecord(call_id, cue_seq, cue.cue, verdict, user, when)
 
+    async def verdict_of(self, *, call_id: str, cue_seq: int, user: str) -> str | None:
+        """`user`'s current verdict on one cue, if any."""
+        async with self._session() as s:
+            found = await s.execute(
+                sa.select(CueFeedback.verdict).where(
+                    CueFeedback.call_id == call_id,
+                    CueFeedback.cue_seq == cue_seq,
+                    CueFeedback.user_id == user,
+                )
+            )
+            return found.scalar_one_or_none()
+
+    async def missed_cue_reported(
+        self, *, call_id: str, utterance_seq: int, cue: str, user: str
+    ) -> bool:
+        """Whether `user` already reported that this utterance should have shown `cue`."""
+        async with self._session() as s:
+            found = await s.scalar(
+                sa.select(sa.func.count())
+                .select_from(MissedCue)
+                .where(
+                    MissedCue.call_id == call_id,
+                    MissedCue.utterance_seq == utterance_seq,
+                    MissedCue.cue == cue,
+                    MissedCue.user_id == user,
+                )
+            )
+            return bool(found)
+
     async def add_missed_cue(
         self, *, call_id: str, utterance_seq: int, cue: str, user: str, at: datetime | None = None
     ) -> MissedCueRecord:

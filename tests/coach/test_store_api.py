@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from test_store_support import (
     CARD,
     Backend,
@@ -174,6 +175,37 @@ def test_cue_feedback(client: TestClient) -> None:
     assert client.delete("/api/calls/c-alice/cues/x/feedback", headers=ALICE).status_code == 422
     cue = client.get("/api/history/calls/c-alice", headers=SUE).json()["cues"][0]
     assert [(f["user"], f["verdict"]) for f in cue["feedback"]] == [("sue", "dismissed")]
+
+
+def _counted(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_a_repeated_verdict_or_report_is_counted_once(client: TestClient) -> None:
+    """A retried POST (a double click, a client's retry) is one verdict in the metrics, as
+    it is one row in the store; a changed verdict is counted as given."""
+    cue = next(e["cue"] for e in EVENTS["c-alice"] if e["type"] == "cue")
+    feedback = "coach_cue_feedback_total"
+    helpful = _counted(feedback, cue=cue, verdict="helpful")
+    for _ in range(3):
+        assert client.post(FEEDBACK, json={"verdict": "helpful"}, headers=ALICE).status_code == 200
+    assert _counted(feedback, cue=cue, verdict="helpful") == helpful + 1
+    not_helpful = _counted(feedback, cue=cue, verdict="not_helpful")
+    assert client.post(FEEDBACK, json={"verdict": "not_helpful"}, headers=ALICE).status_code == 200
+    assert _counted(feedback, cue=cue, verdict="not_helpful") == not_helpful + 1
+    assert client.post(FEEDBACK, json={"verdict": "helpful"}, headers=SUE).status_code == 200
+    assert _counted(feedback, cue=cue, verdict="helpful") == helpful + 2  # another person
+
+    customer = next(
+        e["seq"]
+        for e in EVENTS["c-alice"]
+        if e["type"] == "transcript" and e["speaker"] == "customer"
+    )
+    path = f"/api/calls/c-alice/utterances/{customer}/missed-cue"
+    reports = _counted("coach_missed_cue_reports_total", cue="churn_risk")
+    for _ in range(2):
+        assert client.post(path, json={"cue": "churn_risk"}, headers=ALICE).status_code == 200
+    assert _counted("coach_missed_cue_reports_total", cue="churn_risk") == reports + 1
 
 
 def test_missed_cue_reports(client: TestClient) -> None:
