@@ -187,26 +187,15 @@ async def test_a_call_whose_instance_was_killed_continues_on_another_with_its_cl
 ) -> None:
     """Found by the same audit: after A was killed, the call's reconnect into B (same id,
     within the grace) restarted the call's clock at 0 and overwrote its start."""
-    bus_a = make_bus(SHARED_URL, prefix, "A", instance_ttl_s=1.0)
-    bus_b = make_bus(SHARED_URL, prefix, "B")
-    await bus_a.start()
-    await bus_b.start()
-    a = CallManager(runtime=runtime, settings=settings, bus=bus_a)
-    b = CallManager(runtime=runtime, settings=settings, bus=bus_b)
-    first: CallSession | None = None
-    try:
+    async with two_instances(runtime, settings, prefix) as (bus_a, bus_b, a, b):
         first = await open_call(a, "so-moved")
         await first.feed(
             AudioChunk("so-moved", "customer", np.zeros(6 * RATE, np.float32), RATE, 0.0)
         )
         # The pipeline's metrics event at 5 s of audio saves the call's state (seq, clock).
-        await wait_for(lambda: first is not None and first.fed_s >= 6.0)
+        await wait_for(lambda: first.fed_s >= 6.0)
         await wait_for(
-            lambda: (
-                first is not None
-                and first.last_event is not None
-                and first.last_event["type"] == "metrics"
-            ),
+            lambda: first.last_event is not None and first.last_event["type"] == "metrics",
             within=10,
         )
         heard = float(first.last_event["t_emit"]) if first.last_event else 0.0
@@ -235,12 +224,6 @@ async def test_a_call_whose_instance_was_killed_continues_on_another_with_its_cl
         end = took.last_event
         assert end is not None and end["type"] == "call_end"
         assert end["duration_s"] >= heard + 1.0 - 0.05
-    finally:
-        if first is not None:
-            await first.aclose()
-        await b.shutdown()
-        await bus_a.stop()
-        await bus_b.stop()
 
 
 async def test_an_unreachable_redis_never_blocks_a_call(
