@@ -107,6 +107,25 @@ def test_repeated_failures_are_throttled(tmp_path: Path) -> None:
     assert directory.authenticate("ann", "pw", now=now + 120).name == "ann"
 
 
+def test_an_unknown_name_costs_the_same_scrypt_as_a_wrong_password(tmp_path: Path) -> None:
+    """Timing must not tell which names exist: the decoy an unknown name is checked against
+    has the users' scrypt cost (it was N=2^10 against 2^14: 6 ms against 45 ms)."""
+    entries = [{**u, "password_hash": hash_password("pw", n=2**13)} for u in users()]
+    directory = UserDirectory.from_settings(Settings(data_dir=tmp_path, users=entries))
+    assert directory._dummy_hash.split("$")[1:4] == ["8192", "8", "1"]
+
+    def slowest(name: str) -> float:
+        best = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            with pytest.raises(LoginRefused):
+                directory.authenticate(name, "wrong", now=0.0)
+            best.append(time.perf_counter() - t0)
+        return min(best)
+
+    assert slowest("nobody") > 0.5 * slowest("ann")
+
+
 def test_login_issues_a_token_that_the_api_accepts(client: TestClient) -> None:
     assert client.post("/api/login", json={"user": "ann", "password": "bad"}).status_code == 401
     assert client.post("/api/login", json={"user": "nobody", "password": "pw"}).status_code == 401
