@@ -20,6 +20,7 @@ import hmac
 import logging
 import secrets
 import sys
+import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -121,6 +122,7 @@ class UserDirectory:
     def __init__(self, users: list[User]) -> None:
         self._users = {u.name: u for u in users}
         self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()  # sign-ins are checked in worker threads
         # Unknown names cost the same scrypt as known ones: timing does not tell which exist.
         self._dummy_hash = _decoy_hash(users)
 
@@ -159,19 +161,24 @@ class UserDirectory:
     def authenticate(self, name: str, password: str, *, now: float | None = None) -> User:
         """The user, or LoginRefused (wrong name or password, or too many failures)."""
         now = time.monotonic() if now is None else now
-        recent = self._failures.setdefault(name, deque(maxlen=MAX_FAILURES))
-        while recent and now - recent[0] > FAILURE_WINDOW_S:
-            recent.popleft()
-        if len(recent) >= MAX_FAILURES:
-            raise LoginRefused("too many failed sign-ins; wait a minute", throttled=True)
-        user = self._users.get(name)
-        ok = verify_password(password, user.password_hash if user else self._dummy_hash)
-        if user is None or not ok:
+        with self._lock:
+            recent = self._failures.setdefault(name, deque(maxlen=MAX_FAILURES))
+            while recent and now - recent[0] > FAILURE_WINDOW_S:
+                recent.popleft()
+            if len(recent) >= MAX_FAILURES:
+                raise LoginRefused("too many failed sign-ins; wait a minute", throttled=True)
+            # Counted as a failure before the password is checked, and taken back if it is
+            # right: the check runs in a worker thread for tens of ms, and parallel tries all
+            # passed the count above before any of them failed (40 at once got 10 guesses).
             recent.append(now)
             if len(self._failures) > 10_000:  # bounded: forget the oldest names tried
                 self._failures.pop(next(iter(self._failures)))
+        user = self._users.get(name)
+        ok = verify_password(password, user.password_hash if user else self._dummy_hash)
+        if user is None or not ok:
             raise LoginRefused("wrong name or password")
-        recent.clear()
+        with self._lock:
+            recent.clear()
         return user
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 from test_store_support import Backend
 
+from coach.api import users as users_module
 from coach.api.app import create_app
 from coach.api.security import may_view_call
 from coach.api.users import LoginRefused, UserDirectory, UserError, hash_password, verify_password
@@ -124,6 +126,37 @@ def test_an_unknown_name_costs_the_same_scrypt_as_a_wrong_password(tmp_path: Pat
         return min(best)
 
     assert slowest("nobody") > 0.5 * slowest("ann")
+
+
+def test_parallel_guesses_get_no_more_tries_than_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sign-ins are checked in worker threads: 40 wrong passwords sent at once let 10
+    guesses through, as each passed the failure count before any of them had failed."""
+
+    def slow_check(password: str, encoded: str) -> bool:
+        time.sleep(0.05)  # scrypt's time, during which the others arrive
+        return False
+
+    monkeypatch.setattr(users_module, "verify_password", slow_check)
+    directory = UserDirectory.from_settings(Settings(data_dir=tmp_path, users=users()))
+    start = threading.Barrier(20)
+    checked: list[bool] = []
+
+    def guess(i: int) -> None:
+        start.wait()
+        try:
+            directory.authenticate("ann", f"guess-{i}")
+        except LoginRefused as exc:
+            checked.append(not exc.throttled)
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(checked) == 20
+    assert sum(checked) == 5  # the rest were refused without a look at the password
 
 
 def test_login_issues_a_token_that_the_api_accepts(client: TestClient) -> None:
