@@ -17,12 +17,13 @@ import base64
 import getpass
 import hashlib
 import hmac
+import itertools
 import logging
 import secrets
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
 from coach.auth import ROLES, Role
@@ -34,6 +35,8 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_LEN = 2**14, 8, 1, 32
 MAX_FAILURES = 5
 """Failed logins per name within FAILURE_WINDOW_S before further tries are refused."""
 FAILURE_WINDOW_S = 60.0
+MAX_TRACKED_NAMES = 10_000
+"""Names whose failures are remembered at once (memory bound); see UserDirectory._forget."""
 
 DEMO_PASSWORD = "demo"
 # (name, role, team): agents on two teams, one supervisor of team blue, one admin.
@@ -121,7 +124,8 @@ def _decoy_hash(users: list[User]) -> str:
 class UserDirectory:
     def __init__(self, users: list[User]) -> None:
         self._users = {u.name: u for u in users}
-        self._failures: dict[str, deque[float]] = {}
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        """Name -> times of its recent failures, the name failed last at the end."""
         self._lock = threading.Lock()  # sign-ins are checked in worker threads
         # Unknown names cost the same scrypt as known ones: timing does not tell which exist.
         self._dummy_hash = _decoy_hash(users)
@@ -171,8 +175,8 @@ class UserDirectory:
             # right: the check runs in a worker thread for tens of ms, and parallel tries all
             # passed the count above before any of them failed (40 at once got 10 guesses).
             recent.append(now)
-            if len(self._failures) > 10_000:  # bounded: forget the oldest names tried
-                self._failures.pop(next(iter(self._failures)))
+            self._failures.move_to_end(name)
+            self._forget(now)
         user = self._users.get(name)
         ok = verify_password(password, user.password_hash if user else self._dummy_hash)
         if user is None or not ok:
@@ -180,6 +184,25 @@ class UserDirectory:
         with self._lock:
             recent.clear()
         return user
+
+    def _forget(self, now: float) -> None:
+        """Keep the failure table bounded without ending a lockout that still runs.
+
+        Names whose last failure has left the window go first (they block nothing). Beyond
+        MAX_TRACKED_NAMES, names that are no user's go, oldest first; a user's entry is never
+        dropped early. It was: the oldest name went, so 10,000 sign-ins with made-up names
+        (25 s against a running server) erased a locked-out user's failures and gave the
+        attacker five more guesses, as often as they liked."""
+        while self._failures:
+            name, recent = next(iter(self._failures.items()))
+            if recent and now - recent[-1] <= FAILURE_WINDOW_S:
+                break
+            del self._failures[name]
+        excess = len(self._failures) - MAX_TRACKED_NAMES
+        if excess > 0:
+            strangers = (n for n in self._failures if n not in self._users)
+            for name in list(itertools.islice(strangers, excess)):
+                del self._failures[name]
 
 
 def _parse_entry(index: int, entry: dict[str, str]) -> User:

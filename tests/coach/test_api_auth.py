@@ -159,6 +159,30 @@ def test_parallel_guesses_get_no_more_tries_than_the_limit(
     assert sum(checked) == 5  # the rest were refused without a look at the password
 
 
+def test_made_up_names_cannot_push_a_lockout_out_of_the_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failure table is bounded; filling it with made-up names used to forget the
+    oldest entry, a locked-out user's, and give the attacker five more guesses."""
+    monkeypatch.setattr(users_module, "verify_password", lambda _pw, _hash: False)
+    directory = UserDirectory.from_settings(Settings(data_dir=tmp_path, users=users()))
+    for _ in range(5):
+        with pytest.raises(LoginRefused):
+            directory.authenticate("ann", "guess", now=100.0)
+    for i in range(10_050):
+        with pytest.raises(LoginRefused):
+            directory.authenticate(f"made-up-{i}", "x", now=101.0)
+    with pytest.raises(LoginRefused) as refused:
+        directory.authenticate("ann", "guess", now=102.0)
+    assert refused.value.throttled
+    assert len(directory._failures) <= users_module.MAX_TRACKED_NAMES
+    # Names whose failures have left the window go first, and the lockout ends as before.
+    with pytest.raises(LoginRefused) as refused:
+        directory.authenticate("ann", "guess", now=102.0 + users_module.FAILURE_WINDOW_S)
+    assert not refused.value.throttled
+    assert list(directory._failures) == ["ann"]
+
+
 def test_login_issues_a_token_that_the_api_accepts(client: TestClient) -> None:
     assert client.post("/api/login", json={"user": "ann", "password": "bad"}).status_code == 401
     assert client.post("/api/login", json={"user": "nobody", "password": "pw"}).status_code == 401
