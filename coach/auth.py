@@ -31,6 +31,8 @@ class Principal:
     signed_in: bool = False
     """The token came from a sign-in (not `coach token`): the user directory must still
     hold this user with this role, or the token is refused."""
+    expires_at: float | None = None
+    """When the token stops being valid (epoch seconds): a stream opened with it ends then."""
 
     @property
     def is_supervisor(self) -> bool:
@@ -86,6 +88,7 @@ def verify_token(token: str, *, secret: str) -> Principal:
         role=role,
         team=str(team) if team else None,
         signed_in=claims.get("via") == SIGN_IN,
+        expires_at=float(claims["exp"]),
     )
 
 

@@ -25,10 +25,12 @@ from coach import __version__, memory
 from coach.api import accounts, demo, playbook, supervisor
 from coach.api.limits import BodyLimit
 from coach.api.security import (
+    TOKEN_EXPIRED,
     ingest_authorized,
     may_view_call,
     principal_from,
     require_principal,
+    seconds_left,
 )
 from coach.api.users import UserDirectory
 from coach.api.wall import Tile, WallTracker
@@ -453,7 +455,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                     return live_meta.get("agent_id") == principal.user
                 return may_view_call(principal, live_meta)
 
-        await _stream_events(ws, state.bus, topic, after_seq, still_allowed=still_allowed)
+        await _stream_events(
+            ws, state.bus, topic, after_seq, still_allowed=still_allowed, principal=principal
+        )
 
     if WEB_DIR.is_dir():
         app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
@@ -681,13 +685,15 @@ async def _stream_events(
     after_seq: int | None,
     *,
     still_allowed: Callable[[], bool] | None = None,
+    principal: Principal | None = None,
 ) -> None:
     """Recent events after `after_seq` first (resume), then live ones, until the call ends.
 
     `still_allowed`: whether the watcher may still see the call. When a supervisor moves it
     to another agent, the feed of whoever lost it (the earlier agent, reading the customer's
     words unredacted; a supervisor of the earlier agent's team) ends with 1008 `reassigned`
-    after the `agent_assigned` event.
+    after the `agent_assigned` event. The feed also ends (1008 `unauthorized`) when the
+    watcher's token expires: it used to stream on for the rest of the call.
     """
     sub = bus.subscribe(topic, after_seq=after_seq)
 
@@ -701,7 +707,15 @@ async def _stream_events(
     try:
         while True:
             getter = asyncio.ensure_future(sub.queue.get())
-            done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {getter, watcher},
+                timeout=seconds_left(principal) if principal is not None else None,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if not done:  # the token expired; the page signs in again and resumes
+                getter.cancel()
+                await _close(ws, cc.POLICY_VIOLATION, "unauthorized", TOKEN_EXPIRED)
+                return
             if getter not in done:
                 getter.cancel()
                 return  # the client went away

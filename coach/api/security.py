@@ -9,6 +9,7 @@ team takes effect at once.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from fastapi import HTTPException, Request, WebSocket
@@ -17,6 +18,7 @@ from coach.auth import DEV_PRINCIPAL, AuthError, Principal, check_api_key, verif
 from coach.settings import Settings
 
 WS_POLICY_VIOLATION = 1008
+TOKEN_EXPIRED = "token expired: sign in again"
 
 
 def _bearer(headers: dict[str, str] | object, query_token: str | None) -> str | None:
@@ -65,6 +67,17 @@ def require_principal(request: Request) -> Principal:
         return principal_from(request, settings)
     except AuthError as exc:
         raise HTTPException(status_code=401, detail=str(exc)) from exc
+
+
+def seconds_left(principal: Principal, *, now: float | None = None) -> float | None:
+    """How long a stream opened with this principal's token may still run (None: no end).
+
+    A token is checked when a WebSocket opens; a wall or panel then streams for hours, so
+    the stream itself must end when the token does (close 1008 `unauthorized`: the pages
+    show the sign-in form, then resume), or an expired token would keep it going for ever."""
+    if principal.expires_at is None:
+        return None
+    return max(0.0, principal.expires_at - (time.time() if now is None else now))
 
 
 def ingest_authorized(conn: Request | WebSocket, settings: Settings) -> bool:

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket, WebSocketDisconnect
 
-from coach.api.security import principal_from, require_principal
+from coach.api.security import TOKEN_EXPIRED, principal_from, require_principal, seconds_left
 from coach.api.wall import WallSubscription, WallTracker
 from coach.auth import AuthError, Principal
 from coach.events import dumps
@@ -116,7 +116,16 @@ async def _pump(ws: WebSocket, tracker: WallTracker, sub: WallSubscription) -> N
     try:
         while True:
             getter = asyncio.ensure_future(sub.queue.get())
-            done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {getter, watcher},
+                timeout=seconds_left(sub.principal),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if not done:
+                # The token expired: a wall used to stream on for as long as it stayed open.
+                getter.cancel()
+                await _refuse(ws, "unauthorized", TOKEN_EXPIRED)
+                return
             if getter not in done:
                 getter.cancel()
                 return

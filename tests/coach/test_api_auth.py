@@ -308,6 +308,28 @@ def test_a_call_named_after_anothers_agent_feed_gets_none_of_it(client: TestClie
     assert card not in str(bus.history(call_topic("c-ann:agent")))
 
 
+def test_open_streams_end_when_their_token_expires(client: TestClient) -> None:
+    """A token is checked when a socket opens: a wall and a call's feed streamed on for as
+    long as they stayed open, long after the token had expired (found by a security audit,
+    events still arriving 20 s after a 4 s token's end). They now close with 1008
+    `unauthorized`, which the pages answer with the sign-in form."""
+    for user, role, call_id, path in (
+        ("sam", "supervisor", "c-1", "/ws/supervisor"),
+        ("ann", "agent", "c-2", "/ws/calls/c-2/events"),
+    ):
+        start(client, call_id, "ann")
+        short = issue_token(user=user, role=role, secret=SECRET, ttl_s=2)  # type: ignore[arg-type]
+        with client.websocket_connect(f"{path}?token={short}") as ws:
+            assert ws.receive_json()["type"] in ("snapshot", "call_start")
+            time.sleep(2.2)
+            publish(client, call_id, {"type": "cue", "seq": 9, "cue": "churn_risk"})
+            got = ws.receive_json()
+            assert got["type"] == "error" and got["code"] == "unauthorized", (path, got)
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_json()
+            assert closed.value.code == 1008
+
+
 def test_may_view_call_rules() -> None:
     sup = Principal("sam", "supervisor", team="blue", team_agents=frozenset({"ann"}))
     assert may_view_call(sup, {"agent_id": "ann"})
