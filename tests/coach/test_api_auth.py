@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +16,9 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 from test_store_support import Backend
 
+from coach.api import accounts
 from coach.api import users as users_module
+from coach.api.accounts import PasswordChecks, SignInBusy
 from coach.api.app import create_app
 from coach.api.security import may_view_call
 from coach.api.users import LoginRefused, UserDirectory, UserError, hash_password, verify_password
@@ -181,6 +184,43 @@ def test_made_up_names_cannot_push_a_lockout_out_of_the_table(
         directory.authenticate("ann", "guess", now=102.0 + users_module.FAILURE_WINDOW_S)
     assert not refused.value.throttled
     assert list(directory._failures) == ["ann"]
+
+
+async def test_password_checks_run_one_at_a_time_at_low_priority_with_a_bounded_queue() -> None:
+    """A flood of sign-ins must not take the live calls' CPU: checks run on one thread of
+    lower priority, and past the queue's bound a sign-in is refused at once."""
+    checks = PasswordChecks(max_waiting=3, nice=5)
+    release = threading.Event()
+    threads: set[int] = set()
+
+    def check(i: int) -> int:
+        threads.add(threading.get_native_id())
+        release.wait(5)
+        return i
+
+    try:
+        queued = [asyncio.create_task(checks.run(check, i)) for i in range(3)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(SignInBusy):
+            await checks.run(check, 3)
+        release.set()
+        assert await asyncio.gather(*queued) == [0, 1, 2]
+        assert len(threads) == 1  # one thread, whatever the flood
+        assert await checks.run(check, 4) == 4  # room again
+        tid = threads.pop()
+        assert os.getpriority(os.PRIO_PROCESS, tid) >= os.getpriority(os.PRIO_PROCESS, 0) + 5
+    finally:
+        release.set()
+        checks.close()
+
+
+def test_a_full_sign_in_queue_answers_429_with_retry_after(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accounts.PASSWORD_CHECKS, "max_waiting", 0)
+    r = client.post("/api/login", json={"user": "ann", "password": "pw"})
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert "try again" in r.json()["detail"]
 
 
 def test_login_issues_a_token_that_the_api_accepts(client: TestClient) -> None:
