@@ -32,7 +32,10 @@ def principal_from(conn: Request | WebSocket, settings: Settings) -> Principal:
     """Raise AuthError unless the connection carries a valid token."""
     if settings.auth_disabled:
         return DEV_PRINCIPAL
-    token = _bearer(conn.headers, conn.query_params.get("token"))
+    # `?token=` only where a header cannot be set (a browser's WebSocket): on HTTP it would
+    # end up in proxies' logs, browser history and Referer headers.
+    query = conn.query_params.get("token") if isinstance(conn, WebSocket) else None
+    token = _bearer(conn.headers, query)
     if not token:
         raise AuthError("missing credentials")
     principal = verify_token(token, secret=settings.signing_secret)

@@ -234,6 +234,9 @@ def test_login_issues_a_token_that_the_api_accepts(client: TestClient) -> None:
     assert me == {"user": "sam", "role": "supervisor", "team": "blue"}
     assert client.get("/api/me").status_code == 401
     assert client.get("/api/me", headers={"Authorization": "Bearer junk"}).status_code == 401
+    # The address carries a token only where no header can be set: WebSockets.
+    r = client.get(f"/api/me?token={body['token']}")
+    assert r.status_code == 401 and "missing credentials" in r.text
 
 
 def test_a_signed_in_token_ends_when_its_user_is_demoted_or_removed(
