@@ -786,6 +786,12 @@ class AudioHookSession:
 
     async def _dispatch(self, msg: ClientMessage, params: _Wire) -> None:
         after = transition(self.state, cast(Event, msg.type))
+        if after is SessionState.PAUSED and self.call is not None:
+            # A paused client (hold, secure pause) sends no audio but keeps pinging every few
+            # seconds: it is alive, so the idle watchdog must not end its call. Only a paused
+            # session that sends nothing at all is idle (found by a protocol audit: a hold
+            # longer than COACH_IDLE_TIMEOUT_S ended the call with `disconnect`).
+            self.call.touch()
         if self.state is SessionState.ACTIVE and msg.type != "open":
             drift = parse_duration(msg.position) - self.position_s
             if abs(drift) > 0.02:

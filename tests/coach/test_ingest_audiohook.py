@@ -981,3 +981,29 @@ def test_a_silent_session_is_told_when_the_idle_timeout_ends_its_call(
         assert told["parameters"] == {"reason": "completed", "info": "idle_timeout"}
         c.assert_common(told)
         c.assert_common(c.close("end"))
+
+
+def test_a_paused_session_that_pings_outlives_the_idle_timeout(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """A hold or secure pause sends no audio for minutes, but the client pings every 5 s:
+    the idle watchdog ended such a call (`disconnect {completed, idle_timeout}`) and the rest
+    of the conversation went uncoached (a protocol audit). Pings while paused keep it."""
+    quiet = Settings(data_dir=tmp_path, idle_timeout_s=1.0, store_enabled=False, auth_disabled=True)
+    with TestClient(create_app(quiet, runtime)) as tc:
+        conn = Connect(tc)
+        with conn.events() as events:
+            with conn as c:
+                c.open()
+                c.stream(tone(0.4, 2))
+                c.pause()
+                deadline = time.monotonic() + 3.0  # three idle timeouts on hold
+                while time.monotonic() < deadline:
+                    time.sleep(0.3)
+                    c.send("ping")
+                    assert c.receive()["type"] == "pong"
+                c.resume(3.0)
+                c.stream(tone(0.4, 2))
+                c.assert_common(c.close())
+            evs = read_events(events)
+    assert evs[-1]["type"] == "call_end" and evs[-1]["reason"] == "end"
