@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import re
-from typing import Literal
 
 from fastapi import WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -44,7 +43,8 @@ class PcmHeader(BaseModel):
     # Strict: "8000" or 8000.5 is a client bug to report, not a rate to guess at.
     sample_rate: int = Field(ge=8000, le=48000, strict=True)
     encoding: Encoding
-    channels: Literal[1, 2]
+    # Strict, like the rate: "2" is malformed (1007); 3 is well formed but unsupported (1003).
+    channels: int = Field(strict=True)
     speakers: list[Speaker] | None = None
     agent_id: str | None = Field(default=None, max_length=MAX_ID_CHARS)
     customer_id: str | None = Field(default=None, max_length=MAX_ID_CHARS)
@@ -61,6 +61,13 @@ class PcmHeader(BaseModel):
     def _rate(cls, v: int) -> int:
         if v * 20 % 1000:
             raise ValueError("sample_rate must give whole 20 ms frames (e.g. 8000, 16000, 48000)")
+        return v
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v: int) -> int:
+        if v not in (1, 2):
+            raise ValueError("channels must be 1 (mono) or 2 (interleaved stereo)")
         return v
 
     @model_validator(mode="after")
@@ -104,7 +111,9 @@ def parse_header(raw: str) -> PcmHeader:
         # A rate or encoding of the right type that this server does not take is unsupported
         # (1003); a field of the wrong type ("8000") or a missing one is malformed (1007).
         malformed = first["type"] == "missing" or first["type"].endswith("_type")
-        unsupported = where in ("encoding", "sample_rate") and not malformed
+        # A channel count other than 1 or 2 is unsupported too, as Twilio's mediaFormat with
+        # two channels is (1003): it used to be 1007, "malformed" (found by a protocol audit).
+        unsupported = where in ("encoding", "sample_rate", "channels") and not malformed
         code = cc.UNSUPPORTED_DATA if unsupported else cc.INVALID_PAYLOAD
         raise IngestError(code, "bad_header", f"{where}: {first['msg']}") from exc
 

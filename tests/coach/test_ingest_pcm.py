@@ -62,7 +62,12 @@ def test_parse_header_fuzzed_fields(fields: dict[str, Any]) -> None:
         ({"sample_rate": 8000.5}, cc.INVALID_PAYLOAD, "sample_rate"),
         ({"sample_rate": None}, cc.INVALID_PAYLOAD, "sample_rate"),
         ({"encoding": 16}, cc.UNSUPPORTED_DATA, "encoding"),
-        ({"channels": 3}, cc.INVALID_PAYLOAD, "channels"),
+        # A channel count of the right type that the server does not take is unsupported,
+        # as Twilio's two-channel mediaFormat is; the wrong type stays malformed.
+        ({"channels": 3}, cc.UNSUPPORTED_DATA, "channels"),
+        ({"channels": 0}, cc.UNSUPPORTED_DATA, "channels"),
+        ({"channels": "2"}, cc.INVALID_PAYLOAD, "channels"),
+        ({"channels": True}, cc.INVALID_PAYLOAD, "channels"),
         ({"call_id": "../etc"}, cc.INVALID_PAYLOAD, "call_id"),
         # Shown on every wall tile and stored: an audit sent a 1 MB agent id.
         ({"agent_id": "a" * 129}, cc.INVALID_PAYLOAD, "agent_id"),
