@@ -669,8 +669,10 @@ class AudioSocketService:
                     except RuntimeError:  # the call was ended under us (server shutdown)
                         return "shutdown", encode(Hangup())
                     samples += len(pcm) // 2
-                case Dtmf(digit=digit):
-                    log.debug("audiosocket %s: %s pressed %s", session.call_id, party, digit)
+                case Dtmf():
+                    # Digits may be card numbers or PINs: never log them (as on Twilio); the
+                    # digit used to be logged at debug level (found by a protocol audit).
+                    log.debug("audiosocket %s: %s sent a DTMF digit", session.call_id, party)
                 case UuidFrame():
                     msg = "a second UUID frame"
                     return self._failed(conn, "duplicate_uuid", msg, ServerError.PROTOCOL)

@@ -628,3 +628,21 @@ async def test_two_party_call_matches_replay_fast_beside_a_broken_neighbour(
     assert live[0]["channels"] == ["customer", "agent"]
     assert live[-1]["type"] == "call_end" and live[-1]["reason"] == "hangup"
     assert live[-1]["duration_s"] == pytest.approx(fast[-1]["duration_s"], abs=0.1)
+
+
+async def test_dtmf_digits_are_never_logged(
+    manager: CallManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Digits keyed during a call may be a card number or a PIN: the AudioSocket handler
+    logged each one at debug level (a protocol audit), unlike Twilio's, which never does."""
+    events = collect(manager, str(single(77)))
+    caplog.set_level("DEBUG", logger="coach.ingest.audiosocket")
+    async with serving(manager) as port:
+        client = await Client.connect(port, single(77))
+        await client.stream(bytes(3200))
+        await client.send(*(Dtmf(d) for d in "4#9*"))
+        assert await client.hang_up() == []
+        await events_of(events)
+    logged = [r.getMessage() for r in caplog.records if r.name == "coach.ingest.audiosocket"]
+    assert any("DTMF" in m for m in logged)
+    assert not any(d in m for m in logged for d in "#*"), logged
