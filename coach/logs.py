@@ -32,6 +32,7 @@ from coach.redaction import redact_text
 __all__ = [
     "CallIdFilter",
     "DeniedUpgradeFilter",
+    "FrameFilter",
     "JsonFormatter",
     "SecretFilter",
     "call_id_var",
@@ -129,6 +130,26 @@ class DeniedUpgradeFilter(logging.Filter):
         return True
 
 
+_FRAME_MESSAGES = frozenset({"< %s", "> %s", "< %s: %s", "> %s: %s"})
+"""How the `websockets` protocol (under uvicorn, logger "uvicorn.error") logs each frame it
+sends or receives, and each header of the upgrade request and response."""
+
+
+class FrameFilter(logging.Filter):
+    """Drops the frame and header dumps the `websockets` protocol writes at DEBUG level.
+
+    With COACH_LOG_LEVEL=debug uvicorn's WebSocket protocol logged every frame it sent or
+    received: a Twilio `dtmf` message with its digit (a card number or PIN, which the README
+    promises is never logged) and the unredacted transcripts sent to agent panels; and every
+    upgrade header: `x-api-key`, `authorization: Bearer ...`, `x-twilio-signature` in clear
+    (found by a protocol audit). The request line (its query scrubbed by SecretFilter) and
+    connection state lines (`= connection is OPEN`) are kept.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno <= logging.DEBUG and record.msg in _FRAME_MESSAGES)
+
+
 class JsonFormatter(logging.Formatter):
     """Formats a record as one line of JSON (no embedded newlines, non-ASCII kept)."""
 
@@ -175,6 +196,7 @@ def setup_logging(level: str, *, json_format: bool, stream: TextIO | None = None
     handler.addFilter(CallIdFilter())
     handler.addFilter(SecretFilter())
     handler.addFilter(DeniedUpgradeFilter())
+    handler.addFilter(FrameFilter())
     if json_format:
         handler.setFormatter(JsonFormatter())
     else:

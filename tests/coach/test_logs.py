@@ -199,3 +199,28 @@ def test_a_refused_upgrade_is_not_an_error_line(stream: io.StringIO) -> None:
     refused, forgotten = _lines(stream)
     assert refused["level"] == "INFO" and "refused" in refused["message"]
     assert forgotten["level"] == "ERROR"
+
+
+def test_websocket_frames_never_reach_a_debug_log(stream: io.StringIO) -> None:
+    """At COACH_LOG_LEVEL=debug the `websockets` protocol under uvicorn logged each frame (a
+    Twilio `dtmf` message kept its digit in the log, panel frames their unredacted
+    transcripts) and each upgrade header (API keys, bearer tokens), a protocol audit found.
+    Frame and header dumps are dropped; other debug lines stay."""
+    from websockets.frames import Frame, Opcode
+
+    setup_logging("debug", json_format=True, stream=stream)
+    # websockets logs through a LoggerAdapter on uvicorn's logger; the name is another one
+    # for the reason given in test_a_refused_upgrade_is_not_an_error_line.
+    ws_log = logging.LoggerAdapter(logging.getLogger("coach.test.uvicorn_ws"), {"websocket": 1})
+    dtmf = json.dumps({"event": "dtmf", "streamSid": "MZ1", "dtmf": {"digit": "8"}})
+    ws_log.debug("< %s", Frame(Opcode.TEXT, dtmf.encode()))
+    ws_log.debug("> %s", Frame(Opcode.TEXT, b'{"type": "transcript", "text": "my card is"}'))
+    ws_log.debug("< GET %s HTTP/1.1", "/ingest/pcm?api_key=k3y")
+    ws_log.debug("< %s: %s", "x-api-key", "k3y")
+    ws_log.debug("< %s: %s", "authorization", "Bearer t0ken")
+    ws_log.debug("= connection is %s", "OPEN")
+    request, state = _lines(stream)
+    assert request["message"] == "< GET /ingest/pcm?api_key=*** HTTP/1.1"
+    assert state["message"] == "= connection is OPEN"
+    for secret in ("digit", "my card", "k3y", "t0ken"):
+        assert secret not in stream.getvalue()
