@@ -75,8 +75,6 @@ UUID_BYTES = 16
 READ_BYTES = 65536
 UUID_TIMEOUT_S = 10.0
 """Asterisk sends the UUID right after connecting; a silent socket is not Asterisk."""
-IDLE_TIMEOUT_S = 60.0
-"""A tap sends a frame every 20 ms, silence included: a minute without one is a dead peer."""
 JOIN_GRACE_S = 0.1
 """A party connecting this soon after the call's first one starts with it, at time 0."""
 LINGER_S = 1.0
@@ -404,10 +402,11 @@ class _FrameReader:
         self._error: ProtocolError | None = None
         self._eof = False
 
-    async def next(self, timeout_s: float) -> Frame | None:
+    async def next(self, timeout_s: float | None) -> Frame | None:
         """The next frame, or None at a clean end of stream.
 
-        Raises ProtocolError, TimeoutError (nothing for `timeout_s`) or ConnectionError.
+        Raises ProtocolError, TimeoutError (nothing for `timeout_s`; None: wait for ever) or
+        ConnectionError.
         """
         while not self._pending:
             if self._error is not None:
@@ -439,14 +438,20 @@ class AudioSocketService:
         mapping: Mapping[str, tuple[str, Speaker]] | None = None,
         allow: Iterable[str] | None = None,
         uuid_timeout_s: float = UUID_TIMEOUT_S,
-        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        idle_timeout_s: float | None = None,
     ) -> None:
+        """`idle_timeout_s`: how long a tap may send no frame at all before it is taken for a
+        dead peer (error frame, call ended); by default COACH_IDLE_TIMEOUT_S, 0 = never. A
+        tap sends a frame every 20 ms, silence included. It was a fixed 60 s, whatever the
+        setting, so an operator's longer timeout or "off" did not hold for AudioSocket."""
         self._manager = manager
         self._max_payload = max(UUID_BYTES, min(settings.max_frame_bytes, MAX_PAYLOAD))
         self._mapping = normalize_mapping(mapping or {})
         self._allow = parse_allow(DEFAULT_ALLOW if allow is None else allow)
         self._uuid_timeout_s = uuid_timeout_s
-        self._idle_timeout_s = idle_timeout_s
+        if idle_timeout_s is None:
+            idle_timeout_s = float(settings.idle_timeout_s)
+        self._idle_timeout_s = idle_timeout_s if idle_timeout_s > 0 else None
         self._calls: dict[str, _Call] = {}
         self._conns: set[_Conn] = set()
         self._closing = False
@@ -740,7 +745,7 @@ async def start_audiosocket_server(
     mapping: dict[str, tuple[str, Speaker]] | None = None,
     allow: list[str] | None = None,
     uuid_timeout_s: float = UUID_TIMEOUT_S,
-    idle_timeout_s: float = IDLE_TIMEOUT_S,
+    idle_timeout_s: float | None = None,
 ) -> asyncio.Server:
     """Listen for Asterisk AudioSocket connections; stop with `close_audiosocket_server`.
 

@@ -425,6 +425,43 @@ async def test_a_stalled_connection_times_out(manager: CallManager) -> None:
     assert errors("idle_timeout") == before + 1
 
 
+async def test_a_tap_s_idle_timeout_follows_the_setting(
+    runtime: Runtime, settings: Settings
+) -> None:
+    """COACH_IDLE_TIMEOUT_S is the tap's timeout too (it was a fixed 60 s for AudioSocket),
+    and 0 turns it off: a stalled tap is then waited for, not cut off."""
+    # The call manager's watchdog (which would end the call with a hangup) is off here, so
+    # what answers is the tap's own timeout, read from the setting.
+    manager = CallManager(
+        runtime=runtime,
+        settings=settings.model_copy(update={"idle_timeout_s": 0.0}),
+        bus=InProcessBus(),
+    )
+    quick = settings.model_copy(update={"idle_timeout_s": 0.3})
+    server = await start_audiosocket_server(
+        manager=manager, settings=quick, host="127.0.0.1", port=0
+    )
+    try:
+        client = await Client.connect(int(server.sockets[0].getsockname()[1]), single(11))
+        await client.stream(bytes(FRAME_BYTES * 5))
+        assert await client.received(5.0) == [ErrorFrame(bytes([ServerError.TIMEOUT]))]
+    finally:
+        await close_audiosocket_server(server)
+    await manager.shutdown()
+
+    off = settings.model_copy(update={"idle_timeout_s": 0.0})
+    manager = CallManager(runtime=runtime, settings=off, bus=InProcessBus())
+    async with serving(manager) as port:
+        client = await Client.connect(port, single(12))
+        await client.stream(bytes(FRAME_BYTES * 5))
+        with pytest.raises(TimeoutError):  # nothing sent back: the tap is waited for
+            await asyncio.wait_for(client.reader.read(1), 1.0)
+        await client.stream(bytes(FRAME_BYTES * 5))  # and it goes on
+        session = manager.get(str(single(12)))
+        assert session is not None and session.state.value == "live"
+    await manager.shutdown()
+
+
 async def test_a_silent_peer_is_hung_up_when_the_server_ends_the_call(
     runtime: Runtime, settings: Settings
 ) -> None:
