@@ -507,6 +507,13 @@ def verify_signature(
     problem = _check_signature_params(params, api_key=field("x-api-key"), now=now)
     if problem:
         return problem
+    # The authority Genesys signed is the host it dialled: Host, or behind a proxy that
+    # rewrites Host, the proxy's X-Forwarded-Host (as for Twilio's signatures). Either may
+    # be tried: without the secret no signature matches any of them.
+    authorities = [(field("host") or "").lower()]
+    forwarded = (field("x-forwarded-host") or "").split(",")[0].strip().lower()
+    if forwarded and forwarded not in authorities:
+        authorities.append(forwarded)
     lines: list[str] = []
     for item in base.items:
         name = item.value
@@ -515,7 +522,7 @@ def verify_signature(
         if name == "@request-target":
             value = request_target
         elif name == "@authority":
-            value = (field("host") or "").lower()
+            value = "{authority}"  # filled in below, once per candidate
         elif name == "@method":
             value = "GET"
         elif name.startswith("@") or name == "signature":
@@ -530,8 +537,13 @@ def verify_signature(
     if missing or len(covered) != len(base.items):
         return f"signature must cover each of {', '.join(SIGNED_COMPONENTS)} once"
     lines.append(f'"@signature-params": {sf_serialize_inner_list(base)}')
-    expected = hmac.new(secret, "\n".join(lines).encode(), hashlib.sha256).digest()
-    if not hmac.compare_digest(expected, sig.value):
+    at = next(i for i, item in enumerate(base.items) if item.value == "@authority")
+    for authority in authorities:
+        signed = [*lines[:at], f'"@authority": {authority}', *lines[at + 1 :]]
+        expected = hmac.new(secret, "\n".join(signed).encode(), hashlib.sha256).digest()
+        if hmac.compare_digest(expected, sig.value):
+            break
+    else:
         return "signature does not match"
     nonce = str(params["nonce"])
     if nonces is not None and not nonces.add(

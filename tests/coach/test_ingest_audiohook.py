@@ -869,6 +869,28 @@ def test_bad_signatures_are_refused_before_any_audio(secure: TestClient, breakag
     assert live_calls(secure) == []
 
 
+def test_a_signature_for_the_host_a_proxy_forwarded_is_accepted() -> None:
+    """Behind a proxy that rewrites Host, Genesys signed the host it dialled, which the proxy
+    passes on as X-Forwarded-Host; a signature for any other host is still refused."""
+    headers = ah_headers(str(uuid.uuid4()), str(uuid.uuid4()), api_key=API_KEY)
+
+    def check(signed_for: str, **extra: str) -> str | None:
+        signed = sign({**headers, "Host": "coach-internal:8000", **extra}, authority=signed_for)
+        return ah.verify_signature(
+            [(k.lower(), v) for k, v in signed.items()],
+            request_target=PATH,
+            secret=base64.b64decode(SECRET),
+            now=time.time(),
+            nonces=None,
+        )
+
+    forwarded = {"X-Forwarded-Host": "coach.example.com"}
+    assert check("coach.example.com", **forwarded) is None
+    assert check("coach-internal:8000", **forwarded) is None  # a proxy that keeps Host
+    assert check("coach.example.com") == "signature does not match"  # not forwarded
+    assert check("elsewhere.example.com", **forwarded) == "signature does not match"
+
+
 def test_a_signed_request_cannot_be_replayed(secure: TestClient) -> None:
     conn = Connect(secure, api_key=API_KEY, signed=True)
     with conn as c:
