@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 PROTOCOL = "pcm"
 HEADER_TIMEOUT_S = 10.0
 MAX_ID_CHARS = 128
+MAX_TEXT_CHARS = 4096
+"""Largest text message (the header, `{"type": "end"}`): a real header is a few hundred
+characters; a bigger one is refused as oversized (1009) before it is parsed."""
 """Longest agent or customer id an ingest takes (they are shown on walls and stored)."""
 CALL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
@@ -97,6 +100,7 @@ async def _refuse(ws: WebSocket, code: int, reason: str, message: str) -> None:
 
 
 def parse_header(raw: str) -> PcmHeader:
+    _check_text_size(raw, "header")
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -219,6 +223,7 @@ async def _stream(
                         codecs.bytes_per_sample(header.encoding) * header.channels
                     )
                     continue
+                _check_text_size(msg.get("text") or "", "text message")
                 if _is_end(msg.get("text")):
                     return "end"
                 raise IngestError(
@@ -231,6 +236,13 @@ async def _stream(
                 return f"error:{exc.reason}"
             except CallEnded as exc:  # max call length or idle timeout ended it under us
                 return exc.reason
+
+
+def _check_text_size(text: str, what: str) -> None:
+    if len(text) > MAX_TEXT_CHARS:
+        raise IngestError(
+            cc.MESSAGE_TOO_BIG, "oversized", f"{what} of {len(text)} characters > {MAX_TEXT_CHARS}"
+        )
 
 
 def _is_end(text: str | None) -> bool:

@@ -72,6 +72,8 @@ def test_parse_header_fuzzed_fields(fields: dict[str, Any]) -> None:
         # Shown on every wall tile and stored: an audit sent a 1 MB agent id.
         ({"agent_id": "a" * 129}, cc.INVALID_PAYLOAD, "agent_id"),
         ({"customer_id": "c" * 129}, cc.INVALID_PAYLOAD, "customer_id"),
+        # Refused by its size before it is parsed (it used to be parsed whole: 1007).
+        ({"notes": "n" * 5000}, cc.MESSAGE_TOO_BIG, "header of"),
     ],
 )
 def test_bad_headers_are_named(patch: dict[str, Any], code: int, needle: str) -> None:
