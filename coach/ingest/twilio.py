@@ -445,7 +445,22 @@ async def _until_start(ws: WebSocket, proto: StreamProtocol) -> bool:
             return False
         msg = proto.receive(text)
         proto.in_order(msg)
+        if isinstance(msg, Unrecognized):
+            _skip_unknown(proto, msg.event)
     return proto.state is StreamState.STARTED
+
+
+def _skip_unknown(proto: StreamProtocol, event: str) -> None:
+    """A message type this server does not know (one Twilio adds later): skipped, counted,
+    and logged once per type, before `start` as after it."""
+    metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason="unknown_event").inc()
+    if event not in proto.skipped:
+        proto.skipped.add(event)
+        log.warning(
+            "twilio stream %s: skipping %r messages (unknown event type)",
+            proto.stream_sid or "(not started)",
+            event,
+        )
 
 
 async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> None:
@@ -512,16 +527,7 @@ async def _stream(ws: WebSocket, proto: StreamProtocol, session: CallSession) ->
                         if in_order:
                             await session.feed(proto.chunk(msg))
                     case Unrecognized(event=event):
-                        metrics.INGEST_ERRORS.labels(
-                            protocol=PROTOCOL, reason="unknown_event"
-                        ).inc()
-                        if event not in proto.skipped:
-                            proto.skipped.add(event)
-                            log.warning(
-                                "twilio stream %s: skipping %r messages (unknown event type)",
-                                proto.stream_sid,
-                                event,
-                            )
+                        _skip_unknown(proto, event)
                     case Mark():
                         _note(session, "marks", last_mark=msg.mark.name[:64])
                         log.info("call %s: mark %r", session.call_id, msg.mark.name[:64])

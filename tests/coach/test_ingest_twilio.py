@@ -394,7 +394,9 @@ def test_an_unknown_event_type_is_skipped_and_counted(client: TestClient) -> Non
     with client.websocket_connect("/ws/calls/tw-new/events") as events:
         with client.websocket_connect("/ingest/twilio") as ws:
             c = TwilioClient(ws, call_id="tw-new")
-            c.handshake()
+            c.connected()
+            c.send({"event": "somePreStartEvent", "sequenceNumber": "2", "streamSid": "x"})
+            c.start()
             c.silence(5)
             for _ in range(2):
                 c.send({"event": "someFutureEvent", "sequenceNumber": "90", "streamSid": "x"})
@@ -404,7 +406,7 @@ def test_an_unknown_event_type_is_skipped_and_counted(client: TestClient) -> Non
         evs = read_events(events)
     assert (code, reason) == (cc.NORMAL, "stop")
     assert evs[-1]["type"] == "call_end" and evs[-1]["reason"] == "stop"
-    assert errors("unknown_event") == before + 2
+    assert errors("unknown_event") == before + 3  # one before start, counted as well
 
 
 def test_inbound_only_stream_is_one_party_named_by_callsid(client: TestClient) -> None:
