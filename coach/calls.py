@@ -331,7 +331,7 @@ class CallManager:
                 return waited
             if owner is None:
                 if waited:
-                    log.info("call %s: its instance let it go; it continues here", call_id)
+                    log.info("call %s: its instance ended it or died; it continues here", call_id)
                 return waited
             if time.monotonic() >= deadline:
                 raise self._reject(
