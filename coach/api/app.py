@@ -302,6 +302,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         # A call another instance runs (on this wall through Redis) is assigned there.
         elsewhere = wall.calls.get(call_id) if session is None else None
         if session is not None:
+            if session.state is not CallState.LIVE:
+                # An ended call stays here a while for its panels; moving it then would rewrite
+                # the stored call's agent, and its own agent would lose its history.
+                raise HTTPException(409, f"call {call_id} has ended")
             meta = session.meta
         elif (
             elsewhere is not None and elsewhere.ended_at is None and isinstance(state.bus, RedisBus)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from coach.api.app import create_app
 from coach.api.users import hash_password
@@ -29,6 +30,7 @@ def client(tmp_path: Path, runtime: Runtime) -> Iterator[TestClient]:
     users = [
         {"name": "ann", "role": "agent", "team": "blue", "password_hash": h},
         {"name": "ben", "role": "agent", "team": "green", "password_hash": h},
+        {"name": "cal", "role": "agent", "team": "blue", "password_hash": h},
         {"name": "sam", "role": "supervisor", "team": "blue", "password_hash": h},
         {"name": "gil", "role": "supervisor", "team": "green", "password_hash": h},
         {"name": "ada", "role": "admin", "password_hash": h},
@@ -111,3 +113,31 @@ def test_any_team_supervisor_assigns_an_unassigned_call_to_their_team(
         assert taken.status_code == 403 and "not your team's call" in taken.text
         assert client.get("/api/calls/u1", headers=bearer("ann", "agent")).status_code == 200
         ws.send_json({"type": "end"})
+
+
+def test_an_ended_call_is_not_moved_to_another_agent(client: TestClient) -> None:
+    """Only a live call takes an agent. An ended call stays in memory for two minutes (its
+    panels may still fetch it), and moving it then rewrote the stored call's agent: its own
+    agent lost the history of the call they took (found by a README audit)."""
+    sam, ann = bearer("sam", "supervisor", "blue"), bearer("ann", "agent", "blue")
+    header = {"call_id": "e1", "sample_rate": 8000, "encoding": "pcm16", "channels": 1}
+    with client.websocket_connect("/ingest/pcm?api_key=k") as ws:
+        ws.send_json({**header, "agent_id": "ann"})
+        assert ws.receive_json()["type"] == "accepted"
+        ws.send_bytes(b"\x00" * 320)
+        ws.send_json({"type": "end"})
+        with pytest.raises(WebSocketDisconnect):  # closed once the call is finalized
+            while True:
+                ws.receive_text()
+    assert client.get("/api/calls/e1", headers=sam).json()["state"] == "ended"
+    moved = client.put("/api/calls/e1/agent", json={"agent_id": "cal"}, headers=sam)
+    assert moved.status_code == 409, moved.text
+    deadline = time.monotonic() + 15
+    while True:
+        stored = client.get("/api/history/calls/e1", headers=ann)
+        if stored.status_code == 200 and stored.json()["call"].get("ended_at"):
+            break
+        assert time.monotonic() < deadline, stored.text
+        time.sleep(0.2)
+    assert stored.json()["call"]["agent_id"] == "ann"
+    assert client.get("/api/calls/e1", headers=ann).json()["meta"]["agent_id"] == "ann"
