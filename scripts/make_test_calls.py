@@ -15,6 +15,7 @@ import functools
 import itertools
 import json
 import re
+import shutil
 import subprocess
 import tempfile
 import zlib
@@ -586,6 +587,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mono-party", choices=("mix", "customer"), default="mix")
     parser.add_argument("--noise-dbfs", type=float, default=None)
     args = parser.parse_args(argv)
+    if shutil.which("espeak-ng") is None:
+        # `make run` installs no Debian packages; say so before any work, not as a traceback.
+        parser.error(
+            "espeak-ng is not installed (Debian: apt-get install espeak-ng; `make test` "
+            "installs it); to stream a call without it, use the bundled web/demo/demo-call.wav"
+        )
 
     jobs: list[tuple[CallScript, dict[str, str] | None]]
     if args.file:

@@ -377,3 +377,17 @@ def test_cli_renders_call_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
     wav, truth_path = capsys.readouterr().out.strip().split("\t")
     assert Path(wav).name == "labeled_short.wav"
     assert json.loads(Path(truth_path).read_text())["meta"]["split"] == "tune"
+
+
+def test_without_espeak_ng_it_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make run` installs no Debian packages, and the README's first script renders a call
+    with this tool: a newcomer got a FileNotFoundError traceback (found by a README audit)."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "out"), "--calls", DEMO_CALL])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "espeak-ng" in err and "web/demo/demo-call.wav" in err
+    assert not (tmp_path / "out").exists()
