@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from coach.logs import setup_logging
 from coach.settings import Settings
 
@@ -37,11 +39,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    """Command-line flags that override settings (`serve --host/--port`)."""
+    return {k: getattr(args, k, None) for k in ("host", "port")}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     config = getattr(args, "config", None)
     if config is not None and not config.exists():
         print(f"error: config file {config} not found", file=sys.stderr)
+        return 2
+    try:  # a bad setting is named with its variable, not shown as a traceback
+        Settings.load(config, **_overrides(args))
+    except ValidationError as exc:
+        for err in exc.errors():
+            name = "_".join(str(part) for part in err["loc"][:1])
+            print(
+                f"error: setting COACH_{name.upper()} ({name}): {err['msg']}"
+                f" (got {err.get('input')!r})",
+                file=sys.stderr,
+            )
         return 2
     if args.command in ("replay", "serve"):
         from coach.cues.playbook import PlaybookError, load_playbook
@@ -66,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 call_id=args.call_id,
             )
         case "serve":
-            settings = Settings.load(config, host=args.host, port=args.port)
+            settings = Settings.load(config, **_overrides(args))
             setup_logging(settings.log_level, json_format=settings.log_format == "json")
             from coach.api.server import serve
 

@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audio.endpoint import EndpointConfig
@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Interface the HTTP server binds to.")
     port: int = Field(8000, description="HTTP port.")
     data_dir: Path = Field(Path(".coach"), description="Local state: SQLite store, signing secret.")
-    log_level: str = Field("info", description="debug, info, warning or error.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="debug, info, warning or error."
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="text, or json (one object per line)."
     )
@@ -187,6 +189,11 @@ class Settings(BaseSettings):
     demo_call_enabled: bool = Field(
         True, description='Offer the agent page\'s "Play demo call" (POST /api/demo/calls).'
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
