@@ -411,3 +411,48 @@ def test_cues_can_be_rated_after_the_call_ended(live_server: LiveServer, page: A
     detail = live_server.store_call(call_id)
     assert detail is not None
     assert [(f.verdict, f.user) for c in detail.cues for f in c.feedback] == [("helpful", "ann")]
+
+
+def test_a_given_verdict_shows_again_after_a_reload(live_server: LiveServer, page: Any) -> None:
+    """Audit: a rating was stored but, after a reload, every replayed card looked unrated
+    (and a dismissed one came back among the current suggestions)."""
+    call_id = "web-rate-reload"
+    sign_in(page, live_server.base, "/agent/", "ann")
+    live_server.start_call(call_id, "ann")
+    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    text = "I am confused about this bill and I want a manager"
+    live_server.emit(call_id, transcript("customer", text, 1, 1.0))
+    live_server.emit(call_id, cue("confusion", 4.0, utterance_id=1, phrase="confused", text=text))
+    live_server.emit(
+        call_id, cue("escalation_request", 5.0, utterance_id=1, phrase="a manager", text=text)
+    )
+    confusion = page.locator('.cards .card[data-cue="confusion"]')
+    escalation = page.locator('.cards .card[data-cue="escalation_request"]')
+    confusion.get_by_role("button", name="Helpful", exact=True).click()
+    confusion.get_by_role("status").filter(has_text="marked helpful").wait_for()
+    escalation.get_by_role("button", name="Dismiss", exact=True).click()
+    page.locator('.older-cards .card[data-cue="escalation_request"]').wait_for(state="attached")
+    page.reload()
+    helpful = confusion.get_by_role("button", name="Helpful", exact=True)
+    page.wait_for_function(
+        "document.querySelector('.card[data-cue=confusion] .fb.helpful')"
+        "?.getAttribute('aria-pressed') === 'true'"
+    )
+    assert helpful.get_attribute("aria-pressed") == "true"
+    assert confusion.get_by_role("button", name="Not helpful").get_attribute("aria-pressed") == (
+        "false"
+    )
+    confusion.get_by_role("status").filter(has_text="You marked this helpful").wait_for()
+    # The dismissed card stays out of the current suggestions, and shows its verdict.
+    dismissed = page.locator('.older-cards .card[data-cue="escalation_request"]')
+    dismissed.wait_for(state="attached")
+    assert dismissed.locator(".fb.dismissed").get_attribute("aria-pressed") == "true"
+    assert page.locator(".cards .card").count() == 1
+    # A second press still takes the rating back.
+    helpful.click()
+    confusion.get_by_role("status").filter(has_text="taken back").wait_for()
+    live_server.emit(call_id, END)
+    detail = live_server.store_call(call_id)
+    assert [(c.cue, f.verdict) for c in detail.cues for f in c.feedback] == [
+        ("escalation_request", "dismissed")
+    ]

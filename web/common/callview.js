@@ -94,6 +94,7 @@ class CallView {
 
   destroy() {
     clearInterval(this.timer);
+    clearTimeout(this.verdictTimer);
     this.root.replaceChildren();
   }
 
@@ -261,6 +262,7 @@ class CallView {
       this.collapse(victims.find((c) => !c.classList.contains("critical")) || victims[0]);
     }
     this.syncEmpty();
+    if (!this.readOnly) this.loadVerdicts();
     const say = `New suggestion${critical ? ", critical" : ""}: ${ev.title || ev.cue}. ${ev.advice || ""}`;
     (critical ? this.alert : this.announce).textContent = say;
   }
@@ -276,6 +278,27 @@ class CallView {
     }
     group.append(status);
     return group;
+  }
+
+  // The verdicts this person already gave (stored with the call), shown as pressed: after a
+  // reload or a reconnect the replayed cards would otherwise look unrated. Cards come in a
+  // burst on replay, so one request follows the last of them.
+  loadVerdicts() {
+    clearTimeout(this.verdictTimer);
+    this.verdictTimer = setTimeout(async () => {
+      const me = Auth.me();
+      const r = await Auth.api(`/api/history/calls/${encodeURIComponent(this.callId)}`).catch(() => null);
+      if (!me || !r || !r.ok) return;
+      for (const c of (await r.json()).cues || []) {
+        const mine = (c.feedback || []).filter((f) => f.user === me.user).pop();
+        const group = mine && this.root.querySelector(`.card[data-seq="${c.seq}"] .feedback`);
+        if (!group || group.querySelector('button[aria-pressed="true"]')) continue;
+        for (const b of group.querySelectorAll("button")) b.setAttribute("aria-pressed", String(b.dataset.verdict === mine.verdict));
+        group.querySelector(".feedback-status").textContent = `You marked this ${VERDICT_LABELS[mine.verdict].toLowerCase()}.`;
+        const card = group.closest(".card");
+        if (mine.verdict === "dismissed" && card.parentElement === this.cards) this.collapse(card);
+      }
+    }, 500);
   }
 
   // A second press on the verdict already given takes it back.
