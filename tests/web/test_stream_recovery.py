@@ -217,3 +217,34 @@ def test_wall_goes_stale_while_disconnected_and_the_snapshot_replaces_it(
     assert "stale" not in (page.locator("#alerts").get_attribute("class") or "")
     tile.locator(".duration").filter(has_text="ended").wait_for()
     assert tile.get_by_role("button", name="Post-call summary").is_visible()
+
+
+def test_a_stalled_call_stream_is_dropped_and_resumed(live_server: LiveServer, page: Any) -> None:
+    """Audit: a network path that dies without a close (the socket stays open, nothing comes)
+    left the panel saying "Watching" over a frozen transcript for the rest of the call."""
+    call_id = "web-stall"
+    dead: list[bool] = []  # per connection: its path went dead
+
+    def relay(ws: Any) -> None:
+        server = ws.connect_to_server()
+        me = len(dead)
+        dead.append(False)
+        server.on_message(lambda m: None if dead[me] else ws.send(m))
+
+    page.route_web_socket(re.compile(r".*/ws/calls/.*"), relay)
+    sign_in(page, live_server.base, "/agent/", "ann")
+    live_server.start_call(call_id, "ann")
+    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    page.evaluate("EventStream.STALE_MS = 2000")
+    live_server.emit(call_id, transcript("customer", "line number 1", 1, 1.0))
+    page.locator("#transcript li").first.wait_for()
+    dead[:] = [True] * len(dead)  # the path goes dead: the open socket brings nothing more
+    live_server.emit(call_id, transcript("customer", "line number 2", 2, 4.0))
+    time.sleep(0.5)
+    live_server.emit(call_id, transcript("customer", "line number 3", 3, 7.0))
+    page.locator("#transcript li").nth(2).wait_for(timeout=10_000)
+    lines = page.locator("#transcript li .text").all_inner_texts()
+    assert lines == ["line number 1", "line number 2", "line number 3"]
+    assert page.evaluate("Panel.stream.reconnects") >= 1
+    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    live_server.emit(call_id, {"type": "call_end", "duration_s": 9.0, "reason": "end"})

@@ -10,10 +10,14 @@
 //   1008 "unauthorized"  the token expired or is invalid                 -> the sign-in form
 //   1008 otherwise       not allowed to see this call                    -> onRefused
 //   anything else  a blip: reconnect and resume
+// A socket that stays open but brings nothing for STALE_MS (a live call sends metrics every
+// 5 s of audio) is taken for a dead network path, which the browser may not notice for
+// minutes: it is dropped and the stream resumes like after any other blip.
 // The server sends {"type": "error", code, message} just before each refusal.
 "use strict";
 class EventStream {
   static NOT_FOUND = 4404;
+  static STALE_MS = 20000;
 
   constructor(callId, { onEvent, onStatus, onEnded, onRefused, onMissing }) {
     this.callId = callId;
@@ -24,6 +28,19 @@ class EventStream {
     this.stopped = false;
     this.reconnects = 0;
     this.connect();
+    this.watchdog = setInterval(() => this.checkStale(), 1000);
+  }
+
+  checkStale() {
+    const socket = this.socket;
+    if (this.stopped) clearInterval(this.watchdog);
+    if (this.stopped || !socket || socket.readyState !== WebSocket.OPEN) return;
+    if (Date.now() - this.lastMessageAt <= EventStream.STALE_MS) return;
+    // Its close handshake may never complete: forget it now and reconnect.
+    socket.onmessage = null;
+    socket.onclose = null;
+    socket.close();
+    this.closed(socket, { code: 4000, reason: "stale" });
   }
 
   url() {
@@ -38,12 +55,15 @@ class EventStream {
     const socket = new WebSocket(this.url());
     this.socket = socket;
     this.refusal = null; // an error message belongs to the connection it came on
+    this.lastMessageAt = Date.now();
     socket.onopen = () => {
+      this.lastMessageAt = Date.now();
       this.retry = 0;
       this.handlers.onStatus?.("live");
     };
     socket.onmessage = (m) => {
       if (this.socket !== socket || this.stopped) return;
+      this.lastMessageAt = Date.now();
       const ev = JSON.parse(m.data);
       if (ev.type === "error") {
         this.refusal = ev;
@@ -97,6 +117,7 @@ class EventStream {
 
   close() {
     this.stopped = true;
+    clearInterval(this.watchdog);
     if (this.socket) this.socket.close(1000);
   }
 }
