@@ -443,3 +443,22 @@ def test_a_tile_names_the_agent_put_on_the_call(live_server: LiveServer, page: A
     live_server.emit(call_id, {"type": "agent_assigned", "agent_id": "cal"})
     head.filter(has_text="Agent cal").wait_for()
     live_server.emit(call_id, end([]))
+
+
+def test_open_escalations_lead_the_page_title(live_server: LiveServer, page: Any) -> None:
+    """Audit: an escalation showed only inside the page; a supervisor on another tab (or
+    another window) had nothing to notice it by."""
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    base_title = "Voice coach: supervisor wall"
+    live_server.start_call("w-title", "ann")
+    page.locator('#tiles > li[data-call="w-title"]').wait_for()
+    before = int(page.locator("#alert-count").inner_text())  # other tests' open alerts
+    live_server.emit("w-title", escalation("user_request", "high", 12.0, "Asked for a manager."))
+    page.locator(f'#alert-count[data-n="{before + 1}"]').wait_for()
+    plural = "s" if before else ""
+    page.wait_for_function(f"document.title === '({before + 1}) Escalation{plural} · {base_title}'")
+    alert = page.locator("#alerts > li").filter(has_text="w-title")
+    alert.get_by_role("button", name="Acknowledge").click()
+    alert.wait_for(state="detached")
+    title = page.title()
+    assert title == (f"({before}) Escalation · {base_title}" if before else base_title), title

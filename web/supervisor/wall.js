@@ -160,6 +160,8 @@ function paintTile(id) {
   ].filter(Boolean));
 }
 
+const BASE_TITLE = document.title;
+
 function paintAlerts() {
   const open = [];
   for (const c of Wall.calls.values()) for (const e of openEscalations(c)) open.push([c, e]);
@@ -168,6 +170,8 @@ function paintAlerts() {
   $("alert-count").textContent = String(open.length);
   $("alert-count").dataset.n = String(open.length);
   $("no-alerts").hidden = open.length > 0;
+  // Seen from another tab too: the open escalations lead the page title.
+  document.title = `${open.length ? `(${open.length}) Escalation${open.length > 1 ? "s" : ""} · ` : ""}${BASE_TITLE}`;
 }
 
 function alertCard(c, e) {
