@@ -14,6 +14,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 END = {"type": "call_end", "duration_s": 12.0, "reason": "end", "summary": {"arc": [], "cues": {}}}
 
 
+def watch_new_call(page: Any, live_server: LiveServer, call_id: str) -> None:
+    """ann signs in, a call of hers starts, and the panel follows it by itself."""
+    sign_in(page, live_server.base, "/agent/", "ann")
+    live_server.start_call(call_id, "ann")
+    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+
+
 def test_sign_in_refuses_a_wrong_password_then_lets_the_agent_in(
     live_server: LiveServer, page: Any
 ) -> None:
@@ -160,9 +167,7 @@ def test_at_most_three_cards_newest_on_top_crisis_distinct_and_expiry(
     live_server: LiveServer, page: Any
 ) -> None:
     call_id = "web-cards"
-    sign_in(page, live_server.base, "/agent/", "ann")
-    live_server.start_call(call_id, "ann")
-    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    watch_new_call(page, live_server, call_id)
     live_server.emit(call_id, transcript("customer", "I am confused and I want a manager", 1, 1.0))
     live_server.emit(
         call_id, cue("crisis", 3.0, utterance_id=1, phrase="want", text="I am confused")
@@ -240,9 +245,7 @@ def test_agent_cannot_open_another_agents_call(live_server: LiveServer, page: An
 
 def test_reconnect_resumes_without_duplicates(live_server: LiveServer, page: Any) -> None:
     call_id = "web-blip"
-    sign_in(page, live_server.base, "/agent/", "ann")
-    live_server.start_call(call_id, "ann")
-    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    watch_new_call(page, live_server, call_id)
     for i in range(1, 4):
         live_server.emit(call_id, transcript("customer", f"line number {i}", i, i * 3.0))
     live_server.emit(
@@ -300,9 +303,7 @@ def test_pace_is_fast_only_while_the_engines_pace_cue_is_recent(
     live_server: LiveServer, page: Any
 ) -> None:
     call_id = "web-pace"
-    sign_in(page, live_server.base, "/agent/", "ann")
-    live_server.start_call(call_id, "ann")
-    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    watch_new_call(page, live_server, call_id)
     pace = page.locator(".metrics dd.pace")
     # Normal speech measures 3.6-3.9 words per voiced second: neutral, not red.
     live_server.emit(call_id, metrics(10.0, 3.8))
@@ -352,9 +353,7 @@ def test_a_history_cue_marks_no_line_but_a_word_match_still_does(
     live_server: LiveServer, page: Any
 ) -> None:
     call_id = "web-history-cue"
-    sign_in(page, live_server.base, "/agent/", "ann")
-    live_server.start_call(call_id, "ann")
-    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    watch_new_call(page, live_server, call_id)
     live_server.emit(call_id, transcript("customer", "Hi.", 1, 1.0))
     # repeat_contact from the store's history fires at the first utterance: its evidence text
     # is that utterance, but the words had nothing to do with it.
@@ -385,9 +384,7 @@ def test_a_history_cue_marks_no_line_but_a_word_match_still_does(
 
 def test_cues_can_be_rated_after_the_call_ended(live_server: LiveServer, page: Any) -> None:
     call_id = "web-rate-after"
-    sign_in(page, live_server.base, "/agent/", "ann")
-    live_server.start_call(call_id, "ann")
-    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    watch_new_call(page, live_server, call_id)
     text = "I am confused about this bill"
     live_server.emit(call_id, transcript("customer", text, 1, 1.0))
     live_server.emit(call_id, cue("confusion", 4.0, utterance_id=1, phrase="confused", text=text))
@@ -417,9 +414,7 @@ def test_a_given_verdict_shows_again_after_a_reload(live_server: LiveServer, pag
     """Audit: a rating was stored but, after a reload, every replayed card looked unrated
     (and a dismissed one came back among the current suggestions)."""
     call_id = "web-rate-reload"
-    sign_in(page, live_server.base, "/agent/", "ann")
-    live_server.start_call(call_id, "ann")
-    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    watch_new_call(page, live_server, call_id)
     text = "I am confused about this bill and I want a manager"
     live_server.emit(call_id, transcript("customer", text, 1, 1.0))
     live_server.emit(call_id, cue("confusion", 4.0, utterance_id=1, phrase="confused", text=text))
