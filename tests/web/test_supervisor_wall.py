@@ -4,6 +4,7 @@ acknowledgement, drill-in, post-call summary, analytics, and 50 simulated live c
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 from datetime import UTC, datetime
@@ -210,6 +211,9 @@ def test_drill_in_post_call_summary_and_analytics(live_server: LiveServer, page:
         },
     )
     live_server.emit(call_id, end([[2.0, -0.6], [10.0, -0.4], [20.0, 0.1], [30.0, 0.5]]))
+    # Its tile stays a while; the heading counts it apart from the live calls.
+    count = page.locator("#call-count").filter(has_text=re.compile(r"^\d+; \d+ just ended$"))
+    count.wait_for(state="attached")  # behind the drill-in view
     page.locator("#drill-summary").click()
     page.locator("#summary-h").filter(has_text=call_id).wait_for()
     page.locator("#arc polyline.line-valence").wait_for()

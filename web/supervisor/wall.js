@@ -119,7 +119,9 @@ function paint() {
     Wall.order = order;
   }
   const live = [...Wall.calls.values()].filter((c) => !c.ended_at).length;
-  $("call-count").textContent = String(live);
+  // Ended calls keep their tile a while: the count says so, or "1" would head two tiles.
+  const ended = Wall.calls.size - live;
+  $("call-count").textContent = ended ? `${live}; ${ended} just ended` : String(live);
   $("no-calls").hidden = Wall.calls.size > 0;
   if (Wall.alertsDirty) { paintAlerts(); Wall.alertsDirty = false; }
   const now = Date.now() / 1000;
