@@ -51,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: config file {config} not found", file=sys.stderr)
         return 2
     try:  # a bad setting is named with its variable, not shown as a traceback
-        Settings.load(config, **_overrides(args))
+        settings = Settings.load(config, **_overrides(args))
     except ValidationError as exc:
         for err in exc.errors():
-            name = "_".join(str(part) for part in err["loc"][:1])
+            name = str(err["loc"][0]) if err["loc"] else ""
             print(
                 f"error: setting COACH_{name.upper()} ({name}): {err['msg']}"
                 f" (got {err.get('input')!r})",
@@ -65,13 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         from coach.cues.playbook import PlaybookError, load_playbook
 
         try:  # a bad playbook is a configuration error: say so before loading any model
-            load_playbook(Settings.load(config).playbook_file)
+            load_playbook(settings.playbook_file)
         except PlaybookError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     match args.command:
         case "replay":
-            settings = Settings.load(config)
             setup_logging(settings.log_level, json_format=settings.log_format == "json")
             from coach.replay import run_replay_cli
 
@@ -84,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
                 call_id=args.call_id,
             )
         case "serve":
-            settings = Settings.load(config, **_overrides(args))
             setup_logging(settings.log_level, json_format=settings.log_format == "json")
             from coach.api.server import serve
 
@@ -92,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         case "token":
             from coach.auth import issue_token
 
-            settings = Settings.load(config)
             print(
                 issue_token(
                     user=args.user,
