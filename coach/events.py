@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
 
 from coach.messages import Speaker
@@ -179,6 +180,21 @@ def call_end(
         "reason": reason,
         "summary": {"arc": [[_r(t), _r(v)] for t, v in arc], "cues": cues, **(extra or {})},
     }
+
+
+def wall_time(value: Any) -> datetime | None:
+    """A wall-clock time an event carries (`started_at`, `ended_at`: ISO 8601), else None.
+
+    This server writes them with their zone; one without (an older or foreign writer) is
+    taken as UTC, so that the wall and the store read the same instant from it.
+    """
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def dumps(event: Event) -> str:

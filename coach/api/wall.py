@@ -46,13 +46,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from coach.api.security import may_view_call
 from coach.auth import Principal
 from coach.bus import SUPERVISOR_TOPIC, call_topic
-from coach.events import Event
+from coach.events import Event, wall_time
 
 log = logging.getLogger(__name__)
 
@@ -410,14 +409,9 @@ def _meta(event: Event) -> dict[str, Any]:
 
 
 def _epoch(value: Any) -> float | None:
-    """An ISO 8601 time with its zone as epoch seconds, else None."""
-    if not isinstance(value, str):
-        return None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return when.timestamp() if when.tzinfo is not None else None
+    """An event's ISO 8601 time (`wall_time`) as epoch seconds, else None."""
+    when = wall_time(value)
+    return when.timestamp() if when is not None else None
 
 
 def _num(value: Any) -> float | None:

@@ -23,7 +23,7 @@ from sqlalchemy import Table, bindparam, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coach.events import Event
+from coach.events import Event, wall_time
 from coach.redaction import redact_text, redact_words
 from coach.store.models import Call, CueRow, Escalation, Summary, Utterance, table_of
 
@@ -222,14 +222,7 @@ class Rows:
 
 def _event_time(ev: Event, key: str) -> datetime | None:
     """A date the event carries itself (ISO 8601), which wins over when it was received."""
-    value = ev.get(key)
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return wall_time(ev.get(key))
 
 
 def _stub(call_id: str, at: float) -> dict[str, Any]:
