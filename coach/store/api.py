@@ -252,12 +252,11 @@ async def cue_feedback(
             seq = await store.latest_cue_seq(call_id, cue)
         if seq is None:
             raise NotFound(f"call {call_id} has no cue {cue}")
-        before = await store.verdict_of(call_id=call_id, cue_seq=seq, user=principal.user)
-        record = await store.add_feedback(
+        record, changed = await store.add_feedback(
             call_id=call_id, cue_seq=seq, verdict=body.verdict, user=principal.user
         )
     # A retried or double-clicked POST replaces a verdict with itself: counted once.
-    if before != record.verdict:
+    if changed:
         metrics.CUE_FEEDBACK.labels(cue=record.cue, verdict=record.verdict).inc()
     return record
 
@@ -314,13 +313,10 @@ async def report_missed_cue(
         )
     await _visible_call(store, call_id, principal)
     with _answers():
-        again = await store.missed_cue_reported(
+        record, new = await store.add_missed_cue(
             call_id=call_id, utterance_seq=seq, cue=body.cue, user=principal.user
         )
-        record = await store.add_missed_cue(
-            call_id=call_id, utterance_seq=seq, cue=body.cue, user=principal.user
-        )
-    if not again:  # the same report posted again is one report
+    if new:  # the same report posted again is one report
         metrics.MISSED_CUE_REPORTS.labels(cue=record.cue).inc()
     return record
 

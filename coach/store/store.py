@@ -380,11 +380,17 @@ class Store:
 
     async def add_feedback(
         self, *, call_id: str, cue_seq: int, verdict: str, user: str, at: datetime | None = None
-    ) -> FeedbackRecord:
-        """Record (or replace) one person's verdict on one cue; NotFound if there is no cue."""
+    ) -> tuple[FeedbackRecord, bool]:
+        """Record (or replace) one person's verdict on one cue; NotFound if there is no cue.
+
+        Returns the verdict as stored and whether this call changed it: the same verdict
+        again (a retried or double-clicked POST) changes nothing and keeps its first time.
+        The write itself says so (its row count), so two such requests at once count once.
+        """
         if verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}")
         when = at or _utcnow()
+        feedback = table_of(CueFeedback)
         async with self._session() as s:
             cue = await s.get(CueRow, (call_id, cue_seq))
             if cue is None:
@@ -397,50 +403,35 @@ class Store:
                 "user_id": user,
                 "at": when,
             }
-            stmt = upsert(self.engine.dialect.name, table_of(CueFeedback)).values(values)
-            await s.execute(
+            stmt = upsert(self.engine.dialect.name, feedback).values(values)
+            written = await s.execute(
                 stmt.on_conflict_do_update(
                     index_elements=["call_id", "cue_seq", "user_id"],
                     set_={"verdict": stmt.excluded.verdict, "at": stmt.excluded.at},
+                    where=feedback.c.verdict != stmt.excluded.verdict,
                 )
             )
-        return FeedbackRecord(call_id, cue_seq, cue.cue, verdict, user, when)
-
-    async def verdict_of(self, *, call_id: str, cue_seq: int, user: str) -> str | None:
-        """`user`'s current verdict on one cue, if any."""
-        async with self._session() as s:
-            found = await s.execute(
-                sa.select(CueFeedback.verdict).where(
+            changed = _rowcount(written) > 0
+            row = await s.scalar(
+                sa.select(CueFeedback)
+                .where(
                     CueFeedback.call_id == call_id,
                     CueFeedback.cue_seq == cue_seq,
                     CueFeedback.user_id == user,
                 )
+                .execution_options(populate_existing=True)
             )
-            return found.scalar_one_or_none()
-
-    async def missed_cue_reported(
-        self, *, call_id: str, utterance_seq: int, cue: str, user: str
-    ) -> bool:
-        """Whether `user` already reported that this utterance should have shown `cue`."""
-        async with self._session() as s:
-            found = await s.scalar(
-                sa.select(sa.func.count())
-                .select_from(MissedCue)
-                .where(
-                    MissedCue.call_id == call_id,
-                    MissedCue.utterance_seq == utterance_seq,
-                    MissedCue.cue == cue,
-                    MissedCue.user_id == user,
-                )
-            )
-            return bool(found)
+            assert row is not None
+            return FeedbackRecord.of(row), changed
 
     async def add_missed_cue(
         self, *, call_id: str, utterance_seq: int, cue: str, user: str, at: datetime | None = None
-    ) -> MissedCueRecord:
-        """Record one person's report that a customer utterance should have shown `cue`
-        (again: the same record). NotFound if there is no such utterance; Refused if it is
-        the agent's: cues read the customer's words."""
+    ) -> tuple[MissedCueRecord, bool]:
+        """Record one person's report that a customer utterance should have shown `cue`.
+
+        Returns the report as stored and whether it is new (the same report again is the
+        same record, told by the insert's own row count). NotFound if there is no such
+        utterance; Refused if it is the agent's: cues read the customer's words."""
         when = at or _utcnow()
         async with self._session() as s:
             utt = await s.get(Utterance, (call_id, utterance_seq))
@@ -456,11 +447,12 @@ class Store:
                 "at": when,
             }
             stmt = upsert(self.engine.dialect.name, table_of(MissedCue)).values(values)
-            await s.execute(
+            written = await s.execute(
                 stmt.on_conflict_do_nothing(
                     index_elements=["call_id", "utterance_seq", "cue", "user_id"]
                 )
             )
+            new = _rowcount(written) > 0
             row = await s.scalar(
                 sa.select(MissedCue).where(
                     MissedCue.call_id == call_id,
@@ -470,7 +462,7 @@ class Store:
                 )
             )
             assert row is not None
-            return MissedCueRecord.of(row, utt.text)
+            return MissedCueRecord.of(row, utt.text), new
 
     async def withdraw_feedback(self, *, call_id: str, cue_seq: int, user: str) -> None:
         """Take back one person's verdict on one cue; NotFound if they gave none."""
@@ -594,8 +586,14 @@ class Store:
 
 
 def _deleted(result: sa.Result[Any]) -> bool:
-    """Whether a DELETE removed a row (a DML statement's result is a CursorResult)."""
-    return bool(cast("sa.CursorResult[Any]", result).rowcount)
+    """Whether a DELETE removed a row."""
+    return _rowcount(result) > 0
+
+
+def _rowcount(result: sa.Result[Any]) -> int:
+    """The rows an INSERT, UPDATE or DELETE wrote (a DML statement's result is a
+    CursorResult); an upsert that met its conflict and changed nothing wrote none."""
+    return int(cast("sa.CursorResult[Any]", result).rowcount)
 
 
 def _first_line(exc: Exception) -> str:

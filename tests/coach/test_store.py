@@ -536,8 +536,19 @@ async def test_ended_legs_of_a_call_id(store: Store) -> None:
 async def test_feedback_acknowledgement_and_outcome(store: Store) -> None:
     await _seed_history(store)
     cue_seq = (await store.get_call("h1")).cues[0].seq
-    await store.add_feedback(call_id="h1", cue_seq=cue_seq, verdict="helpful", user="alice")
-    await store.add_feedback(call_id="h1", cue_seq=cue_seq, verdict="dismissed", user="alice")
+    first, changed = await store.add_feedback(
+        call_id="h1", cue_seq=cue_seq, verdict="helpful", user="alice"
+    )
+    assert changed and (first.verdict, first.user, first.cue_seq) == ("helpful", "alice", cue_seq)
+    # The same verdict again (a retried POST) changes nothing, its time included.
+    again, changed = await store.add_feedback(
+        call_id="h1", cue_seq=cue_seq, verdict="helpful", user="alice"
+    )
+    assert not changed and again == first
+    replaced, changed = await store.add_feedback(
+        call_id="h1", cue_seq=cue_seq, verdict="dismissed", user="alice"
+    )
+    assert changed and replaced.verdict == "dismissed"
     await store.add_feedback(call_id="h1", cue_seq=cue_seq, verdict="not_helpful", user="sue")
     (cue,) = (await store.get_call("h1")).cues
     assert {(f.user, f.verdict) for f in cue.feedback} == {
@@ -584,16 +595,20 @@ async def test_missed_cue_reports(store: Store) -> None:
     transcript = (await store.get_call("h3")).transcript
     customer = next(u for u in transcript if u.speaker == "customer")
     agent = next(u for u in transcript if u.speaker == "agent")
-    first = await store.add_missed_cue(
+    first, new = await store.add_missed_cue(
         call_id="h3", utterance_seq=customer.seq, cue="churn_risk", user="sue"
     )
-    assert (first.cue, first.user, first.utterance_seq) == ("churn_risk", "sue", customer.seq)
+    assert new and (first.cue, first.user, first.utterance_seq) == (
+        "churn_risk",
+        "sue",
+        customer.seq,
+    )
     assert first.text == customer.text == "I want to cancel 100% of it"
     # Reporting again changes nothing; another person or another cue is another report.
-    again = await store.add_missed_cue(
+    again, new = await store.add_missed_cue(
         call_id="h3", utterance_seq=customer.seq, cue="churn_risk", user="sue"
     )
-    assert again.at == first.at
+    assert not new and again == first
     await store.add_missed_cue(
         call_id="h3", utterance_seq=customer.seq, cue="churn_risk", user="alice"
     )
@@ -745,3 +760,28 @@ async def test_telephony_ids_are_stored_verbatim_and_meta_as_the_call_ended(
     assert meta["twilio"] == {"call_sid": sid, "streamSid": "MZ1234567890", "marks": 2, "dtmf": 1}
     assert "0199" not in meta["note"]  # free text is still redacted
     assert detail.call.agent_id == "alice"  # a call_end's meta does not move the columns
+
+
+async def test_the_same_verdict_or_report_at_once_is_new_once(store: Store) -> None:
+    """Simultaneous retries (a double click, a client's retry racing the first try) are one
+    change: the write tells, not a read before it, which both retries would pass."""
+    await _seed_history(store)
+    cue_seq = (await store.get_call("h1")).cues[0].seq
+    verdicts = await asyncio.gather(
+        *(
+            store.add_feedback(call_id="h1", cue_seq=cue_seq, verdict="helpful", user="alice")
+            for _ in range(6)
+        )
+    )
+    assert sum(changed for _, changed in verdicts) == 1
+    assert len({record for record, _ in verdicts}) == 1
+    customer = next(u for u in (await store.get_call("h3")).transcript if u.speaker == "customer")
+    reports = await asyncio.gather(
+        *(
+            store.add_missed_cue(
+                call_id="h3", utterance_seq=customer.seq, cue="churn_risk", user="sue"
+            )
+            for _ in range(6)
+        )
+    )
+    assert sum(new for _, new in reports) == 1
