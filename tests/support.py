@@ -19,14 +19,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: Any) -> Iterator[int]:
+def serve_in_thread(app: Any, **options: Any) -> Iterator[int]:
     """Run uvicorn in a thread with its own event loop on 127.0.0.1; yield its port.
 
     For clients that the in-process test client cannot stand in for (WebRTC, browsers).
+    `options` go to uvicorn's Config (e.g. `coach.api.server.uvicorn_limits`).
     """
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **options
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

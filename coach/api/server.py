@@ -2,23 +2,40 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import uvicorn
 
 from coach.api.app import create_app
 from coach.settings import Settings
 
+# The largest WebSocket message uvicorn assembles before the app sees it. Clients send
+# audio frames (COACH_MAX_FRAME_BYTES, 64 kB by default), Twilio's JSON media messages
+# (a few hundred bytes) or nothing at all (the panels, whose messages are read and
+# dropped): 1 MiB holds every one. It was 16 MiB, the memory a signed-in panel could make
+# the server hold per junk message.
+WS_MAX_SIZE_FLOOR = 1024 * 1024
+
+
+def uvicorn_limits(settings: Settings) -> dict[str, Any]:
+    """What uvicorn enforces before the app sees a message (a Config's keyword arguments).
+
+    Its WebSocket size limit sits above ours (4x COACH_MAX_FRAME_BYTES at least) so that the
+    ingest handlers see oversized frames themselves and answer them with a logged 1009;
+    past it uvicorn closes with 1009 itself.
+    """
+    return {"ws_max_size": max(WS_MAX_SIZE_FLOOR, settings.max_frame_bytes * 4)}
+
 
 def serve(settings: Settings) -> int:
     app = create_app(settings)
-    # uvicorn's own WebSocket size limit sits well above ours so that the ingest handler sees
-    # oversized frames itself and answers them with a logged 1009.
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
-        ws_max_size=max(16 * 1024 * 1024, settings.max_frame_bytes * 4),
         timeout_graceful_shutdown=30,
         log_config=None,  # uvicorn logs through our handler (JSON when COACH_LOG_FORMAT=json)
+        **uvicorn_limits(settings),
     )
     return 0

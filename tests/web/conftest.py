@@ -19,6 +19,7 @@ import pytest
 from fastapi import FastAPI
 
 from coach.api.app import create_app
+from coach.api.server import uvicorn_limits
 from coach.auth import issue_token
 from coach.bus import SUPERVISOR_TOPIC, agent_topic, call_topic
 from coach.redaction import redact_event
@@ -196,7 +197,7 @@ def live_server(runtime: Runtime, tmp_path_factory: pytest.TempPathFactory) -> I
             yield state
 
     app.router.lifespan_context = capture_loop
-    with serve_in_thread(app) as port:
+    with serve_in_thread(app, **uvicorn_limits(settings)) as port:
         yield LiveServer(app, port, holder["loop"])
 
 
