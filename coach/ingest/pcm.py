@@ -115,6 +115,9 @@ def parse_header(raw: str) -> PcmHeader:
         # A rate or encoding of the right type that this server does not take is unsupported
         # (1003); a field of the wrong type ("8000") or a missing one is malformed (1007).
         malformed = first["type"] == "missing" or first["type"].endswith("_type")
+        # The encoding is a name: a number or null there is the wrong type, not an unknown
+        # codec (pydantic reports both as not one of the allowed names).
+        malformed = malformed or (where == "encoding" and not isinstance(data.get(where), str))
         # A channel count other than 1 or 2 is unsupported too, as Twilio's mediaFormat with
         # two channels is (1003): it used to be 1007, "malformed" (found by a protocol audit).
         unsupported = where in ("encoding", "sample_rate", "channels") and not malformed

@@ -61,7 +61,9 @@ def test_parse_header_fuzzed_fields(fields: dict[str, Any]) -> None:
         ({"sample_rate": "8000"}, cc.INVALID_PAYLOAD, "sample_rate"),
         ({"sample_rate": 8000.5}, cc.INVALID_PAYLOAD, "sample_rate"),
         ({"sample_rate": None}, cc.INVALID_PAYLOAD, "sample_rate"),
-        ({"encoding": 16}, cc.UNSUPPORTED_DATA, "encoding"),
+        ({"encoding": 16}, cc.INVALID_PAYLOAD, "encoding"),
+        ({"encoding": ["pcm16"]}, cc.INVALID_PAYLOAD, "encoding"),
+        ({"encoding": "PCM16 "}, cc.UNSUPPORTED_DATA, "encoding"),
         # A channel count of the right type that the server does not take is unsupported,
         # as Twilio's two-channel mediaFormat is; the wrong type stays malformed.
         ({"channels": 3}, cc.UNSUPPORTED_DATA, "channels"),
