@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from coach.logs import setup_logging
-from coach.settings import Settings
+from coach.settings import ConfigFileError, Settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:  # a bad setting is named with its variable, not shown as a traceback
         settings = Settings.load(config, **_overrides(args))
+    except ConfigFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except ValidationError as exc:
         for err in exc.errors():
             name = str(err["loc"][0]) if err["loc"] else ""

@@ -259,19 +259,45 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    text = path.read_text()
-    match path.suffix.lower():
-        case ".json":
-            data = json.loads(text)
-        case ".toml":
-            data = tomllib.loads(text)
-        case ".yaml" | ".yml":
-            import yaml
+class ConfigFileError(ValueError):
+    """A `--config` file that cannot be read as settings (the CLI says why in one line)."""
 
-            data = yaml.safe_load(text) or {}
-        case other:
-            raise ValueError(f"config file {path}: unsupported format {other!r}")
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:  # a folder, no permission
+        raise ConfigFileError(f"config file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigFileError(f"config file {path}: not UTF-8 text ({exc.reason})") from exc
+    data = _parse_config(path, text)
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path}: expected a mapping at the top level")
-    return {str(k).lower().removeprefix("coach_"): v for k, v in data.items()}
+        raise ConfigFileError(f"config file {path}: expected a mapping at the top level")
+    values = {str(k).lower().removeprefix("coach_"): v for k, v in data.items()}
+    # A misspelt name would otherwise be dropped in silence and its default used.
+    unknown = sorted(set(values) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigFileError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+    return values
+
+
+def _parse_config(path: Path, text: str) -> Any:
+    import yaml
+
+    try:
+        match path.suffix.lower():
+            case ".json":
+                return json.loads(text)
+            case ".toml":
+                return tomllib.loads(text)
+            case ".yaml" | ".yml":
+                return yaml.safe_load(text) or {}
+            case other:
+                raise ConfigFileError(
+                    f"config file {path}: unsupported format {other!r} (use .yaml, .json or .toml)"
+                )
+    except (ValueError, yaml.YAMLError) as exc:  # JSON and TOML errors are ValueErrors
+        if isinstance(exc, ConfigFileError):
+            raise
+        detail = " ".join(str(exc).split())  # YAML's are several lines
+        raise ConfigFileError(f"config file {path}: not valid {path.suffix[1:]}: {detail}") from exc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from coach.cli import main
@@ -34,3 +36,49 @@ def test_a_bad_setting_is_named_with_its_variable(
 def test_log_levels_are_read_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COACH_LOG_LEVEL", " Warning ")
     assert Settings().log_level == "warning"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "says"),
+    [
+        ("bad.json", '{"log_level": "debug"', "not valid json: Expecting ','"),
+        ("bad.yaml", "log_level: [unclosed\n", "not valid yaml: while parsing a flow sequence"),
+        ("bad.toml", "log_level = \n", "not valid toml: Invalid value"),
+        ("coach.ini", "log_level=debug\n", "unsupported format '.ini' (use .yaml, .json or .toml)"),
+        ("list.yaml", "- log_level\n", "expected a mapping at the top level"),
+        ("typo.yaml", "metrics_intervl_s: 2\n", "unknown setting(s) metrics_intervl_s"),
+        ("latin1.yaml", b"log_level: d\xe9bug\n", "not UTF-8 text"),
+        ("folder.yaml", None, "Is a directory"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_not_a_traceback(
+    name: str,
+    content: str | bytes | None,
+    says: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An outside audit's `--config` files that were not settings ended every command in a
+    traceback (JSONDecodeError, YAML's ScannerError, IsADirectoryError...), and a misspelt
+    setting was dropped in silence."""
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    assert main(["token", "--user", "x", "--role", "agent", "--config", str(path)]) == 2
+    out = capsys.readouterr()
+    assert out.err.startswith(f"error: config file {path}: {says}")
+    assert out.err.count("\n") == 1 and not out.out
+
+
+def test_a_config_file_sets_what_it_names(tmp_path: Path) -> None:
+    for name, text in [
+        ("c.yaml", "COACH_METRICS_INTERVAL_S: 2.5\n"),
+        ("c.json", '{"metrics_interval_s": 2.5}'),
+        ("c.toml", "metrics_interval_s = 2.5\n"),
+    ]:
+        (tmp_path / name).write_text(text)
+        assert Settings.load(tmp_path / name).metrics_interval_s == 2.5
