@@ -198,6 +198,20 @@ async def test_partials_arrive_before_their_final_and_output_is_deterministic(
     assert metrics[-1]["talk_ratio"]["customer"] > 0.2 and metrics[-1]["talk_ratio"]["agent"] > 0.3
 
 
+@pytest.mark.parametrize(("rate", "subtype"), [(8000, "ULAW"), (22050, "PCM_16")])
+async def test_the_first_metrics_event_comes_within_5_s_of_audio(
+    rate: int, subtype: str, tmp_path: Path, runtime: Runtime, settings: Settings
+) -> None:
+    """An outside audit: the gaps between metrics events were kept within 5 s, but the first
+    one still came at 5.084 s of audio at 8 kHz (5.027 s at 22.05 and 44.1 kHz)."""
+    wav = tmp_path / "quiet.wav"
+    sf.write(wav, np.zeros(rate * 11, dtype=np.float32), rate, subtype=subtype)
+    events = await replay_file(wav, runtime, settings)
+    ends = [0.0, *(e["t_end"] for e in events if e["type"] == "metrics")]
+    assert len(ends) >= 3 and ends[-1] == 11.0
+    assert max(b - a for a, b in zip(ends, ends[1:], strict=False)) <= 5.0, ends
+
+
 @pytest.mark.slow
 async def test_16khz_mono_pcm_is_one_customer_channel(
     calls_dir: Path, runtime: Runtime, settings: Settings
