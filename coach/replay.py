@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import soundfile as sf
@@ -39,6 +39,10 @@ class ReplayInputError(ValueError):
     pass
 
 
+class EventsFileError(Exception):
+    """The events file could not be written (a full disk...): the replay stops there."""
+
+
 @dataclass(frozen=True, slots=True)
 class CallAudio:
     sample_rate: int
@@ -51,6 +55,8 @@ def parse_channels(spec: str | None, n_channels: int) -> list[Speaker]:
     if spec is None:
         return list(SPEAKERS[:n_channels]) if n_channels <= 2 else list(SPEAKERS)
     names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:  # `--channels ""` left no channel to replay (it was a traceback)
+        raise ReplayInputError("--channels: name at least one party (customer, agent)")
     for name in names:
         if name not in SPEAKERS:
             raise ReplayInputError(f"--channels: unknown party {name!r} (use customer, agent)")
@@ -64,6 +70,11 @@ def parse_channels(spec: str | None, n_channels: int) -> list[Speaker]:
 
 
 def read_call(path: Path, channels_spec: str | None = None) -> CallAudio:
+    # libsndfile says "System error" for a missing file and "Format not recognised" for a folder.
+    if not path.exists():
+        raise ReplayInputError(f"{path}: no such file")
+    if path.is_dir():
+        raise ReplayInputError(f"{path}: is a directory, not a WAV file")
     try:
         info = sf.info(str(path))
     except Exception as exc:
@@ -115,7 +126,10 @@ async def replay(
         async for ev in sub:
             collected.append(ev)
             if out is not None:
-                out.write(dumps(ev) + "\n")
+                try:
+                    out.write(dumps(ev) + "\n")
+                except OSError as exc:
+                    raise EventsFileError(exc.strerror or str(exc)) from exc
 
     collector = asyncio.create_task(collect())
     speakers = tuple(audio.channels)
@@ -127,6 +141,8 @@ async def replay(
     t_wall0 = time.monotonic()
     try:
         for start in range(0, n, step):
+            if collector.done():  # it failed to write: no use replaying the rest
+                break
             t0 = start / audio.sample_rate
             if realtime:
                 # A live source can send a frame only once all of it has been spoken.
@@ -146,11 +162,20 @@ async def replay(
     finally:
         if session.state.value != "ended":
             await session.end("error")
-        await collector
-        bus.unsubscribe(sub)
-        if out is not None:
-            out.close()
+        try:
+            await collector
+        finally:
+            bus.unsubscribe(sub)
+            if out is not None:
+                _close_events(out)
     return collected
+
+
+def _close_events(out: IO[str]) -> None:
+    try:  # the last buffered lines are written here (a full disk says so only now)
+        out.close()
+    except OSError as exc:
+        raise EventsFileError(exc.strerror or str(exc)) from exc
 
 
 def run_replay_cli(
@@ -166,6 +191,10 @@ def run_replay_cli(
         audio = read_call(wav, channels)
     except ReplayInputError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    if events_path.exists() and events_path.resolve() == wav.resolve():
+        # Opening it for the events would wipe the recording before a word is replayed.
+        print(f"error: --events {events_path} is the input WAV itself", file=sys.stderr)
         return 2
     try:  # a folder that does not exist: say so now, not after the models load
         events_path.open("w", encoding="utf-8").close()
@@ -189,6 +218,9 @@ def run_replay_cli(
                 out_path=events_path,
             )
         )
+    except EventsFileError as exc:
+        print(f"error: --events {events_path}: {exc} (the file is incomplete)", file=sys.stderr)
+        return 1
     finally:
         runtime.close()
     counts: dict[str, int] = {}

@@ -106,6 +106,47 @@ def test_cli_errors_go_to_stderr_before_any_model_loads(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "not a readable audio file" in proc.stderr
 
 
+def test_missing_file_folder_and_empty_channels_are_named(tmp_path: Path) -> None:
+    """An outside audit: a missing file was "System error", a folder "Format not recognised",
+    and `--channels ""` ended in a traceback (max() of no channels)."""
+    with pytest.raises(ReplayInputError, match="nope.wav: no such file"):
+        read_call(tmp_path / "nope.wav")
+    (tmp_path / "calls.wav").mkdir()
+    with pytest.raises(ReplayInputError, match="calls.wav: is a directory"):
+        read_call(tmp_path / "calls.wav")
+    for spec in ("", " , "):
+        with pytest.raises(ReplayInputError, match="name at least one party"):
+            parse_channels(spec, 2)
+    wav = tmp_path / "ok.wav"
+    sf.write(wav, np.zeros(8000, dtype=np.float32), 8000, subtype="PCM_16")
+    proc = run_cli("replay", str(wav), "--channels", "", "--events", str(tmp_path / "o.jsonl"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "name at least one party" in proc.stderr
+
+
+def test_events_over_the_input_wav_is_refused(tmp_path: Path) -> None:
+    """`--events` naming the WAV itself truncated the recording before replaying it."""
+    wav = tmp_path / "call.wav"
+    sf.write(wav, np.zeros(8000, dtype=np.float32), 8000, subtype="PCM_16")
+    size = wav.stat().st_size
+    proc = run_cli("replay", str(wav), "--events", str(tmp_path / "." / "call.wav"))
+    assert proc.returncode == 2 and "is the input WAV itself" in proc.stderr
+    assert wav.stat().st_size == size
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_an_events_file_that_cannot_be_written_fails_without_a_traceback(tmp_path: Path) -> None:
+    """An outside audit's `--events /dev/full` (a full disk) ended in a traceback."""
+    wav = tmp_path / "call.wav"
+    sf.write(wav, np.zeros(8000, dtype=np.float32), 8000, subtype="PCM_16")
+    proc = run_cli("replay", str(wav), "--events", "/dev/full")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().endswith(
+        "error: --events /dev/full: No space left on device (the file is incomplete)"
+    )
+    assert '"counts"' not in proc.stdout  # no success summary
+
+
 def test_channel_names() -> None:
     assert parse_channels(None, 2) == ["customer", "agent"]
     assert parse_channels(None, 1) == ["customer"]
