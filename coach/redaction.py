@@ -485,16 +485,45 @@ def redact_text(text: str, *, continues_digits: bool = False, interim: bool = Fa
 
 
 def redact_words(
-    words: Sequence[str], *, continues_digits: bool = False, interim: bool = False
+    words: Sequence[str],
+    *,
+    text: str | None = None,
+    continues_digits: bool = False,
+    interim: bool = False,
 ) -> list[str]:
-    """Word-level redaction: every word touching a PII span becomes its tag (timings kept)."""
+    """Word-level redaction: every word touching a PII span becomes its tag (timings kept).
+
+    The words are read joined by spaces and, given the transcript `text` they came from, as
+    they stand in it: ASR splits "John.smith@gmail.com" into "John", ".smith@gmail", ".com",
+    which joined by spaces no longer look like an email (an audit found the words of a
+    transcript whose text said [EMAIL] carrying the address, in the store and to supervisors).
+    """
+    opts = {"continues_digits": continues_digits, "interim": interim}
     joined, offsets, pos = [], [], 0
     for w in words:
         offsets.append((pos, pos + len(w)))
         joined.append(w)
         pos += len(w) + 1
-    spans = find_pii(" ".join(joined), continues_digits=continues_digits, interim=interim)
-    out = list(words)
+    out = _tag_words(list(words), offsets, find_pii(" ".join(joined), **opts))
+    in_text = _offsets_in(text, words) if text is not None else None
+    if text is not None and in_text is not None:
+        out = _tag_words(out, in_text, find_pii(text, **opts))
+    return out
+
+
+def _offsets_in(text: str, words: Sequence[str]) -> list[tuple[int, int]] | None:
+    """Where each word stands in `text`, in order; None when one is not found there."""
+    offsets, pos = [], 0
+    for w in words:
+        at = text.find(w, pos)
+        if at < 0:
+            return None
+        offsets.append((at, at + len(w)))
+        pos = at + len(w)
+    return offsets
+
+
+def _tag_words(out: list[str], offsets: list[tuple[int, int]], spans: list[Span]) -> list[str]:
     for i, (a, b) in enumerate(offsets):
         for s in spans:
             if a < s.end and s.start < b:
@@ -519,7 +548,9 @@ def redact_event(event: dict[str, object], *, continues_digits: bool = False) ->
         out["text"] = redact_text(text, **opts)
     words = event.get("words")
     if isinstance(words, list) and words:
-        tagged = redact_words([str(w["w"]) for w in words], **opts)
+        tagged = redact_words(
+            [str(w["w"]) for w in words], text=text if isinstance(text, str) else None, **opts
+        )
         out["words"] = [{**w, "w": t} for w, t in zip(words, tagged, strict=True)]
     return out
 

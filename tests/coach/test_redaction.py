@@ -101,6 +101,37 @@ def test_words_keep_their_timing_slots() -> None:
     assert find_pii("nothing here") == []
 
 
+@pytest.mark.parametrize(
+    ("text", "words", "tag"),
+    [
+        # Two ASR outputs of an outside audit's espeak-ng call ("john dot smith at gmail dot
+        # com"): the text said [EMAIL], its words carried the address.
+        ("and my email is John.smithfgmail.com", ["John", ".smithfgmail", ".com"], "[EMAIL]"),
+        ("my email is john.smith@gmail.com", ["john", ".smith@gmail", ".com"], "[EMAIL]"),
+        ("call me on 212.555.0147", ["212", ".555", ".0147"], "[PHONE]"),
+    ],
+)
+def test_words_split_inside_an_address_are_hidden_as_the_text_is(
+    text: str, words: list[str], tag: str
+) -> None:
+    lead = text[: text.index(words[0])].split()
+    all_words = [*lead, *words]
+    ev = {
+        "type": "transcript",
+        "speaker": "customer",
+        "t_start": 0.0,
+        "t_end": 3.0,
+        "text": text,
+        "words": [{"w": w, "t0": i, "t1": i + 1, "p": 0.9} for i, w in enumerate(all_words)],
+    }
+    for red in (redact_event(ev), CallRedactor().view(ev)):
+        assert str(red["text"]).endswith(tag)
+        said = [w["w"] for w in red["words"]]  # type: ignore[attr-defined]
+        assert said == [*lead, *[tag] * len(words)], said
+    # Without the text (or words it does not hold) the words are judged by themselves.
+    assert redact_words(all_words, text="something else") == redact_words(all_words)
+
+
 def test_event_view_for_others_hides_pii_but_keeps_everything_else() -> None:
     ev = {
         "type": "transcript",
