@@ -270,15 +270,39 @@ _ANNOUNCED_LOCAL = re.compile(
 )
 
 
+# The same announced local part followed by its domain, with the "at" between them lost to
+# the ASR or heard as part of the domain: "my email is john dot smith email dot com" (an
+# outside audit's "john dot smith at gmail dot com" through Whisper), "john.smith gmail.com".
+_ANNOUNCED_ADDRESS = re.compile(
+    r"\be-?mail(?:\s+address)?(?:\s+is|'s)?[\s:,]+"
+    r"(?P<local>[A-Za-z0-9][\w.+-]*(?:\s+(?:dot|underscore|dash|hyphen)\s+[A-Za-z0-9][\w+-]*)*)"
+    r"\s+(?:at\s+)?(?P<domain>\S)",
+    re.IGNORECASE,
+)
+
+
 def _announced_email_spans(text: str) -> list[Span]:
+    spans: list[Span] = []
     m = _ANNOUNCED_LOCAL.search(text)
-    if m is None:
-        return []
-    local = m.group("local").rstrip(".-")
+    if m is not None and _looks_local(m.group("local").rstrip(".-")):
+        local = m.group("local").rstrip(".-")
+        spans.append(Span(m.start("local"), m.start("local") + len(local), "email"))
+    for m in _ANNOUNCED_ADDRESS.finditer(text):
+        if not _looks_local(m.group("local")) or text[m.start("domain") :].lower().startswith(
+            tuple(f"{j} " for j in _JOINERS)
+        ):
+            continue
+        end = _domain_end(text, m.start("domain"), has_local=True)
+        if end is not None and _LABEL_SEP.search(text, m.start("domain"), end):
+            spans.append(Span(m.start("local"), end, "email"))
+    return spans
+
+
+def _looks_local(local: str) -> bool:
+    """An announced address's local part, not talk ("my email is broken"): joined by
+    dot/underscore/dash, or with . _ + or digits in it."""
     joined = len(local.split()) > 1 or re.search(r"[._+\d]", local) is not None
-    if not joined or not re.search(r"[A-Za-z]", local) or local.lower() in _NOT_LOCAL:
-        return []
-    return [Span(m.start("local"), m.start("local") + len(local), "email")]
+    return joined and re.search(r"[A-Za-z]", local) is not None and local.lower() not in _NOT_LOCAL
 
 
 _TOKEN = re.compile(r"[A-Za-z]+|\d+")

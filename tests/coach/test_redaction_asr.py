@@ -53,6 +53,33 @@ def test_ordinary_talk_with_at_is_kept(text: str) -> None:
     assert redact_text(text) == text
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # An outside audit's "john dot smith at gmail dot com" (espeak-ng, 8 kHz stereo, base
+        # finals): the "at gmail" came out as "email", and the address was stored whole.
+        ("and my email is john dot smith email dot com", "and my email is [EMAIL]"),
+        ("my email is john dot smith gmail dot com", "my email is [EMAIL]"),
+        ("My email is john.smith gmail.com, thanks.", "My email is [EMAIL], thanks."),
+        ("my e-mail is jane_doe yahoo dot co dot uk please", "my e-mail is [EMAIL] please"),
+    ],
+)
+def test_an_announced_address_that_lost_its_at_is_hidden(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "my email is not working dot com says the error",
+        "my email is john and my site is example dot com",
+        "my email is fine, thanks",
+    ],
+)
+def test_announced_email_talk_without_an_address_is_kept(text: str) -> None:
+    assert redact_text(text) == text
+
+
 def test_every_word_of_a_spoken_address_is_tagged() -> None:
     words = "My email is John Smith at Gmail.com okay".split()
     assert redact_words(words) == ["My", "email", "is"] + ["[EMAIL]"] * 4 + ["okay"]
