@@ -466,6 +466,56 @@ def _interim_spans(text: str) -> list[Span]:
     return spans
 
 
+# A secret number announced by name: what follows is that number whatever shape the ASR gave
+# its digits. Spoken in groups ("four thousand five hundred thirty two"), they come out as
+# amounts ("My card number is 4,532 near 1,11283", an outside audit's A-law replay), which
+# the rules for numbers read out leave visible on purpose ("it went up to 1,500").
+_SECRET_NAMED = re.compile(
+    r"\b(?:(?P<card>(?:credit\s+|debit\s+)?card)\s+(?:number|no\.?|ending\s+in)"
+    r"|(?P<ssn>social(?:\s+security)?\s+number|social\s+security|ssn)"
+    r"|(?:account|routing|member(?:ship)?|policy)\s+number|pin|cvv|cvc|security\s+code)\b"
+    r"(?:\s+(?:is|was|it's|that's|of))?(?:\s*:)?",
+    re.IGNORECASE,
+)
+_NUMERAL_TOKEN = re.compile(r"(?<![$£€¥\w])\d[\d,.\-/]*")
+SECRET_WINDOW_WORDS = 3
+"""Words other than numerals that may stand between the pieces of an announced number (ASR
+fills the pauses between groups with "near", "and", "uh") before it is taken to be over."""
+SECRET_LEAD_WORDS = 2
+"""Words that may stand between the announcement and the number's first numeral ("is uh")."""
+SECRET_MIN_DIGITS = 4
+"""Digits in all for the numerals after an announcement to be the number: "my card number
+is 2 digits short" is not one."""
+
+
+def _announced_secret_spans(text: str) -> list[Span]:
+    """Numerals after "card number is", "social security number", "PIN"...: hidden whatever
+    their form (see `_SECRET_NAMED`)."""
+    spans: list[Span] = []
+    for m in _SECRET_NAMED.finditer(text):
+        kind = "card" if m.group("card") else "ssn" if m.group("ssn") else "number"
+        first = last = None
+        digits, pos, gap = 0, m.end(), 0
+        for word in re.finditer(r"\S+", text[pos:]):
+            a, b = pos + word.start(), pos + word.end()
+            numeral = _NUMERAL_TOKEN.match(text, a)
+            if numeral is not None and numeral.end() >= b - 1:  # the word is a numeral
+                first = a if first is None else first
+                last = a + len(numeral.group().rstrip(",.-/"))
+                digits += sum(ch.isdigit() for ch in numeral.group())
+                gap = 0
+                continue
+            if first is not None and text[a - 2 : a - 1] in ".?!" and text[a:b][:1].isupper():
+                break  # a new sentence
+            gap += 1
+            # The number follows its name at once ("is uh 4532"); then pauses may be filled.
+            if gap > (SECRET_WINDOW_WORDS if first is not None else SECRET_LEAD_WORDS):
+                break
+        if first is not None and last is not None and digits >= SECRET_MIN_DIGITS:
+            spans.append(Span(first, last, kind))
+    return spans
+
+
 def find_pii(text: str, *, continues_digits: bool = False, interim: bool = False) -> list[Span]:
     """Spans of personal data in `text`. `continues_digits`: the speaker's previous utterance
     ended in digits read out (see `CallRedactor`), so digits that open or close this one are
@@ -483,6 +533,7 @@ def find_pii(text: str, *, continues_digits: bool = False, interim: bool = False
             spans.append(Span(m.start(), m.end(), kind))
     spans += _spoken_digit_spans(text)
     spans += _number_spans(text, continues=continues_digits)
+    spans += _announced_secret_spans(text)
     if interim:
         spans += _interim_spans(text)
     return _merge(spans)

@@ -58,6 +58,41 @@ def test_pii_is_redacted(text: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # An outside audit's A-law replay: espeak read the groups as numbers, Whisper wrote
+        # amounts, and the card's digits stayed visible between the tags.
+        (
+            "My card number is 4,532 near 1,11283 near 4242.",
+            "My card number is [CARD].",
+        ),
+        ("my social security number is 123, 45, 6789", "my social security number is [SSN]"),
+        ("My PIN is 4,321.", "My PIN is [NUMBER]."),
+        (
+            "the account number is uh 12,345, 678. And the bill was 1,500.",
+            "the account number is uh [NUMBER]. And the bill was 1,500.",
+        ),
+        ("Card ending in 4,242 please", "Card ending in [CARD] please"),
+    ],
+)
+def test_a_number_announced_by_name_is_hidden_whatever_its_form(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "My card number is 2 digits short.",  # too few digits to be the number
+        "My account was charged 1,500 dollars.",  # no number announced
+        "The card number is on the back. It costs $1,500.",  # an amount, in another sentence
+        "my card number changed last week and they billed me 2,000 twice",  # not right after it
+    ],
+)
+def test_talk_about_a_named_number_keeps_its_amounts(text: str) -> None:
+    assert redact_text(text) == text
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "I was charged forty nine dollars twice",
