@@ -466,3 +466,178 @@ def test_open_escalations_lead_the_page_title(live_server: LiveServer, page: Any
     alert.wait_for(state="detached")
     title = page.title()
     assert title == (f"({before}) Escalation · {base_title}" if before else base_title), title
+
+
+# -- sound alerts ----------------------------------------------------------------------------
+# The page's Web Audio is watched from the test side: every oscillator started is recorded with
+# its pitch and whether the context was running (a tone on a held-back context is not heard).
+TONE_PROBE = """
+window.__tones = [];
+const startTone = OscillatorNode.prototype.start;
+OscillatorNode.prototype.start = function (...args) {
+  window.__tones.push({ hz: this.frequency.value, state: this.context.state, at: performance.now() });
+  return startTone.apply(this, args);
+};
+"""
+SOUND_PREF_ON = "localStorage.setItem('coach.wall.sound', 'on');"
+
+
+def tones(page: Any) -> list[dict[str, Any]]:
+    played: list[dict[str, Any]] = page.evaluate("window.__tones")
+    assert all(t["state"] == "running" for t in played), played
+    return played
+
+
+def wait_tones(page: Any, n: int, settle_s: float = 1.5) -> list[dict[str, Any]]:
+    """The tones once `n` have played and no more followed for `settle_s` (longer than the
+    one-second rate limit, so a pattern held back by it would have played by then)."""
+    page.wait_for_function(f"window.__tones.length >= {n}", timeout=10_000)
+    time.sleep(settle_s)
+    played = tones(page)
+    assert len(played) == n, played
+    return played
+
+
+def pattern(played: list[dict[str, Any]]) -> tuple[int, float]:
+    """(beeps, pitch) of one pattern: its beeps share one pitch."""
+    pitches = {t["hz"] for t in played}
+    assert len(pitches) == 1, played
+    return len(played), pitches.pop()
+
+
+def sound_toggle(page: Any) -> Any:
+    return page.get_by_role("button", name="Sound alerts")
+
+
+def test_sound_alerts_play_each_new_escalation_once_by_urgency(
+    live_server: LiveServer, page: Any
+) -> None:
+    """Feature: with sound on, a new critical escalation plays three quick high beeps, a high
+    one two lower beeps, a medium one nothing; an acknowledgement or a reconnect's snapshot
+    never sounds an escalation again; a burst plays at most one pattern a second, and its
+    critical is never the one dropped."""
+    snapshots: list[int] = []
+
+    def watch(ws: Any) -> None:
+        def frame(payload: str | bytes) -> None:
+            if json.loads(payload).get("type") == "snapshot":
+                snapshots.append(1)
+
+        ws.on("framereceived", frame)
+
+    page.on("websocket", watch)
+    page.add_init_script(TONE_PROBE)
+    calls = ("s-crit", "s-high", "s-medium", "s-burst-1", "s-burst-2", "s-burst-3")
+    for call_id in calls:
+        live_server.start_call(call_id, "ann")
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    toggle = sound_toggle(page)
+    assert toggle.get_attribute("aria-pressed") == "false"  # off until the supervisor asks
+    toggle.click()
+    page.locator('#sound-toggle[aria-pressed="true"]').wait_for()
+    page.locator('#tiles > li[data-call="s-burst-3"]').wait_for()
+
+    live_server.emit("s-crit", escalation("crisis_indicators", "critical", 20.0, "Self-harm."))
+    beeps, critical_hz = pattern(wait_tones(page, 3))
+    assert beeps == 3 and critical_hz >= 880
+    live_server.emit("s-high", escalation("user_request", "high", 12.0, "Asked for a manager."))
+    beeps, high_hz = pattern(wait_tones(page, 5)[3:])
+    assert beeps == 2 and high_hz < critical_hz
+    live_server.emit("s-medium", escalation("complex_inquiry", "medium", 30.0, "Confused."))
+    page.locator('#alerts > li[data-call="s-medium"]').wait_for()
+
+    # The same escalations again: acknowledged, then all of them in a reconnect's snapshot.
+    alert = page.locator('#alerts > li[data-call="s-crit"]')
+    alert.get_by_role("button", name="Acknowledge").click()
+    alert.wait_for(state="detached")
+    seen = len(snapshots)
+    page.evaluate("Wall.socket.close()")  # a dropped connection, as the network would
+    deadline = time.monotonic() + 10
+    while len(snapshots) == seen and time.monotonic() < deadline:
+        page.wait_for_timeout(100)  # playwright delivers the frames while it waits
+    assert len(snapshots) > seen, "the wall did not reconnect"
+    assert len(wait_tones(page, 5)) == 5
+
+    # A burst: the first high sounds at once, the critical a second later, the last high not.
+    for call_id, urgency in (
+        ("s-burst-1", "high"),
+        ("s-burst-2", "critical"),
+        ("s-burst-3", "high"),
+    ):
+        reason = "crisis_indicators" if urgency == "critical" else "user_request"
+        live_server.emit(call_id, escalation(reason, urgency, 15.0, "One of many."))
+    burst = wait_tones(page, 10)[5:]
+    assert pattern(burst[:2]) == (2, high_hz) and pattern(burst[2:]) == (3, critical_hz)
+    assert burst[2]["at"] - burst[0]["at"] >= 900, burst  # one pattern a second at most
+    for call_id in calls:
+        live_server.emit(call_id, end([]))
+
+
+def test_sound_alerts_turned_off_stay_silent(live_server: LiveServer, page: Any) -> None:
+    """Feature: the toggle turns sound off again, and that is remembered."""
+    page.add_init_script(TONE_PROBE)
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    toggle = sound_toggle(page)
+    toggle.click()
+    page.locator('#sound-toggle[aria-pressed="true"]').wait_for()
+    toggle.click()
+    page.locator('#sound-toggle[aria-pressed="false"]').wait_for()
+    assert page.evaluate("localStorage.getItem('coach.wall.sound')") == "off"
+    live_server.start_call("s-off", "ann")
+    live_server.emit("s-off", escalation("crisis_indicators", "critical", 20.0, "Self-harm."))
+    page.locator('#alerts > li[data-call="s-off"]').wait_for()
+    time.sleep(1.5)
+    assert tones(page) == []
+    live_server.emit("s-off", end([]))
+
+
+def test_escalations_open_at_page_load_play_no_sound(live_server: LiveServer, page: Any) -> None:
+    """Feature: what was already open when the wall loaded is on screen, not sounded; the
+    next new escalation is."""
+    live_server.start_call("s-before", "ann")
+    live_server.emit("s-before", escalation("crisis_indicators", "critical", 20.0, "Self-harm."))
+    page.add_init_script(SOUND_PREF_ON)
+    page.add_init_script(TONE_PROBE)
+    # Signing in is a click on the page, so the browser lets the wall's audio start at once.
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    page.locator('#alerts > li[data-call="s-before"]').wait_for()
+    assert sound_toggle(page).get_attribute("aria-pressed") == "true"
+    time.sleep(1.5)
+    assert tones(page) == []
+    live_server.start_call("s-after", "ann")
+    live_server.emit("s-after", escalation("crisis_indicators", "critical", 20.0, "Self-harm."))
+    assert pattern(wait_tones(page, 3))[0] == 3
+    for call_id in ("s-before", "s-after"):
+        live_server.emit(call_id, end([]))
+
+
+def test_sound_preference_survives_reload_and_a_click_lets_it_play(
+    live_server: LiveServer, page: Any
+) -> None:
+    """Feature: after a reload the browser holds audio back until the user interacts; with
+    the preference on, a notice (also said in a live region) asks for a click or a key press,
+    which brings the sound back and hides the notice."""
+    page.add_init_script(TONE_PROBE)
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    sound_toggle(page).click()
+    page.locator('#sound-toggle[aria-pressed="true"]').wait_for()
+    notice = page.locator("#sound-notice")
+    live = page.locator('#sound-live[aria-live="polite"]')
+    for wake in ("click", "key"):
+        # Reloading takes the page's user activation away, as a supervisor's reload does.
+        with page.expect_websocket(lambda ws: "/ws/supervisor" in ws.url):
+            page.reload()
+        page.locator('#sound-toggle[aria-pressed="true"]').wait_for()
+        notice.filter(has_text="Click anywhere to turn sound alerts back on").wait_for()
+        live.filter(has_text="click anywhere or press any key").wait_for(state="attached")
+        if wake == "click":
+            page.locator("#alerts-h").click()
+        else:
+            page.keyboard.press("Tab")
+        notice.wait_for(state="hidden")
+        live.filter(has_text="Sound alerts on.").wait_for(state="attached")
+    call_id = "s-reload"
+    live_server.start_call(call_id, "ann")
+    live_server.emit(call_id, escalation("crisis_indicators", "critical", 20.0, "Self-harm."))
+    assert pattern(wait_tones(page, 3))[0] == 3
+    live_server.emit(call_id, end([]))

@@ -1,7 +1,7 @@
 // The supervisor wall: every live call the supervisor may see as a tile, sorted by risk;
 // escalation alerts with the handoff summary and an acknowledge button; drill-in (the
 // agent's live view, read-only, plus cue history and feedback); the post-call summary from
-// the store; recent calls; coaching analytics over a date range.
+// the store; recent calls; coaching analytics over a date range; sound alerts (sound.js).
 //
 // Events are folded into an in-memory model as they arrive and painted at most once per
 // frame, so 50 busy calls cost one DOM pass per frame, not one per event.
@@ -22,6 +22,7 @@ const Wall = {
   stale: false, // the socket is down: the tiles are what was true when it dropped
   refusal: null, // the error message the server sent before refusing the socket
   drill: null, // {callId, view, stream}
+  snapshotSeen: false, // the first snapshot is what was open at page load: it plays no sound
 };
 window.wallStats = { latencies: [], events: 0, paints: 0 };
 
@@ -56,6 +57,7 @@ function fold(ev) {
       c.last_cue = { seq: ev.seq, cue: ev.cue, title: ev.title, priority: ev.priority, severity: ev.severity, t_emit: ev.t_emit };
       break;
     case "escalation":
+      SoundAlerts.escalations([{ key: escalationKey(ev.call_id, ev.seq), urgency: ev.urgency, open: true }]);
       if (!c.escalations.some((e) => e.seq === ev.seq)) {
         c.escalations.push({ seq: ev.seq, reason: ev.reason, urgency: ev.urgency, cue: ev.cue, detail: ev.detail, summary: ev.summary, t_emit: ev.t_emit, acknowledged_by: null });
         announce(`Escalation, ${ev.urgency}: ${REASONS[ev.reason] || ev.reason}, call ${ev.call_id}`, ev.urgency === "critical" || ev.urgency === "high");
@@ -71,6 +73,17 @@ function fold(ev) {
     default: break;
   }
   return c;
+}
+
+// One escalation, for the sound alerts: the same through reconnects and snapshots.
+function escalationKey(callId, seq) { return `${callId}#${seq}`; }
+
+// The escalations a snapshot brings; the first one is what was already open at page load.
+function soundSnapshot(calls) {
+  const list = calls.flatMap((c) => (c.escalations || []).map((e) => (
+    { key: escalationKey(c.call_id, e.seq), urgency: e.urgency, open: !e.acknowledged_by })));
+  SoundAlerts.escalations(list, !Wall.snapshotSeen);
+  Wall.snapshotSeen = true;
 }
 
 function openEscalations(c) { return c.escalations.filter((e) => !e.acknowledged_by); }
@@ -253,6 +266,7 @@ function connectWall() {
       for (const li of Wall.tiles.values()) li.remove();
       Wall.tiles.clear();
       Wall.order = [];
+      soundSnapshot(ev.calls);
       for (const c of ev.calls) {
         Wall.calls.set(c.call_id, { ...c, started_at: c.started_at || Date.now() / 1000 });
         Wall.dirty.add(c.call_id);
@@ -554,6 +568,7 @@ function route() {
     document.querySelector("main").hidden = true;
     return;
   }
+  SoundAlerts.init({ button: $("sound-toggle"), notice: $("sound-notice"), live: $("sound-live") });
   for (const t of document.querySelectorAll('[role="tab"]')) {
     t.addEventListener("click", () => { location.hash = `#${t.getAttribute("aria-controls")}`; });
   }
