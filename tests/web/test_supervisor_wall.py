@@ -7,6 +7,7 @@ import json
 import re
 import statistics
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -514,8 +515,8 @@ def test_sound_alerts_play_each_new_escalation_once_by_urgency(
 ) -> None:
     """Feature: with sound on, a new critical escalation plays three quick high beeps, a high
     one two lower beeps, a medium one nothing; an acknowledgement or a reconnect's snapshot
-    never sounds an escalation again; a burst plays at most one pattern a second, and its
-    critical is never the one dropped."""
+    never sounds an escalation again, while one raised during the outage sounds once; a burst
+    plays at most one pattern a second, and its critical is never the one dropped."""
     snapshots: list[int] = []
 
     def watch(ws: Any) -> None:
@@ -527,7 +528,7 @@ def test_sound_alerts_play_each_new_escalation_once_by_urgency(
 
     page.on("websocket", watch)
     page.add_init_script(TONE_PROBE)
-    calls = ("s-crit", "s-high", "s-medium", "s-burst-1", "s-burst-2", "s-burst-3")
+    calls = ("s-crit", "s-high", "s-medium", "s-gap", "s-burst-1", "s-burst-2", "s-burst-3")
     for call_id in calls:
         live_server.start_call(call_id, "ann")
     sign_in(page, live_server.base, "/supervisor/", "sam")
@@ -550,13 +551,25 @@ def test_sound_alerts_play_each_new_escalation_once_by_urgency(
     alert = page.locator('#alerts > li[data-call="s-crit"]')
     alert.get_by_role("button", name="Acknowledge").click()
     alert.wait_for(state="detached")
-    seen = len(snapshots)
-    page.evaluate("Wall.socket.close()")  # a dropped connection, as the network would
-    deadline = time.monotonic() + 10
-    while len(snapshots) == seen and time.monotonic() < deadline:
-        page.wait_for_timeout(100)  # playwright delivers the frames while it waits
-    assert len(snapshots) > seen, "the wall did not reconnect"
+
+    def reconnect(while_down: Callable[[], Any] = lambda: None) -> None:
+        seen = len(snapshots)
+        page.evaluate("Wall.socket.close()")  # a dropped connection, as the network would
+        while_down()
+        deadline = time.monotonic() + 10
+        while len(snapshots) == seen and time.monotonic() < deadline:
+            page.wait_for_timeout(100)  # playwright delivers the frames while it waits
+        assert len(snapshots) > seen, "the wall did not reconnect"
+
+    reconnect()
     assert len(wait_tones(page, 5)) == 5
+    # Raised while the wall was down, it comes in the reconnect's snapshot: new, so it sounds.
+    reconnect(
+        lambda: live_server.emit(
+            "s-gap", escalation("crisis_indicators", "critical", 25.0, "Raised meanwhile.")
+        )
+    )
+    assert pattern(wait_tones(page, 8)[5:]) == (3, critical_hz)
 
     # A burst: the first high sounds at once, the critical a second later, the last high not.
     for call_id, urgency in (
@@ -566,7 +579,7 @@ def test_sound_alerts_play_each_new_escalation_once_by_urgency(
     ):
         reason = "crisis_indicators" if urgency == "critical" else "user_request"
         live_server.emit(call_id, escalation(reason, urgency, 15.0, "One of many."))
-    burst = wait_tones(page, 10)[5:]
+    burst = wait_tones(page, 13)[8:]
     assert pattern(burst[:2]) == (2, high_hz) and pattern(burst[2:]) == (3, critical_hz)
     assert burst[2]["at"] - burst[0]["at"] >= 900, burst  # one pattern a second at most
     for call_id in calls:
@@ -578,7 +591,8 @@ def test_sound_alerts_turned_off_stay_silent(live_server: LiveServer, page: Any)
     page.add_init_script(TONE_PROBE)
     sign_in(page, live_server.base, "/supervisor/", "sam")
     toggle = sound_toggle(page)
-    toggle.click()
+    toggle.focus()
+    page.keyboard.press("Space")  # a real button: the keyboard works it too
     page.locator('#sound-toggle[aria-pressed="true"]').wait_for()
     toggle.click()
     page.locator('#sound-toggle[aria-pressed="false"]').wait_for()
