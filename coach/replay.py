@@ -89,6 +89,15 @@ def read_call(path: Path, channels_spec: str | None = None) -> CallAudio:
     if info.channels > 2:
         raise ReplayInputError(f"{path}: {info.channels} channels; expected mono or stereo")
     data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    short = _missing_data_bytes(path)
+    if short:
+        # Replayed as far as it goes (what a recorder cut off by a crash leaves), but said.
+        log.warning(
+            "%s: truncated: %d bytes of its audio data are missing; replaying the %.1f s there",
+            path,
+            short,
+            len(data) / rate,
+        )
     names = parse_channels(channels_spec, info.channels)
     if len(names) < info.channels:
         log.warning(
@@ -105,6 +114,28 @@ def read_call(path: Path, channels_spec: str | None = None) -> CallAudio:
         chans = {name: resample(x, rate, FRAME_RATE_FALLBACK) for name, x in chans.items()}
         rate = FRAME_RATE_FALLBACK
     return CallAudio(sample_rate=rate, channels=chans, subtype=info.subtype)
+
+
+def _missing_data_bytes(path: Path) -> int:
+    """How many bytes of audio data the WAV header declares beyond the end of the file (0
+    when none, or when the writer did not know the length: 0 or 0xFFFFFFFF, as a recorder
+    writing to a pipe leaves it). libsndfile reads a truncated file without a word."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        order = {b"RIFF": "little", b"RIFX": "big"}.get(f.read(4))
+        if order is None:
+            return 0
+        f.seek(12)
+        while True:
+            header = f.read(8)
+            if len(header) < 8:
+                return 0
+            chunk, length = header[:4], int.from_bytes(header[4:], order)  # type: ignore[arg-type]
+            if chunk == b"data":
+                if length in (0, 0xFFFFFFFF):
+                    return 0
+                return max(0, f.tell() + length - size)
+            f.seek(length + (length & 1), 1)  # chunks are padded to an even length
 
 
 async def replay(

@@ -94,6 +94,28 @@ def test_any_wav_header_and_rate_are_read(tmp_path: Path) -> None:
         read_call(three)
 
 
+@pytest.mark.parametrize("fmt", ["WAV", "WAVEX", "RIFX"])
+def test_a_truncated_wav_is_replayed_as_far_as_it_goes_and_said(
+    tmp_path: Path, fmt: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside audit: a file cut off mid-data replayed its part and exited 0 without a word."""
+    tone = (0.1 * np.sin(np.arange(16000) / 8000 * 2 * np.pi * 440)).astype(np.float32)
+    whole = tmp_path / "whole.wav"
+    if fmt == "RIFX":  # big-endian WAV
+        sf.write(whole, np.stack([tone, tone], axis=1), 8000, subtype="PCM_16", endian="BIG")
+    else:
+        sf.write(whole, np.stack([tone, tone], axis=1), 8000, subtype="PCM_16", format=fmt)
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size - 32_000])  # 1 s of 2 lost
+    with caplog.at_level("WARNING", logger="coach.replay"):
+        read_call(whole)
+        assert not caplog.records
+        audio = read_call(cut)
+    assert abs(len(audio.channels["customer"]) - 8000) <= 1
+    assert "cut.wav: truncated: 32000 bytes of its audio data are missing" in caplog.text
+    assert "replaying the 1.0 s there" in caplog.text
+
+
 def test_cli_errors_go_to_stderr_before_any_model_loads(tmp_path: Path) -> None:
     wav = tmp_path / "ok.wav"
     sf.write(wav, np.zeros(8000, dtype=np.float32), 8000, subtype="PCM_16")
