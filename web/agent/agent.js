@@ -4,6 +4,12 @@
 // close 1008) and the page then shows nothing of it. A call the server no longer knows
 // (close 4404, e.g. it ended while the server was restarting) is the agent's own: what was
 // shown of it stays, with a note.
+//
+// A call cut off mid-conversation (the server stopped or died, the audio connection dropped)
+// and reconnected by the telephony under the same id runs on as a new leg, `X~2`
+// (coach/calls.py). When the panel follows such a leg by itself, the part before the cut stays
+// above it, frozen and read-only, with a divider saying when the call resumed: it is the same
+// conversation. A call ended by a hang-up, or one the agent opens by hand, starts clean.
 "use strict";
 const $ = (id) => document.getElementById(id);
 const Panel = {
@@ -11,8 +17,63 @@ const Panel = {
   stream: null,
   callId: null,
   finished: new Set(), // calls that ended here: never followed again
+  cutOff: null, // why the watched call was cut off (see cutOffCause), null while live or ended by a hang-up
   me: null,
 };
+
+// The ends after which the telephony may reconnect the same conversation (the call's people
+// did not hang up): what the divider says about each. Ends by a party (`end`, `stop`,
+// `hangup`, `end_of_file`) or by the server's policy (`max_length`, `idle_timeout`) are not:
+// a later use of the id is taken for another conversation and starts clean.
+const CUT_OFF = {
+  interrupted: "the server stopped",
+  shutdown: "the server shut down",
+  disconnect: "the connection dropped",
+  missing: "the server lost it", // no call_end at all: the call vanished in a restart
+};
+
+function cutOffCause(reason) {
+  if (Object.hasOwn(CUT_OFF, reason)) return CUT_OFF[reason];
+  return typeof reason === "string" && reason.startsWith("error:") ? "an error" : null;
+}
+
+// "X~3" -> {base: "X", n: 3}; "X" -> {base: "X", n: 1} (the leg ids of coach/calls.py).
+function leg(callId) {
+  const m = /^(.+)~(\d+)$/.exec(callId);
+  return m ? { base: m[1], n: Number(m[2]) } : { base: callId, n: 1 };
+}
+
+function isLaterLeg(callId, earlierId) {
+  const next = leg(callId), prev = leg(earlierId);
+  return next.base === prev.base && next.n > prev.n;
+}
+
+function clockTime(startedAt) {
+  const when = startedAt == null ? new Date() : new Date(typeof startedAt === "number" ? startedAt * 1000 : startedAt);
+  return when.toLocaleTimeString([], { hour12: false });
+}
+
+// The watched call goes on as `callId`: its view moves up, frozen, with the divider under it.
+function keepEarlierPart(callId, startedAt) {
+  const view = Panel.view;
+  view.freeze();
+  view.lines.removeAttribute("id"); // #transcript is the live part's
+  view.root.classList.replace("live", "earlier");
+  view.root.prepend(h("h2", { class: "part-heading", text: `Earlier part: ${Panel.callId} (cut off: ${Panel.cutOff})` }));
+  const earlier = $("earlier");
+  earlier.append(view.root, h("p", {
+    class: "leg-divider", role: "note",
+    text: `Call resumed at ${clockTime(startedAt)} after ${Panel.cutOff}, as ${callId}; the earlier part is above.`,
+  }));
+  earlier.hidden = false;
+  earlier.scrollTop = earlier.scrollHeight; // the end of the earlier part, next to the live one
+  Panel.view = null; // kept, not destroyed by stopWatching
+}
+
+function clearEarlierParts() {
+  $("earlier").replaceChildren();
+  $("earlier").hidden = true;
+}
 
 function setStatus(text) { $("status").textContent = text; }
 
@@ -27,15 +88,22 @@ function stopWatching() {
   Panel.stream = null;
   Panel.view = null;
   Panel.callId = null;
+  Panel.cutOff = null;
 }
 
-function watch(callId, { auto = false } = {}) {
+// `auto`: the panel follows the agent's new call by itself (poll), which may be the next leg
+// of the call it shows; `startedAt`: when that call started (the call list's `started_at`).
+function watch(callId, { auto = false, startedAt = null } = {}) {
   if (!callId) return;
+  if (auto && Panel.view && Panel.cutOff && isLaterLeg(callId, Panel.callId)) keepEarlierPart(callId, startedAt);
+  else clearEarlierParts();
   stopWatching();
   if (!auto) notice("");
   Panel.callId = callId;
   $("call").value = callId;
-  const view = new CallView($("view"), { callId });
+  const root = h("div", { class: "call-part live" });
+  $("view").replaceChildren(root);
+  const view = new CallView(root, { callId });
   view.lines.id = "transcript";
   Panel.view = view;
   setStatus(`Connecting to ${callId}…`);
@@ -44,6 +112,7 @@ function watch(callId, { auto = false } = {}) {
       view.handle(ev);
       if (ev.type === "call_end") {
         Panel.finished.add(callId);
+        Panel.cutOff = cutOffCause(ev.reason);
         if (ev.reason === "interrupted" || ev.reason === "shutdown") {
           setStatus(`Call ${callId} was cut off when the server stopped.`);
         }
@@ -60,6 +129,7 @@ function watch(callId, { auto = false } = {}) {
       // Not a permission problem: the transcript and cues already shown stay. The call is
       // over for this panel, so the next poll follows the agent's next call.
       Panel.finished.add(callId);
+      if (!view.ended) Panel.cutOff = CUT_OFF.missing;
       view.finish();
       notice(`Call ${callId} was not found: it may have ended before the server restarted.`);
       setStatus("Waiting for your next call…");
@@ -68,6 +138,7 @@ function watch(callId, { auto = false } = {}) {
       // Nothing of a call we may not see stays on screen (an expired token never gets here:
       // stream.js sends it to the sign-in form).
       stopWatching();
+      clearEarlierParts();
       $("view").replaceChildren();
       notice(err.code === "forbidden"
         ? `You are not assigned to call ${callId}.`
@@ -105,7 +176,8 @@ async function poll() {
       renderCalls(calls);
       const idle = !Panel.callId || Panel.finished.has(Panel.callId);
       const next = calls.find((c) => !Panel.finished.has(c.call_id));
-      if (idle && next) watch(next.call_id, { auto: true }); // follow the agent's new call by itself
+      // Follow the agent's new call by itself.
+      if (idle && next) watch(next.call_id, { auto: true, startedAt: next.started_at });
     }
   } catch (err) {
     /* the server is restarting: try again on the next tick */

@@ -7,6 +7,10 @@
 // the rest collapse into "Earlier suggestions". Crisis cards stay until acted on. A collapsed
 // card opens again on click, with its why and its feedback buttons: after the call, when
 // every card has collapsed, is when agents have time to rate them.
+//
+// A frozen view (`freeze()`) is an earlier part of a call that goes on in another view (the
+// agent panel keeps a leg that was cut off above the leg that resumed it): it stays as it
+// was, verdicts included, and nothing on it acts any more.
 "use strict";
 const REASONS = {
   high_emotional_intensity: "High emotional intensity",
@@ -42,11 +46,14 @@ class CallView {
   // The pace is marked fast only this long (call time) after the engine's own
   // agent_pace_fast cue: the panel's words/s is a different, uncalibrated measure.
   static PACE_CUE_WINDOW_S = 30;
+  static instances = 0; // ids stay unique with two views on a page (an earlier part above)
 
   constructor(root, { callId, readOnly = false } = {}) {
     this.root = root;
     this.callId = callId;
     this.readOnly = readOnly;
+    this.frozen = false;
+    this.uid = `${readOnly ? "ro" : "cv"}${++CallView.instances}`;
     this.now = 0; // call time of the latest event
     this.trendPoints = [];
     this.marks = new Map(); // "speaker-utterance" -> [{phrase, title}]
@@ -58,7 +65,7 @@ class CallView {
   }
 
   build() {
-    const id = (s) => `${this.readOnly ? "ro" : "cv"}-${s}`;
+    const id = (s) => `${this.uid}-${s}`;
     this.cards = h("ol", { class: "cards", "aria-label": "Current suggestions" });
     this.olderList = h("ol", { class: "older-cards" });
     this.olderCount = h("span", { text: "0" });
@@ -135,6 +142,18 @@ class CallView {
     this.ended = true;
     if (text) this.note(text);
     this.tick();
+  }
+
+  // This part of the call is over and goes on in another view: keep it as shown (cards,
+  // verdicts, transcript), stop its clock, and disable what would rate or report on it.
+  freeze() {
+    this.finish();
+    this.frozen = true;
+    clearInterval(this.timer);
+    for (const control of this.root.querySelectorAll(".feedback button, details.missed select, details.missed button")) {
+      control.disabled = true;
+    }
+    for (const card of this.root.querySelectorAll(".card")) this.labelToggle(card);
   }
 
   note(text) {
@@ -227,7 +246,7 @@ class CallView {
     this.markEvidence(ev);
     if (ev.cue === "agent_pace_fast") this.paceCueAt = Math.max(this.paceCueAt ?? -Infinity, ev.t_emit ?? this.now);
     const critical = ev.severity === "critical" || ev.cue === "crisis";
-    const titleId = `cue-${this.readOnly ? "ro" : "cv"}-${ev.seq}`;
+    const titleId = `cue-${this.uid}-${ev.seq}`;
     const reasons = Array.isArray(ev.reasons) ? ev.reasons : [];
     const card = h("li", {
       class: `card${critical ? " critical" : ""} p${ev.priority ?? 3}`,
@@ -310,7 +329,7 @@ class CallView {
     if (pressed) {
       const { ok, detail } = await CallView.withdraw(path);
       for (const b of group.querySelectorAll("button")) {
-        b.disabled = false;
+        b.disabled = this.frozen;
         if (ok) b.setAttribute("aria-pressed", "false");
       }
       status.textContent = ok ? "Rating taken back." : `Not taken back (${detail}); try again.`;
@@ -318,7 +337,7 @@ class CallView {
     }
     const { ok, detail } = await CallView.postStored(path, { verdict });
     for (const b of group.querySelectorAll("button")) {
-      b.disabled = false;
+      b.disabled = this.frozen;
       b.setAttribute("aria-pressed", String(ok && b.dataset.verdict === verdict));
     }
     status.textContent = ok ? `Thanks: marked ${VERDICT_LABELS[verdict].toLowerCase()}.` : `Not saved (${detail}); try again.`;
@@ -341,7 +360,7 @@ class CallView {
       if (!details.open || select.options.length) return;
       const choices = await CallView.missedChoices();
       select.replaceChildren(...choices.map((c) => h("option", { value: c.cue, text: c.title })));
-      send.disabled = !choices.length;
+      send.disabled = this.frozen || !choices.length;
       if (!choices.length) status.textContent = "Not available right now.";
     });
     return details;
@@ -361,16 +380,16 @@ class CallView {
     status.textContent = "Sending…";
     const path = `/api/calls/${encodeURIComponent(this.callId)}/utterances/${ev.seq}/missed-cue`;
     const { ok, detail } = await CallView.postStored(path, { cue });
-    send.disabled = false;
+    send.disabled = this.frozen;
     const title = ((CallView.choices || []).find((c) => c.cue === cue) || {}).title || cue;
     if (!ok) { status.textContent = `Not saved (${detail}); try again.`; return; }
     // A report sent by mistake can be taken back at once, before the tuner ever reads it.
-    const undo = h("button", { type: "button", class: "undo", text: "Undo", onclick: async () => {
+    const undo = h("button", { type: "button", class: "undo", text: "Undo", disabled: this.frozen, onclick: async () => {
       undo.disabled = true;
       const back = await CallView.withdraw(`${path}/${encodeURIComponent(cue)}`);
       status.textContent = back.ok ? `Report of "${title}" taken back.` : `Not taken back (${back.detail}); try again.`;
       if (!back.ok) status.append(" ", undo);
-      undo.disabled = false;
+      undo.disabled = this.frozen;
     } });
     status.replaceChildren(`Thanks: reported "${title}" as missed. `, undo);
   }
@@ -396,10 +415,15 @@ class CallView {
     return { ok: false, detail: r.status ? `error ${r.status}` : "network error" };
   }
 
-  toggleText(open) { return open ? "Hide" : this.readOnly ? "Show why" : "Show why and rate"; }
+  toggleText(open) { return open ? "Hide" : this.readOnly || this.frozen ? "Show why" : "Show why and rate"; }
 
   toggleCard(card) {
-    const open = card.classList.toggle("open");
+    card.classList.toggle("open");
+    this.labelToggle(card);
+  }
+
+  labelToggle(card) {
+    const open = card.classList.contains("open");
     const button = card.querySelector(".card-toggle");
     button.setAttribute("aria-expanded", String(open));
     button.textContent = this.toggleText(open);
