@@ -30,13 +30,17 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def start_server(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+def start_server(
+    port: int, data_dir: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`coach serve` on `port` (auth off unless `extra_env` turns it on)."""
     env = {
         **os.environ,
         "COACH_PORT": str(port),
         "COACH_AUTH_DISABLED": "true",
         "COACH_DATA_DIR": str(data_dir),
         "COACH_LOG_LEVEL": "warning",
+        **(extra_env or {}),
     }
     env.pop("COACH_REDIS_URL", None)
     env.pop("COACH_DATABASE_URL", None)

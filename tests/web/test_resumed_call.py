@@ -3,25 +3,32 @@
 The first test streams a real call into the real server over `/ingest/pcm`, drops the audio
 connection mid-call (the call ends `disconnect`) and reconnects under the same id, which the
 server opens as the leg `X~2` (coach/calls.py); the panel follows it by itself and must keep
-the first part above the new one. The others publish the events a session would (a server
-restart's `interrupted` end, a hang-up), for what the real pipeline does not raise on cue:
-a rated card, and the calls that must start clean.
+the first part above the new one. The last does the same across a real server process killed
+mid-call and started again (the call ends `interrupted`). The others publish the events a
+session would, for what the real pipeline does not raise on cue: a rated card, and the calls
+that must start clean.
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import soundfile as sf
 from websockets.sync.client import ClientConnection, connect
 
-from tests.web.conftest import ARTIFACTS, LiveServer, cue, sign_in, transcript
+from tests.e2e.test_restart_mid_call import start_server
+from tests.e2e.test_two_servers import wait_ready
+from tests.support import free_port
+from tests.web.conftest import ARTIFACTS, SECRET, LiveServer, cue, sign_in, transcript
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 FRAME_S = 0.1
@@ -29,14 +36,13 @@ FRAME_S = 0.1
 
 @contextmanager
 def pcm_call(
-    live_server: LiveServer, call_id: str, rate: int
+    port: int, call_id: str, rate: int, headers: dict[str, str]
 ) -> Iterator[tuple[ClientConnection, str]]:
     """A telephony connection streaming call `call_id` of agent ann, once accepted, and the id
     the call runs under. Leaving the block drops the connection (a disconnect, unless an
     `end` was sent)."""
-    token = live_server.token("telephony", "admin")
-    url = f"ws://127.0.0.1:{live_server.port}/ingest/pcm"
-    with connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+    url = f"ws://127.0.0.1:{port}/ingest/pcm"
+    with connect(url, additional_headers=headers) as ws:
         header = {"call_id": call_id, "sample_rate": rate, "encoding": "pcm16", "channels": 2}
         ws.send(json.dumps({**header, "agent_id": "ann"}))
         accepted = json.loads(ws.recv(timeout=10))
@@ -61,8 +67,10 @@ def test_panel_keeps_the_first_part_of_a_call_resumed_as_a_new_leg(
     call_id = "leg-cut"
     sign_in(page, live_server.base, "/agent/", "ann")
     status = page.locator("#status")
+    port = live_server.port
+    telephony = {"Authorization": f"Bearer {live_server.token('telephony', 'admin')}"}
 
-    with pcm_call(live_server, call_id, rate) as (first, running):
+    with pcm_call(port, call_id, rate, telephony) as (first, running):
         assert running == call_id
         status.filter(has_text=f"Watching {call_id}").wait_for()
         send_audio(first, audio[:cut], rate)
@@ -72,7 +80,7 @@ def test_panel_keeps_the_first_part_of_a_call_resumed_as_a_new_leg(
     first_part = page.locator("#transcript li.transcript .text").all_inner_texts()
     assert len(first_part) >= 2, first_part
 
-    with pcm_call(live_server, call_id, rate) as (second, resumed):
+    with pcm_call(port, call_id, rate, telephony) as (second, resumed):
         assert resumed == f"{call_id}~2"
         status.filter(has_text=f"Watching {resumed}").wait_for()
         earlier = page.locator("#earlier")
@@ -177,3 +185,69 @@ def test_a_new_leg_after_a_hang_up_or_a_call_opened_by_hand_starts_clean(
     assert page.locator("#earlier").is_hidden()
     assert "Hello again." not in page.locator("body").inner_text()
     live_server.emit(f"{call_id}~3", {"type": "call_end", "reason": "end", "duration_s": 1.0})
+
+
+def test_panel_keeps_the_first_part_across_a_server_killed_mid_call(
+    tmp_path: Path, page: Any, billing_call: tuple[Path, dict[str, Any]]
+) -> None:
+    """The server process dies mid-call; the restarted one closes the call `interrupted` and
+    the telephony's reconnect opens `X~2`. The panel, which kept reconnecting meanwhile,
+    follows it with the first part kept."""
+    wav, truth = billing_call
+    audio, rate = sf.read(wav, dtype="int16")
+    turns = truth["turns"]
+    cut = int((turns[1]["t_end"] + 0.4) * rate)
+    key = "restart-test-ingest-key"
+    auth = {"COACH_AUTH_SECRET": SECRET, "COACH_INGEST_API_KEY": key, "COACH_DEMO_USERS": "true"}
+    auth |= {"COACH_AUTH_DISABLED": "false", "COACH_STORE_FLUSH_INTERVAL_S": "0.1"}
+    telephony = {"x-api-key": key}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    call_id = "leg-kill"
+    server = start_server(port, tmp_path, auth)
+    try:
+        wait_ready(port)
+        sign_in(page, base, "/agent/", "ann")
+        status = page.locator("#status")
+        with pcm_call(port, call_id, rate, telephony) as (first, _):
+            status.filter(has_text=f"Watching {call_id}").wait_for()
+            send_audio(first, audio[:cut], rate)
+            page.locator("#transcript li.transcript").nth(1).wait_for(timeout=60_000)
+            time.sleep(1.0)  # past the store's flush interval: these lines are on disk
+            first_part = page.locator("#transcript li.transcript .text").all_inner_texts()
+            server.send_signal(signal.SIGKILL)  # no shutdown, no call_end
+            server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(timeout=30)
+
+    server = start_server(port, tmp_path, auth)
+    try:
+        wait_ready(port)
+        token = page.evaluate("Auth.token()")
+        deadline = time.monotonic() + 20
+        while True:  # the restarted server closes the call it finds cut off
+            stored = httpx.get(
+                f"{base}/api/history/calls/{call_id}",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=5,
+            ).json()
+            if stored["call"]["ended_at"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert stored["call"]["end_reason"] == "interrupted"
+        status.filter(has_text=f"Call {call_id} was cut off").wait_for(timeout=30_000)
+        with pcm_call(port, call_id, rate, telephony) as (second, resumed):
+            assert resumed == f"{call_id}~2"
+            status.filter(has_text=f"Watching {resumed}").wait_for()
+            earlier = page.locator("#earlier")
+            assert earlier.locator(".lines li.transcript .text").all_inner_texts() == first_part
+            assert "after the server stopped" in earlier.locator(".leg-divider").inner_text()
+            send_audio(second, audio[cut : cut + 6 * rate], rate)
+            second.send(json.dumps({"type": "end"}))
+            page.locator("#transcript li.transcript").first.wait_for(timeout=60_000)
+        assert earlier.locator(".lines li.transcript .text").all_inner_texts() == first_part
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
