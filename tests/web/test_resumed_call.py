@@ -12,6 +12,7 @@ that must start clean.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -251,3 +252,36 @@ def test_panel_keeps_the_first_part_across_a_server_killed_mid_call(
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_call_lost_in_a_restart_keeps_its_part_when_its_next_leg_comes(
+    live_server: LiveServer, page: Any
+) -> None:
+    """No call_end at all: the restarted server no longer knows the call (close 4404, as
+    simulated in test_stream_recovery.py). Its next leg still continues it."""
+    call_id = "leg-lost"
+    lost = {"on": False}
+
+    def route(ws: Any) -> None:
+        if lost["on"] and f"/ws/calls/{call_id}/" in ws.url:
+            ws.send(json.dumps({"type": "error", "code": "unknown_call", "message": "unknown"}))
+            ws.close(code=4404, reason="unknown call")
+        else:
+            ws.connect_to_server()
+
+    page.route_web_socket(re.compile(r"/ws/calls/[^/]+/events"), route)
+    sign_in(page, live_server.base, "/agent/", "ann")
+    live_server.start_call(call_id, "ann")
+    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    live_server.emit(call_id, transcript("customer", "my order never came", 1, 1.0))
+    page.locator("#transcript li.customer").wait_for()
+    lost["on"] = True
+    page.evaluate("Panel.stream.socket.close(4000, 'blip')")
+    page.locator("#notice").filter(has_text=f"Call {call_id} was not found").wait_for()
+    leg = f"{call_id}~2"
+    live_server.start_call(leg, "ann")
+    page.locator("#status").filter(has_text=f"Watching {leg}").wait_for()
+    assert "my order never came" in page.locator("#earlier .lines").inner_text()
+    assert "after the server lost it" in page.locator("#earlier .leg-divider").inner_text()
+    live_server.emit(leg, {"type": "call_end", "reason": "end", "duration_s": 1.0})
+    live_server.emit(call_id, {"type": "call_end", "reason": "end", "duration_s": 1.0})
