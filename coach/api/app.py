@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -97,6 +97,37 @@ class AppState:
         self.audiosocket: asyncio.Server | None = None
         self.playbook_watch: asyncio.Task[None] | None = None
         self.history_store: Store | None = None
+        self.ingest_tasks: set[asyncio.Task[Any]] = set()
+        """The WebSocket ingest connections' tasks, so a shutdown can wait for each to close
+        its connection as its protocol says (`end_calls`)."""
+
+    @contextlib.contextmanager
+    def ingesting(self) -> Iterator[None]:
+        """Around a WebSocket ingest handler: counted among `ingest_tasks` while it runs."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.ingest_tasks.add(task)
+        try:
+            yield
+        finally:
+            if task is not None:
+                self.ingest_tasks.discard(task)
+
+    async def end_calls(self, *, close_timeout_s: float = 5.0) -> None:
+        """End every live call as a shutdown, and let the ingest connections close.
+
+        Runs before uvicorn closes the open connections (coach/api/server.py): uvicorn fails
+        every WebSocket with 1012 at once, so each ingest saw a dropped connection, and the
+        calls of an instance that was stopped (a rolling update) ended as `disconnect` with a
+        1012, not as `shutdown` with the close README promises (found by an outside audit with
+        two real servers). Ended here, each ingest finalizes its call and closes as its
+        protocol says (raw PCM and Twilio: 1000 `shutdown`; AudioHook: `disconnect`).
+        """
+        if self.manager is not None:
+            await self.manager.shutdown()
+        others = self.ingest_tasks - {asyncio.current_task()}
+        if others:
+            await asyncio.wait(others, timeout=close_timeout_s)
 
     async def is_live(self, call_id: str) -> bool:
         """Whether some instance runs this call now (here, or by its Redis owner key)."""
@@ -357,12 +388,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         if state.manager is None:
             await _close(ws, cc.TRY_AGAIN_LATER, "not_ready", "models are still loading")
             return
-        await pcm.handle(ws, manager=state.manager, settings=settings)
+        with state.ingesting():
+            await pcm.handle(ws, manager=state.manager, settings=settings)
 
     @app.websocket("/ingest/audiohook")
     async def ingest_audiohook(ws: WebSocket) -> None:
         # Authenticated on the upgrade request itself: HTTP 401 before accept, as the reference.
-        await audiohook_ingest.serve(ws, manager=state.manager, settings=settings)
+        with state.ingesting():
+            await audiohook_ingest.serve(ws, manager=state.manager, settings=settings)
 
     @app.post("/webrtc/offer", tags=["ingest"])
     async def webrtc_offer(request: Request) -> dict[str, str]:
@@ -403,7 +436,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                 ws, cc.TRY_AGAIN_LATER, "not_ready", "models are still loading"
             )
             return
-        await twilio_ingest.handle(ws, manager=state.manager, settings=settings)
+        with state.ingesting():
+            await twilio_ingest.handle(ws, manager=state.manager, settings=settings)
 
     @app.websocket("/ws/calls/{call_id}/events")
     async def call_events(ws: WebSocket, call_id: str) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
-from coach.api.app import create_app
+from coach.api.app import AppState, create_app
 from coach.settings import Settings
 
 # The largest WebSocket message uvicorn assembles before the app sees it. Clients send
@@ -27,9 +29,34 @@ def uvicorn_limits(settings: Settings) -> dict[str, Any]:
     return {"ws_max_size": max(WS_MAX_SIZE_FLOOR, settings.max_frame_bytes * 4)}
 
 
+class CoachServer(uvicorn.Server):
+    """uvicorn, except that a shutdown first ends this instance's live calls.
+
+    uvicorn's own shutdown fails every open WebSocket with 1012 before the app's shutdown
+    runs, so the calls used to end as dropped connections (`AppState.end_calls` says why that
+    matters). New connections are refused first, so no call starts meanwhile.
+    """
+
+    def __init__(self, config: uvicorn.Config, *, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        state: AppState = self._app.state.coach
+        await state.end_calls()
+        await super().shutdown(sockets)
+
+
+def server_for(app: FastAPI, **config: Any) -> CoachServer:
+    """A `CoachServer` for `app`, with uvicorn's `Config` options."""
+    return CoachServer(uvicorn.Config(app, **config), app=app)
+
+
 def serve(settings: Settings) -> int:
     app = create_app(settings)
-    uvicorn.run(
+    server = server_for(
         app,
         host=settings.host,
         port=settings.port,
@@ -38,4 +65,5 @@ def serve(settings: Settings) -> int:
         log_config=None,  # uvicorn logs through our handler (JSON when COACH_LOG_FORMAT=json)
         **uvicorn_limits(settings),
     )
+    server.run()
     return 0
