@@ -7,6 +7,8 @@ store, as `coach serve` does after a restart.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -31,6 +33,9 @@ from coach.runtime import Runtime
 from coach.settings import Settings
 from coach.store import Spool, Store, StoreWriter
 from coach.store.recovered import close_orphans, end_event, stored_events
+from tests.coach.test_redis_bus import SHARED_URL, make_bus, needs_redis, prefix
+
+__all__ = ["prefix"]  # a fixture: a Redis key prefix of this test's own
 
 SECRET = "r" * 32
 CUT = [e for e in call_events("c-cut", agent_id="ann") if e["type"] != "call_end"]
@@ -427,3 +432,49 @@ def test_a_long_live_calls_detail_starts_at_its_start(
 def _stored_now(client: TestClient, call_id: str, headers: dict[str, str]) -> dict[str, Any]:
     resp = client.get(f"/api/history/calls/{call_id}", headers=headers)
     return resp.json() if resp.status_code == 200 else {"cues": []}
+
+
+@needs_redis
+async def test_a_killed_instances_call_is_closed_soon_after_it_went_quiet(
+    tmp_path: Path, prefix: str
+) -> None:
+    """Found by an outside audit with two real servers: after a kill -9 of the instance that
+    ran a call, the other instance's wall showed it live (its panels waiting) for 106 s. It
+    may be closed once nothing was heard of it for twice the owner key's TTL; the sweep
+    only looked every two TTLs, so up to four passed. It now looks every third of one."""
+    from coach.api.app import AppState, _close_orphans
+    from coach.store.writes import Received
+
+    ttl = 3.0
+    settings = Settings(data_dir=tmp_path, redis_session_ttl_s=ttl)
+    state = AppState(settings, runtime=None)
+    state.bus = make_bus(SHARED_URL, prefix, "survivor")  # no owner key: nobody runs c-cut
+    await state.bus.start()
+    store = Store(url=f"sqlite+aiosqlite:///{tmp_path / 'coach.db'}")
+    writer = StoreWriter(store=store, spool=Spool(directory=tmp_path / "spool"))
+    state.bus.add_listener(writer)  # writes the interrupted call_end
+    # Last heard just under two TTLs ago: it becomes an orphan half a second from now.
+    await store.write_events([Received(e, time.time() - 2 * ttl + 0.5) for e in CUT])
+    closed_at: list[float] = []
+    closed = asyncio.Event()
+
+    def note_end(_topic: str, ev: dict[str, Any]) -> None:
+        if ev["type"] == "call_end":
+            closed_at.append(time.monotonic())
+            closed.set()
+
+    state.bus.add_listener(note_end)
+    began = time.monotonic()
+    sweeper = asyncio.create_task(_close_orphans(state, store, started=datetime.now(UTC)))
+    try:
+        async with asyncio.timeout(2 * ttl + 1):
+            await closed.wait()
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        await writer.aclose()
+        await store.aclose()
+        await state.bus.stop()
+    # At the first look after it went quiet (every TTL/3 = 1 s), not two TTLs (6 s) later.
+    assert closed_at[0] - began < 0.5 + ttl / 3 + 1.0
