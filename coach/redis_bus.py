@@ -4,7 +4,7 @@ A call's pipeline lives on one instance, but its panels may connect to any insta
 event is delivered locally at once, exactly as `InProcessBus` does (local panels never wait on,
 or depend on, Redis), and is also appended to the stream `<prefix><topic>` by a background
 writer. Each instance reads the streams of the topics its own panels watch and delivers events
-published by *other* instances (entries carry the origin instance id) to them, deduplicated by
+published by *other* instances (entries carry the origin instance id and process) to them, deduplicated by
 the per-call `seq`, so retries and replays never show a panel the same event twice.
 
 Losing Redis must not stop live calls: `publish` never blocks nor raises; events wait in a
@@ -155,6 +155,12 @@ class RedisBus(InProcessBus):
         super().__init__(history=history, subscriber_queue=subscriber_queue)
         self.url = url
         self.instance_id = instance_id or uuid.uuid4().hex[:12]
+        self.origin = f"{self.instance_id}/{uuid.uuid4().hex[:8]}"
+        """What this process writes as its stream entries' origin, and skips when it reads
+        them back (it delivered them locally). Not the instance id alone: a process restarted
+        under the same id (a pod's container restarts under its pod name) never saw what its
+        predecessor published, and skipping that drew a call another instance had ended as
+        live on its wall, an escalation it had taken open (found by an outside audit)."""
         self.prefix = prefix
         self.stream_maxlen = stream_maxlen
         self.stream_ttl_s = stream_ttl_s
@@ -502,7 +508,7 @@ class RedisBus(InProcessBus):
             for item in batch:
                 pipe.xadd(
                     key,
-                    {ORIGIN_FIELD: self.instance_id, EVENT_FIELD: item.payload},
+                    {ORIGIN_FIELD: self.origin, EVENT_FIELD: item.payload},
                     maxlen=self.stream_maxlen,
                     approximate=True,
                 )
@@ -649,7 +655,7 @@ class RedisBus(InProcessBus):
     def _deliver_remote(self, topic: str, entry_id: str, fields: dict[str, str]) -> None:
         if _stream_id(entry_id) > _stream_id(self._read_ids.get(topic, "0-0")):
             self._read_ids[topic] = entry_id
-        if fields.get(ORIGIN_FIELD) == self.instance_id or topic in self._closed_topics:
+        if fields.get(ORIGIN_FIELD) == self.origin or topic in self._closed_topics:
             return
         try:
             event: Event = json.loads(fields[EVENT_FIELD])

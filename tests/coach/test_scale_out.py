@@ -363,3 +363,42 @@ async def test_a_taken_over_call_stores_what_its_killed_instance_had_not_written
         await service.aclose()
         await bus_a.stop()
         await bus_b.stop()
+
+
+@needs_redis
+async def test_an_instance_restarted_under_its_id_replays_what_it_published_before(
+    prefix: str,
+) -> None:
+    """Found by an outside audit with two real servers: B closed a call that A had run (A
+    was killed: an `interrupted` call_end, published by B) after sam on B had taken its
+    escalation. B was restarted under the same COACH_INSTANCE_ID (a pod's container restarts
+    under its pod name) and its wall drew that call live again, the escalation open: replaying
+    the supervisor stream, it skipped every entry written under its own id, its
+    predecessor's included, which this process had never seen."""
+    from coach.api.wall import WallTracker
+    from coach.bus import SUPERVISOR_TOPIC
+
+    start = {"seq": 1, "call_id": "so-ghost", "type": "call_start", "meta": {"agent_id": "ann"}}
+    escalation = {"seq": 2, "call_id": "so-ghost", "type": "escalation", "urgency": "high"}
+    ack = {"type": "escalation_ack", "call_id": "so-ghost", "seq": 2, "by": "sam"}
+    end = {"seq": 3, "call_id": "so-ghost", "type": "call_end", "reason": "interrupted"}
+    bus_a, bus_b = make_bus(SHARED_URL, prefix, "A"), make_bus(SHARED_URL, prefix, "B")
+    await bus_a.start()
+    await bus_b.start()
+    await wait_for(lambda: not bus_a.degraded and not bus_b.degraded)  # else stop() drops
+    bus_a.publish(SUPERVISOR_TOPIC, start)
+    bus_a.publish(SUPERVISOR_TOPIC, escalation)
+    bus_b.publish(SUPERVISOR_TOPIC, ack)
+    bus_b.publish(SUPERVISOR_TOPIC, end)
+    await bus_a.stop()
+    await bus_b.stop()
+
+    restarted = make_bus(SHARED_URL, prefix, "B")
+    wall = WallTracker()
+    await restarted.start()
+    try:
+        restarted.watch_remote(SUPERVISOR_TOPIC, wall.remote)
+        await wait_for(lambda: "so-ghost" in wall.calls and wall.has_ended("so-ghost"))
+        assert wall.calls["so-ghost"].escalations[2].get("acknowledged_by") == "sam"
+    finally:
+        await restarted.stop()
