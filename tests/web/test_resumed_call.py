@@ -136,15 +136,13 @@ def test_a_leg_after_a_server_restart_keeps_the_rated_cards_of_the_first_part(
     kept = earlier.locator(".card[data-cue='frustration']")
     assert kept.count() == 1
     # The call's end collapsed the card; it still opens to show its why and the verdict given,
-    # and nothing on the earlier part acts any more.
-    kept.get_by_role("button", name="Show why: Customer is frustrated").click()
+    # and can still be rated: the verdict is stored under the earlier leg's id.
+    kept.get_by_role("button", name="Show why and rate: Customer is frustrated").click()
     helpful = kept.get_by_role("button", name="Helpful", exact=True)
     assert helpful.get_attribute("aria-pressed") == "true"
-    assert helpful.is_disabled()
     assert "marked helpful" in kept.locator(".feedback-status").inner_text()
-    assert earlier.locator("details.missed button").evaluate_all(
-        "(bs) => bs.every((b) => b.disabled)"
-    )
+    kept.get_by_role("button", name="Not helpful", exact=True).click()
+    kept.get_by_role("status").filter(has_text="marked not helpful").wait_for()
     # The live part is the new leg's alone, and ids on the page stay unique.
     assert page.locator("#view .card").count() == 0
     live_server.emit(leg, transcript("customer", "Sorry, the line went dead.", 1, 1.0))

@@ -8,7 +8,7 @@
 // A call cut off mid-conversation (the server stopped or died, the audio connection dropped)
 // and reconnected by the telephony under the same id runs on as a new leg, `X~2`
 // (coach/calls.py). When the panel follows such a leg by itself, the part before the cut stays
-// above it, frozen and read-only, with a divider saying when the call resumed: it is the same
+// above it, frozen (its cards can still be rated), with a divider saying when the call resumed: it is the same
 // conversation. A call ended by a hang-up, or one the agent opens by hand, starts clean.
 "use strict";
 const $ = (id) => document.getElementById(id);

@@ -10,7 +10,7 @@
 //
 // A frozen view (`freeze()`) is an earlier part of a call that goes on in another view (the
 // agent panel keeps a leg that was cut off above the leg that resumed it): it stays as it
-// was, verdicts included, and nothing on it acts any more.
+// was, verdicts included, and its cards can still be rated.
 "use strict";
 const REASONS = {
   high_emotional_intensity: "High emotional intensity",
@@ -52,7 +52,6 @@ class CallView {
     this.root = root;
     this.callId = callId;
     this.readOnly = readOnly;
-    this.frozen = false;
     this.uid = `${readOnly ? "ro" : "cv"}${++CallView.instances}`;
     this.now = 0; // call time of the latest event
     this.trendPoints = [];
@@ -145,15 +144,12 @@ class CallView {
   }
 
   // This part of the call is over and goes on in another view: keep it as shown (cards,
-  // verdicts, transcript), stop its clock, and disable what would rate or report on it.
+  // verdicts, transcript) and stop its clock. Its cards can still be rated and its lines
+  // reported: they are stored under this leg's id, and after the call, when every card has
+  // collapsed, is when agents have time to rate them.
   freeze() {
     this.finish();
-    this.frozen = true;
     clearInterval(this.timer);
-    for (const control of this.root.querySelectorAll(".feedback button, details.missed select, details.missed button")) {
-      control.disabled = true;
-    }
-    for (const card of this.root.querySelectorAll(".card")) this.labelToggle(card);
   }
 
   note(text) {
@@ -329,7 +325,7 @@ class CallView {
     if (pressed) {
       const { ok, detail } = await CallView.withdraw(path);
       for (const b of group.querySelectorAll("button")) {
-        b.disabled = this.frozen;
+        b.disabled = false;
         if (ok) b.setAttribute("aria-pressed", "false");
       }
       status.textContent = ok ? "Rating taken back." : `Not taken back (${detail}); try again.`;
@@ -337,7 +333,7 @@ class CallView {
     }
     const { ok, detail } = await CallView.postStored(path, { verdict });
     for (const b of group.querySelectorAll("button")) {
-      b.disabled = this.frozen;
+      b.disabled = false;
       b.setAttribute("aria-pressed", String(ok && b.dataset.verdict === verdict));
     }
     status.textContent = ok ? `Thanks: marked ${VERDICT_LABELS[verdict].toLowerCase()}.` : `Not saved (${detail}); try again.`;
@@ -360,7 +356,7 @@ class CallView {
       if (!details.open || select.options.length) return;
       const choices = await CallView.missedChoices();
       select.replaceChildren(...choices.map((c) => h("option", { value: c.cue, text: c.title })));
-      send.disabled = this.frozen || !choices.length;
+      send.disabled = !choices.length;
       if (!choices.length) status.textContent = "Not available right now.";
     });
     return details;
@@ -380,16 +376,16 @@ class CallView {
     status.textContent = "Sending…";
     const path = `/api/calls/${encodeURIComponent(this.callId)}/utterances/${ev.seq}/missed-cue`;
     const { ok, detail } = await CallView.postStored(path, { cue });
-    send.disabled = this.frozen;
+    send.disabled = false;
     const title = ((CallView.choices || []).find((c) => c.cue === cue) || {}).title || cue;
     if (!ok) { status.textContent = `Not saved (${detail}); try again.`; return; }
     // A report sent by mistake can be taken back at once, before the tuner ever reads it.
-    const undo = h("button", { type: "button", class: "undo", text: "Undo", disabled: this.frozen, onclick: async () => {
+    const undo = h("button", { type: "button", class: "undo", text: "Undo", onclick: async () => {
       undo.disabled = true;
       const back = await CallView.withdraw(`${path}/${encodeURIComponent(cue)}`);
       status.textContent = back.ok ? `Report of "${title}" taken back.` : `Not taken back (${back.detail}); try again.`;
       if (!back.ok) status.append(" ", undo);
-      undo.disabled = this.frozen;
+      undo.disabled = false;
     } });
     status.replaceChildren(`Thanks: reported "${title}" as missed. `, undo);
   }
@@ -415,7 +411,7 @@ class CallView {
     return { ok: false, detail: r.status ? `error ${r.status}` : "network error" };
   }
 
-  toggleText(open) { return open ? "Hide" : this.readOnly || this.frozen ? "Show why" : "Show why and rate"; }
+  toggleText(open) { return open ? "Hide" : this.readOnly ? "Show why" : "Show why and rate"; }
 
   toggleCard(card) {
     card.classList.toggle("open");
