@@ -133,7 +133,12 @@ def agent_pace(
     if rate < syllables_per_s:
         return None
     theirs, their_speech = pace(customer, 0.0, now)
-    if vs_customer and theirs is not None and their_speech >= 3.0 and rate < vs_customer * theirs:
+    # The bar this caller sets: a fast talker follows faster speech (the `why` names it, so
+    # it must be the bar applied, not the playbook's floor).
+    bar = syllables_per_s
+    if vs_customer and theirs is not None and their_speech >= 3.0:
+        bar = max(bar, vs_customer * theirs)
+    if rate < bar:
         return None
     versus = f", the customer {theirs:.1f}" if theirs is not None else ""
     return TimingHit(
@@ -141,7 +146,7 @@ def agent_pace(
         recent[0].t_start,
         recent[-1].t_end,
         f"agent at {rate:.1f} syllables/s over the last {speech:.0f} s of speech{versus} "
-        f"(comfortable: under {syllables_per_s:.1f})",
+        f"(comfortable: under {bar:.1f})",
         key=recent[0].t_start,
     )
 

@@ -112,6 +112,18 @@ def test_fast_customer_raises_the_bar() -> None:
     )
 
 
+def test_pace_why_names_the_bar_this_caller_sets() -> None:
+    """Above the floor but under 1.15x a fast caller's pace stays quiet (above), so when the
+    cue fires its `why` names the bar applied (1.15 x 5.4 = 6.2), not the floor (5.7)."""
+    customer = [Spoken(0.0, 5.0, 27, 5.0)]  # 5.4 syllables/s
+    agent = [Spoken(6.0, 16.0, 65, 10.0)]  # 6.5 syllables/s
+    hit = dynamics.agent_pace(
+        agent, customer, 16.0, syllables_per_s=5.7, min_speech_s=8, window_s=30, vs_customer=1.15
+    )
+    assert hit is not None
+    assert "the customer 5.4 (comfortable: under 6.2)" in hit.why, hit.why
+
+
 def test_talk_ratio() -> None:
     t = tl(120.0, customer=[(0, 5)], agent=[(5, 100)])
     assert dynamics.talk_ratio(t, agent_share=0.8, window_s=120, min_speech_s=60) is not None
