@@ -341,8 +341,15 @@ def find_phrase(text: str, needle_words: set[str], *, max_words: int = 8) -> str
 STOPWORDS = frozenset(
     """a an the and or but so to of in on at for with from by is are was were be been am i
     me my we our you your it its this that these those there here have has had do does did
-    just very really please okay ok yes yeah well um uh oh""".split()
+    just very really please okay ok yes yeah well um uh oh
+    them they their he him his she her us who what which when where how if as all any not
+    can will would could should shall may might must get got
+    i'm i've i'll i'd you're you've you'll you'd it's that's there's they're they've we're
+    we've he's she's what's""".split()
 )
+"""Words that never make a trigger phrase on their own: pronouns (and their contractions),
+auxiliaries and modals say who and when, not what the customer means. A match that shares
+only these with its example highlights the whole clause instead (`find_phrase`)."""
 
 
 def content_words(text: str) -> set[str]:

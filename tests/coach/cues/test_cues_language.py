@@ -124,6 +124,20 @@ def test_find_phrase_covers_shared_words() -> None:
     assert phrase == "spoke to someone yesterday about the same"
 
 
+def test_find_phrase_never_highlights_only_pronouns_or_modals() -> None:
+    """A match sharing nothing but "them", "would" or "I'm" with its example has no trigger
+    phrase of its own: the clause is highlighted (and quoted in the handoff), not "them"."""
+    clause = "I took my last one this morning, and I really can't go a day without them."
+    example = "I've got the pills in front of me and I'm thinking about taking them all."
+    assert language.find_phrase(clause, language.content_words(example)) == clause
+    phrase = language.find_phrase(
+        "Everyone would be better off if I just wasn't here anymore.",
+        language.content_words("It would be easier for everyone if I wasn't here."),
+    )
+    assert phrase == "Everyone"
+    assert language.content_words("I'm sure they would, I've tried them all") == {"sure", "tried"}
+
+
 @given(st.text(max_size=300))
 def test_clauses_never_lose_words(text: str) -> None:
     parts = language.clauses(text)
