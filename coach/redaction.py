@@ -611,8 +611,12 @@ def redact_event(event: dict[str, object], *, continues_digits: bool = False) ->
 
     `continues_digits` (transcripts and partials): see `find_pii`; `CallRedactor` knows it."""
     if event.get("type") in ("cue", "escalation"):
-        # Evidence quotes the customer's words: the same PII rules as the transcript.
-        return {k: _redact_strings(v) if k not in _KEEP else v for k, v in event.items()}
+        # Evidence quotes the customer's words: the same PII rules as the transcript, each
+        # quoted line read alone first, as its transcript was.
+        return {
+            k: _redact_strings(_map_strings(v, _quoted_alone)) if k not in _KEEP else v
+            for k, v in event.items()
+        }
     if event.get("type") not in ("partial", "transcript"):
         return event
     out = dict(event)
@@ -647,6 +651,15 @@ def _map_strings(value: object, fn: Callable[[str], str]) -> object:
 
 def _redact_strings(value: object) -> object:
     return _map_strings(value, redact_text)
+
+
+def _quoted_alone(text: str) -> str:
+    """`text` with each line it quotes (a cue's `why`, a handoff's "They said: "...";
+    "..."." ) redacted on its own: the rules for a number's edges ("my card number is 4532",
+    a lone "4532.") must see the end of the line, not the quote and the text after it."""
+    if '"' not in text:
+        return text
+    return _QUOTED.sub(lambda m: '"' + redact_text(m.group(0)[1:-1]) + '"', text)
 
 
 def _hide_quotes(text: str, quotes: Sequence[str], tag: str) -> str:

@@ -294,6 +294,33 @@ def test_any_number_read_out_at_the_end_is_hidden(digits: list[int], form: str, 
     assert out == "the reference is [NUMBER].", out
 
 
+@pytest.mark.parametrize(
+    "line", ["My card number is 4532", "4532.", "four five three two", "my pin is 4 5 3 2"]
+)
+def test_a_handoff_hides_a_quoted_line_as_its_transcript_does(line: str) -> None:
+    """The handoff quotes lines as "They said: "...".": the closing quote and period after
+    the digits hid them from the number rules, so the wall and the store read a card number
+    in the handoff text that its transcript and `trigger_phrases` hid."""
+    hidden = redact_text(line)
+    assert hidden != line
+    escalation = {
+        "type": "escalation",
+        "reason": "user_request",
+        "urgency": "high",
+        "summary": {
+            "text": f'Customer now seems angry; at worst angry at 12 s. They said: "{line}".',
+            "trigger_phrases": [line],
+        },
+    }
+    summary = redact_event(escalation)["summary"]
+    assert summary["trigger_phrases"] == [hidden]  # type: ignore[index]
+    assert summary["text"] == (  # type: ignore[index]
+        f'Customer now seems angry; at worst angry at 12 s. They said: "{hidden}".'
+    )
+    cue = {"type": "cue", "cue": "crisis", "why": f'words: "{line}" means the same as "x" (0.5)'}
+    assert redact_event(cue)["why"] == f'words: "{hidden}" means the same as "x" (0.5)'
+
+
 def test_an_escalation_handoff_quotes_a_number_piece_hidden() -> None:
     """The handoff quotes trigger phrases and the agent's words of earlier turns; a piece of
     a number hidden in the transcript only because it went on with the one before it
