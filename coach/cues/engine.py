@@ -725,6 +725,12 @@ class CueEngine:
         text += f"; {trend} over the call."
         if phrases:
             text += " They said: " + "; ".join(f'"{p}"' for p in phrases[-4:]) + "."
+        # The customer's latest words, cue or not: an escalation the agent's safety protocol
+        # raised (or a trend) comes from turns that fired no cue, so no phrase quotes them.
+        # Turns restored from another instance have no words (coach/recap.py).
+        last_said = [str(s["text"]) for s in self.states[-LAST_SAID_TURNS:] if s.get("text")]
+        if last_said:
+            text += " Last said: " + "; ".join(f'"{t}"' for t in last_said) + "."
         if cues_shown:
             text += " Cues shown: " + ", ".join(cues_shown) + "."
         moves = list(dict.fromkeys(m.move for m in self.agent_moves))
@@ -742,6 +748,7 @@ class CueEngine:
             "mostly": mood["mostly"],
             "worst": worst,
             "trigger_phrases": phrases[-8:],
+            "last_said": last_said,
             "cues_shown": cues_shown,
             "agent_tried": tried,
         }
@@ -861,6 +868,8 @@ def _mean_word_prob(words: Sequence[Mapping[str, Any]]) -> float | None:
 KEPT_PHRASES = 8
 """Trigger phrases the handoff quotes (its `trigger_phrases`), and the session state keeps."""
 
+LAST_SAID_TURNS = 2
+"""The customer's latest turns the handoff quotes whole (`last_said`)."""
 MOOD_TURNS = 6
 """The customer turns the handoff's "mostly" reads: one turn ("No.") is not the caller's mood."""
 WORST_VALENCE = -0.5

@@ -149,6 +149,26 @@ async def test_ordinary_agent_talk_raises_nothing(conversation: Conversation) ->
         assert await conversation.say("agent", text) == [], text
 
 
+async def test_a_safety_escalation_quotes_what_the_customer_last_said(
+    conversation: Conversation,
+) -> None:
+    """The supervisor joining a safety-protocol alert reads the caller's latest words, which
+    fired no cue (on an unseen call VAD cut a crisis into "I don't know why I keep." / "and
+    everyone will be better off."): the handoff used to quote only an earlier cost cue."""
+    await conversation.say("customer", "I can't pay three hundred dollars this month.")
+    await conversation.say("agent", "There is a hardship program that might help.")
+    await conversation.say("customer", "I don't know why I keep.", arousal=0.1)
+    await conversation.say("customer", "and everyone will be better off.", arousal=0.1)
+    out = await conversation.say("agent", "Okay, are you somewhere safe right now?")
+    (alert,) = [e for e in out if e["type"] == "escalation"]
+    summary = alert["summary"]
+    assert summary["last_said"] == ["I don't know why I keep.", "and everyone will be better off."]
+    assert (
+        'Last said: "I don\'t know why I keep."; "and everyone will be better off."'
+        in summary["text"]
+    )
+
+
 def test_the_safety_move_must_be_close_and_clearly_ahead() -> None:
     """The move closeness rule on its own: the general threshold for ordinary moves, a
     stricter one and a margin over the runner-up for the move that pages a supervisor."""
