@@ -729,8 +729,9 @@ class CueEngine:
         # raised (or a trend) comes from turns that fired no cue, so no phrase quotes them.
         # Turns restored from another instance have no words (coach/recap.py).
         last_said = [str(s["text"]) for s in self.states[-LAST_SAID_TURNS:] if s.get("text")]
-        if last_said:
-            text += " Last said: " + "; ".join(f'"{t}"' for t in last_said) + "."
+        unquoted = [t for t in last_said if t not in phrases[-4:]]  # quoted once is enough
+        if unquoted:
+            text += " Last said: " + "; ".join(f'"{t}"' for t in unquoted) + "."
         if cues_shown:
             text += " Cues shown: " + ", ".join(cues_shown) + "."
         moves = list(dict.fromkeys(m.move for m in self.agent_moves))

@@ -169,6 +169,17 @@ async def test_a_safety_escalation_quotes_what_the_customer_last_said(
     )
 
 
+async def test_the_handoff_quotes_a_line_once(conversation: Conversation) -> None:
+    """A trigger phrase that is the whole last line (ASR garble falls back to the clause) is
+    not quoted again as what the customer last said."""
+    line = "I'm calling on out my learnt pressure tablet."
+    await conversation.say("customer", line)
+    conversation.engine.shown.append({"cue": "crisis", "evidence": {"phrases": [line]}})
+    handoff = conversation.engine.handoff()
+    assert handoff["last_said"] == [line]
+    assert handoff["text"].count(line) == 1, handoff["text"]
+
+
 def test_the_safety_move_must_be_close_and_clearly_ahead() -> None:
     """The move closeness rule on its own: the general threshold for ordinary moves, a
     stricter one and a margin over the runner-up for the move that pages a supervisor."""
