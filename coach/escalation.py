@@ -4,14 +4,18 @@ Reasons and urgencies are those of ARCHITECTURE.md. Critical: crisis language (t
 cue) or an intense negative state (arousal > 0.95 and valence < -0.8) sustained over three
 customer turns, and also the agent's own safety protocol (an agent move, `safety_move`). A
 reason is raised once per call, and again only if its urgency rises, so the supervisor wall
-gets one alert per situation, not one per utterance. Every escalation carries the handoff
+gets one alert per situation, not one per utterance; except that a cue shown again inside its
+cooldown because it matches clearly better than the one shown (`refire_above`: crisis) pages
+again. A weak false alarm (a car accident, a shut-off notice read as danger) would otherwise
+use up the call's one crisis page: the supervisor who dismissed it would never hear of the real
+crisis that followed, and the handoff would quote the false alarm (an outside audit). Every escalation carries the handoff
 summary (state, trend, trigger phrases, cues shown, what the agent tried) so whoever joins
 does not make the customer repeat themselves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,11 +67,12 @@ class EscalationDetector:
         detail: str,
         summary: Callable[[], dict[str, Any]],
         state: Mapping[str, Any],
+        again: bool = False,
     ) -> Event | None:
         rank = URGENCY_RANK[urgency]
-        if self._level.get(reason, -1) >= rank:
+        if self._level.get(reason, -1) >= rank and not again:
             return None
-        self._level[reason] = rank
+        self._level[reason] = max(rank, self._level.get(reason, -1))
         self.raised.append({"reason": reason, "urgency": urgency, "t": state.get("t")})
         return events.escalation(
             reason=reason,
@@ -85,24 +90,32 @@ class EscalationDetector:
         *,
         summary: Callable[[], dict[str, Any]],
         state: Mapping[str, Any],
+        stronger_again: Collection[str] = (),
     ) -> list[Event]:
         """The escalations the cues just shown call for (a crisis cue: critical, at once).
 
         Also on its own for the cues fired early, from a partial transcript, before the
-        turn's state is known: `state` then holds only the time.
+        turn's state is known: `state` then holds only the time. `stronger_again`: the cues
+        shown again inside their cooldown for a clearly better match, paged again.
         """
         out: list[Event | None] = []
         for cue_id, spec in fired:
             self._counts[cue_id] = self._counts.get(cue_id, 0) + 1
             if spec.escalate is not None:
+                again = cue_id in stronger_again
                 out.append(
                     self._raise(
                         spec.escalate.reason,
                         spec.escalate.urgency,
                         cue=cue_id,
-                        detail=f"{cue_id} cue",
+                        detail=(
+                            f"{cue_id} cue again, a clearer match than the one paged"
+                            if again
+                            else f"{cue_id} cue"
+                        ),
                         summary=summary,
                         state=state,
+                        again=again,
                     )
                 )
         return [ev for ev in out if ev is not None]
@@ -136,10 +149,13 @@ class EscalationDetector:
         fired: Sequence[tuple[str, CueSpec]],
         summary: Callable[[], dict[str, Any]],
         intense: str | None,
+        stronger_again: Collection[str] = (),
     ) -> list[Event]:
         """After each customer utterance and the cues it fired."""
         e = pb.escalation
-        out: list[Event | None] = list(self.observe_cues(fired, summary=summary, state=state))
+        out: list[Event | None] = list(
+            self.observe_cues(fired, summary=summary, state=state, stronger_again=stronger_again)
+        )
         paged = any(ev["urgency"] == "critical" for ev in out if ev is not None)
         if intense is not None and not paged:  # one critical page per moment
             out.append(

@@ -83,6 +83,9 @@ class Candidate:
     match: SemanticMatch | None
     source: EvidenceSource
     """What raised it (`evidence.source`): words, voice, history or trend."""
+    stronger_again: bool = False
+    """Shown inside its cooldown because it matches clearly better than the one shown
+    (`CueSpec.refire_above`): its escalation is paged again (EscalationDetector)."""
 
 
 def _clause_signals(
@@ -222,7 +225,10 @@ class CueEngine:
         out = [self._cue_event(c, event, t_start, t_end, early=True) for c in chosen]
         out.extend(
             self.escalation.observe_cues(
-                [(c.cue, c.spec) for c in chosen], summary=self.handoff, state={"t": t_end}
+                [(c.cue, c.spec) for c in chosen],
+                summary=self.handoff,
+                state={"t": t_end},
+                stronger_again={c.cue for c in chosen if c.stronger_again},
             )
         )
         return out
@@ -357,6 +363,7 @@ class CueEngine:
                 # A crisis card raised by the trend is paged as what it is, an intense state
                 # (`intense` below), not a second time as crisis language.
                 fired=[(c.cue, c.spec) for c in chosen if c.source != TREND],
+                stronger_again={c.cue for c in chosen if c.stronger_again},
                 summary=self.handoff,
                 intense=intense,
             )
@@ -556,6 +563,7 @@ class CueEngine:
                 shown = self.fired_score.get(cand.cue)
                 if stronger is None or shown is None or cand.score < shown + stronger:
                     continue
+                cand = replace(cand, stronger_again=True)
             chosen.append(cand)
             if len(chosen) >= limit:
                 break

@@ -127,3 +127,30 @@ def test_agent_safety_protocol_is_critical_once_and_after_no_crisis_cue() -> Non
     fired = [("crisis", PB.cues["crisis"])]
     det.observe_customer(PB, state=s[-1], states=s, fired=fired, summary=summary, intense=None)
     assert det.observe_agent_safety("Are you safe?", summary=summary, state={"t": 3.0}) == []
+
+
+def test_a_crisis_shown_again_for_a_clearer_match_pages_again() -> None:
+    """A weak false alarm must not use up the call's crisis page (`refire_above`)."""
+    det = EscalationDetector()
+    s = [state(1, -0.5, 0.6)]
+    crisis = [("crisis", PB.cues["crisis"])]
+    first = det.observe_customer(
+        PB, state=s[-1], states=s, fired=crisis, summary=summary, intense=None
+    )
+    again = det.observe_customer(
+        PB,
+        state=s[-1],
+        states=s,
+        fired=crisis,
+        summary=summary,
+        intense=None,
+        stronger_again={"crisis"},
+    )
+    assert [e["detail"] for e in first] == ["crisis cue"]
+    assert [(e["reason"], e["urgency"]) for e in again] == [("crisis_indicators", "critical")]
+    assert "again" in again[0]["detail"]
+    assert det.levels["crisis_indicators"] == 3  # still critical, not raised past it
+    # An early cue (from a partial transcript) takes the same path.
+    early = det.observe_cues(crisis, summary=summary, state={"t": 2.0}, stronger_again={"crisis"})
+    assert len(early) == 1
+    assert det.observe_cues(crisis, summary=summary, state={"t": 3.0}) == []

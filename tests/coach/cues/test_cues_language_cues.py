@@ -538,8 +538,13 @@ async def test_a_weak_crisis_match_does_not_mute_a_real_one(conversation: Conver
 
     assert kinds(found["without"], "cue") == [["crisis"], [], []]
     assert kinds(found["with"], "cue") == [["crisis"], [], ["crisis"]]
-    # The supervisor was paged by the first; the stronger match does not page again.
-    assert kinds(found["with"], "escalation") == [["crisis"], [], []]
+    # The supervisor was paged by the first, and is paged again by the clearly stronger one:
+    # one who dismissed a false alarm must hear of the real crisis, with its own words in the
+    # handoff (an outside audit: a car accident read as danger used up the call's one page).
+    assert kinds(found["with"], "escalation") == [["crisis"], [], ["crisis"]]
+    (again,) = [e for e in found["with"][2] if e["type"] == "escalation"]
+    assert again["urgency"] == "critical" and "again" in again["detail"]
+    assert "collapsed" in " ".join(again["summary"]["trigger_phrases"])
 
 
 async def test_a_crisis_from_a_sustained_state_names_no_words(conversation: Conversation) -> None:
