@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from audio import prosody
+from audio.echo import MAX_LAG_S, EchoMatch, echo_match
 from audio.endpoint import Endpointer, SpeechEnd, SpeechStart
 from audio.resample import StreamResampler
 from audio.ring import AudioRing
@@ -67,6 +68,8 @@ class Utterance:
     audio_t0_s: float
     early: Future[AsrResult] | None = None
     """A decode started during the hangover on exactly this audio (see `_maybe_speculate`)."""
+    echo: EchoMatch | None = None
+    """How much it looks like the other party's voice coming back (`PartyPipeline.far_end`)."""
 
 
 class PartyPipeline:
@@ -107,6 +110,11 @@ class PartyPipeline:
         self.speech_intervals: list[tuple[float, float]] = []
         self.word_times: list[tuple[float, float]] = []
         self.gap_filled_s = 0.0
+        self.far_end: Callable[[float, float], tuple[Samples, float]] | None = None
+        """The other party's audio between two call times (the customer's pipeline gets the
+        agent's): an utterance that is only the agent's voice leaking back is dropped."""
+        self.echo_dropped = 0
+        self._open_echo = False
 
     @property
     def audio_s(self) -> float:
@@ -114,8 +122,11 @@ class PartyPipeline:
 
     @property
     def open_speech(self) -> tuple[float, float] | None:
-        """The utterance in progress (start, now), for live talk-time figures."""
-        return (self._utt_start, self._ring.end_s) if self._utt_start is not None else None
+        """The utterance in progress (start, now), for live talk-time figures; None while it
+        looks like the other party's voice coming back (checked with each partial)."""
+        if self._utt_start is None or self._open_echo:
+            return None
+        return (self._utt_start, self._ring.end_s)
 
     async def push(self, chunk: AudioChunk) -> None:
         gap, pcm = self._place(chunk)
@@ -221,15 +232,56 @@ class PartyPipeline:
 
     def _on_start(self, start: SpeechStart) -> None:
         self._utt_id += 1
+        self._open_echo = False
         self._utt_start = start.t_start_s
         self._next_partial_at = start.t_start_s + max(
             MIN_PARTIAL_SPEECH_S, self._settings.partial_interval_s
         )
 
+    def audio_between(self, t_start_s: float, t_end_s: float) -> tuple[Samples, float]:
+        """This party's audio between two call times (what is still kept) and its start."""
+        return self._ring.slice_s(t_start_s, t_end_s)
+
+    def _echo(self, audio: Samples, t0: float) -> EchoMatch | None:
+        """How much `audio` (from call time `t0`) looks like the far end coming back."""
+        if self.far_end is None:
+            return None
+        far, far_t0 = self.far_end(t0 - MAX_LAG_S, t0 + len(audio) / PIPELINE_RATE)
+        lead = t0 - far_t0
+        if lead < 0:
+            return None
+        return echo_match(audio, far, PIPELINE_RATE, lead_s=lead)
+
+    def _is_echo(self, audio: Samples, t0: float, utterance_id: int) -> bool:
+        match = self._echo(audio, t0)
+        if match is None or not match.is_echo:
+            return False
+        log.info(
+            "call %s %s: utterance %d is the other party's voice coming back (envelope "
+            "correlation %.2f at %.0f ms, %.0f dB quieter): not transcribed",
+            self.call_id,
+            self.speaker,
+            utterance_id,
+            match.correlation,
+            match.lag_s * 1000,
+            match.quieter_db,
+        )
+        return True
+
     async def _on_end(self, end: SpeechEnd) -> None:
         audio, audio_t0 = self._ring.slice_s(
             end.t_start_s - PAD_BEFORE_S, end.t_end_s + PAD_AFTER_S
         )
+        if self._is_echo(audio, audio_t0, self._utt_id):
+            # Line echo is not this party speaking: no transcript, no cue, no talk time, and
+            # the voice baseline never sees it (it read the agent's voice as the caller's).
+            self.echo_dropped += 1
+            self._ended_utts.add(self._utt_id)
+            self._utt_start = None
+            early = self._take_early(self._utt_id, end.t_start_s, end.t_end_s)
+            if early is not None:
+                early.cancel()
+            return
         utt = Utterance(
             utterance_id=self._utt_id,
             speaker=self.speaker,
@@ -392,11 +444,18 @@ class PartyPipeline:
             return  # one in flight is enough; the next one will carry newer audio
         utt_id, start, upto = self._utt_id, self._utt_start, self._ring.end_s
         self._next_partial_at = upto + self._partial_interval()
-        audio, _ = self._ring.slice_s(start - PAD_BEFORE_S, upto)
+        audio, audio_t0 = self._ring.slice_s(start - PAD_BEFORE_S, upto)
+        self._open_echo = self._echo_so_far(audio, audio_t0)
+        if self._open_echo:
+            return  # the other party's voice coming back: no partial, no early cue from it
         if self._inline:
             await self._partial(utt_id, start, upto, audio)
         else:
             self._partial_task = asyncio.create_task(self._partial(utt_id, start, upto, audio))
+
+    def _echo_so_far(self, audio: Samples, t0: float) -> bool:
+        match = self._echo(audio, t0)
+        return match is not None and match.is_echo
 
     def _partial_interval(self) -> float:
         """Back off as the ASR scheduler gets loaded: partials are a budget, finals are not.

@@ -118,6 +118,9 @@ class CallSession:
             )
             for s in speakers
         }
+        if "customer" in self.parties and "agent" in self.parties:
+            # The agent's voice leaking back on the customer's line is not the customer.
+            self.parties["customer"].far_end = self.parties["agent"].audio_between
         self._runtime = runtime
         self.cues: CueEngine | None = (
             CueEngine(

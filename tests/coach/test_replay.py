@@ -334,3 +334,37 @@ def test_cli_writes_contract_jsonl(
     assert len(arc) == len(customer) and all(-1 <= v <= 1 for _, v in arc)
     words = [w for ev in lines if ev["type"] == "transcript" for w in ev["words"]]
     assert words and {"w", "t0", "t1", "p"} <= words[0].keys()
+
+
+@pytest.mark.parametrize("quieter_db", [30, 12])
+async def test_the_agents_voice_coming_back_on_the_customers_line_is_not_the_customer(
+    billing_call: tuple[Path, dict[str, Any]],
+    runtime: Runtime,
+    settings: Settings,
+    tmp_path: Path,
+    quieter_db: int,
+) -> None:
+    """Line echo: the customer's channel carries only the agent's voice, 60 ms late and
+    quieter. An outside audit heard "how can I help?" come back as the customer's "How can I
+    kill?", a crisis page; at -12 dB the echo also read as a raised voice. None of it is the
+    customer's: no transcript, no cue, no talk time."""
+    wav, _ = billing_call
+    data, rate = sf.read(wav, dtype="float32", always_2d=True)
+    agent = data[:, 1]
+    delay = int(0.06 * rate)
+    noise = np.random.default_rng(0).standard_normal(len(agent)).astype(np.float32) * 1e-4
+    echo = np.concatenate([np.zeros(delay, np.float32), agent[:-delay]]) * 10 ** (-quieter_db / 20)
+    echoed = tmp_path / "echo.wav"
+    sf.write(echoed, np.stack([echo + noise, agent], axis=1), rate, subtype="PCM_16")
+    events = await replay_file(echoed, runtime, settings)
+    assert transcripts(events, "customer") == []
+    assert not [
+        e
+        for e in events
+        if e["type"] in ("cue", "escalation")
+        and e.get("cue") != "dead_air"
+        and e.get("speaker", "customer") == "customer"
+    ]
+    assert len(transcripts(events, "agent")) >= 3  # the agent's own side is untouched
+    talk = [e for e in events if e["type"] == "metrics"][-1]["talk_ratio"]
+    assert talk["customer"] == 0
