@@ -44,17 +44,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     return {k: getattr(args, k, None) for k in ("host", "port")}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    config = getattr(args, "config", None)
-    if config is not None and not config.exists():
-        print(f"error: config file {config} not found", file=sys.stderr)
-        return 2
-    try:  # a bad setting is named with its variable, not shown as a traceback
-        settings = Settings.load(config, **_overrides(args))
+def load_settings(config: Path | None, **overrides: object) -> Settings | None:
+    """The settings, or None after one line on stderr per problem: a bad setting is named
+    with its variable, not shown as a traceback (`coach` and the scripts that read the
+    server's settings, such as scripts/tune_playbook.py)."""
+    try:
+        return Settings.load(config, **overrides)
     except ConfigFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return None
     except ValidationError as exc:
         for err in exc.errors():
             name = str(err["loc"][0]) if err["loc"] else ""
@@ -63,6 +61,17 @@ def main(argv: list[str] | None = None) -> int:
                 f" (got {err.get('input')!r})",
                 file=sys.stderr,
             )
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config = getattr(args, "config", None)
+    if config is not None and not config.exists():
+        print(f"error: config file {config} not found", file=sys.stderr)
+        return 2
+    settings = load_settings(config, **_overrides(args))
+    if settings is None:
         return 2
     if args.command in ("replay", "serve"):
         from coach.cues.playbook import PlaybookError, load_playbook

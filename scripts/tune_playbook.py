@@ -55,11 +55,18 @@ from typing import Any, Literal
 import sqlalchemy as sa
 import yaml
 
+from coach.cli import load_settings
 from coach.cues import language
 from coach.cues.engine import CueEngine, LoadedPlaybook, matched_example
 from coach.cues.matcher import CueIndex, EmbedFn, ExampleSet
 from coach.cues.offline import CachedAnalysis, FixedPlaybook, rescore
-from coach.cues.playbook import DEFAULT_PLAYBOOK, Playbook, parse_playbook
+from coach.cues.playbook import (
+    DEFAULT_PLAYBOOK,
+    Playbook,
+    PlaybookError,
+    load_playbook,
+    parse_playbook,
+)
 from coach.settings import Settings
 from scripts import eval_cues
 
@@ -731,6 +738,22 @@ def _at_least(floor: int) -> Any:
     return parse
 
 
+def _between(low: float, high: float) -> Any:
+    """An argparse type: a number in [low, high] (a negative span or a ratio past 1 would
+    quietly tune nothing, or everything)."""
+
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from None
+        if not low <= value <= high:  # NaN fails too
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {raw}")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -759,10 +782,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-feedback", action="store_true")
     ap.add_argument("--cues", default="", help="comma-separated cue ids (default: all language)")
-    ap.add_argument("--min-ratings", type=int, default=10)
-    ap.add_argument("--max-unhelpful", type=float, default=0.5)
-    ap.add_argument("--min-gain", type=float, default=0.02)
-    ap.add_argument("--span", type=float, default=0.10)
+    ap.add_argument("--min-ratings", type=_at_least(1), default=10)
+    ap.add_argument("--max-unhelpful", type=_between(0.0, 1.0), default=0.5)
+    ap.add_argument("--min-gain", type=_between(0.0, 1.0), default=0.02)
+    ap.add_argument("--span", type=_between(0.01, 1.0), default=0.10)
     ap.add_argument("--apply", action="store_true", help="write the proposed thresholds")
     ap.add_argument(
         "--examples",
@@ -781,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of thresholds: the words of cues people rated not helpful, as near-miss "
         "negatives of those cues (with --apply, written unless the evaluation set loses F1)",
     )
-    ap.add_argument("--min-reporters", type=int, default=1)
+    ap.add_argument("--min-reporters", type=_at_least(1), default=1)
     ap.add_argument(
         "--min-critical-reporters",
         type=_at_least(CRITICAL_MIN_REPORTERS),
@@ -789,15 +812,21 @@ def main(argv: list[str] | None = None) -> int:
         help="distinct reporters a new positive of a critical cue (crisis) needs "
         f"(at least {CRITICAL_MIN_REPORTERS}: it pages a supervisor)",
     )
-    ap.add_argument("--max-eval-drop", type=float, default=0.01)
+    ap.add_argument("--max-eval-drop", type=_between(0.0, 1.0), default=0.01)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     # The same settings as the server (env vars, config file), so that run from any
     # directory the tool reads the store and playbook the server uses.
-    settings = Settings.load(args.config, database_url=args.database_url, data_dir=args.data_dir)
+    settings = load_settings(args.config, database_url=args.database_url, data_dir=args.data_dir)
+    if settings is None:  # said on stderr, one line per problem
+        return 2
     url = store_url(settings)
     args.playbook = args.playbook or settings.playbook_file or DEFAULT_PLAYBOOK
-    playbook = parse_playbook(args.playbook.read_text(encoding="utf-8"), source=args.playbook)
+    try:  # the server would refuse it too: name the file, the cue and the field, no traceback
+        playbook = load_playbook(args.playbook)
+    except PlaybookError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         wanted = threshold_cues(playbook, args.cues)
     except ValueError as exc:

@@ -509,3 +509,48 @@ def test_an_unknown_or_timing_cue_is_a_usage_error(
     err = capsys.readouterr().err
     assert "--cues" in err and "frustration" in err and "crisis" in err
     assert "Traceback" not in err
+
+
+def test_a_bad_config_or_playbook_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An operator's mistake in what the tool reads is named (file, cue, field), exit 2."""
+    eval_dir = _one_call_eval_dir(tmp_path)
+    base = ["--eval-dir", str(eval_dir), "--no-feedback"]
+    assert main([*base, "--config", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: config file") and "nope.yaml" in err
+    assert "Traceback" not in err
+
+    bad = tmp_path / "playbook.yaml"
+    text = DEFAULT_PLAYBOOK.read_text(encoding="utf-8")
+    bad.write_text(text.replace("    cooldown_s: 60\n", "    cooldown_s: -5\n", 1))
+    assert main([*base, "--playbook", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: invalid playbook {bad}") and "cooldown_s (line" in err
+    assert "Traceback" not in err
+
+    assert main([*base, "--playbook", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.yaml" in err and "cannot read" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ["--min-ratings", "0"],  # divided the unhelpful share by no ratings
+        ["--max-unhelpful", "1.5"],
+        ["--span", "-0.1"],
+        ["--min-gain", "nan"],
+        ["--max-eval-drop", "x"],
+        ["--min-reporters", "0"],
+    ],
+)
+def test_a_flag_out_of_range_is_a_usage_error(
+    flag: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--eval-dir", str(_one_call_eval_dir(tmp_path)), "--no-feedback", *flag])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert flag[0] in err and "Traceback" not in err
