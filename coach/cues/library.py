@@ -18,7 +18,13 @@ from pathlib import Path
 
 from coach.cues.engine import LoadedPlaybook
 from coach.cues.matcher import CueIndex, EmbedFn
-from coach.cues.playbook import DEFAULT_PLAYBOOK, PlaybookError, parse_playbook
+from coach.cues.playbook import (
+    DEFAULT_PLAYBOOK,
+    MAX_PLAYBOOK_BYTES,
+    PlaybookError,
+    parse_playbook,
+    read_playbook_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +44,7 @@ class PlaybookLibrary:
         return self._current
 
     def _load(self) -> LoadedPlaybook:
-        try:
-            raw = self.path.read_bytes()
-        except OSError as exc:
-            raise PlaybookError(self.path, [f"cannot read: {exc.strerror or exc}"]) from exc
+        raw = read_playbook_file(self.path)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:  # a refusal like any other, not a dead watcher
@@ -51,8 +54,9 @@ class PlaybookLibrary:
         return LoadedPlaybook(playbook, index, hashlib.sha256(raw).hexdigest()[:12])
 
     def _digest(self) -> str | None:
-        try:
-            return hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
+        try:  # no further than a file that loads may go: an oversized one is refused once
+            with self.path.open("rb") as f:
+                return hashlib.sha256(f.read(MAX_PLAYBOOK_BYTES + 1)).hexdigest()[:12]
         except OSError:
             return None
 

@@ -28,6 +28,15 @@ from pydantic import (
 
 DEFAULT_PLAYBOOK = Path(__file__).resolve().parents[1] / "playbook.yaml"
 
+MAX_PHRASES = 10_000
+"""Example phrases a playbook may hold in all (cues' positives and negatives, background,
+agent moves; the bundled one has about 2,600). Every new phrase is embedded by two encoders
+when the file loads, about 30 ms each on a laptop core: a pasted corpus of 20,000 lines held
+the CPU, beside the live calls' speech recognition, for ten minutes at each reload."""
+MAX_PLAYBOOK_BYTES = 4 * 1024 * 1024
+"""Largest playbook file read (the bundled one is about 160 KB): a larger one is refused
+before it is read whole."""
+
 EmotionLabel = Literal["frustrated", "anxious", "confused", "sad", "neutral", "positive"]
 Urgency = Literal["low", "medium", "high", "critical"]
 EscalationReason = Literal[
@@ -330,6 +339,7 @@ class Playbook(_Strict):
             *_standard_kinds(self.cues),
             *_below_safety_floor(self.cues),
             *_param_problems(self.cues),
+            *_too_many_phrases(self),
         ]
         if problems:
             raise _Located(problems)
@@ -358,6 +368,28 @@ class Playbook(_Strict):
 
 
 Loc = tuple[str, ...]
+
+
+def _too_many_phrases(playbook: Playbook) -> list[tuple[Loc, str]]:
+    """Past MAX_PHRASES, one problem, placed at the longest list (where to cut first)."""
+    lists: list[tuple[Loc, int]] = [
+        (("cues", cue_id, field), len(getattr(spec, field)))
+        for cue_id, spec in playbook.cues.items()
+        for field in ("positives", "negatives")
+    ]
+    lists.append((("background",), len(playbook.background)))
+    lists += [(("agent_moves", move), len(texts)) for move, texts in playbook.agent_moves.items()]
+    total = sum(n for _, n in lists)
+    if total <= MAX_PHRASES:
+        return []
+    loc, longest = max(lists, key=lambda item: item[1])
+    return [
+        (
+            loc,
+            f"{longest} phrases here, {total} in the playbook: more than {MAX_PHRASES} "
+            "(each is embedded when the file loads, which would hold the CPU for minutes)",
+        )
+    ]
 
 
 class _Located(ValueError):
@@ -628,12 +660,25 @@ def parse_playbook(text: str, *, source: Path | str = "<playbook>") -> Playbook:
         raise PlaybookError(source, _problems(exc, root)) from exc
 
 
+def read_playbook_file(path: Path) -> bytes:
+    """The file's bytes, or PlaybookError if it cannot be read or is past MAX_PLAYBOOK_BYTES
+    (checked before reading it whole)."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_PLAYBOOK_BYTES + 1)
+    except OSError as exc:
+        raise PlaybookError(path, [f"cannot read: {exc.strerror or exc}"]) from exc
+    if len(raw) > MAX_PLAYBOOK_BYTES:
+        raise PlaybookError(path, [f"larger than {MAX_PLAYBOOK_BYTES // (1024 * 1024)} MiB"])
+    return raw
+
+
 def load_playbook(path: Path | None = None) -> Playbook:
     path = Path(path) if path else DEFAULT_PLAYBOOK
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PlaybookError(path, [f"cannot read: {exc.strerror or exc}"]) from exc
+        text = read_playbook_file(path).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlaybookError(path, [f"not UTF-8: {exc}"]) from exc
     return parse_playbook(text, source=path)
 
 

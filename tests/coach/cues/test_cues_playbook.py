@@ -10,7 +10,14 @@ import pytest
 import yaml
 
 from coach.cues.library import PlaybookLibrary
-from coach.cues.playbook import DEFAULT_PLAYBOOK, PlaybookError, load_playbook, parse_playbook
+from coach.cues.playbook import (
+    DEFAULT_PLAYBOOK,
+    MAX_PHRASES,
+    MAX_PLAYBOOK_BYTES,
+    PlaybookError,
+    load_playbook,
+    parse_playbook,
+)
 from scripts.make_test_calls import CUE_IDS
 
 
@@ -146,6 +153,30 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
         load_playbook(tmp_path / "nope.yaml")
 
 
+def _with_extra_positives(n: int) -> str:
+    """The bundled playbook with `n` more positives of cost_anxiety."""
+    extra = "".join(f"      - I can't afford bill number {i} this month.\n" for i in range(n))
+    text = DEFAULT_PLAYBOOK.read_text()
+    first = "      - I can't afford this.\n"
+    assert first in text
+    return text.replace(first, first + extra, 1)
+
+
+def test_a_playbook_of_too_many_phrases_is_refused_at_its_longest_list() -> None:
+    """A pasted corpus would be embedded at every load, for minutes, beside the live calls."""
+    error = _error(_with_extra_positives(MAX_PHRASES))
+    assert "cues.cost_anxiety.positives (line " in error and f"more than {MAX_PHRASES}" in error
+    parse_playbook(_with_extra_positives(1000))  # a playbook that grew is fine
+
+
+def test_an_oversized_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "playbook.yaml"
+    text = DEFAULT_PLAYBOOK.read_text()
+    path.write_text(text + "#" * MAX_PLAYBOOK_BYTES + "\n")
+    with pytest.raises(PlaybookError, match="larger than 4 MiB"):
+        load_playbook(path)
+
+
 def test_reload_swaps_valid_versions_and_keeps_the_last_good_one(tmp_path: Path) -> None:
     path = tmp_path / "playbook.yaml"
     path.write_text(DEFAULT_PLAYBOOK.read_text())
@@ -173,6 +204,16 @@ def test_reload_swaps_valid_versions_and_keeps_the_last_good_one(tmp_path: Path)
     assert lib.changed() and not lib.reload()
     assert lib.current is good and lib.last_error and "no cues" in lib.last_error
     assert not lib.changed()  # the refused version is not retried every poll
+
+    embedded = sum(calls)
+    path.write_text(_with_extra_positives(MAX_PHRASES))
+    assert lib.changed() and not lib.reload()
+    assert lib.current is good and lib.last_error and "more than" in lib.last_error
+    assert sum(calls) == embedded  # refused before a single phrase was embedded
+    path.write_text(DEFAULT_PLAYBOOK.read_text() + "#" * MAX_PLAYBOOK_BYTES)
+    assert lib.changed() and not lib.reload()
+    assert lib.current is good and lib.last_error and "larger than" in lib.last_error
+    assert not lib.changed()
 
 
 def test_cli_refuses_a_bad_playbook_before_loading_models(tmp_path: Path) -> None:
