@@ -33,6 +33,15 @@ REVIEW_WITHDRAWALS = Counter(
     ["kind"],
 )
 ESCALATIONS = Counter("coach_escalations_total", "Escalations", ["reason", "urgency"])
+PLAYBOOK_RELOADS = Counter(
+    "coach_playbook_reloads_total",
+    "Playbook reloads: loaded (a new version in force) or refused (the last good one kept)",
+    ["result"],
+)
+PLAYBOOK_REFUSED = Gauge(
+    "coach_playbook_refused",
+    "1 while the playbook file on disk is refused and live calls use the last good version",
+)
 CUSTOMER_VALENCE = Histogram(
     "coach_customer_valence",
     "Customer valence per utterance",

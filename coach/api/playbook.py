@@ -38,6 +38,7 @@ def _describe(library: PlaybookLibrary) -> dict[str, Any]:
             {
                 "cue": cue_id,
                 "title": spec.title,
+                "advice": spec.advice,  # what the next card says: an edit can be checked here
                 "kind": spec.kind,
                 "enabled": spec.enabled,
                 "priority": spec.priority,

@@ -25,6 +25,7 @@ from coach.cues.playbook import (
     parse_playbook,
     read_playbook_file,
 )
+from coach.metrics import PLAYBOOK_REFUSED, PLAYBOOK_RELOADS
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +82,18 @@ class PlaybookLibrary:
             except PlaybookError as exc:
                 self.last_error = str(exc)
                 self._refused = self._digest()  # None: no readable file
+                PLAYBOOK_RELOADS.labels(result="refused").inc()
+                PLAYBOOK_REFUSED.set(1)  # what an alert watches: the log line scrolls away
                 log.error("playbook reload refused, keeping version %s: %s", self.version, exc)
                 return False
             # The file loads: whatever was refused before is no longer on disk.
             self.last_error, self._refused = None, None
+            PLAYBOOK_REFUSED.set(0)
             if loaded.version == self._current.version:
                 return False
             self._current = loaded
             self.reloads += 1
+            PLAYBOOK_RELOADS.labels(result="loaded").inc()
             log.info("playbook %s reloaded: version %s", self.path, loaded.version)
             return True
 

@@ -107,3 +107,39 @@ def test_reload_of_a_missing_file_is_refused(setup: tuple[TestClient, Path]) -> 
     assert refused.status_code == 422 and "cannot read" in refused.json()["detail"]
     body = client.get("/api/playbook", headers=bearer("sam", "supervisor")).json()
     assert body["version"] == version and "cannot read" in body["last_error"]
+
+
+def _metric(client: TestClient, line_start: str) -> float:
+    """The value of the one /metrics sample whose line starts with `line_start`."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_reloads_show_in_metrics_and_the_new_advice_in_the_api(
+    setup: tuple[TestClient, Path],
+) -> None:
+    """An operator checks an edit where they look: the advice in force in GET /api/playbook,
+    reloads and a refused file on /metrics (an alert; the log line scrolls away)."""
+    client, path = setup
+    good = path.read_text()
+    loaded = _metric(client, 'coach_playbook_reloads_total{result="loaded"}')
+    refused = _metric(client, 'coach_playbook_reloads_total{result="refused"}')
+    old = "advice: Acknowledge the budget concern before quoting any price; offer options."
+    assert old in good
+    path.write_text(good.replace(old, "advice: Ask which payment date suits them.", 1))
+    body = _wait_for(client, lambda b: b["reloads"] == 1)
+    cost = next(c for c in body["cues"] if c["cue"] == "cost_anxiety")
+    assert cost["advice"] == "Ask which payment date suits them."
+    assert _metric(client, 'coach_playbook_reloads_total{result="loaded"}') == loaded + 1
+    assert _metric(client, "coach_playbook_refused") == 0
+
+    path.write_text(good.replace("priority: 2", "priority: 9", 1))
+    _wait_for(client, lambda b: b["last_error"] is not None)
+    assert _metric(client, 'coach_playbook_reloads_total{result="refused"}') == refused + 1
+    assert _metric(client, "coach_playbook_refused") == 1
+
+    path.write_text(good)
+    _wait_for(client, lambda b: b["last_error"] is None)
+    assert _metric(client, "coach_playbook_refused") == 0
