@@ -779,9 +779,9 @@ class CueEngine:
                 return
 
     def cue_outcome(self, cue: Mapping[str, Any]) -> tuple[float | None, float | None, bool]:
-        """The customer's valence before a shown cue, the mean of the next two turns', and
-        whether that is final (both turns heard; kept then, as the session state reads it
-        at every customer turn). A cue restored from another instance's part of the call
+        """The customer's valence before a shown cue (for an early cue, the turn it was raised
+        in), the mean of the next two turns', and whether that is final (both turns heard;
+        kept then, as the session state reads it at every customer turn). A cue restored from another instance's part of the call
         may carry its final outcome (coach/recap.py): the turns it was read from may since
         have been thinned out of the restored arc."""
         frozen = cue.get("outcome")
@@ -792,7 +792,13 @@ class CueEngine:
             return known[0], known[1], True
         t = float(cue["t_end"])
         before = [s["valence"] for s in self.states if s["t"] <= t + 0.01][-1:]
-        after = [s["valence"] for s in self.states if s["t"] > t + 0.01][:2]
+        after = [s["valence"] for s in self.states if s["t"] > t + 0.01][:3]
+        if cue.get("early"):
+            # Raised while the customer was still talking: that turn is the mood the agent
+            # answered, not the answer's effect (counted as "after", it kept an early cue
+            # from ever landing, and it shows before the turn ends, so it has no before).
+            before, after = after[:1], after[1:]
+        after = after[:2]
         outcome = (
             float(before[0]) if before else None,
             float(np.mean(after)) if after else None,

@@ -228,3 +228,24 @@ async def test_a_shed_partial_reading_is_skipped(
     early, final = await _speak(conv, COLLAPSE)
     assert shed and early == []
     assert "crisis" in _cues(final)
+
+
+async def test_an_early_cues_outcome_reads_the_turns_after_the_one_it_was_raised_in(
+    library: PlaybookLibrary, counting: Counting, emotion_model: EmotionModel
+) -> None:
+    """The post-call summary's `cue_outcomes`: an early cue comes while the customer is still
+    talking, so that turn is the mood the agent answered. It was counted as the first turn
+    "after" (and the turn before it as "before"), so an early cue could hardly land."""
+    conv = Conversation(_engine(library, counting, {"crisis": Early()}), emotion_model)
+    await conv.say("customer", "Hi, I'm calling about my account, thanks for picking up.")
+    early, _ = await _speak(conv, COLLAPSE)
+    assert _cues(early) == ["crisis"]
+    await conv.say("agent", "Stay with me. I'm calling an ambulance for you right now.")
+    await conv.say("customer", "Okay, thank you, thank you so much, that helps.")
+    await conv.say("customer", "Thank you, he is breathing again now, that's great.")
+    await conv.say("customer", "Everything is fine now, thanks for your help.")
+    raised_in, next1, next2 = (s["valence"] for s in conv.engine.states[1:4])
+    (outcome,) = conv.engine.call_summary()["cue_outcomes"]
+    assert outcome["valence_before"] == pytest.approx(raised_in, abs=1e-3)
+    assert outcome["valence_after"] == pytest.approx((next1 + next2) / 2, abs=1e-3)
+    assert outcome["landed"] is True
