@@ -79,7 +79,10 @@ class PlaybookLibrary:
         with self._lock:
             try:
                 loaded = self._load()
-            except PlaybookError as exc:
+            except Exception as exc:  # whatever fails, the last good playbook keeps running
+                if not isinstance(exc, PlaybookError):  # a bug of ours, or the encoders'
+                    log.exception("playbook %s could not be loaded", self.path)
+                    exc = PlaybookError(self.path, [f"could not be loaded: {exc!r}"])
                 self.last_error = str(exc)
                 self._refused = self._digest()  # None: no readable file
                 PLAYBOOK_RELOADS.labels(result="refused").inc()
@@ -110,8 +113,11 @@ class PlaybookLibrary:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval_s)
-            if await loop.run_in_executor(None, self.changed):
-                await loop.run_in_executor(None, self.reload)
+            try:  # one bad poll must not end hot reload for the life of the process
+                if await loop.run_in_executor(None, self.changed):
+                    await loop.run_in_executor(None, self.reload)
+            except Exception:
+                log.exception("playbook %s: checking for changes failed", self.path)
 
 
 def start_watching(library: PlaybookLibrary, interval_s: float) -> asyncio.Task[None] | None:

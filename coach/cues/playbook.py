@@ -650,6 +650,8 @@ def parse_playbook(text: str, *, source: Path | str = "<playbook>") -> Playbook:
         data, root, duplicates = _load_yaml(text)
     except yaml.YAMLError as exc:
         raise PlaybookError(source, [f"not valid YAML: {exc}"]) from exc
+    except RecursionError as exc:  # "[[[[..." thousands deep: a refusal like any other
+        raise PlaybookError(source, ["not valid YAML: nested too deeply"]) from exc
     if duplicates:
         raise PlaybookError(source, duplicates)
     if not isinstance(data, Mapping):

@@ -216,6 +216,64 @@ def test_reload_swaps_valid_versions_and_keeps_the_last_good_one(tmp_path: Path)
     assert not lib.changed()
 
 
+DEEP = "version: 1\ncues: " + "[" * 5000 + "]" * 5000 + "\n"
+
+
+def _unit_embed(texts):  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    v = np.random.default_rng(len(texts)).normal(size=(len(texts), 8)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_a_file_nested_too_deeply_is_refused_not_a_crash() -> None:
+    assert "nested too deeply" in _error(DEEP)
+
+
+async def test_hot_reload_goes_on_after_a_file_that_broke_the_loader(tmp_path: Path) -> None:
+    """A RecursionError (a file nested thousands deep) escaped the reload and ended the
+    watcher task: no later edit was ever loaded, and nothing was logged."""
+    import asyncio
+
+    path = tmp_path / "playbook.yaml"
+    good = DEFAULT_PLAYBOOK.read_text()
+    path.write_text(good)
+    lib = PlaybookLibrary(path, embed=_unit_embed)
+    first = lib.version
+    watcher = asyncio.create_task(lib.watch(0.02))
+    try:
+        path.write_text(DEEP)
+        await _until(lambda: lib.last_error is not None)
+        assert "nested too deeply" in str(lib.last_error) and lib.version == first
+
+        path.write_text(good.replace("cooldown_s: 45", "cooldown_s: 46", 1))
+        await _until(lambda: lib.version != first)
+        assert lib.current.playbook.cues["frustration"].cooldown_s == 46 and not lib.last_error
+        assert not watcher.done()  # still watching
+    finally:
+        watcher.cancel()
+
+    # A failure that is not the file's (the encoders'): refused and logged, not raised.
+    def failing(texts):  # type: ignore[no-untyped-def]
+        raise RuntimeError("encoder out of memory")
+
+    lib._embed = failing
+    path.write_text(good.replace("cooldown_s: 45", "cooldown_s: 48", 1))
+    assert not lib.reload() and "out of memory" in str(lib.last_error)
+    assert lib.current.playbook.cues["frustration"].cooldown_s == 46
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    """Poll (the watcher runs on its own; there is nothing to await) for up to 10 s."""
+    import asyncio
+
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("timed out")
+
+
 def test_cli_refuses_a_bad_playbook_before_loading_models(tmp_path: Path) -> None:
     import os
     import subprocess
