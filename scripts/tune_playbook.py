@@ -164,9 +164,15 @@ def missing_sqlite_file(url: str) -> Path | None:
     return None if path.exists() else path
 
 
+class StoreUnreadable(RuntimeError):
+    """The history store is there but could not be read (down, wrong URL, not a database):
+    unlike no store at all, not a reason to tune as if nobody had rated a cue."""
+
+
 def _read_store(url: str, what: str, read: Any) -> Any:
     """`await read(store)` on the history store; None (and a line on stderr) if there is
-    none, which is normal on a fresh checkout. A missing SQLite file is not created."""
+    none, which is normal on a fresh checkout. A missing SQLite file is not created.
+    StoreUnreadable if there is one that cannot be read."""
     from coach.store.db import redacted_url
     from coach.store.store import Store
 
@@ -189,8 +195,10 @@ def _read_store(url: str, what: str, read: Any) -> Any:
     try:
         return asyncio.run(run())
     except Exception as exc:
-        print(f"no {what} read from the store at {redacted_url(url)} ({exc})", file=sys.stderr)
-        return None
+        raise StoreUnreadable(
+            f"no {what} could be read from the store at {redacted_url(url)} ({exc}); "
+            "--no-feedback tunes on the evaluation set alone"
+        ) from exc
 
 
 def feedback_counts(url: str) -> dict[str, dict[str, int]]:
@@ -843,30 +851,29 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    thresholds = not (args.examples or args.missed or args.unhelpful)
+    try:  # before any model loads; and an --apply must not write what the ratings would undo
+        feedback = feedback_counts(url) if thresholds and not args.no_feedback else {}
+        missed = stored_reports(url, "missed") if args.missed and not args.examples else []
+        rated = stored_reports(url, "rated") if args.unhelpful and not args.examples else []
+    except StoreUnreadable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     from models.emotion import EmotionModel
 
     model = EmotionModel()
     embed: EmbedFn = model.embed_examples
     index = CueIndex.build(playbook, embed)
     analyze = CachedAnalysis(model)
-    feedback = {} if args.no_feedback else feedback_counts(url)
 
     if args.examples:
         return report_examples(calls, playbook, index, analyze, args.json)
     if args.missed or args.unhelpful:
         examples: list[ExampleProposal] = []
         if args.missed:
-            examples += propose_examples(
-                stored_reports(url, "missed"),
-                playbook,
-                min_reporters=args.min_reporters,
-            )
+            examples += propose_examples(missed, playbook, min_reporters=args.min_reporters)
         if args.unhelpful:
-            examples += propose_near_misses(
-                stored_reports(url, "rated"),
-                playbook,
-                min_reporters=args.min_reporters,
-            )
+            examples += propose_near_misses(rated, playbook, min_reporters=args.min_reporters)
         return report_proposals(
             calls,
             playbook,

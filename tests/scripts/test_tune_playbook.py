@@ -554,3 +554,22 @@ def test_a_flag_out_of_range_is_a_usage_error(
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert flag[0] in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("mode", [[], ["--missed"], ["--unhelpful"]])
+def test_a_store_that_cannot_be_read_stops_the_tuning(
+    mode: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store that is there but unreadable (down, not a database) is not "nobody rated
+    anything": it said so on stderr, then tuned on the evaluation set alone, and with
+    --apply wrote thresholds that the agents' ratings might have turned down."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "coach.db").write_text("not a database")
+    playbook = tmp_path / "playbook.yaml"
+    playbook.write_text(DEFAULT_PLAYBOOK.read_text())
+    args = ["--eval-dir", str(_one_call_eval_dir(tmp_path)), "--data-dir", str(data)]
+    assert main([*args, "--playbook", str(playbook), "--apply", *mode]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no ") and "coach.db" in err and "--no-feedback" in err
+    assert playbook.read_text() == DEFAULT_PLAYBOOK.read_text()
