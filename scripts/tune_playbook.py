@@ -256,11 +256,15 @@ def choose(
         if stricter:
             pick = best(stricter)
         reason = f"{unhelpful}/{total} rated not helpful or dismissed: raise precision"
+        if not stricter:  # say why nothing changes, or the line reads as a change
+            reason += " (no threshold raises it on the evaluation set: reword the examples)"
     elif total >= min_ratings and (before.get("recall") or 0) < 1.0:
         looser = [t for t in sweep if (sweep[t].get("recall") or 0) > (before.get("recall") or 0)]
         if looser:
             pick = best(looser)
         reason = f"{total - unhelpful}/{total} rated helpful: raise recall"
+        if not looser:
+            reason += " (no threshold raises it on the evaluation set)"
     else:
         cand = best(list(sweep))
         if f1(cand) >= f1(current) + min_gain:

@@ -58,6 +58,14 @@ def test_mostly_unhelpful_feedback_raises_precision() -> None:
     assert "not helpful" in p.reason
 
 
+def test_feedback_that_no_threshold_can_answer_says_so() -> None:
+    """Precision is already as high as the sweep goes: the line said "raise precision"
+    beside an unchanged threshold, which reads as a change the tool did not make."""
+    fb = {"helpful": 0, "not_helpful": 10, "dismissed": 2}
+    p = choose("x", 0.60, SWEEP, fb, min_ratings=10, max_unhelpful=0.5, min_gain=0.02)
+    assert p.proposed == 0.60 and "no threshold raises it" in p.reason
+
+
 def test_helpful_feedback_with_misses_raises_recall() -> None:
     fb = {"helpful": 12, "not_helpful": 1, "dismissed": 0}
     p = choose("x", 0.55, SWEEP, fb, min_ratings=10, max_unhelpful=0.5, min_gain=0.02)
