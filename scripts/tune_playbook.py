@@ -290,11 +290,20 @@ def _with_cue(lines: Iterable[str]) -> Iterator[tuple[str, str | None]]:
 def apply_thresholds(path: Path, changes: Mapping[str, float]) -> str:
     """Rewrite `threshold:` lines inside each changed cue's block, keeping comments and layout."""
     out: list[str] = []
+    rewritten: set[str] = set()
     for line, cue in _with_cue(path.read_text(encoding="utf-8").splitlines(keepends=True)):
         t = re.match(r"^(    threshold:\s*)([0-9.]+)(.*)$", line)
         if t and cue is not None and cue in changes:
             line = f"{t.group(1)}{changes[cue]:.2f}{t.group(3)}\n"
+            rewritten.add(cue)
         out.append(line)
+    if missing := sorted(set(changes) - rewritten):
+        # A cue written on one line ({title: ..., threshold: ...}) has no line to rewrite:
+        # say so, rather than report thresholds written that were not.
+        raise ValueError(
+            f"no `threshold:` line of {', '.join(missing)} in {path} to rewrite "
+            "(write the cue as a block, one key per line)"
+        )
     text = "".join(out)
     parse_playbook(text, source=path)  # never write a playbook the server would refuse
     return text
@@ -681,7 +690,12 @@ def report_proposals(
             file=sys.stderr,
         )
         return 1
-    apply_to.write_text(apply_examples(apply_to, proposals), encoding="utf-8")
+    try:
+        text = apply_examples(apply_to, proposals)
+    except ValueError as exc:  # no list to append to, or a result the server would refuse
+        print(f"error: not written: {exc}", file=sys.stderr)
+        return 1
+    apply_to.write_text(text, encoding="utf-8")
     print(f"wrote {len(proposals)} example(s) to {apply_to} (the server reloads it)")
     return 0
 
@@ -938,7 +952,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps([p.__dict__ for p in proposals], indent=2, default=str))
     if args.apply and changes:
-        args.playbook.write_text(apply_thresholds(args.playbook, changes), encoding="utf-8")
+        try:
+            text = apply_thresholds(args.playbook, changes)
+        except ValueError as exc:  # a cue with no line to rewrite, or a refused result
+            print(f"error: not written: {exc}", file=sys.stderr)
+            return 1
+        args.playbook.write_text(text, encoding="utf-8")
         print(f"wrote {len(changes)} thresholds to {args.playbook} (the server reloads it)")
     elif changes:
         print(f"{len(changes)} changes proposed; --apply writes them")

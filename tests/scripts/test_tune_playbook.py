@@ -98,6 +98,25 @@ def test_apply_refuses_to_write_an_invalid_playbook(tmp_path: Path) -> None:
         apply_thresholds(path, {"urgency": 1.5})
 
 
+FLOW_CUE = (
+    "  billing_error: {title: Billing error, advice: Check the last three invoices together.,"
+    " priority: 3, cooldown_s: 60, party: customer, kind: language, threshold: 0.5,"
+    " positives: [You charged me twice this month., My bill is wrong again.,"
+    " That charge is not mine.]}\n"
+)
+
+
+def test_a_cue_with_no_threshold_line_is_not_reported_as_written(tmp_path: Path) -> None:
+    """An operator's cue written on one line: its threshold was left as it was while the
+    tool printed "wrote 1 thresholds"."""
+    path = tmp_path / "playbook.yaml"
+    text = DEFAULT_PLAYBOOK.read_text()
+    path.write_text(text.replace("\ncues:\n", "\ncues:\n" + FLOW_CUE, 1))
+    assert load_playbook(path).cues["billing_error"].threshold == 0.5
+    with pytest.raises(ValueError, match="billing_error"):
+        apply_thresholds(path, {"billing_error": 0.45, "urgency": 0.61})
+
+
 def test_refuses_to_tune_on_the_test_split(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
