@@ -45,8 +45,11 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,6 +288,22 @@ def _with_cue(lines: Iterable[str]) -> Iterator[tuple[str, str | None]]:
         elif in_cues and (m := re.match(r"^  ([a-z][a-z0-9_]*):\s*$", line)):
             current = m.group(1)
         yield line, current
+
+
+def write_playbook(path: Path, text: str) -> None:
+    """Replace the playbook file whole (a new file renamed over it): the server polls it every
+    COACH_PLAYBOOK_RELOAD_S, and one poll inside a write in place read a truncated file,
+    refused it and logged an error (and set coach_playbook_refused) for a good playbook."""
+    target = path.resolve()  # through a symlink: replace the file, keep the link
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        shutil.copymode(target, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def apply_thresholds(path: Path, changes: Mapping[str, float]) -> str:
@@ -695,7 +714,7 @@ def report_proposals(
     except ValueError as exc:  # no list to append to, or a result the server would refuse
         print(f"error: not written: {exc}", file=sys.stderr)
         return 1
-    apply_to.write_text(text, encoding="utf-8")
+    write_playbook(apply_to, text)
     print(f"wrote {len(proposals)} example(s) to {apply_to} (the server reloads it)")
     return 0
 
@@ -957,7 +976,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:  # a cue with no line to rewrite, or a refused result
             print(f"error: not written: {exc}", file=sys.stderr)
             return 1
-        args.playbook.write_text(text, encoding="utf-8")
+        write_playbook(args.playbook, text)
         print(f"wrote {len(changes)} thresholds to {args.playbook} (the server reloads it)")
     elif changes:
         print(f"{len(changes)} changes proposed; --apply writes them")

@@ -34,6 +34,7 @@ from scripts.tune_playbook import (
     screen_positives,
     store_url,
     stored_reports,
+    write_playbook,
 )
 
 SWEEP = {
@@ -115,6 +116,24 @@ def test_a_cue_with_no_threshold_line_is_not_reported_as_written(tmp_path: Path)
     assert load_playbook(path).cues["billing_error"].threshold == 0.5
     with pytest.raises(ValueError, match="billing_error"):
         apply_thresholds(path, {"billing_error": 0.45, "urgency": 0.61})
+
+
+def test_the_playbook_is_replaced_whole_never_seen_half_written(tmp_path: Path) -> None:
+    """A reader (the server's poll) that opened the file before the write reads the old
+    version to its end, and the next open the new one: never a truncated file."""
+    path = tmp_path / "playbook.yaml"
+    old = DEFAULT_PLAYBOOK.read_text()
+    path.write_text(old)
+    path.chmod(0o640)
+    link = tmp_path / "current.yaml"
+    link.symlink_to(path)
+    new = apply_thresholds(link, {"urgency": 0.61})
+    with path.open(encoding="utf-8") as reading:
+        write_playbook(link, new)
+        assert reading.read() == old
+    assert path.read_text() == new and link.is_symlink()
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current.yaml", "playbook.yaml"]
 
 
 def test_refuses_to_tune_on_the_test_split(
