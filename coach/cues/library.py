@@ -30,6 +30,11 @@ from coach.metrics import PLAYBOOK_REFUSED, PLAYBOOK_RELOADS
 log = logging.getLogger(__name__)
 
 
+def _version_of(raw: bytes) -> str:
+    """A playbook version: the start of its bytes' SHA-256."""
+    return hashlib.sha256(raw).hexdigest()[:12]
+
+
 class PlaybookLibrary:
     def __init__(self, path: Path | None, embed: EmbedFn) -> None:
         self.path = Path(path) if path else DEFAULT_PLAYBOOK
@@ -38,26 +43,26 @@ class PlaybookLibrary:
         self.last_error: str | None = None
         self.reloads = 0
         self._refused: str | None = None
-        self._current = self._load()  # the first load must succeed: raise PlaybookError
+        # The first load must succeed: raise PlaybookError.
+        self._current = self._load(read_playbook_file(self.path))
 
     @property
     def current(self) -> LoadedPlaybook:
         return self._current
 
-    def _load(self) -> LoadedPlaybook:
-        raw = read_playbook_file(self.path)
+    def _load(self, raw: bytes) -> LoadedPlaybook:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:  # a refusal like any other, not a dead watcher
             raise PlaybookError(self.path, [f"not UTF-8: {exc}"]) from exc
         playbook = parse_playbook(text, source=self.path)
         index = CueIndex.build(playbook, self._embed)
-        return LoadedPlaybook(playbook, index, hashlib.sha256(raw).hexdigest()[:12])
+        return LoadedPlaybook(playbook, index, _version_of(raw))
 
     def _digest(self) -> str | None:
         try:  # no further than a file that loads may go: an oversized one is refused once
             with self.path.open("rb") as f:
-                return hashlib.sha256(f.read(MAX_PLAYBOOK_BYTES + 1)).hexdigest()[:12]
+                return _version_of(f.read(MAX_PLAYBOOK_BYTES + 1))
         except OSError:
             return None
 
@@ -77,14 +82,19 @@ class PlaybookLibrary:
     def reload(self) -> bool:
         """Load the file again; True if a new version is now in force."""
         with self._lock:
+            raw: bytes | None = None
             try:
-                loaded = self._load()
+                raw = read_playbook_file(self.path)
+                loaded = self._load(raw)
             except Exception as exc:  # whatever fails, the last good playbook keeps running
                 if not isinstance(exc, PlaybookError):  # a bug of ours, or the encoders'
                     log.exception("playbook %s could not be loaded", self.path)
                     exc = PlaybookError(self.path, [f"could not be loaded: {exc!r}"])
                 self.last_error = str(exc)
-                self._refused = self._digest()  # None: no readable file
+                # The bytes refused, not the file read again: an editor that finished its
+                # write since then would have its good version taken for the refused one
+                # (and never loaded). None: no readable file.
+                self._refused = _version_of(raw) if raw is not None else self._digest()
                 PLAYBOOK_RELOADS.labels(result="refused").inc()
                 PLAYBOOK_REFUSED.set(1)  # what an alert watches: the log line scrolls away
                 log.error("playbook reload refused, keeping version %s: %s", self.version, exc)

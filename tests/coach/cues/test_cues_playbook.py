@@ -522,3 +522,32 @@ def test_an_unreadable_file_is_a_refusal(tmp_path: Path) -> None:
     path.write_bytes(b"version: 1\ncues:\n  \xff\xfe: {}\n")  # not UTF-8
     assert not lib.reload() and lib.last_error and "not UTF-8" in lib.last_error
     assert lib.refused_now()
+
+
+def test_an_edit_read_half_written_is_loaded_once_the_write_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An editor saving in place: the poll reads the file half-written and refuses it, and
+    the write ends before the refusal is noted. The refusal was noted against the file read
+    again (the whole, good edit), so that edit was taken for the refused one and never
+    loaded until the next edit."""
+    from coach.cues import library as library_module
+
+    path = tmp_path / "playbook.yaml"
+    good = DEFAULT_PLAYBOOK.read_text()
+    path.write_text(good)
+    lib = PlaybookLibrary(path, embed=_unit_embed)
+    edited = good.replace("cooldown_s: 45", "cooldown_s: 44", 1)
+    path.write_text(edited[: len(edited) // 2])  # the editor is halfway through its write
+    read = library_module.read_playbook_file
+
+    def read_then_the_write_ends(p: Path) -> bytes:
+        raw = read(p)
+        path.write_text(edited)
+        return raw
+
+    monkeypatch.setattr(library_module, "read_playbook_file", read_then_the_write_ends)
+    assert not lib.reload() and lib.last_error
+    monkeypatch.setattr(library_module, "read_playbook_file", read)
+    assert lib.changed() and lib.reload()
+    assert lib.current.playbook.cues["frustration"].cooldown_s == 44 and not lib.last_error
