@@ -38,6 +38,8 @@ PLAYBOOK_RELOADS = Counter(
     "Playbook reloads: loaded (a new version in force) or refused (the last good one kept)",
     ["result"],
 )
+for _result in ("loaded", "refused"):  # at 0 from the start: increase() sees the first one
+    PLAYBOOK_RELOADS.labels(result=_result)
 PLAYBOOK_REFUSED = Gauge(
     "coach_playbook_refused",
     "1 while the playbook file on disk is refused and live calls use the last good version",

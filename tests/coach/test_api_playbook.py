@@ -143,3 +143,26 @@ def test_reloads_show_in_metrics_and_the_new_advice_in_the_api(
     path.write_text(good)
     _wait_for(client, lambda b: b["last_error"] is None)
     assert _metric(client, "coach_playbook_refused") == 0
+
+
+def test_both_reload_results_are_exported_from_the_start() -> None:
+    """A series that first appears at 1 has no increase() in Prometheus: an alert on
+    refused reloads would miss the first refusal of a fresh process."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import coach.metrics, prometheus_client; "
+            "print(prometheus_client.generate_latest().decode())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],  # the repository: `coach` imports from here
+    ).stdout
+    assert 'coach_playbook_reloads_total{result="loaded"} 0.0' in out
+    assert 'coach_playbook_reloads_total{result="refused"} 0.0' in out
+    assert "coach_playbook_refused 0.0" in out
