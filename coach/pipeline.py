@@ -68,8 +68,6 @@ class Utterance:
     audio_t0_s: float
     early: Future[AsrResult] | None = None
     """A decode started during the hangover on exactly this audio (see `_maybe_speculate`)."""
-    echo: EchoMatch | None = None
-    """How much it looks like the other party's voice coming back (`PartyPipeline.far_end`)."""
 
 
 class PartyPipeline:
@@ -113,7 +111,6 @@ class PartyPipeline:
         self.far_end: Callable[[float, float], tuple[Samples, float]] | None = None
         """The other party's audio between two call times (the customer's pipeline gets the
         agent's): an utterance that is only the agent's voice leaking back is dropped."""
-        self.echo_dropped = 0
         self._open_echo = False
 
     @property
@@ -275,7 +272,6 @@ class PartyPipeline:
         if self._is_echo(audio, audio_t0, self._utt_id):
             # Line echo is not this party speaking: no transcript, no cue, no talk time, and
             # the voice baseline never sees it (it read the agent's voice as the caller's).
-            self.echo_dropped += 1
             self._ended_utts.add(self._utt_id)
             self._utt_start = None
             early = self._take_early(self._utt_id, end.t_start_s, end.t_end_s)
