@@ -249,16 +249,20 @@ class PartyPipeline:
             return None
         return echo_match(audio, far, PIPELINE_RATE, lead_s=lead)
 
-    def _is_echo(self, audio: Samples, t0: float, utterance_id: int) -> bool:
+    def _is_echo(self, audio: Samples, t0: float, *, logged_as: int | None = None) -> bool:
+        """Whether `audio` is the far end coming back; named in the log as utterance
+        `logged_as` when given (a whole utterance dropped, not a partial skipped)."""
         match = self._echo(audio, t0)
         if match is None or not match.is_echo:
             return False
+        if logged_as is None:
+            return True
         log.info(
             "call %s %s: utterance %d is the other party's voice coming back (envelope "
             "correlation %.2f at %.0f ms, %.0f dB quieter): not transcribed",
             self.call_id,
             self.speaker,
-            utterance_id,
+            logged_as,
             match.correlation,
             match.lag_s * 1000,
             match.quieter_db,
@@ -269,7 +273,7 @@ class PartyPipeline:
         audio, audio_t0 = self._ring.slice_s(
             end.t_start_s - PAD_BEFORE_S, end.t_end_s + PAD_AFTER_S
         )
-        if self._is_echo(audio, audio_t0, self._utt_id):
+        if self._is_echo(audio, audio_t0, logged_as=self._utt_id):
             # Line echo is not this party speaking: no transcript, no cue, no talk time, and
             # the voice baseline never sees it (it read the agent's voice as the caller's).
             self._ended_utts.add(self._utt_id)
@@ -441,17 +445,13 @@ class PartyPipeline:
         utt_id, start, upto = self._utt_id, self._utt_start, self._ring.end_s
         self._next_partial_at = upto + self._partial_interval()
         audio, audio_t0 = self._ring.slice_s(start - PAD_BEFORE_S, upto)
-        self._open_echo = self._echo_so_far(audio, audio_t0)
+        self._open_echo = self._is_echo(audio, audio_t0)
         if self._open_echo:
             return  # the other party's voice coming back: no partial, no early cue from it
         if self._inline:
             await self._partial(utt_id, start, upto, audio)
         else:
             self._partial_task = asyncio.create_task(self._partial(utt_id, start, upto, audio))
-
-    def _echo_so_far(self, audio: Samples, t0: float) -> bool:
-        match = self._echo(audio, t0)
-        return match is not None and match.is_echo
 
     def _partial_interval(self) -> float:
         """Back off as the ASR scheduler gets loaded: partials are a budget, finals are not.
