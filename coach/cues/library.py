@@ -22,7 +22,7 @@ from coach.cues.playbook import (
     DEFAULT_PLAYBOOK,
     MAX_PLAYBOOK_BYTES,
     PlaybookError,
-    parse_playbook,
+    parse_playbook_bytes,
     read_playbook_file,
 )
 from coach.metrics import PLAYBOOK_REFUSED, PLAYBOOK_RELOADS
@@ -51,11 +51,7 @@ class PlaybookLibrary:
         return self._current
 
     def _load(self, raw: bytes) -> LoadedPlaybook:
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:  # a refusal like any other, not a dead watcher
-            raise PlaybookError(self.path, [f"not UTF-8: {exc}"]) from exc
-        playbook = parse_playbook(text, source=self.path)
+        playbook = parse_playbook_bytes(raw, source=self.path)
         index = CueIndex.build(playbook, self._embed)
         return LoadedPlaybook(playbook, index, _version_of(raw))
 

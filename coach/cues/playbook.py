@@ -675,13 +675,19 @@ def read_playbook_file(path: Path) -> bytes:
     return raw
 
 
+def parse_playbook_bytes(raw: bytes, *, source: Path | str) -> Playbook:
+    """A playbook file's bytes, validated; PlaybookError (a refusal like any other, not a
+    dead watcher) for text that is not UTF-8 too."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlaybookError(source, [f"not UTF-8: {exc}"]) from exc
+    return parse_playbook(text, source=source)
+
+
 def load_playbook(path: Path | None = None) -> Playbook:
     path = Path(path) if path else DEFAULT_PLAYBOOK
-    try:
-        text = read_playbook_file(path).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PlaybookError(path, [f"not UTF-8: {exc}"]) from exc
-    return parse_playbook(text, source=path)
+    return parse_playbook_bytes(read_playbook_file(path), source=path)
 
 
 def dump_example(playbook: Playbook) -> dict[str, Any]:
