@@ -233,3 +233,11 @@ def sign_in(page: Any, base: str, path: str, user: str, password: str = "demo") 
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
     page.locator(".who-am-i").wait_for()
+
+
+def watch_new_call(page: Any, live_server: LiveServer, call_id: str) -> None:
+    """ann signs in to the agent panel, a call of hers starts, and the panel follows it by
+    itself."""
+    sign_in(page, live_server.base, "/agent/", "ann")
+    live_server.start_call(call_id, "ann")
+    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()

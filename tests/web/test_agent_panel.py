@@ -8,17 +8,18 @@ from typing import Any
 
 import pytest
 
-from tests.web.conftest import ARTIFACTS, LiveServer, cue, customer_state, sign_in, transcript
+from tests.web.conftest import (
+    ARTIFACTS,
+    LiveServer,
+    cue,
+    customer_state,
+    sign_in,
+    transcript,
+    watch_new_call,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 END = {"type": "call_end", "duration_s": 12.0, "reason": "end", "summary": {"arc": [], "cues": {}}}
-
-
-def watch_new_call(page: Any, live_server: LiveServer, call_id: str) -> None:
-    """ann signs in, a call of hers starts, and the panel follows it by itself."""
-    sign_in(page, live_server.base, "/agent/", "ann")
-    live_server.start_call(call_id, "ann")
-    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
 
 
 def test_sign_in_refuses_a_wrong_password_then_lets_the_agent_in(

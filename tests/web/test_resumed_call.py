@@ -29,7 +29,15 @@ from websockets.sync.client import ClientConnection, connect
 from tests.e2e.test_restart_mid_call import start_server
 from tests.e2e.test_two_servers import wait_ready
 from tests.support import free_port
-from tests.web.conftest import ARTIFACTS, SECRET, LiveServer, cue, sign_in, transcript
+from tests.web.conftest import (
+    ARTIFACTS,
+    SECRET,
+    LiveServer,
+    cue,
+    sign_in,
+    transcript,
+    watch_new_call,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 FRAME_S = 0.1
@@ -112,9 +120,7 @@ def test_a_leg_after_a_server_restart_keeps_the_rated_cards_of_the_first_part(
     live_server: LiveServer, page: Any
 ) -> None:
     call_id = "leg-restart"
-    sign_in(page, live_server.base, "/agent/", "ann")
-    live_server.start_call(call_id, "ann")
-    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    watch_new_call(page, live_server, call_id)
     text = "This is really frustrating, it has happened before."
     live_server.emit(call_id, transcript("customer", text, 1, 1.0))
     live_server.emit(
@@ -159,9 +165,7 @@ def test_a_new_leg_after_a_hang_up_or_a_call_opened_by_hand_starts_clean(
     live_server: LiveServer, page: Any
 ) -> None:
     call_id = "leg-hangup"
-    sign_in(page, live_server.base, "/agent/", "ann")
-    live_server.start_call(call_id, "ann")
-    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    watch_new_call(page, live_server, call_id)
     live_server.emit(call_id, transcript("customer", "Thanks, bye.", 1, 1.0))
     page.locator("#transcript li.customer").wait_for()
     # Ended by a hang-up: the id used again (a client that reuses ids) is another conversation.
@@ -268,9 +272,7 @@ def test_a_call_lost_in_a_restart_keeps_its_part_when_its_next_leg_comes(
             ws.connect_to_server()
 
     page.route_web_socket(re.compile(r"/ws/calls/[^/]+/events"), route)
-    sign_in(page, live_server.base, "/agent/", "ann")
-    live_server.start_call(call_id, "ann")
-    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    watch_new_call(page, live_server, call_id)
     live_server.emit(call_id, transcript("customer", "my order never came", 1, 1.0))
     page.locator("#transcript li.customer").wait_for()
     lost["on"] = True
