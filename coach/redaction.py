@@ -284,8 +284,8 @@ _ANNOUNCED_ADDRESS = re.compile(
 def _announced_email_spans(text: str) -> list[Span]:
     spans: list[Span] = []
     m = _ANNOUNCED_LOCAL.search(text)
-    if m is not None and _looks_local(m.group("local").rstrip(".-")):
-        local = m.group("local").rstrip(".-")
+    local = m.group("local").rstrip(".-") if m is not None else ""
+    if m is not None and _looks_local(local):
         spans.append(Span(m.start("local"), m.start("local") + len(local), "email"))
     for m in _ANNOUNCED_ADDRESS.finditer(text):
         if not _looks_local(m.group("local")) or text[m.start("domain") :].lower().startswith(
