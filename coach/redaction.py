@@ -533,10 +533,25 @@ def find_pii(text: str, *, continues_digits: bool = False, interim: bool = False
             spans.append(Span(m.start(), m.end(), kind))
     spans += _spoken_digit_spans(text)
     spans += _number_spans(text, continues=continues_digits)
-    spans += _announced_secret_spans(text)
+    announced = _announced_secret_spans(text)
+    spans += announced
     if interim:
         spans += _interim_spans(text)
-    return _merge(spans)
+    return _named_as_announced(_merge(spans), announced)
+
+
+def _named_as_announced(spans: list[Span], announced: list[Span]) -> list[Span]:
+    """A number the caller named ("my social security number is ...") is tagged as what they
+    named it, whatever its digits look like: ASR adds or drops a digit, and ten digits read as
+    a phone number would tell the reader an SSN was a phone number."""
+    out = []
+    for s in spans:
+        named = next(
+            (a.kind for a in announced if a.kind != "number" and a.start < s.end and s.start < a.end),
+            None,
+        )
+        out.append(Span(s.start, s.end, named) if named and named != s.kind else s)
+    return out
 
 
 def _merge(spans: list[Span]) -> list[Span]:

@@ -73,6 +73,14 @@ def test_pii_is_redacted(text: str, expected: str) -> None:
             "the account number is uh [NUMBER]. And the bill was 1,500.",
         ),
         ("Card ending in 4,242 please", "Card ending in [CARD] please"),
+        # Ten digits look like a phone number; the caller said what they are (an audit saw
+        # an SSN with a digit too many shown as [PHONE]).
+        ("my social security number is 5551234567", "my social security number is [SSN]"),
+        ("My SSN is (555) 12-3456.", "My SSN is [SSN]."),
+        (
+            "call me on 555 123 4567, my card number is 4111 1111 1111 1111",
+            "call me on [PHONE], my card number is [CARD]",
+        ),
     ],
 )
 def test_a_number_announced_by_name_is_hidden_whatever_its_form(text: str, expected: str) -> None:
