@@ -23,8 +23,27 @@ import soundfile as sf
 import websockets
 
 
+def websocket_base(server: str) -> str:
+    """The server's WebSocket address: `http://` and `https://` (what a browser shows) are
+    taken as `ws://` and `wss://`; anything else but `ws(s)://` is an error."""
+    base = server.rstrip("/")
+    for web, ws in (("http://", "ws://"), ("https://", "wss://")):
+        if base.lower().startswith(web):
+            return ws + base[len(web) :]
+    if not base.lower().startswith(("ws://", "wss://")):
+        raise ValueError(f"--server {server!r}: give ws://host:port (or http://host:port)")
+    return base
+
+
 async def stream(args: argparse.Namespace) -> int:
-    data, rate = sf.read(str(args.wav), dtype="int16", always_2d=True)
+    try:
+        base = websocket_base(args.server)
+        if not args.wav.is_file():
+            raise ValueError(f"{args.wav}: no such file")
+        data, rate = sf.read(str(args.wav), dtype="int16", always_2d=True)
+    except (ValueError, OSError, sf.LibsndfileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     channels = data.shape[1]
     if channels > 2:
         print("error: mono or stereo WAV only", file=sys.stderr)
@@ -33,10 +52,25 @@ async def stream(args: argparse.Namespace) -> int:
     auth = (
         f"token={args.token}" if args.token else f"api_key={args.api_key}" if args.api_key else ""
     )
-    base = args.server.rstrip("/")
     header = {"call_id": call_id, "sample_rate": rate, "encoding": "pcm16", "channels": channels}
     if args.agent_id:
         header["agent_id"] = args.agent_id
+    try:
+        return await send_call(args, base, auth, header, data, rate)
+    except (OSError, websockets.InvalidHandshake, websockets.ConnectionClosedError) as exc:
+        # Refused, unreachable, or the server said no before the upgrade (401, 403, 404).
+        print(f"error: {base}: {exc}", file=sys.stderr)
+        return 1
+
+
+async def send_call(
+    args: argparse.Namespace,
+    base: str,
+    auth: str,
+    header: dict[str, object],
+    data: np.ndarray,
+    rate: int,
+) -> int:
     async with websockets.connect(f"{base}/ingest/pcm?{auth}") as ingest:
         await ingest.send(json.dumps(header))
         accepted = json.loads(await ingest.recv())
