@@ -616,6 +616,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
 
 
+# YAML 1.1 (PyYAML) reads a float only with a dot and a signed exponent: `6e1`, `1e-3` and
+# `1.5e3` came through as strings and were refused as "not a valid number". Read them as the
+# numbers YAML 1.2 and every editor take them for.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def _load_yaml(text: str) -> tuple[Any, yaml.Node | None, list[str]]:
     """The document, its node tree (for line numbers) and its duplicate keys."""
     loader = _UniqueKeyLoader(text)

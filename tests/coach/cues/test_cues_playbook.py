@@ -404,6 +404,19 @@ def test_no_setting_may_be_nan_or_infinite() -> None:
     assert "cues.crisis.context.within_s" in msg and "escalation.intense_arousal" in msg
 
 
+def test_numbers_in_exponent_form_are_numbers() -> None:
+    # PyYAML (YAML 1.1) read `6e1` and `1.5e1` as strings: "Input should be a valid number".
+    text = DEFAULT_PLAYBOOK.read_text()
+    edited = text.replace("cooldown_s: 60\n", "cooldown_s: 6e1\n", 1)
+    edited = edited.replace("params: {history_days: 7}", "params: {history_days: 1.5e1}", 1)
+    assert edited.count("6e1") == 1 and "1.5e1" in edited
+    playbook = parse_playbook(edited)
+    assert 60.0 in [c.cooldown_s for c in playbook.cues.values()]
+    assert playbook.cues["repeat_contact"].params["history_days"] == 15.0
+    huge = text.replace("params: {history_days: 7}", "params: {history_days: 1e300}", 1)
+    assert "must be above 0 and at most 365, not 1e+300" in _error(huge)
+
+
 def test_integers_are_strict() -> None:
     # `priority: true` was read as priority 1.
     data = _bundled()
