@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket, WebSock
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from coach import __version__, memory
 from coach.api import accounts, demo, playbook, supervisor
@@ -611,6 +611,8 @@ _COMMANDS: set[asyncio.Task[None]] = set()
 
 
 class AgentAssignment(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # `{"agent": ...}` is a 422, not a blank agent
+
     agent_id: str = Field(min_length=1, max_length=200)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from audio.framing import samples_per_frame
 from coach.api.security import require_principal
@@ -40,6 +40,8 @@ MAX_DEMO_CALLS = 8
 
 
 class DemoBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     speed: float = Field(1.0, ge=1.0, le=4.0, description="1 = real time")
 
 

@@ -137,10 +137,15 @@ class CustomerHistory(BaseModel):
 
 
 class FeedbackBody(BaseModel):
+    # The CONTRACT body: other fields are ignored, not refused, because telephony and CRM
+    # clients wrap it in their own envelopes; the verdict itself is required and checked.
     verdict: Verdict
 
 
 class MissedCueBody(BaseModel):
+    # Our own body (not the CONTRACT's): a misspelt field is a 422 naming it.
+    model_config = ConfigDict(extra="forbid")
+
     cue: str = Field(..., max_length=64, description="a customer language cue of the playbook")
 
 

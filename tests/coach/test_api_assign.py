@@ -61,6 +61,13 @@ def test_assign_an_agent_to_a_live_call(client: TestClient) -> None:
             "/api/calls/a1/agent", json={"agent_id": "zed"}, headers=bearer("ada", "admin")
         )
         assert unknown.status_code == 422
+        misspelt = put("/api/calls/a1/agent", json={"agent": "ann"}, headers=bearer("ada", "admin"))
+        assert misspelt.status_code == 422 and "agent_id" in misspelt.text
+        extra = {"agent_id": "ann", "note": "x"}
+        assert (
+            put("/api/calls/a1/agent", json=extra, headers=bearer("ada", "admin")).status_code
+            == 422
+        )
 
         ok = put("/api/calls/a1/agent", json=body, headers=bearer("ada", "admin"))
         assert ok.status_code == 200 and ok.json()["meta"]["agent_id"] == "ann"

@@ -154,6 +154,9 @@ def test_cue_feedback(client: TestClient) -> None:
     assert client.post(FEEDBACK, json={"verdict": "dismissed"}, headers=SUE).status_code == 200
     assert client.post(FEEDBACK, json={"verdict": "meh"}, headers=ALICE).status_code == 422
     assert client.post(FEEDBACK, json={}, headers=ALICE).status_code == 422
+    # The CONTRACT body inside a client's own envelope: the verdict counts, the rest is not ours.
+    wrapped = {"verdict": "dismissed", "source": "crm"}
+    assert client.post(FEEDBACK, json=wrapped, headers=SUE).status_code == 200
     unknown = "/api/calls/c-alice/cues/999/feedback"
     assert client.post(unknown, json={"verdict": "helpful"}, headers=ALICE).status_code == 404
     no_cue = "/api/calls/c-alice/cues/no_such_cue/feedback"
@@ -226,6 +229,8 @@ def test_missed_cue_reports(client: TestClient) -> None:
         resp = client.post(path, json={"cue": cue}, headers=ALICE)
         assert resp.status_code == 422 and "churn_risk" in resp.text
     assert client.post(path, json={}, headers=ALICE).status_code == 422
+    misspelt = client.post(path, json={"cue": "crisis", "cues": "churn_risk"}, headers=ALICE)
+    assert misspelt.status_code == 422 and "cues" in misspelt.text
     agent_path = f"/api/calls/c-alice/utterances/{agent}/missed-cue"
     resp = client.post(agent_path, json={"cue": "frustration"}, headers=ALICE)
     assert resp.status_code == 409 and "customer" in resp.text
