@@ -84,6 +84,17 @@ return 0
 """
 """Delete an owner key only while it still names this instance."""
 
+_ADD_TO_RECORD_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], unpack(ARGV))
+  return 1
+end
+return 0
+"""
+"""Add fields to a call's wall record only while the record exists. An acknowledgement taken
+on another instance than the call's: after the call ended (its owner deleted the record) a
+plain HSET left a record of one field behind, with no call to belong to, for the stream's TTL."""
+
 
 AT_FIELD = "at"
 """In a wall record's entries: when the instance recorded the event (epoch seconds)."""
@@ -198,6 +209,7 @@ class RedisBus(InProcessBus):
         )
         self._claim = self._w.register_script(_CLAIM_SCRIPT)
         self._release = self._w.register_script(_RELEASE_SCRIPT)
+        self._add_to_record = self._w.register_script(_ADD_TO_RECORD_SCRIPT)
         self._outbox: OrderedDict[str, deque[_Pending]] = OrderedDict()
         self._n = 0
         self.outbox_dropped = 0
@@ -570,6 +582,13 @@ class RedisBus(InProcessBus):
         pipe = self._w.pipeline(transaction=False)
         for call_id in records.keys() | counts.keys():
             key = self.wall_key(call_id)
+            if call_id not in self._owned:
+                # Another instance's call (an acknowledgement taken here), or one of ours that
+                # has ended: add to its record if it still has one, never start one.
+                fields = [x for pair in records.get(call_id, {}).items() for x in pair]
+                if fields:
+                    self._add_to_record(keys=[key], args=fields, client=pipe)
+                continue
             if records.get(call_id):
                 pipe.hset(key, mapping=records[call_id])  # type: ignore[arg-type]
             if counts.get(call_id):

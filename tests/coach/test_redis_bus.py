@@ -320,6 +320,8 @@ async def test_every_instances_wall_shows_every_call_and_acknowledgements(prefix
         b.publish(SUPERVISOR_TOPIC, {**ack, "call_id": "never-started"})
         await asyncio.sleep(0.3)
         assert "never-started" not in wall_a.calls and "never-started" not in wall_b.calls
+        # Nor a record of it in Redis: a plain HSET left a one-field record for the TTL.
+        assert await b.redis.exists(b.wall_key("never-started")) == 0
 
         a.publish(SUPERVISOR_TOPIC, ev("c1", 9, "call_end"))
         await wait_for(lambda: wall_b.calls["c1"].ended_at is not None)
