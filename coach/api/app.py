@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from redis.exceptions import RedisError
 
 from coach import __version__, memory
 from coach.api import accounts, demo, playbook, supervisor
@@ -362,6 +363,17 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             # through, now that unassigned calls are open to every team's supervisors.
             raise HTTPException(403, f"{body.agent_id} is not on your team")
         if session is None:
+            # Forwarded only to an instance that still runs it: one just killed leaves the
+            # tile on this wall until the orphan sweep, and a 202 then was a promise nobody
+            # would keep.
+            try:
+                owner = await state.bus.live_owner_elsewhere(call_id)
+            except (RedisError, OSError) as exc:
+                raise HTTPException(503, "cannot reach the instance running this call") from exc
+            if owner is None:
+                raise HTTPException(
+                    409, f"call {call_id} is no longer running (its instance stopped)"
+                )
             state.bus.publish(
                 COMMAND_TOPIC,
                 {

@@ -127,6 +127,17 @@ def test_an_agent_follows_their_call_from_another_instance_redacted(
             while not commands:
                 assert time.monotonic() < deadline, "the request never reached instance A"
                 time.sleep(0.05)
+            # Instance A stops (killed, its tile here until the orphan sweep): a request for
+            # its call is refused, not forwarded to nobody with a 202.
+            stop.set()
+            instance_a.join(10)
+            gone = client.put(
+                f"/api/calls/{call_id}/agent",
+                json={"agent_id": "ann"},
+                headers={"Authorization": f"Bearer {sup}"},
+            )
+            assert gone.status_code == 409 and "no longer running" in gone.text, gone.text
+            assert len(commands) == 1
         assert first["type"] == "call_start"
         assert second["text"] == "my card is [CARD]"
         assert commands[0]["type"] == "assign_agent" and commands[0]["agent_id"] == "cal"
