@@ -547,7 +547,11 @@ def _named_as_announced(spans: list[Span], announced: list[Span]) -> list[Span]:
     out = []
     for s in spans:
         named = next(
-            (a.kind for a in announced if a.kind != "number" and a.start < s.end and s.start < a.end),
+            (
+                a.kind
+                for a in announced
+                if a.kind != "number" and a.start < s.end and s.start < a.end
+            ),
             None,
         )
         out.append(Span(s.start, s.end, named) if named and named != s.kind else s)

@@ -585,9 +585,10 @@ class RedisBus(InProcessBus):
             if call_id not in self._owned:
                 # Another instance's call (an acknowledgement taken here), or one of ours that
                 # has ended: add to its record if it still has one, never start one.
-                fields = [x for pair in records.get(call_id, {}).items() for x in pair]
-                if fields:
-                    self._add_to_record(keys=[key], args=fields, client=pipe)
+                flat = [x for pair in records.get(call_id, {}).items() for x in pair]
+                if flat:
+                    # Queued on the pipeline (the await returns at once; execute runs it).
+                    await self._add_to_record(keys=[key], args=flat, client=pipe)
                 continue
             if records.get(call_id):
                 pipe.hset(key, mapping=records[call_id])  # type: ignore[arg-type]

@@ -147,6 +147,38 @@ async def test_a_wall_started_later_shows_a_long_call_whose_start_scrolled_out(
 
 
 @needs_redis
+async def test_an_acknowledgement_taken_on_another_instance_goes_into_the_calls_record(
+    prefix: str,
+) -> None:
+    """A supervisor on C takes an escalation of a call A runs: a wall drawing the call from
+    A's record later shows it taken. Once the call has ended (A deleted its record), an
+    acknowledgement must not start a record of its own: one was left behind for the TTL."""
+    a, c = make_bus(SHARED_URL, prefix, "A"), make_bus(SHARED_URL, prefix, "C")
+    client = aioredis.Redis.from_url(SHARED_URL)
+    await a.start()
+    await c.start()
+    try:
+        call = Call(a, "acked-1")
+        call.emit("call_start", source="pcm", meta={"agent_id": "ann"})
+        taken = call.emit("escalation", reason="user_request", urgency="high")
+        await flushed(a)
+        ack = {"type": "escalation_ack", "call_id": "acked-1", "seq": taken, "by": "sam"}
+        c.publish(SUPERVISOR_TOPIC, ack)
+        await flushed(c)
+        assert await client.hexists(a.wall_key("acked-1"), f"ack:{taken}")
+
+        call.emit("call_end", reason="hangup")
+        await flushed(a)
+        assert not await client.exists(a.wall_key("acked-1"))
+        c.publish(SUPERVISOR_TOPIC, {**ack, "by": "kim"})
+        await flushed(c)
+        assert not await client.exists(a.wall_key("acked-1"))
+    finally:
+        await client.aclose()
+        await stop_all(None, c, a)
+
+
+@needs_redis
 async def test_a_drawn_call_is_shown_to_whom_its_assigned_agent_says(prefix: str) -> None:
     """A call that started with no agent is every supervisor's until one is put on it: a
     drawn tile that missed the `agent_assigned` would show the call to every team. Walls
