@@ -301,7 +301,8 @@ class CallManager:
         if self.ended_lookup is None:
             return set()
         try:
-            return await asyncio.wait_for(self.ended_lookup(call_id), STORE_LOOKUP_S)
+            async with asyncio.timeout(STORE_LOOKUP_S):
+                return await self.ended_lookup(call_id)
         except Exception as exc:  # TimeoutError included
             log.warning("call %s: stored calls under this id unknown (%r)", call_id, exc)
             return set()
@@ -321,7 +322,8 @@ class CallManager:
         waited = False
         while True:
             try:
-                owner = await asyncio.wait_for(self.bus.claim_call(call_id), OWNER_LOOKUP_S)
+                async with asyncio.timeout(OWNER_LOOKUP_S):
+                    owner = await self.bus.claim_call(call_id)
             except Exception as exc:  # TimeoutError included
                 log.warning(
                     "call %s: cannot tell whether another instance runs it (%r); opening it here",
@@ -350,7 +352,8 @@ class CallManager:
     async def _ended_elsewhere(self, call_id: str) -> bool:
         """True when the call's shared session state says it ended (on another instance)."""
         try:
-            state = await asyncio.wait_for(self.bus.load_session_state(call_id), OWNER_LOOKUP_S)
+            async with asyncio.timeout(OWNER_LOOKUP_S):
+                state = await self.bus.load_session_state(call_id)
         except Exception as exc:  # TimeoutError included
             log.warning("call %s: cannot tell whether it ended elsewhere (%r)", call_id, exc)
             return False

@@ -130,7 +130,8 @@ class DemoPlayer:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(task, timeout=10)
+                async with asyncio.timeout(10):
+                    await task
 
 
 def player_of(request: Request) -> DemoPlayer:

@@ -154,7 +154,8 @@ def frame_chunks(
 async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> None:
     """Run one connection. The WebSocket is already accepted and authorised."""
     try:
-        raw = await asyncio.wait_for(ws.receive(), timeout=HEADER_TIMEOUT_S)
+        async with asyncio.timeout(HEADER_TIMEOUT_S):
+            raw = await ws.receive()
     except TimeoutError:
         await _refuse(ws, cc.HEADER_TIMEOUT, "header_timeout", "no header within 10 s")
         return

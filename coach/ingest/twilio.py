@@ -467,7 +467,8 @@ async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> 
     """Run one stream. The WebSocket is already accepted and authorised."""
     proto = StreamProtocol(max_message_bytes=settings.max_frame_bytes)
     try:
-        started = await asyncio.wait_for(_until_start(ws, proto), timeout=START_TIMEOUT_S)
+        async with asyncio.timeout(START_TIMEOUT_S):
+            started = await _until_start(ws, proto)
         if not started or proto.setup is None:
             with contextlib.suppress(RuntimeError, WebSocketDisconnect):
                 await ws.close(code=cc.NORMAL)

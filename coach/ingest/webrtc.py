@@ -214,7 +214,8 @@ class WebRtcCall:
         """Wait for the end of the call, then tear down media and finalize the call."""
         try:
             try:
-                await asyncio.wait_for(self.connected.wait(), timeout=CONNECT_TIMEOUT_S)
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    await self.connected.wait()
             except TimeoutError:
                 self.end("ice_timeout")
             await self.ended.wait()
