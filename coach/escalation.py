@@ -21,9 +21,7 @@ from typing import Any
 
 from coach import events
 from coach.cues.playbook import CueSpec, Playbook
-from coach.events import Event
-
-URGENCY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+from coach.events import URGENCY_RANK, Event
 
 
 @dataclass

@@ -88,6 +88,10 @@ def metrics(
     }
 
 
+Urgency = Literal["low", "medium", "high", "critical"]
+URGENCY_RANK: dict[str, int] = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+"""An escalation's urgencies (ARCHITECTURE.md), lowest first."""
+
 EvidenceSource = Literal["words", "voice", "timing", "history", "trend"]
 """What raised a cue: the customer's words, their voice, conversation timing, the customer's
 earlier calls, or a state sustained over several turns. Only words and voice point at words

@@ -28,8 +28,7 @@ from typing import Any
 
 from coach.cues.engine import KEPT_PHRASES, AgentMove, CueEngine
 from coach.cues.playbook import CueSpec
-from coach.escalation import URGENCY_RANK
-from coach.events import Event
+from coach.events import URGENCY_RANK, Event
 from coach.signals.state import CustomerStateTracker
 
 VERSION = 1

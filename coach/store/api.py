@@ -31,6 +31,7 @@ from coach.api.security import may_view_call, require_principal
 from coach.auth import Principal
 from coach.bus import SUPERVISOR_TOPIC
 from coach.cues.playbook import Playbook, load_playbook
+from coach.events import Urgency
 from coach.store.records import (
     CallDetail,
     CallRecord,
@@ -186,6 +187,13 @@ async def search_calls(
     since: DateQuery = None,
     until: DateQuery = None,
     q: Annotated[str | None, Query(max_length=200, description="words said in the call")] = None,
+    cue: Annotated[
+        str | None, Query(max_length=64, description="calls where this cue id was shown")
+    ] = None,
+    escalation: Annotated[
+        Urgency | None,
+        Query(description="calls with an escalation at this urgency or above (low: any)"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> CallPage:
@@ -201,6 +209,8 @@ async def search_calls(
             since=since,
             until=until,
             query=q,
+            cue=cue,
+            min_urgency=escalation,
             team_agents=_team_filter(principal),
             limit=limit,
             offset=offset,

@@ -27,6 +27,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from coach.events import URGENCY_RANK
 from coach.redaction import redact_text
 from coach.store.db import create_engine, migrate, redacted_url
 from coach.store.models import (
@@ -209,11 +210,15 @@ class Store:
         since: datetime | None = None,
         until: datetime | None = None,
         query: str | None = None,
+        cue: str | None = None,
+        min_urgency: str | None = None,
         team_agents: Collection[str] | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> list[CallRecord]:
-        """Newest first; `query` matches (case-insensitively) any words said in the call.
+        """Newest first; `query` matches (case-insensitively) any words said in the call,
+        `cue` the calls where that cue was shown, `min_urgency` the calls with an escalation
+        at that urgency or above ("low" for any escalation).
 
         `team_agents`: only those agents' calls and the calls no agent was on (what a team's
         supervisor sees, coach/api/security.py), filtered here so that LIMIT and OFFSET count
@@ -234,6 +239,12 @@ class Store:
             pattern = "%" + _escape_like(query.strip()) + "%"
             said = sa.select(Utterance.call_id).where(Utterance.text.ilike(pattern, escape="\\"))
             stmt = stmt.where(Call.call_id.in_(said))
+        if cue is not None:
+            stmt = stmt.where(Call.call_id.in_(sa.select(CueRow.call_id).where(CueRow.cue == cue)))
+        if min_urgency is not None:
+            urgencies = [u for u, rank in URGENCY_RANK.items() if rank >= URGENCY_RANK[min_urgency]]
+            escalated = sa.select(Escalation.call_id).where(Escalation.urgency.in_(urgencies))
+            stmt = stmt.where(Call.call_id.in_(escalated))
         stmt = stmt.order_by(Call.started_at.desc(), Call.call_id)
         stmt = stmt.limit(max(1, min(limit, MAX_PAGE))).offset(max(0, offset))
         async with self._session() as s:

@@ -478,9 +478,14 @@ async def _seed_history(store: Store) -> None:
         ("h4", "alice", "cust-1", now - 3600, True),
     ]
     for call_id, agent, customer, at, cue in calls:
-        events = call_events(call_id, agent_id=agent, customer_id=customer, cue=cue)
+        # h3 had no escalation; h4's was critical (the others high).
+        events = call_events(
+            call_id, agent_id=agent, customer_id=customer, cue=cue, escalation=call_id != "h3"
+        )
         if call_id == "h3":
             events[2]["text"] = "I want to cancel 100% of it"
+        if call_id == "h4":
+            next(e for e in events if e["type"] == "escalation")["urgency"] = "critical"
         await store.write_events([Received(event=e, at=at) for e in events])
 
 
@@ -498,6 +503,16 @@ async def test_list_calls_filters_and_pages(store: Store) -> None:
     assert ids(await store.list_calls(query="%")) == ["h3"]  # a literal percent sign
     assert ids(await store.list_calls(query="[card]")) == ["h4", "h2", "h1"]
     assert ids(await store.list_calls(limit=2, offset=1)) == ["h3", "h2"]
+    # Review by what happened: the cue shown, the escalation raised (at or above an urgency).
+    assert ids(await store.list_calls(cue="acknowledge_frustration")) == ["h4", "h1"]
+    assert ids(await store.list_calls(cue="acknowledge_frustration", agent_id="bob")) == []
+    assert ids(await store.list_calls(cue="crisis")) == []
+    assert ids(await store.list_calls(min_urgency="low")) == ["h4", "h2", "h1"]
+    assert ids(await store.list_calls(min_urgency="high")) == ["h4", "h2", "h1"]
+    assert ids(await store.list_calls(min_urgency="critical")) == ["h4"]
+    assert ids(await store.list_calls(min_urgency="critical", agent_id="bob")) == []
+    both = await store.list_calls(min_urgency="critical", cue="acknowledge_frustration")
+    assert ids(both) == ["h4"]
 
 
 async def test_customer_history(store: Store) -> None:

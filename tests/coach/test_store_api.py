@@ -113,6 +113,14 @@ def test_search_is_filtered_by_role(client: TestClient) -> None:
     page = client.get("/api/history/calls?limit=1&offset=1", headers=SUE).json()
     assert len(page["calls"]) == 1 and (page["limit"], page["offset"]) == (1, 1)
     assert client.get("/api/history/calls?limit=0", headers=SUE).status_code == 422
+    # By what happened on the call (each call here had one cue and one high escalation).
+    calls = "/api/history/calls"
+    assert _ids(client.get(f"{calls}?cue=acknowledge_frustration", headers=SUE)) == sorted(CALLS)
+    assert _ids(client.get(f"{calls}?cue=crisis", headers=SUE)) == []
+    assert _ids(client.get(f"{calls}?escalation=high", headers=ALICE)) == ["c-alice", "c-alice2"]
+    assert _ids(client.get(f"{calls}?escalation=critical", headers=SUE)) == []
+    bad = client.get(f"{calls}?escalation=urgent", headers=SUE)
+    assert bad.status_code == 422 and "critical" in bad.text
 
 
 def test_one_call_for_its_agent_and_supervisors(client: TestClient) -> None:

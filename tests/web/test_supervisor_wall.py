@@ -655,3 +655,51 @@ def test_sound_preference_survives_reload_and_a_click_lets_it_play(
     live_server.emit(call_id, escalation("crisis_indicators", "critical", 20.0, "Self-harm."))
     assert pattern(wait_tones(page, 3))[0] == 3
     live_server.emit(call_id, end([]))
+
+
+def test_recent_calls_are_found_by_words_cue_and_escalation(
+    live_server: LiveServer, page: Any
+) -> None:
+    """Post-call review starts from what happened: the calls with a crisis, with a critical
+    page, where a customer said some words. The form asks the history API for each."""
+    crisis, plain = "w-find-crisis", "w-find-plain"
+    for call_id in (crisis, plain):
+        live_server.start_call(call_id, "ann")
+    said = "I don't see the point of any of this anymore"
+    live_server.emit(crisis, transcript("customer", said, 1, 1.0))
+    live_server.emit(crisis, cue("crisis", 3.5, utterance_id=1, phrase="the point", text=said))
+    live_server.emit(crisis, escalation("crisis", "critical", 3.6, said))
+    live_server.emit(plain, transcript("customer", "my router blinks orange again", 1, 1.0))
+    live_server.emit(plain, escalation("user_request", "high", 3.0, "a manager please"))
+    for call_id in (crisis, plain):
+        live_server.emit(call_id, end([]))
+        assert live_server.store_call(call_id) is not None
+
+    sign_in(page, live_server.base, "/supervisor/#history", "sam")
+    rows = page.locator("#history-table tbody tr")
+    form = page.locator("#history-form")
+    status = page.locator("#history-status")
+    rows.filter(has_text=plain).wait_for()
+
+    def shown(**fields: str) -> set[str]:
+        for name, value in fields.items():
+            field = form.locator(f"[name={name}]")
+            if field.evaluate("e => e.tagName") == "SELECT":
+                field.select_option(value)
+            else:
+                field.fill(value)
+        status.evaluate("e => { e.textContent = '' }")
+        form.get_by_role("button", name="Show").click()
+        status.filter(has_text="call(s)").wait_for()
+        texts = [r.inner_text() for r in rows.all()]
+        return {c for c in (crisis, plain) if any(c in t for t in texts)}
+
+    # The cue list comes from the playbook, by title.
+    form.locator("select[name=cue] option", has_text="Possible crisis").first.wait_for(
+        state="attached"
+    )
+    assert shown(cue="crisis") == {crisis}
+    assert shown(cue="", escalation="critical") == {crisis}
+    assert shown(escalation="high") == {crisis, plain}
+    assert shown(escalation="", q="router blinks") == {plain}
+    assert shown(q="", cue="frustration") == set()

@@ -501,6 +501,10 @@ async function loadHistory() {
   const p = rangeParams(form);
   p.set("limit", "200");
   if (form.agent.value.trim()) p.set("agent_id", form.agent.value.trim());
+  if (form.q.value.trim()) p.set("q", form.q.value.trim());
+  if (form.cue.value) p.set("cue", form.cue.value);
+  if (form.escalation.value) p.set("escalation", form.escalation.value);
+  loadCueChoices(form.cue);
   $("history-status").textContent = "Loading…";
   const r = await Auth.api(`/api/history/calls?${p}`).catch(() => null);
   if (!r || !r.ok) { $("history-status").textContent = `Could not load calls (${r ? r.status : "network"}).`; return; }
@@ -511,6 +515,17 @@ async function loadHistory() {
     h("td", { text: c.end_reason || "–" }),
     h("td", {}, h("a", { href: `#summary/${encodeURIComponent(c.call_id)}`, text: "Summary", "aria-label": `Summary of ${c.call_id}` })))));
   $("history-status").textContent = `${calls.length} call(s).`;
+}
+
+// The cue filter lists the playbook's cues by title (once; the ids stay the values, so a
+// call of a cue since renamed is still found).
+let cueChoices = null;
+async function loadCueChoices(select) {
+  if (cueChoices) return;
+  cueChoices = Auth.api("/api/playbook").then((r) => (r.ok ? r.json() : null)).catch(() => null);
+  const playbook = await cueChoices;
+  if (!playbook) { cueChoices = null; return; }
+  select.append(...playbook.cues.map((c) => h("option", { value: c.cue, text: c.title })));
 }
 
 function pct(x) { return x == null ? "–" : `${Math.round(x * 100)} %`; }
