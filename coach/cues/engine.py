@@ -263,8 +263,10 @@ class CueEngine:
         return out
 
     async def _analyze(self, texts: Sequence[str]) -> list[TextAnalysis]:
-        """The models' reading of each text, litotes said plainly (`language.plain_meaning`)."""
-        return list(await self.analyze([language.plain_meaning(t) for t in texts]))
+        """The models' reading of each text, litotes said plainly (`language.plain_meaning`),
+        ended as a sentence (`language.as_sentence`)."""
+        read = [language.as_sentence(language.plain_meaning(t)) for t in texts]
+        return list(await self.analyze(read))
 
     async def _agent_utterance(
         self, loaded: LoadedPlaybook, event: Mapping[str, Any], text: str

@@ -185,6 +185,16 @@ def plain_meaning(text: str) -> str:
     return _LITOTES_PARTS.sub(plain, text)
 
 
+def as_sentence(text: str) -> str:
+    """`text` ended as a written sentence is: the playbook's examples end in a full stop or a
+    question mark, and the sentence encoders read the mark. A clause cut from the middle of an
+    utterance, or an utterance the VAD ended before Whisper wrote its stop, scored up to 0.02
+    lower against the same example without one ("I don't know what I'm still here for
+    without her": 0.448 against crisis's 0.46 threshold, 0.463 with the stop)."""
+    t = text.rstrip(" ,;:-")
+    return t if not t or t[-1] in ".?!\"'" else f"{t}."
+
+
 def framing(text: str) -> Framing:
     t = text.strip()
     reported = bool(_REPORTED.search(t))

@@ -285,3 +285,30 @@ def test_settled_words_are_agreed_and_end_a_sentence(before: list[str], now: lis
         assert [language.words(t) for t in before[:settled]] == [
             language.words(t) for t in now[:settled]
         ]
+
+
+@pytest.mark.parametrize(
+    ("text", "sentence"),
+    [
+        (
+            "I don't know what I'm still here for without her",
+            "I don't know what I'm still here for without her.",
+        ),
+        ("I need it today.", "I need it today."),
+        ("Can you do that?", "Can you do that?"),
+        ("I'm done with this!", "I'm done with this!"),
+        ("he said 'never again'", "he said 'never again'"),
+        ("I've had enough,", "I've had enough."),
+        ("", ""),
+    ],
+)
+def test_as_sentence_ends_a_clause_as_the_examples_end(text: str, sentence: str) -> None:
+    assert language.as_sentence(text) == sentence
+
+
+@given(st.text(max_size=200))
+def test_as_sentence_only_adds_a_stop(text: str) -> None:
+    out = language.as_sentence(text)
+    kept = text.rstrip(" ,;:-")
+    assert out in (kept, f"{kept}.")
+    assert language.as_sentence(out) == out

@@ -406,6 +406,16 @@ async def test_crisis_raises_a_critical_escalation(conversation: Conversation, t
     assert esc[0]["summary"]["text"]
 
 
+@pytest.mark.parametrize("stop", ["", "."])
+async def test_a_crisis_without_its_full_stop_is_still_a_crisis(
+    conversation: Conversation, stop: str
+) -> None:
+    """A `dev` call's widower: Whisper wrote the line well but, the VAD having ended the
+    utterance there, without its full stop, and that alone put it under crisis's threshold."""
+    text = "I don't know what I'm still here for without her" + stop
+    assert "crisis" in await conversation.cues("customer", text, arousal=0.3)
+
+
 async def test_the_handoff_tells_the_callers_mood_not_only_the_last_line(
     conversation: Conversation,
 ) -> None:
