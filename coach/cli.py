@@ -81,6 +81,17 @@ def main(argv: list[str] | None = None) -> int:
         except PlaybookError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        from coach.runtime import device_plan
+        from models.runtime import DeviceUnavailable
+
+        # COACH_DEVICE=cuda without a usable GPU is a configuration error too: refused here,
+        # the server would otherwise come up live but never ready (the models load in the
+        # background) and a replay would end in a traceback.
+        try:
+            device_plan(settings)
+        except DeviceUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     match args.command:
         case "replay":
             setup_logging(settings.log_level, json_format=settings.log_format == "json")

@@ -82,3 +82,30 @@ def test_a_config_file_sets_what_it_names(tmp_path: Path) -> None:
     ]:
         (tmp_path / name).write_text(text)
         assert Settings.load(tmp_path / name).metrics_interval_s == 2.5
+
+
+@pytest.mark.parametrize("command", ["serve", "replay"])
+def test_cuda_without_a_gpu_refuses_to_start(
+    command: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """README (Models): without usable CUDA "the server refuses to start with a message saying
+    what is missing". An audit found `COACH_DEVICE=cuda coach serve` on a CPU-only machine
+    serving on, live but never ready, with a traceback in the log; a replay ended in one."""
+    from models import runtime
+
+    monkeypatch.setattr(runtime, "cuda_device_count", lambda: 0)
+    monkeypatch.setattr(runtime, "onnx_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setenv("COACH_DEVICE", "cuda")
+    monkeypatch.setenv("COACH_DATA_DIR", str(tmp_path))
+    # Starting anything would be the bug: the check must come before the server or replay.
+    monkeypatch.setattr("coach.api.server.serve", lambda settings: pytest.fail("served"))
+    monkeypatch.setattr("coach.replay.run_replay_cli", lambda *a, **k: pytest.fail("replayed"))
+    argv = [command] if command == "serve" else ["replay", "x.wav", "--events", "x.jsonl"]
+    assert main(argv) == 2
+    out = capsys.readouterr()
+    assert out.err.startswith("error: COACH_DEVICE=cuda but CUDA is not usable here: ")
+    assert "COACH_DEVICE=cpu" in out.err and "Traceback" not in out.err
+    assert out.err.count("\n") == 1 and not out.out
