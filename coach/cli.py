@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
+from typing import get_origin
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from coach.logs import setup_logging
 from coach.settings import ConfigFileError, Settings
@@ -61,6 +64,21 @@ def load_settings(config: Path | None, **overrides: object) -> Settings | None:
                 f" (got {err.get('input')!r})",
                 file=sys.stderr,
             )
+        return None
+    except SettingsError as exc:
+        # A list or mapping setting (COACH_USERS, COACH_AUDIOSOCKET_ALLOW...) is JSON in the
+        # environment; pydantic-settings says only "error parsing value for field". The value
+        # is not echoed: COACH_USERS carries password hashes.
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = found.group(1) if found else ""
+        field = Settings.model_fields.get(name)
+        origin = get_origin(field.annotation) if field else None
+        kind = "a JSON list" if origin is list else "a JSON object" if origin is dict else "JSON"
+        print(
+            f"error: setting COACH_{name.upper()} ({name}): must be {kind}"
+            f" (README, Configuration): {exc.__cause__ or exc}",
+            file=sys.stderr,
+        )
         return None
 
 

@@ -109,3 +109,28 @@ def test_cuda_without_a_gpu_refuses_to_start(
     assert out.err.startswith("error: COACH_DEVICE=cuda but CUDA is not usable here: ")
     assert "COACH_DEVICE=cpu" in out.err and "Traceback" not in out.err
     assert out.err.count("\n") == 1 and not out.out
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("COACH_AUDIOSOCKET_ALLOW", "10.0.0.0/8"),
+        ("COACH_AUDIOSOCKET_MAP", "abc:call-1:customer"),
+        ("COACH_USERS", "ann:agent"),
+    ],
+)
+def test_a_list_or_mapping_setting_that_is_not_json_is_named(
+    variable: str,
+    value: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An audit's `COACH_AUDIOSOCKET_ALLOW=10.0.0.0/8` (a CIDR, not a JSON list) ended every
+    command, `coach token` included, in a pydantic-settings traceback that named neither the
+    variable nor the JSON it wants."""
+    monkeypatch.setenv(variable, value)
+    assert main(["token", "--user", "x", "--role", "agent"]) == 2
+    out = capsys.readouterr()
+    name = variable.removeprefix("COACH_").lower()
+    assert out.err.startswith(f"error: setting {variable} ({name}): must be a JSON")
+    assert "Traceback" not in out.err and out.err.count("\n") == 1 and not out.out
