@@ -41,11 +41,15 @@ WORKDIR /app
 COPY --chown=coach:coach web ./web
 COPY --chown=coach:coach migrations ./migrations
 COPY --chown=coach:coach alembic.ini ./
+# Both listeners on every interface: 127.0.0.1 is unreachable from outside a container.
+# AudioSocket stays off until COACH_AUDIOSOCKET_PORT is set, and COACH_AUDIOSOCKET_ALLOW
+# (loopback by default) says which sources may connect.
 # MALLOC_ARENA_MAX: fewer glibc arenas (CTranslate2, ONNX Runtime and the DSP threads each
 # grow their own otherwise); the soak test measured about half the RSS growth per call with 2.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     COACH_HOST=0.0.0.0 \
+    COACH_AUDIOSOCKET_HOST=0.0.0.0 \
     COACH_PORT=8000 \
     COACH_DATA_DIR=/data \
     COACH_EMOTION_MODEL_DIR=/opt/models/emotion \

