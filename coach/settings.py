@@ -169,7 +169,11 @@ class Settings(BaseSettings):
     )
 
     auth_disabled: bool = Field(False, description="Turn off all auth (local development only).")
-    auth_secret: str | None = Field(None, description="HMAC key for tokens; generated if unset.")
+    auth_secret: str | None = Field(
+        None,
+        description="HMAC key for tokens, 32 bytes or more (PyJWT warns on a shorter one); "
+        "generated if unset.",
+    )
     ingest_api_key: str | None = Field(None, description="API key telephony ingest must present.")
     twilio_auth_token: str | None = Field(
         None, description="Twilio auth token: when set, /ingest/twilio requires X-Twilio-Signature."
