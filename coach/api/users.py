@@ -13,6 +13,7 @@ agents of their team, so `team_agents` is looked up here whenever a token is che
 
 from __future__ import annotations
 
+import argparse
 import base64
 import getpass
 import hashlib
@@ -221,8 +222,14 @@ def _parse_entry(index: int, entry: dict[str, str]) -> User:
     return User(name=name, role=role, team=str(team) if team else None, password_hash=hashed)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Print the hash of a password read from the terminal (or stdin), for COACH_USERS."""
+    # A parser only so that `--help` answers (it was read as "prompt for a password").
+    argparse.ArgumentParser(
+        prog="python -m coach.api.users",
+        description="Read a password (prompted at a terminal, else one line of stdin) and "
+        "print its scrypt hash, the password_hash of a COACH_USERS entry.",
+    ).parse_args(argv)
     password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline()
     password = password.rstrip("\n")
     if not password:

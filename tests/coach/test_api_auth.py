@@ -623,3 +623,22 @@ async def test_coaching_rates_count_each_cue_once_by_its_latest_verdict(backend:
     finally:
         await store.aclose()
     await asyncio.sleep(0)
+
+
+def test_the_hash_command_answers_help_instead_of_asking_for_a_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An audit's `python -m coach.api.users --help` was taken as "read a password": at a
+    terminal it prompted, with stdin not a terminal it said "error: empty password"."""
+    import io
+
+    from coach.api import users
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    with pytest.raises(SystemExit) as done:
+        users.main(["--help"])
+    assert done.value.code == 0
+    assert "COACH_USERS" in capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO("pw\n"))
+    assert users.main([]) == 0
+    assert verify_password("pw", capsys.readouterr().out.strip())
