@@ -395,7 +395,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     async def ingest_pcm(ws: WebSocket) -> None:
         await ws.accept()
         if not ingest_authorized(ws, settings):
-            await _close(ws, cc.POLICY_VIOLATION, "unauthorized", "missing or invalid API key")
+            await _close(
+                ws, cc.POLICY_VIOLATION, "unauthorized", "missing or invalid API key or admin token"
+            )
             return
         if state.manager is None:
             await _close(ws, cc.TRY_AGAIN_LATER, "not_ready", "models are still loading")

@@ -247,6 +247,23 @@ def test_ingest_matches_replay_fast_and_survives_a_broken_neighbour(
     assert live[-1]["type"] == "call_end" and live[-1]["reason"] == "end"
 
 
+def test_a_refused_token_is_told_that_ingest_takes_the_key_or_an_admin_token(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """An audit streamed with a supervisor's (and with an expired) token and was told "missing
+    or invalid API key", on a server that has no API key set: the reason now names both
+    credentials the README gives for raw PCM."""
+    secure = Settings(data_dir=tmp_path, auth_secret="s" * 32)
+    sup = issue_token(user="sue", role="supervisor", secret=secure.signing_secret, ttl_s=60)
+    with TestClient(create_app(secure, runtime)) as c:
+        for query in (f"?token={sup}", ""):
+            with c.websocket_connect(f"/ingest/pcm{query}") as ws:
+                code, msgs = close_code(ws)
+            assert code == cc.POLICY_VIOLATION
+            assert msgs[0]["code"] == "unauthorized"
+            assert "API key" in msgs[0]["message"] and "admin token" in msgs[0]["message"]
+
+
 def test_auth_is_enforced(runtime: Runtime, tmp_path: Path) -> None:
     secure = Settings(data_dir=tmp_path, ingest_api_key="k-123", auth_secret="s" * 32)
     with TestClient(create_app(secure, runtime)) as c:
