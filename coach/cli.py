@@ -110,6 +110,17 @@ def main(argv: list[str] | None = None) -> int:
         except DeviceUnavailable as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        from models.asr import ModelNotFound, resolve_model_path
+
+        # So is an ASR model name that names no model: the server came up live, never ready.
+        cache_dir = settings.asr_options().cache_dir
+        for name in dict.fromkeys([settings.asr_model, settings.asr_final_model or ""]):
+            try:
+                if name:
+                    resolve_model_path(name, cache_dir)
+            except ModelNotFound as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
     match args.command:
         case "replay":
             setup_logging(settings.log_level, json_format=settings.log_format == "json")

@@ -111,6 +111,28 @@ def test_cuda_without_a_gpu_refuses_to_start(
     assert out.err.count("\n") == 1 and not out.out
 
 
+@pytest.mark.parametrize("variable", ["COACH_ASR_MODEL", "COACH_ASR_FINAL_MODEL"])
+@pytest.mark.parametrize("command", ["serve", "replay"])
+def test_an_asr_model_that_names_no_model_refuses_to_start(
+    command: str,
+    variable: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An audit's `COACH_ASR_MODEL=nosuch coach serve`: live, never ready, a traceback in the
+    log. A name or folder that holds no model is refused before anything starts."""
+    monkeypatch.setenv(variable, str(tmp_path / "nosuch"))
+    monkeypatch.setenv("COACH_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr("coach.api.server.serve", lambda settings: pytest.fail("served"))
+    monkeypatch.setattr("coach.replay.run_replay_cli", lambda *a, **k: pytest.fail("replayed"))
+    argv = [command] if command == "serve" else ["replay", "x.wav", "--events", "x.jsonl"]
+    assert main(argv) == 2
+    out = capsys.readouterr()
+    assert out.err.startswith("error: ASR model ") and "nosuch" in out.err
+    assert "never downloaded" in out.err and out.err.count("\n") == 1 and not out.out
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
