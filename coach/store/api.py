@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated
@@ -72,6 +73,7 @@ def _in_utc(value: datetime | None) -> datetime | None:
 DateQuery = Annotated[datetime | None, AfterValidator(_in_utc)]
 """`since` / `until` of the history search and the coaching analytics."""
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["history"], dependencies=[Depends(refuse_nul)])
 CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
 
@@ -249,6 +251,51 @@ async def customer_history(
         )
     calls = [c for c in calls if may_view_call(principal, {"agent_id": c.agent_id})]
     return CustomerHistory(customer_id=customer_id, calls=calls)
+
+
+class Erasure(BaseModel):
+    erased: list[str]
+    """The calls deleted, with their transcripts, cues, feedback, escalations and summaries."""
+    live: list[str]
+    """Calls not ended yet, left alone: erase them again once they have ended."""
+
+
+@router.delete("/api/history/calls/{call_id}", status_code=204)
+async def erase_call(call_id: str, principal: CurrentPrincipal, store: CurrentStore) -> None:
+    """Delete one stored call and everything stored with it (admins): a caller's request to
+    have their data erased. 409 while the call has not ended."""
+    _admins_only(principal)
+    with _answers():
+        erased, live = await store.erase_calls(call_id=call_id)
+    if live:
+        raise HTTPException(409, f"call {call_id} has not ended: erase it once it has")
+    if not erased:
+        raise HTTPException(404, f"call {call_id} not found")
+    log.warning("erasure: %s deleted stored call %s", principal.user, call_id)
+
+
+@router.delete("/api/customers/{customer_id}/history")
+async def erase_customer(
+    customer_id: str, principal: CurrentPrincipal, store: CurrentStore
+) -> Erasure:
+    """Delete every stored call of a customer (admins); calls still running are listed in
+    `live` and kept."""
+    _admins_only(principal)
+    with _answers():
+        erased, live = await store.erase_calls(customer_id=customer_id)
+    log.warning(
+        "erasure: %s deleted %d stored call(s) of customer %s%s",
+        principal.user,
+        len(erased),
+        customer_id,
+        f" ({len(live)} not ended, kept)" if live else "",
+    )
+    return Erasure(erased=erased, live=live)
+
+
+def _admins_only(principal: Principal) -> None:
+    if not principal.is_admin:
+        raise HTTPException(403, "admins only")
 
 
 @router.post("/api/calls/{call_id}/cues/{cue}/feedback")

@@ -585,14 +585,42 @@ class Store:
     async def delete_older_than(self, days: float, *, now: datetime | None = None) -> int:
         """Retention: delete calls that started more than `days` ago, with all their rows."""
         cutoff = (now or _utcnow()) - timedelta(days=days)
+        return await self._delete_calls(table_of(Call).c.started_at < cutoff)
+
+    async def erase_calls(
+        self, *, call_id: str | None = None, customer_id: str | None = None
+    ) -> tuple[list[str], list[str]]:
+        """Erasure on request (a caller's right to have their data deleted): the ended calls
+        with this id or of this customer, with every row of theirs. Returns (erased, live):
+        a call not ended yet is left alone, since its next events would write it again."""
+        if (call_id is None) == (customer_id is None):
+            raise ValueError("erase one call or one customer's calls")
         calls = table_of(Call)
-        old = sa.select(calls.c.call_id).where(calls.c.started_at < cutoff)
+        which = (
+            calls.c.call_id == call_id
+            if call_id is not None
+            else (calls.c.customer_id == customer_id)
+        )
+        async with self._connect() as conn:
+            found = (
+                await conn.execute(sa.select(calls.c.call_id, calls.c.ended_at).where(which))
+            ).all()
+        erased = sorted(c for c, ended in found if ended is not None)
+        live = sorted(c for c, ended in found if ended is None)
+        if erased:
+            await self._delete_calls(calls.c.call_id.in_(erased) & calls.c.ended_at.is_not(None))
+        return erased, live
+
+    async def _delete_calls(self, which: sa.ColumnElement[bool]) -> int:
+        """Delete the calls `which` selects, with all their rows, in one transaction."""
+        calls = table_of(Call)
+        chosen = sa.select(calls.c.call_id).where(which)
         async with self._connect(begin=True) as conn:
             # Children first and explicitly: cascades are not trusted on every SQLite setup.
             for model in (CueFeedback, MissedCue, CueRow, Utterance, Escalation, Summary):
                 tbl = table_of(model)
-                await conn.execute(sa.delete(tbl).where(tbl.c.call_id.in_(old)))
-            result = await conn.execute(sa.delete(calls).where(calls.c.started_at < cutoff))
+                await conn.execute(sa.delete(tbl).where(tbl.c.call_id.in_(chosen)))
+            result = await conn.execute(sa.delete(calls).where(which))
         return int(result.rowcount)
 
 

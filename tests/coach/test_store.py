@@ -47,6 +47,15 @@ from coach.store import (
     migrate,
 )
 from coach.store.db import create_engine
+from coach.store.models import (
+    CueFeedback,
+    CueRow,
+    Escalation,
+    MissedCue,
+    Summary,
+    Utterance,
+    table_of,
+)
 from coach.store.writes import Received
 
 STORE_TABLES = {
@@ -513,6 +522,29 @@ async def test_list_calls_filters_and_pages(store: Store) -> None:
     assert ids(await store.list_calls(min_urgency="critical", agent_id="bob")) == []
     both = await store.list_calls(min_urgency="critical", cue="acknowledge_frustration")
     assert ids(both) == ["h4"]
+
+
+async def test_erasure_takes_every_row_of_the_ended_calls_only(store: Store) -> None:
+    await _seed_history(store)  # h1, h2, h4 of cust-1 (h1 and h4 with a cue), h3 of cust-2
+    now = datetime.now(UTC).timestamp()
+    running = [e for e in call_events("h5", customer_id="cust-1") if e["type"] != "call_end"]
+    await store.write_events([Received(event=e, at=now) for e in running])
+    await store.add_feedback(call_id="h4", cue_seq=_cue_seq("h4"), verdict="helpful", user="sue")
+    with pytest.raises(ValueError):
+        await store.erase_calls()
+    assert await store.erase_calls(call_id="h3") == (["h3"], [])
+    assert await store.erase_calls(call_id="h3") == ([], [])
+    assert await store.erase_calls(customer_id="cust-1") == (["h1", "h2", "h4"], ["h5"])
+    assert [c.call_id for c in await store.list_calls()] == ["h5"]
+    async with store._connect() as conn:
+        for model in (CueFeedback, MissedCue, CueRow, Utterance, Escalation, Summary):
+            tbl = table_of(model)
+            left = await conn.execute(sa.select(tbl.c.call_id).distinct())
+            assert {r[0] for r in left} <= {"h5"}, model.__name__
+
+
+def _cue_seq(call_id: str) -> int:
+    return next(int(e["seq"]) for e in call_events(call_id) if e["type"] == "cue")
 
 
 async def test_customer_history(store: Store) -> None:

@@ -490,3 +490,33 @@ def test_malformed_filters_are_422_on_both_stores(client: TestClient) -> None:
     assert _ids(client.get(ok, headers=admin)) == sorted(CALLS)
     analytics = client.get("/api/analytics/coaching?since=2000-01-01T00:00:00-08:00", headers=admin)
     assert analytics.status_code == 200 and analytics.json()["calls"] == len(CALLS)
+
+
+def test_erasure_on_request_is_for_admins_and_takes_everything(
+    client: TestClient, backend: Backend, tmp_path: Path
+) -> None:
+    """A caller asks for their data to be deleted: an admin erases one call, or all of a
+    customer's; a call still running is kept (its next events would write it again)."""
+    admin = auth("root", "admin")
+    unended = [e for e in call_events("c-live", customer_id="cust-1") if e["type"] != "call_end"]
+    run(seed(backend.url, tmp_path / "spool-live", [unended]))
+    one = "/api/history/calls/c-alice2"
+    assert client.delete(one).status_code == 401
+    assert client.delete(one, headers=SUE).status_code == 403
+    assert client.delete(one, headers=ALICE).status_code == 403
+    assert client.delete(one, headers=admin).status_code == 204
+    assert client.get(one, headers=admin).status_code == 404
+    assert client.delete(one, headers=admin).status_code == 404
+    live = client.delete("/api/history/calls/c-live", headers=admin)
+    assert live.status_code == 409 and "not ended" in live.text
+
+    customer = "/api/customers/cust-1/history"
+    assert client.delete(customer, headers=SUE).status_code == 403
+    resp = client.delete(customer, headers=admin)
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"erased": ["c-alice", "c-bob"], "live": ["c-live"]}
+    assert _ids(client.get("/api/history/calls", headers=admin)) == ["c-live"]
+    assert client.delete("/api/customers/nobody/history", headers=admin).json() == {
+        "erased": [],
+        "live": [],
+    }
