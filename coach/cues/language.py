@@ -192,6 +192,8 @@ def as_sentence(text: str) -> str:
     lower against the same example without one ("I don't know what I'm still here for
     without her": 0.448 against crisis's 0.46 threshold, 0.463 with the stop)."""
     t = text.rstrip(" ,;:-")
+    if t.endswith(("...", "\u2026")):  # trailing off: Whisper's ellipsis reads as doubt
+        t = t.rstrip(".\u2026 ,")
     return t if not t or t[-1] in ".?!\"'" else f"{t}."
 
 

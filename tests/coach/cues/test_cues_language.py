@@ -299,6 +299,9 @@ def test_settled_words_are_agreed_and_end_a_sentence(before: list[str], now: lis
         ("I'm done with this!", "I'm done with this!"),
         ("he said 'never again'", "he said 'never again'"),
         ("I've had enough,", "I've had enough."),
+        # Whisper's trailing off: crisis's best match fell 0.463 -> 0.433 with "..." for ".".
+        ("I don't know what I'm here for...", "I don't know what I'm here for."),
+        ("I just\u2026", "I just."),
         ("", ""),
     ],
 )
@@ -310,5 +313,5 @@ def test_as_sentence_ends_a_clause_as_the_examples_end(text: str, sentence: str)
 def test_as_sentence_only_adds_a_stop(text: str) -> None:
     out = language.as_sentence(text)
     kept = text.rstrip(" ,;:-")
-    assert out in (kept, f"{kept}.")
-    assert language.as_sentence(out) == out
+    assert out in (kept, f"{kept}.") or kept.endswith(("...", "\u2026"))
+    assert kept.startswith(out.rstrip(".")) and language.as_sentence(out) == out
