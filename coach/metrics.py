@@ -104,3 +104,9 @@ MEMORY_RELEASE_SECONDS = Histogram(
 MEMORY_TRIMMED_BYTES = Counter(
     "coach_memory_trimmed_bytes_total", "Resident memory given back to the OS by malloc_trim"
 )
+WEBHOOK_DELIVERIES = Counter(
+    "coach_webhook_deliveries_total",
+    "Escalations sent to COACH_ESCALATION_WEBHOOK_URL: delivered, failed after retries, or "
+    "dropped with the queue full",
+    ["result"],
+)

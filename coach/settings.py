@@ -168,6 +168,20 @@ class Settings(BaseSettings):
         description="Free ended calls' memory this often (full gc, glibc malloc_trim); 0 = off.",
     )
 
+    escalation_webhook_url: str | None = Field(
+        None,
+        description="POST each escalation (redacted JSON, with agent and team) to this http(s) "
+        "URL: chat, paging, CRM (README, Escalation webhook); empty: off.",
+    )
+    escalation_webhook_secret: str | None = Field(
+        None,
+        description="Signs each webhook POST: X-Coach-Signature = sha256=HMAC-SHA256 of "
+        "'<X-Coach-Timestamp>.<body>'.",
+    )
+    escalation_webhook_min_urgency: Literal["low", "medium", "high", "critical"] = Field(
+        "high", description="Only escalations at this urgency or above go to the webhook."
+    )
+
     auth_disabled: bool = Field(False, description="Turn off all auth (local development only).")
     auth_secret: str | None = Field(
         None,
@@ -193,6 +207,15 @@ class Settings(BaseSettings):
     demo_call_enabled: bool = Field(
         True, description='Offer the agent page\'s "Play demo call" (POST /api/demo/calls).'
     )
+
+    @field_validator("escalation_webhook_url")
+    @classmethod
+    def _webhook_is_a_web_url(cls, v: str | None) -> str | None:
+        if not v or not v.strip():
+            return None
+        if not v.strip().lower().startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.strip()
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -52,6 +52,7 @@ from coach.ingest.audiosocket import (
     read_mapping_file,
     start_audiosocket_server,
 )
+from coach.notify import EscalationWebhook, WebhookConfig
 from coach.redis_bus import RedisBus
 from coach.runtime import Runtime
 from coach.session import CallSession, CallState
@@ -193,6 +194,17 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             app.state.store = store.store
             state.history_store = store.store
             state.wire_history()
+        webhook: EscalationWebhook | None = None
+        if settings.escalation_webhook_url:
+            webhook = EscalationWebhook(
+                WebhookConfig(
+                    url=settings.escalation_webhook_url,
+                    secret=settings.escalation_webhook_secret,
+                    min_urgency=settings.escalation_webhook_min_urgency,
+                )
+            )
+            state.bus.add_listener(webhook.listener)
+            webhook.start()
         releaser = asyncio.create_task(
             memory.release_periodically(settings.memory_release_interval_s)
         )
@@ -215,6 +227,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         await demo_player.stop()
         if state.manager is not None:
             await state.manager.shutdown()
+        if webhook is not None:
+            state.bus.remove_listener(webhook.listener)
+            await webhook.stop()  # what the calls raised before they ended still goes out
         if store is not None:
             await store.aclose()  # after the calls ended, so their last events are written
         if seeder is not None:
