@@ -43,3 +43,57 @@ def serve_in_thread(app: Any, **options: Any) -> Iterator[int]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def client_with_watchdog(app: Any, *, teardown_s: float = 120.0) -> Iterator[Any]:
+    """A TestClient whose shutdown, if it hangs, prints the asyncio tasks still pending.
+
+    Once (session 26, under load) an AudioHook test passed and its TestClient then never
+    finished shutting down; pytest-timeout's dump after 600 s shows threads, and every thread
+    was idle: what was missing was the coroutine the event loop waited for. This prints it.
+    """
+    import asyncio
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(TestClient(app))
+        loop = client.portal.call(asyncio.get_running_loop) if client.portal else None
+
+        def dump() -> None:
+            print(f"\n--- TestClient shutdown > {teardown_s:g} s; pending tasks:", file=sys.stderr)
+            for task in list(asyncio.all_tasks(loop)) if loop else []:
+                print(
+                    f"{task.get_name()}:", *awaiting(task.get_coro()), sep="\n  ", file=sys.stderr
+                )
+
+        try:
+            yield client
+        finally:
+            watchdog = threading.Timer(teardown_s, dump)
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                stack.close()
+            finally:
+                watchdog.cancel()
+
+
+def awaiting(coro: Any) -> list[str]:
+    """Where a coroutine waits, outermost first: the whole chain of awaits, which
+    `Task.print_stack` does not walk (it shows the task's own frame only)."""
+    where = []
+    while coro is not None:
+        frame = next(
+            (f for a in ("cr_frame", "gi_frame", "ag_frame") if (f := getattr(coro, a, None))),
+            None,
+        )
+        if frame is not None:
+            where.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = next(
+            (c for a in ("cr_await", "gi_yieldfrom", "ag_await") if (c := getattr(coro, a, None))),
+            None,
+        )
+    return where

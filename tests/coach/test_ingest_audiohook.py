@@ -43,6 +43,7 @@ from coach.ingest import audiohook as ah
 from coach.ingest import closecodes as cc
 from coach.runtime import Runtime
 from coach.settings import Settings
+from tests.support import client_with_watchdog
 
 GOLDEN = Path(__file__).parent / "golden" / "audiohook"
 CLIENT_FRAMES = ["open", "ping", "update", "discarded", "paused", "resumed", "error", "close"]
@@ -264,7 +265,7 @@ def close_code(ws: Any) -> int:
 
 @pytest.fixture
 def client(runtime: Runtime, settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, runtime)) as c:
+    with client_with_watchdog(create_app(settings, runtime)) as c:
         yield c
 
 
@@ -812,7 +813,7 @@ def secure(
 ) -> Iterator[TestClient]:
     monkeypatch.setenv("COACH_AUDIOHOOK_CLIENT_SECRET", SECRET)
     settings = Settings(data_dir=tmp_path, ingest_api_key=API_KEY, auth_secret="s" * 32)
-    with TestClient(create_app(settings, runtime)) as c:
+    with client_with_watchdog(create_app(settings, runtime)) as c:
         yield c
 
 

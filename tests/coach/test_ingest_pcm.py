@@ -21,6 +21,7 @@ from coach.ingest import closecodes as cc
 from coach.ingest.pcm import IngestError, PcmHeader, frame_chunks, parse_header
 from coach.runtime import Runtime
 from coach.settings import Settings
+from tests.support import client_with_watchdog
 
 HEADER = {"call_id": "c1", "sample_rate": 8000, "encoding": "pcm16", "channels": 2}
 
@@ -105,7 +106,7 @@ def test_frames_split_into_parties_on_the_sample_clock() -> None:
 
 @pytest.fixture
 def client(runtime: Runtime, settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, runtime)) as c:
+    with client_with_watchdog(create_app(settings, runtime)) as c:
         yield c
 
 

@@ -32,6 +32,7 @@ from coach.ingest import closecodes as cc
 from coach.ingest import twilio as tw
 from coach.runtime import Runtime
 from coach.settings import Settings
+from tests.support import client_with_watchdog
 
 GOLDEN = Path(__file__).parent / "golden" / "twilio"
 DOC_FRAMES = sorted(p.stem for p in GOLDEN.glob("*.json"))
@@ -206,7 +207,7 @@ def finals(events: list[dict[str, Any]], speaker: str) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def client(runtime: Runtime, settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, runtime)) as c:
+    with client_with_watchdog(create_app(settings, runtime)) as c:
         yield c
 
 
@@ -663,7 +664,7 @@ def secure(
 ) -> Iterator[TestClient]:
     monkeypatch.setenv("COACH_TWILIO_AUTH_TOKEN", TOKEN)
     settings = Settings(data_dir=tmp_path, ingest_api_key="k-123", auth_secret="s" * 32)
-    with TestClient(create_app(settings, runtime)) as c:
+    with client_with_watchdog(create_app(settings, runtime)) as c:
         yield c
 
 
@@ -730,7 +731,7 @@ def test_without_a_twilio_token_the_ingest_key_is_required(
 ) -> None:
     monkeypatch.delenv("COACH_TWILIO_AUTH_TOKEN", raising=False)
     settings = Settings(data_dir=tmp_path, ingest_api_key="k-123", auth_secret="s" * 32)
-    with TestClient(create_app(settings, runtime)) as c:
+    with client_with_watchdog(create_app(settings, runtime)) as c:
         with c.websocket_connect("/ingest/twilio") as ws:
             assert close_of(ws)[0] == cc.POLICY_VIOLATION
         signed = {"x-twilio-signature": sign("wss://testserver/ingest/twilio")}
