@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.web.conftest import LiveServer, sign_in
-from tests.web.test_supervisor_wall import end, escalation
+from tests.web.test_supervisor_wall import end, escalation, update
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -43,3 +43,57 @@ def test_escalations_are_announced_off_the_live_view(live_server: LiveServer, pa
     assert page.locator("#announce").evaluate("(e) => e.checkVisibility()")
     for call_id in (watched, other):
         live_server.emit(call_id, end([]))
+
+
+def test_focus_on_a_tile_survives_its_live_updates(live_server: LiveServer, page: Any) -> None:
+    """Audit: every call_update rebuilt the tile, so a supervisor who had tabbed to "Open call"
+    lost focus (to <body>) within seconds, and Enter did nothing."""
+    call_id = "k-focus"
+    live_server.start_call(call_id, "ann")
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    button = page.locator(f'#tiles > li[data-call="{call_id}"] button.open')
+    button.focus()
+    assert focused(page) == f"BUTTON|Open call|{call_id}"
+    for i in range(3):
+        live_server.emit(call_id, update(-0.2 - 0.1 * i, 0.5, "frustrated", trend=-0.2))
+    page.locator(f'#tiles > li[data-call="{call_id}"]').filter(has_text="frustrated").wait_for()
+    page.wait_for_timeout(300)
+    assert focused(page) == f"BUTTON|Open call|{call_id}"
+    # Nor does the snapshot after a reconnect take it.
+    page.evaluate("Wall.socket.close(4000, 'blip')")
+    page.wait_for_function("Wall.stale")
+    page.wait_for_function("!Wall.stale", timeout=20_000)
+    page.wait_for_timeout(300)
+    assert focused(page) == f"BUTTON|Open call|{call_id}"
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"**#call/{call_id}")
+    live_server.emit(call_id, end([]))
+
+
+def test_focus_on_a_tile_survives_the_wall_reordering(live_server: LiveServer, page: Any) -> None:
+    """Audit: when the risk order changed, every tile was moved in the list, which takes
+    focus away from a button inside any of them."""
+    calm, hot = "k-order-calm", "k-order-hot"
+    live_server.start_call(calm, "ann")
+    live_server.start_call(hot, "cal")
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    live_server.emit(calm, update(0.5, 0.2, "positive"))
+    live_server.emit(hot, update(0.4, 0.2, "positive"))
+    page.locator(f'#tiles > li[data-call="{hot}"]').filter(has_text="positive").wait_for()
+    page.locator(f'#tiles > li[data-call="{calm}"] button.open').focus()
+    live_server.emit(hot, update(-0.9, 0.9, "angry", trend=-0.5))
+    page.wait_for_function(
+        f"""() => {{ const ids = [...document.querySelectorAll('#tiles > li')].map((li) => li.dataset.call);
+        return ids.indexOf('{hot}') < ids.indexOf('{calm}'); }}"""
+    )
+    page.wait_for_timeout(300)
+    assert focused(page) == f"BUTTON|Open call|{calm}"
+    # The call ends: the same button now opens its post-call summary, focus still on it.
+    live_server.emit(calm, end([]))
+    page.locator(f'#tiles > li[data-call="{calm}"] button.open').filter(
+        has_text="Post-call summary"
+    ).wait_for()
+    assert focused(page) == f"BUTTON|Post-call summary|{calm}"
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"**#summary/{calm}")
+    live_server.emit(hot, end([]))

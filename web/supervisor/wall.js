@@ -127,8 +127,14 @@ function paint() {
   Wall.dirty.clear();
   const order = [...Wall.calls.values()].sort((a, b) => risk(b) - risk(a) || a.started_at - b.started_at).map((c) => c.call_id);
   if (order.join("\n") !== Wall.order.join("\n")) {
+    // Only the tiles out of place move: moving a tile takes the focus off a button in it.
     const list = $("tiles");
-    order.forEach((id) => list.append(Wall.tiles.get(id)));
+    const active = document.activeElement;
+    order.forEach((id, i) => {
+      const li = Wall.tiles.get(id);
+      if (list.children[i] !== li) list.insertBefore(li, list.children[i] || null);
+    });
+    if (active && active !== document.activeElement && list.contains(active)) active.focus({ preventScroll: true });
     Wall.order = order;
   }
   const live = [...Wall.calls.values()].filter((c) => !c.ended_at).length;
@@ -148,7 +154,13 @@ function paintTile(id) {
   let li = Wall.tiles.get(id);
   if (!c) { if (li) li.remove(); Wall.tiles.delete(id); return; }
   if (!li) {
-    li = h("li", { "data-call": id });
+    // The button stays the same element from paint to paint (only its label and action
+    // change): rebuilt, it would take the keyboard focus with it on every update.
+    li = h("li", { "data-call": id }, h("div", { class: "tile-body" }),
+      h("button", { type: "button", class: "open", "aria-describedby": `tile-${id}`, onclick: () => {
+        const ended = Wall.calls.get(id)?.ended_at;
+        location.hash = `#${ended ? "summary" : "call"}/${encodeURIComponent(id)}`;
+      } }));
     Wall.tiles.set(id, li);
     $("tiles").append(li);
   }
@@ -161,7 +173,7 @@ function paintTile(id) {
         h("i", { style: `left:calc(${((c.valence + 1) / 2) * 100}% - 2px)` })),
       typeof c.trend_valence === "number" ? (c.trend_valence < -0.1 ? "worsening" : c.trend_valence > 0.1 ? "improving" : "steady") : "")
     : h("p", { class: "mood muted", text: "no customer speech yet" });
-  li.replaceChildren(...[
+  li.querySelector(".tile-body").replaceChildren(...[
     h("h3", { id: headId }, h("span", { text: c.agent_id ? `Agent ${c.agent_id}` : "Unassigned" }), h("span", { class: "callid", text: id })),
     mood,
     h("p", { class: "meta" }, h("span", { class: "duration", "data-started": String(c.started_at), text: c.ended_at ? "ended" : fmtTime(Date.now() / 1000 - c.started_at) }), ` · ${c.cues} cue${c.cues === 1 ? "" : "s"}`),
@@ -169,10 +181,10 @@ function paintTile(id) {
     c.escalations.length
       ? h("p", { class: `esc${open.length ? "" : " acked"}`, text: open.length ? `Escalation: ${open.map((e) => e.urgency).join(", ")}` : "Escalation acknowledged" })
       : null,
-    c.ended_at
-      ? h("button", { type: "button", class: "open", "aria-describedby": headId, onclick: () => { location.hash = `#summary/${encodeURIComponent(id)}`; } }, "Post-call summary")
-      : h("button", { type: "button", class: "open", "aria-describedby": headId, onclick: () => { location.hash = `#call/${encodeURIComponent(id)}`; } }, "Open call"),
   ].filter(Boolean));
+  const button = li.querySelector("button.open");
+  const label = c.ended_at ? "Post-call summary" : "Open call";
+  if (button.textContent !== label) button.textContent = label;
 }
 
 const BASE_TITLE = document.title;
@@ -263,8 +275,9 @@ function connectWall() {
       setStale(false);
       $("status").textContent = "Live";
       Wall.calls.clear();
-      for (const li of Wall.tiles.values()) li.remove();
-      Wall.tiles.clear();
+      // A call still on the wall keeps its tile (repainted below) and whatever focus is in it.
+      const present = new Set(ev.calls.map((c) => c.call_id));
+      for (const [id, li] of Wall.tiles) if (!present.has(id)) { li.remove(); Wall.tiles.delete(id); }
       Wall.order = [];
       soundSnapshot(ev.calls);
       for (const c of ev.calls) {
