@@ -97,3 +97,28 @@ def test_focus_on_a_tile_survives_the_wall_reordering(live_server: LiveServer, p
     page.keyboard.press("Enter")
     page.wait_for_url(f"**#summary/{calm}")
     live_server.emit(hot, end([]))
+
+
+def test_focus_on_an_alert_survives_another_escalation(live_server: LiveServer, page: Any) -> None:
+    """Audit: a new escalation rebuilt every alert card, taking focus off the Acknowledge
+    button the supervisor was about to press."""
+    first, second = "k-alert-1", "k-alert-2"
+    live_server.start_call(first, "ann")
+    live_server.start_call(second, "cal")
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    live_server.emit(first, escalation("user_request", "high", 10.0, "Wants a manager."))
+    ack = page.locator(f'#alerts > li[data-call="{first}"] button.ack')
+    ack.focus()
+    live_server.emit(second, escalation("user_request", "critical", 11.0, "Wants a manager now."))
+    page.locator(f'#alerts > li[data-call="{second}"]').wait_for()
+    page.wait_for_timeout(300)
+    assert focused(page) == f"BUTTON|Acknowledge|{first}"
+    page.keyboard.press("Enter")
+    page.locator(f'#alerts > li[data-call="{first}"]').wait_for(state="detached")
+    # Acknowledged from the keyboard: focus goes on to the next alert, not to <body>.
+    assert focused(page) == f"BUTTON|Acknowledge|{second}"
+    page.keyboard.press("Enter")
+    page.locator(f'#alerts > li[data-call="{second}"]').wait_for(state="detached")
+    assert focused(page) != "BODY||", focused(page)
+    for call_id in (first, second):
+        live_server.emit(call_id, end([]))

@@ -22,6 +22,7 @@ const Wall = {
   stale: false, // the socket is down: the tiles are what was true when it dropped
   refusal: null, // the error message the server sent before refusing the socket
   drill: null, // {callId, view, stream}
+  ackFocus: null, // the escalation whose Acknowledge button had the focus when pressed
   snapshotSeen: false, // the first snapshot is what was open at page load: it plays no sound
 };
 window.wallStats = { latencies: [], events: 0, paints: 0 };
@@ -189,11 +190,41 @@ function paintTile(id) {
 
 const BASE_TITLE = document.title;
 
+// Alert cards are kept from paint to paint (a rebuild would take the keyboard focus off the
+// Acknowledge button a supervisor is about to press); only the cards that come or go change.
+const alertCards = new Map(); // escalationKey -> <li>
+
 function paintAlerts() {
   const open = [];
   for (const c of Wall.calls.values()) for (const e of openEscalations(c)) open.push([c, e]);
   open.sort((a, b) => (URGENCY[b[1].urgency] || 0) - (URGENCY[a[1].urgency] || 0) || (a[1].t_emit || 0) - (b[1].t_emit || 0));
-  $("alerts").replaceChildren(...open.map(([c, e]) => alertCard(c, e)));
+  const list = $("alerts");
+  const active = document.activeElement;
+  const before = [...list.children];
+  const focusAt = before.findIndex((li) => li.contains(active) || li.dataset.key === Wall.ackFocus);
+  const keys = new Set();
+  open.forEach(([c, e], i) => {
+    const key = escalationKey(c.call_id, e.seq);
+    keys.add(key);
+    let li = alertCards.get(key);
+    if (!li) { li = alertCard(c, e); alertCards.set(key, li); }
+    li.querySelector(".alert-meta").textContent = alertMeta(c, e);
+    if (list.children[i] !== li) list.insertBefore(li, list.children[i] || null);
+  });
+  for (const [key, li] of alertCards) if (!keys.has(key)) { li.remove(); alertCards.delete(key); }
+  if (focusAt >= 0) {
+    const kept = before[focusAt];
+    if (kept.isConnected) {
+      if (kept.contains(active) && document.activeElement !== active) active.focus({ preventScroll: true });
+    } else {
+      // Its escalation was acknowledged: the focus goes on to the alert now in its place.
+      const next = list.children[Math.min(focusAt, list.children.length - 1)];
+      const target = next ? next.querySelector("button.ack") : $("alerts-h");
+      if (!next) target.tabIndex = -1;
+      target.focus({ preventScroll: true });
+    }
+  }
+  if (!alertCards.has(Wall.ackFocus)) Wall.ackFocus = null; // an acknowledgement still on its way keeps it
   $("alert-count").textContent = String(open.length);
   $("alert-count").dataset.n = String(open.length);
   $("no-alerts").hidden = open.length > 0;
@@ -201,10 +232,15 @@ function paintAlerts() {
   document.title = `${open.length ? `(${open.length}) Escalation${open.length > 1 ? "s" : ""} · ` : ""}${BASE_TITLE}`;
 }
 
+function alertMeta(c, e) {
+  return `Call ${c.call_id} · ${c.agent_id ? `agent ${c.agent_id}` : "unassigned"} · ${fmtTime(e.t_emit || 0)} into the call`;
+}
+
 function alertCard(c, e) {
   const s = typeof e.summary === "string" ? { text: e.summary } : (e.summary || {});
   const st = s.state || {};
-  const headId = `alert-${c.call_id}-${e.seq}`;
+  const callId = c.call_id, seq = e.seq;
+  const headId = `alert-${callId}-${seq}`;
   const status = h("span", { class: "ack-status", role: "status" });
   const facts = [
     ["Raised by", e.detail || null],
@@ -213,37 +249,48 @@ function alertCard(c, e) {
     ["Cues shown", (s.cues_shown || []).join(", ") || null],
     ["Agent tried", (s.agent_tried || []).join("; ") || null],
   ].filter(([, v]) => v);
-  return h("li", { class: `alert urgency-${e.urgency}`, "data-call": c.call_id, "data-seq": String(e.seq), "aria-labelledby": headId },
+  return h("li", { class: `alert urgency-${e.urgency}`, "data-call": callId, "data-seq": String(seq), "data-key": escalationKey(callId, seq), "aria-labelledby": headId },
     h("h3", { id: headId, text: `${e.urgency[0].toUpperCase()}${e.urgency.slice(1)}: ${REASONS[e.reason] || e.reason}` }),
-    h("p", { class: "muted", text: `Call ${c.call_id} · ${c.agent_id ? `agent ${c.agent_id}` : "unassigned"} · ${fmtTime(e.t_emit || 0)} into the call` }),
+    h("p", { class: "muted alert-meta" }),
     s.text ? h("p", { class: "handoff", text: s.text }) : null,
     facts.length ? h("dl", {}, facts.flatMap(([k, v]) => [h("dt", { text: k }), h("dd", { text: v })])) : null,
     h("div", { class: "actions" },
-      h("button", { type: "button", class: "primary ack", onclick: (ev) => acknowledge(c, e, ev.currentTarget, status) }, "Acknowledge"),
-      h("button", { type: "button", onclick: () => { location.hash = `#call/${encodeURIComponent(c.call_id)}`; } }, "Open call"),
+      h("button", { type: "button", class: "primary ack", onclick: (ev) => acknowledge(callId, seq, ev.currentTarget, status) }, "Acknowledge"),
+      h("button", { type: "button", onclick: () => { location.hash = `#call/${encodeURIComponent(callId)}`; } }, "Open call"),
       status));
 }
 
-async function acknowledge(c, e, button, status) {
+// The call and escalation are looked up when the answer comes: a snapshot meanwhile replaces
+// the objects the card was built from.
+async function acknowledge(callId, seq, button, status) {
+  const key = escalationKey(callId, seq);
+  if (document.activeElement === button) Wall.ackFocus = key; // kept through the disabled wait
   button.disabled = true;
   status.textContent = "Acknowledging…";
   for (let attempt = 0; attempt < 6; attempt++) {
-    const r = await Auth.api(`/api/calls/${encodeURIComponent(c.call_id)}/escalations/${e.seq}/ack`, { method: "POST" })
+    const r = await Auth.api(`/api/calls/${encodeURIComponent(callId)}/escalations/${seq}/ack`, { method: "POST" })
       .catch(() => ({ ok: false, status: 0 }));
     if (r.ok) {
       const body = await r.json();
-      e.acknowledged_by = body.acknowledged_by || Wall.me.user;
+      const c = Wall.calls.get(callId);
+      const e = c && c.escalations.find((x) => x.seq === seq);
+      if (e) e.acknowledged_by = body.acknowledged_by || Wall.me.user;
       Wall.alertsDirty = true;
-      Wall.dirty.add(c.call_id);
-      announce(`Escalation on call ${c.call_id} acknowledged.`);
+      if (c) Wall.dirty.add(callId);
+      announce(`Escalation on call ${callId} acknowledged.`);
       schedule();
       return;
     }
-    if (r.status !== 404 && r.status !== 503 && r.status !== 0) { status.textContent = `Failed (${r.status}).`; button.disabled = false; return; }
+    if (r.status !== 404 && r.status !== 503 && r.status !== 0) { status.textContent = `Failed (${r.status}).`; ackFailed(key, button); return; }
     await new Promise((res) => setTimeout(res, 500)); // not stored yet: it will be in a moment
   }
   status.textContent = "Could not acknowledge; try again.";
+  ackFailed(key, button);
+}
+
+function ackFailed(key, button) {
   button.disabled = false;
+  if (Wall.ackFocus === key) { Wall.ackFocus = null; button.focus(); }
 }
 
 function announce(text, urgent = false) { $(urgent ? "announce-critical" : "announce").textContent = text; }
