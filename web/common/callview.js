@@ -320,6 +320,11 @@ class CallView {
   async sendFeedback(ev, verdict, group, status) {
     const path = `/api/calls/${encodeURIComponent(this.callId)}/cues/${ev.seq}/feedback`;
     const pressed = group.querySelector(`button[data-verdict="${verdict}"]`).getAttribute("aria-pressed") === "true";
+    // Disabled while sending, the pressed button loses the focus: it gets it back after.
+    const focusBack = group.contains(document.activeElement) ? document.activeElement : null;
+    const refocus = () => {
+      if (focusBack && focusBack.isConnected && document.activeElement === document.body) focusBack.focus({ preventScroll: true });
+    };
     status.textContent = "Sending…";
     for (const b of group.querySelectorAll("button")) b.disabled = true;
     if (pressed) {
@@ -328,6 +333,7 @@ class CallView {
         b.disabled = false;
         if (ok) b.setAttribute("aria-pressed", "false");
       }
+      refocus();
       status.textContent = ok ? "Rating taken back." : `Not taken back (${detail}); try again.`;
       return;
     }
@@ -336,6 +342,7 @@ class CallView {
       b.disabled = false;
       b.setAttribute("aria-pressed", String(ok && b.dataset.verdict === verdict));
     }
+    refocus();
     status.textContent = ok ? `Thanks: marked ${VERDICT_LABELS[verdict].toLowerCase()}.` : `Not saved (${detail}); try again.`;
     if (ok && verdict === "dismissed") {
       const card = group.closest(".card");
@@ -428,11 +435,15 @@ class CallView {
 
   collapse(card) {
     if (!card || card.parentElement === this.olderList) return;
+    const hadFocus = card.contains(document.activeElement);
     card.classList.add("collapsed");
     this.olderList.prepend(card);
     this.older.hidden = false;
     this.olderCount.textContent = String(this.olderList.children.length);
     this.syncEmpty();
+    // Moved, the card drops the focus (to <body>), and its feedback buttons are hidden now:
+    // the focus follows it, to its toggle, or to the list's summary while the list is shut.
+    if (hadFocus) (this.older.open ? card.querySelector(".card-toggle") : this.older.querySelector("summary")).focus({ preventScroll: true });
   }
 
   expire() {

@@ -1,0 +1,81 @@
+"""The agent panel from the keyboard: a card that leaves the current suggestions (it expired,
+a newer one pushed it out, or the agent dismissed it) does not take the focus with it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.web.conftest import LiveServer, cue, transcript, watch_new_call
+from tests.web.test_supervisor_wall import end
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+def focused(page: Any) -> str:
+    return str(
+        page.evaluate(
+            "() => { const e = document.activeElement; const card = e.closest('.card');"
+            " return `${e.tagName}|${e.textContent.trim()}|${card ? card.dataset.cue : ''}`; }"
+        )
+    )
+
+
+def metrics_at(t: float) -> dict[str, Any]:
+    return {
+        "type": "metrics",
+        "talk_ratio": {"customer": 0.5, "agent": 0.5},
+        "overtalk_s": 0.0,
+        "silence_s": 0.0,
+        "agent_wps": 2.0,
+        "t_start": 0,
+        "t_end": t,
+        "t_emit": t,
+    }
+
+
+def test_focus_follows_a_card_into_earlier_suggestions(live_server: LiveServer, page: Any) -> None:
+    """Audit: an agent who had tabbed to "Helpful" lost the focus to <body> when the card
+    expired under it, and again after pressing Dismiss."""
+    call_id = "kb-cards"
+    watch_new_call(page, live_server, call_id)
+    text = "I am confused, this is frustrating"
+    live_server.emit(call_id, transcript("customer", text, 1, 1.0))
+    live_server.emit(
+        call_id,
+        cue("confusion", 4.0, utterance_id=1, phrase="confused", text=text, expires_s=5.0),
+    )
+    live_server.emit(
+        call_id, cue("frustration", 5.0, utterance_id=1, phrase="frustrating", text=text)
+    )
+    page.locator(".cards .card").nth(1).wait_for()
+    page.locator('.cards .card[data-cue="confusion"]').get_by_role(
+        "button", name="Helpful", exact=True
+    ).focus()
+    # Call time passes the confusion card's expiry (4 s + 5 s): it collapses under the focus.
+    live_server.emit(call_id, metrics_at(10.0))
+    page.locator('.older-cards .card[data-cue="confusion"]').wait_for(state="attached")
+    assert focused(page).startswith("SUMMARY|Earlier suggestions"), focused(page)
+    # Dismissed from the keyboard: the same.
+    page.locator('.cards .card[data-cue="frustration"]').get_by_role(
+        "button", name="Dismiss"
+    ).focus()
+    page.keyboard.press("Enter")
+    page.locator('.older-cards .card[data-cue="frustration"]').wait_for(state="attached")
+    assert focused(page).startswith("SUMMARY|Earlier suggestions"), focused(page)
+    # The list open, the focus goes to the card's own toggle, where it can be rated again.
+    page.keyboard.press("Enter")
+    page.locator('.cards .card[data-cue="confusion"], .older[open]').first.wait_for()
+    live_server.emit(call_id, cue("urgency", 11.0, utterance_id=1, phrase="this", text=text))
+    page.locator('.cards .card[data-cue="urgency"]').get_by_role(
+        "button", name="Not helpful"
+    ).focus()
+    page.keyboard.press("Enter")
+    page.locator('.cards .card[data-cue="urgency"] button[aria-pressed="true"]').wait_for()
+    assert focused(page) == "BUTTON|Not helpful|urgency", focused(page)  # not lost while sending
+    page.locator('.cards .card[data-cue="urgency"]').get_by_role("button", name="Dismiss").focus()
+    page.keyboard.press("Enter")
+    page.locator('.older-cards .card[data-cue="urgency"]').wait_for(state="attached")
+    assert focused(page) == "BUTTON|Show why and rate|urgency", focused(page)
+    live_server.emit(call_id, end([]))
