@@ -160,6 +160,9 @@ class CallView {
   // -- transcript ---------------------------------------------------------------------
   line(ev) {
     const key = `${ev.speaker}-${ev.utterance_id ?? `t${ev.t_start}`}`;
+    // Follow the newest line only while the agent is at the end (not reading back up).
+    const box = this.lines;
+    const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
     let li = this.lines.querySelector(`li[data-key="${CSS.escape(key)}"]`);
     if (!li) {
       li = h("li", { "data-key": key });
@@ -175,7 +178,9 @@ class CallView {
       li.append(this.missedControl(ev));
     }
     this.paintMarks(li);
-    if (this.lines.lastElementChild === li) li.scrollIntoView({ block: "nearest" });
+    // Scrolled in its own box: scrollIntoView would scroll the window too, and in the
+    // one-column layout that slides the cue cards above the transcript off the screen.
+    if (atEnd) box.scrollTop = box.scrollHeight;
   }
 
   paintMarks(li) {
