@@ -79,3 +79,42 @@ def test_focus_follows_a_card_into_earlier_suggestions(live_server: LiveServer, 
     page.locator('.older-cards .card[data-cue="urgency"]').wait_for(state="attached")
     assert focused(page) == "BUTTON|Show why and rate|urgency", focused(page)
     live_server.emit(call_id, end([]))
+
+
+def test_buttons_that_wait_for_the_server_keep_the_focus(
+    live_server: LiveServer, page: Any
+) -> None:
+    """Audit: Play demo call, Report (a missed cue) and Undo are disabled while their request
+    runs, which drops the keyboard focus to <body>: Enter, and the agent had to start tabbing
+    from the top of the page again."""
+    demo_id = "kb-demo-fake"
+
+    def fake_demo(route: Any) -> None:
+        route.fulfill(json={"call_id": demo_id, "duration_s": 30.0}, status=201)
+
+    page.route("**/api/demo/calls", fake_demo)
+    call_id = "kb-wait"
+    watch_new_call(page, live_server, call_id)
+    text = "How long will the refund take?"
+    live_server.emit(call_id, transcript("customer", text, 1, 1.0))
+    line = page.locator("#transcript li.customer.transcript")
+    line.locator("details.missed summary").focus()
+    page.keyboard.press("Enter")
+    report = line.get_by_role("button", name="Report")
+    page.wait_for_function("!document.querySelector('#transcript details.missed button').disabled")
+    report.focus()
+    page.keyboard.press("Enter")
+    line.get_by_role("status").filter(has_text="Thanks: reported").wait_for()
+    assert focused(page) == "BUTTON|Report|", focused(page)
+    line.get_by_role("button", name="Undo").focus()
+    page.keyboard.press("Enter")
+    line.get_by_role("status").filter(has_text="taken back").wait_for()
+    assert focused(page) == "BUTTON|Report|", focused(page)
+    live_server.emit(call_id, end([]))
+    demo = page.get_by_role("button", name="Play demo call")
+    demo.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        f"document.querySelector('#call').value === '{demo_id}' && !document.querySelector('#demo').disabled"
+    )
+    assert focused(page) == "BUTTON|Play demo call|", focused(page)

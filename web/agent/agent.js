@@ -187,6 +187,7 @@ async function poll() {
 
 async function playDemo() {
   const button = $("demo");
+  const refocus = keepFocus(button);
   button.disabled = true;
   notice("");
   try {
@@ -198,6 +199,7 @@ async function playDemo() {
     setStatus(`Demo call ${body.call_id} playing (${Math.round(body.duration_s)} s)…`);
   } finally {
     button.disabled = false;
+    refocus();
   }
 }
 

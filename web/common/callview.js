@@ -35,6 +35,17 @@ function h(tag, attrs = {}, ...children) {
   return node;
 }
 
+// A button disabled (or swapped out) while its request runs drops the keyboard focus to
+// <body>. Call before disabling it; the function returned gives the focus back, to it or to
+// `to`, unless the person has moved on meanwhile.
+function keepFocus(from) {
+  const had = document.activeElement === from;
+  return (to = from) => {
+    const now = document.activeElement;
+    if (had && to.isConnected && (!now || now === document.body)) to.focus({ preventScroll: true });
+  };
+}
+
 function fmtTime(s) {
   s = Math.max(0, Math.round(s));
   return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
@@ -384,20 +395,24 @@ class CallView {
   }
 
   async sendMissed(ev, cue, send, status) {
+    const refocus = keepFocus(send);
     send.disabled = true;
     status.textContent = "Sending…";
     const path = `/api/calls/${encodeURIComponent(this.callId)}/utterances/${ev.seq}/missed-cue`;
     const { ok, detail } = await CallView.postStored(path, { cue });
     send.disabled = false;
+    refocus();
     const title = ((CallView.choices || []).find((c) => c.cue === cue) || {}).title || cue;
     if (!ok) { status.textContent = `Not saved (${detail}); try again.`; return; }
     // A report sent by mistake can be taken back at once, before the tuner ever reads it.
     const undo = h("button", { type: "button", class: "undo", text: "Undo", onclick: async () => {
+      const refocusUndo = keepFocus(undo);
       undo.disabled = true;
       const back = await CallView.withdraw(`${path}/${encodeURIComponent(cue)}`);
       status.textContent = back.ok ? `Report of "${title}" taken back.` : `Not taken back (${back.detail}); try again.`;
       if (!back.ok) status.append(" ", undo);
       undo.disabled = false;
+      refocusUndo(back.ok ? send : undo); // taken back, the Undo is gone: back to Report
     } });
     status.replaceChildren(`Thanks: reported "${title}" as missed. `, undo);
   }
