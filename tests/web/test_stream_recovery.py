@@ -146,8 +146,10 @@ def test_an_expired_token_on_the_call_stream_goes_back_to_sign_in(
     # Only the socket may find out: the panel's poll of /api/calls would also notice a 401.
     page.route("**/api/calls", lambda route: route.fulfill(json={"calls": []}))
     ttl = 6  # seconds: room for the page to load and connect on a loaded machine
+    # The token's times are whole seconds (iat = int(now)): it expires up to 1 s before
+    # now + ttl, so the expiry is counted from the second it was issued in.
+    issued = int(time.time())
     token = short_token("ann", "agent", "blue", ttl)
-    issued = time.time()
     page.goto(f"{live_server.base}/agent/?token={token}&call={call_id}")
     page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
     # The server ends the stream when its token expires (1008, "unauthorized"): the panel
@@ -165,8 +167,10 @@ def test_wall_with_an_expired_token_goes_back_to_sign_in(
     call_id = "rec-wall-expiring"
     live_server.start_call(call_id, "ann")
     ttl = 6  # seconds: room for the page to load and connect on a loaded machine
+    # The token's times are whole seconds (iat = int(now)): it expires up to 1 s before
+    # now + ttl, so the expiry is counted from the second it was issued in.
+    issued = int(time.time())
     token = short_token("sam", "supervisor", "blue", ttl)
-    issued = time.time()
     page.goto(f"{live_server.base}/supervisor/?token={token}")
     page.locator(f'#tiles > li[data-call="{call_id}"]').wait_for()
     # The wall's stream ends when its token expires (1008, "unauthorized"): sign-in again.
