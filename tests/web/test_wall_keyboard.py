@@ -45,6 +45,37 @@ def test_escalations_are_announced_off_the_live_view(live_server: LiveServer, pa
         live_server.emit(call_id, end([]))
 
 
+def test_an_escalation_stays_in_sight_off_the_live_view(live_server: LiveServer, page: Any) -> None:
+    """Audit: drilled into one call (or on Recent calls), a supervisor saw a crisis on another
+    only in the page title: sound alerts are off by default. A strip over every view but the
+    live one says how many are open, the most urgent, and leads back to them."""
+    watched, other = "k-strip-drill", "k-strip-other"
+    live_server.start_call(watched, "ann")
+    live_server.start_call(other, "cal")
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    strip = page.locator("#alert-strip")
+    page.locator(f'#tiles > li[data-call="{watched}"] button.open').click()
+    page.wait_for_url(f"**#call/{watched}")
+    assert strip.is_hidden()
+    live_server.emit(other, escalation("user_request", "high", 8.0, "A manager."))
+    strip.filter(has_text="1 open escalation; high on call k-strip-other").wait_for()
+    assert "critical" not in (strip.get_attribute("class") or "")
+    live_server.emit(other, escalation("crisis_indicators", "critical", 9.0, "Now."))
+    strip.filter(
+        has_text="2 open escalations; the most urgent: critical on call k-strip-other"
+    ).wait_for()
+    assert "agent cal" in strip.inner_text() and "critical" in (strip.get_attribute("class") or "")
+    page.get_by_role("tab", name="Recent calls").click()
+    page.wait_for_url("**#history")
+    assert strip.is_visible()
+    strip.get_by_role("link", name="Show escalations").click()
+    page.wait_for_url("**#live")
+    page.locator("#alerts > li").nth(1).wait_for()
+    assert strip.is_hidden()  # the alerts themselves are on screen
+    for call_id in (watched, other):
+        live_server.emit(call_id, end([]))
+
+
 def test_focus_on_a_tile_survives_its_live_updates(live_server: LiveServer, page: Any) -> None:
     """Audit: every call_update rebuilt the tile, so a supervisor who had tabbed to "Open call"
     lost focus (to <body>) within seconds, and Enter did nothing."""

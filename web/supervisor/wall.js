@@ -24,6 +24,7 @@ const Wall = {
   drill: null, // {callId, view, stream}
   ackFocus: null, // the escalation whose Acknowledge button had the focus when pressed
   snapshotSeen: false, // the first snapshot is what was open at page load: it plays no sound
+  mostUrgent: null, // {n, call, esc}: the open escalations' count and the most urgent one
 };
 window.wallStats = { latencies: [], events: 0, paints: 0 };
 
@@ -230,6 +231,23 @@ function paintAlerts() {
   $("no-alerts").hidden = open.length > 0;
   // Seen from another tab too: the open escalations lead the page title.
   document.title = `${open.length ? `(${open.length}) Escalation${open.length > 1 ? "s" : ""} · ` : ""}${BASE_TITLE}`;
+  Wall.mostUrgent = open.length ? { n: open.length, call: open[0][0], esc: open[0][1] } : null;
+  paintAlertStrip();
+}
+
+// The strip over every view but the live one: how many escalations are open, the most urgent
+// one's call, and the way back to them.
+function paintAlertStrip() {
+  const strip = $("alert-strip");
+  const top = Wall.mostUrgent;
+  const onLive = !$("live").hidden;
+  strip.hidden = !top || onLive;
+  if (!top) return;
+  const { n, call, esc } = top;
+  strip.classList.toggle("critical", esc.urgency === "critical");
+  strip.querySelector(".alert-strip-text").textContent =
+    `${n} open escalation${n > 1 ? "s" : ""}; ${n > 1 ? "the most urgent: " : ""}${esc.urgency} on call ${call.call_id}`
+    + ` (${call.agent_id ? `agent ${call.agent_id}` : "unassigned"}, ${REASONS[esc.reason] || esc.reason}).`;
 }
 
 function alertMeta(c, e) {
@@ -631,6 +649,7 @@ function route() {
   if (view === "summary" && callId) openSummary(callId);
   if (view === "history") loadHistory();
   if (view === "analytics") loadAnalytics();
+  paintAlertStrip();
   const heading = document.querySelector(`#${view} h2`);
   if (heading && name !== "live") { heading.tabIndex = -1; heading.focus({ preventScroll: true }); }
 }
