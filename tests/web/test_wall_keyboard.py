@@ -164,3 +164,33 @@ def test_focus_on_an_alert_survives_another_escalation(live_server: LiveServer, 
     assert focused(page) != "BODY||", focused(page)
     for call_id in (first, second):
         live_server.emit(call_id, end([]))
+
+
+def test_the_tabs_move_with_the_arrow_keys(live_server: LiveServer, page: Any) -> None:
+    """ARIA tabs: one tab stop for the list, Left/Right (wrapping), Home and End move along it
+    and show the view, the focus staying on the tab (audit: only Tab worked)."""
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    tabs = page.get_by_role("tab")
+    assert [t.get_attribute("tabindex") for t in tabs.all()] == ["0", "-1", "-1"]
+    page.get_by_role("tab", name="Live calls").focus()
+    page.keyboard.press("ArrowRight")
+    page.wait_for_url("**#history")
+    assert focused(page).startswith("BUTTON|Recent calls")
+    assert page.locator("#history").is_visible() and page.locator("#live").is_hidden()
+    page.keyboard.press("End")
+    page.wait_for_url("**#analytics")
+    assert focused(page).startswith("BUTTON|Coaching analytics")
+    page.keyboard.press("ArrowRight")  # wraps round
+    page.wait_for_url("**#live")
+    assert focused(page).startswith("BUTTON|Live calls")
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_url("**#analytics")
+    assert [t.get_attribute("tabindex") for t in tabs.all()] == ["-1", "-1", "0"]
+    assert (
+        page.get_by_role("tab", name="Coaching analytics").get_attribute("aria-selected") == "true"
+    )
+    page.keyboard.press("Home")
+    page.wait_for_url("**#live")
+    # Tab leaves the list from the selected tab: the next stop is past the tabs.
+    page.keyboard.press("Tab")
+    assert "tab" not in (page.evaluate("document.activeElement.getAttribute('role')") or "")

@@ -25,6 +25,7 @@ const Wall = {
   ackFocus: null, // the escalation whose Acknowledge button had the focus when pressed
   snapshotSeen: false, // the first snapshot is what was open at page load: it plays no sound
   mostUrgent: null, // {n, call, esc}: the open escalations' count and the most urgent one
+  tabKeys: false, // the view changes because an arrow key moved along the tabs
 };
 window.wallStats = { latencies: [], events: 0, paints: 0 };
 
@@ -643,15 +644,34 @@ function route() {
   const view = { call: "drill", summary: "summary", history: "history", analytics: "analytics" }[name] || "live";
   for (const v of document.querySelectorAll(".view")) v.hidden = v.id !== view;
   const tab = { drill: "live", summary: "live" }[view] || view;
-  for (const t of document.querySelectorAll('[role="tab"]')) t.setAttribute("aria-selected", String(t.getAttribute("aria-controls") === tab));
+  for (const t of document.querySelectorAll('[role="tab"]')) {
+    const selected = t.getAttribute("aria-controls") === tab;
+    t.setAttribute("aria-selected", String(selected));
+    t.tabIndex = selected ? 0 : -1; // one tab stop for the tab list (ARIA tabs): arrows move in it
+  }
   if (view !== "drill") closeDrill();
   if (view === "drill" && callId && (!Wall.drill || Wall.drill.callId !== callId)) openDrill(callId);
   if (view === "summary" && callId) openSummary(callId);
   if (view === "history") loadHistory();
   if (view === "analytics") loadAnalytics();
   paintAlertStrip();
+  if (Wall.tabKeys) { Wall.tabKeys = false; return; } // moving along the tabs: the focus stays there
   const heading = document.querySelector(`#${view} h2`);
   if (heading && name !== "live") { heading.tabIndex = -1; heading.focus({ preventScroll: true }); }
+}
+
+// The ARIA tabs keys: Left/Right (wrapping), Home and End move to a tab and show its view.
+function onTabKey(e) {
+  const tabs = [...document.querySelectorAll('[role="tab"]')];
+  const at = tabs.indexOf(document.activeElement);
+  const to = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: tabs.length - 1 }[e.key];
+  if (at < 0 || to === undefined) return;
+  e.preventDefault();
+  const next = tabs[(to + tabs.length) % tabs.length];
+  next.focus();
+  const hash = `#${next.getAttribute("aria-controls")}`;
+  // pushState, not location.hash: going to a fragment would blur the tab just focused.
+  if (location.hash !== hash) { history.pushState(null, "", hash); Wall.tabKeys = true; route(); }
 }
 
 (async () => {
@@ -666,6 +686,7 @@ function route() {
   for (const t of document.querySelectorAll('[role="tab"]')) {
     t.addEventListener("click", () => { location.hash = `#${t.getAttribute("aria-controls")}`; });
   }
+  document.querySelector('[role="tablist"]').addEventListener("keydown", onTabKey);
   $("history-form").addEventListener("submit", (e) => { e.preventDefault(); loadHistory(); });
   $("analytics-form").addEventListener("submit", (e) => { e.preventDefault(); loadAnalytics(); });
   window.addEventListener("hashchange", route);
