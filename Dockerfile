@@ -58,6 +58,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     MALLOC_ARENA_MAX=2
 RUN mkdir /data && chown coach:coach /data
 USER 10001
+# The playbook's phrase vectors, embedded here into the image's cache (~/.cache/voice-coach):
+# a first start spends about two minutes on them, and under a read-only root filesystem,
+# which cannot keep them, every start would be a first start. An edited playbook embeds
+# only its new phrases at start.
+RUN python -c "from coach.settings import Settings; from coach.runtime import warm_playbook_vectors as w; print(w(Settings()), 'phrases embedded')"
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health/live' % os.environ.get('COACH_PORT', '8000'), timeout=2)"]

@@ -179,15 +179,7 @@ class Runtime:
             max_batch=asr_max_batch(settings, plan),
             on_batch=on_batch,
         )
-        emotion = EmotionModel(
-            EmotionOptions(
-                artifact_dir=settings.emotion_model_dir or ARTIFACT_DIR,
-                device=settings.device,
-                intra_op_threads=settings.emotion_threads,
-                batch_size=settings.emotion_max_batch,
-                match_model=settings.match_model,
-            )
-        )
+        emotion = emotion_model(settings)
 
         # Only the emotion scheduler's one worker calls it, so it needs no lock.
         recent = RecentScores(emotion.score)
@@ -222,3 +214,28 @@ class Runtime:
         self.asr_scheduler.close()
         self.emotion_scheduler.close()
         self.dsp_executor.shutdown(wait=True, cancel_futures=True)
+
+
+def emotion_model(settings: Settings) -> EmotionModel:
+    """The emotion model and sentence encoders the settings name."""
+    return EmotionModel(
+        EmotionOptions(
+            artifact_dir=settings.emotion_model_dir or ARTIFACT_DIR,
+            device=settings.device,
+            intra_op_threads=settings.emotion_threads,
+            batch_size=settings.emotion_max_batch,
+            match_model=settings.match_model,
+        )
+    )
+
+
+def warm_playbook_vectors(settings: Settings) -> int:
+    """Embed the playbook's example phrases into the vector cache, as a first start would.
+
+    For container images: done at build time, no pod spends its first two minutes on it, and
+    a read-only root filesystem (which cannot keep the cache) does not make every start a
+    first start. Returns the number of phrases."""
+    library = PlaybookLibrary(settings.playbook_file, embed=emotion_model(settings).embed_examples)
+    pb = library.current.playbook
+    examples = sum(len(c.positives) + len(c.negatives) for c in pb.cues.values())
+    return examples + len(pb.background) + sum(len(m) for m in pb.agent_moves.values())

@@ -81,3 +81,20 @@ def test_dockerfile_binds_every_listener_beyond_the_container() -> None:
     env = dict(re.findall(r"\b(COACH_\w+)=(\S+)", text))
     assert env.get("COACH_HOST") == "0.0.0.0"
     assert env.get("COACH_AUDIOSOCKET_HOST") == "0.0.0.0"
+
+
+def test_the_image_embeds_the_playbook_at_build_time(tmp_path: Path) -> None:
+    """The README audit: every container start re-embedded the playbook's phrases (about two
+    minutes), a read-only root filesystem cannot keep the cache. The image runs the warm-up
+    as its own user (whose cache the server reads), after the models are in place; and the
+    warm-up leaves every phrase's vectors in that cache."""
+    text = (REPO / "Dockerfile").read_text()
+    final = text[text.rindex("\nFROM ") :]
+    warm = final.index("warm_playbook_vectors")
+    assert final.rindex("\nUSER ", 0, warm) > final.rindex("COPY --from=build /opt/models", 0, warm)
+    from coach.runtime import warm_playbook_vectors
+    from models.embeddings import DEFAULT_VECTOR_CACHE
+
+    assert warm_playbook_vectors(Settings(data_dir=tmp_path)) > 2000
+    caches = list(DEFAULT_VECTOR_CACHE.glob("*.npz"))
+    assert {p.name.split("-")[0] for p in caches} >= {"minilm", "match"}
