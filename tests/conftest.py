@@ -83,3 +83,10 @@ def log_stream() -> Iterator[io.StringIO]:
         for h in saved_handlers:
             root.addHandler(h)
         root.setLevel(saved_level)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _capture_manager_for_watchdogs(request: pytest.FixtureRequest) -> None:
+    from tests.support import PYTEST_CAPTURE
+
+    PYTEST_CAPTURE["capman"] = request.config.pluginmanager.getplugin("capturemanager")

@@ -45,6 +45,10 @@ def serve_in_thread(app: Any, **options: Any) -> Iterator[int]:
         thread.join(timeout=30)
 
 
+PYTEST_CAPTURE: dict[str, Any] = {}
+"""pytest's capture manager (tests/conftest.py puts it here), for output that must get out."""
+
+
 @contextlib.contextmanager
 def client_with_watchdog(app: Any, *, teardown_s: float = 120.0) -> Iterator[Any]:
     """A TestClient whose shutdown, if it hangs, prints the asyncio tasks still pending.
@@ -63,11 +67,14 @@ def client_with_watchdog(app: Any, *, teardown_s: float = 120.0) -> Iterator[Any
         loop = client.portal.call(asyncio.get_running_loop) if client.portal else None
 
         def dump() -> None:
-            print(f"\n--- TestClient shutdown > {teardown_s:g} s; pending tasks:", file=sys.stderr)
+            lines = [f"\n--- TestClient shutdown > {teardown_s:g} s; pending tasks:"]
             for task in list(asyncio.all_tasks(loop)) if loop else []:
-                print(
-                    f"{task.get_name()}:", *awaiting(task.get_coro()), sep="\n  ", file=sys.stderr
-                )
+                lines += [f"{task.get_name()} ({task!r}):", *awaiting(task.get_coro())]
+            # Past pytest's capture: a hung teardown ends in pytest-timeout killing the run,
+            # and whatever was captured dies with it.
+            capman = PYTEST_CAPTURE.get("capman")
+            with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+                print("\n  ".join(lines), file=sys.stderr, flush=True)
 
         try:
             yield client
