@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import websockets
@@ -72,3 +73,42 @@ async def test_a_stopped_server_ends_its_calls_as_shutdown(
     # The telephony is told the server ended the call, as README says, not "try elsewhere".
     assert (ingest.close_code, ingest.close_reason) == (1000, "shutdown")
     assert events[-1]["type"] == "call_end" and events[-1]["reason"] == "shutdown"
+
+
+def test_background_work_stops_before_the_store_closes(
+    runtime: Runtime, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The orphan sweep queries the store. Cancelled mid-query and never waited for, it was
+    still winding down when the store's engine was disposed under it, and the event loop's
+    shutdown hung on it for good (twice in the test suite's quick tests). Shutdown now waits
+    for it to stop before closing the store."""
+    from coach.api import app as app_module
+    from coach.store.store import Store
+
+    order: list[str] = []
+    started = threading.Event()
+
+    async def slow_sweep(*args: Any, **kwargs: Any) -> list[str]:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.2)  # a query's own cleanup on cancellation
+            order.append("sweep stopped")
+            raise
+        return []
+
+    real_aclose = Store.aclose
+
+    async def aclose(self: Store) -> None:
+        order.append("store closed")
+        await real_aclose(self)
+
+    monkeypatch.setattr(app_module.recovered, "close_orphans", slow_sweep)
+    monkeypatch.setattr(Store, "aclose", aclose)
+    settings = Settings(data_dir=tmp_path, auth_disabled=True)
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(settings, runtime)):
+        assert started.wait(10)
+    assert order == ["sweep stopped", "store closed"], order
