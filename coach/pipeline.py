@@ -98,6 +98,8 @@ class PartyPipeline:
         self._utt_id = 0
         self._utt_start: float | None = None
         self._ended_utts: set[int] = set()
+        self._heard_utts: set[int] = set()
+        """Utterances a partial transcript found words in (`_second_listen`)."""
         self._next_partial_at = 0.0
         self._partial_task: asyncio.Task[None] | None = None
         self._early: tuple[int, float, float, Future[AsrResult]] | None = None
@@ -313,6 +315,8 @@ class PartyPipeline:
                 log.exception("call %s %s: final transcript failed", self.call_id, self.speaker)
 
     async def _finalize(self, utt: Utterance) -> None:
+        heard = utt.utterance_id in self._heard_utts
+        self._heard_utts.discard(utt.utterance_id)
         if utt.audio.size < PIPELINE_RATE // 10:
             log.warning(
                 "call %s %s: utterance %d too short to decode",
@@ -338,7 +342,17 @@ class PartyPipeline:
             decode.cancel()
             raise
         result = await decode
+        if result is not None and not result.text and heard:
+            result = await self._second_listen(utt, result)
         if result is None or not result.text:
+            if utt.t_end_s - utt.t_start_s >= 1.0:
+                log.info(
+                    "call %s %s: utterance %d (%.1f s) has no words: dropped",
+                    self.call_id,
+                    self.speaker,
+                    utt.utterance_id,
+                    utt.t_end_s - utt.t_start_s,
+                )
             return
         voice = self._prosody(features, result)
         emotion = await self._rt.emotion_scheduler.run(
@@ -396,6 +410,35 @@ class PartyPipeline:
         except Shed:
             log.error("call %s %s: final transcript shed", self.call_id, self.speaker)
             return None
+
+    async def _second_listen(self, utt: Utterance, blank: AsrResult) -> AsrResult:
+        """The final model called an utterance silence (no-speech) that the VAD found and a
+        partial heard words in: the small model decodes it again, and its words are kept.
+
+        Whisper's no-speech verdict is unreliable on these voices: an outside check's 6.6 s,
+        -19 dBFS turn ("I spoke to somebody about this exact upgrade charge on Monday") came
+        back blank (no-speech 0.74) from the final model and vanished without a trace, no
+        transcript, no cue, no log line, while its partials had its words."""
+        try:
+            again = await self._rt.asr_scheduler.run(
+                AsrRequest(audio=utt.audio, words=True, beam_size=self._settings.asr_beam_size),
+                priority=PRIORITY_FINAL[self.speaker],
+                batch_group="final",
+            )
+        except Shed:
+            return blank
+        if again.text:
+            log.warning(
+                "call %s %s: utterance %d: the final model heard no speech (%.2f) where a "
+                "partial heard words; kept the small model's %d words",
+                self.call_id,
+                self.speaker,
+                utt.utterance_id,
+                blank.no_speech_prob,
+                len(again.words) or len(again.text.split()),
+            )
+            return again
+        return blank
 
     def _maybe_speculate(self) -> None:
         """Start the final decode during the hangover instead of after it.
@@ -518,6 +561,7 @@ class PartyPipeline:
             return
         if utt_id in self._ended_utts or not result.text:
             return
+        self._heard_utts.add(utt_id)
         await self._emit(
             events.partial(speaker=self.speaker, text=result.text, t_start=start, t_end=upto)
             | {"utterance_id": utt_id}

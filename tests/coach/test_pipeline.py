@@ -183,3 +183,53 @@ async def test_a_long_gap_keeps_the_sentence_before_it_and_memory_flat(
     assert pipe.gap_filled_s == pytest.approx(gap_s, abs=0.05)
     assert pipe.audio_s >= cut + gap_s
     assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MiB for an hour's gap"
+
+
+async def test_a_turn_the_final_model_calls_silence_keeps_the_words_its_partials_heard(
+    runtime: Runtime,
+    settings: Settings,
+    billing_call: tuple[Path, dict[str, Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An outside check: a loud 6.6 s turn came back blank from the final model (Whisper's
+    no-speech verdict, 0.74) and vanished: no transcript, no cue, no log line, though its
+    partials had its words. Here the final model says "no speech" to every turn; the small
+    model's second listen keeps each turn's words, and the log says so."""
+
+    def run_batch(reqs: Sequence[AsrRequest]) -> list[AsrResult]:
+        real = runtime.asr.decode_batch(reqs)
+        return [
+            AsrResult("", (), -1.5, 0.74, r.decode_s) if req.use_final_model else r
+            for req, r in zip(reqs, real, strict=True)
+        ]
+
+    deaf: InferenceScheduler[AsrRequest, AsrResult] = InferenceScheduler(
+        name="asr-deaf-final", run_batch=run_batch, workers=1
+    )
+    emitted: list[events.Event] = []
+
+    async def emit(ev: events.Event) -> None:
+        emitted.append(ev)
+
+    pcm, rate = customer_audio(billing_call)
+    original = runtime.asr_scheduler
+    runtime.asr_scheduler = deaf
+    try:
+        pipe = PartyPipeline(
+            call_id="c1",
+            speaker="customer",
+            runtime=runtime,
+            settings=settings.model_copy(update={"asr_final_fallback": False}),
+            emit=emit,
+            inline=True,
+        )
+        await feed(pipe, pcm, rate, seconds=12.0)
+        await pipe.finish()
+    finally:
+        runtime.asr_scheduler = original
+        deaf.close()
+    heard = {ev["utterance_id"] for ev in emitted if ev["type"] == "partial"}
+    finals = {ev["utterance_id"]: ev for ev in emitted if ev["type"] == "transcript"}
+    assert heard and heard <= set(finals), (heard, set(finals))
+    assert all(finals[u]["text"] and finals[u]["words"] for u in heard)
+    assert "the final model heard no speech (0.74) where a partial heard words" in caplog.text
