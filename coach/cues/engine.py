@@ -151,6 +151,10 @@ class CueEngine:
     """id of a shown cue -> its final outcome (`cue_outcome`)."""
     _reading: _PartialReading | None = None
     _customer_final_end: float = float("-inf")
+    _customer_heard_s: float = 0.0
+    """Seconds of the customer's speech before the turn being read (what their voice
+    baseline is worth: `VoiceTrigger.min_baseline_s`)."""
+    _heard_before_turn: float = 0.0
     _early_this_turn: int = 0
 
     # ------------------------------------------------------------------ transcripts
@@ -306,6 +310,8 @@ class CueEngine:
         clause_signals = _clause_signals(loaded, parts, analyses)
         closer = await self._close_looks(loaded, clause_signals)
         t_start, t_end = float(event["t_start"]), float(event["t_end"])
+        self._heard_before_turn = self._customer_heard_s
+        self._customer_heard_s += max(0.0, t_end - t_start)
         # This turn is decided now: its partials are no longer read, and the cues they
         # fired count against the turn's limit.
         self._customer_final_end = max(self._customer_final_end, t_end)
@@ -481,7 +487,7 @@ class CueEngine:
                 phrase = best.clause if best.clause.lower() in text.lower() else text
             return Candidate(cue_id, spec, total, tuple(reasons), text, (phrase,), best, WORDS)
         vt = spec.voice_trigger
-        if vt is None or arousal is None:
+        if vt is None or arousal is None or self._heard_before_turn < vt.min_baseline_s:
             return None
         if language.is_thanks(text):
             return None  # a flat or loud "thank you" is thanks, whatever the voice

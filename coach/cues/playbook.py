@@ -122,6 +122,10 @@ class VoiceTrigger(_Strict):
     """Only with the cue's context condition met (e.g. dejection after a resolution attempt)."""
     max_arousal_alone: float | None = Field(None, ge=0, le=1)
     """A voice this far down fires even without the context."""
+    min_baseline_s: float = Field(0.0, ge=0, le=60)
+    """Seconds of the caller's speech heard before the turn: a voice "far from this caller's
+    usual" measured against one short fragment is not (an outside check's false crisis and
+    critical page on a confused line, the caller's baseline a single 1.3 s fragment)."""
     words_lean: bool = False
     """The words must be at least as near this cue's examples as ordinary talk in some clause:
     a panicked voice carries garbled words, not "I'm moving the family to another app"."""

@@ -448,6 +448,22 @@ async def test_panic_in_the_voice_with_lost_words_is_a_crisis(conversation: Conv
     assert "crisis" in found
 
 
+@pytest.mark.parametrize(
+    ("first", "pages"), [("Hi.", False), ("Hello, I am calling from my mum's house.", True)]
+)
+async def test_a_voice_crisis_needs_a_voice_to_compare_with(
+    conversation: Conversation, first: str, pages: bool
+) -> None:
+    """An outside check: against a baseline of one 1.3 s fragment, a confused line read as a
+    raised voice became a crisis and a critical page. The same voice after a real sentence
+    of the caller's still does (crisis's `min_baseline_s`, 2 s)."""
+    await conversation.say("customer", first)
+    found = await conversation.cues(
+        "customer", "I don't know what to do.", arousal=0.95, voice_why=["pitch +3.3 SD"]
+    )
+    assert ("crisis" in found) is pages
+
+
 async def test_a_raised_voice_does_not_make_ordinary_words_a_crisis(
     conversation: Conversation,
 ) -> None:
