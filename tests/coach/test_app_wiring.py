@@ -28,6 +28,18 @@ def test_audiosocket_listener_follows_the_settings(runtime: Runtime, tmp_path: P
         assert s.connect_ex(("127.0.0.1", port)) != 0
 
 
+def test_the_browsers_favicon_request_is_answered_without_an_error(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """A UI audit: every page load logged a 404 for /favicon.ico, in the browser console and
+    the server log."""
+    app = create_app(Settings(data_dir=tmp_path, auth_disabled=True), runtime)
+    with TestClient(app) as client:
+        resp = client.get("/favicon.ico")
+    assert resp.status_code == 204 and not resp.content
+    assert "/favicon.ico" not in app.openapi()["paths"]
+
+
 def test_no_listener_by_default(runtime: Runtime, tmp_path: Path) -> None:
     app = create_app(Settings(data_dir=tmp_path, auth_disabled=True), runtime)
     with TestClient(app):

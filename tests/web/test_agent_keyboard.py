@@ -110,6 +110,10 @@ def test_buttons_that_wait_for_the_server_keep_the_focus(
     page.keyboard.press("Enter")
     line.get_by_role("status").filter(has_text="taken back").wait_for()
     assert focused(page) == "BUTTON|Report|", focused(page)
+    # Escape closes the form and leaves the focus on its summary (audit: it did nothing).
+    page.keyboard.press("Escape")
+    assert not line.locator("details.missed").evaluate("(d) => d.open")
+    assert focused(page) == "SUMMARY|Missed a cue?|", focused(page)
     live_server.emit(call_id, end([]))
     demo = page.get_by_role("button", name="Play demo call")
     demo.focus()

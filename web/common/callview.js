@@ -534,3 +534,13 @@ class CallView {
     if (ct) ct.textContent = fmtTime(this.now);
   }
 }
+
+// Escape closes the "Missed a cue?" form the focus is in and gives the focus to its summary
+// (both pages: the agent's transcript and the supervisor's post-call review).
+document.addEventListener("keydown", (e) => {
+  if (e.key !== "Escape" || !document.activeElement) return;
+  const form = document.activeElement.closest("details.missed[open]");
+  if (!form) return;
+  form.open = false;
+  form.querySelector("summary").focus({ preventScroll: true });
+});
