@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,6 +85,18 @@ def test_a_config_file_sets_what_it_names(tmp_path: Path) -> None:
         assert Settings.load(tmp_path / name).metrics_interval_s == 2.5
 
 
+def refused_at_start(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Any:
+    """Run `coach serve` or `coach replay`, which must exit 2 before starting anything (a
+    server or a replay would be the bug); what it printed."""
+    monkeypatch.setattr("coach.api.server.serve", lambda settings: pytest.fail("served"))
+    monkeypatch.setattr("coach.replay.run_replay_cli", lambda *a, **k: pytest.fail("replayed"))
+    argv = [command] if command == "serve" else ["replay", "x.wav", "--events", "x.jsonl"]
+    assert main(argv) == 2
+    return capsys.readouterr()
+
+
 @pytest.mark.parametrize("command", ["serve", "replay"])
 def test_cuda_without_a_gpu_refuses_to_start(
     command: str,
@@ -100,12 +113,7 @@ def test_cuda_without_a_gpu_refuses_to_start(
     monkeypatch.setattr(runtime, "onnx_available_providers", lambda: ["CPUExecutionProvider"])
     monkeypatch.setenv("COACH_DEVICE", "cuda")
     monkeypatch.setenv("COACH_DATA_DIR", str(tmp_path))
-    # Starting anything would be the bug: the check must come before the server or replay.
-    monkeypatch.setattr("coach.api.server.serve", lambda settings: pytest.fail("served"))
-    monkeypatch.setattr("coach.replay.run_replay_cli", lambda *a, **k: pytest.fail("replayed"))
-    argv = [command] if command == "serve" else ["replay", "x.wav", "--events", "x.jsonl"]
-    assert main(argv) == 2
-    out = capsys.readouterr()
+    out = refused_at_start(command, monkeypatch, capsys)
     assert out.err.startswith("error: COACH_DEVICE=cuda but CUDA is not usable here: ")
     assert "COACH_DEVICE=cpu" in out.err and "Traceback" not in out.err
     assert out.err.count("\n") == 1 and not out.out
@@ -124,11 +132,7 @@ def test_an_asr_model_that_names_no_model_refuses_to_start(
     log. A name or folder that holds no model is refused before anything starts."""
     monkeypatch.setenv(variable, str(tmp_path / "nosuch"))
     monkeypatch.setenv("COACH_DATA_DIR", str(tmp_path))
-    monkeypatch.setattr("coach.api.server.serve", lambda settings: pytest.fail("served"))
-    monkeypatch.setattr("coach.replay.run_replay_cli", lambda *a, **k: pytest.fail("replayed"))
-    argv = [command] if command == "serve" else ["replay", "x.wav", "--events", "x.jsonl"]
-    assert main(argv) == 2
-    out = capsys.readouterr()
+    out = refused_at_start(command, monkeypatch, capsys)
     assert out.err.startswith("error: ASR model ") and "nosuch" in out.err
     assert "never downloaded" in out.err and out.err.count("\n") == 1 and not out.out
 
