@@ -241,3 +241,16 @@ def watch_new_call(page: Any, live_server: LiveServer, call_id: str) -> None:
     sign_in(page, live_server.base, "/agent/", "ann")
     live_server.start_call(call_id, "ann")
     page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+
+
+def focused_in(page: Any, container: str, key: str) -> str:
+    """What has the keyboard focus: `tag|text|<key>`, where <key> is `data-<key>` of the
+    nearest `container` around it (empty outside one)."""
+    return str(
+        page.evaluate(
+            "([container, key]) => { const e = document.activeElement;"
+            " const box = e && e.closest(container);"
+            " return `${e.tagName}|${e.textContent.trim()}|${box ? box.dataset[key] : ''}`; }",
+            [container, key],
+        )
+    )

@@ -7,19 +7,14 @@ from typing import Any
 
 import pytest
 
-from tests.web.conftest import LiveServer, cue, transcript, watch_new_call
+from tests.web.conftest import LiveServer, cue, focused_in, transcript, watch_new_call
 from tests.web.test_supervisor_wall import end
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def focused(page: Any) -> str:
-    return str(
-        page.evaluate(
-            "() => { const e = document.activeElement; const card = e.closest('.card');"
-            " return `${e.tagName}|${e.textContent.trim()}|${card ? card.dataset.cue : ''}`; }"
-        )
-    )
+    return focused_in(page, ".card", "cue")
 
 
 def metrics_at(t: float) -> dict[str, Any]:

@@ -8,20 +8,14 @@ from typing import Any
 
 import pytest
 
-from tests.web.conftest import LiveServer, sign_in
+from tests.web.conftest import LiveServer, focused_in, sign_in
 from tests.web.test_supervisor_wall import end, escalation, update
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def focused(page: Any) -> str:
-    return str(
-        page.evaluate(
-            "() => { const e = document.activeElement;"
-            " const tile = e && e.closest('[data-call]');"
-            " return `${e.tagName}|${e.textContent.trim()}|${tile ? tile.dataset.call : ''}`; }"
-        )
-    )
+    return focused_in(page, "[data-call]", "call")
 
 
 def test_escalations_are_announced_off_the_live_view(live_server: LiveServer, page: Any) -> None:
