@@ -342,7 +342,9 @@ class PartyPipeline:
             decode.cancel()
             raise
         result = await decode
-        if result is not None and not result.text and heard:
+        if result is not None and not result.text and heard and result.by_final_model:
+            # Only the final model's verdict is worth a second opinion: the small one would
+            # decode the same audio to the same blank, a wasted decode on a busy server.
             result = await self._second_listen(utt, result)
         if result is None or not result.text:
             if utt.t_end_s - utt.t_start_s >= 1.0:

@@ -12,6 +12,7 @@ one fallback, in place of faster-whisper's temperature ladder).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -92,6 +93,8 @@ class AsrResult:
     avg_logprob: float
     no_speech_prob: float
     decode_s: float
+    by_final_model: bool = False
+    """Decoded by `TwoPassAsr`'s bigger final model (not the small one, or a lone model)."""
 
 
 def resolve_model_path(name: str, cache_dir: Path) -> Path:
@@ -491,7 +494,7 @@ class TwoPassAsr:
                     longest = max(len(requests[i].audio) for i in idx) / PIPELINE_RATE
                     self.final_times.observe(longest, time.perf_counter() - t0)
                 for i, res in zip(idx, decoded, strict=True):
-                    results[i] = res
+                    results[i] = dataclasses.replace(res, by_final_model=True) if want else res
         return [r for r in results if r is not None]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -199,7 +200,9 @@ async def test_a_turn_the_final_model_calls_silence_keeps_the_words_its_partials
     def run_batch(reqs: Sequence[AsrRequest]) -> list[AsrResult]:
         real = runtime.asr.decode_batch(reqs)
         return [
-            AsrResult("", (), -1.5, 0.74, r.decode_s) if req.use_final_model else r
+            AsrResult("", (), -1.5, 0.74, r.decode_s, by_final_model=True)
+            if req.use_final_model
+            else r
             for req, r in zip(reqs, real, strict=True)
         ]
 
@@ -233,3 +236,58 @@ async def test_a_turn_the_final_model_calls_silence_keeps_the_words_its_partials
     assert heard and heard <= set(finals), (heard, set(finals))
     assert all(finals[u]["text"] and finals[u]["words"] for u in heard)
     assert "the final model heard no speech (0.74) where a partial heard words" in caplog.text
+
+
+async def test_a_blank_from_the_small_model_is_not_decoded_again(
+    runtime: Runtime,
+    settings: Settings,
+    billing_call: tuple[Path, dict[str, Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The second listen asks the small model; when the small model made the final itself (a
+    lone model, or a busy server's fallback) it would decode the same audio to the same
+    blank, a wasted decode when the server is busiest. Here every final comes back blank
+    from the small model: none is decoded again, and each long blank turn is logged."""
+    caplog.set_level(logging.INFO, logger="coach.pipeline")
+    finals_asked: list[AsrRequest] = []
+
+    def run_batch(reqs: Sequence[AsrRequest]) -> list[AsrResult]:
+        real = runtime.asr.decode_batch(reqs)
+        out = []
+        for req, r in zip(reqs, real, strict=True):
+            if req.words:  # a final (partials ask for no word timings)
+                finals_asked.append(req)
+                r = AsrResult("", (), -1.5, 0.74, r.decode_s, by_final_model=False)
+            out.append(r)
+        return out
+
+    deaf: InferenceScheduler[AsrRequest, AsrResult] = InferenceScheduler(
+        name="asr-deaf-small", run_batch=run_batch, workers=1
+    )
+    emitted: list[events.Event] = []
+
+    async def emit(ev: events.Event) -> None:
+        emitted.append(ev)
+
+    pcm, rate = customer_audio(billing_call)
+    original = runtime.asr_scheduler
+    runtime.asr_scheduler = deaf
+    try:
+        pipe = PartyPipeline(
+            call_id="c1",
+            speaker="customer",
+            runtime=runtime,
+            settings=settings,
+            emit=emit,
+            inline=True,
+        )
+        await feed(pipe, pcm, rate, seconds=12.0)
+        await pipe.finish()
+    finally:
+        runtime.asr_scheduler = original
+        deaf.close()
+    heard = {ev["utterance_id"] for ev in emitted if ev["type"] == "partial"}
+    assert heard and not [ev for ev in emitted if ev["type"] == "transcript"]
+    # The second listen sends the utterance's own audio again: no audio is asked twice.
+    assert len({id(r.audio) for r in finals_asked}) == len(finals_asked), "decoded again"
+    assert "has no words: dropped" in caplog.text
