@@ -60,7 +60,7 @@ from coach.settings import Settings
 from coach.store import StoreService, recovered
 from coach.store.api import MAX_SEQ
 from coach.store.api import router as history_router
-from coach.store.records import CustomerCall, StoreUnavailable
+from coach.store.records import CallDetail, CustomerCall, StoreUnavailable
 from coach.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             memory.release_periodically(settings.memory_release_interval_s)
         )
         sweeper = (
-            asyncio.create_task(_close_orphans(state, store.store, started=datetime.now(UTC)))
+            asyncio.create_task(_close_orphans(state, store.store, wall, started=datetime.now(UTC)))
             if store is not None
             else None
         )
@@ -732,7 +732,9 @@ async def _cancel_and_wait(tasks: list[asyncio.Task[Any]], timeout_s: float = 5.
         log.error("shutdown: task %s did not stop within %.0f s", task.get_name(), timeout_s)
 
 
-async def _close_orphans(state: AppState, store: Store, *, started: datetime) -> None:
+async def _close_orphans(
+    state: AppState, store: Store, wall: WallTracker, *, started: datetime
+) -> None:
     """Close calls that a stopped process left unended (coach/store/recovered.py).
 
     Without Redis this process is the only one on its store: once, at start-up, every call
@@ -743,7 +745,15 @@ async def _close_orphans(state: AppState, store: Store, *, started: datetime) ->
     up to four lifetimes (two minutes by default; found by an outside audit with two real
     servers, 106 s after a kill -9). Two instances may close one orphan at the same moment:
     its `call_end`, made from the stored call, is the same from both, and stored once.
+
+    The wall draws each orphan it has no tile for from the store first (a restarted process
+    has none for the calls it was running), so the supervisor sees the call cut off, with any
+    escalation still open, rather than have it vanish.
     """
+
+    def draw(detail: CallDetail) -> None:
+        wall.seed(detail.call.call_id, recovered.wall_events(detail), cues=len(detail.cues))
+
     redis = isinstance(state.bus, RedisBus)
     ttl = state.settings.redis_session_ttl_s
     delay = 1.0
@@ -751,7 +761,11 @@ async def _close_orphans(state: AppState, store: Store, *, started: datetime) ->
         before = datetime.now(UTC) - timedelta(seconds=2 * ttl) if redis else started
         try:
             closed = await recovered.close_orphans(
-                store, state.bus, is_live=state.is_live, started_before=before
+                store,
+                state.bus,
+                is_live=state.is_live,
+                started_before=before,
+                on_orphan=draw,
             )
         except StoreUnavailable as exc:
             log.info("orphaned calls not checked yet (store unavailable: %s)", exc)

@@ -159,18 +159,66 @@ def end_event(detail: CallDetail, *, after_seq: int | None = None) -> Event:
     return ev
 
 
+def wall_events(detail: CallDetail) -> list[tuple[Event, float]]:
+    """A stored call as the supervisor wall draws it: `(event, when)`, its `call_start` first,
+    then its cues and escalations, and the acknowledgement of each acknowledged escalation.
+
+    Why: a restarted process has no tile for a call it was running when it stopped, so its
+    `interrupted` end would reach no wall, and an escalation nobody had acknowledged (a crisis
+    page raised just before a crash) would vanish with the call. Drawn from the store, the
+    call stays on the wall as cut off, with its open escalations, for the usual while.
+    """
+    call = detail.call
+    started = call.started_at.timestamp()
+    meta = dict(call.meta or {})
+    if call.agent_id:
+        meta["agent_id"] = call.agent_id  # a supervisor's reassignment updates the column
+    start: Event = {
+        "type": "call_start",
+        "call_id": call.call_id,
+        "seq": 0,
+        "source": call.source,
+        "channels": list(call.channels),
+        "meta": meta,
+        "started_at": call.started_at.isoformat(),
+    }
+    out: list[tuple[Event, float]] = [(start, started)]
+    for ev in stored_events(detail):
+        if ev["type"] in ("cue", "escalation"):
+            out.append((ev, started + float(ev.get("t_emit") or 0.0)))
+    for e in detail.escalations:
+        if e.acknowledged_by:
+            at = e.acknowledged_at.timestamp() if e.acknowledged_at else started
+            ack: Event = {
+                "type": "escalation_ack",
+                "call_id": call.call_id,
+                "seq": e.seq,
+                "by": e.acknowledged_by,
+            }
+            out.append((ack, at))
+    return out
+
+
 IsLive = Callable[[str], Awaitable[bool]]
+OnOrphan = Callable[[CallDetail], None]
 
 
 async def close_orphans(
-    store: Store, bus: InProcessBus, *, is_live: IsLive, started_before: datetime
+    store: Store,
+    bus: InProcessBus,
+    *,
+    is_live: IsLive,
+    started_before: datetime,
+    on_orphan: OnOrphan | None = None,
 ) -> list[str]:
     """End every stored call that never ended and that no instance runs any more.
 
     Each gets an `interrupted` call_end on its bus topic, which the store writer persists
     (ended_at, duration, end reason, summary) and the supervisor walls see. Only calls that
     started before `started_before` are looked at, so a call still being set up is never
-    taken for an orphan. Returns the call ids closed; raises StoreUnavailable.
+    taken for an orphan. `on_orphan` sees each orphan's stored call before its end is
+    published (the wall draws it: `wall_events`). Returns the call ids closed; raises
+    StoreUnavailable.
     """
     closed: list[str] = []
     for call in await store.unended_calls(started_before=started_before):
@@ -180,6 +228,8 @@ async def close_orphans(
         if detail is None or detail.call.ended_at is not None:
             continue
         ev = end_event(detail)
+        if on_orphan is not None:
+            on_orphan(detail)
         bus.publish(call_topic(call.call_id), ev)  # the store writes it, panels end
         bus.publish(SUPERVISOR_TOPIC, ev)  # every wall drops the call's tile
         bus.close_topic(call_topic(call.call_id))

@@ -132,6 +132,67 @@ def test_a_panel_reconnecting_after_a_restart_keeps_the_call(restarted: TestClie
     assert code == 1000 and done[-1]["type"] == "call_end" and done[-1]["reason"] == "hangup"
 
 
+def _wall(client: TestClient, user: str, team: str | None = None) -> dict[str, Any]:
+    bearer = issue_token(user=user, role="supervisor", secret=SECRET, ttl_s=600, team=team)
+    resp = client.get("/api/supervisor/calls", headers={"Authorization": f"Bearer {bearer}"})
+    assert resp.status_code == 200, resp.text
+    return {c["call_id"]: c for c in resp.json()["calls"]}
+
+
+def test_the_wall_after_a_restart_shows_the_cut_off_call_with_its_open_escalation(
+    restarted: TestClient,
+) -> None:
+    """A restarted process had no tile for the call it was running, so the call vanished
+    from the wall, and with it an escalation nobody had acknowledged. It is drawn from the
+    store as ended, its escalation still open, for the usual while."""
+    stored = _stored(restarted, "c-cut")["call"]
+    tiles = _wall(restarted, "sue")
+    assert "c-done" not in tiles  # it ended before the restart: nothing to tell
+    cut = tiles["c-cut"]
+    assert cut["ended_at"] is not None and cut["agent_id"] == "ann"
+    assert cut["cues"] == 1 and cut["last_cue"]["cue"] == "acknowledge_frustration"
+    [esc] = cut["escalations"]
+    assert esc["urgency"] == "high" and esc["acknowledged_by"] is None
+    assert CARD not in str(cut)  # drawn from the store's redacted record
+    # The tile's start is the call's, not the restart's.
+    started = datetime.fromisoformat(stored["started_at"]).timestamp()
+    assert cut["started_at"] == pytest.approx(started)
+
+
+def test_a_restarted_wall_keeps_acknowledgements_and_teams(
+    backend: Backend, tmp_path: Path, runtime: Runtime
+) -> None:
+    team_call = [
+        {**e, "meta": {**e["meta"], "team": "north"}} if e["type"] == "call_start" else e
+        for e in call_events("c-team", agent_id="bo")
+        if e["type"] != "call_end"
+    ]
+    run(seed(backend.url, tmp_path / "seed-spool", [CUT, team_call]))
+
+    async def acknowledge() -> None:
+        store = Store(url=backend.url)
+        try:
+            [esc] = (await store.get_call("c-cut")).escalations  # type: ignore[union-attr]
+            await store.acknowledge_escalation(call_id="c-cut", seq=esc.seq, user="sue")
+        finally:
+            await store.aclose()
+
+    run(acknowledge())
+    settings = Settings(
+        data_dir=tmp_path, auth_secret=SECRET, store_enabled=True, database_url=backend.url
+    )
+    with TestClient(create_app(settings, runtime)) as client:
+        _stored(client, "c-cut")
+        _stored(client, "c-team")
+        everyone = _wall(client, "sue")
+        south = _wall(client, "tom", team="south")
+        north = _wall(client, "nia", team="north")
+    [esc] = everyone["c-cut"]["escalations"]
+    assert esc["acknowledged_by"] == "sue"
+    assert "c-team" in everyone and "c-team" in north
+    assert "c-team" not in south  # another team's call stays out of sight after a restart
+
+
 def test_unknown_and_forbidden_calls_are_told_apart(restarted: TestClient) -> None:
     events, code = _stream(restarted, f"/ws/calls/nope/events?token={token('ann', 'agent')}")
     assert code == 4404 and events[0]["code"] == "unknown_call"
@@ -443,6 +504,7 @@ async def test_a_killed_instances_call_is_closed_soon_after_it_went_quiet(
     may be closed once nothing was heard of it for twice the owner key's TTL; the sweep
     only looked every two TTLs, so up to four passed. It now looks every third of one."""
     from coach.api.app import AppState, _close_orphans
+    from coach.api.wall import WallTracker
     from coach.store.writes import Received
 
     ttl = 3.0
@@ -465,7 +527,8 @@ async def test_a_killed_instances_call_is_closed_soon_after_it_went_quiet(
 
     state.bus.add_listener(note_end)
     began = time.monotonic()
-    sweeper = asyncio.create_task(_close_orphans(state, store, started=datetime.now(UTC)))
+    wall = WallTracker()
+    sweeper = asyncio.create_task(_close_orphans(state, store, wall, started=datetime.now(UTC)))
     try:
         async with asyncio.timeout(2 * ttl + 1):
             await closed.wait()
