@@ -157,6 +157,15 @@ def test_the_wall_after_a_restart_shows_the_cut_off_call_with_its_open_escalatio
     # The tile's start is the call's, not the restart's.
     started = datetime.fromisoformat(stored["started_at"]).timestamp()
     assert cut["started_at"] == pytest.approx(started)
+    # A supervisor takes it from the restarted wall: the tile shows who.
+    sue = token("sue", "supervisor")
+    resp = restarted.post(
+        f"/api/calls/c-cut/escalations/{esc['seq']}/ack",
+        headers={"Authorization": f"Bearer {sue}"},
+    )
+    assert resp.status_code == 200, resp.text
+    [esc] = _wall(restarted, "sue")["c-cut"]["escalations"]
+    assert esc["acknowledged_by"] == "sue"
 
 
 def test_a_restarted_wall_keeps_acknowledgements_and_teams(
