@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +186,42 @@ async def test_a_long_gap_keeps_the_sentence_before_it_and_memory_flat(
     assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MiB for an hour's gap"
 
 
+async def _customer_12s_through(
+    run_batch: Callable[[Sequence[AsrRequest]], list[AsrResult]],
+    runtime: Runtime,
+    settings: Settings,
+    billing_call: tuple[Path, dict[str, Any]],
+) -> list[events.Event]:
+    """The events of the billing call's first 12 s of customer audio, decoded by `run_batch`
+    in place of the runtime's own ASR scheduler."""
+    asr: InferenceScheduler[AsrRequest, AsrResult] = InferenceScheduler(
+        name="asr-under-test", run_batch=run_batch, workers=1
+    )
+    emitted: list[events.Event] = []
+
+    async def emit(ev: events.Event) -> None:
+        emitted.append(ev)
+
+    pcm, rate = customer_audio(billing_call)
+    original = runtime.asr_scheduler
+    runtime.asr_scheduler = asr
+    try:
+        pipe = PartyPipeline(
+            call_id="c1",
+            speaker="customer",
+            runtime=runtime,
+            settings=settings,
+            emit=emit,
+            inline=True,
+        )
+        await feed(pipe, pcm, rate, seconds=12.0)
+        await pipe.finish()
+    finally:
+        runtime.asr_scheduler = original
+        asr.close()
+    return emitted
+
+
 async def test_a_turn_the_final_model_calls_silence_keeps_the_words_its_partials_heard(
     runtime: Runtime,
     settings: Settings,
@@ -206,31 +242,8 @@ async def test_a_turn_the_final_model_calls_silence_keeps_the_words_its_partials
             for req, r in zip(reqs, real, strict=True)
         ]
 
-    deaf: InferenceScheduler[AsrRequest, AsrResult] = InferenceScheduler(
-        name="asr-deaf-final", run_batch=run_batch, workers=1
-    )
-    emitted: list[events.Event] = []
-
-    async def emit(ev: events.Event) -> None:
-        emitted.append(ev)
-
-    pcm, rate = customer_audio(billing_call)
-    original = runtime.asr_scheduler
-    runtime.asr_scheduler = deaf
-    try:
-        pipe = PartyPipeline(
-            call_id="c1",
-            speaker="customer",
-            runtime=runtime,
-            settings=settings.model_copy(update={"asr_final_fallback": False}),
-            emit=emit,
-            inline=True,
-        )
-        await feed(pipe, pcm, rate, seconds=12.0)
-        await pipe.finish()
-    finally:
-        runtime.asr_scheduler = original
-        deaf.close()
+    always_final = settings.model_copy(update={"asr_final_fallback": False})
+    emitted = await _customer_12s_through(run_batch, runtime, always_final, billing_call)
     heard = {ev["utterance_id"] for ev in emitted if ev["type"] == "partial"}
     finals = {ev["utterance_id"]: ev for ev in emitted if ev["type"] == "transcript"}
     assert heard and heard <= set(finals), (heard, set(finals))
@@ -261,31 +274,7 @@ async def test_a_blank_from_the_small_model_is_not_decoded_again(
             out.append(r)
         return out
 
-    deaf: InferenceScheduler[AsrRequest, AsrResult] = InferenceScheduler(
-        name="asr-deaf-small", run_batch=run_batch, workers=1
-    )
-    emitted: list[events.Event] = []
-
-    async def emit(ev: events.Event) -> None:
-        emitted.append(ev)
-
-    pcm, rate = customer_audio(billing_call)
-    original = runtime.asr_scheduler
-    runtime.asr_scheduler = deaf
-    try:
-        pipe = PartyPipeline(
-            call_id="c1",
-            speaker="customer",
-            runtime=runtime,
-            settings=settings,
-            emit=emit,
-            inline=True,
-        )
-        await feed(pipe, pcm, rate, seconds=12.0)
-        await pipe.finish()
-    finally:
-        runtime.asr_scheduler = original
-        deaf.close()
+    emitted = await _customer_12s_through(run_batch, runtime, settings, billing_call)
     heard = {ev["utterance_id"] for ev in emitted if ev["type"] == "partial"}
     assert heard and not [ev for ev in emitted if ev["type"] == "transcript"]
     # The second listen sends the utterance's own audio again: no audio is asked twice.
