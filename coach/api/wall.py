@@ -356,7 +356,11 @@ def _fold(tile: Tile, event: Event, at: float) -> None:
             if started is not None:
                 tile.started_at = started
         case "call_end":
-            tile.ended_at = at
+            # A call closed after a restart ends when it was last heard, not when it was
+            # found (recovered.end_event): dated so, its tile leaves when the store says it
+            # ended ten minutes ago, not ten minutes after a restart hours later.
+            ended = _epoch(event.get("ended_at"))
+            tile.ended_at = at if ended is None else min(ended, at)
         case "call_update":
             tile.engine_updates = tile.engine_updates or not event.get("derived")
             tile.valence = _num(event.get("valence"))
