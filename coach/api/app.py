@@ -748,7 +748,9 @@ async def _close_orphans(
 
     The wall draws each orphan it has no tile for from the store first (a restarted process
     has none for the calls it was running), so the supervisor sees the call cut off, with any
-    escalation still open, rather than have it vanish.
+    escalation still open, rather than have it vanish. Without Redis it also draws, once, the
+    calls a stop cut off that are no orphans (ended as `shutdown` by a SIGTERM, or closed by a
+    restart shortly before) and ended within the wall's keep: those vanished the same way.
     """
 
     def draw(detail: CallDetail) -> None:
@@ -767,6 +769,12 @@ async def _close_orphans(
                 started_before=before,
                 on_orphan=draw,
             )
+            if not redis:
+                # Calls the stopped process ended itself (a SIGTERM's `shutdown`) or that an
+                # earlier restart closed are no orphans now, but as recent on the wall.
+                since = datetime.now(UTC) - timedelta(seconds=wall.keep_ended_s)
+                for detail in await recovered.cut_off_since(store, since=since):
+                    draw(detail)
         except StoreUnavailable as exc:
             log.info("orphaned calls not checked yet (store unavailable: %s)", exc)
             await asyncio.sleep(delay)

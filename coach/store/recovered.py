@@ -161,7 +161,8 @@ def end_event(detail: CallDetail, *, after_seq: int | None = None) -> Event:
 
 def wall_events(detail: CallDetail) -> list[tuple[Event, float]]:
     """A stored call as the supervisor wall draws it: `(event, when)`, its `call_start` first,
-    then its cues and escalations, and the acknowledgement of each acknowledged escalation.
+    then its cues and escalations, the acknowledgement of each acknowledged escalation, and
+    its stored end if it has one (dated when it ended).
 
     Why: a restarted process has no tile for a call it was running when it stopped, so its
     `interrupted` end would reach no wall, and an escalation nobody had acknowledged (a crisis
@@ -196,6 +197,28 @@ def wall_events(detail: CallDetail) -> list[tuple[Event, float]]:
                 "by": e.acknowledged_by,
             }
             out.append((ack, at))
+    if call.ended_at is not None:
+        out.append((end_event(detail), call.ended_at.timestamp()))
+    return out
+
+
+CUT_OFF = (INTERRUPTED, "shutdown")
+"""End reasons of calls a server stop cut off: killed (closed at the restart) or stopped."""
+
+
+async def cut_off_since(store: Store, *, since: datetime) -> list[CallDetail]:
+    """Calls a server stop cut off that ended at or after `since`, each as stored.
+
+    Why: a restarted wall draws only the calls it closes itself (`close_orphans`), so a call
+    a graceful stop (SIGTERM: a deploy, a rolling restart) ended as `shutdown`, or one a
+    restart shortly before had closed, vanished with its open escalations; such a call ended
+    minutes ago, and the wall keeps an ended call that long. Raises StoreUnavailable.
+    """
+    out: list[CallDetail] = []
+    for call in await store.ended_since(since=since, reasons=CUT_OFF):
+        detail = await store.get_call(call.call_id)
+        if detail is not None and detail.call.ended_at is not None:
+            out.append(detail)
     return out
 
 

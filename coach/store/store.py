@@ -273,6 +273,19 @@ class Store:
         async with self._session() as s:
             return [CallRecord.of(r) for r in await s.scalars(stmt)]
 
+    async def ended_since(
+        self, *, since: datetime, reasons: Collection[str], limit: int = 1000
+    ) -> list[CallRecord]:
+        """Calls that ended at or after `since` for one of `reasons`, oldest end first."""
+        stmt = (
+            sa.select(Call)
+            .where(Call.ended_at >= since, Call.end_reason.in_(list(reasons)))
+            .order_by(Call.ended_at, Call.call_id)
+            .limit(limit)
+        )
+        async with self._session() as s:
+            return [CallRecord.of(r) for r in await s.scalars(stmt)]
+
     async def ended_legs(self, call_id: str) -> set[str]:
         """Which of `call_id` and its later legs (`call_id~2`, `~3`...) are stored as ended."""
         pattern = _escape_like(call_id) + "~%"

@@ -202,6 +202,76 @@ def test_a_restarted_wall_keeps_acknowledgements_and_teams(
     assert "c-team" not in south  # another team's call stays out of sight after a restart
 
 
+def _started_ago(call_id: str, ago_s: float) -> list[dict[str, Any]]:
+    """A call cut off (no call_end) that started `ago_s` seconds ago."""
+    began = (datetime.now(UTC) - timedelta(seconds=ago_s)).isoformat()
+    return [
+        {**e, "started_at": began} if e["type"] == "call_start" else e
+        for e in call_events(call_id, agent_id="ann")
+        if e["type"] != "call_end"
+    ]
+
+
+def _ended_as(call_id: str, reason: str) -> list[dict[str, Any]]:
+    return [
+        {**e, "reason": reason} if e["type"] == "call_end" else e
+        for e in call_events(call_id, agent_id="ann")
+    ]
+
+
+def _wall_once(client: TestClient, call_id: str) -> dict[str, Any]:
+    """The wall once the start-up sweep has drawn `call_id` (or after 15 s)."""
+    deadline = time.monotonic() + 15
+    while True:
+        tiles = _wall(client, "sue")
+        if call_id in tiles or time.monotonic() > deadline:
+            return tiles
+        time.sleep(0.1)
+
+
+def test_a_restarted_wall_dates_a_cut_off_call_when_it_was_last_heard(
+    backend: Backend, tmp_path: Path, runtime: Runtime
+) -> None:
+    """The tile of a call closed at the restart ended when the call was last heard, as the
+    store says; it was dated at the restart, so a call cut off half an hour before the
+    restart came back as "just ended" for ten more minutes, an old escalation still open."""
+    recent, old = _started_ago("c-recent", 300), _started_ago("c-old", 1800)
+    run(seed(backend.url, tmp_path / "seed-spool", [recent, old]))
+    settings = Settings(
+        data_dir=tmp_path, auth_secret=SECRET, store_enabled=True, database_url=backend.url
+    )
+    with TestClient(create_app(settings, runtime)) as client:
+        stored = _stored(client, "c-recent")["call"]
+        _stored(client, "c-old")  # closed, and so drawn (on_orphan) before its end was stored
+        tiles = _wall(client, "sue")
+    ended = datetime.fromisoformat(stored["ended_at"]).timestamp()
+    assert tiles["c-recent"]["ended_at"] == pytest.approx(ended, abs=0.01)
+    assert "c-old" not in tiles  # it ended 30 minutes ago: past the wall's 10
+
+
+def test_a_restarted_wall_keeps_the_calls_a_graceful_stop_cut_off(
+    backend: Backend, tmp_path: Path, runtime: Runtime
+) -> None:
+    """A SIGTERM (a deploy) ends the calls it cuts off as `shutdown`, so the restarted
+    process found no orphan to draw and the calls vanished from its wall, an unacknowledged
+    escalation with them; so did a call an earlier restart had closed (restarted twice)."""
+    calls = [_ended_as("c-shut", "shutdown"), _ended_as("c-twice", "interrupted"), DONE]
+    run(seed(backend.url, tmp_path / "seed-spool", calls))
+    settings = Settings(
+        data_dir=tmp_path, auth_secret=SECRET, store_enabled=True, database_url=backend.url
+    )
+    with TestClient(create_app(settings, runtime)) as client:
+        tiles = _wall_once(client, "c-twice")
+        stored = _stored(client, "c-shut")["call"]
+    shut = tiles["c-shut"]
+    assert shut["ended_at"] == pytest.approx(datetime.fromisoformat(stored["ended_at"]).timestamp())
+    [esc] = shut["escalations"]
+    assert esc["urgency"] == "high" and esc["acknowledged_by"] is None
+    assert shut["cues"] == 1 and shut["agent_id"] == "ann"
+    assert tiles["c-twice"]["ended_at"] is not None
+    assert "c-done" not in tiles  # it ended the ordinary way: nothing was cut off
+
+
 def test_unknown_and_forbidden_calls_are_told_apart(restarted: TestClient) -> None:
     events, code = _stream(restarted, f"/ws/calls/nope/events?token={token('ann', 'agent')}")
     assert code == 4404 and events[0]["code"] == "unknown_call"
