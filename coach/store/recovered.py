@@ -161,8 +161,8 @@ def end_event(detail: CallDetail, *, after_seq: int | None = None) -> Event:
 
 def wall_events(detail: CallDetail) -> list[tuple[Event, float]]:
     """A stored call as the supervisor wall draws it: `(event, when)`, its `call_start` first,
-    then its cues and escalations, the acknowledgement of each acknowledged escalation, and
-    its stored end if it has one (dated when it ended).
+    then its cues and escalations, the customer's last stored mood, the acknowledgement of
+    each acknowledged escalation, and its stored end if it has one (dated when it ended).
 
     Why: a restarted process has no tile for a call it was running when it stopped, so its
     `interrupted` end would reach no wall, and an escalation nobody had acknowledged (a crisis
@@ -187,6 +187,30 @@ def wall_events(detail: CallDetail) -> list[tuple[Event, float]]:
     for ev in stored_events(detail):
         if ev["type"] in ("cue", "escalation"):
             out.append((ev, started + float(ev.get("t_emit") or 0.0)))
+    # How the customer sounded last: without it the tile said "no customer speech yet" of a
+    # call with minutes of it (the live tile's mood comes from events the store does not keep).
+    felt = [
+        u
+        for u in detail.transcript
+        if u.speaker == "customer"
+        and isinstance(u.sentiment, dict)
+        and isinstance(u.sentiment.get("valence"), int | float)
+    ]
+    if felt:
+        last = felt[-1]
+        sentiment = last.sentiment or {}
+        prosody = last.prosody if isinstance(last.prosody, dict) else {}
+        t = last.t_emit if last.t_emit is not None else last.t_end
+        mood: Event = {
+            "type": "call_update",
+            "call_id": call.call_id,
+            "t_emit": t,
+            "valence": float(sentiment["valence"]),
+            "arousal": prosody.get("arousal"),
+            "emotion": sentiment.get("label"),
+            "derived": True,
+        }
+        out.append((mood, started + float(t)))
     for e in detail.escalations:
         if e.acknowledged_by:
             at = e.acknowledged_at.timestamp() if e.acknowledged_at else started

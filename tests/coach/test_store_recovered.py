@@ -151,6 +151,8 @@ def test_the_wall_after_a_restart_shows_the_cut_off_call_with_its_open_escalatio
     cut = tiles["c-cut"]
     assert cut["ended_at"] is not None and cut["agent_id"] == "ann"
     assert cut["cues"] == 1 and cut["last_cue"]["cue"] == "acknowledge_frustration"
+    # How the customer last sounded, from the store: not "no customer speech yet".
+    assert cut["valence"] == pytest.approx(-0.4) and cut["emotion"] == "negative"
     [esc] = cut["escalations"]
     assert esc["urgency"] == "high" and esc["acknowledged_by"] is None
     assert CARD not in str(cut)  # drawn from the store's redacted record
