@@ -772,8 +772,15 @@ async def _close_orphans(
             if not redis:
                 # Calls the stopped process ended itself (a SIGTERM's `shutdown`) or that an
                 # earlier restart closed are no orphans now, but as recent on the wall.
-                since = datetime.now(UTC) - timedelta(seconds=wall.keep_ended_s)
-                for detail in await recovered.cut_off_since(store, since=since):
+                # So are calls of any end with an escalation nobody acknowledged, which the
+                # wall keeps longer than other ended calls.
+                now = datetime.now(UTC)
+                found = await recovered.cut_off_since(
+                    store,
+                    since=now - timedelta(seconds=wall.keep_ended_s),
+                    open_since=now - timedelta(seconds=wall.keep_open_escalation_s),
+                )
+                for detail in found:
                     draw(detail)
         except StoreUnavailable as exc:
             log.info("orphaned calls not checked yet (store unavailable: %s)", exc)

@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 
 KEEP_ENDED_S = 600.0
 """Ended calls stay on the wall (greyed, with their summary link) this long."""
+KEEP_OPEN_ESCALATION_S = 3600.0
+"""An ended call with an escalation nobody acknowledged stays this long: a crisis page must be
+taken by someone (a welfare call-back, a report), not expire off the wall ten minutes after
+the caller hung up."""
 MAX_TILES = 5000
 WALL_QUEUE = 2000
 UNKNOWN_CALLS = 2000
@@ -139,8 +143,15 @@ class WallSubscription:
 
 
 class WallTracker:
-    def __init__(self, *, keep_ended_s: float = KEEP_ENDED_S, queue: int = WALL_QUEUE) -> None:
+    def __init__(
+        self,
+        *,
+        keep_ended_s: float = KEEP_ENDED_S,
+        keep_open_escalation_s: float = KEEP_OPEN_ESCALATION_S,
+        queue: int = WALL_QUEUE,
+    ) -> None:
         self.keep_ended_s = keep_ended_s
+        self.keep_open_escalation_s = max(keep_open_escalation_s, keep_ended_s)
         self._queue = queue
         self.calls: dict[str, Tile] = {}
         self._subs: set[WallSubscription] = set()
@@ -309,13 +320,19 @@ class WallTracker:
         for cid in [
             c
             for c, t in self.calls.items()
-            if t.ended_at is not None and now - t.ended_at > self.keep_ended_s
+            if t.ended_at is not None and now - t.ended_at > self._keep(t)
         ]:
             del self.calls[cid]
         while len(self.calls) >= MAX_TILES:
             oldest = min(self.calls.values(), key=lambda t: (t.ended_at is None, t.started_at))
             del self.calls[oldest.call_id]
         self._partial &= self.calls.keys()
+
+    def _keep(self, tile: Tile) -> float:
+        """How long after its end a tile stays: longer while an escalation is still open."""
+        if any(e.get("acknowledged_by") is None for e in tile.escalations.values()):
+            return self.keep_open_escalation_s
+        return self.keep_ended_s
 
     # -- output ------------------------------------------------------------------------
 

@@ -230,16 +230,21 @@ CUT_OFF = (INTERRUPTED, "shutdown")
 """End reasons of calls a server stop cut off: killed (closed at the restart) or stopped."""
 
 
-async def cut_off_since(store: Store, *, since: datetime) -> list[CallDetail]:
+async def cut_off_since(
+    store: Store, *, since: datetime, open_since: datetime | None = None
+) -> list[CallDetail]:
     """Calls a server stop cut off that ended at or after `since`, each as stored.
 
     Why: a restarted wall draws only the calls it closes itself (`close_orphans`), so a call
     a graceful stop (SIGTERM: a deploy, a rolling restart) ended as `shutdown`, or one a
     restart shortly before had closed, vanished with its open escalations; such a call ended
-    minutes ago, and the wall keeps an ended call that long. Raises StoreUnavailable.
+    minutes ago, and the wall keeps an ended call that long. With `open_since`, also calls of
+    any end since then with an escalation nobody acknowledged (the wall keeps those longer:
+    coach/api/wall.py `KEEP_OPEN_ESCALATION_S`). Raises StoreUnavailable.
     """
     out: list[CallDetail] = []
-    for call in await store.ended_since(since=since, reasons=CUT_OFF):
+    found = await store.ended_since(since=since, reasons=CUT_OFF, open_since=open_since)
+    for call in found:
         detail = await store.get_call(call.call_id)
         if detail is not None and detail.call.ended_at is not None:
             out.append(detail)

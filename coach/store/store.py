@@ -274,12 +274,27 @@ class Store:
             return [CallRecord.of(r) for r in await s.scalars(stmt)]
 
     async def ended_since(
-        self, *, since: datetime, reasons: Collection[str], limit: int = 1000
+        self,
+        *,
+        since: datetime,
+        reasons: Collection[str],
+        open_since: datetime | None = None,
+        limit: int = 1000,
     ) -> list[CallRecord]:
-        """Calls that ended at or after `since` for one of `reasons`, oldest end first."""
+        """Calls that ended at or after `since` for one of `reasons`, and (with `open_since`)
+        those of any end that ended at or after `open_since` with an escalation nobody has
+        acknowledged; oldest end first."""
+        wanted = (Call.ended_at >= since) & Call.end_reason.in_(list(reasons))
+        if open_since is not None:
+            unacknowledged = (
+                sa.select(Escalation.call_id)
+                .where(Escalation.call_id == Call.call_id, Escalation.acknowledged_by.is_(None))
+                .exists()
+            )
+            wanted = wanted | ((Call.ended_at >= open_since) & unacknowledged)
         stmt = (
             sa.select(Call)
-            .where(Call.ended_at >= since, Call.end_reason.in_(list(reasons)))
+            .where(Call.ended_at.is_not(None), wanted)
             .order_by(Call.ended_at, Call.call_id)
             .limit(limit)
         )

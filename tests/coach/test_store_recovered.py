@@ -147,7 +147,6 @@ def test_the_wall_after_a_restart_shows_the_cut_off_call_with_its_open_escalatio
     store as ended, its escalation still open, for the usual while."""
     stored = _stored(restarted, "c-cut")["call"]
     tiles = _wall(restarted, "sue")
-    assert "c-done" not in tiles  # it ended before the restart: nothing to tell
     cut = tiles["c-cut"]
     assert cut["ended_at"] is not None and cut["agent_id"] == "ann"
     assert cut["cues"] == 1 and cut["last_cue"]["cue"] == "acknowledge_frustration"
@@ -204,20 +203,20 @@ def test_a_restarted_wall_keeps_acknowledgements_and_teams(
     assert "c-team" not in south  # another team's call stays out of sight after a restart
 
 
-def _started_ago(call_id: str, ago_s: float) -> list[dict[str, Any]]:
+def _started_ago(call_id: str, ago_s: float, *, escalation: bool = True) -> list[dict[str, Any]]:
     """A call cut off (no call_end) that started `ago_s` seconds ago."""
     began = (datetime.now(UTC) - timedelta(seconds=ago_s)).isoformat()
     return [
         {**e, "started_at": began} if e["type"] == "call_start" else e
-        for e in call_events(call_id, agent_id="ann")
+        for e in call_events(call_id, agent_id="ann", escalation=escalation)
         if e["type"] != "call_end"
     ]
 
 
-def _ended_as(call_id: str, reason: str) -> list[dict[str, Any]]:
+def _ended_as(call_id: str, reason: str, *, escalation: bool = True) -> list[dict[str, Any]]:
     return [
         {**e, "reason": reason} if e["type"] == "call_end" else e
-        for e in call_events(call_id, agent_id="ann")
+        for e in call_events(call_id, agent_id="ann", escalation=escalation)
     ]
 
 
@@ -237,7 +236,8 @@ def test_a_restarted_wall_dates_a_cut_off_call_when_it_was_last_heard(
     """The tile of a call closed at the restart ended when the call was last heard, as the
     store says; it was dated at the restart, so a call cut off half an hour before the
     restart came back as "just ended" for ten more minutes, an old escalation still open."""
-    recent, old = _started_ago("c-recent", 300), _started_ago("c-old", 1800)
+    recent = _started_ago("c-recent", 300)
+    old = _started_ago("c-old", 1800, escalation=False)
     run(seed(backend.url, tmp_path / "seed-spool", [recent, old]))
     settings = Settings(
         data_dir=tmp_path, auth_secret=SECRET, store_enabled=True, database_url=backend.url
@@ -257,7 +257,8 @@ def test_a_restarted_wall_keeps_the_calls_a_graceful_stop_cut_off(
     """A SIGTERM (a deploy) ends the calls it cuts off as `shutdown`, so the restarted
     process found no orphan to draw and the calls vanished from its wall, an unacknowledged
     escalation with them; so did a call an earlier restart had closed (restarted twice)."""
-    calls = [_ended_as("c-shut", "shutdown"), _ended_as("c-twice", "interrupted"), DONE]
+    quiet_hangup = _ended_as("c-quiet", "hangup", escalation=False)
+    calls = [_ended_as("c-shut", "shutdown"), _ended_as("c-twice", "interrupted"), quiet_hangup]
     run(seed(backend.url, tmp_path / "seed-spool", calls))
     settings = Settings(
         data_dir=tmp_path, auth_secret=SECRET, store_enabled=True, database_url=backend.url
@@ -271,7 +272,27 @@ def test_a_restarted_wall_keeps_the_calls_a_graceful_stop_cut_off(
     assert esc["urgency"] == "high" and esc["acknowledged_by"] is None
     assert shut["cues"] == 1 and shut["agent_id"] == "ann"
     assert tiles["c-twice"]["ended_at"] is not None
-    assert "c-done" not in tiles  # it ended the ordinary way: nothing was cut off
+    assert "c-quiet" not in tiles  # it ended the ordinary way, nothing left open: not news
+
+
+def test_a_restarted_wall_keeps_an_ended_calls_unacknowledged_escalation_for_an_hour(
+    backend: Backend, tmp_path: Path, runtime: Runtime
+) -> None:
+    """An escalation nobody acknowledged keeps its ended call on the wall for an hour, not
+    ten minutes, whatever ended the call; after a restart too (a hang-up with an open page
+    used to vanish with the restart)."""
+    hung_up = _ended_as("c-open", "hangup")
+    cut_long_ago = _started_ago("c-cut-40", 2400)  # last heard 40 min ago, page still open
+    run(seed(backend.url, tmp_path / "seed-spool", [hung_up, cut_long_ago]))
+    settings = Settings(
+        data_dir=tmp_path, auth_secret=SECRET, store_enabled=True, database_url=backend.url
+    )
+    with TestClient(create_app(settings, runtime)) as client:
+        _stored(client, "c-cut-40")
+        tiles = _wall_once(client, "c-open")
+    [esc] = tiles["c-open"]["escalations"]
+    assert esc["acknowledged_by"] is None and tiles["c-open"]["ended_at"] is not None
+    assert tiles["c-cut-40"]["ended_at"] < time.time() - 2000
 
 
 def test_unknown_and_forbidden_calls_are_told_apart(restarted: TestClient) -> None:

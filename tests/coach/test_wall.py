@@ -1,0 +1,57 @@
+"""How long the supervisor wall keeps an ended call (coach/api/wall.py)."""
+
+from __future__ import annotations
+
+import time
+
+from coach.api.wall import KEEP_ENDED_S, KEEP_OPEN_ESCALATION_S, WallTracker
+from coach.auth import Principal
+from coach.events import Event
+
+SUPERVISOR = Principal(user="sue", role="supervisor")
+
+
+def _call(wall: WallTracker, call_id: str, *, ended_ago_s: float, escalation: str | None) -> None:
+    """A call that ended `ended_ago_s` ago, with an escalation `open`, `taken` or none."""
+    ended = time.time() - ended_ago_s
+    events: list[Event] = [
+        {"type": "call_start", "call_id": call_id, "seq": 1, "meta": {"agent_id": "ann"}},
+    ]
+    if escalation is not None:
+        events.append(
+            {
+                "type": "escalation",
+                "call_id": call_id,
+                "seq": 2,
+                "reason": "crisis_indicators",
+                "urgency": "critical",
+                "summary": "said they see no way out",
+            }
+        )
+    if escalation == "taken":
+        events.append({"type": "escalation_ack", "call_id": call_id, "seq": 2, "by": "sue"})
+    for ev in events:
+        wall.apply(ev)
+    wall.apply({"type": "call_end", "call_id": call_id, "seq": 3}, at=ended)
+
+
+def test_an_unacknowledged_escalation_keeps_its_ended_call_on_the_wall_for_an_hour() -> None:
+    wall = WallTracker()
+    half_hour = KEEP_ENDED_S + 20 * 60
+    _call(wall, "open-30", ended_ago_s=half_hour, escalation="open")
+    _call(wall, "taken-30", ended_ago_s=half_hour, escalation="taken")
+    _call(wall, "quiet-30", ended_ago_s=half_hour, escalation=None)
+    _call(wall, "quiet-5", ended_ago_s=300, escalation=None)
+    _call(wall, "open-61", ended_ago_s=KEEP_OPEN_ESCALATION_S + 60, escalation="open")
+    shown = {t["call_id"] for t in wall.snapshot(SUPERVISOR)}
+    # A page nobody took stays; an answered one, or none, leaves after the usual ten
+    # minutes; and an hour is the most any ended call stays.
+    assert shown == {"open-30", "quiet-5"}
+
+
+def test_acknowledging_lets_the_ended_call_go() -> None:
+    wall = WallTracker()
+    _call(wall, "c1", ended_ago_s=KEEP_ENDED_S + 60, escalation="open")
+    assert [t["call_id"] for t in wall.snapshot(SUPERVISOR)] == ["c1"]
+    wall.apply({"type": "escalation_ack", "call_id": "c1", "seq": 2, "by": "sue"})
+    assert wall.snapshot(SUPERVISOR) == []
