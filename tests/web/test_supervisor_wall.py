@@ -463,6 +463,11 @@ def test_open_escalations_lead_the_page_title(live_server: LiveServer, page: Any
     plural = "s" if before else ""
     page.wait_for_function(f"document.title === '({before + 1}) Escalation{plural} · {base_title}'")
     alert = page.locator("#alerts > li").filter(has_text="w-title")
+    # The caller hangs up: the page stays open on the wall, and its alert says the call is over.
+    assert "call ended" not in alert.locator(".alert-meta").inner_text()
+    live_server.emit("w-title", end([[3.0, -0.5]]))
+    alert.locator(".alert-meta", has_text="call ended").wait_for()
+    assert page.title().startswith(f"({before + 1}) Escalation")
     alert.get_by_role("button", name="Acknowledge").click()
     alert.wait_for(state="detached")
     title = page.title()

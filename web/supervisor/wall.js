@@ -45,7 +45,7 @@ function fold(ev) {
       c.agent_id = c.meta.agent_id || null;
       c.ended_at = null;
       break;
-    case "call_end": c.ended_at = Date.now() / 1000; break;
+    case "call_end": c.ended_at = Date.now() / 1000; Wall.alertsDirty = true; break;
     case "agent_assigned":
       // A supervisor put an agent on the call: the tile names them at once.
       c.agent_id = ev.agent_id || null;
@@ -251,8 +251,11 @@ function paintAlertStrip() {
     + ` (${call.agent_id ? `agent ${call.agent_id}` : "unassigned"}, ${REASONS[esc.reason] || esc.reason}).`;
 }
 
+// An open escalation outlives its call on the wall (up to an hour): say the call is over,
+// so nobody tries to reach a caller who has hung up through the agent.
 function alertMeta(c, e) {
-  return `Call ${c.call_id} · ${c.agent_id ? `agent ${c.agent_id}` : "unassigned"} · ${fmtTime(e.t_emit || 0)} into the call`;
+  const ended = c.ended_at ? ` · call ended ${new Date(c.ended_at * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}` : "";
+  return `Call ${c.call_id} · ${c.agent_id ? `agent ${c.agent_id}` : "unassigned"} · ${fmtTime(e.t_emit || 0)} into the call${ended}`;
 }
 
 function alertCard(c, e) {
