@@ -75,7 +75,7 @@ class Call(Base):
     channels: Mapped[list[str]] = mapped_column(JSONType, default=list)
     meta: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     duration_s: Mapped[float | None] = mapped_column(sa.Float)
     end_reason: Mapped[str | None] = mapped_column(sa.Text)
     outcome: Mapped[str | None] = mapped_column(sa.Text)
