@@ -750,7 +750,8 @@ async def _close_orphans(
     has none for the calls it was running), so the supervisor sees the call cut off, with any
     escalation still open, rather than have it vanish. Without Redis it also draws, once, the
     calls a stop cut off that are no orphans (ended as `shutdown` by a SIGTERM, or closed by a
-    restart shortly before) and ended within the wall's keep: those vanished the same way.
+    restart shortly before) and ended within the wall's keep, and the calls of any end with an
+    escalation nobody acknowledged (kept up to an hour): those vanished the same way.
     """
 
     def draw(detail: CallDetail) -> None:
@@ -775,7 +776,7 @@ async def _close_orphans(
                 # So are calls of any end with an escalation nobody acknowledged, which the
                 # wall keeps longer than other ended calls.
                 now = datetime.now(UTC)
-                found = await recovered.cut_off_since(
+                found = await recovered.ended_for_the_wall(
                     store,
                     since=now - timedelta(seconds=wall.keep_ended_s),
                     open_since=now - timedelta(seconds=wall.keep_open_escalation_s),

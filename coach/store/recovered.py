@@ -230,17 +230,18 @@ CUT_OFF = (INTERRUPTED, "shutdown")
 """End reasons of calls a server stop cut off: killed (closed at the restart) or stopped."""
 
 
-async def cut_off_since(
+async def ended_for_the_wall(
     store: Store, *, since: datetime, open_since: datetime | None = None
 ) -> list[CallDetail]:
-    """Calls a server stop cut off that ended at or after `since`, each as stored.
+    """What a restarted wall draws from the store, each call as stored: the calls a server
+    stop cut off that ended at or after `since`, and (with `open_since`) calls of any end since
+    then with an escalation nobody acknowledged.
 
     Why: a restarted wall draws only the calls it closes itself (`close_orphans`), so a call
     a graceful stop (SIGTERM: a deploy, a rolling restart) ended as `shutdown`, or one a
     restart shortly before had closed, vanished with its open escalations; such a call ended
-    minutes ago, and the wall keeps an ended call that long. With `open_since`, also calls of
-    any end since then with an escalation nobody acknowledged (the wall keeps those longer:
-    coach/api/wall.py `KEEP_OPEN_ESCALATION_S`). Raises StoreUnavailable.
+    minutes ago, and the wall keeps an ended call that long; one with an open escalation it
+    keeps longer (coach/api/wall.py `KEEP_OPEN_ESCALATION_S`). Raises StoreUnavailable.
     """
     out: list[CallDetail] = []
     found = await store.ended_since(since=since, reasons=CUT_OFF, open_since=open_since)

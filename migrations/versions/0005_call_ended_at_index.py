@@ -1,7 +1,7 @@
 """An index on when calls ended: a restart asks which calls ended in the last hour.
 
 At start-up an instance without Redis draws on its wall the calls a stop cut off or that
-ended with an escalation nobody acknowledged (coach/store/recovered.py `cut_off_since`);
+ended with an escalation nobody acknowledged (coach/store/recovered.py `ended_for_the_wall`);
 without this index that question reads the whole calls table, once per start.
 
 Revision ID: 0005_call_ended_at_index
