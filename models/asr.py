@@ -177,6 +177,29 @@ def truncate_repeats(tokens: list[int], *, max_ngram: int = 8, max_repeats: int 
     return tokens
 
 
+REPEATED_TAIL_MIN_TOKENS = 8
+
+
+def drop_repeated_tail(
+    tokens: list[int],
+    decode: Callable[[list[int]], str],
+    *,
+    min_tokens: int = REPEATED_TAIL_MIN_TOKENS,
+) -> list[int]:
+    """Whisper's other loop: the whole utterance (or its last clause) said once more at the
+    end, "I was charged twice for my internet bill this month. I was charged twice for my
+    internet bill this month." (a browser test's microphone call, on an AVX2 CPU).
+    `truncate_repeats` only sees repeats of up to 8 tokens said three times. A span of at
+    least `min_tokens` tokens whose text comes twice back to back at the end is kept once:
+    callers do repeat a short phrase ("no, no"), not a whole sentence word for word. Text,
+    not token ids, is compared, as the two copies may start with different space tokens."""
+    for n in range(len(tokens) // 2, min_tokens - 1, -1):
+        first, second = tokens[-2 * n : -n], tokens[-n:]
+        if decode(first).strip().lower() == decode(second).strip().lower():
+            return tokens[:-n]
+    return tokens
+
+
 class WhisperAsr:
     """Loads one CTranslate2 Whisper model and decodes batches of utterances."""
 
@@ -306,6 +329,7 @@ class WhisperAsr:
                 if len(tokens) > len(token_lists[i]):
                     text_gens[i], token_lists[i] = g, tokens
             log.debug("ASR loop fallback for %d of %d utterances", len(looped), len(requests))
+        token_lists = [drop_repeated_tail(t, self._tokenizer.decode) for t in token_lists]
         alignments: list[tuple[Word, ...]] = [()] * len(requests)
         if words and any(token_lists):
             alignments = self._align(requests, token_lists, encoded, content)

@@ -492,6 +492,34 @@ def test_truncate_repeats_cuts_a_looping_decode() -> None:
     assert truncate_repeats([]) == []
 
 
+def test_a_sentence_said_again_at_the_end_is_kept_once() -> None:
+    """A browser test's microphone call came back "I was charged twice for my internet bill
+    this month. I was charged twice for my internet bill this month." on an AVX2 CPU: a
+    loop too long for `truncate_repeats`. Whisper's own tokenizer makes the tokens."""
+    from pathlib import Path
+
+    import tokenizers
+    from faster_whisper.tokenizer import Tokenizer
+
+    from models.asr import drop_repeated_tail, resolve_model_path
+
+    folder = resolve_model_path("tiny.en", Path("."))
+    tok = Tokenizer(tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json")), False)
+    said = " I was charged twice for my internet bill this month."
+    once = tok.encode(said)
+    assert len(once) >= 8
+    assert drop_repeated_tail(once + tok.encode(said), tok.decode) == once
+    # The repeat after other words, and with its first word without the leading space.
+    lead = tok.encode(" Hello, this is Sam.")
+    twice = lead + once + tok.encode(said.strip())
+    assert tok.decode(drop_repeated_tail(twice, tok.decode)) == tok.decode(lead + once)
+    # Short repeats are speech ("no, no" and a short sentence said twice): left alone.
+    short = tok.encode(" I want a refund. I want a refund.")
+    assert drop_repeated_tail(short, tok.decode) == short
+    assert drop_repeated_tail(once, tok.decode) == once
+    assert drop_repeated_tail([], tok.decode) == []
+
+
 # -- load signal and adaptive cadence -------------------------------------------------------
 
 
