@@ -24,7 +24,7 @@ from typing import Any
 
 from coach.bus import SUPERVISOR_TOPIC, InProcessBus, call_topic
 from coach.events import AI_LABEL, Event, call_end
-from coach.store.records import CallDetail, StoreUnavailable
+from coach.store.records import CallDetail, StoreUnavailable, UtteranceRecord
 from coach.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,17 @@ def stored_duration(detail: CallDetail) -> float:
     return max(ends, default=0.0)
 
 
+def _felt(detail: CallDetail) -> list[UtteranceRecord]:
+    """The customer's stored lines that carry a valence, in order."""
+    return [
+        u
+        for u in detail.transcript
+        if u.speaker == "customer"
+        and isinstance(u.sentiment, dict)
+        and isinstance(u.sentiment.get("valence"), int | float)
+    ]
+
+
 def end_event(detail: CallDetail, *, after_seq: int | None = None) -> Event:
     """The call_end of a stored call: its own when it ended, else an `interrupted` one."""
     call = detail.call
@@ -140,13 +151,7 @@ def end_event(detail: CallDetail, *, after_seq: int | None = None) -> Event:
         }
     else:
         duration = stored_duration(detail)
-        arc = [
-            (u.t_end, float(u.sentiment["valence"]))
-            for u in detail.transcript
-            if u.speaker == "customer"
-            and isinstance(u.sentiment, dict)
-            and isinstance(u.sentiment.get("valence"), int | float)
-        ]
+        arc = [(u.t_end, float((u.sentiment or {})["valence"])) for u in _felt(detail)]
         counts: dict[str, int] = {}
         for c in detail.cues:
             counts[c.cue] = counts.get(c.cue, 0) + 1
@@ -189,13 +194,7 @@ def wall_events(detail: CallDetail) -> list[tuple[Event, float]]:
             out.append((ev, started + float(ev.get("t_emit") or 0.0)))
     # How the customer sounded last: without it the tile said "no customer speech yet" of a
     # call with minutes of it (the live tile's mood comes from events the store does not keep).
-    felt = [
-        u
-        for u in detail.transcript
-        if u.speaker == "customer"
-        and isinstance(u.sentiment, dict)
-        and isinstance(u.sentiment.get("valence"), int | float)
-    ]
+    felt = _felt(detail)
     if felt:
         last = felt[-1]
         sentiment = last.sentiment or {}
