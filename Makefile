@@ -7,6 +7,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP     := $(VENV)/.dev-installed
+VECTORS_STAMP := $(VENV)/.playbook-vectors
 APT_PACKAGES  := espeak-ng sox chromium prometheus
 PYTEST_ARGS   ?=
 
@@ -36,6 +37,15 @@ $(RUNTIME_STAMP): requirements.lock pyproject.toml | $(BIN)/python
 models: install
 	$(BIN)/python -m scripts.build_models
 	$(BIN)/python -m scripts.build_mpnet
+	@$(MAKE) -s --no-print-directory $(VECTORS_STAMP)
+
+# The bundled playbook's phrase vectors, embedded once into the cache (~/.cache/voice-coach)
+# as the Dockerfile does: otherwise the first start spends 40 s to 2 min on them before it
+# answers. Redone when the playbook or a model changes; an edited playbook at run time embeds
+# only its new phrases.
+$(VECTORS_STAMP): coach/playbook.yaml models/artifacts/emotion.onnx models/artifacts/mpnet/model.onnx
+	$(BIN)/python -c "from coach.settings import Settings; from coach.runtime import warm_playbook_vectors as w; print(w(Settings()), 'playbook phrases embedded')"
+	touch $@
 
 $(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.lock
 	$(PIP) install -q --no-deps -r requirements-dev.lock

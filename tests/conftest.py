@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import io
 import json
 import logging
@@ -52,6 +54,24 @@ def billing_call(calls_dir: Path) -> tuple[Path, dict[str, Any]]:
         BUILTIN_CALLS["billing_dispute"], calls_dir, sample_rate=8000, encoding="mulaw"
     )
     return wav, json.loads(truth.read_text())
+
+
+@pytest.fixture(scope="session")
+def _billing_replay_once(
+    billing_call: tuple[Path, dict[str, Any]], runtime: Runtime, settings: Settings
+) -> list[dict[str, Any]]:
+    from tests.coach.test_replay import replay_file
+
+    return asyncio.run(replay_file(billing_call[0], runtime, settings))
+
+
+@pytest.fixture
+def billing_replay(_billing_replay_once: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The demo call's events from `replay --fast`, replayed once per test session and copied
+    for each test: a replay is deterministic (test_replay checks that), and every ingest's
+    whole-call test compares what it heard with it, so each replay of its own would cost a
+    whole call's ASR again (most of a minute on an AVX2-only CPU)."""
+    return copy.deepcopy(_billing_replay_once)
 
 
 _NUM = {"1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "49": "forty nine"}

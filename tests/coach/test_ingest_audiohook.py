@@ -14,7 +14,6 @@ and what could not be found).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import hashlib
@@ -917,9 +916,9 @@ def test_not_ready_is_503(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 @pytest.mark.slow
-def test_full_call_matches_replay(billing_call: Any, runtime: Runtime, settings: Settings) -> None:
-    from tests.coach.test_replay import replay_file
-
+def test_full_call_matches_replay(
+    billing_call: Any, billing_replay: list[dict[str, Any]], runtime: Runtime, settings: Settings
+) -> None:
     wav = billing_call[0]
     data, rate = sf.read(wav, dtype="float32")
     assert rate == 8000 and data.shape[1] == 2  # channel 0 customer (external), 1 agent
@@ -932,7 +931,7 @@ def test_full_call_matches_replay(billing_call: Any, runtime: Runtime, settings:
     )
     with TestClient(create_app(pinned, runtime)) as client:
         live = _stream_billing_call(client, pcmu)
-    fast = asyncio.run(replay_file(wav, runtime, settings))
+    fast = billing_replay
 
     def finals(evs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return sorted(

@@ -629,10 +629,8 @@ async def test_closing_the_server_hangs_up_and_finalizes(manager: CallManager) -
 
 @pytest.mark.slow
 async def test_two_party_call_matches_replay_fast_beside_a_broken_neighbour(
-    manager: CallManager, billing_call: Any, runtime: Runtime, settings: Settings
+    manager: CallManager, billing_call: Any, billing_replay: list[dict[str, Any]]
 ) -> None:
-    from tests.coach.test_replay import replay_file
-
     wav = billing_call[0]
     ids = {"customer": uuid.uuid4(), "agent": uuid.uuid4()}
     mapping = {str(u): ("billing-as", party) for party, u in ids.items()}
@@ -652,7 +650,7 @@ async def test_two_party_call_matches_replay_fast_beside_a_broken_neighbour(
 
         await asyncio.gather(party("customer", 0), party("agent", 1), broken())
         live = await events_of(events)
-    fast = await replay_file(wav, runtime, settings)
+    fast = billing_replay
 
     def finals(evs: list[dict[str, Any]]) -> list[tuple[str, float, float, str]]:
         return sorted((e["speaker"], e["t_start"], e["t_end"], e["text"]) for e in transcripts(evs))

@@ -210,12 +210,8 @@ def test_disconnect_mid_utterance_still_emits_final_and_call_end(
 
 @pytest.mark.slow
 def test_ingest_matches_replay_fast_and_survives_a_broken_neighbour(
-    client: TestClient, billing_call: Any, runtime: Runtime, settings: Settings
+    client: TestClient, billing_call: Any, billing_replay: list[dict[str, Any]]
 ) -> None:
-    import asyncio
-
-    from tests.coach.test_replay import replay_file
-
     wav = billing_call[0]
     pcm, rate = stereo_pcm(wav)
     with client.websocket_connect("/ws/calls/good/events") as events:
@@ -235,7 +231,7 @@ def test_ingest_matches_replay_fast_and_survives_a_broken_neighbour(
             assert close_code(good)[0] == cc.NORMAL
             assert close_code(bad)[0] == cc.INVALID_PAYLOAD
         live = read_events(events)
-    fast = asyncio.run(replay_file(wav, runtime, settings))
+    fast = billing_replay
 
     def finals(evs: list[dict[str, Any]]) -> list[tuple[str, float, float, str]]:
         return [

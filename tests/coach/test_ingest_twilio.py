@@ -7,7 +7,6 @@ SIDs and real 20 ms payloads in place of the abbreviated ones.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import random
@@ -431,7 +430,7 @@ def test_out_of_order_media_is_dropped_and_the_call_goes_on(client: TestClient) 
         first = c.media_msg("inbound", SILENCE, 0)
         c.send(first)
         c.media("inbound", SILENCE, 20)
-        c.send(first)  # a replayed message: same sequenceNumber
+        c.send(first)  # a billing_replay message: same sequenceNumber
         c.media("inbound", SILENCE, 40)
         c.stop()
         assert close_of(ws)[0] == cc.NORMAL
@@ -747,13 +746,6 @@ def test_without_a_twilio_token_the_ingest_key_is_required(
 # -- the whole call against replay --fast ----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def replayed(billing_call: Any, runtime: Runtime, settings: Settings) -> list[dict[str, Any]]:
-    from tests.coach.test_replay import replay_file
-
-    return asyncio.run(replay_file(billing_call[0], runtime, settings))
-
-
 def assert_matches_replay(live: list[dict[str, Any]], fast: list[dict[str, Any]]) -> None:
     for speaker in ("customer", "agent"):
         got, want = finals(live, speaker), finals(fast, speaker)
@@ -765,7 +757,7 @@ def assert_matches_replay(live: list[dict[str, Any]], fast: list[dict[str, Any]]
 
 @pytest.mark.slow
 def test_full_call_matches_replay(
-    client: TestClient, billing_call: Any, replayed: list[dict[str, Any]]
+    client: TestClient, billing_call: Any, billing_replay: list[dict[str, Any]]
 ) -> None:
     audio = mulaw_tracks(billing_call[0])
     marks = {
@@ -783,13 +775,13 @@ def test_full_call_matches_replay(
         live = read_events(events)
     assert (code, texts) == (cc.NORMAL, [])
     assert live[0]["type"] == "call_start" and live[-1]["reason"] == "stop"
-    assert live[-1]["duration_s"] == pytest.approx(replayed[-1]["duration_s"], abs=0.021)
-    assert_matches_replay(live, replayed)
+    assert live[-1]["duration_s"] == pytest.approx(billing_replay[-1]["duration_s"], abs=0.021)
+    assert_matches_replay(live, billing_replay)
 
 
 @pytest.mark.slow
 def test_lost_and_jittered_frames_keep_call_time(
-    client: TestClient, billing_call: Any, replayed: list[dict[str, Any]]
+    client: TestClient, billing_call: Any, billing_replay: list[dict[str, Any]]
 ) -> None:
     audio = mulaw_tracks(billing_call[0])
     # 200 ms of the customer's track lost during the hold (25.0-25.2 s): counting bytes instead
@@ -805,7 +797,7 @@ def test_lost_and_jittered_frames_keep_call_time(
         live = read_events(events)
     later = [e for e in finals(live, "customer") if e["t_start"] > 25.2]
     assert later and abs(later[0]["t_start"] - 35.82) < 0.3  # the script's next customer turn
-    assert_matches_replay(live, replayed)
+    assert_matches_replay(live, billing_replay)
 
 
 # -- the public docs' own examples, verbatim --------------------------------------------------------

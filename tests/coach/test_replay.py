@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -184,19 +183,11 @@ def test_channel_names() -> None:
 # -- the real pipeline -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def billing_events(
-    billing_call: tuple[Path, dict[str, Any]], runtime: Runtime, settings: Settings
-) -> list[dict[str, Any]]:
-    """One --fast replay of the demo call, shared by the tests that only read its events."""
-    return asyncio.run(replay_file(billing_call[0], runtime, settings))
-
-
 @pytest.mark.slow
 def test_stereo_mulaw_call_is_transcribed_per_party(
-    billing_call: tuple[Path, dict[str, Any]], billing_events: list[dict[str, Any]]
+    billing_call: tuple[Path, dict[str, Any]], billing_replay: list[dict[str, Any]]
 ) -> None:
-    truth, events = billing_call[1], billing_events
+    truth, events = billing_call[1], billing_replay
     assert events[0]["type"] == "call_start" and events[-1]["type"] == "call_end"
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     for speaker in ("customer", "agent"):
@@ -212,9 +203,9 @@ def test_stereo_mulaw_call_is_transcribed_per_party(
 
 @pytest.mark.slow
 def test_utterance_boundaries_match_the_script(
-    billing_call: tuple[Path, dict[str, Any]], billing_events: list[dict[str, Any]]
+    billing_call: tuple[Path, dict[str, Any]], billing_replay: list[dict[str, Any]]
 ) -> None:
-    truth, events = billing_call[1], billing_events
+    truth, events = billing_call[1], billing_replay
     for turn in truth["turns"]:
         inside = [
             e
@@ -234,11 +225,11 @@ def test_utterance_boundaries_match_the_script(
 @pytest.mark.slow
 async def test_partials_arrive_before_their_final_and_output_is_deterministic(
     billing_call: tuple[Path, dict[str, Any]],
-    billing_events: list[dict[str, Any]],
+    billing_replay: list[dict[str, Any]],
     runtime: Runtime,
     settings: Settings,
 ) -> None:
-    first = billing_events
+    first = billing_replay
     second = await replay_file(billing_call[0], runtime, settings)
     assert first == second
     long_finals = [e for e in transcripts(first) if e["t_end"] - e["t_start"] > 1.5]
