@@ -89,6 +89,9 @@ class Tile:
     source: str = "unknown"
     started_at: float = 0.0
     ended_at: float | None = None
+    end_reason: str | None = None
+    """The call_end's `reason`: a wall says "cut off" for a call a server stop or crash ended
+    (`coach.store.recovered.CUT_OFF`), not just "ended"."""
     t: float = 0.0
     valence: float | None = None
     arousal: float | None = None
@@ -110,6 +113,7 @@ class Tile:
             "source": self.source,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
+            "end_reason": self.end_reason,
             "t": self.t,
             "valence": self.valence,
             "arousal": self.arousal,
@@ -367,7 +371,7 @@ def _fold(tile: Tile, event: Event, at: float) -> None:
         case "call_start":
             tile.meta = dict(_meta(event))
             tile.source = str(event.get("source") or "unknown")
-            tile.ended_at = None
+            tile.ended_at, tile.end_reason = None, None
             # A takeover's call_start names when the call began on its first instance.
             started = _epoch(event.get("started_at"))
             if started is not None:
@@ -378,6 +382,8 @@ def _fold(tile: Tile, event: Event, at: float) -> None:
             # ended ten minutes ago, not ten minutes after a restart hours later.
             ended = _epoch(event.get("ended_at"))
             tile.ended_at = at if ended is None else min(ended, at)
+            reason = event.get("reason")
+            tile.end_reason = reason if isinstance(reason, str) else None
         case "call_update":
             tile.engine_updates = tile.engine_updates or not event.get("derived")
             tile.valence = _num(event.get("valence"))

@@ -55,3 +55,17 @@ def test_acknowledging_lets_the_ended_call_go() -> None:
     assert [t["call_id"] for t in wall.snapshot(SUPERVISOR)] == ["c1"]
     wall.apply({"type": "escalation_ack", "call_id": "c1", "seq": 2, "by": "sue"})
     assert wall.snapshot(SUPERVISOR) == []
+
+
+def test_a_tile_keeps_how_its_call_ended_until_the_call_starts_again() -> None:
+    """The wall says "cut off" for a call a server stop ended, so it needs the end's reason."""
+    wall = WallTracker()
+    wall.apply({"type": "call_start", "call_id": "c1", "seq": 1, "meta": {"agent_id": "ann"}})
+    assert wall.snapshot(SUPERVISOR)[0]["end_reason"] is None
+    wall.apply({"type": "call_end", "call_id": "c1", "seq": 2, "reason": "shutdown"})
+    (tile,) = wall.snapshot(SUPERVISOR)
+    assert (tile["end_reason"], tile["ended_at"] is not None) == ("shutdown", True)
+    # The same id taken up again (a new leg): live, and no longer cut off.
+    wall.apply({"type": "call_start", "call_id": "c1", "seq": 3, "meta": {"agent_id": "ann"}})
+    (tile,) = wall.snapshot(SUPERVISOR)
+    assert (tile["end_reason"], tile["ended_at"]) == (None, None)

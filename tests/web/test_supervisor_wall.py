@@ -474,6 +474,31 @@ def test_open_escalations_lead_the_page_title(live_server: LiveServer, page: Any
     assert title == (f"({before}) Escalation · {base_title}" if before else base_title), title
 
 
+def test_a_call_a_server_stop_cut_off_says_so_on_its_tile_and_alert(
+    live_server: LiveServer, page: Any
+) -> None:
+    """A tile said "ended" whether the caller hung up or a deploy cut the call off; a
+    supervisor deciding whom to call back needs to tell them apart, on a reload too."""
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    tile = page.locator('#tiles > li[data-call="w-cut"]')
+    live_server.start_call("w-cut", "ann")
+    live_server.emit("w-cut", escalation("user_request", "high", 8.0, "Asked for a manager."))
+    alert = page.locator("#alerts > li").filter(has_text="w-cut")
+    alert.wait_for()
+    live_server.emit("w-cut", {**end([[3.0, -0.5]]), "reason": "shutdown"})
+    tile.locator(".duration", has_text="cut off").wait_for()
+    alert.locator(".alert-meta", has_text="call cut off").wait_for()
+    page.reload()
+    tile.locator(".duration", has_text="cut off").wait_for()  # from the snapshot
+    assert "call cut off" in alert.locator(".alert-meta").inner_text()
+    # A call that ended by itself still says "ended".
+    live_server.start_call("w-hung-up", "ann")
+    live_server.emit("w-hung-up", end([]))
+    page.locator('#tiles > li[data-call="w-hung-up"] .duration', has_text="ended").wait_for()
+    alert.get_by_role("button", name="Acknowledge").click()
+    alert.wait_for(state="detached")
+
+
 # -- sound alerts ----------------------------------------------------------------------------
 # The page's Web Audio is watched from the test side: every oscillator started is recorded with
 # its pitch and whether the context was running (a tone on a held-back context is not heard).

@@ -43,9 +43,14 @@ function fold(ev) {
     case "call_start":
       c.meta = ev.meta || {};
       c.agent_id = c.meta.agent_id || null;
-      c.ended_at = null;
+      c.ended_at = null; c.end_reason = null;
       break;
-    case "call_end": c.ended_at = Date.now() / 1000; Wall.alertsDirty = true; break;
+    case "call_end":
+      // Dated when the call was last heard where the event says so (a call a restart found
+      // cut off), else now.
+      c.ended_at = Math.min(Date.parse(ev.ended_at || "") / 1000 || Infinity, Date.now() / 1000);
+      c.end_reason = ev.reason || null; Wall.alertsDirty = true;
+      break;
     case "agent_assigned":
       // A supervisor put an agent on the call: the tile names them at once.
       c.agent_id = ev.agent_id || null;
@@ -179,7 +184,7 @@ function paintTile(id) {
   li.querySelector(".tile-body").replaceChildren(...[
     h("h3", { id: headId }, h("span", { text: c.agent_id ? `Agent ${c.agent_id}` : "Unassigned" }), h("span", { class: "callid", text: id })),
     mood,
-    h("p", { class: "meta" }, h("span", { class: "duration", "data-started": String(c.started_at), text: c.ended_at ? "ended" : fmtTime(Date.now() / 1000 - c.started_at) }), ` · ${c.cues} cue${c.cues === 1 ? "" : "s"}`),
+    h("p", { class: "meta" }, h("span", { class: "duration", "data-started": String(c.started_at), text: c.ended_at ? endWord(c) : fmtTime(Date.now() / 1000 - c.started_at) }), ` · ${c.cues} cue${c.cues === 1 ? "" : "s"}`),
     h("p", { class: "lastcue", text: c.last_cue ? `Last cue: ${c.last_cue.title || c.last_cue.cue}` : "No cues yet" }),
     c.escalations.length
       ? h("p", { class: `esc${open.length ? "" : " acked"}`, text: open.length ? `Escalation: ${open.map((e) => e.urgency).join(", ")}` : "Escalation acknowledged" })
@@ -251,10 +256,16 @@ function paintAlertStrip() {
     + ` (${call.agent_id ? `agent ${call.agent_id}` : "unassigned"}, ${REASONS[esc.reason] || esc.reason}).`;
 }
 
+// How a call's end reads: a server stop or crash (coach.store.recovered.CUT_OFF) cut the
+// call off, and its caller may still need calling back; any other end is the call's own.
+function endWord(c) {
+  return ["interrupted", "shutdown"].includes(c.end_reason) ? "cut off" : "ended";
+}
+
 // An open escalation outlives its call on the wall (up to an hour): say the call is over,
 // so nobody tries to reach a caller who has hung up through the agent.
 function alertMeta(c, e) {
-  const ended = c.ended_at ? ` · call ended ${new Date(c.ended_at * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}` : "";
+  const ended = c.ended_at ? ` · call ${endWord(c)} ${new Date(c.ended_at * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}` : "";
   return `Call ${c.call_id} · ${c.agent_id ? `agent ${c.agent_id}` : "unassigned"} · ${fmtTime(e.t_emit || 0)} into the call${ended}`;
 }
 
