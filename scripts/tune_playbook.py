@@ -539,7 +539,10 @@ async def ordinary_matches(
     positives = [p for p in proposals if p.kind == "positives"]
     if not positives:
         return []
-    candidate = with_examples(playbook, positives)
+    # Read by nearest example alone: the meaning probe is fitted to every phrase, the ordinary
+    # talk tested here included (`_leave_out` cannot take a phrase back out of a fit), so it
+    # would hide what a new example does to talk it has not seen.
+    candidate = without_meaning(with_examples(playbook, positives))
     index = CueIndex.build(candidate, embed)
     new = {(p.cue, p.text): p for p in positives}
     found: dict[tuple[str, str], list[str]] = {}
@@ -558,6 +561,11 @@ async def ordinary_matches(
 
 def _norm(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+
+
+def without_meaning(playbook: Playbook) -> Playbook:
+    cues = {c: spec.model_copy(update={"meaning": None}) for c, spec in playbook.cues.items()}
+    return playbook.model_copy(update={"cues": cues})
 
 
 def with_examples(playbook: Playbook, proposals: Sequence[ExampleProposal]) -> Playbook:

@@ -452,19 +452,32 @@ class CueEngine:
         matchable = clauses if len(language.words(text)) >= spec.min_words else ()
         # The best clause among those that pass every check: a long turn may hold one clause
         # that clearly means the cue next to another that scores higher but is ordinary talk.
+        read = spec.meaning
         for clause in matchable:
             if len(language.words(clause.text)) < spec.min_words:
                 continue  # "I don't know." inside a longer turn is too ambiguous alone
             m = loaded.index.score(cue_id, spec, clause)
-            if (
+            near = (
                 m.score + boost >= threshold
                 # The words themselves must be nearer this cue than ordinary talk: a frustrated
                 # tone or a raised voice does not turn "I already have that" into a cue.
                 and m.semantic >= m.negative + spec.margin
                 and m.similarity >= spec.min_similarity
                 and m.similarity >= m.rival - spec.rival_margin
-                and (best is None or m.score > best.score)
-            ):
+            )
+            if read is not None and m.meaning is not None:
+                if near and m.meaning < read.veto_below:
+                    near = False  # nearest to an example, but the probe reads another meaning
+                elif (
+                    not near
+                    and read.fire_above is not None
+                    and m.meaning >= read.fire_above
+                    and not m.adjustments  # negated, hypothetical, reported or a question
+                ):
+                    # Near no example, but plainly this cue's meaning: ranked at the threshold.
+                    near = True
+                    m = replace(m, score=max(m.score, threshold - boost))
+            if near and (best is None or m.score > best.score):
                 best = m
         if best is not None and not _affect_ok(spec, sentiment, arousal):
             best = None  # the words alone are not enough for this cue (AffectGate)
@@ -473,6 +486,8 @@ class CueEngine:
             reasons.append(words_reason(best.clause, best.example, best.similarity))
             if best.adjustments:
                 reasons.append("framing considered: " + ", ".join(best.adjustments))
+            if spec.meaning is not None and best.meaning is not None:
+                reasons.append(f"meaning read as this cue ({best.meaning:.0%})")
             emo = _emotion_note(sentiment)
             if emo:
                 reasons.append(emo)

@@ -86,18 +86,20 @@ class PlaybookLibrary:
                 if not isinstance(exc, PlaybookError):  # a bug of ours, or the encoders'
                     log.exception("playbook %s could not be loaded", self.path)
                     exc = PlaybookError(self.path, [f"could not be loaded: {exc!r}"])
+                # The metrics first: whoever sees `last_error` (GET /api/playbook) finds them
+                # already counting this refusal.
+                PLAYBOOK_RELOADS.labels(result="refused").inc()
+                PLAYBOOK_REFUSED.set(1)  # what an alert watches: the log line scrolls away
                 self.last_error = str(exc)
                 # The bytes refused, not the file read again: an editor that finished its
                 # write since then would have its good version taken for the refused one
                 # (and never loaded). None: no readable file.
                 self._refused = _version_of(raw) if raw is not None else self._digest()
-                PLAYBOOK_RELOADS.labels(result="refused").inc()
-                PLAYBOOK_REFUSED.set(1)  # what an alert watches: the log line scrolls away
                 log.error("playbook reload refused, keeping version %s: %s", self.version, exc)
                 return False
             # The file loads: whatever was refused before is no longer on disk.
-            self.last_error, self._refused = None, None
             PLAYBOOK_REFUSED.set(0)
+            self.last_error, self._refused = None, None
             if loaded.version == self._current.version:
                 return False
             self._current = loaded

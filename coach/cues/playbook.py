@@ -163,6 +163,26 @@ class CloseLook(_Strict):
     within: float = Field(0.08, gt=0, le=0.5)
 
 
+class Meaning(_Strict):
+    """Read the clause with the playbook's meaning probe as well as by nearest example.
+
+    The nearest-example match asks which single example a clause is most like; one lucky
+    example carries a clause that means something else ("he's just lying by the door" is
+    near "he's banging on the door and I'm scared"), and a paraphrase near none of them is
+    missed. The probe (`coach.cues.matcher.MeaningProbe`) is fitted to all the playbook's
+    examples at once, every cue's against every other cue's, the near misses and ordinary
+    talk, so it weighs what sets the cues apart. Its reading is the probability that the
+    clause means this cue.
+    """
+
+    veto_below: float = Field(0.0, ge=0, le=1)
+    """A nearest-example match the probe gives less than this is ordinary talk or another
+    cue's: dropped (0: no veto)."""
+    fire_above: float | None = Field(None, gt=0, le=1)
+    """A clause the probe gives at least this fires the cue though no example is near enough
+    (never a negated, hypothetical, reported or question clause the framing penalises)."""
+
+
 class Early(_Strict):
     """Fire from the live transcript, before the customer has finished the turn.
 
@@ -239,6 +259,7 @@ class CueSpec(_Strict):
     the match last shown (None: the cooldown holds). For crisis: a weak false alarm must not
     mute the real one that follows, on a call where missing it costs most."""
     early: Early | None = None
+    meaning: Meaning | None = None
     context: Context | None = None
     framing: Framings = Field(default_factory=Framings)
     positives: Phrases = Field(default_factory=list)
@@ -287,6 +308,8 @@ class CueSpec(_Strict):
                 raise ValueError("early is only for language cues (it reads partial transcripts)")
             if self.refire_above is not None:
                 raise ValueError("refire_above is only for language cues (it compares matches)")
+            if self.meaning is not None:
+                raise ValueError("meaning is only for language cues (it reads clauses)")
         return self
 
 

@@ -137,6 +137,17 @@ def test_refire_above_bounds() -> None:
     assert "refire_above is only for language cues" in _error(yaml.safe_dump(data))
 
 
+def test_meaning_bounds_and_kind() -> None:
+    data = _bundled()
+    data["cues"]["crisis"]["meaning"] = {"veto_below": 1.5}
+    assert "cues.crisis.meaning.veto_below" in _error(yaml.safe_dump(data))
+    data["cues"]["crisis"]["meaning"] = {"fire_above": 0}
+    assert "cues.crisis.meaning.fire_above" in _error(yaml.safe_dump(data))
+    data = _bundled()
+    data["cues"]["dead_air"]["meaning"] = {"veto_below": 0.2}
+    assert "meaning is only for language cues" in _error(yaml.safe_dump(data))
+
+
 def test_bad_cue_id() -> None:
     data = _bundled()
     data["cues"]["Bad-Id"] = data["cues"]["confusion"]
