@@ -748,10 +748,14 @@ async def _close_orphans(
 
     The wall draws each orphan it has no tile for from the store first (a restarted process
     has none for the calls it was running), so the supervisor sees the call cut off, with any
-    escalation still open, rather than have it vanish. Without Redis it also draws, once, the
-    calls a stop cut off that are no orphans (ended as `shutdown` by a SIGTERM, or closed by a
-    restart shortly before) and ended within the wall's keep, and the calls of any end with an
-    escalation nobody acknowledged (kept up to an hour): those vanished the same way.
+    escalation still open, rather than have it vanish. It also draws, once, the calls a stop
+    cut off that are no orphans (ended as `shutdown` by a SIGTERM, or closed by a restart
+    shortly before) and ended within the wall's keep, and the calls of any end with an
+    escalation nobody acknowledged (kept up to an hour): those vanished the same way. With
+    Redis the event stream replays what it still holds, but a busy center's stream has
+    scrolled past a call ended minutes ago (`COACH_REDIS_STREAM_MAXLEN`); a call that runs on
+    another instance now (resumed there after the stop) is left to the stream, which brings
+    it live.
     """
 
     def draw(detail: CallDetail) -> None:
@@ -760,6 +764,7 @@ async def _close_orphans(
     redis = isinstance(state.bus, RedisBus)
     ttl = state.settings.redis_session_ttl_s
     delay = 1.0
+    drew_ended = False
     while True:
         before = datetime.now(UTC) - timedelta(seconds=2 * ttl) if redis else started
         try:
@@ -770,7 +775,7 @@ async def _close_orphans(
                 started_before=before,
                 on_orphan=draw,
             )
-            if not redis:
+            if not drew_ended:
                 # Calls the stopped process ended itself (a SIGTERM's `shutdown`) or that an
                 # earlier restart closed are no orphans now, but as recent on the wall.
                 # So are calls of any end with an escalation nobody acknowledged, which the
@@ -782,7 +787,9 @@ async def _close_orphans(
                     open_since=now - timedelta(seconds=wall.keep_open_escalation_s),
                 )
                 for detail in found:
-                    draw(detail)
+                    if not (redis and await state.is_live(detail.call.call_id)):
+                        draw(detail)
+                drew_ended = True
         except StoreUnavailable as exc:
             log.info("orphaned calls not checked yet (store unavailable: %s)", exc)
             await asyncio.sleep(delay)

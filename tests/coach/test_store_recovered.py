@@ -33,7 +33,7 @@ from coach.runtime import Runtime
 from coach.settings import Settings
 from coach.store import Spool, Store, StoreWriter
 from coach.store.recovered import close_orphans, end_event, stored_events
-from tests.coach.test_redis_bus import SHARED_URL, make_bus, needs_redis, prefix
+from tests.coach.test_redis_bus import SHARED_URL, make_bus, needs_redis, prefix, wait_for
 
 __all__ = ["prefix"]  # a fixture: a Redis key prefix of this test's own
 
@@ -643,3 +643,44 @@ async def test_a_killed_instances_call_is_closed_soon_after_it_went_quiet(
         await state.bus.stop()
     # At the first look after it went quiet (every TTL/3 = 1 s), not two TTLs (6 s) later.
     assert closed_at[0] - began < 0.5 + ttl / 3 + 1.0
+
+
+@needs_redis
+async def test_with_redis_a_restarted_wall_also_draws_the_calls_a_stop_cut_off(
+    tmp_path: Path, prefix: str
+) -> None:
+    """With Redis a restarted wall had only the event stream to go on: a call whose events
+    had scrolled out of it (a busy center, `COACH_REDIS_STREAM_MAXLEN`) vanished, and an
+    escalation nobody acknowledged with it. The store draws it too, unless it runs on another
+    instance now (resumed there after the stop), which the stream brings live."""
+    from coach.api.app import AppState, _close_orphans
+    from coach.api.wall import WallTracker
+    from coach.auth import Principal
+    from coach.store.writes import Received
+
+    state = AppState(Settings(data_dir=tmp_path), runtime=None)
+    state.bus = make_bus(SHARED_URL, prefix, "restarted")
+    elsewhere = make_bus(SHARED_URL, prefix, "other")
+    await state.bus.start()
+    await elsewhere.start()
+    store = Store(url=f"sqlite+aiosqlite:///{tmp_path / 'coach.db'}")
+    ended = time.time() - 30
+    for call_id in ("c-shut", "c-resumed"):
+        await store.write_events([Received(e, ended) for e in _ended_as(call_id, "shutdown")])
+    assert await elsewhere.claim_call("c-resumed") is None
+    wall = WallTracker()
+    sweeper = asyncio.create_task(_close_orphans(state, store, wall, started=datetime.now(UTC)))
+    try:
+        await wait_for(lambda: "c-shut" in wall.calls, within=10)
+        await asyncio.sleep(0.3)  # c-resumed would have been drawn in the same pass
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        await store.aclose()
+        await elsewhere.stop()
+        await state.bus.stop()
+    (tile,) = wall.snapshot(Principal(user="sue", role="supervisor"))
+    assert tile["call_id"] == "c-shut" and tile["end_reason"] == "shutdown"
+    [esc] = tile["escalations"]
+    assert esc["acknowledged_by"] is None
