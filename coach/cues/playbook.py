@@ -167,9 +167,9 @@ class Meaning(_Strict):
     """Read the clause with the playbook's meaning probe as well as by nearest example.
 
     The nearest-example match asks which single example a clause is most like; one lucky
-    example carries a clause that means something else ("he's just lying by the door" is
-    near "he's banging on the door and I'm scared"), and a paraphrase near none of them is
-    missed. The probe (`coach.cues.matcher.MeaningProbe`) is fitted to all the playbook's
+    example carries a clause that means something else ("I'm in stupid charge", a garbled
+    "these stupid chargers", is near "I'm going to do something stupid", a crisis), and a
+    paraphrase near none of them is missed. The probe (`coach.cues.matcher.MeaningProbe`) is fitted to all the playbook's
     examples at once, every cue's against every other cue's, the near misses and ordinary
     talk, so it weighs what sets the cues apart. Its reading is the probability that the
     clause means this cue.
