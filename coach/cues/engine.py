@@ -486,7 +486,7 @@ class CueEngine:
             reasons.append(words_reason(best.clause, best.example, best.similarity))
             if best.adjustments:
                 reasons.append("framing considered: " + ", ".join(best.adjustments))
-            if spec.meaning is not None and best.meaning is not None:
+            if read is not None and best.meaning is not None:
                 reasons.append(f"meaning read as this cue ({best.meaning:.0%})")
             emo = _emotion_note(sentiment)
             if emo:

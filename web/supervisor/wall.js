@@ -256,10 +256,14 @@ function paintAlertStrip() {
     + ` (${call.agent_id ? `agent ${call.agent_id}` : "unassigned"}, ${REASONS[esc.reason] || esc.reason}).`;
 }
 
-// How a call's end reads: a server stop or crash (coach.store.recovered.CUT_OFF) cut the
-// call off, and its caller may still need calling back; any other end is the call's own.
+// A server stop or crash (coach.store.recovered.CUT_OFF) cut the call off, and its caller may
+// still need calling back; any other end is the call's own.
+function cutOff(reason) {
+  return ["interrupted", "shutdown"].includes(reason);
+}
+
 function endWord(c) {
-  return ["interrupted", "shutdown"].includes(c.end_reason) ? "cut off" : "ended";
+  return cutOff(c.end_reason) ? "cut off" : "ended";
 }
 
 // An open escalation outlives its call on the wall (up to an hour): say the call is over,
@@ -422,7 +426,7 @@ function openDrill(callId) {
       view.handle(ev);
       if (ev.type === "call_end") {
         $("drill-summary").hidden = false;
-        $("drill-status").textContent = ["interrupted", "shutdown"].includes(ev.reason) ? "Call cut off when the server stopped." : "Call ended.";
+        $("drill-status").textContent = cutOff(ev.reason) ? "Call cut off when the server stopped." : "Call ended.";
       }
     },
     onStatus: (s) => { if (s === "reconnecting") $("drill-status").textContent = "Reconnecting…"; },
