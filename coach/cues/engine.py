@@ -449,6 +449,7 @@ class CueEngine:
         ):
             boost = vb.add
         best: SemanticMatch | None = None
+        best_by_meaning = False  # `best` fired by the probe alone (Meaning.fire_above)
         matchable = clauses if len(language.words(text)) >= spec.min_words else ()
         # The best clause among those that pass every check: a long turn may hold one clause
         # that clearly means the cue next to another that scores higher but is ordinary talk.
@@ -457,6 +458,7 @@ class CueEngine:
             if len(language.words(clause.text)) < spec.min_words:
                 continue  # "I don't know." inside a longer turn is too ambiguous alone
             m = loaded.index.score(cue_id, spec, clause)
+            by_meaning = False
             near = (
                 m.score + boost >= threshold
                 # The words themselves must be nearer this cue than ordinary talk: a frustrated
@@ -470,23 +472,31 @@ class CueEngine:
                     near = False  # nearest to an example, but the probe reads another meaning
                 elif (
                     not near
+                    and not raise_by  # an early read needs its words to clear the margin
                     and read.fire_above is not None
                     and m.meaning >= read.fire_above
                     and not m.adjustments  # negated, hypothetical, reported or a question
                 ):
                     # Near no example, but plainly this cue's meaning: ranked at the threshold.
-                    near = True
+                    near = by_meaning = True
                     m = replace(m, score=max(m.score, threshold - boost))
             if near and (best is None or m.score > best.score):
-                best = m
+                best, best_by_meaning = m, by_meaning
         if best is not None and not _affect_ok(spec, sentiment, arousal):
             best = None  # the words alone are not enough for this cue (AffectGate)
         if best is not None:
             total = best.score + boost
-            reasons.append(words_reason(best.clause, best.example, best.similarity))
+            if best_by_meaning:
+                # Not a word match: no example earned it (`matched_example` finds none).
+                reasons.append(
+                    f'words: "{best.clause}" read as this cue by meaning ({best.meaning:.0%}); '
+                    f'no example is near (nearest "{best.example}", {best.similarity:.2f})'
+                )
+            else:
+                reasons.append(words_reason(best.clause, best.example, best.similarity))
             if best.adjustments:
                 reasons.append("framing considered: " + ", ".join(best.adjustments))
-            if read is not None and best.meaning is not None:
+            if read is not None and best.meaning is not None and not best_by_meaning:
                 reasons.append(f"meaning read as this cue ({best.meaning:.0%})")
             emo = _emotion_note(sentiment)
             if emo:

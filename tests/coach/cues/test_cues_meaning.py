@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from coach.cues.engine import CueEngine
+from coach.cues.engine import CueEngine, matched_example
 from coach.cues.library import PlaybookLibrary
 from coach.cues.matcher import NONE, MeaningProbe
 from models.emotion import EmotionModel, EmotionScore
@@ -86,3 +86,25 @@ async def test_the_why_says_how_the_probe_read_a_cue_it_let_through(
     (cue,) = [e for e in events if e["type"] == "cue"]
     assert cue["cue"] == "churn_risk"
     assert "meaning read as this cue (" in cue["why"], cue["why"]
+
+
+# A threat to a parent at a nursery ("if you won't tell me whose kid it is, I'll find the
+# father ...") as the ASR heard it on a `dev` call: near no crisis example (0.36 against a
+# threshold of 0.46), but read as a crisis by the probe at over 0.99.
+GARBLED_THREAT = "When in there I'll find the gun if you won't tell me who killed him."
+
+
+async def test_a_garbled_crisis_the_probe_is_sure_of_fires_and_says_why(
+    library: PlaybookLibrary, emotion_model: EmotionModel
+) -> None:
+    assert "crisis" not in await _fires(library, emotion_model, GARBLED_THREAT, drop="crisis")
+
+    async def analyze(texts: list[str]) -> list[EmotionScore]:
+        return emotion_model.score(texts)
+
+    conv = Conversation(CueEngine(holder=library, analyze=analyze), emotion_model)
+    events = await conv.say("customer", GARBLED_THREAT)
+    (cue,) = [e for e in events if e["type"] == "cue" and e["cue"] == "crisis"]
+    assert "read as this cue by meaning" in cue["why"], cue["why"]
+    assert matched_example(cue["reasons"]) is None  # no example earned it (tune_playbook)
+    assert any(e["type"] == "escalation" and e["urgency"] == "critical" for e in events)
