@@ -547,10 +547,12 @@ class CueEngine:
         loaded: LoadedPlaybook, cue_id: str, spec: CueSpec, clauses: Sequence[ClauseSignals]
     ) -> bool:
         """Some clause is at least as near the cue's examples as ordinary talk and the cue's
-        near misses are (see VoiceTrigger.words_lean)."""
+        near misses are (see VoiceTrigger.words_lean), and read as the cue by the meaning probe
+        at `lean_meaning` or more."""
+        floor = spec.voice_trigger.lean_meaning if spec.voice_trigger is not None else 0.0
         for clause in clauses:
             m = loaded.index.score(cue_id, spec, clause)
-            if m.similarity >= m.negative:
+            if m.similarity >= m.negative and (m.meaning is None or m.meaning >= floor):
                 return True
         return False
 

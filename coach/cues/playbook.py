@@ -129,6 +129,17 @@ class VoiceTrigger(_Strict):
     words_lean: bool = False
     """The words must be at least as near this cue's examples as ordinary talk in some clause:
     a panicked voice carries garbled words, not "I'm moving the family to another app"."""
+    lean_meaning: float = Field(0.0, ge=0, le=1)
+    """With `words_lean`, that clause must also be read as this cue by the meaning probe at
+    least this (the cue needs `meaning`). An angry complaint the text model calls "sad" ("I
+    don't care about my money") leans toward crisis examples as much as garbled panic does;
+    the probe tells them apart (BENCHMARKS, "A crisis read by meaning alone")."""
+
+    @model_validator(mode="after")
+    def _lean(self) -> VoiceTrigger:
+        if self.lean_meaning and not self.words_lean:
+            raise ValueError("lean_meaning needs words_lean: true (it reads the leaning clause)")
+        return self
 
 
 class AffectGate(_Strict):
@@ -291,6 +302,9 @@ class CueSpec(_Strict):
                 raise ValueError("a language cue needs at least 3 positive examples")
             if self.detector is not None:
                 raise ValueError("detector is only for dynamics cues")
+            vt = self.voice_trigger
+            if vt is not None and vt.lean_meaning and self.meaning is None:
+                raise ValueError("voice_trigger.lean_meaning needs the cue's meaning (the probe)")
             if self.early is not None and self.affect_gate is not None:
                 raise ValueError(
                     "early cannot go with affect_gate: the gate needs the whole turn's emotion"

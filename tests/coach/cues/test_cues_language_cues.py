@@ -477,6 +477,40 @@ async def test_a_raised_voice_does_not_make_ordinary_words_a_crisis(
     assert "crisis" not in found
 
 
+# A seller shouting about a payout held for ten days, as the ASR heard it on a `dev` call: the
+# text model reads it "sad", and a clause leans toward the crisis examples ("I don't care
+# about ..." is near "I don't care anymore") as much as garbled panic does.
+ANGRY_AND_READ_AS_SAD = (
+    "I don't care about this. I don't care about my money. I pay my supply and then we know "
+    "you'll make ways. Always ways."
+)
+
+
+async def test_a_shouted_complaint_read_as_sad_is_no_crisis_by_its_meaning(
+    conversation: Conversation,
+) -> None:
+    """Crisis's voice trigger needs its leaning clause read as a crisis by the meaning probe
+    too (`lean_meaning`); without that the same turn pages a supervisor."""
+    loaded = conversation.engine.holder.current
+    spec = loaded.playbook.cues["crisis"]
+    assert spec.voice_trigger is not None and spec.voice_trigger.lean_meaning > 0
+    found = {}
+    for name, vt in (
+        ("without", spec.voice_trigger.model_copy(update={"lean_meaning": 0.0})),
+        ("with", spec.voice_trigger),
+    ):
+        _crisis_as(conversation, loaded, spec.model_copy(update={"voice_trigger": vt}))
+        await conversation.say("customer", "Hello, I am calling about my seller account.")
+        found[name] = await conversation.cues(
+            "customer",
+            ANGRY_AND_READ_AS_SAD,
+            arousal=0.97,
+            voice_why=["pitch +3.8 SD", "loudness +2.2 SD"],
+        )
+    assert "crisis" in found["without"]
+    assert "crisis" not in found["with"]
+
+
 # A gas leak buried in a long run-on turn, as garbled ASR delivers it: whole, the clause
 # scores just under crisis's threshold; the window that holds the leak is plainly a crisis.
 RUN_ON_GAS_LEAK = (

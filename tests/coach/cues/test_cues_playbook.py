@@ -148,6 +148,18 @@ def test_meaning_bounds_and_kind() -> None:
     assert "meaning is only for language cues" in _error(yaml.safe_dump(data))
 
 
+def test_lean_meaning_needs_words_lean_and_the_probe() -> None:
+    data = _bundled()
+    data["cues"]["crisis"]["voice_trigger"]["words_lean"] = False
+    assert "lean_meaning needs words_lean" in _error(yaml.safe_dump(data))
+    data = _bundled()
+    del data["cues"]["crisis"]["meaning"]
+    assert "lean_meaning needs the cue's meaning" in _error(yaml.safe_dump(data))
+    data = _bundled()
+    data["cues"]["crisis"]["voice_trigger"]["lean_meaning"] = 2
+    assert "cues.crisis.voice_trigger.lean_meaning" in _error(yaml.safe_dump(data))
+
+
 def test_bad_cue_id() -> None:
     data = _bundled()
     data["cues"]["Bad-Id"] = data["cues"]["confusion"]
