@@ -507,7 +507,11 @@ class CueEngine:
                 reasons.append(f"after the agent's {self._last_move_name(spec, t_start)}")
             # The words that carry the example's meaning, else the whole clause matched (from
             # this line, else from the turn it was heard with): the panel marks them.
-            phrase = language.find_phrase(best.clause, language.content_words(best.example))
+            phrase = (
+                None  # no example's words carry it: the panel marks the whole clause
+                if best_by_meaning
+                else language.find_phrase(best.clause, language.content_words(best.example))
+            )
             if phrase is None:
                 phrase = best.clause if best.clause.lower() in text.lower() else text
             return Candidate(cue_id, spec, total, tuple(reasons), text, (phrase,), best, WORDS)

@@ -107,4 +107,7 @@ async def test_a_garbled_crisis_the_probe_is_sure_of_fires_and_says_why(
     (cue,) = [e for e in events if e["type"] == "cue" and e["cue"] == "crisis"]
     assert "read as this cue by meaning" in cue["why"], cue["why"]
     assert matched_example(cue["reasons"]) is None  # no example earned it (tune_playbook)
+    # The panel marks the clause, not the one word it shares with an example ("gun").
+    (phrase,) = cue["evidence"]["phrases"]
+    assert phrase in GARBLED_THREAT and len(phrase.split()) >= 10, phrase
     assert any(e["type"] == "escalation" and e["urgency"] == "critical" for e in events)
