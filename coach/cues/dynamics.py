@@ -101,6 +101,11 @@ def pace(utterances: Sequence[Spoken], t0: float, t1: float) -> tuple[float | No
     return (sum(u.syllables for u in inside) / speech if speech > 0 else None), speech
 
 
+RATED_S = 1.5
+"""An utterance this long or longer has a pace of its own; a shorter one ("Okay.", a piece the
+VAD cut off) is too short to read alone and only counts toward the stretch around it."""
+
+
 def agent_pace(
     agent: Sequence[Spoken],
     customer: Sequence[Spoken],
@@ -117,12 +122,22 @@ def agent_pace(
     ASR drops words exactly when speech is rushed. The customer's own pace over the call is
     the best measure of what they can follow, so a fast-talking caller raises the bar.
     """
-    # The agent's most recent `min_speech_s` of speech (whole utterances, newest first, within
-    # `window_s`): a rushed explanation right after a calm greeting is measured on its own,
-    # not averaged with the greeting into a pace nobody spoke at.
+    theirs, their_speech = pace(customer, 0.0, now)
+    # The bar this caller sets: a fast talker follows faster speech (the `why` names it, so
+    # it must be the bar applied, not the playbook's floor).
+    bar = syllables_per_s
+    if vs_customer and theirs is not None and their_speech >= 3.0:
+        bar = max(bar, vs_customer * theirs)
+    # The agent's latest stretch of rushed speech: utterances newest first (within
+    # `window_s`) until `min_speech_s` of speech, stopping at one spoken at a comfortable pace.
+    # A rushed explanation after a calm greeting is measured on its own, neither averaged
+    # with the greeting into a pace nobody spoke at nor carried over the bar by it: 6 s of
+    # rushing plus a 4 s greeting is not 8 s of rushing.
     recent: list[Spoken] = []
     speech = 0.0
     for u in reversed([u for u in agent if now - window_s <= u.t_end <= now]):
+        if u.speech_s >= RATED_S and u.syllables < bar * u.speech_s:
+            break  # the agent slowed down: the stretch starts after this utterance
         recent.insert(0, u)
         speech += u.speech_s
         if speech >= min_speech_s:
@@ -130,14 +145,6 @@ def agent_pace(
     if speech < min_speech_s or speech <= 0:
         return None
     rate = sum(u.syllables for u in recent) / speech
-    if rate < syllables_per_s:
-        return None
-    theirs, their_speech = pace(customer, 0.0, now)
-    # The bar this caller sets: a fast talker follows faster speech (the `why` names it, so
-    # it must be the bar applied, not the playbook's floor).
-    bar = syllables_per_s
-    if vs_customer and theirs is not None and their_speech >= 3.0:
-        bar = max(bar, vs_customer * theirs)
     if rate < bar:
         return None
     versus = f", the customer {theirs:.1f}" if theirs is not None else ""

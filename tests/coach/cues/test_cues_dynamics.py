@@ -95,6 +95,25 @@ def test_rushed_turn_after_calm_ones_is_measured_on_its_own() -> None:
     )
 
 
+def test_a_calm_greeting_does_not_carry_a_short_rush_over_the_bar() -> None:
+    """6 s of rushing after a 3 s greeting is not 8 s of rushing: averaged together they
+    clear the bar, but the cue waits until the agent has rushed for 8 s (here, through the
+    next turn too). A brief "Okay." inside the rush neither ends it nor is read alone."""
+    customer = _utts(0.0, 5.0, 4.5)
+    greeting = [Spoken(5.5, 8.7, 3.2 * 4.5, 3.2)]
+    first_rush = [Spoken(9.2, 15.2, 6.0 * 7.0, 6.0)]
+    pace_args = {"syllables_per_s": 5.7, "min_speech_s": 8.0, "window_s": 30.0, "vs_customer": 1.15}
+    # Averaged with the greeting the newest 9.2 s run at 6.1 syllables/s, over the bar.
+    assert dynamics.agent_pace(greeting + first_rush, customer, 15.2, **pace_args) is None
+    okay = [Spoken(18.0, 18.6, 1.0, 0.6)]
+    second_rush = [Spoken(19.0, 23.0, 4.0 * 7.0, 4.0)]
+    hit = dynamics.agent_pace(
+        greeting + first_rush + okay + second_rush, customer, 23.0, **pace_args
+    )
+    assert hit is not None and hit.t_start == 9.2 and hit.t_end == 23.0, hit
+    assert "over the last 11 s of speech" in hit.why, hit.why
+
+
 def test_fast_customer_raises_the_bar() -> None:
     customer = _utts(0.0, 5.0, 5.6)
     agent = _utts(6.0, 19.0, 5.8)
