@@ -44,6 +44,14 @@ TIMING: EvidenceSource = "timing"
 HISTORY: EvidenceSource = "history"
 TREND: EvidenceSource = "trend"
 EARLY_NOTE = "heard while the customer was still speaking (live transcript)"
+SHORT_MIN_WORDS = 2
+SHORT_SIMILARITY = 0.6
+SHORT_MEANING = 0.9
+"""A clause under its cue's `min_words` (but of `SHORT_MIN_WORDS` or more) is still read when
+its words, framing considered, are this near one example and the meaning probe reads it as
+the cue at `SHORT_MEANING`: "Sorry, I'm lost." and "This is ridiculous." (3 words) say their
+cue beyond doubt, "I don't know." (0.50, 41%) and "Please hurry." (0.67, 78%) do not. Never
+for a critical cue (a supervisor page needs more words) or an early read of a partial."""
 
 
 class TextAnalysis(Protocol):
@@ -450,14 +458,15 @@ class CueEngine:
             boost = vb.add
         best: SemanticMatch | None = None
         best_by_meaning = False  # `best` fired by the probe alone (Meaning.fire_above)
-        matchable = clauses if len(language.words(text)) >= spec.min_words else ()
         # The best clause among those that pass every check: a long turn may hold one clause
         # that clearly means the cue next to another that scores higher but is ordinary talk.
         read = spec.meaning
-        for clause in matchable:
-            if len(language.words(clause.text)) < spec.min_words:
-                continue  # "I don't know." inside a longer turn is too ambiguous alone
+        for clause in clauses:
             m = loaded.index.score(cue_id, spec, clause)
+            if len(language.words(clause.text)) < spec.min_words and not self._clear_though_short(
+                spec, m, clause.text, early=bool(raise_by)
+            ):
+                continue  # "I don't know." is too ambiguous alone
             by_meaning = False
             near = (
                 m.score + boost >= threshold
@@ -545,6 +554,18 @@ class CueEngine:
                 reasons.append(f"after the agent's {self._last_move_name(spec, t_start)}")
             return Candidate(cue_id, spec, threshold, tuple(reasons), text, (text,), None, VOICE)
         return None
+
+    @staticmethod
+    def _clear_though_short(spec: CueSpec, m: SemanticMatch, clause: str, *, early: bool) -> bool:
+        """A clause too short for the cue that still says it beyond doubt (SHORT_MEANING)."""
+        return (
+            not early
+            and spec.severity != "critical"
+            and m.meaning is not None
+            and m.meaning >= SHORT_MEANING
+            and m.semantic >= SHORT_SIMILARITY
+            and len(language.words(clause)) >= SHORT_MIN_WORDS
+        )
 
     @staticmethod
     def _words_lean(

@@ -255,7 +255,8 @@ class CueSpec(_Strict):
     min_similarity: float = Field(0.35, ge=0, le=1)
     """Boosts (emotion, voice, context) never carry a clause whose words are this far off."""
     min_words: int = Field(4, ge=1, le=20)
-    """Shorter utterances ("Okay.") are too ambiguous to match by meaning alone."""
+    """Shorter clauses ("Okay.", "I don't know.") are too ambiguous to match by meaning alone,
+    unless they say the cue beyond doubt (coach/cues/engine.py `SHORT_MEANING`)."""
     emotion_boost: dict[EmotionLabel, Annotated[float, Field(ge=-0.5, le=0.5)]] = Field(
         default_factory=dict
     )

@@ -85,6 +85,36 @@ async def test_trap_does_not_fire(conversation: Conversation, cue: str, text: st
     assert cue not in await conversation.cues("customer", text)
 
 
+SHORT_AND_CLEAR = [
+    # An outside author's call: the first clause is confusion beyond doubt in 3 words.
+    ("confusion", "Sorry, I'm lost. Which one's the firm and which one's the insurance?"),
+    ("confusion", "I'm confused."),
+    ("frustration", "This is ridiculous."),
+]
+SHORT_AND_UNCLEAR = [
+    ("confusion", "I don't know."),
+    ("urgency", "Please hurry."),
+    ("confusion", "I'm not confused."),
+    ("dejection", "Okay, fine."),
+]
+
+
+@pytest.mark.parametrize(("cue", "text"), SHORT_AND_CLEAR)
+async def test_a_short_clause_that_says_its_cue_beyond_doubt_fires(
+    conversation: Conversation, cue: str, text: str
+) -> None:
+    """Under the cue's `min_words`, but as near an example as a paraphrase gets and read as
+    the cue by the meaning probe at 90% or more (engine.SHORT_MEANING)."""
+    assert cue in await conversation.cues("customer", text)
+
+
+@pytest.mark.parametrize(("cue", "text"), SHORT_AND_UNCLEAR)
+async def test_a_short_clause_that_could_mean_anything_does_not(
+    conversation: Conversation, cue: str, text: str
+) -> None:
+    assert cue not in await conversation.cues("customer", text)
+
+
 CALM = [
     "Hi, I'm calling to update the address on my account.",
     "Sure, it's forty two Elm Street.",
