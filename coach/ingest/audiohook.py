@@ -47,7 +47,7 @@ from coach.api.security import ingest_authorized
 from coach.calls import CallManager, CallRejected
 from coach.ingest import closecodes as cc
 from coach.ingest.pcm import MAX_ID_CHARS
-from coach.ingest.receive import receive_unless_ended
+from coach.ingest.receive import closed_as_oversized, receive_unless_ended
 from coach.logs import upgrade_denied_var
 from coach.messages import AudioChunk, Speaker
 from coach.session import CallEnded, CallSession
@@ -698,12 +698,17 @@ class AudioHookSession:
                         self.ws.receive() if ended is None else receive_unless_ended(self.ws, ended)
                     )
             except TimeoutError:
-                await self._timed_out()
-                return
+                if await self._timed_out():
+                    return
+                continue
             if msg is None:
                 await self._server_ended()
                 continue
             if msg["type"] == "websocket.disconnect":
+                if oversized := closed_as_oversized(msg):
+                    await self._signal_error(
+                        ProtocolError("oversized", oversized, code=cc.MESSAGE_TOO_BIG)
+                    )
                 await self._finish_call("disconnect", dropped=True)
                 return
             try:
@@ -739,15 +744,20 @@ class AudioHookSession:
         await self._send("disconnect", {"reason": "completed", "info": reason})
         await self._finish_call(reason)
 
-    async def _timed_out(self) -> None:
+    async def _timed_out(self) -> bool:
+        """A client that kept us waiting: True once its socket is closed. No `open` in time is
+        an error like any other (`disconnect`, then the client's `close` is answered with
+        `closed`); a client silent after our `disconnect` is closed with the error's code."""
         if self.state is SessionState.CONNECTED:
             exc = ProtocolError("open_timeout", "no 'open' message in time", code=cc.HEADER_TIMEOUT)
             await self._signal_error(exc)
+            return False
         code = self.error.code if self.error else cc.NORMAL
         log.warning(
             "audiohook %s: no answer in %s, closing with %d", self.id, self.state.value, code
         )
         await self._close_socket(code, "timed out")
+        return True
 
     # -- client text messages ------------------------------------------------------------------
 
@@ -969,7 +979,10 @@ class AudioHookSession:
         log.warning("audiohook %s refused (%s): %s", self.id, exc.reason, exc)
         self.error = exc
         self.state = transition(self.state, "disconnect")
-        await self._send("disconnect", {"reason": exc.disconnect_reason, "info": str(exc)})
+        # A connection already closed under us (uvicorn's own 1009) cannot hear it; the call
+        # still ends for the error, not as a dropped connection.
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+            await self._send("disconnect", {"reason": exc.disconnect_reason, "info": str(exc)})
         await self._finish_call(f"error:{exc.reason}")
 
     async def _finish_call(self, reason: str, *, dropped: bool = False) -> None:

@@ -23,7 +23,7 @@ from audio.types import Encoding
 from coach import metrics
 from coach.calls import CallManager, CallRejected
 from coach.ingest import closecodes as cc
-from coach.ingest.receive import receive_unless_ended, watching_end
+from coach.ingest.receive import closed_as_oversized, receive_unless_ended, watching_end
 from coach.messages import SPEAKERS, AudioChunk, Speaker
 from coach.session import CallEnded, CallSession
 from coach.settings import Settings
@@ -160,6 +160,8 @@ async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> 
         await _refuse(ws, cc.HEADER_TIMEOUT, "header_timeout", "no header within 10 s")
         return
     if raw.get("type") == "websocket.disconnect":
+        if oversized := closed_as_oversized(raw):
+            await _refuse(ws, cc.MESSAGE_TOO_BIG, "oversized", oversized)
         return
     text = raw.get("text")
     if text is None:
@@ -214,10 +216,12 @@ async def _stream(
             msg = await receive_unless_ended(ws, ended)
             if msg is None:  # the call ended first
                 return session.end_reason or "ended"
-            if msg["type"] == "websocket.disconnect":
-                return "disconnect"
             payload = msg.get("bytes")
             try:
+                if msg["type"] == "websocket.disconnect":
+                    if oversized := closed_as_oversized(msg):
+                        raise IngestError(cc.MESSAGE_TOO_BIG, "oversized", oversized)
+                    return "disconnect"
                 if payload is not None:
                     for chunk in frame_chunks(
                         header, payload, samples_done, settings.max_frame_bytes

@@ -15,6 +15,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
+from coach.ingest import closecodes as cc
 from coach.session import CallSession
 
 
@@ -39,3 +40,13 @@ async def receive_unless_ended(ws: WebSocket, ended: asyncio.Future[None]) -> An
     if not receive.done() or receive.cancelled():
         return None
     return receive.result()
+
+
+def closed_as_oversized(msg: Any) -> str | None:
+    """Why uvicorn closed the connection itself, when it did so for a message over its
+    `ws_max_size` (coach/api/server.py): the handler never sees such a message, only this
+    disconnect with 1009, and answers it like the oversized frames it does see (logged,
+    counted, the call ended as `error:oversized`). None for any other disconnect."""
+    if msg.get("type") != "websocket.disconnect" or msg.get("code") != cc.MESSAGE_TOO_BIG:
+        return None
+    return str(msg.get("reason") or "message over the server's size limit")

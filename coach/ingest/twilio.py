@@ -33,7 +33,7 @@ from coach.api.security import ingest_authorized
 from coach.calls import CallManager, CallRejected
 from coach.ingest import closecodes as cc
 from coach.ingest.pcm import CALL_ID, MAX_ID_CHARS
-from coach.ingest.receive import receive_unless_ended, watching_end
+from coach.ingest.receive import closed_as_oversized, receive_unless_ended, watching_end
 from coach.messages import SPEAKERS, AudioChunk, Speaker
 from coach.session import CallEnded, CallSession
 from coach.settings import Settings
@@ -430,6 +430,8 @@ async def _next_text(ws: WebSocket, ended: asyncio.Future[None] | None = None) -
     if msg is None:
         return CALL_ENDED
     if msg["type"] == "websocket.disconnect":
+        if oversized := closed_as_oversized(msg):
+            raise TwilioError(cc.MESSAGE_TOO_BIG, "oversized", oversized)
         return None
     text = msg.get("text")
     if text is None:

@@ -5,12 +5,17 @@ limit get 1009."""
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import websockets
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
 from coach.api.app import create_app
 from coach.api.server import uvicorn_limits
@@ -102,3 +107,85 @@ def test_a_panel_socket_refuses_a_junk_message_past_a_mebibyte(
 
     assert asyncio.run(send(2**20 + 1)) == cc.MESSAGE_TOO_BIG
     assert asyncio.run(send(1000)) is None  # an ordinary message is dropped, the socket kept
+
+
+# -- a message past uvicorn's limit, on each WebSocket ingest -------------------------------------
+
+BIG = 2**20 + 1
+"""One byte over the floor of uvicorn's limit (coach.api.server.WS_MAX_SIZE_FLOOR)."""
+
+
+@pytest.fixture
+def open_server(tmp_path: Path, runtime: Runtime) -> Iterator[int]:
+    settings = Settings(data_dir=tmp_path, auth_disabled=True)
+    with serve_in_thread(create_app(settings, runtime), **uvicorn_limits(settings)) as port:
+        yield port
+
+
+def ingest_errors(protocol: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "coach_ingest_errors_total", {"protocol": protocol, "reason": "oversized"}
+    )
+    return value or 0.0
+
+
+def end_reason(port: int, call_id: str) -> str | None:
+    """The stored call's end reason, once it has one (the call is finalized after the close)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        r = httpx.get(f"http://127.0.0.1:{port}/api/history/calls/{call_id}")
+        call = r.json().get("call") if r.status_code == 200 else None
+        if call and call.get("ended_at"):
+            return str(call["end_reason"])
+        time.sleep(0.1)
+    return None
+
+
+async def _closed_code(ws: Any) -> int | None:
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), timeout=10)
+    except websockets.ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd else None
+
+
+def test_pcm_message_past_uvicorns_limit_is_logged_counted_and_ends_the_call(
+    open_server: int,
+) -> None:
+    """uvicorn closes with 1009 before the handler sees such a message; an outside audit found
+    the call then ended as a plain `disconnect`, with no log line and no count."""
+    before = ingest_errors("pcm")
+
+    async def call() -> int | None:
+        async with websockets.connect(f"ws://127.0.0.1:{open_server}/ingest/pcm") as ws:
+            header = {"call_id": "big-pcm", "sample_rate": 8000, "encoding": "pcm16", "channels": 1}
+            await ws.send(json.dumps(header))
+            assert json.loads(await ws.recv())["type"] == "accepted"
+            await ws.send(b"\x00\x00" * 800)
+            await ws.send(b"\x00" * BIG)
+            return await _closed_code(ws)
+
+    assert asyncio.run(call()) == cc.MESSAGE_TOO_BIG
+    assert end_reason(open_server, "big-pcm") == "error:oversized"
+    assert ingest_errors("pcm") == before + 1
+
+
+def test_twilio_message_past_uvicorns_limit_is_counted_and_ends_the_call(
+    open_server: int,
+) -> None:
+    before = ingest_errors("twilio")
+    golden = Path(__file__).parent / "golden" / "twilio"
+    connected = json.loads((golden / "connected.json").read_text())
+    start = json.loads((golden / "start.json").read_text())
+    start["start"]["customParameters"] = {"call_id": "big-tw"}
+
+    async def call() -> int | None:
+        async with websockets.connect(f"ws://127.0.0.1:{open_server}/ingest/twilio") as ws:
+            await ws.send(json.dumps(connected))
+            await ws.send(json.dumps(start))
+            await ws.send("x" * BIG)
+            return await _closed_code(ws)
+
+    assert asyncio.run(call()) == cc.MESSAGE_TOO_BIG
+    assert end_reason(open_server, "big-tw") == "error:oversized"
+    assert ingest_errors("twilio") == before + 1
