@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -189,3 +190,32 @@ def test_twilio_message_past_uvicorns_limit_is_counted_and_ends_the_call(
     assert asyncio.run(call()) == cc.MESSAGE_TOO_BIG
     assert end_reason(open_server, "big-tw") == "error:oversized"
     assert ingest_errors("twilio") == before + 1
+
+
+def test_audiohook_message_past_uvicorns_limit_is_counted_and_ends_the_call(
+    open_server: int,
+) -> None:
+    before = ingest_errors("audiohook")
+    golden = Path(__file__).parent / "golden" / "audiohook"
+    open_msg = json.loads((golden / "open.json").read_text())
+    session_id, org_id = str(uuid.uuid4()), open_msg["parameters"]["organizationId"]
+    conversation = str(uuid.uuid4())
+    open_msg["id"] = session_id
+    open_msg["parameters"]["conversationId"] = conversation
+    headers = {
+        "Audiohook-Organization-Id": org_id,
+        "Audiohook-Session-Id": session_id,
+        "Audiohook-Correlation-Id": str(uuid.uuid4()),
+    }
+
+    async def call() -> int | None:
+        url = f"ws://127.0.0.1:{open_server}/ingest/audiohook"
+        async with websockets.connect(url, additional_headers=headers) as ws:
+            await ws.send(json.dumps(open_msg))
+            assert json.loads(await ws.recv())["type"] == "opened"
+            await ws.send(b"\xff" * BIG)
+            return await _closed_code(ws)
+
+    assert asyncio.run(call()) == cc.MESSAGE_TOO_BIG
+    assert end_reason(open_server, conversation) == "error:oversized"
+    assert ingest_errors("audiohook") == before + 1
