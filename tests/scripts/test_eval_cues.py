@@ -576,3 +576,17 @@ def test_realtime_replays_side_by_side_share_the_cores(monkeypatch: pytest.Monke
     assert "COACH_ASR_WORKERS" not in replay_env("fast", 2)  # --fast decodes inline anyway
     monkeypatch.setenv("COACH_ASR_WORKERS", "3")
     assert replay_env("realtime", 2)["COACH_ASR_WORKERS"] == "3"
+
+
+OUTSIDE = DATA_DIR.parent / "outside_calls"
+
+
+def test_the_outside_authors_calls_parse_with_known_labels() -> None:
+    """Calls written by outside authors for one-off checks (data/outside_calls/README.md):
+    not a split, but `eval_cues run --data` must read them."""
+    paths = sorted(OUTSIDE.glob("*/dev/*.call"))
+    assert len(paths) >= 10
+    for path in paths:
+        script, _ = load_call_file(path)
+        labels = {c for t in script.turns for c in (*t.labels, *t.optional_labels)}
+        assert labels <= set(CUE_IDS), path
