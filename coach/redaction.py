@@ -33,15 +33,23 @@ _TENS = {
 }
 
 EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
+# An "@" in a transcript is an address even when the ASR lost its top-level domain
+# ("john.smith@gmail", found by an outside audit).
+EMAIL_NO_TLD = re.compile(r"\b[\w.+-]+@[A-Za-z0-9][\w-]*")
 SPOKEN_EMAIL = re.compile(
     r"\b[a-z0-9]+(?:\s+(?:dot|underscore|dash)\s+[a-z0-9]+)*\s+at\s+[a-z0-9-]+"
     r"(?:\s+dot\s+[a-z]{2,})+\b",
     re.IGNORECASE,
 )
-SSN = re.compile(r"\b\d{3}[-\s]\d{2}[-\s]\d{4}\b")
+# Between the groups of a number read out, "dash" or "hyphen" said as a word stands for "-"
+# ("one two three dash four five", an outside audit's "4532 hyphen 0151 hyphen ...").
+_SPOKEN_DASH = r"\s+(?:dash|hyphen)\s+"
+SSN = re.compile(
+    rf"\b\d{{3}}(?:[-\s]|{_SPOKEN_DASH})\d{{2}}(?:[-\s]|{_SPOKEN_DASH})\d{{4}}\b", re.I
+)
 
 # Digit runs with the separators people and ASR use inside numbers.
-DIGIT_RUN = re.compile(r"(?<![\w])\+?\(?\d[\d\s().-]{5,}\d(?![\w])")
+DIGIT_RUN = re.compile(rf"(?<![\w])\+?\(?\d(?:[\d\s().-]|{_SPOKEN_DASH}){{5,}}\d(?![\w])", re.I)
 
 TAGS = {
     "card": "[CARD]",
@@ -152,6 +160,10 @@ def _spoken_digit_spans(text: str) -> list[Span]:
                 digits += tok
                 strict += 1
                 j += 1
+                # "from 49.99 to 59.99" is a range too (it read as an SSN, found by an outside
+                # audit): after a written number of 2 digits or more, "to" is not a two.
+                after_group = len(tok) >= 2
+                continue
             else:
                 break
             after_group = False
@@ -241,18 +253,30 @@ def _local_start(tokens: Sequence[re.Match[str]], at: int) -> int | None:
     return first
 
 
+_AT_WORDS = frozenset({"at", "(at)", "[at]"})
+
+
 def _asr_email_spans(text: str) -> list[Span]:
     """Addresses written with a spoken " at " instead of "@" (see `_TLDS`)."""
     tokens = list(re.finditer(r"\S+", text))
     spans: list[Span] = []
     for i, tok in enumerate(tokens[:-1]):
-        if tok.group().lower() != "at":
+        if tok.group().lower() not in _AT_WORDS:
+            continue
+        # "at the rate (of)" (Indian English for "@") and "at sign" are one "at".
+        k = i + 1
+        said = [t.group().lower() for t in tokens[k : k + 3]]
+        if tok.group().lower() == "at" and said[:2] == ["the", "rate"]:
+            k += 3 if said[2:] == ["of"] else 2
+        elif tok.group().lower() == "at" and said[:1] == ["sign"]:
+            k += 1
+        if k >= len(tokens):
             continue
         first = _local_start(tokens, i)
-        end = _domain_end(text, tokens[i + 1].start(), has_local=first is not None)
+        end = _domain_end(text, tokens[k].start(), has_local=first is not None)
         if end is not None:
             # With no local part ("I'm at work.com") only the domain is hidden.
-            start = tokens[first].start() if first is not None else tokens[i + 1].start()
+            start = tokens[first].start() if first is not None else tokens[k].start()
             spans.append(Span(start, end, "email"))
     return spans
 
@@ -473,7 +497,7 @@ def _interim_spans(text: str) -> list[Span]:
 _SECRET_NAMED = re.compile(
     r"\b(?:(?P<card>(?:credit\s+|debit\s+)?card)\s+(?:number|no\.?|ending\s+in)"
     r"|(?P<ssn>social(?:\s+security)?\s+number|social\s+security|ssn)"
-    r"|(?:account|routing|member(?:ship)?|policy)\s+number|pin|cvv|cvc|security\s+code)\b"
+    r"|(?:account|routing|member(?:ship)?|policy)\s+number|pin|(?P<code>cvv|cvc|cv2|security\s+code))\b"
     r"(?:\s+(?:is|was|it's|that's|of))?(?:\s*:)?",
     re.IGNORECASE,
 )
@@ -483,6 +507,8 @@ SECRET_WINDOW_WORDS = 3
 fills the pauses between groups with "near", "and", "uh") before it is taken to be over."""
 SECRET_LEAD_WORDS = 2
 """Words that may stand between the announcement and the number's first numeral ("is uh")."""
+CODE_MIN_DIGITS = 3
+"""The same for a card's security code ("my CVV is 737", found by an outside audit)."""
 SECRET_MIN_DIGITS = 4
 """Digits in all for the numerals after an announcement to be the number: "my card number
 is 2 digits short" is not one."""
@@ -511,7 +537,9 @@ def _announced_secret_spans(text: str) -> list[Span]:
             # The number follows its name at once ("is uh 4532"); then pauses may be filled.
             if gap > (SECRET_WINDOW_WORDS if first is not None else SECRET_LEAD_WORDS):
                 break
-        if first is not None and last is not None and digits >= SECRET_MIN_DIGITS:
+        # A card's security code has 3 digits (4 on Amex).
+        least = CODE_MIN_DIGITS if m.group("code") else SECRET_MIN_DIGITS
+        if first is not None and last is not None and digits >= least:
             spans.append(Span(first, last, kind))
     return spans
 
@@ -522,6 +550,7 @@ def find_pii(text: str, *, continues_digits: bool = False, interim: bool = False
     the rest of that number and are hidden too. `interim`: `text` is a partial transcript,
     whose numbers are hidden whatever their length (`_interim_spans`)."""
     spans = [Span(m.start(), m.end(), "email") for m in EMAIL.finditer(text)]
+    spans += [Span(m.start(), m.end(), "email") for m in EMAIL_NO_TLD.finditer(text)]
     spans += [Span(m.start(), m.end(), "email") for m in SPOKEN_EMAIL.finditer(text)]
     spans += _asr_email_spans(text)
     spans += _announced_email_spans(text)

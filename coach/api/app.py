@@ -517,7 +517,15 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         # Only the call's own agent sees unredacted text, and only on the instance that runs
         # the call (unredacted text never goes to Redis); everyone else, and the agent on
         # another instance, gets the PII-safe view.
-        own = session is not None and meta is not None and meta.get("agent_id") == principal.user
+        # An agent, by role: an ingest that names a supervisor or an admin as the call's agent
+        # (its `agent_id` is not checked against the directory) must not give them the
+        # unredacted view (found by an outside PII audit).
+        own = (
+            session is not None
+            and meta is not None
+            and principal.role == "agent"
+            and meta.get("agent_id") == principal.user
+        )
         topic = agent_topic(call_id) if own else call_topic(call_id)
         still_allowed = None
         if meta is not None:

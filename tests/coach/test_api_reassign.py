@@ -101,3 +101,34 @@ def test_a_team_supervisors_feed_ends_when_the_call_leaves_the_team(client: Test
                 while True:
                     kinds.append(admin.receive_json()["type"])
             assert ended.value.code == 1000 and kinds[-1] == "call_end"
+
+
+def test_an_ingest_that_names_a_supervisor_as_agent_gives_them_no_unredacted_feed(
+    client: TestClient,
+) -> None:
+    """Found by an outside PII audit: a PCM header with `agent_id: "sam"` (a supervisor; the
+    ingest's agent id is not checked against the directory) gave sam the call's unredacted
+    feed. Only a person signed in as an agent gets it; the named agent still does."""
+    from coach.bus import agent_topic, call_topic
+
+    bus = client.app.state.coach.bus  # type: ignore[attr-defined]
+    header = {"call_id": "named", "sample_rate": 8000, "encoding": "pcm16", "channels": 2}
+    said = {"call_id": "named", "t_emit": 1.0, "type": "transcript", "speaker": "customer"}
+    for named, role, team, sees in (
+        ("sam", "supervisor", "blue", "[CARD]"),
+        ("ann", "agent", None, "4111 1111 1111 1111"),
+    ):
+        with client.websocket_connect("/ingest/pcm?api_key=k") as ingest:
+            ingest.send_json({**header, "call_id": f"named-{named}", "agent_id": named})
+            call_id = ingest.receive_json()["call_id"]
+            feed = f"/ws/calls/{call_id}/events?token={token(named, role, team)}"
+            with client.websocket_connect(feed) as ws:
+                assert ws.receive_json()["type"] == "call_start"
+                ev = {**said, "call_id": call_id, "seq": 900}
+                bus.publish(agent_topic(call_id), {**ev, "text": "4111 1111 1111 1111"})
+                bus.publish(call_topic(call_id), {**ev, "text": "[CARD]"})
+                got = ws.receive_json()
+                while got["type"] != "transcript":
+                    got = ws.receive_json()
+            assert got["text"] == sees, (named, got)
+            ingest.send_json({"type": "end"})

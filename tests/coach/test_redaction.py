@@ -387,3 +387,26 @@ def test_an_address_read_over_two_utterances_is_hidden_in_both() -> None:
     second = view(said("customer", 2.5, "at gmail dot com"))
     assert (first["text"], second["text"]) == ("my email is [EMAIL]", "at [EMAIL]")
     assert "smith" not in str(first["words"]).lower()
+
+
+# An outside PII audit (session 31): each of these leaked, or hid a price, before.
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("My CVV is 737.", "My CVV is [NUMBER]."),
+        ("the security code is 123 thanks", "the security code is [NUMBER] thanks"),
+        ("4532 hyphen 0151 hyphen 1283 hyphen 0366", "[CARD]"),
+        ("my ssn is 123 dash 45 dash 6789", "my ssn is [SSN]"),
+        ("it's John.Smith at the rate email.com", "it's [EMAIL]"),
+        ("john dot smith at the rate of gmail dot com", "[EMAIL]"),
+        ("write to john.smith@gmail please", "write to [EMAIL] please"),
+        ("jsmith87@hotmail", "[EMAIL]"),
+        ("john (at) gmail.com", "[EMAIL]"),
+        # Kept: ordinary talk around the same words.
+        ("the price went from 49.99 to 59.99", "the price went from 49.99 to 59.99"),
+        ("I'm at the rate of 5 a day", "I'm at the rate of 5 a day"),
+        ("the cvv is on the back", "the cvv is on the back"),
+    ],
+)
+def test_what_an_outside_pii_audit_found(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
