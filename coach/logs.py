@@ -75,7 +75,10 @@ _SECRET_PARAM = re.compile(
 # Any other query value: a history search (`?q=`) may be a card number or an email typed by
 # a supervisor looking for a call, and the request line would keep it in the log.
 # Only free-text parameters: dates and ids in other values would read as numbers.
-_QUERY_VALUE = re.compile(r"(?i)([?&](?:q|query|search|text)=)([^&\s\"']+)")
+_QUERY_VALUE = re.compile(r"(?i)([?&](?:q|query|search|text|customer_id)=)([^&\s\"']+)")
+# A customer's history is addressed by the id the telephony gave, which may be the caller's
+# phone number or email (found by an outside PII audit).
+_CUSTOMER_PATH = re.compile(r"(/api/customers/)([^/?\s\"']+)")
 
 
 def _redact_query_value(m: re.Match[str]) -> str:
@@ -88,6 +91,8 @@ def scrub(text: str) -> str:
     """`text` with the values of credential query parameters replaced by `***`, and personal
     data in other query values redacted (coach/redaction.py)."""
     text = _SECRET_PARAM.sub(r"\1=***", text)
+    if "/api/customers/" in text:
+        text = _CUSTOMER_PATH.sub(_redact_query_value, text)
     if "=" not in text:
         return text
     return _QUERY_VALUE.sub(_redact_query_value, text)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from coach.api.security import require_principal
 from coach.api.users import LoginRefused, UserDirectory
 from coach.auth import Principal, Role, issue_token
+from coach.redaction import redact_text
 from coach.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -117,10 +118,10 @@ async def login(body: LoginBody, request: Request) -> LoginAnswer:
         # scrypt is deliberately slow: off the event loop, and behind the live calls.
         user = await PASSWORD_CHECKS.run(users.authenticate, body.user.strip(), body.password)
     except SignInBusy as exc:
-        log.warning("sign-in refused for %r: %s", body.user[:100], exc)
+        log.warning("sign-in refused for %r: %s", redact_text(body.user[:100]), exc)
         raise HTTPException(429, str(exc), headers={"Retry-After": "1"}) from exc
     except LoginRefused as exc:
-        log.warning("sign-in refused for %r: %s", body.user[:100], exc)
+        log.warning("sign-in refused for %r: %s", redact_text(body.user[:100]), exc)
         raise HTTPException(429 if exc.throttled else 401, str(exc)) from exc
     token = issue_token(
         user=user.name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -642,3 +643,14 @@ def test_the_hash_command_answers_help_instead_of_asking_for_a_password(
     monkeypatch.setattr("sys.stdin", io.StringIO("pw\n"))
     assert users.main([]) == 0
     assert verify_password("pw", capsys.readouterr().out.strip())
+
+
+def test_a_refused_sign_in_logs_no_email_typed_as_the_name(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an outside PII audit: people type their email as the user name."""
+    with caplog.at_level(logging.WARNING, logger="coach.api.accounts"):
+        r = client.post("/api/login", json={"user": "john.smith@gmail.com", "password": "x"})
+    assert r.status_code == 401
+    assert "sign-in refused for '[EMAIL]'" in caplog.text, caplog.text
+    assert "john.smith" not in caplog.text

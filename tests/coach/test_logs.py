@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from coach.logs import JsonFormatter, call_id_var, setup_logging
+from coach.logs import JsonFormatter, call_id_var, scrub, setup_logging
 
 
 @pytest.fixture
@@ -224,3 +224,26 @@ def test_websocket_frames_never_reach_a_debug_log(stream: io.StringIO) -> None:
     assert state["message"] == "= connection is OPEN"
     for secret in ("digit", "my card", "k3y", "t0ken"):
         assert secret not in stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            '"GET /api/customers/john.smith@gmail.com/history HTTP/1.1" 200',
+            '"GET /api/customers/[EMAIL]/history HTTP/1.1" 200',
+        ),
+        (
+            '"GET /api/history/calls?customer_id=john.smith%40gmail.com HTTP/1.1"',
+            '"GET /api/history/calls?customer_id=[EMAIL] HTTP/1.1"',
+        ),
+        (
+            '"GET /api/customers/cust-7/history HTTP/1.1" 200',
+            '"GET /api/customers/cust-7/history HTTP/1.1" 200',
+        ),
+    ],
+)
+def test_a_customer_id_that_is_an_email_or_a_phone_is_not_logged(line: str, expected: str) -> None:
+    """Found by an outside PII audit: telephony may give the caller's number or email as the
+    customer id, and a history lookup put it in the request line."""
+    assert scrub(line) == expected
