@@ -117,3 +117,26 @@ def test_buttons_that_wait_for_the_server_keep_the_focus(
         f"document.querySelector('#call').value === '{demo_id}' && !document.querySelector('#demo').disabled"
     )
     assert focused(page) == "BUTTON|Play demo call|", focused(page)
+
+
+def test_earlier_suggestions_stay_newest_first(live_server: LiveServer, page: Any) -> None:
+    """An outside audit saw 0:43, 0:53, 0:30: a card that expired and cards collapsed at call
+    end went into the list in the order they left, not the order they came."""
+    call_id = "kb-order"
+    watch_new_call(page, live_server, call_id)
+    text = "I am confused, this is frustrating and urgent"
+    live_server.emit(call_id, transcript("customer", text, 1, 1.0))
+    live_server.emit(
+        call_id, cue("confusion", 4.0, utterance_id=1, phrase="confused", text=text, expires_s=5.0)
+    )
+    live_server.emit(
+        call_id, cue("frustration", 6.0, utterance_id=1, phrase="frustrating", text=text)
+    )
+    live_server.emit(call_id, cue("urgency", 8.0, utterance_id=1, phrase="urgent", text=text))
+    page.locator(".cards .card").nth(2).wait_for()
+    live_server.emit(call_id, metrics_at(10.0))  # confusion expires (4 s + 5 s)
+    page.locator('.older-cards .card[data-cue="confusion"]').wait_for(state="attached")
+    live_server.emit(call_id, end([]))  # the other two collapse
+    page.locator(".older-cards .card").nth(2).wait_for(state="attached")
+    order = [c.get_attribute("data-cue") for c in page.locator(".older-cards .card").all()]
+    assert order == ["urgency", "frustration", "confusion"], order

@@ -262,7 +262,7 @@ class CallView {
     const reasons = Array.isArray(ev.reasons) ? ev.reasons : [];
     const card = h("li", {
       class: `card${critical ? " critical" : ""} p${ev.priority ?? 3}`,
-      "data-seq": ev.seq, "data-cue": ev.cue,
+      "data-seq": ev.seq, "data-cue": ev.cue, "data-t": String(ev.t_emit ?? this.now),
       "data-expires": critical ? "" : String((ev.t_emit ?? this.now) + (ev.expires_s ?? CallView.DEFAULT_EXPIRES_S)),
       "aria-labelledby": titleId,
     },
@@ -457,7 +457,11 @@ class CallView {
     if (!card || card.parentElement === this.olderList) return;
     const hadFocus = card.contains(document.activeElement);
     card.classList.add("collapsed");
-    this.olderList.prepend(card);
+    // Newest first by when each was shown: cards expire, and the rest collapse at call end,
+    // in another order than they came (an outside audit saw 0:43, 0:53, 0:30).
+    const t = Number(card.dataset.t);
+    const later = [...this.olderList.children].find((c) => !(Number(c.dataset.t) > t));
+    this.olderList.insertBefore(card, later ?? null);
     this.older.hidden = false;
     this.olderCount.textContent = String(this.olderList.children.length);
     this.syncEmpty();
