@@ -252,3 +252,34 @@ def test_a_stalled_call_stream_is_dropped_and_resumed(live_server: LiveServer, p
     assert page.evaluate("Panel.stream.reconnects") >= 1
     page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
     live_server.emit(call_id, {"type": "call_end", "duration_s": 9.0, "reason": "end"})
+
+
+def test_silence_is_not_counted_while_the_stream_is_down(
+    live_server: LiveServer, page: Any
+) -> None:
+    """An outside audit saw the silence count turn red ("14 s", dead air) while the panel was
+    reconnecting: a lost connection is not a quiet call."""
+    call_id = "web-down"
+    sockets: list[Any] = []
+
+    def relay(ws: Any) -> None:
+        if sockets:  # the server stays out of reach: every reconnect fails
+            ws.close()
+            return
+        sockets.append(ws)
+        server = ws.connect_to_server()
+        server.on_message(lambda m: ws.send(m))
+
+    page.route_web_socket(re.compile(r".*/ws/calls/.*"), relay)
+    sign_in(page, live_server.base, "/agent/", "ann")
+    live_server.start_call(call_id, "ann")
+    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    live_server.emit(call_id, transcript("customer", "line number 1", 1, 1.0))
+    page.locator("#transcript li").first.wait_for()
+    sockets[0].close()
+    page.locator("#status").filter(has_text="reconnecting").wait_for()
+    silence = page.locator("dd.silence")
+    silence.filter(has_text="not connected").wait_for()
+    time.sleep(9)  # past the 8 s at which a silence turns red
+    assert silence.inner_text() == "not connected"
+    assert "warn" not in (silence.get_attribute("class") or "")

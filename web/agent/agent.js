@@ -121,6 +121,7 @@ function watch(callId, { auto = false, startedAt = null } = {}) {
       }
     },
     onStatus: (s) => {
+      view.connection(s === "live");
       if (s === "live" && !view.ended) setStatus(`Watching ${callId}`);
       if (s === "reconnecting") setStatus(`Connection lost; reconnecting to ${callId}…`);
     },

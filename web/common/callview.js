@@ -529,8 +529,22 @@ class CallView {
     this.paceDd.textContent = pace == null ? (fast ? "fast" : "–") : `${pace.toFixed(1)} words/s${fast ? " (fast)" : ""}`;
   }
 
+  // The stream to the server dropped (`false`) or is back (`true`). Silence cannot be told
+  // from a lost connection meanwhile: the count stops, and starts again from the reconnect
+  // (an outside audit saw a dropped connection turn the silence red as dead air).
+  connection(up) {
+    this.offline = !up;
+    if (up) this.lastSpeechWall = Date.now();
+    this.tick();
+  }
+
   tick() {
     if (!this.silenceDd) return;
+    if (this.offline && !this.ended) {
+      this.silenceDd.textContent = "not connected";
+      this.silenceDd.className = "silence";
+      return;
+    }
     const quiet = this.ended ? 0 : (Date.now() - this.lastSpeechWall) / 1000;
     this.silenceDd.textContent = this.ended ? "call ended" : quiet < 2 ? "speaking" : `${Math.floor(quiet)} s`;
     this.silenceDd.className = `silence${quiet >= 8 ? " warn" : ""}`;

@@ -429,7 +429,10 @@ function openDrill(callId) {
         $("drill-status").textContent = cutOff(ev.reason) ? "Call cut off when the server stopped." : "Call ended.";
       }
     },
-    onStatus: (s) => { if (s === "reconnecting") $("drill-status").textContent = "Reconnecting…"; },
+    onStatus: (s) => {
+      view.connection(s === "live");
+      if (s === "reconnecting") $("drill-status").textContent = "Reconnecting…";
+    },
     onEnded: () => { $("drill-summary").hidden = false; },
     onMissing: () => {
       // Not a permission problem: what was shown of the call stays.
