@@ -505,8 +505,9 @@ _NUMERAL_TOKEN = re.compile(r"(?<![$£€¥\w])\d[\d,.\-/]*")
 SECRET_WINDOW_WORDS = 3
 """Words other than numerals that may stand between the pieces of an announced number (ASR
 fills the pauses between groups with "near", "and", "uh") before it is taken to be over."""
-SECRET_LEAD_WORDS = 2
-"""Words that may stand between the announcement and the number's first numeral ("is uh")."""
+SECRET_LEAD_WORDS = 3
+"""Words that may stand between the announcement and the number's first numeral ("is uh",
+"I have is": an agent reading it back, found by an outside PII audit)."""
 CODE_MIN_DIGITS = 3
 """The same for a card's security code ("my CVV is 737", found by an outside audit)."""
 SECRET_MIN_DIGITS = 4

@@ -394,6 +394,8 @@ def test_an_address_read_over_two_utterances_is_hidden_in_both() -> None:
     ("text", "expected"),
     [
         ("My CVV is 737.", "My CVV is [NUMBER]."),
+        # The agent reading it back, with three words before the number.
+        ("So the card number I have is 4.532.", "So the card number I have is [CARD]."),
         ("the security code is 123 thanks", "the security code is [NUMBER] thanks"),
         ("4532 hyphen 0151 hyphen 1283 hyphen 0366", "[CARD]"),
         ("my ssn is 123 dash 45 dash 6789", "my ssn is [SSN]"),
