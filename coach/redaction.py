@@ -435,6 +435,10 @@ def _closes_a_number(text: str, run: Run, *, opens: bool, continues: bool) -> bo
         return len(run.digits) >= 2
     if not run.groups:
         return len(run.digits) >= DICTATED_AT_END
+    if run.digits[0] == "0" and len(run.digits) >= DICTATED_AT_END:
+        # No amount, year or time is written with a leading zero: "Next is 0151." is the
+        # middle of a card read in pieces (found by an outside PII audit).
+        return True
     # A numeral group alone is as often a year or an amount ("in 2019", "it's 250"): it is a
     # piece of a number when it is all the utterance says, or a number was announced.
     if opens:

@@ -394,6 +394,9 @@ def test_an_address_read_over_two_utterances_is_hidden_in_both() -> None:
     ("text", "expected"),
     [
         ("My CVV is 737.", "My CVV is [NUMBER]."),
+        # A card read in pieces: a group with a leading zero is never an amount or a year.
+        ("Next is 0151.", "Next is [NUMBER]."),
+        ("It went up by 151.", "It went up by 151."),
         # The agent reading it back, with three words before the number.
         ("So the card number I have is 4.532.", "So the card number I have is [CARD]."),
         ("the security code is 123 thanks", "the security code is [NUMBER] thanks"),
