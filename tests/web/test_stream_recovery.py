@@ -158,7 +158,14 @@ def test_an_expired_token_on_the_call_stream_goes_back_to_sign_in(
     assert time.time() >= issued + ttl - 0.5
     assert page.locator("#app").is_hidden()
     assert page.evaluate("localStorage.getItem('coach.token')") is None
+    # It says why, with the name filled in (an outside audit found a blank form mid-call).
+    assert page.get_by_text("Your sign-in has expired").is_visible()
+    assert page.get_by_label("Name").input_value() == "ann"
     live_server.emit(call_id, {"type": "call_end", "duration_s": 5.0, "reason": "end"})
+    # A sign-in form opened afresh says nothing of an expiry.
+    page.reload()
+    page.get_by_label("Name").wait_for()
+    assert not page.get_by_text("Your sign-in has expired").is_visible()
 
 
 def test_wall_with_an_expired_token_goes_back_to_sign_in(

@@ -4,6 +4,7 @@
 "use strict";
 const Auth = (() => {
   const KEY = "coach.token";
+  const EXPIRED_KEY = "coach.signin-expired"; // sessionStorage: the name whose sign-in lapsed
   let token = null;
   let me = null;
 
@@ -33,6 +34,9 @@ const Auth = (() => {
   // "unauthorized"): forget it and reload, which brings back the sign-in form and drops
   // everything the page showed with the old token.
   function expired() {
+    // The sign-in form after the reload says why it is back, with the name filled in (an
+    // outside audit found a blank form in the middle of a call, and no word of why).
+    sessionStorage.setItem(EXPIRED_KEY, me?.user || "");
     localStorage.removeItem(KEY);
     token = null;
     me = null;
@@ -61,13 +65,20 @@ const Auth = (() => {
         <input id="signin-user" name="user" autocomplete="username" required autofocus>
         <label for="signin-password">Password</label>
         <input id="signin-password" name="password" type="password" autocomplete="current-password" required>
+        <p class="signin-expired" role="status" hidden>Your sign-in has expired. Sign in again to carry on: a live call goes on and opens again where it is.</p>
         <p class="signin-error" role="alert"></p>
         <button type="submit" class="primary">Sign in</button>
         <p class="hint">Trying it out? The demo logins are in the README (e.g. <code>ann</code> / <code>demo</code>).</p>
       </form>`;
     const form = root.querySelector("form");
     const error = root.querySelector(".signin-error");
-    root.querySelector("#signin-user").focus();
+    const lapsedUser = sessionStorage.getItem(EXPIRED_KEY);
+    sessionStorage.removeItem(EXPIRED_KEY);
+    if (lapsedUser !== null) {
+      root.querySelector(".signin-expired").hidden = false;
+      form.user.value = lapsedUser;
+    }
+    (lapsedUser ? form.password : form.user).focus();
     return new Promise((resolve) => {
       form.addEventListener("submit", async (e) => {
         e.preventDefault();
