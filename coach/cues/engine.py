@@ -463,8 +463,9 @@ class CueEngine:
         read = spec.meaning
         for clause in clauses:
             m = loaded.index.score(cue_id, spec, clause)
-            if len(language.words(clause.text)) < spec.min_words and not self._clear_though_short(
-                spec, m, clause.text, early=bool(raise_by)
+            n_words = len(language.words(clause.text))
+            if n_words < spec.min_words and not self._clear_though_short(
+                spec, m, n_words, early=bool(raise_by)
             ):
                 continue  # "I don't know." is too ambiguous alone
             by_meaning = False
@@ -556,7 +557,7 @@ class CueEngine:
         return None
 
     @staticmethod
-    def _clear_though_short(spec: CueSpec, m: SemanticMatch, clause: str, *, early: bool) -> bool:
+    def _clear_though_short(spec: CueSpec, m: SemanticMatch, n_words: int, *, early: bool) -> bool:
         """A clause too short for the cue that still says it beyond doubt (SHORT_MEANING)."""
         return (
             not early
@@ -564,7 +565,7 @@ class CueEngine:
             and m.meaning is not None
             and m.meaning >= SHORT_MEANING
             and m.semantic >= SHORT_SIMILARITY
-            and len(language.words(clause)) >= SHORT_MIN_WORDS
+            and n_words >= SHORT_MIN_WORDS
         )
 
     @staticmethod
