@@ -51,6 +51,7 @@ from coach import metrics
 from coach.bus import InProcessBus, agent_topic, call_topic
 from coach.logs import call_id_var
 from coach.messages import Speaker
+from coach.redaction import with_customer_alias
 from coach.runtime import Runtime
 from coach.session import CallEnded, CallSession, CallState, HistoryLookup
 from coach.settings import Settings
@@ -224,7 +225,8 @@ class CallManager:
             settings=self.settings,
             bus=self.bus,
             inline=inline,
-            meta=meta,
+            # A customer id that is a phone number or an email goes no further than here.
+            meta=with_customer_alias(meta, self.settings.customer_alias_key),
         )
         session.on_end_request = self._end_requested
         session.history_lookup = self.history_lookup

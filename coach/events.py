@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
 
 from coach.messages import Speaker
+from coach.signals.state import arc_change
 from models.asr import Word
 
 Event: TypeAlias = dict[str, Any]
@@ -178,12 +179,9 @@ def call_end(
     cues: dict[str, int],
     extra: dict[str, Any] | None = None,
 ) -> Event:
-    return {
-        "type": "call_end",
-        "duration_s": _r(duration_s),
-        "reason": reason,
-        "summary": {"arc": [[_r(t), _r(v)] for t, v in arc], "cues": cues, **(extra or {})},
-    }
+    points = [[_r(t), _r(v)] for t, v in arc]
+    summary = {"arc": points, "cues": cues, "change": arc_change(points), **(extra or {})}
+    return {"type": "call_end", "duration_s": _r(duration_s), "reason": reason, "summary": summary}
 
 
 def wall_time(value: Any) -> datetime | None:

@@ -9,9 +9,12 @@ Pure functions over strings; the word-level variant keeps word timings intact.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 _DIGIT_WORDS = {
     "zero": "0", "oh": "0", "o": "0", "one": "1", "two": "2", "to": "2", "too": "2",
@@ -829,3 +832,46 @@ def _went_on_with(text: str, opening: Run | None, closing: Run | None) -> list[s
 
 def _float(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) else None
+
+
+# -- customer ids -----------------------------------------------------------------------------
+
+CUSTOMER_ALIAS = re.compile(r"^(?:card|ssn|email|phone|number)-[0-9a-f]{16}$")
+"""What a customer id that is personal data becomes (`customer_alias`)."""
+
+
+def customer_alias(customer_id: str, key: bytes) -> str:
+    """The id the server keeps, stores and shows for a customer: the id itself, unless it is
+    personal data by the transcript's rules (a caller's phone number or email, as telephony
+    often gives them, or a long account number), which becomes `<kind>-<16 hex>`, a keyed hash
+    of it: the same caller gets the same alias on every call and every instance (the history
+    and the repeat-contact cue keep working), and nobody reading the wall, the history or the
+    database learns the number. An alias is returned unchanged.
+
+    Why: the id travelled verbatim into the live meta, the wall, the history and the store
+    (found by an outside PII audit). Formats of one number ("+1 (415) 555-0100",
+    "14155550100") give one alias; an email is compared case-blind.
+    """
+    if CUSTOMER_ALIAS.match(customer_id):
+        return customer_id
+    spans = find_pii(customer_id)
+    if not spans:
+        return customer_id
+    kind = spans[0].kind
+    canonical = customer_id.strip().lower()
+    if kind != "email":
+        digits = re.sub(r"\D", "", customer_id)
+        canonical = digits or canonical
+    digest = hmac.new(key, f"{kind}:{canonical}".encode(), hashlib.sha256).hexdigest()
+    return f"{kind}-{digest[:16]}"
+
+
+def with_customer_alias(meta: Mapping[str, Any] | None, key: bytes) -> dict[str, Any] | None:
+    """A call's meta with its `customer_id` as `customer_alias` makes it."""
+    if meta is None:
+        return None
+    out = dict(meta)
+    customer = out.get("customer_id")
+    if isinstance(customer, str) and customer:
+        out["customer_id"] = customer_alias(customer, key)
+    return out

@@ -499,6 +499,7 @@ class CallSession:
             "arousal": state["arousal"],
             "emotion": state["emotion"],
             "trend_valence": state["trend"]["valence"],
+            "trend": state["trend"].get("direction"),
             "last_cue": last_cue,
             "agent_id": self.meta.get("agent_id"),
         }

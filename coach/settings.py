@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -188,6 +190,12 @@ class Settings(BaseSettings):
         description="HMAC key for tokens, 32 bytes or more (PyJWT warns on a shorter one); "
         "generated if unset.",
     )
+    customer_id_key: str | None = Field(
+        None,
+        description="Key of the aliases that replace customer ids which are personal data (a "
+        "phone number, an email); the same on every instance. Unset: derived from the token "
+        "secret, so set it before rotating that secret, or customers' earlier calls unlink.",
+    )
     ingest_api_key: str | None = Field(None, description="API key telephony ingest must present.")
     twilio_auth_token: str | None = Field(
         None, description="Twilio auth token: when set, /ingest/twilio requires X-Twilio-Signature."
@@ -243,6 +251,14 @@ class Settings(BaseSettings):
         path.write_text(value)
         path.chmod(0o600)
         return value
+
+    @cached_property
+    def customer_alias_key(self) -> bytes:
+        """The key of `coach.redaction.customer_alias`."""
+        if self.customer_id_key:
+            return self.customer_id_key.encode()
+        derived = hmac.new(self.signing_secret.encode(), b"customer-id alias", hashlib.sha256)
+        return derived.digest()
 
     def asr_worker_count(self) -> int:
         """Decodes run in parallel. On CPU, several one-thread decodes beat one decode on every

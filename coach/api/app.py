@@ -169,6 +169,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         state.attach(runtime)
     wall = WallTracker()  # the supervisor wall's live picture, fed by every bus event
     state.bus.add_listener(wall.listener)
+    # A supervisor's acknowledgement reaches the call's agent (acked on any instance).
+    state.bus.add_listener(
+        lambda topic, ev: _tell_the_agent(state, ev) if topic == SUPERVISOR_TOPIC else None
+    )
     demo_player = demo.DemoPlayer(WEB_DIR / "demo" / "demo-call.wav")
 
     @contextlib.asynccontextmanager
@@ -182,6 +186,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             seeder = WallSeeder(wall, state.bus)
             seeder.start()
             state.bus.watch_remote(COMMAND_TOPIC, lambda _t, ev, at: _run_command(state, ev, at))
+            state.bus.watch_remote(SUPERVISOR_TOPIC, lambda _t, ev, _at: _tell_the_agent(state, ev))
         loader: asyncio.Task[None] | None = None
         if state.runtime is None:
             loader = asyncio.create_task(_load_models(state))
@@ -651,6 +656,34 @@ def _run_command(state: AppState, event: Event, written_at: float) -> None:
 
 
 _COMMANDS: set[asyncio.Task[None]] = set()
+
+
+def _tell_the_agent(state: AppState, event: Event) -> None:
+    """An escalation of a call this instance runs was acknowledged (here or on another
+    instance): the call says so on its own stream, as `escalation_taken`, so the agent's panel
+    shows that a supervisor has it. Before, only the walls learned it (an outside audit: the
+    agent of a crisis call never knew whether anyone was coming)."""
+    if event.get("type") != "escalation_ack":
+        return
+    session = state.manager.get(str(event.get("call_id"))) if state.manager else None
+    if session is None or session.state is not CallState.LIVE:
+        return  # not ours, or over: the stored escalation keeps who took it
+    taken: Event = {
+        "type": "escalation_taken",
+        "escalation_seq": event.get("seq"),
+        "by": event.get("by"),
+        "at": event.get("at"),
+    }
+    task = asyncio.get_running_loop().create_task(_emit_quietly(session, taken))
+    _COMMANDS.add(task)
+    task.add_done_callback(_COMMANDS.discard)
+
+
+async def _emit_quietly(session: CallSession, event: Event) -> None:
+    try:
+        await session.emit(event)
+    except Exception:  # nobody awaits this task to see it
+        log.exception("call %s: could not emit %s", session.call_id, event.get("type"))
 
 
 class AgentAssignment(BaseModel):

@@ -52,6 +52,7 @@ from coach.api.security import may_view_call
 from coach.auth import Principal
 from coach.bus import SUPERVISOR_TOPIC, call_topic
 from coach.events import Event, wall_time
+from coach.signals.state import arc_change
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,10 @@ class Tile:
     arousal: float | None = None
     emotion: str | None = None
     trend_valence: float | None = None
+    trend: str | None = None
+    """Where the mood is heading now (`coach.signals.state.direction`)."""
+    change: str | None = None
+    """How the call ended against how it started (`arc_change`), once it ended."""
     last_cue: dict[str, Any] | None = None
     cues: int = 0
     escalations: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -119,6 +124,8 @@ class Tile:
             "arousal": self.arousal,
             "emotion": self.emotion,
             "trend_valence": self.trend_valence,
+            "trend": self.trend,
+            "change": self.change,
             "last_cue": self.last_cue,
             "cues": self.cues,
             "escalations": [self.escalations[k] for k in sorted(self.escalations)],
@@ -371,7 +378,7 @@ def _fold(tile: Tile, event: Event, at: float) -> None:
         case "call_start":
             tile.meta = dict(_meta(event))
             tile.source = str(event.get("source") or "unknown")
-            tile.ended_at, tile.end_reason = None, None
+            tile.ended_at, tile.end_reason, tile.change = None, None, None
             # A takeover's call_start names when the call began on its first instance.
             started = _epoch(event.get("started_at"))
             if started is not None:
@@ -384,12 +391,21 @@ def _fold(tile: Tile, event: Event, at: float) -> None:
             tile.ended_at = at if ended is None else min(ended, at)
             reason = event.get("reason")
             tile.end_reason = reason if isinstance(reason, str) else None
+            summary = event.get("summary")
+            if isinstance(summary, dict):
+                # An older writer's call_end has no verdict: made from its arc, by the same rule.
+                change = (
+                    summary["change"] if "change" in summary else arc_change(summary.get("arc"))
+                )
+                tile.change = change if isinstance(change, str) else None
         case "call_update":
             tile.engine_updates = tile.engine_updates or not event.get("derived")
             tile.valence = _num(event.get("valence"))
             tile.arousal = _num(event.get("arousal"))
             tile.emotion = event.get("emotion")
             tile.trend_valence = _num(event.get("trend_valence"))
+            trend = event.get("trend")
+            tile.trend = trend if isinstance(trend, str) else None
             if event.get("last_cue"):
                 tile.last_cue = event["last_cue"]
         case "cue":
@@ -425,6 +441,7 @@ def _derived_update(event: Event, state: dict[str, Any], tile: Tile) -> Event:
         "arousal": state.get("arousal"),
         "emotion": state.get("emotion"),
         "trend_valence": trend.get("valence") if isinstance(trend, dict) else None,
+        "trend": trend.get("direction") if isinstance(trend, dict) else None,
         "last_cue": tile.last_cue,
         "derived": True,
     }

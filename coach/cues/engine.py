@@ -35,6 +35,7 @@ from coach.cues.playbook import CueSpec, EscalationSpec, Playbook
 from coach.escalation import EscalationDetector
 from coach.events import AI_LABEL, Event, EvidenceSource
 from coach.messages import Speaker
+from coach.signals.state import direction
 
 log = logging.getLogger(__name__)
 
@@ -757,7 +758,7 @@ class CueEngine:
     def handoff(self) -> dict[str, Any]:
         """What whoever joins needs: the state, its trend, what was said, shown and tried."""
         last = self.states[-1] if self.states else None
-        trend = _trend([s["valence"] for s in self.states])
+        trend = direction([float(s["valence"]) for s in self.states])
         phrases: list[str] = list(self.earlier_phrases)
         for ev in self.shown:
             for p in ev.get("evidence", {}).get("phrases", []):
@@ -975,18 +976,6 @@ def _mood(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             else None
         ),
     }
-
-
-def _trend(valences: Sequence[float]) -> str:
-    if len(valences) < 3:
-        return "steady"
-    recent = float(np.mean(valences[-2:]))
-    earlier = float(np.mean(valences[:-2][-3:]))
-    if recent < earlier - 0.2:
-        return "worsening"
-    if recent > earlier + 0.2:
-        return "improving"
-    return "steady"
 
 
 def _voice_note(prosody: Mapping[str, Any]) -> str | None:

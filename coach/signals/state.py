@@ -10,9 +10,9 @@ state carries a smoothed trend so one odd utterance does not swing the panel.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 # What each text class implies about arousal, on the same 0..1 scale as the voice score.
 CLASS_AROUSAL = {
@@ -26,6 +26,59 @@ CLASS_AROUSAL = {
 VOICE_HIGH = 0.8
 VOICE_LOW = 0.2
 
+# One verdict per question, wherever it is shown (an outside audit found the summary, the
+# analytics and the wall tile each judging a call their own way, and disagreeing):
+# - where the mood is heading now (`direction`): the live panel, the wall tile, the handoff;
+# - how the call ended against how it started (`arc_change`): the post-call summary, the
+#   analytics and the tile of an ended call.
+Direction: TypeAlias = Literal["worsening", "improving", "steady"]
+Change: TypeAlias = Literal["better", "worse", "same"]
+DIRECTION_RECENT = 2
+"""Turns that say where the mood is now, compared with the (up to 3) turns before them."""
+DIRECTION_MARGIN = 0.2
+"""Valence difference (on -1..1) the recent turns must move by to count as a direction."""
+ARC_POINTS = 3
+"""Arc points averaged at each end of a call."""
+CHANGE_MARGIN = 0.1
+"""Valence difference (on -1..1) below which a call counts as unchanged."""
+
+
+def direction(valences: Sequence[float]) -> Direction:
+    """Where the customer's mood is heading: the last two turns against the (up to) three
+    before them; on a call's second turn, that turn against the first."""
+    if len(valences) < 2:
+        return "steady"
+    k = min(DIRECTION_RECENT, len(valences) - 1)
+    recent = valences[-k:]
+    earlier = valences[:-k][-3:]
+    now, before = sum(recent) / len(recent), sum(earlier) / len(earlier)
+    if now < before - DIRECTION_MARGIN:
+        return "worsening"
+    if now > before + DIRECTION_MARGIN:
+        return "improving"
+    return "steady"
+
+
+def arc_change(arc: Any) -> Change | None:
+    """How a call ended against how it started, from its arc [[t, valence], ...] (the mean of
+    up to three points at each end); None when it has fewer than two points."""
+    if not isinstance(arc, list | tuple):
+        return None
+    values = [
+        float(p[1])
+        for p in arc
+        if isinstance(p, list | tuple) and len(p) >= 2 and isinstance(p[1], int | float)
+    ]
+    if len(values) < 2:
+        return None
+    k = min(ARC_POINTS, len(values) // 2)
+    start, end = sum(values[:k]) / k, sum(values[-k:]) / k
+    if end - start > CHANGE_MARGIN:
+        return "better"
+    if start - end > CHANGE_MARGIN:
+        return "worse"
+    return "same"
+
 
 @dataclass(frozen=True, slots=True)
 class CustomerState:
@@ -36,6 +89,7 @@ class CustomerState:
     trend_valence: float
     trend_arousal: float
     why: tuple[str, ...]
+    direction: Direction = "steady"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +100,7 @@ class CustomerState:
             "trend": {
                 "valence": round(self.trend_valence, 3),
                 "arousal": round(self.trend_arousal, 3),
+                "direction": self.direction,
             },
             "why": list(self.why),
         }
@@ -139,5 +194,12 @@ class CustomerStateTracker:
         self._trend_a = arousal if self._trend_a is None else (1 - a) * self._trend_a + a * arousal
         self.arc.append((t_end, valence, arousal))
         return CustomerState(
-            valence, arousal, emotion, confidence, self._trend_v, self._trend_a, tuple(why)
+            valence,
+            arousal,
+            emotion,
+            confidence,
+            self._trend_v,
+            self._trend_a,
+            tuple(why),
+            direction([v for _, v, _ in self.arc]),
         )

@@ -21,14 +21,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from coach.signals.state import arc_change
 from coach.store.models import Call, CueFeedback, CueRow, Escalation, MissedCue, Summary
 from coach.store.records import VERDICTS, StoreUnavailable
 from coach.store.store import Store
-
-ARC_POINTS = 3
-"""Arc points averaged at each end of a call."""
-CHANGE_MARGIN = 0.1
-"""Valence difference (on -1..1) below which a call counts as unchanged."""
 
 
 @contextlib.contextmanager
@@ -37,24 +33,6 @@ def _unavailable() -> Iterator[None]:
         yield
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
-
-
-def arc_change(arc: Any) -> str | None:
-    """ "better", "worse" or "same" from a stored arc [[t, valence], ...]; None if too short."""
-    if not isinstance(arc, list):
-        return None
-    values = [
-        float(p[1]) for p in arc if isinstance(p, list | tuple) and len(p) >= 2 and p[1] is not None
-    ]
-    if len(values) < 2:
-        return None
-    k = min(ARC_POINTS, len(values) // 2)
-    start, end = sum(values[:k]) / k, sum(values[-k:]) / k
-    if end - start > CHANGE_MARGIN:
-        return "better"
-    if start - end > CHANGE_MARGIN:
-        return "worse"
-    return "same"
 
 
 def _empty_counts() -> dict[str, Any]:

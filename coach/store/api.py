@@ -33,6 +33,8 @@ from coach.auth import Principal
 from coach.bus import SUPERVISOR_TOPIC
 from coach.cues.playbook import Playbook, load_playbook
 from coach.events import Urgency
+from coach.redaction import customer_alias
+from coach.settings import Settings
 from coach.store.records import (
     CallDetail,
     CallRecord,
@@ -113,6 +115,15 @@ def get_store(request: Request) -> Store:
 
 
 CurrentStore = Annotated[Store, Depends(get_store)]
+
+
+def customer_ids(request: Request, customer_id: str) -> tuple[str, ...]:
+    """A customer id as a person types it (a caller's phone number, say): the alias calls are
+    stored under (`coach.redaction.customer_alias`), and the id itself, under which calls
+    stored before aliases existed are found."""
+    settings: Settings = request.app.state.settings
+    alias = customer_alias(customer_id, settings.customer_alias_key)
+    return (alias,) if alias == customer_id else (alias, customer_id)
 
 
 @contextlib.contextmanager
@@ -198,6 +209,8 @@ async def search_calls(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    *,
+    request: Request,
 ) -> CallPage:
     """Stored calls, newest first. Agents get their own calls only."""
     if not principal.is_supervisor:
@@ -207,7 +220,7 @@ async def search_calls(
     with _answers():
         calls = await store.list_calls(
             agent_id=agent_id,
-            customer_id=customer_id,
+            customer_id=None if customer_id is None else customer_ids(request, customer_id),
             since=since,
             until=until,
             query=q,
@@ -240,17 +253,18 @@ async def customer_history(
     customer_id: str,
     principal: CurrentPrincipal,
     store: CurrentStore,
+    request: Request,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> CustomerHistory:
-    """A customer's previous calls (supervisors and admins)."""
+    """A customer's previous calls (supervisors and admins), by their id or its alias."""
     if not principal.is_supervisor:
         raise HTTPException(403, "supervisors only")
+    ids = customer_ids(request, customer_id)
     with _answers():
-        calls = await store.customer_history(
-            customer_id, limit=limit, team_agents=_team_filter(principal)
-        )
+        calls = await store.customer_history(ids, limit=limit, team_agents=_team_filter(principal))
     calls = [c for c in calls if may_view_call(principal, {"agent_id": c.agent_id})]
-    return CustomerHistory(customer_id=customer_id, calls=calls)
+    # Named by its alias: the answer may be logged or shown further than the question.
+    return CustomerHistory(customer_id=ids[0], calls=calls)
 
 
 class Erasure(BaseModel):
@@ -276,18 +290,19 @@ async def erase_call(call_id: str, principal: CurrentPrincipal, store: CurrentSt
 
 @router.delete("/api/customers/{customer_id}/history")
 async def erase_customer(
-    customer_id: str, principal: CurrentPrincipal, store: CurrentStore
+    customer_id: str, principal: CurrentPrincipal, store: CurrentStore, request: Request
 ) -> Erasure:
-    """Delete every stored call of a customer (admins); calls still running are listed in
-    `live` and kept."""
+    """Delete every stored call of a customer (admins), by their id or its alias; calls still
+    running are listed in `live` and kept."""
     _admins_only(principal)
+    ids = customer_ids(request, customer_id)
     with _answers():
-        erased, live = await store.erase_calls(customer_id=customer_id)
+        erased, live = await store.erase_calls(customer_id=ids)
     log.warning(
         "erasure: %s deleted %d stored call(s) of customer %s%s",
         principal.user,
         len(erased),
-        customer_id,
+        ids[0],
         f" ({len(live)} not ended, kept)" if live else "",
     )
     return Erasure(erased=erased, live=live)

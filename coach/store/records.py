@@ -223,6 +223,8 @@ class CallDetail:
     metrics: dict[str, Any] | None
     missed_cues: list[MissedCueRecord] = field(default_factory=list)
     """Cues people said this call should have shown, oldest first."""
+    metrics_seq: int | None = None
+    """The `seq` of the metrics event `metrics` was (the call's last one)."""
 
 
 @dataclass(frozen=True, slots=True)

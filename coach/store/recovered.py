@@ -24,6 +24,7 @@ from typing import Any
 
 from coach.bus import SUPERVISOR_TOPIC, InProcessBus, call_topic
 from coach.events import AI_LABEL, Event, call_end
+from coach.signals.state import CustomerStateTracker
 from coach.store.records import CallDetail, StoreUnavailable, UtteranceRecord
 from coach.store.store import Store
 
@@ -53,26 +54,44 @@ async def with_stored_start(
 
 
 def stored_events(detail: CallDetail, *, after_seq: int | None = None) -> list[Event]:
-    """The call's stored transcript, cues and escalations as events, in `seq` order.
+    """The call's stored transcript, cues, escalations and last metrics as events, in `seq`
+    order.
 
-    Text is what the store holds (redacted); partials and metrics are not stored.
+    Text is what the store holds (redacted); partials are not stored. Each customer line gets
+    back the `state` its live event carried, rebuilt from its stored words' sentiment and
+    voice: the state is a pure function of those (coach/signals/state.py), and without it a
+    call reopened after it ended showed an empty trend and "no customer speech yet" beside
+    minutes of it (found by an outside audit of the panels).
     """
     call_id = detail.call.call_id
+    states = _rebuilt_states(detail)
     out: list[Event] = []
     for u in detail.transcript:
+        line: Event = {
+            "type": "transcript",
+            "call_id": call_id,
+            "seq": u.seq,
+            "t_emit": u.t_emit if u.t_emit is not None else u.t_end,
+            "speaker": u.speaker,
+            "t_start": u.t_start,
+            "t_end": u.t_end,
+            "text": u.text,
+            "words": u.words,
+            "sentiment": u.sentiment,
+            "prosody": u.prosody,
+        }
+        if u.seq in states:
+            line["state"] = states[u.seq]
+        out.append(line)
+    if detail.metrics and detail.metrics_seq is not None:
+        # The last talk ratio, overtalk and pace, as the call's last metrics event said them.
         out.append(
             {
-                "type": "transcript",
+                **detail.metrics,
+                "type": "metrics",
                 "call_id": call_id,
-                "seq": u.seq,
-                "t_emit": u.t_emit if u.t_emit is not None else u.t_end,
-                "speaker": u.speaker,
-                "t_start": u.t_start,
-                "t_end": u.t_end,
-                "text": u.text,
-                "words": u.words,
-                "sentiment": u.sentiment,
-                "prosody": u.prosody,
+                "seq": detail.metrics_seq,
+                "t_emit": stored_duration(detail),
             }
         )
     for c in detail.cues:
@@ -104,6 +123,7 @@ def stored_events(detail: CallDetail, *, after_seq: int | None = None) -> list[E
                 "reason": e.reason,
                 "urgency": e.urgency,
                 "summary": e.summary,
+                **({"acknowledged_by": e.acknowledged_by} if e.acknowledged_by else {}),
             }
         )
     out.sort(key=lambda ev: int(ev["seq"]))
@@ -115,6 +135,8 @@ def stored_events(detail: CallDetail, *, after_seq: int | None = None) -> list[E
 def last_seq(detail: CallDetail) -> int:
     seqs = [u.seq for u in detail.transcript] + [c.seq for c in detail.cues]
     seqs += [e.seq for e in detail.escalations]
+    if detail.metrics_seq is not None:
+        seqs.append(detail.metrics_seq)  # else the call_end could share its seq, and be dropped
     return max(seqs, default=0)
 
 
@@ -135,6 +157,21 @@ def _felt(detail: CallDetail) -> list[UtteranceRecord]:
         and isinstance(u.sentiment, dict)
         and isinstance(u.sentiment.get("valence"), int | float)
     ]
+
+
+def _rebuilt_states(detail: CallDetail) -> dict[int, dict[str, Any]]:
+    """The customer's state after each of their stored lines, by the line's `seq`."""
+    tracker = CustomerStateTracker()
+    states: dict[int, dict[str, Any]] = {}
+    for u in sorted(_felt(detail), key=lambda u: u.seq):
+        prosody = u.prosody if isinstance(u.prosody, dict) else None
+        # A row written by an older version may lack the label; the valence is all it needs.
+        sentiment = {"label": "neutral", **(u.sentiment or {})}
+        state = tracker.update(
+            t_end=u.t_end, duration_s=u.t_end - u.t_start, sentiment=sentiment, prosody=prosody
+        )
+        states[u.seq] = state.as_dict()
+    return states
 
 
 def end_event(detail: CallDetail, *, after_seq: int | None = None) -> Event:

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from coach.events import URGENCY_RANK
 from coach.redaction import redact_text
+from coach.signals.state import arc_change
 from coach.store.db import create_engine, migrate, redacted_url
 from coach.store.models import (
     Call,
@@ -206,7 +207,7 @@ class Store:
         self,
         *,
         agent_id: str | None = None,
-        customer_id: str | None = None,
+        customer_id: str | Sequence[str] | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
         query: str | None = None,
@@ -230,7 +231,7 @@ class Store:
         if team_agents is not None:
             stmt = stmt.where(_of_team(team_agents))
         if customer_id is not None:
-            stmt = stmt.where(Call.customer_id == customer_id)
+            stmt = stmt.where(Call.customer_id.in_(_ids(customer_id)))
         if since is not None:
             stmt = stmt.where(Call.started_at >= since)
         if until is not None:
@@ -361,22 +362,24 @@ class Store:
                 transcript=transcript,
                 cues=cues,
                 escalations=escalations,
-                summary=summary.summary if summary else None,
+                summary=_with_change(summary.summary if summary else None),
                 metrics=summary.metrics if summary else None,
+                metrics_seq=summary.metrics_seq if summary else None,
                 missed_cues=missed,
             )
 
     async def customer_history(
         self,
-        customer_id: str,
+        customer_id: str | Sequence[str],
         *,
         limit: int = 10,
         exclude_call_id: str | None = None,
         team_agents: Collection[str] | None = None,
     ) -> list[CustomerCall]:
         """The customer's most recent calls, newest first, with how each went (`team_agents`
-        as in `list_calls`)."""
-        stmt = sa.select(Call).where(Call.customer_id == customer_id)
+        as in `list_calls`; several ids: a customer's alias and their id as stored before
+        aliases, coach/redaction.py `customer_alias`)."""
+        stmt = sa.select(Call).where(Call.customer_id.in_(_ids(customer_id)))
         if exclude_call_id is not None:
             stmt = stmt.where(Call.call_id != exclude_call_id)
         if team_agents is not None:
@@ -616,7 +619,7 @@ class Store:
         return await self._delete_calls(table_of(Call).c.started_at < cutoff)
 
     async def erase_calls(
-        self, *, call_id: str | None = None, customer_id: str | None = None
+        self, *, call_id: str | None = None, customer_id: str | Sequence[str] | None = None
     ) -> tuple[list[str], list[str]]:
         """Erasure on request (a caller's right to have their data deleted): the ended calls
         with this id or of this customer, with every row of theirs. Returns (erased, live):
@@ -625,9 +628,9 @@ class Store:
             raise ValueError("erase one call or one customer's calls")
         calls = table_of(Call)
         which = (
-            calls.c.call_id == call_id
-            if call_id is not None
-            else (calls.c.customer_id == customer_id)
+            calls.c.customer_id.in_(_ids(customer_id))
+            if customer_id is not None
+            else calls.c.call_id == call_id
         )
         async with self._connect() as conn:
             found = (
@@ -680,3 +683,15 @@ def _of_team(agents: Collection[str]) -> sa.ColumnElement[bool]:
 
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _with_change(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stored call_end summary with its whole-call verdict: a summary written before the
+    call_end carried `change` gets it from its arc, by the same rule."""
+    if summary is None or "change" in summary:
+        return summary
+    return {**summary, "change": arc_change(summary.get("arc"))}
+
+
+def _ids(customer_id: str | Sequence[str]) -> list[str]:
+    return [customer_id] if isinstance(customer_id, str) else list(customer_id)

@@ -27,7 +27,7 @@ from coach.auth import Principal, issue_token
 from coach.bus import SUPERVISOR_TOPIC, agent_topic, call_topic
 from coach.runtime import Runtime
 from coach.settings import Settings
-from coach.store.analytics import arc_change, coaching_analytics
+from coach.store.analytics import coaching_analytics
 from coach.store.writes import Received
 
 SECRET = "unit-test-secret-of-at-least-32-bytes!"
@@ -490,13 +490,6 @@ def test_pages_and_demo_endpoint_guards(
     )
     with TestClient(create_app(off, runtime)) as c:
         assert c.post("/api/demo/calls", headers=bearer("ann", "agent")).status_code == 404
-
-
-def test_arc_change() -> None:
-    assert arc_change([[0, -0.5], [1, -0.4], [2, 0.3], [3, 0.5]]) == "better"
-    assert arc_change([[0, 0.5], [1, -0.5]]) == "worse"
-    assert arc_change([[0, 0.1], [1, 0.12]]) == "same"
-    assert arc_change([[0, 0.1]]) is None and arc_change(None) is None
 
 
 async def _analytics_store(backend: Backend) -> Any:

@@ -208,6 +208,7 @@ def test_env_keys_are_settings() -> None:
     secret = set(_one("secret.yaml", "Secret")["stringData"])
     assert secret == {
         "COACH_AUTH_SECRET",
+        "COACH_CUSTOMER_ID_KEY",
         "COACH_INGEST_API_KEY",
         "COACH_TWILIO_AUTH_TOKEN",
         "COACH_AUDIOHOOK_CLIENT_SECRET",

@@ -334,3 +334,47 @@ def test_a_silent_client_hears_that_the_idle_timeout_ended_its_call(
             with pytest.raises(WebSocketDisconnect) as closed:
                 ws.receive_text()
         assert closed.value.code == cc.NORMAL and closed.value.reason == "idle_timeout"
+
+
+def test_a_customer_id_that_is_a_phone_number_is_kept_as_an_alias(client: TestClient) -> None:
+    """An outside PII audit: a customer id that is the caller's phone number (as telephony
+    often gives it) reached the wall, the history and the store verbatim. It becomes a keyed
+    alias at the door; a supervisor still finds the customer's calls by the number, in any
+    format, and the repeat-contact lookup links the calls."""
+    import time
+    from urllib.parse import quote
+
+    silence = b"\x00" * 3200  # 0.1 s of 8 kHz stereo PCM16
+    for call_id, number in (("ph-1", "+1 (415) 555-0100"), ("ph-2", "14155550100")):
+        with client.websocket_connect("/ingest/pcm") as ws:
+            ws.send_text(json.dumps({**HEADER, "call_id": call_id, "customer_id": number}))
+            ws.receive_text()
+            for _ in range(5):
+                ws.send_bytes(silence)
+            wall = client.get("/api/supervisor/calls").text
+            live = client.get(f"/api/calls/{call_id}").text
+            ws.send_text(json.dumps({"type": "end"}))
+            assert close_code(ws)[0] == cc.NORMAL
+        assert "555" not in wall and "555" not in live
+        assert '"customer_id":"phone-' in live.replace(" ", "")
+    deadline = time.monotonic() + 10
+    while True:
+        stored = [client.get(f"/api/history/calls/ph-{i}") for i in (1, 2)]
+        done = all(r.status_code == 200 and r.json()["call"]["ended_at"] for r in stored)
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    aliases = {r.json()["call"]["customer_id"] for r in stored}
+    assert len(aliases) == 1 and all("555" not in r.text for r in stored)
+    (alias,) = aliases
+    assert alias.startswith("phone-") and len(alias) == len("phone-") + 16
+    for asked in ("+14155550100", "1 (415) 555-0100", alias):
+        found = client.get(f"/api/customers/{quote(asked)}/history")
+        assert found.status_code == 200, found.text
+        assert sorted(c["call_id"] for c in found.json()["calls"]) == ["ph-1", "ph-2"], asked
+        assert found.json()["customer_id"] == alias
+    search = client.get("/api/history/calls", params={"customer_id": "+1 415 555 0100"})
+    assert sorted(c["call_id"] for c in search.json()["calls"]) == ["ph-1", "ph-2"]
+    # Erasure on a caller's request, by the number they give.
+    erased = client.delete(f"/api/customers/{quote('+1 415-555-0100')}/history")
+    assert erased.status_code == 200 and sorted(erased.json()["erased"]) == ["ph-1", "ph-2"]

@@ -10,12 +10,15 @@ from hypothesis import strategies as st
 
 from coach.bus import InProcessBus, agent_topic, call_topic
 from coach.redaction import (
+    CUSTOMER_ALIAS,
     CallRedactor,
+    customer_alias,
     find_pii,
     luhn_valid,
     redact_event,
     redact_text,
     redact_words,
+    with_customer_alias,
 )
 from coach.runtime import Runtime
 from coach.session import CallSession
@@ -415,3 +418,49 @@ def test_an_address_read_over_two_utterances_is_hidden_in_both() -> None:
 )
 def test_what_an_outside_pii_audit_found(text: str, expected: str) -> None:
     assert redact_text(text) == expected
+
+
+KEY = b"k" * 32
+
+
+@pytest.mark.parametrize(
+    ("customer_id", "kind"),
+    [
+        ("+1 (415) 555-0100", "phone"),
+        ("John.Smith@Example.com", "email"),
+        ("4111 1111 1111 1111", "card"),
+        ("123-45-6789", "ssn"),
+        ("ACME-8812345", "number"),
+    ],
+)
+def test_a_customer_id_that_is_personal_data_becomes_an_alias(customer_id: str, kind: str) -> None:
+    alias = customer_alias(customer_id, KEY)
+    assert alias.startswith(f"{kind}-") and CUSTOMER_ALIAS.match(alias)
+    assert customer_alias(alias, KEY) == alias  # an alias is kept as it is
+    assert customer_alias(customer_id, b"another key" * 3) != alias
+
+
+def test_one_customer_one_alias_whatever_the_format() -> None:
+    phones = ["+1 (415) 555-0100", "14155550100", "1-415-555-0100"]
+    assert len({customer_alias(p, KEY) for p in phones}) == 1
+    assert customer_alias("John.Smith@Example.com", KEY) == customer_alias(
+        "john.smith@example.com ", KEY
+    )
+    assert customer_alias("+1 415 555 0101", KEY) != customer_alias("+1 415 555 0100", KEY)
+
+
+@pytest.mark.parametrize("customer_id", ["cust-1", "ACME-42", "c7f1e2b0-9d4e-4c1a", "ann"])
+def test_an_ordinary_customer_id_is_kept(customer_id: str) -> None:
+    assert customer_alias(customer_id, KEY) == customer_id
+    assert with_customer_alias({"customer_id": customer_id, "x": 1}, KEY) == {
+        "customer_id": customer_id,
+        "x": 1,
+    }
+
+
+@given(st.text(max_size=60))
+def test_customer_alias_is_idempotent_and_hides_what_it_hides(customer_id: str) -> None:
+    alias = customer_alias(customer_id, KEY)
+    assert customer_alias(alias, KEY) == alias
+    if alias != customer_id:
+        assert redact_text(alias) == alias  # nothing of the number is left to find

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coach.signals.state import CustomerStateTracker, fuse
+from coach.signals.state import CustomerStateTracker, arc_change, direction, fuse
 
 
 def sent(label: str, conf: float, valence: float) -> dict[str, Any]:
@@ -75,3 +75,32 @@ def test_outputs_stay_in_range(label: str, conf: float, val: float, ar: float, d
     v, a, emotion, c, _ = fuse(sentiment=sent(label, conf, val), prosody=voice(ar), duration_s=dur)
     assert -1 <= v <= 1 and 0 <= a <= 1 and 0 <= c <= 1
     assert emotion in ("neutral", "positive", "frustrated", "anxious", "confused", "sad")
+
+
+def test_direction_is_where_the_mood_is_heading_not_how_low_it_is() -> None:
+    # A customer who has been unhappy all along, and still is, is not "getting worse".
+    assert direction([-0.6, -0.6, -0.6, -0.6]) == "steady"
+    assert direction([0.2, 0.1, 0.3, -0.3, -0.4]) == "worsening"
+    assert direction([-0.6, -0.5, -0.7, -0.1, 0.1]) == "improving"
+    assert direction([-0.6, 0.5]) == "improving"  # the second turn against the first
+    assert direction([0.0, 0.1]) == "steady" and direction([-0.5]) == "steady"
+    assert direction([]) == "steady"
+
+
+def test_the_tracker_states_carry_the_direction() -> None:
+    tracker = CustomerStateTracker()
+    states = [
+        tracker.update(t_end=float(i), duration_s=2.0, sentiment=sent(label, 0.9, v), prosody=None)
+        for i, (label, v) in enumerate([("neutral", 0.1), ("neutral", 0.0), ("frustrated", -0.6)])
+    ]
+    assert [s.direction for s in states] == ["steady", "steady", "worsening"]
+    assert states[-1].as_dict()["trend"]["direction"] == "worsening"
+
+
+def test_arc_change_is_the_whole_call() -> None:
+    assert arc_change([[0, -0.5], [1, -0.4], [2, 0.3], [3, 0.5]]) == "better"
+    assert arc_change([[0, 0.5], [1, -0.5]]) == "worse"
+    assert arc_change([[0, 0.1], [1, 0.12]]) == "same"
+    assert arc_change([(0.0, 0.4), (1.0, 0.4), (2.0, -0.2)]) == "worse"  # tuples as built live
+    assert arc_change([[0, 0.1]]) is None and arc_change(None) is None
+    assert arc_change([[0, None], [1, "x"]]) is None

@@ -31,6 +31,7 @@ from coach.auth import issue_token
 from coach.bus import SUPERVISOR_TOPIC, InProcessBus, call_topic
 from coach.runtime import Runtime
 from coach.settings import Settings
+from coach.signals.state import CustomerStateTracker
 from coach.store import Spool, Store, StoreWriter
 from coach.store.recovered import close_orphans, end_event, stored_events
 from tests.coach.test_redis_bus import SHARED_URL, make_bus, needs_redis, prefix, wait_for
@@ -109,8 +110,23 @@ def test_a_panel_reconnecting_after_a_restart_keeps_the_call(restarted: TestClie
     events, code = _stream(restarted, f"/ws/calls/c-cut/events?token={token('ann', 'agent')}")
     assert code == 1000
     kinds = [e["type"] for e in events]
-    assert kinds == ["transcript", "transcript", "cue", "escalation", "call_end"], kinds
+    assert kinds == ["transcript", "transcript", "cue", "escalation", "metrics", "call_end"], kinds
     assert CARD not in str(events)  # the store's redacted text, even for the call's agent
+    # The panel's trend and metrics come back too: the customer's line carries the state its
+    # live event would have (rebuilt from the stored sentiment and voice), the agent's none,
+    # and the call's last metrics are there (a reopened call showed both empty).
+    customer, agent = events[0], events[1]
+    assert customer["speaker"] == "customer" and "state" not in agent
+    live = CustomerStateTracker().update(
+        t_end=customer["t_end"],
+        duration_s=customer["t_end"] - customer["t_start"],
+        sentiment=customer["sentiment"],
+        prosody=customer["prosody"],
+    )
+    assert customer["state"] == live.as_dict()
+    assert customer["state"]["valence"] == pytest.approx(-0.4)
+    assert events[4]["talk_ratio"] == {"customer": 0.6, "agent": 0.4}
+    assert events[4]["final"] is True  # the last metrics event, not an earlier one
     assert events[-1]["reason"] == "interrupted"
     seqs = [e["seq"] for e in events]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
@@ -121,7 +137,7 @@ def test_a_panel_reconnecting_after_a_restart_keeps_the_call(restarted: TestClie
         restarted, f"/ws/calls/c-cut/events?after_seq={after}&token={token('ann', 'agent')}"
     )
     assert code == 1000
-    assert [e["type"] for e in rest] == ["cue", "escalation", "call_end"]
+    assert [e["type"] for e in rest] == ["cue", "escalation", "metrics", "call_end"]
     # A panel that saw partials and metrics past every stored seq still takes the end.
     late, _ = _stream(
         restarted, f"/ws/calls/c-cut/events?after_seq=999&token={token('ann', 'agent')}"

@@ -69,3 +69,42 @@ def test_a_tile_keeps_how_its_call_ended_until_the_call_starts_again() -> None:
     wall.apply({"type": "call_start", "call_id": "c1", "seq": 3, "meta": {"agent_id": "ann"}})
     (tile,) = wall.snapshot(SUPERVISOR)
     assert (tile["end_reason"], tile["ended_at"]) == (None, None)
+
+
+def test_a_tile_says_where_the_mood_heads_then_how_the_call_ended() -> None:
+    """One verdict per question: live, the engine's direction; ended, the call_end's change
+    (made from the arc when an older writer's call_end has none)."""
+    wall = WallTracker()
+    for call_id in ("new", "old"):
+        wall.apply({"type": "call_start", "call_id": call_id, "seq": 1, "meta": {}})
+        wall.apply(
+            {
+                "type": "call_update",
+                "call_id": call_id,
+                "valence": -0.5,
+                "trend_valence": -0.4,
+                "trend": "worsening",
+            }
+        )
+    tiles = {t["call_id"]: t for t in wall.snapshot(SUPERVISOR)}
+    assert tiles["new"]["trend"] == "worsening" and tiles["new"]["change"] is None
+    wall.apply(
+        {
+            "type": "call_end",
+            "call_id": "new",
+            "seq": 9,
+            "summary": {"arc": [[1, 0.5], [2, -0.5]], "cues": {}, "change": "worse"},
+        }
+    )
+    wall.apply(
+        {
+            "type": "call_end",
+            "call_id": "old",
+            "seq": 9,
+            "summary": {"arc": [[1, -0.5], [2, 0.5]], "cues": {}},
+        }
+    )
+    tiles = {t["call_id"]: t for t in wall.snapshot(SUPERVISOR)}
+    assert tiles["new"]["change"] == "worse" and tiles["old"]["change"] == "better"
+    wall.apply({"type": "call_start", "call_id": "old", "seq": 10, "meta": {}})
+    assert {t["call_id"]: t for t in wall.snapshot(SUPERVISOR)}["old"]["change"] is None

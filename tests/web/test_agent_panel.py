@@ -3,6 +3,7 @@ and the "Play demo call" button through the real pipeline."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -452,3 +453,63 @@ def test_a_given_verdict_shows_again_after_a_reload(live_server: LiveServer, pag
     assert [(c.cue, f.verdict) for c in detail.cues for f in c.feedback] == [
         ("escalation_request", "dismissed")
     ]
+
+
+def test_the_agent_sees_a_supervisor_take_the_escalation(
+    live_server: LiveServer, page: Any
+) -> None:
+    """An outside audit: the agent of an escalated call never learned that a supervisor had
+    it. A real call session (the one that runs the call) relays the acknowledgement."""
+    call_id = "web-taken"
+    sign_in(page, live_server.base, "/agent/", "ann")
+    manager = live_server.app.state.coach.manager
+
+    def on_server(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, live_server.loop).result(timeout=10)
+
+    session = on_server(
+        manager.open(
+            call_id=call_id,
+            source="synthetic",
+            speakers=("customer", "agent"),
+            meta={"agent_id": "ann"},
+        )
+    )
+    try:
+        page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+        on_server(
+            session.emit(
+                {
+                    "type": "escalation",
+                    "reason": "user_request",
+                    "urgency": "high",
+                    "detail": "escalation_request cue",
+                    "summary": {"text": "Customer wants a manager."},
+                }
+            )
+        )
+        seq = session.last_event["seq"]
+        banner = page.locator(".escalation-banner")
+        banner.filter(has_text="Supervisor alerted (high)").wait_for()
+        assert "has it" not in banner.inner_text()
+        token = live_server.token("sam", "supervisor", team="blue")
+        deadline = time.monotonic() + 10
+        while True:  # the store has the escalation within a flush or two
+            r = page.request.post(
+                f"{live_server.base}/api/calls/{call_id}/escalations/{seq}/ack",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            if r.ok or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.ok, r.text()
+        banner.filter(has_text="Supervisor sam has it.").wait_for()
+        page.locator("#cv-announce, .sr-only[aria-live]").filter(
+            has_text="Supervisor sam has taken the escalation."
+        ).wait_for(state="attached")
+        # After a reload the panel reads the call again: the banner still says so, once.
+        page.reload()
+        banner.filter(has_text="Supervisor sam has it.").wait_for()
+        assert banner.inner_text().count("has it") == 1
+    finally:
+        on_server(manager.finish(session, "end"))

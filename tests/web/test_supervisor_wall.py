@@ -733,3 +733,103 @@ def test_recent_calls_are_found_by_words_cue_and_escalation(
     assert shown(escalation="high") == {crisis, plain}
     assert shown(escalation="", q="router blinks") == {plain}
     assert shown(q="", cue="frustration") == set()
+
+
+def test_an_ended_call_reopened_keeps_its_trend_metrics_agent_and_one_verdict(
+    live_server: LiveServer, page: Any
+) -> None:
+    """Found by an outside audit of the pages: a call reopened after it ended (streamed from
+    the store) showed an empty trend and metrics; a drill-in opened by its URL named no agent;
+    the summary, the analytics and the tile judged the call each their own way; and a call
+    cut off mid-word kept its grey partial."""
+    from coach.events import call_end
+
+    call_id = "w-reopen"
+    live_server.start_call(call_id, "ann")
+
+    def said(text: str, uid: int, t0: float, valence: float, label: str) -> dict[str, Any]:
+        sentiment = {"valence": valence, "label": label, "scores": {label: 0.8}}
+        prosody = {"f0_hz": 180.0, "f0_z": 0.2, "energy_z": 0.1, "rate_wps": 2.5, "arousal": 0.5}
+        state = customer_state(valence, 0.5, label)
+        return transcript(
+            "customer", text, uid, t0, sentiment=sentiment, prosody=prosody, state=state
+        )
+
+    live_server.emit(call_id, said("this is the second time it broke", 1, 1.0, -0.6, "frustrated"))
+    live_server.emit(call_id, said("oh that sorts it out thank you", 2, 9.0, 0.5, "positive"))
+    live_server.emit(
+        call_id,
+        {
+            "type": "metrics",
+            "talk_ratio": {"customer": 0.7, "agent": 0.3},
+            "overtalk_s": 1.5,
+            "silence_s": 2.0,
+            "agent_wps": 2.4,
+            "t_start": 0,
+            "t_end": 14,
+            "t_emit": 14.0,
+        },
+    )
+    end = call_end(duration_s=14.0, reason="end", arc=[(3.0, -0.6), (11.0, 0.5)], cues={})
+    assert end["summary"]["change"] == "better"
+    live_server.emit(call_id, end)
+    deadline = time.monotonic() + 10
+    while (d := live_server.store_call(call_id)) is None or d.call.ended_at is None:
+        assert time.monotonic() < deadline, "the call's end was not stored"
+        time.sleep(0.2)
+
+    # Opened by its URL, before the wall's snapshot has drawn a tile.
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    page.goto(f"{live_server.base}/supervisor/#call/{call_id}")
+    page.locator("#drill-h").filter(has_text=call_id).wait_for()
+    page.locator("#drill-agent").filter(has_text="Agent ann").wait_for()
+    page.locator("#drill-status").filter(has_text="Call ended.").wait_for()
+    view = page.locator("#drill-view")
+    # The stored call's state, rebuilt, and its last metrics.
+    assert view.locator("svg.trend polyline.line-valence").count() == 1
+    emotion = view.locator(".emotion").inner_text()
+    assert emotion.startswith("positive · valence 0.50"), emotion
+    assert "improving" in emotion  # -0.6 then +0.5: heading up
+    assert "customer 70 % · agent 30 %" in view.locator(".ratio-text").inner_text()
+    assert "1.5 s" in view.locator(".metrics").inner_text()
+
+    # One verdict: the tile of the ended call, the post-call summary and the analytics.
+    page.goto(f"{live_server.base}/supervisor/#live")
+    tile = page.locator(f'#tiles > li[data-call="{call_id}"] .mood')
+    tile.filter(has_text="ended better than it started").wait_for()
+    page.goto(f"{live_server.base}/supervisor/#summary/{call_id}")
+    page.locator("#summary-facts").filter(has_text="ended better than it started").wait_for()
+
+
+def test_a_cut_off_call_drops_its_unfinished_partial(live_server: LiveServer, page: Any) -> None:
+    call_id = "w-partial"
+    live_server.start_call(call_id, "ann")
+    live_server.emit(call_id, transcript("customer", "my router keeps dropping", 1, 1.0))
+    live_server.emit(
+        call_id,
+        {
+            "type": "partial",
+            "speaker": "customer",
+            "text": "and then the",
+            "utterance_id": 2,
+            "t_start": 5.0,
+            "t_end": 6.0,
+            "t_emit": 6.1,
+        },
+    )
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    page.goto(f"{live_server.base}/supervisor/#call/{call_id}")
+    partial = page.locator("#drill-view li.partial")
+    partial.wait_for()
+    live_server.emit(
+        call_id,
+        {
+            "type": "call_end",
+            "duration_s": 7.0,
+            "reason": "interrupted",
+            "summary": {"arc": [], "cues": {}},
+        },
+    )
+    page.locator("#drill-status").filter(has_text="cut off").wait_for()
+    assert partial.count() == 0
+    assert "my router keeps dropping" in page.locator("#drill-view .lines").inner_text()

@@ -126,10 +126,12 @@ class CallView {
         break;
       case "cue": this.addCard(ev); break;
       case "escalation": this.escalation(ev); break;
+      case "escalation_taken": this.escalationTaken(ev); break;
       case "metrics": this.renderMetrics(ev); break;
       case "call_end":
         this.ended = true;
         this.endedInfo = ev;
+        this.dropPartials();
         for (const card of [...this.cards.children]) this.collapse(card);
         // The call's suggestions stay in reach for rating: the list is open, each card opens.
         if (this.olderList.children.length) this.older.open = true;
@@ -150,6 +152,7 @@ class CallView {
   // keep everything shown, stop counting silence, and say why.
   finish(text) {
     this.ended = true;
+    this.dropPartials();
     if (text) this.note(text);
     this.tick();
   }
@@ -161,6 +164,13 @@ class CallView {
   freeze() {
     this.finish();
     clearInterval(this.timer);
+  }
+
+  // A grey partial still shown when the call is over was cut off before its final: it is not
+  // what was said (an unstable guess) and was never stored, so it goes (an outside audit saw
+  // a cut-off call keep its last partial for good).
+  dropPartials() {
+    for (const li of this.lines.querySelectorAll("li.partial")) li.remove();
   }
 
   note(text) {
@@ -483,9 +493,22 @@ class CallView {
 
   escalation(ev) {
     const reason = REASONS[ev.reason] || ev.reason;
+    this.bannerSeq = ev.seq;
     this.banner.hidden = false;
     this.banner.className = `escalation-banner ${ev.urgency}`;
     this.banner.textContent = `Supervisor alerted (${ev.urgency}): ${reason}.`;
+    // A call read back from the store says who took it on the escalation itself.
+    if (ev.acknowledged_by) this.escalationTaken({ escalation_seq: ev.seq, by: ev.acknowledged_by }, false);
+  }
+
+  // A supervisor acknowledged the escalation the banner shows: the agent knows help is
+  // coming (an outside audit: the agent of a crisis call never learned whether anyone was).
+  escalationTaken(ev, announce = true) {
+    if (ev.escalation_seq !== this.bannerSeq || this.banner.classList.contains("taken")) return;
+    const who = ev.by ? `Supervisor ${ev.by}` : "A supervisor";
+    this.banner.classList.add("taken");
+    this.banner.append(h("span", { class: "taken-by", text: ` ${who} has it.` }));
+    if (announce) this.announce.textContent = `${who} has taken the escalation.`;
   }
 
   // -- state and metrics --------------------------------------------------------------
@@ -493,8 +516,10 @@ class CallView {
     const st = ev.state;
     this.trendPoints.push({ t: ev.t_end ?? this.now, valence: st.valence, arousal: st.arousal });
     Charts.trend(this.trendSvg, this.trendPoints);
-    const trend = st.trend && typeof st.trend.valence === "number"
-      ? (st.trend.valence < -0.1 ? " · getting worse" : st.trend.valence > 0.1 ? " · improving" : " · steady") : "";
+    // Where the mood is heading, as the server judges it for every view (the wall tile and
+    // the handoff say the same); a server before that judgement sent none.
+    const words = { worsening: " · getting worse", improving: " · improving", steady: " · steady" };
+    const trend = (st.trend && words[st.trend.direction]) || "";
     this.emotion.textContent = `${st.emotion} · valence ${st.valence.toFixed(2)} · arousal ${st.arousal.toFixed(2)}${trend}`;
     this.emotion.title = (st.why || []).join("; ");
     this.emotion.dataset.emotion = st.emotion;

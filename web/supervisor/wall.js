@@ -35,7 +35,7 @@ function fold(ev) {
   if (!c) {
     if (ev.type === "call_end" || ev.type === "escalation_ack") return null;
     c = { call_id: ev.call_id, meta: {}, agent_id: null, started_at: Date.now() / 1000, ended_at: null, t: 0,
-      valence: null, arousal: null, emotion: null, trend_valence: null, last_cue: null, cues: 0, escalations: [] };
+      valence: null, arousal: null, emotion: null, trend_valence: null, trend: null, change: null, last_cue: null, cues: 0, escalations: [] };
     Wall.calls.set(ev.call_id, c);
   }
   if (typeof ev.t_emit === "number") c.t = Math.max(c.t, ev.t_emit);
@@ -43,13 +43,14 @@ function fold(ev) {
     case "call_start":
       c.meta = ev.meta || {};
       c.agent_id = c.meta.agent_id || null;
-      c.ended_at = null; c.end_reason = null;
+      c.ended_at = null; c.end_reason = null; c.change = null;
       break;
     case "call_end":
       // Dated when the call was last heard where the event says so (a call a restart found
       // cut off), else now.
       c.ended_at = Math.min(Date.parse(ev.ended_at || "") / 1000 || Infinity, Date.now() / 1000);
       c.end_reason = ev.reason || null; Wall.alertsDirty = true;
+      c.change = (ev.summary && ev.summary.change) || null;
       break;
     case "agent_assigned":
       // A supervisor put an agent on the call: the tile names them at once.
@@ -58,6 +59,7 @@ function fold(ev) {
       break;
     case "call_update":
       c.valence = ev.valence; c.arousal = ev.arousal; c.emotion = ev.emotion; c.trend_valence = ev.trend_valence;
+      c.trend = ev.trend || null;
       if (ev.last_cue) c.last_cue = ev.last_cue;
       break;
     case "cue":
@@ -108,8 +110,17 @@ function risk(c) {
   if (c.last_cue && (c.last_cue.severity === "critical" || c.last_cue.cue === "crisis")) r = Math.max(r, 500);
   if (typeof c.valence === "number") r += (0 - c.valence) * 40;
   if (typeof c.arousal === "number" && typeof c.valence === "number" && c.valence < 0) r += c.arousal * 20;
-  if (typeof c.trend_valence === "number" && c.trend_valence < -0.1) r += 10;
+  if (c.trend === "worsening") r += 10;
   return r;
+}
+
+// One verdict per question, as the server gives it (coach/signals/state.py): while the call
+// is live, where the mood is heading now; once it ended, how it ended against how it started
+// (the same verdict as the post-call summary and the analytics).
+const CHANGE_WORDS = { better: "ended better than it started", worse: "ended worse than it started", same: "about the same as it started" };
+function moodWord(c) {
+  if (c.ended_at) return c.change ? CHANGE_WORDS[c.change] : "";
+  return c.trend || "";
 }
 
 function riskClass(c) {
@@ -158,6 +169,7 @@ function paint() {
 }
 
 function paintTile(id) {
+  if (Wall.drill && Wall.drill.callId === id) showDrillAgent(id); // the snapshot, a reassignment
   const c = Wall.calls.get(id);
   let li = Wall.tiles.get(id);
   if (!c) { if (li) li.remove(); Wall.tiles.delete(id); return; }
@@ -179,7 +191,7 @@ function paintTile(id) {
     ? h("p", { class: "mood" }, `${c.emotion}`,
       h("span", { class: "valence-bar", role: "img", "aria-label": `valence ${c.valence.toFixed(2)}` },
         h("i", { style: `left:calc(${((c.valence + 1) / 2) * 100}% - 2px)` })),
-      typeof c.trend_valence === "number" ? (c.trend_valence < -0.1 ? "worsening" : c.trend_valence > 0.1 ? "improving" : "steady") : "")
+      h("span", { class: "trend", text: moodWord(c) }))
     : h("p", { class: "mood muted", text: "no customer speech yet" });
   li.querySelector(".tile-body").replaceChildren(...[
     h("h3", { id: headId }, h("span", { text: c.agent_id ? `Agent ${c.agent_id}` : "Unassigned" }), h("span", { class: "callid", text: id })),
@@ -419,7 +431,9 @@ function openDrill(callId) {
   const c = Wall.calls.get(callId);
   $("drill-summary").hidden = true;
   $("drill-summary").href = `#summary/${encodeURIComponent(callId)}`;
-  $("drill-status").textContent = c && c.agent_id ? `Agent ${c.agent_id}` : "";
+  $("drill-status").textContent = "";
+  $("drill-agent").textContent = "";
+  showDrillAgent(callId);
   const view = new CallView($("drill-view"), { callId, readOnly: true });
   const stream = new EventStream(callId, {
     onEvent: (ev) => {
@@ -448,6 +462,15 @@ function openDrill(callId) {
   refreshCueHistory(0);
 }
 
+// Who takes the call, from the wall's tile, else the store. A drill-in opened by its URL
+// (a link, a reload) comes before the wall's snapshot: it named nobody (an outside audit).
+function showDrillAgent(callId, stored) {
+  const c = Wall.calls.get(callId);
+  if (!c && stored === undefined) return; // nothing known (yet): keep what is shown
+  const agent = (c && c.agent_id) || stored;
+  $("drill-agent").textContent = agent ? `Agent ${agent}` : "Unassigned";
+}
+
 function closeDrill() {
   if (!Wall.drill) return;
   Wall.drill.stream.close();
@@ -465,6 +488,7 @@ function refreshCueHistory(delayMs) {
     const r = await Auth.api(`/api/history/calls/${encodeURIComponent(callId)}`).catch(() => null);
     if (!r || !r.ok || !Wall.drill || Wall.drill.callId !== callId) return;
     const detail = await r.json();
+    showDrillAgent(callId, detail.call.agent_id);
     const rows = detail.cues.map((cue) => h("tr", { "data-seq": String(cue.seq) },
       h("td", { text: fmtTime(cue.t_emit || 0) }),
       h("td", { text: cue.cue }),
@@ -499,7 +523,7 @@ async function openSummary(callId) {
     return;
   }
   const arc = (d.summary && d.summary.arc) || [];
-  const change = arc.length >= 2 ? arc[arc.length - 1][1] - arc[0][1] : null;
+  const change = (d.summary && d.summary.change) || null;
   const facts = [
     ["Agent", d.call.agent_id || "unassigned"],
     ["Started", new Date(d.call.started_at).toLocaleString()],
@@ -507,7 +531,7 @@ async function openSummary(callId) {
     ["Ended", d.call.end_reason || "–"],
     ["Cues", String(d.cues.length)],
     ["Escalations", String(d.escalations.length)],
-    ["Customer valence", change == null ? "–" : `${arc[0][1].toFixed(2)} → ${arc[arc.length - 1][1].toFixed(2)} (${change > 0.1 ? "better" : change < -0.1 ? "worse" : "about the same"})`],
+    ["Customer valence", change == null ? "–" : `${arc[0][1].toFixed(2)} → ${arc[arc.length - 1][1].toFixed(2)} (${CHANGE_WORDS[change]})`],
   ];
   $("summary-facts").replaceChildren(...facts.map(([k, v]) => h("div", {}, h("dt", { text: k }), h("dd", { text: v }))));
   const cueMarks = d.cues.map((c) => ({
