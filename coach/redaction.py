@@ -562,6 +562,7 @@ def find_pii(text: str, *, continues_digits: bool = False, interim: bool = False
     spans += [Span(m.start(), m.end(), "email") for m in SPOKEN_EMAIL.finditer(text)]
     spans += _asr_email_spans(text)
     spans += _announced_email_spans(text)
+    spans = [_with_spelled_start(text, s) for s in spans]
     spans += [Span(m.start(), m.end(), "ssn") for m in SSN.finditer(text)]
     for m in DIGIT_RUN.finditer(text):
         digits = re.sub(r"\D", "", m.group())
@@ -575,6 +576,28 @@ def find_pii(text: str, *, continues_digits: bool = False, interim: bool = False
     if interim:
         spans += _interim_spans(text)
     return _named_as_announced(_merge(spans), announced)
+
+
+# Letters and digits spelled out one by one, with the words said between them ("j o h n dot
+# s m i t h", "S, M, I, T, H", "J-O-H-N"), up to where an address was found.
+_SPELLED_RUN = re.compile(
+    r"(?:(?<![\w'])(?:[a-z0-9]|dot|underscore|dash|hyphen)(?![\w'])[\s,.\-]*)+$", re.I
+)
+SPELLED_MIN = 2
+"""Characters spelled one by one before an address for them to be its local part."""
+
+
+def _with_spelled_start(text: str, span: Span) -> Span:
+    """An address whose local part was spelled letter by letter: the patterns find it from the
+    last letter or two ("j o h n dot s m i t h at gmail dot com" showed "j o h n dot s m i"
+    to supervisors; an outside PII audit). The span takes in the spelled run before it."""
+    if span.kind != "email":
+        return span
+    m = _SPELLED_RUN.search(text, 0, span.start)
+    if m is None:
+        return span
+    single = re.findall(r"(?<![\w'])[a-z0-9](?![\w'])", m.group(), re.I)
+    return Span(m.start(), span.end, "email") if len(single) >= SPELLED_MIN else span
 
 
 def _named_as_announced(spans: list[Span], announced: list[Span]) -> list[Span]:
@@ -836,14 +859,17 @@ def _float(value: object) -> float | None:
 
 # -- customer ids -----------------------------------------------------------------------------
 
-CUSTOMER_ALIAS = re.compile(r"^(?:card|ssn|email|phone|number)-[0-9a-f]{16}$")
+CUSTOMER_ALIAS = re.compile(r"^(?:card|ssn|email|phone|number)-[a-p]{16}$")
 """What a customer id that is personal data becomes (`customer_alias`)."""
+_HEX_AS_LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
+"""The alias's hash in letters only: hex digits could run to seven in a row, which the
+transcript's rules would take for a number."""
 
 
 def customer_alias(customer_id: str, key: bytes) -> str:
     """The id the server keeps, stores and shows for a customer: the id itself, unless it is
     personal data by the transcript's rules (a caller's phone number or email, as telephony
-    often gives them, or a long account number), which becomes `<kind>-<16 hex>`, a keyed hash
+    often gives them, or a long account number), which becomes `<kind>-<16 letters>`, a keyed hash
     of it: the same caller gets the same alias on every call and every instance (the history
     and the repeat-contact cue keep working), and nobody reading the wall, the history or the
     database learns the number. An alias is returned unchanged.
@@ -863,7 +889,7 @@ def customer_alias(customer_id: str, key: bytes) -> str:
         digits = re.sub(r"\D", "", customer_id)
         canonical = digits or canonical
     digest = hmac.new(key, f"{kind}:{canonical}".encode(), hashlib.sha256).hexdigest()
-    return f"{kind}-{digest[:16]}"
+    return f"{kind}-{digest[:16].translate(_HEX_AS_LETTERS)}"
 
 
 def with_customer_alias(meta: Mapping[str, Any] | None, key: bytes) -> dict[str, Any] | None:

@@ -32,6 +32,7 @@ from coach.api.security import (
     principal_from,
     require_principal,
     seconds_left,
+    stream_subprotocol,
 )
 from coach.api.users import UserDirectory
 from coach.api.wall import Tile, WallTracker
@@ -481,7 +482,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @app.websocket("/ws/calls/{call_id}/events")
     async def call_events(ws: WebSocket, call_id: str) -> None:
-        await ws.accept()
+        await ws.accept(subprotocol=stream_subprotocol(ws))
         try:
             principal = principal_from(ws, settings)
         except AuthError as exc:

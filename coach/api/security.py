@@ -1,4 +1,5 @@
-"""Who is calling: tokens for people (header or ?token=), API keys for telephony ingest.
+"""Who is calling: tokens for people (header, WebSocket subprotocol or ?token=), API keys for
+telephony ingest.
 
 Roles (README, Sign-in and roles): an agent sees the calls assigned to them (`agent_id` in
 the call's meta), a supervisor the calls of their team's agents and those no agent is on yet
@@ -19,6 +20,23 @@ from coach.settings import Settings
 
 WS_POLICY_VIOLATION = 1008
 TOKEN_EXPIRED = "token expired: sign in again"
+STREAM_PROTOCOL = "coach.v1"
+"""The WebSocket subprotocol the pages offer, with their token as a second one,
+`bearer.<token>`: a browser cannot set a header on a WebSocket, and a token in the address
+(`?token=`, still taken from other clients) is printed in the browser's console when the socket
+fails and written to proxies' access logs (found by an outside audit of the pages). The
+server answers with this one, as a browser requires when it offered any."""
+BEARER_PROTOCOL = "bearer."
+
+
+def _offered_protocols(ws: WebSocket) -> list[str]:
+    offered = ws.headers.get("sec-websocket-protocol", "")
+    return [p.strip() for p in offered.split(",") if p.strip()]
+
+
+def stream_subprotocol(ws: WebSocket) -> str | None:
+    """The subprotocol to accept the socket with (`ws.accept(subprotocol=...)`)."""
+    return STREAM_PROTOCOL if STREAM_PROTOCOL in _offered_protocols(ws) else None
 
 
 def _bearer(headers: dict[str, str] | object, query_token: str | None) -> str | None:
@@ -32,9 +50,13 @@ def principal_from(conn: Request | WebSocket, settings: Settings) -> Principal:
     """Raise AuthError unless the connection carries a valid token."""
     if settings.auth_disabled:
         return DEV_PRINCIPAL
-    # `?token=` only where a header cannot be set (a browser's WebSocket): on HTTP it would
-    # end up in proxies' logs, browser history and Referer headers.
-    query = conn.query_params.get("token") if isinstance(conn, WebSocket) else None
+    # On a WebSocket, where a browser cannot set a header: the token as a subprotocol, or
+    # `?token=`; never in an HTTP query, where it would end up in proxies' logs, browser
+    # history and Referer headers.
+    query = None
+    if isinstance(conn, WebSocket):
+        offered = [p for p in _offered_protocols(conn) if p.startswith(BEARER_PROTOCOL)]
+        query = offered[0][len(BEARER_PROTOCOL) :] if offered else conn.query_params.get("token")
     token = _bearer(conn.headers, query)
     if not token:
         raise AuthError("missing credentials")

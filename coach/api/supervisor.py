@@ -16,7 +16,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket, WebSocketDisconnect
 
-from coach.api.security import TOKEN_EXPIRED, principal_from, require_principal, seconds_left
+from coach.api.security import (
+    TOKEN_EXPIRED,
+    principal_from,
+    require_principal,
+    seconds_left,
+    stream_subprotocol,
+)
 from coach.api.wall import WallSubscription, WallTracker
 from coach.auth import AuthError, Principal
 from coach.events import dumps
@@ -75,7 +81,7 @@ async def analytics(
 
 @router.websocket("/ws/supervisor")
 async def supervisor_ws(ws: WebSocket) -> None:
-    await ws.accept()
+    await ws.accept(subprotocol=stream_subprotocol(ws))
     try:
         principal = principal_from(ws, ws.app.state.settings)
     except AuthError as exc:

@@ -315,6 +315,22 @@ def test_roles_scope_calls_by_agent_and_team(client: TestClient) -> None:
     with client.websocket_connect(f"/ws/calls/c-none/events?token={token('ann', 'agent')}") as ws:
         assert ws.receive_json()["code"] == "forbidden"
 
+    # The pages' way: the token as a subprotocol, out of the address (a browser prints a
+    # failed socket's address in its console); the server picks the pages' own protocol.
+    offered = ["coach.v1", f"bearer.{token('sam', 'supervisor')}"]
+    with client.websocket_connect("/ws/calls/c-ann/events", subprotocols=offered) as ws:
+        assert ws.accepted_subprotocol == "coach.v1"
+        assert ws.receive_json()["type"] == "call_start"
+    with client.websocket_connect("/ws/supervisor", subprotocols=offered) as ws:
+        assert ws.accepted_subprotocol == "coach.v1"
+        assert ws.receive_json()["type"] == "snapshot"
+    for refused in (["coach.v1", "bearer.not-a-token"], ["coach.v1"]):
+        with client.websocket_connect("/ws/calls/c-ann/events", subprotocols=refused) as ws:
+            assert ws.receive_json()["code"] == "unauthorized"
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_json()
+            assert closed.value.code == 1008
+
 
 def test_a_malformed_after_seq_is_refused_with_1007(client: TestClient) -> None:
     """ "²" passes str.isdigit but not int(): it used to drop the socket (1006)."""

@@ -420,6 +420,29 @@ def test_what_an_outside_pii_audit_found(text: str, expected: str) -> None:
     assert redact_text(text) == expected
 
 
+# Spelled letter by letter: the patterns found the address from its last letters only.
+SPELLED = [
+    ("It is j o h n dot s m i t h at gmail dot com.", "It is [EMAIL]."),
+    ("Spelled S, M, I, T, H at yahoo dot com.", "Spelled [EMAIL]."),
+    ("that's J-O-H-N-S at gmail.com thanks", "that's [EMAIL] thanks"),
+    ("it's a b c 1 2 at outlook dot com", "it's [EMAIL]"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), SPELLED)
+def test_an_address_spelled_letter_by_letter_is_hidden_whole(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+    words = redact_words(text.split(), text=text)  # the words carry no letter of it either
+    assert not [w for w in words if len(w.strip(",.")) == 1], words
+
+
+@pytest.mark.parametrize(
+    "text", ["I sent it to A and B at john@gmail.com", "so I emailed a friend at bob@x.com"]
+)
+def test_a_word_or_one_letter_before_an_address_is_not_spelling(text: str) -> None:
+    assert redact_text(text) == text.rsplit(" ", 1)[0] + " [EMAIL]"
+
+
 KEY = b"k" * 32
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.web.conftest import LiveServer, cue, transcript, watch_new_call
+from tests.web.conftest import ARTIFACTS, LiveServer, cue, transcript, watch_new_call
 from tests.web.test_supervisor_wall import end
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -73,5 +73,45 @@ def test_a_long_transcript_scrolls_in_its_box_and_the_cue_stays_in_sight(
         page.wait_for_timeout(200)
         assert lines_at_end(page)
         assert page.evaluate("window.scrollY") == 0
+    finally:
+        live_server.emit(call_id, end([]))
+
+
+def test_at_800_px_a_crisis_and_an_escalation_leave_the_live_transcript_in_sight(
+    live_server: LiveServer, page: Any
+) -> None:
+    """An outside audit: at 800 px, one crisis card or two escalation cards pushed the live
+    transcript below the fold (one column, cards first). Now the transcript sits beside them."""
+    page.set_viewport_size({"width": 800, "height": 768})
+    call_id = "scroll-crisis-800"
+    watch_new_call(page, live_server, call_id)
+    try:
+        said = "I don't see the point of any of it any more, honestly."
+        live_server.emit(call_id, transcript("customer", said, 1, 1.0))
+        live_server.emit(call_id, cue("crisis", 4.0, utterance_id=1, phrase="the point", text=said))
+        live_server.emit(
+            call_id,
+            {
+                "type": "escalation",
+                "reason": "crisis_indicators",
+                "urgency": "critical",
+                "detail": "crisis cue",
+                "summary": {"text": "Possible crisis."},
+                "t_emit": 4.1,
+            },
+        )
+        live_server.emit(
+            call_id,
+            cue("escalation_request", 6.0, utterance_id=1, phrase="manager", text="a manager"),
+        )
+        for i in range(2, 12):
+            speaker = "agent" if i % 2 else "customer"
+            live_server.emit(call_id, transcript(speaker, f"Line {i} of the call.", i, 6.0 + i))
+        page.locator("#transcript li").nth(10).wait_for()
+        page.wait_for_timeout(200)
+        assert in_view(page, ".cards .card.critical")
+        assert in_view(page, ".escalation-banner")
+        assert in_view(page, "#transcript li:last-child")
+        page.screenshot(path=str(ARTIFACTS / "agent-800-crisis.png"))
     finally:
         live_server.emit(call_id, end([]))

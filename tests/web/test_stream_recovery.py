@@ -290,3 +290,37 @@ def test_silence_is_not_counted_while_the_stream_is_down(
     time.sleep(9)  # past the 8 s at which a silence turns red
     assert silence.inner_text() == "not connected"
     assert "warn" not in (silence.get_attribute("class") or "")
+
+
+def test_a_mistyped_call_id_is_told_so_not_that_a_restart_lost_it(
+    live_server: LiveServer, page: Any
+) -> None:
+    """An outside audit: a drill-in to a mistyped id said the call "may have ended before the
+    server restarted". Nothing of it was ever seen: the id is the likely fault."""
+    sign_in(page, live_server.base, "/supervisor/#call/no-such-call-42", "sam")
+    status = page.locator("#drill-status")
+    status.filter(has_text="No call no-such-call-42 is live or stored: check the id").wait_for()
+    assert NOT_FOUND not in status.inner_text() and "Recent calls" in status.inner_text()
+
+
+def test_no_socket_carries_the_token_in_its_address(live_server: LiveServer, page: Any) -> None:
+    """An outside audit found tokens in Chromium's own console when a WebSocket failed: the
+    console prints the socket's address, which held `?token=`. The pages now offer the token
+    as a subprotocol; the address has none, failed or not."""
+    urls: list[str] = []
+    console: list[str] = []
+    page.on("websocket", lambda ws: urls.append(ws.url))
+    page.on("console", lambda msg: console.append(msg.text))
+    call_id = "rec-plain-address"
+    live_server.start_call(call_id, "ann")
+    live_server.emit(call_id, transcript("customer", "hello there", 1, 1.0))
+    sign_in(page, live_server.base, f"/supervisor/#call/{call_id}", "sam")
+    page.locator("#drill-view li.customer.transcript").wait_for()
+    # A socket refused at the handshake (here: one the page opens to a path that has none).
+    page.evaluate("new WebSocket(`ws://${location.host}/ws/none`, Auth.socketProtocols())")
+    page.wait_for_timeout(500)
+    token = page.evaluate("Auth.token()")
+    assert token and len(urls) >= 3
+    assert not [u for u in urls if "token" in u or token in u], urls
+    assert not [m for m in console if token in m], console
+    live_server.emit(call_id, {"type": "call_end", "duration_s": 5.0, "reason": "end"})

@@ -132,7 +132,7 @@ function watch(callId, { auto = false, startedAt = null } = {}) {
       Panel.finished.add(callId);
       if (!view.ended) Panel.cutOff = CUT_OFF.missing;
       view.finish();
-      notice(`Call ${callId} was not found: it may have ended before the server restarted.`);
+      notice(missingText(callId, Panel.stream));
       setStatus("Waiting for your next call…");
     },
     onRefused: (err) => {

@@ -139,5 +139,11 @@ const Auth = (() => {
     location.reload();
   }
 
-  return { api, require, signOut, expired, token: () => token, me: () => me };
+  // A WebSocket's token goes as a subprotocol, not in its address: the browser prints a failed
+  // socket's address in its console, and proxies log addresses (coach/api/security.py).
+  function socketProtocols() {
+    return token ? ["coach.v1", `bearer.${token}`] : [];
+  }
+
+  return { api, require, signOut, expired, socketProtocols, token: () => token, me: () => me };
 })();

@@ -46,13 +46,11 @@ class EventStream {
   url() {
     const proto = location.protocol === "https:" ? "wss" : "ws";
     const q = new URLSearchParams({ after_seq: String(this.lastSeq) });
-    const token = Auth.token();
-    if (token) q.set("token", token);
     return `${proto}://${location.host}/ws/calls/${encodeURIComponent(this.callId)}/events?${q}`;
   }
 
   connect() {
-    const socket = new WebSocket(this.url());
+    const socket = new WebSocket(this.url(), Auth.socketProtocols());
     this.socket = socket;
     this.refusal = null; // an error message belongs to the connection it came on
     this.lastMessageAt = Date.now();
@@ -120,4 +118,12 @@ class EventStream {
     clearInterval(this.watchdog);
     if (this.socket) this.socket.close(1000);
   }
+}
+
+// What to say when the server knows no such call (4404). A call that was showing and is gone
+// was lost in a restart; one that never showed anything was most likely mistyped (an outside
+// audit: a typo was told the call "may have ended before the server restarted").
+function missingText(callId, stream, hint = "") {
+  if (stream && stream.lastSeq > 0) return `Call ${callId} was not found: it may have ended before the server restarted.`;
+  return `No call ${callId} is live or stored: check the id${hint}.`;
 }

@@ -356,9 +356,7 @@ setInterval(() => {
 // -- the wall's socket ---------------------------------------------------------------------
 function connectWall() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
-  const q = new URLSearchParams();
-  if (Auth.token()) q.set("token", Auth.token());
-  const socket = new WebSocket(`${proto}://${location.host}/ws/supervisor?${q}`);
+  const socket = new WebSocket(`${proto}://${location.host}/ws/supervisor`, Auth.socketProtocols());
   Wall.socket = socket;
   Wall.refusal = null;
   socket.onopen = () => { Wall.retry = 0; $("status").textContent = Wall.stale ? "Reconnected; updating…" : "Live"; };
@@ -451,7 +449,7 @@ function openDrill(callId) {
     onMissing: () => {
       // Not a permission problem: what was shown of the call stays.
       view.finish();
-      $("drill-status").textContent = `Call ${callId} was not found: it may have ended before the server restarted.`;
+      $("drill-status").textContent = missingText(callId, Wall.drill && Wall.drill.stream, ", or find the call under Recent calls");
     },
     onRefused: (err) => {
       view.destroy();
