@@ -803,7 +803,10 @@ class CueEngine:
         if unquoted:
             text += " Last said: " + "; ".join(f'"{t}"' for t in unquoted) + "."
         if cues_shown:
-            text += " Cues shown: " + ", ".join(cues_shown) + "."
+            # By their titles, as the agent saw them (ids read as jargon to a supervisor).
+            cues = self.holder.current.playbook.cues
+            titles = [cues[c].title if c in cues else c for c in cues_shown]
+            text += " Cues shown: " + ", ".join(titles) + "."
         moves = list(dict.fromkeys(m.move for m in self.agent_moves))
         text += (
             " Agent tried: " + ", ".join(moves) + "."

@@ -84,6 +84,9 @@ def test_a_restored_recap_gives_the_same_summaries_as_the_part_it_recaps() -> No
     assert after["escalations"] == before["escalations"]
     handoff = eng2.handoff()
     assert handoff["cues_shown"] == ["frustration", "escalation_request"]
+    # The handoff's text names them by the titles the agent saw.
+    assert "Cues shown: Customer is frustrated, " in handoff["text"]
+    assert "escalation_request" not in handoff["text"]
     assert handoff["trigger_phrases"] == ["waiting for an hour [CARD]", "your manager"]
     assert handoff["agent_tried"] == ["apology"]  # by name: its words stayed with part one
     assert handoff["state"] == eng.handoff()["state"]

@@ -121,6 +121,10 @@ def test_tiles_by_risk_team_scope_and_escalation_alert_acknowledged(
     assert "Raised by\nescalation_request cue" in text
     assert "let me talk to your manager" in text and "offered a refund" in text
     assert "worsening" in text
+    # The cues shown by the titles the agent saw, not by their ids.
+    cues_shown = alert.locator("dd.cues-shown")
+    cues_shown.filter(has_text="Customer is frustrated").wait_for()
+    assert "frustration" not in cues_shown.inner_text()
     assert "Escalation, high" in page.locator("#announce-critical").inner_text()
     assert wait_order(page, ["w-calm", "w-upset"])[:2] == ["w-calm", "w-upset"]
     # A few more of the team's calls, for a wall that looks like a working day.

@@ -295,14 +295,15 @@ function alertCard(c, e) {
     ["Raised by", e.detail || null],
     ["Customer", st.emotion ? `${st.emotion}${typeof st.valence === "number" ? ` (valence ${st.valence.toFixed(2)})` : ""}${s.trend ? `, ${s.trend}` : ""}` : null],
     ["Trigger phrases", (s.trigger_phrases || []).map((p) => `“${p}”`).join(", ") || null],
-    ["Cues shown", (s.cues_shown || []).join(", ") || null],
+    ["Cues shown", (s.cues_shown || []).map((id) => cueTitles[id] || id).join(", ") || null],
     ["Agent tried", (s.agent_tried || []).join("; ") || null],
   ].filter(([, v]) => v);
   return h("li", { class: `alert urgency-${e.urgency}`, "data-call": callId, "data-seq": String(seq), "data-key": escalationKey(callId, seq), "aria-labelledby": headId },
     h("h3", { id: headId, text: `${e.urgency[0].toUpperCase()}${e.urgency.slice(1)}: ${REASONS[e.reason] || e.reason}` }),
     h("p", { class: "muted alert-meta" }),
     s.text ? h("p", { class: "handoff", text: s.text }) : null,
-    facts.length ? h("dl", {}, facts.flatMap(([k, v]) => [h("dt", { text: k }), h("dd", { text: v })])) : null,
+    facts.length ? h("dl", {}, facts.flatMap(([k, v]) => [h("dt", { text: k }),
+      h("dd", k === "Cues shown" ? { class: "cues-shown", "data-ids": s.cues_shown.join(" "), text: v } : { text: v })])) : null,
     h("div", { class: "actions" },
       h("button", { type: "button", class: "primary ack", onclick: (ev) => acknowledge(callId, seq, ev.currentTarget, status) }, "Acknowledge"),
       h("button", { type: "button", onclick: () => { location.hash = `#call/${encodeURIComponent(callId)}`; } }, "Open call"),
@@ -639,14 +640,30 @@ async function loadHistory() {
   $("history-status").textContent = `${calls.length} call(s).`;
 }
 
+// The playbook's cue titles, by id: a handoff lists the cues shown by the titles the agent saw.
+const cueTitles = {};
+let cueChoices = null;
+function loadPlaybook() {
+  if (!cueChoices) {
+    cueChoices = Auth.api("/api/playbook").then((r) => (r.ok ? r.json() : null)).catch(() => null);
+    cueChoices.then((playbook) => {
+      if (!playbook) { cueChoices = null; return; }
+      for (const c of playbook.cues) cueTitles[c.cue] = c.title;
+      // Alerts drawn before it came (a reload with escalations open) name their cues again.
+      for (const dd of document.querySelectorAll("#alerts dd.cues-shown")) {
+        dd.textContent = dd.dataset.ids.split(" ").map((id) => cueTitles[id] || id).join(", ");
+      }
+    });
+  }
+  return cueChoices;
+}
+
 // The cue filter lists the playbook's cues by title (once; the ids stay the values, so a
 // call of a cue since renamed is still found).
-let cueChoices = null;
 async function loadCueChoices(select) {
-  if (cueChoices) return;
-  cueChoices = Auth.api("/api/playbook").then((r) => (r.ok ? r.json() : null)).catch(() => null);
-  const playbook = await cueChoices;
-  if (!playbook) { cueChoices = null; return; }
+  if (select.options.length > 1) return;
+  const playbook = await loadPlaybook();
+  if (!playbook || select.options.length > 1) return;
   select.append(...playbook.cues.map((c) => h("option", { value: c.cue, text: c.title })));
 }
 
@@ -726,6 +743,7 @@ function onTabKey(e) {
     return;
   }
   SoundAlerts.init({ button: $("sound-toggle"), notice: $("sound-notice"), live: $("sound-live") });
+  loadPlaybook();
   for (const t of document.querySelectorAll('[role="tab"]')) {
     t.addEventListener("click", () => { location.hash = `#${t.getAttribute("aria-controls")}`; });
   }
