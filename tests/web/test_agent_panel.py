@@ -4,6 +4,7 @@ and the "Play demo call" button through the real pipeline."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -513,3 +514,55 @@ def test_the_agent_sees_a_supervisor_take_the_escalation(
         assert banner.inner_text().count("has it") == 1
     finally:
         on_server(manager.finish(session, "end"))
+
+
+def test_after_the_call_the_agent_records_its_outcome_and_a_supervisor_sees_it(
+    live_server: LiveServer, page: Any, browser: Any
+) -> None:
+    """The outcome API had no page: an outside UI audit asked for a post-call step for
+    agents. One click after the call; the post-call summary shows it, and can change it."""
+    call_id = "web-outcome"
+    watch_new_call(page, live_server, call_id)
+    live_server.emit(call_id, transcript("customer", "thanks, that fixed it", 1, 1.0))
+    live_server.emit(call_id, END)
+    prompt = page.get_by_role("group", name="How did the call end for the customer?")
+    prompt.wait_for()
+    deadline = time.monotonic() + 10
+    while True:  # the store writes the call within a flush or two
+        prompt.get_by_role("button", name="resolved", exact=True).click()
+        saved = prompt.get_by_role("status")
+        saved.filter(has_text=re.compile("Saved|Not saved")).wait_for()
+        if "Saved: resolved" in saved.inner_text() or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert saved.inner_text() == "Saved: resolved"
+    assert (
+        prompt.get_by_role("button", name="resolved", exact=True).get_attribute("aria-pressed")
+        == "true"
+    )
+    detail = live_server.store_call(call_id)
+    assert (detail.call.outcome, detail.call.outcome_by) == ("resolved", "ann")
+
+    sup = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+    try:
+        sign_in(sup, live_server.base, f"/supervisor/#summary/{call_id}", "sam")
+        form = sup.locator("#outcome-form")
+        form.wait_for()
+        assert form.locator("input").input_value() == "resolved"
+        assert "set by ann" in sup.locator("#outcome-status").inner_text()
+        form.locator("input").fill("callback scheduled")
+        form.get_by_role("button", name="Save outcome").click()
+        sup.locator("#outcome-status").filter(has_text="Saved: set by sam").wait_for()
+        detail = live_server.store_call(call_id)
+        assert (detail.call.outcome, detail.call.outcome_by) == ("callback scheduled", "sam")
+    finally:
+        sup.context.close()
+
+
+def test_a_call_cut_off_asks_for_no_outcome(live_server: LiveServer, page: Any) -> None:
+    call_id = "web-outcome-cut"
+    watch_new_call(page, live_server, call_id)
+    live_server.emit(call_id, transcript("customer", "hello", 1, 1.0))
+    live_server.emit(call_id, {**END, "reason": "disconnect"})
+    page.locator("#status").filter(has_text="ended").wait_for()
+    assert page.get_by_role("group", name="How did the call end for the customer?").count() == 0

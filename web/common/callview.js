@@ -57,6 +57,11 @@ class CallView {
   // The pace is marked fast only this long (call time) after the engine's own
   // agent_pace_fast cue: the panel's words/s is a different, uncalibrated measure.
   static PACE_CUE_WINDOW_S = 30;
+  static OUTCOMES = ["resolved", "callback scheduled", "escalated", "unresolved"];
+
+  static cutOff(reason) {
+    return ["interrupted", "shutdown", "disconnect"].includes(reason) || String(reason || "").startsWith("error:");
+  }
   static instances = 0; // ids stay unique with two views on a page (an earlier part above)
 
   constructor(root, { callId, readOnly = false } = {}) {
@@ -141,6 +146,8 @@ class CallView {
           this.note("The call was ended because the server shut down; what was received is saved.");
         }
         this.renderMetrics(this.lastMetrics || {});
+        // Not for a call cut off: it may go on as a new leg (the telephony reconnects).
+        if (!this.readOnly && !CallView.cutOff(ev.reason)) this.outcomePrompt();
         break;
       default: break;
     }
@@ -164,6 +171,26 @@ class CallView {
   freeze() {
     this.finish();
     clearInterval(this.timer);
+  }
+
+  // After the call, its agent says how it ended for the customer (one click; stored with the
+  // call, PUT /api/calls/{id}/outcome): what a supervisor reviews and the analytics count.
+  outcomePrompt() {
+    if (this.outcomeBox) return;
+    const status = h("span", { class: "outcome-status", role: "status" });
+    const buttons = CallView.OUTCOMES.map((value) => h("button", {
+      type: "button", "aria-pressed": "false", onclick: () => choose(value),
+    }, value));
+    const choose = async (value) => {
+      const path = `/api/calls/${encodeURIComponent(this.callId)}/outcome`;
+      const r = await Auth.api(path, { method: "PUT", json: { outcome: value } }).catch(() => null);
+      const ok = Boolean(r && r.ok);
+      for (const b of buttons) b.setAttribute("aria-pressed", String(ok && b.textContent === value));
+      status.textContent = ok ? `Saved: ${value}` : `Not saved (${r ? r.status : "network"}); try again.`;
+    };
+    this.outcomeBox = h("div", { class: "outcome", role: "group", "aria-label": "How did the call end for the customer?" },
+      h("span", { class: "outcome-q", text: "How did it end for the customer?" }), ...buttons, status);
+    this.endNote.after(this.outcomeBox);
   }
 
   // A grey partial still shown when the call is over was cut off before its final: it is not

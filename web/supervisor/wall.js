@@ -504,6 +504,7 @@ function refreshCueHistory(delayMs) {
 async function openSummary(callId) {
   $("summary-h").textContent = `Post-call summary: ${callId}`;
   $("summary-status").textContent = "Loading…";
+  $("outcome-form").hidden = true;
   for (const id of ["summary-facts", "summary-cues", "summary-escalations", "summary-transcript"]) $(id).replaceChildren();
   let r = null, d = null;
   // A call that just ended reaches the store within a second or two: wait for its end.
@@ -533,6 +534,7 @@ async function openSummary(callId) {
     ["Customer valence", change == null ? "–" : `${arc[0][1].toFixed(2)} → ${arc[arc.length - 1][1].toFixed(2)} (${CHANGE_WORDS[change]})`],
   ];
   $("summary-facts").replaceChildren(...facts.map(([k, v]) => h("div", {}, h("dt", { text: k }), h("dd", { text: v }))));
+  showOutcome(callId, d.call);
   const cueMarks = d.cues.map((c) => ({
     t: (c.evidence && c.evidence.t_end) || c.t_emit || 0, cue: c.cue, title: c.title,
     severity: c.cue === "crisis" ? "critical" : "normal",
@@ -553,6 +555,27 @@ async function openSummary(callId) {
     h("span", { class: "who", text: u.speaker }), h("span", { class: "t", text: fmtTime(u.t_start) }), h("span", { class: "text", text: u.text }),
     u.speaker === "customer" && choices.length ? missedCueControl(callId, u, choices, titles, (d.missed_cues || []).filter((m) => m.utterance_seq === u.seq)) : null)));
   $("summary-status").textContent = "";
+}
+
+// How the call ended for the customer (resolved, a callback...), set by its agent or a
+// supervisor after the call: stored with it (PUT /api/calls/{id}/outcome).
+function showOutcome(callId, call) {
+  const form = $("outcome-form");
+  form.hidden = !call.ended_at;
+  form.dataset.call = callId;
+  form.outcome.value = call.outcome || "";
+  $("outcome-status").textContent = call.outcome ? `set by ${call.outcome_by}` : "not recorded yet";
+}
+
+async function saveOutcome(e) {
+  e.preventDefault();
+  const form = e.currentTarget, callId = form.dataset.call;
+  const value = form.outcome.value.trim();
+  const r = await Auth.api(`/api/calls/${encodeURIComponent(callId)}/outcome`, { method: "PUT", json: { outcome: value || null } }).catch(() => null);
+  if (form.dataset.call !== callId) return; // another call's summary meanwhile
+  if (!r || !r.ok) { $("outcome-status").textContent = `Not saved (${r ? r.status : "network"}); try again.`; return; }
+  const call = await r.json();
+  $("outcome-status").textContent = call.outcome ? `Saved: set by ${call.outcome_by}` : "Cleared";
 }
 
 // A reviewer marks a customer line that should have shown a cue; the reports become new
@@ -749,6 +772,7 @@ function onTabKey(e) {
   }
   document.querySelector('[role="tablist"]').addEventListener("keydown", onTabKey);
   $("history-form").addEventListener("submit", (e) => { e.preventDefault(); loadHistory(); });
+  $("outcome-form").addEventListener("submit", saveOutcome);
   $("analytics-form").addEventListener("submit", (e) => { e.preventDefault(); loadAnalytics(); });
   window.addEventListener("hashchange", route);
   connectWall();
