@@ -95,6 +95,8 @@ class Me(BaseModel):
     user: str
     role: Role
     team: str | None = None
+    team_members: list[str] | None = None
+    """A supervisor's team (the directory's people in it), whom they may put on a call."""
 
 
 class LoginAnswer(Me):
@@ -132,10 +134,13 @@ async def login(body: LoginBody, request: Request) -> LoginAnswer:
         signed_in=True,
     )
     log.info("%s signed in (%s)", user.name, user.role)
+    # Whom a supervisor may put on a call (the wall's assign form offers them).
+    members = sorted(users.team_agents(user.team)) if user.team and user.role != "agent" else None
     return LoginAnswer(
         user=user.name,
         role=user.role,
         team=user.team,
+        team_members=members,
         token=token,
         expires_at=time.time() + settings.token_ttl_s,
     )
@@ -144,4 +149,9 @@ async def login(body: LoginBody, request: Request) -> LoginAnswer:
 @router.get("/api/me")
 async def me(principal: CurrentPrincipal) -> Me:
     """Who the token belongs to: the pages check their stored token with this."""
-    return Me(user=principal.user, role=principal.role, team=principal.team)
+    members = (
+        sorted(principal.team_agents)
+        if principal.is_supervisor and principal.team_agents is not None
+        else None
+    )
+    return Me(user=principal.user, role=principal.role, team=principal.team, team_members=members)

@@ -231,8 +231,17 @@ def test_login_issues_a_token_that_the_api_accepts(client: TestClient) -> None:
     assert r.status_code == 200
     body = r.json()
     assert (body["user"], body["role"], body["team"]) == ("sam", "supervisor", "blue")
+    # A supervisor learns whom they may put on a call: their team, from the directory.
+    assert body["team_members"] == ["ann", "sam"]
     me = client.get("/api/me", headers={"Authorization": f"Bearer {body['token']}"}).json()
-    assert me == {"user": "sam", "role": "supervisor", "team": "blue"}
+    assert me == {
+        "user": "sam",
+        "role": "supervisor",
+        "team": "blue",
+        "team_members": ["ann", "sam"],
+    }
+    ann = client.post("/api/login", json={"user": "ann", "password": "pw"}).json()
+    assert ann["team_members"] is None  # an agent assigns nobody
     assert client.get("/api/me").status_code == 401
     assert client.get("/api/me", headers={"Authorization": "Bearer junk"}).status_code == 401
     # The address carries a token only where no header can be set: WebSockets.

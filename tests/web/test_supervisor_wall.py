@@ -837,3 +837,48 @@ def test_a_cut_off_call_drops_its_unfinished_partial(live_server: LiveServer, pa
     page.locator("#drill-status").filter(has_text="cut off").wait_for()
     assert partial.count() == 0
     assert "my router keeps dropping" in page.locator("#drill-view .lines").inner_text()
+
+
+def test_a_supervisor_puts_an_agent_on_a_live_call_from_the_drill_in(
+    live_server: LiveServer, page: Any
+) -> None:
+    """The assignment API had no page (an outside UI audit): the drill-in of a live call offers
+    the supervisor's team and assigns through the call's real session."""
+    import asyncio
+
+    call_id = "w-assign"
+    manager = live_server.app.state.coach.manager
+
+    def on_server(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, live_server.loop).result(timeout=10)
+
+    session = on_server(
+        manager.open(call_id=call_id, source="synthetic", speakers=("customer", "agent"))
+    )
+    try:
+        sign_in(page, live_server.base, f"/supervisor/#call/{call_id}", "sam")
+        page.locator("#drill-agent").filter(has_text="Unassigned").wait_for()
+        form = page.locator("#assign-form")
+        form.wait_for()
+        options = page.locator("#team-members option")
+        assert [options.nth(i).get_attribute("value") for i in range(options.count())] == [
+            "ann",
+            "cal",
+            "sam",
+        ]
+        form.locator("input").fill("ann")
+        form.get_by_role("button", name="Assign").click()
+        page.locator("#assign-status").filter(has_text="Assigned to ann.").wait_for()
+        page.locator("#drill-agent").filter(has_text="Agent ann").wait_for()
+        tile = page.locator(f'#tiles > li[data-call="{call_id}"] h3')
+        tile.filter(has_text="Agent ann").wait_for(state="attached")
+        assert session.meta["agent_id"] == "ann"
+        # An agent of another team is refused, and says why.
+        form.locator("input").fill("ben")
+        form.get_by_role("button", name="Assign").click()
+        page.locator("#assign-status").filter(has_text="Not assigned:").wait_for()
+        assert session.meta["agent_id"] == "ann"
+    finally:
+        on_server(manager.finish(session, "end"))
+    page.locator("#drill-status").filter(has_text="Call ended.").wait_for()
+    assert page.locator("#assign-form").is_hidden()

@@ -97,7 +97,7 @@ const Auth = (() => {
           if (!r.ok) { error.textContent = body.detail || `Sign-in failed (${r.status}).`; return; }
           localStorage.setItem(KEY, body.token);
           token = body.token;
-          me = { user: body.user, role: body.role, team: body.team };
+          me = { user: body.user, role: body.role, team: body.team, team_members: body.team_members };
           root.hidden = true;
           root.replaceChildren();
           resolve(me);

@@ -432,6 +432,9 @@ function openDrill(callId) {
   $("drill-summary").href = `#summary/${encodeURIComponent(callId)}`;
   $("drill-status").textContent = "";
   $("drill-agent").textContent = "";
+  $("assign-form").hidden = true;
+  $("assign-status").textContent = "";
+  $("assign-form").agent.value = "";
   showDrillAgent(callId);
   const view = new CallView($("drill-view"), { callId, readOnly: true });
   const stream = new EventStream(callId, {
@@ -468,6 +471,9 @@ function showDrillAgent(callId, stored) {
   if (!c && stored === undefined) return; // nothing known (yet): keep what is shown
   const agent = (c && c.agent_id) || stored;
   $("drill-agent").textContent = agent ? `Agent ${agent}` : "Unassigned";
+  // A live call can be given to an agent (the telephony did not say, or someone else should
+  // take it): PUT /api/calls/{id}/agent.
+  $("assign-form").hidden = !(c && !c.ended_at);
 }
 
 function closeDrill() {
@@ -555,6 +561,20 @@ async function openSummary(callId) {
     h("span", { class: "who", text: u.speaker }), h("span", { class: "t", text: fmtTime(u.t_start) }), h("span", { class: "text", text: u.text }),
     u.speaker === "customer" && choices.length ? missedCueControl(callId, u, choices, titles, (d.missed_cues || []).filter((m) => m.utterance_seq === u.seq)) : null)));
   $("summary-status").textContent = "";
+}
+
+async function assignAgent(e) {
+  e.preventDefault();
+  const callId = Wall.drill && Wall.drill.callId;
+  const agent = e.currentTarget.agent.value.trim();
+  if (!callId || !agent) return;
+  $("assign-status").textContent = "Assigning…";
+  const r = await Auth.api(`/api/calls/${encodeURIComponent(callId)}/agent`, { method: "PUT", json: { agent_id: agent } }).catch(() => null);
+  if (!Wall.drill || Wall.drill.callId !== callId) return;
+  const detail = r && !r.ok ? await r.json().catch(() => null) : null;
+  $("assign-status").textContent = !r ? "Not assigned (network); try again."
+    : r.ok ? (r.status === 202 ? `Sent to the instance that runs the call: ${agent} will be on it.` : `Assigned to ${agent}.`)
+      : `Not assigned: ${(detail && detail.detail) || r.status}.`;
 }
 
 // How the call ended for the customer (resolved, a callback...), set by its agent or a
@@ -773,6 +793,8 @@ function onTabKey(e) {
   document.querySelector('[role="tablist"]').addEventListener("keydown", onTabKey);
   $("history-form").addEventListener("submit", (e) => { e.preventDefault(); loadHistory(); });
   $("outcome-form").addEventListener("submit", saveOutcome);
+  $("assign-form").addEventListener("submit", assignAgent);
+  $("team-members").replaceChildren(...(Wall.me.team_members || []).map((m) => h("option", { value: m })));
   $("analytics-form").addEventListener("submit", (e) => { e.preventDefault(); loadAnalytics(); });
   window.addEventListener("hashchange", route);
   connectWall();
