@@ -685,10 +685,14 @@ def _tag_words(out: list[str], offsets: list[tuple[int, int]], spans: list[Span]
     return out
 
 
-def redact_event(event: dict[str, object], *, continues_digits: bool = False) -> dict[str, object]:
+def redact_event(
+    event: dict[str, object], *, continues_digits: bool = False, reading: bool = False
+) -> dict[str, object]:
     """The view of an event for anyone but the call's live agent (supervisors, store, files).
 
-    `continues_digits` (transcripts and partials): see `find_pii`; `CallRedactor` knows it."""
+    `continues_digits` (transcripts and partials): see `find_pii`; `reading`: the speaker is
+    reading out a secret number they named (`CallRedactor`), so every run of digits in the
+    transcript is hidden, as in a partial. `CallRedactor` knows both."""
     if event.get("type") in ("cue", "escalation"):
         # Evidence quotes the customer's words: the same PII rules as the transcript, each
         # quoted line read alone first, as its transcript was.
@@ -700,7 +704,10 @@ def redact_event(event: dict[str, object], *, continues_digits: bool = False) ->
         return event
     out = dict(event)
     # A partial's digits are a number still being spoken: hidden whatever their length.
-    opts = {"continues_digits": continues_digits, "interim": event.get("type") == "partial"}
+    opts = {
+        "continues_digits": continues_digits,
+        "interim": reading or event.get("type") == "partial",
+    }
     text = event.get("text")
     if isinstance(text, str):
         out["text"] = redact_text(text, **opts)
@@ -752,6 +759,11 @@ def _hide_quotes(text: str, quotes: Sequence[str], tag: str) -> str:
 CONTINUATION_GAP_S = 5.0
 """A speaker's utterance that starts within this long after one that ended in digits read out
 may carry the rest of the number."""
+READING_WINDOW_S = 30.0
+"""After a speaker names a secret number ("my card number is", "the security code"), or reads
+a piece of one within this window, every run of digits they say within this long is hidden:
+a caller fetching the card or reading it slowly pauses longer than CONTINUATION_GAP_S, and a
+group said mid-sentence ("then 1283 I think") looks like any number (an outside PII audit)."""
 
 
 class CallRedactor:
@@ -775,6 +787,8 @@ class CallRedactor:
         self._hidden: list[str] = []
         """Every piece of a number hidden so far only because it went on with one (the
         newest HIDDEN_KEPT): an escalation's handoff quotes lines of the whole call."""
+        self._reading_until: dict[str, float] = {}
+        """speaker -> until when (call time) they are reading out a secret number."""
 
     def view(self, event: dict[str, object]) -> dict[str, object]:
         kind = event.get("type")
@@ -805,7 +819,8 @@ class CallRedactor:
             and start is not None
             and start - last[0] <= CONTINUATION_GAP_S
         )
-        out = redact_event(event, continues_digits=continues)
+        reading = start is not None and start <= self._reading_until.get(speaker, -1.0)
+        out = redact_event(event, continues_digits=continues, reading=reading)
         text = event.get("text")
         if kind == "transcript" and end is not None and isinstance(text, str):
             opening, closing = dictation_at_edges(text)
@@ -816,6 +831,13 @@ class CallRedactor:
             whole_piece = continues and opening is not None and opening == closing
             self._last[speaker] = (end, ends or whole_piece)
             pieces = _went_on_with(text, opening, closing) if continues else []
+            if reading:
+                read = [text[r.start : r.end] for r in _interim_spans(text)]
+                pieces += [piece for piece in read if piece not in pieces]
+            # Named in a statement: "can I take your card number?" asks, it reads nothing.
+            named = _SECRET_NAMED.search(text) is not None and not text.rstrip().endswith("?")
+            if named or (reading and pieces):
+                self._reading_until[speaker] = end + READING_WINDOW_S
             if pieces and start is not None:
                 self._went_on[speaker] = (start, pieces)
                 self._hidden = [*(q for q in self._hidden if q not in pieces), *pieces]

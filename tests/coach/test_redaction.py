@@ -266,6 +266,35 @@ def test_digits_continue_a_number_only_soon_and_from_the_same_speaker() -> None:
     assert view(partial)["text"] == "[NUMBER]"
 
 
+def test_a_card_read_slowly_after_it_was_named_is_hidden_in_every_piece() -> None:
+    """An outside PII audit: pauses over 5 s between the groups of a card (a caller reading
+    it off the card) let a group said mid-sentence through. Named, then read within 30 s of
+    the last piece, every run of digits is hidden."""
+    view = CallRedactor().view
+    shown = [
+        view(said("customer", 0.0, "Okay, my card number is, hang on.")),
+        view(said("agent", 3.0, "Take your time.")),
+        view(said("customer", 12.0, "Right, first 4532, then 0151.")),
+        view(said("customer", 22.0, "then 1283 I think, and")),
+        view(said("customer", 35.0, "the last bit is 0366 yes")),
+        view(said("customer", 90.0, "It cost 1283 dollars last year.")),
+    ]
+    assert [v["text"] for v in shown] == [
+        "Okay, my card number is, hang on.",
+        "Take your time.",
+        "Right, first [NUMBER], then [NUMBER].",
+        "then [NUMBER] I think, and",
+        "the last bit is [NUMBER] yes",
+        "It cost 1283 dollars last year.",  # long after: an amount again
+    ]
+    assert "1283" not in str(shown[3]["words"])
+    # Asking for it reads nothing: the agent's own figures stay.
+    view(said("agent", 100.0, "Can I take your card number?"))
+    assert view(said("agent", 104.0, "It's 1283 for the year."))["text"] == (
+        "It's 1283 for the year."
+    )
+
+
 def test_a_cue_on_an_utterance_that_went_on_with_a_number_quotes_it_hidden() -> None:
     """The rest of a number, shouted, raises a cue whose evidence, phrase and reason quote the
     line: the supervisors' copy hides those digits as the transcript's does."""
