@@ -186,11 +186,15 @@ class CallManager:
         # not just looked up, so two instances opening one id at once cannot both go on.
         claimed = self._new_leg(call_id, stored_ended)
         if await self._claim_or_refuse(claimed):
-            # Its owner let it go while we waited: the call may have ended there (then this
-            # is a new leg), which the store may not have written yet but Redis says.
+            # Its owner let it go while we waited: the call may have ended there.
             stored_ended = await self._stored_ended_legs(call_id)
-            if await self._ended_elsewhere(claimed):
-                stored_ended.add(claimed)
+        # Ended on another instance (then this is a new leg), which the store may not have
+        # written yet but Redis says; asked even when the claim came at once: the owner may
+        # have let the call go a moment before it (found by an outside audit with two
+        # servers: an id reused on B 0.2-0.5 s after its call ended on A continued the
+        # ended call's record, which then mixed both calls, under the second one's agent).
+        if await self._ended_elsewhere(claimed):
+            stored_ended.add(claimed)
         try:
             # Checked again after the lookups: another connection may have opened the id.
             reattached = self._admit(call_id, source=source, speakers=speakers)

@@ -22,6 +22,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -70,10 +71,15 @@ def verify(
 class EscalationWebhook:
     """Bus listener plus one delivery task. `start` in the app's loop, `stop` at shutdown."""
 
-    def __init__(self, config: WebhookConfig) -> None:
+    def __init__(
+        self, config: WebhookConfig, *, team_of: Callable[[str], str | None] | None = None
+    ) -> None:
         if config.min_urgency not in URGENCY_RANK:
             raise ValueError(f"unknown urgency {config.min_urgency!r}")
         self.config = config
+        self._team_of = team_of
+        """The agent's team in the user directory: a call's meta names a team only when the
+        telephony passed one (an outside audit found `team` always null in the payloads)."""
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=config.queue_size)
         self._meta: dict[str, dict[str, Any]] = {}
         """Agent and team of each call this instance runs (from call_start, agent_assigned)."""
@@ -112,11 +118,15 @@ class EscalationWebhook:
     def _payload(self, call_id: str, event: Event) -> dict[str, Any]:
         meta = self._meta.get(call_id, {})
         fields = ("seq", "reason", "urgency", "cue", "detail", "summary", "t_start", "t_end")
+        agent = meta.get("agent_id")
+        team = meta.get("team")
+        if team is None and isinstance(agent, str) and self._team_of is not None:
+            team = self._team_of(agent)
         return {
             "type": "escalation",
             "call_id": call_id,
-            "agent_id": meta.get("agent_id"),
-            "team": meta.get("team"),
+            "agent_id": agent,
+            "team": team,
             **{k: event[k] for k in fields if k in event},
             "sent_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }

@@ -444,7 +444,18 @@ class CallSession:
         except Exception as exc:
             log.warning("call %s: customer history unavailable: %s", self.call_id, exc)
             return
-        self.cues.set_history([c for c in previous if getattr(c, "call_id", None) != self.call_id])
+        # Earlier legs of this same call (cut off, reconnected as `id~2`) are not an earlier
+        # contact: counted, a first-time caller got "Has called before" two seconds into the
+        # second leg (found by an outside audit with two servers).
+        base = str(self.meta.get("telephony_call_id") or self.call_id)
+        self.cues.set_history(
+            [
+                c
+                for c in previous
+                if (leg := str(getattr(c, "call_id", ""))) != base
+                and not leg.startswith(f"{base}~")
+            ]
+        )
 
     def _session_state(self, *, ended: bool) -> dict[str, Any]:
         fired = (

@@ -207,7 +207,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                     url=settings.escalation_webhook_url,
                     secret=settings.escalation_webhook_secret,
                     min_urgency=settings.escalation_webhook_min_urgency,
-                )
+                ),
+                team_of=app.state.users.team_of,
             )
             state.bus.add_listener(webhook.listener)
             webhook.start()

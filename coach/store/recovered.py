@@ -292,6 +292,27 @@ IsLive = Callable[[str], Awaitable[bool]]
 OnOrphan = Callable[[CallDetail], None]
 
 
+END_SEQ_MARGIN = 1000
+"""Seqs a killed instance may have sent after the last session state it saved (the flush that
+carries both may be cut short by the kill): the `call_end` of its orphan comes after them."""
+
+
+async def _last_seq_sent(bus: InProcessBus, call_id: str) -> int | None:
+    """The seq past everything the call's instance may have sent, from its saved session
+    state; None when there is none (no Redis, or it expired).
+
+    Why: partials and metrics are not stored, so the last stored seq is below what the panels
+    saw; a `call_end` at that seq + 1 was a replay to them. Found by an outside audit with two
+    servers: the orphan's end came as seq 51 after partials 51 and 52, the bus of the other
+    instance dropped it as already seen, and the agent's feed there stayed live for good."""
+    try:
+        state = await bus.load_session_state(call_id)
+    except Exception:  # best effort: the stored seqs still order it for a reconnecting panel
+        return None
+    seq = state.get("seq") if isinstance(state, dict) else None
+    return seq + END_SEQ_MARGIN if isinstance(seq, int) and seq >= 0 else None
+
+
 async def close_orphans(
     store: Store,
     bus: InProcessBus,
@@ -316,7 +337,7 @@ async def close_orphans(
         detail = await store.get_call(call.call_id)
         if detail is None or detail.call.ended_at is not None:
             continue
-        ev = end_event(detail)
+        ev = end_event(detail, after_seq=await _last_seq_sent(bus, call.call_id))
         if on_orphan is not None:
             on_orphan(detail)
         bus.publish(call_topic(call.call_id), ev)  # the store writes it, panels end

@@ -235,6 +235,9 @@ def test_the_server_sends_what_its_calls_raise(runtime: Runtime, tmp_path: Path)
                 assert time.monotonic() < deadline, "the server never posted"
                 time.sleep(0.05)
     assert [(b["call_id"], b["urgency"]) for b in rec.bodies()] == [("w4", "critical")]
+    # The call's meta named no team: the agent's, from the user directory (demo: ann, blue).
+    # An outside audit found `team` always null, so paging by team reached nobody.
+    assert rec.bodies()[0]["agent_id"] == "ann" and rec.bodies()[0]["team"] == "blue"
 
 
 def test_the_url_must_be_a_web_address(tmp_path: Path) -> None:

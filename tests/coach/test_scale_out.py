@@ -140,6 +140,28 @@ async def test_a_call_ended_on_its_instance_while_another_waits_opens_there_as_a
 
 
 @needs_redis
+async def test_an_id_reused_on_another_instance_the_moment_its_call_ended_is_a_new_leg(
+    runtime: Runtime, settings: Settings, prefix: str
+) -> None:
+    """Found by an outside audit with two servers: the id reopened on B 0.2-0.5 s after its
+    call ended on A (A had let the call go, the store had not yet written its end) opened
+    under the same id, and the stored record mixed both calls under the second's agent."""
+    async with two_instances(runtime, settings, prefix) as (bus_a, bus_b, a, b):
+        call = await open_call(a, "so-reused")
+        await owned_by(bus_a, bus_b, "so-reused")
+        await a.finish(call, "end")
+        # A has let it go: no owner is left, so B's claim comes at once.
+        deadline = time.monotonic() + 5
+        while await bus_b.live_owner_elsewhere("so-reused") is not None:
+            assert time.monotonic() < deadline, "A never let the call go"
+            await asyncio.sleep(0.02)
+        took = await open_call(b, "so-reused")
+        assert took.call_id == "so-reused~2"
+        assert took.meta["telephony_call_id"] == "so-reused"
+        await b.finish(took, "end")
+
+
+@needs_redis
 async def test_one_id_opened_on_two_instances_at_the_same_moment_runs_once(
     runtime: Runtime, settings: Settings, prefix: str
 ) -> None:

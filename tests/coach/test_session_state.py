@@ -115,3 +115,41 @@ async def test_session_looks_up_the_customers_history(runtime: Runtime, settings
     await asyncio.sleep(0.05)
     assert asked == ["cust-9"]
     await s.end("hangup")
+
+
+async def test_an_earlier_leg_of_the_same_call_is_no_earlier_contact(
+    runtime: Runtime, settings: Settings
+) -> None:
+    """An outside audit with two servers: a call cut off by a SIGTERM and reconnected as
+    `id~2` showed "Has called before" two seconds in, its evidence the call's own first leg."""
+    from datetime import UTC, datetime, timedelta
+
+    from coach.store.records import CustomerCall
+
+    def earlier(call_id: str) -> CustomerCall:
+        at = datetime.now(UTC) - timedelta(minutes=3)
+        return CustomerCall(call_id, "ann", at, at, 60.0, "shutdown", None, {}, 0)
+
+    hints = {}
+    for previous in ([earlier("tc-9")], [earlier("tc-9"), earlier("tc-other")]):
+
+        async def lookup(customer_id: str, previous: list[CustomerCall] = previous) -> list[object]:
+            return list(previous)
+
+        s = CallSession(
+            call_id="tc-9~2",
+            source="test",
+            speakers=("customer",),
+            runtime=runtime,
+            settings=settings,
+            bus=InProcessBus(),
+            meta={"customer_id": "cust-9", "telephony_call_id": "tc-9"},
+        )
+        s.history_lookup = lookup
+        await s.start()
+        await asyncio.sleep(0.05)
+        assert s.cues is not None
+        hints[len(previous)] = s.cues.history_hint
+        await s.end("hangup")
+    assert hints[1] is None  # its own first leg only: nothing to say
+    assert hints[2] is not None and "1 call(s)" in hints[2]  # another call does count

@@ -700,3 +700,37 @@ async def test_with_redis_a_restarted_wall_also_draws_the_calls_a_stop_cut_off(
     assert tile["call_id"] == "c-shut" and tile["end_reason"] == "shutdown"
     [esc] = tile["escalations"]
     assert esc["acknowledged_by"] is None
+
+
+def test_an_orphans_end_comes_after_every_seq_its_instance_sent(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Found by an outside audit with two servers: partials and metrics are not stored, so
+    the orphan's call_end at the last stored seq + 1 (51) came after partials 51 and 52, and
+    the other instance's bus dropped it as a replay: the agent's feed there stayed live. The
+    call's saved session state says how far its instance got."""
+    run(seed(backend.url, tmp_path / "seed-spool", [CUT]))
+    stored_last = max(int(e["seq"]) for e in CUT)
+
+    async def scenario() -> dict[str, Any]:
+        store = Store(url=backend.url)
+        bus = InProcessBus()
+        bus.save_session_state("c-cut", {"seq": stored_last + 40, "ended": False})
+        sub = bus.subscribe(call_topic("c-cut"))
+
+        async def nobody_runs_it(call_id: str) -> bool:
+            return False
+
+        try:
+            closed = await close_orphans(
+                store, bus, is_live=nobody_runs_it, started_before=datetime.now(UTC)
+            )
+            assert closed == ["c-cut"]
+            ev: dict[str, Any] = sub.queue.get_nowait()
+            return ev
+        finally:
+            await store.aclose()
+
+    end = run(scenario())
+    assert end["type"] == "call_end" and end["reason"] == "interrupted"
+    assert end["seq"] > stored_last + 40
