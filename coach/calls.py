@@ -564,6 +564,20 @@ class CallManager:
             self.bus.close_topic(topic)
         log.debug("call %s forgotten", session.call_id)
 
+    def forget_erased(self, call_id: str) -> None:
+        """The call was erased from the store: drop what this instance keeps of it for late
+        panels (its unredacted agent view and redacted event history, kept for
+        `ended_retention_s` after the end), not only when that time is up. Found by an
+        outside audit: after an erasure answered 204, the call's instance still replayed the
+        whole call, card number included, to its agent's panel. A live call is never erased."""
+        entry = self._ended.get(call_id)
+        if entry is not None:
+            entry[1].cancel()
+            self._forget(entry[0])
+        elif call_id not in self._calls:
+            for topic in (call_topic(call_id), agent_topic(call_id)):
+                self.bus.forget(topic)  # another instance's call this one had heard of
+
     def ended_kept(self) -> int:
         """Ended calls still held in memory."""
         return len(self._ended)

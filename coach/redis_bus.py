@@ -649,6 +649,18 @@ class RedisBus(InProcessBus):
         self._remote_listeners.setdefault(topic, []).append(listener)
         self._watch(topic)
 
+    async def erase_call(self, call_id: str) -> None:
+        """Delete what Redis keeps of an erased call: its redacted event stream (kept an hour
+        for late panels), its session state and its wall record. Raises when Redis cannot
+        answer; the stream would then expire on its own within `stream_ttl_s`."""
+        keys = [
+            self.stream_key(call_topic(call_id)),
+            self.state_key(call_id),
+            self.wall_key(call_id),
+        ]
+        async with asyncio.timeout(2.0):
+            await self._w.delete(*keys)
+
     def forget(self, topic: str) -> None:
         super().forget(topic)
         self._read_ids.pop(topic, None)

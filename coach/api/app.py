@@ -252,6 +252,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.coach = state
     app.state.users = UserDirectory.from_settings(settings)
+    # Called by the history API after an erasure (DELETE /api/history/calls/..., customers).
+    app.state.on_erased = lambda call_ids: _forget_erased(state, call_ids)
     app.state.wall = wall
     app.state.demo = demo_player
     app.include_router(history_router)
@@ -639,8 +641,26 @@ async def _assign_forwarded(session: CallSession, agent_id: str) -> None:
         log.exception("call %s: forwarded assignment of %s failed", session.call_id, agent_id)
 
 
+async def _forget_erased(state: AppState, call_ids: list[str]) -> None:
+    """Stored calls were erased (coach/store/api.py): drop every other copy of their events,
+    here, in Redis, and on every other instance (`forget_call` commands)."""
+    for call_id in call_ids:
+        if state.manager is not None:
+            state.manager.forget_erased(call_id)
+        if isinstance(state.bus, RedisBus):
+            try:
+                await state.bus.erase_call(call_id)
+            except Exception as exc:  # Redis down: its copy expires on its own
+                log.warning("erasure: Redis copy of call %s not deleted (%r)", call_id, exc)
+            state.bus.publish(COMMAND_TOPIC, {"type": "forget_call", "call_id": call_id})
+
+
 def _run_command(state: AppState, event: Event, written_at: float) -> None:
     """Another instance asks this one to act on a call it runs (access was checked there)."""
+    if event.get("type") == "forget_call" and isinstance(event.get("call_id"), str):
+        if state.manager is not None:  # an erasure, however late: drop what is kept here
+            state.manager.forget_erased(event["call_id"])
+        return
     if event.get("type") != "assign_agent" or time.time() - written_at > COMMAND_MAX_AGE_S:
         return
     call_id, agent_id = event.get("call_id"), event.get("agent_id")

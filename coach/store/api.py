@@ -275,12 +275,15 @@ class Erasure(BaseModel):
 
 
 @router.delete("/api/history/calls/{call_id}", status_code=204)
-async def erase_call(call_id: str, principal: CurrentPrincipal, store: CurrentStore) -> None:
+async def erase_call(
+    call_id: str, principal: CurrentPrincipal, store: CurrentStore, request: Request
+) -> None:
     """Delete one stored call and everything stored with it (admins): a caller's request to
     have their data erased. 409 while the call has not ended."""
     _admins_only(principal)
     with _answers():
         erased, live = await store.erase_calls(call_id=call_id)
+    await _forget_elsewhere(request, erased)
     if live:
         raise HTTPException(409, f"call {call_id} has not ended: erase it once it has")
     if not erased:
@@ -298,6 +301,7 @@ async def erase_customer(
     ids = customer_ids(request, customer_id)
     with _answers():
         erased, live = await store.erase_calls(customer_id=ids)
+    await _forget_elsewhere(request, erased)
     log.warning(
         "erasure: %s deleted %d stored call(s) of customer %s%s",
         principal.user,
@@ -306,6 +310,14 @@ async def erase_customer(
         f" ({len(live)} not ended, kept)" if live else "",
     )
     return Erasure(erased=erased, live=live)
+
+
+async def _forget_elsewhere(request: Request, erased: list[str]) -> None:
+    """The copies outside the store (events kept for late panels, in memory and in Redis)
+    go too: the application's hook, when it set one."""
+    hook = getattr(request.app.state, "on_erased", None)
+    if hook is not None and erased:
+        await hook(erased)
 
 
 def _admins_only(principal: Principal) -> None:

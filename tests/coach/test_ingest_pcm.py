@@ -378,3 +378,37 @@ def test_a_customer_id_that_is_a_phone_number_is_kept_as_an_alias(client: TestCl
     # Erasure on a caller's request, by the number they give.
     erased = client.delete(f"/api/customers/{quote('+1 415-555-0100')}/history")
     assert erased.status_code == 200 and sorted(erased.json()["erased"]) == ["ph-1", "ph-2"]
+
+
+def test_an_erased_call_leaves_no_copy_for_late_panels(
+    client: TestClient, billing_call: Any
+) -> None:
+    """An outside audit: after an admin's erasure answered 204, the call's instance still
+    replayed the whole call (card number included) to its agent's panel from the events it
+    keeps for late panels. Erasure drops those too."""
+    import time
+
+    from coach.bus import agent_topic, call_topic
+
+    pcm, rate = stereo_pcm(billing_call[0], seconds=8)
+    with client.websocket_connect("/ingest/pcm") as ws:
+        ws.send_text(json.dumps({**HEADER, "call_id": "erased", "sample_rate": rate}))
+        ws.receive_text()
+        for i in range(0, len(pcm), 3200):
+            ws.send_bytes(pcm[i : i + 3200])
+        ws.send_text(json.dumps({"type": "end"}))
+        assert close_code(ws)[0] == cc.NORMAL
+    state = client.app.state.coach  # type: ignore[attr-defined]
+    kept = [e["type"] for e in state.bus.history(agent_topic("erased"))]
+    assert "transcript" in kept and state.manager.get("erased") is not None
+    deadline = time.monotonic() + 10
+    while (r := client.get("/api/history/calls/erased")).status_code != 200 or not r.json()["call"][
+        "ended_at"
+    ]:
+        assert time.monotonic() < deadline, "never stored"
+        time.sleep(0.2)
+    assert client.delete("/api/history/calls/erased").status_code == 204
+    assert client.get("/api/history/calls/erased").status_code == 404
+    assert state.bus.history(agent_topic("erased")) == []
+    assert state.bus.history(call_topic("erased")) == []
+    assert state.manager.get("erased") is None

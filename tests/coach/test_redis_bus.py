@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from coach.bus import Subscription, call_topic
+from coach.bus import SUPERVISOR_TOPIC, Subscription, call_topic
 from coach.redis_bus import RedisBus
 from tests.support import free_port
 
@@ -185,6 +185,27 @@ async def test_owner_key_has_ttl_while_call_is_live(prefix: str) -> None:
         assert await client.xlen(f"{prefix}call:c2") == 1
         await client.aclose()
     finally:
+        await a.stop()
+
+
+@needs_redis
+async def test_an_erased_call_leaves_nothing_in_redis(prefix: str) -> None:
+    """Erasure on request (coach/store/api.py) deletes the call's redacted stream, session
+    state and wall record, which would otherwise be served for an hour."""
+    a = make_bus(SHARED_URL, prefix, "A")
+    await a.start()
+    client = aioredis.Redis.from_url(SHARED_URL)
+    try:
+        a.publish(call_topic("c-erase"), ev("c-erase", 1, "call_start"))
+        a.publish(SUPERVISOR_TOPIC, {**ev("c-erase", 1, "call_start"), "meta": {}})
+        a.save_session_state("c-erase", {"seq": 1, "ended": True})
+        await wait_for(lambda: not a.degraded and not a._pending())
+        keys = [f"{prefix}call:c-erase", a.state_key("c-erase"), a.wall_key("c-erase")]
+        assert await client.exists(*keys) == 3
+        await a.erase_call("c-erase")
+        assert await client.exists(*keys) == 0
+    finally:
+        await client.aclose()
         await a.stop()
 
 
