@@ -141,6 +141,8 @@ class CallSession:
         """Monotonic wall time audio was last accepted (or the call (re)attached)."""
         self.end_reason: str | None = None
         self.reconnects = 0
+        self.escalations_taken: set[int] = set()
+        """Seqs of this call's escalations a supervisor acknowledged (told once, app.py)."""
         self.on_end_request: Callable[[CallSession, str], None] | None = None
         """Set by the CallManager: runs an end this session asks for (e.g. max_length)."""
         self._end_requested: str | None = None

@@ -134,8 +134,7 @@ async def login(body: LoginBody, request: Request) -> LoginAnswer:
         signed_in=True,
     )
     log.info("%s signed in (%s)", user.name, user.role)
-    # Whom a supervisor may put on a call (the wall's assign form offers them).
-    members = sorted(users.team_agents(user.team)) if user.team and user.role != "agent" else None
+    members = _assignable(users, user.team) if user.team and user.role != "agent" else None
     return LoginAnswer(
         user=user.name,
         role=user.role,
@@ -147,11 +146,19 @@ async def login(body: LoginBody, request: Request) -> LoginAnswer:
 
 
 @router.get("/api/me")
-async def me(principal: CurrentPrincipal) -> Me:
+async def me(principal: CurrentPrincipal, request: Request) -> Me:
     """Who the token belongs to: the pages check their stored token with this."""
+    users: UserDirectory | None = getattr(request.app.state, "users", None)
     members = (
-        sorted(principal.team_agents)
-        if principal.is_supervisor and principal.team_agents is not None
+        _assignable(users, principal.team)
+        if principal.is_supervisor and principal.team and users is not None
         else None
     )
     return Me(user=principal.user, role=principal.role, team=principal.team, team_members=members)
+
+
+def _assignable(users: UserDirectory, team: str) -> list[str]:
+    """Whom a supervisor may put on a call (the wall's assign form offers them): the agents
+    of their team, not its supervisors (an outside audit was offered one, then refused)."""
+    names = users.team_agents(team)
+    return sorted(n for n in names if (u := users.get(n)) is not None and u.role == "agent")

@@ -690,6 +690,10 @@ def _tell_the_agent(state: AppState, event: Event) -> None:
     session = state.manager.get(str(event.get("call_id"))) if state.manager else None
     if session is None or session.state is not CallState.LIVE:
         return  # not ours, or over: the stored escalation keeps who took it
+    seq = event.get("seq")
+    if not isinstance(seq, int) or seq in session.escalations_taken:
+        return  # a second acknowledgement changes nothing: the first stands
+    session.escalations_taken.add(seq)
     taken: Event = {
         "type": "escalation_taken",
         "escalation_seq": event.get("seq"),

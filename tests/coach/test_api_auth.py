@@ -232,13 +232,13 @@ def test_login_issues_a_token_that_the_api_accepts(client: TestClient) -> None:
     body = r.json()
     assert (body["user"], body["role"], body["team"]) == ("sam", "supervisor", "blue")
     # A supervisor learns whom they may put on a call: their team, from the directory.
-    assert body["team_members"] == ["ann", "sam"]
+    assert body["team_members"] == ["ann"]  # its agents: not sam himself
     me = client.get("/api/me", headers={"Authorization": f"Bearer {body['token']}"}).json()
     assert me == {
         "user": "sam",
         "role": "supervisor",
         "team": "blue",
-        "team_members": ["ann", "sam"],
+        "team_members": ["ann"],
     }
     ann = client.post("/api/login", json={"user": "ann", "password": "pw"}).json()
     assert ann["team_members"] is None  # an agent assigns nobody

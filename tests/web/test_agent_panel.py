@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from coach.bus import call_topic
 from tests.web.conftest import (
     ARTIFACTS,
     LiveServer,
@@ -505,6 +506,16 @@ def test_the_agent_sees_a_supervisor_take_the_escalation(
             time.sleep(0.2)
         assert r.ok, r.text()
         banner.filter(has_text="Supervisor sam has it.").wait_for()
+        # A second acknowledgement (the first stands) tells the agent nothing new.
+        second = page.request.post(
+            f"{live_server.base}/api/calls/{call_id}/escalations/{seq}/ack",
+            headers={"Authorization": f"Bearer {live_server.token('ada', 'admin')}"},
+        )
+        assert second.ok
+        page.wait_for_timeout(300)
+        history = live_server.bus.history(call_topic(call_id))
+        taken = [e for e in history if e["type"] == "escalation_taken"]
+        assert len(taken) == 1 and taken[0]["by"] == "sam"
         page.locator("#cv-announce, .sr-only[aria-live]").filter(
             has_text="Supervisor sam has taken the escalation."
         ).wait_for(state="attached")
@@ -542,6 +553,13 @@ def test_after_the_call_the_agent_records_its_outcome_and_a_supervisor_sees_it(
     )
     detail = live_server.store_call(call_id)
     assert (detail.call.outcome, detail.call.outcome_by) == ("resolved", "ann")
+    # Opened again, the panel shows what is recorded (an outside audit saw a blank prompt).
+    page.goto(f"{live_server.base}/agent/?call={call_id}")
+    prompt.get_by_role("status").filter(has_text="Recorded: resolved (by ann)").wait_for()
+    assert (
+        prompt.get_by_role("button", name="resolved", exact=True).get_attribute("aria-pressed")
+        == "true"
+    )
 
     sup = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
     try:

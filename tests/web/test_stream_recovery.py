@@ -324,3 +324,35 @@ def test_no_socket_carries_the_token_in_its_address(live_server: LiveServer, pag
     assert not [u for u in urls if "token" in u or token in u], urls
     assert not [m for m in console if token in m], console
     live_server.emit(call_id, {"type": "call_end", "duration_s": 5.0, "reason": "end"})
+
+
+def test_an_older_server_that_finds_no_token_gets_it_in_the_address_once(
+    live_server: LiveServer, page: Any
+) -> None:
+    """An outside scale-out audit, mid rolling upgrade: pages from a new server, sockets to an
+    old one that reads `?token=` only, and both panels fell to the sign-in form. Refused for
+    "missing credentials", a page tries once more with the token in the address."""
+    old_server = re.compile(r"/ws/(supervisor|calls/[^/]+/events)")
+    opened: list[str] = []
+
+    def handler(ws: Any) -> None:
+        opened.append(ws.url)
+        if "token=" in ws.url:
+            ws.connect_to_server()
+            return
+        ws.send(
+            json.dumps({"type": "error", "code": "unauthorized", "message": "missing credentials"})
+        )
+        ws.close(code=1008, reason="missing credentials")
+
+    page.route_web_socket(old_server, handler)
+    call_id = "rec-old-server"
+    live_server.start_call(call_id, "ann")
+    live_server.emit(call_id, transcript("customer", "is anybody there", 1, 1.0))
+    sign_in(page, live_server.base, f"/supervisor/#call/{call_id}", "sam")
+    page.locator("#drill-view li.customer.transcript").wait_for()
+    page.locator("#status").filter(has_text="Live").wait_for()
+    assert page.locator("#signin form").count() == 0
+    plain = [u.split("?")[0] for u in opened if "token=" not in u]
+    assert len(plain) == len(set(plain)) <= 2, opened  # each socket refused once at most
+    live_server.emit(call_id, {"type": "call_end", "duration_s": 5.0, "reason": "end"})

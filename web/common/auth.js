@@ -145,5 +145,20 @@ const Auth = (() => {
     return token ? ["coach.v1", `bearer.${token}`] : [];
   }
 
-  return { api, require, signOut, expired, socketProtocols, token: () => token, me: () => me };
+  // A server from before subprotocol tokens (mid rolling upgrade: this page came from a new
+  // one) finds no credentials on the socket. Say so once, and from then on this page also
+  // puts the token in the socket's address, as it used to (an outside scale-out audit).
+  let tokenInAddress = false;
+  function socketFallback(refusal, socketUrl) {
+    if (!token || !refusal || !/missing credentials/.test(refusal.message || "")) return false;
+    if (/[?&]token=/.test(socketUrl)) return false; // it had the token both ways: a real refusal
+    tokenInAddress = true;
+    return true;
+  }
+  function socketQuery(params) {
+    if (tokenInAddress && token) params.set("token", token);
+    return params;
+  }
+
+  return { api, require, signOut, expired, socketProtocols, socketFallback, socketQuery, token: () => token, me: () => me };
 })();

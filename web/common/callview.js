@@ -191,6 +191,16 @@ class CallView {
     this.outcomeBox = h("div", { class: "outcome", role: "group", "aria-label": "How did the call end for the customer?" },
       h("span", { class: "outcome-q", text: "How did it end for the customer?" }), ...buttons, status);
     this.endNote.after(this.outcomeBox);
+    // Reopened after a reload: what is recorded shows, so nobody overwrites it unawares.
+    Auth.api(`/api/history/calls/${encodeURIComponent(this.callId)}`)
+      .then((r) => (r.ok ? r.json() : null))
+      .then((d) => {
+        const stored = d && d.call && d.call.outcome;
+        if (!stored || status.textContent) return;
+        for (const b of buttons) b.setAttribute("aria-pressed", String(b.textContent === stored));
+        status.textContent = `Recorded: ${stored} (by ${d.call.outcome_by})`;
+      })
+      .catch(() => {});
   }
 
   // A grey partial still shown when the call is over was cut off before its final: it is not

@@ -45,7 +45,7 @@ class EventStream {
 
   url() {
     const proto = location.protocol === "https:" ? "wss" : "ws";
-    const q = new URLSearchParams({ after_seq: String(this.lastSeq) });
+    const q = Auth.socketQuery(new URLSearchParams({ after_seq: String(this.lastSeq) }));
     return `${proto}://${location.host}/ws/calls/${encodeURIComponent(this.callId)}/events?${q}`;
   }
 
@@ -100,6 +100,11 @@ class EventStream {
       // does (auth.js). The reason is the fallback should the error message be missing.
       const unauthorized = refusal ? refusal.code === "unauthorized" : /token/i.test(e.reason || "");
       if (unauthorized) {
+        if (Auth.socketFallback(refusal, socket.url)) {
+          this.stopped = false;
+          this.connect(); // an older server: the token once more, in the address
+          return;
+        }
         Auth.expired();
         return;
       }

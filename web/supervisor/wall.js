@@ -274,6 +274,13 @@ function cutOff(reason) {
   return ["interrupted", "shutdown"].includes(reason);
 }
 
+// How a stored call ended, in words (the bare reasons read as jargon in a summary).
+const END_WORDS = {
+  end: "the call ended", hangup: "hung up", disconnect: "the connection dropped",
+  interrupted: "cut off (the server stopped)", shutdown: "cut off (the server shut down)",
+  idle_timeout: "no audio for too long", max_length: "reached the longest call allowed",
+};
+
 function endWord(c) {
   return cutOff(c.end_reason) ? "cut off" : "ended";
 }
@@ -357,7 +364,9 @@ setInterval(() => {
 // -- the wall's socket ---------------------------------------------------------------------
 function connectWall() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
-  const socket = new WebSocket(`${proto}://${location.host}/ws/supervisor`, Auth.socketProtocols());
+  const q = Auth.socketQuery(new URLSearchParams());
+  const query = q.toString();
+  const socket = new WebSocket(`${proto}://${location.host}/ws/supervisor${query ? `?${query}` : ""}`, Auth.socketProtocols());
   Wall.socket = socket;
   Wall.refusal = null;
   socket.onopen = () => { Wall.retry = 0; $("status").textContent = Wall.stale ? "Reconnected; updating…" : "Live"; };
@@ -402,7 +411,11 @@ function connectWall() {
     if (e.code === 1008) {
       // An expired or invalid token: sign in again, as a REST 401 does (auth.js); the reload
       // also clears the tiles, which nobody is updating any more.
-      if (refusal ? refusal.code === "unauthorized" : /token/i.test(e.reason || "")) { Auth.expired(); return; }
+      if (refusal ? refusal.code === "unauthorized" : /token/i.test(e.reason || "")) {
+        if (Auth.socketFallback(refusal, socket.url)) { connectWall(); return; } // an older server
+        Auth.expired();
+        return;
+      }
       $("status").textContent = "Not allowed.";
       return;
     }
@@ -534,7 +547,7 @@ async function openSummary(callId) {
     ["Agent", d.call.agent_id || "unassigned"],
     ["Started", new Date(d.call.started_at).toLocaleString()],
     ["Duration", d.call.duration_s != null ? fmtTime(d.call.duration_s) : "still live"],
-    ["Ended", d.call.end_reason || "–"],
+    ["Ended", END_WORDS[d.call.end_reason] || d.call.end_reason || "–"],
     ["Cues", String(d.cues.length)],
     ["Escalations", String(d.escalations.length)],
     ["Customer valence", change == null ? "–" : `${arc[0][1].toFixed(2)} → ${arc[arc.length - 1][1].toFixed(2)} (${CHANGE_WORDS[change]})`],
@@ -731,7 +744,7 @@ async function loadAnalytics() {
       h("p", { id: "an-outcome", text: `Better: ${o.better} · about the same: ${o.same} · worse: ${o.worse} · not enough speech: ${o.unknown}` })),
     h("section", { class: "analytics-section", "aria-labelledby": "an-cues" }, h("h2", { id: "an-cues", text: "Per cue" }),
       table("Cues", ["Cue", "Shown", "Helpful", "Not helpful", "Dismissed", "Rated", "Reported missed"],
-        a.cues.map((c) => [c.cue, c.shown, pct(c.helpful_rate), pct(c.not_helpful_rate), pct(c.dismissed_rate), c.rated, c.missed_reports ?? 0]))),
+        a.cues.map((c) => [cueTitles[c.cue] || c.cue, c.shown, pct(c.helpful_rate), pct(c.not_helpful_rate), pct(c.dismissed_rate), c.rated, c.missed_reports ?? 0]))),
     h("section", { class: "analytics-section", "aria-labelledby": "an-agents" }, h("h2", { id: "an-agents", text: "Per agent" }),
       table("Agents", ["Agent", "Calls", "Cues shown", "Helpful", "Not helpful", "Dismissed", "Escalations", "Ended better", "Ended worse"],
         a.agents.map((x) => [x.agent_id, x.calls, x.shown, pct(x.helpful_rate), pct(x.not_helpful_rate), pct(x.dismissed_rate), x.escalations, x.better, x.worse]))),
