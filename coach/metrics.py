@@ -50,6 +50,11 @@ CUSTOMER_VALENCE = Histogram(
     buckets=(-1.0, -0.6, -0.3, -0.1, 0.1, 0.3, 0.6, 1.0),
 )
 QUEUE_DEPTH = Gauge("coach_queue_depth", "Items waiting per stage", ["stage"])
+REDIS_DEGRADED = Gauge(
+    "coach_redis_degraded",
+    "1 while this instance cannot reach Redis: its calls go on, other instances' walls and "
+    "panels lag behind (0 without Redis)",
+)
 DROPPED_FRAMES = Counter("coach_dropped_frames_total", "Audio frames dropped", ["reason"])
 INGEST_ERRORS = Counter(
     "coach_ingest_errors_total", "Rejected ingest input", ["protocol", "reason"]

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from redis.exceptions import RedisError
 
-from coach import __version__, memory
+from coach import __version__, memory, metrics
 from coach.api import accounts, demo, playbook, supervisor
 from coach.api.limits import BodyLimit
 from coach.api.security import (
@@ -181,6 +181,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         seeder: WallSeeder | None = None
         if isinstance(state.bus, RedisBus):
             await state.bus.start()  # never blocks on Redis: reconnects in the background
+            # Scraped as it is at that moment (an outside audit found no metric for it).
+            redis_bus = state.bus
+            metrics.REDIS_DEGRADED.set_function(lambda: float(redis_bus.degraded))
             # The wall shows every instance's calls, not only this one's (found by an audit).
             state.bus.watch_remote(SUPERVISOR_TOPIC, wall.remote)
             # ...including calls whose call_start has scrolled out of that stream.
@@ -244,6 +247,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             await seeder.stop()
         if isinstance(state.bus, RedisBus):
             await state.bus.stop()
+            metrics.REDIS_DEGRADED.set_function(lambda: 0.0)  # not this stopped bus's any more
         if state.owns_runtime and state.runtime is not None:
             state.runtime.close()
 

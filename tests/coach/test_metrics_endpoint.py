@@ -100,3 +100,27 @@ def test_metrics_parse_and_move_after_a_call(
         before, "coach_asr_latency_seconds_sum"
     )
     assert latency_sum >= 0
+
+
+def _gauge(text: str, name: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_an_instance_that_cannot_reach_redis_says_so_in_its_metrics(
+    runtime: Runtime, tmp_path: Any
+) -> None:
+    """An outside scale-out audit: only /health/ready's JSON told that Redis was lost, while it
+    still answered 200; nothing for Prometheus to alert on."""
+    from tests.support import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    settings = Settings(data_dir=tmp_path, auth_disabled=True, store_enabled=False, redis_url=dead)
+    with TestClient(create_app(settings, runtime)) as client:
+        assert _gauge(client.get("/metrics").text, "coach_redis_degraded") == 1.0
+    # The stopped bus no longer speaks for the process.
+    with TestClient(create_app(Settings(data_dir=tmp_path, auth_disabled=True), runtime)) as c:
+        assert _gauge(c.get("/metrics").text, "coach_redis_degraded") == 0.0
