@@ -109,3 +109,31 @@ def test_wall_history_and_summary_with_hostile_and_long_ids(
         assert sideways(page, "#summary, #summary *") == [], width
     assert page.evaluate("window.__xss") is None
     assert not dialogs
+
+
+def test_a_tile_keeps_the_agent_whole_beside_a_long_call_id(
+    live_server: LiveServer, page: Any
+) -> None:
+    """An outside audit at 1280 px: "Unassig / ned", broken mid-word by a long call id beside
+    it. The id gives way (an ellipsis); the agent's word stays whole."""
+    call_id = "CA" + "7f3e9b2c4d" * 4  # a Twilio-like id, 42 characters
+    live_server.start_call(call_id, None)
+    page.set_viewport_size({"width": 1280, "height": 800})
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    head = page.locator(f'#tiles > li[data-call="{call_id}"] h3 > span').first
+    head.wait_for()
+    assert head.inner_text() == "Unassigned"
+    lines = page.evaluate(
+        "(id) => document.querySelector(`#tiles > li[data-call='${id}'] h3 > span`)"
+        ".getClientRects().length",
+        call_id,
+    )
+    box = head.bounding_box()
+    line_height = page.evaluate(
+        "(id) => parseFloat(getComputedStyle(document.querySelector("
+        "`#tiles > li[data-call='${id}'] h3 > span`)).lineHeight) || 0",
+        call_id,
+    )
+    assert lines == 1 and box is not None
+    assert line_height == 0 or box["height"] < 1.5 * line_height, (box, line_height)
+    live_server.emit(call_id, end([]))
