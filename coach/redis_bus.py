@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -648,6 +649,27 @@ class RedisBus(InProcessBus):
         draws live calls whose start it missed from their wall records (`wall_key`)."""
         self._remote_listeners.setdefault(topic, []).append(listener)
         self._watch(topic)
+
+    async def count_sign_in(self, name: str, window_s: float) -> int:
+        """Count one sign-in try for `name` on every instance at once; the tries in its
+        window so far (this one included). Raises when Redis cannot answer."""
+        key = self._sign_in_key(name)
+        async with asyncio.timeout(0.5):
+            pipe = self._w.pipeline(transaction=True)
+            pipe.incr(key)
+            pipe.expire(key, max(1, int(window_s)), nx=True)
+            tries, _ = await pipe.execute()
+        return int(tries)
+
+    async def clear_sign_ins(self, name: str) -> None:
+        """A right password: the name's count starts again (best effort)."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(0.5):
+                await self._w.delete(self._sign_in_key(name))
+
+    def _sign_in_key(self, name: str) -> str:
+        # Hashed: a name is whatever someone typed.
+        return f"{self.prefix}signin:{hashlib.sha256(name.encode()).hexdigest()[:32]}"
 
     async def erase_call(self, call_id: str) -> None:
         """Delete what Redis keeps of an erased call: its redacted event stream (kept an hour

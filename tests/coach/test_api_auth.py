@@ -29,6 +29,7 @@ from coach.runtime import Runtime
 from coach.settings import Settings
 from coach.store.analytics import coaching_analytics
 from coach.store.writes import Received
+from tests.coach.test_redis_bus import SHARED_URL, needs_redis
 
 SECRET = "unit-test-secret-of-at-least-32-bytes!"
 
@@ -672,3 +673,35 @@ def test_a_refused_sign_in_logs_no_email_typed_as_the_name(
     assert r.status_code == 401
     assert "sign-in refused for '[EMAIL]'" in caplog.text, caplog.text
     assert "john.smith" not in caplog.text
+
+
+@needs_redis
+def test_failed_sign_ins_are_counted_across_instances(tmp_path: Path, runtime: Runtime) -> None:
+    """An outside scale-out audit: each instance counted a name's failed sign-ins alone, so
+    after A blocked a name, B took five more guesses (5 x N a minute with N instances). With
+    Redis they are counted once for all."""
+    import uuid
+
+    name = f"eve-{uuid.uuid4().hex[:8]}"  # nobody's: this run's count only
+    entries = [
+        *users(),
+        {"name": name, "role": "agent", "password_hash": users()[0]["password_hash"]},
+    ]
+
+    def app(sub: str) -> TestClient:
+        settings = Settings(
+            data_dir=tmp_path / sub,
+            auth_secret=SECRET,
+            users=entries,
+            store_enabled=False,
+            redis_url=SHARED_URL,
+        )
+        return TestClient(create_app(settings, runtime))
+
+    with app("a") as a, app("b") as b:
+        for _ in range(5):
+            assert a.post("/api/login", json={"user": name, "password": "bad"}).status_code == 401
+        refused = b.post("/api/login", json={"user": name, "password": "pw"})
+        assert refused.status_code == 429, refused.text  # even the right password, for now
+        # Another name on B is not held up.
+        assert b.post("/api/login", json={"user": "ann", "password": "pw"}).status_code == 200
