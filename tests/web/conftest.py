@@ -58,6 +58,10 @@ class LiveServer:
     def token(self, user: str, role: str, team: str | None = None) -> str:
         return issue_token(user=user, role=role, secret=SECRET, ttl_s=3600, team=team)  # type: ignore[arg-type]
 
+    def run(self, coro: Any) -> Any:
+        """Run a coroutine in the server's loop (a call session's, say) and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=10)
+
     def call_soon(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` in the server's loop (the bus is not thread-safe) and return its result."""
 

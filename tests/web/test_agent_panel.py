@@ -3,7 +3,6 @@ and the "Play demo call" button through the real pipeline."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from typing import Any
@@ -466,10 +465,7 @@ def test_the_agent_sees_a_supervisor_take_the_escalation(
     sign_in(page, live_server.base, "/agent/", "ann")
     manager = live_server.app.state.coach.manager
 
-    def on_server(coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, live_server.loop).result(timeout=10)
-
-    session = on_server(
+    session = live_server.run(
         manager.open(
             call_id=call_id,
             source="synthetic",
@@ -479,7 +475,7 @@ def test_the_agent_sees_a_supervisor_take_the_escalation(
     )
     try:
         page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
-        on_server(
+        live_server.run(
             session.emit(
                 {
                     "type": "escalation",
@@ -524,7 +520,7 @@ def test_the_agent_sees_a_supervisor_take_the_escalation(
         banner.filter(has_text="Supervisor sam has it.").wait_for()
         assert banner.inner_text().count("has it") == 1
     finally:
-        on_server(manager.finish(session, "end"))
+        live_server.run(manager.finish(session, "end"))
 
 
 def test_after_the_call_the_agent_records_its_outcome_and_a_supervisor_sees_it(

@@ -845,15 +845,10 @@ def test_a_supervisor_puts_an_agent_on_a_live_call_from_the_drill_in(
 ) -> None:
     """The assignment API had no page (an outside UI audit): the drill-in of a live call offers
     the supervisor's team and assigns through the call's real session."""
-    import asyncio
-
     call_id = "w-assign-drill"
     manager = live_server.app.state.coach.manager
 
-    def on_server(coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, live_server.loop).result(timeout=10)
-
-    session = on_server(
+    session = live_server.run(
         manager.open(call_id=call_id, source="synthetic", speakers=("customer", "agent"))
     )
     try:
@@ -879,6 +874,6 @@ def test_a_supervisor_puts_an_agent_on_a_live_call_from_the_drill_in(
         page.locator("#assign-status").filter(has_text="Not assigned:").wait_for()
         assert session.meta["agent_id"] == "ann"
     finally:
-        on_server(manager.finish(session, "end"))
+        live_server.run(manager.finish(session, "end"))
     page.locator("#drill-status").filter(has_text="Call ended.").wait_for()
     page.locator("#assign-form").wait_for(state="hidden")  # no assigning an ended call
