@@ -914,12 +914,16 @@ def customer_alias(customer_id: str, key: bytes) -> str:
     return f"{kind}-{digest[:16].translate(_HEX_AS_LETTERS)}"
 
 
-def with_customer_alias(meta: Mapping[str, Any] | None, key: bytes) -> dict[str, Any] | None:
-    """A call's meta with its `customer_id` as `customer_alias` makes it."""
+def with_customer_alias(
+    meta: Mapping[str, Any] | None, key: Callable[[], bytes]
+) -> dict[str, Any] | None:
+    """A call's meta with its `customer_id` as `customer_alias` makes it. `key` is asked only
+    for an id that needs an alias (the default key is made from the token secret, which a
+    replay has no reason to create)."""
     if meta is None:
         return None
     out = dict(meta)
     customer = out.get("customer_id")
-    if isinstance(customer, str) and customer:
-        out["customer_id"] = customer_alias(customer, key)
+    if isinstance(customer, str) and customer and customer_alias(customer, b"") != customer:
+        out["customer_id"] = customer_alias(customer, key())
     return out

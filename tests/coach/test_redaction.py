@@ -504,7 +504,11 @@ def test_one_customer_one_alias_whatever_the_format() -> None:
 @pytest.mark.parametrize("customer_id", ["cust-1", "ACME-42", "c7f1e2b0-9d4e-4c1a", "ann"])
 def test_an_ordinary_customer_id_is_kept(customer_id: str) -> None:
     assert customer_alias(customer_id, KEY) == customer_id
-    assert with_customer_alias({"customer_id": customer_id, "x": 1}, KEY) == {
+
+    def no_key() -> bytes:
+        raise AssertionError("no key is needed for an ordinary id")
+
+    assert with_customer_alias({"customer_id": customer_id, "x": 1}, no_key) == {
         "customer_id": customer_id,
         "x": 1,
     }
