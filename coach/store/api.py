@@ -9,9 +9,11 @@ outage answers 503, so panels can tell "try again" from "not there".
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated
@@ -325,6 +327,12 @@ def _admins_only(principal: Principal) -> None:
         raise HTTPException(403, "admins only")
 
 
+WRITE_WAIT_S = 3.0
+"""How long a rating waits for a cue the store has not written yet, on a call the server
+knows (the store writes every COACH_STORE_FLUSH_INTERVAL_S): a client rating a cue the moment
+it arrives got 404 "has no cue" (an outside audit with two servers)."""
+
+
 @router.post("/api/calls/{call_id}/cues/{cue}/feedback")
 async def cue_feedback(
     call_id: str,
@@ -332,22 +340,44 @@ async def cue_feedback(
     body: FeedbackBody,
     principal: CurrentPrincipal,
     store: CurrentStore,
+    request: Request,
 ) -> FeedbackRecord:
     """Rate a cue: `cue` is the cue's `seq` in the call, or its cue id (latest occurrence)."""
     seq = _as_seq(cue)
+    wall = getattr(request.app.state, "wall", None)
+    known = wall is not None and wall.meta(call_id) is not None  # live, or just ended
+    deadline = time.monotonic() + (WRITE_WAIT_S if known else 0.0)
+    while True:
+        try:
+            record, changed = await _rate(store, call_id, cue, seq, body, principal)
+            break
+        except HTTPException as exc:
+            if exc.status_code != 404 or time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(0.1)
+    # A retried or double-clicked POST replaces a verdict with itself: counted once.
+    if changed:
+        metrics.CUE_FEEDBACK.labels(cue=record.cue, verdict=record.verdict).inc()
+    return record
+
+
+async def _rate(
+    store: Store,
+    call_id: str,
+    cue: str,
+    seq: int | None,
+    body: FeedbackBody,
+    principal: Principal,
+) -> tuple[FeedbackRecord, bool]:
     await _visible_call(store, call_id, principal)
     with _answers():
         if seq is None:
             seq = await store.latest_cue_seq(call_id, cue)
         if seq is None:
             raise NotFound(f"call {call_id} has no cue {cue}")
-        record, changed = await store.add_feedback(
+        return await store.add_feedback(
             call_id=call_id, cue_seq=seq, verdict=body.verdict, user=principal.user
         )
-    # A retried or double-clicked POST replaces a verdict with itself: counted once.
-    if changed:
-        metrics.CUE_FEEDBACK.labels(cue=record.cue, verdict=record.verdict).inc()
-    return record
 
 
 def _as_seq(cue: str) -> int | None:

@@ -212,3 +212,49 @@ def test_an_agent_assigned_on_another_instances_wall_is_put_on_the_call(
         if keys:
             client_r.delete(*keys)
         client_r.close()
+
+
+def test_a_cue_rated_the_moment_it_arrives_is_rated(runtime: Runtime, tmp_path: Path) -> None:
+    """An outside audit with two servers: a rating posted within half a second of its cue got
+    404 "has no cue" (the store writes every COACH_STORE_FLUSH_INTERVAL_S). On a call the
+    server knows, a rating waits for the write (a few seconds at most)."""
+    from coach.bus import SUPERVISOR_TOPIC, call_topic
+
+    settings = Settings(data_dir=tmp_path, auth_disabled=True, store_flush_interval_s=1.0)
+    start = {
+        "type": "call_start",
+        "call_id": "fb-now",
+        "seq": 1,
+        "source": "pcm",
+        "channels": ["customer"],
+        "meta": {"agent_id": "ann"},
+        "t_emit": 0.0,
+    }
+    cue = {
+        "type": "cue",
+        "call_id": "fb-now",
+        "seq": 2,
+        "cue": "frustration",
+        "title": "Customer is frustrated",
+        "advice": "Acknowledge it.",
+        "why": "words",
+        "priority": 2,
+        "t_emit": 3.0,
+        "evidence": {},
+    }
+    with TestClient(create_app(settings, runtime)) as client:
+
+        async def show() -> None:
+            bus = client.app.state.coach.bus  # type: ignore[attr-defined]
+            for ev in (start, cue):
+                bus.publish(call_topic("fb-now"), ev)
+                bus.publish(SUPERVISOR_TOPIC, ev)
+
+        assert client.portal is not None
+        client.portal.call(show)
+        rated = client.post("/api/calls/fb-now/cues/2/feedback", json={"verdict": "helpful"})
+        assert rated.status_code == 200, rated.text
+        assert rated.json()["verdict"] == "helpful"
+        # A call nobody knows is still told at once.
+        unknown = client.post("/api/calls/nobody/cues/1/feedback", json={"verdict": "helpful"})
+        assert unknown.status_code == 404
