@@ -108,6 +108,8 @@ async def _send_snapshot(ws: WebSocket, tracker: WallTracker, principal: Princip
         "user": principal.user,
         "team": principal.team,
         "calls": tracker.snapshot(principal),
+        # How long ended calls stay: the page drops their tiles by the server's rule.
+        "keep": tracker.keep(),
     }
     await ws.send_text(dumps(snapshot))
 

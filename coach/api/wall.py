@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 
 KEEP_ENDED_S = 600.0
 """Ended calls stay on the wall (greyed, with their summary link) this long."""
+KEEP_FAILED_S = 60.0
+"""A connection that failed (ended `error:...`) before anything of the call was heard stays
+only this long: an outside audit found bad frames and oversized messages lining the wall
+with "Unassigned, no customer speech yet" tiles for ten minutes."""
 KEEP_OPEN_ESCALATION_S = 3600.0
 """An ended call with an escalation nobody acknowledged stays this long: a crisis page must be
 taken by someone (a welfare call-back, a report), not expire off the wall ten minutes after
@@ -340,10 +344,23 @@ class WallTracker:
         self._partial &= self.calls.keys()
 
     def _keep(self, tile: Tile) -> float:
-        """How long after its end a tile stays: longer while an escalation is still open."""
+        """How long after its end a tile stays: longer while an escalation is still open,
+        shorter for a connection that failed before anything was heard. The pages apply the
+        same rule (`keep` in the snapshot, wall.js)."""
         if any(e.get("acknowledged_by") is None for e in tile.escalations.values()):
             return self.keep_open_escalation_s
+        failed = (tile.end_reason or "").startswith("error:")
+        if failed and tile.valence is None and tile.cues == 0 and not tile.escalations:
+            return min(KEEP_FAILED_S, self.keep_ended_s)
         return self.keep_ended_s
+
+    def keep(self) -> dict[str, float]:
+        """The keep times, as the snapshot hands them to the pages."""
+        return {
+            "ended_s": self.keep_ended_s,
+            "open_escalation_s": self.keep_open_escalation_s,
+            "failed_s": min(KEEP_FAILED_S, self.keep_ended_s),
+        }
 
     # -- output ------------------------------------------------------------------------
 

@@ -108,3 +108,23 @@ def test_a_tile_says_where_the_mood_heads_then_how_the_call_ended() -> None:
     assert tiles["new"]["change"] == "worse" and tiles["old"]["change"] == "better"
     wall.apply({"type": "call_start", "call_id": "old", "seq": 10, "meta": {}})
     assert {t["call_id"]: t for t in wall.snapshot(SUPERVISOR)}["old"]["change"] is None
+
+
+def test_a_connection_that_failed_before_anything_was_heard_leaves_after_a_minute() -> None:
+    """The README audit: bad frames and oversized messages lined the wall with empty
+    "Unassigned" tiles for ten minutes. A call that was heard, or raised anything, keeps the
+    usual ten; the snapshot tells the pages the same times."""
+    wall = WallTracker()
+    ended = time.time() - 90
+    for call_id, reason, heard in (
+        ("failed", "error:bad_frame", False),
+        ("failed-but-heard", "error:oversized", True),
+        ("hung-up", "hangup", False),
+    ):
+        wall.apply({"type": "call_start", "call_id": call_id, "seq": 1, "meta": {}})
+        if heard:
+            wall.apply({"type": "call_update", "call_id": call_id, "valence": -0.2})
+        wall.apply({"type": "call_end", "call_id": call_id, "seq": 2, "reason": reason}, at=ended)
+    shown = {t["call_id"] for t in wall.snapshot(SUPERVISOR)}
+    assert shown == {"failed-but-heard", "hung-up"}
+    assert wall.keep() == {"ended_s": 600.0, "open_escalation_s": 3600.0, "failed_s": 60.0}

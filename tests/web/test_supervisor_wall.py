@@ -877,3 +877,29 @@ def test_a_supervisor_puts_an_agent_on_a_live_call_from_the_drill_in(
         live_server.run(manager.finish(session, "end"))
     page.locator("#drill-status").filter(has_text="Call ended.").wait_for()
     page.locator("#assign-form").wait_for(state="hidden")  # no assigning an ended call
+
+
+def test_ended_tiles_leave_a_wall_left_open_when_the_server_drops_them(
+    live_server: LiveServer, page: Any
+) -> None:
+    """A wall open all day kept every ended tile until a reload: the page only ever replaced
+    its tiles on a snapshot. It now drops them by the server's rule (the snapshot's `keep`):
+    the usual ended call after its time, one with an escalation nobody took stays."""
+    wall = live_server.app.state.wall
+    saved = (wall.keep_ended_s, wall.keep_open_escalation_s)
+    wall.keep_ended_s, wall.keep_open_escalation_s = 2.0, 600.0
+    try:
+        sign_in(page, live_server.base, "/supervisor/", "sam")
+        for call_id in ("w-gone", "w-paged"):
+            live_server.start_call(call_id, "ann")
+            page.locator(f'#tiles > li[data-call="{call_id}"]').wait_for()
+        live_server.emit("w-paged", escalation("user_request", "high", 3.0, "wants a manager"))
+        page.locator('#alerts > li[data-call="w-paged"]').wait_for()
+        for call_id in ("w-gone", "w-paged"):
+            live_server.emit(call_id, end([]))
+        gone = page.locator('#tiles > li[data-call="w-gone"]')
+        gone.wait_for(state="detached", timeout=8_000)
+        page.wait_for_timeout(1500)
+        assert page.locator('#tiles > li[data-call="w-paged"]').count() == 1
+    finally:
+        wall.keep_ended_s, wall.keep_open_escalation_s = saved

@@ -359,7 +359,30 @@ setInterval(() => {
     const c = Wall.calls.get(span.closest(".tile").dataset.call);
     if (c && !c.ended_at) span.textContent = fmtTime(now - c.started_at);
   }
+  dropEndedTiles(now);
 }, 1000);
+
+// An ended call leaves the wall when the server's wall would drop it (the snapshot's `keep`,
+// coach/api/wall.py): a wall left open all day used to keep every ended tile until a reload.
+function keepFor(c) {
+  const keep = Wall.keep || {};
+  if (c.escalations.some((e) => !e.acknowledged_by)) return keep.open_escalation_s ?? 3600;
+  const failed = String(c.end_reason || "").startsWith("error:");
+  if (failed && c.valence == null && !c.cues && !c.escalations.length) return keep.failed_s ?? 60;
+  return keep.ended_s ?? 600;
+}
+
+function dropEndedTiles(now) {
+  let dropped = false;
+  for (const [id, c] of Wall.calls) {
+    if (!c.ended_at || now - c.ended_at <= keepFor(c)) continue;
+    if (Wall.drill && Wall.drill.callId === id) continue; // being read: it goes when closed
+    Wall.calls.delete(id);
+    Wall.dirty.add(id); // paintTile removes its tile
+    dropped = true;
+  }
+  if (dropped) { Wall.alertsDirty = true; schedule(); }
+}
 
 // -- the wall's socket ---------------------------------------------------------------------
 function connectWall() {
@@ -378,6 +401,7 @@ function connectWall() {
       // The whole wall as the server has it now: it replaces everything, stale or not.
       setStale(false);
       $("status").textContent = "Live";
+      Wall.keep = ev.keep || null;
       Wall.calls.clear();
       // A call still on the wall keeps its tile (repainted below) and whatever focus is in it.
       const present = new Set(ev.calls.map((c) => c.call_id));
