@@ -185,6 +185,19 @@ def test_twilio_message_past_uvicorns_limit_is_counted_and_ends_the_call(
         async with websockets.connect(f"ws://127.0.0.1:{open_server}/ingest/twilio") as ws:
             await ws.send(json.dumps(connected))
             await ws.send(json.dumps(start))
+            # Twilio's protocol acknowledges nothing: wait until the call runs. Sent at once,
+            # the big message could close the socket before the server had read `start`
+            # (then no call exists to end; seen under load in two full runs).
+            async with httpx.AsyncClient() as http:
+                deadline = time.monotonic() + 20
+                while not any(
+                    c["call_id"] == "big-tw"
+                    for c in (await http.get(f"http://127.0.0.1:{open_server}/api/calls")).json()[
+                        "calls"
+                    ]
+                ):
+                    assert time.monotonic() < deadline, "the call never opened"
+                    await asyncio.sleep(0.05)
             await ws.send("x" * BIG)
             return await _closed_code(ws)
 
