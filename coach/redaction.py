@@ -900,18 +900,24 @@ def customer_alias(customer_id: str, key: bytes) -> str:
     (found by an outside PII audit). Formats of one number ("+1 (415) 555-0100",
     "14155550100") give one alias; an email is compared case-blind.
     """
-    if CUSTOMER_ALIAS.match(customer_id):
+    kind = _personal_kind(customer_id)
+    if kind is None:
         return customer_id
-    spans = find_pii(customer_id)
-    if not spans:
-        return customer_id
-    kind = spans[0].kind
     canonical = customer_id.strip().lower()
     if kind != "email":
         digits = re.sub(r"\D", "", customer_id)
         canonical = digits or canonical
     digest = hmac.new(key, f"{kind}:{canonical}".encode(), hashlib.sha256).hexdigest()
     return f"{kind}-{digest[:16].translate(_HEX_AS_LETTERS)}"
+
+
+def _personal_kind(customer_id: str) -> str | None:
+    """What personal data a customer id is (`phone`, `email`...), or None: not any, or an
+    alias already."""
+    if CUSTOMER_ALIAS.match(customer_id):
+        return None
+    spans = find_pii(customer_id)
+    return spans[0].kind if spans else None
 
 
 def with_customer_alias(
@@ -924,6 +930,6 @@ def with_customer_alias(
         return None
     out = dict(meta)
     customer = out.get("customer_id")
-    if isinstance(customer, str) and customer and customer_alias(customer, b"") != customer:
+    if isinstance(customer, str) and _personal_kind(customer) is not None:
         out["customer_id"] = customer_alias(customer, key())
     return out
