@@ -76,6 +76,10 @@ __all__ = ["CallEnded", "CallManager", "CallRejected"]
 DEFAULT_IDLE_TIMEOUT_S = 60.0
 DEFAULT_RECONNECT_GRACE_S = 0.0
 OVER_CAPACITY = "over_capacity"
+DRAINING = "draining"
+"""A new call refused because the instance is stopping (`CallManager.draining`)."""
+TRANSIENT_REFUSALS = frozenset({OVER_CAPACITY, DRAINING})
+"""Refusals a client should retry later or on another instance (1013, 503 Retry-After)."""
 PERSONAL_LIMIT = "personal_limit"
 RETRY_AFTER_S = 10
 """What refusals at capacity suggest as a retry delay (HTTP Retry-After, AudioHook info)."""
@@ -90,6 +94,8 @@ HANDOVER_POLL_S = 0.25
 DUPLICATE_CALL = "duplicate_call"
 ENDED_RETENTION_S = 120.0
 """How long an ended call's session and event history stay in memory."""
+DRAIN_POLL_S = 0.2
+"""How often a drain looks whether the live calls have ended."""
 MAX_ENDED_KEPT = 200
 """At most this many ended calls are kept; beyond it the oldest are dropped at once."""
 
@@ -101,8 +107,9 @@ class CallRejected(Exception):
 
     @property
     def try_again_later(self) -> bool:
-        """A transient refusal (capacity): the same call may succeed here later or elsewhere."""
-        return self.reason == OVER_CAPACITY
+        """A transient refusal (capacity, a stopping instance): the same call may succeed
+        later or on another instance."""
+        return self.reason in TRANSIENT_REFUSALS
 
 
 class CallManager:
@@ -124,6 +131,9 @@ class CallManager:
         """Telephony call id -> the id of its latest leg, where it was used again."""
         self.ended_lookup: EndedLookup | None = None
         """Set when a history store runs: which legs of a call id the store holds as ended."""
+        self.draining = False
+        """The instance is stopping (`drain`): new calls are refused, live ones go on."""
+        metrics.DRAINING.set(0)
 
     @property
     def idle_timeout_s(self) -> float:
@@ -271,6 +281,13 @@ class CallManager:
             CallState.ENDING,
         ):
             raise self._reject(DUPLICATE_CALL, f"call {current} is already live")
+        if self.draining:
+            # After a reconnect's re-attach above: a call already here may come back.
+            raise self._reject(
+                DRAINING,
+                f"this instance is stopping; open the call on another instance "
+                f"(retry in {RETRY_AFTER_S} s)",
+            )
         if self.at_capacity():
             raise self._reject(
                 OVER_CAPACITY,
@@ -581,6 +598,33 @@ class CallManager:
     def ended_kept(self) -> int:
         """Ended calls still held in memory."""
         return len(self._ended)
+
+    async def drain(self, timeout_s: float, *, abandon: Callable[[], bool]) -> int:
+        """Take no new calls and wait until the live ones end, up to `timeout_s`, or until
+        `abandon()` says to stop waiting (a second signal). Returns the calls still live.
+
+        A rolling update or a scale-down would otherwise cut every call of the pod short:
+        none of the telephony protocols can move a live stream to another instance (Twilio
+        Media Streams and AudioHook do not reconnect), so the only way not to lose a call's
+        coaching is to let it finish here while the load balancer sends new ones elsewhere.
+        """
+        self.draining = True
+        metrics.DRAINING.set(1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout_s)
+        live = self.holding()
+        if live:
+            log.info(
+                "draining: %d live call(s), waiting up to %.0f s for them to end", live, timeout_s
+            )
+        while live and loop.time() < deadline and not abandon():
+            await asyncio.sleep(DRAIN_POLL_S)
+            live = self.holding()
+        if live:
+            log.warning("drain over with %d call(s) still live: they end as shutdown", live)
+        else:
+            log.info("drained: no live calls")
+        return live
 
     async def shutdown(self) -> None:
         if self._watchdog is not None:

@@ -49,6 +49,11 @@ CUSTOMER_VALENCE = Histogram(
     "Customer valence per utterance",
     buckets=(-1.0, -0.6, -0.3, -0.1, 0.1, 0.3, 0.6, 1.0),
 )
+DRAINING = Gauge(
+    "coach_draining",
+    "1 while this instance is stopping: it takes no new calls and waits for its live ones "
+    "(COACH_DRAIN_TIMEOUT_S)",
+)
 QUEUE_DEPTH = Gauge("coach_queue_depth", "Items waiting per stage", ["stage"])
 REDIS_DEGRADED = Gauge(
     "coach_redis_degraded",
@@ -68,7 +73,7 @@ MODEL_INFERENCE = Histogram(
 PARTIALS_SHED = Counter("coach_partials_shed_total", "Partial decodes dropped under load")
 CALLS_REJECTED = Counter(
     "coach_calls_rejected_total",
-    "New calls refused (over_capacity: COACH_MAX_CALLS reached; duplicate_call...)",
+    "New calls refused (over_capacity: COACH_MAX_CALLS reached; draining; duplicate_call...)",
     ["reason"],
 )
 MODEL_BATCH_SIZE = Histogram(

@@ -132,6 +132,12 @@ class Settings(BaseSettings):
     reconnect_grace_s: float = Field(
         0.0, description="Keep a dropped call open this long for a reconnect with the same call_id."
     )
+    drain_timeout_s: float = Field(
+        0.0,
+        ge=0.0,
+        description="On SIGTERM, refuse new calls and let live ones go on this long before "
+        "ending them as shutdown; 0 = end them at once. A second signal stops the wait.",
+    )
     audiosocket_port: int = Field(
         0, description="TCP port for Asterisk AudioSocket ingest; 0 = off."
     )

@@ -116,6 +116,13 @@ class AppState:
             if task is not None:
                 self.ingest_tasks.discard(task)
 
+    async def drain(self, *, abandon: Callable[[], bool]) -> None:
+        """Stop taking calls (`/health/ready` answers 503 `draining`, new calls get their
+        protocol's "try again later") and wait up to COACH_DRAIN_TIMEOUT_S for the live ones
+        to end. `end_calls` ends whatever is still live after it."""
+        if self.manager is not None and self.settings.drain_timeout_s > 0:
+            await self.manager.drain(self.settings.drain_timeout_s, abandon=abandon)
+
     async def end_calls(self, *, close_timeout_s: float = 5.0) -> None:
         """End every live call as a shutdown, and let the ingest connections close.
 
@@ -283,6 +290,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                 "error": state.load_error,
             }
             return JSONResponse(body, status_code=503)
+        if state.manager.draining:
+            # Stopping: the load balancer sends new calls elsewhere while these finish.
+            draining = {"status": "draining", "active_calls": len(state.manager.live())}
+            return JSONResponse(draining, status_code=503)
         store = getattr(app.state, "store", None)
         if store is not None and not await store.ping():
             # CONTRACT.md: ready means the store is reachable too. Live calls go on (their

@@ -82,7 +82,7 @@ class DemoPlayer:
                 started_by=user,
             )
         except CallRejected as exc:
-            if exc.reason == "over_capacity":  # the admission limit (COACH_MAX_CALLS)
+            if exc.try_again_later:  # the admission limit (COACH_MAX_CALLS), or stopping
                 raise HTTPException(503, str(exc), headers={"Retry-After": "10"}) from exc
             raise HTTPException(409, str(exc)) from exc
         task = asyncio.create_task(self._play(manager, session, audio, speed), name=call_id)

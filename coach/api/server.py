@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -30,21 +31,37 @@ def uvicorn_limits(settings: Settings) -> dict[str, Any]:
 
 
 class CoachServer(uvicorn.Server):
-    """uvicorn, except that a shutdown first ends this instance's live calls.
+    """uvicorn, except that a shutdown first drains, then ends this instance's live calls.
 
-    uvicorn's own shutdown fails every open WebSocket with 1012 before the app's shutdown
-    runs, so the calls used to end as dropped connections (`AppState.end_calls` says why that
-    matters). New connections are refused first, so no call starts meanwhile.
+    Draining (COACH_DRAIN_TIMEOUT_S > 0): the server still listens, so panels, probes and
+    a reconnecting call get through, but new calls are refused with their protocol's "try
+    again later" and `/health/ready` says `draining`, while the live calls run to their end.
+    A second signal (Ctrl-C twice, or SIGTERM again) stops the wait.
+
+    Then uvicorn's own shutdown would fail every open WebSocket with 1012 before the app's
+    shutdown runs, so the calls used to end as dropped connections (`AppState.end_calls`
+    says why that matters): they are ended first, after new connections are refused, so
+    no call starts meanwhile.
     """
 
     def __init__(self, config: uvicorn.Config, *, app: FastAPI) -> None:
         super().__init__(config)
         self._app = app
+        self.stop_draining = False
+        """A second signal came: end the drain's wait (`shutdown`)."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            # Not uvicorn's `force_exit`, which a second SIGINT sets: that also skips the
+            # app's shutdown, where the store writes the calls' last events.
+            self.stop_draining = True
+        super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        state: AppState = self._app.state.coach
+        await state.drain(abandon=lambda: self.stop_draining or self.force_exit)
         for server in self.servers:
             server.close()
-        state: AppState = self._app.state.coach
         await state.end_calls()
         await super().shutdown(sockets)
 

@@ -1,5 +1,7 @@
 """WebSocket close codes used by every ingest endpoint (RFC 6455 plus application codes)."""
 
+from coach.calls import TRANSIENT_REFUSALS
+
 NORMAL = 1000
 GOING_AWAY = 1001
 UNSUPPORTED_DATA = 1003
@@ -17,7 +19,8 @@ HEADER_TIMEOUT = 4408
 def for_rejection(reason: str) -> int:
     """Close code for a call the manager refused (coach.calls.CallRejected.reason).
 
-    At capacity the server is overloaded: 1013 "try again later", which tells a client to
-    reconnect later or to another instance. Anything else is a conflict with a live call.
+    At capacity or stopping (draining), the server cannot take the call now: 1013 "try
+    again later", which tells a client to reconnect later or to another instance. Anything
+    else is a conflict with a live call.
     """
-    return TRY_AGAIN_LATER if reason == "over_capacity" else DUPLICATE_CALL
+    return TRY_AGAIN_LATER if reason in TRANSIENT_REFUSALS else DUPLICATE_CALL

@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 
 from coach.api.app import create_app
 from coach.bus import InProcessBus
-from coach.calls import OVER_CAPACITY, RETRY_AFTER_S, CallManager, CallRejected
+from coach.calls import DRAINING, OVER_CAPACITY, RETRY_AFTER_S, CallManager, CallRejected
 from coach.ingest import closecodes as cc
 from coach.ingest.audiosocket import ErrorFrame, ServerError
 from coach.messages import AudioChunk
@@ -144,6 +144,32 @@ async def test_a_reconnect_within_grace_is_never_refused(
     again = await open_call(manager, "adm-r1")
     assert again is a and a.reconnects == 1
     assert not manager.is_detached("adm-r1")
+    await manager.shutdown()
+
+
+async def test_a_draining_manager_refuses_new_calls_but_takes_back_a_reconnect(
+    runtime: Runtime, settings: Settings
+) -> None:
+    manager = manager_for(runtime, limited(settings, 0, reconnect_grace_s=30.0))
+    a = await open_call(manager, "adm-d1")
+    await a.feed(AudioChunk("adm-d1", "customer", np.zeros(160, np.float32), RATE, 0.0))
+    await manager.detach(a, "disconnect")
+    stop = asyncio.Event()
+    drain = asyncio.create_task(manager.drain(60.0, abandon=stop.is_set))
+    await asyncio.sleep(0.05)
+    before = rejected(DRAINING)
+    with pytest.raises(CallRejected) as refused:
+        await open_call(manager, "adm-d2")
+    assert refused.value.try_again_later and cc.for_rejection(DRAINING) == cc.TRY_AGAIN_LATER
+    assert rejected(DRAINING) == before + 1
+    assert REGISTRY.get_sample_value("coach_draining") == 1.0
+    # The dropped call comes back to finish here: refusing it would cut it short.
+    assert await open_call(manager, "adm-d1") is a
+    # Still live: the drain waits, until a second signal says to stop waiting.
+    await asyncio.sleep(0.5)
+    assert not drain.done()
+    stop.set()
+    assert await asyncio.wait_for(drain, 2) == 1
     await manager.shutdown()
 
 

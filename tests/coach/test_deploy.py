@@ -150,10 +150,15 @@ def test_deployment_shape() -> None:
     spec = deployment["spec"]["template"]["spec"]
     c = _container()
     assert c["image"] == "voice-coach:latest"
-    assert spec["terminationGracePeriodSeconds"] == 60
     assert "preStop" in c["lifecycle"]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     config = _one("configmap.yaml", "ConfigMap")["data"]
+    # The kubelet kills the pod at the grace period: it must outlast the preStop sleep, the
+    # drain and the minute that ending and writing the remaining calls may take.
+    pre_stop = int(c["lifecycle"]["preStop"]["exec"]["command"][-1])
+    drain = float(config["COACH_DRAIN_TIMEOUT_S"])
+    assert drain > 0
+    assert spec["terminationGracePeriodSeconds"] >= pre_stop + drain + 45
     assert ports == {
         "http": int(config["COACH_PORT"]),
         "audiosocket": int(config["COACH_AUDIOSOCKET_PORT"]),

@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,3 +115,115 @@ def test_background_work_stops_before_the_store_closes(
     with TestClient(create_app(settings, runtime)):
         assert started.wait(10)
     assert order == ["sweep stopped", "store closed"], order
+
+
+def _ready(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+async def _until(check: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_draining_server_lets_its_calls_finish_and_refuses_new_ones(
+    runtime: Runtime, settings: Settings, tmp_path: Path
+) -> None:
+    """COACH_DRAIN_TIMEOUT_S: a SIGTERM no longer cuts the live calls short. The call goes
+    on (its audio is coached), a new call is told to try again later (1013 `draining`, so
+    the telephony or the load balancer goes to another instance), ready says `draining`,
+    and the server stops by itself once the call ends as its client ended it."""
+    port = free_port()
+    drained = settings.model_copy(update={"data_dir": tmp_path, "drain_timeout_s": 60.0})
+    app = create_app(drained, runtime)
+    server = server_for(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    base = f"ws://127.0.0.1:{port}"
+    header = {"call_id": "draining", "sample_rate": RATE, "encoding": "pcm16", "channels": 1}
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    await _until(lambda: server.started, 30)
+    try:
+        async with websockets.connect(f"{base}/ingest/pcm") as ingest:
+            await ingest.send(json.dumps(header))
+            assert json.loads(await ingest.recv())["type"] == "accepted"
+            async with websockets.connect(f"{base}/ws/calls/draining/events") as panel:
+                assert json.loads(await panel.recv())["type"] == "call_start"
+                server.should_exit = True  # what uvicorn's SIGTERM handler does
+                await _until(lambda: app.state.coach.manager.draining)
+                status, body = await asyncio.to_thread(_ready, port)
+                assert (status, body) == (503, {"status": "draining", "active_calls": 1})
+                # A new call is refused as "try again later" while the live one runs.
+                async with websockets.connect(f"{base}/ingest/pcm") as late:
+                    await late.send(json.dumps({**header, "call_id": "late"}))
+                    refusal = json.loads(await late.recv())
+                    with contextlib.suppress(websockets.ConnectionClosed):
+                        await late.recv()
+                assert (refusal["type"], refusal["code"]) == ("error", "draining")
+                assert late.close_code == 1013
+                # The live call is still coached: 6 s more audio brings a metrics event.
+                for _ in range(12):
+                    await ingest.send(np.zeros(RATE // 2, np.int16).tobytes())
+                seen: list[str] = []
+                async with asyncio.timeout(20):
+                    while "metrics" not in seen:
+                        seen.append(json.loads(await panel.recv())["type"])
+                assert "call_end" not in seen
+                assert thread.is_alive()
+                await ingest.send(json.dumps({"type": "end"}))
+                events = []
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    async for message in panel:
+                        events.append(json.loads(message))
+        ends = [e for e in events if e["type"] == "call_end"]
+        assert ends and ends[0]["reason"] != "shutdown", ends
+        # Nothing live: the server stops by itself, long before the 60 s are up.
+        await asyncio.to_thread(thread.join, 15)
+        assert not thread.is_alive()
+    finally:
+        server.should_exit = server.stop_draining = True
+        await asyncio.to_thread(thread.join, 30)
+
+
+async def test_a_drain_ends_calls_as_shutdown_when_its_time_is_up(
+    runtime: Runtime, settings: Settings, tmp_path: Path
+) -> None:
+    port = free_port()
+    drained = settings.model_copy(update={"data_dir": tmp_path, "drain_timeout_s": 1.0})
+    app = create_app(drained, runtime)
+    server = server_for(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    base = f"ws://127.0.0.1:{port}"
+    header = {"call_id": "overstays", "sample_rate": RATE, "encoding": "pcm16", "channels": 1}
+    with running(server):
+        async with websockets.connect(f"{base}/ingest/pcm") as ingest:
+            await ingest.send(json.dumps(header))
+            assert json.loads(await ingest.recv())["type"] == "accepted"
+            started = time.monotonic()
+            server.should_exit = True
+            with contextlib.suppress(websockets.ConnectionClosed):
+                async with asyncio.timeout(15):
+                    while True:
+                        await ingest.recv()
+            waited = time.monotonic() - started
+    assert (ingest.close_code, ingest.close_reason) == (1000, "shutdown")
+    assert waited >= 0.9, waited  # it waited for the drain, then ended the call
+
+
+def test_a_second_signal_stops_the_drain(
+    runtime: Runtime, settings: Settings, tmp_path: Path
+) -> None:
+    """uvicorn forces its exit only on a second SIGINT; Kubernetes and `docker stop` send
+    SIGTERM. Either, sent twice, ends the wait for the calls."""
+    app = create_app(settings.model_copy(update={"data_dir": tmp_path}), runtime)
+    server = server_for(app, host="127.0.0.1", port=free_port())
+    server.handle_exit(signal.SIGTERM, None)
+    assert server.should_exit and not server.stop_draining
+    server.handle_exit(signal.SIGTERM, None)
+    assert server.stop_draining
+    # uvicorn's force_exit would skip the app's shutdown, where the store writes the calls.
+    assert not server.force_exit
