@@ -323,6 +323,15 @@ class RedisBus(InProcessBus):
         """The client for short lookups (never a blocking read): the wall seeder's reads."""
         return self._w
 
+    async def lookup(self, build: Callable[[Any], object], *, timeout_s: float) -> list[Any]:
+        """One round trip of short reads: `build` queues them on a pipeline (no transaction);
+        their answers, in order. TimeoutError past `timeout_s`, RedisError as redis raises."""
+        pipe = self._w.pipeline(transaction=False)
+        build(pipe)
+        async with asyncio.timeout(timeout_s):
+            result: list[Any] = await pipe.execute()
+        return result
+
     def save_session_state(self, call_id: str, state: dict[str, Any]) -> None:
         super().save_session_state(call_id, state)  # this instance keeps it too
         self._state_out[call_id] = json.dumps(state, separators=(",", ":"))

@@ -36,6 +36,7 @@ from coach.api.security import (
 )
 from coach.api.users import UserDirectory
 from coach.api.wall import Tile, WallTracker
+from coach.api.wall_contact import ContactWatcher
 from coach.api.wall_seed import WallSeeder
 from coach.auth import AuthError, Principal
 from coach.bus import COMMAND_TOPIC, SUPERVISOR_TOPIC, InProcessBus, agent_topic, call_topic
@@ -139,6 +140,11 @@ class AppState:
         if others:
             await asyncio.wait(others, timeout=close_timeout_s)
 
+    def runs_here(self, call_id: str) -> bool:
+        """This instance runs the call (not ended yet)."""
+        session = self.manager.get(call_id) if self.manager is not None else None
+        return session is not None and session.state is not CallState.ENDED
+
     async def is_live(self, call_id: str) -> bool:
         """Whether some instance runs this call now (here, or by its Redis owner key)."""
         if self.manager is not None and self.manager.get(call_id) is not None:
@@ -186,6 +192,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         seeder: WallSeeder | None = None
+        contact: ContactWatcher | None = None
         if isinstance(state.bus, RedisBus):
             await state.bus.start()  # never blocks on Redis: reconnects in the background
             # Scraped as it is at that moment (an outside audit found no metric for it).
@@ -196,6 +203,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             # ...including calls whose call_start has scrolled out of that stream.
             seeder = WallSeeder(wall, state.bus)
             seeder.start()
+            # ...and which of them have lost their instance, until the sweep closes them.
+            contact = ContactWatcher(wall, state.bus, runs_here=state.runs_here)
+            contact.start()
             state.bus.watch_remote(COMMAND_TOPIC, lambda _t, ev, at: _run_command(state, ev, at))
             state.bus.watch_remote(SUPERVISOR_TOPIC, lambda _t, ev, _at: _tell_the_agent(state, ev))
         loader: asyncio.Task[None] | None = None
@@ -252,6 +262,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             await store.aclose()  # after the calls ended, so their last events are written
         if seeder is not None:
             await seeder.stop()
+        if contact is not None:
+            await contact.stop()
         if isinstance(state.bus, RedisBus):
             await state.bus.stop()
             metrics.REDIS_DEGRADED.set_function(lambda: 0.0)  # not this stopped bus's any more

@@ -46,6 +46,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from coach.api.security import may_view_call
@@ -81,6 +82,7 @@ _FORWARDED = frozenset(
         "call_update",
         "escalation_ack",
         "agent_assigned",
+        "call_contact",
     }
 )
 _REASSIGNING = frozenset({"call_start", "agent_assigned"})
@@ -109,6 +111,11 @@ class Tile:
     last_cue: dict[str, Any] | None = None
     cues: int = 0
     escalations: dict[int, dict[str, Any]] = field(default_factory=dict)
+    contact_lost_at: float | None = None
+    """When this instance found the call's own instance gone (killed, or cut off from Redis:
+    its liveness key expired), epoch seconds; None while it answers. Such a call is neither
+    coached nor heard from until the orphan sweep closes it (`coach.store.recovered`), about
+    a minute later: the wall says so meanwhile instead of showing it live (`ContactWatcher`)."""
     engine_updates: bool = False
     """The session publishes its own call_update events: derive none from transcripts."""
     seen: set[int] = field(default_factory=set)
@@ -130,6 +137,7 @@ class Tile:
             "trend_valence": self.trend_valence,
             "trend": self.trend,
             "change": self.change,
+            "contact_lost_at": self.contact_lost_at,
             "last_cue": self.last_cue,
             "cues": self.cues,
             "escalations": [self.escalations[k] for k in sorted(self.escalations)],
@@ -362,6 +370,21 @@ class WallTracker:
             "failed_s": min(KEEP_FAILED_S, self.keep_ended_s),
         }
 
+    def live_calls(self) -> list[str]:
+        """The calls the wall shows as live (not ended)."""
+        return [c for c, t in self.calls.items() if t.ended_at is None]
+
+    def mark_contact(self, call_id: str, *, lost: bool) -> bool:
+        """Say on the walls that a live call's instance is gone (`lost`), or answers again.
+        A local `call_contact` event (never on the bus: each instance judges for itself);
+        True when the tile changed."""
+        tile = self.calls.get(call_id)
+        if tile is None or tile.ended_at is not None or (tile.contact_lost_at is not None) == lost:
+            return False
+        since = datetime.now(UTC).isoformat() if lost else None
+        self.apply({"type": "call_contact", "call_id": call_id, "lost": lost, "since": since})
+        return True
+
     # -- output ------------------------------------------------------------------------
 
     def has_ended(self, call_id: str) -> bool:
@@ -396,6 +419,7 @@ def _fold(tile: Tile, event: Event, at: float) -> None:
             tile.meta = dict(_meta(event))
             tile.source = str(event.get("source") or "unknown")
             tile.ended_at, tile.end_reason, tile.change = None, None, None
+            tile.contact_lost_at = None  # a takeover: the call runs again
             # A takeover's call_start names when the call began on its first instance.
             started = _epoch(event.get("started_at"))
             if started is not None:
@@ -406,6 +430,7 @@ def _fold(tile: Tile, event: Event, at: float) -> None:
             # ended ten minutes ago, not ten minutes after a restart hours later.
             ended = _epoch(event.get("ended_at"))
             tile.ended_at = at if ended is None else min(ended, at)
+            tile.contact_lost_at = None
             reason = event.get("reason")
             tile.end_reason = reason if isinstance(reason, str) else None
             summary = event.get("summary")
@@ -446,6 +471,8 @@ def _fold(tile: Tile, event: Event, at: float) -> None:
             esc = tile.escalations.get(int(event.get("seq") or 0))
             if esc is not None:
                 esc["acknowledged_by"] = event.get("by")
+        case "call_contact":
+            tile.contact_lost_at = _epoch(event.get("since")) if event.get("lost") else None
 
 
 def _derived_update(event: Event, state: dict[str, Any], tile: Tile) -> Event:

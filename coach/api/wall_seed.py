@@ -220,11 +220,7 @@ class WallSeeder:
         return drawn
 
     async def _pipeline(self, build: Callable[[Pipeline], object]) -> list[Any]:
-        pipe = self.bus.redis.pipeline(transaction=False)
-        build(pipe)
-        async with asyncio.timeout(self.timeout_s):
-            result: list[Any] = await pipe.execute()
-        return result
+        return await self.bus.lookup(build, timeout_s=self.timeout_s)
 
     def _note_tried(self, ids: Sequence[str]) -> None:
         now = time.monotonic()

@@ -258,3 +258,55 @@ def test_a_cue_rated_the_moment_it_arrives_is_rated(runtime: Runtime, tmp_path: 
         # A call nobody knows is still told at once.
         unknown = client.post("/api/calls/nobody/cues/1/feedback", json={"verdict": "helpful"})
         assert unknown.status_code == 404
+
+
+def test_a_call_whose_instance_dies_is_marked_lost_on_this_instances_wall(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """The app wires a ContactWatcher to its wall: a bare bus plays another instance that
+    runs a call and is then killed (its tasks stop; its keys are left to expire)."""
+    import asyncio
+    import threading
+    import time
+    import uuid
+
+    import redis as sync_redis
+
+    from coach.bus import SUPERVISOR_TOPIC, call_topic
+    from coach.redis_bus import RedisBus
+    from tests.coach.test_scale_out import kill
+
+    url = "redis://127.0.0.1:6379/9"
+    call_id = f"remote-{uuid.uuid4().hex[:8]}"
+    settings = Settings(data_dir=tmp_path, auth_disabled=True, redis_url=url, store_enabled=False)
+
+    async def other_instance_runs_then_dies() -> None:
+        bus = RedisBus(url, instance_id="B", heartbeat_s=0.1, block_ms=100, instance_ttl_s=1.0)
+        await bus.start()
+        start = {"seq": 1, "type": "call_start", "call_id": call_id, "source": "pcm", "meta": {}}
+        bus.publish(call_topic(call_id), start)
+        bus.publish(SUPERVISOR_TOPIC, start)
+        await asyncio.sleep(0.5)
+        await kill(bus)
+
+    def tile(client: TestClient) -> dict[str, Any] | None:
+        calls = client.get("/api/supervisor/calls").json()["calls"]
+        return next((c for c in calls if c["call_id"] == call_id), None)
+
+    try:
+        with TestClient(create_app(settings, runtime)) as client:
+            time.sleep(0.5)  # the app's bus follows the streams
+            other = threading.Thread(target=asyncio.run, args=(other_instance_runs_then_dies(),))
+            other.start()
+            other.join(10)
+            deadline = time.monotonic() + 15
+            while (t := tile(client)) is None or t["contact_lost_at"] is None:
+                assert time.monotonic() < deadline, f"never marked lost: {t}"
+                time.sleep(0.2)
+            assert t["ended_at"] is None  # not ended: the sweep decides that, later
+    finally:
+        client_r = sync_redis.Redis.from_url(url)
+        keys = client_r.keys("coach:*")
+        if keys:
+            client_r.delete(*keys)
+        client_r.close()

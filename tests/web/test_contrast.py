@@ -48,8 +48,12 @@ def test_the_supervisor_wall_is_legible(live_server: LiveServer, page: Any) -> N
         },
     )
     live_server.emit("k-ended", call_end(duration_s=9, reason="end", arc=[(3, -0.2)], cues={}))
+    live_server.start_call("k-lost", "ann")
+    wall = live_server.app.state.wall
+    live_server.call_soon(lambda: wall.mark_contact("k-lost", lost=True))
     sign_in(page, live_server.base, "/supervisor/", "sam")
     page.locator('#tiles > li[data-call="k-ended"].ended').wait_for()
+    page.locator('#tiles > li[data-call="k-lost"] .lost').wait_for()
     page.locator('#alerts > li[data-call="k-live"]').wait_for()
     assert low_contrast(page) == []
     page.goto(f"{live_server.base}/supervisor/#call/k-live")
@@ -58,7 +62,8 @@ def test_the_supervisor_wall_is_legible(live_server: LiveServer, page: Any) -> N
     page.goto(f"{live_server.base}/supervisor/#summary/k-ended")
     page.locator("#summary-transcript li").first.wait_for()
     assert low_contrast(page) == []
-    live_server.emit("k-live", call_end(duration_s=9, reason="end", arc=[], cues={}))
+    for call_id in ("k-live", "k-lost"):  # ann's next call is the agent panel test's
+        live_server.emit(call_id, call_end(duration_s=9, reason="end", arc=[], cues={}))
 
 
 def test_the_agent_panel_is_legible(live_server: LiveServer, page: Any) -> None:

@@ -903,3 +903,28 @@ def test_ended_tiles_leave_a_wall_left_open_when_the_server_drops_them(
         assert page.locator('#tiles > li[data-call="w-paged"]').count() == 1
     finally:
         wall.keep_ended_s, wall.keep_open_escalation_s = saved
+
+
+def test_a_call_whose_server_is_gone_says_so_until_it_ends(
+    live_server: LiveServer, page: Any
+) -> None:
+    """A killed instance's calls looked live on every other wall for about a minute, until
+    the orphan sweep closed them: the wall now says its server is gone (ContactWatcher), on
+    the tile, after a reload and in the drill-in, and drops the mark once the call ends."""
+    wall = live_server.app.state.wall
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    live_server.start_call("w-lost", "ann")
+    tile = page.locator('#tiles > li[data-call="w-lost"]')
+    tile.wait_for()
+    assert tile.locator(".lost").count() == 0
+    assert live_server.call_soon(lambda: wall.mark_contact("w-lost", lost=True)) is True
+    tile.locator(".lost", has_text="Lost contact with its server").wait_for()
+    assert "lost-contact" in (tile.get_attribute("class") or "")
+    page.reload()
+    tile.locator(".lost", has_text="Lost contact").wait_for()  # from the snapshot
+    page.goto(f"{live_server.base}/supervisor/#call/w-lost")
+    page.locator("#drill-status", has_text="Lost contact with the server").wait_for()
+    page.goto(f"{live_server.base}/supervisor/#live")
+    live_server.emit("w-lost", {**end([[3.0, -0.5]]), "reason": "interrupted"})
+    tile.locator(".duration", has_text="cut off").wait_for()
+    assert tile.locator(".lost").count() == 0

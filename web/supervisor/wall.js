@@ -35,7 +35,7 @@ function fold(ev) {
   if (!c) {
     if (ev.type === "call_end" || ev.type === "escalation_ack") return null;
     c = { call_id: ev.call_id, meta: {}, agent_id: null, started_at: Date.now() / 1000, ended_at: null, t: 0,
-      valence: null, arousal: null, emotion: null, trend_valence: null, trend: null, change: null, last_cue: null, cues: 0, escalations: [] };
+      valence: null, arousal: null, emotion: null, trend_valence: null, trend: null, change: null, contact_lost_at: null, last_cue: null, cues: 0, escalations: [] };
     Wall.calls.set(ev.call_id, c);
   }
   if (typeof ev.t_emit === "number") c.t = Math.max(c.t, ev.t_emit);
@@ -43,7 +43,7 @@ function fold(ev) {
     case "call_start":
       c.meta = ev.meta || {};
       c.agent_id = c.meta.agent_id || null;
-      c.ended_at = null; c.end_reason = null; c.change = null;
+      c.ended_at = null; c.end_reason = null; c.change = null; c.contact_lost_at = null;
       break;
     case "call_end":
       // Dated when the call was last heard where the event says so (a call a restart found
@@ -51,6 +51,12 @@ function fold(ev) {
       c.ended_at = Math.min(Date.parse(ev.ended_at || "") / 1000 || Infinity, Date.now() / 1000);
       c.end_reason = ev.reason || null; Wall.alertsDirty = true;
       c.change = (ev.summary && ev.summary.change) || null;
+      c.contact_lost_at = null;
+      break;
+    case "call_contact":
+      // This server found the call's own server gone (coach/api/wall_contact.py): the call is
+      // not coached, and a minute later the sweep closes it as cut off.
+      c.contact_lost_at = ev.lost ? (Date.parse(ev.since || "") / 1000 || Date.now() / 1000) : null;
       break;
     case "agent_assigned":
       // A supervisor put an agent on the call: the tile names them at once.
@@ -168,8 +174,22 @@ function paint() {
   window.wallStats.paints += 1;
 }
 
+function lostContact(c) { return !c.ended_at && Boolean(c.contact_lost_at); }
+
+function clock(epochS) {
+  return new Date(epochS * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
+const LOST_TEXT = "Lost contact with the server running this call: nothing new is heard or coached; it will be closed as cut off.";
+
 function paintTile(id) {
-  if (Wall.drill && Wall.drill.callId === id) showDrillAgent(id); // the snapshot, a reassignment
+  if (Wall.drill && Wall.drill.callId === id) {
+    showDrillAgent(id); // the snapshot, a reassignment
+    const c = Wall.calls.get(id);
+    const status = $("drill-status");
+    if (c && lostContact(c)) status.textContent = LOST_TEXT;
+    else if (status.textContent === LOST_TEXT) status.textContent = "";
+  }
   const c = Wall.calls.get(id);
   let li = Wall.tiles.get(id);
   if (!c) { if (li) li.remove(); Wall.tiles.delete(id); return; }
@@ -184,7 +204,7 @@ function paintTile(id) {
     Wall.tiles.set(id, li);
     $("tiles").append(li);
   }
-  li.className = `tile ${riskClass(c)}`;
+  li.className = `tile ${riskClass(c)}${lostContact(c) ? " lost-contact" : ""}`;
   const open = openEscalations(c);
   const headId = `tile-${id}`;
   const mood = c.emotion
@@ -198,6 +218,9 @@ function paintTile(id) {
     mood,
     h("p", { class: "meta" }, h("span", { class: "duration", "data-started": String(c.started_at), text: c.ended_at ? endWord(c) : fmtTime(Date.now() / 1000 - c.started_at) }), ` · ${c.cues} cue${c.cues === 1 ? "" : "s"}`),
     h("p", { class: "lastcue", text: c.last_cue ? `Last cue: ${c.last_cue.title || c.last_cue.cue}` : "No cues yet" }),
+    lostContact(c)
+      ? h("p", { class: "lost", text: `Lost contact with its server at ${clock(c.contact_lost_at)}: not coached now` })
+      : null,
     c.escalations.length
       ? h("p", { class: `esc${open.length ? "" : " acked"}`, text: open.length ? `Escalation: ${open.map((e) => e.urgency).join(", ")}` : "Escalation acknowledged" })
       : null,
@@ -473,6 +496,7 @@ function openDrill(callId) {
   $("assign-status").textContent = "";
   $("assign-form").agent.value = "";
   showDrillAgent(callId);
+  if (c && lostContact(c)) $("drill-status").textContent = LOST_TEXT;
   const view = new CallView($("drill-view"), { callId, readOnly: true });
   const stream = new EventStream(callId, {
     onEvent: (ev) => {
