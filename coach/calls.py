@@ -240,7 +240,9 @@ class CallManager:
             bus=self.bus,
             inline=inline,
             # A customer id that is a phone number or an email goes no further than here.
-            meta=with_customer_alias(meta, lambda: self.settings.customer_alias_key),
+            meta=with_customer_alias(
+                meta, lambda: self.settings.customer_alias_key, self.settings.phone_region
+            ),
         )
         session.on_end_request = self._end_requested
         session.history_lookup = self.history_lookup

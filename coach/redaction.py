@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import phonenumbers
+
 _DIGIT_WORDS = {
     "zero": "0", "oh": "0", "o": "0", "one": "1", "two": "2", "to": "2", "too": "2",
     "three": "3", "four": "4", "for": "4", "five": "5", "six": "6", "seven": "7",
@@ -888,7 +890,7 @@ _HEX_AS_LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
 transcript's rules would take for a number."""
 
 
-def customer_alias(customer_id: str, key: bytes) -> str:
+def customer_alias(customer_id: str, key: bytes, region: str = "US") -> str:
     """The id the server keeps, stores and shows for a customer: the id itself, unless it is
     personal data by the transcript's rules (a caller's phone number or email, as telephony
     often gives them, or a long account number), which becomes `<kind>-<16 letters>`, a keyed hash
@@ -898,17 +900,35 @@ def customer_alias(customer_id: str, key: bytes) -> str:
 
     Why: the id travelled verbatim into the live meta, the wall, the history and the store
     (found by an outside PII audit). Formats of one number ("+1 (415) 555-0100",
-    "14155550100") give one alias; an email is compared case-blind.
+    "14155550100", and "4155550100" without its country code, taken as `region`'s) give
+    one alias; an email is compared case-blind.
     """
     kind = _personal_kind(customer_id)
     if kind is None:
         return customer_id
     canonical = customer_id.strip().lower()
-    if kind != "email":
-        digits = re.sub(r"\D", "", customer_id)
-        canonical = digits or canonical
+    if kind == "phone":
+        canonical = _phone_digits(customer_id, region) or canonical
+    elif kind != "email":
+        canonical = re.sub(r"\D", "", customer_id) or canonical
     digest = hmac.new(key, f"{kind}:{canonical}".encode(), hashlib.sha256).hexdigest()
     return f"{kind}-{digest[:16].translate(_HEX_AS_LETTERS)}"
+
+
+def _phone_digits(number: str, region: str) -> str:
+    """A phone number's international digits (E.164 without its "+"), a number without its
+    country code being `region`'s (libphonenumber's rules: "4155550100" in US is
+    "14155550100", "020 7946 0958" in GB is "442079460958"); just its digits where
+    libphonenumber cannot read it as a possible number. The digits, not "+...", so that the
+    aliases made before (of the bare digits) stay the same for numbers given in full."""
+    digits = re.sub(r"\D", "", number)
+    try:
+        parsed = phonenumbers.parse(number, region)
+    except phonenumbers.NumberParseException:
+        return digits
+    if not phonenumbers.is_possible_number(parsed):
+        return digits
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164).lstrip("+")
 
 
 def _personal_kind(customer_id: str) -> str | None:
@@ -921,7 +941,7 @@ def _personal_kind(customer_id: str) -> str | None:
 
 
 def with_customer_alias(
-    meta: Mapping[str, Any] | None, key: Callable[[], bytes]
+    meta: Mapping[str, Any] | None, key: Callable[[], bytes], region: str = "US"
 ) -> dict[str, Any] | None:
     """A call's meta with its `customer_id` as `customer_alias` makes it. `key` is asked only
     for an id that needs an alias (the default key is made from the token secret, which a
@@ -931,5 +951,5 @@ def with_customer_alias(
     out = dict(meta)
     customer = out.get("customer_id")
     if isinstance(customer, str) and _personal_kind(customer) is not None:
-        out["customer_id"] = customer_alias(customer, key())
+        out["customer_id"] = customer_alias(customer, key(), region)
     return out

@@ -202,6 +202,12 @@ class Settings(BaseSettings):
         "phone number, an email); the same on every instance. Unset: derived from the token "
         "secret, so set it before rotating that secret, or customers' earlier calls unlink.",
     )
+    phone_region: str = Field(
+        "US",
+        pattern=r"^[A-Z]{2}$",
+        description="Country (ISO 3166 code) of phone numbers given without their country code, "
+        "so that a caller's '+14155550100' and '4155550100' make one customer alias.",
+    )
     ingest_api_key: str | None = Field(None, description="API key telephony ingest must present.")
     twilio_auth_token: str | None = Field(
         None, description="Twilio auth token: when set, /ingest/twilio requires X-Twilio-Signature."

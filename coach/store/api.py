@@ -124,7 +124,7 @@ def customer_ids(request: Request, customer_id: str) -> tuple[str, ...]:
     stored under (`coach.redaction.customer_alias`), and the id itself, under which calls
     stored before aliases existed are found."""
     settings: Settings = request.app.state.settings
-    alias = customer_alias(customer_id, settings.customer_alias_key)
+    alias = customer_alias(customer_id, settings.customer_alias_key, settings.phone_region)
     return (alias,) if alias == customer_id else (alias, customer_id)
 
 

@@ -501,6 +501,19 @@ def test_one_customer_one_alias_whatever_the_format() -> None:
     assert customer_alias("+1 415 555 0101", KEY) != customer_alias("+1 415 555 0100", KEY)
 
 
+def test_a_number_without_its_country_code_is_the_regions() -> None:
+    """Telephony gives a caller's number as "+14155550100" on one trunk and "4155550100" on
+    another: two aliases split one caller's history and the repeat-contact cue missed."""
+    full = customer_alias("+14155550100", KEY)
+    assert customer_alias("4155550100", KEY) == full
+    assert customer_alias("(415) 555-0100", KEY, "US") == full
+    # An alias made before (of the full number's digits) is unchanged.
+    assert customer_alias("14155550100", KEY) == full
+    uk = customer_alias("+44 20 7946 0958", KEY)
+    assert customer_alias("020 7946 0958", KEY, "GB") == uk
+    assert customer_alias("020 7946 0958", KEY, "US") != uk
+
+
 @pytest.mark.parametrize("customer_id", ["cust-1", "ACME-42", "c7f1e2b0-9d4e-4c1a", "ann"])
 def test_an_ordinary_customer_id_is_kept(customer_id: str) -> None:
     assert customer_alias(customer_id, KEY) == customer_id
