@@ -506,6 +506,7 @@ def _interim_spans(text: str) -> list[Span]:
 _SECRET_NAMED = re.compile(
     r"\b(?:(?P<card>(?:credit\s+|debit\s+)?card)\s+(?:number|no\.?|ending\s+in)"
     r"|(?P<ssn>social(?:\s+security)?\s+number|social\s+security|ssn)"
+    r"|(?P<phone>(?:(?:tele)?phone|cell(?:\s+phone)?|mobile|contact|callback|call\s+back)\s+number)"
     r"|(?:account|routing|member(?:ship)?|policy)\s+number|pin|(?P<code>cvv|cvc|cv2|security\s+code))\b"
     r"(?:\s+(?:is|was|it's|that's|of))?(?:\s*:)?",
     re.IGNORECASE,
@@ -519,6 +520,9 @@ SECRET_LEAD_WORDS = 3
 "I have is": an agent reading it back, found by an outside PII audit)."""
 CODE_MIN_DIGITS = 3
 """The same for a card's security code ("my CVV is 737", found by an outside audit)."""
+PHONE_PIECE_MIN_DIGITS = 2
+"""The same for the first piece of a phone number ("my phone number is 41", an area code:
+the outside audit's "41." after "my phone number is" mid-utterance stayed visible)."""
 SECRET_MIN_DIGITS = 4
 """Digits in all for the numerals after an announcement to be the number: "my card number
 is 2 digits short" is not one."""
@@ -529,7 +533,15 @@ def _announced_secret_spans(text: str) -> list[Span]:
     their form (see `_SECRET_NAMED`)."""
     spans: list[Span] = []
     for m in _SECRET_NAMED.finditer(text):
-        kind = "card" if m.group("card") else "ssn" if m.group("ssn") else "number"
+        kind = (
+            "card"
+            if m.group("card")
+            else "ssn"
+            if m.group("ssn")
+            else "phone"
+            if m.group("phone")
+            else "number"
+        )
         first = last = None
         digits, pos, gap = 0, m.end(), 0
         for word in re.finditer(r"\S+", text[pos:]):
@@ -547,8 +559,15 @@ def _announced_secret_spans(text: str) -> list[Span]:
             # The number follows its name at once ("is uh 4532"); then pauses may be filled.
             if gap > (SECRET_WINDOW_WORDS if first is not None else SECRET_LEAD_WORDS):
                 break
-        # A card's security code has 3 digits (4 on Amex).
-        least = CODE_MIN_DIGITS if m.group("code") else SECRET_MIN_DIGITS
+        # A card's security code has 3 digits (4 on Amex); a phone number is read in pieces
+        # ("my phone number is 41. Wait, let me check"), whose first may have two.
+        least = (
+            CODE_MIN_DIGITS
+            if m.group("code")
+            else PHONE_PIECE_MIN_DIGITS
+            if m.group("phone")
+            else SECRET_MIN_DIGITS
+        )
         if first is not None and last is not None and digits >= least:
             spans.append(Span(first, last, kind))
     return spans

@@ -533,3 +533,27 @@ def test_customer_alias_is_idempotent_and_hides_what_it_hides(customer_id: str) 
     assert customer_alias(alias, KEY) == alias
     if alias != customer_id:
         assert redact_text(alias) == alias  # nothing of the number is left to find
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Found by an outside PII audit: the first piece of a number named as a phone number,
+        # mid-utterance, stayed visible.
+        (
+            "Yes my phone number is 41. Wait, let me check that.",
+            "Yes my phone number is [PHONE]. Wait, let me check that.",
+        ),
+        ("my phone number is 41 and, um, 555", "my phone number is [PHONE]"),
+        # Tagged as what the caller named it, not by the shape its digits took in the ASR.
+        ("my phone number is 41. 555. 0100", "my phone number is [PHONE]"),
+        ("my mobile number is 07700 900123", "my mobile number is [PHONE]"),
+        # Talk about a phone number, with no number, or with a figure that is not one.
+        ("the phone number is on the bill", "the phone number is on the bill"),
+        ("my phone number is 2 years old", "my phone number is 2 years old"),
+    ],
+)
+def test_a_number_named_as_a_phone_number_is_hidden_from_its_first_piece(
+    text: str, expected: str
+) -> None:
+    assert redact_text(text) == expected
