@@ -78,7 +78,9 @@ class DemoPlayer:
                 call_id=call_id,
                 source=SOURCE,
                 speakers=tuple(audio.channels),
-                meta={"agent_id": user, "customer_id": "demo-customer", "demo": True},
+                # A customer of its own per play: one shared id made every play after the
+                # first "Has called before" (the store linked them as one caller's calls).
+                meta={"agent_id": user, "customer_id": f"{call_id}-caller", "demo": True},
                 started_by=user,
             )
         except CallRejected as exc:

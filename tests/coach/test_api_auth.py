@@ -518,6 +518,18 @@ def test_pages_and_demo_endpoint_guards(
         assert c.post("/api/demo/calls", headers=bearer("ann", "agent")).status_code == 404
 
 
+def test_each_demo_call_has_a_caller_of_its_own(client: TestClient) -> None:
+    """One shared demo customer id made every play after the first "Has called before"."""
+    callers = []
+    for user in ("ann", "ben"):
+        started = client.post("/api/demo/calls", headers=bearer(user, "agent"))
+        assert started.status_code == 200, started.text
+        call_id = started.json()["call_id"]
+        call = client.get(f"/api/calls/{call_id}", headers=bearer("root", "admin")).json()
+        callers.append(call["meta"]["customer_id"])
+    assert len(set(callers)) == 2 and all(callers)
+
+
 async def _analytics_store(backend: Backend) -> Any:
     from coach.store import Store
 

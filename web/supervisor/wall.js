@@ -35,7 +35,7 @@ function fold(ev) {
   if (!c) {
     if (ev.type === "call_end" || ev.type === "escalation_ack") return null;
     c = { call_id: ev.call_id, meta: {}, agent_id: null, started_at: Date.now() / 1000, ended_at: null, t: 0,
-      valence: null, arousal: null, emotion: null, trend_valence: null, trend: null, change: null, contact_lost_at: null, last_cue: null, cues: 0, escalations: [] };
+      valence: null, arousal: null, emotion: null, trend: null, change: null, contact_lost_at: null, last_cue: null, cues: 0, escalations: [] };
     Wall.calls.set(ev.call_id, c);
   }
   if (typeof ev.t_emit === "number") c.t = Math.max(c.t, ev.t_emit);
@@ -64,7 +64,7 @@ function fold(ev) {
       c.meta = { ...c.meta, agent_id: c.agent_id };
       break;
     case "call_update":
-      c.valence = ev.valence; c.arousal = ev.arousal; c.emotion = ev.emotion; c.trend_valence = ev.trend_valence;
+      c.valence = ev.valence; c.arousal = ev.arousal; c.emotion = ev.emotion;
       c.trend = ev.trend || null;
       if (ev.last_cue) c.last_cue = ev.last_cue;
       break;
