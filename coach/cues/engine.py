@@ -482,6 +482,12 @@ class CueEngine:
                 if near and m.meaning < read.veto_below:
                     near = False  # nearest to an example, but the probe reads another meaning
                 elif (
+                    near
+                    and m.score + boost - threshold < read.confirm_within
+                    and m.meaning < read.confirm_at
+                ):
+                    near = False  # a near call that one example decided, the probe doubts
+                elif (
                     not near
                     and not raise_by  # an early read needs its words to clear the margin
                     and read.fire_above is not None

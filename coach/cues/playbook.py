@@ -192,6 +192,10 @@ class Meaning(_Strict):
     fire_above: float | None = Field(None, gt=0, le=1)
     """A clause the probe gives at least this fires the cue though no example is near enough
     (never a negated, hypothetical, reported or question clause the framing penalises)."""
+    confirm_within: float = Field(0.0, ge=0, le=1)
+    """A match that clears the threshold by less than this (0: off) is a near call the one
+    example decided: it needs the probe at `confirm_at` or more as well."""
+    confirm_at: float = Field(0.0, ge=0, le=1)
 
 
 class Early(_Strict):

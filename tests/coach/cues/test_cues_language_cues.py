@@ -279,6 +279,32 @@ async def test_affect_gate_decides_a_word_match(conversation: Conversation) -> N
     assert "dejection" not in found["gated"]
 
 
+async def test_a_near_crisis_match_the_probe_doubts_does_not_page(
+    conversation: Conversation,
+) -> None:
+    """An outside audit's false critical page: "I'll lose my job if I miss my meeting again"
+    cleared crisis's threshold by 0.02 on its likeness to "Someone at your office is going
+    to get hurt"; the meaning probe read it at 0.27. A near call needs the probe to agree
+    (`Meaning.confirm_within`/`confirm_at`): without that rule the line pages."""
+    text = "I'll lose my job if I miss my meeting again."
+    loaded = conversation.engine.holder.current
+    pb = loaded.playbook
+    spec = pb.cues["crisis"]
+    assert spec.meaning is not None and spec.meaning.confirm_within > 0
+    unconfirmed = spec.model_copy(
+        update={"meaning": spec.meaning.model_copy(update={"confirm_within": 0.0})}
+    )
+    found = {}
+    for name, cue in (("bundled", spec), ("unconfirmed", unconfirmed)):
+        conversation.engine.holder = FixedHolder(
+            replace(loaded, playbook=pb.model_copy(update={"cues": {**pb.cues, "crisis": cue}}))
+        )
+        conversation.engine.fired_at.clear()
+        found[name] = await conversation.cues("customer", text)
+    assert "crisis" in found["unconfirmed"]
+    assert "crisis" not in found["bundled"]
+
+
 async def test_flat_short_reply_after_a_fix_is_dejection_by_voice(
     conversation: Conversation,
 ) -> None:
