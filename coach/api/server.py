@@ -51,10 +51,14 @@ class CoachServer(uvicorn.Server):
         """A second signal came: end the drain's wait (`shutdown`)."""
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.should_exit:
-            # Not uvicorn's `force_exit`, which a second SIGINT sets: that also skips the
-            # app's shutdown, where the store writes the calls' last events.
+        if self.should_exit and not self.stop_draining:
+            # The second signal ends the drain's wait, and nothing more: uvicorn would set
+            # `force_exit` on a second SIGINT, which also skips the app's shutdown, where the
+            # store writes the calls' last events (an outside audit: a call ended by two
+            # Ctrl-C stayed unended in the store until another instance's sweep closed it as
+            # `interrupted`). A third signal is uvicorn's: SIGINT quits without waiting.
             self.stop_draining = True
+            return
         super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

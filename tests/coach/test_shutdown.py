@@ -220,10 +220,60 @@ def test_a_second_signal_stops_the_drain(
     """uvicorn forces its exit only on a second SIGINT; Kubernetes and `docker stop` send
     SIGTERM. Either, sent twice, ends the wait for the calls."""
     app = create_app(settings.model_copy(update={"data_dir": tmp_path}), runtime)
-    server = server_for(app, host="127.0.0.1", port=free_port())
-    server.handle_exit(signal.SIGTERM, None)
-    assert server.should_exit and not server.stop_draining
-    server.handle_exit(signal.SIGTERM, None)
-    assert server.stop_draining
-    # uvicorn's force_exit would skip the app's shutdown, where the store writes the calls.
-    assert not server.force_exit
+    for second in (signal.SIGTERM, signal.SIGINT):
+        server = server_for(app, host="127.0.0.1", port=free_port())
+        server.handle_exit(signal.SIGINT, None)
+        assert server.should_exit and not server.stop_draining
+        server.handle_exit(second, None)
+        assert server.stop_draining
+        # uvicorn's force_exit (its answer to a second SIGINT) would skip the app's
+        # shutdown, where the store writes the calls: an outside audit's call stayed
+        # unended in the store after two Ctrl-C.
+        assert not server.force_exit
+        server.handle_exit(signal.SIGINT, None)  # a third Ctrl-C quits at once
+        assert server.force_exit
+
+
+async def test_two_ctrl_c_during_a_drain_still_write_the_calls_end(
+    runtime: Runtime, settings: Settings, tmp_path: Path
+) -> None:
+    """An outside audit pressed Ctrl-C twice while a call drained: the call ended as
+    `shutdown` on the wire, but the app's shutdown (where the store writes) was skipped,
+    and the stored call stayed unended until another instance closed it as `interrupted`."""
+    from coach.store.db import sqlite_url
+    from coach.store.store import Store
+
+    port = free_port()
+    drained = settings.model_copy(
+        update={"data_dir": tmp_path, "drain_timeout_s": 60.0, "store_enabled": True}
+    )
+    app = create_app(drained, runtime)
+    server = server_for(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    header = {"call_id": "ctrl-c", "sample_rate": RATE, "encoding": "pcm16", "channels": 1}
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    await _until(lambda: server.started, 30)
+    try:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ingest/pcm") as ingest:
+            await ingest.send(json.dumps(header))
+            assert json.loads(await ingest.recv())["type"] == "accepted"
+            await ingest.send(np.zeros(RATE, np.int16).tobytes())
+            server.handle_exit(signal.SIGINT, None)
+            await _until(lambda: app.state.coach.manager.draining)
+            server.handle_exit(signal.SIGINT, None)
+            with contextlib.suppress(websockets.ConnectionClosed):
+                async with asyncio.timeout(15):
+                    while True:
+                        await ingest.recv()
+        assert (ingest.close_code, ingest.close_reason) == (1000, "shutdown")
+        await asyncio.to_thread(thread.join, 30)
+        assert not thread.is_alive()
+    finally:
+        server.should_exit = server.stop_draining = True
+        await asyncio.to_thread(thread.join, 30)
+    store = Store(url=sqlite_url(tmp_path))
+    try:
+        record = await store.get_call_record("ctrl-c")
+    finally:
+        await store.aclose()
+    assert record is not None and record.end_reason == "shutdown" and record.ended_at is not None
