@@ -857,15 +857,23 @@ async def _close_orphans(
 
     redis = isinstance(state.bus, RedisBus)
     ttl = state.settings.redis_session_ttl_s
+    # With Redis a call is an orphan once found ownerless twice, half a key lifetime apart
+    # (`OwnerlessTwice`: a flushed Redis loses live calls' keys for a moment); the sweep
+    # looks that much earlier, so a killed instance's calls still close about two
+    # lifetimes after they were last heard.
+    is_live: recovered.IsLive = (
+        recovered.OwnerlessTwice(state.is_live, confirm_s=ttl / 2) if redis else state.is_live
+    )
+    idle_s = 2 * ttl - ttl / 2
     delay = 1.0
     drew_ended = False
     while True:
-        before = datetime.now(UTC) - timedelta(seconds=2 * ttl) if redis else started
+        before = datetime.now(UTC) - timedelta(seconds=idle_s) if redis else started
         try:
             closed = await recovered.close_orphans(
                 store,
                 state.bus,
-                is_live=state.is_live,
+                is_live=is_live,
                 started_before=before,
                 on_orphan=draw,
             )

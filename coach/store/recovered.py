@@ -18,7 +18,8 @@ live instance.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -292,6 +293,41 @@ IsLive = Callable[[str], Awaitable[bool]]
 OnOrphan = Callable[[CallDetail], None]
 
 
+class OwnerlessTwice:
+    """`is_live` that takes a call for an orphan only when it was found without an owner
+    twice, `confirm_s` or more apart.
+
+    An owner key can vanish while its instance runs the call: Redis restarted without
+    persistence or flushed. The instance writes it again at its next refresh (every third
+    of the key's lifetime), but a sweep in between took a silent call (on hold, say) for an
+    orphan: an outside audit saw live calls closed as `interrupted` on every wall 1-6 s
+    after a FLUSHDB while their instance went on coaching them. A call that is really cut
+    off is found ownerless at every look, so it is closed one look later at most (the sweep
+    looks earlier to make up for it).
+    """
+
+    def __init__(
+        self, is_live: IsLive, *, confirm_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._is_live = is_live
+        self.confirm_s = confirm_s
+        self._clock = clock
+        self._since: dict[str, float] = {}
+        """call id -> when it was first found without an owner (and since at every look)."""
+
+    async def __call__(self, call_id: str) -> bool:
+        if await self._is_live(call_id):
+            self._since.pop(call_id, None)
+            return True
+        now = self._clock()
+        first = self._since.setdefault(call_id, now)
+        return now - first < self.confirm_s
+
+    def keep_only(self, call_ids: Collection[str]) -> None:
+        """Forget the calls no longer looked at (ended, or written to again)."""
+        self._since = {c: t for c, t in self._since.items() if c in call_ids}
+
+
 END_SEQ_MARGIN = 1000
 """Seqs a killed instance may have sent after the last session state it saved (the flush that
 carries both may be cut short by the kill): the `call_end` of its orphan comes after them."""
@@ -331,7 +367,10 @@ async def close_orphans(
     StoreUnavailable.
     """
     closed: list[str] = []
-    for call in await store.unended_calls(started_before=started_before):
+    candidates = await store.unended_calls(started_before=started_before)
+    if isinstance(is_live, OwnerlessTwice):
+        is_live.keep_only({c.call_id for c in candidates})
+    for call in candidates:
         if await is_live(call.call_id):
             continue
         detail = await store.get_call(call.call_id)

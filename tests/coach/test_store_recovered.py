@@ -734,3 +734,32 @@ def test_an_orphans_end_comes_after_every_seq_its_instance_sent(
     end = run(scenario())
     assert end["type"] == "call_end" and end["reason"] == "interrupted"
     assert end["seq"] > stored_last + 40
+
+
+async def test_a_call_whose_owner_key_vanished_for_a_moment_is_no_orphan() -> None:
+    """An outside audit flushed Redis (as a restart without persistence does): the sweep
+    found a silent live call without its owner key and closed it as `interrupted` on every
+    wall, 1-6 s later, while its instance went on coaching it. A call is an orphan only when
+    it is found ownerless twice, `confirm_s` apart; its instance writes the key again before."""
+    from coach.store.recovered import OwnerlessTwice
+
+    now = [0.0]
+    owners = {"held": False, "gone": False}
+
+    async def owned(call_id: str) -> bool:
+        return owners[call_id]
+
+    is_live = OwnerlessTwice(owned, confirm_s=15.0, clock=lambda: now[0])
+    # The first look without an owner: not yet an orphan.
+    assert await is_live("held") and await is_live("gone")
+    now[0] = 10.0
+    owners["held"] = True  # its instance refreshed its keys (every 10 s)
+    assert await is_live("held") and await is_live("gone")
+    now[0] = 20.0
+    owners["held"] = False  # ...and a second flush: its clock starts again
+    assert await is_live("held")
+    assert not await is_live("gone")  # ownerless at every look for 20 s: cut off
+    is_live.keep_only({"held"})
+    now[0] = 40.0
+    assert not await is_live("held")
+    assert await is_live("gone")  # forgotten, then found again: a first look
