@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -95,6 +96,11 @@ return 0
 """Add fields to a call's wall record only while the record exists. An acknowledgement taken
 on another instance than the call's: after the call ended (its owner deleted the record) a
 plain HSET left a record of one field behind, with no call to belong to, for the stream's TTL."""
+
+
+def glob_escape(text: str) -> str:
+    """`text` matched literally in a SCAN pattern (a key prefix may hold `*`, `?`, `[`)."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
 AT_FIELD = "at"
@@ -221,6 +227,10 @@ class RedisBus(InProcessBus):
         """topic -> last stream id seen (delivered or skipped): where the reader resumes."""
         self._remote_listeners: dict[str, list[RemoteListener]] = {}
         self._owned: set[str] = set()
+        self._claiming: set[str] = set()
+        """Calls whose claim this instance is making or has made (`claim_call`), before their
+        first event makes them `_owned`."""
+        self._stale_owners_cleared = False
         self._owner_drop: set[str] = set()
         self._state_out: dict[str, str] = {}
         """call_id -> latest session state to write (only the newest per flush)."""
@@ -401,15 +411,23 @@ class RedisBus(InProcessBus):
         """
         if self._writer_down and self._writer_tried:
             raise ConnectionError(f"Redis at {_safe_url(self.url)} is unreachable")
-        holder: Any = await self._claim(
-            keys=[self.owner_key(call_id)],
-            args=[self.instance_id, int(self.owner_ttl_s), self.instance_key("")],
-        )
+        self._claiming.add(call_id)  # before the key names us: see `_release_stale_owners`
+        try:
+            holder: Any = await self._claim(
+                keys=[self.owner_key(call_id)],
+                args=[self.instance_id, int(self.owner_ttl_s), self.instance_key("")],
+            )
+        except BaseException:
+            self._claiming.discard(call_id)
+            raise
+        if holder is not None:
+            self._claiming.discard(call_id)
         return None if holder is None else str(holder)
 
     async def release_call(self, call_id: str) -> None:
         """Undo `claim_call` for a call that did not open here after all (best effort: the
         key would expire with this instance's liveness anyway, or in `owner_ttl_s`)."""
+        self._claiming.discard(call_id)
         try:
             async with asyncio.timeout(0.5):
                 await self._release(keys=[self.owner_key(call_id)], args=[self.instance_id])
@@ -425,6 +443,7 @@ class RedisBus(InProcessBus):
             call_id = str(event.get("call_id", ""))
             if event.get("type") == "call_end":
                 self._owned.discard(call_id)
+                self._claiming.discard(call_id)
                 self._owner_drop.add(call_id)
             elif call_id not in self._owned:
                 self._owned.add(call_id)
@@ -486,6 +505,9 @@ class RedisBus(InProcessBus):
                 return
             try:
                 await self._flush_once()
+                if not self._stale_owners_cleared:
+                    await self._release_stale_owners()
+                    self._stale_owners_cleared = True
                 if self._writer_down:
                     log.info(
                         "redis bus: connected to %s (instance %s)",
@@ -510,6 +532,38 @@ class RedisBus(InProcessBus):
                 failures += 1
                 await asyncio.sleep(self._backoff(failures))
                 self._wake_writer.set()  # retry promptly after the backoff
+
+    async def _release_stale_owners(self) -> int:
+        """Delete the owner keys that name this instance's id for calls this process does
+        not run: an earlier process under the same id (a container restarted in its pod
+        after a crash keeps the pod's name) left them, and this one's liveness key made
+        them look live. An outside audit saw such calls lose their "lost contact" mark on
+        the walls while nobody ran them, and their reconnects to another instance refused
+        as duplicates until the keys expired. Once they are gone, the calls reconnect
+        elsewhere and the orphan sweep closes the rest. Once per process, at its first
+        connection; a call this process claims meanwhile is never touched."""
+        head = self.owner_key("")
+        match = glob_escape(head) + "*"
+        cursor, released = 0, 0
+        while True:
+            reply: Any = await self._w.scan(cursor=cursor, match=match, count=1000)
+            cursor, keys = int(reply[0]), [str(k) for k in reply[1]]
+            values = await self._w.mget(keys) if keys else []
+            for key, value in zip(keys, values, strict=True):
+                call_id = key[len(head) :]
+                if value != self.instance_id or call_id in self._owned | self._claiming:
+                    continue
+                released += int(await self._release(keys=[key], args=[self.instance_id]))
+            if cursor == 0:
+                break
+        if released:
+            log.warning(
+                "redis bus: %d call(s) an earlier process under instance id %s ran are "
+                "released (it stopped without ending them)",
+                released,
+                self.instance_id,
+            )
+        return released
 
     def _backoff(self, failures: int) -> float:
         return float(min(self._backoff_cap, self._backoff_base * 2 ** (failures - 1)))

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -41,7 +40,7 @@ from redis.exceptions import RedisError
 from coach.api.wall import WallTracker
 from coach.bus import call_topic
 from coach.events import Event
-from coach.redis_bus import AT_FIELD, CUES_FIELD, EVENT_FIELD, RedisBus
+from coach.redis_bus import AT_FIELD, CUES_FIELD, EVENT_FIELD, RedisBus, glob_escape
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +150,7 @@ class WallSeeder:
     async def seed_all(self) -> bool:
         """One full pass (at most `max_rounds` SCANs); True once the SCAN came round."""
         head = self.bus.owner_key("")
-        match = _glob_escape(head) + "*"
+        match = glob_escape(head) + "*"
         rounds = 0
         while True:
             async with asyncio.timeout(self.timeout_s):
@@ -278,8 +277,3 @@ def _stream_start(call_id: str, entries: Any) -> tuple[Event, float] | None:
     if event.get("type") != "call_start" or event.get("call_id") != call_id:
         return None
     return event, at
-
-
-def _glob_escape(text: str) -> str:
-    """`text` matched literally in a SCAN pattern (a key prefix may hold `*`, `?`, `[`)."""
-    return re.sub(r"([\\*?\[\]])", r"\\\1", text)

@@ -424,3 +424,36 @@ async def test_an_instance_restarted_under_its_id_replays_what_it_published_befo
         assert wall.calls["so-ghost"].escalations[2].get("acknowledged_by") == "sam"
     finally:
         await restarted.stop()
+
+
+@needs_redis
+async def test_a_process_restarted_under_its_instance_id_lets_go_of_calls_it_does_not_run(
+    prefix: str,
+) -> None:
+    """Kubernetes restarts a crashed container in its pod, under the pod's name: the new
+    process's liveness key made the old process's calls look live (an outside audit: their
+    "lost contact" mark went on the walls, and their reconnects to another instance were
+    refused as duplicates). The new process releases the keys of calls it does not run;
+    one it claims meanwhile stays its own."""
+    old = make_bus(SHARED_URL, prefix, "pod-1", instance_ttl_s=0.5)
+    await old.start()
+    for call_id in ("ran-before", "also-before"):
+        assert await old.claim_call(call_id) is None
+        old.publish(call_topic(call_id), {"seq": 1, "type": "call_start", "call_id": call_id})
+    await wait_for(lambda: not old._pending())
+    await kill(old)
+    other = make_bus(SHARED_URL, prefix, "pod-2", instance_ttl_s=0.5)
+    new = make_bus(SHARED_URL, prefix, "pod-1", instance_ttl_s=0.5)
+    await other.start()
+    try:
+        assert await new.claim_call("opened-now") is None  # before its first connection
+        await new.start()
+        await wait_for(lambda: new._stale_owners_cleared)
+        assert await other.owner("ran-before") is None
+        assert await other.owner("also-before") is None
+        assert await other.owner("opened-now") == "pod-1"
+        # The call reconnects to another instance at once, instead of a 4409.
+        assert await other.claim_call("ran-before") is None
+    finally:
+        await new.stop()
+        await other.stop()
