@@ -934,6 +934,21 @@ def customer_alias(customer_id: str, key: bytes, region: str = "US") -> str:
     return f"{kind}-{digest[:16].translate(_HEX_AS_LETTERS)}"
 
 
+def customer_aliases(customer_id: str, key: bytes, region: str = "US") -> tuple[str, ...]:
+    """Every alias calls of this customer may be stored under, `customer_alias`'s first: a
+    phone number given without its country code was hashed from its bare digits before
+    aliases read numbers by region (a review: erasing or looking up such a caller by number
+    missed their earlier calls)."""
+    alias = customer_alias(customer_id, key, region)
+    kind = _personal_kind(customer_id)
+    if kind != "phone":
+        return (alias,)
+    digits = re.sub(r"\D", "", customer_id)
+    digest = hmac.new(key, f"{kind}:{digits}".encode(), hashlib.sha256).hexdigest()
+    earlier = f"{kind}-{digest[:16].translate(_HEX_AS_LETTERS)}"
+    return (alias,) if earlier == alias else (alias, earlier)
+
+
 def _phone_digits(number: str, region: str) -> str:
     """A phone number's international digits (E.164 without its "+"), a number without its
     country code being `region`'s (libphonenumber's rules: "4155550100" in US is

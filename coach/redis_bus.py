@@ -103,6 +103,9 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
+STALE_OWNERS_MAX_S = 5.0
+"""Longest a process spends at its first connection releasing an earlier one's owner keys."""
+
 AT_FIELD = "at"
 """In a wall record's entries: when the instance recorded the event (epoch seconds)."""
 CUES_FIELD = "cues"
@@ -228,9 +231,12 @@ class RedisBus(InProcessBus):
         self._remote_listeners: dict[str, list[RemoteListener]] = {}
         self._owned: set[str] = set()
         self._claiming: set[str] = set()
-        """Calls whose claim this instance is making or has made (`claim_call`), before their
-        first event makes them `_owned`."""
+        """Until `_release_stale_owners` is done: calls whose claim this instance is making or
+        has made (`claim_call`), before their first event makes them `_owned`."""
         self._stale_owners_cleared = False
+        self._claim_lock = asyncio.Lock()
+        """Held by a claim and by the release of a stale key: a claim sent between the
+        release's look and its delete would be deleted with it."""
         self._owner_drop: set[str] = set()
         self._state_out: dict[str, str] = {}
         """call_id -> latest session state to write (only the newest per flush)."""
@@ -333,6 +339,11 @@ class RedisBus(InProcessBus):
         """The client for short lookups (never a blocking read): the wall seeder's reads."""
         return self._w
 
+    @property
+    def heartbeat_s(self) -> float:
+        """The writer's longest sleep: keys due for a refresh are written this much late."""
+        return self._heartbeat_s
+
     async def lookup(self, build: Callable[[Any], object], *, timeout_s: float) -> list[Any]:
         """One round trip of short reads: `build` queues them on a pipeline (no transaction);
         their answers, in order. TimeoutError past `timeout_s`, RedisError as redis raises."""
@@ -411,17 +422,13 @@ class RedisBus(InProcessBus):
         """
         if self._writer_down and self._writer_tried:
             raise ConnectionError(f"Redis at {_safe_url(self.url)} is unreachable")
-        self._claiming.add(call_id)  # before the key names us: see `_release_stale_owners`
-        try:
+        async with self._claim_lock:
             holder: Any = await self._claim(
                 keys=[self.owner_key(call_id)],
                 args=[self.instance_id, int(self.owner_ttl_s), self.instance_key("")],
             )
-        except BaseException:
-            self._claiming.discard(call_id)
-            raise
-        if holder is not None:
-            self._claiming.discard(call_id)
+            if holder is None and not self._stale_owners_cleared:
+                self._claiming.add(call_id)  # ours now: `_release_stale_owners` spares it
         return None if holder is None else str(holder)
 
     async def release_call(self, call_id: str) -> None:
@@ -504,10 +511,13 @@ class RedisBus(InProcessBus):
             if self._stopping:
                 return
             try:
-                await self._flush_once()
                 if not self._stale_owners_cleared:
+                    # Before the first liveness key: until then the stale keys' calls look
+                    # dead to the other instances' walls, as they are.
                     await self._release_stale_owners()
                     self._stale_owners_cleared = True
+                    self._claiming.clear()
+                await self._flush_once()
                 if self._writer_down:
                     log.info(
                         "redis bus: connected to %s (instance %s)",
@@ -545,16 +555,24 @@ class RedisBus(InProcessBus):
         head = self.owner_key("")
         match = glob_escape(head) + "*"
         cursor, released = 0, 0
+        deadline = time.monotonic() + STALE_OWNERS_MAX_S
         while True:
             reply: Any = await self._w.scan(cursor=cursor, match=match, count=1000)
             cursor, keys = int(reply[0]), [str(k) for k in reply[1]]
             values = await self._w.mget(keys) if keys else []
             for key, value in zip(keys, values, strict=True):
                 call_id = key[len(head) :]
-                if value != self.instance_id or call_id in self._owned | self._claiming:
+                if value != self.instance_id:
                     continue
-                released += int(await self._release(keys=[key], args=[self.instance_id]))
+                async with self._claim_lock:
+                    if call_id in self._owned | self._claiming:
+                        continue
+                    released += int(await self._release(keys=[key], args=[self.instance_id]))
             if cursor == 0:
+                break
+            if time.monotonic() > deadline:
+                # A huge keyspace: the rest expire on their own (owner_ttl_s).
+                log.warning("redis bus: stale owner keys not all looked at (keyspace too big)")
                 break
         if released:
             log.warning(

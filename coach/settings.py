@@ -228,6 +228,16 @@ class Settings(BaseSettings):
         True, description='Offer the agent page\'s "Play demo call" (POST /api/demo/calls).'
     )
 
+    @field_validator("phone_region")
+    @classmethod
+    def _a_region_libphonenumber_knows(cls, v: str) -> str:
+        import phonenumbers
+
+        if v not in phonenumbers.SUPPORTED_REGIONS:
+            # "UK" looks right and reads no number (the code is GB): refused, not ignored.
+            raise ValueError(f"{v!r} is not a country code libphonenumber knows (GB, not UK)")
+        return v
+
     @field_validator("escalation_webhook_url")
     @classmethod
     def _webhook_is_a_web_url(cls, v: str | None) -> str | None:

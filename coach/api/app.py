@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -857,14 +858,17 @@ async def _close_orphans(
 
     redis = isinstance(state.bus, RedisBus)
     ttl = state.settings.redis_session_ttl_s
-    # With Redis a call is an orphan once found ownerless twice, half a key lifetime apart
-    # (`OwnerlessTwice`: a flushed Redis loses live calls' keys for a moment); the sweep
-    # looks that much earlier, so a killed instance's calls still close about two
+    # With Redis a call is an orphan once found ownerless twice, longer apart than its
+    # instance takes to write its keys again (every third of their lifetime, on the writer's
+    # next wake: `OwnerlessTwice`, a flushed Redis loses live calls' keys for a moment); the
+    # sweep looks that much earlier, so a killed instance's calls still close about two
     # lifetimes after they were last heard.
+    confirm_s = ttl / 3 + (state.bus.heartbeat_s if isinstance(state.bus, RedisBus) else 0) + 0.5
     is_live: recovered.IsLive = (
-        recovered.OwnerlessTwice(state.is_live, confirm_s=ttl / 2) if redis else state.is_live
+        recovered.OwnerlessTwice(state.is_live, confirm_s=confirm_s) if redis else state.is_live
     )
-    idle_s = 2 * ttl - ttl / 2
+    looks = math.ceil(confirm_s / (ttl / 3))  # the looks (every ttl/3) a confirmation takes
+    idle_s = max(ttl, 2 * ttl - looks * ttl / 3)
     delay = 1.0
     drew_ended = False
     while True:

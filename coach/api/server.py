@@ -51,14 +51,10 @@ class CoachServer(uvicorn.Server):
         """A second signal came: end the drain's wait (`shutdown`)."""
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.should_exit and not self.stop_draining:
-            # The second signal ends the drain's wait, and nothing more: uvicorn would set
-            # `force_exit` on a second SIGINT, which also skips the app's shutdown, where the
-            # store writes the calls' last events (an outside audit: a call ended by two
-            # Ctrl-C stayed unended in the store until another instance's sweep closed it as
-            # `interrupted`). A third signal is uvicorn's: SIGINT quits without waiting.
+        if self.should_exit:
+            # A second signal ends the drain's wait. uvicorn forces its exit on a second
+            # SIGINT only; a drain yields to a second SIGTERM too (Kubernetes, docker stop).
             self.stop_draining = True
-            return
         super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -68,6 +64,12 @@ class CoachServer(uvicorn.Server):
             server.close()
         await state.end_calls()
         await super().shutdown(sockets)
+        if self.force_exit:
+            # uvicorn's forced exit (a second Ctrl-C) stops waiting for connections, and
+            # also skips the app's shutdown, where the store writes the calls' last events:
+            # an outside audit's call, ended by two Ctrl-C, stayed unended in the store
+            # until another instance's sweep closed it as `interrupted`. That part still runs.
+            await self.lifespan.shutdown()
 
 
 def server_for(app: FastAPI, **config: Any) -> CoachServer:

@@ -35,7 +35,7 @@ from coach.auth import Principal
 from coach.bus import SUPERVISOR_TOPIC
 from coach.cues.playbook import Playbook, load_playbook
 from coach.events import Urgency
-from coach.redaction import customer_alias
+from coach.redaction import customer_aliases
 from coach.settings import Settings
 from coach.store.records import (
     CallDetail,
@@ -124,8 +124,8 @@ def customer_ids(request: Request, customer_id: str) -> tuple[str, ...]:
     stored under (`coach.redaction.customer_alias`), and the id itself, under which calls
     stored before aliases existed are found."""
     settings: Settings = request.app.state.settings
-    alias = customer_alias(customer_id, settings.customer_alias_key, settings.phone_region)
-    return (alias,) if alias == customer_id else (alias, customer_id)
+    aliases = customer_aliases(customer_id, settings.customer_alias_key, settings.phone_region)
+    return aliases if aliases[0] == customer_id else (*aliases, customer_id)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from coach.api.app import create_app
 from coach.ingest.audiosocket import Hangup, UuidFrame, encode
 from coach.runtime import Runtime
 from coach.settings import Settings
+from tests.coach.test_redis_bus import needs_redis
 from tests.support import free_port
 
 
@@ -161,6 +162,7 @@ def test_an_agent_follows_their_call_from_another_instance_redacted(
         client_r.close()
 
 
+@needs_redis
 def test_an_agent_assigned_on_another_instances_wall_is_put_on_the_call(
     runtime: Runtime, tmp_path: Path
 ) -> None:
@@ -260,6 +262,7 @@ def test_a_cue_rated_the_moment_it_arrives_is_rated(runtime: Runtime, tmp_path: 
         assert unknown.status_code == 404
 
 
+@needs_redis
 def test_a_call_whose_instance_dies_is_marked_lost_on_this_instances_wall(
     runtime: Runtime, tmp_path: Path
 ) -> None:

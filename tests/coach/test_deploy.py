@@ -207,6 +207,7 @@ def test_env_keys_are_settings() -> None:
     keys = set(_one("configmap.yaml", "ConfigMap")["data"]) | set(
         _one("secret.yaml", "Secret")["stringData"]
     )
+    keys |= {e["name"] for e in _container().get("env", [])}
     env = {k.removeprefix("COACH_").lower() for k in keys if k.startswith("COACH_")}
     unknown = env - fields - PENDING_SETTINGS
     assert not unknown, f"not settings in coach/settings.py: {sorted(unknown)}"
@@ -219,3 +220,11 @@ def test_env_keys_are_settings() -> None:
         "COACH_AUDIOHOOK_CLIENT_SECRET",
         "COACH_DATABASE_URL",
     }
+
+
+def test_the_instance_id_is_the_pods_name() -> None:
+    """A container restarted in its pod comes back under the same instance id and releases
+    the owner keys its crashed predecessor left (coach/redis_bus.py); a random id per process
+    would leave them to expire, the calls looking live meanwhile."""
+    env = {e["name"]: e for e in _container()["env"]}
+    assert env["COACH_INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"

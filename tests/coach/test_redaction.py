@@ -514,6 +514,22 @@ def test_a_number_without_its_country_code_is_the_regions() -> None:
     assert customer_alias("020 7946 0958", KEY, "US") != uk
 
 
+def test_a_caller_is_looked_up_under_the_alias_of_before_too() -> None:
+    """Aliases made before numbers were read by region hashed a number's bare digits: a
+    caller looked up or erased by "4155550100" must find those calls as well."""
+    import hashlib
+    import hmac
+
+    from coach.redaction import customer_aliases
+
+    digest = hmac.new(KEY, b"phone:4155550100", hashlib.sha256).hexdigest()
+    before = "phone-" + digest[:16].translate(str.maketrans("0123456789abcdef", "abcdefghijklmnop"))
+    assert customer_aliases("4155550100", KEY) == (customer_alias("+14155550100", KEY), before)
+    # A number given in full was hashed from the same digits then and now: one alias.
+    assert customer_aliases("+1 415 555 0100", KEY) == (customer_alias("+14155550100", KEY),)
+    assert customer_aliases("ann@example.com", KEY) == (customer_alias("ann@example.com", KEY),)
+
+
 @pytest.mark.parametrize("customer_id", ["cust-1", "ACME-42", "c7f1e2b0-9d4e-4c1a", "ann"])
 def test_an_ordinary_customer_id_is_kept(customer_id: str) -> None:
     assert customer_alias(customer_id, KEY) == customer_id

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from pydantic import ValidationError
 
 from coach import settings as settings_module
 from coach.settings import Settings
@@ -37,3 +40,9 @@ def test_usable_cpus_is_the_affinity_mask() -> None:
     import os
 
     assert settings_module.usable_cpus() == len(os.sched_getaffinity(0)) >= 1
+
+
+def test_a_phone_region_libphonenumber_does_not_know_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="GB, not UK"):
+        Settings(data_dir=tmp_path, phone_region="UK")
+    assert Settings(data_dir=tmp_path, phone_region="GB").phone_region == "GB"
