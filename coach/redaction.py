@@ -553,6 +553,18 @@ def _announced_secret_spans(text: str) -> list[Span]:
                 digits += sum(ch.isdigit() for ch in numeral.group())
                 gap = 0
                 continue
+            spoken = text[a:b].rstrip(",.-/?!")
+            if spoken.lower() in _STRICT_DIGIT_WORDS or (
+                # "oh", "to", "for" count only right after a digit ("four oh one").
+                first is not None and gap == 0 and spoken.lower() in _DIGIT_WORDS
+            ):
+                # A digit said as a word ("my phone number is four one. Wait..."): a review
+                # found the first piece visible where its numerals would have been hidden.
+                first = a if first is None else first
+                last = a + len(spoken)
+                digits += 1
+                gap = 0
+                continue
             if first is not None and text[a - 2 : a - 1] in ".?!" and text[a:b][:1].isupper():
                 break  # a new sentence
             gap += 1

@@ -564,6 +564,12 @@ def test_customer_alias_is_idempotent_and_hides_what_it_hides(customer_id: str) 
         # Tagged as what the caller named it, not by the shape its digits took in the ASR.
         ("my phone number is 41. 555. 0100", "my phone number is [PHONE]"),
         ("my mobile number is 07700 900123", "my mobile number is [PHONE]"),
+        # ...and its digits said as words (a review found "four one." visible).
+        (
+            "my phone number is four one. Wait, let me check.",
+            "my phone number is [PHONE]. Wait, let me check.",
+        ),
+        ("my phone number is four oh one five", "my phone number is [PHONE]"),
         # Talk about a phone number, with no number, or with a figure that is not one.
         ("the phone number is on the bill", "the phone number is on the bill"),
         ("my phone number is 2 years old", "my phone number is 2 years old"),
