@@ -388,6 +388,10 @@ def speaking_rate(ff: FrameFeatures) -> SpeakingRate:
 # --------------------------------------------------------------------------- speaker baseline
 
 
+SETTLED_LINES = 4
+"""Lines after which a speaker's baseline is settled: an outlying line then teaches it less."""
+
+
 @dataclass(slots=True)
 class _Running:
     """Winsorised, exponentially weighted mean and variance of one feature."""
@@ -409,18 +413,25 @@ class _Running:
         # No location yet: the speaker's first line is their own reference, not an outlier.
         return 0.0 if self.mean is None else (x - self.mean) / self.sd
 
-    def update(self, x: float, *, alpha: float, prior_weight: float, clip_sd: float) -> None:
+    def update(
+        self, x: float, *, alpha: float, prior_weight: float, clip_sd: float, robust_sd: float
+    ) -> None:
         if self.mean is None:
             self.mean, self.n = x, 1.0
             return
         sd = self.sd
         # Winsorise: one shouted line moves the baseline a little, not all the way.
         dev = min(max(x - self.mean, -clip_sd * sd), clip_sd * sd)
+        z = abs(x - self.mean) / sd
+        # Once settled, a line far from the speaker's usual (a dejected or a raised stretch)
+        # teaches the baseline less: weighted down as (robust_sd / z)^2.
+        settled = self.n >= SETTLED_LINES
+        trust = min(1.0, (robust_sd / z) ** 2) if settled and z > robust_sd > 0 else 1.0
         self.n += 1.0
-        self.mean += max(1.0 / self.n, alpha) * dev
+        self.mean += max(1.0 / self.n, alpha) * trust * dev
         # The prior spread counts as prior_weight earlier observations, so two similar lines
         # cannot shrink the SD to nothing and make a small change look like a huge z.
-        w = max(1.0 / (self.n - 1.0 + prior_weight), alpha)
+        w = max(1.0 / (self.n - 1.0 + prior_weight), alpha) * trust
         self.var = (1.0 - w) * self.var + w * dev * dev
 
 
@@ -448,6 +459,11 @@ class SpeakerBaseline:
     """Floor of the update weight: the baseline forgets with a half-life of ~7 utterances."""
     prior_weight: float = 4.0
     clip_sd: float = 2.5
+    robust_sd: float = 1.0
+    """Once settled (SETTLED_LINES), a line more than this many SDs from the baseline
+    updates it with weight (robust_sd / z)^2: a dejected or agitated stretch no longer
+    drags the baseline along, so the caller's ordinary voice after it does not read as
+    raised (or flat). 0 = every line weighs the same."""
     trackers: dict[Feature, _Running] = field(default_factory=_default_trackers)
 
     def zscores(self, p: UtteranceProsody) -> dict[str, float]:
@@ -463,7 +479,11 @@ class SpeakerBaseline:
     def update(self, p: UtteranceProsody) -> None:
         for k, x in _feature_values(p).items():
             self.trackers[k].update(
-                x, alpha=self.alpha, prior_weight=self.prior_weight, clip_sd=self.clip_sd
+                x,
+                alpha=self.alpha,
+                prior_weight=self.prior_weight,
+                clip_sd=self.clip_sd,
+                robust_sd=self.robust_sd,
             )
 
 

@@ -211,6 +211,36 @@ def test_baseline_spread_never_collapses() -> None:
     assert abs(baseline.zscores(prosody(energy=-19.0))["energy"]) <= 1.0
 
 
+def test_a_dejected_stretch_does_not_drag_the_baseline_down() -> None:
+    """An outside author's caller spoke quietly and low through several dejected turns; the
+    baseline followed him down, and his ordinary voice afterwards read as raised (a false
+    frustration cue). Once settled, a line far from the usual teaches the baseline less."""
+
+    def after_a_dejected_stretch(robust_sd: float) -> dict[str, float]:
+        baseline = SpeakerBaseline(robust_sd=robust_sd)
+        for _ in range(5):
+            baseline.update(prosody())
+        for _ in range(6):
+            baseline.update(prosody(f0=100.0, energy=-29.0, rate=2.0))
+        return baseline.zscores(prosody())
+
+    robust = after_a_dejected_stretch(1.0)
+    followed = after_a_dejected_stretch(0.0)  # 0: every line weighs the same (as before)
+    assert arousal(followed)[0] > 0.75  # the ordinary voice read as raised
+    assert arousal(robust)[0] < 0.65
+    assert robust["energy"] < 1.0 and robust["f0_mean"] < 1.0
+
+
+def test_a_speaker_who_settles_louder_is_followed_within_a_few_lines() -> None:
+    """The first lines still set the baseline at full weight: a caller who turns the
+    volume up after the greeting is not scored as shouting for the rest of the call."""
+    baseline = SpeakerBaseline()
+    baseline.update(prosody(energy=-30.0))
+    for _ in range(3):
+        baseline.update(prosody(energy=-20.0))
+    assert abs(baseline.zscores(prosody(energy=-20.0))["energy"]) < 1.0
+
+
 # --------------------------------------------------------------------------- arousal
 
 
