@@ -176,8 +176,6 @@ def test_an_agent_assigned_on_another_instances_wall_is_put_on_the_call(
     import time
     import uuid
 
-    import redis as sync_redis
-
     from coach.bus import COMMAND_TOPIC
     from coach.redis_bus import RedisBus
 
@@ -209,11 +207,7 @@ def test_an_agent_assigned_on_another_instances_wall_is_put_on_the_call(
                     time.sleep(0.1)
                 ingest.send_text(json.dumps({"type": "end"}))
     finally:
-        client_r = sync_redis.Redis.from_url(url)
-        keys = client_r.keys("coach:*")
-        if keys:
-            client_r.delete(*keys)
-        client_r.close()
+        _forget_coach_keys(url)
 
 
 def test_a_cue_rated_the_moment_it_arrives_is_rated(runtime: Runtime, tmp_path: Path) -> None:
@@ -273,8 +267,6 @@ def test_a_call_whose_instance_dies_is_marked_lost_on_this_instances_wall(
     import time
     import uuid
 
-    import redis as sync_redis
-
     from coach.bus import SUPERVISOR_TOPIC, call_topic
     from coach.redis_bus import RedisBus
     from tests.coach.test_scale_out import kill
@@ -308,8 +300,15 @@ def test_a_call_whose_instance_dies_is_marked_lost_on_this_instances_wall(
                 time.sleep(0.2)
             assert t["ended_at"] is None  # not ended: the sweep decides that, later
     finally:
-        client_r = sync_redis.Redis.from_url(url)
-        keys = client_r.keys("coach:*")
-        if keys:
-            client_r.delete(*keys)
-        client_r.close()
+        _forget_coach_keys(url)
+
+
+def _forget_coach_keys(url: str) -> None:
+    """Delete what a test's instances left in its Redis database (the `coach:` keys)."""
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(url)
+    keys = client.keys("coach:*")
+    if keys:
+        client.delete(*keys)
+    client.close()

@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +132,20 @@ async def _until(check: Any, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
+@contextlib.asynccontextmanager
+async def serving(server: CoachServer) -> AsyncIterator[threading.Thread]:
+    """`server` in a thread of its own, started; afterwards stopped (a second signal ends
+    any drain) and joined."""
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    await _until(lambda: server.started, 30)
+    try:
+        yield thread
+    finally:
+        server.should_exit = server.stop_draining = True
+        await asyncio.to_thread(thread.join, 30)
+
+
 async def test_a_draining_server_lets_its_calls_finish_and_refuses_new_ones(
     runtime: Runtime, settings: Settings, tmp_path: Path
 ) -> None:
@@ -145,10 +159,7 @@ async def test_a_draining_server_lets_its_calls_finish_and_refuses_new_ones(
     server = server_for(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     base = f"ws://127.0.0.1:{port}"
     header = {"call_id": "draining", "sample_rate": RATE, "encoding": "pcm16", "channels": 1}
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    await _until(lambda: server.started, 30)
-    try:
+    async with serving(server) as thread:
         async with websockets.connect(f"{base}/ingest/pcm") as ingest:
             await ingest.send(json.dumps(header))
             assert json.loads(await ingest.recv())["type"] == "accepted"
@@ -185,9 +196,6 @@ async def test_a_draining_server_lets_its_calls_finish_and_refuses_new_ones(
         # Nothing live: the server stops by itself, long before the 60 s are up.
         await asyncio.to_thread(thread.join, 15)
         assert not thread.is_alive()
-    finally:
-        server.should_exit = server.stop_draining = True
-        await asyncio.to_thread(thread.join, 30)
 
 
 async def test_a_drain_ends_calls_as_shutdown_when_its_time_is_up(
@@ -244,10 +252,7 @@ async def test_two_ctrl_c_during_a_drain_still_write_the_calls_end(
     app = create_app(drained, runtime)
     server = server_for(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     header = {"call_id": "ctrl-c", "sample_rate": RATE, "encoding": "pcm16", "channels": 1}
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    await _until(lambda: server.started, 30)
-    try:
+    async with serving(server) as thread:
         async with websockets.connect(f"ws://127.0.0.1:{port}/ingest/pcm") as ingest:
             await ingest.send(json.dumps(header))
             assert json.loads(await ingest.recv())["type"] == "accepted"
@@ -262,9 +267,6 @@ async def test_two_ctrl_c_during_a_drain_still_write_the_calls_end(
         assert (ingest.close_code, ingest.close_reason) == (1000, "shutdown")
         await asyncio.to_thread(thread.join, 30)
         assert not thread.is_alive()
-    finally:
-        server.should_exit = server.stop_draining = True
-        await asyncio.to_thread(thread.join, 30)
     store = Store(url=sqlite_url(tmp_path))
     try:
         record = await store.get_call_record("ctrl-c")
