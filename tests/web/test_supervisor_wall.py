@@ -920,6 +920,10 @@ def test_a_call_whose_server_is_gone_says_so_until_it_ends(
     assert live_server.call_soon(lambda: wall.mark_contact("w-lost", lost=True)) is True
     tile.locator(".lost", has_text="Lost contact with its server").wait_for()
     assert "lost-contact" in (tile.get_attribute("class") or "")
+    # Screen readers are told too (the polite live region).
+    page.wait_for_function(
+        "document.getElementById('announce').textContent.includes('Lost contact')"
+    )
     page.reload()
     tile.locator(".lost", has_text="Lost contact").wait_for()  # from the snapshot
     page.goto(f"{live_server.base}/supervisor/#call/w-lost")

@@ -57,6 +57,7 @@ function fold(ev) {
       // This server found the call's own server gone (coach/api/wall_contact.py): the call is
       // not coached, and a minute later the sweep closes it as cut off.
       c.contact_lost_at = ev.lost ? (Date.parse(ev.since || "") / 1000 || Date.now() / 1000) : null;
+      if (ev.lost) announce(`Lost contact with the server of call ${ev.call_id}`, false);
       break;
     case "agent_assigned":
       // A supervisor put an agent on the call: the tile names them at once.
