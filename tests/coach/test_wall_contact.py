@@ -130,3 +130,34 @@ async def test_the_instances_own_calls_and_a_degraded_bus_are_not_judged(prefix:
         for bus in (b, a):
             if bus is not None:
                 await bus.stop()
+
+
+@needs_redis
+async def test_a_live_call_nobody_owns_for_long_is_marked_lost(prefix: str) -> None:
+    """A process restarted under its dead predecessor's id releases the owner keys it left
+    (coach/redis_bus.py): a call whose key went before any wall had marked it was shown live
+    until the sweep. Without an owner for longer than an owner takes to write its key again,
+    it is marked; a key that comes back within that time (a flushed Redis) marks nothing."""
+    a = make_bus(SHARED_URL, prefix, "A", instance_ttl_s=0.5)
+    await a.start()
+    b: RedisBus | None = None
+    try:
+        b, wall = await wall_on_b(prefix)
+        for call_id in ("released", "flushed"):
+            Call(a, call_id).emit("call_start", source="pcm", meta={})
+        await flushed(a)
+        await wait_for(lambda: {"released", "flushed"} <= wall.calls.keys(), within=10.0)
+        now = [0.0]
+        watcher = ContactWatcher(wall, b, runs_here=lambda _c: False, clock=lambda: now[0])
+        for call_id in ("released", "flushed"):
+            await b.redis.delete(a.owner_key(call_id))
+        assert await watcher.check() == []  # no owner yet: not judged
+        await b.redis.set(a.owner_key("flushed"), "A")  # its owner wrote it again
+        now[0] = watcher.ownerless_s + 0.1
+        assert await watcher.check() == ["released"]
+        assert tile(wall, "released")["contact_lost_at"] is not None
+        assert tile(wall, "flushed")["contact_lost_at"] is None
+    finally:
+        for bus in (b, a):
+            if bus is not None:
+                await bus.stop()
