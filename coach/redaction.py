@@ -942,6 +942,10 @@ def customer_alias(customer_id: str, key: bytes, region: str = "US") -> str:
         canonical = _phone_digits(customer_id, region) or canonical
     elif kind != "email":
         canonical = re.sub(r"\D", "", customer_id) or canonical
+    return _keyed_alias(kind, canonical, key)
+
+
+def _keyed_alias(kind: str, canonical: str, key: bytes) -> str:
     digest = hmac.new(key, f"{kind}:{canonical}".encode(), hashlib.sha256).hexdigest()
     return f"{kind}-{digest[:16].translate(_HEX_AS_LETTERS)}"
 
@@ -955,9 +959,7 @@ def customer_aliases(customer_id: str, key: bytes, region: str = "US") -> tuple[
     kind = _personal_kind(customer_id)
     if kind != "phone":
         return (alias,)
-    digits = re.sub(r"\D", "", customer_id)
-    digest = hmac.new(key, f"{kind}:{digits}".encode(), hashlib.sha256).hexdigest()
-    earlier = f"{kind}-{digest[:16].translate(_HEX_AS_LETTERS)}"
+    earlier = _keyed_alias(kind, re.sub(r"\D", "", customer_id), key)
     return (alias,) if earlier == alias else (alias, earlier)
 
 
