@@ -32,6 +32,15 @@ async def wall_on_b(prefix: str) -> tuple[RedisBus, WallTracker]:
     return bus, wall
 
 
+async def key_is(bus: RedisBus, key: str, *, present: bool, within_s: float = 10.0) -> None:
+    """Wait until `key` exists (or is gone) in Redis: a liveness key expiring or written."""
+    for _ in range(round(within_s / 0.05)):
+        if bool(await bus.redis.exists(key)) == present:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{key} still {'missing' if present else 'there'}")
+
+
 def tile(wall: WallTracker, call_id: str) -> dict[str, Any]:
     return next(t for t in wall.snapshot(ADMIN) if t["call_id"] == call_id)
 
@@ -60,7 +69,7 @@ async def test_a_call_whose_instance_died_is_marked_lost_and_its_sibling_is_not(
         assert tile(wall, "on-dead")["contact_lost_at"] is None
 
         await kill(dead)  # its owner keys stay for their 30 s; its liveness key goes in 0.5 s
-        await asyncio.sleep(0.8)
+        await key_is(b, dead.instance_key("A"), present=False)
         assert await watcher.check() == ["on-dead"]
         assert tile(wall, "on-dead")["contact_lost_at"] is not None
         assert tile(wall, "on-alive")["contact_lost_at"] is None
@@ -97,7 +106,7 @@ async def test_an_instance_that_answers_again_loses_its_mark(prefix: str) -> Non
         watcher = ContactWatcher(wall, b, runs_here=lambda _c: False)
         await b.redis.delete(a.instance_key("A"))  # as if it had expired
         assert await watcher.check() == ["paused"]
-        await asyncio.sleep(0.5)  # A's next heartbeat writes its liveness key again
+        await key_is(b, a.instance_key("A"), present=True)  # A's next heartbeat writes it
         assert await watcher.check() == []
         assert tile(wall, "paused")["contact_lost_at"] is None
     finally:
@@ -117,7 +126,7 @@ async def test_the_instances_own_calls_and_a_degraded_bus_are_not_judged(prefix:
         await flushed(a)
         await wait_for(lambda: "mine" in wall.calls, within=10.0)
         await kill(a)
-        await asyncio.sleep(0.8)
+        await key_is(b, a.instance_key("A"), present=False)
         # B runs the call (a takeover): its own calls are never looked up.
         assert await ContactWatcher(wall, b, runs_here=lambda c: c == "mine").check() == []
         # B cut off from Redis itself: every instance would look dead, so it judges none.
