@@ -430,9 +430,7 @@ class CallManager:
         Finalizing (last transcript, call_end) must happen even when the connection handler
         that noticed the hang-up is itself cancelled, so it runs as a task the manager owns.
         """
-        task = self._spawn_end(session, reason)
-        await asyncio.shield(task)
-        log.info("call %s ended (%s)", session.call_id, session.end_reason or reason)
+        await asyncio.shield(self._spawn_end(session, reason))
 
     async def stream_ended(self, session: CallSession, reason: str) -> None:
         """A connection's stream is over: a dropped one may come back, anything else ends it."""
@@ -484,6 +482,16 @@ class CallManager:
             entry[1].cancel()
         session.claim_end(reason)  # before the task runs: see CallSession.claim_end
         task = _call_task(session, session.end(reason), name=f"end-{session.call_id}")
+        # Logged by the ending itself, before it leaves `_ending`: a drain waits for that set,
+        # and its "drained" line came before the last call's "ended" one.
+        task.add_done_callback(
+            lambda _: log.info(
+                "call %s ended (%s)",
+                session.call_id,
+                session.end_reason or reason,
+                extra={"call_id": session.call_id},
+            )
+        )
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
         task.add_done_callback(lambda _: self._retire(session))
@@ -491,15 +499,7 @@ class CallManager:
 
     def _end_requested(self, session: CallSession, reason: str) -> None:
         """A session asked to end itself (max_length, idle_timeout): the manager owns it."""
-        task = self._spawn_end(session, reason)
-        task.add_done_callback(
-            lambda _: log.info(
-                "call %s ended (%s)",
-                session.call_id,
-                session.end_reason,
-                extra={"call_id": session.call_id},
-            )
-        )
+        self._spawn_end(session, reason)
 
     # -- idle watchdog ---------------------------------------------------------------------
 
@@ -619,7 +619,9 @@ class CallManager:
             log.info(
                 "draining: %d live call(s), waiting up to %.0f s for them to end", live, timeout_s
             )
-        while live and loop.time() < deadline and not abandon():
+        # A call that is over but still writing its end (last transcripts, the store) counts
+        # as live until it is written.
+        while (live or self._ending) and loop.time() < deadline and not abandon():
             await asyncio.sleep(DRAIN_POLL_S)
             live = self.holding()
         if live:

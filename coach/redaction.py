@@ -580,9 +580,20 @@ def _announced_secret_spans(text: str) -> list[Span]:
             if m.group("phone")
             else SECRET_MIN_DIGITS
         )
-        if first is not None and last is not None and digits >= least:
-            spans.append(Span(first, last, kind))
+        if first is None or last is None or digits < least:
+            continue
+        if kind == "phone" and digits < SECRET_MIN_DIGITS and not _ends_a_phrase(text, last):
+            # A short first piece counts only where the caller paused after it ("is 41.
+            # Wait"): "my contact number is 12 Main Street" goes on into an address.
+            continue
+        spans.append(Span(first, last, kind))
     return spans
+
+
+def _ends_a_phrase(text: str, end: int) -> bool:
+    """Whether `text` pauses at `end`: a punctuation mark, or the end of the utterance."""
+    rest = text[end:].lstrip()
+    return not rest or rest[0] in ".,;:?!"
 
 
 def find_pii(text: str, *, continues_digits: bool = False, interim: bool = False) -> list[Span]:

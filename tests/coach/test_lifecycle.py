@@ -484,3 +484,36 @@ def test_a_call_whose_connection_goes_while_it_starts_is_ended(
 
     session = asyncio.run(run())
     assert session.state is CallState.ENDED and session.end_reason == "disconnect"
+
+
+def test_a_drain_waits_for_an_ending_call_to_be_written(
+    runtime: Runtime, settings: Settings, billing_call: tuple[Path, Any]
+) -> None:
+    """A call that is over but still finalizing (its last transcript, its `call_end`) holds
+    a drain: the server must not shut down under it. Session 33 saw "drained" logged before
+    the last call's "ended" line."""
+    data, _ = sf.read(billing_call[0], dtype="float32")
+    cut = data[: int(3.4 * RATE)]  # mid-sentence: ending it decodes the open utterance
+
+    async def run() -> tuple[int, list[str]]:
+        manager = manager_for(runtime, settings)
+        col = Collector(manager.bus, "drained")
+        session = await manager.open(
+            call_id="drained", source="pcm", speakers=("customer", "agent")
+        )
+        await feed_frames(session, {"customer": cut[:, 0], "agent": cut[:, 1]})
+        ending = asyncio.create_task(manager.finish(session, "end"))
+        for _ in range(100):  # its finalizing begins: it no longer holds a slot
+            if session.state is not CallState.LIVE:
+                break
+            await asyncio.sleep(0)
+        assert session.state is CallState.ENDING and manager.holding() == 0
+        live = await manager.drain(30.0, abandon=lambda: False)
+        kept = manager.ended_kept()  # the ending is done once the call is retired
+        await ending
+        await manager.shutdown()
+        return live + (1 - kept), types(await col.done())
+
+    not_done, evs = asyncio.run(run())
+    assert not_done == 0
+    assert evs.count("call_end") == 1

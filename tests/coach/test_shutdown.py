@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import threading
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import websockets
 
 from coach.api.app import create_app
@@ -147,12 +149,13 @@ async def serving(server: CoachServer) -> AsyncIterator[threading.Thread]:
 
 
 async def test_a_draining_server_lets_its_calls_finish_and_refuses_new_ones(
-    runtime: Runtime, settings: Settings, tmp_path: Path
+    runtime: Runtime, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """COACH_DRAIN_TIMEOUT_S: a SIGTERM no longer cuts the live calls short. The call goes
     on (its audio is coached), a new call is told to try again later (1013 `draining`, so
     the telephony or the load balancer goes to another instance), ready says `draining`,
     and the server stops by itself once the call ends as its client ended it."""
+    caplog.set_level(logging.INFO, logger="coach")
     port = free_port()
     drained = settings.model_copy(update={"data_dir": tmp_path, "drain_timeout_s": 60.0})
     app = create_app(drained, runtime)
@@ -196,6 +199,10 @@ async def test_a_draining_server_lets_its_calls_finish_and_refuses_new_ones(
         # Nothing live: the server stops by itself, long before the 60 s are up.
         await asyncio.to_thread(thread.join, 15)
         assert not thread.is_alive()
+    # ...once the call's end is written: "drained" came before its "ended" (session 33).
+    lines = [r.getMessage() for r in caplog.records]
+    assert "call draining ended (end)" in lines, [x for x in lines if "ended" in x or "drain" in x]
+    assert lines.index("call draining ended (end)") < lines.index("drained: no live calls")
 
 
 async def test_a_drain_ends_calls_as_shutdown_when_its_time_is_up(
