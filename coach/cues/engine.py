@@ -139,6 +139,8 @@ class CueEngine:
     fired_at: dict[str, float] = field(default_factory=dict)
     fired_score: dict[str, float] = field(default_factory=dict)
     """The score of each language cue as last shown (CueSpec.refire_above)."""
+    fired_meaning: dict[str, float] = field(default_factory=dict)
+    """The meaning probe's reading of each language cue's match as last shown."""
     shown: list[Event] = field(default_factory=list)
     agent_moves: list[AgentMove] = field(default_factory=list)
     states: list[dict[str, Any]] = field(default_factory=list)
@@ -631,6 +633,13 @@ class CueEngine:
                 shown = self.fired_score.get(cand.cue)
                 if stronger is None or shown is None or cand.score < shown + stronger:
                     continue
+                read, read_shown = _meaning_of(cand), self.fired_meaning.get(cand.cue)
+                if read is not None and read_shown is not None and read < read_shown:
+                    # Nearer an example, but the probe reads it less surely as this cue than
+                    # the one shown: not a clearer match. "It's talking through the door" (a
+                    # garbled stuck lift) re-paged a crisis 1.5 s after the first page, near a
+                    # break-in example at 0.59 with the probe at 5% (session 34).
+                    continue
                 cand = replace(cand, stronger_again=True)
             chosen.append(cand)
             if len(chosen) >= limit:
@@ -638,6 +647,11 @@ class CueEngine:
         for cand in chosen:
             self.fired_at[cand.cue] = t
             self.fired_score[cand.cue] = cand.score
+            read = _meaning_of(cand)
+            if read is None:
+                self.fired_meaning.pop(cand.cue, None)
+            else:
+                self.fired_meaning[cand.cue] = read
         return chosen
 
     def _cue_event(
@@ -902,6 +916,11 @@ class CueEngine:
 
 
 _WORDS_REASON = re.compile(r'^words: ".*" means the same as "(?P<example>.*)" \(-?\d+\.\d+\)$')
+
+
+def _meaning_of(cand: Candidate) -> float | None:
+    """The probe's reading of a candidate's words (None: raised by voice, trend or history)."""
+    return None if cand.match is None else cand.match.meaning
 
 
 def words_reason(clause: str, example: str, similarity: float) -> str:

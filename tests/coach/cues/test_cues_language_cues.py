@@ -663,6 +663,31 @@ async def test_a_weak_crisis_match_does_not_mute_a_real_one(conversation: Conver
     assert "collapsed" in " ".join(again["summary"]["trigger_phrases"])
 
 
+async def test_a_crisis_is_not_paged_again_for_a_match_the_probe_doubts_more(
+    conversation: Conversation,
+) -> None:
+    """An outside set's stuck lift (session 34): a garbled line nearer a break-in example
+    than the first match was to its example, but read by the meaning probe as crisis far
+    less surely (8% against 22%), paged the supervisor a second time 1.5 s after the first.
+    A clearly stronger match the probe also reads more surely still shows."""
+    first = (
+        "between the second and third floor, and visit her cafe within time. She wants "
+        "outing a few minutes ago, and how she's gone quiet, and I can see her breathing like..."
+    )
+    turns = [
+        await conversation.say("customer", first),
+        await conversation.say("customer", "It's talking through the door"),
+        await conversation.say(
+            "customer", "My husband just collapsed on the kitchen floor and he isn't breathing."
+        ),
+    ]
+    assert [[e["type"] for e in t if e["type"] in ("cue", "escalation")] for t in turns] == [
+        ["cue", "escalation"],
+        [],
+        ["cue", "escalation"],
+    ]
+
+
 async def test_a_crisis_from_a_sustained_state_names_no_words(conversation: Conversation) -> None:
     """Three turns in an intense negative state raise the crisis without any one line
     meaning it: no words of the last line to mark."""
