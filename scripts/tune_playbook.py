@@ -30,11 +30,12 @@ helpful" (and nobody "helpful"), as near-miss negatives of those cues.
 
 Policy per language cue, over thresholds current +- 0.10 in 0.01 steps:
 - at least `--min-ratings` ratings and a not-helpful share (not_helpful + dismissed) above
-  `--max-unhelpful`: take the best-F1 threshold among those that raise precision;
+  `--max-unhelpful`: take the best-F1 threshold among the higher ones that raise precision;
 - at least `--min-ratings` ratings, mostly helpful, and recall below 1.0: the best-F1
-  threshold among those that raise recall;
+  threshold among the lower ones that raise recall;
 - otherwise (little feedback): the best-F1 threshold, only if it beats the current F1 by
   `--min-gain`; ties go to the threshold nearest the current one.
+A critical cue (crisis) is never proposed a threshold that loses recall on the evaluation set.
 The tune split is used by default (`--eval-dir .cache/cue_eval/heldout` uses the retired first
 held-out split instead); the test split, `heldout2`, is refused: it must stay unseen.
 """
@@ -238,11 +239,22 @@ def choose(
     min_ratings: int,
     max_unhelpful: float,
     min_gain: float,
+    critical: bool = False,
 ) -> Proposal:
-    """Pure policy: pick a threshold from the measured sweep and the feedback counts."""
+    """Pure policy: pick a threshold from the measured sweep and the feedback counts.
+
+    Raising precision only ever raises the threshold, and raising recall only lowers it: a
+    lower threshold that happened to measure more precise on the evaluation set made a cue
+    agents had called a false alarm fire more (an outside audit). A `critical` cue (crisis)
+    is never given a threshold that loses recall on the evaluation set, whatever the ratings
+    say: a missed crisis costs more than any false page (CUES.md)."""
     before = sweep[current]
     total = sum(feedback.values())
     unhelpful = feedback.get("not_helpful", 0) + feedback.get("dismissed", 0)
+    if critical:
+        sweep = {
+            t: m for t, m in sweep.items() if (m.get("recall") or 0) >= (before.get("recall") or 0)
+        }
 
     def f1(t: float) -> float:
         return float(sweep[t].get("f1") or 0.0)
@@ -254,7 +266,9 @@ def choose(
     pick = current
     if total >= min_ratings and unhelpful / total > max_unhelpful:
         stricter = [
-            t for t in sweep if (sweep[t].get("precision") or 0) > (before.get("precision") or 0)
+            t
+            for t in sweep
+            if t > current and (sweep[t].get("precision") or 0) > (before.get("precision") or 0)
         ]
         if stricter:
             pick = best(stricter)
@@ -262,7 +276,11 @@ def choose(
         if not stricter:  # say why nothing changes, or the line reads as a change
             reason += " (no threshold raises it on the evaluation set: reword the examples)"
     elif total >= min_ratings and (before.get("recall") or 0) < 1.0:
-        looser = [t for t in sweep if (sweep[t].get("recall") or 0) > (before.get("recall") or 0)]
+        looser = [
+            t
+            for t in sweep
+            if t < current and (sweep[t].get("recall") or 0) > (before.get("recall") or 0)
+        ]
         if looser:
             pick = best(looser)
         reason = f"{total - unhelpful}/{total} rated helpful: raise recall"
@@ -755,7 +773,7 @@ def report_examples(
     for c in costly:
         print(f"  {c.cue:20s} hits {c.hits}  false {c.false_cues}  {c.example}")
     if json_path:
-        json_path.write_text(json.dumps([c.__dict__ for c in credits], indent=2))
+        json_path.write_text(json.dumps([dataclasses.asdict(c) for c in credits], indent=2))
     return 0
 
 
@@ -957,6 +975,7 @@ def main(argv: list[str] | None = None) -> int:
                     min_ratings=args.min_ratings,
                     max_unhelpful=args.max_unhelpful,
                     min_gain=args.min_gain,
+                    critical=spec.severity == "critical",
                 )
             )
         return proposals
@@ -977,7 +996,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     changes = {p.cue: p.proposed for p in proposals if p.proposed != p.current}
     if args.json:
-        args.json.write_text(json.dumps([p.__dict__ for p in proposals], indent=2, default=str))
+        # Written before anything is applied, so it must not fail (Proposal has slots, no
+        # __dict__: `--apply --json` crashed and wrote neither, found by an outside audit).
+        args.json.write_text(
+            json.dumps([dataclasses.asdict(p) for p in proposals], indent=2, default=str)
+        )
     if args.apply and changes:
         try:
             text = apply_thresholds(args.playbook, changes)

@@ -35,6 +35,10 @@ def _version_of(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:12]
 
 
+UNREADABLE = "unreadable"
+"""The digest of a playbook file that cannot be read (gone, no permission)."""
+
+
 class PlaybookLibrary:
     def __init__(self, path: Path | None, embed: EmbedFn) -> None:
         self.path = Path(path) if path else DEFAULT_PLAYBOOK
@@ -55,18 +59,21 @@ class PlaybookLibrary:
         index = CueIndex.build(playbook, self._embed)
         return LoadedPlaybook(playbook, index, _version_of(raw))
 
-    def _digest(self) -> str | None:
+    def _digest(self) -> str:
         try:  # no further than a file that loads may go: an oversized one is refused once
             with self.path.open("rb") as f:
                 return _version_of(f.read(MAX_PLAYBOOK_BYTES + 1))
         except OSError:
-            return None
+            # A version of its own: a file deleted or made unreadable is a change to refuse
+            # (logged, coach_playbook_refused), not a poll to skip. An outside audit moved the
+            # file away: nothing said so until the next start failed on it.
+            return UNREADABLE
 
     def changed(self) -> bool:
         """The file is worth loading: not the refused version, and either a new one or, after
         a refusal, the version in force again (the edit was undone: the refusal is over)."""
         digest = self._digest()
-        if digest is None or digest == self._refused:
+        if digest == self._refused:
             return False
         return digest != self._current.version or self.last_error is not None
 
@@ -93,7 +100,7 @@ class PlaybookLibrary:
                 self.last_error = str(exc)
                 # The bytes refused, not the file read again: an editor that finished its
                 # write since then would have its good version taken for the refused one
-                # (and never loaded). None: no readable file.
+                # (and never loaded). UNREADABLE: no readable file.
                 self._refused = _version_of(raw) if raw is not None else self._digest()
                 log.error("playbook reload refused, keeping version %s: %s", self.version, exc)
                 return False

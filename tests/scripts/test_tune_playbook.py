@@ -7,6 +7,7 @@ import asyncio
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -619,3 +620,46 @@ def test_a_store_that_cannot_be_read_stops_the_tuning(
     err = capsys.readouterr().err
     assert err.startswith("error: no ") and "coach.db" in err and "--no-feedback" in err
     assert playbook.read_text() == DEFAULT_PLAYBOOK.read_text()
+
+
+def test_raising_precision_never_lowers_the_threshold() -> None:
+    """An outside audit: a cue rated a false alarm 3 times of 3 was given a lower threshold
+    (it measured more precise there on the evaluation set), so it fired more."""
+    sweep = {
+        0.47: {"precision": 0.80, "recall": 0.67, "f1": 0.73},
+        0.48: {"precision": 0.75, "recall": 0.50, "f1": 0.60},
+        0.49: {"precision": 0.70, "recall": 0.50, "f1": 0.58},
+    }
+    fb = {"helpful": 0, "not_helpful": 2, "dismissed": 1}
+    p = choose("x", 0.48, sweep, fb, min_ratings=3, max_unhelpful=0.5, min_gain=0.02)
+    assert p.proposed == 0.48 and "no threshold raises it" in p.reason
+    # ...and raising recall never raises it.
+    sweep[0.49] = {"precision": 0.70, "recall": 0.90, "f1": 0.79}
+    fb = {"helpful": 9, "not_helpful": 0, "dismissed": 0}
+    p = choose("x", 0.48, sweep, fb, min_ratings=3, max_unhelpful=0.5, min_gain=0.02)
+    assert p.proposed == 0.47
+
+
+def test_a_critical_cue_never_loses_recall() -> None:
+    """Two ratings of a false crisis page as not helpful proposed crisis 0.46 -> 0.59, recall
+    1.00 -> 0.67 on the evaluation set (an outside audit): a missed crisis costs more."""
+    sweep = {
+        0.46: {"precision": 0.86, "recall": 1.00, "f1": 0.92},
+        0.59: {"precision": 1.00, "recall": 0.67, "f1": 0.80},
+        0.62: {"precision": 1.00, "recall": 0.33, "f1": 0.50},
+    }
+    fb = {"helpful": 0, "not_helpful": 2, "dismissed": 0}
+    kw: dict[str, Any] = {"min_ratings": 2, "max_unhelpful": 0.5, "min_gain": 0.02}
+    assert choose("crisis", 0.46, sweep, fb, **kw).proposed == 0.59
+    p = choose("crisis", 0.46, sweep, fb, critical=True, **kw)
+    assert p.proposed == 0.46 and "no threshold raises it" in p.reason
+
+
+def test_threshold_proposals_are_written_as_json(tmp_path: Path) -> None:
+    """`--json` with threshold tuning crashed (the proposals have slots, no __dict__), and
+    `--apply --json` then wrote neither (an outside audit)."""
+    out = tmp_path / "proposals.json"
+    args = ["--eval-dir", str(_one_call_eval_dir(tmp_path)), "--no-feedback"]
+    assert main([*args, "--cues", "frustration", "--span", "0.02", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["cue"] == "frustration" and {"current", "proposed", "before", "after"} <= row.keys()

@@ -18,6 +18,7 @@ from coach.cues.playbook import (
     load_playbook,
     parse_playbook,
 )
+from coach.metrics import PLAYBOOK_REFUSED
 from scripts.make_test_calls import CUE_IDS
 
 
@@ -284,6 +285,29 @@ async def test_hot_reload_goes_on_after_a_file_that_broke_the_loader(tmp_path: P
     path.write_text(good.replace("cooldown_s: 45", "cooldown_s: 48", 1))
     assert not lib.reload() and "out of memory" in str(lib.last_error)
     assert lib.current.playbook.cues["frustration"].cooldown_s == 46
+
+
+async def test_the_watcher_refuses_a_file_moved_away_and_loads_it_back(tmp_path: Path) -> None:
+    """An outside audit moved the playbook away on a running server: no log, no
+    coach_playbook_refused, until the next start failed on the missing file."""
+    import asyncio
+
+    path = tmp_path / "playbook.yaml"
+    path.write_text(DEFAULT_PLAYBOOK.read_text())
+    lib = PlaybookLibrary(path, embed=_unit_embed)
+    first = lib.version
+    watcher = asyncio.create_task(lib.watch(0.02))
+    try:
+        path.rename(tmp_path / "moved.yaml")
+        await _until(lambda: lib.last_error is not None)
+        assert "cannot read" in str(lib.last_error) and lib.refused_now()
+        assert lib.version == first and PLAYBOOK_REFUSED._value.get() == 1
+        (tmp_path / "moved.yaml").rename(path)
+        await _until(lambda: lib.last_error is None)
+        assert not lib.refused_now() and lib.version == first
+        assert PLAYBOOK_REFUSED._value.get() == 0
+    finally:
+        watcher.cancel()
 
 
 async def _until(predicate: Callable[[], bool]) -> None:
