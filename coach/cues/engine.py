@@ -483,10 +483,9 @@ class CueEngine:
             if read is not None and m.meaning is not None:
                 if near and m.meaning < read.veto_below:
                     near = False  # nearest to an example, but the probe reads another meaning
-                elif (
-                    near
-                    and m.score + boost - threshold < read.confirm_within
-                    and m.meaning < read.confirm_at
+                elif near and any(
+                    m.score + boost - threshold < step.within and m.meaning < step.at
+                    for step in read.confirm
                 ):
                     near = False  # a near call that one example decided, the probe doubts
                 elif (

@@ -174,6 +174,13 @@ class CloseLook(_Strict):
     within: float = Field(0.08, gt=0, le=0.5)
 
 
+class ConfirmStep(_Strict):
+    within: float = Field(gt=0, le=1)
+    """How far above the threshold a match is still a near call."""
+    at: float = Field(ge=0, le=1)
+    """The probe's reading such a near call needs."""
+
+
 class Meaning(_Strict):
     """Read the clause with the playbook's meaning probe as well as by nearest example.
 
@@ -192,10 +199,11 @@ class Meaning(_Strict):
     fire_above: float | None = Field(None, gt=0, le=1)
     """A clause the probe gives at least this fires the cue though no example is near enough
     (never a negated, hypothetical, reported or question clause the framing penalises)."""
-    confirm_within: float = Field(0.0, ge=0, le=1)
-    """A match that clears the threshold by less than this (0: off) is a near call the one
-    example decided: it needs the probe at `confirm_at` or more as well."""
-    confirm_at: float = Field(0.0, ge=0, le=1)
+    confirm: list[ConfirmStep] = Field(default_factory=list, max_length=8)
+    """Near calls the one example decided: a match that clears the threshold by less than a
+    step's `within` needs the probe at that step's `at` or more as well (every step that
+    applies). Nearer calls can ask for more: crisis asks 0.3 within 0.03 of its threshold
+    and 0.15 within 0.07."""
 
 
 class Early(_Strict):

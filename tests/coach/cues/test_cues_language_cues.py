@@ -61,6 +61,12 @@ NEGATIVE = [
     ("confusion", "Could you spell the street name for me?"),
     ("repeat_contact", "This is the first time I've had to call you."),
     ("crisis", "This bill is killing me, but I'll manage."),
+    # The README's sample insurance call paged a crisis (an outside audit): the words, and
+    # this VM's Whisper's (session 34).
+    ("crisis", "Someone backed into my car in a parking lot yesterday"),
+    ("crisis", "Someone maxed into my car with a parking lot yesterday"),
+    # A garbled "every one of these stupid chargers" (`dev`), near "do something stupid".
+    ("crisis", "I'm in stupid charge."),
     ("dejection", "That's great, thank you so much for sorting it out."),
 ]
 
@@ -285,14 +291,14 @@ async def test_a_near_crisis_match_the_probe_doubts_does_not_page(
     """An outside audit's false critical page: "I'll lose my job if I miss my meeting again"
     cleared crisis's threshold by 0.02 on its likeness to "Someone at your office is going
     to get hurt"; the meaning probe read it at 0.27. A near call needs the probe to agree
-    (`Meaning.confirm_within`/`confirm_at`): without that rule the line pages."""
+    (`Meaning.confirm`): without that rule the line pages."""
     text = "I'll lose my job if I miss my meeting again."
     loaded = conversation.engine.holder.current
     pb = loaded.playbook
     spec = pb.cues["crisis"]
-    assert spec.meaning is not None and spec.meaning.confirm_within > 0
+    assert spec.meaning is not None and spec.meaning.confirm
     unconfirmed = spec.model_copy(
-        update={"meaning": spec.meaning.model_copy(update={"confirm_within": 0.0})}
+        update={"meaning": spec.meaning.model_copy(update={"confirm": []})}
     )
     found = {}
     for name, cue in (("bundled", spec), ("unconfirmed", unconfirmed)):
