@@ -329,7 +329,9 @@ class Store:
             if call is None:
                 return None
             utts = await s.scalars(
-                sa.select(Utterance).where(Utterance.call_id == call_id).order_by(Utterance.seq)
+                sa.select(Utterance)
+                .where(Utterance.call_id == call_id)
+                .order_by(Utterance.t_start, Utterance.seq)
             )
             transcript = [UtteranceRecord.of(u) for u in utts]
             feedback: dict[int, list[FeedbackRecord]] = {}

@@ -236,6 +236,22 @@ async def test_a_full_call_is_stored_redacted_and_read_back(store: Store, tmp_pa
     assert await _count(store, "utterances") == 2  # no partials
 
 
+async def test_the_stored_transcript_is_in_the_order_it_was_said(
+    store: Store, tmp_path: Path
+) -> None:
+    """A call streamed faster than real time (or a final decode that lags) emits a line
+    after the next party's: stored by `seq`, the post-call summary read "CUSTOMER 0:06,
+    AGENT 0:01" (an outside audit). The transcript reads in the order it was said."""
+    events = call_events("c-order", lines=3)
+    said = [e for e in events if e["type"] == "transcript"]
+    said[0]["t_start"], said[0]["t_end"] = 9.5, 11.0  # decoded last, emitted first
+    await _record(store, tmp_path, events)
+    detail = await store.get_call("c-order")
+    assert detail is not None
+    assert [u.t_start for u in detail.transcript] == [5.0, 9.0, 9.5]
+    assert [u.seq for u in detail.transcript] == [said[1]["seq"], said[2]["seq"], said[0]["seq"]]
+
+
 async def test_only_the_redacted_call_topic_is_recorded(store: Store, tmp_path: Path) -> None:
     bus = InProcessBus()
     writer = _writer(store, tmp_path / "spool")
@@ -295,7 +311,7 @@ async def test_an_event_the_database_refuses_is_skipped_alone(
     assert store.skipped == (1 if backend.kind == "postgresql" else 0)
     detail = await store.get_call("c-poison")
     assert detail is not None and detail.call.end_reason == "hangup"
-    assert [u.seq for u in detail.transcript][:2] == [3, 5]
+    assert sorted(u.seq for u in detail.transcript)[:2] == [3, 5]
 
 
 async def test_a_spill_during_a_write_loses_and_repeats_nothing(tmp_path: Path) -> None:
