@@ -67,6 +67,10 @@ NEGATIVE = [
     ("crisis", "Someone maxed into my car with a parking lot yesterday"),
     # A garbled "every one of these stupid chargers" (`dev`), near "do something stupid".
     ("crisis", "I'm in stupid charge."),
+    # The README's sample billing and outage calls (session 34), the second as Whisper heard
+    # "The light on the router keeps blinking orange, and nothing works."
+    ("repeat_contact", "Okay. How long will the refund take?"),
+    ("repeat_contact", "The life on the router keeps linking our engines and nothing works."),
     ("dejection", "That's great, thank you so much for sorting it out."),
 ]
 
