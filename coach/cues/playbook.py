@@ -9,6 +9,7 @@ playbook when a new version does not validate.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -456,15 +457,22 @@ class _Located(ValueError):
 
 
 def _missing_standard_cues(cues: Mapping[str, CueSpec]) -> list[tuple[Loc, str]]:
-    return [
-        (
-            ("cues",),
+    extra = [c for c in cues if c not in STANDARD_CUES]
+    problems: list[tuple[Loc, str]] = []
+    for cue_id in STANDARD_CUES:
+        if cue_id in cues:
+            continue
+        msg = (
             f"standard cue {cue_id!r} is missing: every cue of the taxonomy must be in the "
-            f"playbook (to turn one off, keep it with `enabled: false`)",
+            f"playbook (to turn one off, keep it with `enabled: false`)"
         )
-        for cue_id in STANDARD_CUES
-        if cue_id not in cues
-    ]
+        # A misspelt id reads as an extra cue plus a missing one (an outside audit's
+        # `frustraton:`): name the likely culprit.
+        close = difflib.get_close_matches(cue_id, extra, n=1, cutoff=0.8)
+        if close:
+            msg += f"; is {close[0]!r} a misspelling of it?"
+        problems.append((("cues",), msg))
+    return problems
 
 
 def _standard_kinds(cues: Mapping[str, CueSpec]) -> list[tuple[Loc, str]]:
@@ -713,7 +721,9 @@ def parse_playbook(text: str, *, source: Path | str = "<playbook>") -> Playbook:
     try:
         data, root, duplicates = _load_yaml(text)
     except yaml.YAMLError as exc:
-        raise PlaybookError(source, [f"not valid YAML: {exc}"]) from exc
+        # PyYAML names the text it parsed "<unicode string>"; the error already names the file.
+        what = re.sub(r'in "<unicode string>", ', "at ", str(exc))
+        raise PlaybookError(source, [f"not valid YAML: {what}"]) from exc
     except RecursionError as exc:  # "[[[[..." thousands deep: a refusal like any other
         raise PlaybookError(source, ["not valid YAML: nested too deeply"]) from exc
     if duplicates:

@@ -169,6 +169,7 @@ def test_bad_cue_id() -> None:
 
 def test_not_yaml_and_not_a_mapping() -> None:
     assert "not valid YAML" in _error("cues: [unclosed")
+    assert "<unicode string>" not in _error("cues: [unclosed")  # the file is named already
     assert "top level must be a mapping" in _error("- just\n- a list\n")
 
 
@@ -380,6 +381,7 @@ def test_every_standard_cue_must_be_present() -> None:
     data["cues"]["confusoin"] = data["cues"].pop("confusion")
     msg = _error(yaml.safe_dump(data))
     assert "standard cue 'confusion' is missing" in msg and "enabled: false" in msg
+    assert "is 'confusoin' a misspelling of it?" in msg  # the likely culprit, named
     data = _bundled()
     data["cues"]["confusion"]["enabled"] = False  # the way to turn it off
     data["cues"]["billing_dispute"] = data["cues"]["cost_anxiety"]  # extra cue ids are fine
