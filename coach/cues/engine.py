@@ -637,7 +637,7 @@ class CueEngine:
                     # Nearer an example, but the probe reads it less surely as this cue than
                     # the one shown: not a clearer match. "It's talking through the door" (a
                     # garbled stuck lift) re-paged a crisis 1.5 s after the first page, near a
-                    # break-in example at 0.59 with the probe at 5% (session 34).
+                    # break-in example at 0.59 with the probe at 8% (session 34).
                     continue
                 cand = replace(cand, stronger_again=True)
             chosen.append(cand)
