@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -273,6 +275,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     app = FastAPI(title="Voice coach", version=__version__, lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.state.settings = settings
     app.state.coach = state
     app.state.users = UserDirectory.from_settings(settings)
@@ -706,6 +709,17 @@ def _run_command(state: AppState, event: Event, written_at: float) -> None:
 
 
 _COMMANDS: set[asyncio.Task[None]] = set()
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """A 422 names what was wrong and where, without echoing what was sent: FastAPI's own
+    answer repeats each rejected value (`input`), and an outcome or a note typed with a card
+    or phone number in it came back unredacted (an outside audit), into any proxy's log."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {k: v for k, v in err.items() if k not in ("input", "ctx", "url")} for err in exc.errors()
+    ]
+    return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
 
 
 def _tell_the_agent(state: AppState, event: Event) -> None:

@@ -233,3 +233,18 @@ def test_audiohook_message_past_uvicorns_limit_is_counted_and_ends_the_call(
     assert asyncio.run(call()) == cc.MESSAGE_TOO_BIG
     assert end_reason(open_server, conversation) == "error:oversized"
     assert ingest_errors("audiohook") == before + 1
+
+
+def test_a_refused_body_is_not_echoed_back(tmp_path: Path, runtime: Runtime) -> None:
+    """A 422 says what and where, not what was sent: FastAPI's own answer repeated the
+    value, and an outcome typed with a phone number in it came back whole (an outside
+    audit), into any proxy's log."""
+    settings = Settings(data_dir=tmp_path, auth_disabled=True)
+    with TestClient(create_app(settings, runtime)) as c:
+        long = "call back on 415 555 0100 " * 10
+        r = c.put("/api/calls/c-1/outcome", json={"outcome": long})
+        assert r.status_code == 422 and "555" not in r.text, r.text
+        (err,) = r.json()["detail"]
+        assert err["loc"] == ["body", "outcome"] and "200 characters" in err["msg"]
+        r = c.post(URL, json={"verdict": "great"})
+        assert r.status_code == 422 and "great" not in r.text, r.text
