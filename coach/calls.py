@@ -619,13 +619,15 @@ class CallManager:
             log.info(
                 "draining: %d live call(s), waiting up to %.0f s for them to end", live, timeout_s
             )
-        # A call that is over but still writing its end (last transcripts, the store) counts
-        # as live until it is written.
+        # A call that is over but still finalizing (its last transcript, its call_end sent
+        # to the bus for the store) counts as live until that is done.
         while (live or self._ending) and loop.time() < deadline and not abandon():
             await asyncio.sleep(DRAIN_POLL_S)
             live = self.holding()
         if live:
             log.warning("drain over with %d call(s) still live: they end as shutdown", live)
+        elif self._ending:
+            log.warning("drain over with %d call(s) still ending", len(self._ending))
         else:
             log.info("drained: no live calls")
         return live

@@ -582,18 +582,28 @@ def _announced_secret_spans(text: str) -> list[Span]:
         )
         if first is None or last is None or digits < least:
             continue
-        if kind == "phone" and digits < SECRET_MIN_DIGITS and not _ends_a_phrase(text, last):
-            # A short first piece counts only where the caller paused after it ("is 41.
-            # Wait"): "my contact number is 12 Main Street" goes on into an address.
+        if kind == "phone" and digits < SECRET_MIN_DIGITS and _an_address_follows(text, last):
+            # "my contact number is 12 Main Street" goes on into an address, not a number.
+            # Only then: Whisper leaves most pauses unpunctuated ("is 415 hold on").
             continue
         spans.append(Span(first, last, kind))
     return spans
 
 
-def _ends_a_phrase(text: str, end: int) -> bool:
-    """Whether `text` pauses at `end`: a punctuation mark, or the end of the utterance."""
-    rest = text[end:].lstrip()
-    return not rest or rest[0] in ".,;:?!"
+_STREET_WORDS = frozenset(
+    "street st road rd avenue ave lane ln drive dr way close court ct place pl crescent "
+    "boulevard blvd terrace highway hwy".split()
+)
+ADDRESS_LOOKAHEAD_WORDS = 3
+"""Words after a short number that may hold the street word of an address ("12 Main
+Street", "12 North Oak Avenue")."""
+
+
+def _an_address_follows(text: str, end: int) -> bool:
+    """Whether the words after `end` (up to the end of the sentence) name a street."""
+    rest = re.split(r"[.?!;]", text[end:], maxsplit=1)[0]
+    words = [w.strip(",").lower() for w in rest.split()[:ADDRESS_LOOKAHEAD_WORDS]]
+    return any(w in _STREET_WORDS for w in words)
 
 
 def find_pii(text: str, *, continues_digits: bool = False, interim: bool = False) -> list[Span]:

@@ -633,11 +633,15 @@ class CueEngine:
                 if stronger is None or shown is None or cand.score < shown + stronger:
                     continue
                 read, read_shown = _meaning_of(cand), self.fired_meaning.get(cand.cue)
-                if read is not None and read_shown is not None and read < read_shown:
-                    # Nearer an example, but the probe reads it less surely as this cue than
-                    # the one shown: not a clearer match. "It's talking through the door" (a
-                    # garbled stuck lift) re-paged a crisis 1.5 s after the first page, near a
-                    # break-in example at 0.59 with the probe at 8% (session 34).
+                if (
+                    read is not None
+                    and read_shown is not None
+                    and read < min(read_shown, REPAGE_DOUBT_BELOW)
+                ):
+                    # Nearer an example, but the probe doubts it, and more than the one shown:
+                    # not a clearer match. "It's talking through the door" (a garbled stuck
+                    # lift) re-paged a crisis 1.5 s after the first page, near a break-in
+                    # example at 0.59 with the probe at 8% (22% for the first; session 34).
                     continue
                 cand = replace(cand, stronger_again=True)
             chosen.append(cand)
@@ -915,6 +919,13 @@ class CueEngine:
 
 
 _WORDS_REASON = re.compile(r'^words: ".*" means the same as "(?P<example>.*)" \(-?\d+\.\d+\)$')
+
+
+REPAGE_DOUBT_BELOW = 0.15
+"""A stronger match inside the cooldown that the meaning probe reads under this (and under the
+match shown) is not shown again. Only doubt this low counts: the probe's readings of two
+clauses are weak evidence against each other (a true crisis of the development splits read
+0.20), and a page raised by the probe alone (0.99) must not mute every later one."""
 
 
 def _meaning_of(cand: Candidate) -> float | None:

@@ -88,6 +88,12 @@ class PlaybookLibrary:
             raw: bytes | None = None
             try:
                 raw = read_playbook_file(self.path)
+                if _version_of(raw) == self._current.version:
+                    # The version in force (an edit undone, a file put back): nothing to
+                    # build, and whatever was refused is no longer on disk.
+                    PLAYBOOK_REFUSED.set(0)
+                    self.last_error, self._refused = None, None
+                    return False
                 loaded = self._load(raw)
             except Exception as exc:  # whatever fails, the last good playbook keeps running
                 if not isinstance(exc, PlaybookError):  # a bug of ours, or the encoders'
@@ -100,8 +106,14 @@ class PlaybookLibrary:
                 self.last_error = str(exc)
                 # The bytes refused, not the file read again: an editor that finished its
                 # write since then would have its good version taken for the refused one
-                # (and never loaded). UNREADABLE: no readable file.
-                self._refused = _version_of(raw) if raw is not None else self._digest()
+                # (and never loaded); nor for a read that failed, which a file back by now
+                # would make the good version's (a review). UNREADABLE: no readable file.
+                if raw is not None:
+                    self._refused = _version_of(raw)
+                elif isinstance(exc.__cause__, OSError):
+                    self._refused = UNREADABLE
+                else:  # read, but past MAX_PLAYBOOK_BYTES: refused once, not every poll
+                    self._refused = self._digest()
                 log.error("playbook reload refused, keeping version %s: %s", self.version, exc)
                 return False
             # The file loads: whatever was refused before is no longer on disk.

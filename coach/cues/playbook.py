@@ -206,6 +206,20 @@ class Meaning(_Strict):
     applies). Nearer calls can ask for more: crisis asks 0.3 within 0.03 of its threshold
     and 0.15 within 0.07."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_step_form(cls, data: Any) -> Any:
+        """Session 33's form, `confirm_within` and `confirm_at`, is one step of `confirm`:
+        a playbook written for it (a ConfigMap not yet updated) still loads."""
+        if not isinstance(data, Mapping) or not {"confirm_within", "confirm_at"} & data.keys():
+            return data
+        if "confirm" in data:
+            raise ValueError("give `confirm` or `confirm_within`/`confirm_at`, not both")
+        data = dict(data)
+        within, at = data.pop("confirm_within", 0.0), data.pop("confirm_at", 0.0)
+        data["confirm"] = [{"within": within, "at": at}] if within else []
+        return data
+
 
 class Early(_Strict):
     """Fire from the live transcript, before the customer has finished the turn.

@@ -576,6 +576,16 @@ def test_customer_alias_is_idempotent_and_hides_what_it_hides(customer_id: str) 
         # A short figure that runs on into an address is not a first piece (session 33).
         ("my contact number is 12 Main Street", "my contact number is 12 Main Street"),
         ("my phone number is 41", "my phone number is [PHONE]"),
+        # ...but an unpunctuated pause after the first piece does not show it (a review).
+        (
+            "my phone number is 415 hold on let me check",
+            "my phone number is [PHONE] hold on let me check",
+        ),
+        (
+            "my phone number is 41 and the rest I will text you",
+            "my phone number is [PHONE] and the rest I will text you",
+        ),
+        ("my contact number is 12 North Oak Avenue", "my contact number is 12 North Oak Avenue"),
     ],
 )
 def test_a_number_named_as_a_phone_number_is_hidden_from_its_first_piece(

@@ -315,6 +315,31 @@ async def test_a_near_crisis_match_the_probe_doubts_does_not_page(
     assert "crisis" not in found["bundled"]
 
 
+async def test_a_second_confirmation_step_holds_a_garbled_near_crisis(
+    conversation: Conversation,
+) -> None:
+    """`dev`'s garbled "every one of these stupid chargers" clears crisis's threshold by 0.06
+    on its likeness to "I'm going to do something stupid", past the first step (0.03); the
+    probe reads it at about 0.05, under the second step's 0.15."""
+    text = "I'm in stupid charge."
+    loaded = conversation.engine.holder.current
+    pb = loaded.playbook
+    spec = pb.cues["crisis"]
+    assert spec.meaning is not None and len(spec.meaning.confirm) == 2
+    one_step = spec.model_copy(
+        update={"meaning": spec.meaning.model_copy(update={"confirm": spec.meaning.confirm[:1]})}
+    )
+    found = {}
+    for name, cue in (("bundled", spec), ("one step", one_step)):
+        conversation.engine.holder = FixedHolder(
+            replace(loaded, playbook=pb.model_copy(update={"cues": {**pb.cues, "crisis": cue}}))
+        )
+        conversation.engine.fired_at.clear()
+        found[name] = await conversation.cues("customer", text)
+    assert "crisis" in found["one step"]
+    assert "crisis" not in found["bundled"]
+
+
 async def test_flat_short_reply_after_a_fix_is_dejection_by_voice(
     conversation: Conversation,
 ) -> None:

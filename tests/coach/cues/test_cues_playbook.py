@@ -311,6 +311,32 @@ async def test_the_watcher_refuses_a_file_moved_away_and_loads_it_back(tmp_path:
         watcher.cancel()
 
 
+def test_a_read_that_failed_while_the_file_came_back_does_not_stick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: the refusal of a failed read was noted against the file read again, so a
+    file put back in between (a writer that deletes and recreates it) was taken for the
+    refused version: never loaded, and coach_playbook_refused stuck at 1."""
+    from coach.cues import library as library_module
+
+    path = tmp_path / "playbook.yaml"
+    good = DEFAULT_PLAYBOOK.read_text()
+    path.write_text(good)
+    lib = PlaybookLibrary(path, embed=_unit_embed)
+    first = lib.version
+    path.write_text(good.replace("cooldown_s: 45", "cooldown_s: 47", 1))  # a new version...
+    real = library_module.read_playbook_file
+
+    def gone_for_this_read(p: Path) -> bytes:
+        raise PlaybookError(p, ["cannot read: No such file or directory"]) from OSError(2, "gone")
+
+    monkeypatch.setattr(library_module, "read_playbook_file", gone_for_this_read)
+    assert lib.changed() and not lib.reload() and lib.last_error
+    monkeypatch.setattr(library_module, "read_playbook_file", real)  # ...back on disk
+    assert lib.changed() and lib.reload() and lib.version != first
+    assert lib.last_error is None and PLAYBOOK_REFUSED._value.get() == 0
+
+
 async def _until(predicate: Callable[[], bool]) -> None:
     """Poll (the watcher runs on its own; there is nothing to await) for up to 10 s."""
     import asyncio
@@ -373,6 +399,23 @@ def test_a_merge_key_is_not_a_duplicate() -> None:
     pb = parse_playbook(text)
     assert pb.cues["confusion"].title == load_playbook().cues["confusion"].title
     assert pb.cues["confusion"].voice_trigger == pb.cues["frustration"].voice_trigger
+
+
+def test_the_one_step_confirmation_form_still_loads() -> None:
+    """Session 33's `confirm_within`/`confirm_at` is one step of `confirm`: a playbook (a
+    ConfigMap) written for it still loads; both forms at once are refused."""
+    data = _bundled()
+    meaning = data["cues"]["crisis"]["meaning"]
+    del meaning["confirm"]
+    meaning.update({"confirm_within": 0.03, "confirm_at": 0.3})
+    pb = parse_playbook(yaml.safe_dump(data))
+    assert pb.cues["crisis"].meaning is not None
+    assert [(c.within, c.at) for c in pb.cues["crisis"].meaning.confirm] == [(0.03, 0.3)]
+    meaning["confirm"] = [{"within": 0.07, "at": 0.15}]
+    assert "not both" in _error(yaml.safe_dump(data))
+    del meaning["confirm_within"], meaning["confirm_at"]
+    meaning["confirm"] = [{"within": 0, "at": 0.15}]
+    assert "cues.crisis.meaning.confirm.0.within" in _error(yaml.safe_dump(data))
 
 
 def test_every_standard_cue_must_be_present() -> None:
