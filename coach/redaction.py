@@ -602,8 +602,11 @@ Street", "12 North Oak Avenue")."""
 def _an_address_follows(text: str, end: int) -> bool:
     """Whether the words after `end` (up to the end of the sentence) name a street."""
     rest = re.split(r"[.?!;]", text[end:], maxsplit=1)[0]
-    words = [w.strip(",").lower() for w in rest.split()[:ADDRESS_LOOKAHEAD_WORDS]]
-    return any(w in _STREET_WORDS for w in words)
+    words = [w.strip(",") for w in rest.split()[:ADDRESS_LOOKAHEAD_WORDS]]
+    # After a name: "12 Main Street", not "41 by the way".
+    return any(
+        w.lower() in _STREET_WORDS and words[i - 1][:1].isupper() for i, w in enumerate(words) if i
+    )
 
 
 def find_pii(text: str, *, continues_digits: bool = False, interim: bool = False) -> list[Span]:

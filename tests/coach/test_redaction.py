@@ -586,6 +586,7 @@ def test_customer_alias_is_idempotent_and_hides_what_it_hides(customer_id: str) 
             "my phone number is [PHONE] and the rest I will text you",
         ),
         ("my contact number is 12 North Oak Avenue", "my contact number is 12 North Oak Avenue"),
+        ("my phone number is 41 by the way", "my phone number is [PHONE] by the way"),
     ],
 )
 def test_a_number_named_as_a_phone_number_is_hidden_from_its_first_piece(
