@@ -266,6 +266,23 @@ async def test_acceptance_in_resigned_words_is_not_dejection(
     assert "dejection" not in await conversation.cues("customer", text)
 
 
+async def _cues_with(
+    conversation: Conversation, cue_id: str, variants: dict[str, CueSpec], text: str
+) -> dict[str, list[str]]:
+    """The cues `text` fires with each variant of one cue's spec in the bundled playbook
+    (cooldowns cleared between them), by variant name."""
+    loaded = conversation.engine.holder.current
+    pb = loaded.playbook
+    found = {}
+    for name, spec in variants.items():
+        conversation.engine.holder = FixedHolder(
+            replace(loaded, playbook=pb.model_copy(update={"cues": {**pb.cues, cue_id: spec}}))
+        )
+        conversation.engine.fired_at.clear()
+        found[name] = await conversation.cues("customer", text)
+    return found
+
+
 async def test_affect_gate_decides_a_word_match(conversation: Conversation) -> None:
     """The same words fire dejection without the gate and not with it: the gate, not the
     similarity, is what holds back calm acceptance."""
@@ -278,13 +295,7 @@ async def test_affect_gate_decides_a_word_match(conversation: Conversation) -> N
     pb = loaded.playbook
     ungated = pb.cues["dejection"].model_copy(update={"affect_gate": None, "threshold": 0.3})
     gated = ungated.model_copy(update={"affect_gate": AffectGate(emotions=["sad"])})
-    found = {}
-    for name, spec in (("ungated", ungated), ("gated", gated)):
-        conversation.engine.holder = FixedHolder(
-            replace(loaded, playbook=pb.model_copy(update={"cues": {**pb.cues, "dejection": spec}}))
-        )
-        conversation.engine.fired_at.clear()
-        found[name] = await conversation.cues("customer", text)
+    found = await _cues_with(conversation, "dejection", {"ungated": ungated, "gated": gated}, text)
     assert "dejection" in found["ungated"]
     assert "dejection" not in found["gated"]
 
@@ -304,13 +315,9 @@ async def test_a_near_crisis_match_the_probe_doubts_does_not_page(
     unconfirmed = spec.model_copy(
         update={"meaning": spec.meaning.model_copy(update={"confirm": []})}
     )
-    found = {}
-    for name, cue in (("bundled", spec), ("unconfirmed", unconfirmed)):
-        conversation.engine.holder = FixedHolder(
-            replace(loaded, playbook=pb.model_copy(update={"cues": {**pb.cues, "crisis": cue}}))
-        )
-        conversation.engine.fired_at.clear()
-        found[name] = await conversation.cues("customer", text)
+    found = await _cues_with(
+        conversation, "crisis", {"bundled": spec, "unconfirmed": unconfirmed}, text
+    )
     assert "crisis" in found["unconfirmed"]
     assert "crisis" not in found["bundled"]
 
@@ -329,13 +336,7 @@ async def test_a_second_confirmation_step_holds_a_garbled_near_crisis(
     one_step = spec.model_copy(
         update={"meaning": spec.meaning.model_copy(update={"confirm": spec.meaning.confirm[:1]})}
     )
-    found = {}
-    for name, cue in (("bundled", spec), ("one step", one_step)):
-        conversation.engine.holder = FixedHolder(
-            replace(loaded, playbook=pb.model_copy(update={"cues": {**pb.cues, "crisis": cue}}))
-        )
-        conversation.engine.fired_at.clear()
-        found[name] = await conversation.cues("customer", text)
+    found = await _cues_with(conversation, "crisis", {"bundled": spec, "one step": one_step}, text)
     assert "crisis" in found["one step"]
     assert "crisis" not in found["bundled"]
 
