@@ -91,8 +91,7 @@ class PlaybookLibrary:
                 if _version_of(raw) == self._current.version:
                     # The version in force (an edit undone, a file put back): nothing to
                     # build, and whatever was refused is no longer on disk.
-                    PLAYBOOK_REFUSED.set(0)
-                    self.last_error, self._refused = None, None
+                    self._clear_refusal()
                     return False
                 loaded = self._load(raw)
             except Exception as exc:  # whatever fails, the last good playbook keeps running
@@ -116,16 +115,18 @@ class PlaybookLibrary:
                     self._refused = self._digest()
                 log.error("playbook reload refused, keeping version %s: %s", self.version, exc)
                 return False
-            # The file loads: whatever was refused before is no longer on disk.
-            PLAYBOOK_REFUSED.set(0)
-            self.last_error, self._refused = None, None
-            if loaded.version == self._current.version:
-                return False
+            # The file loads (a version other than the one in force, checked above): whatever
+            # was refused before is no longer on disk.
+            self._clear_refusal()
             self._current = loaded
             self.reloads += 1
             PLAYBOOK_RELOADS.labels(result="loaded").inc()
             log.info("playbook %s reloaded: version %s", self.path, loaded.version)
             return True
+
+    def _clear_refusal(self) -> None:
+        PLAYBOOK_REFUSED.set(0)
+        self.last_error, self._refused = None, None
 
     @property
     def version(self) -> str:
