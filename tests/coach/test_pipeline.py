@@ -148,18 +148,18 @@ def test_the_final_model_is_timed_on_the_bundled_demo_speech(runtime: Runtime) -
     assert calibration_speech(Path("/nonexistent/demo-call.wav")) is None
 
 
-async def test_a_long_gap_keeps_the_sentence_before_it_and_memory_flat(
-    runtime: Runtime, settings: Settings, billing_call: tuple[Path, dict[str, Any]]
-) -> None:
-    """A pause (AudioHook pause/resume, a hold, a Twilio timestamp jump) arrives as a gap in
-    t0. It used to be filled with one block of zeros: longer than the audio ring, it pushed
-    the last sentence out before the endpointer closed it, and it cost memory per second of
-    gap (an hour: gigabytes). Now the sentence is transcribed and an hour costs little."""
+async def _push_a_gap(
+    runtime: Runtime,
+    settings: Settings,
+    billing_call: tuple[Path, dict[str, Any]],
+    cut: float,
+    gap_s: float,
+) -> tuple[PartyPipeline, list[events.Event], int]:
+    """The customer's audio up to `cut`, then one frame `gap_s` later: the pipeline, the
+    transcripts said after the gap, and the peak of memory traced while the frame went in."""
     import tracemalloc
 
     pcm, rate = customer_audio(billing_call)
-    first = next(t for t in billing_call[1]["turns"] if t["speaker"] == "customer")
-    cut = first["t_end"] + 0.1  # the speech ended, the endpointer has not closed it yet
     emitted: list[events.Event] = []
 
     async def emit(ev: events.Event) -> None:
@@ -170,20 +170,40 @@ async def test_a_long_gap_keeps_the_sentence_before_it_and_memory_flat(
     )
     await feed(pipe, pcm, rate, seconds=cut)
     before = len([ev for ev in emitted if ev["type"] == "transcript"])
-    gap_s = 3600.0
     tracemalloc.start()
-    later = AudioChunk("c1", "customer", pcm[: int(rate * FRAME_S)] * 0, rate, cut + gap_s)
-    await pipe.push(later)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+    try:
+        later = AudioChunk("c1", "customer", pcm[: int(rate * FRAME_S)] * 0, rate, cut + gap_s)
+        await pipe.push(later)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
     await pipe.finish()
     said = [ev for ev in emitted if ev["type"] == "transcript"][before:]
+    return pipe, said, peak
+
+
+async def test_a_long_gap_keeps_the_sentence_before_it_and_memory_flat(
+    runtime: Runtime, settings: Settings, billing_call: tuple[Path, dict[str, Any]]
+) -> None:
+    """A pause (AudioHook pause/resume, a hold, a Twilio timestamp jump) arrives as a gap in
+    t0. It used to be filled with one block of zeros: longer than the audio ring, it pushed
+    the last sentence out before the endpointer closed it, and it cost memory per second of
+    gap (an hour: gigabytes). Now the sentence is transcribed and an hour costs little."""
+    first = next(t for t in billing_call[1]["turns"] if t["speaker"] == "customer")
+    cut = first["t_end"] + 0.1  # the speech ended, the endpointer has not closed it yet
+    gap_s = 3600.0
+    pipe, said, peak_hour = await _push_a_gap(runtime, settings, billing_call, cut, gap_s)
     # The turn's last words: closed by the gap's silence, decoded from the ring.
     assert said and first["t_end"] - 1.0 <= said[0]["t_end"] <= cut + 0.05, said
     assert said[0]["text"].split(), said[0]
     assert pipe.gap_filled_s == pytest.approx(gap_s, abs=0.05)
     assert pipe.audio_s >= cut + gap_s
-    assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MiB for an hour's gap"
+    # The peak holds the decode of that sentence too (its size depends on the CPU's kernels
+    # and the words heard), so it is measured against the same sentence closed by a minute's
+    # gap: an hour must cost no more than a minute (one block of zeros cost over 100 MiB).
+    _, _, peak_minute = await _push_a_gap(runtime, settings, billing_call, cut, 60.0)
+    extra = peak_hour - peak_minute
+    assert extra < 4 * 2**20, f"an hour's gap took {extra / 2**20:.1f} MiB more than a minute's"
 
 
 async def _customer_12s_through(
