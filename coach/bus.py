@@ -191,3 +191,15 @@ class InProcessBus:
 
     async def release_call(self, call_id: str) -> None:
         """Give back a claim whose call did not open here."""
+
+    @property
+    def can_hand_over(self) -> bool:
+        """Whether another instance could take a call over from this one now (`let_go`)."""
+        return False
+
+    async def let_go(self, call_id: str, *, timeout_s: float = 2.0) -> bool:
+        """Stop running `call_id` here without ending it, so that another instance can take
+        it over (a draining instance whose call dropped). True once the call's last events
+        and session state are shared and its ownership is given up. In-process there is no
+        other instance: False, and nothing changes."""
+        return False

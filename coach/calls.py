@@ -10,7 +10,9 @@ Lifecycle rules shared by every protocol (settings read with defaults until they
 - `reconnect_grace_s` (0 = off): `detach(session, "disconnect")` keeps a call whose
   connection dropped open for that long; `open()` with the same call_id (same source and
   parties) re-attaches the SAME session, whose clock continues at `session.fed_s`.
-  If nobody comes back, the call is finalized with the detach reason.
+  If nobody comes back, the call is finalized with the detach reason. While the instance
+  drains, with a shared bus (Redis), a dropped call is handed over instead (`_spawn_hand_over`):
+  stopped here without ending, for the instance its reconnect reaches to resume.
 - `max_calls` (0 = no limit): admission control. `open()` of a NEW call while `max_calls`
   calls hold a slot (live, attached or waiting for a reconnect) raises
   `CallRejected("over_capacity")`, counted in `coach_calls_rejected_total{reason}`; each
@@ -53,7 +55,7 @@ from coach.logs import call_id_var
 from coach.messages import Speaker
 from coach.redaction import with_customer_alias
 from coach.runtime import Runtime
-from coach.session import CallEnded, CallSession, CallState, HistoryLookup
+from coach.session import HANDED_OVER, CallEnded, CallSession, CallState, HistoryLookup
 from coach.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -277,10 +279,10 @@ class CallManager:
             and existing.end_requested is None
         ):
             return self._reattach(existing, source=source, speakers=speakers)
-        if existing is not None and existing.state in (
-            CallState.NEW,  # registered, still starting
-            CallState.LIVE,
-            CallState.ENDING,
+        if (
+            existing is not None
+            and existing.state in (CallState.NEW, CallState.LIVE, CallState.ENDING)
+            and existing.end_requested != HANDED_OVER  # going elsewhere: refused as draining
         ):
             raise self._reject(DUPLICATE_CALL, f"call {current} is already live")
         if self.draining:
@@ -445,7 +447,8 @@ class CallManager:
         With no grace period (the default) this is `finish(session, reason)`. Otherwise it
         returns at once (it never suspends, so it is safe in a cancelled handler) and the
         call stays live; `open()` with the same call_id re-attaches it, and if nobody comes
-        back in time it is finalized with `reason`.
+        back in time it is finalized with `reason`. On a draining instance with a shared bus
+        the call is handed over to whichever instance the reconnect reaches instead.
         """
         grace = self.reconnect_grace_s
         if (
@@ -456,6 +459,9 @@ class CallManager:
             or self._calls.get(session.call_id) is not session
         ):
             await self.finish(session, reason)
+            return
+        if self.draining and self.bus.can_hand_over:
+            self._spawn_hand_over(session)
             return
         if session.call_id in self._detached:
             return
@@ -496,6 +502,39 @@ class CallManager:
         task.add_done_callback(self._ending.discard)
         task.add_done_callback(lambda _: self._retire(session))
         return task
+
+    def _spawn_hand_over(self, session: CallSession) -> None:
+        """A stopping instance keeps no dropped call waiting for its reconnect: behind a load
+        balancer that has taken it out, the reconnect reaches another instance, which used
+        to refuse it as a duplicate until the grace ran out here and the call had ended (its
+        reconnect then opened a second leg, with no cues or summary of the first part). The
+        call is handed over instead: another instance resumes it, with its clock, event
+        numbers, cue cooldowns and summary so far. If no reconnect comes, the orphan sweep
+        closes it as it would a killed instance's call."""
+        entry = self._detached.pop(session.call_id, None)
+        if entry is not None and entry[1] is not asyncio.current_task():
+            entry[1].cancel()
+        task = _call_task(session, self._hand_over(session), name=f"hand-over-{session.call_id}")
+        self._ending.add(task)  # a drain waits for it, as for an ending
+        task.add_done_callback(self._ending.discard)
+
+    async def _hand_over(self, session: CallSession) -> None:
+        if not await session.hand_over():
+            return  # it ended meanwhile
+        shared = await self.bus.let_go(session.call_id)
+        if self._calls.get(session.call_id) is session:
+            del self._calls[session.call_id]
+        for telephony_id, leg in list(self._latest_leg.items()):
+            if leg == session.call_id:
+                del self._latest_leg[telephony_id]
+        await session.aclose()
+        if shared:
+            log.info(
+                "call %s handed over at %.3f s of audio: its reconnect continues it on "
+                "another instance",
+                session.call_id,
+                session.fed_s,
+            )
 
     def _end_requested(self, session: CallSession, reason: str) -> None:
         """A session asked to end itself (max_length, idle_timeout): the manager owns it."""
@@ -612,6 +651,9 @@ class CallManager:
         """
         self.draining = True
         metrics.DRAINING.set(1)
+        if self.bus.can_hand_over:
+            for call_id in list(self._detached):
+                self._spawn_hand_over(self._calls[call_id])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout_s)
         live = self.holding()

@@ -238,6 +238,9 @@ class RedisBus(InProcessBus):
         """Held by a claim and by the release of a stale key: a claim sent between the
         release's look and its delete would be deleted with it."""
         self._owner_drop: set[str] = set()
+        self._letting_go: dict[str, asyncio.Event] = {}
+        """call_id -> set once its owner key is deleted (`let_go`): the call stops here
+        without ending, and whichever instance its reconnect reaches takes it over."""
         self._state_out: dict[str, str] = {}
         """call_id -> latest session state to write (only the newest per flush)."""
         self._wall_out: dict[str, dict[str, str]] = {}
@@ -441,6 +444,33 @@ class RedisBus(InProcessBus):
         except Exception as exc:  # Redis down or slow: the key expires on its own
             log.debug("call %s: owner key not released (%r)", call_id, exc)
 
+    @property
+    def can_hand_over(self) -> bool:
+        return not self._writer_down and not self._stopping
+
+    async def let_go(self, call_id: str, *, timeout_s: float = 2.0) -> bool:
+        """Give up `call_id` without ending it: its owner key is no longer refreshed and is
+        deleted by the writer after the call's last events and session state have gone out
+        (the flush writes those first), so an instance that claims it next resumes from
+        where this one stopped, with no event number used twice. The wall record stays: the
+        call is still live, and its next owner keeps it."""
+        async with self._claim_lock:
+            self._owned.discard(call_id)
+            self._claiming.discard(call_id)
+            done = self._letting_go.setdefault(call_id, asyncio.Event())
+        self._wake_writer.set()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await done.wait()
+        except TimeoutError:
+            # Redis is slow or gone: the key expires with this instance's liveness (or in
+            # owner_ttl_s); until then a reconnect elsewhere waits or is refused.
+            log.warning("call %s: could not hand it over in %.1f s", call_id, timeout_s)
+            return False
+        finally:
+            self._letting_go.pop(call_id, None)
+        return True
+
     # -- publish side --------------------------------------------------------------------
 
     def publish(self, topic: str, event: Event) -> None:
@@ -628,7 +658,14 @@ class RedisBus(InProcessBus):
         now = time.monotonic()
         alive_due = now >= self._alive_due
         owners_due = bool(self._owner_drop) or (bool(self._owned) and now >= self._owner_due)
-        if alive_due or owners_due:
+        # A call handed over goes once its events have all been sent (their ids stay below
+        # those of its next owner, which reads the state just written).
+        letting_go = [
+            call_id
+            for call_id, done in self._letting_go.items()
+            if not done.is_set() and not self._outbox.get(call_topic(call_id))
+        ]
+        if alive_due or owners_due or letting_go:
             pipe = self._w.pipeline(transaction=False)
             if alive_due:
                 pipe.set(
@@ -644,7 +681,12 @@ class RedisBus(InProcessBus):
                     pipe.expire(self.wall_key(call_id), int(self.stream_ttl_s))
                 for call_id in drops:
                     pipe.delete(self.owner_key(call_id), self.wall_key(call_id))
+            for call_id in letting_go:
+                pipe.delete(self.owner_key(call_id))
             await pipe.execute()
+            for call_id in letting_go:
+                if (done := self._letting_go.get(call_id)) is not None:
+                    done.set()
             if alive_due:
                 self._alive_due = now + min(self._heartbeat_s, self.instance_ttl_s / 3)
             if owners_due:

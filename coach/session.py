@@ -48,6 +48,10 @@ class CallState(Enum):
     ENDED = "ended"
 
 
+HANDED_OVER = "handed_over"
+"""`end_reason` of a call stopped here without ending, for another instance to resume."""
+
+
 class CallEnded(RuntimeError):
     """Audio offered to a call that has ended (or is ending): the end of this stream.
 
@@ -369,6 +373,27 @@ class CallSession:
             self._bus.close_topic(call_topic(self.call_id))
             self._bus.close_topic(agent_topic(self.call_id))
             self._ended.set()
+
+    async def hand_over(self) -> bool:
+        """Stop running the call here without ending it: the audio already accepted is
+        transcribed and coached (the open sentence closes), the state is saved with the
+        clock where the audio stopped, and the call stops with no `call_end` and its topics
+        open, so that another instance can resume it (`CallManager.detach` while draining).
+        False, and nothing done, unless the call is live and streamed (not a replay)."""
+        if self.state is not CallState.LIVE or self._end_requested is not None or self._inline:
+            return False
+        self._end_requested = self.end_reason = HANDED_OVER
+        self.state = CallState.ENDING
+        try:
+            for s, q in self._queues.items():
+                await q.put(EndOfStream(HANDED_OVER))
+                await self._tasks[s]
+            self._bus.save_session_state(self.call_id, self._session_state(ended=False))
+        finally:
+            self.state = CallState.ENDED
+            metrics.ACTIVE_CALLS.dec()
+            self._ended.set()
+        return True
 
     async def aclose(self) -> None:
         if self._history_task is not None:

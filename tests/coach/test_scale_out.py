@@ -23,12 +23,12 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from coach.bus import call_topic
-from coach.calls import DUPLICATE_CALL, CallManager, CallRejected
+from coach.calls import DRAINING, DUPLICATE_CALL, CallManager, CallRejected
 from coach.ingest import closecodes as cc
 from coach.messages import AudioChunk
 from coach.redis_bus import RedisBus
 from coach.runtime import Runtime
-from coach.session import CallSession
+from coach.session import HANDED_OVER, CallSession
 from coach.settings import Settings
 from tests.coach.test_admission import PCM_HEADER
 from tests.coach.test_ingest_twilio import TwilioClient, close_of
@@ -246,6 +246,55 @@ async def test_a_call_whose_instance_was_killed_continues_on_another_with_its_cl
         end = took.last_event
         assert end is not None and end["type"] == "call_end"
         assert end["duration_s"] >= heard + 1.0 - 0.05
+
+
+@needs_redis
+@pytest.mark.parametrize("dropped", ["while draining", "before the drain"])
+async def test_a_call_dropped_on_a_draining_instance_continues_on_another(
+    runtime: Runtime, settings: Settings, prefix: str, dropped: str
+) -> None:
+    """A stopping instance (drain) whose call's connection drops hands the call over: the
+    reconnect, sent by the load balancer to B, continues it there with its clock and event
+    numbers. It used to wait on A for the grace period, B refusing it as a duplicate, and
+    come back as a second leg once A had ended it. A call already waiting for its
+    reconnect when the drain begins is handed over then."""
+    graced = settings.model_copy(update={"reconnect_grace_s": 30.0})
+    async with two_instances(runtime, graced, prefix) as (bus_a, bus_b, a, b):
+        first = await open_call(a, "so-drained")
+        await first.feed(
+            AudioChunk("so-drained", "customer", np.zeros(6 * RATE, np.float32), RATE, 0.0)
+        )
+        await wait_for(lambda: first.fed_s >= 6.0)
+        await owned_by(bus_a, bus_b, "so-drained")
+        if dropped == "before the drain":
+            await a.detach(first, "disconnect")
+            assert a.is_detached("so-drained")
+        drain = asyncio.create_task(a.drain(60.0, abandon=lambda: False))
+        await wait_for(lambda: a.draining)
+        if dropped == "while draining":
+            await a.detach(first, "disconnect")
+
+        took = await open_call(b, "so-drained")
+        assert took.call_id == "so-drained"  # the same call, not a second leg
+        assert first.end_reason == HANDED_OVER and first.last_event is not None
+        assert took.fed_s == pytest.approx(6.0, abs=0.05)  # where A stopped hearing it
+        start = took.last_event
+        assert start is not None and start["type"] == "call_start"
+        assert start["meta"]["resumed"] is True
+        assert start["seq"] == first.last_event["seq"] + 1  # no event number used twice
+        assert await bus_a.owner("so-drained") == bus_b.instance_id
+        # A has nothing left to wait for, never ended the call, and sends its next
+        # reconnect elsewhere.
+        assert await asyncio.wait_for(drain, 5) == 0
+        assert a.get("so-drained") is None
+        ended = [e for e in bus_a.history(call_topic("so-drained")) if e["type"] == "call_end"]
+        assert ended == []
+        with pytest.raises(CallRejected) as refused:
+            await open_call(a, "so-drained")
+        assert refused.value.reason == DRAINING
+        await b.finish(took, "end")
+        end = took.last_event
+        assert end is not None and end["type"] == "call_end" and end["duration_s"] >= 6.0
 
 
 async def test_an_unreachable_redis_never_blocks_a_call(
