@@ -191,6 +191,20 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+DATA_ECHOING_LOGGERS = (
+    "aiosqlite",
+    "asyncpg",
+    "sqlalchemy",
+    "httpcore",
+    "httpx",
+    "hpack",
+    "aioice",
+    "aiortc",
+    "redis",
+)
+"""Libraries kept at INFO or above whatever COACH_LOG_LEVEL says (see `setup_logging`)."""
+
+
 def setup_logging(level: str, *, json_format: bool, stream: TextIO | None = None) -> None:
     """Configure the root logger: one handler on `stream` (stderr by default).
 
@@ -212,3 +226,10 @@ def setup_logging(level: str, *, json_format: bool, stream: TextIO | None = None
         old.close()
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # These libraries log what passes through them at DEBUG: every SQL statement with its
+    # parameters (a history search for a phone number, a customer's number as typed), HTTP
+    # and ICE traffic. COACH_LOG_LEVEL=debug is for this server's own lines; an outside PII
+    # audit found those values in the log. (WebSocket frames: `FrameFilter`.)
+    quiet = max(logging.INFO, root.level)
+    for name in DATA_ECHOING_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)

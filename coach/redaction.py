@@ -173,8 +173,8 @@ def _spoken_digit_spans(text: str) -> list[Span]:
                 break
             after_group = False
         # Most tokens must be unambiguous digit words, so "for two to four" is left alone.
-        if len(digits) >= 7 and strict >= 0.7 * (j - i):
-            raw = text[tokens[i][0] : tokens[j - 1][1]]
+        raw = text[tokens[i][0] : tokens[j - 1][1]] if j > i else ""
+        if len(digits) >= 7 and strict >= 0.7 * (j - i) and not _plain_figures(raw):
             kind = classify_digits(digits, raw) or "number"
             spans.append(Span(tokens[i][0], tokens[j - 1][1], kind))
             i = j
@@ -243,7 +243,8 @@ def _local_start(tokens: Sequence[re.Match[str]], at: int) -> int | None:
     name-like words ("John Smith at Gmail.com": hiding "Smith" alone leaves the name)."""
 
     def local(k: int) -> bool:
-        word = tokens[k].group()
+        # Whisper writes the pause before "at" as a comma ("John Smith, at Gmail.com").
+        word = tokens[k].group().rstrip(",") if k == at - 1 else tokens[k].group()
         return bool(_LOCAL.fullmatch(word)) and word.lower() not in _NOT_LOCAL
 
     k = at - 1
@@ -279,6 +280,11 @@ def _asr_email_spans(text: str) -> list[Span]:
             continue
         first = _local_start(tokens, i)
         end = _domain_end(text, tokens[k].start(), has_local=first is not None)
+        if end is None and first is not None and k + 1 < len(tokens):
+            # A company's name in two words ("jsmith at acme corp dot com"): the dotted
+            # rest must end in a common TLD.
+            rest = _domain_end(text, tokens[k + 1].start(), has_local=False)
+            end = rest if rest is not None and tokens[k].group().isalpha() else None
         if end is not None:
             # With no local part ("I'm at work.com") only the domain is hidden.
             start = tokens[first].start() if first is not None else tokens[k].start()
@@ -308,6 +314,34 @@ _ANNOUNCED_ADDRESS = re.compile(
     r"\s+(?:at\s+)?(?P<domain>\S)",
     re.IGNORECASE,
 )
+
+
+# Written to fool a scraper: "john.smith(at)gmail(dot)com", "jsmith [at] acme [dot] com".
+BRACKETED_EMAIL = re.compile(
+    r"[\w.+-]+\s*[(\[]\s*at\s*[)\]]\s*[\w-]+"
+    r"(?:\s*(?:[(\[]\s*dot\s*[)\]]|\.)\s*[\w-]+)+",
+    re.IGNORECASE,
+)
+# A mail provider's domain with the "at" before it lost to the ASR: "john smith gmail dot
+# com" (an outside PII audit). The words before it are the local part unless they are talk
+# ("I use gmail dot com").
+_PROVIDER_DOMAIN = re.compile(
+    rf"\b(?:{'|'.join(sorted(_PROVIDERS))})(?:\.|\s+dot\s+)(?:{'|'.join(sorted(_TLDS))})\b",
+    re.IGNORECASE,
+)
+
+
+def _provider_email_spans(text: str) -> list[Span]:
+    spans: list[Span] = []
+    tokens = list(re.finditer(r"\S+", text))
+    for m in _PROVIDER_DOMAIN.finditer(text):
+        at = next((i for i, t in enumerate(tokens) if t.start() == m.start()), None)
+        if at is None or (at > 0 and tokens[at - 1].group().lower() in _AT_WORDS):
+            continue  # after "at": `_asr_email_spans` has it
+        first = _local_start(tokens, at)
+        if first is not None:
+            spans.append(Span(tokens[first].start(), m.end(), "email"))
+    return spans
 
 
 def _announced_email_spans(text: str) -> list[Span]:
@@ -452,18 +486,69 @@ def _closes_a_number(text: str, run: Run, *, opens: bool, continues: bool) -> bo
     return len(run.digits) >= 2 and not before.isdisjoint(_NUMBER_CUES)
 
 
+# What a speaker may say between the groups of one number they read out: fillers and joins
+# ("4532, then 0151, then 2830", "415, uh, 555, um, 0122", "415 and then 555"). An outside PII
+# audit saw such cards and phone numbers reach supervisors with all but the last group shown.
+_JOIN = re.compile(
+    r"(?:[\s,.\-]|\b(?:uh|um|er|erm|hmm|ah|and|then|next|so|okay|ok|yeah|sorry)\b)*", re.I
+)
+JOINED_MIN_DIGITS = 7
+"""Digits in all for runs joined by such words to be one number: "45 and 120" stays."""
+DICTATED_ANYWHERE = 5
+"""Digits read out one by one that are hidden wherever they stand ("2, 2, 3, 4, 8, I know")."""
+_YEAR = re.compile(r"(?:19|20)\d\d")
+
+
+def _plain_figures(text: str) -> bool:
+    """Whether every numeral in `text` is a year or a round figure ("2019, 2020 and 2021",
+    "between 1000 and 2000"): talk about dates and amounts, not a number read out."""
+    numerals = re.findall(r"\d+", text)
+    return len(numerals) >= 2 and all(
+        _YEAR.fullmatch(n) or (len(n) >= 3 and n.endswith("00")) for n in numerals
+    )
+
+
+def _joined(text: str, runs: list[Run]) -> list[Run]:
+    """Runs read out one after another with fillers or joins between them, as one run."""
+    out: list[Run] = []
+    for run in runs:
+        prev = out[-1] if out else None
+        if prev is not None and _JOIN.fullmatch(text[prev.end : run.start]):
+            out[-1] = Run(
+                prev.start,
+                run.end,
+                prev.digits + run.digits,
+                prev.groups + run.groups,
+                prev.pieces + run.pieces,
+            )
+        else:
+            out.append(run)
+    return out
+
+
 def _number_spans(text: str, *, continues: bool) -> list[Span]:
-    """Numbers read out in pieces (see `Run`) that are hidden although under 7 digits."""
+    """Numbers read out in pieces (see `Run`) that are hidden although under 7 digits, and
+    those read with fillers between their pieces."""
     runs = _number_runs(text)
     first, last = _edges(text, runs)
     spans: list[Span] = []
     for run in runs:
         grouped = run.groups and run.pieces >= 2 and len(run.digits) >= GROUPS_ANYWHERE
+        dictated = not run.groups and len(run.digits) >= DICTATED_ANYWHERE
         closes = run == last and _closes_a_number(
             text, run, opens=run == first, continues=continues
         )
-        if grouped or closes or (continues and run == first):
-            raw = text[run.start : run.end]
+        raw = text[run.start : run.end]
+        if (
+            (grouped and not _plain_figures(raw))
+            or dictated
+            or closes
+            or (continues and run == first)
+        ):
+            spans.append(Span(run.start, run.end, classify_digits(run.digits, raw) or "number"))
+    for run in _joined(text, runs):
+        raw = text[run.start : run.end]
+        if len(run.digits) >= JOINED_MIN_DIGITS and run.pieces >= 2 and not _plain_figures(raw):
             spans.append(Span(run.start, run.end, classify_digits(run.digits, raw) or "number"))
     return spans
 
@@ -504,13 +589,20 @@ def _interim_spans(text: str) -> list[Span]:
 # amounts ("My card number is 4,532 near 1,11283", an outside audit's A-law replay), which
 # the rules for numbers read out leave visible on purpose ("it went up to 1,500").
 _SECRET_NAMED = re.compile(
-    r"\b(?:(?P<card>(?:credit\s+|debit\s+)?card)\s+(?:number|no\.?|ending\s+in)"
-    r"|(?P<ssn>social(?:\s+security)?\s+number|social\s+security|ssn)"
+    r"\b(?:(?P<card>(?:credit\s+|debit\s+)?card)\s+(?:number|no\.?|ending(?:\s+in)?|ends\s+in)"
+    r"|(?P<ssn>social(?:\s+security)?\s+number|social\s+security|ssn"
+    r"|last\s+(?:four|4)(?:\s+digits)?\s+of\s+(?:my|the|your|his|her)\s+social)"
     r"|(?P<phone>(?:(?:tele)?phone|cell(?:\s+phone)?|mobile|contact|callback|call\s+back)\s+number)"
-    r"|(?:account|routing|member(?:ship)?|policy)\s+number|pin|(?P<code>cvv|cvc|cv2|security\s+code))\b"
-    r"(?:\s+(?:is|was|it's|that's|of))?(?:\s*:)?",
+    r"|(?:account|routing|member(?:ship)?|policy)\s+number|pin"
+    r"|(?P<code>cvv|cvc|cv2|security\s+code|code\s+on\s+the\s+back"
+    r"|(?:three|3|four|4)\s+digits\s+on\s+the\s+back"
+    r"|expiry(?:\s+date)?|expiration(?:\s+date)?|expires(?:\s+on)?))\b"
+    r"(?:\s+(?:is|are|was|it's|that's|of))?(?:\s*:)?",
     re.IGNORECASE,
 )
+# Said of a number the business already holds ("my card number is on file already"): no
+# number is being read out, and the caller's next figures are prices and dates.
+_NOT_READ_OUT = re.compile(r"\bon\s+file\b|\byou\s+(?:already\s+)?have\s+(?:it|that)\b", re.I)
 _NUMERAL_TOKEN = re.compile(r"(?<![$£€¥\w])\d[\d,.\-/]*")
 SECRET_WINDOW_WORDS = 3
 """Words other than numerals that may stand between the pieces of an announced number (ASR
@@ -609,6 +701,9 @@ def _an_address_follows(text: str, end: int) -> bool:
     )
 
 
+_MIXED_TOKEN = re.compile(r"\b(?=[A-Za-z]*\d)(?=\d*[A-Za-z])[A-Za-z0-9]+\b")
+
+
 def find_pii(text: str, *, continues_digits: bool = False, interim: bool = False) -> list[Span]:
     """Spans of personal data in `text`. `continues_digits`: the speaker's previous utterance
     ended in digits read out (see `CallRedactor`), so digits that open or close this one are
@@ -619,6 +714,8 @@ def find_pii(text: str, *, continues_digits: bool = False, interim: bool = False
     spans += [Span(m.start(), m.end(), "email") for m in SPOKEN_EMAIL.finditer(text)]
     spans += _asr_email_spans(text)
     spans += _announced_email_spans(text)
+    spans += [Span(m.start(), m.end(), "email") for m in BRACKETED_EMAIL.finditer(text)]
+    spans += _provider_email_spans(text)
     spans = [_with_spelled_start(text, s) for s in spans]
     spans += [Span(m.start(), m.end(), "ssn") for m in SSN.finditer(text)]
     for m in DIGIT_RUN.finditer(text):
@@ -628,6 +725,11 @@ def find_pii(text: str, *, continues_digits: bool = False, interim: bool = False
             spans.append(Span(m.start(), m.end(), kind))
     spans += _spoken_digit_spans(text)
     spans += _number_spans(text, continues=continues_digits)
+    for m in _MIXED_TOKEN.finditer(text):
+        # A letter the ASR glued into a number ("77712443i8888" showed "i8888"; an outside
+        # PII audit), or a reference made of both: the whole word goes.
+        if sum(ch.isdigit() for ch in m.group()) >= 7:
+            spans.append(Span(m.start(), m.end(), "number"))
     announced = _announced_secret_spans(text)
     spans += announced
     if interim:
@@ -892,7 +994,11 @@ class CallRedactor:
                 read = [text[r.start : r.end] for r in _interim_spans(text)]
                 pieces += [piece for piece in read if piece not in pieces]
             # Named in a statement: "can I take your card number?" asks, it reads nothing.
-            named = _SECRET_NAMED.search(text) is not None and not text.rstrip().endswith("?")
+            named = (
+                _SECRET_NAMED.search(text) is not None
+                and not text.rstrip().endswith("?")
+                and _NOT_READ_OUT.search(text) is None
+            )
             if named or (reading and pieces):
                 self._reading_until[speaker] = end + READING_WINDOW_S
             if pieces and start is not None:

@@ -247,3 +247,17 @@ def test_a_customer_id_that_is_an_email_or_a_phone_is_not_logged(line: str, expe
     """Found by an outside PII audit: telephony may give the caller's number or email as the
     customer id, and a history lookup put it in the request line."""
     assert scrub(line) == expected
+
+
+async def test_a_debug_log_does_not_echo_sql_parameters(stream: io.StringIO, tmp_path: Any) -> None:
+    """At COACH_LOG_LEVEL=debug aiosqlite logged every statement with its parameters: a
+    history search for "4155550122", a customer's phone number (an outside PII audit)."""
+    import aiosqlite
+
+    setup_logging("debug", json_format=True, stream=stream)
+    logging.getLogger("coach.test").debug("own debug line")
+    async with aiosqlite.connect(tmp_path / "t.db") as db:
+        await db.execute("CREATE TABLE c (phone TEXT)")
+        await db.execute("SELECT * FROM c WHERE phone LIKE ?", ("%4155550122%",))
+    assert "own debug line" in stream.getvalue()
+    assert "4155550122" not in stream.getvalue()

@@ -282,7 +282,7 @@ def test_a_card_read_slowly_after_it_was_named_is_hidden_in_every_piece() -> Non
     assert [v["text"] for v in shown] == [
         "Okay, my card number is, hang on.",
         "Take your time.",
-        "Right, first [NUMBER], then [NUMBER].",
+        "Right, first [NUMBER].",  # "4532, then 0151": one number read with a join
         "then [NUMBER] I think, and",
         "the last bit is [NUMBER] yes",
         "It cost 1283 dollars last year.",  # long after: an amount again
@@ -447,6 +447,60 @@ def test_an_address_read_over_two_utterances_is_hidden_in_both() -> None:
 )
 def test_what_an_outside_pii_audit_found(text: str, expected: str) -> None:
     assert redact_text(text) == expected
+
+
+# A second outside PII audit (session 35): each of these leaked before, or hid talk.
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Groups read with a word between them reached supervisors but for the last group.
+        ("So 4532, then 0151, then 2830, then 0362, correct?", "So [CARD], correct?"),
+        ("Card is 4532 then 0151 then 2830 then 0366 okay.", "Card is [NUMBER] okay."),
+        ("It's 415, uh, 555, uh, 0122 I think.", "It's [PHONE] I think."),
+        ("My number is 415 and then 555 and then 0122 okay.", "My number is [PHONE] okay."),
+        (
+            "Call me at four one five, uh, five five five, um, zero one two two please.",
+            "Call me at [PHONE] please.",
+        ),
+        ("4-5-3-2, and 0-1-5-1, and 0-8-3-0, and 0-3-6-6.", "[CARD]."),
+        ("2, 2, 3, 4, 8, I know", "[NUMBER], I know"),  # digits read one by one, mid-line
+        # Addresses: brackets, a pause before "at", the "at" lost, a name in two words.
+        ("email john.smith(at)gmail(dot)com re refund", "email [EMAIL] re refund"),
+        ("jsmith [at] acme [dot] com", "[EMAIL]"),
+        ("John Smith, at Gmail.com.", "[EMAIL]."),
+        ("It's john.smith, at gmail.com", "It's [EMAIL]"),
+        ("Send it to john smith gmail dot com please.", "Send it to [EMAIL] please."),
+        ("jsmith at acme corp dot com wants invoice", "[EMAIL] wants invoice"),
+        # Card data named without "CVV" or "card number", and the last four of an SSN.
+        ("The code on the back is 737.", "The code on the back is [NUMBER]."),
+        ("expiry 09/27 please", "expiry [NUMBER] please"),
+        ("The last four of my social are 6789.", "The last four of my social are [SSN]."),
+        ("The card ending 0366 please.", "The card ending [CARD] please."),
+        ("My account number is 77712443i8888", "My account number is [NUMBER]"),
+        # Kept: years, round figures, amounts joined by "and", and talk.
+        ("I called in 2019, 2020 and 2021", "I called in 2019, 2020 and 2021"),
+        ("between 1000 and 2000 dollars", "between 1000 and 2000 dollars"),
+        ("I was charged 45 and then 120", "I was charged 45 and then 120"),
+        ("I use gmail dot com", "I use gmail dot com"),
+        ("we met at acme corp last year", "we met at acme corp last year"),
+        ("it expires next week", "it expires next week"),
+        ("I have an mp3 and a 4k tv", "I have an mp3 and a 4k tv"),
+    ],
+)
+def test_what_a_second_outside_pii_audit_found(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+def test_a_number_said_to_be_on_file_opens_no_reading_window() -> None:
+    """ "My card number is on file already" reads no number out: the caller's next figures,
+    prices and a date, stayed hidden from supervisors for 30 s (the second PII audit)."""
+    view = CallRedactor().view
+    view(said("customer", 0.0, "My card number is on file already."))
+    line = "I was charged 45 twice, and again 120 on the 12th."
+    assert view(said("customer", 4.0, line))["text"] == line
+    # Named to be read out, the window still opens.
+    view(said("customer", 60.0, "Okay, my card number is, hang on."))
+    assert view(said("customer", 70.0, "then 1283 I think"))["text"] == "then [NUMBER] I think"
 
 
 # Spelled letter by letter: the patterns found the address from its last letters only.
