@@ -299,7 +299,9 @@ def _asr_email_spans(text: str) -> list[Span]:
 # "my email is broken" or "... is not working" are talk, not an address.
 _ANNOUNCED_LOCAL = re.compile(
     r"\be-?mail(?:\s+address)?(?:\s+is|'s)?[\s:,]+"
-    r"(?P<local>[A-Za-z0-9][\w.+-]*(?:\s+(?:dot|underscore|dash|hyphen)\s+[A-Za-z0-9][\w+-]*)*)"
+    r"(?P<local>[A-Za-z0-9][\w.+-]*(?:\s+(?:dot|underscore|dash|hyphen)\s+[A-Za-z0-9][\w+-]*)*"
+    # or spelled letter by letter ("my email is j o h n", "J, O, H, N")
+    r"|[A-Za-z0-9](?:[\s,\-]+[A-Za-z0-9](?![\w']))+)"
     r"(?:\s+at)?[\s.,!?;:]*$",
     re.IGNORECASE,
 )
@@ -363,8 +365,8 @@ def _announced_email_spans(text: str) -> list[Span]:
 
 def _looks_local(local: str) -> bool:
     """An announced address's local part, not talk ("my email is broken"): joined by
-    dot/underscore/dash, or with . _ + or digits in it."""
-    joined = len(local.split()) > 1 or re.search(r"[._+\d]", local) is not None
+    dot/underscore/dash, spelled, or with . _ + or digits in it."""
+    joined = len(local.split()) > 1 or re.search(r"[._+\d,-]", local) is not None
     return joined and re.search(r"[A-Za-z]", local) is not None and local.lower() not in _NOT_LOCAL
 
 
@@ -704,12 +706,23 @@ def _an_address_follows(text: str, end: int) -> bool:
 _MIXED_TOKEN = re.compile(r"\b(?=[A-Za-z]*\d)(?=\d*[A-Za-z])[A-Za-z0-9]+\b")
 
 
-def find_pii(text: str, *, continues_digits: bool = False, interim: bool = False) -> list[Span]:
+def find_pii(
+    text: str,
+    *,
+    continues_digits: bool = False,
+    interim: bool = False,
+    continues_spelling: bool = False,
+) -> list[Span]:
     """Spans of personal data in `text`. `continues_digits`: the speaker's previous utterance
     ended in digits read out (see `CallRedactor`), so digits that open or close this one are
     the rest of that number and are hidden too. `interim`: `text` is a partial transcript,
-    whose numbers are hidden whatever their length (`_interim_spans`)."""
+    whose numbers are hidden whatever their length (`_interim_spans`). `continues_spelling`:
+    the previous one ended in an address being spelled, so letters spelled one by one at
+    the start of this one are the rest of it."""
     spans = [Span(m.start(), m.end(), "email") for m in EMAIL.finditer(text)]
+    lead = _SPELLED_LEAD.match(text) if continues_spelling else None
+    if lead is not None and len(_SPELLED_CHAR.findall(lead.group())) >= SPELLED_MIN:
+        spans.append(Span(lead.start("run"), lead.end("run"), "email"))
     spans += [Span(m.start(), m.end(), "email") for m in EMAIL_NO_TLD.finditer(text)]
     spans += [Span(m.start(), m.end(), "email") for m in SPOKEN_EMAIL.finditer(text)]
     spans += _asr_email_spans(text)
@@ -744,6 +757,13 @@ _SPELLED_RUN = re.compile(
 )
 SPELLED_MIN = 2
 """Characters spelled one by one before an address for them to be its local part."""
+_SPELLED_LEAD = re.compile(
+    r"[\s,.\-]*(?P<run>(?:(?<![\w'])(?:[a-z0-9]|dot|underscore|dash|hyphen)(?![\w'])[\s,.\-]*)*"
+    r"(?<![\w'])(?:[a-z0-9]|dot|underscore|dash|hyphen)(?![\w']))",
+    re.I,
+)
+"""Letters spelled one by one that open an utterance ("s m i t h", "S, M, I, T, H")."""
+_SPELLED_CHAR = re.compile(r"(?<![\w'])[a-z0-9](?![\w'])", re.I)
 
 
 def _with_spelled_start(text: str, span: Span) -> Span:
@@ -788,9 +808,21 @@ def _merge(spans: list[Span]) -> list[Span]:
     return out
 
 
-def redact_text(text: str, *, continues_digits: bool = False, interim: bool = False) -> str:
+def redact_text(
+    text: str,
+    *,
+    continues_digits: bool = False,
+    interim: bool = False,
+    continues_spelling: bool = False,
+) -> str:
     out, pos = [], 0
-    for span in find_pii(text, continues_digits=continues_digits, interim=interim):
+    found = find_pii(
+        text,
+        continues_digits=continues_digits,
+        interim=interim,
+        continues_spelling=continues_spelling,
+    )
+    for span in found:
         out += [text[pos : span.start], TAGS[span.kind]]
         pos = span.end
     out.append(text[pos:])
@@ -803,6 +835,7 @@ def redact_words(
     text: str | None = None,
     continues_digits: bool = False,
     interim: bool = False,
+    continues_spelling: bool = False,
 ) -> list[str]:
     """Word-level redaction: every word touching a PII span becomes its tag (timings kept).
 
@@ -811,7 +844,11 @@ def redact_words(
     which joined by spaces no longer look like an email (an audit found the words of a
     transcript whose text said [EMAIL] carrying the address, in the store and to supervisors).
     """
-    opts = {"continues_digits": continues_digits, "interim": interim}
+    opts = {
+        "continues_digits": continues_digits,
+        "interim": interim,
+        "continues_spelling": continues_spelling,
+    }
     joined, offsets, pos = [], [], 0
     for w in words:
         offsets.append((pos, pos + len(w)))
@@ -845,13 +882,18 @@ def _tag_words(out: list[str], offsets: list[tuple[int, int]], spans: list[Span]
 
 
 def redact_event(
-    event: dict[str, object], *, continues_digits: bool = False, reading: bool = False
+    event: dict[str, object],
+    *,
+    continues_digits: bool = False,
+    reading: bool = False,
+    continues_spelling: bool = False,
 ) -> dict[str, object]:
     """The view of an event for anyone but the call's live agent (supervisors, store, files).
 
-    `continues_digits` (transcripts and partials): see `find_pii`; `reading`: the speaker is
-    reading out a secret number they named (`CallRedactor`), so every run of digits in the
-    transcript is hidden, as in a partial. `CallRedactor` knows both."""
+    `continues_digits`, `continues_spelling` (transcripts and partials): see `find_pii`;
+    `reading`: the speaker is reading out a secret number they named (`CallRedactor`), so
+    every run of digits in the transcript is hidden, as in a partial. `CallRedactor` knows
+    all three."""
     if event.get("type") in ("cue", "escalation"):
         # Evidence quotes the customer's words: the same PII rules as the transcript, each
         # quoted line read alone first, as its transcript was.
@@ -866,6 +908,7 @@ def redact_event(
     opts = {
         "continues_digits": continues_digits,
         "interim": reading or event.get("type") == "partial",
+        "continues_spelling": continues_spelling,
     }
     text = event.get("text")
     if isinstance(text, str):
@@ -948,6 +991,9 @@ class CallRedactor:
         newest HIDDEN_KEPT): an escalation's handoff quotes lines of the whole call."""
         self._reading_until: dict[str, float] = {}
         """speaker -> until when (call time) they are reading out a secret number."""
+        self._spelling_until: dict[str, float] = {}
+        """speaker -> until when (call time) letters they spell go on with an address whose
+        local part their last utterance ended in ("my email is j o h n" / "s m i t h")."""
 
     def view(self, event: dict[str, object]) -> dict[str, object]:
         kind = event.get("type")
@@ -979,9 +1025,16 @@ class CallRedactor:
             and start - last[0] <= CONTINUATION_GAP_S
         )
         reading = start is not None and start <= self._reading_until.get(speaker, -1.0)
-        out = redact_event(event, continues_digits=continues, reading=reading)
+        spelling = start is not None and start <= self._spelling_until.get(speaker, -1.0)
+        out = redact_event(
+            event, continues_digits=continues, reading=reading, continues_spelling=spelling
+        )
         text = event.get("text")
         if kind == "transcript" and end is not None and isinstance(text, str):
+            if _ends_in_a_local_part(text, continues_spelling=spelling):
+                self._spelling_until[speaker] = end + CONTINUATION_GAP_S
+            else:
+                self._spelling_until.pop(speaker, None)
             opening, closing = dictation_at_edges(text)
             # Ending in two or more digits read out ("four two", "4532"), or being digits
             # alone that went on with the number ("Seven."), lets the speaker's next
@@ -1029,6 +1082,23 @@ def _hide_in_quotes(event: dict[str, object], quotes: Sequence[str]) -> dict[str
     return {k: _map_strings(v, hide) if k not in _KEEP else v for k, v in event.items()}
 
 
+_HAS_DOMAIN = re.compile(
+    rf"@|\b(?:at|\(at\)|\[at\])\s|(?:\.|\bdot\s+)(?:{'|'.join(sorted(_TLDS))})\b", re.I
+)
+
+
+def _ends_in_a_local_part(text: str, *, continues_spelling: bool) -> bool:
+    """Whether `text` ends in the first part of an address with no domain yet: it is being
+    spelled or dictated, and the speaker's next utterance may carry on with it."""
+    spans = find_pii(text, continues_spelling=continues_spelling)
+    last = next((sp for sp in reversed(spans) if sp.kind == "email"), None)
+    return (
+        last is not None
+        and _EDGE.fullmatch(text[last.end :]) is not None
+        and _HAS_DOMAIN.search(text[last.start : last.end]) is None
+    )
+
+
 def _went_on_with(text: str, opening: Run | None, closing: Run | None) -> list[str]:
     """The digits of an utterance that went on with a number, which `find_pii` hid because
     it did: the run that opens it and one of 2 or more digits that closes it."""
@@ -1065,8 +1135,10 @@ def customer_alias(customer_id: str, key: bytes, region: str = "US") -> str:
     one alias; an email is compared case-blind.
     """
     kind = _personal_kind(customer_id)
-    if kind is None:
-        return customer_id
+    return customer_id if kind is None else _alias_as(kind, customer_id, key, region)
+
+
+def _alias_as(kind: str, customer_id: str, key: bytes, region: str) -> str:
     canonical = customer_id.strip().lower()
     if kind == "phone":
         canonical = _phone_digits(customer_id, region) or canonical
@@ -1086,6 +1158,10 @@ def customer_aliases(customer_id: str, key: bytes, region: str = "US") -> tuple[
     aliases read numbers by region (a review: erasing or looking up such a caller by number
     missed their earlier calls)."""
     alias = customer_alias(customer_id, key, region)
+    if _UUID.fullmatch(customer_id.strip()) and (spans := find_pii(customer_id)):
+        # Before UUIDs were kept as given, many were stored under the alias of what their
+        # digits looked like (an SSN, a phone number).
+        return (alias, _alias_as(spans[0].kind, customer_id, key, region))
     kind = _personal_kind(customer_id)
     if kind != "phone":
         return (alias,)
@@ -1109,10 +1185,16 @@ def _phone_digits(number: str, region: str) -> str:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164).lstrip("+")
 
 
+_UUID = re.compile(r"\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?", re.I)
+
+
 def _personal_kind(customer_id: str) -> str | None:
     """What personal data a customer id is (`phone`, `email`...), or None: not any, or an
     alias already."""
-    if CUSTOMER_ALIAS.match(customer_id):
+    if CUSTOMER_ALIAS.match(customer_id) or _UUID.fullmatch(customer_id.strip()):
+        # A UUID (Genesys gives each participant one) is an id, whatever its hex groups
+        # look like: nearly half of random ones read as an SSN or a phone number (found by
+        # an outside ingest audit).
         return None
     spans = find_pii(customer_id)
     return spans[0].kind if spans else None

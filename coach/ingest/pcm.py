@@ -188,12 +188,24 @@ async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> 
     except CallRejected as exc:
         await _refuse(ws, cc.for_rejection(exc.reason), exc.reason, str(exc))
         return
-    # The id the call runs under: a leg suffix when the id was used before (coach/calls.py).
-    await ws.send_text(json.dumps({"type": "accepted", "call_id": session.call_id}))
     try:
+        # The id the call runs under: a leg suffix when the id was used before (calls.py).
+        # A client gone already (it dropped after its header, or the server closed it for
+        # an oversized first frame) fails this send; `_stream` then reads why. Unguarded, it
+        # left the call open with nobody feeding it, holding a slot until the idle timeout
+        # (never, with that off), and its reconnect refused as a duplicate (an outside
+        # ingest audit).
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            await ws.send_text(json.dumps({"type": "accepted", "call_id": session.call_id}))
         end_reason = await _stream(ws, header, session, settings)
     except asyncio.CancelledError:
         await manager.detach(session, "disconnect")  # the connection went away
+        raise
+    except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+        log.info("call %s: connection lost (%r)", session.call_id, exc)
+        end_reason = "disconnect"
+    except Exception:
+        await manager.stream_ended(session, "disconnect")  # a bug must not leave it live
         raise
     # Whatever ended the stream, everything already heard is finalized and emitted; a
     # dropped connection may come back within COACH_RECONNECT_GRACE_S and resume the call.

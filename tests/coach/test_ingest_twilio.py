@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import random
 import time
 from collections.abc import Iterator
@@ -339,6 +340,30 @@ def test_out_of_order_sequence_numbers_are_counted() -> None:
     assert all(proto.in_order(m) for m in msgs)
     assert proto.in_order(media[0]) and not proto.in_order(media[1])
     assert proto.out_of_order == 1 and errors("out_of_order") == before + 1
+
+
+def test_a_stream_that_keeps_reordering_is_logged_now_and_then(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every out-of-order message was a warning line: ~25 a second per call on a stream that
+    keeps reordering (an outside ingest audit). The first and every 50th are logged; the
+    metric counts each."""
+    proto = tw.StreamProtocol(max_message_bytes=64_000)
+    before = errors("out_of_order")
+    for n in ("connected", "start"):
+        proto.in_order(proto.receive(json.dumps(golden(n))))
+    media = tw.Media.model_validate(golden("media_inbound"))
+    caplog.set_level(logging.WARNING, logger="coach.ingest.twilio")
+    assert proto.in_order(media)
+    for _ in range(100):
+        assert not proto.in_order(media)
+    lines = [r for r in caplog.records if "out of order so far" in r.getMessage()]
+    assert [r.getMessage().split("(")[1] for r in lines] == [
+        "1 out of order so far)",
+        "50 out of order so far)",
+        "100 out of order so far)",
+    ]
+    assert errors("out_of_order") == before + 100
 
 
 def test_signed_urls_are_wss_first_behind_a_tls_proxy() -> None:

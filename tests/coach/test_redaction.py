@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import uuid
 
 import pytest
 from hypothesis import given
@@ -503,6 +504,31 @@ def test_a_number_said_to_be_on_file_opens_no_reading_window() -> None:
     assert view(said("customer", 70.0, "then 1283 I think"))["text"] == "then [NUMBER] I think"
 
 
+def test_an_address_spelled_over_several_utterances_is_hidden_in_each() -> None:
+    """The second PII audit: "My email is j o h n" / "s m i t h" / "at gmail dot com" showed
+    both spelled halves to supervisors; only the domain was hidden."""
+    view = CallRedactor().view
+    shown = [
+        view(said("customer", 0.0, "My email is j o h n")),
+        view(said("customer", 3.0, "s m i t h")),
+        view(said("customer", 6.0, "at gmail dot com.")),
+        view(said("customer", 9.0, "I s a y hello")),  # the address is over: talk again
+        view(said("customer", 30.0, "My email is J-O-H-N.")),
+        view(said("customer", 33.0, "S, M, I, T, H.")),
+        view(said("customer", 60.0, "a b c")),  # long after: letters are letters
+    ]
+    assert [v["text"] for v in shown] == [
+        "My email is [EMAIL]",
+        "[EMAIL]",
+        "at [EMAIL].",
+        "I s a y hello",
+        "My email is [EMAIL].",
+        "[EMAIL].",
+        "a b c",
+    ]
+    assert "smith" not in "".join(str(w) for v in shown for w in v["words"]).replace(" ", "")
+
+
 # Spelled letter by letter: the patterns found the address from its last letters only.
 SPELLED = [
     ("It is j o h n dot s m i t h at gmail dot com.", "It is [EMAIL]."),
@@ -584,7 +610,18 @@ def test_a_caller_is_looked_up_under_the_alias_of_before_too() -> None:
     assert customer_aliases("ann@example.com", KEY) == (customer_alias("ann@example.com", KEY),)
 
 
-@pytest.mark.parametrize("customer_id", ["cust-1", "ACME-42", "c7f1e2b0-9d4e-4c1a", "ann"])
+@pytest.mark.parametrize(
+    "customer_id",
+    [
+        "cust-1",
+        "ACME-42",
+        "c7f1e2b0-9d4e-4c1a",
+        "ann",
+        # Genesys participant ids: an outside audit saw these stored as ssn-/phone- aliases.
+        "b2221a58-008a-45a6-8464-7159c324c985",
+        "78e51061-7311-48a3-82ce-6f447ed4d57b",
+    ],
+)
 def test_an_ordinary_customer_id_is_kept(customer_id: str) -> None:
     assert customer_alias(customer_id, KEY) == customer_id
 
@@ -647,3 +684,16 @@ def test_a_number_named_as_a_phone_number_is_hidden_from_its_first_piece(
     text: str, expected: str
 ) -> None:
     assert redact_text(text) == expected
+
+
+@given(st.uuids())
+def test_any_uuid_customer_id_is_kept(value: uuid.UUID) -> None:
+    assert customer_alias(str(value), KEY) == str(value)
+
+
+def test_a_uuid_is_looked_up_under_the_alias_it_was_stored_under_before() -> None:
+    from coach.redaction import customer_aliases
+
+    uid = "b2221a58-008a-45a6-8464-7159c324c985"
+    aliases = customer_aliases(uid, KEY)
+    assert aliases[0] == uid and len(aliases) == 2 and aliases[1].startswith("ssn-")
