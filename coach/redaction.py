@@ -734,7 +734,7 @@ def find_pii(
     for m in DIGIT_RUN.finditer(text):
         digits = re.sub(r"\D", "", m.group())
         kind = classify_digits(digits, m.group())
-        if kind:
+        if kind and not _plain_figures(m.group()):  # "the 100 200 300 plans"
             spans.append(Span(m.start(), m.end(), kind))
     spans += _spoken_digit_spans(text)
     spans += _number_spans(text, continues=continues_digits)
