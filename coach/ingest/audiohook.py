@@ -69,6 +69,12 @@ MAX_SIGNATURE_AGE_S = 10
 MAX_CLOCK_SKEW_S = 3
 MIN_NONCE_CHARS = 22
 SUPPORTED_LANGUAGES = ["en-US"]
+
+
+def _supported(language: str) -> bool:
+    """English of any region: the bundled models are English-only (`*.en`, and base is
+    run as English)."""
+    return language.lower().split("-")[0] == "en"
 CHANNEL_SPEAKER: dict[str, Speaker] = {"external": "customer", "internal": "agent"}
 MEDIA_PREFERENCE: tuple[tuple[str, ...], ...] = (
     ("external", "internal"),
@@ -871,6 +877,15 @@ class AudioHookSession:
                 ) from exc
         else:
             log.info("audiohook %s: connection probe", self.id)
+        if params.language and not _supported(params.language):
+            # Accepted, not refused: the transcript and the timing cues still help, but the
+            # models are English only, so the words will be poor (an outside ingest audit).
+            log.warning(
+                "audiohook %s: language %r is not supported (%s); transcribed as English",
+                self.id,
+                params.language,
+                ", ".join(SUPPORTED_LANGUAGES),
+            )
         opened: dict[str, Any] = {"media": [media], "startPaused": False}
         if params.supportedLanguages:
             opened["supportedLanguages"] = SUPPORTED_LANGUAGES

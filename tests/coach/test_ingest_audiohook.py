@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import time
 import uuid
@@ -540,6 +541,22 @@ def test_connection_probe_opens_without_a_call(client: TestClient) -> None:
         c.stream(tone(0.4, 2))
         assert len(live_calls(client)) == before
         c.assert_common(c.close())
+
+
+def test_a_language_the_models_cannot_hear_is_said_in_the_log(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An `open` in es-ES was accepted silently and transcribed by English models (an outside
+    ingest audit): the call still opens (its timing cues help), with a warning."""
+    caplog.set_level(logging.WARNING, logger="coach.ingest.audiohook")
+    with Connect(client) as c:
+        c.open(language="es-ES")
+        c.assert_common(c.close())
+    with Connect(client) as c:
+        c.open(language="en-GB")
+        c.assert_common(c.close())
+    said = [r.getMessage() for r in caplog.records if "is not supported" in r.getMessage()]
+    assert len(said) == 1 and "'es-ES'" in said[0]
 
 
 def test_session_id_is_echoed_as_the_client_wrote_it(client: TestClient) -> None:
