@@ -59,6 +59,9 @@ class Subscription:
     queue: asyncio.Queue[Event | None]
     dropped: int = 0
     closed: bool = field(default=False)
+    moved: bool = False
+    """Ended because the call now runs on another instance (`InProcessBus.move_topic`), not
+    because it ended: the watcher should connect again."""
 
     def offer(self, event: Event) -> None:
         if self.queue.full():
@@ -144,6 +147,17 @@ class InProcessBus:
             if sub.queue.full():
                 sub.queue.get_nowait()
             sub.queue.put_nowait(None)
+
+    def move_topic(self, topic: str) -> None:
+        """The topic's events come from another instance from now on (a call handed over):
+        end every subscriber's stream marked `moved`, so that it connects again and is
+        served wherever the call runs, and drop the history here."""
+        for sub in self._subs.pop(topic, set()):
+            sub.moved = True
+            if sub.queue.full():
+                sub.queue.get_nowait()
+            sub.queue.put_nowait(None)
+        self.forget(topic)
 
     def forget(self, topic: str) -> None:
         self._history.pop(topic, None)

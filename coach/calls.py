@@ -522,6 +522,9 @@ class CallManager:
         if not await session.hand_over():
             return  # it ended meanwhile
         shared = await self.bus.let_go(session.call_id)
+        # The agent's unredacted feed exists only where the call runs: its panel here must
+        # connect again (to the call's new instance, or here for the shared, redacted feed).
+        self.bus.move_topic(agent_topic(session.call_id))
         if self._calls.get(session.call_id) is session:
             del self._calls[session.call_id]
         for telephony_id, leg in list(self._latest_leg.items()):

@@ -202,7 +202,7 @@ DATA_ECHOING_LOGGERS = (
     "aiortc",
     "redis",
 )
-"""Libraries kept at INFO or above whatever COACH_LOG_LEVEL says (see `setup_logging`)."""
+"""Libraries kept at WARNING or above whatever COACH_LOG_LEVEL says (see `setup_logging`)."""
 
 
 def setup_logging(level: str, *, json_format: bool, stream: TextIO | None = None) -> None:
@@ -230,6 +230,9 @@ def setup_logging(level: str, *, json_format: bool, stream: TextIO | None = None
     # parameters (a history search for a phone number, a customer's number as typed), HTTP
     # and ICE traffic. COACH_LOG_LEVEL=debug is for this server's own lines; an outside PII
     # audit found those values in the log. (WebSocket frames: `FrameFilter`.)
-    quiet = max(logging.INFO, root.level)
+    # WARNING, not INFO: SQLAlchemy logs each statement with its parameters (transcripts)
+    # at INFO, and an outside test saw every write in the log at the default level when
+    # INFO was the floor here.
+    quiet = max(logging.WARNING, root.level)
     for name in DATA_ECHOING_LOGGERS:
         logging.getLogger(name).setLevel(quiet)

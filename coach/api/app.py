@@ -969,6 +969,12 @@ async def _stream_events(
                 getter.cancel()
                 return  # the client went away
             ev = getter.result()
+            if ev is None and sub.moved:
+                # Handed over by a draining instance: the agent's own feed here would stay
+                # silent for the rest of the call (an outside drain test). Connecting again
+                # resumes it from wherever the call runs now.
+                await _close(ws, cc.TRY_AGAIN_LATER, "moved", "the call moved to another instance")
+                return
             if ev is None:  # the call ended and every event was sent
                 with contextlib.suppress(RuntimeError, WebSocketDisconnect):
                     await ws.close(code=cc.NORMAL)

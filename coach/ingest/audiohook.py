@@ -75,6 +75,8 @@ def _supported(language: str) -> bool:
     """English of any region: the bundled models are English-only (`*.en`, and base is
     run as English)."""
     return language.lower().split("-")[0] == "en"
+
+
 CHANNEL_SPEAKER: dict[str, Speaker] = {"external": "customer", "internal": "agent"}
 MEDIA_PREFERENCE: tuple[tuple[str, ...], ...] = (
     ("external", "internal"),

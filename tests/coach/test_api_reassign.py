@@ -132,3 +132,31 @@ def test_an_ingest_that_names_a_supervisor_as_agent_gives_them_no_unredacted_fee
                     got = ws.receive_json()
             assert got["text"] == sees, (named, got)
             ingest.send_json({"type": "end"})
+
+
+def test_the_agents_feed_of_a_call_handed_over_asks_to_connect_again(client: TestClient) -> None:
+    """A draining instance hands a dropped call over (CallManager._spawn_hand_over): the
+    agent's unredacted feed there gets no more events, and an outside drain test saw the
+    panel freeze for the rest of the call. It now closes with 1013 `moved`, which the panel
+    answers by connecting again (web/common/stream.js) and resuming after its last seq."""
+    from coach.bus import agent_topic
+
+    header = {"call_id": "ho1", "sample_rate": 8000, "encoding": "pcm16", "channels": 2}
+    with client.websocket_connect("/ingest/pcm?api_key=k") as ingest:
+        ingest.send_json({**header, "agent_id": "ann"})
+        assert ingest.receive_json()["type"] == "accepted"
+        feed = f"/ws/calls/ho1/events?token={token('ann', 'agent')}"
+        with client.websocket_connect(feed) as ws:
+            assert ws.receive_json()["type"] == "call_start"
+            bus = client.app.state.coach.bus  # type: ignore[attr-defined]
+            client.portal.call(bus.move_topic, agent_topic("ho1"))  # type: ignore[union-attr]
+            with pytest.raises(WebSocketDisconnect) as closed:
+                while True:
+                    last = ws.receive_json()
+        assert closed.value.code == 1013
+        assert last == {
+            "type": "error",
+            "code": "moved",
+            "message": "the call moved to another instance",
+        }
+        ingest.send_json({"type": "end"})

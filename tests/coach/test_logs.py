@@ -249,15 +249,25 @@ def test_a_customer_id_that_is_an_email_or_a_phone_is_not_logged(line: str, expe
     assert scrub(line) == expected
 
 
-async def test_a_debug_log_does_not_echo_sql_parameters(stream: io.StringIO, tmp_path: Any) -> None:
+@pytest.mark.parametrize("level", ["info", "debug"])
+async def test_the_log_does_not_echo_sql_parameters(
+    stream: io.StringIO, tmp_path: Any, level: str
+) -> None:
     """At COACH_LOG_LEVEL=debug aiosqlite logged every statement with its parameters: a
-    history search for "4155550122", a customer's phone number (an outside PII audit)."""
-    import aiosqlite
+    history search for "4155550122", a customer's phone number (an outside PII audit). The
+    first fix set such libraries to INFO, which turned SQLAlchemy's statement log on at the
+    default level: every transcript written went to the log (an outside drain test)."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
 
-    setup_logging("debug", json_format=True, stream=stream)
-    logging.getLogger("coach.test").debug("own debug line")
-    async with aiosqlite.connect(tmp_path / "t.db") as db:
-        await db.execute("CREATE TABLE c (phone TEXT)")
-        await db.execute("SELECT * FROM c WHERE phone LIKE ?", ("%4155550122%",))
-    assert "own debug line" in stream.getvalue()
-    assert "4155550122" not in stream.getvalue()
+    setup_logging(level, json_format=True, stream=stream)
+    logging.getLogger("coach.test").info("own line")
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 't.db'}")
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE c (said TEXT)"))
+        await conn.execute(text("INSERT INTO c VALUES (:said)"), {"said": "it's John Miller"})
+        await conn.execute(text("SELECT * FROM c WHERE said LIKE :q"), {"q": "%4155550122%"})
+    await engine.dispose()
+    assert "own line" in stream.getvalue()
+    for value in ("4155550122", "John Miller", "INSERT INTO"):
+        assert value not in stream.getvalue()

@@ -22,7 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
-from coach.bus import call_topic
+from coach.bus import agent_topic, call_topic
 from coach.calls import DRAINING, DUPLICATE_CALL, CallManager, CallRejected
 from coach.ingest import closecodes as cc
 from coach.messages import AudioChunk
@@ -269,6 +269,7 @@ async def test_a_call_dropped_on_a_draining_instance_continues_on_another(
         if dropped == "before the drain":
             await a.detach(first, "disconnect")
             assert a.is_detached("so-drained")
+        agent_feed = bus_a.subscribe(agent_topic("so-drained"), replay=False)
         drain = asyncio.create_task(a.drain(60.0, abandon=lambda: False))
         await wait_for(lambda: a.draining)
         if dropped == "while draining":
@@ -289,6 +290,11 @@ async def test_a_call_dropped_on_a_draining_instance_continues_on_another(
         assert a.get("so-drained") is None
         ended = [e for e in bus_a.history(call_topic("so-drained")) if e["type"] == "call_end"]
         assert ended == []
+        # The agent's feed on A ends as moved (its panel connects again), and A keeps no
+        # copy of the unredacted events.
+        while (item := agent_feed.queue.get_nowait()) is not None:
+            assert item["type"] != "call_end"
+        assert agent_feed.moved and bus_a.history(agent_topic("so-drained")) == []
         with pytest.raises(CallRejected) as refused:
             await open_call(a, "so-drained")
         assert refused.value.reason == DRAINING

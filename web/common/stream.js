@@ -9,6 +9,7 @@
 //                  of it survived the restart); not a permission problem -> onMissing
 //   1008 "unauthorized"  the token expired or is invalid                 -> the sign-in form
 //   1008 otherwise       not allowed to see this call                    -> onRefused
+//   1013 "moved"   a draining instance handed the call over to another: reconnect and resume
 //   anything else  a blip: reconnect and resume
 // A socket that stays open but brings nothing for STALE_MS (a live call sends metrics every
 // 5 s of audio) is taken for a dead network path, which the browser may not notice for
