@@ -360,7 +360,11 @@ class CallManager:
                 return waited
             if owner is None:
                 if waited:
-                    log.info("call %s: its instance ended it or died; it continues here", call_id)
+                    log.info(
+                        "call %s: its instance let it go (ended, handed over or died); it "
+                        "continues here",
+                        call_id,
+                    )
                 return waited
             if time.monotonic() >= deadline:
                 raise self._reject(
