@@ -55,7 +55,14 @@ from coach.logs import call_id_var
 from coach.messages import Speaker
 from coach.redaction import with_customer_alias
 from coach.runtime import Runtime
-from coach.session import HANDED_OVER, CallEnded, CallSession, CallState, HistoryLookup
+from coach.session import (
+    HANDED_OVER,
+    HANDING_OVER,
+    CallEnded,
+    CallSession,
+    CallState,
+    HistoryLookup,
+)
 from coach.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,6 +99,9 @@ STORE_LOOKUP_S = 0.5
 OWNER_LOOKUP_S = 0.5
 """How long opening a call waits for the bus (Redis) to say whether another instance runs it."""
 HANDOVER_POLL_S = 0.25
+HAND_OVER_WAIT_S = 20.0
+"""How much longer an open waits for a call whose draining instance says it is handing it
+over (`HANDING_OVER` in its session state) once the usual wait is up."""
 """How often an open of a call live elsewhere asks again whether its owner let it go."""
 DUPLICATE_CALL = "duplicate_call"
 ENDED_RETENTION_S = 120.0
@@ -346,7 +356,7 @@ class CallManager:
         Best effort like the store lookup: Redis unreachable or slow must not hold up a call.
         """
         deadline = time.monotonic() + self.bus.handover_wait_s
-        waited = False
+        waited = extended = False
         while True:
             try:
                 async with asyncio.timeout(OWNER_LOOKUP_S):
@@ -367,6 +377,11 @@ class CallManager:
                     )
                 return waited
             if time.monotonic() >= deadline:
+                if await self._being_handed_over(call_id) and not extended:
+                    # Its draining instance is still transcribing the last words (slow under
+                    # load): worth the wait, the call then goes on here as the same call.
+                    deadline, extended = time.monotonic() + HAND_OVER_WAIT_S, True
+                    continue
                 raise self._reject(
                     DUPLICATE_CALL, f"call {call_id} is already live (on instance {owner})"
                 )
@@ -379,6 +394,15 @@ class CallManager:
                 )
             waited = True
             await asyncio.sleep(min(HANDOVER_POLL_S, max(0.0, deadline - time.monotonic())))
+
+    async def _being_handed_over(self, call_id: str) -> bool:
+        """True when the call's shared session state says its instance is handing it over."""
+        try:
+            async with asyncio.timeout(OWNER_LOOKUP_S):
+                state = await self.bus.load_session_state(call_id)
+        except Exception:  # TimeoutError included: then it is refused as before
+            return False
+        return bool(state and state.get(HANDING_OVER))
 
     async def _ended_elsewhere(self, call_id: str) -> bool:
         """True when the call's shared session state says it ended (on another instance)."""

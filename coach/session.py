@@ -50,6 +50,8 @@ class CallState(Enum):
 
 HANDED_OVER = "handed_over"
 """`end_reason` of a call stopped here without ending, for another instance to resume."""
+HANDING_OVER = "handing_over"
+"""Set in the saved session state while a call's instance is handing it over."""
 
 
 class CallEnded(RuntimeError):
@@ -384,6 +386,11 @@ class CallSession:
             return False
         self._end_requested = self.end_reason = HANDED_OVER
         self.state = CallState.ENDING
+        # Said at once: an instance its reconnect reaches waits for the hand-over to finish
+        # rather than refuse the call as live here (`CallManager._claim_or_refuse`).
+        self._bus.save_session_state(
+            self.call_id, {**self._session_state(ended=False), HANDING_OVER: True}
+        )
         try:
             for s, q in self._queues.items():
                 await q.put(EndOfStream(HANDED_OVER))

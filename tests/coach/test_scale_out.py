@@ -28,7 +28,7 @@ from coach.ingest import closecodes as cc
 from coach.messages import AudioChunk
 from coach.redis_bus import RedisBus
 from coach.runtime import Runtime
-from coach.session import HANDED_OVER, CallSession
+from coach.session import HANDED_OVER, HANDING_OVER, CallSession
 from coach.settings import Settings
 from tests.coach.test_admission import PCM_HEADER
 from tests.coach.test_ingest_twilio import TwilioClient, close_of
@@ -301,6 +301,33 @@ async def test_a_call_dropped_on_a_draining_instance_continues_on_another(
         await b.finish(took, "end")
         end = took.last_event
         assert end is not None and end["type"] == "call_end" and end["duration_s"] >= 6.0
+
+
+@needs_redis
+async def test_an_open_waits_out_a_slow_hand_over(
+    runtime: Runtime, settings: Settings, prefix: str
+) -> None:
+    """A hand-over transcribes the call's last words first, which under load can outlast the
+    usual wait for a live owner (the instance's liveness key, ~4 s by default): the reconnect
+    was then refused as a duplicate. The state says it is being handed over, and the open
+    waits for it."""
+    graced = settings.model_copy(update={"reconnect_grace_s": 30.0})
+    async with two_instances(runtime, graced, prefix) as (bus_a, bus_b, a, b):
+        first = await open_call(a, "so-slow")
+        await owned_by(bus_a, bus_b, "so-slow")
+        drain = asyncio.create_task(a.drain(60.0, abandon=lambda: False))
+        await wait_for(lambda: a.draining)
+        # What `CallSession.hand_over` says first; its pipelines are still at work.
+        bus_a.save_session_state("so-slow", {"seq": 1, "ended": False, HANDING_OVER: True})
+        await wait_for(lambda: not bus_a._pending())
+        opening = asyncio.create_task(open_call(b, "so-slow"))
+        await asyncio.sleep(bus_b.handover_wait_s + 0.5)
+        assert not opening.done()  # past the usual wait, and still waiting
+        await a.detach(first, "disconnect")  # the hand-over itself
+        took = await asyncio.wait_for(opening, 10)
+        assert took.call_id == "so-slow" and took.meta["resumed"] is True
+        assert await asyncio.wait_for(drain, 5) == 0
+        await b.finish(took, "end")
 
 
 async def test_an_unreachable_redis_never_blocks_a_call(
