@@ -31,7 +31,8 @@ Lifecycle rules shared by every protocol (settings read with defaults until they
   `handover_wait_s` for that instance to let it go; an id whose owner is gone (killed,
   key expired) opens here, and a reconnect continues the call from its saved session state.
   A reconnect sent the moment its instance was killed thus waits out the dead instance's
-  liveness key (about 3 s) instead of being refused.
+  liveness key (about 3 s) instead of being refused, and one sent while a draining
+  instance hands its call over waits for that (HAND_OVER_WAIT_S more).
   Redis unreachable or slower than OWNER_LOOKUP_S: the call opens (logged).
 - An ended call stays visible (`get()`, its events' replay for late panels) for
   ENDED_RETENTION_S, then the manager drops its session and its event history (the store
