@@ -370,7 +370,14 @@ class PartyPipeline:
                 sentiment={**sentiment, "confidence": emotion.confidence},
                 prosody=voice,
             ).as_dict()
-        words = tuple(Word(w.w, w.t0 + t0, w.t1 + t0, w.p) for w in result.words)
+        # Within the utterance: the decoded audio starts a pre-roll before `t_start`, and the
+        # aligner puts the first word at its very start, so every first word read 0.15 s
+        # early (a newcomer's audit of the README's example).
+        words = tuple(
+            Word(w.w, start, max(start, _within(w.t1 + t0, utt)), w.p)
+            for w in result.words
+            for start in (_within(w.t0 + t0, utt),)
+        )
         self.word_times.extend((w.t0, w.t1) for w in words)
         if not self._inline:
             # End of speech happened (ring end - t_end) of audio before the endpoint fired.
@@ -568,3 +575,8 @@ class PartyPipeline:
             events.partial(speaker=self.speaker, text=result.text, t_start=start, t_end=upto)
             | {"utterance_id": utt_id}
         )
+
+
+def _within(t: float, utt: Utterance) -> float:
+    """`t` moved into the utterance's span."""
+    return round(min(max(t, utt.t_start_s), utt.t_end_s), 3)

@@ -325,6 +325,12 @@ def test_cli_writes_contract_jsonl(
     assert len(arc) == len(customer) and all(-1 <= v <= 1 for _, v in arc)
     words = [w for ev in lines if ev["type"] == "transcript" for w in ev["words"]]
     assert words and {"w", "t0", "t1", "p"} <= words[0].keys()
+    # Words lie in their utterance: every first word once started 0.15 s before it (the
+    # decoder's pre-roll, where the aligner puts it).
+    for ev in lines:
+        if ev["type"] == "transcript":
+            for w in ev["words"]:
+                assert ev["t_start"] <= w["t0"] <= w["t1"] <= ev["t_end"], (w, ev["t_start"])
 
 
 @pytest.mark.parametrize("quieter_db", [30, 12])
