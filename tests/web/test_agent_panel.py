@@ -580,3 +580,70 @@ def test_a_call_cut_off_asks_for_no_outcome(live_server: LiveServer, page: Any) 
     live_server.emit(call_id, {**END, "reason": "disconnect"})
     page.locator("#status").filter(has_text="ended").wait_for()
     assert page.get_by_role("group", name="How did the call end for the customer?").count() == 0
+
+
+def test_a_reload_after_the_call_brings_back_its_wrap_up(
+    live_server: LiveServer, page: Any
+) -> None:
+    """A newcomer's audit: reloading the panel after the call showed an empty "Waiting for
+    your next call", the cards, their ratings and the outcome question gone, although the
+    call could still be replayed. The tab now reopens the call it showed last."""
+    call_id = "web-wrapup"
+    watch_new_call(page, live_server, call_id)
+    text = "This is really frustrating."
+    live_server.emit(call_id, transcript("customer", text, 1, 1.0))
+    live_server.emit(
+        call_id, cue("frustration", 3.0, utterance_id=1, phrase="frustrating", text=text)
+    )
+    live_server.emit(call_id, END)
+    page.locator("#status").filter(has_text=f"Call {call_id} ended").wait_for()
+    card = page.locator('.card[data-cue="frustration"]')
+    card.get_by_role("button", name="Show why and rate").first.click()
+    card.get_by_role("button", name="Helpful", exact=True).click()
+    card.get_by_role("status").filter(has_text="marked helpful").wait_for()
+    # Its reasons once, as a list: not the same reasons again as a sentence above it.
+    why = card.locator(".why")
+    assert why.locator("li").count() == 2
+    assert why.inner_text().count("frustrating") == 1
+    # Wrap-up: the agent's own question, under its own heading, above the AI's suggestions.
+    outcome = page.get_by_role("group", name="How did the call end for the customer?")
+    heading = page.locator(".cv-cues h2").first
+    assert heading.inner_text() == "Wrap-up"
+    page.reload()
+    page.locator("#status").filter(has_text=f"Call {call_id} ended").wait_for()
+    outcome.wait_for()
+    page.wait_for_function(
+        "document.querySelector('.card[data-cue=frustration] .fb.helpful')"
+        "?.getAttribute('aria-pressed') === 'true'"
+    )
+    # A replay from the store has `why` alone: shown once, as a line.
+    assert card.locator(".why").inner_text().count("frustrating") == 1
+
+
+def test_a_call_opened_by_id_moves_on_to_its_next_leg(live_server: LiveServer, page: Any) -> None:
+    """A newcomer's audit: the README's "watch it live" link, ?call=demo, kept showing the
+    first stream ("ended") once the same id was streamed again as demo~2."""
+    sign_in(page, live_server.base, "/agent/", "sam")
+    live_server.start_call("web-leg", None)
+    live_server.emit("web-leg", END)
+    page.goto(f"{live_server.base}/agent/?call=web-leg")
+    page.locator("#status").filter(has_text="Call web-leg ended").wait_for()
+    live_server.start_call("web-leg~2", None)
+    page.locator("#status").filter(has_text="Watching web-leg~2").wait_for()
+
+
+def test_a_demo_call_refusal_goes_when_the_call_ends(live_server: LiveServer, page: Any) -> None:
+    """A newcomer's audit: "Demo call: your demo call is still playing" stayed on screen after
+    the call had ended."""
+    call_id = "web-demo-busy"
+    watch_new_call(page, live_server, call_id)
+
+    def busy(route: Any) -> None:
+        route.fulfill(json={"detail": "your demo call is still playing"}, status=409)
+
+    page.route("**/api/demo/calls", busy)
+    page.get_by_role("button", name="Play demo call").click()
+    notice = page.locator("#notice")
+    notice.filter(has_text="still playing").wait_for()
+    live_server.emit(call_id, END)
+    notice.wait_for(state="hidden")

@@ -77,9 +77,33 @@ function clearEarlierParts() {
 
 function setStatus(text) { $("status").textContent = text; }
 
-function notice(text) {
+// `transient`: a notice about a request (the demo call), cleared by the next call's start
+// or end; others (a call that vanished, one moved to another agent) stay until replaced.
+function notice(text, { transient = false } = {}) {
   $("notice").textContent = text || "";
   $("notice").hidden = !text;
+  Panel.transientNotice = Boolean(text) && transient;
+}
+
+function clearTransientNotice() {
+  if (Panel.transientNotice) notice("");
+}
+
+// The call this tab showed last, for a reload after it ended: the wrap-up (its cards and
+// ratings, the outcome question) comes back instead of an empty "waiting" page, for as long
+// as the server can replay the call. Per tab and per signed-in agent.
+const LAST_CALL = "coach.agent.last-call";
+
+function rememberCall(callId) {
+  try { sessionStorage.setItem(LAST_CALL, JSON.stringify({ user: Panel.me?.user, callId })); }
+  catch { /* storage off: a reload starts empty, as before */ }
+}
+
+function rememberedCall() {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(LAST_CALL) || "null");
+    return saved && saved.user === Panel.me?.user ? saved.callId : null;
+  } catch { return null; }
 }
 
 function stopWatching() {
@@ -93,12 +117,14 @@ function stopWatching() {
 
 // `auto`: the panel follows the agent's new call by itself (poll), which may be the next leg
 // of the call it shows; `startedAt`: when that call started (the call list's `started_at`).
-function watch(callId, { auto = false, startedAt = null } = {}) {
+function watch(callId, { auto = false, startedAt = null, restored = false } = {}) {
   if (!callId) return;
+  rememberCall(callId);
   if (auto && Panel.view && Panel.cutOff && isLaterLeg(callId, Panel.callId)) keepEarlierPart(callId, startedAt);
   else clearEarlierParts();
   stopWatching();
   if (!auto) notice("");
+  else clearTransientNotice();
   Panel.callId = callId;
   $("call").value = callId;
   const root = h("div", { class: "call-part live" });
@@ -111,6 +137,7 @@ function watch(callId, { auto = false, startedAt = null } = {}) {
     onEvent: (ev) => {
       view.handle(ev);
       if (ev.type === "call_end") {
+        clearTransientNotice();
         Panel.finished.add(callId);
         Panel.cutOff = cutOffCause(ev.reason);
         if (ev.reason === "interrupted" || ev.reason === "shutdown") {
@@ -127,9 +154,16 @@ function watch(callId, { auto = false, startedAt = null } = {}) {
     },
     onEnded: () => { Panel.finished.add(callId); if (!view.ended) setStatus(`Call ${callId} ended.`); },
     onMissing: () => {
+      Panel.finished.add(callId);
+      if (restored) {
+        // The call shown before a reload is no longer kept anywhere: nothing to say.
+        stopWatching();
+        $("view").replaceChildren();
+        setStatus("Waiting for your next call…");
+        return;
+      }
       // Not a permission problem: the transcript and cues already shown stay. The call is
       // over for this panel, so the next poll follows the agent's next call.
-      Panel.finished.add(callId);
       if (!view.ended) Panel.cutOff = CUT_OFF.missing;
       view.finish();
       notice(missingText(callId, Panel.stream));
@@ -171,12 +205,18 @@ async function poll() {
   try {
     const r = await Auth.api("/api/calls");
     if (r.ok) {
-      const calls = (await r.json()).calls
+      const all = (await r.json()).calls;
+      const calls = all
         .filter((c) => c.meta && c.meta.agent_id === Panel.me.user) // this panel: my calls
         .sort((a, b) => b.started_at - a.started_at);
       renderCalls(calls);
       const idle = !Panel.callId || Panel.finished.has(Panel.callId);
-      const next = calls.find((c) => !Panel.finished.has(c.call_id));
+      // The call shown went on as a later leg (the same id streamed again, a reconnect):
+      // follow that first, also for a call opened by hand (?call=demo, then demo~2).
+      const nextLeg = Panel.callId && all
+        .filter((c) => isLaterLeg(c.call_id, Panel.callId) && !Panel.finished.has(c.call_id))
+        .sort((a, b) => leg(b.call_id).n - leg(a.call_id).n)[0];
+      const next = nextLeg || calls.find((c) => !Panel.finished.has(c.call_id));
       // Follow the agent's new call by itself.
       if (idle && next) watch(next.call_id, { auto: true, startedAt: next.started_at });
     }
@@ -195,7 +235,7 @@ async function playDemo() {
     const speed = parseFloat(new URLSearchParams(location.search).get("demo_speed") || "1");
     const r = await Auth.api("/api/demo/calls", { method: "POST", json: { speed } });
     const body = await r.json().catch(() => ({}));
-    if (!r.ok) { notice(`Demo call: ${body.detail || r.status}`); return; }
+    if (!r.ok) { notice(`Demo call: ${body.detail || r.status}`, { transient: true }); return; }
     watch(body.call_id);
     setStatus(`Demo call ${body.call_id} playing (${Math.round(body.duration_s)} s)…`);
   } finally {
@@ -210,5 +250,6 @@ async function playDemo() {
   $("connect").addEventListener("submit", (e) => { e.preventDefault(); watch($("call").value.trim()); });
   const wanted = new URLSearchParams(location.search).get("call");
   if (wanted) watch(wanted);
+  else if (rememberedCall()) watch(rememberedCall(), { restored: true });
   poll();
 })();

@@ -96,12 +96,13 @@ class CallView {
     this.metricsList = h("dl", { class: "metrics" });
     this.announce = h("div", { class: "sr-only", "aria-live": "polite", "aria-atomic": "true" });
     this.alert = h("div", { class: "sr-only", role: "alert" });
+    this.cuesSection = h("section", { class: "cv-cues", "aria-labelledby": id("cues") },
+      h("h2", { id: id("cues") }, "Suggestions ", h("span", { class: "ai-label", text: "AI" })),
+      this.endNote, this.banner, this.cards,
+      h("p", { class: "empty-cards", text: "No suggestions right now." }),
+      this.older);
     this.root.replaceChildren(h("div", { class: "callview" },
-      h("section", { class: "cv-cues", "aria-labelledby": id("cues") },
-        h("h2", { id: id("cues") }, "Suggestions ", h("span", { class: "ai-label", text: "AI" })),
-        this.endNote, this.banner, this.cards,
-        h("p", { class: "empty-cards", text: "No suggestions right now." }),
-        this.older),
+      this.cuesSection,
       h("section", { class: "cv-transcript", "aria-labelledby": id("tr") },
         h("h2", { id: id("tr"), text: "Transcript" }), this.lines),
       h("aside", { class: "cv-state", "aria-labelledby": id("st") },
@@ -190,7 +191,9 @@ class CallView {
     };
     this.outcomeBox = h("div", { class: "outcome", role: "group", "aria-label": "How did the call end for the customer?" },
       h("span", { class: "outcome-q", text: "How did it end for the customer?" }), ...buttons, status);
-    this.endNote.after(this.outcomeBox);
+    // The agent's own wrap-up, above the AI's suggestions and under a heading of its own (it
+    // sat under "Suggestions AI" and read as one of them: a newcomer's audit).
+    this.cuesSection.prepend(h("h2", { class: "wrapup-heading", text: "Wrap-up" }), this.outcomeBox);
     // Reopened after a reload: what is recorded shows, so nobody overwrites it unawares.
     Auth.api(`/api/history/calls/${encodeURIComponent(this.callId)}`)
       .then((r) => (r.ok ? r.json() : null))
@@ -324,8 +327,12 @@ class CallView {
         }, this.toggleText(false))),
       h("h3", { id: titleId, text: ev.title || ev.cue }),
       h("p", { class: "advice", text: ev.advice || "" }),
-      h("p", { class: "why" }, h("strong", { text: "Why: " }), ev.why || ""),
-      reasons.length ? h("ul", { class: "reasons" }, reasons.map((r) => h("li", { text: r }))) : null,
+      // The reasons once, as a list (`why` is the same reasons joined: shown both ways, each
+      // card said everything twice; a newcomer's audit); `why` alone when there is no list.
+      h("div", { class: "why" }, h("strong", { text: "Why: " }),
+        reasons.length > 1
+          ? h("ul", { class: "reasons" }, reasons.map((r) => h("li", { text: r })))
+          : (reasons[0] || ev.why || "")),
       this.readOnly ? h("p", { class: "verdicts", "aria-live": "polite" }) : this.feedbackButtons(ev));
     // A click anywhere on a collapsed card opens it (the toggle button is the keyboard way).
     card.addEventListener("click", (e) => {
