@@ -793,7 +793,7 @@ def test_an_ended_call_reopened_keeps_its_trend_metrics_agent_and_one_verdict(
     # The stored call's state, rebuilt, and its last metrics.
     assert view.locator("svg.trend polyline.line-valence").count() == 1
     emotion = view.locator(".emotion").inner_text()
-    assert emotion.startswith("positive · valence 0.50"), emotion
+    assert emotion.startswith("positive · mood very positive (valence 0.50)"), emotion
     assert "improving" in emotion  # -0.6 then +0.5: heading up
     assert "customer 70 % · agent 30 %" in view.locator(".ratio-text").inner_text()
     assert "1.5 s" in view.locator(".metrics").inner_text()

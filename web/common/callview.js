@@ -556,6 +556,15 @@ class CallView {
   }
 
   // -- state and metrics --------------------------------------------------------------
+  static moodWord(v) {
+    return v <= -0.5 ? "very negative" : v <= -0.15 ? "negative" : v < 0.15 ? "neutral"
+      : v < 0.5 ? "positive" : "very positive";
+  }
+
+  static energyWord(a) {
+    return a >= 0.7 ? "agitated" : a >= 0.45 ? "lively" : a >= 0.25 ? "calm" : "flat";
+  }
+
   customerState(ev) {
     const st = ev.state;
     this.trendPoints.push({ t: ev.t_end ?? this.now, valence: st.valence, arousal: st.arousal });
@@ -564,7 +573,10 @@ class CallView {
     // the handoff say the same); a server before that judgement sent none.
     const words = { worsening: " · getting worse", improving: " · improving", steady: " · steady" };
     const trend = (st.trend && words[st.trend.direction]) || "";
-    this.emotion.textContent = `${st.emotion} · valence ${st.valence.toFixed(2)} · arousal ${st.arousal.toFixed(2)}${trend}`;
+    // In words first, the figures after them (bare "valence -0.31 · arousal 0.40" told an
+    // agent nothing: a newcomer's audit).
+    this.emotion.textContent = `${st.emotion} · mood ${CallView.moodWord(st.valence)} (valence ${st.valence.toFixed(2)})`
+      + ` · energy ${CallView.energyWord(st.arousal)} (arousal ${st.arousal.toFixed(2)})${trend}`;
     this.emotion.title = (st.why || []).join("; ");
     this.emotion.dataset.emotion = st.emotion;
   }
