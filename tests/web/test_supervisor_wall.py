@@ -270,7 +270,10 @@ def test_drill_in_post_call_summary_and_analytics(live_server: LiveServer, page:
     assert "Better:" in page.locator("#an-outcome").inner_text()
 
     page.get_by_role("tab", name="Recent calls").click()
-    page.locator("#history-table tbody tr").filter(has_text=call_id).wait_for()
+    row = page.locator("#history-table tbody tr").filter(has_text=call_id)
+    row.wait_for()
+    # How it ended in the words the summary uses, not the bare reason (a newcomer's audit).
+    assert "the call ended" in row.inner_text() and "\tend\t" not in row.inner_text()
 
 
 def test_an_agent_gets_no_wall(live_server: LiveServer, page: Any) -> None:

@@ -301,6 +301,8 @@ function cutOff(reason) {
 // How a stored call ended, in words (the bare reasons read as jargon in a summary).
 const END_WORDS = {
   end: "the call ended", hangup: "hung up", disconnect: "the connection dropped",
+  stop: "the call ended", end_of_file: "the recording ended", close: "the call ended",
+  "close:disconnect": "the connection dropped", handed_over: "moved to another instance",
   interrupted: "cut off (the server stopped)", shutdown: "cut off (the server shut down)",
   idle_timeout: "no audio for too long", max_length: "reached the longest call allowed",
 };
@@ -740,7 +742,7 @@ async function loadHistory() {
   $("history-table").tBodies[0].replaceChildren(...calls.map((c) => h("tr", {},
     h("td", { text: new Date(c.started_at).toLocaleString() }), h("td", { text: c.call_id }),
     h("td", { text: c.agent_id || "–" }), h("td", { text: c.duration_s != null ? fmtTime(c.duration_s) : "live" }),
-    h("td", { text: c.end_reason || "–" }),
+    h("td", { text: END_WORDS[c.end_reason] || c.end_reason || "–" }),
     h("td", {}, h("a", { href: `#summary/${encodeURIComponent(c.call_id)}`, text: "Summary", "aria-label": `Summary of ${c.call_id}` })))));
   $("history-status").textContent = `${calls.length} call(s).`;
 }
