@@ -216,6 +216,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             loader = asyncio.create_task(_load_models(state))
         else:
             await _start_tcp_ingest(state)
+            _say_ready(settings)
         store: StoreService | None = None
         if settings.store_enabled:
             # Never fails startup: with the database down, events are spooled until it answers.
@@ -609,6 +610,19 @@ async def _load_models(state: AppState) -> None:
     state.wire_history()
     memory.freeze_loaded_objects()
     await _start_tcp_ingest(state)
+    _say_ready(state.settings)
+
+
+def _say_ready(settings: Settings) -> None:
+    """Where to go once the models are up: a newcomer's `make run` ended on library lines."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    log.info(
+        "models up: agents at http://%s:%d/agent/, supervisors at http://%s:%d/supervisor/",
+        host,
+        settings.port,
+        host,
+        settings.port,
+    )
 
 
 async def _start_tcp_ingest(state: AppState) -> None:

@@ -41,6 +41,20 @@ def test_the_browsers_favicon_request_is_answered_without_an_error(
     assert "/favicon.ico" not in app.openapi()["paths"]
 
 
+def test_the_log_says_where_the_pages_are_once_the_models_are_up(
+    runtime: Runtime, tmp_path: Path, caplog: Any
+) -> None:
+    """A newcomer's `make run` ended on library lines, with no word of where to go."""
+    caplog.set_level("INFO", logger="coach.api.app")
+    settings = Settings(data_dir=tmp_path, host="0.0.0.0", port=8123, store_enabled=False)
+    with TestClient(create_app(settings, runtime)):
+        pass
+    assert (
+        "models up: agents at http://127.0.0.1:8123/agent/, supervisors at "
+        "http://127.0.0.1:8123/supervisor/"
+    ) in caplog.messages
+
+
 def test_no_listener_by_default(runtime: Runtime, tmp_path: Path) -> None:
     app = create_app(Settings(data_dir=tmp_path, auth_disabled=True), runtime)
     with TestClient(app):
