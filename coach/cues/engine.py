@@ -31,7 +31,7 @@ from coach import events
 from coach.cues import language
 from coach.cues.dynamics import Spoken, Timeline, TimingCues, TimingHit, agent_pace
 from coach.cues.matcher import ClauseSignals, CueIndex, FloatArray, SemanticMatch
-from coach.cues.playbook import CueSpec, EscalationSpec, Playbook
+from coach.cues.playbook import ADVICE_AFTER_S, CueSpec, EscalationSpec, Playbook
 from coach.escalation import EscalationDetector
 from coach.events import AI_LABEL, Event, EvidenceSource
 from coach.messages import Speaker
@@ -599,6 +599,17 @@ class CueEngine:
             for m in self.agent_moves
         )
 
+    def _advice_for(self, spec: CueSpec, t: float) -> tuple[str, str | None]:
+        """The cue's advice, or its `advice_after` variant when the agent's latest move
+        before `t` calls for it, with the reason that says so."""
+        if not spec.advice_after:
+            return spec.advice, None
+        last = next((m for m in reversed(self.agent_moves) if m.t <= t + 0.5), None)
+        if last is None or last.move not in spec.advice_after or t - last.t > ADVICE_AFTER_S:
+            return spec.advice, None
+        said = f' ("{last.text}")' if last.text else ""
+        return spec.advice_after[last.move], f"after the agent's {last.move}{said}"
+
     def _last_move_name(self, spec: CueSpec, t_start: float) -> str:
         wanted = set(spec.context.after_agent_move) if spec.context else set()
         for m in reversed(self.agent_moves):
@@ -666,11 +677,12 @@ class CueEngine:
         *,
         early: bool = False,
     ) -> Event:
+        advice, after = self._advice_for(cand.spec, t_start)
         ev = events.cue(
             cue=cand.cue,
             title=cand.spec.title,
-            advice=cand.spec.advice,
-            reasons=cand.reasons,
+            advice=advice,
+            reasons=(*cand.reasons, *((after,) if after and after not in cand.reasons else ())),
             priority=cand.spec.priority,
             severity=cand.spec.severity,
             speaker="customer",
@@ -710,11 +722,12 @@ class CueEngine:
 
     def _timing_event(self, cue_id: str, spec: CueSpec, hit: TimingHit) -> Event:
         speaker: Speaker | None = "agent" if spec.party == "agent" else None
+        advice, after = self._advice_for(spec, hit.t_start)
         ev = events.cue(
             cue=cue_id,
             title=spec.title,
-            advice=spec.advice,
-            reasons=(f"timing: {hit.why}",),
+            advice=advice,
+            reasons=(f"timing: {hit.why}", *((after,) if after else ())),
             priority=spec.priority,
             severity=spec.severity,
             speaker=speaker,

@@ -262,6 +262,10 @@ class Escalate(_Strict):
     urgency: Urgency
 
 
+ADVICE_AFTER_S = 20.0
+"""How recent the agent's move must be for a cue's `advice_after` to apply."""
+
+
 class CueSpec(_Strict):
     title: str = Field(min_length=3, max_length=60)
     advice: str = Field(min_length=5, max_length=160)
@@ -307,6 +311,13 @@ class CueSpec(_Strict):
     detector: Detector | None = None
     params: dict[str, float] = Field(default_factory=dict)
     escalate: Escalate | None = None
+    advice_after: dict[str, Annotated[str, Field(min_length=5, max_length=160)]] = Field(
+        default_factory=dict
+    )
+    """Advice in place of `advice` when the agent's latest move, at most ADVICE_AFTER_S before
+    the cue's moment, is this agent move (`agent_moves`): after "let me pull up your account",
+    a long silence needs a check-in, not an explanation of what is going on (a newcomer
+    watching the demo call read the plain advice as wrong there)."""
 
     @model_validator(mode="after")
     def _kind_fields(self) -> CueSpec:
@@ -421,6 +432,11 @@ class Playbook(_Strict):
             (f"cue {cue_id}: context move", move)
             for cue_id, spec in self.cues.items()
             for move in (spec.context.after_agent_move if spec.context else [])
+        ]
+        named += [
+            (f"cue {cue_id}: advice_after move", move)
+            for cue_id, spec in self.cues.items()
+            for move in spec.advice_after
         ]
         if self.escalation.safety_move is not None:
             named.append(("escalation.safety_move", self.escalation.safety_move))

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+import yaml
+
 from coach.cues import dynamics
 from coach.cues.dynamics import Spoken, Timeline, TimingCues
-from coach.cues.playbook import load_playbook
+from coach.cues.playbook import DEFAULT_PLAYBOOK, PlaybookError, load_playbook, parse_playbook
 
 
 def tl(now: float, customer=(), agent=(), **kw) -> Timeline:  # type: ignore[no-untyped-def]
@@ -156,3 +161,43 @@ def test_each_silence_fires_once() -> None:
     assert [c for c, _ in cues.check(tl(19.0, [(1, 10)]))] == ["dead_air"]
     assert cues.check(tl(25.0, [(1, 10)])) == []  # same silence
     assert [c for c, _ in cues.check(tl(40.0, [(1, 10), (26, 30)]))] == ["dead_air"]
+
+
+async def test_after_the_agent_says_they_will_check_a_silence_asks_for_a_check_in(
+    conversation: Any,
+) -> None:
+    """A newcomer watching the demo call: "Tell the customer what you're doing while they
+    wait" came right after "Let me pull up your account. This will take a moment." The agent
+    had said what they were doing; the silence calls for a check-in (`advice_after`)."""
+    conv = conversation
+    await conv.say("customer", "I was charged twice for my order last month.")
+    await conv.say("agent", "Let me pull up your account. This will take a moment.")
+    assert conv.engine.agent_moves and conv.engine.agent_moves[-1].move == "hold"
+    silence_from = conv.t
+    spoken = [(0.0, silence_from)]
+    cues = conv.engine.on_tick(Timeline(now=silence_from + 8.5, customer=spoken, agent=[]))
+    dead = [c for c in cues if c["cue"] == "dead_air"]
+    assert len(dead) == 1
+    assert dead[0]["advice"].startswith("Check back in")
+    assert any(r.startswith("after the agent's hold") for r in dead[0]["reasons"])
+
+
+async def test_a_silence_after_other_talk_keeps_the_plain_advice(conversation: Any) -> None:
+    conv = conversation
+    await conv.say("customer", "I was charged twice for my order last month.")
+    await conv.say("agent", "I'm sorry to hear that, that must be annoying.")
+    spoken = [(0.0, conv.t)]
+    cues = conv.engine.on_tick(Timeline(now=conv.t + 8.5, customer=spoken, agent=[]))
+    dead = [c for c in cues if c["cue"] == "dead_air"]
+    assert (
+        len(dead) == 1
+        and dead[0]["advice"] == "Tell the customer what you're doing while they wait."
+    )
+    assert len(dead[0]["reasons"]) == 1
+
+
+def test_advice_after_an_unknown_agent_move_is_refused() -> None:
+    data = yaml.safe_load(DEFAULT_PLAYBOOK.read_text(encoding="utf-8"))
+    data["cues"]["dead_air"]["advice_after"] = {"holding": "Check back in with them."}
+    with pytest.raises(PlaybookError, match="advice_after move 'holding' is not in agent_moves"):
+        parse_playbook(yaml.safe_dump(data))
