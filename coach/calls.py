@@ -100,10 +100,10 @@ STORE_LOOKUP_S = 0.5
 OWNER_LOOKUP_S = 0.5
 """How long opening a call waits for the bus (Redis) to say whether another instance runs it."""
 HANDOVER_POLL_S = 0.25
+"""How often an open of a call live elsewhere asks again whether its owner let it go."""
 HAND_OVER_WAIT_S = 20.0
 """How much longer an open waits for a call whose draining instance says it is handing it
 over (`HANDING_OVER` in its session state) once the usual wait is up."""
-"""How often an open of a call live elsewhere asks again whether its owner let it go."""
 DUPLICATE_CALL = "duplicate_call"
 ENDED_RETENTION_S = 120.0
 """How long an ended call's session and event history stay in memory."""
@@ -548,8 +548,12 @@ class CallManager:
         task.add_done_callback(self._ending.discard)
 
     async def _hand_over(self, session: CallSession) -> None:
-        if not await session.hand_over():
-            return  # it ended meanwhile
+        try:
+            if not await session.hand_over():
+                return  # it ended meanwhile
+        except Exception:
+            # Held here, the call could not go on anywhere until this instance stops.
+            log.exception("call %s: hand-over failed; letting it go as it is", session.call_id)
         shared = await self.bus.let_go(session.call_id)
         # The agent's unredacted feed exists only where the call runs: its panel here must
         # connect again (to the call's new instance, or here for the shared, redacted feed).

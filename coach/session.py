@@ -156,6 +156,8 @@ class CallSession:
         self._history_task: asyncio.Task[None] | None = None
         self._end_task: asyncio.Task[None] | None = None
         self._clock_resumed = False
+        self._handing_over = False
+        """`hand_over` is under way: every state saved says so (`HANDING_OVER`)."""
         self._recap: tuple[tuple[Any, ...], recap.Recap] | None = None
         """The last recap built and what it was built from (`_session_state`)."""
 
@@ -386,17 +388,18 @@ class CallSession:
             return False
         self._end_requested = self.end_reason = HANDED_OVER
         self.state = CallState.ENDING
-        # Said at once: an instance its reconnect reaches waits for the hand-over to finish
+        # Said at once, and in every state saved until the pipelines are done (each event
+        # saves one): an instance its reconnect reaches waits for the hand-over to finish
         # rather than refuse the call as live here (`CallManager._claim_or_refuse`).
-        self._bus.save_session_state(
-            self.call_id, {**self._session_state(ended=False), HANDING_OVER: True}
-        )
+        self._handing_over = True
+        self._bus.save_session_state(self.call_id, self._session_state(ended=False))
         try:
             for s, q in self._queues.items():
                 await q.put(EndOfStream(HANDED_OVER))
                 await self._tasks[s]
-            self._bus.save_session_state(self.call_id, self._session_state(ended=False))
         finally:
+            self._handing_over = False
+            self._bus.save_session_state(self.call_id, self._session_state(ended=False))
             self.state = CallState.ENDED
             metrics.ACTIVE_CALLS.dec()
             self._ended.set()
@@ -501,6 +504,7 @@ class CallSession:
             "seq": self._seq,
             "cue_fired_wall": fired,
             "ended": ended,
+            **({HANDING_OVER: True} if self._handing_over else {}),
             # Where the call's clock is and when it started: a takeover continues from here.
             "fed_s": round(self._fed_s, 3),
             "started_wall": self.started_wall,
