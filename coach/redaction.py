@@ -511,11 +511,19 @@ def _plain_figures(text: str) -> bool:
 
 
 def _joined(text: str, runs: list[Run]) -> list[Run]:
-    """Runs read out one after another with fillers or joins between them, as one run."""
+    """Runs read out one after another with fillers or joins between them, as one run. A
+    bare "and" joins only digits read one by one, or a group with a leading zero: "I paid
+    45 and 120 and 300" is a list of amounts."""
     out: list[Run] = []
     for run in runs:
         prev = out[-1] if out else None
-        if prev is not None and _JOIN.fullmatch(text[prev.end : run.start]):
+        gap = text[prev.end : run.start] if prev is not None else ""
+        bare_and = {w.lower() for w in re.findall(r"[A-Za-z]+", gap)} == {"and"}
+        if (
+            prev is not None
+            and _JOIN.fullmatch(gap)
+            and (not bare_and or not (prev.groups or run.groups) or run.digits[0] == "0")
+        ):
             out[-1] = Run(
                 prev.start,
                 run.end,

@@ -483,6 +483,7 @@ def test_what_an_outside_pii_audit_found(text: str, expected: str) -> None:
         ("between 1000 and 2000 dollars", "between 1000 and 2000 dollars"),
         ("the 100 200 300 plans", "the 100 200 300 plans"),  # was an [SSN]
         ("I was charged 45 and then 120", "I was charged 45 and then 120"),
+        ("I paid 45 and 120 and 300 and 1500", "I paid 45 and 120 and 300 and 1500"),
         ("I use gmail dot com", "I use gmail dot com"),
         ("we met at acme corp last year", "we met at acme corp last year"),
         ("it expires next week", "it expires next week"),
