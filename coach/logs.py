@@ -98,6 +98,22 @@ def scrub(text: str) -> str:
     return _QUERY_VALUE.sub(_redact_query_value, text)
 
 
+PROBE_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
+
+
+class ProbeFilter(logging.Filter):
+    """Drops uvicorn's access line for a probe or a scrape that succeeded: Kubernetes and
+    Prometheus ask every few seconds, and a newcomer's `make run` log was mostly those lines.
+    A probe that fails (503 loading, draining, at capacity) is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.name != "uvicorn.access" or not isinstance(args, tuple) or len(args) < 5:
+            return True
+        method, path, status = args[1], str(args[2]).split("?", 1)[0], args[4]
+        return not (method == "GET" and path in PROBE_PATHS and status == 200)
+
+
 class SecretFilter(logging.Filter):
     """Hides credentials in query strings from every log line (uvicorn's request lines,
     any library's URLs): the message is formatted once and scrubbed."""
@@ -212,6 +228,7 @@ def setup_logging(level: str, *, json_format: bool, stream: TextIO | None = None
     `level` is a name such as "info" or "DEBUG".
     """
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.addFilter(ProbeFilter())  # before SecretFilter, which may fold the args in
     handler.addFilter(CallIdFilter())
     handler.addFilter(SecretFilter())
     handler.addFilter(DeniedUpgradeFilter())

@@ -271,3 +271,19 @@ async def test_the_log_does_not_echo_sql_parameters(
     assert "own line" in stream.getvalue()
     for value in ("4155550122", "John Miller", "INSERT INTO"):
         assert value not in stream.getvalue()
+
+
+def test_a_probe_that_succeeds_is_not_logged_one_that_fails_is(stream: io.StringIO) -> None:
+    """Probes and scrapes every few seconds filled the log (a newcomer's `make run`)."""
+    setup_logging("info", json_format=True, stream=stream)
+    access = logging.getLogger("uvicorn.access")
+    line = '%s - "%s %s HTTP/%s" %d'
+    access.info(line, "10.0.0.1:5", "GET", "/health/ready", "1.1", 200)
+    access.info(line, "10.0.0.1:5", "GET", "/metrics", "1.1", 200)
+    access.info(line, "10.0.0.1:5", "GET", "/health/ready", "1.1", 503)
+    access.info(line, "10.0.0.1:5", "GET", "/api/calls", "1.1", 200)
+    said = [r["message"] for r in _lines(stream)]
+    assert said == [
+        '10.0.0.1:5 - "GET /health/ready HTTP/1.1" 503',
+        '10.0.0.1:5 - "GET /api/calls HTTP/1.1" 200',
+    ]
