@@ -341,9 +341,17 @@ def _provider_email_spans(text: str) -> list[Span]:
         if at is None or (at > 0 and tokens[at - 1].group().lower() in _AT_WORDS):
             continue  # after "at": `_asr_email_spans` has it
         first = _local_start(tokens, at)
-        if first is not None:
+        # Where an address is said: at the start, or after "to", "is", "email"... ("I
+        # prefer gmail.com" names no address).
+        lead = tokens[first - 1].group().lower().strip(",:") if first else ""
+        if first is not None and (first == 0 or lead in _ADDRESS_LEAD):
             spans.append(Span(tokens[first].start(), m.end(), "email"))
     return spans
+
+
+_ADDRESS_LEAD = frozenset(
+    "to is it's its email e-mail mail address me on at as was send sent use under".split()
+)
 
 
 def _announced_email_spans(text: str) -> list[Span]:

@@ -485,6 +485,7 @@ def test_what_an_outside_pii_audit_found(text: str, expected: str) -> None:
         ("I was charged 45 and then 120", "I was charged 45 and then 120"),
         ("I paid 45 and 120 and 300 and 1500", "I paid 45 and 120 and 300 and 1500"),
         ("I use gmail dot com", "I use gmail dot com"),
+        ("I prefer gmail.com", "I prefer gmail.com"),
         ("we met at acme corp last year", "we met at acme corp last year"),
         ("it expires next week", "it expires next week"),
         ("I have an mp3 and a 4k tv", "I have an mp3 and a 4k tv"),
