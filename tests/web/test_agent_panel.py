@@ -647,3 +647,61 @@ def test_a_demo_call_refusal_goes_when_the_call_ends(live_server: LiveServer, pa
     notice.filter(has_text="still playing").wait_for()
     live_server.emit(call_id, END)
     notice.wait_for(state="hidden")
+
+
+def test_the_agent_hears_a_crisis_was_taken_after_a_second_escalation(
+    live_server: LiveServer, page: Any
+) -> None:
+    """An outside supervisor audit: a manager request after a gas-leak crisis replaced the
+    crisis in the agent's banner, and when the supervisor took the crisis the agent never
+    learned it. Every escalation stays, the most urgent first, each with who took it."""
+    call_id = "web-two-escalations"
+    sign_in(page, live_server.base, "/agent/", "ann")
+    manager = live_server.app.state.coach.manager
+    session = live_server.run(
+        manager.open(
+            call_id=call_id,
+            source="synthetic",
+            speakers=("customer", "agent"),
+            meta={"agent_id": "ann"},
+        )
+    )
+    try:
+        page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+        crisis = {
+            "type": "escalation",
+            "reason": "crisis_indicators",
+            "urgency": "critical",
+            "detail": "crisis cue",
+            "summary": {"text": "Gas leak."},
+        }
+        live_server.run(session.emit(crisis))
+        crisis_seq = session.last_event["seq"]
+        manager_request = {
+            "type": "escalation",
+            "reason": "user_request",
+            "urgency": "high",
+            "detail": "escalation_request cue",
+            "summary": {"text": "Customer wants a manager."},
+        }
+        live_server.run(session.emit(manager_request))
+        banner = page.locator(".escalation-banner")
+        banner.filter(has_text="Supervisor alerted (high)").wait_for()
+        assert "(critical)" in banner.inner_text()  # still there, first
+        assert "critical" in (banner.get_attribute("class") or "")
+        token = live_server.token("sam", "supervisor", team="blue")
+        deadline = time.monotonic() + 10
+        while True:  # the store has the escalation within a flush or two
+            r = page.request.post(
+                f"{live_server.base}/api/calls/{call_id}/escalations/{crisis_seq}/ack",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            if r.ok or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.ok, r.text()
+        line = banner.locator(f'.escalation-line[data-seq="{crisis_seq}"]')
+        line.filter(has_text="Supervisor sam has it.").wait_for()
+        assert banner.inner_text().count("has it") == 1  # the manager request is still open
+    finally:
+        live_server.run(manager.finish(session, "end"))

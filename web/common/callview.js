@@ -535,24 +535,47 @@ class CallView {
     this.root.querySelector(".empty-cards").hidden = this.cards.children.length > 0;
   }
 
+  // Every escalation of the call, the most urgent first: a second one (a manager asked for
+  // after a crisis) replaced the first in the banner, and the supervisor taking the crisis
+  // then never reached the agent (an outside supervisor audit).
   escalation(ev) {
-    const reason = REASONS[ev.reason] || ev.reason;
-    this.bannerSeq = ev.seq;
-    this.banner.hidden = false;
-    this.banner.className = `escalation-banner ${ev.urgency}`;
-    this.banner.textContent = `Supervisor alerted (${ev.urgency}): ${reason}.`;
+    if (!this.escalations) this.escalations = new Map();
+    const known = this.escalations.get(ev.seq);
+    this.escalations.set(ev.seq, {
+      urgency: ev.urgency, reason: REASONS[ev.reason] || ev.reason,
+      by: known ? known.by : null,
+    });
     // A call read back from the store says who took it on the escalation itself.
-    if (ev.acknowledged_by) this.escalationTaken({ escalation_seq: ev.seq, by: ev.acknowledged_by }, false);
+    if (ev.acknowledged_by) this.escalations.get(ev.seq).by = ev.acknowledged_by;
+    this.renderBanner();
   }
 
-  // A supervisor acknowledged the escalation the banner shows: the agent knows help is
-  // coming (an outside audit: the agent of a crisis call never learned whether anyone was).
+  // A supervisor acknowledged one of the call's escalations: the agent knows help is coming
+  // (an outside audit: the agent of a crisis call never learned whether anyone was).
   escalationTaken(ev, announce = true) {
-    if (ev.escalation_seq !== this.bannerSeq || this.banner.classList.contains("taken")) return;
-    const who = ev.by ? `Supervisor ${ev.by}` : "A supervisor";
-    this.banner.classList.add("taken");
-    this.banner.append(h("span", { class: "taken-by", text: ` ${who} has it.` }));
-    if (announce) this.announce.textContent = `${who} has taken the escalation.`;
+    const e = this.escalations && this.escalations.get(ev.escalation_seq);
+    if (!e || e.by !== null) return;
+    e.by = ev.by || "";
+    this.renderBanner();
+    if (announce) this.announce.textContent = `${CallView.taker(e.by)} has taken the escalation.`;
+  }
+
+  static taker(by) { return by ? `Supervisor ${by}` : "A supervisor"; }
+
+  renderBanner() {
+    const rank = { critical: 0, high: 1, medium: 2, low: 3 };
+    const all = [...this.escalations.entries()]
+      .sort(([sa, a], [sb, b]) => ((rank[a.urgency] ?? 4) - (rank[b.urgency] ?? 4)) || sb - sa);
+    const top = all[0][1];
+    const taken = all.every(([, e]) => e.by !== null);
+    this.banner.hidden = false;
+    this.banner.className = `escalation-banner ${top.urgency}${taken ? " taken" : ""}`;
+    this.banner.replaceChildren(...all.flatMap(([seq, e], i) => [
+      i ? h("br") : null,
+      h("span", { class: "escalation-line", "data-seq": seq },
+        `Supervisor alerted (${e.urgency}): ${e.reason}.`,
+        e.by !== null ? h("span", { class: "taken-by", text: ` ${CallView.taker(e.by)} has it.` }) : null),
+    ]));
   }
 
   // -- state and metrics --------------------------------------------------------------
