@@ -828,7 +828,12 @@ class CueEngine:
                 f"; at worst {worst['emotion']} (valence {worst['valence']:+.2f}) "
                 f"at {worst['t']:.0f} s"
             )
-        text += f"; {trend} over the call."
+        if trend == "improving" and state["valence"] <= WORST_VALENCE:
+            # Less negative than an angry opening is no relief: a caller whose husband has
+            # just collapsed read as "improving" on an outside supervisor audit's call.
+            text += "; no better than before, still strongly negative."
+        else:
+            text += f"; {trend} over the call."
         if phrases:
             text += " They said: " + "; ".join(f'"{p}"' for p in phrases[-4:]) + "."
         # The customer's latest words, cue or not: an escalation the agent's safety protocol
@@ -837,7 +842,10 @@ class CueEngine:
         last_said = [str(s["text"]) for s in self.states[-LAST_SAID_TURNS:] if s.get("text")]
         unquoted = [t for t in last_said if t not in phrases[-4:]]  # quoted once is enough
         if unquoted:
-            text += " Last said: " + "; ".join(f'"{t}"' for t in unquoted) + "."
+            # The latest line quoted above already: what is left came before it, and said
+            # "Last said" it read as the caller's last words (an outside supervisor audit).
+            label = "Before that" if last_said[-1] in phrases[-4:] else "Last said"
+            text += f" {label}: " + "; ".join(f'"{t}"' for t in unquoted) + "."
         if cues_shown:
             # By their titles, as the agent saw them (ids read as jargon to a supervisor).
             cues = self.holder.current.playbook.cues
@@ -847,7 +855,7 @@ class CueEngine:
         text += (
             " Agent tried: " + ", ".join(moves) + "."
             if moves
-            else " The agent has not yet apologised or offered a fix."
+            else " No agent move recognised yet (apology, fix, safety question...)."
         )
         if self.history_hint:
             text += f" {self.history_hint}"

@@ -220,6 +220,25 @@ async def test_the_handoff_quotes_a_line_once(conversation: Conversation) -> Non
     assert handoff["text"].count(line) == 1, handoff["text"]
 
 
+async def test_a_crisis_handoff_says_what_came_before_its_quoted_line_as_before(
+    conversation: Conversation,
+) -> None:
+    """An outside supervisor audit: the crisis line was quoted as a trigger phrase, so "Last
+    said" held only the calm question before it, and read as the caller's last words; the
+    mood, less negative than an irritated opening, read as "improving"."""
+    await conversation.say("customer", "The power is off again and I am really annoyed.")
+    crisis = "My husband just collapsed and he is not breathing properly."
+    await conversation.say("customer", crisis)
+    conversation.engine.states[-2]["valence"] = -0.85  # the irritated opening, as heard
+    conversation.engine.states[-1]["valence"] = -0.6
+    conversation.engine.shown.append({"cue": "crisis", "evidence": {"phrases": [crisis]}})
+    text = conversation.engine.handoff()["text"]
+    assert "They said: " in text and f'"{crisis}"' in text, text
+    assert 'Before that: "The power is off again and I am really annoyed."' in text
+    assert "Last said" not in text and "improving" not in text
+    assert "still strongly negative" in text
+
+
 def test_the_safety_move_must_be_close_and_clearly_ahead() -> None:
     """The move closeness rule on its own: the general threshold for ordinary moves, a
     stricter one and a margin over the runner-up for the move that pages a supervisor."""
