@@ -224,7 +224,9 @@ def test_drill_in_post_call_summary_and_analytics(live_server: LiveServer, page:
     page.locator("#arc polyline.line-valence").wait_for()
     assert page.locator("#arc g.cue-mark").count() == 1
     assert page.locator("#arc g.cue-mark").get_attribute("data-cue") == "frustration"
-    assert "better" in page.locator("#summary-facts").inner_text()
+    # The verdict and the figures it is judged on: the mean of each end's two points here.
+    facts = page.locator("#summary-facts").inner_text()
+    assert "first 2 turns -0.50 → last 2 0.30 (ended better than it started)" in facts, facts
     assert "[CARD]" in page.locator("#summary-transcript").inner_text()
     assert "Helpful (ann)" in page.locator("#summary-cues").inner_text()
     page.screenshot(path=str(ARTIFACTS / "supervisor-summary.png"), full_page=True)

@@ -298,6 +298,18 @@ function cutOff(reason) {
   return ["interrupted", "shutdown"].includes(reason);
 }
 
+// The figures the verdict ("ended better than it started") is judged on: the mean of up to
+// three points at each end of the arc (coach/signals/state.py `arc_change`). The first and
+// last points alone contradicted it ("-0.63 -> -0.37 (about the same)": an outside audit).
+function arcEnds(arc) {
+  const values = arc.map((p) => p[1]);
+  const k = Math.min(3, Math.floor(values.length / 2));
+  const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  const start = mean(values.slice(0, k)), end = mean(values.slice(-k));
+  const what = k > 1 ? `first ${k} turns ${start.toFixed(2)} → last ${k} ${end.toFixed(2)}` : `${start.toFixed(2)} → ${end.toFixed(2)}`;
+  return what;
+}
+
 // How a stored call ended, in words (the bare reasons read as jargon in a summary).
 const END_WORDS = {
   end: "the call ended", hangup: "hung up", disconnect: "the connection dropped",
@@ -601,7 +613,7 @@ async function openSummary(callId) {
     ["Ended", END_WORDS[d.call.end_reason] || d.call.end_reason || "–"],
     ["Cues", String(d.cues.length)],
     ["Escalations", String(d.escalations.length)],
-    ["Customer valence", change == null ? "–" : `${arc[0][1].toFixed(2)} → ${arc[arc.length - 1][1].toFixed(2)} (${CHANGE_WORDS[change]})`],
+    ["Customer valence", change == null ? "–" : `${arcEnds(arc)} (${CHANGE_WORDS[change]})`],
   ];
   $("summary-facts").replaceChildren(...facts.map(([k, v]) => h("div", {}, h("dt", { text: k }), h("dd", { text: v }))));
   showOutcome(callId, d.call);
