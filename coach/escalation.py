@@ -79,7 +79,9 @@ class EscalationDetector:
             cue=cue,
             detail=detail,
             t_end=state.get("t"),
-            t_start=state.get("t"),
+            # The turn that raised it, start to end (the README's example); its end alone
+            # where only that is known.
+            t_start=state.get("t_start", state.get("t")),
         )
 
     def observe_cues(

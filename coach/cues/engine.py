@@ -242,7 +242,7 @@ class CueEngine:
             self.escalation.observe_cues(
                 [(c.cue, c.spec) for c in chosen],
                 summary=self.handoff,
-                state={"t": t_end},
+                state={"t": t_end, "t_start": t_start},
                 stronger_again={c.cue for c in chosen if c.stronger_again},
             )
         )
@@ -306,7 +306,9 @@ class CueEngine:
             if moves[0][0] == safety:
                 out.extend(
                     self.escalation.observe_agent_safety(
-                        clause, summary=self.handoff, state={"t": t_end}
+                        clause,
+                        summary=self.handoff,
+                        state={"t": t_end, "t_start": float(event.get("t_start", t_end))},
                     )
                 )
         return out
@@ -377,7 +379,7 @@ class CueEngine:
         out.extend(
             self.escalation.observe_customer(
                 pb,
-                state=self.states[-1],
+                state={**self.states[-1], "t_start": t_start},  # the span the event names
                 states=self.states,
                 # A crisis card raised by the trend is paged as what it is, an intense state
                 # (`intense` below), not a second time as crisis language.
@@ -828,7 +830,7 @@ class CueEngine:
                 f"; at worst {worst['emotion']} (valence {worst['valence']:+.2f}) "
                 f"at {worst['t']:.0f} s"
             )
-        if trend == "improving" and state["valence"] <= WORST_VALENCE:
+        if trend == "improving" and last is not None and float(last["valence"]) <= WORST_VALENCE:
             # Less negative than an angry opening is no relief: a caller whose husband has
             # just collapsed read as "improving" on an outside supervisor audit's call.
             text += "; no better than before, still strongly negative."

@@ -239,6 +239,19 @@ async def test_a_crisis_handoff_says_what_came_before_its_quoted_line_as_before(
     assert "still strongly negative" in text
 
 
+async def test_an_escalation_names_the_span_of_the_turn_that_raised_it(
+    conversation: Conversation,
+) -> None:
+    """An outside supervisor audit: every escalation had `t_start` equal to `t_end` (the
+    turn's end twice); the README's example shows the turn, start to end."""
+    await conversation.say("customer", "Hello, I have a question about my account.")
+    start = conversation.t + 0.6
+    out = await conversation.say("customer", "I want to kill myself, I can't go on anymore.")
+    (alert,) = [e for e in out if e["type"] == "escalation"]
+    assert alert["t_start"] == pytest.approx(start, abs=1e-3)
+    assert alert["t_end"] == pytest.approx(conversation.t, abs=1e-3) and alert["t_end"] > start
+
+
 def test_the_safety_move_must_be_close_and_clearly_ahead() -> None:
     """The move closeness rule on its own: the general threshold for ordinary moves, a
     stricter one and a margin over the runner-up for the move that pages a supervisor."""
