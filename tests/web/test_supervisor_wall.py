@@ -146,6 +146,9 @@ def test_tiles_by_risk_team_scope_and_escalation_alert_acknowledged(
     alert.get_by_role("button", name="Acknowledge").click()
     alert.wait_for(state="detached")
     assert page.locator("#no-alerts").is_visible()
+    # The tile says who took it (an outside supervisor audit: it said only "acknowledged").
+    tile = page.locator('#tiles > li[data-call="w-calm"] .esc')
+    tile.filter(has_text="Escalation acknowledged by sam").wait_for()
     detail = live_server.store_call("w-calm")
     assert [e.acknowledged_by for e in detail.escalations] == ["sam"]
 

@@ -223,7 +223,7 @@ function paintTile(id) {
       ? h("p", { class: "lost", text: `Lost contact with its server at ${clock(c.contact_lost_at)}: not coached now` })
       : null,
     c.escalations.length
-      ? h("p", { class: `esc${open.length ? "" : " acked"}`, text: open.length ? `Escalation: ${open.map((e) => e.urgency).join(", ")}` : "Escalation acknowledged" })
+      ? h("p", { class: `esc${open.length ? "" : " acked"}`, text: open.length ? `Escalation: ${open.map((e) => e.urgency).join(", ")}` : `Escalation acknowledged by ${[...new Set(c.escalations.map((e) => e.acknowledged_by))].join(", ")}` })
       : null,
   ].filter(Boolean));
   const button = li.querySelector("button.open");
