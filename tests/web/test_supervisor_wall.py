@@ -417,6 +417,7 @@ def test_arc_cue_labels_a_few_seconds_apart_do_not_overlap(
     ]
     for i, name in enumerate(names):
         live_server.emit(call_id, cue(name, 60.0 + 2 * i, utterance_id=1, phrase="I am", text=text))
+    live_server.emit(call_id, escalation("user_request", "high", 64.0, "Wants a manager."))
     live_server.emit(
         call_id,
         {
@@ -430,6 +431,8 @@ def test_arc_cue_labels_a_few_seconds_apart_do_not_overlap(
     sign_in(page, live_server.base, f"/supervisor/#summary/{call_id}", "sam")
     page.locator("#arc polyline.line-valence").wait_for()
     assert page.locator("#arc g.cue-mark").count() == len(names)
+    # Its escalation with its time, as the cues have theirs (an outside supervisor audit).
+    assert "1:04 high: " in page.locator("#summary-escalations").inner_text()
     page.locator("#arc").screenshot(path=str(ARTIFACTS / "arc-labels.png"))
     boxes = page.evaluate(
         """() => [...document.querySelectorAll('#arc g.cue-mark text')].map((t) => {

@@ -628,7 +628,9 @@ async function openSummary(callId) {
     h("br"), h("span", { class: "muted", text: c.why }))) : [h("li", { class: "muted", text: "No cues on this call." })]));
   $("summary-escalations").replaceChildren(...(d.escalations.length ? d.escalations.map((e) => {
     const text = typeof e.summary === "string" ? e.summary : (e.summary && e.summary.text) || "";
-    return h("li", {}, h("strong", { text: `${e.urgency}: ${REASONS[e.reason] || e.reason}` }), ` ${text} `,
+    // When, as the cues above say it (an outside audit could not place an escalation).
+    const at = e.t_emit != null ? `${fmtTime(e.t_emit)} ` : "";
+    return h("li", {}, h("strong", { text: `${at}${e.urgency}: ${REASONS[e.reason] || e.reason}` }), ` ${text} `,
       h("span", { class: "muted", text: e.acknowledged_by ? `acknowledged by ${e.acknowledged_by}` : "not acknowledged" }));
   }) : [h("li", { class: "muted", text: "None." })]));
   const choices = await CallView.missedChoices();
