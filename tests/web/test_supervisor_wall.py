@@ -417,7 +417,7 @@ def test_arc_cue_labels_a_few_seconds_apart_do_not_overlap(
     ]
     for i, name in enumerate(names):
         live_server.emit(call_id, cue(name, 60.0 + 2 * i, utterance_id=1, phrase="I am", text=text))
-    live_server.emit(call_id, escalation("user_request", "high", 64.0, "Wants a manager."))
+    raised = live_server.emit(call_id, escalation("user_request", "high", 64.0, "Wants a manager."))
     live_server.emit(
         call_id,
         {
@@ -433,6 +433,11 @@ def test_arc_cue_labels_a_few_seconds_apart_do_not_overlap(
     assert page.locator("#arc g.cue-mark").count() == len(names)
     # Its escalation with its time, as the cues have theirs (an outside supervisor audit).
     assert "1:04 high: " in page.locator("#summary-escalations").inner_text()
+    taken = page.request.post(  # taken, so that no later test counts it as open
+        f"{live_server.base}/api/calls/{call_id}/escalations/{raised['seq']}/ack",
+        headers={"Authorization": f"Bearer {live_server.token('sam', 'supervisor', team='blue')}"},
+    )
+    assert taken.ok, taken.text()
     page.locator("#arc").screenshot(path=str(ARTIFACTS / "arc-labels.png"))
     boxes = page.evaluate(
         """() => [...document.querySelectorAll('#arc g.cue-mark text')].map((t) => {
