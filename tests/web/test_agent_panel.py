@@ -456,6 +456,34 @@ def test_a_given_verdict_shows_again_after_a_reload(live_server: LiveServer, pag
     ]
 
 
+def _anns_live_call(live_server: LiveServer, call_id: str) -> Any:
+    """A real call session of ann's (the one that runs the call and relays what supervisors
+    do to its agent), opened in the server."""
+    manager = live_server.app.state.coach.manager
+    return live_server.run(
+        manager.open(
+            call_id=call_id,
+            source="synthetic",
+            speakers=("customer", "agent"),
+            meta={"agent_id": "ann"},
+        )
+    )
+
+
+def _sam_takes(page: Any, live_server: LiveServer, call_id: str, seq: int) -> Any:
+    """sam acknowledges escalation `seq`, retried until the store has it (a flush or two)."""
+    token = live_server.token("sam", "supervisor", team="blue")
+    deadline = time.monotonic() + 10
+    while True:
+        r = page.request.post(
+            f"{live_server.base}/api/calls/{call_id}/escalations/{seq}/ack",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        if r.ok or time.monotonic() > deadline:
+            return r
+        time.sleep(0.2)
+
+
 def test_the_agent_sees_a_supervisor_take_the_escalation(
     live_server: LiveServer, page: Any
 ) -> None:
@@ -464,15 +492,7 @@ def test_the_agent_sees_a_supervisor_take_the_escalation(
     call_id = "web-taken"
     sign_in(page, live_server.base, "/agent/", "ann")
     manager = live_server.app.state.coach.manager
-
-    session = live_server.run(
-        manager.open(
-            call_id=call_id,
-            source="synthetic",
-            speakers=("customer", "agent"),
-            meta={"agent_id": "ann"},
-        )
-    )
+    session = _anns_live_call(live_server, call_id)
     try:
         page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
         live_server.run(
@@ -490,16 +510,7 @@ def test_the_agent_sees_a_supervisor_take_the_escalation(
         banner = page.locator(".escalation-banner")
         banner.filter(has_text="Supervisor alerted (high)").wait_for()
         assert "has it" not in banner.inner_text()
-        token = live_server.token("sam", "supervisor", team="blue")
-        deadline = time.monotonic() + 10
-        while True:  # the store has the escalation within a flush or two
-            r = page.request.post(
-                f"{live_server.base}/api/calls/{call_id}/escalations/{seq}/ack",
-                headers={"Authorization": f"Bearer {token}"},
-            )
-            if r.ok or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        r = _sam_takes(page, live_server, call_id, seq)
         assert r.ok, r.text()
         banner.filter(has_text="Supervisor sam has it.").wait_for()
         # A second acknowledgement (the first stands) tells the agent nothing new.
@@ -658,47 +669,22 @@ def test_the_agent_hears_a_crisis_was_taken_after_a_second_escalation(
     call_id = "web-two-escalations"
     sign_in(page, live_server.base, "/agent/", "ann")
     manager = live_server.app.state.coach.manager
-    session = live_server.run(
-        manager.open(
-            call_id=call_id,
-            source="synthetic",
-            speakers=("customer", "agent"),
-            meta={"agent_id": "ann"},
-        )
-    )
+    session = _anns_live_call(live_server, call_id)
     try:
         page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
-        crisis = {
-            "type": "escalation",
-            "reason": "crisis_indicators",
-            "urgency": "critical",
-            "detail": "crisis cue",
-            "summary": {"text": "Gas leak."},
-        }
-        live_server.run(session.emit(crisis))
-        crisis_seq = session.last_event["seq"]
-        manager_request = {
-            "type": "escalation",
-            "reason": "user_request",
-            "urgency": "high",
-            "detail": "escalation_request cue",
-            "summary": {"text": "Customer wants a manager."},
-        }
-        live_server.run(session.emit(manager_request))
+        for reason, urgency, said in (
+            ("crisis_indicators", "critical", "Gas leak."),
+            ("user_request", "high", "Customer wants a manager."),
+        ):
+            raised = {"type": "escalation", "reason": reason, "urgency": urgency}
+            live_server.run(session.emit({**raised, "detail": "", "summary": {"text": said}}))
+            if urgency == "critical":
+                crisis_seq = session.last_event["seq"]
         banner = page.locator(".escalation-banner")
         banner.filter(has_text="Supervisor alerted (high)").wait_for()
         assert "(critical)" in banner.inner_text()  # still there, first
         assert "critical" in (banner.get_attribute("class") or "")
-        token = live_server.token("sam", "supervisor", team="blue")
-        deadline = time.monotonic() + 10
-        while True:  # the store has the escalation within a flush or two
-            r = page.request.post(
-                f"{live_server.base}/api/calls/{call_id}/escalations/{crisis_seq}/ack",
-                headers={"Authorization": f"Bearer {token}"},
-            )
-            if r.ok or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        r = _sam_takes(page, live_server, call_id, crisis_seq)
         assert r.ok, r.text()
         line = banner.locator(f'.escalation-line[data-seq="{crisis_seq}"]')
         line.filter(has_text="Supervisor sam has it.").wait_for()
