@@ -29,6 +29,11 @@ class EscalationDetector:
     raised: list[dict[str, Any]] = field(default_factory=list)
     _level: dict[str, int] = field(default_factory=dict)
     _counts: dict[str, int] = field(default_factory=dict)
+    _turns: dict[str, set[float]] = field(default_factory=dict)
+    """cue -> the customer turns (by start) it was shown on or matched again during its
+    cooldown: anger that builds inside frustration's 45 s cooldown showed one card, and
+    `repeated_frustration`, which counted cards, could never be raised (an outside
+    supervisor audit)."""
 
     @property
     def levels(self) -> dict[str, int]:
@@ -55,6 +60,17 @@ class EscalationDetector:
             self._level[reason] = max(rank, self._level.get(reason, -1))
         for cue, n in cue_counts.items():
             self._counts[cue] = self._counts.get(cue, 0) + n
+
+    def matched_again(self, cue_id: str, turn: float) -> None:
+        """`cue_id` matched the customer turn starting at `turn` again, held back by its
+        cooldown: it counts towards a repeated-cue escalation, once per turn."""
+        self._turns.setdefault(cue_id, set()).add(turn)
+
+    def _repeats(self, cue_id: str) -> int:
+        """Turns the cue was shown on or matched again on; at least one card shown."""
+        if not self._counts.get(cue_id):
+            return 0
+        return max(self._counts[cue_id], len(self._turns.get(cue_id, ())))
 
     def _raise(
         self,
@@ -101,6 +117,8 @@ class EscalationDetector:
         out: list[Event | None] = []
         for cue_id, spec in fired:
             self._counts[cue_id] = self._counts.get(cue_id, 0) + 1
+            if isinstance(turn := state.get("t_start"), int | float):
+                self._turns.setdefault(cue_id, set()).add(float(turn))
             if spec.escalate is not None:
                 again = cue_id in stronger_again
                 out.append(
@@ -182,25 +200,27 @@ class EscalationDetector:
                     state=state,
                 )
             )
-        if self._counts.get("frustration", 0) >= e.repeated_frustration_cues:
+        if (n := self._repeats("frustration")) >= e.repeated_frustration_cues:
             worsening = summary()["trend"] == "worsening"
             out.append(
                 self._raise(
                     "repeated_frustration",
                     "high" if worsening else "medium",
                     cue="frustration",
-                    detail=f"frustration cue {self._counts['frustration']} times",
+                    detail=f"frustration on {n} turns ({self._counts['frustration']} shown)",
                     summary=summary,
                     state=state,
                 )
             )
-        if self._counts.get("confusion", 0) >= e.complex_inquiry_cues:
+        # Confusion counts its cards only: counting its matches held back by the cooldown
+        # raised complex_inquiry on two development calls with one confused turn each.
+        if (n := self._counts.get("confusion", 0)) >= e.complex_inquiry_cues:
             out.append(
                 self._raise(
                     "complex_inquiry",
                     "medium",
                     cue="confusion",
-                    detail=f"confusion cue {self._counts['confusion']} times",
+                    detail=f"confusion cue {n} times",
                     summary=summary,
                     state=state,
                 )

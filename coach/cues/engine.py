@@ -235,7 +235,7 @@ class CueEngine:
         room = loaded.playbook.max_cues_per_utterance - self._early_this_turn
         if not candidates or room <= 0:
             return []
-        chosen = self._choose(candidates, t_end, room)
+        chosen = self._choose(candidates, t_end, room, turn=t_start)
         self._early_this_turn += len(chosen)
         out = [self._cue_event(c, event, t_start, t_end, early=True) for c in chosen]
         out.extend(
@@ -372,7 +372,7 @@ class CueEngine:
         room = pb.max_cues_per_utterance - shown_early
         if room <= 0:  # a crisis still goes through
             candidates = [c for c in candidates if c.spec.severity == "critical"]
-        chosen = self._choose(candidates, t_end, max(1, room))
+        chosen = self._choose(candidates, t_end, max(1, room), turn=t_start)
         for cand in chosen:
             ev = self._cue_event(cand, event, t_start, t_end)
             out.append(ev)
@@ -631,7 +631,10 @@ class CueEngine:
             )
         return None
 
-    def _choose(self, candidates: list[Candidate], t: float, limit: int) -> list[Candidate]:
+    def _choose(
+        self, candidates: list[Candidate], t: float, limit: int, *, turn: float
+    ) -> list[Candidate]:
+        """The candidates to show; `turn`: the start of the customer turn they come from."""
         chosen = []
         # Critical first (crisis), then by priority and strength.
         ranked = sorted(
@@ -644,6 +647,8 @@ class CueEngine:
                 stronger = cand.spec.refire_above
                 shown = self.fired_score.get(cand.cue)
                 if stronger is None or shown is None or cand.score < shown + stronger:
+                    if cand.source == WORDS:  # not the voice alone: one loud line is no trend
+                        self.escalation.matched_again(cand.cue, turn)
                     continue
                 read, read_shown = _meaning_of(cand), self.fired_meaning.get(cand.cue)
                 if (

@@ -252,6 +252,45 @@ async def test_an_escalation_names_the_span_of_the_turn_that_raised_it(
     assert alert["t_end"] == pytest.approx(conversation.t, abs=1e-3) and alert["t_end"] > start
 
 
+async def test_frustration_that_builds_inside_its_cooldown_escalates(
+    conversation: Conversation,
+) -> None:
+    """An outside supervisor audit: a caller angrier on every turn got one frustration card
+    (its 45 s cooldown held the rest), and `repeated_frustration`, which counted cards, was
+    never raised. A turn that matches again during the cooldown now counts, once."""
+    first = await conversation.say("customer", "This is really frustrating, I'm fed up with it.")
+    assert [e["cue"] for e in first if e["type"] == "cue"] == ["frustration"]
+    assert not [e for e in first if e["type"] == "escalation"]
+    second = await conversation.say("customer", "I am sick and tired of this, it's ridiculous.")
+    assert not [e for e in second if e["type"] == "cue" and e["cue"] == "frustration"]
+    (alert,) = [e for e in second if e["type"] == "escalation"]
+    assert alert["reason"] == "repeated_frustration"
+    assert alert["detail"] == "frustration on 2 turns (1 shown)"
+
+
+def test_one_turn_read_twice_is_no_repeat() -> None:
+    """The same turn, shown early from its partial and matched again as a final, counts once;
+    a match held back on another turn counts."""
+    from coach.cues.playbook import load_playbook
+    from coach.escalation import EscalationDetector
+
+    pb = load_playbook()
+    esc = EscalationDetector()
+
+    def summary() -> dict[str, Any]:
+        return {"trend": "steady"}
+
+    esc.observe_cues(
+        [("frustration", pb.cues["frustration"])],
+        summary=summary,
+        state={"t": 12.0, "t_start": 10.0},
+    )
+    esc.matched_again("frustration", 10.0)
+    assert esc._repeats("frustration") == 1
+    esc.matched_again("frustration", 20.0)
+    assert esc._repeats("frustration") == 2
+
+
 def test_the_safety_move_must_be_close_and_clearly_ahead() -> None:
     """The move closeness rule on its own: the general threshold for ordinary moves, a
     stricter one and a margin over the runner-up for the move that pages a supervisor."""
