@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -39,13 +41,21 @@ def client(tmp_path: Path, runtime: Runtime) -> Iterator[TestClient]:
         yield c
 
 
+@contextlib.contextmanager
+def agents_call(client: TestClient, call_id: str, agent: str = "ann") -> Iterator[tuple[Any, str]]:
+    """A raw-PCM call of `agent`'s, accepted: its ingest socket and the id it runs under."""
+    header = {"call_id": call_id, "sample_rate": 8000, "encoding": "pcm16", "channels": 2}
+    with client.websocket_connect("/ingest/pcm?api_key=k") as ingest:
+        ingest.send_json({**header, "agent_id": agent})
+        accepted = ingest.receive_json()
+        assert accepted["type"] == "accepted"
+        yield ingest, accepted["call_id"]
+
+
 def test_the_first_agents_feed_ends_when_the_call_is_moved(client: TestClient) -> None:
     """Found by a security audit: after a supervisor moved the call, the first agent's open
     panel kept receiving the customer's words (card number, email) in clear."""
-    header = {"call_id": "mv1", "sample_rate": 8000, "encoding": "pcm16", "channels": 2}
-    with client.websocket_connect("/ingest/pcm?api_key=k") as ingest:
-        ingest.send_json({**header, "agent_id": "ann"})
-        assert ingest.receive_json()["type"] == "accepted"
+    with agents_call(client, "mv1") as (ingest, _):
         feed = f"/ws/calls/mv1/events?token={token('ann', 'agent')}"
         with client.websocket_connect(feed) as ws:
             assert ws.receive_json()["type"] == "call_start"
@@ -75,10 +85,7 @@ def test_the_first_agents_feed_ends_when_the_call_is_moved(client: TestClient) -
 
 
 def test_a_team_supervisors_feed_ends_when_the_call_leaves_the_team(client: TestClient) -> None:
-    header = {"call_id": "mv2", "sample_rate": 8000, "encoding": "pcm16", "channels": 2}
-    with client.websocket_connect("/ingest/pcm?api_key=k") as ingest:
-        ingest.send_json({**header, "agent_id": "ann"})
-        assert ingest.receive_json()["type"] == "accepted"
+    with agents_call(client, "mv2") as (ingest, _):
         sam = f"/ws/calls/mv2/events?token={token('sam', 'supervisor', 'blue')}"
         ada = f"/ws/calls/mv2/events?token={token('ada', 'admin')}"
         with client.websocket_connect(sam) as blue, client.websocket_connect(ada) as admin:
@@ -112,15 +119,12 @@ def test_an_ingest_that_names_a_supervisor_as_agent_gives_them_no_unredacted_fee
     from coach.bus import agent_topic, call_topic
 
     bus = client.app.state.coach.bus  # type: ignore[attr-defined]
-    header = {"call_id": "named", "sample_rate": 8000, "encoding": "pcm16", "channels": 2}
     said = {"call_id": "named", "t_emit": 1.0, "type": "transcript", "speaker": "customer"}
     for named, role, team, sees in (
         ("sam", "supervisor", "blue", "[CARD]"),
         ("ann", "agent", None, "4111 1111 1111 1111"),
     ):
-        with client.websocket_connect("/ingest/pcm?api_key=k") as ingest:
-            ingest.send_json({**header, "call_id": f"named-{named}", "agent_id": named})
-            call_id = ingest.receive_json()["call_id"]
+        with agents_call(client, f"named-{named}", named) as (ingest, call_id):
             feed = f"/ws/calls/{call_id}/events?token={token(named, role, team)}"
             with client.websocket_connect(feed) as ws:
                 assert ws.receive_json()["type"] == "call_start"
@@ -141,10 +145,7 @@ def test_the_agents_feed_of_a_call_handed_over_asks_to_connect_again(client: Tes
     answers by connecting again (web/common/stream.js) and resuming after its last seq."""
     from coach.bus import agent_topic
 
-    header = {"call_id": "ho1", "sample_rate": 8000, "encoding": "pcm16", "channels": 2}
-    with client.websocket_connect("/ingest/pcm?api_key=k") as ingest:
-        ingest.send_json({**header, "agent_id": "ann"})
-        assert ingest.receive_json()["type"] == "accepted"
+    with agents_call(client, "ho1") as (ingest, _):
         feed = f"/ws/calls/ho1/events?token={token('ann', 'agent')}"
         with client.websocket_connect(feed) as ws:
             assert ws.receive_json()["type"] == "call_start"
