@@ -1047,7 +1047,12 @@ class CallRedactor:
         )
         text = event.get("text")
         if kind == "transcript" and end is not None and isinstance(text, str):
-            if _ends_in_a_local_part(text, continues_spelling=spelling):
+            # Read again only when the redacted view already ends in a tag (not on every
+            # transcript of the call).
+            shown = str(out.get("text", "")).rstrip(" .,!?;:-")
+            if shown.endswith(tuple(TAGS.values())) and _ends_in_a_local_part(
+                text, continues_spelling=spelling
+            ):
                 self._spelling_until[speaker] = end + CONTINUATION_GAP_S
             else:
                 self._spelling_until.pop(speaker, None)
