@@ -560,9 +560,7 @@ class CallManager:
         self.bus.move_topic(agent_topic(session.call_id))
         if self._calls.get(session.call_id) is session:
             del self._calls[session.call_id]
-        for telephony_id, leg in list(self._latest_leg.items()):
-            if leg == session.call_id:
-                del self._latest_leg[telephony_id]
+        self._forget_leg(session.call_id)
         await session.aclose()
         if shared:
             log.info(
@@ -571,6 +569,11 @@ class CallManager:
                 session.call_id,
                 session.fed_s,
             )
+
+    def _forget_leg(self, call_id: str) -> None:
+        """Drop the pointers from telephony ids to `call_id`, a leg no longer run here."""
+        for telephony_id in [k for k, v in self._latest_leg.items() if v == call_id]:
+            del self._latest_leg[telephony_id]
 
     def _end_requested(self, session: CallSession, reason: str) -> None:
         """A session asked to end itself (max_length, idle_timeout): the manager owns it."""
@@ -650,8 +653,7 @@ class CallManager:
         del self._calls[session.call_id]
         # A leg's telephony id needs no pointer once the leg is gone: its closed topic (below)
         # still makes the next use of the id a new leg.
-        for telephony_id in [k for k, v in self._latest_leg.items() if v == session.call_id]:
-            del self._latest_leg[telephony_id]
+        self._forget_leg(session.call_id)
         for topic in (call_topic(session.call_id), agent_topic(session.call_id)):
             # Drop the history, keep the topic closed: a late panel is told the call is over.
             self.bus.forget(topic)
