@@ -143,21 +143,21 @@ class InProcessBus:
     def close_topic(self, topic: str) -> None:
         """The topic will get no more events (call ended): end every subscriber's iterator."""
         self._closed_topics.add(topic)
-        for sub in self._subs.pop(topic, set()):
-            if sub.queue.full():
-                sub.queue.get_nowait()
-            sub.queue.put_nowait(None)
+        self._end_subscriptions(topic, moved=False)
 
     def move_topic(self, topic: str) -> None:
         """The topic's events come from another instance from now on (a call handed over):
         end every subscriber's stream marked `moved`, so that it connects again and is
         served wherever the call runs, and drop the history here."""
+        self._end_subscriptions(topic, moved=True)
+        self.forget(topic)
+
+    def _end_subscriptions(self, topic: str, *, moved: bool) -> None:
         for sub in self._subs.pop(topic, set()):
-            sub.moved = True
+            sub.moved = moved
             if sub.queue.full():
                 sub.queue.get_nowait()
             sub.queue.put_nowait(None)
-        self.forget(topic)
 
     def forget(self, topic: str) -> None:
         self._history.pop(topic, None)
