@@ -518,20 +518,51 @@ def _plain_figures(text: str) -> bool:
     )
 
 
+# The groups of a number as it is read out, by their lengths, with what its first digits may
+# be: a NANP phone number (area code and exchange start with 2-9), an SSN (no 000, 666 or
+# 9xx area), a card in fours (Visa, Mastercard, Amex, Discover start with 2-6) and an Amex
+# card. Groups of such a shape joined by a bare "and" are one number: "415 and 555 and 0122"
+# kept its area code visible (the second outside PII audit), while "45 and 120 and 300 and
+# 1500" is a list of amounts.
+_READ_OUT_SHAPES: dict[tuple[int, ...], re.Pattern[str]] = {
+    (3, 3, 4): re.compile(r"[2-9]\d\d[2-9]"),
+    (3, 2, 4): re.compile(r"(?!000|666|9)\d{3}"),
+    (4, 4, 4, 4): re.compile(r"[2-6]"),
+    (4, 6, 5): re.compile(r"3[47]"),
+}
+
+
+def _has_number_shape(runs: list[Run]) -> bool:
+    start = _READ_OUT_SHAPES.get(tuple(len(r.digits) for r in runs))
+    return start is not None and start.match("".join(r.digits for r in runs)) is not None
+
+
 def _joined(text: str, runs: list[Run]) -> list[Run]:
     """Runs read out one after another with fillers or joins between them, as one run. A
-    bare "and" joins only digits read one by one, or a group with a leading zero: "I paid
-    45 and 120 and 300" is a list of amounts."""
+    bare "and" joins only digits read one by one, a group with a leading zero, or groups
+    whose lengths are the shape of a phone, SSN or card number: "I paid 45 and 120 and 300"
+    is a list of amounts."""
+    # How each run links to the next: True (joined), "and" (joined only inside a stretch of
+    # runs with a number's shape) or False.
+    links: list[bool | str] = []
+    for prev, run in zip(runs, runs[1:], strict=False):
+        gap = text[prev.end : run.start]
+        if not _JOIN.fullmatch(gap):
+            links.append(False)
+        elif {w.lower() for w in re.findall(r"[A-Za-z]+", gap)} != {"and"}:
+            links.append(True)
+        else:
+            links.append(not (prev.groups or run.groups) or run.digits[0] == "0" or "and")
+    for size in {len(shape) for shape in _READ_OUT_SHAPES}:
+        for i in range(len(runs) - size + 1):
+            window = range(i, i + size - 1)
+            if all(links[k] for k in window) and _has_number_shape(runs[i : i + size]):
+                for k in window:
+                    links[k] = True
     out: list[Run] = []
-    for run in runs:
-        prev = out[-1] if out else None
-        gap = text[prev.end : run.start] if prev is not None else ""
-        bare_and = {w.lower() for w in re.findall(r"[A-Za-z]+", gap)} == {"and"}
-        if (
-            prev is not None
-            and _JOIN.fullmatch(gap)
-            and (not bare_and or not (prev.groups or run.groups) or run.digits[0] == "0")
-        ):
+    for i, run in enumerate(runs):
+        if i and links[i - 1] is True:
+            prev = out[-1]
             out[-1] = Run(
                 prev.start,
                 run.end,

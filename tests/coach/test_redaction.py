@@ -464,6 +464,12 @@ def test_what_an_outside_pii_audit_found(text: str, expected: str) -> None:
             "Call me at [PHONE] please.",
         ),
         ("4-5-3-2, and 0-1-5-1, and 0-8-3-0, and 0-3-6-6.", "[CARD]."),
+        # Groups of a phone, SSN or card number's lengths, joined by a bare "and".
+        ("My number is 415 and 555 and 2122 okay.", "My number is [PHONE] okay."),
+        ("it's 415 and 555 and 0122", "it's [PHONE]"),
+        ("Social is 123 and 45 and 6789.", "Social is [SSN]."),
+        ("4532 and 1151 and 2830 and 1366", "[NUMBER]"),
+        ("I paid 45 and 300, call 415 and 555 and 2122", "I paid 45 and 300, call [PHONE]"),
         ("2, 2, 3, 4, 8, I know", "[NUMBER], I know"),  # digits read one by one, mid-line
         # Addresses: brackets, a pause before "at", the "at" lost, a name in two words.
         ("email john.smith(at)gmail(dot)com re refund", "email [EMAIL] re refund"),
@@ -700,3 +706,18 @@ def test_a_uuid_is_looked_up_under_the_alias_it_was_stored_under_before() -> Non
     uid = "b2221a58-008a-45a6-8464-7159c324c985"
     aliases = customer_aliases(uid, KEY)
     assert aliases[0] == uid and len(aliases) == 2 and aliases[1].startswith("ssn-")
+
+
+@pytest.mark.parametrize(
+    "amounts",
+    [
+        "I paid 45 and 120 and 300 and 1500",
+        "between 100 and 250 and 1500 a month",
+        "it was 999 and 20 and 1500",  # no SSN starts with 9
+        "we had 1200 and 1500 and 1800 and 2000",
+    ],
+)
+def test_amounts_joined_by_and_are_not_a_number_read_out(amounts: str) -> None:
+    """Groups of a phone number's lengths are one number only when their first digits can
+    start one: a price list keeps its figures."""
+    assert redact_text(amounts) == amounts
