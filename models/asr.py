@@ -178,6 +178,10 @@ def truncate_repeats(tokens: list[int], *, max_ngram: int = 8, max_repeats: int 
 
 
 REPEATED_TAIL_MIN_TOKENS = 8
+PARTIAL_REPEATED_TAIL_MIN_TOKENS = 3
+"""A partial, shown for half a second until the final replaces it, drops a short phrase said
+twice at its end too: a newcomer saw "I complete this. I complete this." flash on the panel.
+The final keeps such a repeat, as callers do say a short sentence twice."""
 
 
 def drop_repeated_tail(
@@ -329,7 +333,10 @@ class WhisperAsr:
                 if len(tokens) > len(token_lists[i]):
                     text_gens[i], token_lists[i] = g, tokens
             log.debug("ASR loop fallback for %d of %d utterances", len(looped), len(requests))
-        token_lists = [drop_repeated_tail(t, self._tokenizer.decode) for t in token_lists]
+        floor = REPEATED_TAIL_MIN_TOKENS if words else PARTIAL_REPEATED_TAIL_MIN_TOKENS
+        token_lists = [
+            drop_repeated_tail(t, self._tokenizer.decode, min_tokens=floor) for t in token_lists
+        ]
         alignments: list[tuple[Word, ...]] = [()] * len(requests)
         if words and any(token_lists):
             alignments = self._align(requests, token_lists, encoded, content)

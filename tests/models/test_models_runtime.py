@@ -501,7 +501,7 @@ def test_a_sentence_said_again_at_the_end_is_kept_once() -> None:
     import tokenizers
     from faster_whisper.tokenizer import Tokenizer
 
-    from models.asr import drop_repeated_tail, resolve_model_path
+    from models.asr import PARTIAL_REPEATED_TAIL_MIN_TOKENS, drop_repeated_tail, resolve_model_path
 
     folder = resolve_model_path("tiny.en", Path("."))
     tok = Tokenizer(tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json")), False)
@@ -517,6 +517,15 @@ def test_a_sentence_said_again_at_the_end_is_kept_once() -> None:
     short = tok.encode(" I want a refund. I want a refund.")
     assert drop_repeated_tail(short, tok.decode) == short
     assert drop_repeated_tail(once, tok.decode) == once
+    # A partial drops it: it shows for half a second, and the final keeps what was said.
+    partial = tok.encode(" I complete this. I complete this.")
+    assert tok.decode(
+        drop_repeated_tail(partial, tok.decode, min_tokens=PARTIAL_REPEATED_TAIL_MIN_TOKENS)
+    ) == (" I complete this.")
+    no_no = tok.encode(" No, no.")
+    assert drop_repeated_tail(no_no, tok.decode, min_tokens=PARTIAL_REPEATED_TAIL_MIN_TOKENS) == (
+        no_no
+    )
     assert drop_repeated_tail([], tok.decode) == []
 
 
