@@ -182,6 +182,19 @@ async def test_after_the_agent_says_they_will_check_a_silence_asks_for_a_check_i
     assert any(r.startswith("after the agent's hold") for r in dead[0]["reasons"])
 
 
+async def test_a_silence_during_a_transfer_says_who_they_will_speak_to(
+    conversation: Any,
+) -> None:
+    conv = conversation
+    await conv.say("customer", "I want to speak to a manager about this.")
+    await conv.say("agent", "I'll transfer you to my supervisor now.")
+    assert conv.engine.agent_moves and conv.engine.agent_moves[-1].move == "transfer"
+    spoken = [(0.0, conv.t)]
+    cues = conv.engine.on_tick(Timeline(now=conv.t + 8.5, customer=spoken, agent=[]))
+    dead = [c for c in cues if c["cue"] == "dead_air"]
+    assert len(dead) == 1 and dead[0]["advice"].startswith("Tell the customer the transfer")
+
+
 async def test_a_silence_after_other_talk_keeps_the_plain_advice(conversation: Any) -> None:
     conv = conversation
     await conv.say("customer", "I was charged twice for my order last month.")

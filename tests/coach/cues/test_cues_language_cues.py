@@ -830,3 +830,41 @@ async def test_a_crisis_from_a_sustained_state_names_no_words(conversation: Conv
     evidence = found[0]["evidence"]
     assert evidence["source"] == "trend" and evidence["phrases"] == []
     assert "intense negative state over 3 customer turns" in found[0]["why"]
+
+
+async def test_frustration_after_an_apology_asks_for_the_plan(conversation: Conversation) -> None:
+    """A caller still angry after the agent apologised needs the fix, not a second apology
+    (`advice_after`); the reasons name the apology."""
+    await conversation.say("customer", "I'm calling about my bill.")
+    await conversation.say("agent", "I'm so sorry about that, I apologise for the trouble.")
+    assert conversation.engine.agent_moves[-1].move == "apology"
+    events = await conversation.say("customer", "This is completely ridiculous.")
+    cue = next(e for e in events if e["type"] == "cue" and e["cue"] == "frustration")
+    assert cue["advice"].startswith("They have had the apology")
+    assert any(r.startswith("after the agent's apology") for r in cue["reasons"])
+
+
+async def test_frustration_with_no_agent_move_keeps_its_advice(
+    conversation: Conversation,
+) -> None:
+    await conversation.say("customer", "I'm calling about my bill.")
+    await conversation.say("agent", "Can I have your account number please?")
+    events = await conversation.say("customer", "This is completely ridiculous.")
+    cue = next(e for e in events if e["type"] == "cue" and e["cue"] == "frustration")
+    assert cue["advice"].startswith("Validate the feeling")
+
+
+async def test_confusion_after_an_explanation_asks_for_another_way_in(
+    conversation: Conversation,
+) -> None:
+    await conversation.say("customer", "Why is my bill higher this month?")
+    await conversation.say(
+        "agent",
+        "That's because the promotional discount ended, so the standard rate applies now.",
+    )
+    assert conversation.engine.agent_moves[-1].move == "explanation"
+    events = await conversation.say(
+        "customer", "Sorry, I don't follow. I don't understand what that means."
+    )
+    cue = next(e for e in events if e["type"] == "cue" and e["cue"] == "confusion")
+    assert cue["advice"].startswith("Try another way in")
