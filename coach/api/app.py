@@ -209,7 +209,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             # ...and which of them have lost their instance, until the sweep closes them.
             contact = ContactWatcher(wall, state.bus, runs_here=state.runs_here)
             contact.start()
-            state.bus.watch_remote(COMMAND_TOPIC, lambda _t, ev, at: _run_command(state, ev, at))
+            state.bus.watch_remote(
+                COMMAND_TOPIC, lambda _t, ev, at: _run_command(state, wall, ev, at)
+            )
             state.bus.watch_remote(SUPERVISOR_TOPIC, lambda _t, ev, _at: _tell_the_agent(state, ev))
         loader: asyncio.Task[None] | None = None
         if state.runtime is None:
@@ -281,7 +283,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.state.coach = state
     app.state.users = UserDirectory.from_settings(settings)
     # Called by the history API after an erasure (DELETE /api/history/calls/..., customers).
-    app.state.on_erased = lambda call_ids: _forget_erased(state, call_ids)
+    app.state.on_erased = lambda call_ids: _forget_erased(state, wall, call_ids)
     app.state.wall = wall
     app.state.demo = demo_player
     app.include_router(history_router)
@@ -686,12 +688,14 @@ async def _assign_forwarded(session: CallSession, agent_id: str) -> None:
         log.exception("call %s: forwarded assignment of %s failed", session.call_id, agent_id)
 
 
-async def _forget_erased(state: AppState, call_ids: list[str]) -> None:
+async def _forget_erased(state: AppState, wall: WallTracker, call_ids: list[str]) -> None:
     """Stored calls were erased (coach/store/api.py): drop every other copy of their events,
-    here, in Redis, and on every other instance (`forget_call` commands)."""
+    here (the call's kept events and its wall tile), in Redis, and on every other instance
+    (`forget_call` commands)."""
     for call_id in call_ids:
         if state.manager is not None:
             state.manager.forget_erased(call_id)
+        wall.forget(call_id)
         if isinstance(state.bus, RedisBus):
             try:
                 await state.bus.erase_call(call_id)
@@ -700,11 +704,12 @@ async def _forget_erased(state: AppState, call_ids: list[str]) -> None:
             state.bus.publish(COMMAND_TOPIC, {"type": "forget_call", "call_id": call_id})
 
 
-def _run_command(state: AppState, event: Event, written_at: float) -> None:
+def _run_command(state: AppState, wall: WallTracker, event: Event, written_at: float) -> None:
     """Another instance asks this one to act on a call it runs (access was checked there)."""
     if event.get("type") == "forget_call" and isinstance(event.get("call_id"), str):
         if state.manager is not None:  # an erasure, however late: drop what is kept here
             state.manager.forget_erased(event["call_id"])
+        wall.forget(event["call_id"])
         return
     if event.get("type") != "assign_agent" or time.time() - written_at > COMMAND_MAX_AGE_S:
         return

@@ -332,6 +332,22 @@ class WallTracker:
             elif sees:
                 sub.offer(event)
 
+    def forget(self, call_id: str) -> bool:
+        """The call was erased from the store: its tile goes from every wall at once, with its
+        handoffs and their quotes of the caller (an outside audit found an erased call on the
+        walls for the hour an open escalation keeps it, its alert impossible to acknowledge).
+        Only an ended call is erased. True if a tile went."""
+        self._unknown.pop(call_id, None)
+        tile = self.calls.get(call_id)
+        if tile is None or tile.ended_at is None:
+            return False
+        del self.calls[call_id]
+        self._partial.discard(call_id)
+        for sub in list(self._subs):
+            if may_view_call(sub.principal, tile.meta):
+                sub.resync({"type": "call_update", "call_id": call_id})
+        return True
+
     def _new_tile(self, call_id: str, at: float | None = None) -> Tile:
         self._purge()
         tile = Tile(call_id=call_id, started_at=time.time() if at is None else at)

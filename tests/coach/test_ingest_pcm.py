@@ -409,8 +409,13 @@ def test_an_erased_call_leaves_no_copy_for_late_panels(
     ]:
         assert time.monotonic() < deadline, "never stored"
         time.sleep(0.2)
+    on_wall = [c["call_id"] for c in client.get("/api/supervisor/calls").json()["calls"]]
+    assert "erased" in on_wall  # an ended call stays on the wall for a while
     assert client.delete("/api/history/calls/erased").status_code == 204
     assert client.get("/api/history/calls/erased").status_code == 404
+    # Nor on the supervisors' wall: its tile quoted the caller in its handoffs.
+    on_wall = [c["call_id"] for c in client.get("/api/supervisor/calls").json()["calls"]]
+    assert "erased" not in on_wall
     assert state.bus.history(agent_topic("erased")) == []
     assert state.bus.history(call_topic("erased")) == []
     assert state.manager.get("erased") is None

@@ -128,3 +128,20 @@ def test_a_connection_that_failed_before_anything_was_heard_leaves_after_a_minut
     shown = {t["call_id"] for t in wall.snapshot(SUPERVISOR)}
     assert shown == {"failed-but-heard", "hung-up"}
     assert wall.keep() == {"ended_s": 600.0, "open_escalation_s": 3600.0, "failed_s": 60.0}
+
+
+async def test_an_erased_call_leaves_every_wall_at_once() -> None:
+    """An outside audit: an erased call with an open escalation stayed on the walls for the
+    hour, quoting the caller in its handoff, and its alert could not be acknowledged."""
+    wall = WallTracker()
+    sub = wall.subscribe(SUPERVISOR)
+    _call(wall, "gone", ended_ago_s=60, escalation="open")
+    wall.apply({"type": "call_start", "call_id": "live", "seq": 1, "meta": {"agent_id": "ann"}})
+    while not sub.queue.empty():
+        sub.queue.get_nowait()
+    sub.overflowed = False
+    assert wall.forget("gone") is True
+    assert [t["call_id"] for t in wall.snapshot(SUPERVISOR)] == ["live"]
+    assert sub.overflowed  # the open wall takes a fresh snapshot without it
+    assert wall.forget("live") is False  # a live call is never erased
+    assert wall.forget("unknown") is False
