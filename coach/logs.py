@@ -81,6 +81,16 @@ _QUERY_VALUE = re.compile(r"(?i)([?&](?:q|query|search|text|customer_id)=)([^&\s
 _CUSTOMER_PATH = re.compile(r"(/api/customers/)([^/?\s\"']+)")
 
 
+# A parameter name written with percent escapes (`?api%5Fkey=`, `?%74oken=`): Starlette decodes
+# names before it reads them, so the request works and the log must read the name the same
+# way (an outside security audit saw a key, a token and a card number through).
+_ENCODED_NAME = re.compile(r"([?&])([^=&\s\"']*%[0-9A-Fa-f]{2}[^=&\s\"']*)=")
+
+
+def _decode_name(m: re.Match[str]) -> str:
+    return m.group(1) + unquote_plus(m.group(2)) + "="
+
+
 def _redact_query_value(m: re.Match[str]) -> str:
     value = unquote_plus(m.group(2))
     clean = redact_text(value)
@@ -90,6 +100,8 @@ def _redact_query_value(m: re.Match[str]) -> str:
 def scrub(text: str) -> str:
     """`text` with the values of credential query parameters replaced by `***`, and personal
     data in other query values redacted (coach/redaction.py)."""
+    if "%" in text:
+        text = _ENCODED_NAME.sub(_decode_name, text)
     text = _SECRET_PARAM.sub(r"\1=***", text)
     if "/api/customers/" in text:
         text = _CUSTOMER_PATH.sub(_redact_query_value, text)

@@ -291,3 +291,20 @@ def test_a_probe_that_succeeds_is_not_logged_one_that_fails_is(stream: io.String
         '10.0.0.1:5 - "GET /health/ready HTTP/1.1" 503',
         '10.0.0.1:5 - "GET /api/calls HTTP/1.1" 200',
     ]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('"WebSocket /ingest/pcm?api%5Fkey=ingest-key-XYZ" [accepted]', "api_key=***"),
+        ('"WebSocket /ws/calls/c1/events?%74oken=eyJhbGciOi.x.y" [accepted]', "token=***"),
+        ('"GET /api/history/calls?%71=4532015112830366 HTTP/1.1"', "q=[CARD]"),
+        ('"GET /api/history/calls?customer%5Fid=john.smith%40gmail.com HTTP/1.1"', "=[EMAIL]"),
+    ],
+)
+def test_a_parameter_name_in_percent_escapes_is_scrubbed_too(line: str, expected: str) -> None:
+    """An outside security audit: Starlette decodes parameter names, so `?api%5Fkey=` is
+    the ingest key and `?%71=` a history search, and both reached the log in clear."""
+    scrubbed = scrub(line)
+    assert expected in scrubbed
+    assert not any(s in scrubbed for s in ("XYZ", "eyJ", "4532", "smith"))
