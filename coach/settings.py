@@ -270,8 +270,14 @@ class Settings(BaseSettings):
             return path.read_text().strip()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         value = secrets.token_urlsafe(32)
-        path.write_text(value)
-        path.chmod(0o600)
+        # Created owner-only: written first and chmod-ed after, it was readable by anyone on
+        # the machine for a moment under the usual umask (an outside security audit).
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: use theirs
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as out:
+            out.write(value)
         return value
 
     @cached_property

@@ -127,7 +127,8 @@ async def login(body: LoginBody, request: Request) -> LoginAnswer:
         raise HTTPException(429, str(exc), headers={"Retry-After": "1"}) from exc
     except LoginRefused as exc:
         log.warning("sign-in refused for %r: %s", redact_text(body.user[:100]), exc)
-        raise HTTPException(429 if exc.throttled else 401, str(exc)) from exc
+        headers = {"Retry-After": str(int(FAILURE_WINDOW_S))} if exc.throttled else None
+        raise HTTPException(429 if exc.throttled else 401, str(exc), headers=headers) from exc
     if shared is not None:
         await shared.clear_sign_ins(name)
     token = issue_token(
@@ -166,7 +167,11 @@ async def _count_everywhere(request: Request, name: str) -> RedisBus | None:
         return None
     if tries > MAX_FAILURES:
         log.warning("sign-in refused for %r: too many failed sign-ins", redact_text(name[:100]))
-        raise HTTPException(429, "too many failed sign-ins; wait a minute")
+        raise HTTPException(
+            429,
+            "too many failed sign-ins; wait a minute",
+            headers={"Retry-After": str(int(FAILURE_WINDOW_S))},
+        )
     return bus
 
 

@@ -91,7 +91,10 @@ def require_principal(request: Request) -> Principal:
     try:
         return principal_from(request, settings)
     except AuthError as exc:
-        raise HTTPException(status_code=401, detail=str(exc)) from exc
+        # RFC 6750: a 401 names the scheme it wants.
+        raise HTTPException(
+            status_code=401, detail=str(exc), headers={"WWW-Authenticate": "Bearer"}
+        ) from exc
 
 
 def seconds_left(principal: Principal, *, now: float | None = None) -> float | None:

@@ -225,6 +225,15 @@ def test_a_full_sign_in_queue_answers_429_with_retry_after(
     assert "try again" in r.json()["detail"]
 
 
+def test_a_locked_out_name_is_told_when_to_try_again(client: TestClient) -> None:
+    """The lockout's 429 says when to come back, as the busy queue's does (an outside
+    security audit found it without `Retry-After`)."""
+    for _ in range(5):
+        assert client.post("/api/login", json={"user": "ben", "password": "x"}).status_code == 401
+    r = client.post("/api/login", json={"user": "ben", "password": "x"})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+
+
 def test_login_issues_a_token_that_the_api_accepts(client: TestClient) -> None:
     assert client.post("/api/login", json={"user": "ann", "password": "bad"}).status_code == 401
     assert client.post("/api/login", json={"user": "nobody", "password": "pw"}).status_code == 401
@@ -243,7 +252,8 @@ def test_login_issues_a_token_that_the_api_accepts(client: TestClient) -> None:
     }
     ann = client.post("/api/login", json={"user": "ann", "password": "pw"}).json()
     assert ann["team_members"] is None  # an agent assigns nobody
-    assert client.get("/api/me").status_code == 401
+    refused = client.get("/api/me")
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
     assert client.get("/api/me", headers={"Authorization": "Bearer junk"}).status_code == 401
     # The address carries a token only where no header can be set: WebSockets.
     r = client.get(f"/api/me?token={body['token']}")
@@ -715,5 +725,6 @@ def test_failed_sign_ins_are_counted_across_instances(tmp_path: Path, runtime: R
             assert a.post("/api/login", json={"user": name, "password": "bad"}).status_code == 401
         refused = b.post("/api/login", json={"user": name, "password": "pw"})
         assert refused.status_code == 429, refused.text  # even the right password, for now
+        assert int(refused.headers["retry-after"]) > 0  # and says for how long
         # Another name on B is not held up.
         assert b.post("/api/login", json={"user": "ann", "password": "pw"}).status_code == 200

@@ -46,3 +46,21 @@ def test_a_phone_region_libphonenumber_does_not_know_is_refused(tmp_path: Path) 
     with pytest.raises(ValidationError, match="GB, not UK"):
         Settings(data_dir=tmp_path, phone_region="UK")
     assert Settings(data_dir=tmp_path, phone_region="GB").phone_region == "GB"
+
+
+def test_a_generated_signing_secret_is_owner_only_from_the_start(tmp_path: Path) -> None:
+    """Written and then chmod-ed, the file was world-readable for a moment (an outside
+    security audit); it is created owner-only, kept across restarts, and a second process
+    that finds it made reads it."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        first = Settings(data_dir=tmp_path, auth_secret="").signing_secret
+    finally:
+        os.umask(old)
+    path = tmp_path / "auth_secret"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert Settings(data_dir=tmp_path, auth_secret="").signing_secret == first
+    assert len(first) >= 40
