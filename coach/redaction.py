@@ -307,6 +307,15 @@ _ANNOUNCED_LOCAL = re.compile(
 )
 
 
+# An announced local part joined by a dot, an underscore or digits, mid-line: "my email is
+# j.smith. Thanks" (an outside security audit's partials); a joined word is no talk.
+_ANNOUNCED_JOINED_LOCAL = re.compile(
+    r"\be-?mail(?:\s+address)?(?:\s+is|'s)?[\s:,]+"
+    r"(?P<local>[A-Za-z][A-Za-z0-9]*(?:[._+][A-Za-z0-9]+)+|[A-Za-z]+\d+[A-Za-z0-9]*)(?![\w@])",
+    re.IGNORECASE,
+)
+
+
 # The same announced local part followed by its domain, with the "at" between them lost to
 # the ASR or heard as part of the domain: "my email is john dot smith email dot com" (an
 # outside audit's "john dot smith at gmail dot com" through Whisper), "john.smith gmail.com".
@@ -360,6 +369,8 @@ def _announced_email_spans(text: str) -> list[Span]:
     local = m.group("local").rstrip(".-") if m is not None else ""
     if m is not None and _looks_local(local):
         spans.append(Span(m.start("local"), m.start("local") + len(local), "email"))
+    for m in _ANNOUNCED_JOINED_LOCAL.finditer(text):
+        spans.append(Span(m.start("local"), m.end("local"), "email"))
     for m in _ANNOUNCED_ADDRESS.finditer(text):
         if not _looks_local(m.group("local")) or text[m.start("domain") :].lower().startswith(
             tuple(f"{j} " for j in _JOINERS)
@@ -606,12 +617,28 @@ _NUMERALS = re.compile(r"\d+(?:[\s,.:/\-]+\d+)*")
 _REPEATS = frozenset({"double", "triple"})  # "double five": two digits
 
 
+_WORD = r"[A-Za-z0-9][\w+-]*(?:\.[A-Za-z0-9][\w+-]*)*"  # "john", "john.smith", not "john."
+# A partial that has just heard "my email is john": the start of an address, too short yet to
+# look like one ("john" is any word), reached supervisors (an outside security audit). In a
+# partial, the words after the announcement are hidden unless they plainly are talk.
+_INTERIM_ADDRESS = re.compile(
+    r"\be-?mail(?:\s+address)?[\s,]*(?:is|'s|:)[\s,:]*"
+    r"(?P<local>(?!(?:the|a|an|not|no|on|in|still|wrong|broken|same|correct|right|fine|and|it"
+    r"|that|this|my|your|changed|different|old|new|up|down|now|at|also|just|probably|actually"
+    r"|uh|um|please|for|from|to|with|what|where|how|why|when)\b)"
+    rf"{_WORD}(?:[\s,]+(?!(?:and|but|so|please|if|because)\b){_WORD}){{0,2}})",
+    re.IGNORECASE,
+)
+
+
 def _interim_spans(text: str) -> list[Span]:
     """What a partial hides besides personal data: every run of 2 or more digits, as numerals
-    ("212 550", "21") or as 2 or more digit words in a row ("two one"). A partial holds the
-    number still being spoken, too short yet to look like one; the final transcript, under
-    the usual rules, replaces it."""
-    spans: list[Span] = []
+    ("212 550", "21") or as 2 or more digit words in a row ("two one"), and the words after
+    "my email is". A partial holds the number or address still being spoken, too short yet
+    to look like one; the final transcript, under the usual rules, replaces it."""
+    spans = [
+        Span(m.start("local"), m.end("local"), "email") for m in _INTERIM_ADDRESS.finditer(text)
+    ]
     for m in _NUMERALS.finditer(text):
         digits = re.sub(r"\D", "", m.group())
         if len(digits) >= 2:

@@ -721,3 +721,30 @@ def test_amounts_joined_by_and_are_not_a_number_read_out(amounts: str) -> None:
     """Groups of a phone number's lengths are one number only when their first digits can
     start one: a price list keeps its figures."""
     assert redact_text(amounts) == amounts
+
+
+@pytest.mark.parametrize(
+    ("partial", "expected"),
+    [
+        ("My email is john", "My email is [EMAIL]"),
+        (
+            "My email is john. My email, is john john me",
+            "My email is [EMAIL]. My email, is [EMAIL]",
+        ),
+        ("my email is john and my phone is", "my email is [EMAIL] and my phone is"),
+        # Talk about an email stays, in a partial too.
+        ("my email is broken", "my email is broken"),
+        ("my email is not working and I need help", "my email is not working and I need help"),
+        ("the email is in my spam folder", "the email is in my spam folder"),
+    ],
+)
+def test_a_partial_hides_the_start_of_an_address_being_said(partial: str, expected: str) -> None:
+    """An outside security audit: partials showed supervisors "My email is john" before the
+    final hid the address."""
+    assert redact_text(partial, interim=True) == expected
+
+
+def test_an_announced_address_joined_by_a_dot_is_hidden_mid_line() -> None:
+    assert redact_text("my email is j.smith. Thanks") == "my email is [EMAIL]. Thanks"
+    assert redact_text("my email is jsmith87 okay") == "my email is [EMAIL] okay"
+    assert redact_text("my email is version 2 now") == "my email is version 2 now"
