@@ -408,6 +408,11 @@ class WallTracker:
         tile = self.calls.get(call_id)
         return tile is not None and tile.ended_at is not None
 
+    def saw(self, call_id: str, seq: int) -> bool:
+        """The wall passed on this call's cue or escalation numbered `seq`."""
+        tile = self.calls.get(call_id)
+        return tile is not None and seq in tile.seen
+
     def meta(self, call_id: str) -> dict[str, Any] | None:
         tile = self.calls.get(call_id)
         return tile.meta if tile else None

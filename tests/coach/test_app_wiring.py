@@ -228,6 +228,8 @@ def test_a_cue_rated_the_moment_it_arrives_is_rated(runtime: Runtime, tmp_path: 
     """An outside audit with two servers: a rating posted within half a second of its cue got
     404 "has no cue" (the store writes every COACH_STORE_FLUSH_INTERVAL_S). On a call the
     server knows, a rating waits for the write (a few seconds at most)."""
+    import time
+
     from coach.bus import SUPERVISOR_TOPIC, call_topic
 
     settings = Settings(data_dir=tmp_path, auth_disabled=True, store_flush_interval_s=1.0)
@@ -265,9 +267,13 @@ def test_a_cue_rated_the_moment_it_arrives_is_rated(runtime: Runtime, tmp_path: 
         rated = client.post("/api/calls/fb-now/cues/2/feedback", json={"verdict": "helpful"})
         assert rated.status_code == 200, rated.text
         assert rated.json()["verdict"] == "helpful"
-        # A call nobody knows is still told at once.
+        # A call nobody knows, or a cue the call never had, is told at once (a flood of the
+        # latter held each request for the whole wait: an outside security audit).
         unknown = client.post("/api/calls/nobody/cues/1/feedback", json={"verdict": "helpful"})
         assert unknown.status_code == 404
+        began = time.monotonic()
+        never = client.post("/api/calls/fb-now/cues/99999/feedback", json={"verdict": "helpful"})
+        assert never.status_code == 404 and time.monotonic() - began < 1.0
 
 
 @needs_redis
