@@ -29,12 +29,13 @@ one of a critical cue needs `--min-critical-reporters` (at least 2) reporters an
 helpful" (and nobody "helpful"), as near-miss negatives of those cues.
 
 Policy per language cue, over thresholds current +- 0.10 in 0.01 steps:
-- at least `--min-ratings` ratings and a not-helpful share (not_helpful + dismissed) above
+- at least `--min-ratings` helpful or not-helpful ratings (a dismissal is no verdict: agents
+  close a right card once they have acted on it) and a not-helpful share above
   `--max-unhelpful`: take the best-F1 threshold among the higher ones that raise precision;
-- at least `--min-ratings` ratings, mostly helpful, and recall below 1.0: the best-F1
-  threshold among the lower ones that raise recall;
-- otherwise (little feedback): the best-F1 threshold, only if it beats the current F1 by
-  `--min-gain`; ties go to the threshold nearest the current one.
+- as many ratings, a helpful share above 1 - `--max-unhelpful` (mostly helpful), and recall
+  below 1.0: the best-F1 threshold among the lower ones that raise recall;
+- otherwise (little or evenly split feedback): the best-F1 threshold, only if it beats the
+  current F1 by `--min-gain`; ties go to the threshold nearest the current one.
 A critical cue (crisis) is never proposed a threshold that loses recall on the evaluation set.
 The tune split is used by default (`--eval-dir .cache/cue_eval/heldout` uses the retired first
 held-out split instead); the test split, `heldout2`, is refused: it must stay unseen.
@@ -249,8 +250,11 @@ def choose(
     is never given a threshold that loses recall on the evaluation set, whatever the ratings
     say: a missed crisis costs more than any false page (CUES.md)."""
     before = sweep[current]
-    total = sum(feedback.values())
-    unhelpful = feedback.get("not_helpful", 0) + feedback.get("dismissed", 0)
+    # A dismissal is no verdict: agents close a right card once they have acted on it (as
+    # `--unhelpful` reads them). Counted against the cue, an outside audit's two dismissals
+    # alone turned an even split into "raise precision".
+    helpful, unhelpful = feedback.get("helpful", 0), feedback.get("not_helpful", 0)
+    total = helpful + unhelpful
     if critical:
         sweep = {
             t: m for t, m in sweep.items() if (m.get("recall") or 0) >= (before.get("recall") or 0)
@@ -272,10 +276,14 @@ def choose(
         ]
         if stricter:
             pick = best(stricter)
-        reason = f"{unhelpful}/{total} rated not helpful or dismissed: raise precision"
+        reason = f"{unhelpful}/{total} rated not helpful: raise precision"
         if not stricter:  # say why nothing changes, or the line reads as a change
             reason += " (no threshold raises it on the evaluation set: reword the examples)"
-    elif total >= min_ratings and (before.get("recall") or 0) < 1.0:
+    elif (
+        total >= min_ratings
+        and helpful / total > 1.0 - max_unhelpful
+        and (before.get("recall") or 0) < 1.0
+    ):
         looser = [
             t
             for t in sweep
@@ -283,13 +291,15 @@ def choose(
         ]
         if looser:
             pick = best(looser)
-        reason = f"{total - unhelpful}/{total} rated helpful: raise recall"
+        reason = f"{helpful}/{total} rated helpful: raise recall"
         if not looser:
             reason += " (no threshold raises it on the evaluation set)"
     else:
         cand = best(list(sweep))
         if f1(cand) >= f1(current) + min_gain:
             pick = cand
+        if total >= min_ratings:  # an even split says neither way: the evaluation set decides
+            reason = f"{helpful}/{total} rated helpful, {unhelpful} not: mixed; " + reason
     return Proposal(cue, current, pick, before, sweep[pick], dict(feedback), reason)
 
 

@@ -54,7 +54,7 @@ def test_without_feedback_the_best_f1_wins_if_it_gains_enough() -> None:
 
 
 def test_mostly_unhelpful_feedback_raises_precision() -> None:
-    fb = {"helpful": 2, "not_helpful": 6, "dismissed": 4}
+    fb = {"helpful": 2, "not_helpful": 8, "dismissed": 4}
     p = choose("x", 0.45, SWEEP, fb, min_ratings=10, max_unhelpful=0.5, min_gain=0.02)
     assert p.proposed == 0.55 and p.after["precision"] > p.before["precision"]
     assert "not helpful" in p.reason
@@ -72,6 +72,22 @@ def test_helpful_feedback_with_misses_raises_recall() -> None:
     fb = {"helpful": 12, "not_helpful": 1, "dismissed": 0}
     p = choose("x", 0.55, SWEEP, fb, min_ratings=10, max_unhelpful=0.5, min_gain=0.02)
     assert p.proposed == 0.50 and p.after["recall"] > p.before["recall"]
+
+
+def test_dismissals_are_no_verdict() -> None:
+    """An outside audit: two dismissals (agents closing a card they acted on) turned an even
+    split of ratings into "raise precision", and --apply raised the threshold."""
+    fb = {"helpful": 2, "not_helpful": 2, "dismissed": 2}
+    p = choose("x", 0.50, SWEEP, fb, min_ratings=3, max_unhelpful=0.5, min_gain=0.2)
+    assert p.proposed == 0.50 and "mixed" in p.reason
+
+
+def test_an_even_split_moves_neither_way() -> None:
+    """The same audit: 3 helpful and 3 not helpful took the "mostly helpful" branch and
+    lowered the threshold."""
+    fb = {"helpful": 3, "not_helpful": 3, "dismissed": 0}
+    p = choose("x", 0.55, SWEEP, fb, min_ratings=3, max_unhelpful=0.5, min_gain=0.02)
+    assert p.proposed == 0.55 and "mixed" in p.reason and "raise" not in p.reason
 
 
 def test_too_few_ratings_fall_back_to_the_evaluation_set() -> None:
@@ -630,7 +646,7 @@ def test_raising_precision_never_lowers_the_threshold() -> None:
         0.48: {"precision": 0.75, "recall": 0.50, "f1": 0.60},
         0.49: {"precision": 0.70, "recall": 0.50, "f1": 0.58},
     }
-    fb = {"helpful": 0, "not_helpful": 2, "dismissed": 1}
+    fb = {"helpful": 0, "not_helpful": 3, "dismissed": 1}
     p = choose("x", 0.48, sweep, fb, min_ratings=3, max_unhelpful=0.5, min_gain=0.02)
     assert p.proposed == 0.48 and "no threshold raises it" in p.reason
     # ...and raising recall never raises it.
