@@ -428,24 +428,36 @@ class Playbook(_Strict):
     @model_validator(mode="after")
     def _moves_known(self) -> Playbook:
         """Every agent move a cue's context or the escalation rules name is defined."""
-        named = [
-            (f"cue {cue_id}: context move", move)
+        named: list[tuple[Loc, str, str]] = [
+            (("cues", cue_id, "context", "after_agent_move"), f"cue {cue_id}: context move", move)
             for cue_id, spec in self.cues.items()
             for move in (spec.context.after_agent_move if spec.context else [])
         ]
         named += [
-            (f"cue {cue_id}: advice_after move", move)
+            (("cues", cue_id, "advice_after", move), f"cue {cue_id}: advice_after move", move)
             for cue_id, spec in self.cues.items()
             for move in spec.advice_after
         ]
         if self.escalation.safety_move is not None:
-            named.append(("escalation.safety_move", self.escalation.safety_move))
-        for where, move in named:
-            if move not in self.agent_moves:
-                raise ValueError(
-                    f"{where} {move!r} is not in agent_moves "
-                    f"({', '.join(sorted(self.agent_moves)) or 'none defined'})"
+            named.append(
+                (
+                    ("escalation", "safety_move"),
+                    "escalation.safety_move",
+                    self.escalation.safety_move,
                 )
+            )
+        problems = [
+            (
+                loc,
+                f"{where} {move!r} is not in agent_moves "
+                f"({', '.join(sorted(self.agent_moves)) or 'none defined'})",
+            )
+            for loc, where, move in named
+            if move not in self.agent_moves
+        ]
+        if problems:
+            # Located, so the error names the line (an outside audit got "(top level)").
+            raise _Located(problems)
         return self
 
     def enabled(self) -> dict[str, CueSpec]:

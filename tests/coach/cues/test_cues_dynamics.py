@@ -214,3 +214,10 @@ def test_advice_after_an_unknown_agent_move_is_refused() -> None:
     data["cues"]["dead_air"]["advice_after"] = {"holding": "Check back in with them."}
     with pytest.raises(PlaybookError, match="advice_after move 'holding' is not in agent_moves"):
         parse_playbook(yaml.safe_dump(data))
+    # The error names the line of the move (an outside audit got "(top level)").
+    text = DEFAULT_PLAYBOOK.read_text(encoding="utf-8").replace(
+        "      hold: Check back in", "      holding: Check back in"
+    )
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "holding: Check" in t)
+    with pytest.raises(PlaybookError, match=rf"dead_air\.advice_after\.holding \(line {line}\)"):
+        parse_playbook(text)
