@@ -66,6 +66,10 @@ class EscalationDetector:
         cooldown: it counts towards a repeated-cue escalation, once per turn."""
         self._turns.setdefault(cue_id, set()).add(turn)
 
+    def turns_matched(self, cue_id: str) -> frozenset[float]:
+        """Starts of the customer turns the cue was shown on or matched again on."""
+        return frozenset(self._turns.get(cue_id, ()))
+
     def _repeats(self, cue_id: str) -> int:
         """Turns the cue was shown on or matched again on; at least one card shown."""
         if not self._counts.get(cue_id):

@@ -923,6 +923,20 @@ class CueEngine:
             self._outcomes[id(cue)] = outcome  # `shown` keeps the cue, so its id stays its own
         return outcome[0], outcome[1], len(after) == 2
 
+    def _came_back(self, cue: Mapping[str, Any]) -> bool:
+        """The cue matched again on one of the two customer turns its outcome is read from:
+        it did not land, whatever the mean says (an outside audit: a frustration card
+        "landed" because a calm "All right" followed the very next, still frustrated,
+        turn)."""
+        t = float(cue["t_end"])
+        later = [float(s["t"]) for s in self.states if s["t"] > t + 0.01]
+        if cue.get("early"):
+            later = later[1:]  # the turn it was raised in is its "before"
+        if not later:
+            return False
+        until = later[min(1, len(later) - 1)]
+        return any(t + 0.01 < start < until for start in self.escalation.turns_matched(cue["cue"]))
+
     def call_summary(self) -> dict[str, Any]:
         """For call_end: cue counts and, per cue, whether the customer's mood improved after."""
         counts: dict[str, int] = dict(self.earlier_counts)
@@ -932,7 +946,7 @@ class CueEngine:
             before, after, _ = self.cue_outcome(ev)
             landed = None
             if before is not None and after is not None:
-                landed = bool(after - before >= 0.15)
+                landed = bool(after - before >= 0.15) and not self._came_back(ev)
             detail.append(
                 {
                     "cue": ev["cue"],

@@ -868,3 +868,22 @@ async def test_confusion_after_an_explanation_asks_for_another_way_in(
     )
     cue = next(e for e in events if e["type"] == "cue" and e["cue"] == "confusion")
     assert cue["advice"].startswith("Try another way in")
+
+
+async def test_a_cue_that_comes_back_on_the_next_turn_did_not_land(
+    conversation: Conversation,
+) -> None:
+    """An outside audit: a frustration card read as landed because a calm "All right" came
+    after the next turn, which was frustrated again (and escalated)."""
+    conv = conversation
+    await conv.say("customer", "I'm calling about my bill.")
+    first = await conv.cues("customer", "This is completely ridiculous, I'm fed up with you.")
+    assert "frustration" in first
+    await conv.say("agent", "I'm sorry. Let me look at the charges.")
+    await conv.say("customer", "Honestly this is a total joke, I'm sick of it.")  # again
+    await conv.say("customer", "All right, thank you, that's great, I'm really happy now.")
+    outcome = next(
+        c for c in conv.engine.call_summary()["cue_outcomes"] if c["cue"] == "frustration"
+    )
+    assert outcome["valence_after"] is not None
+    assert outcome["landed"] is False
