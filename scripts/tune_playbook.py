@@ -375,6 +375,26 @@ report of a line ASR garbled ("Honestly, I'm terrible.") taught crisis to fire o
 I'm terrible with computers." while micro F1 on the evaluation set did not move."""
 
 
+def gone_cues(
+    playbook: Playbook,
+    feedback: Mapping[str, Mapping[str, int]],
+    missed: Iterable[Any],
+    rated: Iterable[Any],
+) -> list[str]:
+    """A line for each cue that has ratings or reports but is no longer in the playbook: they
+    are left out, and saying nothing read as "no feedback" (an outside audit)."""
+    counts: dict[str, int] = {}
+    for cue, verdicts in feedback.items():
+        counts[cue] = counts.get(cue, 0) + sum(verdicts.values())
+    for r in (*missed, *rated):
+        counts[r.cue] = counts.get(r.cue, 0) + 1
+    return [
+        f"{n} rating(s) or report(s) on cue {cue!r} left out: it is not in the playbook"
+        for cue, n in sorted(counts.items())
+        if cue not in playbook.cues and n
+    ]
+
+
 def propose_examples(
     reports: Iterable[Any], playbook: Playbook, *, min_reporters: int = 1
 ) -> list[ExampleProposal]:
@@ -932,6 +952,8 @@ def main(argv: list[str] | None = None) -> int:
     except StoreUnreadable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    for line in gone_cues(playbook, feedback, missed, rated):
+        print(line, file=sys.stderr)
     from models.emotion import EmotionModel
 
     model = EmotionModel()

@@ -679,3 +679,19 @@ def test_threshold_proposals_are_written_as_json(tmp_path: Path) -> None:
     assert main([*args, "--cues", "frustration", "--span", "0.02", "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())
     assert row["cue"] == "frustration" and {"current", "proposed", "before", "after"} <= row.keys()
+
+
+def test_feedback_on_a_cue_no_longer_in_the_playbook_is_named() -> None:
+    """An outside audit removed a cue with ratings and a missed-cue report: `--missed` said
+    "no new wording in the reports", as if there were none."""
+    from types import SimpleNamespace
+
+    from scripts.tune_playbook import gone_cues
+
+    pb = load_playbook()
+    missed = [SimpleNamespace(cue="patience_ok", text="I can wait, no rush at all.")]
+    feedback = {"patience_ok": {"helpful": 2, "not_helpful": 0, "dismissed": 0}}
+    feedback["frustration"] = {"helpful": 1, "not_helpful": 0, "dismissed": 0}
+    lines = gone_cues(pb, feedback, missed, [])
+    assert len(lines) == 1 and "3 rating(s) or report(s) on cue 'patience_ok'" in lines[0]
+    assert gone_cues(pb, {"frustration": feedback["frustration"]}, [], []) == []
