@@ -118,6 +118,11 @@ class Settings(BaseSettings):
         1_000_000, description="Largest HTTP request body (larger: 413); 0 = no limit."
     )
     event_replay: int = Field(500, description="Recent events kept per call for reconnects.")
+    max_streams_per_user: int = Field(
+        30,
+        ge=0,
+        description="Event streams (call panels, walls) one user may hold open; 0 = no limit.",
+    )
 
     webrtc_loopback: bool = Field(
         False, description="WebRTC offers only 127.0.0.1 candidates (tests, same-host demos)."

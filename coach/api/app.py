@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from coach import __version__, memory, metrics
 from coach.api import accounts, demo, playbook, supervisor
-from coach.api.limits import BodyLimit
+from coach.api.limits import BodyLimit, StreamQuota
 from coach.api.security import (
     TOKEN_EXPIRED,
     ingest_authorized,
@@ -99,6 +99,7 @@ class AppState:
             else InProcessBus(history=settings.event_replay)
         )
         self.manager: CallManager | None = None
+        self.streams = StreamQuota(settings.max_streams_per_user)
         self.load_error: str | None = None
         self.owns_runtime = runtime is None
         self.audiosocket: asyncio.Server | None = None
@@ -525,6 +526,16 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         except AuthError as exc:
             await _close(ws, cc.POLICY_VIOLATION, "unauthorized", str(exc))
             return
+        if not state.streams.take(principal.user):
+            refusal = state.streams.refusal(principal.user)
+            await _close(ws, cc.POLICY_VIOLATION, "too_many_streams", refusal)
+            return
+        try:
+            await serve_call_events(ws, call_id, principal)
+        finally:
+            state.streams.give_back(principal.user)
+
+    async def serve_call_events(ws: WebSocket, call_id: str, principal: Principal) -> None:
         session = state.manager.get(call_id) if state.manager else None
         meta = session.meta if session else wall.meta(call_id)
         try:

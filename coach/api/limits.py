@@ -1,4 +1,5 @@
-"""A cap on HTTP request bodies, so one client cannot make the server buffer gigabytes.
+"""Caps that keep one client from taking the server's memory: HTTP request bodies, and the
+event streams one user may hold open.
 
 Starlette reads a body into memory when a handler asks for it; no endpoint here needs more
 than a few kilobytes (feedback, an SDP offer, a sign-in). A declared `Content-Length` over
@@ -8,6 +9,7 @@ the cap is answered at once; a chunked body is counted as it arrives and cut off
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -72,3 +74,31 @@ async def _too_large(send: Send, max_bytes: int) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class StreamQuota:
+    """Event streams (a call's panel, the wall) open per user. A wall or a panel is a few
+    sockets per person; one token opened 300 walls in an outside security audit, each with
+    its queue and snapshot. `per_user` 0: no limit."""
+
+    def __init__(self, per_user: int) -> None:
+        self.per_user = per_user
+        self._open: Counter[str] = Counter()
+
+    def take(self, user: str) -> bool:
+        """Count one more stream for `user`; False (and nothing counted) when at the cap."""
+        if self.per_user > 0 and self._open[user] >= self.per_user:
+            return False
+        self._open[user] += 1
+        return True
+
+    def give_back(self, user: str) -> None:
+        self._open[user] -= 1
+        if self._open[user] <= 0:
+            del self._open[user]
+
+    def refusal(self, user: str) -> str:
+        return (
+            f"{user} has {self.per_user} event streams open already "
+            "(COACH_MAX_STREAMS_PER_USER): close a tab"
+        )

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket, WebSocketDisconnect
 
+from coach.api.limits import StreamQuota
 from coach.api.security import (
     TOKEN_EXPIRED,
     principal_from,
@@ -90,6 +91,17 @@ async def supervisor_ws(ws: WebSocket) -> None:
     if not principal.is_supervisor:
         await _refuse(ws, "forbidden", "supervisors only")
         return
+    streams: StreamQuota = ws.app.state.coach.streams
+    if not streams.take(principal.user):
+        await _refuse(ws, "too_many_streams", streams.refusal(principal.user))
+        return
+    try:
+        await _serve_wall(ws, principal)
+    finally:
+        streams.give_back(principal.user)
+
+
+async def _serve_wall(ws: WebSocket, principal: Principal) -> None:
     tracker = tracker_of(ws)
     # Subscribing and taking the snapshot in one step (no await between) leaves no gap.
     sub = tracker.subscribe(principal)

@@ -728,3 +728,37 @@ def test_failed_sign_ins_are_counted_across_instances(tmp_path: Path, runtime: R
         assert int(refused.headers["retry-after"]) > 0  # and says for how long
         # Another name on B is not held up.
         assert b.post("/api/login", json={"user": "ann", "password": "pw"}).status_code == 200
+
+
+def test_one_user_may_hold_only_so_many_event_streams(tmp_path: Path, runtime: Runtime) -> None:
+    """An outside security audit opened 300 walls with one token. Past the cap a stream is
+    closed 1008 `too_many_streams`; closing one makes room, and other users are not held."""
+    settings = Settings(
+        data_dir=tmp_path,
+        auth_secret=SECRET,
+        users=users(),
+        store_enabled=False,
+        max_streams_per_user=2,
+    )
+    with TestClient(create_app(settings, runtime)) as client:
+        start(client, "c-ann", "ann")
+        sam = f"?token={token('sam', 'supervisor', 'blue')}"
+        with (
+            client.websocket_connect(f"/ws/supervisor{sam}") as wall,
+            client.websocket_connect(f"/ws/calls/c-ann/events{sam}") as panel,
+        ):
+            assert wall.receive_json()["type"] == "snapshot"
+            assert panel.receive_json()["type"] == "call_start"
+            with client.websocket_connect(f"/ws/supervisor{sam}") as third:
+                refused = third.receive_json()
+                assert refused["code"] == "too_many_streams"
+                with pytest.raises(WebSocketDisconnect) as closed:
+                    third.receive_json()
+                assert closed.value.code == 1008
+            with client.websocket_connect(f"/ws/calls/c-ann/events{sam}") as fourth:
+                assert fourth.receive_json()["code"] == "too_many_streams"
+            ada = f"?token={token('ada', 'admin')}"
+            with client.websocket_connect(f"/ws/supervisor{ada}") as other:
+                assert other.receive_json()["type"] == "snapshot"
+        with client.websocket_connect(f"/ws/supervisor{sam}") as again:  # room once closed
+            assert again.receive_json()["type"] == "snapshot"
