@@ -478,7 +478,8 @@ function connectWall() {
         Auth.expired();
         return;
       }
-      $("status").textContent = "Not allowed.";
+      // Too many walls open for this user: say so, as the server words it.
+      $("status").textContent = refusal?.code === "too_many_streams" ? refusal.message : "Not allowed.";
       return;
     }
     setStale(true);
