@@ -772,10 +772,37 @@ def parse_playbook(text: str, *, source: Path | str = "<playbook>") -> Playbook:
         raise PlaybookError(source, duplicates)
     if not isinstance(data, Mapping):
         raise PlaybookError(source, ["the top level must be a mapping with version and cues"])
+    odd = _unquoted_ids(root)
+    if odd:
+        raise PlaybookError(source, odd)
     try:
         return Playbook.model_validate(data)
     except ValidationError as exc:
         raise PlaybookError(source, _problems(exc, root)) from exc
+
+
+def _unquoted_ids(root: yaml.Node | None) -> list[str]:
+    """Cue ids YAML reads as something else than text (`yes` is true, `~` is null, `12` a
+    number): an outside audit got "cues.1.[key] (line 36)" for a cue at line 2410."""
+    if not isinstance(root, yaml.MappingNode):
+        return []
+    cues = next((v for k, v in root.value if k.value == "cues"), None)
+    if not isinstance(cues, yaml.MappingNode):
+        return []
+    return [
+        f"cues.{key.value} (line {key.start_mark.line + 1}): YAML reads the cue id "
+        f"{key.value!r} as {_YAML_TYPES.get(key.tag, key.tag)}; quote it or choose a word"
+        for key, _ in cues.value
+        if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:str"
+    ]
+
+
+_YAML_TYPES = {
+    "tag:yaml.org,2002:bool": "true or false",
+    "tag:yaml.org,2002:null": "null",
+    "tag:yaml.org,2002:int": "a number",
+    "tag:yaml.org,2002:float": "a number",
+}
 
 
 def read_playbook_file(path: Path) -> bytes:

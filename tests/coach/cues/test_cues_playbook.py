@@ -656,3 +656,19 @@ def test_an_edit_read_half_written_is_loaded_once_the_write_ends(
     monkeypatch.setattr(library_module, "read_playbook_file", read)
     assert lib.changed() and lib.reload()
     assert lib.current.playbook.cues["frustration"].cooldown_s == 44 and not lib.last_error
+
+
+@pytest.mark.parametrize(
+    ("key", "read_as"), [("yes", "true or false"), ("~", "null"), ("12", "a number")]
+)
+def test_a_cue_id_yaml_reads_as_no_word_names_its_line(key: str, read_as: str) -> None:
+    """An outside audit: `yes:` as a cue id was reported as "cues.1.[key] (line 36)", the
+    line of `cues:`, not of the cue."""
+    text = DEFAULT_PLAYBOOK.read_text(encoding="utf-8").replace(
+        "\n  dead_air:\n", f"\n  {key}:\n    title: Some cue\n  dead_air:\n", 1
+    )
+    line = text.splitlines().index(f"  {key}:") + 1
+    with pytest.raises(
+        PlaybookError, match=rf"\(line {line}\): YAML reads the cue id .* as {read_as}"
+    ):
+        parse_playbook(text)
