@@ -34,6 +34,8 @@ def _describe(library: PlaybookLibrary) -> dict[str, Any]:
         "version": library.version,
         "reloads": library.reloads,
         "last_error": library.last_error,
+        # Loaded, but an example sits in ordinary talk: the cue will rarely fire.
+        "warnings": list(library.current.warnings),
         "cues": [
             {
                 "cue": cue_id,

@@ -74,6 +74,8 @@ class LoadedPlaybook:
     index: CueIndex
     version: str
     """Changes on every reload (file hash), so per-call state knows to refresh."""
+    warnings: tuple[str, ...] = ()
+    """What loads but will not work as the operator may expect (`CueIndex.crowded_examples`)."""
 
 
 class PlaybookHolder(Protocol):

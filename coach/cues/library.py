@@ -57,7 +57,10 @@ class PlaybookLibrary:
     def _load(self, raw: bytes) -> LoadedPlaybook:
         playbook = parse_playbook_bytes(raw, source=self.path)
         index = CueIndex.build(playbook, self._embed)
-        return LoadedPlaybook(playbook, index, _version_of(raw))
+        warnings = tuple(index.crowded_examples())
+        for warning in warnings:
+            log.warning("playbook %s: %s", self.path, warning)
+        return LoadedPlaybook(playbook, index, _version_of(raw), warnings)
 
     def _digest(self) -> str:
         try:  # no further than a file that loads may go: an oversized one is refused once

@@ -165,6 +165,10 @@ _FITS: OrderedDict[str, MeaningProbe] = OrderedDict()
 _FITS_LOCK = threading.Lock()
 
 
+CROWDED_BY_BACKGROUND = 0.8
+"""Similarity to a background phrase from which a cue's example is reported as crowded."""
+
+
 @dataclass(frozen=True, slots=True)
 class CueIndex:
     """Embedded examples of every enabled language cue, plus background and agent moves."""
@@ -174,6 +178,27 @@ class CueIndex:
     background: ExampleSet
     moves: dict[str, ExampleSet]
     probe: MeaningProbe | None = None
+
+    def crowded_examples(self, near: float = CROWDED_BY_BACKGROUND) -> list[str]:
+        """Examples as near a phrase of the shared background as `near`: a line like them is
+        ordinary talk to the matcher (it must be nearer the cue than the background), so the
+        cue will rarely fire. An operator's new `address_change` cue never fired on "I also
+        need to update the building address on my account" for the background's "I want to
+        update my address." (an outside audit); the bundled playbook has none above 0.79."""
+        if not len(self.background.texts):
+            return []
+        out = []
+        for cue_id, examples in self.positives.items():
+            for text, vector in zip(examples.texts, examples.vectors, strict=True):
+                sims = self.background.similarities(vector)
+                i = int(np.argmax(sims))
+                if sims[i] >= near:
+                    out.append(
+                        f"cue {cue_id}: example {text!r} is as near the background phrase "
+                        f"{self.background.texts[i]!r} ({sims[i]:.2f}): lines like it read as "
+                        "ordinary talk and will rarely fire; reword one or the other"
+                    )
+        return out
 
     @classmethod
     def build(cls, playbook: Playbook, embed: EmbedFn) -> CueIndex:

@@ -166,3 +166,20 @@ def test_both_reload_results_are_exported_from_the_start() -> None:
     assert 'coach_playbook_reloads_total{result="loaded"} 0.0' in out
     assert 'coach_playbook_reloads_total{result="refused"} 0.0' in out
     assert "coach_playbook_refused 0.0" in out
+
+
+def test_an_example_inside_ordinary_talk_is_reported(setup: tuple[TestClient, Path]) -> None:
+    """An outside audit's new cue never fired: its example sat next to a background phrase,
+    which a line must beat. The playbook loads, and says so (log and API)."""
+    client, path = setup
+    first = client.get("/api/playbook", headers=bearer("sam", "supervisor")).json()
+    assert first["warnings"] == []  # the bundled playbook has no such example
+    path.write_text(
+        path.read_text().replace(
+            "background:\n", "background:\n  - Honestly I'm so fed up with this.\n", 1
+        )
+    )
+    body = _wait_for(client, lambda b: b["version"] != first["version"])
+    assert body["last_error"] is None
+    crowded = [w for w in body["warnings"] if "I'm so fed up with this." in w]
+    assert crowded and crowded[0].startswith("cue frustration:")
