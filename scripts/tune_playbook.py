@@ -54,6 +54,7 @@ import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -206,11 +207,16 @@ def _read_store(url: str, what: str, read: Any) -> Any:
         ) from exc
 
 
-def feedback_counts(url: str) -> dict[str, dict[str, int]]:
-    """{cue: {helpful, not_helpful, dismissed}} from the history store, if there is one."""
+def feedback_counts(url: str, since: datetime | None = None) -> dict[str, dict[str, int]]:
+    """{cue: {helpful, not_helpful, dismissed}} from the history store, if there is one; with
+    `since`, on calls started then or later (ratings of a cue as it was before an edit no
+    longer speak for it)."""
     from coach.store.analytics import coaching_analytics
 
-    report = _read_store(url, "feedback", coaching_analytics)
+    async def read(store: Any) -> dict[str, Any]:
+        return await coaching_analytics(store, since=since)
+
+    report = _read_store(url, "feedback", read)
     if report is None:
         print("tuning on the evaluation set alone", file=sys.stderr)
         return {}
@@ -827,6 +833,13 @@ def threshold_cues(playbook: Playbook, raw: str) -> list[str]:
     return named or tunable
 
 
+def _date(raw: str) -> datetime:
+    try:
+        return datetime.fromisoformat(raw).replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {raw!r}") from exc
+
+
 def _at_least(floor: int) -> Any:
     """An argparse type: an integer no lower than `floor`."""
 
@@ -882,6 +895,12 @@ def main(argv: list[str] | None = None) -> int:
         help="where the SQLite store is when no URL is set (default: COACH_DATA_DIR, .coach)",
     )
     ap.add_argument("--no-feedback", action="store_true")
+    ap.add_argument(
+        "--since",
+        type=_date,
+        default=None,
+        help="only ratings on calls from this date (YYYY-MM-DD, UTC): after an edit or --apply",
+    )
     ap.add_argument("--cues", default="", help="comma-separated cue ids (default: all language)")
     ap.add_argument("--min-ratings", type=_at_least(1), default=10)
     ap.add_argument("--max-unhelpful", type=_between(0.0, 1.0), default=0.5)
@@ -946,7 +965,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     thresholds = not (args.examples or args.missed or args.unhelpful)
     try:  # before any model loads; and an --apply must not write what the ratings would undo
-        feedback = feedback_counts(url) if thresholds and not args.no_feedback else {}
+        feedback = feedback_counts(url, args.since) if thresholds and not args.no_feedback else {}
         missed = stored_reports(url, "missed") if args.missed and not args.examples else []
         rated = stored_reports(url, "rated") if args.unhelpful and not args.examples else []
     except StoreUnreadable as exc:

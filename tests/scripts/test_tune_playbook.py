@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -695,3 +695,17 @@ def test_feedback_on_a_cue_no_longer_in_the_playbook_is_named() -> None:
     lines = gone_cues(pb, feedback, missed, [])
     assert len(lines) == 1 and "3 rating(s) or report(s) on cue 'patience_ok'" in lines[0]
     assert gone_cues(pb, {"frustration": feedback["frustration"]}, [], []) == []
+
+
+def test_since_reads_only_ratings_on_later_calls(tmp_path: Path) -> None:
+    """An outside audit: after --apply every rerun still cited the same old ratings, given to
+    a cue before its edit. `--since` leaves out calls that started before a date."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'coach.db'}"
+    asyncio.run(_stored_report(url, NOT_CHURN))  # a call of today, rated not helpful
+    assert feedback_counts(url)["churn_risk"]["not_helpful"] == 1
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    assert feedback_counts(url, yesterday)["churn_risk"]["not_helpful"] == 1
+    assert feedback_counts(url, tomorrow).get("churn_risk", {}).get("not_helpful", 0) == 0
+    with pytest.raises(SystemExit):
+        main(["--since", "last tuesday", "--database-url", url])
