@@ -510,6 +510,8 @@ def test_the_agent_sees_a_supervisor_take_the_escalation(
         banner = page.locator(".escalation-banner")
         banner.filter(has_text="Supervisor alerted (high)").wait_for()
         assert "has it" not in banner.inner_text()
+        # It starts with what it says (an outside audit saw "nullSupervisor alerted").
+        assert banner.inner_text().startswith("Supervisor alerted")
         r = _sam_takes(page, live_server, call_id, seq)
         assert r.ok, r.text()
         banner.filter(has_text="Supervisor sam has it.").wait_for()
@@ -683,6 +685,7 @@ def test_the_agent_hears_a_crisis_was_taken_after_a_second_escalation(
         banner = page.locator(".escalation-banner")
         banner.filter(has_text="Supervisor alerted (high)").wait_for()
         assert "(critical)" in banner.inner_text()  # still there, first
+        assert "null" not in banner.inner_text()
         assert "critical" in (banner.get_attribute("class") or "")
         r = _sam_takes(page, live_server, call_id, crisis_seq)
         assert r.ok, r.text()

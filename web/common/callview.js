@@ -570,8 +570,9 @@ class CallView {
     const taken = all.every(([, e]) => e.by !== null);
     this.banner.hidden = false;
     this.banner.className = `escalation-banner ${top.urgency}${taken ? " taken" : ""}`;
+    // replaceChildren writes a null as the text "null": only elements go in.
     this.banner.replaceChildren(...all.flatMap(([seq, e], i) => [
-      i ? h("br") : null,
+      ...(i ? [h("br")] : []),
       h("span", { class: "escalation-line", "data-seq": seq },
         `Supervisor alerted (${e.urgency}): ${e.reason}.`,
         e.by !== null ? h("span", { class: "taken-by", text: ` ${CallView.taker(e.by)} has it.` }) : null),
