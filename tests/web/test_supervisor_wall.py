@@ -203,6 +203,14 @@ def test_drill_in_post_call_summary_and_analytics(live_server: LiveServer, page:
     assert line.locator("mark.trigger").inner_text() == "really frustrating"
     row = page.locator("#cue-history tbody tr")
     row.filter(has_text="Helpful (ann)").wait_for()
+    # A call nobody knows shows none of this one's cue history (an outside audit saw it
+    # listed under "No call ... is live or stored").
+    page.goto(f"{live_server.base}/supervisor/#call/no-such-call")
+    page.locator("#drill-h").filter(has_text="no-such-call").wait_for()
+    page.wait_for_timeout(500)
+    assert row.count() == 0
+    page.goto(f"{live_server.base}/supervisor/#call/{call_id}")
+    row.filter(has_text="Helpful (ann)").wait_for()
 
     # The call ends: the post-call summary from the store, with the arc and the cue marked.
     live_server.emit(

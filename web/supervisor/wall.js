@@ -511,6 +511,9 @@ function openDrill(callId) {
   $("assign-form").hidden = true;
   $("assign-status").textContent = "";
   $("assign-form").agent.value = "";
+  // The last call's cue history goes too: an unknown call showed the one opened before it.
+  $("cue-history").tBodies[0].replaceChildren();
+  $("cue-history-empty").hidden = false;
   showDrillAgent(callId);
   if (c && lostContact(c)) $("drill-status").textContent = LOST_TEXT;
   const view = new CallView($("drill-view"), { callId, readOnly: true });
