@@ -956,3 +956,41 @@ def test_a_call_whose_server_is_gone_says_so_until_it_ends(
     live_server.emit("w-lost", {**end([[3.0, -0.5]]), "reason": "interrupted"})
     tile.locator(".duration", has_text="cut off").wait_for()
     assert tile.locator(".lost").count() == 0
+
+
+def test_recent_calls_go_on_past_a_page_and_filter_by_customer(
+    live_server: LiveServer, page: Any
+) -> None:
+    """An outside audit had 216 calls in the week: the list stopped at 200 with "200
+    call(s).", no sign that more matched and no way to reach the oldest; nor could a
+    supervisor look a customer up from the page."""
+    from coach.store.writes import Received
+
+    store = live_server.app.state.store
+    now = time.time()
+    events = []
+    for i in range(201):
+        call_id = f"w-page-{i:03d}"
+        meta = {"agent_id": "ann", "customer_id": "cust-pager"}
+        start = {"type": "call_start", "call_id": call_id, "seq": 1, "t_emit": 0.0, "meta": meta}
+        start |= {"source": "synthetic", "channels": ["customer", "agent"]}
+        events += [
+            Received(event=start, at=now - 900 + i),
+            Received(
+                event={**end([]), "call_id": call_id, "seq": 2, "t_emit": 40.0}, at=now - 800 + i
+            ),
+        ]
+    live_server.run(store.write_events(events))
+    sign_in(page, live_server.base, "/supervisor/#history", "sam")
+    form = page.locator("#history-form")
+    form.locator("input[name=customer]").fill("cust-pager")
+    form.get_by_role("button", name="Show").click()
+    status = page.locator("#history-status")
+    status.filter(has_text="more match").wait_for()
+    rows = page.locator("#history-table tbody tr")
+    assert rows.count() == 200
+    assert rows.filter(has_text="w-page-000").count() == 0  # the oldest, on the next page
+    page.get_by_role("button", name="Show more").click()
+    status.filter(has_text="201 call(s).").wait_for()
+    assert rows.count() == 201 and rows.filter(has_text="w-page-000").count() == 1
+    assert page.locator("#history-more").is_hidden()

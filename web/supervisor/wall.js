@@ -743,26 +743,46 @@ function rangeParams(form) {
   return p;
 }
 
-async function loadHistory() {
+// A page of the list at a time: "Show more" asks for the next (the list stopped at 200 with
+// no sign that more calls matched; an outside audit).
+const HISTORY_PAGE = 200;
+const History = { params: null, shown: 0 };
+
+async function loadHistory(more = false) {
   const form = $("history-form");
-  defaultRange(form);
-  const p = rangeParams(form);
-  p.set("limit", "200");
-  if (form.agent.value.trim()) p.set("agent_id", form.agent.value.trim());
-  if (form.q.value.trim()) p.set("q", form.q.value.trim());
-  if (form.cue.value) p.set("cue", form.cue.value);
-  if (form.escalation.value) p.set("escalation", form.escalation.value);
-  loadCueChoices(form.cue);
+  if (!more) {
+    defaultRange(form);
+    const p = rangeParams(form);
+    if (form.agent.value.trim()) p.set("agent_id", form.agent.value.trim());
+    if (form.customer.value.trim()) p.set("customer_id", form.customer.value.trim());
+    if (form.q.value.trim()) p.set("q", form.q.value.trim());
+    if (form.cue.value) p.set("cue", form.cue.value);
+    if (form.escalation.value) p.set("escalation", form.escalation.value);
+    History.params = p;
+    History.shown = 0;
+    loadCueChoices(form.cue);
+  }
+  const p = new URLSearchParams(History.params);
+  p.set("limit", String(HISTORY_PAGE));
+  p.set("offset", String(History.shown));
   $("history-status").textContent = "Loading…";
+  $("history-more").hidden = true;
   const r = await Auth.api(`/api/history/calls?${p}`).catch(() => null);
   if (!r || !r.ok) { $("history-status").textContent = `Could not load calls (${r ? r.status : "network"}).`; return; }
   const calls = (await r.json()).calls;
-  $("history-table").tBodies[0].replaceChildren(...calls.map((c) => h("tr", {},
+  const rows = calls.map((c) => h("tr", {},
     h("td", { text: new Date(c.started_at).toLocaleString() }), h("td", { text: c.call_id }),
     h("td", { text: c.agent_id || "–" }), h("td", { text: c.duration_s != null ? fmtTime(c.duration_s) : "live" }),
     h("td", { text: END_WORDS[c.end_reason] || c.end_reason || "–" }),
-    h("td", {}, h("a", { href: `#summary/${encodeURIComponent(c.call_id)}`, text: "Summary", "aria-label": `Summary of ${c.call_id}` })))));
-  $("history-status").textContent = `${calls.length} call(s).`;
+    h("td", {}, h("a", { href: `#summary/${encodeURIComponent(c.call_id)}`, text: "Summary", "aria-label": `Summary of ${c.call_id}` }))));
+  const body = $("history-table").tBodies[0];
+  if (more) body.append(...rows); else body.replaceChildren(...rows);
+  History.shown += calls.length;
+  const full = calls.length === HISTORY_PAGE;
+  $("history-status").textContent = full
+    ? `The newest ${History.shown} calls; more match.`
+    : `${History.shown} call(s).`;
+  $("history-more").hidden = !full;
 }
 
 // The playbook's cue titles, by id: a handoff lists the cues shown by the titles the agent saw.
@@ -874,6 +894,7 @@ function onTabKey(e) {
   }
   document.querySelector('[role="tablist"]').addEventListener("keydown", onTabKey);
   $("history-form").addEventListener("submit", (e) => { e.preventDefault(); loadHistory(); });
+  $("history-more").addEventListener("click", () => loadHistory(true));
   $("outcome-form").addEventListener("submit", saveOutcome);
   $("assign-form").addEventListener("submit", assignAgent);
   $("team-members").replaceChildren(...(Wall.me.team_members || []).map((m) => h("option", { value: m })));
