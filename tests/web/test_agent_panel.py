@@ -187,11 +187,13 @@ def test_at_most_three_cards_newest_on_top_crisis_distinct_and_expiry(
     cards = page.locator(".cards .card")
     assert cards.count() == 3
     assert [cards.nth(i).get_attribute("data-cue") for i in range(3)] == [
+        # The oldest, but a crisis card stays on top and is never pushed out: a routine card
+        # raised with it sat above it with softer advice (an outside audit).
+        "crisis",
         "frustration",
         "escalation_request",
-        "crisis",  # the oldest, but a crisis card is never pushed out
     ]
-    assert "critical" in (cards.nth(2).get_attribute("class") or "")
+    assert "critical" in (cards.nth(0).get_attribute("class") or "")
     assert page.locator(".cards .card.critical .critical-label").is_visible()
     assert "Earlier suggestions (1)" in page.locator(".older summary").inner_text()
     # Call time passes the escalation_request card's expiry (5 s + 5 s): it collapses.
@@ -220,6 +222,10 @@ def test_at_most_three_cards_newest_on_top_crisis_distinct_and_expiry(
     page.keyboard.press("Enter")
     page.locator('.older-cards .card[data-cue="frustration"]').wait_for(state="attached")
     live_server.emit(call_id, END)
+    page.locator("#status").filter(has_text="ended").wait_for()
+    # Nobody acted on the crisis card: it stays in view after the call.
+    assert page.locator('.cards .card[data-cue="crisis"]').is_visible()
+    assert page.locator('.older-cards .card[data-cue="crisis"]').count() == 0
 
 
 def test_agent_cannot_open_another_agents_call(live_server: LiveServer, page: Any) -> None:

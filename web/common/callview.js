@@ -3,8 +3,9 @@
 // the customer's state with its trend line, and the conversation metrics.
 //
 // Time on cards is call time (`t_emit`), so a card expires `expires_s` of call audio after
-// it was raised, whatever the network did. At most MAX_CARDS are shown, newest on top;
-// the rest collapse into "Earlier suggestions". Crisis cards stay until acted on. A collapsed
+// it was raised, whatever the network did. At most MAX_CARDS are shown, newest on top (below
+// any crisis card); the rest collapse into "Earlier suggestions". Crisis cards stay until
+// acted on, after the call too. A collapsed
 // card opens again on click, with its why and its feedback buttons: after the call, when
 // every card has collapsed, is when agents have time to rate them.
 //
@@ -138,7 +139,11 @@ class CallView {
         this.ended = true;
         this.endedInfo = ev;
         this.dropPartials();
-        for (const card of [...this.cards.children]) this.collapse(card);
+        // A crisis card nobody acted on stays in view after the call, as during it.
+        for (const card of [...this.cards.children]) {
+          const actedOn = card.querySelector('.fb[aria-pressed="true"]');
+          if (!card.classList.contains("critical") || actedOn) this.collapse(card);
+        }
         // The call's suggestions stay in reach for rating: the list is open, each card opens.
         if (this.olderList.children.length) this.older.open = true;
         if (ev.reason === "interrupted") {
@@ -340,7 +345,11 @@ class CallView {
         this.toggleCard(card);
       }
     });
-    this.cards.prepend(card);
+    // Newest on top, but never above a crisis card: a routine card raised with it (the same
+    // clause read as dejection) sat above the red card with softer advice (an outside audit).
+    const crises = [...this.cards.children].filter((c) => c.classList.contains("critical"));
+    if (critical || !crises.length) this.cards.prepend(card);
+    else crises[crises.length - 1].after(card);
     while (this.cards.children.length > CallView.MAX_CARDS) {
       // The oldest non-critical card makes room (a crisis card is never pushed out).
       const victims = [...this.cards.children].reverse();
