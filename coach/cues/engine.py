@@ -772,7 +772,14 @@ class CueEngine:
         ago = (now - _aware(last.started_at)).total_seconds()
         when = f"{ago / 86400:.0f} days ago" if ago >= 86400 else f"{ago / 3600:.0f} hours ago"
         cues = ", ".join(sorted(getattr(last, "cue_counts", {}) or {})) or "no cues"
-        outcome = getattr(last, "outcome", None) or getattr(last, "end_reason", None) or "unknown"
+        outcome = getattr(last, "outcome", None)
+        if outcome and outcome not in WRAP_UP_OUTCOMES:
+            # Free text typed through the API: this cue is stored with this call and shown
+            # to supervisors, so words about the earlier call would outlive its erasure (an
+            # outside audit found "customer disputes divorce settlement..." in the next call
+            # after the first was erased). The wrap-up's own choices are no such words.
+            outcome = "noted in its record"
+        outcome = outcome or getattr(last, "end_reason", None) or "unknown"
         self.history_hint = (
             f"history: {len(recent)} call(s) in the last {days:.0f} days; the last {when} "
             f"(outcome {outcome}; cues {cues})"
@@ -960,6 +967,11 @@ class CueEngine:
                 }
             )
         return {"cues": counts, "cue_outcomes": detail, "escalations": self.escalation.raised}
+
+
+WRAP_UP_OUTCOMES = frozenset({"resolved", "callback scheduled", "escalated", "unresolved"})
+"""The agent panel's wrap-up choices (web/common/callview.js): a repeat-contact hint names
+these as they are; any other outcome is free text and is not copied into the next call."""
 
 
 _WORDS_REASON = re.compile(r'^words: ".*" means the same as "(?P<example>.*)" \(-?\d+\.\d+\)$')

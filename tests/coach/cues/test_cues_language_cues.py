@@ -7,6 +7,7 @@ hypotheticals, someone else's story, and neutral questions on the same topic.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -521,6 +522,25 @@ async def test_recent_call_in_the_customers_history_is_a_repeat_contact(
     # Once per call.
     again = await conversation.cues("customer", "It keeps dropping in the evening.")
     assert "repeat_contact" not in again
+
+
+@pytest.mark.parametrize(
+    ("outcome", "said"),
+    [
+        ("callback scheduled", "outcome callback scheduled"),
+        ("customer disputes divorce settlement payment", "outcome noted in its record"),
+    ],
+)
+async def test_a_repeat_contact_names_only_a_wrap_up_outcome(
+    conversation: Conversation, outcome: str, said: str
+) -> None:
+    """An outside audit: an outcome typed as free text was copied into the next call's
+    stored cue and stayed there after the first call was erased."""
+    now = datetime.now(UTC)
+    conversation.engine.set_history([PreviousCall("old-1", now - timedelta(hours=3), outcome)])
+    events = await conversation.say("customer", "Hi, I'm calling about my internet connection.")
+    cue = next(e for e in events if e["type"] == "cue")
+    assert said in cue["why"] and "divorce" not in json.dumps(cue)
 
 
 async def test_old_history_is_not_a_repeat_contact(conversation: Conversation) -> None:
