@@ -994,3 +994,17 @@ def test_recent_calls_go_on_past_a_page_and_filter_by_customer(
     status.filter(has_text="201 call(s).").wait_for()
     assert rows.count() == 201 and rows.filter(has_text="w-page-000").count() == 1
     assert page.locator("#history-more").is_hidden()
+
+
+def test_the_summary_of_an_unknown_call_says_so_at_once(live_server: LiveServer, page: Any) -> None:
+    """An outside audit opened the summary of an erased call: "Loading…" for 6 s and twelve
+    requests, each a 404 in the console, before it said the call was not there."""
+    asked: list[str] = []
+    page.on(
+        "request",
+        lambda r: asked.append(r.url) if "/api/history/calls/no-such-summary" in r.url else None,
+    )
+    sign_in(page, live_server.base, "/supervisor/#summary/no-such-summary", "sam")
+    status = page.locator("#summary-status").filter(has_text="not in the history")
+    status.wait_for(timeout=3000)
+    assert len(asked) <= 2, asked
