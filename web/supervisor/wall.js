@@ -630,7 +630,9 @@ async function openSummary(callId) {
   }));
   Charts.arc($("arc"), arc, cueMarks, d.call.duration_s || 0);
   $("summary-cues").replaceChildren(...(d.cues.length ? d.cues.map((c) => h("li", {},
-    h("strong", { text: `${fmtTime(c.t_emit || 0)} ${c.title}` }), ` (${c.cue}) `,
+    // At the time of the words it answered, as the arc marks it (the time it was shown comes
+    // later: a replay's `--fast` put them a minute apart; an outside audit).
+    h("strong", { text: `${fmtTime((c.evidence && c.evidence.t_end) || c.t_emit || 0)} ${c.title}` }), ` (${c.cue}) `,
     c.feedback.map((f) => h("span", { class: `verdict ${f.verdict}`, text: `${VERDICT_LABELS[f.verdict] || f.verdict} (${f.user})` })),
     h("br"), h("span", { class: "muted", text: c.why }))) : [h("li", { class: "muted", text: "No cues on this call." })]));
   $("summary-escalations").replaceChildren(...(d.escalations.length ? d.escalations.map((e) => {
