@@ -181,6 +181,35 @@ def test_feeding_an_ended_call_raises_call_ended(runtime: Runtime, settings: Set
     asyncio.run(run())
 
 
+def test_audio_waiting_for_room_when_its_connection_is_cancelled_is_still_heard(
+    runtime: Runtime, settings: Settings
+) -> None:
+    """A server that cancels a handler as its client goes (Starlette's test client does) cut
+    short the chunk waiting for queue room: the reconnected part of a call was placed 0.2 s
+    early, over the end of the first (a loaded CI run). The chunk is queued, and counted."""
+
+    async def run() -> None:
+        manager = manager_for(runtime, make_settings(settings, backpressure_s=30.0))
+        session = await manager.open(call_id="cut", source="audiohook", speakers=("customer",))
+        # A full queue that nobody drains (the party's worker reads the one it was given).
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+        queue.put_nowait(AudioChunk("cut", "customer", quiet(FRAME), RATE, 0.0))
+        drained, session._queues["customer"] = session._queues["customer"], queue
+        last = AudioChunk("cut", "customer", quiet(FRAME), RATE, FRAME / RATE)
+        waiting = asyncio.create_task(session.feed(last))
+        await asyncio.sleep(0)  # it waits for room
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert session.fed_s == pytest.approx(last.t1)
+        assert queue.get_nowait() is last  # queued in place of the oldest (a full queue)
+        session._queues["customer"] = drained
+        await manager.finish(session, "stop")
+        await manager.shutdown()
+
+    asyncio.run(run())
+
+
 def test_idle_watchdog_ends_a_silent_call_but_not_a_busy_one(
     runtime: Runtime, settings: Settings
 ) -> None:
