@@ -25,7 +25,7 @@ import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
-from urllib.parse import quote_plus, unquote_plus
+from urllib.parse import quote, quote_plus, unquote_plus
 
 from coach.redaction import redact_text
 
@@ -88,7 +88,10 @@ _ENCODED_NAME = re.compile(r"([?&])([^=&\s\"']*%[0-9A-Fa-f]{2}[^=&\s\"']*)=")
 
 
 def _decode_name(m: re.Match[str]) -> str:
-    return m.group(1) + unquote_plus(m.group(2)) + "="
+    # A control character stays escaped: decoded, `?q%0Afake=1` wrote a line of its own,
+    # a forged entry (an outside check of this very change).
+    name = "".join(c if c.isprintable() else quote(c) for c in unquote_plus(m.group(2)))
+    return m.group(1) + name + "="
 
 
 def _redact_query_value(m: re.Match[str]) -> str:

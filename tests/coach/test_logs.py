@@ -308,3 +308,11 @@ def test_a_parameter_name_in_percent_escapes_is_scrubbed_too(line: str, expected
     scrubbed = scrub(line)
     assert expected in scrubbed
     assert not any(s in scrubbed for s in ("XYZ", "eyJ", "4532", "smith"))
+
+
+def test_a_control_character_in_a_parameter_name_stays_escaped() -> None:
+    """Decoding names let `?q%0Afake=1` write a line of its own: a forged log entry."""
+    for raw in ('"GET /api/history/calls?q%0Afake=1 HTTP/1.1" 200', '"GET /x?q%00=1 HTTP/1.1"'):
+        scrubbed = scrub(raw)
+        assert scrubbed.isprintable(), scrubbed
+    assert "%0A" in scrub('"GET /api/history/calls?q%0Afake=1 HTTP/1.1" 200').upper()
