@@ -14,9 +14,9 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -327,6 +327,8 @@ def _admins_only(principal: Principal) -> None:
         raise HTTPException(403, "admins only")
 
 
+T = TypeVar("T")
+
 WRITE_WAIT_S = 3.0
 """How long a rating waits for a cue the store has not written yet, on a call the server
 knows (the store writes every COACH_STORE_FLUSH_INTERVAL_S): a client rating a cue the moment
@@ -344,10 +346,24 @@ async def cue_feedback(
 ) -> FeedbackRecord:
     """Rate a cue: `cue` is the cue's `seq` in the call, or its cue id (latest occurrence)."""
     seq = _as_seq(cue)
+    record, changed = await _once_written(
+        request, call_id, seq, lambda: _rate(store, call_id, cue, seq, body, principal)
+    )
+    # A retried or double-clicked POST replaces a verdict with itself: counted once.
+    if changed:
+        metrics.CUE_FEEDBACK.labels(cue=record.cue, verdict=record.verdict).inc()
+    return record
+
+
+async def _once_written(
+    request: Request, call_id: str, seq: int | None, act: Callable[[], Awaitable[T]]
+) -> T:
+    """`act()`, a write about one event of a call, waiting up to WRITE_WAIT_S for the store to
+    have written that event when the wall has passed it on (a call that is live, or just
+    ended): a 404 then only means "not yet". A cue the wall never saw, or an unknown call,
+    is answered at once: a flood of such ratings held each request for the whole wait (an
+    outside security audit)."""
     wall = getattr(request.app.state, "wall", None)
-    # Wait only for a cue the wall saw (on a call that is live, or just ended): a rating of
-    # a cue that never was held a request for the whole wait, and 200 of them slowed the
-    # health probe to 0.7 s (an outside security audit).
     known = (
         wall is not None
         and wall.meta(call_id) is not None
@@ -356,16 +372,11 @@ async def cue_feedback(
     deadline = time.monotonic() + (WRITE_WAIT_S if known else 0.0)
     while True:
         try:
-            record, changed = await _rate(store, call_id, cue, seq, body, principal)
-            break
+            return await act()
         except HTTPException as exc:
             if exc.status_code != 404 or time.monotonic() >= deadline:
                 raise
         await asyncio.sleep(0.1)
-    # A retried or double-clicked POST replaces a verdict with itself: counted once.
-    if changed:
-        metrics.CUE_FEEDBACK.labels(cue=record.cue, verdict=record.verdict).inc()
-    return record
 
 
 async def _rate(
@@ -468,9 +479,15 @@ async def acknowledge_escalation(
     """A supervisor takes an escalation; the first acknowledgement stands."""
     if not principal.is_supervisor:
         raise HTTPException(403, "supervisors only")
-    await _visible_call(store, call_id, principal)
-    with _answers():
-        record = await store.acknowledge_escalation(call_id=call_id, seq=seq, user=principal.user)
+
+    async def acknowledge() -> EscalationRecord:
+        await _visible_call(store, call_id, principal)
+        with _answers():
+            return await store.acknowledge_escalation(call_id=call_id, seq=seq, user=principal.user)
+
+    # Taken the moment it shows on the wall, before the store has written it: 404 "no
+    # escalation" (an outside check); it waits for the write, as a rating does.
+    record = await _once_written(request, call_id, seq, acknowledge)
     # Every open wall clears the alert, not only the one that acknowledged it.
     bus = getattr(getattr(request.app.state, "coach", None), "bus", None)
     if bus is not None:

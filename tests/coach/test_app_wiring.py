@@ -255,6 +255,15 @@ def test_a_cue_rated_the_moment_it_arrives_is_rated(runtime: Runtime, tmp_path: 
         "evidence": {},
     }
     with TestClient(create_app(settings, runtime)) as client:
+        escalation = {
+            "type": "escalation",
+            "call_id": "fb-now",
+            "seq": 3,
+            "reason": "user_request",
+            "urgency": "high",
+            "summary": {"text": "Wants a manager."},
+            "t_emit": 4.0,
+        }
 
         async def show() -> None:
             bus = client.app.state.coach.bus  # type: ignore[attr-defined]
@@ -267,6 +276,16 @@ def test_a_cue_rated_the_moment_it_arrives_is_rated(runtime: Runtime, tmp_path: 
         rated = client.post("/api/calls/fb-now/cues/2/feedback", json={"verdict": "helpful"})
         assert rated.status_code == 200, rated.text
         assert rated.json()["verdict"] == "helpful"
+        # An escalation taken the moment it shows waits for its write too (it was a 404).
+
+        async def raise_it() -> None:
+            bus = client.app.state.coach.bus  # type: ignore[attr-defined]
+            bus.publish(call_topic("fb-now"), escalation)
+            bus.publish(SUPERVISOR_TOPIC, escalation)
+
+        client.portal.call(raise_it)
+        taken = client.post("/api/calls/fb-now/escalations/3/ack")
+        assert taken.status_code == 200, taken.text
         # A call nobody knows, or a cue the call never had, is told at once (a flood of the
         # latter held each request for the whole wait: an outside security audit).
         unknown = client.post("/api/calls/nobody/cues/1/feedback", json={"verdict": "helpful"})
