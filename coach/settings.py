@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     max_streams_per_user: int = Field(
         30,
         ge=0,
-        description="Event streams (call panels, walls) one user may hold open; 0 = no limit.",
+        description="Event streams (call panels, walls) one user may hold open on one instance; 0 = no limit.",
     )
 
     webrtc_loopback: bool = Field(
