@@ -261,6 +261,7 @@ def choose(
     # alone turned an even split into "raise precision".
     helpful, unhelpful = feedback.get("helpful", 0), feedback.get("not_helpful", 0)
     total = helpful + unhelpful
+    mostly_helpful = total >= min_ratings and helpful / total > 1.0 - max_unhelpful
     if critical:
         sweep = {
             t: m for t, m in sweep.items() if (m.get("recall") or 0) >= (before.get("recall") or 0)
@@ -285,11 +286,7 @@ def choose(
         reason = f"{unhelpful}/{total} rated not helpful: raise precision"
         if not stricter:  # say why nothing changes, or the line reads as a change
             reason += " (no threshold raises it on the evaluation set: reword the examples)"
-    elif (
-        total >= min_ratings
-        and helpful / total > 1.0 - max_unhelpful
-        and (before.get("recall") or 0) < 1.0
-    ):
+    elif mostly_helpful and (before.get("recall") or 0) < 1.0:
         looser = [
             t
             for t in sweep
@@ -304,7 +301,7 @@ def choose(
         cand = best(list(sweep))
         if f1(cand) >= f1(current) + min_gain:
             pick = cand
-        if total >= min_ratings:  # an even split says neither way: the evaluation set decides
+        if total >= min_ratings and not mostly_helpful:  # an even split says neither way
             reason = f"{helpful}/{total} rated helpful, {unhelpful} not: mixed; " + reason
     return Proposal(cue, current, pick, before, sweep[pick], dict(feedback), reason)
 

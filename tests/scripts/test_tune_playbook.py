@@ -88,6 +88,10 @@ def test_an_even_split_moves_neither_way() -> None:
     fb = {"helpful": 3, "not_helpful": 3, "dismissed": 0}
     p = choose("x", 0.55, SWEEP, fb, min_ratings=3, max_unhelpful=0.5, min_gain=0.02)
     assert p.proposed == 0.55 and "mixed" in p.reason and "raise" not in p.reason
+    # Mostly helpful with nothing left to find is not "mixed".
+    fb = {"helpful": 12, "not_helpful": 1, "dismissed": 0}
+    p = choose("x", 0.45, SWEEP, fb, min_ratings=3, max_unhelpful=0.5, min_gain=0.5)
+    assert p.proposed == 0.45 and "mixed" not in p.reason
 
 
 def test_too_few_ratings_fall_back_to_the_evaluation_set() -> None:
