@@ -25,9 +25,9 @@ import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
-from urllib.parse import quote, quote_plus, unquote_plus
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
-from coach.redaction import redact_text
+from coach.redaction import luhn_valid, redact_text
 
 __all__ = [
     "CallIdFilter",
@@ -100,17 +100,60 @@ def _redact_query_value(m: re.Match[str]) -> str:
     return m.group(1) + (m.group(2) if clean == value else quote_plus(clean, safe="[]"))
 
 
+# Every other part of a URL (a path segment, a value of a parameter the server does not
+# read, a name encoded twice): only shapes that cannot be an id, a date or a time stamp are
+# hidden there. A card number (Luhn-valid, 13-19 digits, an issuer's first digit 2-6, so
+# millisecond time stamps stay), a dashed SSN, an email, a phone number written with its "+"
+# (an outside security audit found a card number in `?x=` and in a call id in a path).
+_URL_PART = re.compile(r"(?<=[/?&=;])[^/?&=;#\s\"']+")
+_CARD_IN_PART = re.compile(r"(?<!\d)[2-6]\d(?:[\s+-]?\d){11,17}(?!\d)")
+_SSN_IN_PART = re.compile(r"(?<!\d)\d{3}-\d{2}-\d{4}(?!\d)")
+_EMAIL_IN_PART = re.compile(r"[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_PHONE_IN_PART = re.compile(r"(?<![\w+])\+\d(?:[\s.-]?\d){9,14}(?!\d)")
+
+
+def _card_tag(m: re.Match[str]) -> str:
+    return "[CARD]" if luhn_valid(re.sub(r"\D", "", m.group(0))) else m.group(0)
+
+
+def _hide_shapes(value: str) -> str:
+    value = _CARD_IN_PART.sub(_card_tag, value)
+    value = _SSN_IN_PART.sub("[SSN]", value)
+    value = _EMAIL_IN_PART.sub("[EMAIL]", value)
+    return _PHONE_IN_PART.sub("[PHONE]", value)
+
+
+def _scrub_url_part(m: re.Match[str]) -> str:
+    raw = m.group(0)
+    value = raw
+    # Not `unquote_plus`: a "+" must stay to be read as a phone number's; a card number's
+    # groups may be joined by it. `%2534` is `%34` is `4`: a part encoded twice.
+    for _ in range(3):
+        decoded = unquote(value)
+        if decoded == value:
+            break
+        value = decoded
+    clean = _hide_shapes(value)
+    return raw if clean == value else quote(clean, safe="[]+:,~")
+
+
+_MAYBE_SHAPE = re.compile(r"\d{4}|@|%")
+
+
 def scrub(text: str) -> str:
-    """`text` with the values of credential query parameters replaced by `***`, and personal
-    data in other query values redacted (coach/redaction.py)."""
+    """`text` with the values of credential query parameters replaced by `***`, personal
+    data in free-text query values redacted (coach/redaction.py), and card numbers, SSNs,
+    emails and "+" phone numbers hidden in every other part of a URL."""
     if "%" in text:
         text = _ENCODED_NAME.sub(_decode_name, text)
     text = _SECRET_PARAM.sub(r"\1=***", text)
     if "/api/customers/" in text:
         text = _CUSTOMER_PATH.sub(_redact_query_value, text)
-    if "=" not in text:
-        return text
-    return _QUERY_VALUE.sub(_redact_query_value, text)
+    if "=" in text:
+        text = _QUERY_VALUE.sub(_redact_query_value, text)
+    if _MAYBE_SHAPE.search(text):
+        text = _URL_PART.sub(_scrub_url_part, text)
+    return text
 
 
 PROBE_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})

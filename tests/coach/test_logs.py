@@ -316,3 +316,40 @@ def test_a_control_character_in_a_parameter_name_stays_escaped() -> None:
         scrubbed = scrub(raw)
         assert scrubbed.isprintable(), scrubbed
     assert "%0A" in scrub('"GET /api/history/calls?q%0Afake=1 HTTP/1.1" 200').upper()
+
+
+@pytest.mark.parametrize(
+    ("line", "hidden", "expected"),
+    [
+        (
+            '"GET /api/calls/4532015112830366/summary HTTP/1.1" 200',
+            "4532",
+            '"GET /api/calls/[CARD]/summary HTTP/1.1" 200',
+        ),
+        ('"GET /x?x=4532-0151-1283-0366 HTTP/1.1"', "4532", '"GET /x?x=[CARD] HTTP/1.1"'),
+        ('"GET /x?%2571=%2534532015112830366 HTTP/1.1"', "532015", "=[CARD] HTTP"),
+        ('"GET /api/calls/call-123-45-6789/x HTTP/1.1"', "6789", "/call-[SSN]/x"),
+        ('"GET /api/calls/x?from=%2B14155550122 HTTP/1.1"', "5550122", "?from=[PHONE] HTTP"),
+        ('"GET /api/calls/ann.lee@example.com HTTP/1.1"', "ann.lee", "/api/calls/[EMAIL] HTTP"),
+    ],
+)
+def test_personal_data_anywhere_in_a_url_is_not_logged(
+    line: str, hidden: str, expected: str
+) -> None:
+    """An outside security audit: a card number in a parameter the server does not read
+    (`?x=`), in a name encoded twice, or in a call id in a path was logged as sent."""
+    scrubbed = scrub(line)
+    assert hidden not in scrubbed
+    assert expected in scrubbed, scrubbed
+
+
+def test_ids_dates_and_time_stamps_in_a_url_are_kept() -> None:
+    """Only shapes that cannot be an id are hidden: a millisecond time stamp (13 digits, often
+    Luhn-valid), a Twilio call SID, a date, a cursor."""
+    for line in (
+        '"GET /api/history/calls?since=1733490000000&until=1733490000009 HTTP/1.1" 200',
+        '"GET /api/calls/CA1234567890abcdef1234567890abcdef/events?after_seq=4111 HTTP/1.1"',
+        '"GET /api/history/calls?from=2026-12-01&to=2026-12-06T10:00:00Z HTTP/1.1" 200',
+        '"GET /api/calls/9f1c2e7a-3b4d-4c5e-8f90-123456789012/summary HTTP/1.1" 200',
+    ):
+        assert scrub(line) == line
