@@ -123,6 +123,19 @@ class InProcessBus:
             return events
         return [e for e in events if int(e.get("seq", -1)) > after_seq]
 
+    def amend(self, topic: str, seq: int, fields: dict[str, Any]) -> bool:
+        """Add `fields` to the kept event `seq` of `topic`, for whoever subscribes from now on
+        (subscribers already served keep what they got). Only this instance's copy: a stream
+        another instance feeds (Redis) is append-only. False if no such event is kept."""
+        hist = self._history.get(topic)
+        if hist is None:
+            return False
+        for i, ev in enumerate(hist):
+            if ev.get("seq") == seq:
+                hist[i] = {**ev, **fields}  # a new dict: the old one may be queued elsewhere
+                return True
+        return False
+
     def subscribe(
         self, topic: str, *, after_seq: int | None = None, replay: bool = True
     ) -> Subscription:

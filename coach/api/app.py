@@ -761,12 +761,19 @@ def _tell_the_agent(state: AppState, event: Event) -> None:
     if event.get("type") != "escalation_ack":
         return
     session = state.manager.get(str(event.get("call_id"))) if state.manager else None
-    if session is None or session.state is not CallState.LIVE:
-        return  # not ours, or over: the stored escalation keeps who took it
+    if session is None:
+        return  # not ours: the stored escalation keeps who took it
     seq = event.get("seq")
     if not isinstance(seq, int) or seq in session.escalations_taken:
         return  # a second acknowledgement changes nothing: the first stands
     session.escalations_taken.add(seq)
+    if session.state is not CallState.LIVE:
+        # Over, and its events still served from here for a couple of minutes: a panel
+        # opened now reads the escalation with who took it, as it will from the store later
+        # (it read no "has it" until the call left memory: an outside audit).
+        for topic in (agent_topic(session.call_id), call_topic(session.call_id)):
+            state.bus.amend(topic, seq, {"acknowledged_by": event.get("by")})
+        return
     taken: Event = {
         "type": "escalation_taken",
         "escalation_seq": event.get("seq"),

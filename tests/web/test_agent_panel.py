@@ -542,6 +542,40 @@ def test_the_agent_sees_a_supervisor_take_the_escalation(
         live_server.run(manager.finish(session, "end"))
 
 
+def test_an_escalation_taken_after_the_call_shows_on_a_panel_opened_then(
+    live_server: LiveServer, page: Any
+) -> None:
+    """Left open by session 36's audit: a supervisor who took the escalation after the call
+    ended reached the store and the walls, but the agent's page, reading the ended call from
+    the instance's memory (a couple of minutes), showed no "has it"."""
+    call_id = "web-taken-late"
+    sign_in(page, live_server.base, "/agent/", "ann")
+    manager = live_server.app.state.coach.manager
+    session = _anns_live_call(live_server, call_id)
+    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    live_server.run(
+        session.emit(
+            {
+                "type": "escalation",
+                "reason": "user_request",
+                "urgency": "high",
+                "detail": "escalation_request cue",
+                "summary": {"text": "Customer wants a manager."},
+            }
+        )
+    )
+    seq = session.last_event["seq"]
+    banner = page.locator(".escalation-banner")
+    banner.filter(has_text="Supervisor alerted (high)").wait_for()
+    live_server.run(manager.finish(session, "end"))
+    assert manager.get(call_id) is session  # ended, its events still served from memory
+    r = _sam_takes(page, live_server, call_id, seq)
+    assert r.ok, r.text()
+    page.reload()
+    banner.filter(has_text="Supervisor sam has it.").wait_for()
+    assert banner.inner_text().count("has it") == 1
+
+
 def test_after_the_call_the_agent_records_its_outcome_and_a_supervisor_sees_it(
     live_server: LiveServer, page: Any, browser: Any
 ) -> None:
