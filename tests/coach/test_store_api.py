@@ -492,6 +492,47 @@ def test_malformed_filters_are_422_on_both_stores(client: TestClient) -> None:
     assert analytics.status_code == 200 and analytics.json()["calls"] == len(CALLS)
 
 
+def test_an_erasure_asked_as_the_call_ends_waits_for_its_end_to_be_written(
+    client: TestClient, backend: Backend, tmp_path: Path
+) -> None:
+    """An outside review audit: erasing a call the moment it ended answered 409 "not ended"
+    (and a customer's erasure listed it as live) until the store had written its end, about
+    a second later. The wall has seen the end: the erasure waits for the store instead."""
+    import threading
+
+    from coach.api.wall import WallTracker
+
+    admin = auth("root", "admin")
+    events = {c: call_events(c, customer_id="cust-9") for c in ("c-end1", "c-end2")}
+    run(
+        seed(
+            backend.url,
+            tmp_path / "spool-open",
+            [[e for e in evs if e["type"] != "call_end"] for evs in events.values()],
+        )
+    )
+    wall = WallTracker()
+    for evs in events.values():
+        wall.apply(evs[0])
+        wall.apply(evs[-1])
+        assert evs[-1]["type"] == "call_end" and wall.has_ended(evs[0]["call_id"])
+    client.app.state.wall = wall  # type: ignore[attr-defined]
+
+    def erase_while_the_end_is_written(call_id: str, path: str) -> Any:
+        end = [[events[call_id][-1]]]
+        writer = threading.Timer(0.6, lambda: run(seed(backend.url, tmp_path / call_id, end)))
+        writer.start()
+        try:
+            return client.delete(path, headers=admin)
+        finally:
+            writer.join()
+
+    resp = erase_while_the_end_is_written("c-end1", "/api/history/calls/c-end1")
+    assert resp.status_code == 204, resp.text
+    resp = erase_while_the_end_is_written("c-end2", "/api/customers/cust-9/history")
+    assert resp.json() == {"erased": ["c-end2"], "live": []}
+
+
 def test_erasure_on_request_is_for_admins_and_takes_everything(
     client: TestClient, backend: Backend, tmp_path: Path
 ) -> None:
