@@ -175,6 +175,23 @@ async def _count_everywhere(request: Request, name: str) -> RedisBus | None:
     return bus
 
 
+class AuthInfo(BaseModel):
+    required: bool
+    """Whether the API asks for a token (false only with COACH_AUTH_DISABLED, development)."""
+    sign_in: bool
+    """Whether `POST /api/login` can give one (a user directory is configured)."""
+
+
+@router.get("/api/auth")
+async def auth_info(request: Request) -> AuthInfo:
+    """How this server signs people in, asked without a token: a page with no stored token
+    learns whether to show its sign-in form. It asked `/api/me` instead, and every first load
+    printed a 401 in the browser's console (an outside audit)."""
+    settings: Settings = request.app.state.settings
+    users = getattr(request.app.state, "users", None)
+    return AuthInfo(required=not settings.auth_disabled, sign_in=users is not None)
+
+
 @router.get("/api/me")
 async def me(principal: CurrentPrincipal, request: Request) -> Me:
     """Who the token belongs to: the pages check their stored token with this."""

@@ -234,6 +234,17 @@ def test_a_locked_out_name_is_told_when_to_try_again(client: TestClient) -> None
     assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
 
 
+def test_a_page_learns_how_to_sign_in_without_a_token(
+    client: TestClient, tmp_path: Path, runtime: Runtime
+) -> None:
+    """A page with no stored token asks this, not `/api/me`: every first visit printed that
+    401 in the browser's console (an outside audit)."""
+    assert client.get("/api/auth").json() == {"required": True, "sign_in": True}
+    open_settings = Settings(data_dir=tmp_path / "open", auth_disabled=True, store_enabled=False)
+    with TestClient(create_app(open_settings, runtime)) as c:
+        assert c.get("/api/auth").json()["required"] is False
+
+
 def test_login_issues_a_token_that_the_api_accepts(client: TestClient) -> None:
     assert client.post("/api/login", json={"user": "ann", "password": "bad"}).status_code == 401
     assert client.post("/api/login", json={"user": "nobody", "password": "pw"}).status_code == 401

@@ -303,6 +303,21 @@ def test_a_mistyped_call_id_is_told_so_not_that_a_restart_lost_it(
     assert NOT_FOUND not in status.inner_text() and "Recent calls" in status.inner_text()
 
 
+def test_a_first_visit_prints_no_error_in_the_console(live_server: LiveServer, page: Any) -> None:
+    """An outside audit: every first visit to a page printed a 401 in the browser's console,
+    its check of a token it did not have. It now asks `/api/auth` first."""
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    for path in ("/agent/", "/supervisor/"):
+        page.goto(live_server.base + path)
+        page.locator("#signin-title").wait_for()
+    assert errors == []
+    sign_in(page, live_server.base, "/agent/", "ann")
+    page.locator("#status").wait_for()
+    assert errors == []
+
+
 def test_no_socket_carries_the_token_in_its_address(live_server: LiveServer, page: Any) -> None:
     """An outside audit found tokens in Chromium's own console when a WebSocket failed: the
     console prints the socket's address, which held `?token=`. The pages now offer the token

@@ -45,7 +45,12 @@ const Auth = (() => {
 
   async function check() {
     token = localStorage.getItem(KEY);
-    // Without a token /api/me still answers when the operator turned auth off (development).
+    if (!token) {
+      // Without a token /api/me answers only when the operator turned auth off (development):
+      // ask first, so a first visit does not print a 401 in the console.
+      const how = await fetch("/api/auth").then((a) => (a.ok ? a.json() : null), () => null);
+      if (!how || how.required) return null;
+    }
     const r = await fetch("/api/me", { headers: token ? { Authorization: `Bearer ${token}` } : {} });
     if (!r.ok) {
       localStorage.removeItem(KEY);
