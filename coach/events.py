@@ -21,6 +21,11 @@ Event: TypeAlias = dict[str, Any]
 # Every cue says what it is: a suggestion from a model, not an instruction (CUES.md).
 AI_LABEL = "AI suggestion"
 
+WRAP_UP_OUTCOMES = frozenset({"resolved", "callback scheduled", "escalated", "unresolved"})
+"""The agent panel's wrap-up choices (web/common/callview.js). A repeat-contact hint names
+these as they are, and coaching analytics count them; any other outcome is free text: not
+copied into the next call, counted as "other"."""
+
 
 def _r(x: float) -> float:
     return round(float(x), 3)

@@ -36,6 +36,8 @@ Policy per language cue, over thresholds current +- 0.10 in 0.01 steps:
   below 1.0: the best-F1 threshold among the lower ones that raise recall;
 - otherwise (little or evenly split feedback): the best-F1 threshold, only if it beats the
   current F1 by `--min-gain`; ties go to the threshold nearest the current one.
+Call outcomes recorded at wrap-up are read and reported beside the proposals, per cue, with
+the calls that ended escalated with no warning; they move no threshold (`outcome_lines`).
 A critical cue (crisis) is never proposed a threshold that loses recall on the evaluation set.
 The tune split is used by default (`--eval-dir .cache/cue_eval/heldout` uses the retired first
 held-out split instead); the test split, `heldout2`, is refused: it must stay unseen.
@@ -207,23 +209,69 @@ def _read_store(url: str, what: str, read: Any) -> Any:
         ) from exc
 
 
-def feedback_counts(url: str, since: datetime | None = None) -> dict[str, dict[str, int]]:
-    """{cue: {helpful, not_helpful, dismissed}} from the history store, if there is one; with
-    `since`, on calls started then or later (ratings of a cue as it was before an edit no
-    longer speak for it)."""
+def coaching_report(url: str, since: datetime | None = None) -> dict[str, Any] | None:
+    """The store's coaching analytics (coach/store/analytics.py): ratings and call outcomes
+    per cue; with `since`, of calls started then or later (ratings of a cue as it was before
+    an edit no longer speak for it). None without a store."""
     from coach.store.analytics import coaching_analytics
 
     async def read(store: Any) -> dict[str, Any]:
         return await coaching_analytics(store, since=since)
 
-    report = _read_store(url, "feedback", read)
+    report: dict[str, Any] | None = _read_store(url, "feedback", read)
     if report is None:
         print("tuning on the evaluation set alone", file=sys.stderr)
-        return {}
+    return report
+
+
+def feedback_from(report: Mapping[str, Any] | None) -> dict[str, dict[str, int]]:
+    """{cue: {helpful, not_helpful, dismissed}}."""
     return {
         row["cue"]: {k: int(row.get(k, 0)) for k in ("helpful", "not_helpful", "dismissed")}
-        for row in report["cues"]
+        for row in (report or {}).get("cues", [])
     }
+
+
+def feedback_counts(url: str, since: datetime | None = None) -> dict[str, dict[str, int]]:
+    return feedback_from(coaching_report(url, since))
+
+
+def outcome_lines(report: Mapping[str, Any] | None, cues: Sequence[str]) -> list[str]:
+    """What agents recorded at wrap-up, read beside the thresholds.
+
+    Outcomes move no threshold: a call that ended badly says the customer's problem was hard,
+    not that a cue shown in it was wrong (the cues that fire most are on the hardest calls),
+    and one that ended well does not make a cue right. They say two things a tuner can act
+    on: which cues showed in calls that still ended escalated or unresolved (is the advice
+    working? reword it), and which calls ended escalated with no warning at all (no
+    escalation, no escalation request, frustration or crisis cue): moments the coaching may
+    have missed, to review and report as missed cues, which `--missed` then reads."""
+    if not report:
+        return []
+    rows = {r["cue"]: r.get("outcomes") or {} for r in report.get("cues", [])}
+    lines = []
+    for cue in cues:
+        outcomes = rows.get(cue) or {}
+        recorded = {k: n for k, n in outcomes.items() if k != "not recorded"}
+        if not recorded:
+            continue
+        calls = sum(recorded.values())
+        bad = recorded.get("escalated", 0) + recorded.get("unresolved", 0)
+        said = ", ".join(f"{k} {n}" for k, n in sorted(recorded.items(), key=lambda kv: -kv[1]))
+        lines.append(
+            f"  {cue:20s} {calls} call(s) with an outcome: {said}"
+            + (f"  ({bad}/{calls} escalated or unresolved)" if bad else "")
+        )
+    if lines:
+        lines.insert(0, "call outcomes where each cue showed (read only: they move no threshold)")
+    unflagged = report.get("escalated_unflagged") or []
+    if unflagged:
+        shown = ", ".join(unflagged[:10]) + (", ..." if len(unflagged) > 10 else "")
+        lines.append(
+            f"{len(unflagged)} call(s) ended escalated with no warning shown: {shown}; review "
+            "them (supervisor page, Recent calls) and report the missed cue, then --missed"
+        )
+    return lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -962,7 +1010,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     thresholds = not (args.examples or args.missed or args.unhelpful)
     try:  # before any model loads; and an --apply must not write what the ratings would undo
-        feedback = feedback_counts(url, args.since) if thresholds and not args.no_feedback else {}
+        coaching = coaching_report(url, args.since) if thresholds and not args.no_feedback else None
+        feedback = feedback_from(coaching)
         missed = stored_reports(url, "missed") if args.missed and not args.examples else []
         rated = stored_reports(url, "rated") if args.unhelpful and not args.examples else []
     except StoreUnreadable as exc:
@@ -1042,6 +1091,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{_fmt(b.get('recall'))}  {_fmt(b.get('f1'))} -> {_fmt(a.get('precision'))}  "
             f"{_fmt(a.get('recall'))}  {_fmt(a.get('f1'))}   {fb:>9s}  {p.reason}"
         )
+    for line in outcome_lines(coaching, [p.cue for p in proposals]):
+        print(line)
     changes = {p.cue: p.proposed for p in proposals if p.proposed != p.current}
     if args.json:
         # Written before anything is applied, so it must not fail (Proposal has slots, no

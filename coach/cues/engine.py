@@ -33,7 +33,7 @@ from coach.cues.dynamics import Spoken, Timeline, TimingCues, TimingHit, agent_p
 from coach.cues.matcher import ClauseSignals, CueIndex, FloatArray, SemanticMatch
 from coach.cues.playbook import ADVICE_AFTER_S, CueSpec, EscalationSpec, Playbook
 from coach.escalation import EscalationDetector
-from coach.events import AI_LABEL, Event, EvidenceSource
+from coach.events import AI_LABEL, WRAP_UP_OUTCOMES, Event, EvidenceSource
 from coach.messages import Speaker
 from coach.signals.state import direction
 
@@ -967,11 +967,6 @@ class CueEngine:
                 }
             )
         return {"cues": counts, "cue_outcomes": detail, "escalations": self.escalation.raised}
-
-
-WRAP_UP_OUTCOMES = frozenset({"resolved", "callback scheduled", "escalated", "unresolved"})
-"""The agent panel's wrap-up choices (web/common/callview.js): a repeat-contact hint names
-these as they are; any other outcome is free text and is not copied into the next call."""
 
 
 _WORDS_REASON = re.compile(r'^words: ".*" means the same as "(?P<example>.*)" \(-?\d+\.\d+\)$')

@@ -6,8 +6,11 @@ shown, so unrated cues count against a cue's trust; a cue several people rated c
 by its latest verdict, so each rate is a fraction in [0, 1]), how often reviewers reported it missing
 (`missed_reports`: its recall, as people see it), escalations by reason, and whether the
 customer ended the call better than they started (mean valence of the first and last few
-points of the stored emotional arc). Counting is done by the database; only the arcs of the
-calls in range are read into Python.
+points of the stored emotional arc). Per cue, the outcomes agents recorded for the calls it
+was shown in (`outcomes`); and the calls an agent marked "escalated" with no escalation and
+no escalation cue shown (`escalated_unflagged`: where the coaching may have missed the
+moment). Counting is done by the database; only the arcs of the calls in range are read
+into Python.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from coach.events import WRAP_UP_OUTCOMES
 from coach.signals.state import arc_change
 from coach.store.models import Call, CueFeedback, CueRow, Escalation, MissedCue, Summary
 from coach.store.records import VERDICTS, StoreUnavailable
@@ -136,7 +140,51 @@ async def coaching_analytics(
                     .group_by(Call.agent_id, Escalation.reason, Escalation.urgency)
                 )
             ).all()
-    return _assemble(call_rows, shown, verdicts, missed, escalations, since=since, until=until)
+            cue_outcomes = (
+                await conn.execute(
+                    sa.select(CueRow.cue, Call.outcome, sa.func.count(sa.distinct(Call.call_id)))
+                    .join(Call, Call.call_id == CueRow.call_id)
+                    .where(CueRow.call_id.in_(in_range))
+                    .group_by(CueRow.cue, Call.outcome)
+                )
+            ).all()
+            alerted = sa.union(
+                sa.select(Escalation.call_id),
+                sa.select(CueRow.call_id).where(CueRow.cue.in_(ESCALATION_CUES)),
+            )
+            unflagged = (
+                await conn.execute(
+                    sa.select(Call.call_id)
+                    .where(Call.call_id.in_(in_range), Call.outcome == "escalated")
+                    .where(Call.call_id.not_in(alerted))
+                    .order_by(Call.started_at.desc())
+                    .limit(UNFLAGGED_LISTED)
+                )
+            ).all()
+    report = _assemble(call_rows, shown, verdicts, missed, escalations, since=since, until=until)
+    outcomes: dict[str, dict[str, int]] = defaultdict(dict)
+    for cue, raw, n in cue_outcomes:
+        key = outcome_key(raw)
+        outcomes[cue][key] = outcomes[cue].get(key, 0) + int(n)
+    for row in report["cues"]:
+        row["outcomes"] = outcomes.get(row["cue"], {})
+    report["escalated_unflagged"] = [c for (c,) in unflagged]
+    return report
+
+
+ESCALATION_CUES = ("escalation_request", "crisis", "frustration")
+"""A call whose agent recorded "escalated" had warning enough if one of these showed, or an
+escalation was raised; otherwise it is listed in `escalated_unflagged`, for review."""
+
+UNFLAGGED_LISTED = 50
+
+
+def outcome_key(outcome: str | None) -> str:
+    """A stored outcome as analytics count it: a wrap-up choice as it is, free text as
+    "other" (it may quote the customer), none as "not recorded"."""
+    if not outcome:
+        return "not recorded"
+    return outcome if outcome in WRAP_UP_OUTCOMES else "other"
 
 
 def _assemble(

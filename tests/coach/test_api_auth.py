@@ -607,6 +607,22 @@ async def test_coaching_analytics_counts(backend: Backend) -> None:
     await store.add_feedback(call_id="b1", cue_seq=2, verdict="not_helpful", user="ben")
     await store.add_missed_cue(call_id="b1", utterance_seq=4, cue="churn_risk", user="sue")
     await store.add_missed_cue(call_id="b1", utterance_seq=4, cue="churn_risk", user="tom")
+    # Two calls the agents marked escalated: one with warning (a1 had its escalation), one
+    # with none (c1 showed only confusion), which is listed for review.
+    await store.write_events(
+        [
+            ev("c1", 1, type="call_start", source="x", channels=[], meta={"agent_id": "ann"}),
+            ev("c1", 2, type="cue", cue="confusion", title="C", priority=3),
+            ev("c1", 3, type="cue", cue="confusion", title="C", priority=3),
+            ev("c1", 4, type="call_end", duration_s=9.0, reason="end", summary={"cues": {}}),
+        ]
+    )
+    for call_id, outcome in (
+        ("a1", "escalated"),
+        ("b1", "said she'd ring back"),
+        ("c1", "escalated"),
+    ):
+        await store.set_outcome(call_id=call_id, outcome=outcome, user="ann")
     try:
         result = await coaching_analytics(store)
         cues = {c["cue"]: c for c in result["cues"]}
@@ -614,7 +630,12 @@ async def test_coaching_analytics_counts(backend: Backend) -> None:
         assert cues["frustration"]["helpful_rate"] == 0.5
         assert cues["frustration"]["not_helpful_rate"] == 0.5
         assert cues["confusion"]["dismissed"] == 1
-        assert result["outcome"] == {"better": 1, "worse": 1, "same": 0, "unknown": 0}
+        assert result["outcome"] == {"better": 1, "worse": 1, "same": 0, "unknown": 1}
+        # The outcomes of the calls each cue showed in, a call once however often it showed;
+        # free text counts as "other", never quoted.
+        assert cues["frustration"]["outcomes"] == {"escalated": 1, "other": 1}
+        assert cues["confusion"]["outcomes"] == {"escalated": 2}
+        assert result["escalated_unflagged"] == ["c1"]
         assert result["escalations"] == [{"reason": "user_request", "total": 1, "high": 1}]
         agents = {a["agent_id"]: a for a in result["agents"]}
         assert agents["ann"]["better"] == 1 and agents["ann"]["escalations"] == 1
@@ -623,7 +644,7 @@ async def test_coaching_analytics_counts(backend: Backend) -> None:
         assert cues["frustration"]["missed_reports"] == 0
         assert agents["ben"]["missed_reports"] == 2 and agents["ann"]["missed_reports"] == 0
         only_ann = await coaching_analytics(store, agents={"ann"})
-        assert only_ann["calls"] == 1
+        assert only_ann["calls"] == 2
         future = datetime.now(UTC) + timedelta(days=1)
         assert (await coaching_analytics(store, since=future))["calls"] == 0
     finally:

@@ -713,3 +713,36 @@ def test_since_reads_only_ratings_on_later_calls(tmp_path: Path) -> None:
     assert feedback_counts(url, tomorrow).get("churn_risk", {}).get("not_helpful", 0) == 0
     with pytest.raises(SystemExit):
         main(["--since", "last tuesday", "--database-url", url])
+
+
+def test_call_outcomes_are_read_and_reported_beside_the_thresholds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 5 asks the tuner to read feedback and call outcomes; it read only ratings. Now
+    the outcomes of the calls each cue showed in are reported, with the calls that ended
+    escalated with no warning. They move no threshold (a bad end says the call was hard)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'coach.db'}"
+    asyncio.run(_stored_report(url, NOT_CHURN))  # c1 showed churn_risk
+
+    async def wrap_up() -> None:
+        store = Store(url=url)
+        try:
+            start = {"type": "call_start", "call_id": "c2", "seq": 1, "t_emit": 0.0}
+            await store.write_events([Received(event=start, at=datetime.now(UTC).timestamp())])
+            await store.set_outcome(call_id="c1", outcome="unresolved", user="ann")
+            await store.set_outcome(call_id="c2", outcome="escalated", user="ann")
+        finally:
+            await store.aclose()
+
+    asyncio.run(wrap_up())
+    eval_dir = _one_call_eval_dir(tmp_path)
+    args = ["--eval-dir", str(eval_dir), "--database-url", url, "--span", "0.01"]
+    out = tmp_path / "p.json"
+    assert main([*args, "--cues", "churn_risk", "--json", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "churn_risk           1 call(s) with an outcome: unresolved 1" in said, said
+    assert "1 call(s) ended escalated with no warning shown: c2" in said
+    (row,) = json.loads(out.read_text())
+    assert row["proposed"] == row["current"]  # an outcome moves nothing by itself
+    assert main([*args, "--cues", "churn_risk", "--no-feedback"]) == 0
+    assert "with an outcome" not in capsys.readouterr().out
