@@ -270,6 +270,25 @@ def test_drill_in_post_call_summary_and_analytics(live_server: LiveServer, page:
     ).json()["missed_cues"]
     assert [(m["cue"], m["user"]) for m in stored] == [("churn_risk", "sam")]
 
+    # The agents' wrap-up outcomes: this call ended escalated, with its frustration card
+    # shown; another ended escalated with no warning at all, listed to review.
+    quiet = "w-unwarned"
+    live_server.start_call(quiet, "ann")
+    live_server.emit(quiet, transcript("customer", "right, put me through then", 1, 1.0))
+    live_server.emit(quiet, end([[2.0, -0.1], [4.0, -0.1]]))
+    ann = {"Authorization": f"Bearer {token}"}
+    for done in (call_id, quiet):
+        deadline = time.monotonic() + 10
+        while not (
+            r := page.request.put(
+                f"{live_server.base}/api/calls/{done}/outcome",
+                data={"outcome": "escalated"},
+                headers=ann,
+            )
+        ).ok:
+            assert time.monotonic() < deadline, r.text()
+            time.sleep(0.2)
+
     # Keyboard: the tabs are buttons; analytics for today's calls shows the rated cue.
     page.get_by_role("tab", name="Coaching analytics").focus()
     page.keyboard.press("Enter")
@@ -278,6 +297,10 @@ def test_drill_in_post_call_summary_and_analytics(live_server: LiveServer, page:
     # By title, as the agent saw it (an outside audit found the ids there).
     frustration = cue_rows.filter(has_text="Customer is frustrated").inner_text().split("\t")
     assert frustration[:3] == ["Customer is frustrated", "1", "100 %"], frustration
+    assert frustration[6] == "escalated 1", frustration
+    unwarned = page.locator("#an-unflagged-list")
+    assert unwarned.get_by_role("link", name=quiet).count() == 1
+    assert unwarned.get_by_role("link", name=call_id, exact=True).count() == 0
     churn = cue_rows.filter(has_text="Might leave").inner_text().split("\t")
     assert (churn[0], churn[1], churn[-1]) == ("Might leave", "0", "1"), churn  # reported missed
     assert "Better:" in page.locator("#an-outcome").inner_text()

@@ -824,6 +824,24 @@ function table(caption, heads, rows) {
     h("tbody", {}, rows.map((r) => h("tr", {}, r.map((v, i) => h("td", { class: i ? "num" : "", text: String(v) }))))));
 }
 
+// The wrap-up outcomes agents recorded for the calls a cue showed in, most common first.
+function outcomesText(outcomes) {
+  const recorded = Object.entries(outcomes || {}).filter(([k]) => k !== "not recorded");
+  if (!recorded.length) return "–";
+  return recorded.sort((x, y) => y[1] - x[1]).map(([k, n]) => `${k} ${n}`).join(" · ");
+}
+
+// Calls an agent marked escalated that showed no warning (no escalation, no escalation
+// request, frustration or crisis cue): where the coaching may have missed the moment. Each
+// opens its post-call summary, where a line can be reported as a missed cue.
+function unflaggedSection(ids) {
+  return h("section", { class: "analytics-section", "aria-labelledby": "an-unflagged" },
+    h("h2", { id: "an-unflagged", text: "Escalated with no warning shown" }),
+    ids.length
+      ? h("ul", { id: "an-unflagged-list", class: "plain" }, ids.map((id) => h("li", {}, h("a", { href: `#summary/${encodeURIComponent(id)}`, text: id }))))
+      : h("p", { id: "an-unflagged-list", text: "None: every call marked escalated had a warning." }));
+}
+
 async function loadAnalytics() {
   const form = $("analytics-form");
   defaultRange(form);
@@ -837,8 +855,9 @@ async function loadAnalytics() {
     h("section", { class: "analytics-section", "aria-labelledby": "an-out" }, h("h2", { id: "an-out", text: "Did calls end better than they started?" }),
       h("p", { id: "an-outcome", text: `Better: ${o.better} · about the same: ${o.same} · worse: ${o.worse} · not enough speech: ${o.unknown}` })),
     h("section", { class: "analytics-section", "aria-labelledby": "an-cues" }, h("h2", { id: "an-cues", text: "Per cue" }),
-      table("Cues", ["Cue", "Shown", "Helpful", "Not helpful", "Dismissed", "Rated", "Reported missed"],
-        a.cues.map((c) => [cueTitles[c.cue] || c.cue, c.shown, pct(c.helpful_rate), pct(c.not_helpful_rate), pct(c.dismissed_rate), c.rated, c.missed_reports ?? 0]))),
+      table("Cues", ["Cue", "Shown", "Helpful", "Not helpful", "Dismissed", "Rated", "Outcomes of its calls", "Reported missed"],
+        a.cues.map((c) => [cueTitles[c.cue] || c.cue, c.shown, pct(c.helpful_rate), pct(c.not_helpful_rate), pct(c.dismissed_rate), c.rated, outcomesText(c.outcomes), c.missed_reports ?? 0]))),
+    unflaggedSection(a.escalated_unflagged || []),
     h("section", { class: "analytics-section", "aria-labelledby": "an-agents" }, h("h2", { id: "an-agents", text: "Per agent" }),
       table("Agents", ["Agent", "Calls", "Cues shown", "Helpful", "Not helpful", "Dismissed", "Escalations", "Ended better", "Ended worse"],
         a.agents.map((x) => [x.agent_id, x.calls, x.shown, pct(x.helpful_rate), pct(x.not_helpful_rate), pct(x.dismissed_rate), x.escalations, x.better, x.worse]))),
