@@ -476,6 +476,21 @@ def _anns_live_call(live_server: LiveServer, call_id: str) -> Any:
     )
 
 
+MANAGER_REQUESTED = {
+    "type": "escalation",
+    "reason": "user_request",
+    "urgency": "high",
+    "detail": "escalation_request cue",
+    "summary": {"text": "Customer wants a manager."},
+}
+
+
+def _manager_requested(live_server: LiveServer, session: Any) -> int:
+    """The call's session raises a manager request's escalation; its seq."""
+    live_server.run(session.emit(dict(MANAGER_REQUESTED)))
+    return int(session.last_event["seq"])
+
+
 def _sam_takes(page: Any, live_server: LiveServer, call_id: str, seq: int) -> Any:
     """sam acknowledges escalation `seq`, retried until the store has it (a flush or two)."""
     token = live_server.token("sam", "supervisor", team="blue")
@@ -501,18 +516,7 @@ def test_the_agent_sees_a_supervisor_take_the_escalation(
     session = _anns_live_call(live_server, call_id)
     try:
         page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
-        live_server.run(
-            session.emit(
-                {
-                    "type": "escalation",
-                    "reason": "user_request",
-                    "urgency": "high",
-                    "detail": "escalation_request cue",
-                    "summary": {"text": "Customer wants a manager."},
-                }
-            )
-        )
-        seq = session.last_event["seq"]
+        seq = _manager_requested(live_server, session)
         banner = page.locator(".escalation-banner")
         banner.filter(has_text="Supervisor alerted (high)").wait_for()
         assert "has it" not in banner.inner_text()
@@ -553,18 +557,7 @@ def test_an_escalation_taken_after_the_call_shows_on_a_panel_opened_then(
     manager = live_server.app.state.coach.manager
     session = _anns_live_call(live_server, call_id)
     page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
-    live_server.run(
-        session.emit(
-            {
-                "type": "escalation",
-                "reason": "user_request",
-                "urgency": "high",
-                "detail": "escalation_request cue",
-                "summary": {"text": "Customer wants a manager."},
-            }
-        )
-    )
-    seq = session.last_event["seq"]
+    seq = _manager_requested(live_server, session)
     banner = page.locator(".escalation-banner")
     banner.filter(has_text="Supervisor alerted (high)").wait_for()
     live_server.run(manager.finish(session, "end"))
