@@ -696,20 +696,64 @@ SECRET_MIN_DIGITS = 4
 is 2 digits short" is not one."""
 
 
+def _named_kind(m: re.Match[str]) -> str:
+    """What a `_SECRET_NAMED` match names, as a tag kind."""
+    for kind in ("card", "ssn", "phone"):
+        if m.group(kind):
+            return kind
+    return "number"
+
+
+_ASKED = re.compile(r"[^.?!]*\?")  # the sentence that names the number is a question
+# Figures that are plainly amounts or measures, not a number read out: "the bill was 1,500",
+# "45.99", "$20", "2 hours", "50 %". Digits read out are bare, dashed or grouped.
+_AN_AMOUNT = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+")
+_A_UNIT = re.compile(
+    r"\s*(?:%|percent|dollars?|bucks|pounds?|quid|euros?|cents?|pence|p\b|seconds?|minutes?"
+    r"|hours?|days?|weeks?|months?|years?|times|items?|digits?|am\b|pm\b|a\.m\.|p\.m\.|o'clock)",
+    re.IGNORECASE,
+)
+_CURRENCY = frozenset("$£€¥")
+
+
+def _read_out_after_name(text: str) -> list[Span]:
+    """Every numeral, and every run of digit words, after a secret number is named in a
+    statement ("My card number is 4. I'm 3-2-0-1. I'm 1-1-2-8."), tagged as what was named.
+
+    The speaker is reading it out: the rest of the utterance gets what `CallRedactor` gives
+    their next 30 s. ASR breaks a card read slowly into sentences at its pauses and hears
+    "five" as "I'm", so the number's pieces after the first full stop were left to the rules
+    for numbers read out, and a 4-digit group or a lone first digit stayed visible (an
+    outside ingest audit, on every μ-law ingest). A question names no number being read
+    ("can I take your card number?"), nor does one the business holds ("it's on file")."""
+    if _NOT_READ_OUT.search(text):
+        return []
+    m = next((m for m in _SECRET_NAMED.finditer(text) if not _ASKED.match(text, m.end())), None)
+    if m is None:
+        return []
+    kind, at, rest = _named_kind(m), m.end(), text[m.end() :]
+    spans = [
+        Span(at + n.start(), at + n.end(), kind)
+        for n in _NUMERALS.finditer(rest)
+        if not _AN_AMOUNT.fullmatch(n.group())
+        and not _A_UNIT.match(rest, n.end())
+        and rest[max(0, n.start() - 1) : n.start()] not in _CURRENCY
+        and not _an_address_follows(rest, n.end())  # "my contact number is 12 Main Street"
+    ]
+    spans += [  # digit words ("four one one"): the numerals are above
+        Span(at + s.start, at + s.end, kind)
+        for s in _interim_spans(rest)
+        if s.kind != "email" and not any(ch.isdigit() for ch in rest[s.start : s.end])
+    ]
+    return spans
+
+
 def _announced_secret_spans(text: str) -> list[Span]:
     """Numerals after "card number is", "social security number", "PIN"...: hidden whatever
     their form (see `_SECRET_NAMED`)."""
     spans: list[Span] = []
     for m in _SECRET_NAMED.finditer(text):
-        kind = (
-            "card"
-            if m.group("card")
-            else "ssn"
-            if m.group("ssn")
-            else "phone"
-            if m.group("phone")
-            else "number"
-        )
+        kind = _named_kind(m)
         first = last = None
         digits, pos, gap = 0, m.end(), 0
         for word in re.finditer(r"\S+", text[pos:]):
@@ -817,7 +861,7 @@ def find_pii(
         # PII audit), or a reference made of both: the whole word goes.
         if sum(ch.isdigit() for ch in m.group()) >= 7:
             spans.append(Span(m.start(), m.end(), "number"))
-    announced = _announced_secret_spans(text)
+    announced = _announced_secret_spans(text) + _read_out_after_name(text)
     spans += announced
     if interim:
         spans += _interim_spans(text)
