@@ -134,6 +134,8 @@ class CallManager:
         self.history_lookup: HistoryLookup | None = None
         """Set when a history store runs: a customer's previous calls (repeat_contact)."""
         self._ending: set[asyncio.Task[None]] = set()
+        self._end_tasks: dict[CallSession, asyncio.Task[None]] = {}
+        """The ending of each call being ended, so that a second end of it joins the first."""
         self._ended: dict[str, tuple[CallSession, asyncio.TimerHandle]] = {}
         """Ended calls still kept (see ENDED_RETENTION_S), oldest first."""
         self.ended_retention_s = ENDED_RETENTION_S
@@ -512,11 +514,18 @@ class CallManager:
         await self.finish(session, reason)
 
     def _spawn_end(self, session: CallSession, reason: str) -> asyncio.Task[None]:
+        running = self._end_tasks.get(session)
+        if running is not None:
+            # Ended twice at once (a shutdown and the call's own connection closing): one
+            # ending, one "ended" line (an outside audit saw each call's twice).
+            return running
         entry = self._detached.pop(session.call_id, None)
         if entry is not None and entry[1] is not asyncio.current_task():
             entry[1].cancel()
         session.claim_end(reason)  # before the task runs: see CallSession.claim_end
         task = _call_task(session, session.end(reason), name=f"end-{session.call_id}")
+        self._end_tasks[session] = task
+        task.add_done_callback(lambda _: self._end_tasks.pop(session, None))
         # Logged by the ending itself, before it leaves `_ending`: a drain waits for that set,
         # and its "drained" line came before the last call's "ended" one.
         task.add_done_callback(

@@ -156,6 +156,14 @@ def scrub(text: str) -> str:
     return text
 
 
+def client_text(text: object, limit: int = 120) -> str:
+    """Free text a client sent (a Twilio mark's name, an AudioHook error message or update),
+    as a log line may quote it: cut to `limit` characters, personal data redacted, quoted with
+    control characters escaped (a newline in it would forge a line of its own). It was logged
+    as sent, card numbers and emails included (an outside ingest audit)."""
+    return repr(redact_text(str(text)[:limit]))
+
+
 PROBE_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
 
 

@@ -460,6 +460,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     async def ingest_pcm(ws: WebSocket) -> None:
         await ws.accept()
         if not ingest_authorized(ws, settings):
+            # Counted as the other ingests count theirs (an outside ingest audit).
+            metrics.INGEST_ERRORS.labels(protocol=pcm.PROTOCOL, reason="unauthorized").inc()
             await _close(
                 ws, cc.POLICY_VIOLATION, "unauthorized", "missing or invalid API key or admin token"
             )

@@ -48,7 +48,7 @@ from coach.calls import CallManager, CallRejected
 from coach.ingest import closecodes as cc
 from coach.ingest.pcm import MAX_ID_CHARS
 from coach.ingest.receive import closed_as_oversized, receive_unless_ended
-from coach.logs import upgrade_denied_var
+from coach.logs import client_text, upgrade_denied_var
 from coach.messages import AudioChunk, Speaker
 from coach.session import CallEnded, CallSession
 from coach.settings import Settings
@@ -789,7 +789,9 @@ class AudioHookSession:
         elif msg.id.lower() != self.id.lower():
             raise ProtocolError("bad_session_id", f"message id {msg.id} is not session {self.id}")
         if msg.type not in CLIENT_TYPES:
-            raise ProtocolError("unknown_type", f"{msg.type!r} is not a client message type")
+            raise ProtocolError(
+                "unknown_type", f"{client_text(msg.type, 64)} is not a client message type"
+            )
         try:
             params = PARAMETERS[msg.type].model_validate(msg.parameters)
         except ValidationError as exc:
@@ -837,13 +839,17 @@ class AudioHookSession:
             case ErrorParameters():
                 metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason="client_error").inc()
                 log.warning(
-                    "audiohook %s: client error %d: %s", self.id, params.code, params.message
+                    "audiohook %s: client error %d: %s",
+                    self.id,
+                    params.code,
+                    client_text(params.message),
                 )
             case CloseParameters():
                 await self._on_close(msg)
                 return
             case UpdateParameters():
-                log.info("audiohook %s: update %s", self.id, params.model_dump(exclude_none=True))
+                said = params.model_dump(exclude_none=True)
+                log.info("audiohook %s: update %s", self.id, client_text(said, limit=300))
             case _:  # paused
                 log.info("audiohook %s: paused at %s", self.id, msg.position)
         self.state = after
@@ -883,9 +889,9 @@ class AudioHookSession:
             # Accepted, not refused: the transcript and the timing cues still help, but the
             # models are English only, so the words will be poor (an outside ingest audit).
             log.warning(
-                "audiohook %s: language %r is not supported (%s); transcribed as English",
+                "audiohook %s: language %s is not supported (%s); transcribed as English",
                 self.id,
-                params.language,
+                client_text(params.language, limit=40),
                 ", ".join(SUPPORTED_LANGUAGES),
             )
         opened: dict[str, Any] = {"media": [media], "startPaused": False}
@@ -903,6 +909,9 @@ class AudioHookSession:
         )
         if agent is not None and len(agent) > MAX_ID_CHARS:
             log.warning("audiohook %s: agent id of %d chars ignored", self.id, len(agent))
+            agent = None
+        if agent is not None and not agent.isprintable():
+            log.warning("audiohook %s: agent id with control characters ignored", self.id)
             agent = None
         meta = {
             "organization_id": params.organizationId,

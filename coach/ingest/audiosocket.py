@@ -553,6 +553,10 @@ class AudioSocketService:
                 ServerError.PROTOCOL,
                 f"first frame must be the UUID, not {type(frame).__name__}",
             )
+        if frame.uuid.int == 0 and str(frame.uuid) not in self._mapping:
+            # Every client that sends it would join one call, and hear as one caller (an
+            # outside ingest audit): a placeholder, not a call's id.
+            raise _Refusal("nil_uuid", ServerError.PROTOCOL, "the nil UUID names no call")
         return frame
 
     async def _join(self, route: Route, conn: _Conn) -> tuple[_Call, CallSession, float]:

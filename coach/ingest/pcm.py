@@ -37,6 +37,10 @@ MAX_TEXT_CHARS = 4096
 characters; a bigger one is refused as oversized (1009) before it is parsed."""
 """Longest agent or customer id an ingest takes (they are shown on walls and stored)."""
 CALL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+PRINTABLE_IDS = "agent_id, customer_id: no control characters (a newline, a tab)"
+"""Agent and customer ids are names from the telephony, free in form (an email, a phone
+number, "Ann Lee"), but one line: "ann\nFORGED" was taken as a call's agent (an outside
+ingest audit)."""
 
 
 class PcmHeader(BaseModel):
@@ -51,6 +55,13 @@ class PcmHeader(BaseModel):
     speakers: list[Speaker] | None = None
     agent_id: str | None = Field(default=None, max_length=MAX_ID_CHARS)
     customer_id: str | None = Field(default=None, max_length=MAX_ID_CHARS)
+
+    @field_validator("agent_id", "customer_id")
+    @classmethod
+    def _printable(cls, v: str | None) -> str | None:
+        if v is not None and not v.isprintable():
+            raise ValueError(PRINTABLE_IDS)
+        return v
 
     @field_validator("call_id")
     @classmethod

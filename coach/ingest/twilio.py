@@ -32,9 +32,11 @@ from coach import metrics
 from coach.api.security import ingest_authorized
 from coach.calls import CallManager, CallRejected
 from coach.ingest import closecodes as cc
-from coach.ingest.pcm import CALL_ID, MAX_ID_CHARS
+from coach.ingest.pcm import CALL_ID, MAX_ID_CHARS, PRINTABLE_IDS
 from coach.ingest.receive import closed_as_oversized, receive_unless_ended, watching_end
+from coach.logs import client_text
 from coach.messages import SPEAKERS, AudioChunk, Speaker
+from coach.redaction import redact_text
 from coach.session import CallEnded, CallSession
 from coach.settings import Settings
 
@@ -179,7 +181,9 @@ def parse_message(text: str, max_bytes: int) -> TwilioMessage | Unrecognized:
         return Unrecognized(event[:64])
     model = MODELS.get(event) if isinstance(event, str) else None
     if model is None:
-        raise TwilioError(cc.INVALID_PAYLOAD, "unknown_event", f"unknown event {event!r}")
+        raise TwilioError(
+            cc.INVALID_PAYLOAD, "unknown_event", f"unknown event {client_text(event, 64)}"
+        )
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -252,6 +256,8 @@ def call_setup(start: Start) -> CallSetup:
         raise TwilioError(
             cc.INVALID_PAYLOAD, "bad_start", f"agent_id, customer_id: at most {MAX_ID_CHARS} chars"
         )
+    if not all(str(v).isprintable() for v in meta.values()):
+        raise TwilioError(cc.INVALID_PAYLOAD, "bad_start", PRINTABLE_IDS)
     meta["twilio"] = {
         "call_sid": info.call_sid,
         "stream_sid": info.stream_sid or start.stream_sid,
@@ -261,6 +267,12 @@ def call_setup(start: Start) -> CallSetup:
     }
     speakers = tuple(s for s in SPEAKERS if s in {TRACK_SPEAKER[t] for t in tracks})
     return CallSetup(call_id=call_id, speakers=speakers, meta=meta)
+
+
+MAX_TIMESTAMP_JUMP_S = 600.0
+"""A media timestamp this far past the end of its track's audio is malformed, not a gap:
+Twilio streams audio all through a call, silence and hold included. One of 99999999999 ms
+ended the call as if it had run to its maximum length (an outside ingest audit)."""
 
 
 @dataclass(slots=True)
@@ -342,7 +354,15 @@ class StreamProtocol:
                 "oversized",
                 f"media payload of {len(payload)} bytes > {MAX_PAYLOAD_BYTES}",
             )
-        start = self._place(track, int(msg.media.timestamp), len(payload))
+        timestamp_ms = int(msg.media.timestamp)
+        ahead_s = timestamp_ms / 1000 - self._next_sample.get(track, 0) / SAMPLE_RATE
+        if ahead_s > MAX_TIMESTAMP_JUMP_S:
+            raise TwilioError(
+                cc.INVALID_PAYLOAD,
+                "bad_timestamp",
+                f"media timestamp {timestamp_ms} ms is {ahead_s:.0f} s past the track's audio",
+            )
+        start = self._place(track, timestamp_ms, len(payload))
         pcm = codecs.decode_mulaw(payload)
         t0 = (self.base_sample + start) / SAMPLE_RATE
         return AudioChunk(self.setup.call_id, speaker, pcm, SAMPLE_RATE, t0)
@@ -464,9 +484,9 @@ def _skip_unknown(proto: StreamProtocol, event: str) -> None:
     if event not in proto.skipped:
         proto.skipped.add(event)
         log.warning(
-            "twilio stream %s: skipping %r messages (unknown event type)",
+            "twilio stream %s: skipping %s messages (unknown event type)",
             proto.stream_sid or "(not started)",
-            event,
+            client_text(event, 64),
         )
 
 
@@ -537,8 +557,10 @@ async def _stream(ws: WebSocket, proto: StreamProtocol, session: CallSession) ->
                     case Unrecognized(event=event):
                         _skip_unknown(proto, event)
                     case Mark():
-                        _note(session, "marks", last_mark=msg.mark.name[:64])
-                        log.info("call %s: mark %r", session.call_id, msg.mark.name[:64])
+                        _note(session, "marks", last_mark=redact_text(msg.mark.name[:64]))
+                        log.info(
+                            "call %s: mark %s", session.call_id, client_text(msg.mark.name, 64)
+                        )
                     case Dtmf():
                         # Digits may be card numbers or PINs: count them, never store or log them.
                         _note(session, "dtmf")

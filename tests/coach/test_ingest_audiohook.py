@@ -481,13 +481,25 @@ def test_discarded(client: TestClient) -> None:
         c.assert_common(c.close())
 
 
-def test_client_error_is_logged_and_the_session_goes_on(client: TestClient) -> None:
+def test_client_error_is_logged_and_the_session_goes_on(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client's own text is quoted redacted and on one line: an outside ingest audit saw
+    a card number and an email in an error message and an update logged as sent."""
+    caplog.set_level(logging.INFO, logger="coach.ingest.audiohook")
     before = errors("client_error")
     with Connect(client) as c:
         c.open()
-        c.send("error", {"code": 400, "message": "tough stuff"})
+        c.send("error", {"code": 400, "message": "caller 4532015112830366\nbob@example.com"})
+        c.send("update", {"language": "en-US", "note": "card 4532015112830366 bob@example.com"})
         c.assert_common(c.close())
     assert errors("client_error") == before + 1
+    said = [r.getMessage() for r in caplog.records if r.name == "coach.ingest.audiohook"]
+    error = next(m for m in said if "client error 400" in m)
+    update = next(m for m in said if ": update " in m)
+    for line in (error, update):
+        assert "4532" not in line and "bob@" not in line and "\n" not in line, line
+        assert "[CARD]" in line and "[EMAIL]" in line
 
 
 def test_pause_and_resume(client: TestClient) -> None:

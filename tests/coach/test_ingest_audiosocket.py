@@ -389,6 +389,8 @@ async def test_allow_list_refuses_other_sources(manager: CallManager) -> None:
         (encode(Dtmf("1")), "no_uuid"),
         (encode_raw(0x01, bytes(15)), "bad_length"),
         (b"\x77\x00\x00", "unknown_type"),
+        # Every client sending it would join one call (an outside ingest audit).
+        (encode(UuidFrame(uuid.UUID(int=0))), "nil_uuid"),
     ],
 )
 async def test_the_first_frame_must_be_the_uuid(

@@ -13,6 +13,7 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 from starlette.websockets import WebSocketDisconnect
 
 from coach.api.app import create_app
@@ -75,6 +76,9 @@ def test_parse_header_fuzzed_fields(fields: dict[str, Any]) -> None:
         # Shown on every wall tile and stored: an audit sent a 1 MB agent id.
         ({"agent_id": "a" * 129}, cc.INVALID_PAYLOAD, "agent_id"),
         ({"customer_id": "c" * 129}, cc.INVALID_PAYLOAD, "customer_id"),
+        # One line each: "ann\nFORGED" was taken as the call's agent (an ingest audit).
+        ({"agent_id": "ann\nFORGED"}, cc.INVALID_PAYLOAD, "control characters"),
+        ({"customer_id": "c\t1"}, cc.INVALID_PAYLOAD, "control characters"),
         # Refused by its size before it is parsed (it used to be parsed whole: 1007).
         ({"notes": "n" * 5000}, cc.MESSAGE_TOO_BIG, "header of"),
     ],
@@ -252,6 +256,9 @@ def test_a_refused_token_is_told_that_ingest_takes_the_key_or_an_admin_token(
     credentials the README gives for raw PCM."""
     secure = Settings(data_dir=tmp_path, auth_secret="s" * 32)
     sup = issue_token(user="sue", role="supervisor", secret=secure.signing_secret, ttl_s=60)
+    refused = REGISTRY.get_sample_value(
+        "coach_ingest_errors_total", {"protocol": "pcm", "reason": "unauthorized"}
+    )
     with TestClient(create_app(secure, runtime)) as c:
         for query in (f"?token={sup}", ""):
             with c.websocket_connect(f"/ingest/pcm{query}") as ws:
@@ -259,6 +266,13 @@ def test_a_refused_token_is_told_that_ingest_takes_the_key_or_an_admin_token(
             assert code == cc.POLICY_VIOLATION
             assert msgs[0]["code"] == "unauthorized"
             assert "API key" in msgs[0]["message"] and "admin token" in msgs[0]["message"]
+    # Counted, as Twilio's and AudioHook's refusals are (an outside ingest audit).
+    assert (
+        REGISTRY.get_sample_value(
+            "coach_ingest_errors_total", {"protocol": "pcm", "reason": "unauthorized"}
+        )
+        == (refused or 0) + 2
+    )
 
 
 def test_auth_is_enforced(runtime: Runtime, tmp_path: Path) -> None:

@@ -382,13 +382,17 @@ def test_signed_urls_are_wss_first_behind_a_tls_proxy() -> None:
 # -- over WebSockets -----------------------------------------------------------------------------
 
 
-def test_handshake_media_mark_dtmf_stop(client: TestClient) -> None:
+def test_handshake_media_mark_dtmf_stop(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="coach.ingest.twilio")
     with client.websocket_connect("/ws/calls/tw-hs/events") as events:
         with client.websocket_connect("/ingest/twilio") as ws:
             c = TwilioClient(ws, call_id="tw-hs")
             c.handshake()
             c.silence(10)
             c.mark("greeting-played")
+            c.mark("card 4532015112830366 john@example.com")
             c.dtmf("4")
             c.dtmf("2")
             c.silence(5, first_ms=200)
@@ -405,7 +409,11 @@ def test_handshake_media_mark_dtmf_stop(client: TestClient) -> None:
     assert end["type"] == "call_end" and end["reason"] == "stop"
     assert end["duration_s"] == pytest.approx(0.3, abs=0.021)
     twilio_meta = session.meta["twilio"]
-    assert twilio_meta["marks"] == 1 and twilio_meta["last_mark"] == "greeting-played"
+    assert twilio_meta["marks"] == 2 and twilio_meta["last_mark"] == "card [CARD] [EMAIL]"
+    # Nor in the log (an outside ingest audit found the mark's name there as sent).
+    marks = [r.getMessage() for r in caplog.records if ": mark " in r.getMessage()]
+    assert marks[0].endswith("mark 'greeting-played'")
+    assert marks[1].endswith("mark 'card [CARD] [EMAIL]'"), marks
     assert twilio_meta["dtmf"] == 2 and "4" not in json.dumps(twilio_meta)  # digits not kept
     # call_end carries the meta as the call ended, so the store keeps these counts too.
     assert end["meta"]["twilio"] == twilio_meta
@@ -532,6 +540,8 @@ def media_with(**media: Any) -> Any:
             "oversized",
         ),
         (media_with(timestamp="-20"), cc.INVALID_PAYLOAD, "bad_message"),
+        # Years ahead: it ended the call as max_length (an outside ingest audit).
+        (media_with(timestamp="99999999999"), cc.INVALID_PAYLOAD, "bad_timestamp"),
         (media_with(track="conference"), cc.INVALID_PAYLOAD, "bad_track"),
         ('{"event": "media", "x": "' + "a" * 70_000 + '"}', cc.MESSAGE_TOO_BIG, "oversized"),
         (b"\xff" * 160, cc.UNSUPPORTED_DATA, "binary"),
@@ -546,6 +556,7 @@ def media_with(**media: Any) -> Any:
         "empty-payload",
         "oversized-payload",
         "bad-timestamp",
+        "timestamp-years-ahead",
         "unknown-track",
         "oversized-message",
         "binary-frame",
@@ -624,9 +635,13 @@ def test_bad_call_id_parameter_is_refused(client: TestClient) -> None:
     assert code == cc.INVALID_PAYLOAD and why.startswith("bad_start")
 
 
-def test_an_oversized_agent_id_parameter_is_refused(client: TestClient) -> None:
+@pytest.mark.parametrize("agent", ["a" * 129, "ann\nFORGED3"])
+def test_an_oversized_or_multi_line_agent_id_parameter_is_refused(
+    client: TestClient, agent: str
+) -> None:
+    """A newline in it was taken as the call's agent (an outside ingest audit)."""
     with client.websocket_connect("/ingest/twilio") as ws:
-        TwilioClient(ws, call_id="tw-long", params={"agent_id": "a" * 129}).handshake()
+        TwilioClient(ws, call_id="tw-long", params={"agent_id": agent}).handshake()
         code, why, _ = close_of(ws)
     assert code == cc.INVALID_PAYLOAD and why.startswith("bad_start") and "agent_id" in why
     assert manager_of(client).get("tw-long") is None

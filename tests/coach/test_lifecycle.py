@@ -486,6 +486,27 @@ def test_idle_endings_log_under_their_own_call_id(
     assert all(cid == "log-b" for _, cid in about), about
 
 
+def test_a_call_ended_twice_at_once_ends_once(
+    runtime: Runtime, settings: Settings, log_stream: io.StringIO
+) -> None:
+    """A shutdown and the call's own connection closing ended it twice at once: an outside
+    ingest audit saw every such call's "ended" line twice. The second end joins the first."""
+    setup_logging("info", json_format=True, stream=log_stream)
+
+    async def run() -> CallSession:
+        manager = manager_for(runtime, settings)
+        session = await manager.open(call_id="twice", source="pcm", speakers=("customer",))
+        await asyncio.gather(manager.finish(session, "shutdown"), manager.finish(session, "end"))
+        await manager.shutdown()
+        return session
+
+    assert asyncio.run(run()).end_reason == "shutdown"
+    ended = [
+        r for r in map(json.loads, log_stream.getvalue().splitlines()) if "ended (" in r["message"]
+    ]
+    assert [r["message"] for r in ended] == ["call twice ended (shutdown)"]
+
+
 def test_a_call_whose_connection_goes_while_it_starts_is_ended(
     runtime: Runtime, settings: Settings
 ) -> None:
