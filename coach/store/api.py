@@ -239,15 +239,30 @@ async def search_calls(
 
 @router.get("/api/history/calls/{call_id}")
 async def get_stored_call(
-    call_id: str, principal: CurrentPrincipal, store: CurrentStore
+    call_id: str, principal: CurrentPrincipal, store: CurrentStore, request: Request
 ) -> CallDetail:
-    """One stored call: redacted transcript, cues with their feedback, escalations, summary."""
-    await _visible_call(store, call_id, principal)
-    with _answers():
-        detail = await store.get_call(call_id)
-    if detail is None:
-        raise HTTPException(404, f"call {call_id} not found")
-    return detail
+    """One stored call: redacted transcript, cues with their feedback, escalations, summary.
+
+    A call the wall has seen end is read once the store has written its end, within
+    WRITE_WAIT_S: asked the moment a call ended (a post-call summary opened from the wall, an
+    integration fetching the record on hang-up) it answered 404, or a call without its end,
+    for about half a second (an outside ingest audit)."""
+    wall = getattr(request.app.state, "wall", None)
+    ending = wall is not None and wall.has_ended(call_id)
+    deadline = time.monotonic() + (WRITE_WAIT_S if ending else 0.0)
+    while True:
+        try:
+            await _visible_call(store, call_id, principal)
+            with _answers():
+                detail = await store.get_call(call_id)
+            if detail is None:
+                raise HTTPException(404, f"call {call_id} not found")
+            if detail.call.ended_at is not None or time.monotonic() >= deadline:
+                return detail
+        except HTTPException as exc:
+            if exc.status_code != 404 or time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(0.1)
 
 
 @router.get("/api/customers/{customer_id}/history")

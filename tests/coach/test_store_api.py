@@ -533,6 +533,31 @@ def test_an_erasure_asked_as_the_call_ends_waits_for_its_end_to_be_written(
     assert resp.json() == {"erased": ["c-end2"], "live": []}
 
 
+def test_a_record_read_as_its_call_ends_carries_its_end(
+    client: TestClient, backend: Backend, tmp_path: Path
+) -> None:
+    """An outside ingest audit: the record read the moment a call ended was 404, or a call
+    with no end, for about half a second. The wall has seen the end: the read waits for it."""
+    import threading
+
+    from coach.api.wall import WallTracker
+
+    events = call_events("c-read", customer_id="cust-8")
+    run(seed(backend.url, tmp_path / "open", [events[:-1]]))
+    wall = WallTracker()
+    wall.apply(events[0])
+    wall.apply(events[-1])
+    client.app.state.wall = wall  # type: ignore[attr-defined]
+    end = [[events[-1]]]
+    writer = threading.Timer(0.6, lambda: run(seed(backend.url, tmp_path / "end", end)))
+    writer.start()
+    try:
+        got = client.get("/api/history/calls/c-read", headers=auth("root", "admin"))
+    finally:
+        writer.join()
+    assert got.status_code == 200 and got.json()["call"]["ended_at"], got.text
+
+
 def test_erasure_on_request_is_for_admins_and_takes_everything(
     client: TestClient, backend: Backend, tmp_path: Path
 ) -> None:
