@@ -103,13 +103,21 @@ def _redact_query_value(m: re.Match[str]) -> str:
 # Every other part of a URL (a path segment, a value of a parameter the server does not
 # read, a name encoded twice): only shapes that cannot be an id, a date or a time stamp are
 # hidden there. A card number (Luhn-valid, 13-19 digits, an issuer's first digit 2-6, so
-# millisecond time stamps stay), a dashed SSN, an email, a phone number written with its "+"
-# (an outside security audit found a card number in `?x=` and in a call id in a path).
+# millisecond time stamps stay), an SSN with dashes or spaces, an email, a phone number
+# written with its "+" or in the NANP shape (an outside security audit found a card number in
+# `?x=` and in a call id in a path).
 _URL_PART = re.compile(r"(?<=[/?&=;])[^/?&=;#\s\"']+")
-_CARD_IN_PART = re.compile(r"(?<!\d)[2-6]\d(?:[\s+-]?\d){11,17}(?!\d)")
-_SSN_IN_PART = re.compile(r"(?<!\d)\d{3}-\d{2}-\d{4}(?!\d)")
+# Between a card's groups: a space, "+", ".", "_" or any dash (a second check got
+# `4532.0151.1283.0366`, `4532_0151_…` and non-breaking hyphens through).
+_CARD_IN_PART = re.compile(r"(?<!\d)[2-6]\d(?:[\s+._\-\u2010-\u2015]?\d){11,17}(?!\d)")
+_SSN_IN_PART = re.compile(r"(?<![\d.])\d{3}([-\s])\d{2}\1\d{4}(?![\d.])")
 _EMAIL_IN_PART = re.compile(r"[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-_PHONE_IN_PART = re.compile(r"(?<![\w+])\+\d(?:[\s.-]?\d){9,14}(?!\d)")
+_PHONE_IN_PART = re.compile(
+    r"(?<![\w+])\+\d(?:[\s.-]?\d){9,14}(?!\d)"
+    # A NANP number written as one ("415-555-0123", "(415) 555-0123"): no date or id has
+    # that shape (area code and exchange start 2-9).
+    r"|(?<![\w.-])\(?[2-9]\d{2}\)?[\s.-]?[2-9]\d{2}[.-]\d{4}(?![\w.-])"
+)
 
 
 def _card_tag(m: re.Match[str]) -> str:

@@ -710,15 +710,15 @@ _ASKED = re.compile(r"[^.?!]*\?")  # the sentence that names the number is a que
 _AN_AMOUNT = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+")
 _A_UNIT = re.compile(
     r"\s*(?:%|percent|dollars?|bucks|pounds?|quid|euros?|cents?|pence|p\b|seconds?|minutes?"
-    r"|hours?|days?|weeks?|months?|years?|times|items?|digits?|am\b|pm\b|a\.m\.|p\.m\.|o'clock)",
+    r"|hours?|days?|weeks?|months?|years?(?:\s+old)?|calls?\b|call\(s\)|digits?|am\b|pm\b|a\.m\.|p\.m\.|o'clock)",
     re.IGNORECASE,
 )
 _CURRENCY = frozenset("$£€¥")
 
 
 def _read_out_after_name(text: str) -> list[Span]:
-    """Every numeral, and every run of digit words, after a secret number is named in a
-    statement ("My card number is 4. I'm 3-2-0-1. I'm 1-1-2-8."), tagged as what was named.
+    """Every figure after a secret number is named in a statement ("My card number is 4.
+    I'm 3-2-0-1. I'm 1-1-2-8."), tagged as what was named (`_figures_read_out`).
 
     The speaker is reading it out: the rest of the utterance gets what `CallRedactor` gives
     their next 30 s. ASR breaks a card read slowly into sentences at its pauses and hears
@@ -731,12 +731,23 @@ def _read_out_after_name(text: str) -> list[Span]:
     m = next((m for m in _SECRET_NAMED.finditer(text) if not _ASKED.match(text, m.end())), None)
     if m is None:
         return []
-    kind, at, rest = _named_kind(m), m.end(), text[m.end() :]
+    return _figures_read_out(text, m.end(), _named_kind(m))
+
+
+def _figures_read_out(text: str, at: int, kind: str) -> list[Span]:
+    """From `at` on, every numeral however short and every run of digit words, as `kind`:
+    the figures of someone reading out a secret number. Amounts and measures stay ("$45",
+    "1,500", "45 dollars", "2 hours"), as do ordinals ("the 3rd") and addresses ("12 Main
+    Street"): hiding them too took the meaning of the sentence after the number (an outside
+    check)."""
+    rest = text[at:]
     spans = [
         Span(at + n.start(), at + n.end(), kind)
         for n in _NUMERALS.finditer(rest)
         if not _AN_AMOUNT.fullmatch(n.group())
         and not _A_UNIT.match(rest, n.end())
+        and not rest[n.end() : n.end() + 1].isalpha()  # "3rd", "4th"
+        and not rest[max(0, n.start() - 1) : n.start()].isalnum()  # "A12", "x2"
         and rest[max(0, n.start() - 1) : n.start()] not in _CURRENCY
         and not _an_address_follows(rest, n.end())  # "my contact number is 12 Main Street"
     ]
@@ -759,6 +770,13 @@ def _announced_secret_spans(text: str) -> list[Span]:
         for word in re.finditer(r"\S+", text[pos:]):
             a, b = pos + word.start(), pos + word.end()
             numeral = _NUMERAL_TOKEN.match(text, a)
+            if (
+                numeral is not None
+                and first is not None
+                and gap
+                and _A_UNIT.match(text, a + len(numeral.group().rstrip(",.-/")))
+            ):
+                break  # "...0366 and I paid 45 dollars": an amount after the number
             if numeral is not None and numeral.end() >= b - 1:  # the word is a numeral
                 first = a if first is None else first
                 last = a + len(numeral.group().rstrip(",.-/"))
@@ -779,6 +797,8 @@ def _announced_secret_spans(text: str) -> list[Span]:
                 continue
             if first is not None and text[a - 2 : a - 1] in ".?!" and text[a:b][:1].isupper():
                 break  # a new sentence
+            if first is not None and ('"' in text[a - 2 : a] or ";" in text[a - 2 : a]):
+                break  # a quotation or a clause closed: "...6789"; history: 1 call(s)
             gap += 1
             # The number follows its name at once ("is uh 4532"); then pauses may be filled.
             if gap > (SECRET_WINDOW_WORDS if first is not None else SECRET_LEAD_WORDS):
@@ -830,11 +850,14 @@ def find_pii(
     continues_digits: bool = False,
     interim: bool = False,
     continues_spelling: bool = False,
+    reading: bool = False,
 ) -> list[Span]:
     """Spans of personal data in `text`. `continues_digits`: the speaker's previous utterance
     ended in digits read out (see `CallRedactor`), so digits that open or close this one are
     the rest of that number and are hidden too. `interim`: `text` is a partial transcript,
-    whose numbers are hidden whatever their length (`_interim_spans`). `continues_spelling`:
+    whose numbers are hidden whatever their length (`_interim_spans`). `reading`: the speaker
+    is reading out a secret number they named, so every figure but amounts and measures is
+    hidden, however short (`_figures_read_out`). `continues_spelling`:
     the previous one ended in an address being spelled, so letters spelled one by one at
     the start of this one are the rest of it."""
     spans = [Span(m.start(), m.end(), "email") for m in EMAIL.finditer(text)]
@@ -865,6 +888,8 @@ def find_pii(
     spans += announced
     if interim:
         spans += _interim_spans(text)
+    if reading:
+        spans += _figures_read_out(text, 0, "number")
     return _named_as_announced(_merge(spans), announced)
 
 
@@ -932,6 +957,7 @@ def redact_text(
     continues_digits: bool = False,
     interim: bool = False,
     continues_spelling: bool = False,
+    reading: bool = False,
 ) -> str:
     out, pos = [], 0
     found = find_pii(
@@ -939,6 +965,7 @@ def redact_text(
         continues_digits=continues_digits,
         interim=interim,
         continues_spelling=continues_spelling,
+        reading=reading,
     )
     for span in found:
         out += [text[pos : span.start], TAGS[span.kind]]
@@ -954,6 +981,7 @@ def redact_words(
     continues_digits: bool = False,
     interim: bool = False,
     continues_spelling: bool = False,
+    reading: bool = False,
 ) -> list[str]:
     """Word-level redaction: every word touching a PII span becomes its tag (timings kept).
 
@@ -966,6 +994,7 @@ def redact_words(
         "continues_digits": continues_digits,
         "interim": interim,
         "continues_spelling": continues_spelling,
+        "reading": reading,
     }
     joined, offsets, pos = [], [], 0
     for w in words:
@@ -1010,8 +1039,8 @@ def redact_event(
 
     `continues_digits`, `continues_spelling` (transcripts and partials): see `find_pii`;
     `reading`: the speaker is reading out a secret number they named (`CallRedactor`), so
-    every run of digits in the transcript is hidden, as in a partial. `CallRedactor` knows
-    all three."""
+    every figure in the transcript is hidden, however short, but amounts and measures
+    (`find_pii`). `CallRedactor` knows all three."""
     if event.get("type") in ("cue", "escalation"):
         # Evidence quotes the customer's words: the same PII rules as the transcript, each
         # quoted line read alone first, as its transcript was.
@@ -1025,7 +1054,8 @@ def redact_event(
     # A partial's digits are a number still being spoken: hidden whatever their length.
     opts = {
         "continues_digits": continues_digits,
-        "interim": reading or event.get("type") == "partial",
+        "interim": event.get("type") == "partial",
+        "reading": reading,
         "continues_spelling": continues_spelling,
     }
     text = event.get("text")
@@ -1167,7 +1197,7 @@ class CallRedactor:
             self._last[speaker] = (end, ends or whole_piece)
             pieces = _went_on_with(text, opening, closing) if continues else []
             if reading:
-                read = [text[r.start : r.end] for r in _interim_spans(text)]
+                read = [text[r.start : r.end] for r in _figures_read_out(text, 0, "number")]
                 pieces += [piece for piece in read if piece not in pieces]
             # Named in a statement: "can I take your card number?" asks, it reads nothing.
             named = (

@@ -774,7 +774,8 @@ def _tell_the_agent(state: AppState, event: Event) -> None:
         # opened now reads the escalation with who took it, as it will from the store later
         # (it read no "has it" until the call left memory: an outside audit).
         for topic in (agent_topic(session.call_id), call_topic(session.call_id)):
-            state.bus.amend(topic, seq, {"acknowledged_by": event.get("by")})
+            taker = {"acknowledged_by": event.get("by"), "acknowledged_at": event.get("at")}
+            state.bus.amend(topic, seq, taker)
         return
     taken: Event = {
         "type": "escalation_taken",

@@ -155,7 +155,10 @@ async def coaching_analytics(
             unflagged = (
                 await conn.execute(
                     sa.select(Call.call_id)
-                    .where(Call.call_id.in_(in_range), Call.outcome == "escalated")
+                    .where(
+                        Call.call_id.in_(in_range),
+                        sa.func.lower(sa.func.trim(Call.outcome)) == "escalated",
+                    )
                     .where(Call.call_id.not_in(alerted))
                     .order_by(Call.started_at.desc())
                     .limit(UNFLAGGED_LISTED)
@@ -180,11 +183,13 @@ UNFLAGGED_LISTED = 50
 
 
 def outcome_key(outcome: str | None) -> str:
-    """A stored outcome as analytics count it: a wrap-up choice as it is, free text as
-    "other" (it may quote the customer), none as "not recorded"."""
-    if not outcome:
+    """A stored outcome as analytics count it: a wrap-up choice as it is, whatever its case
+    or spaces ("Escalated " typed in the summary's free-text box), free text as "other" (it
+    may quote the customer), none as "not recorded"."""
+    said = (outcome or "").strip().lower()
+    if not said:
         return "not recorded"
-    return outcome if outcome in WRAP_UP_OUTCOMES else "other"
+    return said if said in WRAP_UP_OUTCOMES else "other"
 
 
 def _assemble(

@@ -620,7 +620,7 @@ async def test_coaching_analytics_counts(backend: Backend) -> None:
     for call_id, outcome in (
         ("a1", "escalated"),
         ("b1", "said she'd ring back"),
-        ("c1", "escalated"),
+        ("c1", "Escalated "),  # typed in the free-text box
     ):
         await store.set_outcome(call_id=call_id, outcome=outcome, user="ann")
     try:

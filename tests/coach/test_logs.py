@@ -331,6 +331,13 @@ def test_a_control_character_in_a_parameter_name_stays_escaped() -> None:
         ('"GET /api/calls/call-123-45-6789/x HTTP/1.1"', "6789", "/call-[SSN]/x"),
         ('"GET /api/calls/x?from=%2B14155550122 HTTP/1.1"', "5550122", "?from=[PHONE] HTTP"),
         ('"GET /api/calls/ann.lee@example.com HTTP/1.1"', "ann.lee", "/api/calls/[EMAIL] HTTP"),
+        # A second check: other separators, and SSNs and phone numbers in their usual shapes.
+        ('"GET /api/calls/4532.0151.1283.0366 HTTP/1.1"', "4532", "/api/calls/[CARD] HTTP"),
+        ('"GET /x?c=4532_0151_1283_0366 HTTP/1.1"', "4532", "?c=[CARD] HTTP"),
+        ('"GET /x?c=4532%E2%80%910151%E2%80%911283%E2%80%910366"', "4532", "?c=[CARD]"),
+        ('"GET /x?s=123%2045%206789 HTTP/1.1"', "6789", "?s=[SSN] HTTP"),
+        ('"GET /x?ph=415-555-0123 HTTP/1.1"', "0123", "?ph=[PHONE] HTTP"),
+        ('"GET /x?ph=(415)%20555-0123 HTTP/1.1"', "0123", "?ph=[PHONE] HTTP"),
     ],
 )
 def test_personal_data_anywhere_in_a_url_is_not_logged(
@@ -351,5 +358,6 @@ def test_ids_dates_and_time_stamps_in_a_url_are_kept() -> None:
         '"GET /api/calls/CA1234567890abcdef1234567890abcdef/events?after_seq=4111 HTTP/1.1"',
         '"GET /api/history/calls?from=2026-12-01&to=2026-12-06T10:00:00Z HTTP/1.1" 200',
         '"GET /api/calls/9f1c2e7a-3b4d-4c5e-8f90-123456789012/summary HTTP/1.1" 200',
+        '"GET /metrics?v=1.2.3&ip=10.0.0.1 HTTP/1.1" 200',
     ):
         assert scrub(line) == line

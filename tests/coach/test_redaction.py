@@ -117,6 +117,24 @@ def test_a_number_announced_by_name_is_hidden_whatever_its_form(text: str, expec
             "My card number is [CARD]. It was charged $45 twice, 2 hours ago, 1,500 in all.",
         ),
         ("Can I take your card number? It's for the 4 items.", None),
+        # An amount, an age or a date after the number is not part of it (an outside check:
+        # "[CARD] dollars twice", "[SSN] years old", "on the [CARD]rd").
+        (
+            "My card number is 4532 0151 1283 0366 and I paid 45 dollars twice.",
+            "My card number is [CARD] and I paid 45 dollars twice.",
+        ),
+        (
+            "My social security number is 123 45 6789 and I am 45 years old.",
+            "My social security number is [SSN] and I am 45 years old.",
+        ),
+        (
+            "My card number is 4532 0151 1283 0366. I was charged 45 dollars on the 3rd.",
+            "My card number is [CARD]. I was charged 45 dollars on the 3rd.",
+        ),
+        (
+            'They said: "my social security number is 123 45 6789"; history: 1 call(s)',
+            'They said: "my social security number is [SSN]"; history: 1 call(s)',
+        ),
         ("What's your card number? Then we add 4 nights.", None),
         ("My card number is on file. I paid 120 last month.", None),
     ],
@@ -535,6 +553,26 @@ def test_what_an_outside_pii_audit_found(text: str, expected: str) -> None:
 )
 def test_what_a_second_outside_pii_audit_found(text: str, expected: str) -> None:
     assert redact_text(text) == expected
+
+
+def test_while_a_number_is_read_out_a_lone_digit_is_hidden_an_amount_is_not() -> None:
+    """An outside check of session 37: inside the 30 s after a card was named, Whisper's "4
+    times 3 2" showed the card's first digit and "6 emanate islands" an SSN digit, while "45
+    dollars" and "$1,500" were hidden, leaving supervisors a sentence they could not read."""
+    view = CallRedactor().view
+    view(said("customer", 1.0, "Okay, my card number is..."))
+    shown = [
+        view(said("customer", 6.5, "4 times 3 2"))["text"],
+        view(said("customer", 10.5, "And I was charged 45 dollars twice."))["text"],
+        view(said("customer", 14.0, "6 emanate islands"))["text"],
+        view(said("customer", 16.0, "The bill is $1,500 since the 3rd."))["text"],
+    ]
+    assert shown == [
+        "[NUMBER] times [NUMBER]",
+        "And I was charged 45 dollars twice.",
+        "[NUMBER] emanate islands",
+        "The bill is $1,500 since the 3rd.",
+    ]
 
 
 def test_a_number_said_to_be_on_file_opens_no_reading_window() -> None:

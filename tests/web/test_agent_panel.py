@@ -567,6 +567,8 @@ def test_an_escalation_taken_after_the_call_shows_on_a_panel_opened_then(
     page.reload()
     banner.filter(has_text="Supervisor sam has it.").wait_for()
     assert banner.inner_text().count("has it") == 1
+    (kept,) = [e for e in live_server.bus.history(call_topic(call_id)) if e["seq"] == seq]
+    assert kept["acknowledged_by"] == "sam" and kept["acknowledged_at"]  # as stored
 
 
 def test_after_the_call_the_agent_records_its_outcome_and_a_supervisor_sees_it(
