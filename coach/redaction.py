@@ -731,20 +731,22 @@ def _read_out_after_name(text: str) -> list[Span]:
     m = next((m for m in _SECRET_NAMED.finditer(text) if not _ASKED.match(text, m.end())), None)
     if m is None:
         return []
-    return _figures_read_out(text, m.end(), _named_kind(m))
+    return _figures_read_out(text, m.end(), _named_kind(m), bare_amounts=True)
 
 
-def _figures_read_out(text: str, at: int, kind: str) -> list[Span]:
+def _figures_read_out(text: str, at: int, kind: str, *, bare_amounts: bool) -> list[Span]:
     """From `at` on, every numeral however short and every run of digit words, as `kind`:
     the figures of someone reading out a secret number. Amounts and measures stay ("$45",
-    "1,500", "45 dollars", "2 hours"), as do ordinals ("the 3rd") and addresses ("12 Main
-    Street"): hiding them too took the meaning of the sentence after the number (an outside
-    check)."""
+    "45 dollars", "2 hours"), as do ordinals ("the 3rd") and addresses ("12 Main Street"):
+    hiding them too took the meaning of the sentence after the number (an outside check).
+    With `bare_amounts`, so do figures written as amounts with nothing to say so ("1,500",
+    "45.99"): in the utterance that names the number, whose first figures the announcement
+    itself covers. In a later one ASR may write a group read out that way ("4,532")."""
     rest = text[at:]
     spans = [
         Span(at + n.start(), at + n.end(), kind)
         for n in _NUMERALS.finditer(rest)
-        if not _AN_AMOUNT.fullmatch(n.group())
+        if not (bare_amounts and _AN_AMOUNT.fullmatch(n.group()))
         and not _A_UNIT.match(rest, n.end())
         and not rest[n.end() : n.end() + 1].isalpha()  # "3rd", "4th"
         and not rest[max(0, n.start() - 1) : n.start()].isalnum()  # "A12", "x2"
@@ -889,7 +891,7 @@ def find_pii(
     if interim:
         spans += _interim_spans(text)
     if reading:
-        spans += _figures_read_out(text, 0, "number")
+        spans += _figures_read_out(text, 0, "number", bare_amounts=False)
     return _named_as_announced(_merge(spans), announced)
 
 
@@ -1197,7 +1199,8 @@ class CallRedactor:
             self._last[speaker] = (end, ends or whole_piece)
             pieces = _went_on_with(text, opening, closing) if continues else []
             if reading:
-                read = [text[r.start : r.end] for r in _figures_read_out(text, 0, "number")]
+                figures = _figures_read_out(text, 0, "number", bare_amounts=False)
+                read = [text[r.start : r.end] for r in figures]
                 pieces += [piece for piece in read if piece not in pieces]
             # Named in a statement: "can I take your card number?" asks, it reads nothing.
             named = (

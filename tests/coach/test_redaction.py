@@ -566,12 +566,15 @@ def test_while_a_number_is_read_out_a_lone_digit_is_hidden_an_amount_is_not() ->
         view(said("customer", 10.5, "And I was charged 45 dollars twice."))["text"],
         view(said("customer", 14.0, "6 emanate islands"))["text"],
         view(said("customer", 16.0, "The bill is $1,500 since the 3rd."))["text"],
+        # A group read out as a number ("four thousand five hundred...") is written as one.
+        view(said("customer", 18.0, "then 4,532 I think"))["text"],
     ]
     assert shown == [
         "[NUMBER] times [NUMBER]",
         "And I was charged 45 dollars twice.",
         "[NUMBER] emanate islands",
         "The bill is $1,500 since the 3rd.",
+        "then [NUMBER] I think",
     ]
 
 
