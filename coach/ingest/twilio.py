@@ -557,10 +557,10 @@ async def _stream(ws: WebSocket, proto: StreamProtocol, session: CallSession) ->
                     case Unrecognized(event=event):
                         _skip_unknown(proto, event)
                     case Mark():
-                        _note(session, "marks", last_mark=redact_text(msg.mark.name[:64]))
-                        log.info(
-                            "call %s: mark %s", session.call_id, client_text(msg.mark.name, 64)
-                        )
+                        # A name is free text: redacted once, for the meta and the log.
+                        name = redact_text(msg.mark.name[:64])
+                        _note(session, "marks", last_mark=name)
+                        log.info("call %s: mark %r", session.call_id, name)
                     case Dtmf():
                         # Digits may be card numbers or PINs: count them, never store or log them.
                         _note(session, "dtmf")

@@ -249,20 +249,18 @@ async def get_stored_call(
     for about half a second (an outside ingest audit)."""
     wall = getattr(request.app.state, "wall", None)
     ending = wall is not None and wall.has_ended(call_id)
-    deadline = time.monotonic() + (WRITE_WAIT_S if ending else 0.0)
-    while True:
-        try:
-            await _visible_call(store, call_id, principal)
-            with _answers():
-                detail = await store.get_call(call_id)
-            if detail is None:
-                raise HTTPException(404, f"call {call_id} not found")
-            if detail.call.ended_at is not None or time.monotonic() >= deadline:
-                return detail
-        except HTTPException as exc:
-            if exc.status_code != 404 or time.monotonic() >= deadline:
-                raise
-        await asyncio.sleep(0.1)
+
+    async def read() -> CallDetail:
+        await _visible_call(store, call_id, principal)
+        with _answers():
+            detail = await store.get_call(call_id)
+        if detail is None:
+            raise HTTPException(404, f"call {call_id} not found")
+        return detail
+
+    return await _until_written(
+        _write_deadline(ending), read, done=lambda d: d.call.ended_at is not None
+    )
 
 
 @router.get("/api/customers/{customer_id}/history")
@@ -342,17 +340,16 @@ async def _erase_just_ended(
     if not ending:
         return erased, live
     erased, live = list(erased), [c for c in live if c not in ending]
-    deadline = time.monotonic() + WRITE_WAIT_S
-    while ending:
-        await asyncio.sleep(0.1)
-        for call_id in list(ending):
-            done, still = await store.erase_calls(call_id=call_id)
-            if done or not still:  # erased now, or gone meanwhile
-                erased += done
-                ending.remove(call_id)
-        if time.monotonic() >= deadline:
-            break
-    return erased, live + ending
+    deadline = _write_deadline(True)
+    for call_id in ending:
+        done, still = await _until_written(
+            deadline,
+            functools.partial(store.erase_calls, call_id=call_id),
+            done=lambda r: bool(r[0]) or not r[1],  # erased now, or gone meanwhile
+        )
+        erased += done
+        live += still
+    return erased, live
 
 
 async def _forget_elsewhere(request: Request, erased: list[str]) -> None:
@@ -410,10 +407,28 @@ async def _once_written(
         and wall.meta(call_id) is not None
         and (seq is None or wall.saw(call_id, seq))
     )
-    deadline = time.monotonic() + (WRITE_WAIT_S if known else 0.0)
+    return await _until_written(_write_deadline(known), act)
+
+
+def _write_deadline(wait: bool) -> float:
+    """Until when a request about a call the wall has seen waits for the store to catch up."""
+    return time.monotonic() + (WRITE_WAIT_S if wait else 0.0)
+
+
+async def _until_written(
+    deadline: float,
+    act: Callable[[], Awaitable[T]],
+    *,
+    done: Callable[[T], bool] = lambda _: True,
+) -> T:
+    """`act()` again every 0.1 s until it neither raises a 404 nor gives a result `done`
+    refuses, or `deadline` (time.monotonic) passes: then its last answer, or its 404. The
+    store writes a call's events a flush or two after the wall passes them on."""
     while True:
         try:
-            return await act()
+            result = await act()
+            if done(result) or time.monotonic() >= deadline:
+                return result
         except HTTPException as exc:
             if exc.status_code != 404 or time.monotonic() >= deadline:
                 raise
