@@ -319,6 +319,7 @@ class RedisBus(InProcessBus):
             + len(self._state_out)
             + len(self._wall_out)
             + len(self._cues)
+            + len(self._owner_drop)  # a call that ended during a flush: its key goes next
         )
 
     def stream_key(self, topic: str) -> str:
@@ -618,6 +619,12 @@ class RedisBus(InProcessBus):
 
     async def _flush_once(self) -> None:
         """Send the outbox (per topic, in order), refresh ownership, or just ping."""
+        # The calls whose owner key this flush may delete, taken before anything is written: a
+        # call that ends while this flush awaits Redis has its ended state queued after the
+        # states were sent, and deleting its key now let another instance claim the id and
+        # read it as still running (a loaded CI run reopened it under the same id, not as
+        # its next leg). Such a call's key goes in the next flush, after its state.
+        drops = set(self._owner_drop)
         # Wall records first: once another instance reads an event from a stream, the record
         # it may then look up already holds that event.
         sent = await self._flush_wall_records()
@@ -657,13 +664,15 @@ class RedisBus(InProcessBus):
             sent = True
         now = time.monotonic()
         alive_due = now >= self._alive_due
-        owners_due = bool(self._owner_drop) or (bool(self._owned) and now >= self._owner_due)
+        owners_due = bool(drops) or (bool(self._owned) and now >= self._owner_due)
         # A call handed over goes once its events have all been sent (their ids stay below
         # those of its next owner, which reads the state just written).
         letting_go = [
             call_id
             for call_id, done in self._letting_go.items()
-            if not done.is_set() and not self._outbox.get(call_topic(call_id))
+            if not done.is_set()
+            and not self._outbox.get(call_topic(call_id))
+            and call_id not in self._state_out  # saved while this flush awaited: next one
         ]
         if alive_due or owners_due or letting_go:
             pipe = self._w.pipeline(transaction=False)
@@ -673,7 +682,6 @@ class RedisBus(InProcessBus):
                     "1",
                     px=max(1, int(self.instance_ttl_s * 1000)),
                 )
-            drops = set(self._owner_drop)  # a call may end while the pipeline runs
             if owners_due:
                 for call_id in self._owned:
                     pipe.set(self.owner_key(call_id), self.instance_id, ex=int(self.owner_ttl_s))
