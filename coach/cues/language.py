@@ -73,16 +73,26 @@ _CONDITION = re.compile(r"^(\w+,?\s+)?(if|unless)\b", re.IGNORECASE)
 _FIRM = re.compile(
     r"\b(i'm|i am|we're|we are)\s+(leaving|off|gone|going|done|cancell?ing|switching|finished|"
     r"out|taking|moving|closing)\b|\b(i'll|i will|we'll|we will)\s+(leave|cancel|switch|go|"
-    r"take|move|close|be gone|be off|be leaving|find)\b",
+    r"take|move|close|be gone|be off|be leaving|find)\b"
+    # A demand for someone above the agent: "if it's that ridiculous, I want your manager".
+    r"|\b(i want|i need|i demand|i insist on|put me through to|get me|give me|"
+    r"let me (speak|talk) to)\b[^.?!]*\b(manager|supervisor|boss|superior|"
+    r"(someone|somebody) (else|senior|in charge|higher up))\b",
     re.IGNORECASE,
 )
+# The words of the condition itself: "if I want to speak to a manager, who do I call?" asks
+# how, and its "I want" is inside the condition, not a commitment after it.
+_MIN_CONDITION_WORDS = 2
 _HEDGE = re.compile(r"\b(would|might|could|may|\w+'d|ever|perhaps|maybe|probably)\b", re.IGNORECASE)
 
 
 def _ultimatum(text: str) -> str | None:
     """The commitment of an ultimatum ("I'm off" in "if you can't match it, I'm off")."""
     firm = _FIRM.search(text)
-    if firm is None or not _CONDITION.search(text) or _HEDGE.search(text):
+    condition = _CONDITION.search(text)
+    if firm is None or condition is None or _HEDGE.search(text):
+        return None
+    if len(words(text[condition.end() : firm.start()])) < _MIN_CONDITION_WORDS:
         return None
     return text[firm.start() :]
 

@@ -215,6 +215,12 @@ def test_pieces_only_add_to_the_clauses(text: str) -> None:
         ("If this isn't fixed today I'm leaving.", False, False),
         ("If you can't match their price I'm off.", False, False),
         ("Unless you fix it by Friday, I'll cancel.", False, False),
+        ("If it is ridiculous, I want to speak to your manager right now.", False, False),
+        ("If you can't help me then put me through to your supervisor.", False, False),
+        # The demand inside the condition asks how; a hedge keeps a real hypothetical.
+        ("If I want to speak to a manager, who do I call?", True, False),
+        ("If I'm leaving early, can I get a refund?", True, False),
+        ("If it were me, I would want a manager.", True, False),
         # Real hypotheticals keep their hedge.
         ("If the price ever went up a lot I might look elsewhere.", True, False),
         ("What if the router breaks again?", True, False),

@@ -32,6 +32,8 @@ POSITIVE = [
     ("urgency", "Please, it has to work today, I have a job interview online at noon."),
     ("escalation_request", "Can I please talk to your manager about this?"),
     ("escalation_request", "I want someone higher up to look at this."),
+    # A demand after a condition is a demand (an outside check, session 37).
+    ("escalation_request", "If it is ridiculous, I want to speak to your manager right now."),
     ("churn_risk", "I'm seriously thinking of moving to another company."),
     ("churn_risk", "Just close the account, I'm going with a different provider."),
     ("repeat_contact", "I rang you about exactly this two days ago."),
