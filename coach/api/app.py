@@ -37,6 +37,7 @@ from coach.api.security import (
     seconds_left,
     stream_subprotocol,
 )
+from coach.api.streams import Stop, client_watch, next_item, refuse
 from coach.api.users import UserDirectory
 from coach.api.wall import Tile, WallTracker
 from coach.api.wall_contact import ContactWatcher
@@ -462,12 +463,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         if not ingest_authorized(ws, settings):
             # Counted as the other ingests count theirs (an outside ingest audit).
             metrics.INGEST_ERRORS.labels(protocol=pcm.PROTOCOL, reason="unauthorized").inc()
-            await _close(
+            await refuse(
                 ws, cc.POLICY_VIOLATION, "unauthorized", "missing or invalid API key or admin token"
             )
             return
         if state.manager is None:
-            await _close(ws, cc.TRY_AGAIN_LATER, "not_ready", "models are still loading")
+            await refuse(ws, cc.TRY_AGAIN_LATER, "not_ready", "models are still loading")
             return
         with state.ingesting():
             await pcm.handle(ws, manager=state.manager, settings=settings)
@@ -526,11 +527,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         try:
             principal = principal_from(ws, settings)
         except AuthError as exc:
-            await _close(ws, cc.POLICY_VIOLATION, "unauthorized", str(exc))
+            await refuse(ws, cc.POLICY_VIOLATION, "unauthorized", str(exc))
             return
         if not state.streams.take(principal.user):
             refusal = state.streams.refusal(principal.user)
-            await _close(ws, cc.POLICY_VIOLATION, "too_many_streams", refusal)
+            await refuse(ws, cc.POLICY_VIOLATION, "too_many_streams", refusal)
             return
         try:
             await serve_call_events(ws, call_id, principal)
@@ -545,7 +546,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         except ValidationError as exc:
             # A malformed resume point (e.g. "²", which str.isdigit accepts and int() not,
             # or beyond any seq): say so, rather than drop the connection or replay all.
-            await _close(ws, cc.INVALID_PAYLOAD, "invalid_query", _first_error(exc, "after_seq"))
+            await refuse(ws, cc.INVALID_PAYLOAD, "invalid_query", _first_error(exc, "after_seq"))
             return
         # Not running anywhere: a call that ended (perhaps cut off by a restart) or none. If
         # unknown and this user may watch any call, wait for it to start instead (telephony may
@@ -562,11 +563,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         ):
             return
         if not may_view_call(principal, meta):
-            await _close(ws, cc.POLICY_VIOLATION, "forbidden", "not your call")
+            await refuse(ws, cc.POLICY_VIOLATION, "forbidden", "not your call")
             return
         if session is None and isinstance(state.bus, RedisBus) and state.bus.degraded:
             # The call is not here and Redis cannot bring its events: say so, the panel retries.
-            await _close(
+            await refuse(
                 ws, cc.TRY_AGAIN_LATER, "degraded", "events of other instances need Redis; retry"
             )
             return
@@ -817,13 +818,6 @@ def _first_error(exc: ValidationError, name: str) -> str:
     return f"{name}: {exc.errors(include_url=False)[0]['msg']}"
 
 
-async def _close(ws: WebSocket, code: int, reason: str, message: str) -> None:
-    log.warning("websocket %s refused: %s", ws.url.path, message)
-    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-        await ws.send_text(dumps({"type": "error", "code": reason, "message": message}))
-        await ws.close(code=code, reason=message[:120])
-
-
 async def _stream_stored(
     ws: WebSocket,
     state: AppState,
@@ -845,15 +839,15 @@ async def _stream_stored(
     try:
         detail = await store.get_call(call_id) if store is not None else None
     except StoreUnavailable:
-        await _close(ws, cc.TRY_AGAIN_LATER, "store_unavailable", "the call store is down; retry")
+        await refuse(ws, cc.TRY_AGAIN_LATER, "store_unavailable", "the call store is down; retry")
         return True
     if detail is None:
         if on_wall or may_view_call(principal, None):
             return False  # the wall's record of it decides (no store, or not written yet)
-        await _close(ws, cc.UNKNOWN_CALL, "unknown_call", f"no call {call_id} is live or stored")
+        await refuse(ws, cc.UNKNOWN_CALL, "unknown_call", f"no call {call_id} is live or stored")
         return True
     if not may_view_call(principal, detail.call.access_meta):
-        await _close(ws, cc.POLICY_VIOLATION, "forbidden", "not your call")
+        await refuse(ws, cc.POLICY_VIOLATION, "forbidden", "not your call")
         return True
     if detail.call.ended_at is None and isinstance(state.bus, RedisBus):
         # Not ended, and no live owner key: either another instance is starting it, or one
@@ -985,54 +979,39 @@ async def _stream_events(
     watcher's token expires: it used to stream on for the rest of the call.
     """
     sub = bus.subscribe(topic, after_seq=after_seq)
-
-    async def watch_client() -> None:
-        # Drain client messages so a disconnect is noticed even while no events flow.
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            while (await ws.receive())["type"] != "websocket.disconnect":
-                pass
-
-    watcher = asyncio.create_task(watch_client())
     try:
-        while True:
-            getter = asyncio.ensure_future(sub.queue.get())
-            done, _ = await asyncio.wait(
-                {getter, watcher},
-                timeout=seconds_left(principal) if principal is not None else None,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if not done:  # the token expired; the page signs in again and resumes
-                getter.cancel()
-                await _close(ws, cc.POLICY_VIOLATION, "unauthorized", TOKEN_EXPIRED)
-                return
-            if getter not in done:
-                getter.cancel()
-                return  # the client went away
-            ev = getter.result()
-            if ev is None and sub.moved:
-                # Handed over by a draining instance: the agent's own feed here would stay
-                # silent for the rest of the call (an outside drain test). Connecting again
-                # resumes it from wherever the call runs now.
-                await _close(ws, cc.TRY_AGAIN_LATER, "moved", "the call moved to another instance")
-                return
-            if ev is None:  # the call ended and every event was sent
-                with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-                    await ws.close(code=cc.NORMAL)
-                return
-            await ws.send_text(dumps(ev))
-            if (
-                ev.get("type") == "agent_assigned"
-                and still_allowed is not None
-                and not still_allowed()
-            ):
-                await _close(
-                    ws, cc.POLICY_VIOLATION, "reassigned", "the call was moved to another agent"
-                )
-                return
+        async with client_watch(ws) as watcher:
+            while True:
+                timeout = seconds_left(principal) if principal is not None else None
+                ev = await next_item(sub.queue, watcher, timeout)
+                if ev is Stop.EXPIRED:  # the page signs in again and resumes
+                    await refuse(ws, cc.POLICY_VIOLATION, "unauthorized", TOKEN_EXPIRED)
+                    return
+                if ev is Stop.GONE:
+                    return
+                if ev is None and sub.moved:
+                    # Handed over by a draining instance: the agent's own feed here would
+                    # stay silent for the rest of the call (an outside drain test).
+                    # Connecting again resumes it from wherever the call runs now.
+                    await refuse(
+                        ws, cc.TRY_AGAIN_LATER, "moved", "the call moved to another instance"
+                    )
+                    return
+                if ev is None:  # the call ended and every event was sent
+                    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                        await ws.close(code=cc.NORMAL)
+                    return
+                await ws.send_text(dumps(ev))
+                if (
+                    ev.get("type") == "agent_assigned"
+                    and still_allowed is not None
+                    and not still_allowed()
+                ):
+                    await refuse(
+                        ws, cc.POLICY_VIOLATION, "reassigned", "the call was moved to another agent"
+                    )
+                    return
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
         bus.unsubscribe(sub)
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher

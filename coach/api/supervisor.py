@@ -9,9 +9,6 @@ snapshot rather than a gap. Supervisors with a team see their team's calls only.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket, WebSocketDisconnect
@@ -24,6 +21,7 @@ from coach.api.security import (
     seconds_left,
     stream_subprotocol,
 )
+from coach.api.streams import Stop, client_watch, next_item, refuse
 from coach.api.wall import WallSubscription, WallTracker
 from coach.auth import AuthError, Principal
 from coach.events import dumps
@@ -33,7 +31,6 @@ from coach.store.api import DateQuery, get_store, refuse_nul
 from coach.store.records import StoreUnavailable
 from coach.store.store import Store
 
-log = logging.getLogger(__name__)
 router = APIRouter(tags=["supervisor"])
 CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
 CurrentStore = Annotated[Store, Depends(get_store)]
@@ -127,29 +124,15 @@ async def _send_snapshot(ws: WebSocket, tracker: WallTracker, principal: Princip
 
 
 async def _pump(ws: WebSocket, tracker: WallTracker, sub: WallSubscription) -> None:
-    async def watch_client() -> None:
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            while (await ws.receive())["type"] != "websocket.disconnect":
-                pass
-
-    watcher = asyncio.create_task(watch_client())
-    try:
+    async with client_watch(ws) as watcher:
         while True:
-            getter = asyncio.ensure_future(sub.queue.get())
-            done, _ = await asyncio.wait(
-                {getter, watcher},
-                timeout=seconds_left(sub.principal),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if not done:
-                # The token expired: a wall used to stream on for as long as it stayed open.
-                getter.cancel()
+            event = await next_item(sub.queue, watcher, seconds_left(sub.principal))
+            if event is Stop.EXPIRED:
+                # A wall used to stream on for as long as it stayed open.
                 await _refuse(ws, "unauthorized", TOKEN_EXPIRED)
                 return
-            if getter not in done:
-                getter.cancel()
+            if event is Stop.GONE:
                 return
-            event = getter.result()
             if sub.overflowed:
                 sub.overflowed = False
                 while not sub.queue.empty():
@@ -157,14 +140,7 @@ async def _pump(ws: WebSocket, tracker: WallTracker, sub: WallSubscription) -> N
                 await _send_snapshot(ws, tracker, sub.principal)
                 continue
             await ws.send_text(dumps(event))
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
 
 
 async def _refuse(ws: WebSocket, reason: str, message: str) -> None:
-    log.warning("supervisor websocket refused: %s", message)
-    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-        await ws.send_text(dumps({"type": "error", "code": reason, "message": message}))
-        await ws.close(code=cc.POLICY_VIOLATION, reason=message[:120])
+    await refuse(ws, cc.POLICY_VIOLATION, reason, message)
