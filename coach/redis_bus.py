@@ -226,6 +226,10 @@ class RedisBus(InProcessBus):
         self._wake_writer = asyncio.Event()
         self._wake_reader = asyncio.Event()
         self._last_seq: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._amendments: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
+        """(topic, seq) -> fields added to that event after it was written (who took an
+        escalation after its call ended). The stream is append-only, so a copy read from it
+        later, for a panel opened on this instance, gets them here."""
         self._read_ids: dict[str, str] = {}
         """topic -> last stream id seen (delivered or skipped): where the reader resumes."""
         self._remote_listeners: dict[str, list[RemoteListener]] = {}
@@ -820,6 +824,16 @@ class RedisBus(InProcessBus):
         for key in [k for k in self._last_seq if k[0] == topic]:
             del self._last_seq[key]
 
+    def amend(self, topic: str, seq: int, fields: dict[str, Any]) -> bool:
+        """As `InProcessBus.amend`, and also for a copy of the event read from Redis later
+        (a panel opened here after the call left this instance's memory, or before any
+        panel here watched it)."""
+        self._amendments[(topic, seq)] = {**self._amendments.get((topic, seq), {}), **fields}
+        self._amendments.move_to_end((topic, seq))
+        while len(self._amendments) > _DEDUPE_KEYS:
+            self._amendments.popitem(last=False)
+        return super().amend(topic, seq, fields)
+
     def _mark_seen(self, topic: str, event: Event) -> bool:
         """Record the event's seq; False if this topic already had it (or a later one)."""
         seq = _seq(event)
@@ -849,6 +863,9 @@ class RedisBus(InProcessBus):
             return
         if not self._mark_seen(topic, event):
             return
+        amended = self._amendments.get((topic, _seq(event)))
+        if amended is not None:
+            event = {**event, **amended}
         # Local history and subscribers only: listeners ran on the owning instance.
         hist = self._history.setdefault(topic, deque(maxlen=self._history_len))
         hist.append(event)

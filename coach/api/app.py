@@ -763,19 +763,26 @@ def _tell_the_agent(state: AppState, event: Event) -> None:
     agent of a crisis call never knew whether anyone was coming)."""
     if event.get("type") != "escalation_ack":
         return
-    session = state.manager.get(str(event.get("call_id"))) if state.manager else None
-    if session is None:
-        return  # not ours: the stored escalation keeps who took it
+    call_id = str(event.get("call_id"))
     seq = event.get("seq")
-    if not isinstance(seq, int) or seq in session.escalations_taken:
+    if not isinstance(seq, int):
+        return
+    session = state.manager.get(call_id) if state.manager else None
+    taker = {"acknowledged_by": event.get("by"), "acknowledged_at": event.get("at")}
+    if session is None:
+        # Not run here (or gone from memory): a copy of its events this instance serves, now
+        # or read from Redis for a panel opened later, says who took it. Before, only the
+        # instance that ran the call amended its copy.
+        state.bus.amend(call_topic(call_id), seq, taker)
+        return
+    if seq in session.escalations_taken:
         return  # a second acknowledgement changes nothing: the first stands
     session.escalations_taken.add(seq)
     if session.state is not CallState.LIVE:
         # Over, and its events still served from here for a couple of minutes: a panel
         # opened now reads the escalation with who took it, as it will from the store later
         # (it read no "has it" until the call left memory: an outside audit).
-        for topic in (agent_topic(session.call_id), call_topic(session.call_id)):
-            taker = {"acknowledged_by": event.get("by"), "acknowledged_at": event.get("at")}
+        for topic in (agent_topic(call_id), call_topic(call_id)):
             state.bus.amend(topic, seq, taker)
         return
     taken: Event = {

@@ -172,6 +172,34 @@ async def test_events_cross_instances_in_order_without_duplicates(prefix: str) -
 
 
 @needs_redis
+async def test_an_amendment_reaches_a_copy_read_from_redis_later(prefix: str) -> None:
+    """An escalation taken after its call ended: the instance that ran it amends its own
+    copy, and the stream is append-only. Another instance that reads the stream only later
+    (a panel opened there) still shows who took it, and one holding a copy amends it."""
+    a, b, c = (make_bus(SHARED_URL, prefix, name) for name in "ABC")
+    for bus in (a, b, c):
+        await bus.start()
+    try:
+        topic = call_topic("c1")
+        watching = c.subscribe(topic)  # C holds a copy from the start
+        a.publish(topic, ev("c1", 1))
+        a.publish(topic, ev("c1", 2, "escalation"))
+        a.publish(topic, ev("c1", 3, "call_end"))
+        await drain(watching, 3)
+        taker = {"acknowledged_by": "sam", "acknowledged_at": "2026-12-06T17:00:00+00:00"}
+        for bus in (a, b, c):
+            bus.amend(topic, 2, taker)  # what every instance does on the acknowledgement
+        for bus in (b, c):
+            got = await drain(bus.subscribe(topic), 5)
+            assert [e["seq"] for e in got] == [1, 2, 3]
+            assert got[1] == {**ev("c1", 2, "escalation"), **taker}, bus.instance_id
+            assert "acknowledged_by" not in got[0]
+    finally:
+        for bus in (a, b, c):
+            await bus.stop()
+
+
+@needs_redis
 async def test_owner_key_has_ttl_while_call_is_live(prefix: str) -> None:
     a = make_bus(SHARED_URL, prefix, "A", owner_ttl_s=10)
     await a.start()
