@@ -674,6 +674,8 @@ class AudioHookSession:
         """The call and the future `_call_ended` hands out for it."""
         self.call_id: str | None = None
         self.error: ProtocolError | None = None
+        self.skipped_types: set[str] = set()
+        """Message types this server does not know, seen in this session (each logged once)."""
 
     @property
     def position_s(self) -> float:
@@ -789,9 +791,8 @@ class AudioHookSession:
         elif msg.id.lower() != self.id.lower():
             raise ProtocolError("bad_session_id", f"message id {msg.id} is not session {self.id}")
         if msg.type not in CLIENT_TYPES:
-            raise ProtocolError(
-                "unknown_type", f"{client_text(msg.type, 64)} is not a client message type"
-            )
+            self._skip_unknown(msg.type)
+            return
         try:
             params = PARAMETERS[msg.type].model_validate(msg.parameters)
         except ValidationError as exc:
@@ -799,6 +800,20 @@ class AudioHookSession:
                 "bad_parameters", f"'{msg.type}' parameters: {_first_error(exc)}"
             ) from exc
         await self._dispatch(msg, params)
+
+    def _skip_unknown(self, type_: str) -> None:
+        """A message type this server does not know (one a later protocol version adds): its
+        seq is taken, and it is skipped, counted and logged once per type. AudioHook does not
+        re-establish a session, so ending it, as this server did, would lose the rest of
+        the call's coaching; Twilio's unknown events are skipped in the same way."""
+        metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason="unknown_type").inc()
+        if type_ not in self.skipped_types:
+            self.skipped_types.add(type_)
+            log.warning(
+                "audiohook %s: skipping %s messages (unknown message type)",
+                self.id,
+                client_text(type_, 64),
+            )
 
     def _parse(self, text: str) -> ClientMessage:
         if len(text) > MAX_TEXT_CHARS:
