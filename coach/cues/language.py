@@ -125,6 +125,17 @@ _REPORTED = re.compile(
     r"|\b(he|she)\s+(cancell?ed|switched|left|moved)\s+(his|her)\b",
     re.IGNORECASE,
 )
+# Someone else's account closed or cancelled for them: "my mother passed away and I need to
+# close her account", "cancel my late husband's line". The caller is not leaving: a retention
+# offer there is the worst thing an agent could say (an audit probe fired churn risk on it).
+_PROXY_ACCOUNT = re.compile(
+    r"\b(close|closing|closed|cancel|cancell?ing|cancell?ed|shut|shutting|end|ending|"
+    r"terminate|terminating|stop|stopping)\b(\s+[\w']+){0,2}?\s+"
+    rf"(his|her|their|(my|our)\s+(late\s+)?(\w+\s+)?({_RELATIVE})'s)\s+"
+    r"([\w-]+\s+)?(account|plan|line|policy|subscription|contract|service|membership|card|"
+    r"number|phone|broadband|package)s?\b",
+    re.IGNORECASE,
+)
 _FIRST_PERSON = re.compile(r"\b(i|i'm|i've|i'd|i'll|me|my|myself|we|we're|our|us)\b", re.I)
 _QUESTION = re.compile(
     r"\?\s*$|^(how|what|when|where|which|who|why|is|are|do|does|did|can|could|will|would)\b",
@@ -215,6 +226,7 @@ def framing(text: str) -> Framing:
         reported = not bool(
             re.search(r"\b(i (agree|think|want|will|am|'m)|and i|so i|i'll)\b", t, re.I)
         )
+    reported = reported or bool(_PROXY_ACCOUNT.search(t))
     ultimatum = _ultimatum(t)
     return Framing(
         # The condition's negation ("if you can't fix it") does not negate the threat.

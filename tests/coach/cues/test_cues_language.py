@@ -209,6 +209,23 @@ def test_pieces_only_add_to_the_clauses(text: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "reported"),
+    [
+        ("I need to close her account.", True),
+        ("I want to cancel my late husband's phone line.", True),
+        ("Could you close my mum's account please?", True),
+        ("I want to close my account.", False),
+        ("Close our account, we're moving to another bank.", False),
+        ("I need to stop his direct debit coming out of my account.", False),
+    ],
+)
+def test_someone_elses_account_closed_for_them_is_about_someone_else(
+    text: str, reported: bool
+) -> None:
+    assert language.framing(text).reported is reported
+
+
+@pytest.mark.parametrize(
     ("text", "hypothetical", "negated"),
     [
         # Ultimatums: a condition, then a firm commitment. A threat, not a hypothetical.

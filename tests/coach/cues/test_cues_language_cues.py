@@ -58,6 +58,9 @@ NEGATIVE = [
     # Hypotheticals and other people.
     ("churn_risk", "If the price ever doubled I might look around, but I'm happy for now."),
     ("churn_risk", "My sister cancelled her plan with you last year."),
+    # Closing a dead relative's account is not the caller leaving (session 38's probe).
+    ("churn_risk", "I'm calling because my mother passed away and I need to close her account."),
+    ("churn_risk", "I want to cancel my late husband's phone line, please."),
     # Neutral questions on the same topic.
     ("cost_anxiety", "What does the family plan cost per month?"),
     ("escalation_request", "Could you transfer me to the billing department please?"),
