@@ -400,6 +400,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         # A call another instance runs (on this wall through Redis) is assigned there.
         elsewhere = wall.calls.get(call_id) if session is None else None
         if session is not None:
+            if not may_view_call(principal, session.meta):
+                # Before saying whether it has ended: another team's supervisor learnt that
+                # from the 409 (an outside UI audit); every other endpoint says 403.
+                raise HTTPException(403, "not your team's call")
             if session.state is not CallState.LIVE:
                 # An ended call stays here a while for its panels; moving it then would rewrite
                 # the stored call's agent, and its own agent would lose its history.

@@ -139,6 +139,10 @@ def test_an_ended_call_is_not_moved_to_another_agent(client: TestClient) -> None
     assert client.get("/api/calls/e1", headers=sam).json()["state"] == "ended"
     moved = client.put("/api/calls/e1/agent", json={"agent_id": "cal"}, headers=sam)
     assert moved.status_code == 409, moved.text
+    # Another team's supervisor is not told that it has ended (an outside UI audit).
+    gil = bearer("gil", "supervisor", "green")
+    other = client.put("/api/calls/e1/agent", json={"agent_id": "ben"}, headers=gil)
+    assert other.status_code == 403 and "ended" not in other.text, other.text
     deadline = time.monotonic() + 15
     while True:
         stored = client.get("/api/history/calls/e1", headers=ann)
