@@ -246,10 +246,14 @@ def test_a_stalled_call_stream_is_dropped_and_resumed(live_server: LiveServer, p
     sign_in(page, live_server.base, "/agent/", "ann")
     live_server.start_call(call_id, "ann")
     page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
-    page.evaluate("EventStream.STALE_MS = 2000")
+    page.evaluate("EventStream.STALE_MS = 4000; EventStream.QUIET_MS = 1500")
     live_server.emit(call_id, transcript("customer", "line number 1", 1, 1.0))
     page.locator("#transcript li").first.wait_for()
     dead[:] = [True] * len(dead)  # the path goes dead: the open socket brings nothing more
+    # Before it is dropped the panel says the feed went quiet, and does not count a silence
+    # on the line (an outside UI audit: ten seconds offline read as "10 s" of silence, red).
+    page.locator("#status").filter(has_text="No updates from").wait_for(timeout=5_000)
+    page.locator("dd.silence").filter(has_text="no updates").wait_for(timeout=2_000)
     live_server.emit(call_id, transcript("customer", "line number 2", 2, 4.0))
     time.sleep(0.5)
     live_server.emit(call_id, transcript("customer", "line number 3", 3, 7.0))
@@ -257,6 +261,28 @@ def test_a_stalled_call_stream_is_dropped_and_resumed(live_server: LiveServer, p
     lines = page.locator("#transcript li .text").all_inner_texts()
     assert lines == ["line number 1", "line number 2", "line number 3"]
     assert page.evaluate("Panel.stream.reconnects") >= 1
+    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    live_server.emit(call_id, {"type": "call_end", "duration_s": 9.0, "reason": "end"})
+
+
+def test_the_panel_says_when_the_computer_goes_offline_and_resumes_when_it_is_back(
+    live_server: LiveServer, page: Any
+) -> None:
+    """The browser's own offline signal is shown at once, and the stream resumes the moment
+    the browser is online again, with nothing lost or doubled."""
+    call_id = "web-netdrop"
+    sign_in(page, live_server.base, "/agent/", "ann")
+    live_server.start_call(call_id, "ann")
+    page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
+    live_server.emit(call_id, transcript("customer", "before the outage", 1, 1.0))
+    page.locator("#transcript li").first.wait_for()
+    page.context.set_offline(True)
+    page.locator("#status").filter(has_text="computer is offline").wait_for(timeout=5_000)
+    live_server.emit(call_id, transcript("customer", "during the outage", 2, 4.0))
+    page.context.set_offline(False)
+    page.locator("#transcript li").nth(1).wait_for(timeout=10_000)
+    lines = page.locator("#transcript li .text").all_inner_texts()
+    assert lines == ["before the outage", "during the outage"]
     page.locator("#status").filter(has_text=f"Watching {call_id}").wait_for()
     live_server.emit(call_id, {"type": "call_end", "duration_s": 9.0, "reason": "end"})
 

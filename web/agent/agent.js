@@ -148,9 +148,11 @@ function watch(callId, { auto = false, startedAt = null, restored = false } = {}
       }
     },
     onStatus: (s) => {
-      view.connection(s === "live");
+      view.connection(s === "live", s === "quiet" ? "no updates" : "not connected");
       if (s === "live" && !view.ended) setStatus(`Watching ${callId}`);
       if (s === "reconnecting") setStatus(`Connection lost; reconnecting to ${callId}…`);
+      if (s === "quiet" && !view.ended) setStatus(`No updates from ${callId} for a few seconds; checking the connection…`);
+      if (s === "offline" && !view.ended) setStatus(`This computer is offline; ${callId} resumes when it is back.`);
     },
     onEnded: () => { Panel.finished.add(callId); if (!view.ended) setStatus(`Call ${callId} ended.`); },
     onMissing: () => {

@@ -646,8 +646,11 @@ class CallView {
   // The stream to the server dropped (`false`) or is back (`true`). Silence cannot be told
   // from a lost connection meanwhile: the count stops, and starts again from the reconnect
   // (an outside audit saw a dropped connection turn the silence red as dead air).
-  connection(up) {
+  // `label`: what the silence field says while no events come ("no updates" while the
+  // socket is open but quiet: a hold or a stalled network path, not a silent caller).
+  connection(up, label = "not connected") {
     this.offline = !up;
+    this.offlineLabel = label;
     if (up) this.lastSpeechWall = Date.now();
     this.tick();
   }
@@ -655,7 +658,7 @@ class CallView {
   tick() {
     if (!this.silenceDd) return;
     if (this.offline && !this.ended) {
-      this.silenceDd.textContent = "not connected";
+      this.silenceDd.textContent = this.offlineLabel || "not connected";
       this.silenceDd.className = "silence";
       return;
     }

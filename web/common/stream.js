@@ -13,12 +13,17 @@
 //   anything else  a blip: reconnect and resume
 // A socket that stays open but brings nothing for STALE_MS (a live call sends metrics every
 // 5 s of audio) is taken for a dead network path, which the browser may not notice for
-// minutes: it is dropped and the stream resumes like after any other blip.
+// minutes: it is dropped and the stream resumes like after any other blip. Before that, after
+// QUIET_MS without a message, the page is told ("quiet"), so that it does not count a stalled
+// feed as silence on the line (an outside UI audit: ten seconds offline read as a silent
+// caller, in red); and when the browser says it went offline ("offline") it is told at once,
+// and the stream reconnects as soon as the browser is back online.
 // The server sends {"type": "error", code, message} just before each refusal.
 "use strict";
 class EventStream {
   static NOT_FOUND = 4404;
   static STALE_MS = 20000;
+  static QUIET_MS = 8000;
 
   constructor(callId, { onEvent, onStatus, onEnded, onRefused, onMissing }) {
     this.callId = callId;
@@ -28,20 +33,35 @@ class EventStream {
     this.socket = null;
     this.stopped = false;
     this.reconnects = 0;
+    this.quiet = false;
     this.connect();
     this.watchdog = setInterval(() => this.checkStale(), 1000);
+    this.onOffline = () => { if (!this.stopped) this.handlers.onStatus?.("offline"); };
+    this.onOnline = () => { if (!this.stopped) this.drop("online"); };
+    window.addEventListener("offline", this.onOffline);
+    window.addEventListener("online", this.onOnline);
   }
 
   checkStale() {
     const socket = this.socket;
     if (this.stopped) clearInterval(this.watchdog);
     if (this.stopped || !socket || socket.readyState !== WebSocket.OPEN) return;
-    if (Date.now() - this.lastMessageAt <= EventStream.STALE_MS) return;
-    // Its close handshake may never complete: forget it now and reconnect.
+    const silent = Date.now() - this.lastMessageAt;
+    if (silent > EventStream.QUIET_MS && !this.quiet) {
+      this.quiet = true;
+      this.handlers.onStatus?.("quiet");
+    }
+    if (silent > EventStream.STALE_MS) this.drop("stale");
+  }
+
+  // Forget the socket now (its close handshake may never complete) and reconnect.
+  drop(reason) {
+    const socket = this.socket;
+    if (!socket || socket.readyState === WebSocket.CLOSED) return;
     socket.onmessage = null;
     socket.onclose = null;
     socket.close();
-    this.closed(socket, { code: 4000, reason: "stale" });
+    this.closed(socket, { code: 4000, reason });
   }
 
   url() {
@@ -57,12 +77,17 @@ class EventStream {
     this.lastMessageAt = Date.now();
     socket.onopen = () => {
       this.lastMessageAt = Date.now();
+      this.quiet = false;
       this.retry = 0;
       this.handlers.onStatus?.("live");
     };
     socket.onmessage = (m) => {
       if (this.socket !== socket || this.stopped) return;
       this.lastMessageAt = Date.now();
+      if (this.quiet) {
+        this.quiet = false;
+        this.handlers.onStatus?.("live");
+      }
       const ev = JSON.parse(m.data);
       if (ev.type === "error") {
         this.refusal = ev;
@@ -122,6 +147,8 @@ class EventStream {
   close() {
     this.stopped = true;
     clearInterval(this.watchdog);
+    window.removeEventListener("offline", this.onOffline);
+    window.removeEventListener("online", this.onOnline);
     if (this.socket) this.socket.close(1000);
   }
 }

@@ -526,8 +526,12 @@ function openDrill(callId) {
       }
     },
     onStatus: (s) => {
-      view.connection(s === "live");
-      if (s === "reconnecting") $("drill-status").textContent = "Reconnecting…";
+      view.connection(s === "live", s === "quiet" ? "no updates" : "not connected");
+      const status = $("drill-status");
+      if (s === "reconnecting") status.textContent = "Reconnecting…";
+      if (s === "quiet" && !view.ended) status.textContent = "No updates for a few seconds; checking the connection…";
+      if (s === "offline" && !view.ended) status.textContent = "This computer is offline; the call resumes when it is back.";
+      if (s === "live" && !view.ended && status.textContent !== LOST_TEXT) status.textContent = "";
     },
     onEnded: () => { $("drill-summary").hidden = false; },
     onMissing: () => {
