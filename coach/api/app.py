@@ -592,10 +592,15 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         if meta is not None:
             live_meta = meta  # the call's own dict: a reassignment changes it in place
 
-            def still_allowed() -> bool:
+            def still_allowed(assigned: Event) -> bool:
+                # The event's own agent, not only the meta: on an instance that does not run
+                # the call the meta is the wall's copy, which the supervisors' stream may
+                # update after this feed's event arrives (an outside scaling audit: the first
+                # agent's feed there stayed open after the call was moved, crisis lines and all).
+                now = {**live_meta, "agent_id": assigned.get("agent_id")}
                 if own:
-                    return live_meta.get("agent_id") == principal.user
-                return may_view_call(principal, live_meta)
+                    return now.get("agent_id") == principal.user
+                return may_view_call(principal, now)
 
         await _stream_events(
             ws, state.bus, topic, after_seq, still_allowed=still_allowed, principal=principal
@@ -978,7 +983,7 @@ async def _stream_events(
     topic: str,
     after_seq: int | None,
     *,
-    still_allowed: Callable[[], bool] | None = None,
+    still_allowed: Callable[[Event], bool] | None = None,
     principal: Principal | None = None,
 ) -> None:
     """Recent events after `after_seq` first (resume), then live ones, until the call ends.
@@ -1016,7 +1021,7 @@ async def _stream_events(
                 if (
                     ev.get("type") == "agent_assigned"
                     and still_allowed is not None
-                    and not still_allowed()
+                    and not still_allowed(ev)
                 ):
                     await refuse(
                         ws, cc.POLICY_VIOLATION, "reassigned", "the call was moved to another agent"

@@ -8,6 +8,7 @@ test_app_wiring.py.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -132,3 +133,53 @@ def test_an_escalation_taken_on_another_instance_reaches_the_calls_agent(
     # The stored call says who took it, read on the instance that ran it.
     stored = a.get(f"/api/history/calls/{call_id}", headers=sam).json()
     assert [e["acknowledged_by"] for e in stored["escalations"]] == ["sam"], stored
+
+
+@needs_redis
+def test_a_call_moved_to_another_agent_ends_the_first_agents_feed_on_another_instance(
+    instances: tuple[TestClient, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside scaling audit: the call ran on A, ann watched it on B, and a supervisor
+    moved it to cal. Ann's feed on A closed; on B it went on to the end of the call: B's
+    wall, whose copy of the call's meta the feed checked, learns of the move from another
+    stream than the feed, and it can come later. Here it never comes."""
+    from starlette.websockets import WebSocketDisconnect
+
+    from coach.api import wall as wall_module
+
+    fold = wall_module._fold
+    monkeypatch.setattr(
+        wall_module,
+        "_fold",
+        lambda tile, event, at: None if event["type"] == "agent_assigned" else fold(tile, event, at),
+    )
+    a, b = instances
+    call_id = f"move-{uuid.uuid4().hex[:8]}"
+    header = {"call_id": call_id, "sample_rate": 8000, "encoding": "pcm16", "channels": 2}
+    with a.websocket_connect("/ingest/pcm?api_key=k") as ingest:
+        ingest.send_text(json.dumps({**header, "agent_id": "ann"}))
+        assert ingest.receive_json()["type"] == "accepted"
+        feed = f"/ws/calls/{call_id}/events?token={token('ann', 'agent')}"
+        deadline = time.monotonic() + 10
+        while b.app.state.wall.meta(call_id) is None:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, "B's wall never saw the call"
+            time.sleep(0.1)
+        with b.websocket_connect(feed) as panel:
+            assert panel.receive_json()["type"] == "call_start"
+            ada = {"Authorization": f"Bearer {token('ada', 'admin')}"}
+            moved = b.put(f"/api/calls/{call_id}/agent", json={"agent_id": "cal"}, headers=ada)
+            assert moved.status_code == 202, moved.text
+            seen = []
+            # Should the feed stay open, the call's end closes it (1000) within seconds.
+            ender = threading.Timer(8.0, lambda: ingest.send_text(json.dumps({"type": "end"})))
+            ender.start()
+            try:
+                with pytest.raises(WebSocketDisconnect) as closed:
+                    while True:
+                        seen.append(panel.receive_json())
+            finally:
+                ender.cancel()
+            assert closed.value.code == 1008, seen
+            assert seen[-1]["type"] == "error" and seen[-1]["code"] == "reassigned", seen
+            assert any(e["type"] == "agent_assigned" for e in seen), seen
+        ingest.send_text(json.dumps({"type": "end"}))
