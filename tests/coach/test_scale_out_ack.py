@@ -151,7 +151,9 @@ def test_a_call_moved_to_another_agent_ends_the_first_agents_feed_on_another_ins
     monkeypatch.setattr(
         wall_module,
         "_fold",
-        lambda tile, event, at: None if event["type"] == "agent_assigned" else fold(tile, event, at),
+        lambda tile, event, at: (
+            None if event["type"] == "agent_assigned" else fold(tile, event, at)
+        ),
     )
     a, b = instances
     call_id = f"move-{uuid.uuid4().hex[:8]}"
