@@ -872,7 +872,7 @@ def find_pii(
     spans += _announced_email_spans(text)
     spans += [Span(m.start(), m.end(), "email") for m in BRACKETED_EMAIL.finditer(text)]
     spans += _provider_email_spans(text)
-    spans = [_with_spelled_start(text, s) for s in spans]
+    spans = [_with_announced_lead(text, _with_spelled_start(text, s)) for s in spans]
     spans += [Span(m.start(), m.end(), "ssn") for m in SSN.finditer(text)]
     for m in DIGIT_RUN.finditer(text):
         digits = re.sub(r"\D", "", m.group())
@@ -909,6 +909,26 @@ _SPELLED_LEAD = re.compile(
 )
 """Letters spelled one by one that open an utterance ("s m i t h", "S, M, I, T, H")."""
 _SPELLED_CHAR = re.compile(r"(?<![\w'])[a-z0-9](?![\w'])", re.I)
+
+
+# What ASR writes between "my email is" and the address it found: "My email is John. Smith at
+# gmail.com" (a full stop after the first name) showed "John." to supervisors and in the
+# store; an outside scaling audit saw it twice in eight readings.
+_EMAIL_LEAD = re.compile(
+    r"\be-?mail(?:\s+address)?(?:\s+is|'s)?[\s:,]+"
+    r"(?P<lead>(?:(?!is\b)[A-Za-z0-9][\w+-]{0,23}\.?\s+){0,2}[A-Za-z0-9][\w+-]{0,23}\.\s+)$",
+    re.IGNORECASE,
+)
+
+
+def _with_announced_lead(text: str, span: Span) -> Span:
+    """An address announced as one ("my email is ...") starts where the announcement ends,
+    not where the patterns found it: up to three short words before it, the last ended by a
+    full stop ASR put in the address, are its local part."""
+    if span.kind != "email":
+        return span
+    m = _EMAIL_LEAD.search(text, max(0, span.start - 120), span.start)
+    return Span(m.start("lead"), span.end, "email") if m is not None else span
 
 
 def _with_spelled_start(text: str, span: Span) -> Span:

@@ -209,6 +209,7 @@ def test_words_keep_their_timing_slots() -> None:
         # com"): the text said [EMAIL], its words carried the address.
         ("and my email is John.smithfgmail.com", ["John", ".smithfgmail", ".com"], "[EMAIL]"),
         ("my email is john.smith@gmail.com", ["john", ".smith@gmail", ".com"], "[EMAIL]"),
+        ("My email is John. Smith at gmail.com", ["John.", "Smith", "at", "gmail.com"], "[EMAIL]"),
         ("call me on 212.555.0147", ["212", ".555", ".0147"], "[PHONE]"),
     ],
 )
@@ -532,6 +533,11 @@ def test_what_an_outside_pii_audit_found(text: str, expected: str) -> None:
         ("It's john.smith, at gmail.com", "It's [EMAIL]"),
         ("Send it to john smith gmail dot com please.", "Send it to [EMAIL] please."),
         ("jsmith at acme corp dot com wants invoice", "[EMAIL] wants invoice"),
+        # A full stop ASR put after the first name (an outside scaling audit, twice in eight).
+        ("My email is John. Smith at gmail.com", "My email is [EMAIL]"),
+        ("Email: Jane. Doe@example.com", "Email: [EMAIL]"),
+        ("Okay. So my email is j. smith at yahoo.com.", "Okay. So my email is [EMAIL]."),
+        ("Thanks. bob@example.com is mine", "Thanks. [EMAIL] is mine"),
         # Card data named without "CVV" or "card number", and the last four of an SSN.
         ("The code on the back is 737.", "The code on the back is [NUMBER]."),
         ("expiry 09/27 please", "expiry [NUMBER] please"),
