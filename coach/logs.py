@@ -111,7 +111,12 @@ _URL_PART = re.compile(r"(?<=[/?&=;])[^/?&=;#\s\"']+")
 # `4532.0151.1283.0366`, `4532_0151_…` and non-breaking hyphens through).
 _CARD_IN_PART = re.compile(r"(?<!\d)[2-6]\d(?:[\s+._\-\u2010-\u2015]?\d){11,17}(?!\d)")
 _SSN_IN_PART = re.compile(r"(?<![\d.])\d{3}([-\s])\d{2}\1\d{4}(?![\d.])")
-_EMAIL_IN_PART = re.compile(r"[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+# A domain ends in letters, and a host with a port is no address: "user@127.0.0.1:5432" and
+# "user@db.example.com:5432" are a database URL's user and host (the store's start-up line
+# read "postgresql+asyncpg://[EMAIL]:5432/...": an outside scaling audit).
+_EMAIL_IN_PART = re.compile(
+    r"[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-]|:\d)"
+)
 _PHONE_IN_PART = re.compile(
     r"(?<![\w+])\+\d(?:[\s.-]?\d){9,14}(?!\d)"
     # A NANP number written as one ("415-555-0123", "(415) 555-0123"): no date or id has

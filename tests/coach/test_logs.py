@@ -359,5 +359,8 @@ def test_ids_dates_and_time_stamps_in_a_url_are_kept() -> None:
         '"GET /api/history/calls?from=2026-12-01&to=2026-12-06T10:00:00Z HTTP/1.1" 200',
         '"GET /api/calls/9f1c2e7a-3b4d-4c5e-8f90-123456789012/summary HTTP/1.1" 200',
         '"GET /metrics?v=1.2.3&ip=10.0.0.1 HTTP/1.1" 200',
+        # A database URL's user and host (an outside scaling audit saw "[EMAIL]:5432").
+        "store ready: postgresql+asyncpg://audit@127.0.0.1:5432/audit_scale",
+        "store ready: postgresql://app:***@db.example.com:5432/coach",
     ):
         assert scrub(line) == line
