@@ -379,7 +379,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             "complete": complete,
             "transcript": [e for e in history if e["type"] == "transcript"],
             "cues": [e for e in history if e["type"] == "cue"],
-            "escalations": [e for e in history if e["type"] == "escalation"],
+            "escalations": _with_takers(history),
             # CONTRACT: transcript, cues, summary; the summary exists once the call ended.
             "summary": end.get("summary") if end else None,
         }
@@ -680,6 +680,22 @@ def _page(name: str) -> Response:
         media_type="text/html",
         headers={"Cache-Control": "no-store"},
     )
+
+
+def _with_takers(history: list[Event]) -> list[Event]:
+    """The call's escalations, each with who acknowledged it and when. One taken while the
+    call ran is told by an `escalation_taken` event, not on the escalation itself (an outside
+    scaling audit: this endpoint never said who took it, the walls and the store did)."""
+    taken = {e.get("escalation_seq"): e for e in history if e.get("type") == "escalation_taken"}
+    out = []
+    for e in history:
+        if e.get("type") != "escalation":
+            continue
+        took = taken.get(e.get("seq"))
+        if took is not None and "acknowledged_by" not in e:
+            e = {**e, "acknowledged_by": took.get("by"), "acknowledged_at": took.get("at")}
+        out.append(e)
+    return out
 
 
 def _tile_info(tile: Tile) -> dict[str, Any]:

@@ -123,6 +123,11 @@ def test_an_escalation_taken_on_another_instance_reaches_the_calls_agent(
             while not any(e["type"] == "escalation_taken" for e in _agent_history(a, call_id)):
                 assert time.monotonic() < deadline, "the acknowledgement never reached A"
                 time.sleep(0.1)
+            # The live call's record on A says who took it (it never did: a scaling audit).
+            ada = {"Authorization": f"Bearer {token('ada', 'admin')}"}
+            live = a.get(f"/api/calls/{call_id}", headers=ada).json()
+            assert [e.get("acknowledged_by") for e in live["escalations"]] == ["sam"], live
+            assert live["escalations"][0]["acknowledged_at"], live
             ingest.send_text(json.dumps({"type": "end"}))
             seen = []
             while not seen or seen[-1]["type"] != "call_end":
