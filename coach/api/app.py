@@ -890,6 +890,10 @@ async def _stream_stored(
         if datetime.now(UTC) - heard < timedelta(seconds=2 * state.settings.redis_session_ttl_s):
             return False
     with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+        if not after_seq:
+            # The panel of a call replayed from the store opened without its call_start (an
+            # outside scaling audit): what it came in on, its channels, its agent.
+            await ws.send_text(dumps(recovered.start_event(detail)))
         for ev in recovered.stored_events(detail, after_seq=after_seq):
             await ws.send_text(dumps(ev))
         await ws.send_text(dumps(recovered.end_event(detail, after_seq=after_seq)))

@@ -125,6 +125,11 @@ def stored_events(detail: CallDetail, *, after_seq: int | None = None) -> list[E
                 "urgency": e.urgency,
                 "summary": e.summary,
                 **({"acknowledged_by": e.acknowledged_by} if e.acknowledged_by else {}),
+                **(
+                    {"acknowledged_at": e.acknowledged_at.isoformat()}
+                    if e.acknowledged_by and e.acknowledged_at
+                    else {}
+                ),
             }
         )
     out.sort(key=lambda ev: int(ev["seq"]))
@@ -202,6 +207,25 @@ def end_event(detail: CallDetail, *, after_seq: int | None = None) -> Event:
     return ev
 
 
+def start_event(detail: CallDetail) -> Event:
+    """The stored call's `call_start`, as it opened (with its agent now). Its `seq` is 0: the
+    live one's is not stored, and a panel resuming after any seq skips it."""
+    call = detail.call
+    meta = dict(call.meta or {})
+    if call.agent_id:
+        meta["agent_id"] = call.agent_id  # a supervisor's reassignment updates the column
+    return {
+        "type": "call_start",
+        "call_id": call.call_id,
+        "seq": 0,
+        "t_emit": 0.0,
+        "source": call.source,
+        "channels": list(call.channels),
+        "meta": meta,
+        "started_at": call.started_at.isoformat(),
+    }
+
+
 def wall_events(detail: CallDetail) -> list[tuple[Event, float]]:
     """A stored call as the supervisor wall draws it: `(event, when)`, its `call_start` first,
     then its cues and escalations, the customer's last stored mood, the acknowledgement of
@@ -214,19 +238,7 @@ def wall_events(detail: CallDetail) -> list[tuple[Event, float]]:
     """
     call = detail.call
     started = call.started_at.timestamp()
-    meta = dict(call.meta or {})
-    if call.agent_id:
-        meta["agent_id"] = call.agent_id  # a supervisor's reassignment updates the column
-    start: Event = {
-        "type": "call_start",
-        "call_id": call.call_id,
-        "seq": 0,
-        "source": call.source,
-        "channels": list(call.channels),
-        "meta": meta,
-        "started_at": call.started_at.isoformat(),
-    }
-    out: list[tuple[Event, float]] = [(start, started)]
+    out: list[tuple[Event, float]] = [(start_event(detail), started)]
     for ev in stored_events(detail):
         if ev["type"] in ("cue", "escalation"):
             out.append((ev, started + float(ev.get("t_emit") or 0.0)))

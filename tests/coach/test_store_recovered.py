@@ -109,6 +109,9 @@ def test_a_panel_reconnecting_after_a_restart_keeps_the_call(restarted: TestClie
     _stored(restarted, "c-cut")
     events, code = _stream(restarted, f"/ws/calls/c-cut/events?token={token('ann', 'agent')}")
     assert code == 1000
+    # It opens with its call_start, as a live call does (a scaling audit: it did not).
+    start, events = events[0], events[1:]
+    assert start["type"] == "call_start" and start["meta"]["agent_id"] == "ann", start
     kinds = [e["type"] for e in events]
     assert kinds == ["transcript", "transcript", "cue", "escalation", "metrics", "call_end"], kinds
     assert CARD not in str(events)  # the store's redacted text, even for the call's agent
@@ -210,6 +213,10 @@ def test_a_restarted_wall_keeps_acknowledgements_and_teams(
     with TestClient(create_app(settings, runtime)) as client:
         _stored(client, "c-cut")
         _stored(client, "c-team")
+        # A panel replaying the call from the store reads who took it, and when.
+        replayed, _ = _stream(client, f"/ws/calls/c-cut/events?token={token('ann', 'agent')}")
+        [taken] = [e for e in replayed if e["type"] == "escalation"]
+        assert taken["acknowledged_by"] == "sue" and taken["acknowledged_at"], taken
         everyone = _wall(client, "sue")
         south = _wall(client, "tom", team="south")
         north = _wall(client, "nia", team="north")
