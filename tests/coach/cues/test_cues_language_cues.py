@@ -32,6 +32,9 @@ POSITIVE = [
     ("urgency", "Please, it has to work today, I have a job interview online at noon."),
     ("escalation_request", "Can I please talk to your manager about this?"),
     ("escalation_request", "I want someone higher up to look at this."),
+    # An agent's offer among the near misses ("Let me get my supervisor on the line for you")
+    # kept the caller's own request from firing (session 38's probe).
+    ("escalation_request", "Put your supervisor on the line, please."),
     # A demand after a condition is a demand (an outside check, session 37).
     ("escalation_request", "If it is ridiculous, I want to speak to your manager right now."),
     ("churn_risk", "I'm seriously thinking of moving to another company."),
