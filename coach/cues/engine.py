@@ -587,8 +587,15 @@ class CueEngine:
         """Some clause is at least as near the cue's examples as ordinary talk and the cue's
         near misses are (see VoiceTrigger.words_lean), and read as the cue by the meaning probe
         at `lean_meaning` or more."""
-        floor = spec.voice_trigger.lean_meaning if spec.voice_trigger is not None else 0.0
+        vt = spec.voice_trigger
+        floor = vt.lean_meaning if vt is not None else 0.0
+        min_words = vt.min_words if vt is not None else 0
         for clause in clauses:
+            if len(language.words(clause.text)) < min_words:
+                # A fragment too short to say anything: "I am omnis", the garbled half of a
+                # shouted "I am sick and tired of this", leaned toward crisis at 0.23 and
+                # paged a supervisor critical (an outside UI audit).
+                continue
             m = loaded.index.score(cue_id, spec, clause)
             if m.similarity >= m.negative and (m.meaning is None or m.meaning >= floor):
                 return True

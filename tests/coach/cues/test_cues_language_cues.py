@@ -639,6 +639,22 @@ async def test_panic_in_the_voice_with_lost_words_is_a_crisis(conversation: Conv
     assert "crisis" in found
 
 
+async def test_a_shouted_complaint_garbled_to_a_fragment_is_no_voice_crisis(
+    conversation: Conversation,
+) -> None:
+    """An outside UI audit's angry billing call: a shouted "I am sick and tired of this" came
+    out as "I am sick and I am omnis", read "sad", and its fragment "I am omnis" leaned toward
+    crisis: a critical page. A leaning clause needs as many words as the voice trigger."""
+    await conversation.say("customer", "I've been charged twice for my internet this month.")
+    found = await conversation.cues(
+        "customer",
+        "I am sick and I am omnis",
+        arousal=0.95,
+        voice_why=["pitch +2.1 SD", "pace +1.8 SD"],
+    )
+    assert "crisis" not in found
+
+
 @pytest.mark.parametrize(
     ("first", "pages"), [("Hi.", False), ("Hello, I am calling from my mum's house.", True)]
 )
