@@ -853,6 +853,42 @@ def test_an_ended_call_reopened_keeps_its_trend_metrics_agent_and_one_verdict(
     page.locator("#summary-facts").filter(has_text="ended better than it started").wait_for()
 
 
+def test_a_call_that_ends_less_upset_but_still_upset_is_not_called_better(
+    live_server: LiveServer, page: Any
+) -> None:
+    """An outside UI audit: a crisis call that ended on "I'm going to kill myself tonight" read
+    "ended better than it started" on its tile and in its summary."""
+    from coach.events import call_end
+
+    call_id = "w-upset-end"
+    live_server.start_call(call_id, "ann")
+    for uid, (text, valence) in enumerate(
+        (("I cannot cope with any of this", -0.9), ("I am still going to do it", -0.6)), 1
+    ):
+        sentiment = {"valence": valence, "label": "sad", "scores": {"sad": 0.8}}
+        state = customer_state(valence, 0.5, "sad")
+        live_server.emit(
+            call_id,
+            transcript("customer", text, uid, 1.0 + 8 * uid, sentiment=sentiment, state=state),
+        )
+    end = call_end(duration_s=20.0, reason="end", arc=[(3.0, -0.9), (11.0, -0.6)], cues={})
+    assert end["summary"]["change"] == "better"
+    live_server.emit(call_id, end)
+    deadline = time.monotonic() + 10
+    while (d := live_server.store_call(call_id)) is None or d.call.ended_at is None:
+        assert time.monotonic() < deadline, "the call's end was not stored"
+        time.sleep(0.2)
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    tile = page.locator(f'#tiles > li[data-call="{call_id}"] .mood')
+    tile.filter(has_text="ended less upset than it started, still upset").wait_for()
+    page.goto(f"{live_server.base}/supervisor/#summary/{call_id}")
+    facts = page.locator("#summary-facts")
+    facts.filter(
+        has_text="-0.90 → -0.60 (ended less upset than it started, still upset)"
+    ).wait_for()
+    assert "ended better" not in facts.inner_text()
+
+
 def test_a_cut_off_call_drops_its_unfinished_partial(live_server: LiveServer, page: Any) -> None:
     call_id = "w-partial"
     live_server.start_call(call_id, "ann")

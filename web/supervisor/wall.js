@@ -125,8 +125,17 @@ function risk(c) {
 // is live, where the mood is heading now; once it ended, how it ended against how it started
 // (the same verdict as the post-call summary and the analytics).
 const CHANGE_WORDS = { better: "ended better than it started", worse: "ended worse than it started", same: "about the same as it started" };
+// "Better" of a call that ended on "I'm going to kill myself tonight" read as a call that went
+// well (an outside UI audit): a caller still upset at the end is said to be.
+const STILL_UPSET = -0.3;
+function changeWords(change, endValence) {
+  const upset = typeof endValence === "number" && endValence <= STILL_UPSET;
+  if (change === "better" && upset) return "ended less upset than it started, still upset";
+  if (change === "same" && upset) return "upset from start to end";
+  return CHANGE_WORDS[change] || "";
+}
 function moodWord(c) {
-  if (c.ended_at) return c.change ? CHANGE_WORDS[c.change] : "";
+  if (c.ended_at) return c.change ? changeWords(c.change, c.valence) : "";
   return c.trend || "";
 }
 
@@ -307,7 +316,7 @@ function arcEnds(arc) {
   const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
   const start = mean(values.slice(0, k)), end = mean(values.slice(-k));
   const what = k > 1 ? `first ${k} turns ${start.toFixed(2)} → last ${k} ${end.toFixed(2)}` : `${start.toFixed(2)} → ${end.toFixed(2)}`;
-  return what;
+  return { what, end };
 }
 
 // How a stored call ended, in words (the bare reasons read as jargon in a summary).
@@ -617,6 +626,7 @@ async function openSummary(callId) {
   }
   const arc = (d.summary && d.summary.arc) || [];
   const change = (d.summary && d.summary.change) || null;
+  const ends = change == null ? null : arcEnds(arc);
   const facts = [
     ["Agent", d.call.agent_id || "unassigned"],
     ["Started", new Date(d.call.started_at).toLocaleString()],
@@ -624,7 +634,7 @@ async function openSummary(callId) {
     ["Ended", END_WORDS[d.call.end_reason] || d.call.end_reason || "–"],
     ["Cues", String(d.cues.length)],
     ["Escalations", String(d.escalations.length)],
-    ["Customer valence", change == null ? "–" : `${arcEnds(arc)} (${CHANGE_WORDS[change]})`],
+    ["Customer valence", change == null ? "–" : `${ends.what} (${changeWords(change, ends.end)})`],
   ];
   $("summary-facts").replaceChildren(...facts.map(([k, v]) => h("div", {}, h("dt", { text: k }), h("dd", { text: v }))));
   showOutcome(callId, d.call);
