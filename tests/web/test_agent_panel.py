@@ -520,8 +520,10 @@ def test_the_agent_sees_a_supervisor_take_the_escalation(
         banner = page.locator(".escalation-banner")
         banner.filter(has_text="Supervisor alerted (high)").wait_for()
         assert "has it" not in banner.inner_text()
-        # It starts with what it says (an outside audit saw "nullSupervisor alerted").
+        # It starts with what it says (an outside audit saw "nullSupervisor alerted"), and
+        # says when, so that two pages for one reason read as two (a UI audit).
         assert banner.inner_text().startswith("Supervisor alerted")
+        assert re.match(r"Supervisor alerted \(high\) at \d+:\d\d: ", banner.inner_text())
         r = _sam_takes(page, live_server, call_id, seq)
         assert r.ok, r.text()
         banner.filter(has_text="Supervisor sam has it.").wait_for()

@@ -552,6 +552,7 @@ class CallView {
     const known = this.escalations.get(ev.seq);
     this.escalations.set(ev.seq, {
       urgency: ev.urgency, reason: REASONS[ev.reason] || ev.reason,
+      t: typeof ev.t_emit === "number" ? ev.t_emit : null,
       by: known ? known.by : null,
     });
     // A call read back from the store says who took it on the escalation itself.
@@ -583,7 +584,9 @@ class CallView {
     this.banner.replaceChildren(...all.flatMap(([seq, e], i) => [
       ...(i ? [h("br")] : []),
       h("span", { class: "escalation-line", "data-seq": seq },
-        `Supervisor alerted (${e.urgency}): ${e.reason}.`,
+        // When: a re-page read as the same line twice, and nothing said which was taken
+        // (an outside UI audit).
+        `Supervisor alerted (${e.urgency})${e.t !== null ? ` at ${fmtTime(e.t)}` : ""}: ${e.reason}.`,
         e.by !== null ? h("span", { class: "taken-by", text: ` ${CallView.taker(e.by)} has it.` }) : null),
     ]));
   }
