@@ -11,7 +11,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -244,7 +244,15 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             memory.release_periodically(settings.memory_release_interval_s)
         )
         sweeper = (
-            asyncio.create_task(_close_orphans(state, store.store, wall, started=datetime.now(UTC)))
+            asyncio.create_task(
+                _close_orphans(
+                    state,
+                    store.store,
+                    wall,
+                    started=datetime.now(UTC),
+                    backfill=store.backfill_call,
+                )
+            )
             if store is not None
             else None
         )
@@ -913,7 +921,12 @@ async def _cancel_and_wait(tasks: list[asyncio.Task[Any]], timeout_s: float = 5.
 
 
 async def _close_orphans(
-    state: AppState, store: Store, wall: WallTracker, *, started: datetime
+    state: AppState,
+    store: Store,
+    wall: WallTracker,
+    *,
+    started: datetime,
+    backfill: Callable[[str], Awaitable[None]] | None = None,
 ) -> None:
     """Close calls that a stopped process left unended (coach/store/recovered.py).
 
@@ -965,6 +978,7 @@ async def _close_orphans(
                 is_live=is_live,
                 started_before=before,
                 on_orphan=draw,
+                backfill=backfill,
             )
             if not drew_ended:
                 # Calls the stopped process ended itself (a SIGTERM's `shutdown`) or that an

@@ -368,6 +368,7 @@ async def close_orphans(
     is_live: IsLive,
     started_before: datetime,
     on_orphan: OnOrphan | None = None,
+    backfill: Callable[[str], Awaitable[None]] | None = None,
 ) -> list[str]:
     """End every stored call that never ended and that no instance runs any more.
 
@@ -375,8 +376,9 @@ async def close_orphans(
     (ended_at, duration, end reason, summary) and the supervisor walls see. Only calls that
     started before `started_before` are looked at, so a call still being set up is never
     taken for an orphan. `on_orphan` sees each orphan's stored call before its end is
-    published (the wall draws it: `wall_events`). Returns the call ids closed; raises
-    StoreUnavailable.
+    published (the wall draws it: `wall_events`). `backfill` first writes what the shared
+    bus still holds of the call and the store does not (`StoreService.backfill_call`).
+    Returns the call ids closed; raises StoreUnavailable.
     """
     closed: list[str] = []
     candidates = await store.unended_calls(started_before=started_before)
@@ -385,6 +387,8 @@ async def close_orphans(
     for call in candidates:
         if await is_live(call.call_id):
             continue
+        if backfill is not None:
+            await backfill(call.call_id)
         detail = await store.get_call(call.call_id)
         if detail is None or detail.call.ended_at is not None:
             continue

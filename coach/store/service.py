@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coach.bus import InProcessBus, is_call_topic
+from coach.bus import InProcessBus, call_topic, is_call_topic
 from coach.events import Event
 from coach.settings import Settings
 from coach.store.db import redacted_url, resolve_url
@@ -152,6 +152,24 @@ class StoreService:
             log.info(
                 "%s: %d earlier event(s) of a taken-over call sent to the store", topic, len(resent)
             )
+
+    async def backfill_call(self, call_id: str) -> None:
+        """Before an orphan is closed: what its dead instance published and had not written
+        (still in the call's Redis stream) is written now, as a takeover does, so that the
+        call's end and record count it (an outside scaling audit: a line panels showed 60 ms
+        before a kill -9 was lost to the store, and the duration stopped short of it)."""
+        topic = call_topic(call_id)
+        try:
+            earlier = await self._bus.earlier_events(topic, before_seq=2**62)
+        except Exception as exc:  # Redis down or slow: what the store has is what it keeps
+            log.warning("%s: the orphan's last events not re-read (%r)", topic, exc)
+            return
+        resent = [e for e in earlier if e.get("type") in BACKFILLED]
+        if not resent:
+            return
+        for event in resent:
+            self.writer(topic, event)
+        await self.writer.flush()
 
     async def ready(self) -> bool:
         """For /health/ready: the database answers (events are spooled, not lost, if not)."""

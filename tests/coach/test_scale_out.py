@@ -470,6 +470,64 @@ async def test_a_taken_over_call_stores_what_its_killed_instance_had_not_written
 
 
 @needs_redis
+async def test_an_orphan_is_closed_with_what_its_killed_instance_had_not_written(
+    prefix: str, tmp_path: Path
+) -> None:
+    """An outside scaling audit: a line panels showed 60 ms before `kill -9` reached Redis,
+    not the store, and the orphan sweep closed the call without it (its duration short of
+    it). The sweep writes what the stream holds first, as a takeover does."""
+    from datetime import UTC, datetime, timedelta
+
+    from coach.store.recovered import close_orphans
+    from coach.store.service import StoreConfig, StoreService
+    from tests.coach.test_store_support import call_events
+
+    events = [e for e in call_events("so-orphan", lines=3) if e["type"] != "call_end"]
+    events = [{**e, "call_id": "so-orphan", "seq": i} for i, e in enumerate(events, 1)]
+    lines = [e for e in events if e["type"] == "transcript"]
+    bus_a = make_bus(SHARED_URL, prefix, "A")
+    bus_b = make_bus(SHARED_URL, prefix, "B")
+    await bus_a.start()
+    await bus_b.start()
+    service = await StoreService.start(
+        StoreConfig(url=f"sqlite+aiosqlite:///{tmp_path / 'b.db'}", spool_dir=tmp_path / "spool"),
+        bus=bus_b,
+    )
+
+    async def nobody_runs_it(call_id: str) -> bool:
+        return False
+
+    try:
+        topic = call_topic("so-orphan")
+        for ev in events:
+            bus_a.publish(topic, ev)
+            if ev["seq"] <= 3:  # A's writer stored the start and the first line, then died
+                service.writer(topic, ev)
+        await service.writer.flush()
+        await wait_for(lambda: not bus_a._pending())
+        await kill(bus_a)
+        before = await service.store.get_call("so-orphan")
+        assert before is not None and len(before.transcript) == 1
+        closed = await close_orphans(
+            service.store,
+            bus_b,
+            is_live=nobody_runs_it,
+            started_before=datetime.now(UTC) + timedelta(seconds=5),
+            backfill=service.backfill_call,
+        )
+        assert closed == ["so-orphan"]
+        await service.writer.flush()
+        detail = await service.store.get_call("so-orphan")
+        assert detail is not None and detail.call.ended_at is not None
+        assert [u.seq for u in detail.transcript] == [e["seq"] for e in lines]
+        assert detail.call.duration_s == pytest.approx(lines[-1]["t_end"])
+    finally:
+        await service.aclose()
+        await bus_a.stop()
+        await bus_b.stop()
+
+
+@needs_redis
 async def test_an_instance_restarted_under_its_id_replays_what_it_published_before(
     prefix: str,
 ) -> None:
