@@ -80,6 +80,8 @@ def _call_task(
 
 EndedLookup = Callable[[str], Awaitable[set[str]]]
 """call id -> which of it and its legs (`id~2`...) have ended, by the store's record."""
+LiveLookup = Callable[[str], Awaitable[bool]]
+"""call id -> whether the store shows it running on some instance now (written lately)."""
 
 __all__ = ["CallEnded", "CallManager", "CallRejected"]
 
@@ -146,6 +148,11 @@ class CallManager:
         """Telephony call id -> the id of its latest leg, where it was used again."""
         self.ended_lookup: EndedLookup | None = None
         """Set when a history store runs: which legs of a call id the store holds as ended."""
+        self.live_lookup: LiveLookup | None = None
+        """Set when a store runs beside Redis: asked only when Redis cannot say who runs a
+        call (`_claim_or_refuse`)."""
+        self._unclaimed: set[str] = set()
+        """Call ids whose last claim Redis could not answer."""
         self.draining = False
         """The instance is stopping (`drain`): new calls are refused, live ones go on."""
         metrics.DRAINING.set(0)
@@ -213,6 +220,12 @@ class CallManager:
         if await self._claim_or_refuse(claimed):
             # Its owner let it go while we waited: the call may have ended there.
             stored_ended = await self._stored_ended_legs(call_id)
+        if claimed in self._unclaimed and await self._stored_live(claimed):
+            # Redis cannot say who runs it, and the shared store shows another instance
+            # writing it now: a new leg, not one record of two calls (an outside scaling
+            # audit with Redis down: the same id on two instances, one record, lines lost).
+            stored_ended.add(claimed)
+        self._unclaimed.discard(claimed)
         # Ended on another instance (then this is a new leg), which the store may not have
         # written yet but Redis says; asked even when the claim came at once: the owner may
         # have let the call go a moment before it (found by an outside audit with two
@@ -238,6 +251,7 @@ class CallManager:
         if call_id != claimed:  # a local call of that id ended meanwhile: another leg
             await self.bus.release_call(claimed)
             await self._claim_or_refuse(call_id)
+            self._unclaimed.discard(call_id)
         if call_id != telephony_id:
             self._latest_leg[telephony_id] = call_id
             meta = {**(meta or {}), "telephony_call_id": telephony_id}
@@ -347,6 +361,17 @@ class CallManager:
             log.warning("call %s: stored calls under this id unknown (%r)", call_id, exc)
             return set()
 
+    async def _stored_live(self, call_id: str) -> bool:
+        """The store's word on whether another instance runs `call_id` now (best effort)."""
+        if self.live_lookup is None or call_id in self._calls:
+            return False
+        try:
+            async with asyncio.timeout(STORE_LOOKUP_S):
+                return await self.live_lookup(call_id)
+        except Exception as exc:  # TimeoutError included
+            log.warning("call %s: whether the store has it live is unknown (%r)", call_id, exc)
+            return False
+
     async def _claim_or_refuse(self, call_id: str) -> bool:
         """Claim `call_id` on the shared bus, or CallRejected(duplicate_call) when another
         live instance runs it. True when the claim came only after waiting for its owner.
@@ -370,7 +395,9 @@ class CallManager:
                     call_id,
                     exc,
                 )
+                self._unclaimed.add(call_id)
                 return waited
+            self._unclaimed.discard(call_id)
             if owner is None:
                 if waited:
                     log.info(

@@ -176,6 +176,15 @@ class AppState:
 
         self.manager.history_lookup = lookup
         self.manager.ended_lookup = store.ended_legs
+        if isinstance(self.bus, RedisBus):
+            # Twice the owner keys' lifetime: an instance writes a live call every flush, and
+            # one that stopped writing that long ago is gone (the orphan sweep's measure).
+            within = timedelta(seconds=2 * self.settings.redis_session_ttl_s)
+
+            async def live(call_id: str) -> bool:
+                return await store.heard_lately(call_id, since=datetime.now(UTC) - within)
+
+            self.manager.live_lookup = live
 
     def attach(self, runtime: Runtime) -> None:
         self.runtime = runtime

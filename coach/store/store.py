@@ -313,6 +313,17 @@ class Store:
             ids = set(await s.scalars(stmt))
         return {i for i in ids if i == call_id or _is_leg_of(i, call_id)}
 
+    async def heard_lately(self, call_id: str, *, since: datetime) -> bool:
+        """Whether `call_id` is stored unended with something written since `since`: some
+        instance is running it now."""
+        stmt = sa.select(Call.call_id).where(
+            Call.call_id == call_id,
+            Call.ended_at.is_(None),
+            sa.func.coalesce(Call.last_activity, Call.started_at) >= since,
+        )
+        async with self._session() as s:
+            return (await s.scalar(stmt)) is not None
+
     async def latest_cue_seq(self, call_id: str, cue: str) -> int | None:
         """The most recent occurrence of cue id `cue` in a call (feedback by cue id)."""
         async with self._session() as s:

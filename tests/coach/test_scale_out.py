@@ -351,6 +351,45 @@ async def test_an_unreachable_redis_never_blocks_a_call(
         await bus.stop()
 
 
+async def test_with_redis_unreachable_an_id_the_store_shows_live_opens_as_a_new_leg(
+    runtime: Runtime, settings: Settings, tmp_path: Path
+) -> None:
+    """An outside scaling audit, Redis unreachable from B: one call id streamed to A and to B
+    at once ran on both, and the shared store kept one record of the two calls, lines lost.
+    Redis cannot say who runs it; the store, written by A every flush, can."""
+    from datetime import timedelta
+
+    from coach.store import Store, migrate
+    from coach.store.writer import Received
+    from tests.coach.test_store_support import call_events
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    await migrate(url)
+    store = Store(url=url)
+    running = [{**e, "call_id": "so-twice", "seq": i} for i, e in enumerate(call_events("x"), 1)]
+    running = [e for e in running if e["type"] != "call_end"]  # A runs it: written just now
+    await store.write_events([Received(e, time.time()) for e in running])
+    bus = make_bus("redis://127.0.0.1:1/0", "coach-test-down:", "B")
+    await bus.start()
+    manager = CallManager(runtime=runtime, settings=settings, bus=bus)
+
+    async def live(call_id: str) -> bool:
+        return await store.heard_lately(call_id, since=datetime.now(UTC) - timedelta(seconds=60))
+
+    manager.live_lookup = live
+    try:
+        twice = await open_call(manager, "so-twice")
+        alone = await open_call(manager, "so-only-here")
+        assert (twice.call_id, twice.meta["telephony_call_id"]) == ("so-twice~2", "so-twice")
+        assert alone.call_id == "so-only-here"
+        await manager.finish(twice, "end")
+        await manager.finish(alone, "end")
+    finally:
+        await manager.shutdown()
+        await bus.stop()
+        await store.aclose()
+
+
 async def test_a_wrong_redis_url_is_logged_once_not_per_retry(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
