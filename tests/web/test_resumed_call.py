@@ -285,3 +285,24 @@ def test_a_call_lost_in_a_restart_keeps_its_part_when_its_next_leg_comes(
     assert "after the server lost it" in page.locator("#earlier .leg-divider").inner_text()
     live_server.emit(leg, {"type": "call_end", "reason": "end", "duration_s": 1.0})
     live_server.emit(call_id, {"type": "call_end", "reason": "end", "duration_s": 1.0})
+
+
+def test_a_supervisors_drill_in_points_to_the_calls_next_leg(
+    live_server: LiveServer, page: Any
+) -> None:
+    """An outside UI audit: the call dropped and came back as `X~2`; the agent's panel followed
+    it, the supervisor's drill-in stayed on "Call ended." of the first leg."""
+    call_id = "leg-drill"
+    live_server.start_call(call_id, "ann")
+    sign_in(page, live_server.base, "/supervisor/", "sam")
+    page.goto(f"{live_server.base}/supervisor/#call/{call_id}")
+    page.locator("#drill-h").filter(has_text=call_id).wait_for()
+    live_server.emit(call_id, transcript("customer", "Can you hear me?", 1, 1.0))
+    page.locator("#drill-view li.customer").wait_for()
+    live_server.emit(call_id, {"type": "call_end", "reason": "disconnect", "duration_s": 3.0})
+    live_server.start_call(f"{call_id}~2", "ann")
+    status = page.locator("#drill-status")
+    status.filter(has_text=f"The call continues as {call_id}~2").wait_for()
+    status.get_by_role("link", name=f"open {call_id}~2").click()
+    page.locator("#drill-h").filter(has_text=f"{call_id}~2").wait_for()
+    live_server.emit(f"{call_id}~2", {"type": "call_end", "reason": "end", "duration_s": 2.0})

@@ -37,17 +37,6 @@ function cutOffCause(reason) {
   return typeof reason === "string" && reason.startsWith("error:") ? "an error" : null;
 }
 
-// "X~3" -> {base: "X", n: 3}; "X" -> {base: "X", n: 1} (the leg ids of coach/calls.py).
-function leg(callId) {
-  const m = /^(.+)~(\d+)$/.exec(callId);
-  return m ? { base: m[1], n: Number(m[2]) } : { base: callId, n: 1 };
-}
-
-function isLaterLeg(callId, earlierId) {
-  const next = leg(callId), prev = leg(earlierId);
-  return next.base === prev.base && next.n > prev.n;
-}
-
 function clockTime(startedAt) {
   const when = startedAt == null ? new Date() : new Date(typeof startedAt === "number" ? startedAt * 1000 : startedAt);
   return when.toLocaleTimeString([], { hour12: false });

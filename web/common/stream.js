@@ -160,3 +160,14 @@ function missingText(callId, stream, hint = "") {
   if (stream && stream.lastSeq > 0) return `Call ${callId} was not found: it may have ended before the server restarted.`;
   return `No call ${callId} is live or stored: check the id${hint}.`;
 }
+
+// "X~3" -> {base: "X", n: 3}; "X" -> {base: "X", n: 1} (the leg ids of coach/calls.py).
+function leg(callId) {
+  const m = /^(.+)~(\d+)$/.exec(callId);
+  return m ? { base: m[1], n: Number(m[2]) } : { base: callId, n: 1 };
+}
+
+function isLaterLeg(callId, earlierId) {
+  const next = leg(callId), prev = leg(earlierId);
+  return next.base === prev.base && next.n > prev.n;
+}

@@ -472,6 +472,7 @@ function connectWall() {
       Wall.dirty.add(c.call_id);
       if (typeof ev.t_wall === "number") (Wall.pendingLatency ||= []).push(ev.t_wall);
       if (Wall.drill && Wall.drill.callId === ev.call_id && ev.type === "cue") refreshCueHistory(500);
+      if (ev.type === "call_start") offerLaterLeg(ev.call_id);
     }
     schedule();
   };
@@ -532,6 +533,8 @@ function openDrill(callId) {
       if (ev.type === "call_end") {
         $("drill-summary").hidden = false;
         $("drill-status").textContent = cutOff(ev.reason) ? "Call cut off when the server stopped." : "Call ended.";
+        // Its next leg may have reached the wall before this feed's end did.
+        for (const id of Wall.calls.keys()) offerLaterLeg(id);
       }
     },
     onStatus: (s) => {
@@ -555,6 +558,16 @@ function openDrill(callId) {
   });
   Wall.drill = { callId, view, stream, timer: setInterval(() => refreshCueHistory(0), 5000) };
   refreshCueHistory(0);
+}
+
+// The drilled-in call dropped and its telephony streamed it again: it runs on as a new leg
+// (`id~2`). The agent's panel follows it; the drill-in said "Call ended." over the old leg
+// (an outside UI audit). It says where the call went, with a link, and stays where it is.
+function offerLaterLeg(callId) {
+  const d = Wall.drill;
+  if (!d || !isLaterLeg(callId, d.callId)) return;
+  const a = h("a", { href: `#call/${encodeURIComponent(callId)}`, text: `open ${callId}` });
+  $("drill-status").replaceChildren(`The call continues as ${callId}: `, a, ".");
 }
 
 // Who takes the call, from the wall's tile, else the store. A drill-in opened by its URL
