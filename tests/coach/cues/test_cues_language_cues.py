@@ -43,6 +43,8 @@ POSITIVE = [
     ("repeat_contact", "This is the fourth call I've made about the same thing."),
     ("crisis", "Honestly I don't think I want to be here anymore."),
     ("crisis", "My neighbour is lying on the floor and he won't wake up."),
+    # The probe read it as urgency ("please hurry"); its words all but repeat an example.
+    ("crisis", "Please hurry, my daughter isn't breathing properly."),
 ]
 
 NEGATIVE = [
