@@ -486,8 +486,7 @@ class CueEngine:
             )
             if read is not None and m.meaning is not None:
                 trusted = (
-                    read.trust_above is not None
-                    and m.semantic >= threshold + read.trust_above
+                    read.trust_above is not None and m.semantic >= threshold + read.trust_above
                 )
                 if near and m.meaning < read.veto_below and not trusted:
                     near = False  # nearest to an example, but the probe reads another meaning
