@@ -61,7 +61,8 @@ _NEGATION_IDIOMS = re.compile(
 _HYPOTHETICAL = re.compile(
     r"^(\w+,?\s+)?(if|even if|in case|suppose|supposing|imagine|what if|unless|"
     r"should (it|the|they|you)|were (it|the|they))\b"
-    r"|\b(would|might|could) (probably |maybe |ever )?(have to |need to )?"
+    r"|\b(would|might|could|i'd|we'd|you'd|he'd|she'd|they'd) (probably |maybe |ever )?"
+    r"(have to |need to )?"
     r"(be|feel|get|look|switch|leave|cancel|think)\b.*\bif\b"
     r"|\bif\b.*\b(would|'d|might)\b",
     re.IGNORECASE,

@@ -238,6 +238,7 @@ def test_someone_elses_account_closed_for_them_is_about_someone_else(
         ("If I want to speak to a manager, who do I call?", True, False),
         ("If I'm leaving early, can I get a refund?", True, False),
         ("If it were me, I would want a manager.", True, False),
+        ("I'd be furious if this happened to me.", True, False),
         # Real hypotheticals keep their hedge.
         ("If the price ever went up a lot I might look elsewhere.", True, False),
         ("What if the router breaks again?", True, False),

@@ -63,6 +63,7 @@ NEGATIVE = [
     # Hypotheticals and other people.
     ("churn_risk", "If the price ever doubled I might look around, but I'm happy for now."),
     ("churn_risk", "My sister cancelled her plan with you last year."),
+    ("frustration", "I'd be furious if this happened to me, but it's for my neighbour."),
     # Closing a dead relative's account is not the caller leaving (session 38's probe).
     ("churn_risk", "I'm calling because my mother passed away and I need to close her account."),
     ("churn_risk", "I want to cancel my late husband's phone line, please."),
