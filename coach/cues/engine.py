@@ -485,10 +485,7 @@ class CueEngine:
                 and m.similarity >= m.rival - spec.rival_margin
             )
             if read is not None and m.meaning is not None:
-                trusted = (
-                    read.trust_above is not None and m.semantic >= threshold + read.trust_above
-                )
-                if near and m.meaning < read.veto_below and not trusted:
+                if near and m.meaning < read.veto_below:
                     near = False  # nearest to an example, but the probe reads another meaning
                 elif near and any(
                     m.score + boost - threshold < step.within and m.meaning < step.at

@@ -278,6 +278,19 @@ MIN_PIECE_WORDS = 3
 SHORT_CLAUSE_WORDS = 4
 
 
+LEAD_REST_WORDS = 5
+"""Words the rest after a lead-in needs to be a piece: a garbled "Sorry, I won't finish." left
+"I won't finish", near "I can't keep going" (crisis, tune's t04, a false critical page)."""
+_LEAD_IN_CLAUSE = re.compile(
+    # Not a condition ("If so, I'll cancel"), nor thanks or relief ("Thank you, he is
+    # breathing again now" is no emergency, and alone it reads as one).
+    r"^(?!.*\b(?:if|unless|when|whenever|suppose|supposing|imagine|even)\b[^,]*,)"
+    r"(?!\W*(?:thank|thanks|great|good|okay|ok|phew|brilliant|lovely|perfect)\b)"
+    r"(?:[\w']+\s+){0,2}[\w']+,\s+(?=\S)",
+    re.IGNORECASE,
+)
+
+
 def pieces(text: str) -> list[str]:
     """The clauses of `text`, then the statements coordinated inside a clause, each on its own.
 
@@ -297,6 +310,22 @@ def pieces(text: str) -> list[str]:
             parts.append(clause[: contrast.start()].strip(" ,"))
         if len(parts) > 1:
             out.extend(p for p in parts if len(words(p)) >= MIN_PIECE_WORDS and p not in out)
+        # What follows a short lead-in and a comma, on its own: "Please hurry, my daughter
+        # isn't breathing properly" was read whole as urgency by the meaning probe (crisis
+        # 0.04; the rest alone, 0.97). A condition ("If so, I'll cancel") is no lead-in.
+        lead = _LEAD_IN_CLAUSE.match(clause)
+        if lead is not None:
+            rest = clause[lead.end() :].strip(" ,")
+            if len(words(rest)) >= LEAD_REST_WORDS and rest not in out:
+                out.append(rest)
+        # An ultimatum's commitment on its own: "If this isn't sorted by Friday, I'm
+        # cancelling my contract" read whole sat as near a deadline's wording as a leaving's,
+        # and no cue fired; its commitment is plain churn.
+        threat = _ultimatum(clause)
+        if threat is not None:
+            threat = threat.strip(" ,.!?")
+            if len(words(threat)) >= MIN_PIECE_WORDS and threat not in out:
+                out.append(threat)
         # Clipped sentences ("I'm sick. I'm tired.") say together what neither says alone.
         if i + 1 < len(whole) and len(words(clause)) < SHORT_CLAUSE_WORDS:
             joined = f"{clause} {whole[i + 1]}"

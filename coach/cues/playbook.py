@@ -197,11 +197,6 @@ class Meaning(_Strict):
     veto_below: float = Field(0.0, ge=0, le=1)
     """A nearest-example match the probe gives less than this is ordinary talk or another
     cue's: dropped (0: no veto)."""
-    trust_above: float | None = Field(None, gt=0, le=1)
-    """A match that clears the threshold by at least this is not vetoed: its words all but
-    repeat an example. The probe weighs the whole clause, and a clause that says two things
-    reads as the other: "Please hurry, my daughter isn't breathing properly" (0.67 against
-    "My baby isn't breathing properly") was read as urgency (0.91), crisis at 0.04."""
     fire_above: float | None = Field(None, gt=0, le=1)
     """A clause the probe gives at least this fires the cue though no example is near enough
     (never a negated, hypothetical, reported or question clause the framing penalises)."""

@@ -199,6 +199,21 @@ def test_is_thanks(text: str, thanks: bool) -> None:
     assert language.is_thanks(text) is thanks
 
 
+def test_what_follows_a_short_lead_in_is_a_piece_of_its_own() -> None:
+    text = "Please hurry, my daughter isn't breathing properly."
+    assert language.pieces(text) == [text, "my daughter isn't breathing properly."]
+    assert language.pieces("Sorry, I won't finish.") == ["Sorry, I won't finish."]  # too short
+    assert language.pieces("If so, I will cancel my plan.") == ["If so, I will cancel my plan."]
+
+
+def test_an_ultimatums_commitment_is_a_piece_of_its_own() -> None:
+    text = "If this isn't sorted by Friday, I'm cancelling my contract."
+    assert language.pieces(text) == [text, "I'm cancelling my contract"]
+    assert language.pieces("If I'm leaving early, can I get a refund?") == [
+        "If I'm leaving early, can I get a refund?"
+    ]
+
+
 @given(st.text(max_size=300))
 def test_pieces_only_add_to_the_clauses(text: str) -> None:
     out = language.pieces(text)

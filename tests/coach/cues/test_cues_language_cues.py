@@ -39,11 +39,13 @@ POSITIVE = [
     ("escalation_request", "If it is ridiculous, I want to speak to your manager right now."),
     ("churn_risk", "I'm seriously thinking of moving to another company."),
     ("churn_risk", "Just close the account, I'm going with a different provider."),
+    # An ultimatum whose whole reads as near a deadline as a leaving (session 38's probe).
+    ("churn_risk", "If this isn't sorted by Friday, I'm cancelling my contract."),
     ("repeat_contact", "I rang you about exactly this two days ago."),
     ("repeat_contact", "This is the fourth call I've made about the same thing."),
     ("crisis", "Honestly I don't think I want to be here anymore."),
     ("crisis", "My neighbour is lying on the floor and he won't wake up."),
-    # The probe read it as urgency ("please hurry"); its words all but repeat an example.
+    # Read whole, the probe took "please hurry" for urgency; the rest alone is a crisis.
     ("crisis", "Please hurry, my daughter isn't breathing properly."),
 ]
 
@@ -67,6 +69,9 @@ NEGATIVE = [
     # Closing a dead relative's account is not the caller leaving (session 38's probe).
     ("churn_risk", "I'm calling because my mother passed away and I need to close her account."),
     ("churn_risk", "I want to cancel my late husband's phone line, please."),
+    # ...nor is the bereavement a crisis.
+    ("crisis", "I'm calling because my mother passed away and I need to close her account."),
+    ("crisis", "My husband died in March and the bills are still in his name."),
     # Neutral questions on the same topic.
     ("cost_anxiety", "What does the family plan cost per month?"),
     ("escalation_request", "Could you transfer me to the billing department please?"),
