@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COACH_", extra="ignore")
 
     host: str = Field("127.0.0.1", description="Interface the HTTP server binds to.")
-    port: int = Field(8000, description="HTTP port.")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port.")
     data_dir: Path = Field(Path(".coach"), description="Local state: SQLite store, signing secret.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug, info, warning or error."
@@ -92,7 +92,9 @@ class Settings(BaseSettings):
         None, description="Coaching playbook YAML (default: the bundled coach/playbook.yaml)."
     )
     playbook_reload_s: float = Field(
-        2.0, description="How often the playbook file is checked for changes; 0 turns it off."
+        2.0,
+        ge=0.0,
+        description="How often the playbook file is checked for changes; 0 turns it off.",
     )
     device: Literal["cpu", "cuda"] = Field("cpu", description="Inference device for all models.")
 
@@ -107,6 +109,7 @@ class Settings(BaseSettings):
     )
     max_calls: int = Field(
         8,
+        ge=0,
         description="Concurrent calls admitted; more are refused (try again later); 0 = no limit.",
     )
 
@@ -144,7 +147,7 @@ class Settings(BaseSettings):
         "ending them as shutdown; 0 = end them at once. A second signal stops the wait.",
     )
     audiosocket_port: int = Field(
-        0, description="TCP port for Asterisk AudioSocket ingest; 0 = off."
+        0, ge=0, le=65535, description="TCP port for Asterisk AudioSocket ingest; 0 = off."
     )
     audiosocket_host: str = Field(
         "127.0.0.1", description="Interface the AudioSocket listener binds."
@@ -170,7 +173,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="PostgreSQL URL for call history; SQLite in data_dir when unset."
     )
-    retention_days: float = Field(90.0, description="Delete stored calls older than this; 0 keeps.")
+    retention_days: float = Field(
+        90.0, ge=0.0, description="Delete stored calls older than this; 0 keeps."
+    )
     store_batch_size: int = Field(200, description="Events written per store transaction.")
     store_flush_interval_s: float = Field(0.5, description="Longest wait before events are stored.")
     store_buffer_events: int = Field(10_000, description="Events held in memory before spooling.")
@@ -221,7 +226,7 @@ class Settings(BaseSettings):
         None,
         description="Genesys AudioHook client secret (base64): when set, signatures are required.",
     )
-    token_ttl_s: int = Field(12 * 3600, description="Default lifetime of issued tokens.")
+    token_ttl_s: int = Field(12 * 3600, gt=0, description="Default lifetime of issued tokens.")
     users: list[dict[str, str]] = Field(
         default_factory=list,
         description="Sign-in users: JSON list of {name, role, team, password_hash} (README, Sign-in).",
@@ -250,6 +255,45 @@ class Settings(BaseSettings):
             return None
         if not v.strip().lower().startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
+        return v.strip()
+
+    @field_validator("audiosocket_allow")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                # It failed only when the listener started, in a background task, and the
+                # instance reported ready with nothing listening (an outside operator audit).
+                raise ValueError(f"{entry!r} is not a network (CIDR, e.g. 10.0.0.0/8)") from exc
+        return v
+
+    @field_validator("audiosocket_map_file")
+    @classmethod
+    def _readable_file(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"{v} is not a readable file")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _a_redis_url(cls, v: str | None) -> str | None:
+        if not v or not v.strip():
+            return None
+        if not v.strip().lower().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return v.strip()
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_database_url(cls, v: str | None) -> str | None:
+        if not v or not v.strip():
+            return None
+        if not v.strip().lower().startswith(("postgresql", "postgres://", "sqlite")):
+            raise ValueError("must be a postgresql:// (or sqlite://) URL")
         return v.strip()
 
     @field_validator("log_level", mode="before")

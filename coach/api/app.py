@@ -227,8 +227,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         loader: asyncio.Task[None] | None = None
         if state.runtime is None:
             loader = asyncio.create_task(_load_models(state))
-        else:
-            await _start_tcp_ingest(state)
+        elif await _tcp_ingest_started(state):
             _say_ready(settings)
         store: StoreService | None = None
         if settings.store_enabled:
@@ -322,7 +321,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @app.get("/health/ready", tags=["health"])
     async def ready() -> JSONResponse:
-        if state.manager is None:
+        if state.manager is None or state.load_error is not None:
             body = {
                 "status": "loading" if state.load_error is None else "error",
                 "error": state.load_error,
@@ -651,8 +650,22 @@ async def _load_models(state: AppState) -> None:
     state.attach(runtime)
     state.wire_history()
     memory.freeze_loaded_objects()
-    await _start_tcp_ingest(state)
-    _say_ready(state.settings)
+    if await _tcp_ingest_started(state):
+        _say_ready(state.settings)
+
+
+async def _tcp_ingest_started(state: AppState) -> bool:
+    """Start AudioSocket; when it cannot (a port in use, a mapping file that cannot be read),
+    say so in the log and keep the instance not ready (`/health/ready` 503 with the error).
+    It failed in the model loader's background task with no word until shutdown, and the
+    instance answered ready with nothing listening for Asterisk (an outside operator audit)."""
+    try:
+        await _start_tcp_ingest(state)
+    except Exception as exc:
+        log.exception("AudioSocket ingest could not start")
+        state.load_error = f"AudioSocket ingest could not start: {exc}"
+        return False
+    return True
 
 
 def _say_ready(settings: Settings) -> None:

@@ -351,3 +351,29 @@ def _forget_coach_keys(url: str) -> None:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+def test_an_audiosocket_port_in_use_keeps_the_instance_not_ready(
+    runtime: Runtime, tmp_path: Path, caplog: Any
+) -> None:
+    """An outside operator audit: the listener failed in a background task, nothing was
+    logged until shutdown, and /health/ready said 200 with nothing listening for Asterisk."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = Settings(data_dir=tmp_path, auth_disabled=True, audiosocket_port=port)
+        with TestClient(create_app(settings, runtime)) as client:
+            ready = client.get("/health/ready")
+    assert ready.status_code == 503, ready.text
+    body = ready.json()
+    assert body["status"] == "error" and "AudioSocket ingest could not start" in body["error"]
+    assert "AudioSocket ingest could not start" in caplog.text
+
+
+def test_a_bad_audiosocket_allow_list_is_refused_with_the_settings() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="not a network"):
+        Settings(audiosocket_allow=["notacidr"])

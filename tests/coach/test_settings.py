@@ -64,3 +64,28 @@ def test_a_generated_signing_secret_is_owner_only_from_the_start(tmp_path: Path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert Settings(data_dir=tmp_path, auth_secret="").signing_secret == first
     assert len(first) >= 40
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        # An outside operator audit: each of these started (port 70000 bound 4464), or failed
+        # later with a traceback, or silently meant something else (-5 calls: no limit).
+        ("COACH_PORT", "70000", "less than or equal to 65535"),
+        ("COACH_REDIS_URL", "bogus", "redis://"),
+        ("COACH_DATABASE_URL", "mysql://x@y/z", "postgresql://"),
+        ("COACH_MAX_CALLS", "-5", "greater than or equal to 0"),
+        ("COACH_RETENTION_DAYS", "-1", "greater than or equal to 0"),
+        ("COACH_TOKEN_TTL_S", "-1", "greater than 0"),
+        ("COACH_PLAYBOOK_RELOAD_S", "-1", "greater than or equal to 0"),
+        ("COACH_AUDIOSOCKET_MAP_FILE", "/nonexistent.json", "not a readable file"),
+    ],
+)
+def test_a_setting_out_of_range_is_refused_when_it_loads(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str
+) -> None:
+    from pydantic import ValidationError
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=says):
+        Settings()
