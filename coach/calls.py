@@ -107,6 +107,9 @@ HAND_OVER_WAIT_S = 20.0
 """How much longer an open waits for a call whose draining instance says it is handing it
 over (`HANDING_OVER` in its session state) once the usual wait is up."""
 DUPLICATE_CALL = "duplicate_call"
+for _reason in (OVER_CAPACITY, DRAINING, DUPLICATE_CALL):
+    # At 0 from the start: an alert on increase() misses a series that first appears at 1.
+    metrics.CALLS_REJECTED.labels(reason=_reason)
 ENDED_RETENTION_S = 120.0
 """How long an ended call's session and event history stay in memory."""
 DRAIN_POLL_S = 0.2

@@ -120,3 +120,7 @@ WEBHOOK_DELIVERIES = Counter(
     "dropped with the queue full",
     ["result"],
 )
+# At 0 from the start, like the playbook reloads: an alert on increase() misses the first
+# failed delivery of a series that first appears at 1 (an outside operator audit).
+for _result in ("delivered", "failed", "dropped"):
+    WEBHOOK_DELIVERIES.labels(result=_result)

@@ -124,3 +124,20 @@ def test_an_instance_that_cannot_reach_redis_says_so_in_its_metrics(
     # The stopped bus no longer speaks for the process.
     with TestClient(create_app(Settings(data_dir=tmp_path, auth_disabled=True), runtime)) as c:
         assert _gauge(c.get("/metrics").text, "coach_redis_degraded") == 0.0
+
+
+def test_alerted_counters_are_exported_at_zero_before_anything_happens(
+    runtime: Runtime, tmp_path: Any
+) -> None:
+    """An outside operator audit: a counter series that first appears at 1 is no increase
+    to Prometheus, so the alert on a failed escalation webhook missed the first failure."""
+    settings = Settings(data_dir=tmp_path, auth_disabled=True, store_enabled=False)
+    with TestClient(create_app(settings, runtime)) as client:
+        text = client.get("/metrics").text
+    for series in (
+        'coach_webhook_deliveries_total{result="failed"}',
+        'coach_webhook_deliveries_total{result="dropped"}',
+        'coach_calls_rejected_total{reason="over_capacity"}',
+        'coach_playbook_reloads_total{result="refused"}',
+    ):
+        assert series in text, series
