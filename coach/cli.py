@@ -47,6 +47,21 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     return {k: getattr(args, k, None) for k in ("host", "port")}
 
 
+SECRET_SETTINGS = frozenset(
+    {
+        "auth_secret",
+        "customer_id_key",
+        "ingest_api_key",
+        "twilio_auth_token",
+        "audiohook_client_secret",
+        "escalation_webhook_secret",
+        "database_url",
+        "redis_url",
+        "users",
+    }
+)
+
+
 def load_settings(config: Path | None, **overrides: object) -> Settings | None:
     """The settings, or None after one line on stderr per problem: a bad setting is named
     with its variable, not shown as a traceback (`coach` and the scripts that read the
@@ -59,9 +74,10 @@ def load_settings(config: Path | None, **overrides: object) -> Settings | None:
     except ValidationError as exc:
         for err in exc.errors():
             name = str(err["loc"][0]) if err["loc"] else ""
+            # A secret is named, never shown: the error line goes to a pod's log.
+            got = "value hidden" if name in SECRET_SETTINGS else f"got {err.get('input')!r}"
             print(
-                f"error: setting COACH_{name.upper()} ({name}): {err['msg']}"
-                f" (got {err.get('input')!r})",
+                f"error: setting COACH_{name.upper()} ({name}): {err['msg']} ({got})",
                 file=sys.stderr,
             )
         return None

@@ -257,6 +257,23 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return v.strip()
 
+    @field_validator(
+        "auth_secret",
+        "customer_id_key",
+        "ingest_api_key",
+        "twilio_auth_token",
+        "audiohook_client_secret",
+        "escalation_webhook_secret",
+        "database_url",
+    )
+    @classmethod
+    def _not_the_templates_placeholder(cls, v: str | None) -> str | None:
+        # deploy/k8s/secret.yaml ships "CHANGE-ME" values, and `kubectl apply -k` deploys it:
+        # an auth secret anyone can read signs admin tokens (an outside operator audit).
+        if v and "CHANGE-ME" in v.upper():
+            raise ValueError("is still the template's CHANGE-ME placeholder: set a real value")
+        return v
+
     @field_validator("audiosocket_allow")
     @classmethod
     def _networks(cls, v: list[str]) -> list[str]:

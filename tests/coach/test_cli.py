@@ -160,3 +160,14 @@ def test_a_list_or_mapping_setting_that_is_not_json_is_named(
     name = variable.removeprefix("COACH_").lower()
     assert out.err.startswith(f"error: setting {variable} ({name}): must be a JSON")
     assert "Traceback" not in out.err and out.err.count("\n") == 1 and not out.out
+
+
+def test_a_refused_secret_is_named_not_shown(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The error line goes to a pod's log: the setting is named, its value is not."""
+    monkeypatch.setenv("COACH_INGEST_API_KEY", "CHANGE-ME-but-also-a-real-looking-key")
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: setting COACH_INGEST_API_KEY (ingest_api_key): ")
+    assert "real-looking" not in err and "(value hidden)" in err

@@ -89,3 +89,17 @@ def test_a_setting_out_of_range_is_refused_when_it_loads(
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=says):
         Settings()
+
+
+def test_the_deploy_templates_placeholder_secrets_are_refused() -> None:
+    """An outside operator audit: `kubectl apply -k` deploys deploy/k8s/secret.yaml, whose
+    CHANGE-ME auth secret anyone can read and sign admin tokens with."""
+    import yaml
+    from pydantic import ValidationError
+
+    template = Path(__file__).parents[2] / "deploy" / "k8s" / "secret.yaml"
+    values = yaml.safe_load(template.read_text())["stringData"]
+    for name, value in values.items():
+        field = name.removeprefix("COACH_").lower()
+        with pytest.raises(ValidationError, match="CHANGE-ME placeholder"):
+            Settings(**{field: value})
