@@ -228,3 +228,25 @@ def test_the_instance_id_is_the_pods_name() -> None:
     would leave them to expire, the calls looking live meanwhile."""
     env = {e["name"]: e for e in _container()["env"]}
     assert env["COACH_INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+def test_the_build_context_leaves_out_local_state_and_keeps_what_the_image_copies() -> None:
+    """An outside operator audit: with no .dockerignore, `docker build .` from a working copy
+    sent the virtualenv (2 GB), the locally built models and .coach/ (call history, the
+    signing secret) as build context."""
+    import fnmatch
+
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for must in (".venv", ".coach", "models/artifacts", ".git"):
+        assert must in ignored, must
+    copied = re.findall(
+        r"^COPY (?!--from)(?:--\S+ )*(.+) \S+$", (ROOT / "Dockerfile").read_text(), re.M
+    )
+    sources = [src for line in copied for src in line.split()]
+    assert "coach" in sources and "models" in sources
+    for src in sources:
+        assert not any(fnmatch.fnmatch(src, pattern) for pattern in ignored), src
