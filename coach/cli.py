@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from coach.logs import setup_logging
-from coach.settings import ConfigFileError, Settings
+from coach.settings import SECRET_SETTINGS, ConfigFileError, Settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,21 +45,6 @@ def _parser() -> argparse.ArgumentParser:
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     """Command-line flags that override settings (`serve --host/--port`)."""
     return {k: getattr(args, k, None) for k in ("host", "port")}
-
-
-SECRET_SETTINGS = frozenset(
-    {
-        "auth_secret",
-        "customer_id_key",
-        "ingest_api_key",
-        "twilio_auth_token",
-        "audiohook_client_secret",
-        "escalation_webhook_secret",
-        "database_url",
-        "redis_url",
-        "users",
-    }
-)
 
 
 def load_settings(config: Path | None, **overrides: object) -> Settings | None:

@@ -22,6 +22,20 @@ GPU_ASR_WORKERS = 2
 """ASR decodes side by side on CUDA unless COACH_ASR_WORKERS is set (see asr_worker_count)."""
 
 
+PLACEHOLDER_CHECKED = (
+    "auth_secret",
+    "customer_id_key",
+    "ingest_api_key",
+    "twilio_auth_token",
+    "audiohook_client_secret",
+    "escalation_webhook_secret",
+    "database_url",
+)
+"""Settings deploy/k8s/secret.yaml ships as CHANGE-ME placeholders."""
+SECRET_SETTINGS = frozenset({*PLACEHOLDER_CHECKED, "redis_url", "users"})
+"""Settings an error message names but never shows (they hold keys and passwords)."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COACH_", extra="ignore")
 
@@ -257,15 +271,7 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return v.strip()
 
-    @field_validator(
-        "auth_secret",
-        "customer_id_key",
-        "ingest_api_key",
-        "twilio_auth_token",
-        "audiohook_client_secret",
-        "escalation_webhook_secret",
-        "database_url",
-    )
+    @field_validator(*PLACEHOLDER_CHECKED)
     @classmethod
     def _not_the_templates_placeholder(cls, v: str | None) -> str | None:
         # deploy/k8s/secret.yaml ships "CHANGE-ME" values, and `kubectl apply -k` deploys it:

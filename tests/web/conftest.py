@@ -104,6 +104,14 @@ class LiveServer:
             },
         )
 
+    def stored_end(self, call_id: str, timeout_s: float = 10.0) -> Any:
+        """The stored call detail once its end is written (the writer flushes in batches)."""
+        deadline = time.monotonic() + timeout_s
+        while (d := self.store_call(call_id)) is None or d.call.ended_at is None:
+            assert time.monotonic() < deadline, f"the end of {call_id} was not stored"
+            time.sleep(0.2)
+        return d
+
     def store_call(self, call_id: str, timeout_s: float = 10.0) -> Any:
         """The stored call detail, once the store writer has flushed it."""
         store = self.app.state.store

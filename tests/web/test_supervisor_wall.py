@@ -825,10 +825,7 @@ def test_an_ended_call_reopened_keeps_its_trend_metrics_agent_and_one_verdict(
     end = call_end(duration_s=14.0, reason="end", arc=[(3.0, -0.6), (11.0, 0.5)], cues={})
     assert end["summary"]["change"] == "better"
     live_server.emit(call_id, end)
-    deadline = time.monotonic() + 10
-    while (d := live_server.store_call(call_id)) is None or d.call.ended_at is None:
-        assert time.monotonic() < deadline, "the call's end was not stored"
-        time.sleep(0.2)
+    live_server.stored_end(call_id)
 
     # Opened by its URL, before the wall's snapshot has drawn a tile.
     sign_in(page, live_server.base, "/supervisor/", "sam")
@@ -874,10 +871,7 @@ def test_a_call_that_ends_less_upset_but_still_upset_is_not_called_better(
     end = call_end(duration_s=20.0, reason="end", arc=[(3.0, -0.9), (11.0, -0.6)], cues={})
     assert end["summary"]["change"] == "better"
     live_server.emit(call_id, end)
-    deadline = time.monotonic() + 10
-    while (d := live_server.store_call(call_id)) is None or d.call.ended_at is None:
-        assert time.monotonic() < deadline, "the call's end was not stored"
-        time.sleep(0.2)
+    live_server.stored_end(call_id)
     sign_in(page, live_server.base, "/supervisor/", "sam")
     tile = page.locator(f'#tiles > li[data-call="{call_id}"] .mood')
     tile.filter(has_text="ended less upset than it started, still upset").wait_for()
