@@ -109,6 +109,9 @@ class AppState:
         self.ingest_tasks: set[asyncio.Task[Any]] = set()
         """The WebSocket ingest connections' tasks, so a shutdown can wait for each to close
         its connection as its protocol says (`end_calls`)."""
+        self.local_feed_tasks: set[asyncio.Task[Any]] = set()
+        """Panels' feeds of calls this instance runs, so a shutdown can let each send its
+        call's `call_end` before uvicorn closes every socket with 1012 (`end_calls`)."""
 
     @contextlib.contextmanager
     def ingesting(self) -> Iterator[None]:
@@ -144,6 +147,11 @@ class AppState:
         others = self.ingest_tasks - {asyncio.current_task()}
         if others:
             await asyncio.wait(others, timeout=close_timeout_s)
+        # ...and the panels of those calls get their call_end, then a normal close: they
+        # were closed with 1012 first, the end unseen (an outside operator audit's drain).
+        feeds = self.local_feed_tasks - {asyncio.current_task()}
+        if feeds:
+            await asyncio.wait(feeds, timeout=close_timeout_s)
 
     def runs_here(self, call_id: str) -> bool:
         """This instance runs the call (not ended yet)."""
@@ -618,9 +626,16 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                     return now.get("agent_id") == principal.user
                 return may_view_call(principal, now)
 
-        await _stream_events(
-            ws, state.bus, topic, after_seq, still_allowed=still_allowed, principal=principal
-        )
+        feed = asyncio.current_task() if session is not None else None
+        if feed is not None:
+            state.local_feed_tasks.add(feed)
+        try:
+            await _stream_events(
+                ws, state.bus, topic, after_seq, still_allowed=still_allowed, principal=principal
+            )
+        finally:
+            if feed is not None:
+                state.local_feed_tasks.discard(feed)
 
     if WEB_DIR.is_dir():
         app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")

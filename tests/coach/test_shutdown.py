@@ -218,15 +218,27 @@ async def test_a_drain_ends_calls_as_shutdown_when_its_time_is_up(
         async with websockets.connect(f"{base}/ingest/pcm") as ingest:
             await ingest.send(json.dumps(header))
             assert json.loads(await ingest.recv())["type"] == "accepted"
-            started = time.monotonic()
-            server.should_exit = True
-            with contextlib.suppress(websockets.ConnectionClosed):
-                async with asyncio.timeout(15):
-                    while True:
-                        await ingest.recv()
-            waited = time.monotonic() - started
+            await ingest.send(np.zeros(RATE // 2, np.int16).tobytes())
+            async with websockets.connect(f"{base}/ws/calls/overstays/events") as panel:
+                assert json.loads(await panel.recv())["type"] == "call_start"
+                started = time.monotonic()
+                server.should_exit = True
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    async with asyncio.timeout(15):
+                        while True:
+                            await ingest.recv()
+                waited = time.monotonic() - started
+                events = []
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    async with asyncio.timeout(10):
+                        async for message in panel:
+                            events.append(json.loads(message))
     assert (ingest.close_code, ingest.close_reason) == (1000, "shutdown")
     assert waited >= 0.9, waited  # it waited for the drain, then ended the call
+    # The panel is told how the call ended, then closed normally: an outside operator audit's
+    # panel was closed with 1012 after a drain, its call_end never sent.
+    assert events and events[-1]["type"] == "call_end", events
+    assert events[-1]["reason"] == "shutdown" and panel.close_code == 1000, panel.close_code
 
 
 def test_a_second_signal_stops_the_drain(

@@ -668,6 +668,13 @@ def test_a_reload_after_the_call_brings_back_its_wrap_up(
     )
     # A replay from the store has `why` alone: shown once, as a line.
     assert card.locator(".why").inner_text().count("frustrating") == 1
+    # A new tab (same browser, same sign-in) opens the agent's last call too: it showed
+    # "Waiting for your next call" with the wrap-up out of reach (an outside UI audit).
+    other = page.context.new_page()
+    other.goto(f"{live_server.base}/agent/")
+    other.locator("#status").filter(has_text=f"Call {call_id} ended").wait_for()
+    other.get_by_role("group", name="How did the call end for the customer?").wait_for()
+    other.close()
 
 
 def test_a_call_opened_by_id_moves_on_to_its_next_leg(live_server: LiveServer, page: Any) -> None:

@@ -80,18 +80,28 @@ function clearTransientNotice() {
 
 // The call this tab showed last, for a reload after it ended: the wrap-up (its cards and
 // ratings, the outcome question) comes back instead of an empty "waiting" page, for as long
-// as the server can replay the call. Per tab and per signed-in agent.
+// as the server can replay the call. Per tab and per signed-in agent; a new tab (or a sign-in
+// again) gets the agent's last call of any tab for LAST_CALL_ANY_TAB_MS (an outside UI audit:
+// a new tab after the call showed "Waiting for your next call…", the wrap-up out of reach).
 const LAST_CALL = "coach.agent.last-call";
+const LAST_CALL_ANY_TAB_MS = 30 * 60 * 1000;
 
 function rememberCall(callId) {
-  try { sessionStorage.setItem(LAST_CALL, JSON.stringify({ user: Panel.me?.user, callId })); }
-  catch { /* storage off: a reload starts empty, as before */ }
+  const saved = JSON.stringify({ user: Panel.me?.user, callId, at: Date.now() });
+  try {
+    sessionStorage.setItem(LAST_CALL, saved);
+    localStorage.setItem(LAST_CALL, saved);
+  } catch { /* storage off: a reload starts empty, as before */ }
 }
 
 function rememberedCall() {
+  const read = (store, maxAge) => {
+    const saved = JSON.parse(store.getItem(LAST_CALL) || "null");
+    if (!saved || saved.user !== Panel.me?.user) return null;
+    return maxAge === null || Date.now() - (saved.at || 0) <= maxAge ? saved.callId : null;
+  };
   try {
-    const saved = JSON.parse(sessionStorage.getItem(LAST_CALL) || "null");
-    return saved && saved.user === Panel.me?.user ? saved.callId : null;
+    return read(sessionStorage, null) || read(localStorage, LAST_CALL_ANY_TAB_MS);
   } catch { return null; }
 }
 
