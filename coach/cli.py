@@ -37,9 +37,21 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("token", help="print a signed token for scripts and tests")
     t.add_argument("--user", required=True)
     t.add_argument("--role", choices=["agent", "supervisor", "admin"], required=True)
-    t.add_argument("--ttl", type=int, help="seconds (default: COACH_TOKEN_TTL_S)")
+    t.add_argument("--ttl", type=_positive_int, help="seconds (default: COACH_TOKEN_TTL_S)")
     t.add_argument("--config", type=Path)
     return p
+
+
+def _positive_int(text: str) -> int:
+    """A token lifetime: `--ttl -5` printed a token born expired, `--ttl 0` one of the default
+    lifetime, both with exit status 0 (an outside operator audit)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds (got {value})")
+    return value
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:

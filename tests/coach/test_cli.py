@@ -171,3 +171,15 @@ def test_a_refused_secret_is_named_not_shown(
     err = capsys.readouterr().err
     assert err.startswith("error: setting COACH_INGEST_API_KEY (ingest_api_key): ")
     assert "real-looking" not in err and "(value hidden)" in err
+
+
+@pytest.mark.parametrize("ttl", ["-5", "0", "soon"])
+def test_a_token_lifetime_that_is_no_lifetime_is_refused(
+    ttl: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside operator audit: `--ttl -5` printed an expired token with exit status 0."""
+    with pytest.raises(SystemExit) as exited:
+        main(["token", "--user", "ann", "--role", "agent", "--ttl", ttl])
+    assert exited.value.code == 2
+    out = capsys.readouterr()
+    assert out.out == "" and "--ttl" in out.err
