@@ -184,6 +184,9 @@ async def test_an_unreachable_receiver_costs_the_call_nothing(
     assert _counted("dropped") >= dropped + 2  # a queue of 2: the rest did not fit
     assert "not delivered (ClientConnectorError" in caplog.text
     assert "queue full" in caplog.text
+    # Each line carries the call's id in its own field (JSON logs), not only in its text.
+    lines = [r for r in caplog.records if r.name == "coach.notify"]
+    assert lines and all(getattr(r, "call_id", None) == "w3" for r in lines), lines
 
 
 @contextlib.contextmanager
