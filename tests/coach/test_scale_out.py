@@ -30,6 +30,7 @@ from coach.redis_bus import RedisBus
 from coach.runtime import Runtime
 from coach.session import HANDED_OVER, HANDING_OVER, CallSession
 from coach.settings import Settings
+from coach.store.service import StoreConfig, StoreService
 from tests.coach.test_admission import PCM_HEADER
 from tests.coach.test_ingest_twilio import TwilioClient, close_of
 from tests.coach.test_redis_bus import (
@@ -459,18 +460,12 @@ def test_each_protocol_answers_a_call_live_elsewhere_as_a_duplicate(
         assert manager.live() == []
 
 
-@needs_redis
-async def test_a_taken_over_call_stores_what_its_killed_instance_had_not_written(
+@contextlib.asynccontextmanager
+async def _killed_a_and_b_with_a_store(
     prefix: str, tmp_path: Path
-) -> None:
-    """Found by an outside audit with two real servers: a customer line shown half a second
-    before `kill -9` was never stored (the dead instance's writer batches every 0.5 s). The
-    instance that takes the call over sends the stream's earlier events to its store again."""
-    from coach.store.service import StoreConfig, StoreService
-    from tests.coach.test_store_support import call_events
-
-    events = [e for e in call_events("so-lost", lines=3) if e["type"] != "call_end"]
-    start, rest = events[0], events[1:]
+) -> AsyncIterator[tuple[RedisBus, RedisBus, StoreService]]:
+    """Instances A and B on the shared Redis, B with a store of its own: the tests kill A
+    before its writer would have written what it published."""
     bus_a = make_bus(SHARED_URL, prefix, "A")
     bus_b = make_bus(SHARED_URL, prefix, "B")
     await bus_a.start()
@@ -480,6 +475,25 @@ async def test_a_taken_over_call_stores_what_its_killed_instance_had_not_written
         bus=bus_b,
     )
     try:
+        yield bus_a, bus_b, service
+    finally:
+        await service.aclose()
+        await bus_a.stop()
+        await bus_b.stop()
+
+
+@needs_redis
+async def test_a_taken_over_call_stores_what_its_killed_instance_had_not_written(
+    prefix: str, tmp_path: Path
+) -> None:
+    """Found by an outside audit with two real servers: a customer line shown half a second
+    before `kill -9` was never stored (the dead instance's writer batches every 0.5 s). The
+    instance that takes the call over sends the stream's earlier events to its store again."""
+    from tests.coach.test_store_support import call_events
+
+    events = [e for e in call_events("so-lost", lines=3) if e["type"] != "call_end"]
+    start, rest = events[0], events[1:]
+    async with _killed_a_and_b_with_a_store(prefix, tmp_path) as (bus_a, bus_b, service):
         for ev in events:  # A published them all; its store got none before the kill
             bus_a.publish(call_topic("so-lost"), ev)
         await wait_for(lambda: not bus_a._pending())
@@ -502,10 +516,6 @@ async def test_a_taken_over_call_stores_what_its_killed_instance_had_not_written
         assert detail is not None
         assert [c.cue for c in detail.cues] == ["acknowledge_frustration"]
         assert "4111" not in json.dumps([u.text for u in detail.transcript])  # redacted
-    finally:
-        await service.aclose()
-        await bus_a.stop()
-        await bus_b.stop()
 
 
 @needs_redis
@@ -518,25 +528,16 @@ async def test_an_orphan_is_closed_with_what_its_killed_instance_had_not_written
     from datetime import UTC, datetime, timedelta
 
     from coach.store.recovered import close_orphans
-    from coach.store.service import StoreConfig, StoreService
     from tests.coach.test_store_support import call_events
 
     events = [e for e in call_events("so-orphan", lines=3) if e["type"] != "call_end"]
     events = [{**e, "call_id": "so-orphan", "seq": i} for i, e in enumerate(events, 1)]
     lines = [e for e in events if e["type"] == "transcript"]
-    bus_a = make_bus(SHARED_URL, prefix, "A")
-    bus_b = make_bus(SHARED_URL, prefix, "B")
-    await bus_a.start()
-    await bus_b.start()
-    service = await StoreService.start(
-        StoreConfig(url=f"sqlite+aiosqlite:///{tmp_path / 'b.db'}", spool_dir=tmp_path / "spool"),
-        bus=bus_b,
-    )
 
     async def nobody_runs_it(call_id: str) -> bool:
         return False
 
-    try:
+    async with _killed_a_and_b_with_a_store(prefix, tmp_path) as (bus_a, bus_b, service):
         topic = call_topic("so-orphan")
         for ev in events:
             bus_a.publish(topic, ev)
@@ -560,10 +561,6 @@ async def test_an_orphan_is_closed_with_what_its_killed_instance_had_not_written
         assert detail is not None and detail.call.ended_at is not None
         assert [u.seq for u in detail.transcript] == [e["seq"] for e in lines]
         assert detail.call.duration_s == pytest.approx(lines[-1]["t_end"])
-    finally:
-        await service.aclose()
-        await bus_a.stop()
-        await bus_b.stop()
 
 
 @needs_redis
