@@ -140,17 +140,10 @@ class StoreService:
             task.add_done_callback(self._backfills.discard)
 
     async def _backfill(self, topic: str, before_seq: int) -> None:
-        try:
-            earlier = await self._bus.earlier_events(topic, before_seq=before_seq)
-        except Exception as exc:  # Redis down or slow: what the store has is what it keeps
-            log.warning("%s: the taken-over call's earlier events not re-read (%r)", topic, exc)
-            return
-        resent = [e for e in earlier if e.get("type") in BACKFILLED]
-        for event in resent:
-            self.writer(topic, event)
+        resent = await self._resend_earlier(topic, before_seq, what="the taken-over call's")
         if resent:
             log.info(
-                "%s: %d earlier event(s) of a taken-over call sent to the store", topic, len(resent)
+                "%s: %d earlier event(s) of a taken-over call sent to the store", topic, resent
             )
 
     async def backfill_call(self, call_id: str) -> None:
@@ -158,18 +151,22 @@ class StoreService:
         (still in the call's Redis stream) is written now, as a takeover does, so that the
         call's end and record count it (an outside scaling audit: a line panels showed 60 ms
         before a kill -9 was lost to the store, and the duration stopped short of it)."""
-        topic = call_topic(call_id)
+        if await self._resend_earlier(call_topic(call_id), 2**62, what="the orphan's"):
+            await self.writer.flush()
+
+    async def _resend_earlier(self, topic: str, before_seq: int, *, what: str) -> int:
+        """Hand the stored kinds of `topic`'s stream events before `before_seq` to the writer
+        again; the store keeps one row per `seq`, so rows it has are not doubled. Returns how
+        many were handed over (0 when Redis cannot be read: what the store has is kept)."""
         try:
-            earlier = await self._bus.earlier_events(topic, before_seq=2**62)
-        except Exception as exc:  # Redis down or slow: what the store has is what it keeps
-            log.warning("%s: the orphan's last events not re-read (%r)", topic, exc)
-            return
+            earlier = await self._bus.earlier_events(topic, before_seq=before_seq)
+        except Exception as exc:  # Redis down or slow
+            log.warning("%s: %s earlier events not re-read (%r)", topic, what, exc)
+            return 0
         resent = [e for e in earlier if e.get("type") in BACKFILLED]
-        if not resent:
-            return
         for event in resent:
             self.writer(topic, event)
-        await self.writer.flush()
+        return len(resent)
 
     async def ready(self) -> bool:
         """For /health/ready: the database answers (events are spooled, not lost, if not)."""
