@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import signal
 import socket
+from collections.abc import Generator
 from types import FrameType
 from typing import Any
 
@@ -18,6 +22,8 @@ from coach.settings import Settings
 # dropped): 1 MiB holds every one. It was 16 MiB, the memory a signed-in panel could make
 # the server hold per junk message.
 WS_MAX_SIZE_FLOOR = 1024 * 1024
+
+log = logging.getLogger(__name__)
 
 
 def uvicorn_limits(settings: Settings) -> dict[str, Any]:
@@ -49,6 +55,24 @@ class CoachServer(uvicorn.Server):
         self._app = app
         self.stop_draining = False
         """A second signal came: end the drain's wait (`shutdown`)."""
+        self.stopped_by: list[int] = []
+        """The signals that stopped the server, in the order they came."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """uvicorn raises the signals it caught again once it has shut down, so that a
+        program embedding it learns of them: here Ctrl-C ended a clean shutdown with a
+        KeyboardInterrupt traceback and SIGTERM (a deploy, `docker stop`) with the process
+        killed by the signal (exit status 143, which process managers report as a failure).
+        A stop the server has drained and shut down after is a normal exit: they are kept
+        in `stopped_by` instead."""
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                captured: list[int] = getattr(self, "_captured_signals", [])
+                self.stopped_by = list(captured)
+                captured.clear()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.should_exit:
@@ -89,4 +113,7 @@ def serve(settings: Settings) -> int:
         **uvicorn_limits(settings),
     )
     server.run()
+    if server.stopped_by:
+        names = ", ".join(signal.Signals(sig).name for sig in server.stopped_by)
+        log.info("stopped by %s after a graceful shutdown", names)
     return 0

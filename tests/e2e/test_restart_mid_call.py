@@ -31,9 +31,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def start_server(
-    port: int, data_dir: Path, extra_env: dict[str, str] | None = None
+    port: int, data_dir: Path, extra_env: dict[str, str] | None = None, log: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    """`coach serve` on `port` (auth off unless `extra_env` turns it on)."""
+    """`coach serve` on `port` (auth off unless `extra_env` turns it on); its log to `log`."""
     env = {
         **os.environ,
         "COACH_PORT": str(port),
@@ -45,7 +45,11 @@ def start_server(
     env.pop("COACH_REDIS_URL", None)
     env.pop("COACH_DATABASE_URL", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "coach", "serve"], cwd=REPO, env=env, stdout=subprocess.DEVNULL
+        [sys.executable, "-m", "coach", "serve"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb") if log else None,
     )
 
 
@@ -93,7 +97,8 @@ def test_a_call_survives_a_kill_in_the_history_and_the_panel(
     said = [e for e in seen if e["type"] == "transcript"]
     assert said and all(e["type"] != "call_end" for e in seen)
 
-    server = start_server(port, tmp_path)
+    log = tmp_path / "second.log"
+    server = start_server(port, tmp_path, {"COACH_LOG_LEVEL": "info"}, log=log)
     try:
         wait_ready(port)
         deadline = time.monotonic() + 20
@@ -119,6 +124,14 @@ def test_a_call_survives_a_kill_in_the_history_and_the_panel(
         assert code == 1000
         assert after[-1]["type"] == "call_end" and after[-1]["reason"] == "interrupted"
         assert after[-1]["seq"] > max(e["seq"] for e in seen)
+
+        # Ctrl-C is a graceful stop and a normal exit: uvicorn raised it again after its
+        # shutdown, so it ended in a KeyboardInterrupt traceback (a SIGTERM: status 143).
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 0
+        text = log.read_text()
+        assert "stopped by SIGINT after a graceful shutdown" in text
+        assert "Traceback" not in text
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -79,12 +79,16 @@ def cluster(tmp_path: Path) -> Iterator[tuple[PrivateRedis, int, int]]:
     finally:
         for p in procs:
             p.terminate()
+        codes = []
         for p in procs:
             try:
-                p.wait(timeout=30)
+                codes.append(p.wait(timeout=30))
             except subprocess.TimeoutExpired:
                 p.kill()
         redis.stop()
+    # A SIGTERM (a deploy) after a graceful shutdown is a normal exit, not death by the
+    # signal (-15, status 143: uvicorn raised it again after shutting down).
+    assert codes == [0, 0]
 
 
 async def collect(url: str, out: list[dict[str, Any]]) -> None:
