@@ -115,9 +115,12 @@ _REPORT_VERB = (
     r"wants?|wanted|cancell?ed|switched|left|moved|is (leaving|switching|cancell?ing)"
 )
 _FEELING = (
-    r"(so |really |very |absolutely |quite |pretty |a bit |completely )?"
+    r"(so |really |very |absolutely |quite |pretty |a bit |completely |totally |just )?"
     r"(furious|angry|upset|annoyed|livid|mad|frustrated|fed up|confused|worried|stressed|"
-    r"scared|devastated|thrilled|happy|disappointed|unhappy|outraged|fuming)"
+    r"scared|devastated|thrilled|happy|disappointed|unhappy|outraged|fuming|"
+    # "My roommate was totally freaking out last year because he owed" (a calm tax call in
+    # `dev`) paged a critical crisis for the caller's own state.
+    r"freaking out|panicking|panicked|losing (his|her|their) mind)"
 )
 _REPORTED = re.compile(
     rf"\b(my|our|his|her|their|a|the)\s+(\w+\s+)?({_RELATIVE})\b(\s+[\w',]+){{0,3}}?\s+"
@@ -324,7 +327,8 @@ def pieces(text: str) -> list[str]:
         threat = _ultimatum(clause)
         if threat is not None:
             threat = threat.strip(" ,.!?")
-            if len(words(threat)) >= MIN_PIECE_WORDS and threat not in out:
+            # Its firm verb makes even two words a statement: "..., I'm cancelling."
+            if len(words(threat)) >= 2 and threat not in out:
                 out.append(threat)
         # Clipped sentences ("I'm sick. I'm tired.") say together what neither says alone.
         if i + 1 < len(whole) and len(words(clause)) < SHORT_CLAUSE_WORDS:

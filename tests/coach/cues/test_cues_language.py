@@ -79,6 +79,11 @@ def test_hypothetical(text: str) -> None:
         ("My friend told me you offer a discount for students.", True),
         ("She's absolutely livid about the bill.", True),
         ("He switched his account to another bank.", True),
+        # Someone else's panic is not the caller's state (`dev`'s d08, a calm tax call).
+        ("My roommate was totally freaking out last year because he owed money.", True),
+        ("My husband was panicking about the bill.", True),
+        ("My roommate is threatening me with a knife.", False),
+        ("I am totally freaking out.", False),
         ("I'm going to cancel my plan.", False),
         ("My wife says I should cancel, and I agree.", False),
         # "They said" / "he said" quote the company: the caller's own complaint.
@@ -209,6 +214,8 @@ def test_what_follows_a_short_lead_in_is_a_piece_of_its_own() -> None:
 def test_an_ultimatums_commitment_is_a_piece_of_its_own() -> None:
     text = "If this isn't sorted by Friday, I'm cancelling my contract."
     assert language.pieces(text) == [text, "I'm cancelling my contract"]
+    short = "If nothing changes by Friday, I'm cancelling."
+    assert language.pieces(short) == [short, "I'm cancelling"]
     assert language.pieces("If I'm leaving early, can I get a refund?") == [
         "If I'm leaving early, can I get a refund?"
     ]

@@ -41,6 +41,8 @@ POSITIVE = [
     ("churn_risk", "Just close the account, I'm going with a different provider."),
     # An ultimatum whose whole reads as near a deadline as a leaving (session 38's probe).
     ("churn_risk", "If this isn't sorted by Friday, I'm cancelling my contract."),
+    # Two words of commitment (session 39's probe: 0.198 from the probe, read whole).
+    ("churn_risk", "If nothing changes by Friday, I'm cancelling."),
     ("repeat_contact", "I rang you about exactly this two days ago."),
     ("repeat_contact", "This is the fourth call I've made about the same thing."),
     ("crisis", "Honestly I don't think I want to be here anymore."),
@@ -66,6 +68,9 @@ NEGATIVE = [
     ("churn_risk", "If the price ever doubled I might look around, but I'm happy for now."),
     ("churn_risk", "My sister cancelled her plan with you last year."),
     ("frustration", "I'd be furious if this happened to me, but it's for my neighbour."),
+    # A condition and two words that leave nothing (session 39's probe).
+    ("churn_risk", "If that's everything, I'm done."),
+    ("churn_risk", "If you need me, I'm out until three."),
     # Closing a dead relative's account is not the caller leaving (session 38's probe).
     ("churn_risk", "I'm calling because my mother passed away and I need to close her account."),
     ("churn_risk", "I want to cancel my late husband's phone line, please."),
