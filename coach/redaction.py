@@ -260,6 +260,7 @@ def _local_start(tokens: Sequence[re.Match[str]], at: int) -> int | None:
 
 
 _AT_WORDS = frozenset({"at", "(at)", "[at]"})
+_AT_MISHEARD = frozenset({"that", "add", "hat"})
 
 
 def _asr_email_spans(text: str) -> list[Span]:
@@ -349,6 +350,15 @@ def _provider_email_spans(text: str) -> list[Span]:
         at = next((i for i, t in enumerate(tokens) if t.start() == m.start()), None)
         if at is None or (at > 0 and tokens[at - 1].group().lower() in _AT_WORDS):
             continue  # after "at": `_asr_email_spans` has it
+        if at >= 2 and tokens[at - 1].group().lower() in _AT_MISHEARD:
+            # "jon.mit that gmail.com": ASR's "that" for "at" (an outside PII audit), taken
+            # as "at" only after a joined local part, which ordinary talk does not end in.
+            first = _local_start(tokens, at - 1)
+            if first is not None and (
+                first < at - 2 or re.search(r"[A-Za-z][._][A-Za-z0-9]", tokens[at - 2].group())
+            ):
+                spans.append(Span(tokens[first].start(), m.end(), "email"))
+                continue
         first = _local_start(tokens, at)
         # Where an address is said: at the start, or after "to", "is", "email"... ("I
         # prefer gmail.com" names no address).
@@ -846,6 +856,42 @@ def _an_address_follows(text: str, end: int) -> bool:
 _MIXED_TOKEN = re.compile(r"\b(?=[A-Za-z]*\d)(?=\d*[A-Za-z])[A-Za-z0-9]+\b")
 
 
+# A local part alone, cut off from its "at ..." by a pause: "John.Smith." / "at gmail.com." (an
+# outside PII audit saw the first line reach supervisors, the store and the history search).
+# Written joined ("john.smith", "mary_jones") it is a handle wherever it stands; with a
+# domain's last label ("example.com") it is a site, not a person. Said with a spoken joiner
+# ("John dot Smith") only at the end of an utterance, and only after "underscore" or when the
+# address was asked for (`email_asked`): "the polka dot dress" is talk.
+_WRITTEN_LOCAL = re.compile(r"(?<![\w.@+-])[A-Za-z][A-Za-z0-9]*(?:[._][A-Za-z0-9]+)+(?![\w@]|\.\w)")
+_SPOKEN_LOCAL = re.compile(
+    r"(?<![\w'])[A-Za-z][A-Za-z0-9]*(?:\s+(?:dot|underscore|period)\s+[A-Za-z0-9]+)+(?=[\s.,!?]*$)",
+    re.IGNORECASE,
+)
+_ABBREVIATION = frozenset("am pm eg ie us uk usa etc vs mr mrs ms dr st jr sr phd".split())
+
+
+def _joined_local_spans(text: str, *, email_asked: bool) -> list[Span]:
+    spans: list[Span] = []
+    for m in _WRITTEN_LOCAL.finditer(text):
+        labels = re.split(r"[._]", m.group())
+        letters = "".join(labels)
+        if (
+            labels[-1].lower() in _TLDS
+            or letters.lower() in _ABBREVIATION
+            or max(len(label) for label in labels) < 3
+            or not any(ch.isalpha() for ch in labels[-1])
+        ):
+            continue
+        spans.append(Span(m.start(), m.end(), "email"))
+    for m in _SPOKEN_LOCAL.finditer(text):
+        parts = re.split(r"\s+(?:dot|underscore|period)\s+", m.group(), flags=re.IGNORECASE)
+        if any(p.lower() in _NOT_LOCAL for p in parts) or parts[-1].lower() in _TLDS:
+            continue
+        if email_asked or re.search(r"\bunderscore\b", m.group(), re.IGNORECASE):
+            spans.append(Span(m.start(), m.end(), "email"))
+    return spans
+
+
 def find_pii(
     text: str,
     *,
@@ -853,6 +899,7 @@ def find_pii(
     interim: bool = False,
     continues_spelling: bool = False,
     reading: bool = False,
+    email_asked: bool = False,
 ) -> list[Span]:
     """Spans of personal data in `text`. `continues_digits`: the speaker's previous utterance
     ended in digits read out (see `CallRedactor`), so digits that open or close this one are
@@ -861,7 +908,9 @@ def find_pii(
     is reading out a secret number they named, so every figure but amounts and measures is
     hidden, however short (`_figures_read_out`). `continues_spelling`:
     the previous one ended in an address being spelled, so letters spelled one by one at
-    the start of this one are the rest of it."""
+    the start of this one are the rest of it. `email_asked`: someone on the call asked for an
+    email address just now, so a name said with a spoken "dot" that ends the utterance is
+    the start of one (`_joined_local_spans`)."""
     spans = [Span(m.start(), m.end(), "email") for m in EMAIL.finditer(text)]
     lead = _SPELLED_LEAD.match(text) if continues_spelling else None
     if lead is not None and len(_SPELLED_CHAR.findall(lead.group())) >= SPELLED_MIN:
@@ -872,6 +921,7 @@ def find_pii(
     spans += _announced_email_spans(text)
     spans += [Span(m.start(), m.end(), "email") for m in BRACKETED_EMAIL.finditer(text)]
     spans += _provider_email_spans(text)
+    spans += _joined_local_spans(text, email_asked=email_asked)
     spans = [_with_announced_lead(text, _with_spelled_start(text, s)) for s in spans]
     spans += [Span(m.start(), m.end(), "ssn") for m in SSN.finditer(text)]
     for m in DIGIT_RUN.finditer(text):
@@ -980,6 +1030,7 @@ def redact_text(
     interim: bool = False,
     continues_spelling: bool = False,
     reading: bool = False,
+    email_asked: bool = False,
 ) -> str:
     out, pos = [], 0
     found = find_pii(
@@ -988,6 +1039,7 @@ def redact_text(
         interim=interim,
         continues_spelling=continues_spelling,
         reading=reading,
+        email_asked=email_asked,
     )
     for span in found:
         out += [text[pos : span.start], TAGS[span.kind]]
@@ -1004,6 +1056,7 @@ def redact_words(
     interim: bool = False,
     continues_spelling: bool = False,
     reading: bool = False,
+    email_asked: bool = False,
 ) -> list[str]:
     """Word-level redaction: every word touching a PII span becomes its tag (timings kept).
 
@@ -1017,6 +1070,7 @@ def redact_words(
         "interim": interim,
         "continues_spelling": continues_spelling,
         "reading": reading,
+        "email_asked": email_asked,
     }
     joined, offsets, pos = [], [], 0
     for w in words:
@@ -1056,10 +1110,12 @@ def redact_event(
     continues_digits: bool = False,
     reading: bool = False,
     continues_spelling: bool = False,
+    email_asked: bool = False,
 ) -> dict[str, object]:
     """The view of an event for anyone but the call's live agent (supervisors, store, files).
 
-    `continues_digits`, `continues_spelling` (transcripts and partials): see `find_pii`;
+    `continues_digits`, `continues_spelling`, `email_asked` (transcripts and partials): see
+    `find_pii`;
     `reading`: the speaker is reading out a secret number they named (`CallRedactor`), so
     every figure in the transcript is hidden, however short, but amounts and measures
     (`find_pii`). `CallRedactor` knows all three."""
@@ -1079,6 +1135,7 @@ def redact_event(
         "interim": event.get("type") == "partial",
         "reading": reading,
         "continues_spelling": continues_spelling,
+        "email_asked": email_asked,
     }
     text = event.get("text")
     if isinstance(text, str):
@@ -1164,6 +1221,9 @@ class CallRedactor:
         self._spelling_until: dict[str, float] = {}
         """speaker -> until when (call time) letters they spell go on with an address whose
         local part their last utterance ended in ("my email is j o h n" / "s m i t h")."""
+        self._email_asked: tuple[str, float] | None = None
+        """(who, until when) someone named an email address ("what email should the receipt
+        go to?"): what the others say until then may be one (`find_pii`'s `email_asked`)."""
 
     def view(self, event: dict[str, object]) -> dict[str, object]:
         kind = event.get("type")
@@ -1196,11 +1256,21 @@ class CallRedactor:
         )
         reading = start is not None and start <= self._reading_until.get(speaker, -1.0)
         spelling = start is not None and start <= self._spelling_until.get(speaker, -1.0)
+        asked = self._email_asked
+        email_asked = (
+            asked is not None and asked[0] != speaker and start is not None and start <= asked[1]
+        )
         out = redact_event(
-            event, continues_digits=continues, reading=reading, continues_spelling=spelling
+            event,
+            continues_digits=continues,
+            reading=reading,
+            continues_spelling=spelling,
+            email_asked=email_asked,
         )
         text = event.get("text")
         if kind == "transcript" and end is not None and isinstance(text, str):
+            if _NAMES_EMAIL.search(text):
+                self._email_asked = (speaker, end + EMAIL_ASKED_S)
             # Read again only when the redacted view already ends in a tag (not on every
             # transcript of the call).
             shown = str(out.get("text", "")).rstrip(" .,!?;:-")
@@ -1238,6 +1308,10 @@ class CallRedactor:
                 self._went_on.pop(speaker, None)
         return out
 
+
+_NAMES_EMAIL = re.compile(r"\be-?mail\b", re.IGNORECASE)
+EMAIL_ASKED_S = 20.0
+"""How long after a line that names an email address the others' words may dictate one."""
 
 HIDDEN_KEPT = 64
 """Number pieces a call's redactor remembers for its escalations (a handoff quotes a few

@@ -56,6 +56,53 @@ def test_ordinary_talk_with_at_is_kept(text: str) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
+        # An outside PII audit: a pause before "at" left "John.Smith." to supervisors, the
+        # store and the history search; a handle written joined is hidden wherever it is.
+        ("John.Smith.", "[EMAIL]."),
+        ("It's j.smith", "It's [EMAIL]"),
+        ("That's john_smith85, thanks", "That's [EMAIL], thanks"),
+        ("Send it to mary underscore jones", "Send it to [EMAIL]"),
+        # ...and ASR's "that" for "at" after one.
+        ("It is jon.mit that gmail.com.", "It is [EMAIL]."),
+        ("It is jon dot mit that gmail dot com.", "It is [EMAIL]."),
+    ],
+)
+def test_a_local_part_cut_off_from_its_domain_is_hidden(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I ordered the polka dot dress.",
+        "John dot Smith",  # nobody asked for an address
+        "Meet me at 9 a.m. tomorrow.",
+        "The U.S. office, e.g. the one in Ohio.",
+        "Go to example.com please",
+        "version 2.5 of the app",
+        "I know that gmail.com is down.",
+    ],
+)
+def test_dots_in_ordinary_talk_are_kept(text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_a_name_said_with_a_dot_after_the_address_was_asked_for_is_hidden() -> None:
+    view = CallRedactor().view
+    shown = [
+        view(said("agent", 0.0, "What email should the receipt go to?"))["text"],
+        view(said("customer", 1.5, "John dot Smith."))["text"],
+        view(said("customer", 3.0, "at gmail dot com."))["text"],
+        view(said("customer", 40.0, "I love the polka dot dress."))["text"],  # long after
+    ]
+    assert shown[1:] == ["[EMAIL].", "at [EMAIL].", "I love the polka dot dress."]
+    # The asker's own words are not an answer.
+    assert view(said("agent", 3.5, "Is that John dot Smith?"))["text"] == "Is that John dot Smith?"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
         # An outside audit's "john dot smith at gmail dot com" (espeak-ng, 8 kHz stereo, base
         # finals): the "at gmail" came out as "email", and the address was stored whole.
         ("and my email is john dot smith email dot com", "and my email is [EMAIL]"),
