@@ -29,7 +29,8 @@ _NEGATORS = frozenset(
 )
 # ", not you ...": a contrastive "not" before what the caller rejects (see `pieces`).
 _CONTRAST_NOT_HEAD = (
-    r",\s*(?:and\s+)?not\s+(?=(?:you|a|an|the|another|some|just|me|my|your|this|that|more|one)\b)"
+    r",\s*(?:and\s+)?not\s+(?=(?:you|a|an|the|another|some|someone|somebody|just|me|my|your|this|that|"
+    r"more|one)\b)"
 )
 # Litotes: a negated un- word asserts the word without its un- ("not unhappy" = content).
 _LITOTES_WORDS = (
@@ -241,13 +242,40 @@ def framing(text: str) -> Framing:
     )
 
 
+# ASR often drops the comma of "A, not B": "I want to speak to the person who makes the
+# decision not someone reading me a letter" (the retired split's h07) read as negated, and the
+# caller's demand was missed. A "not" after a content word, before someone, another, a, the...
+# starts the contrast as the comma would; after a verb of being or doing it is plain negation
+# ("it's not a problem", "there is not a single person").
+_BARE_CONTRAST = re.compile(
+    r"(?<=\w)\s+(?=not\s+(?:someone|somebody|some|another|just|a|an|the)\b)", re.IGNORECASE
+)
+_NEGATED_AFTER = frozenset(
+    "is am are was were be been being do does did will would can could should shall may might "
+    "must have has had i we you they he she it this that there what why how or and but if "
+    "whether to of for just really certainly definitely absolutely simply still also maybe "
+    "probably perhaps surely sure honestly actually rather better".split()
+)
+
+
+def _restore_contrast_commas(sentence: str) -> str:
+    def comma(match: re.Match[str]) -> str:
+        before = words(sentence[: match.start()])
+        prev = before[-1] if before else ""
+        if not prev or prev in _NEGATED_AFTER or "'" in prev:
+            return match.group(0)
+        return ", "
+
+    return _BARE_CONTRAST.sub(comma, sentence)
+
+
 def clauses(text: str) -> list[str]:
     """Sentences, further cut at contrast markers ("..., but ..."); tiny fragments merge back."""
     pieces: list[str] = []
     for sentence in _SENTENCE.split(text.strip()):
         if not sentence:
             continue
-        parts = _TURN.split(sentence)
+        parts = _TURN.split(_restore_contrast_commas(sentence))
         # re.split keeps the captured marker; glue it onto the clause it introduces.
         current = parts[0]
         chunks = [current]
@@ -271,7 +299,9 @@ def clauses(text: str) -> list[str]:
 _COORDINATED = re.compile(
     r",?\s+\b(?:and|so|because|cause|cos|and then|and now)\s+(?=(?:i|i'm|i've|i'll|i'd|we|we're|"
     r"we've|my|our|he|he's|she|she's|they|they're|it|it's|there|there's|this|that|nobody|"
-    r"no one|you|you've|you're)\b)",
+    # "..., and every person tells me something different" (tune's t32): a new statement too.
+    r"no one|you|you've|you're|everyone|everybody|every (?:person|time|one|single)|"
+    r"each time)\b)",
     re.IGNORECASE,
 )
 # "I want the manager on the phone, not you reading me notes": the part before a contrastive
@@ -279,6 +309,28 @@ _COORDINATED = re.compile(
 _CONTRAST_NOT = re.compile(_CONTRAST_NOT_HEAD, re.IGNORECASE)
 MIN_PIECE_WORDS = 3
 SHORT_CLAUSE_WORDS = 4
+
+
+# "I'm sick and tired of sending you photos of the meter and ..." (tune's t31) sat nearer a
+# meter-reading repeat contact than any frustration example: the object's topic outweighs the
+# feeling that carries the cue. The feeling with a plain "this" for its object is scored too.
+_FEELING_HEAD = re.compile(
+    r"^(?:\w+,\s+)?(?:i'm|i am|we're|we are)\s+(?:so |really |absolutely |just |completely )?"
+    # Not "tired of", "upset about" or "sick with": weariness, grief and illness are not this.
+    r"(?:sick and tired|sick to death|fed up|frustrated|annoyed|furious|fuming|livid|angry|"
+    r"exasperated|disgusted)\s+(of|with|about|by|that)\b",
+    re.IGNORECASE,
+)
+_FEELING_OBJECT_WORDS = 3
+"""Words the object needs for the head to be scored alone: "I'm fed up with you" is short."""
+
+
+def _feeling_head(clause: str) -> str | None:
+    head = _FEELING_HEAD.match(clause)
+    if head is None or len(words(clause[head.end() :])) < _FEELING_OBJECT_WORDS:
+        return None
+    prep = head.group(1).lower()
+    return f"{clause[: head.start(1)]}{'about' if prep == 'that' else prep} this"
 
 
 LEAD_REST_WORDS = 5
@@ -330,6 +382,9 @@ def pieces(text: str) -> list[str]:
             # Its firm verb makes even two words a statement: "..., I'm cancelling."
             if len(words(threat)) >= 2 and threat not in out:
                 out.append(threat)
+        feeling = _feeling_head(clause)
+        if feeling is not None and feeling not in out:
+            out.append(feeling)
         # Clipped sentences ("I'm sick. I'm tired.") say together what neither says alone.
         if i + 1 < len(whole) and len(words(clause)) < SHORT_CLAUSE_WORDS:
             joined = f"{clause} {whole[i + 1]}"

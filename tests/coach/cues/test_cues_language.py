@@ -221,6 +221,31 @@ def test_an_ultimatums_commitment_is_a_piece_of_its_own() -> None:
     ]
 
 
+def test_a_contrast_whose_comma_the_asr_dropped_is_read_as_one() -> None:
+    text = "I want to speak to the person who makes the decision not someone reading me a letter."
+    head = "I want to speak to the person who makes the decision"
+    assert language.pieces(text)[1] == head
+    assert not language.framing(language.clauses(text)[0]).negated
+    # After a verb of being or doing, "not a" is plain negation.
+    for plain in ("It's not a problem.", "There is not a single person who helped."):
+        assert language.pieces(plain) == [plain]
+        assert language.framing(plain).negated
+
+
+def test_a_feeling_is_also_scored_without_its_object() -> None:
+    text = "I'm sick and tired of sending you photos of the meter every month."
+    assert "I'm sick and tired of this" in language.pieces(text)
+    assert "I'm furious about this" in language.pieces("I'm furious that nobody told me a thing.")
+    # A short object says little more than the feeling; weariness and grief are not this.
+    for other in ("I'm fed up with you.", "I'm tired of fighting with everyone about it."):
+        assert not any(p.endswith(" this") for p in language.pieces(other))
+
+
+def test_and_every_person_starts_a_new_statement() -> None:
+    text = "I've been on the phone since Monday and every person tells me something different."
+    assert "I've been on the phone since Monday" in language.pieces(text)
+
+
 @given(st.text(max_size=300))
 def test_pieces_only_add_to_the_clauses(text: str) -> None:
     out = language.pieces(text)

@@ -43,6 +43,21 @@ POSITIVE = [
     ("churn_risk", "If this isn't sorted by Friday, I'm cancelling my contract."),
     # Two words of commitment (session 39's probe: 0.198 from the probe, read whole).
     ("churn_risk", "If nothing changes by Friday, I'm cancelling."),
+    # Near no example, all but certain to the meaning probe (session 39, from `dev`, tune and
+    # the retired split's transcripts): fire_above.
+    ("churn_risk", "Frankly I'm about done handing you guys my money."),
+    ("churn_risk", "I'm signing up with the fiber company down the road."),
+    ("escalation_request", "I'd like to talk to him in the chat of my team, please."),
+    # A dropped comma before "not someone ..." read the demand as negated.
+    (
+        "escalation_request",
+        "I want to speak to the person who actually makes the decision not someone reading me a letter.",
+    ),
+    # The meter, not the feeling, was what the whole clause was near.
+    (
+        "frustration",
+        "I'm sick and tired of sending you photos of the meter and then getting a made up number.",
+    ),
     ("repeat_contact", "I rang you about exactly this two days ago."),
     ("repeat_contact", "This is the fourth call I've made about the same thing."),
     ("crisis", "Honestly I don't think I want to be here anymore."),
