@@ -45,6 +45,7 @@ from audio import codecs
 from coach import metrics
 from coach.api.security import ingest_authorized
 from coach.calls import CallManager, CallRejected
+from coach.ingest import MAX_SKIPPED_AUDIO_S
 from coach.ingest import closecodes as cc
 from coach.ingest.pcm import MAX_ID_CHARS
 from coach.ingest.receive import closed_as_oversized, receive_unless_ended
@@ -663,6 +664,7 @@ class AudioHookSession:
         self.seq = 0
         self.clientseq = 0
         self.clock = 0
+        self._connected_at = time.monotonic()
         """Stream position in samples per channel: audio received plus reported gaps."""
         self.call_offset = 0
         """Where this session's position 0 is on the call clock: the audio already heard when
@@ -699,11 +701,19 @@ class AudioHookSession:
             await self._finish_call("disconnect", dropped=True)
 
     async def _loop(self) -> None:
+        # The wait for `open` and for the client's `close` runs from when it began, not from
+        # each message: a client that pinged and never opened, or streamed on after our
+        # `disconnect`, held its socket open for good (an outside ingest audit).
+        deadline: tuple[SessionState, float] | None = None
         while self.state is not SessionState.CLOSED:
-            timeout = {_S.CONNECTED: OPEN_TIMEOUT_S, _S.DISCONNECTING: CLOSE_WAIT_S}.get(self.state)
+            limit = {_S.CONNECTED: OPEN_TIMEOUT_S, _S.DISCONNECTING: CLOSE_WAIT_S}.get(self.state)
+            if limit is None:
+                deadline = None
+            elif deadline is None or deadline[0] is not self.state:
+                deadline = (self.state, asyncio.get_running_loop().time() + limit)
             ended = self._call_ended()
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout_at(None if deadline is None else deadline[1]):
                     msg = await (
                         self.ws.receive() if ended is None else receive_unless_ended(self.ws, ended)
                     )
@@ -943,6 +953,14 @@ class AudioHookSession:
     def _skip_gap(self, gap: GapParameters, *, what: str) -> None:
         """The client dropped audio (`discarded`, or a pause ended by `resumed`): move the clock."""
         start, span = parse_duration(gap.start), parse_duration(gap.discarded)
+        # A pause (hold) skips as long as it lasted, so the bound is the time the session has
+        # been connected: a client cannot have dropped more audio than there has been.
+        connected_s = time.monotonic() - self._connected_at
+        if start + span > connected_s + MAX_SKIPPED_AUDIO_S:
+            raise ProtocolError(
+                "bad_timestamp",
+                f"{what} ends at {start + span:.0f} s of audio after {connected_s:.0f} s connected",
+            )
         if abs(start - self.position_s) > 0.02:
             log.warning(
                 "audiohook %s: %s starts at %.3f s, stream is at %.3f s",

@@ -31,6 +31,7 @@ from audio import codecs
 from coach import metrics
 from coach.api.security import ingest_authorized
 from coach.calls import CallManager, CallRejected
+from coach.ingest import MAX_SKIPPED_AUDIO_S
 from coach.ingest import closecodes as cc
 from coach.ingest.pcm import CALL_ID, MAX_ID_CHARS, PRINTABLE_IDS
 from coach.ingest.receive import closed_as_oversized, receive_unless_ended, watching_end
@@ -269,10 +270,11 @@ def call_setup(start: Start) -> CallSetup:
     return CallSetup(call_id=call_id, speakers=speakers, meta=meta)
 
 
-MAX_TIMESTAMP_JUMP_S = 600.0
+MAX_TIMESTAMP_JUMP_S = MAX_SKIPPED_AUDIO_S
 """A media timestamp this far past the end of its track's audio is malformed, not a gap:
 Twilio streams audio all through a call, silence and hold included. One of 99999999999 ms
-ended the call as if it had run to its maximum length (an outside ingest audit)."""
+ended the call as if it had run to its maximum length (an outside ingest audit). The jumps
+of a track together may not skip more either (`MAX_SKIPPED_AUDIO_S`)."""
 
 
 @dataclass(slots=True)
@@ -286,6 +288,8 @@ class StreamProtocol:
     last_seq: int = 0
     out_of_order: int = 0
     _next_sample: dict[str, int] = field(default_factory=dict)
+    _skipped_s: dict[str, float] = field(default_factory=dict)
+    """Per track, the seconds its timestamps have jumped past its audio so far."""
     skipped: set[str] = field(default_factory=set)
     """Unknown event types seen (each logged once)."""
     base_sample: int = 0
@@ -362,6 +366,14 @@ class StreamProtocol:
                 "bad_timestamp",
                 f"media timestamp {timestamp_ms} ms is {ahead_s:.0f} s past the track's audio",
             )
+        skipped_s = self._skipped_s.get(track, 0.0) + max(0.0, ahead_s)
+        if skipped_s > MAX_SKIPPED_AUDIO_S:
+            raise TwilioError(
+                cc.INVALID_PAYLOAD,
+                "bad_timestamp",
+                f"media timestamps have skipped {skipped_s:.0f} s of the track's audio",
+            )
+        self._skipped_s[track] = skipped_s
         start = self._place(track, timestamp_ms, len(payload))
         pcm = codecs.decode_mulaw(payload)
         t0 = (self.base_sample + start) / SAMPLE_RATE

@@ -643,6 +643,12 @@ BAD_INPUT: dict[str, tuple[str, Callable[[AudioHookClient], None]]] = {
     "odd-sized stereo frame": ("bad_frame", lambda c: c.ws.send_bytes(b"\xff" * 3201)),
     "oversized frame": ("oversized", lambda c: c.ws.send_bytes(b"\xff" * 64_002)),
     "oversized text": ("oversized", _send_raw(" " * 70_000)),
+    # Years of audio said to be dropped ended the call as if at its maximum length, stored
+    # as a 4-hour call (an outside ingest audit).
+    "discarded beyond the time connected": (
+        "bad_timestamp",
+        lambda c: c.send("discarded", {"start": "PT0.4S", "discarded": "PT999999999S"}),
+    ),
 }
 
 
@@ -720,6 +726,44 @@ def test_no_open_in_time(client: TestClient, monkeypatch: pytest.MonkeyPatch) ->
         assert disconnect["parameters"]["reason"] == "error"
         assert c.close("disconnect")["type"] == "closed"
     assert errors("open_timeout") == before + 1
+
+
+def test_pings_do_not_put_off_the_open_deadline(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait for `open` ran from the last message: a client that pinged every few seconds
+    held a session without a call for good (an outside ingest audit)."""
+    monkeypatch.setattr(ah, "OPEN_TIMEOUT_S", 0.5)
+    seen = []
+    with Connect(client) as c:
+        for _ in range(8):
+            c.send("ping")
+            seen.append(c.receive()["type"])
+            if seen[-1] == "disconnect":
+                break
+            time.sleep(0.15)
+        assert seen[-1] == "disconnect" and len(seen) <= 6
+        assert c.close("disconnect")["type"] == "closed"
+
+
+def test_audio_after_our_disconnect_does_not_put_off_the_close(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that streamed on after `disconnect` and never sent `close` kept its socket
+    (and handler) open as long as it streamed: the wait restarted on every frame."""
+    caplog.set_level(logging.WARNING, logger="coach.ingest.audiohook")
+    monkeypatch.setattr(ah, "CLOSE_WAIT_S", 0.4)
+    with Connect(client) as c:
+        c.open()
+        c.ws.send_bytes(b"\xff" * 3201)  # an odd-sized frame
+        assert c.receive()["type"] == "disconnect"
+        told = time.time()
+        for _ in range(12):
+            c.ws.send_bytes(tone(0.02, 2))
+            time.sleep(0.1)
+        assert close_code(c.ws) == cc.INVALID_PAYLOAD
+    [closing] = [r for r in caplog.records if "no answer in" in r.getMessage()]
+    assert closing.created - told < 0.9  # not after the last frame (1.2 s) plus the wait
 
 
 def test_no_open_in_time_and_no_close_either(

@@ -332,6 +332,30 @@ def test_media_is_placed_by_timestamp_not_by_arrival() -> None:
     assert place("inbound", 361) == 0.36
 
 
+def test_timestamp_jumps_may_not_skip_more_than_their_bound_in_all() -> None:
+    """Thirty jumps of 599 s, each under the one-jump bound, ended a call as if at its
+    maximum length in a second, stored as a 4-hour call (an outside ingest audit)."""
+    proto = tw.StreamProtocol(max_message_bytes=64_000)
+    c = TwilioClient(None, call_id="p2", tracks=("inbound",))
+    proto.receive(json.dumps(golden("connected")))
+    start = golden("start")
+    start["start"].update(tracks=["inbound"], streamSid=c.stream_sid)
+    start["streamSid"] = c.stream_sid
+    proto.receive(json.dumps(start))
+
+    def send(ts: int) -> None:
+        msg = proto.receive(json.dumps(c.media_msg("inbound", SILENCE[:1] * FRAME, ts)))
+        assert isinstance(msg, tw.Media)
+        proto.chunk(msg)
+
+    send(0)
+    send(400_000)  # 400 s lost: odd, but a gap
+    with pytest.raises(tw.TwilioError) as refused:
+        send(800_000)  # 400 s more: 800 s skipped in all
+    assert refused.value.reason == "bad_timestamp"
+    assert refused.value.code == cc.INVALID_PAYLOAD
+
+
 def test_out_of_order_sequence_numbers_are_counted() -> None:
     proto = tw.StreamProtocol(max_message_bytes=64_000)
     before = errors("out_of_order")
