@@ -517,13 +517,15 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             try:
                 caller = principal_from(request, settings)
             except AuthError as exc:
-                raise HTTPException(401, "missing or invalid API key or token") from exc
+                raise webrtc_ingest.refused(
+                    401, "unauthorized", "missing or invalid API key or token"
+                ) from exc
         try:
             body = await request.json()
         except ValueError as exc:
-            raise HTTPException(400, "body must be JSON") from exc
+            raise webrtc_ingest.refused(400, "bad_json", "body must be JSON") from exc
         if not isinstance(body, dict):
-            raise HTTPException(400, "body must be a JSON object")
+            raise webrtc_ingest.refused(400, "bad_json", "body must be a JSON object")
         if caller is not None:
             # Their own call, under an id of the server's: a person naming an existing call's
             # id must not be able to pose as (or continue the record of) that call.

@@ -540,7 +540,10 @@ class AudioSocketService:
 
     async def _first_frame(self, conn: _Conn) -> UuidFrame:
         try:
-            frame = await conn.frames.next(self._uuid_timeout_s)
+            # The whole frame within the time, not each read: a UUID sent a byte every 4 s
+            # held the connection for good (an outside ingest audit).
+            async with asyncio.timeout(self._uuid_timeout_s):
+                frame = await conn.frames.next(None)
         except TimeoutError as exc:
             raise _Refusal("uuid_timeout", ServerError.TIMEOUT, "no UUID frame") from exc
         except ProtocolError as exc:

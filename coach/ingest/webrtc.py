@@ -13,7 +13,8 @@ tracks of one call should start together.
 
 The call ends (`CallManager.finish`) when every track has ended (the client closed or
 removed its tracks: reason "end"), when the peer connection fails ("disconnect") or closes
-("end"), when ICE never connects ("ice_timeout"), or when the call was ended under us
+("end"), when ICE never connects ("ice_timeout"), when its tracks deliver no frame for
+`FRAME_TIMEOUT_S` ("disconnect": the peer is gone), or when the call was ended under us
 (max length, idle timeout). Live peer connections and their tasks are kept in a registry;
 `close_all()` closes them at shutdown.
 
@@ -47,7 +48,8 @@ from pydantic import BaseModel, Field, field_validator
 
 from coach import metrics
 from coach.calls import RETRY_AFTER_S, CallManager, CallRejected
-from coach.ingest.pcm import CALL_ID
+from coach.ingest.pcm import CALL_ID, PRINTABLE_IDS
+from coach.logs import client_text
 from coach.messages import AudioChunk, Speaker
 from coach.session import CallEnded, CallSession
 
@@ -55,7 +57,10 @@ log = logging.getLogger(__name__)
 PROTOCOL = "webrtc"
 LOOPBACK_ENV = "COACH_WEBRTC_LOOPBACK"
 CONNECT_TIMEOUT_S = 30.0  # offer answered but ICE/DTLS never connected
-FRAME_TIMEOUT_S = 30.0  # a connected track that stops delivering frames
+# A track delivering no frame: its peer is gone (a live track sends frames through silence,
+# Opus DTX too). Shorter than COACH_IDLE_TIMEOUT_S's default (60 s), which would end the call
+# as the server's idle limit, not as the dropped connection it is.
+FRAME_TIMEOUT_S = 30.0
 MAX_TRACKS = 2
 PARTIES: tuple[Speaker, ...] = ("customer", "agent")
 
@@ -73,6 +78,14 @@ class Offer(BaseModel):
     def _call_id(cls, v: str | None) -> str | None:
         if v is not None and not CALL_ID.match(v):
             raise ValueError("call_id: 1-128 characters of letters, digits, . _ : -")
+        return v
+
+    @field_validator("agent_id")
+    @classmethod
+    def _printable(cls, v: str | None) -> str | None:
+        # As on the other ingests: "ann\nFORGED" was stored as a call's agent.
+        if v is not None and not v.isprintable():
+            raise ValueError(PRINTABLE_IDS)
         return v
 
 
@@ -168,6 +181,8 @@ class WebRtcCall:
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     reason: str = "end"
     live_tracks: int = 0
+    frame_timeout_s: float = FRAME_TIMEOUT_S
+    """How long a track may deliver no frame before its peer is taken for gone."""
 
     def end(self, reason: str) -> None:
         if not self.ended.is_set():
@@ -184,12 +199,23 @@ class WebRtcCall:
         try:
             while True:
                 try:
-                    async with asyncio.timeout(FRAME_TIMEOUT_S):
+                    async with asyncio.timeout(self.frame_timeout_s):
                         frame = await track.recv()
                 except MediaStreamError:
                     break
                 except TimeoutError:
-                    reason = "idle_timeout"
+                    # No frame at all (a live track sends them through silence, DTX too):
+                    # never connected, or the peer is gone. Both were stored as the server's
+                    # `idle_timeout` (an outside ingest audit), and the panels start clean
+                    # after that instead of resuming a dropped call.
+                    reason = "disconnect" if self.connected.is_set() else "ice_timeout"
+                    log.warning(
+                        "webrtc call %s: no %s audio for %.0f s (%s)",
+                        self.session.call_id,
+                        speaker,
+                        self.frame_timeout_s,
+                        reason,
+                    )
                     break
                 if not isinstance(frame, av.AudioFrame):
                     continue
@@ -217,6 +243,7 @@ class WebRtcCall:
                 async with asyncio.timeout(CONNECT_TIMEOUT_S):
                     await self.connected.wait()
             except TimeoutError:
+                log.warning("webrtc call %s: ICE never connected", self.session.call_id)
                 self.end("ice_timeout")
             await self.ended.wait()
         finally:
@@ -270,6 +297,15 @@ async def close_all() -> None:
     _runners.clear()
 
 
+def refused(status: int, reason: str, detail: str, **kwargs: Any) -> HTTPException:
+    """An offer refused: counted under `coach_ingest_errors_total{protocol="webrtc"}` and
+    logged, as the other ingests' refusals are (they were answered, neither counted nor
+    logged: an outside ingest audit)."""
+    metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason=reason).inc()
+    log.warning("webrtc offer refused (%d %s): %s", status, reason, client_text(detail))
+    return HTTPException(status, detail, **kwargs)
+
+
 async def answer(
     body: dict[str, Any], *, manager: CallManager | None, started_by: str | None = None
 ) -> dict[str, str]:
@@ -279,7 +315,7 @@ async def answer(
     try:
         offer = Offer.model_validate(body)
     except Exception as exc:
-        raise HTTPException(400, f"bad offer: {exc}") from exc
+        raise refused(400, "bad_offer", f"bad offer: {exc}") from exc
     if manager is None:
         raise HTTPException(503, "models are still loading")
 
@@ -295,10 +331,10 @@ async def answer(
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
     except Exception as exc:
         await pc.close()
-        raise HTTPException(400, f"bad offer SDP: {exc}") from exc
+        raise refused(400, "bad_sdp", f"bad offer SDP: {exc}") from exc
     if not tracks:
         await pc.close()
-        raise HTTPException(400, "the offer has no audio track to receive")
+        raise refused(400, "no_audio", "the offer has no audio track to receive")
 
     call_id = offer.call_id or f"webrtc-{uuid.uuid4().hex[:12]}"
     speakers = PARTIES[: len(tracks)]
@@ -313,11 +349,14 @@ async def answer(
     except CallRejected as exc:
         await pc.close()
         if exc.try_again_later:  # at capacity: another instance, or this one later
-            metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason=exc.reason).inc()
-            raise HTTPException(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
-        raise HTTPException(409, str(exc)) from exc
+            raise refused(
+                503, exc.reason, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}
+            ) from exc
+        raise refused(409, exc.reason, str(exc)) from exc
 
-    call = WebRtcCall(pc=pc, session=session, manager=manager, tracks=tracks)
+    call = WebRtcCall(
+        pc=pc, session=session, manager=manager, tracks=tracks, frame_timeout_s=FRAME_TIMEOUT_S
+    )
 
     @pc.on("connectionstatechange")
     def on_state() -> None:

@@ -415,6 +415,27 @@ async def test_silent_connection_times_out(manager: CallManager) -> None:
     assert errors("uuid_timeout") == before + 1
 
 
+async def test_a_uuid_sent_a_byte_at_a_time_still_times_out(manager: CallManager) -> None:
+    """The wait was per read: a UUID frame trickled a byte every 4 s held the connection for
+    good, before any call could time it out (an outside ingest audit)."""
+    before = errors("uuid_timeout")
+    frame = encode(UuidFrame(single(11)))
+    async with serving(manager, uuid_timeout_s=0.4) as port:
+        client = await Client.connect(port)
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                for byte in frame[:15]:  # 1.5 s of it, never the whole frame
+                    await client.send(bytes([byte]))
+                    await asyncio.sleep(0.1)
+
+        sender = asyncio.create_task(trickle())
+        got = await asyncio.wait_for(client.received(), 1.2)  # refused while it trickles
+        sender.cancel()
+    assert got == [ErrorFrame(bytes([ServerError.TIMEOUT]))]
+    assert errors("uuid_timeout") == before + 1
+
+
 async def test_a_stalled_connection_times_out(manager: CallManager) -> None:
     before = errors("idle_timeout")
     events = collect(manager, str(single(9)))

@@ -18,6 +18,7 @@ import soundfile as sf
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
 from coach.api.app import create_app
 from coach.ingest import webrtc
@@ -101,6 +102,7 @@ def test_loopback_only_is_scoped() -> None:
 
 
 def test_offer_needs_credentials_and_a_valid_body(runtime: Runtime, tmp_path: Path) -> None:
+    before = {reason: refusals(reason) for reason in ("unauthorized", "bad_offer", "no_audio")}
     secure = Settings(data_dir=tmp_path, ingest_api_key="k-123", auth_secret="s" * 32)
     with TestClient(create_app(secure, runtime)) as c:
         offer = {"sdp": "v=0\r\n", "type": "offer"}
@@ -111,6 +113,19 @@ def test_offer_needs_credentials_and_a_valid_body(runtime: Runtime, tmp_path: Pa
         bad_id = {**offer, "call_id": "../x"}
         assert c.post("/webrtc/offer", json=bad_id, headers=ok).status_code == 400
         assert c.post("/webrtc/offer", json=offer, headers=ok).status_code == 400  # bad SDP
+        forged = {**offer, "agent_id": "ann\nFORGED"}  # one line, as on the other ingests
+        assert c.post("/webrtc/offer", json=forged, headers=ok).status_code == 400
+    # Refusals are counted as the other ingests' are (they were neither counted nor logged).
+    assert refusals("unauthorized") == before["unauthorized"] + 2
+    assert refusals("bad_offer") == before["bad_offer"] + 3
+    assert refusals("no_audio") == before["no_audio"] + 1  # "v=0" offers no track
+
+
+def refusals(reason: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "coach_ingest_errors_total", {"protocol": "webrtc", "reason": reason}
+    )
+    return value or 0.0
 
 
 def test_a_signed_in_person_gets_a_call_of_their_own(runtime: Runtime, tmp_path: Path) -> None:
@@ -271,6 +286,61 @@ async def test_close_all_ends_live_calls_at_shutdown(
         await pc.close()
         if player.audio is not None:
             player.audio.stop()
+        state.bus.unsubscribe(sub)
+        await state.manager.shutdown()
+
+
+class GoesQuiet(MediaStreamTrack):
+    """Silence in 20 ms frames for `for_s`, then no frame at all, its connection still up: a
+    client that died (a killed softphone) as the server sees it."""
+
+    kind = "audio"
+
+    def __init__(self, for_s: float) -> None:
+        super().__init__()
+        self._sent, self._frames = 0, int(for_s / 0.02)
+
+    async def recv(self) -> av.AudioFrame:
+        if self._sent >= self._frames:
+            await asyncio.Event().wait()
+        frame = av.AudioFrame(format="s16", layout="mono", samples=960)
+        frame.planes[0].update(bytes(1920))
+        frame.sample_rate, frame.time_base = 48000, fractions.Fraction(1, 48000)
+        frame.pts = self._sent * 960
+        self._sent += 1
+        await asyncio.sleep(0.02)
+        return frame
+
+
+@pytest.mark.slow
+async def test_a_peer_that_stops_sending_ends_as_a_dropped_call(
+    runtime: Runtime, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It ended as `idle_timeout`, the server's own limit (after which the panels start clean
+    instead of offering the call's next leg), and a call that never connected did too
+    (an outside ingest audit)."""
+    from coach.bus import call_topic
+
+    monkeypatch.setenv(webrtc.LOOPBACK_ENV, "1")
+    monkeypatch.setattr(webrtc, "FRAME_TIMEOUT_S", 1.5)
+    state = create_app(settings, runtime).state.coach
+    sub = state.bus.subscribe(call_topic("rtc-gone"))
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        pc.addTrack(GoesQuiet(1.0))
+        with webrtc.loopback_only():
+            await pc.setLocalDescription(await pc.createOffer())
+        ans = await webrtc.answer(
+            {"sdp": pc.localDescription.sdp, "type": "offer", "call_id": "rtc-gone"},
+            manager=state.manager,
+        )
+        await pc.setRemoteDescription(RTCSessionDescription(ans["sdp"], ans["type"]))
+        async with asyncio.timeout(20):
+            while (ev := await sub.queue.get()) is not None and ev["type"] != "call_end":
+                pass
+        assert ev is not None and ev["reason"] == "disconnect"
+    finally:
+        await pc.close()
         state.bus.unsubscribe(sub)
         await state.manager.shutdown()
 
