@@ -47,6 +47,7 @@ import contextlib
 import contextvars
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -140,6 +141,9 @@ class CallManager:
         """Set when a history store runs: a customer's previous calls (repeat_contact)."""
         self._ending: set[asyncio.Task[None]] = set()
         self._end_tasks: dict[CallSession, asyncio.Task[None]] = {}
+        self._end_logged: weakref.WeakSet[CallSession] = weakref.WeakSet()
+        """Calls whose "ended" line is written: an end asked for again just after the first
+        one finished (a shutdown and the call's own connection closing) wrote it twice."""
         """The ending of each call being ended, so that a second end of it joins the first."""
         self._ended: dict[str, tuple[CallSession, asyncio.TimerHandle]] = {}
         """Ended calls still kept (see ENDED_RETENTION_S), oldest first."""
@@ -558,14 +562,19 @@ class CallManager:
         task.add_done_callback(lambda _: self._end_tasks.pop(session, None))
         # Logged by the ending itself, before it leaves `_ending`: a drain waits for that set,
         # and its "drained" line came before the last call's "ended" one.
-        task.add_done_callback(
-            lambda _: log.info(
+
+        def ended(_: object) -> None:
+            if session in self._end_logged:
+                return
+            self._end_logged.add(session)
+            log.info(
                 "call %s ended (%s)",
                 session.call_id,
                 session.end_reason or reason,
                 extra={"call_id": session.call_id},
             )
-        )
+
+        task.add_done_callback(ended)
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
         task.add_done_callback(lambda _: self._retire(session))

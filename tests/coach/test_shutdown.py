@@ -51,8 +51,9 @@ def running(server: CoachServer) -> Iterator[None]:
 
 
 async def test_a_stopped_server_ends_its_calls_as_shutdown(
-    runtime: Runtime, settings: Settings, tmp_path: Path
+    runtime: Runtime, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="coach.calls")
     port = free_port()
     app = create_app(settings.model_copy(update={"data_dir": tmp_path}), runtime)
     server = server_for(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
@@ -78,6 +79,9 @@ async def test_a_stopped_server_ends_its_calls_as_shutdown(
     # The telephony is told the server ended the call, as README says, not "try elsewhere".
     assert (ingest.close_code, ingest.close_reason) == (1000, "shutdown")
     assert events[-1]["type"] == "call_end" and events[-1]["reason"] == "shutdown"
+    # One "ended" line per call (an outside ingest audit saw each call's twice at a SIGTERM).
+    ended = [r for r in caplog.records if r.getMessage().startswith("call stopped ended")]
+    assert len(ended) == 1
 
 
 def test_background_work_stops_before_the_store_closes(
