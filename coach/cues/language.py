@@ -71,7 +71,12 @@ _HYPOTHETICAL = re.compile(
 # "If this isn't fixed today, I'm leaving" is an ultimatum, not a hypothetical: a condition
 # followed by a firm commitment, without the hedges of a real hypothetical ("if the price
 # ever went up I might look elsewhere").
-_CONDITION = re.compile(r"^(\w+,?\s+)?(if|unless)\b", re.IGNORECASE)
+# At the clause's start, or after a comma or "and/but/so" inside it: ASR runs sentences
+# together ("..., and if this happens one more time, we're done with you").
+_CONDITION = re.compile(
+    r"(?:^(?:\w+,?\s+)?|,\s*(?:(?:and|but|so)\s+)?|\b(?:and|but|so)\s+)(?:if|unless)\b",
+    re.IGNORECASE,
+)
 _FIRM = re.compile(
     r"\b(i'm|i am|we're|we are)\s+(leaving|off|gone|going|done|cancell?ing|switching|finished|"
     r"out|taking|moving|closing)\b|\b(i'll|i will|we'll|we will)\s+(leave|cancel|switch|go|"
@@ -90,9 +95,11 @@ _HEDGE = re.compile(r"\b(would|might|could|may|\w+'d|ever|perhaps|maybe|probably
 
 def _ultimatum(text: str) -> str | None:
     """The commitment of an ultimatum ("I'm off" in "if you can't match it, I'm off")."""
-    firm = _FIRM.search(text)
     condition = _CONDITION.search(text)
-    if firm is None or condition is None or _HEDGE.search(text):
+    if condition is None:
+        return None
+    firm = _FIRM.search(text, condition.end())
+    if firm is None or _HEDGE.search(text, condition.start()):
         return None
     if len(words(text[condition.end() : firm.start()])) < _MIN_CONDITION_WORDS:
         return None

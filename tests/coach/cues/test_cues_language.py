@@ -216,6 +216,10 @@ def test_an_ultimatums_commitment_is_a_piece_of_its_own() -> None:
     assert language.pieces(text) == [text, "I'm cancelling my contract"]
     short = "If nothing changes by Friday, I'm cancelling."
     assert language.pieces(short) == [short, "I'm cancelling"]
+    # A condition inside the clause, where ASR ran the sentences together (session 39's
+    # outside author): its commitment is read on its own too.
+    run_on = "We pay you a lot for this, and if this happens one more time, we're done with you."
+    assert language.pieces(run_on) == [run_on, "we're done with you"]
     assert language.pieces("If I'm leaving early, can I get a refund?") == [
         "If I'm leaving early, can I get a refund?"
     ]

@@ -48,6 +48,11 @@ POSITIVE = [
     ("churn_risk", "Frankly I'm about done handing you guys my money."),
     ("churn_risk", "I'm signing up with the fiber company down the road."),
     ("escalation_request", "I'd like to talk to him in the chat of my team, please."),
+    (
+        "churn_risk",
+        "I've already talked to the neighbours about sharing a ride, and if this happens one "
+        "more time, we're done with you, we'll just do the carpool.",
+    ),
     # A dropped comma before "not someone ..." read the demand as negated.
     (
         "escalation_request",
