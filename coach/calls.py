@@ -141,10 +141,10 @@ class CallManager:
         """Set when a history store runs: a customer's previous calls (repeat_contact)."""
         self._ending: set[asyncio.Task[None]] = set()
         self._end_tasks: dict[CallSession, asyncio.Task[None]] = {}
+        """The ending of each call being ended, so that a second end of it joins the first."""
         self._end_logged: weakref.WeakSet[CallSession] = weakref.WeakSet()
         """Calls whose "ended" line is written: an end asked for again just after the first
         one finished (a shutdown and the call's own connection closing) wrote it twice."""
-        """The ending of each call being ended, so that a second end of it joins the first."""
         self._ended: dict[str, tuple[CallSession, asyncio.TimerHandle]] = {}
         """Ended calls still kept (see ENDED_RETENTION_S), oldest first."""
         self.ended_retention_s = ENDED_RETENTION_S

@@ -664,8 +664,8 @@ class AudioHookSession:
         self.seq = 0
         self.clientseq = 0
         self.clock = 0
-        self._connected_at = time.monotonic()
         """Stream position in samples per channel: audio received plus reported gaps."""
+        self._connected_at = time.monotonic()
         self.call_offset = 0
         """Where this session's position 0 is on the call clock: the audio already heard when
         it re-attaches a call whose connection dropped (COACH_RECONNECT_GRACE_S)."""
