@@ -25,7 +25,7 @@ from enum import Enum
 from typing import Annotated, Any, Literal, TypeAlias
 
 from fastapi import WebSocket, WebSocketDisconnect
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from audio import codecs
 from coach import metrics
@@ -70,8 +70,10 @@ class Connected(_Wire):
 
 class MediaFormat(_Wire):
     encoding: str
-    sample_rate: int = Field(alias="sampleRate")
-    channels: int = 1
+    # Numbers, as Twilio sends them and as raw PCM's header requires: "8000" as a string was
+    # taken as 8000 here and refused there (an outside ingest audit).
+    sample_rate: StrictInt = Field(alias="sampleRate")
+    channels: StrictInt = 1
 
 
 class StartInfo(_Wire):

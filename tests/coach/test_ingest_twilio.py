@@ -652,6 +652,20 @@ def test_unsupported_media_format_is_refused_at_start(
     assert manager_of(client).get("tw-l16") is None
 
 
+@pytest.mark.parametrize("media_format", [{"sampleRate": "8000"}, {"channels": "1"}])
+def test_media_format_numbers_must_be_numbers(
+    client: TestClient, media_format: dict[str, Any]
+) -> None:
+    with client.websocket_connect("/ingest/twilio") as ws:
+        c = TwilioClient(ws, call_id="tw-strings")
+        c.connected()
+        c.start(**media_format)
+        code, why, _ = close_of(ws)
+    assert code == cc.INVALID_PAYLOAD and why.startswith("bad_message")
+    assert "valid integer" in why
+    assert manager_of(client).get("tw-strings") is None
+
+
 def test_bad_call_id_parameter_is_refused(client: TestClient) -> None:
     with client.websocket_connect("/ingest/twilio") as ws:
         TwilioClient(ws, call_id="../../etc").handshake()
