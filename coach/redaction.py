@@ -858,11 +858,13 @@ _MIXED_TOKEN = re.compile(r"\b(?=[A-Za-z]*\d)(?=\d*[A-Za-z])[A-Za-z0-9]+\b")
 
 # A local part alone, cut off from its "at ..." by a pause: "John.Smith." / "at gmail.com." (an
 # outside PII audit saw the first line reach supervisors, the store and the history search).
-# Written joined ("john.smith", "mary_jones") it is a handle wherever it stands; with a
-# domain's last label ("example.com") it is a site, not a person. Said with a spoken joiner
-# ("John dot Smith") only at the end of an utterance, and only after "underscore" or when the
-# address was asked for (`email_asked`): "the polka dot dress" is talk.
-_WRITTEN_LOCAL = re.compile(r"(?<![\w.@+-])[A-Za-z][A-Za-z0-9]*(?:[._][A-Za-z0-9]+)+(?![\w@]|\.\w)")
+# Written joined by a dot ("john.smith", "j.smith") it is a handle wherever it stands; with a
+# domain's last label ("example.com") it is a site, not a person. Not joined by "_" alone:
+# the server's own texts name cues and reasons so ("Raised by: escalation_request cue"),
+# which this hid from supervisors. Said with a spoken joiner ("John dot Smith") only at the
+# end of an utterance, and only after "underscore" or when the address was asked for
+# (`email_asked`): "the polka dot dress" is talk.
+_WRITTEN_LOCAL = re.compile(r"(?<![\w.@+-])[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)+(?![\w@]|\.\w)")
 _SPOKEN_LOCAL = re.compile(
     r"(?<![\w'])[A-Za-z][A-Za-z0-9]*(?:\s+(?:dot|underscore|period)\s+[A-Za-z0-9]+)+(?=[\s.,!?]*$)",
     re.IGNORECASE,
@@ -873,7 +875,7 @@ _ABBREVIATION = frozenset("am pm eg ie us uk usa etc vs mr mrs ms dr st jr sr ph
 def _joined_local_spans(text: str, *, email_asked: bool) -> list[Span]:
     spans: list[Span] = []
     for m in _WRITTEN_LOCAL.finditer(text):
-        labels = re.split(r"[._]", m.group())
+        labels = m.group().split(".")
         letters = "".join(labels)
         if (
             labels[-1].lower() in _TLDS

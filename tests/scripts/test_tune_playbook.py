@@ -386,7 +386,7 @@ def test_missed_reports_are_measured_and_written_to_the_playbook(
 ) -> None:
     """From a report in the store to an example in the playbook: the reported wording then
     finds the same wording on the evaluation call, which it did not before."""
-    said = "Honestly the folks at Brightline offered us a better package, so we're moving"
+    said = "Brightline sent us a better offer and we've pretty much said yes to them"
     url = f"sqlite+aiosqlite:///{tmp_path / 'coach.db'}"
     asyncio.run(_stored_report(url, said))
     eval_dir = _eval_dir(tmp_path, said)
