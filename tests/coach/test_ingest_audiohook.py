@@ -758,12 +758,12 @@ def test_audio_after_our_disconnect_does_not_put_off_the_close(
         c.ws.send_bytes(b"\xff" * 3201)  # an odd-sized frame
         assert c.receive()["type"] == "disconnect"
         told = time.time()
-        for _ in range(12):
+        for _ in range(20):
             c.ws.send_bytes(tone(0.02, 2))
             time.sleep(0.1)
         assert close_code(c.ws) == cc.INVALID_PAYLOAD
     [closing] = [r for r in caplog.records if "no answer in" in r.getMessage()]
-    assert closing.created - told < 0.9  # not after the last frame (1.2 s) plus the wait
+    assert closing.created - told < 1.5  # not after the last frame (2 s) plus the wait
 
 
 def test_no_open_in_time_and_no_close_either(

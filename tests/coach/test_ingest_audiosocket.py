@@ -425,12 +425,12 @@ async def test_a_uuid_sent_a_byte_at_a_time_still_times_out(manager: CallManager
 
         async def trickle() -> None:
             with contextlib.suppress(ConnectionError):
-                for byte in frame[:15]:  # 1.5 s of it, never the whole frame
+                for byte in frame[:15]:  # 2.25 s of it, never the whole frame
                     await client.send(bytes([byte]))
-                    await asyncio.sleep(0.1)
+                    await asyncio.sleep(0.15)
 
         sender = asyncio.create_task(trickle())
-        got = await asyncio.wait_for(client.received(), 1.2)  # refused while it trickles
+        got = await asyncio.wait_for(client.received(), 1.8)  # refused while it trickles
         sender.cancel()
     assert got == [ErrorFrame(bytes([ServerError.TIMEOUT]))]
     assert errors("uuid_timeout") == before + 1
