@@ -36,6 +36,15 @@ SECRET_SETTINGS = frozenset({*PLACEHOLDER_CHECKED, "redis_url", "users"})
 """Settings an error message names but never shows (they hold keys and passwords)."""
 
 
+def _optional_url(v: str | None, schemes: tuple[str, ...], what: str) -> str | None:
+    """A URL setting: blank is unset (None), else it must start with one of `schemes`."""
+    if not v or not v.strip():
+        return None
+    if not v.strip().lower().startswith(schemes):
+        raise ValueError(f"must be {what}")
+    return v.strip()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COACH_", extra="ignore")
 
@@ -265,11 +274,7 @@ class Settings(BaseSettings):
     @field_validator("escalation_webhook_url")
     @classmethod
     def _webhook_is_a_web_url(cls, v: str | None) -> str | None:
-        if not v or not v.strip():
-            return None
-        if not v.strip().lower().startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return v.strip()
+        return _optional_url(v, ("http://", "https://"), "an http:// or https:// URL")
 
     @field_validator(*PLACEHOLDER_CHECKED)
     @classmethod
@@ -304,20 +309,16 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _a_redis_url(cls, v: str | None) -> str | None:
-        if not v or not v.strip():
-            return None
-        if not v.strip().lower().startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
-        return v.strip()
+        return _optional_url(
+            v, ("redis://", "rediss://", "unix://"), "a redis://, rediss:// or unix:// URL"
+        )
 
     @field_validator("database_url")
     @classmethod
     def _a_database_url(cls, v: str | None) -> str | None:
-        if not v or not v.strip():
-            return None
-        if not v.strip().lower().startswith(("postgresql", "postgres://", "sqlite")):
-            raise ValueError("must be a postgresql:// (or sqlite://) URL")
-        return v.strip()
+        return _optional_url(
+            v, ("postgresql", "postgres://", "sqlite"), "a postgresql:// (or sqlite://) URL"
+        )
 
     @field_validator("log_level", mode="before")
     @classmethod
