@@ -83,6 +83,19 @@ def _web_dir() -> Path:
 WEB_DIR = _web_dir()
 
 
+@contextlib.contextmanager
+def _current_task_in(tasks: set[asyncio.Task[Any]]) -> Iterator[None]:
+    """The running task is in `tasks` while the block runs (what a shutdown waits for)."""
+    task = asyncio.current_task()
+    if task is not None:
+        tasks.add(task)
+    try:
+        yield
+    finally:
+        if task is not None:
+            tasks.discard(task)
+
+
 class AppState:
     def __init__(self, settings: Settings, runtime: Runtime | None) -> None:
         self.settings = settings
@@ -113,17 +126,9 @@ class AppState:
         """Panels' feeds of calls this instance runs, so a shutdown can let each send its
         call's `call_end` before uvicorn closes every socket with 1012 (`end_calls`)."""
 
-    @contextlib.contextmanager
-    def ingesting(self) -> Iterator[None]:
+    def ingesting(self) -> contextlib.AbstractContextManager[None]:
         """Around a WebSocket ingest handler: counted among `ingest_tasks` while it runs."""
-        task = asyncio.current_task()
-        if task is not None:
-            self.ingest_tasks.add(task)
-        try:
-            yield
-        finally:
-            if task is not None:
-                self.ingest_tasks.discard(task)
+        return _current_task_in(self.ingest_tasks)
 
     async def drain(self, *, abandon: Callable[[], bool]) -> None:
         """Stop taking calls (`/health/ready` answers 503 `draining`, new calls get their
@@ -628,16 +633,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                     return now.get("agent_id") == principal.user
                 return may_view_call(principal, now)
 
-        feed = asyncio.current_task() if session is not None else None
-        if feed is not None:
-            state.local_feed_tasks.add(feed)
-        try:
+        local = session is not None  # a feed of a call this instance runs
+        with _current_task_in(state.local_feed_tasks) if local else contextlib.nullcontext():
             await _stream_events(
                 ws, state.bus, topic, after_seq, still_allowed=still_allowed, principal=principal
             )
-        finally:
-            if feed is not None:
-                state.local_feed_tasks.discard(feed)
 
     if WEB_DIR.is_dir():
         app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
