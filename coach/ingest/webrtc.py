@@ -181,8 +181,6 @@ class WebRtcCall:
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     reason: str = "end"
     live_tracks: int = 0
-    frame_timeout_s: float = FRAME_TIMEOUT_S
-    """How long a track may deliver no frame before its peer is taken for gone."""
 
     def end(self, reason: str) -> None:
         if not self.ended.is_set():
@@ -199,7 +197,7 @@ class WebRtcCall:
         try:
             while True:
                 try:
-                    async with asyncio.timeout(self.frame_timeout_s):
+                    async with asyncio.timeout(FRAME_TIMEOUT_S):
                         frame = await track.recv()
                 except MediaStreamError:
                     break
@@ -213,7 +211,7 @@ class WebRtcCall:
                         "webrtc call %s: no %s audio for %.0f s (%s)",
                         self.session.call_id,
                         speaker,
-                        self.frame_timeout_s,
+                        FRAME_TIMEOUT_S,
                         reason,
                     )
                     break
@@ -354,9 +352,7 @@ async def answer(
             ) from exc
         raise refused(409, exc.reason, str(exc)) from exc
 
-    call = WebRtcCall(
-        pc=pc, session=session, manager=manager, tracks=tracks, frame_timeout_s=FRAME_TIMEOUT_S
-    )
+    call = WebRtcCall(pc=pc, session=session, manager=manager, tracks=tracks)
 
     @pc.on("connectionstatechange")
     def on_state() -> None:
