@@ -533,7 +533,7 @@ def test_a_long_call_another_instance_still_writes_is_not_streamed_as_ended(
             await store.aclose()
 
     run(write())
-    url = "redis://127.0.0.1:6379/8"
+    url = "redis://127.0.0.1:6379/10"  # test_app_wiring runs instances on 8 meanwhile
     settings = Settings(
         data_dir=tmp_path,
         auth_secret=SECRET,
