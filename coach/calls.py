@@ -47,7 +47,6 @@ import contextlib
 import contextvars
 import logging
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -142,9 +141,6 @@ class CallManager:
         self._ending: set[asyncio.Task[None]] = set()
         self._end_tasks: dict[CallSession, asyncio.Task[None]] = {}
         """The ending of each call being ended, so that a second end of it joins the first."""
-        self._end_logged: weakref.WeakSet[CallSession] = weakref.WeakSet()
-        """Calls whose "ended" line is written: an end asked for again just after the first
-        one finished (a shutdown and the call's own connection closing) wrote it twice."""
         self._ended: dict[str, tuple[CallSession, asyncio.TimerHandle]] = {}
         """Ended calls still kept (see ENDED_RETENTION_S), oldest first."""
         self.ended_retention_s = ENDED_RETENTION_S
@@ -547,12 +543,18 @@ class CallManager:
         log.info("call %s: no reconnect within %.1f s", session.call_id, grace)
         await self.finish(session, reason)
 
-    def _spawn_end(self, session: CallSession, reason: str) -> asyncio.Task[None]:
+    def _spawn_end(self, session: CallSession, reason: str) -> asyncio.Future[None]:
         running = self._end_tasks.get(session)
         if running is not None:
             # Ended twice at once (a shutdown and the call's own connection closing): one
             # ending, one "ended" line (an outside audit saw each call's twice).
             return running
+        if session.state is CallState.ENDED:
+            # Asked again after its ending finished (the shutdown just after the hang-up):
+            # nothing is left to do, and a second ending would log and retire it again.
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
         entry = self._detached.pop(session.call_id, None)
         if entry is not None and entry[1] is not asyncio.current_task():
             entry[1].cancel()
@@ -564,9 +566,6 @@ class CallManager:
         # and its "drained" line came before the last call's "ended" one.
 
         def ended(_: object) -> None:
-            if session in self._end_logged:
-                return
-            self._end_logged.add(session)
             log.info(
                 "call %s ended (%s)",
                 session.call_id,

@@ -497,6 +497,9 @@ def test_a_call_ended_twice_at_once_ends_once(
         manager = manager_for(runtime, settings)
         session = await manager.open(call_id="twice", source="pcm", speakers=("customer",))
         await asyncio.gather(manager.finish(session, "shutdown"), manager.finish(session, "end"))
+        # And once more after that ending is over: the connection's handler saw its stream
+        # close only then. Nothing is left to do, and nothing is logged again.
+        await manager.finish(session, "disconnect")
         await manager.shutdown()
         return session
 
