@@ -749,7 +749,7 @@ def _tile_info(tile: Tile) -> dict[str, Any]:
     return {
         "call_id": tile.call_id,
         "source": tile.source,
-        "speakers": [],
+        "speakers": list(tile.speakers),
         "state": "live",
         "started_at": tile.started_at,
         "audio_s": round(tile.t, 3),

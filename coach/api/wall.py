@@ -94,6 +94,8 @@ class Tile:
     call_id: str
     meta: dict[str, Any] = field(default_factory=dict)
     source: str = "unknown"
+    speakers: tuple[str, ...] = ()
+    """The call's channels, as its `call_start` names them."""
     started_at: float = 0.0
     ended_at: float | None = None
     end_reason: str | None = None
@@ -439,6 +441,9 @@ def _fold(tile: Tile, event: Event, at: float) -> None:
         case "call_start":
             tile.meta = dict(_meta(event))
             tile.source = str(event.get("source") or "unknown")
+            channels = event.get("channels")
+            if isinstance(channels, list):
+                tile.speakers = tuple(str(c) for c in channels)
             tile.ended_at, tile.end_reason, tile.change = None, None, None
             tile.contact_lost_at = None  # a takeover: the call runs again
             # A takeover's call_start names when the call began on its first instance.

@@ -111,6 +111,7 @@ def test_an_agent_follows_their_call_from_another_instance_redacted(
         await bus.start()
         bus.watch_remote(COMMAND_TOPIC, lambda _t, ev, _at: commands.append(ev))
         start = {"seq": 1, "call_id": call_id, "type": "call_start", "meta": meta}
+        start |= {"source": "twilio", "channels": ["customer", "agent"]}
         said = {"seq": 2, "call_id": call_id, "type": "transcript", "speaker": "customer"}
         bus.publish(SUPERVISOR_TOPIC, start)
         bus.publish(call_topic(call_id), start)
@@ -131,14 +132,20 @@ def test_an_agent_follows_their_call_from_another_instance_redacted(
             import time
 
             deadline = time.monotonic() + 10
-            while not any(
-                c["call_id"] == call_id
-                for c in client.get(
-                    "/api/calls", headers={"Authorization": f"Bearer {token}"}
-                ).json()["calls"]
+            while not (
+                listed := [
+                    c
+                    for c in client.get(
+                        "/api/calls", headers={"Authorization": f"Bearer {token}"}
+                    ).json()["calls"]
+                    if c["call_id"] == call_id
+                ]
             ):
                 assert time.monotonic() < deadline, "instance B's wall never saw A's call"
                 time.sleep(0.1)
+            # Listed as A lists it: who is on which channel, not an empty list.
+            assert listed[0]["source"] == "twilio", listed
+            assert listed[0]["speakers"] == ["customer", "agent"], listed
             with client.websocket_connect(f"/ws/calls/{call_id}/events?token={token}") as ws:
                 first, second = ws.receive_json(), ws.receive_json()
             # Her supervisor, on this wall, puts another agent on the call: the instance that
