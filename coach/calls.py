@@ -52,7 +52,7 @@ from typing import Any
 
 from coach import metrics
 from coach.bus import InProcessBus, agent_topic, call_topic
-from coach.logs import call_id_var
+from coach.logs import call_fields, call_id_var
 from coach.messages import Speaker
 from coach.redaction import with_customer_alias
 from coach.runtime import Runtime
@@ -293,7 +293,13 @@ class CallManager:
             starting.add_done_callback(end_once_started)
             raise
         self._ensure_watchdog()
-        log.info("call %s started (%s, %s)", call_id, source, ",".join(speakers))
+        log.info(
+            "call %s started (%s, %s)",
+            call_id,
+            source,
+            ",".join(speakers),
+            extra=call_fields(call_id),
+        )
         return session
 
     def _admit(
@@ -361,7 +367,12 @@ class CallManager:
             async with asyncio.timeout(STORE_LOOKUP_S):
                 return await self.ended_lookup(call_id)
         except Exception as exc:  # TimeoutError included
-            log.warning("call %s: stored calls under this id unknown (%r)", call_id, exc)
+            log.warning(
+                "call %s: stored calls under this id unknown (%r)",
+                call_id,
+                exc,
+                extra=call_fields(call_id),
+            )
             return set()
 
     async def _stored_live(self, call_id: str) -> bool:
@@ -372,7 +383,12 @@ class CallManager:
             async with asyncio.timeout(STORE_LOOKUP_S):
                 return await self.live_lookup(call_id)
         except Exception as exc:  # TimeoutError included
-            log.warning("call %s: whether the store has it live is unknown (%r)", call_id, exc)
+            log.warning(
+                "call %s: whether the store has it live is unknown (%r)",
+                call_id,
+                exc,
+                extra=call_fields(call_id),
+            )
             return False
 
     async def _claim_or_refuse(self, call_id: str) -> bool:
@@ -397,6 +413,7 @@ class CallManager:
                     "call %s: cannot tell whether another instance runs it (%r); opening it here",
                     call_id,
                     exc,
+                    extra=call_fields(call_id),
                 )
                 self._unclaimed.add(call_id)
                 return waited
@@ -407,6 +424,7 @@ class CallManager:
                         "call %s: its instance let it go (ended, handed over or died); it "
                         "continues here",
                         call_id,
+                        extra=call_fields(call_id),
                     )
                 return waited
             if time.monotonic() >= deadline:
@@ -424,6 +442,7 @@ class CallManager:
                     call_id,
                     owner,
                     self.bus.handover_wait_s,
+                    extra=call_fields(call_id),
                 )
             waited = True
             await asyncio.sleep(min(HANDOVER_POLL_S, max(0.0, deadline - time.monotonic())))
@@ -443,7 +462,12 @@ class CallManager:
             async with asyncio.timeout(OWNER_LOOKUP_S):
                 state = await self.bus.load_session_state(call_id)
         except Exception as exc:  # TimeoutError included
-            log.warning("call %s: cannot tell whether it ended elsewhere (%r)", call_id, exc)
+            log.warning(
+                "call %s: cannot tell whether it ended elsewhere (%r)",
+                call_id,
+                exc,
+                extra=call_fields(call_id),
+            )
             return False
         return bool(state and state.get("ended"))
 
@@ -484,6 +508,7 @@ class CallManager:
             session.call_id,
             session.fed_s,
             session.reconnects,
+            extra=call_fields(session.call_id),
         )
         return session
 
@@ -531,7 +556,11 @@ class CallManager:
         )
         self._detached[session.call_id] = (reason, timer)
         log.info(
-            "call %s detached (%s): waiting %.1f s for a reconnect", session.call_id, reason, grace
+            "call %s detached (%s): waiting %.1f s for a reconnect",
+            session.call_id,
+            reason,
+            grace,
+            extra=call_fields(session.call_id),
         )
 
     async def _grace(self, session: CallSession, reason: str, grace: float) -> None:
@@ -540,7 +569,12 @@ class CallManager:
         if entry is None or entry[1] is not asyncio.current_task():
             return
         del self._detached[session.call_id]
-        log.info("call %s: no reconnect within %.1f s", session.call_id, grace)
+        log.info(
+            "call %s: no reconnect within %.1f s",
+            session.call_id,
+            grace,
+            extra=call_fields(session.call_id),
+        )
         await self.finish(session, reason)
 
     def _spawn_end(self, session: CallSession, reason: str) -> asyncio.Future[None]:
@@ -570,7 +604,7 @@ class CallManager:
                 "call %s ended (%s)",
                 session.call_id,
                 session.end_reason or reason,
-                extra={"call_id": session.call_id},
+                extra=call_fields(session.call_id),
             )
 
         task.add_done_callback(ended)
@@ -600,7 +634,11 @@ class CallManager:
                 return  # it ended meanwhile
         except Exception:
             # Held here, the call could not go on anywhere until this instance stops.
-            log.exception("call %s: hand-over failed; letting it go as it is", session.call_id)
+            log.exception(
+                "call %s: hand-over failed; letting it go as it is",
+                session.call_id,
+                extra=call_fields(session.call_id),
+            )
         shared = await self.bus.let_go(session.call_id)
         # The agent's unredacted feed exists only where the call runs: its panel here must
         # connect again (to the call's new instance, or here for the shared, redacted feed).
@@ -615,6 +653,7 @@ class CallManager:
                 "another instance",
                 session.call_id,
                 session.fed_s,
+                extra=call_fields(session.call_id),
             )
 
     def _forget_leg(self, call_id: str) -> None:
@@ -667,7 +706,7 @@ class CallManager:
                 session.call_id,
                 session.source,
                 now - session.last_audio_at,
-                extra={"call_id": session.call_id},  # the watchdog serves every call
+                extra=call_fields(session.call_id),  # the watchdog serves every call
             )
             session.request_end("idle_timeout")
             ended.append(session.call_id)
@@ -705,7 +744,7 @@ class CallManager:
             # Drop the history, keep the topic closed: a late panel is told the call is over.
             self.bus.forget(topic)
             self.bus.close_topic(topic)
-        log.debug("call %s forgotten", session.call_id)
+        log.debug("call %s forgotten", session.call_id, extra=call_fields(session.call_id))
 
     def forget_erased(self, call_id: str) -> None:
         """The call was erased from the store: drop what this instance keeps of it for late

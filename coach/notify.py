@@ -32,6 +32,7 @@ import aiohttp
 from coach import __version__, metrics
 from coach.bus import SUPERVISOR_TOPIC
 from coach.events import URGENCY_RANK, Event
+from coach.logs import call_fields
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class EscalationWebhook:
                     "escalation webhook: queue full, %s escalation of call %s dropped",
                     event.get("urgency"),
                     call_id,
-                    extra={"call_id": call_id},  # JSON logs: its own field, as a call's lines
+                    extra=call_fields(call_id),  # JSON logs: its own field, as a call's lines
                 )
 
     def _wanted(self, event: Event) -> bool:
@@ -158,7 +159,7 @@ class EscalationWebhook:
                 except Exception:  # a bug here must not end deliveries for good
                     log.exception(
                         "escalation webhook: delivery failed",
-                        extra={"call_id": payload.get("call_id")},
+                        extra=call_fields(payload.get("call_id")),
                     )
                     result = "failed"
                 finally:
@@ -192,6 +193,6 @@ class EscalationWebhook:
             "escalation webhook: %s not delivered (%s)",
             what,
             problem,
-            extra={"call_id": payload["call_id"]},
+            extra=call_fields(payload["call_id"]),
         )
         return "failed"

@@ -31,6 +31,7 @@ from audio.types import PIPELINE_RATE, Samples
 from audio.vad import WINDOW_SAMPLES, VadFrame, VadStream
 from coach import events, metrics
 from coach.events import Event
+from coach.logs import call_fields
 from coach.messages import AudioChunk, Speaker
 from coach.runtime import PRIORITY_FINAL, PRIORITY_PARTIAL, Runtime
 from coach.settings import Settings
@@ -268,6 +269,7 @@ class PartyPipeline:
             match.correlation,
             match.lag_s * 1000,
             match.quieter_db,
+            extra=call_fields(self.call_id),
         )
         return True
 
@@ -312,7 +314,12 @@ class PartyPipeline:
             try:
                 await self._finalize(utt)
             except Exception:
-                log.exception("call %s %s: final transcript failed", self.call_id, self.speaker)
+                log.exception(
+                    "call %s %s: final transcript failed",
+                    self.call_id,
+                    self.speaker,
+                    extra=call_fields(self.call_id),
+                )
 
     async def _finalize(self, utt: Utterance) -> None:
         heard = utt.utterance_id in self._heard_utts
@@ -323,6 +330,7 @@ class PartyPipeline:
                 self.call_id,
                 self.speaker,
                 utt.utterance_id,
+                extra=call_fields(self.call_id),
             )
             return
         t0 = utt.audio_t0_s
@@ -354,6 +362,7 @@ class PartyPipeline:
                     self.speaker,
                     utt.utterance_id,
                     utt.t_end_s - utt.t_start_s,
+                    extra=call_fields(self.call_id),
                 )
             return
         voice = self._prosody(features, result)
@@ -417,7 +426,12 @@ class PartyPipeline:
                 batch_group="final",
             )
         except Shed:
-            log.error("call %s %s: final transcript shed", self.call_id, self.speaker)
+            log.error(
+                "call %s %s: final transcript shed",
+                self.call_id,
+                self.speaker,
+                extra=call_fields(self.call_id),
+            )
             return None
 
     async def _second_listen(self, utt: Utterance, blank: AsrResult) -> AsrResult:
@@ -445,6 +459,7 @@ class PartyPipeline:
                 utt.utterance_id,
                 blank.no_speech_prob,
                 len(again.words) or len(again.text.split()),
+                extra=call_fields(self.call_id),
             )
             return again
         return blank

@@ -57,6 +57,7 @@ from coach.bus import (
     is_call_topic,
 )
 from coach.events import Event, dumps
+from coach.logs import call_fields
 
 log = logging.getLogger(__name__)
 
@@ -379,7 +380,11 @@ class RedisBus(InProcessBus):
                 if isinstance(value, dict):
                     return value
             except ValueError:
-                log.warning("unreadable session state for call %s in Redis", call_id)
+                log.warning(
+                    "unreadable session state for call %s in Redis",
+                    call_id,
+                    extra=call_fields(call_id),
+                )
         return await super().load_session_state(call_id)
 
     async def owner(self, call_id: str) -> str | None:
@@ -447,7 +452,9 @@ class RedisBus(InProcessBus):
             async with asyncio.timeout(0.5):
                 await self._release(keys=[self.owner_key(call_id)], args=[self.instance_id])
         except Exception as exc:  # Redis down or slow: the key expires on its own
-            log.debug("call %s: owner key not released (%r)", call_id, exc)
+            log.debug(
+                "call %s: owner key not released (%r)", call_id, exc, extra=call_fields(call_id)
+            )
 
     @property
     def can_hand_over(self) -> bool:
@@ -470,7 +477,12 @@ class RedisBus(InProcessBus):
         except TimeoutError:
             # Redis is slow or gone: the key expires with this instance's liveness (or in
             # owner_ttl_s); until then a reconnect elsewhere waits or is refused.
-            log.warning("call %s: could not hand it over in %.1f s", call_id, timeout_s)
+            log.warning(
+                "call %s: could not hand it over in %.1f s",
+                call_id,
+                timeout_s,
+                extra=call_fields(call_id),
+            )
             return False
         finally:
             self._letting_go.pop(call_id, None)

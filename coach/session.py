@@ -25,7 +25,7 @@ from coach.bus import SUPERVISOR_TOPIC, InProcessBus, agent_topic, call_topic
 from coach.cues.dynamics import Spoken, Timeline
 from coach.cues.engine import CueEngine, TextAnalysis
 from coach.events import Event
-from coach.logs import call_id_var
+from coach.logs import call_fields, call_id_var
 from coach.messages import AudioChunk, EndOfStream, Speaker, follows, join_chunks
 from coach.pipeline import PartyPipeline
 from coach.redaction import CallRedactor
@@ -251,12 +251,17 @@ class CallSession:
             except recap.RecapError as exc:
                 unreadable.append(f"summary so far ({exc})")
             except Exception:  # a bug here must cost the earlier part's summary, not the call
-                log.exception("call %s: the summary so far could not be restored", self.call_id)
+                log.exception(
+                    "call %s: the summary so far could not be restored",
+                    self.call_id,
+                    extra=call_fields(self.call_id),
+                )
         if unreadable:
             log.warning(
                 "call %s: saved session state partly unreadable, left out: %s",
                 self.call_id,
                 "; ".join(unreadable),
+                extra=call_fields(self.call_id),
             )
         self.meta.setdefault("resumed", not ended)
 
@@ -315,6 +320,7 @@ class CallSession:
                         self.call_id,
                         chunk.speaker,
                         self.dropped_frames,
+                        extra=call_fields(self.call_id),
                     )
         q.put_nowait(chunk)
         self._fed_s = max(self._fed_s, chunk.t1)
@@ -333,7 +339,10 @@ class CallSession:
             )
         if self.max_call_s > 0 and chunk.t0 >= self.max_call_s:
             log.warning(
-                "call %s reached the maximum length (%.0f s)", self.call_id, self.max_call_s
+                "call %s reached the maximum length (%.0f s)",
+                self.call_id,
+                self.max_call_s,
+                extra=call_fields(self.call_id),
             )
             self.request_end("max_length")
             raise CallEnded(self.call_id, "max_length")
@@ -477,7 +486,12 @@ class CallSession:
         try:
             found = await read(transcript)
         except Exception:
-            log.exception("call %s: cue engine failed on a %s", self.call_id, transcript["type"])
+            log.exception(
+                "call %s: cue engine failed on a %s",
+                self.call_id,
+                transcript["type"],
+                extra=call_fields(self.call_id),
+            )
             found = []
         for ev in found:
             await self.emit(ev)
@@ -487,7 +501,12 @@ class CallSession:
         try:
             previous = await self.history_lookup(customer_id)
         except Exception as exc:
-            log.warning("call %s: customer history unavailable: %s", self.call_id, exc)
+            log.warning(
+                "call %s: customer history unavailable: %s",
+                self.call_id,
+                exc,
+                extra=call_fields(self.call_id),
+            )
             return
         # Earlier legs of this same call (cut off, reconnected as `id~2`) are not an earlier
         # contact: counted, a first-time caller got "Has called before" two seconds into the
@@ -648,7 +667,12 @@ class CallSession:
                 await self._maybe_metrics()
                 await self._maybe_timing_cues()
             except Exception:
-                log.exception("call %s %s: pipeline error, frame skipped", self.call_id, speaker)
+                log.exception(
+                    "call %s %s: pipeline error, frame skipped",
+                    self.call_id,
+                    speaker,
+                    extra=call_fields(self.call_id),
+                )
                 metrics.DROPPED_FRAMES.labels(reason="pipeline_error").inc()
             finally:
                 for _ in range(taken):

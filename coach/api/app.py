@@ -58,6 +58,7 @@ from coach.ingest.audiosocket import (
     read_mapping_file,
     start_audiosocket_server,
 )
+from coach.logs import call_fields
 from coach.notify import EscalationWebhook, WebhookConfig
 from coach.redis_bus import RedisBus
 from coach.runtime import Runtime
@@ -771,7 +772,12 @@ async def _assign_forwarded(session: CallSession, agent_id: str) -> None:
     try:
         await _assign(session, agent_id)
     except Exception:  # e.g. the call ended meanwhile: nobody awaits this task to see it
-        log.exception("call %s: forwarded assignment of %s failed", session.call_id, agent_id)
+        log.exception(
+            "call %s: forwarded assignment of %s failed",
+            session.call_id,
+            agent_id,
+            extra=call_fields(session.call_id),
+        )
 
 
 async def _forget_erased(state: AppState, wall: WallTracker, call_ids: list[str]) -> None:
@@ -786,7 +792,12 @@ async def _forget_erased(state: AppState, wall: WallTracker, call_ids: list[str]
             try:
                 await state.bus.erase_call(call_id)
             except Exception as exc:  # Redis down: its copy expires on its own
-                log.warning("erasure: Redis copy of call %s not deleted (%r)", call_id, exc)
+                log.warning(
+                    "erasure: Redis copy of call %s not deleted (%r)",
+                    call_id,
+                    exc,
+                    extra=call_fields(call_id),
+                )
             state.bus.publish(COMMAND_TOPIC, {"type": "forget_call", "call_id": call_id})
 
 
@@ -806,7 +817,11 @@ def _run_command(state: AppState, wall: WallTracker, event: Event, written_at: f
     if not isinstance(agent_id, str) or not agent_id:
         return
     log.info(
-        "call %s: agent %s assigned by %s on another instance", call_id, agent_id, event.get("by")
+        "call %s: agent %s assigned by %s on another instance",
+        call_id,
+        agent_id,
+        event.get("by"),
+        extra=call_fields(call_id),
     )
     task = asyncio.get_running_loop().create_task(_assign_forwarded(session, agent_id))
     _COMMANDS.add(task)
@@ -872,7 +887,12 @@ async def _emit_quietly(session: CallSession, event: Event) -> None:
     try:
         await session.emit(event)
     except Exception:  # nobody awaits this task to see it
-        log.exception("call %s: could not emit %s", session.call_id, event.get("type"))
+        log.exception(
+            "call %s: could not emit %s",
+            session.call_id,
+            event.get("type"),
+            extra=call_fields(session.call_id),
+        )
 
 
 class AgentAssignment(BaseModel):

@@ -26,6 +26,7 @@ from audio.framing import samples_per_frame
 from coach.api.security import require_principal
 from coach.auth import Principal
 from coach.calls import CallManager, CallRejected
+from coach.logs import call_fields
 from coach.messages import AudioChunk
 from coach.replay import CallAudio, read_call
 from coach.session import CallEnded, CallSession
@@ -91,7 +92,9 @@ class DemoPlayer:
         self.tasks[call_id], self.owners[call_id] = task, user
         task.add_done_callback(lambda _: self._done(call_id))
         n = max(len(x) for x in audio.channels.values())
-        log.info("demo call %s started for %s at %.1fx", call_id, user, speed)
+        log.info(
+            "demo call %s started for %s at %.1fx", call_id, user, speed, extra=call_fields(call_id)
+        )
         return DemoCall(call_id=call_id, agent_id=user, duration_s=round(n / audio.sample_rate, 3))
 
     def _done(self, call_id: str) -> None:

@@ -53,6 +53,7 @@ from coach.api.security import may_view_call
 from coach.auth import Principal
 from coach.bus import SUPERVISOR_TOPIC, call_topic
 from coach.events import Event, wall_time
+from coach.logs import call_fields
 from coach.signals.state import arc_change
 
 log = logging.getLogger(__name__)
@@ -256,7 +257,11 @@ class WallTracker:
             return False
         first = events[0][0] if events else {}
         if first.get("type") != "call_start" or first.get("call_id") != call_id:
-            log.debug("wall: call %s runs elsewhere but its call_start is gone; not shown", call_id)
+            log.debug(
+                "wall: call %s runs elsewhere but its call_start is gone; not shown",
+                call_id,
+                extra=call_fields(call_id),
+            )
             return False
         tile = self._new_tile(call_id, events[0][1])
         for ev, at in [*events, *self._unknown.pop(call_id, ())]:

@@ -49,7 +49,7 @@ from coach.ingest import MAX_SKIPPED_AUDIO_S
 from coach.ingest import closecodes as cc
 from coach.ingest.pcm import MAX_ID_CHARS
 from coach.ingest.receive import closed_as_oversized, receive_unless_ended
-from coach.logs import client_text, upgrade_denied_var
+from coach.logs import call_fields, client_text, upgrade_denied_var
 from coach.messages import AudioChunk, Speaker
 from coach.session import CallEnded, CallSession
 from coach.settings import Settings
@@ -1064,7 +1064,12 @@ class AudioHookSession:
         task.add_done_callback(_FINISHING.discard)
         _, pending = await asyncio.wait({task}, timeout=FINALIZE_WAIT_S)
         if pending:
-            log.warning("audiohook %s: call %s still finalizing", self.id, call.call_id)
+            log.warning(
+                "audiohook %s: call %s still finalizing",
+                self.id,
+                call.call_id,
+                extra=call_fields(call.call_id),
+            )
 
     async def _close_socket(self, code: int, reason: str) -> None:
         await self._finish_call("disconnect")

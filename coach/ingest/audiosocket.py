@@ -62,6 +62,7 @@ from coach import metrics
 from coach.calls import CallManager, CallRejected
 from coach.ingest.pcm import CALL_ID
 from coach.ingest.receive import watching_end
+from coach.logs import call_fields
 from coach.messages import SPEAKERS, AudioChunk, Speaker
 from coach.session import CallEnded, CallSession
 from coach.settings import Settings
@@ -590,7 +591,13 @@ class AudioSocketService:
                 raise
             call.base_s = session.fed_s
             ready.set_result(session)
-            log.info("audiosocket %s: call %s %s connected", conn.peer, route.call_id, route.party)
+            log.info(
+                "audiosocket %s: call %s %s connected",
+                conn.peer,
+                route.call_id,
+                route.party,
+                extra=call_fields(route.call_id),
+            )
             return call, session, call.base_s
         if route.party not in call.speakers:
             raise _Refusal(
@@ -618,6 +625,7 @@ class AudioSocketService:
             route.call_id,
             route.party,
             offset_s,
+            extra=call_fields(route.call_id),
         )
         return call, session, offset_s
 
@@ -706,7 +714,13 @@ class AudioSocketService:
         if reason.startswith("error:") and call.error is None:
             call.error = reason
         if call.connected:
-            log.info("audiosocket: call %s %s left (%s)", call.call_id, party, reason)
+            log.info(
+                "audiosocket: call %s %s left (%s)",
+                call.call_id,
+                party,
+                reason,
+                extra=call_fields(call.call_id),
+            )
             return
         if self._calls.get(call.call_id) is call:
             del self._calls[call.call_id]

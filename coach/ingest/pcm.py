@@ -24,6 +24,7 @@ from coach import metrics
 from coach.calls import CallManager, CallRejected
 from coach.ingest import closecodes as cc
 from coach.ingest.receive import closed_as_oversized, receive_unless_ended, watching_end
+from coach.logs import call_fields
 from coach.messages import SPEAKERS, AudioChunk, Speaker
 from coach.session import CallEnded, CallSession
 from coach.settings import Settings
@@ -213,7 +214,12 @@ async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> 
         await manager.detach(session, "disconnect")  # the connection went away
         raise
     except (WebSocketDisconnect, RuntimeError, OSError) as exc:
-        log.info("call %s: connection lost (%r)", session.call_id, exc)
+        log.info(
+            "call %s: connection lost (%r)",
+            session.call_id,
+            exc,
+            extra=call_fields(session.call_id),
+        )
         end_reason = "disconnect"
     except Exception:
         await manager.stream_ended(session, "disconnect")  # a bug must not leave it live

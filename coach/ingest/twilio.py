@@ -35,7 +35,7 @@ from coach.ingest import MAX_SKIPPED_AUDIO_S
 from coach.ingest import closecodes as cc
 from coach.ingest.pcm import CALL_ID, MAX_ID_CHARS, PRINTABLE_IDS
 from coach.ingest.receive import closed_as_oversized, receive_unless_ended, watching_end
-from coach.logs import client_text
+from coach.logs import call_fields, client_text
 from coach.messages import SPEAKERS, AudioChunk, Speaker
 from coach.redaction import redact_text
 from coach.session import CallEnded, CallSession
@@ -530,7 +530,12 @@ async def handle(ws: WebSocket, *, manager: CallManager, settings: Settings) -> 
         await refuse(ws, cc.for_rejection(exc.reason), exc.reason, str(exc))
         return
     proto.base_sample = round(session.fed_s * SAMPLE_RATE)
-    log.info("twilio stream %s -> call %s", proto.stream_sid, session.call_id)
+    log.info(
+        "twilio stream %s -> call %s",
+        proto.stream_sid,
+        session.call_id,
+        extra=call_fields(session.call_id),
+    )
     try:
         end_reason = await _stream(ws, proto, session)
     except asyncio.CancelledError:
@@ -574,11 +579,21 @@ async def _stream(ws: WebSocket, proto: StreamProtocol, session: CallSession) ->
                         # A name is free text: redacted once, for the meta and the log.
                         name = redact_text(msg.mark.name[:64])
                         _note(session, "marks", last_mark=name)
-                        log.info("call %s: mark %r", session.call_id, name)
+                        log.info(
+                            "call %s: mark %r",
+                            session.call_id,
+                            name,
+                            extra=call_fields(session.call_id),
+                        )
                     case Dtmf():
                         # Digits may be card numbers or PINs: count them, never store or log them.
                         _note(session, "dtmf")
-                        log.info("call %s: dtmf on %s", session.call_id, msg.dtmf.track)
+                        log.info(
+                            "call %s: dtmf on %s",
+                            session.call_id,
+                            msg.dtmf.track,
+                            extra=call_fields(session.call_id),
+                        )
                     case Stop():
                         return "stop"
             except TwilioError as exc:

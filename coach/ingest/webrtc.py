@@ -49,7 +49,7 @@ from pydantic import BaseModel, Field, field_validator
 from coach import metrics
 from coach.calls import RETRY_AFTER_S, CallManager, CallRejected
 from coach.ingest.pcm import CALL_ID, PRINTABLE_IDS
-from coach.logs import client_text
+from coach.logs import call_fields, client_text
 from coach.messages import AudioChunk, Speaker
 from coach.session import CallEnded, CallSession
 
@@ -213,6 +213,7 @@ class WebRtcCall:
                         speaker,
                         FRAME_TIMEOUT_S,
                         reason,
+                        extra=call_fields(self.session.call_id),
                     )
                     break
                 if not isinstance(frame, av.AudioFrame):
@@ -226,7 +227,12 @@ class WebRtcCall:
             self.end(exc.reason)
             return
         except Exception:
-            log.exception("webrtc call %s: %s track failed", self.session.call_id, speaker)
+            log.exception(
+                "webrtc call %s: %s track failed",
+                self.session.call_id,
+                speaker,
+                extra=call_fields(self.session.call_id),
+            )
             reason = "error:track"
             self.end(reason)
             return
@@ -241,7 +247,11 @@ class WebRtcCall:
                 async with asyncio.timeout(CONNECT_TIMEOUT_S):
                     await self.connected.wait()
             except TimeoutError:
-                log.warning("webrtc call %s: ICE never connected", self.session.call_id)
+                log.warning(
+                    "webrtc call %s: ICE never connected",
+                    self.session.call_id,
+                    extra=call_fields(self.session.call_id),
+                )
                 self.end("ice_timeout")
             await self.ended.wait()
         finally:
@@ -357,7 +367,7 @@ async def answer(
     @pc.on("connectionstatechange")
     def on_state() -> None:
         state = pc.connectionState
-        log.info("webrtc call %s: connection %s", call_id, state)
+        log.info("webrtc call %s: connection %s", call_id, state, extra=call_fields(call_id))
         if state == "connected":
             call.connected.set()
         elif state == "failed":
@@ -385,9 +395,11 @@ async def answer(
         _runners.discard(task)
         _calls.discard(call)
         if not task.cancelled() and task.exception() is not None:
-            log.error("webrtc call %s: %s", call_id, task.exception())
+            log.error("webrtc call %s: %s", call_id, task.exception(), extra=call_fields(call_id))
 
     runner.add_done_callback(forget)
-    log.info("webrtc call %s answered (%s)", call_id, ",".join(speakers))
+    log.info(
+        "webrtc call %s answered (%s)", call_id, ",".join(speakers), extra=call_fields(call_id)
+    )
     local = pc.localDescription
     return {"sdp": local.sdp, "type": local.type, "call_id": call_id}

@@ -35,6 +35,7 @@ from coach.auth import Principal
 from coach.bus import SUPERVISOR_TOPIC
 from coach.cues.playbook import Playbook, load_playbook
 from coach.events import Urgency
+from coach.logs import call_fields
 from coach.redaction import customer_aliases
 from coach.settings import Settings
 from coach.store.records import (
@@ -304,7 +305,9 @@ async def erase_call(
         raise HTTPException(409, f"call {call_id} has not ended: erase it once it has")
     if not erased:
         raise HTTPException(404, f"call {call_id} not found")
-    log.warning("erasure: %s deleted stored call %s", principal.user, call_id)
+    log.warning(
+        "erasure: %s deleted stored call %s", principal.user, call_id, extra=call_fields(call_id)
+    )
 
 
 @router.delete("/api/customers/{customer_id}/history")

@@ -25,6 +25,7 @@ from typing import Any
 
 from coach.bus import SUPERVISOR_TOPIC, InProcessBus, call_topic
 from coach.events import AI_LABEL, Event, call_end
+from coach.logs import call_fields
 from coach.signals.state import CustomerStateTracker
 from coach.store.records import CallDetail, StoreUnavailable, UtteranceRecord
 from coach.store.store import Store
@@ -403,5 +404,6 @@ async def close_orphans(
             "call %s was cut off (no instance runs it): closed as interrupted after %.1f s",
             call.call_id,
             ev["duration_s"],
+            extra=call_fields(call.call_id),
         )
     return closed

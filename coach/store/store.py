@@ -28,6 +28,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from coach.events import URGENCY_RANK
+from coach.logs import call_fields
 from coach.redaction import redact_text
 from coach.signals.state import arc_change
 from coach.store.db import create_engine, migrate, redacted_url
@@ -199,6 +200,7 @@ class Store:
             ev.get("seq"),
             ev.get("call_id"),
             _first_line(exc),
+            extra=call_fields(ev.get("call_id")),
         )
 
     # -- reads -----------------------------------------------------------------------------

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import io
 import json
 import logging
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from coach.logs import JsonFormatter, call_id_var, scrub, setup_logging
+from coach.logs import JsonFormatter, call_fields, call_id_var, scrub, setup_logging
 
 
 @pytest.fixture
@@ -364,3 +367,44 @@ def test_ids_dates_and_time_stamps_in_a_url_are_kept() -> None:
         "store ready: postgresql://app:***@db.example.com:5432/coach",
     ):
         assert scrub(line) == line
+
+
+_NAMES_A_CALL = re.compile(r"\bcalls? %[sr]\b")
+_LEVELS = frozenset({"debug", "info", "warning", "error", "exception", "critical"})
+
+
+def _lines_naming_a_call_without_its_field() -> list[str]:
+    root = Path(__file__).resolve().parents[2] / "coach"
+    missing = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in _LEVELS
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "log"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                continue
+            if _NAMES_A_CALL.search(node.args[0].value) and not any(
+                k.arg == "extra" for k in node.keywords
+            ):
+                missing.append(f"{path.relative_to(root.parent)}:{node.lineno}")
+    return missing
+
+
+def test_every_line_that_names_a_call_has_its_call_id_field() -> None:
+    """A log search by call must find every line about it. Lines written outside the call's
+    own tasks (the bus, the store, the orphan sweep, an API request about the call) had the
+    id only in their text (left open since session 35)."""
+    assert _lines_naming_a_call_without_its_field() == []
+
+
+def test_a_line_about_a_call_outside_its_context_names_it(stream: io.StringIO) -> None:
+    setup_logging("info", json_format=True, stream=stream)
+    logging.getLogger("t").warning("call %s: cut off", "c-8", extra=call_fields("c-8"))
+    logging.getLogger("t").warning("store reconnected")
+    assert [line.get("call_id") for line in _lines(stream)] == ["c-8", None]
