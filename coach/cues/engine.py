@@ -99,6 +99,22 @@ class Candidate:
     (`CueSpec.refire_above`): its escalation is paged again (EscalationDetector)."""
 
 
+def _bare(word: str) -> str:
+    return re.sub(r"[^\w']", "", word.lower())
+
+
+def _word_probabilities(event: Mapping[str, Any]) -> dict[str, float]:
+    """Each word of a transcript with the lowest probability the ASR gave it in the turn."""
+    out: dict[str, float] = {}
+    for w in event.get("words") or ():
+        if not isinstance(w, Mapping):
+            continue
+        word, p = _bare(str(w.get("w", ""))), w.get("p")
+        if word and isinstance(p, int | float):
+            out[word] = min(float(p), out.get(word, 1.0))
+    return out
+
+
 def _clause_signals(
     loaded: LoadedPlaybook, texts: Sequence[str], analyses: Sequence[TextAnalysis]
 ) -> list[ClauseSignals]:
@@ -323,7 +339,7 @@ class CueEngine:
         analyses = await self._analyze(parts)
         # Each clause's best example per cue is computed once here, not once per cue.
         clause_signals = _clause_signals(loaded, parts, analyses)
-        closer = await self._close_looks(loaded, clause_signals)
+        closer = await self._close_looks(loaded, clause_signals, _word_probabilities(event))
         t_start, t_end = float(event["t_start"]), float(event["t_end"])
         self._heard_before_turn = self._customer_heard_s
         self._customer_heard_s += max(0.0, t_end - t_start)
@@ -394,30 +410,62 @@ class CueEngine:
         return out
 
     async def _close_looks(
-        self, loaded: LoadedPlaybook, clauses: Sequence[ClauseSignals]
+        self,
+        loaded: LoadedPlaybook,
+        clauses: Sequence[ClauseSignals],
+        heard: Mapping[str, float] | None = None,
     ) -> dict[str, list[ClauseSignals]]:
-        """Windows of the clauses that came close to a cue with a `close_look` (CloseLook),
-        per cue, analysed in one batch for every such cue."""
+        """Second readings of the clauses that came close to a cue, per cue, analysed in one
+        batch for every such cue: short windows of a long clause (`close_look`, CloseLook)
+        and the clause without one of the words the ASR was unsure of (`misheard`, Misheard;
+        `heard`: each word's lowest probability in the turn)."""
         pb = loaded.playbook
         wanted: dict[str, list[str]] = {}
+        # A reading without one word: the word, and the framing of the clause it came from.
+        misread: dict[str, tuple[str, language.Framing]] = {}
         for cue_id, spec in pb.enabled().items():
-            look = spec.close_look  # only language cues have one (the schema)
-            if look is None or spec.party != "customer":
+            look, misheard = spec.close_look, spec.misheard  # language cues only (the schema)
+            if (look is None and misheard is None) or spec.party != "customer":
                 continue  # the cues `_customer_utterance` scores, and no others
             assert spec.threshold is not None
             for clause in clauses:
-                if len(clause.text.split()) <= look.words:
-                    continue
                 m = loaded.index.score(cue_id, spec, clause)
-                if spec.threshold - look.within <= m.score < spec.threshold:
-                    wanted.setdefault(cue_id, []).extend(
-                        w for w in language.windows(clause.text, look.words)
+                if m.score >= spec.threshold:
+                    continue
+                if (
+                    look is not None
+                    and len(clause.text.split()) > look.words
+                    and m.score >= spec.threshold - look.within
+                ):
+                    wanted.setdefault(cue_id, []).extend(language.windows(clause.text, look.words))
+                if (
+                    misheard is not None
+                    and heard
+                    and m.score >= spec.threshold - misheard.within
+                    and (m.meaning is None or m.meaning >= misheard.min_meaning)
+                ):
+                    unsure = sorted(
+                        (heard[_bare(word)], word, variant)
+                        for word, variant in language.without_each_word(
+                            clause.text, max_words=misheard.max_words
+                        )
+                        if heard.get(_bare(word), 1.0) < misheard.below
                     )
+                    for _, word, variant in unsure[: misheard.max_variants]:
+                        wanted.setdefault(cue_id, []).append(variant)
+                        misread.setdefault(variant, (word, clause.framing))
         if not wanted:
             return {}
         texts = list(dict.fromkeys(t for ws in wanted.values() for t in ws))
         analyses = await self._analyze(texts)
-        signals = {c.text: c for c in _clause_signals(loaded, texts, analyses)}
+        signals = {}
+        for c in _clause_signals(loaded, texts, analyses):
+            if c.text in misread:
+                word, framing = misread[c.text]
+                if c.framing != framing:
+                    continue  # the word left out changed what the clause says of itself
+                c = replace(c, left_out=word)
+            signals[c.text] = c
         return {
             cue_id: [signals[t] for t in dict.fromkeys(ws) if t in signals]
             for cue_id, ws in wanted.items()
@@ -465,6 +513,7 @@ class CueEngine:
             boost = vb.add
         best: SemanticMatch | None = None
         best_by_meaning = False  # `best` fired by the probe alone (Meaning.fire_above)
+        best_left_out: str | None = None  # `best` read without this word (Misheard)
         # The best clause among those that pass every check: a long turn may hold one clause
         # that clearly means the cue next to another that scores higher but is ordinary talk.
         read = spec.meaning
@@ -503,7 +552,7 @@ class CueEngine:
                     near = by_meaning = True
                     m = replace(m, score=max(m.score, threshold - boost))
             if near and (best is None or m.score > best.score):
-                best, best_by_meaning = m, by_meaning
+                best, best_by_meaning, best_left_out = m, by_meaning, clause.left_out
         if best is not None and not _affect_ok(spec, sentiment, arousal):
             best = None  # the words alone are not enough for this cue (AffectGate)
         if best is not None:
@@ -516,6 +565,8 @@ class CueEngine:
                 )
             else:
                 reasons.append(words_reason(best.clause, best.example, best.similarity))
+            if best_left_out is not None:
+                reasons.append(f'read without "{best_left_out}", perhaps misheard')
             if best.adjustments:
                 reasons.append("framing considered: " + ", ".join(best.adjustments))
             if read is not None and best.meaning is not None and not best_by_meaning:

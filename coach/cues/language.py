@@ -417,6 +417,38 @@ def windows(text: str, size: int) -> list[str]:
     return [" ".join(tokens[i : i + size]).strip(" ,") for i in starts]
 
 
+def without_each_word(text: str, *, max_words: int = 30) -> list[tuple[str, str]]:
+    """`text` once without each of its content words, as (word left out, the rest); none
+    for a text over `max_words`.
+
+    ASR often mishears one word of an otherwise clear sentence ("I called Doom about the
+    exact same thing", for Tuesday), and one odd word pulls the whole sentence's vector away
+    from what it says. Only content words are left out: pronouns, auxiliaries and negators
+    (`STOPWORDS`) say who, when and whether, and leaving one out could change the meaning. A
+    word's trailing punctuation stays with the word before it, which the framing checks read.
+    """
+    tokens = text.split()
+    if len(tokens) < 3 or len(tokens) > max_words:
+        return []
+    out: list[tuple[str, str]] = []
+    for i, token in enumerate(tokens):
+        bare = re.sub(r"[^\w']", "", token.lower())
+        if len(bare) < 3 or bare in STOPWORDS or bare.endswith("n't") or bare in _KEPT_WORDS:
+            continue
+        kept = tokens[:i] + tokens[i + 1 :]
+        tail = token[len(token.rstrip(",.;:!?")) :]
+        if tail and i > 0:
+            kept[i - 1] = kept[i - 1].rstrip(",.;:!?") + tail
+        variant = " ".join(kept).strip(" ,")
+        if variant and all(variant != v for _, v in out):
+            out.append((token.strip(",.;:!?"), variant))
+    return out
+
+
+_KEPT_WORDS = _NEGATORS | {"without", "cannot", "hardly", "barely"}
+"""Words a second reading never leaves out, beside `STOPWORDS`: they decide whether."""
+
+
 def agreed_prefix(before: Sequence[str], now: Sequence[str]) -> int:
     """How many leading whitespace tokens of `now` the earlier hypothesis `before` agrees on.
 

@@ -66,6 +66,8 @@ class ClauseSignals:
     """Similarity to each shared background phrase (also filled by `prepare`)."""
     meaning: Mapping[str, float] | None = None
     """The meaning probe's probability of each language cue (also filled by `prepare`)."""
+    left_out: str | None = None
+    """The word this reading of a clause leaves out (a second reading: `Misheard`)."""
 
 
 @dataclass(frozen=True, slots=True)

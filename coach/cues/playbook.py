@@ -175,6 +175,31 @@ class CloseLook(_Strict):
     within: float = Field(0.08, gt=0, le=0.5)
 
 
+class Misheard(_Strict):
+    """Read a clause that comes close to the cue again without each one of its content words.
+
+    ASR mishears single words of clear sentences, and one odd word moves the sentence's
+    vector far: "I called Doom about the exact same thing, and was told it wouldn't happen
+    again" is 0.37 from the nearest repeat-contact example, the same sentence without "Doom"
+    (which the ASR gave a probability of 0.07) 0.74. The clause is read again without each
+    content word the ASR was unsure of (`below`; the `max_variants` least sure, see
+    `language.without_each_word`), in a second model pass, only when it scores within
+    `within` under the threshold and the meaning probe already leans to the cue
+    (`min_meaning`). A reading must keep the clause's framing (negated, hypothetical,
+    reported, a question) and pass every check a clause does. A transcript without word
+    probabilities gets no second reading: nothing says which word was misheard.
+    """
+
+    within: float = Field(0.15, gt=0, le=0.5)
+    min_meaning: float = Field(0.6, ge=0, le=1)
+    """The probe's reading of the whole clause a second look needs (ignored without a probe)."""
+    below: float = Field(0.5, gt=0, le=1)
+    """A word the ASR gave a probability under this may have been misheard."""
+    max_variants: int = Field(3, ge=1, le=10)
+    """Readings per clause at most (each costs the model a text): the least sure words."""
+    max_words: int = Field(30, ge=3, le=60)
+
+
 class ConfirmStep(_Strict):
     within: float = Field(gt=0, le=1)
     """How far above the threshold a match is still a near call."""
@@ -297,6 +322,7 @@ class CueSpec(_Strict):
     voice_trigger: VoiceTrigger | None = None
     affect_gate: AffectGate | None = None
     close_look: CloseLook | None = None
+    misheard: Misheard | None = None
     refire_above: float | None = Field(None, gt=0, le=1)
     """Inside the cooldown, show the cue again when a turn matches it by this much more than
     the match last shown (None: the cooldown holds). For crisis: a weak false alarm must not
@@ -357,6 +383,8 @@ class CueSpec(_Strict):
                 raise ValueError("affect_gate is only for language cues (it gates word matches)")
             if self.close_look is not None:
                 raise ValueError("close_look is only for language cues (it rereads clauses)")
+            if self.misheard is not None:
+                raise ValueError("misheard is only for language cues (it rereads clauses)")
             if self.early is not None:
                 raise ValueError("early is only for language cues (it reads partial transcripts)")
             if self.refire_above is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -47,7 +47,9 @@ class Conversation:
         voice_why: Sequence[str] = (),
         gap_s: float = 0.6,
         wps: float = 2.8,
+        unsure: Mapping[str, float] | None = None,
     ) -> list[dict[str, Any]]:
+        """`unsure`: words the ASR gave a probability under the usual 0.9, as word -> p."""
         score: EmotionScore = self.model.score([text])[0]
         duration = max(0.6, len(text.split()) / wps)
         t_start = self.t + gap_s
@@ -61,7 +63,10 @@ class Conversation:
             "t_start": t_start,
             "t_end": t_end,
             "utterance_id": self.utterance_id,
-            "words": [{"w": w, "t0": t_start, "t1": t_end, "p": 0.9} for w in text.split()],
+            "words": [
+                {"w": w, "t0": t_start, "t1": t_end, "p": (unsure or {}).get(w.strip(",.?!"), 0.9)}
+                for w in text.split()
+            ],
             "sentiment": score.to_sentiment(),
             "prosody": {
                 "f0_hz": 180.0,

@@ -326,6 +326,39 @@ def test_windows_cover_every_word_in_order(suffixes: list[str], size: int) -> No
     assert all(0 < b - a <= max(1, size // 2) for a, b in zip(starts, starts[1:], strict=False))
 
 
+def test_a_clause_without_each_of_its_content_words() -> None:
+    text = "I called Doom about the exact same thing, and I wasn't told."
+    assert language.without_each_word(text) == [
+        ("called", "I Doom about the exact same thing, and I wasn't told."),
+        ("Doom", "I called about the exact same thing, and I wasn't told."),
+        ("about", "I called Doom the exact same thing, and I wasn't told."),
+        ("exact", "I called Doom about the same thing, and I wasn't told."),
+        ("same", "I called Doom about the exact thing, and I wasn't told."),
+        # The comma stays where the clause had it.
+        ("thing", "I called Doom about the exact same, and I wasn't told."),
+        ("told", "I called Doom about the exact same thing, and I wasn't."),
+    ]
+    # Negators, pronouns and modals are never left out: they decide what the clause says.
+    assert language.without_each_word("I never would have rung, nobody cannot") == [
+        ("rung", "I never would have, nobody cannot")
+    ]
+    assert language.without_each_word("Too short") == []
+    assert language.without_each_word(" ".join(["word"] * 31)) == []
+
+
+@given(
+    st.lists(
+        st.sampled_from(["not", "never", "no", "if", "I", "the", "bill", "rang,"]), max_size=20
+    )
+)
+def test_a_reading_without_one_word_keeps_every_negator(tokens: list[str]) -> None:
+    text = " ".join(tokens)
+    for word, rest in language.without_each_word(text):
+        assert word.lower() not in {"not", "never", "no", "if", "i", "the"}
+        assert len(rest.split()) == len(text.split()) - 1
+        assert language.is_negated(rest) == language.is_negated(text)
+
+
 def test_agreed_prefix_ignores_case_and_punctuation() -> None:
     before = "My husband collapsed in the kitchen".split()
     now = "my husband collapsed, in the kitchen and he".split()

@@ -813,6 +813,57 @@ async def test_close_look_costs_nothing_on_ordinary_turns(
     assert all(len(w.split()) <= 10 for w in batches[1])
 
 
+async def test_a_clause_with_one_misheard_word_is_read_without_it(
+    conversation: Conversation,
+) -> None:
+    """`dev` d22: ASR heard "I called Tuesday about the exact same thing" as "I called Doom
+    about ...", 0.37 from the nearest repeat-contact example where the sentence without the
+    odd word is 0.74. `misheard` reads it again without each content word; without it the turn
+    is missed."""
+    loaded = conversation.engine.holder.current
+    pb = loaded.playbook
+    assert pb.cues["repeat_contact"].misheard is not None
+    said = "I called Doom about the exact same thing, and was told it wouldn't happen again."
+    found = {}
+    for name, spec in (
+        ("without", pb.cues["repeat_contact"].model_copy(update={"misheard": None})),
+        ("with", pb.cues["repeat_contact"]),
+    ):
+        holder = FixedHolder(
+            replace(
+                loaded,
+                playbook=pb.model_copy(update={"cues": {**pb.cues, "repeat_contact": spec}}),
+            )
+        )
+        conversation.engine = CueEngine(holder=holder, analyze=conversation.engine.analyze)
+        heard = await conversation.say("customer", said, unsure={"Doom": 0.07, "about": 0.2})
+        found[name] = [e for e in heard if e["type"] == "cue"]
+    assert "repeat_contact" not in [e["cue"] for e in found["without"]]
+    (cue,) = [e for e in found["with"] if e["cue"] == "repeat_contact"]
+    assert 'read without "Doom", perhaps misheard' in cue["why"]
+    # The panel marks the words the customer said, not the reading without one of them.
+    assert cue["evidence"]["text"] == said
+    # Heard with confidence, "Doom" is what the caller said: no second reading.
+    conversation.engine = CueEngine(
+        holder=conversation.engine.holder, analyze=conversation.engine.analyze
+    )
+    assert "repeat_contact" not in await conversation.cues("customer", said)
+
+
+async def test_leaving_a_word_out_never_turns_ordinary_talk_into_a_cue(
+    conversation: Conversation,
+) -> None:
+    """Second readings only for clauses already near a cue and read as it by the probe: a
+    calm caller's prior contact about something else and a plain price question stay calm."""
+    for said in (
+        "I called in the spring about an ear mould, so you should have my address.",
+        "What does the premium plan cost per month?",
+        "I'm not upset at all, I just wondered when the engineer is coming.",
+    ):
+        cues = [e["cue"] for e in await conversation.say("customer", said) if e["type"] == "cue"]
+        assert cues == [], (said, cues)
+
+
 async def test_a_weak_crisis_match_does_not_mute_a_real_one(conversation: Conversation) -> None:
     """Crisis has `refire_above`: inside its cooldown a clearly stronger match shows again;
     a match no stronger than the one shown does not."""

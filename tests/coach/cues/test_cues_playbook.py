@@ -109,6 +109,17 @@ def test_close_look_bounds_and_kind() -> None:
     assert "close_look is only for language cues" in _error(yaml.safe_dump(data))
 
 
+def test_misheard_bounds_and_kind() -> None:
+    data = _bundled()
+    data["cues"]["confusion"]["misheard"] = {"within": 0}
+    assert "cues.confusion.misheard.within" in _error(yaml.safe_dump(data))
+    data["cues"]["confusion"]["misheard"] = {"min_meaning": 1.5}
+    assert "cues.confusion.misheard.min_meaning" in _error(yaml.safe_dump(data))
+    data = _bundled()
+    data["cues"]["dead_air"]["misheard"] = {}
+    assert "misheard is only for language cues" in _error(yaml.safe_dump(data))
+
+
 def test_early_bounds_and_where_it_applies() -> None:
     data = _bundled()
     data["cues"]["crisis"]["early"] = {"margin": 0.7}
