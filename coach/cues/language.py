@@ -423,8 +423,9 @@ def without_each_word(text: str, *, max_words: int = 30) -> list[tuple[str, str]
 
     ASR often mishears one word of an otherwise clear sentence ("I called Doom about the
     exact same thing", for Tuesday), and one odd word pulls the whole sentence's vector away
-    from what it says. Only content words are left out: pronouns, auxiliaries and negators
-    (`STOPWORDS`) say who, when and whether, and leaving one out could change the meaning. A
+    from what it says. Only content words are left out: pronouns and auxiliaries
+    (`STOPWORDS`) and negators (`_KEPT_WORDS`) say who, when and whether, and leaving one out
+    could change the meaning. A
     word's trailing punctuation stays with the word before it, which the framing checks read.
     """
     tokens = text.split()

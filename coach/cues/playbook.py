@@ -176,7 +176,7 @@ class CloseLook(_Strict):
 
 
 class Misheard(_Strict):
-    """Read a clause that comes close to the cue again without each one of its content words.
+    """Read a clause that comes close to the cue again without a word the ASR was unsure of.
 
     ASR mishears single words of clear sentences, and one odd word moves the sentence's
     vector far: "I called Doom about the exact same thing, and was told it wouldn't happen
