@@ -87,10 +87,20 @@ async def two_instances(
 
 
 async def kill(bus: RedisBus) -> None:
-    """As `kill -9`: the bus stops talking to Redis and removes nothing (keys just expire)."""
-    for task in bus._tasks:
+    """As `kill -9`: the bus stops talking to Redis and removes nothing (keys just expire).
+
+    Its loops are told to stop as well as cancelled, as `RedisBus.stop` does: a cancellation
+    that lands just as a Redis read or wait completes can be lost on Python 3.11, and the loop
+    then ran on, this `gather` waited for it for good, and the test hung until its 600 s
+    timeout (once, in a fresh clone's CI with two test workers).
+    """
+    bus._stopping = True
+    bus._wake_writer.set()
+    bus._wake_reader.set()
+    tasks = [*bus._tasks, *bus._catchups]
+    for task in tasks:
         task.cancel()
-    await asyncio.gather(*bus._tasks, return_exceptions=True)
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @needs_redis

@@ -353,10 +353,21 @@ def test_a_clause_without_each_of_its_content_words() -> None:
 )
 def test_a_reading_without_one_word_keeps_every_negator(tokens: list[str]) -> None:
     text = " ".join(tokens)
+
+    def bare(t: str) -> str:
+        return t.strip(",").lower()
+
     for word, rest in language.without_each_word(text):
         assert word.lower() not in {"not", "never", "no", "if", "i", "the"}
-        assert len(rest.split()) == len(text.split()) - 1
-        assert language.is_negated(rest) == language.is_negated(text)
+        # Exactly that one word is gone; every other word stays, in order. (Whether the rest
+        # still reads as negated is the engine's check: "no rang, if" without "rang" is "no,
+        # if", a leading "No," that answers rather than negates, and the engine drops a
+        # reading whose framing changed.)
+        words = [bare(t) for t in text.split()]
+        left = [bare(t) for t in rest.split()]
+        assert any(
+            w == bare(word) and words[:i] + words[i + 1 :] == left for i, w in enumerate(words)
+        )
 
 
 def test_agreed_prefix_ignores_case_and_punctuation() -> None:
