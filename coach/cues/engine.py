@@ -99,17 +99,13 @@ class Candidate:
     (`CueSpec.refire_above`): its escalation is paged again (EscalationDetector)."""
 
 
-def _bare(word: str) -> str:
-    return re.sub(r"[^\w']", "", word.lower())
-
-
 def _word_probabilities(event: Mapping[str, Any]) -> dict[str, float]:
     """Each word of a transcript with the lowest probability the ASR gave it in the turn."""
     out: dict[str, float] = {}
     for w in event.get("words") or ():
         if not isinstance(w, Mapping):
             continue
-        word, p = _bare(str(w.get("w", ""))), w.get("p")
+        word, p = language.bare(str(w.get("w", ""))), w.get("p")
         if word and isinstance(p, int | float):
             out[word] = min(float(p), out.get(word, 1.0))
     return out
@@ -429,14 +425,13 @@ class CueEngine:
                 continue  # the cues `_customer_utterance` scores, and no others
             assert spec.threshold is not None
             for clause in clauses:
+                windowed = look is not None and len(clause.text.split()) > look.words
+                if not windowed and (misheard is None or not heard):
+                    continue  # no second reading could apply: the clause need not be scored
                 m = loaded.index.score(cue_id, spec, clause)
                 if m.score >= spec.threshold:
                     continue
-                if (
-                    look is not None
-                    and len(clause.text.split()) > look.words
-                    and m.score >= spec.threshold - look.within
-                ):
+                if windowed and look is not None and m.score >= spec.threshold - look.within:
                     wanted.setdefault(cue_id, []).extend(language.windows(clause.text, look.words))
                 if (
                     misheard is not None
@@ -445,11 +440,11 @@ class CueEngine:
                     and (m.meaning is None or m.meaning >= misheard.min_meaning)
                 ):
                     unsure = sorted(
-                        (heard[_bare(word)], word, variant)
+                        (heard[language.bare(word)], word, variant)
                         for word, variant in language.without_each_word(
                             clause.text, max_words=misheard.max_words
                         )
-                        if heard.get(_bare(word), 1.0) < misheard.below
+                        if heard.get(language.bare(word), 1.0) < misheard.below
                     )
                     for _, word, variant in unsure[: misheard.max_variants]:
                         wanted.setdefault(cue_id, []).append(variant)

@@ -417,6 +417,11 @@ def windows(text: str, size: int) -> list[str]:
     return [" ".join(tokens[i : i + size]).strip(" ,") for i in starts]
 
 
+def bare(token: str) -> str:
+    """A token as a word list holds it: lower case, punctuation gone, apostrophes kept."""
+    return re.sub(r"[^\w']", "", token.lower())
+
+
 def without_each_word(text: str, *, max_words: int = 30) -> list[tuple[str, str]]:
     """`text` once without each of its content words, as (word left out, the rest); none
     for a text over `max_words`.
@@ -433,8 +438,8 @@ def without_each_word(text: str, *, max_words: int = 30) -> list[tuple[str, str]
         return []
     out: list[tuple[str, str]] = []
     for i, token in enumerate(tokens):
-        bare = re.sub(r"[^\w']", "", token.lower())
-        if len(bare) < 3 or bare in STOPWORDS or bare.endswith("n't") or bare in _KEPT_WORDS:
+        word = bare(token)
+        if len(word) < 3 or word in STOPWORDS or word.endswith("n't") or word in _KEPT_WORDS:
             continue
         kept = tokens[:i] + tokens[i + 1 :]
         tail = token[len(token.rstrip(",.;:!?")) :]
@@ -490,9 +495,7 @@ def find_phrase(text: str, needle_words: set[str], *, max_words: int = 8) -> str
     Used to highlight the trigger phrase in the live transcript; falls back to the clause.
     """
     tokens = list(re.finditer(r"\S+", text))
-    hits = [
-        i for i, m in enumerate(tokens) if re.sub(r"[^\w']", "", m.group().lower()) in needle_words
-    ]
+    hits = [i for i, m in enumerate(tokens) if bare(m.group()) in needle_words]
     if not hits:
         return text.strip()
     lo, hi = hits[0], hits[-1]
